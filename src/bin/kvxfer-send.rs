@@ -1,0 +1,3 @@
+fn main() {
+    kvxfer::cli::main_send()
+}

@@ -1,0 +1,335 @@
+//! Command-line arguments, shared by `kvxfer`, `kvxfer-send` and `kvxfer-recv`.
+//! Every value is checked as it is parsed, so bad input is refused with a
+//! message before anything starts.
+
+use crate::error::{Error, Result};
+use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
+use crate::link::{self, Link};
+use crate::measure::Fault;
+use crate::plan::{Granularity, Plan, VerifyMode};
+use crate::transport::{TransportKind, TransportSpec};
+use crate::units;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_MODEL: &str = "llama-3.1-8b";
+
+fn positive_u32(s: &str) -> Result<u32, String> {
+    let n = units::parse_positive(s, "value").map_err(|e| e.message)?;
+    u32::try_from(n).map_err(|_| format!("'{s}' is too large"))
+}
+
+fn non_negative_u32(s: &str) -> Result<u32, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    positive_u32(s)
+}
+
+fn token_list(s: &str) -> Result<Vec<u32>, String> {
+    units::parse_token_list(s).map_err(|e| e.message)
+}
+
+fn granularity_list(s: &str) -> Result<Vec<Granularity>, String> {
+    Granularity::parse_list(s).map_err(|e| e.message)
+}
+
+fn byte_size(s: &str) -> Result<u64, String> {
+    units::parse_bytes(s).map_err(|e| e.message)
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s).map_err(|e| e.message)
+}
+
+fn stream_count(s: &str) -> Result<u32, String> {
+    match positive_u32(s)? {
+        n if n <= 64 => Ok(n),
+        n => Err(format!("{n} streams is more than the 64 allowed")),
+    }
+}
+
+macro_rules! parser_of {
+    ($name:ident, $ty:ty, $parse:path) => {
+        fn $name(s: &str) -> Result<$ty, String> {
+            $parse(s).map_err(|e| e.message)
+        }
+    };
+}
+parser_of!(dtype, Dtype, Dtype::parse);
+parser_of!(verify_mode, VerifyMode, VerifyMode::parse);
+parser_of!(transport_kind, TransportKind, TransportKind::parse);
+parser_of!(link_spec, Link, link::parse);
+parser_of!(fault, Fault, Fault::parse);
+
+/// Which model, and how its KV cache is cut.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Built-in model (`kvxfer plan --list-models`); default llama-3.1-8b
+    #[arg(long, short = 'm', value_name = "NAME", help_heading = "Model")]
+    pub model: Option<String>,
+    /// Read the model from a Hugging Face config.json
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "model",
+        help_heading = "Model"
+    )]
+    pub model_config: Option<PathBuf>,
+    /// Number of layers (alone, or overriding the model's)
+    #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub layers: Option<u32>,
+    /// KV heads (GQA/MHA)
+    #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub kv_heads: Option<u32>,
+    /// Head dimension (GQA/MHA)
+    #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub head_dim: Option<u32>,
+    /// MLA latent size (DeepSeek: 512)
+    #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub kv_lora_rank: Option<u32>,
+    /// MLA rope dimension (DeepSeek: 64)
+    #[arg(long, value_parser = non_negative_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub qk_rope_head_dim: Option<u32>,
+    /// KV cache dtype: bf16, fp16, fp8, fp32, fp8_ds_mla
+    #[arg(long, value_parser = dtype, help_heading = "Model")]
+    pub dtype: Option<Dtype>,
+    /// Tensor parallelism: one rank's share of the KV is transferred
+    #[arg(long, default_value = "1", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub tp: u32,
+    /// Tokens per paged-attention block [default: 16, 64 for MLA]
+    #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
+    pub block_size: Option<u32>,
+}
+
+impl ModelArgs {
+    pub fn resolve(&self) -> Result<KvShape> {
+        let gqa_given = self.kv_heads.is_some() || self.head_dim.is_some();
+        let mla_given = self.kv_lora_rank.is_some() || self.qk_rope_head_dim.is_some();
+        if gqa_given && mla_given {
+            return Err(Error::usage("give either --kv-heads/--head-dim (GQA) or --kv-lora-rank/--qk-rope-head-dim (MLA), not both"));
+        }
+        let mut spec = if let Some(path) = &self.model_config {
+            hf_config::read(path)?
+        } else if let Some(name) = &self.model {
+            presets::lookup(name)?
+        } else if self.layers.is_some() || gqa_given || mla_given {
+            self.explicit()?
+        } else {
+            presets::lookup(DEFAULT_MODEL)?
+        };
+        if let Some(layers) = self.layers {
+            spec.layers = layers;
+        }
+        match &mut spec.attention {
+            Attention::Gqa { kv_heads, head_dim } if !mla_given => {
+                *kv_heads = self.kv_heads.unwrap_or(*kv_heads);
+                *head_dim = self.head_dim.unwrap_or(*head_dim);
+            }
+            Attention::Mla {
+                kv_lora_rank,
+                qk_rope_head_dim,
+            } if !gqa_given => {
+                *kv_lora_rank = self.kv_lora_rank.unwrap_or(*kv_lora_rank);
+                *qk_rope_head_dim = self.qk_rope_head_dim.unwrap_or(*qk_rope_head_dim);
+            }
+            _ => {
+                return Err(Error::usage(format!(
+                    "{} has {} attention; its shape flags do not apply",
+                    spec.name,
+                    if mla_given { "GQA" } else { "MLA" }
+                )))
+            }
+        }
+        if let Some(d) = self.dtype {
+            spec.dtype = d;
+        }
+        let block = self
+            .block_size
+            .unwrap_or_else(|| presets::default_block_size(&spec.attention));
+        KvShape::new(spec, self.tp, block)
+    }
+
+    fn explicit(&self) -> Result<ModelSpec> {
+        let layers = self.layers.ok_or_else(|| {
+            Error::usage("--layers is needed when no --model or --model-config is given")
+        })?;
+        let attention = if self.kv_lora_rank.is_some() || self.qk_rope_head_dim.is_some() {
+            Attention::Mla {
+                kv_lora_rank: self
+                    .kv_lora_rank
+                    .ok_or_else(|| Error::usage("--kv-lora-rank is needed for an MLA model"))?,
+                qk_rope_head_dim: self.qk_rope_head_dim.unwrap_or(0),
+            }
+        } else {
+            Attention::Gqa {
+                kv_heads: self
+                    .kv_heads
+                    .ok_or_else(|| Error::usage("--kv-heads is needed with --layers"))?,
+                head_dim: self
+                    .head_dim
+                    .ok_or_else(|| Error::usage("--head-dim is needed with --layers"))?,
+            }
+        };
+        Ok(ModelSpec {
+            name: "custom".into(),
+            layers,
+            attention,
+            dtype: Dtype::Bf16,
+        })
+    }
+}
+
+/// What to measure: prompt lengths, granularities, repetitions, checks.
+#[derive(Args, Clone, Debug)]
+pub struct WorkloadArgs {
+    /// Prompt lengths in tokens, comma-separated (32k = 32768)
+    #[arg(long, short = 'p', value_name = "LIST", default_value = "128,1024,8192", value_parser = token_list, allow_hyphen_values = true, help_heading = "Workload")]
+    pub prompt_lengths: ::std::vec::Vec<u32>, // one comma list, not repeated flags (clap opt-out)
+    /// Message granularity: request, layer, block, or a list, or all
+    #[arg(long, short = 'g', value_name = "LIST", default_value = "layer", value_parser = granularity_list, help_heading = "Workload")]
+    pub granularity: ::std::vec::Vec<Granularity>,
+    /// Timed requests per sweep point
+    #[arg(long, short = 'n', default_value = "10", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Workload")]
+    pub iterations: u32,
+    /// Untimed requests before them
+    #[arg(long, short = 'w', default_value = "2", value_parser = non_negative_u32, allow_hyphen_values = true, help_heading = "Workload")]
+    pub warmup: u32,
+    /// Check every byte: after each timed request, inline (timed), or off
+    #[arg(long, default_value = "after", value_parser = verify_mode, help_heading = "Workload")]
+    pub verify: VerifyMode,
+}
+
+/// How the bytes travel.
+#[derive(Args, Clone, Debug)]
+pub struct TransportArgs {
+    /// Transport: tcp
+    #[arg(long, short = 't', default_value = "tcp", value_parser = transport_kind, help_heading = "Transport")]
+    pub transport: TransportKind,
+    /// Parallel connections (tcp)
+    #[arg(long, default_value = "1", value_parser = stream_count, allow_hyphen_values = true, help_heading = "Transport")]
+    pub streams: u32,
+    /// SO_SNDBUF/SO_RCVBUF for tcp (e.g. 4MiB) [default: kernel autotuning]
+    #[arg(long, value_name = "SIZE", value_parser = byte_size, allow_hyphen_values = true, help_heading = "Transport")]
+    pub socket_buffer: Option<u64>,
+}
+
+/// Where results go besides the table.
+#[derive(Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Write one CSV row per sweep point to FILE
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub csv: Option<PathBuf>,
+    /// Write the whole run (plan, machines, figures, histograms) to FILE
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
+    pub json: Option<PathBuf>,
+    /// No table on stdout
+    #[arg(long, short = 'q', help_heading = "Output")]
+    pub quiet: bool,
+}
+
+/// Everything the sender decides (the receiver adopts it).
+#[derive(Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Theoretical peak for the %peak column: a preset (pcie4, pcie5, nvlink4,
+    /// 25gbe, 100gbe, 200gbe, 400gbe, ndr400, efa-p5, ...) or GB/s
+    #[arg(long, value_name = "PRESET|GBPS", value_parser = link_spec)]
+    pub link: Option<Link>,
+    /// Longest wait for the peer at any step (handshake, each read; scaled up
+    /// for large requests)
+    #[arg(long, default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Test-only fault injection
+    #[arg(long, hide = true, value_parser = fault)]
+    pub fault: Option<Fault>,
+}
+
+impl RunArgs {
+    pub fn plan(&self) -> Result<Plan> {
+        let w = &self.workload;
+        let plan = Plan {
+            shape: self.model.resolve()?,
+            prompt_lengths: w.prompt_lengths.clone(),
+            granularities: w.granularity.clone(),
+            iterations: w.iterations,
+            warmup: w.warmup,
+            verify: w.verify,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    pub fn transport_spec(&self) -> TransportSpec {
+        TransportSpec {
+            kind: self.transport.transport,
+            streams: self.transport.streams,
+            socket_buffer: self.transport.socket_buffer,
+        }
+    }
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SendArgs {
+    /// The receiver's address: HOST:PORT, IPv4:PORT or [IPv6]:PORT
+    #[arg(long, short = 'c', value_name = "ADDR")]
+    pub connect: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct RecvArgs {
+    /// Address to listen on for the sender
+    #[arg(long, short = 'l', value_name = "ADDR", default_value = "[::]:7477")]
+    pub listen: String,
+    /// Longest wait for the sender at any step once it has connected
+    #[arg(long, default_value = "30s", value_parser = duration, allow_hyphen_values = true)]
+    pub timeout: Duration,
+    /// Longest wait for a sender to connect
+    #[arg(long, default_value = "10m", value_parser = duration, allow_hyphen_values = true)]
+    pub wait_for_sender: Duration,
+    /// Refuse a sender that asks for another transport
+    #[arg(long, value_name = "NAME", value_parser = transport_kind)]
+    pub expect_transport: Option<TransportKind>,
+    /// Refuse a sender whose plan is for another model
+    #[arg(long, value_name = "NAME")]
+    pub expect_model: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct PairArgs {
+    /// Loopback address the receiver listens on (port 0: any free port)
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths in tokens, comma-separated (32k = 32768)
+    #[arg(long, short = 'p', value_name = "LIST", default_value = "128,1024,8192,32768", value_parser = token_list, allow_hyphen_values = true)]
+    pub prompt_lengths: ::std::vec::Vec<u32>, // one comma list, not repeated flags (clap opt-out)
+    /// Granularities to show
+    #[arg(long, short = 'g', value_name = "LIST", default_value = "all", value_parser = granularity_list)]
+    pub granularity: ::std::vec::Vec<Granularity>,
+    /// List the built-in models and exit
+    #[arg(long)]
+    pub list_models: bool,
+    /// Also write the plan as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}

@@ -1,0 +1,400 @@
+//! The commands: `plan` (no hardware), `send` and `recv` (one side each, also
+//! the `kvxfer-send` and `kvxfer-recv` binaries) and `pair` (both sides on
+//! this host over loopback).
+
+pub mod args;
+
+use crate::env::EnvInfo;
+use crate::error::{Error, Result};
+use crate::kv::presets;
+use crate::measure::{self, Fault, RunConfig};
+use crate::memory::{self, Buffer};
+use crate::net;
+use crate::plan::{Plan, RequestLayout};
+use crate::report::{self, table, Exporter, RunReport};
+use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
+use crate::transport::{self, Setup, TransportInfo};
+use crate::units::fmt_bytes;
+use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, RunArgs, SendArgs};
+use clap::{Parser, Subcommand};
+use std::fs::File;
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KVXFER_GIT_COMMIT"),
+    ")"
+);
+
+/// How fast does this fabric move KV cache from a prefill GPU to a decode GPU?
+#[derive(Parser, Debug)]
+#[command(name = "kvxfer", version = VERSION, about)]
+pub struct Kvxfer {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// KV bytes and messages of a model at some prompt lengths (no hardware needed)
+    Plan(PlanArgs),
+    /// Run the sender and the receiver on this host over loopback
+    Pair(PairArgs),
+    /// The sender (prefill side); the same as kvxfer-send
+    Send(SendArgs),
+    /// The receiver (decode side); the same as kvxfer-recv
+    Recv(RecvArgs),
+}
+
+/// The sender (prefill side): proposes the plan, writes the KV.
+#[derive(Parser, Debug)]
+#[command(name = "kvxfer-send", version = VERSION)]
+pub struct SendCli {
+    #[command(flatten)]
+    args: SendArgs,
+}
+
+/// The receiver (decode side): adopts the sender's plan, receives, checks and times the KV.
+#[derive(Parser, Debug)]
+#[command(name = "kvxfer-recv", version = VERSION)]
+pub struct RecvCli {
+    #[command(flatten)]
+    args: RecvArgs,
+}
+
+pub fn main_kvxfer() -> ! {
+    exit_with(
+        "kvxfer",
+        match Kvxfer::parse().command {
+            Command::Plan(a) => plan(&a),
+            Command::Pair(a) => pair(&a),
+            Command::Send(a) => send(&a),
+            Command::Recv(a) => recv(&a),
+        },
+    )
+}
+
+pub fn main_send() -> ! {
+    exit_with("kvxfer-send", send(&SendCli::parse().args))
+}
+
+pub fn main_recv() -> ! {
+    exit_with("kvxfer-recv", recv(&RecvCli::parse().args))
+}
+
+fn exit_with(program: &str, result: Result<()>) -> ! {
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            e.exit_code()
+        }
+    };
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+fn plan(a: &PlanArgs) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if a.list_models {
+        for name in presets::names() {
+            let shape = crate::kv::KvShape::new(presets::lookup(name)?, 1, 16)?;
+            writeln!(
+                out,
+                "{:<18} {:>9} B/token  {}",
+                name,
+                shape.bytes_per_token(),
+                shape.model.describe()
+            )?;
+        }
+        return Ok(());
+    }
+    let shape = a.model.resolve()?;
+    let heads = match shape.heads_per_rank() {
+        Some(h) => format!("{h} KV heads per rank"),
+        None => "MLA latent, not split by TP".into(),
+    };
+    writeln!(out, "model        {}", shape.model.describe())?;
+    writeln!(out, "TP           {} ({heads})", shape.tp)?;
+    writeln!(out, "block size   {} tokens", shape.block_size)?;
+    writeln!(
+        out,
+        "KV per token {} bytes ({}) per rank = {} layers x {} bytes",
+        shape.bytes_per_token(),
+        fmt_bytes(shape.bytes_per_token()),
+        shape.model.layers,
+        shape.layer_bytes_per_token()
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>8} {:>8} {:>9} {:>12} {:>12} {:>14}",
+        "prompt", "gran", "messages", "msg size", "request", "request bytes"
+    )?;
+    let mut rows = Vec::new();
+    for &tokens in &a.prompt_lengths {
+        for &g in &a.granularity {
+            let l = RequestLayout::new(&shape, tokens, g);
+            writeln!(
+                out,
+                "{:>8} {:>8} {:>9} {:>12} {:>12} {:>14}",
+                tokens,
+                g.to_string(),
+                l.message_count,
+                fmt_bytes(l.message_bytes as u64),
+                fmt_bytes(l.total_bytes() as u64),
+                l.total_bytes()
+            )?;
+            rows.push(l);
+        }
+    }
+    if rows.iter().any(|l| {
+        l.granularity == crate::plan::Granularity::Block && l.tokens % shape.block_size != 0
+    }) {
+        writeln!(out, "\nblock rows move whole blocks: a partly filled last block travels in full, as in vLLM")?;
+    }
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({
+            "shape": shape,
+            "kv_bytes_per_token": shape.bytes_per_token(),
+            "points": rows,
+        });
+        let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn send(a: &SendArgs) -> Result<()> {
+    let plan = a.run.plan()?;
+    net::resolve(&a.connect)?;
+    let outputs = Outputs::open(&a.run.output)?;
+    memory::check_host_budget(plan.max_request_bytes() as u64, "the sender's buffers")?;
+    let (report, result) = sender_side(&a.connect, &a.run, plan);
+    outputs.conclude(report, result, !a.run.output.quiet)
+}
+
+fn recv(a: &RecvArgs) -> Result<()> {
+    let outputs = Outputs::open(&a.output)?;
+    let listener = net::listen(&a.listen)?;
+    eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
+    let expect = Expectations {
+        transport: a.expect_transport,
+        model: a
+            .expect_model
+            .as_ref()
+            .map(|m| presets::lookup(m).map(|p| p.name).unwrap_or(m.clone())),
+    };
+    let (report, result) = receiver_side(
+        &listener,
+        a.wait_for_sender,
+        a.timeout,
+        &expect,
+        !a.output.quiet,
+    );
+    outputs.conclude(report, result, !a.output.quiet)
+}
+
+fn pair(a: &PairArgs) -> Result<()> {
+    let plan = a.run.plan()?;
+    let outputs = Outputs::open(&a.run.output)?;
+    memory::check_host_budget(
+        2 * plan.max_request_bytes() as u64,
+        "the sender's and receiver's buffers together",
+    )?;
+    let listener = net::listen(&a.listen)?;
+    let bound = listener.local_addr()?;
+    let ip = match bound.ip() {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let timeout = a.run.timeout;
+    let receiver = std::thread::spawn(move || {
+        receiver_side(&listener, timeout, timeout, &Expectations::default(), false).1
+    });
+    let (report, result) =
+        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan);
+    let received = receiver
+        .join()
+        .unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
+    // The sender's error already carries the receiver's reason when it had one.
+    let result = result.and(received);
+    outputs.conclude(report, result, !a.run.output.quiet)
+}
+
+/// The sender's whole run. The report comes back even when the run fails
+/// part way, so the points already measured are not lost.
+fn sender_side(addr: &str, run: &RunArgs, plan: Plan) -> (Option<RunReport>, Result<()>) {
+    let spec = run.transport_spec();
+    let hello = Hello {
+        role: Role::Sender,
+        env: EnvInfo::collect(),
+        plan_digest: match run.fault {
+            Some(Fault::BadDigest) => "0".repeat(16),
+            _ => plan.digest(),
+        },
+        plan,
+        transport: spec.clone(),
+        link: run.link.clone(),
+        cookie: random_cookie(),
+    };
+    let protocol = if run.fault == Some(Fault::BadProtocol) {
+        999
+    } else {
+        PROTOCOL
+    };
+    let mut sess = match session::open_sender(addr, hello, run.timeout, protocol) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(e)),
+    };
+    let mut report = RunReport::new(Role::Sender, &sess.hello, sess.receiver_env.clone());
+    report.control_rtt = Some(sess.rtt.clone());
+    let print = !run.output.quiet;
+    let result = (|| {
+        let mut buf = Buffer::host(sess.hello.plan.max_request_bytes())?;
+        let setup = Setup {
+            ctrl: &mut sess.ctrl,
+            cookie: sess.hello.cookie,
+        };
+        let mut transport = transport::open_sender(&spec, setup, &buf)?;
+        report.sender_transport = transport.info();
+        report.receiver_transport = exchange_info(&mut sess.ctrl, transport.info(), Role::Sender)?;
+        if print {
+            table::header(&report, &mut std::io::stdout().lock())?;
+        }
+        let cfg = RunConfig { fault: run.fault };
+        let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, print);
+        measure::run_sender(&mut sess, transport.as_mut(), &mut buf, &cfg, &mut on_point)?;
+        Ok(())
+    })();
+    (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
+}
+
+fn receiver_side(
+    listener: &std::net::TcpListener,
+    wait: std::time::Duration,
+    timeout: std::time::Duration,
+    expect: &Expectations,
+    print: bool,
+) -> (Option<RunReport>, Result<()>) {
+    let env = EnvInfo::collect();
+    let mut sess = match session::accept_receiver(listener, wait, timeout, expect, &env) {
+        Ok(s) => s,
+        Err(e) => return (None, Err(e)),
+    };
+    let mut report = RunReport::new(Role::Receiver, &sess.hello, env);
+    let result = (|| {
+        let mut buf = Buffer::host(sess.hello.plan.max_request_bytes())?;
+        let spec = sess.hello.transport.clone();
+        let setup = Setup {
+            ctrl: &mut sess.ctrl,
+            cookie: sess.hello.cookie,
+        };
+        let mut transport = transport::open_receiver(&spec, setup, &mut buf)?;
+        report.receiver_transport = transport.info();
+        report.sender_transport = exchange_info(&mut sess.ctrl, transport.info(), Role::Receiver)?;
+        if print {
+            table::header(&report, &mut std::io::stdout().lock())?;
+        }
+        let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, print);
+        measure::run_receiver(&mut sess, transport.as_mut(), &mut buf, &mut on_point)?;
+        Ok(())
+    })();
+    (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
+}
+
+fn record_point(report: &mut RunReport, p: &measure::PointResult, print: bool) {
+    if print {
+        let _ = table::row(report, p, &mut std::io::stdout().lock());
+    }
+    report.points.push(p.clone());
+}
+
+/// Each side tells the other what its transport really set up.
+fn exchange_info(ctrl: &mut Control, mine: TransportInfo, me: Role) -> Result<TransportInfo> {
+    let send = |ctrl: &mut Control| ctrl.send(&Msg::TransportInfo { info: mine.clone() });
+    if me == Role::Sender {
+        send(ctrl)?;
+    }
+    let theirs = ctrl.expect("waiting for the peer's transport details", |m| match m {
+        Msg::TransportInfo { info } => Ok(info),
+        other => Err(other),
+    })?;
+    if me == Role::Receiver {
+        send(ctrl)?;
+    }
+    Ok(theirs)
+}
+
+fn random_cookie() -> u64 {
+    let mut b = [0u8; 8];
+    if File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok()
+    {
+        return u64::from_le_bytes(b);
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
+}
+
+/// The --csv and --json files: created before the run, so a bad path fails
+/// at once rather than after an hour of measuring, and filled at the end.
+struct Outputs {
+    files: Vec<(PathBuf, File, Box<dyn Exporter>)>,
+}
+
+impl Outputs {
+    fn open(a: &OutputArgs) -> Result<Outputs> {
+        let mut files = Vec::new();
+        let wanted: [(&Option<PathBuf>, Box<dyn Exporter>); 2] = [
+            (&a.csv, Box::new(report::csv::Csv)),
+            (&a.json, Box::new(report::json::Json)),
+        ];
+        for (path, exporter) in wanted {
+            if let Some(path) = path {
+                let f = File::create(path)
+                    .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+                files.push((path.clone(), f, exporter));
+            }
+        }
+        Ok(Outputs { files })
+    }
+
+    /// Writes what was measured (even a partial run), prints the verdict and
+    /// turns wrong bytes into a failing exit status.
+    fn conclude(self, report: Option<RunReport>, result: Result<()>, print: bool) -> Result<()> {
+        let Some(mut report) = report else {
+            for (path, _, _) in &self.files {
+                let _ = std::fs::remove_file(path);
+            }
+            return result;
+        };
+        report.close(result.as_ref().err());
+        if print {
+            table::footer(&report, &mut std::io::stdout().lock())?;
+        }
+        for (path, mut f, exporter) in self.files {
+            exporter
+                .export(&report, &mut f)
+                .map_err(|e| e.context(format!("writing {}", path.display())))?;
+        }
+        result?;
+        if report.wrong_bytes > 0 {
+            return Err(Error::integrity(format!(
+                "{} wrong bytes in {} verified; first: {}",
+                report.wrong_bytes,
+                fmt_bytes(report.verified_bytes),
+                report.first_wrong().unwrap_or("?")
+            )));
+        }
+        Ok(())
+    }
+}

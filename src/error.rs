@@ -1,0 +1,99 @@
+//! One error type for the whole flow. Its kind decides the process exit code,
+//! so scripts can tell bad input from a broken peer from corrupted data.
+
+use std::fmt;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad command-line value, unknown model, unreadable or incomplete config.
+    Usage,
+    /// Anything that went wrong while running: peer lost, refused, timed out, I/O.
+    Run,
+    /// Bytes arrived wrong, or a message arrived under an unexpected key.
+    Integrity,
+    /// A run completed but missed a deployment gate (reserved for `--min-gbps`).
+    Gate,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Run => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Integrity => 3,
+            ErrorKind::Gate => 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The peer reported this error (its abort or refusal), rather than us.
+    pub from_peer: bool,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+            from_peer: false,
+        }
+    }
+    pub fn reported_by_peer(mut self) -> Self {
+        self.from_peer = true;
+        self
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Usage, message)
+    }
+    pub fn run(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Run, message)
+    }
+    pub fn integrity(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Integrity, message)
+    }
+    pub fn exit_code(&self) -> i32 {
+        self.kind.exit_code()
+    }
+    /// Prefix the message with what was being done, keeping the kind.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        Error {
+            message: format!("{what}: {}", self.message),
+            ..self
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::run(e.to_string())
+    }
+}
+
+/// `.context("while doing X")` on any result whose error converts into ours.
+pub trait Context<T> {
+    fn context(self, what: impl fmt::Display) -> Result<T>;
+    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| e.into().context(what))
+    }
+    fn with_context<D: fmt::Display>(self, what: impl FnOnce() -> D) -> Result<T> {
+        self.map_err(|e| e.into().context(what()))
+    }
+}

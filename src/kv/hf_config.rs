@@ -1,0 +1,191 @@
+//! Reads the fields of a Hugging Face `config.json` that size the KV cache.
+
+use super::{Attention, Dtype, ModelSpec};
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::path::Path;
+
+pub fn read(path: &Path) -> Result<ModelSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::usage(format!("cannot read model config {}: {e}", path.display())))?;
+    let fallback_name = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "custom".to_string());
+    parse(&text, &fallback_name).map_err(|e| e.context(format!("model config {}", path.display())))
+}
+
+pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
+    let root: Value =
+        serde_json::from_str(text).map_err(|e| Error::usage(format!("not valid JSON: {e}")))?;
+    if !root.is_object() {
+        return Err(Error::usage("not a JSON object"));
+    }
+    // Multimodal models keep the language model's numbers under text_config.
+    let cfg = match root.get("text_config") {
+        Some(t) if root.get("num_hidden_layers").is_none() && t.is_object() => t,
+        _ => &root,
+    };
+    let field = |name: &str| -> Option<u64> { cfg.get(name).and_then(Value::as_u64) };
+    let need = |name: &str| -> Result<u32> {
+        let v = field(name)
+            .ok_or_else(|| Error::usage(format!("missing field '{name}' (a positive integer)")))?;
+        u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| {
+            Error::usage(format!(
+                "field '{name}' must be a positive integer, got {v}"
+            ))
+        })
+    };
+
+    let layers = need("num_hidden_layers")?;
+    let attention = if cfg.get("kv_lora_rank").is_some_and(|v| !v.is_null()) {
+        Attention::Mla {
+            kv_lora_rank: need("kv_lora_rank")?,
+            qk_rope_head_dim: field("qk_rope_head_dim").ok_or_else(|| {
+                Error::usage(
+                    "missing field 'qk_rope_head_dim' (MLA configs need it next to kv_lora_rank)",
+                )
+            })? as u32,
+        }
+    } else {
+        // Without num_key_value_heads the model is plain multi-head attention.
+        let kv_heads = if cfg.get("num_key_value_heads").is_some_and(|v| !v.is_null()) {
+            need("num_key_value_heads")?
+        } else if field("num_attention_heads").is_some() {
+            need("num_attention_heads")?
+        } else {
+            return Err(Error::usage(
+                "missing field 'num_key_value_heads' (nor 'num_attention_heads' to fall back on)",
+            ));
+        };
+        let head_dim = if cfg.get("head_dim").is_some_and(|v| !v.is_null()) {
+            need("head_dim")?
+        } else {
+            let hidden = need("hidden_size").map_err(|e| {
+                e.context("no 'head_dim', so it is hidden_size / num_attention_heads")
+            })?;
+            let heads = need("num_attention_heads").map_err(|e| {
+                e.context("no 'head_dim', so it is hidden_size / num_attention_heads")
+            })?;
+            if hidden % heads != 0 {
+                return Err(Error::usage(format!(
+                    "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
+                )));
+            }
+            hidden / heads
+        };
+        Attention::Gqa { kv_heads, head_dim }
+    };
+
+    // transformers >= 4.56 writes "dtype"; older configs "torch_dtype".
+    let dtype_name = ["torch_dtype", "dtype"]
+        .iter()
+        .find_map(|k| cfg.get(*k).or_else(|| root.get(*k)).and_then(Value::as_str))
+        .ok_or_else(|| Error::usage("missing field 'torch_dtype' (or 'dtype'); pass --dtype"))?;
+    let dtype = Dtype::parse(dtype_name)?;
+
+    let name = ["_name_or_path", "name_or_path"]
+        .iter()
+        .find_map(|k| root.get(*k).and_then(Value::as_str))
+        .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| fallback_name.to_string());
+
+    let spec = ModelSpec {
+        name,
+        layers,
+        attention,
+        dtype,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::KvShape;
+
+    const LLAMA_8B: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+        "num_attention_heads": 32, "num_hidden_layers": 32,
+        "num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#;
+
+    const DEEPSEEK_V3: &str = r#"{
+        "hidden_size": 7168, "num_attention_heads": 128, "num_hidden_layers": 61,
+        "num_key_value_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64,
+        "qk_nope_head_dim": 128, "v_head_dim": 128, "torch_dtype": "bfloat16"}"#;
+
+    #[test]
+    fn llama_from_hidden_size() {
+        let m = parse(LLAMA_8B, "Llama-3.1-8B").unwrap();
+        assert_eq!(m.name, "Llama-3.1-8B");
+        assert_eq!(
+            m.attention,
+            Attention::Gqa {
+                kv_heads: 8,
+                head_dim: 128
+            }
+        );
+        assert_eq!(KvShape::new(m, 1, 16).unwrap().bytes_per_token(), 131_072);
+    }
+
+    #[test]
+    fn explicit_head_dim_wins() {
+        // Qwen3 sets head_dim (128) apart from hidden_size / heads (4096 / 32 = 128 here,
+        // but 5120 / 64 = 80 for Qwen3-32B, where head_dim is still 128).
+        let qwen3_32b = r#"{"hidden_size": 5120, "num_attention_heads": 64, "head_dim": 128,
+            "num_hidden_layers": 64, "num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#;
+        let m = parse(qwen3_32b, "q").unwrap();
+        assert_eq!(KvShape::new(m, 1, 16).unwrap().bytes_per_token(), 262_144);
+    }
+
+    #[test]
+    fn mla_from_deepseek_config() {
+        let m = parse(DEEPSEEK_V3, "ds").unwrap();
+        assert!(matches!(
+            m.attention,
+            Attention::Mla {
+                kv_lora_rank: 512,
+                qk_rope_head_dim: 64
+            }
+        ));
+        assert_eq!(KvShape::new(m, 8, 64).unwrap().bytes_per_token(), 70_272);
+    }
+
+    #[test]
+    fn text_config_and_new_dtype_key() {
+        let nested = r#"{"model_type": "mllama", "text_config": {"num_hidden_layers": 40,
+            "num_key_value_heads": 8, "head_dim": 128}, "dtype": "float16"}"#;
+        let m = parse(nested, "vl").unwrap();
+        assert_eq!(m.layers, 40);
+        assert_eq!(m.dtype, Dtype::Fp16);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        let err = |text: &str| parse(text, "x").unwrap_err().message;
+        assert!(err(r#"{"num_key_value_heads": 8}"#).contains("'num_hidden_layers'"));
+        assert!(
+            err(r#"{"num_hidden_layers": 2, "head_dim": 64, "torch_dtype": "bfloat16"}"#)
+                .contains("'num_key_value_heads'")
+        );
+        assert!(err(
+            r#"{"num_hidden_layers": 2, "num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#
+        )
+        .contains("'hidden_size'"));
+        assert!(
+            err(r#"{"num_hidden_layers": 2, "num_key_value_heads": 8, "head_dim": 64}"#)
+                .contains("'torch_dtype'")
+        );
+        assert!(
+            err(r#"{"num_hidden_layers": 2, "kv_lora_rank": 512, "torch_dtype": "bfloat16"}"#)
+                .contains("'qk_rope_head_dim'")
+        );
+        assert!(err("[1, 2]").contains("not a JSON object"));
+        assert!(err("{oops").contains("not valid JSON"));
+        assert!(err(r#"{"num_hidden_layers": -3}"#).contains("num_hidden_layers"));
+    }
+}

@@ -1,0 +1,24 @@
+//! kvxfer: how fast does an interconnect move KV cache from a prefill GPU to
+//! a decode GPU? The flow, top to bottom:
+//!
+//! - `kv`: model shapes, presets, Hugging Face configs, the integrity pattern
+//! - `plan`: model x workload -> requests cut into keyed messages
+//! - `session`: the control connection, handshake and pacing, with deadlines
+//! - `transport`: one trait, several ways to move the bytes (tcp, ...)
+//! - `measure`: warm-up, timing, checks, per-point statistics
+//! - `report`: table, CSV, JSON
+//! - `cli`: the commands that string these together
+
+pub mod cli;
+pub mod env;
+pub mod error;
+pub mod kv;
+pub mod link;
+pub mod measure;
+pub mod memory;
+pub mod net;
+pub mod plan;
+pub mod report;
+pub mod session;
+pub mod transport;
+pub mod units;

@@ -1,0 +1,340 @@
+//! The engine: warm-up, timed requests, integrity checks, one sweep point at
+//! a time. The sender writes each request's pattern, says Ready and waits for
+//! Go; the receiver starts its clock, says Go (through the transport, which
+//! knows when it is ready), receives, stops its clock, then checks the bytes
+//! outside the timed region. Both sides end each point with the receiver's
+//! figures, so both print the same results.
+
+pub mod integrity;
+pub mod stats;
+
+use crate::error::{Error, Result};
+use crate::kv::pattern;
+use crate::link::Link;
+use crate::memory::Buffer;
+use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
+use crate::session::{Control, Msg, ReceiverSession, SenderSession};
+use crate::transport::{Completions, RecvSide, SendSide};
+use hdrhistogram::Histogram;
+use integrity::Check;
+pub use stats::{LatencySummary, PointResult};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Test-only switches that break a run on purpose (the hidden `--fault` flag),
+/// so the tests can show that each failure is caught.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Flip one byte of the first measured request after its pattern is written.
+    CorruptByte,
+    /// Send the first measured request under another request's keys.
+    WrongKey,
+    /// Propose the plan with a digest that does not match it.
+    BadDigest,
+    /// Speak another protocol version in the preamble.
+    BadProtocol,
+}
+
+impl Fault {
+    pub fn parse(s: &str) -> Result<Fault> {
+        match s {
+            "corrupt-byte" => Ok(Fault::CorruptByte),
+            "wrong-key" => Ok(Fault::WrongKey),
+            "bad-digest" => Ok(Fault::BadDigest),
+            "bad-protocol" => Ok(Fault::BadProtocol),
+            other => Err(Error::usage(format!("unknown fault '{other}'"))),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub fault: Option<Fault>,
+}
+
+/// A round may take the idle timeout plus what its bytes need at this rate:
+/// generous, because stalls are caught by the per-read timeout anyway.
+const SLOWEST_DATA_BYTES_PER_SEC: f64 = 10e6;
+/// Writing or checking a request's pattern is assumed at least this fast.
+const SLOWEST_PATTERN_BYTES_PER_SEC: f64 = 100e6;
+
+fn allowance(timeout: Duration, bytes: usize, rate: f64) -> Instant {
+    Instant::now() + timeout + Duration::from_secs_f64(bytes as f64 / rate)
+}
+
+pub fn run_sender(
+    sess: &mut SenderSession,
+    transport: &mut dyn SendSide,
+    buf: &mut Buffer,
+    cfg: &RunConfig,
+    on_point: &mut dyn FnMut(&PointResult),
+) -> Result<Vec<PointResult>> {
+    let plan = sess.hello.plan.clone();
+    sender_loop(&plan, &mut sess.ctrl, transport, buf, cfg, on_point)
+}
+
+fn sender_loop(
+    plan: &Plan,
+    ctrl: &mut Control,
+    transport: &mut dyn SendSide,
+    buf: &mut Buffer,
+    cfg: &RunConfig,
+    on_point: &mut dyn FnMut(&PointResult),
+) -> Result<Vec<PointResult>> {
+    let mut results = Vec::new();
+    for point in plan.points() {
+        let (p, layout) = (point.index, &point.layout);
+        let bytes = layout.total_bytes();
+        for it in 0..plan.warmup + plan.iterations {
+            let request = plan.request_id(p, it);
+            // With checks off the pattern is written once, so the bytes are never zeros.
+            if plan.verify != VerifyMode::Off || it == 0 {
+                integrity::fill(buf.as_mut_slice(), layout, request);
+            }
+            let first_measured = p == 0 && it == plan.warmup;
+            if first_measured && cfg.fault == Some(Fault::CorruptByte) {
+                buf.as_mut_slice()[bytes / 2] ^= 0x5a;
+            }
+            let on_wire = match cfg.fault {
+                Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
+                _ => request,
+            };
+            ctrl.send(&Msg::Ready { point: p, request })?;
+            // The receiver may still be checking the previous request.
+            let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
+            ctrl.expect_by(
+                by,
+                &format!("waiting for the receiver's go for request {request}"),
+                |m| match m {
+                    Msg::Go { point, request: r } if point == p && r == request => Ok(()),
+                    other => Err(other),
+                },
+            )?;
+            let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            transport.send(buf, layout, on_wire, deadline)?;
+        }
+        let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
+        let result =
+            ctrl.expect_by(
+                by,
+                &format!("waiting for the results of point {p}"),
+                |m| match m {
+                    Msg::PointDone { result } => Ok(*result),
+                    other => Err(other),
+                },
+            )?;
+        on_point(&result);
+        results.push(result);
+    }
+    let by = ctrl.deadline();
+    ctrl.expect_by(by, "waiting for the receiver to finish", |m| match m {
+        Msg::Finish => Ok(()),
+        other => Err(other),
+    })?;
+    Ok(results)
+}
+
+pub fn run_receiver(
+    sess: &mut ReceiverSession,
+    transport: &mut dyn RecvSide,
+    buf: &mut Buffer,
+    on_point: &mut dyn FnMut(&PointResult),
+) -> Result<Vec<PointResult>> {
+    let plan = sess.hello.plan.clone();
+    let link = sess.hello.link.clone();
+    receiver_loop(
+        &plan,
+        link.as_ref(),
+        &mut sess.ctrl,
+        transport,
+        buf,
+        on_point,
+    )
+}
+
+fn receiver_loop(
+    plan: &Plan,
+    link: Option<&Link>,
+    ctrl: &mut Control,
+    transport: &mut dyn RecvSide,
+    buf: &mut Buffer,
+    on_point: &mut dyn FnMut(&PointResult),
+) -> Result<Vec<PointResult>> {
+    let mut results = Vec::new();
+    for point in plan.points() {
+        let (p, layout) = (point.index, &point.layout);
+        let bytes = layout.total_bytes();
+        let mut requests = stats::new_histogram();
+        let mut messages = stats::new_histogram();
+        let mut check = Check::default();
+        let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
+        for it in 0..plan.warmup + plan.iterations {
+            let request = plan.request_id(p, it);
+            let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
+            ctrl.expect_by(
+                by,
+                &format!("waiting for the sender to prepare request {request}"),
+                |m| match m {
+                    Msg::Ready { point, request: r } if point == p && r == request => Ok(()),
+                    other => Err(other),
+                },
+            )?;
+            sink.begin(request);
+            let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            let t0 = Instant::now();
+            let timing = transport.recv(
+                buf,
+                layout,
+                request,
+                deadline,
+                &mut || ctrl.send(&Msg::Go { point: p, request }),
+                &sink,
+            )?;
+            let host_ns = t0.elapsed().as_nanos() as u64;
+            sink.check_complete()?;
+            if it >= plan.warmup {
+                requests.saturating_record(timing.elapsed_ns.unwrap_or(host_ns).max(1));
+                sink.record_into(&mut messages);
+            }
+            match plan.verify {
+                VerifyMode::After => {
+                    check.merge(integrity::verify(buf.as_slice(), layout, request))
+                }
+                VerifyMode::Inline => check.merge(sink.take_check()),
+                VerifyMode::Off => {}
+            }
+        }
+        let result = point_result(&point, plan, &requests, &messages, check, link);
+        ctrl.send(&Msg::PointDone {
+            result: Box::new(result.clone()),
+        })?;
+        on_point(&result);
+        results.push(result);
+    }
+    ctrl.send(&Msg::Finish)?;
+    Ok(results)
+}
+
+fn point_result(
+    point: &Point,
+    plan: &Plan,
+    requests: &Histogram<u64>,
+    messages: &Histogram<u64>,
+    check: Check,
+    link: Option<&Link>,
+) -> PointResult {
+    let layout = &point.layout;
+    let request_ns = LatencySummary::of(requests);
+    let bytes = layout.total_bytes() as u64;
+    let gbps = crate::units::gbps(bytes, request_ns.mean);
+    PointResult {
+        point: point.index,
+        granularity: layout.granularity,
+        prompt_tokens: layout.tokens,
+        messages: layout.message_count,
+        message_bytes: layout.message_bytes,
+        request_bytes: layout.total_bytes(),
+        iterations: plan.iterations,
+        warmup: plan.warmup,
+        gbps,
+        gbps_p50: crate::units::gbps(bytes, request_ns.p50 as f64),
+        percent_of_peak: link.map(|l| 100.0 * gbps / l.peak_gbps),
+        request_ns,
+        message_ns: LatencySummary::of(messages),
+        verified_bytes: check.verified_bytes,
+        wrong_bytes: check.wrong_bytes,
+        first_wrong: check.first,
+        request_histogram: stats::encode_histogram(requests),
+    }
+}
+
+/// Collects one round's message completions: their latencies and, with
+/// `--verify inline`, their check inside the timed region.
+struct RoundSink<'a> {
+    layout: &'a RequestLayout,
+    inline: bool,
+    request: u64,
+    latencies: Vec<AtomicU64>,
+    arrived: AtomicUsize,
+    verified: AtomicU64,
+    wrong: Mutex<Check>,
+}
+
+impl<'a> RoundSink<'a> {
+    fn new(layout: &'a RequestLayout, inline: bool) -> Self {
+        RoundSink {
+            layout,
+            inline,
+            request: 0,
+            latencies: (0..layout.message_count)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            arrived: AtomicUsize::new(0),
+            verified: AtomicU64::new(0),
+            wrong: Mutex::new(Check::default()),
+        }
+    }
+
+    fn begin(&mut self, request: u64) {
+        self.request = request;
+        self.arrived.store(0, Relaxed);
+    }
+
+    /// A transport that reports fewer messages than it was given is broken.
+    fn check_complete(&self) -> Result<()> {
+        let arrived = self.arrived.load(Relaxed);
+        if arrived != self.layout.message_count {
+            return Err(Error::run(format!(
+                "the transport reported {arrived} of {} messages of request {}",
+                self.layout.message_count, self.request
+            )));
+        }
+        Ok(())
+    }
+
+    fn record_into(&self, h: &mut Histogram<u64>) {
+        for l in &self.latencies {
+            h.saturating_record(l.load(Relaxed).max(1));
+        }
+    }
+
+    fn take_check(&mut self) -> Check {
+        let mut c = std::mem::take(self.wrong.get_mut().expect("no poisoned lock"));
+        c.verified_bytes += std::mem::take(self.verified.get_mut());
+        c
+    }
+}
+
+impl Completions for RoundSink<'_> {
+    fn message_done(
+        &self,
+        index: usize,
+        started: Instant,
+        ended: Instant,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let slot = self.latencies.get(index).ok_or_else(|| {
+            Error::run(format!(
+                "the transport reported message {index}, which does not exist"
+            ))
+        })?;
+        slot.store(
+            ended.saturating_duration_since(started).as_nanos() as u64,
+            Relaxed,
+        );
+        self.arrived.fetch_add(1, Relaxed);
+        if self.inline {
+            let bytes = data.ok_or_else(|| {
+                Error::usage("--verify inline needs the receiver's buffer in host memory")
+            })?;
+            let m = pattern::verify(bytes, self.layout.key(self.request, index).seed());
+            self.verified.fetch_add(bytes.len() as u64, Relaxed);
+            if m.wrong_bytes > 0 {
+                let c = Check::of_message(self.layout, self.request, index, m, 0);
+                self.wrong.lock().expect("no poisoned lock").merge(c);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! Latency histograms and the figures reported for each sweep point.
+
+use crate::error::{Error, Result};
+use crate::plan::Granularity;
+use base64::Engine;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Nanoseconds from 1 ns to an hour, three significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A latency distribution in nanoseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            count: h.len(),
+            min: h.min(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// Everything measured at one sweep point, as both sides report it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointResult {
+    pub point: usize,
+    pub granularity: Granularity,
+    pub prompt_tokens: u32,
+    pub messages: usize,
+    pub message_bytes: usize,
+    pub request_bytes: usize,
+    pub iterations: u32,
+    pub warmup: u32,
+    /// Time from the receiver's go to the request's last byte, per request.
+    pub request_ns: LatencySummary,
+    /// Time each message took, from when its receiver began on it.
+    pub message_ns: LatencySummary,
+    /// Request bytes over the mean request time, GB/s (1e9 bytes/s).
+    pub gbps: f64,
+    /// Request bytes over the median request time, GB/s.
+    pub gbps_p50: f64,
+    pub percent_of_peak: Option<f64>,
+    /// Bytes checked against the pattern, warm-up included.
+    pub verified_bytes: u64,
+    pub wrong_bytes: u64,
+    pub first_wrong: Option<String>,
+    /// The request-latency histogram, HdrHistogram V2 + DEFLATE, base64.
+    pub request_histogram: String,
+}
+
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .expect("histograms serialize to memory");
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn decode_histogram(text: &str) -> Result<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| Error::usage(format!("histogram is not base64: {e}")))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| Error::usage(format!("histogram does not decode: {e:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_and_round_trip() {
+        let mut h = new_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let s = LatencySummary::of(&h);
+        assert_eq!(s.count, 1000);
+        assert!((s.p50 as f64 - 500_000.0).abs() / 500_000.0 < 0.002);
+        assert!((s.p99 as f64 - 990_000.0).abs() / 990_000.0 < 0.002);
+        assert!(s.max >= 999_000);
+        let back = decode_histogram(&encode_histogram(&h)).unwrap();
+        assert_eq!(LatencySummary::of(&back), s);
+        assert_eq!(
+            LatencySummary::of(&new_histogram()),
+            LatencySummary::default()
+        );
+    }
+}

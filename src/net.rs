@@ -1,0 +1,200 @@
+//! Socket plumbing shared by the control channel and the tcp transport:
+//! address parsing (IPv6 literals included) and connect/accept with deadlines.
+
+use crate::error::{Error, Result};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_PORT: u16 = 7477;
+
+/// Time left until `deadline`, or None once it has passed.
+pub fn remaining(deadline: Instant) -> Option<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+}
+
+/// "host:port", "1.2.3.4:port" or "[v6]:port" into host and port.
+pub fn split_host_port(s: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| {
+        Error::usage(format!(
+            "malformed address '{s}': {why} (expected HOST:PORT, IPv4:PORT or [IPv6]:PORT)"
+        ))
+    };
+    let t = s.trim();
+    let (host, port) = if let Some(rest) = t.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| bad("no ']:' after the IPv6 address"))?;
+        h.parse::<Ipv6Addr>()
+            .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+        (h, p)
+    } else {
+        let (h, p) = t.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+        if h.contains(':') {
+            return Err(bad("IPv6 addresses need brackets"));
+        }
+        (h, p)
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    Ok((host.to_string(), port))
+}
+
+/// Resolves a peer address; a port of 0 is refused since nobody listens there.
+pub fn resolve(s: &str) -> Result<Vec<SocketAddr>> {
+    let (host, port) = split_host_port(s)?;
+    if port == 0 {
+        return Err(Error::usage(format!(
+            "malformed address '{s}': port 0 cannot be connected to"
+        )));
+    }
+    let addrs: Vec<SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| Error::usage(format!("cannot resolve '{host}': {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::usage(format!("'{host}' resolves to no address")));
+    }
+    Ok(addrs)
+}
+
+/// Connects to the first address that answers, retrying refusals until the
+/// deadline (the peer may still be starting).
+pub fn connect_until(addrs: &[SocketAddr], deadline: Instant, peer: &str) -> Result<TcpStream> {
+    let mut last_err = None;
+    loop {
+        for addr in addrs {
+            let Some(left) = remaining(deadline) else {
+                break;
+            };
+            match TcpStream::connect_timeout(addr, left.min(Duration::from_secs(5))) {
+                Ok(s) => {
+                    s.set_nodelay(true)?;
+                    return Ok(s);
+                }
+                Err(e) => last_err = Some((addr, e)),
+            }
+        }
+        if remaining(deadline).is_none() {
+            let (addr, e) = last_err.expect("at least one attempt");
+            return Err(Error::run(format!(
+                "no {peer} at {addr} before the deadline: {e}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Binds a listening address; "[::]:PORT" falls back to 0.0.0.0 where the
+/// host has no IPv6.
+pub fn listen(s: &str) -> Result<TcpListener> {
+    let (host, port) = split_host_port(s)?;
+    let ip: IpAddr = host.parse().map_err(|_| {
+        Error::usage(format!(
+            "malformed listen address '{s}': the host must be an IP address"
+        ))
+    })?;
+    let bind = |ip: IpAddr| TcpListener::bind(SocketAddr::new(ip, port));
+    let result = match bind(ip) {
+        Err(_) if ip == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => bind(IpAddr::from([0, 0, 0, 0])),
+        r => r,
+    };
+    result.map_err(|e| Error::run(format!("cannot listen on {s}: {e}")))
+}
+
+/// Waits for one connection until the deadline.
+pub fn accept_until(
+    listener: &TcpListener,
+    deadline: Instant,
+    peer: &str,
+) -> Result<(TcpStream, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    loop {
+        match listener.accept() {
+            Ok((s, addr)) => {
+                s.set_nonblocking(false)?;
+                s.set_nodelay(true)?;
+                return Ok((s, addr));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let Some(left) = remaining(deadline) else {
+                    return Err(Error::run(format!(
+                        "no {peer} connected to {} before the deadline",
+                        listener.local_addr()?
+                    )));
+                };
+                wait_readable(listener, left.min(Duration::from_millis(500)));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::run(format!("accept failed: {e}"))),
+        }
+    }
+}
+
+fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().max(1) as libc::c_int) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(split_host_port("[::1]:5201").unwrap(), ("::1".into(), 5201));
+        assert_eq!(
+            split_host_port("10.0.0.2:80").unwrap(),
+            ("10.0.0.2".into(), 80)
+        );
+        assert_eq!(
+            split_host_port("node-7:7477").unwrap(),
+            ("node-7".into(), 7477)
+        );
+        for bad in [
+            "::1:5201",
+            "host",
+            "host:",
+            ":80",
+            "[::1]5201",
+            "[zz]:1",
+            "h:99999",
+            "h:-1",
+        ] {
+            let e = split_host_port(bad).unwrap_err();
+            assert!(e.message.contains("malformed address"), "{bad}: {e}");
+        }
+        assert!(resolve("127.0.0.1:0").is_err());
+    }
+
+    #[test]
+    fn accept_gives_up_at_the_deadline() {
+        let l = listen("127.0.0.1:0").unwrap();
+        let t = Instant::now();
+        let e = accept_until(&l, t + Duration::from_millis(200), "sender").unwrap_err();
+        assert!(e.message.contains("no sender connected"));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn connect_gives_up_at_the_deadline() {
+        // Bind then drop to get a port nobody listens on.
+        let port = listen("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addrs = resolve(&format!("127.0.0.1:{port}")).unwrap();
+        let t = Instant::now();
+        let e = connect_until(&addrs, t + Duration::from_millis(300), "receiver").unwrap_err();
+        assert!(e.message.contains("no receiver at"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+}

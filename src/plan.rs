@@ -1,0 +1,481 @@
+//! From a KV shape and a workload to the transfers of a run: every sweep
+//! point (prompt length x granularity) is a request buffer tiled by messages
+//! of one size, each with a stable key that both sides derive alike.
+
+use crate::error::{Error, Result};
+use crate::kv::{pattern, Attention, KvShape};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How a request's KV is cut into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// One contiguous message per request (Mooncake prefix bench, LMCache-like bulk).
+    Request,
+    /// One message per (request, layer), K and V together (vLLM P2pNcclConnector).
+    Layer,
+    /// One message per (layer, K/V, block) (vLLM NixlConnector descriptors).
+    Block,
+}
+
+impl Granularity {
+    pub const ALL: [Granularity; 3] =
+        [Granularity::Request, Granularity::Layer, Granularity::Block];
+
+    pub fn parse(s: &str) -> Result<Granularity> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "request" | "req" => Ok(Granularity::Request),
+            "layer" => Ok(Granularity::Layer),
+            "block" => Ok(Granularity::Block),
+            other => Err(Error::usage(format!(
+                "unknown granularity '{other}' (expected request, layer or block)"
+            ))),
+        }
+    }
+
+    pub fn parse_list(s: &str) -> Result<Vec<Granularity>> {
+        let mut out = Vec::new();
+        for item in s.split(',').filter(|p| !p.trim().is_empty()) {
+            let g = if item.trim() == "all" {
+                Granularity::ALL.to_vec()
+            } else {
+                vec![Granularity::parse(item)?]
+            };
+            for g in g {
+                if !out.contains(&g) {
+                    out.push(g);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(Error::usage("the list of granularities is empty"));
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Granularity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Granularity::Request => "request",
+            Granularity::Layer => "layer",
+            Granularity::Block => "block",
+        })
+    }
+}
+
+/// Which part of a layer a message carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum Part {
+    /// Every layer, K and V: a whole request.
+    Whole = 0,
+    /// K and V of one layer together.
+    KeyValue = 1,
+    Key = 2,
+    Value = 3,
+    /// The MLA latent of one layer.
+    Latent = 4,
+}
+
+impl Part {
+    fn from_u8(v: u8) -> Option<Part> {
+        Some(match v {
+            0 => Part::Whole,
+            1 => Part::KeyValue,
+            2 => Part::Key,
+            3 => Part::Value,
+            4 => Part::Latent,
+            _ => return None,
+        })
+    }
+}
+
+/// The stable identity of one transfer: (request, layer, K/V, block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TransferKey {
+    pub request: u64,
+    pub layer: Option<u32>,
+    pub part: Part,
+    pub block: Option<u32>,
+}
+
+impl TransferKey {
+    pub const WIRE_LEN: usize = 20;
+    const NONE: u32 = u32::MAX;
+
+    /// Seed of the integrity pattern of this message.
+    pub fn seed(&self) -> u64 {
+        pattern::seed_of(&[
+            self.request,
+            self.layer.unwrap_or(Self::NONE) as u64,
+            self.part as u64,
+            self.block.unwrap_or(Self::NONE) as u64,
+        ])
+    }
+
+    pub fn to_wire(&self) -> [u8; Self::WIRE_LEN] {
+        let mut b = [0u8; Self::WIRE_LEN];
+        b[0..8].copy_from_slice(&self.request.to_le_bytes());
+        b[8..12].copy_from_slice(&self.layer.unwrap_or(Self::NONE).to_le_bytes());
+        b[12..16].copy_from_slice(&self.block.unwrap_or(Self::NONE).to_le_bytes());
+        b[16] = self.part as u8;
+        b
+    }
+
+    /// None when the bytes do not spell a key at all.
+    pub fn from_wire(b: &[u8; Self::WIRE_LEN]) -> Option<TransferKey> {
+        let opt = |v: u32| (v != Self::NONE).then_some(v);
+        Some(TransferKey {
+            request: u64::from_le_bytes(b[0..8].try_into().unwrap()),
+            layer: opt(u32::from_le_bytes(b[8..12].try_into().unwrap())),
+            block: opt(u32::from_le_bytes(b[12..16].try_into().unwrap())),
+            part: Part::from_u8(b[16]).filter(|_| b[17..20] == [0, 0, 0])?,
+        })
+    }
+}
+
+impl fmt::Display for TransferKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.request)?;
+        if let Some(l) = self.layer {
+            write!(f, "/L{l}")?;
+        }
+        match self.part {
+            Part::Whole | Part::KeyValue => {}
+            Part::Key => f.write_str("/K")?,
+            Part::Value => f.write_str("/V")?,
+            Part::Latent => f.write_str("/latent")?,
+        }
+        if let Some(b) = self.block {
+            write!(f, "/b{b}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One message of a request: where it lies in the request buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub index: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// How one request of one sweep point is cut into messages. Messages all have
+/// the same size and tile the request buffer in order: layer by layer, K
+/// before V, block by block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLayout {
+    pub granularity: Granularity,
+    pub tokens: u32,
+    pub layers: u32,
+    pub tensors_per_layer: u32,
+    pub mla: bool,
+    /// Blocks per tensor (block granularity only; the last may be partly filled).
+    pub blocks: u32,
+    pub message_count: usize,
+    pub message_bytes: usize,
+}
+
+impl RequestLayout {
+    pub fn new(shape: &KvShape, tokens: u32, granularity: Granularity) -> RequestLayout {
+        let layers = shape.model.layers;
+        let tensors = shape.tensors_per_layer();
+        let blocks = shape.blocks_for(tokens);
+        let (count, bytes) = match granularity {
+            Granularity::Request => (1u64, tokens as u64 * shape.bytes_per_token()),
+            Granularity::Layer => (layers as u64, tokens as u64 * shape.layer_bytes_per_token()),
+            // vLLM moves whole blocks: a partly filled last block travels in full.
+            Granularity::Block => (
+                layers as u64 * tensors as u64 * blocks as u64,
+                shape.block_bytes(),
+            ),
+        };
+        RequestLayout {
+            granularity,
+            tokens,
+            layers,
+            tensors_per_layer: tensors,
+            mla: matches!(shape.model.attention, Attention::Mla { .. }),
+            blocks: if granularity == Granularity::Block {
+                blocks
+            } else {
+                0
+            },
+            message_count: count as usize,
+            message_bytes: bytes as usize,
+        }
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.message_count * self.message_bytes
+    }
+
+    pub fn slot(&self, index: usize) -> Slot {
+        debug_assert!(index < self.message_count);
+        Slot {
+            index,
+            offset: index * self.message_bytes,
+            len: self.message_bytes,
+        }
+    }
+
+    pub fn slots(&self) -> impl ExactSizeIterator<Item = Slot> + '_ {
+        (0..self.message_count).map(|i| self.slot(i))
+    }
+
+    pub fn key(&self, request: u64, index: usize) -> TransferKey {
+        let whole_layer = if self.mla {
+            Part::Latent
+        } else {
+            Part::KeyValue
+        };
+        match self.granularity {
+            Granularity::Request => TransferKey {
+                request,
+                layer: None,
+                part: Part::Whole,
+                block: None,
+            },
+            Granularity::Layer => TransferKey {
+                request,
+                layer: Some(index as u32),
+                part: whole_layer,
+                block: None,
+            },
+            Granularity::Block => {
+                let per_layer = self.tensors_per_layer as usize * self.blocks as usize;
+                let tensor = (index % per_layer) / self.blocks as usize;
+                let part = match (self.mla, tensor) {
+                    (true, _) => Part::Latent,
+                    (false, 0) => Part::Key,
+                    (false, _) => Part::Value,
+                };
+                TransferKey {
+                    request,
+                    layer: Some((index / per_layer) as u32),
+                    part,
+                    block: Some((index % self.blocks as usize) as u32),
+                }
+            }
+        }
+    }
+}
+
+/// Whether and when the receiver checks the integrity pattern.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyMode {
+    /// Every message of every request, after its timed region.
+    After,
+    /// Every message as it arrives, inside the timed region.
+    Inline,
+    Off,
+}
+
+impl VerifyMode {
+    pub fn parse(s: &str) -> Result<VerifyMode> {
+        match s {
+            "after" => Ok(VerifyMode::After),
+            "inline" => Ok(VerifyMode::Inline),
+            "off" => Ok(VerifyMode::Off),
+            other => Err(Error::usage(format!(
+                "unknown --verify '{other}' (expected after, inline or off)"
+            ))),
+        }
+    }
+}
+
+/// Everything both sides must agree on before the first byte moves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub shape: KvShape,
+    pub prompt_lengths: Vec<u32>,
+    pub granularities: Vec<Granularity>,
+    pub iterations: u32,
+    pub warmup: u32,
+    pub verify: VerifyMode,
+}
+
+/// One measured configuration: a prompt length at a granularity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Point {
+    pub index: usize,
+    pub layout: RequestLayout,
+}
+
+impl Plan {
+    pub fn validate(&self) -> Result<()> {
+        if self.prompt_lengths.is_empty() {
+            return Err(Error::usage("no prompt lengths given"));
+        }
+        if let Some(&z) = self.prompt_lengths.iter().find(|&&t| t == 0) {
+            return Err(Error::usage(format!("prompt length {z} is not positive")));
+        }
+        if self.granularities.is_empty() {
+            return Err(Error::usage("no granularity given"));
+        }
+        if self.iterations == 0 {
+            return Err(Error::usage("--iterations must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Granularity outermost, so a table reads as one sweep per granularity.
+    pub fn points(&self) -> Vec<Point> {
+        let mut out = Vec::new();
+        for &g in &self.granularities {
+            for &tokens in &self.prompt_lengths {
+                out.push(Point {
+                    index: out.len(),
+                    layout: RequestLayout::new(&self.shape, tokens, g),
+                });
+            }
+        }
+        out
+    }
+
+    /// Request ids are unique across the run, so no request can pass for another.
+    pub fn request_id(&self, point: usize, iteration: u32) -> u64 {
+        point as u64 * (self.warmup as u64 + self.iterations as u64) + iteration as u64
+    }
+
+    pub fn max_request_bytes(&self) -> usize {
+        self.points()
+            .iter()
+            .map(|p| p.layout.total_bytes())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A fingerprint of the plan and of how this build cuts it into messages:
+    /// two builds that would disagree on any key, offset or size disagree here.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_string(self).expect("plan serializes");
+        let mut parts: Vec<u64> = vec![LAYOUT_REVISION];
+        parts.extend(json.bytes().map(u64::from));
+        for p in self.points() {
+            let l = &p.layout;
+            let last = l.message_count - 1;
+            let last_key = l.key(self.request_id(p.index, 0), last);
+            parts.extend([
+                l.message_count as u64,
+                l.message_bytes as u64,
+                l.slot(last).offset as u64,
+            ]);
+            parts.push(last_key.seed());
+        }
+        format!("{:016x}", pattern::seed_of(&parts))
+    }
+}
+
+/// Bump when the way a plan is cut into messages changes.
+const LAYOUT_REVISION: u64 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::presets;
+
+    fn plan(model: &str, tokens: &[u32]) -> Plan {
+        let m = presets::lookup(model).unwrap();
+        let bs = presets::default_block_size(&m.attention);
+        Plan {
+            shape: KvShape::new(m, 1, bs).unwrap(),
+            prompt_lengths: tokens.to_vec(),
+            granularities: Granularity::ALL.to_vec(),
+            iterations: 3,
+            warmup: 1,
+            verify: VerifyMode::After,
+        }
+    }
+
+    #[test]
+    fn llama_8b_at_8k_is_32_layers_of_32_mib() {
+        // landscape.md 6.3: "Llama-8B 8K prompt TP1 = 32 sends of 32 MiB".
+        let p = plan("llama-3.1-8b", &[8192]);
+        let pts = p.points();
+        let [req, layer, block] = [&pts[0].layout, &pts[1].layout, &pts[2].layout];
+        assert_eq!((req.message_count, req.message_bytes), (1, 1 << 30));
+        assert_eq!((layer.message_count, layer.message_bytes), (32, 32 << 20));
+        // 512 blocks x K,V x 32 layers of 16 tokens x 8 heads x 128 x 2 B = 32 KiB.
+        assert_eq!(
+            (block.message_count, block.message_bytes),
+            (32 * 2 * 512, 32 << 10)
+        );
+        assert!(pts.iter().all(|p| p.layout.total_bytes() == 1 << 30));
+    }
+
+    #[test]
+    fn partial_last_block_travels_whole() {
+        let p = plan("llama-3.1-8b", &[100]);
+        let block = &p.points()[2].layout;
+        assert_eq!(block.blocks, 7); // ceil(100 / 16)
+        assert_eq!(block.total_bytes(), 7 * 16 * 131_072);
+    }
+
+    #[test]
+    fn keys_walk_layer_then_kv_then_block() {
+        let p = plan("llama-3.1-8b", &[32]);
+        let block = &p.points()[2].layout; // 2 blocks per tensor
+        let k = |i| block.key(5, i).to_string();
+        assert_eq!(k(0), "r5/L0/K/b0");
+        assert_eq!(k(1), "r5/L0/K/b1");
+        assert_eq!(k(2), "r5/L0/V/b0");
+        assert_eq!(k(4), "r5/L1/K/b0");
+        assert_eq!(p.points()[1].layout.key(5, 3).to_string(), "r5/L3");
+        assert_eq!(p.points()[0].layout.key(5, 0).to_string(), "r5");
+        let mla = plan("deepseek-v3", &[128]);
+        assert_eq!(
+            mla.points()[2].layout.key(0, 3).to_string(),
+            "r0/L1/latent/b1"
+        );
+    }
+
+    #[test]
+    fn keys_survive_the_wire_and_reject_garbage() {
+        let p = plan("llama-3.1-8b", &[64]);
+        let l = &p.points()[2].layout;
+        for i in 0..l.message_count {
+            let key = l.key(9, i);
+            assert_eq!(TransferKey::from_wire(&key.to_wire()), Some(key));
+        }
+        assert_eq!(TransferKey::from_wire(&[0xee; TransferKey::WIRE_LEN]), None);
+    }
+
+    #[test]
+    fn request_ids_are_unique_across_points() {
+        let p = plan("qwen3-8b", &[128, 256]);
+        let mut seen = std::collections::HashSet::new();
+        for pt in p.points() {
+            for it in 0..p.warmup + p.iterations {
+                assert!(seen.insert(p.request_id(pt.index, it)));
+            }
+        }
+    }
+
+    #[test]
+    fn digest_changes_with_the_plan() {
+        let a = plan("llama-3.1-8b", &[128]);
+        let mut b = a.clone();
+        assert_eq!(a.digest(), b.digest());
+        b.iterations += 1;
+        assert_ne!(a.digest(), b.digest());
+        assert_ne!(a.digest(), plan("llama-3.1-70b", &[128]).digest());
+    }
+
+    #[test]
+    fn granularity_lists() {
+        assert_eq!(
+            Granularity::parse_list("all").unwrap(),
+            Granularity::ALL.to_vec()
+        );
+        assert_eq!(
+            Granularity::parse_list("layer,block,layer").unwrap(),
+            vec![Granularity::Layer, Granularity::Block]
+        );
+        assert!(Granularity::parse_list("page").is_err());
+    }
+}

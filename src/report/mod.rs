@@ -1,0 +1,89 @@
+//! Results as people read them (a table on stdout) and as programs read them
+//! (CSV, JSON). Exporters only read a finished `RunReport`.
+
+pub mod csv;
+pub mod json;
+pub mod table;
+
+use crate::env::EnvInfo;
+use crate::error::Result;
+use crate::link::Link;
+use crate::measure::PointResult;
+use crate::plan::Plan;
+use crate::session::{ControlRtt, Hello, Role};
+use crate::transport::{TransportInfo, TransportSpec};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+
+/// Bump when a field changes meaning or disappears.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    pub schema: u32,
+    /// The side that wrote this report; both sides hold the same figures.
+    pub written_by: Role,
+    pub started_at: String,
+    pub plan: Plan,
+    pub plan_digest: String,
+    pub model: String,
+    pub kv_bytes_per_token: u64,
+    pub transport: TransportSpec,
+    pub sender_transport: TransportInfo,
+    pub receiver_transport: TransportInfo,
+    pub link: Option<Link>,
+    pub sender: EnvInfo,
+    pub receiver: EnvInfo,
+    /// Measured by the sender right after the handshake.
+    pub control_rtt: Option<ControlRtt>,
+    pub points: Vec<PointResult>,
+    pub verified_bytes: u64,
+    pub wrong_bytes: u64,
+    /// "ok", "wrong bytes", or the error that ended the run.
+    pub outcome: String,
+}
+
+impl RunReport {
+    pub fn new(written_by: Role, hello: &Hello, receiver: EnvInfo) -> RunReport {
+        RunReport {
+            schema: SCHEMA,
+            written_by,
+            started_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            plan: hello.plan.clone(),
+            plan_digest: hello.plan_digest.clone(),
+            model: hello.plan.shape.model.describe(),
+            kv_bytes_per_token: hello.plan.shape.bytes_per_token(),
+            transport: hello.transport.clone(),
+            sender_transport: TransportInfo::default(),
+            receiver_transport: TransportInfo::default(),
+            link: hello.link.clone(),
+            sender: hello.env.clone(),
+            receiver,
+            control_rtt: None,
+            points: Vec::new(),
+            verified_bytes: 0,
+            wrong_bytes: 0,
+            outcome: "running".into(),
+        }
+    }
+
+    /// Totals the integrity figures and settles the outcome.
+    pub fn close(&mut self, error: Option<&crate::error::Error>) {
+        self.verified_bytes = self.points.iter().map(|p| p.verified_bytes).sum();
+        self.wrong_bytes = self.points.iter().map(|p| p.wrong_bytes).sum();
+        self.outcome = match error {
+            Some(e) => format!("error: {e}"),
+            None if self.wrong_bytes > 0 => "wrong bytes".into(),
+            None => "ok".into(),
+        };
+    }
+
+    pub fn first_wrong(&self) -> Option<&str> {
+        self.points.iter().find_map(|p| p.first_wrong.as_deref())
+    }
+}
+
+/// Writes a whole report in one format.
+pub trait Exporter {
+    fn export(&self, report: &RunReport, out: &mut dyn Write) -> Result<()>;
+}

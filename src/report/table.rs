@@ -1,0 +1,143 @@
+//! The table on stdout: a commented header that says what was measured and
+//! how, one row per sweep point as it completes, a verdict line.
+
+use super::{Exporter, RunReport};
+use crate::error::Result;
+use crate::measure::PointResult;
+use crate::plan::VerifyMode;
+use crate::units::{fmt_bytes, fmt_ns};
+use std::io::Write;
+
+pub struct Table;
+
+impl Exporter for Table {
+    fn export(&self, report: &RunReport, out: &mut dyn Write) -> Result<()> {
+        header(report, out)?;
+        for p in &report.points {
+            row(report, p, out)?;
+        }
+        footer(report, out)
+    }
+}
+
+pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
+    let shape = &r.plan.shape;
+    let heads = match shape.heads_per_rank() {
+        Some(h) => format!("{h} KV heads per rank"),
+        None => "MLA latent replicated on every rank".into(),
+    };
+    writeln!(
+        out,
+        "# {} | sender {} | receiver {}",
+        r.sender.build.line(),
+        r.sender.hostname,
+        r.receiver.hostname
+    )?;
+    writeln!(out, "# model      {}", r.model)?;
+    writeln!(
+        out,
+        "# layout     TP {} ({heads}), block {} tokens, {} per token per rank",
+        shape.tp,
+        shape.block_size,
+        fmt_bytes(r.kv_bytes_per_token)
+    )?;
+    writeln!(out, "# transport  sender:   {}", r.sender_transport.summary)?;
+    writeln!(
+        out,
+        "#            receiver: {}",
+        r.receiver_transport.summary
+    )?;
+    match &r.link {
+        Some(l) => writeln!(
+            out,
+            "# link       {}: {} GB/s one way ({})",
+            l.name, l.peak_gbps, l.source
+        )?,
+        None => writeln!(
+            out,
+            "# link       not given (--link PRESET or GB/s adds a %peak column)"
+        )?,
+    }
+    let rtt = r
+        .control_rtt
+        .as_ref()
+        .map(|c| format!("; control round trip {} median", fmt_ns(c.median_ns as f64)))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "# timing     request = receiver's go to its last byte, one control hop included{rtt}"
+    )?;
+    let verify = match r.plan.verify {
+        VerifyMode::After => "every byte, after each timed request",
+        VerifyMode::Inline => "every byte, inside the timed region",
+        VerifyMode::Off => "off",
+    };
+    writeln!(
+        out,
+        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = 1e9 bytes/s",
+        r.plan.iterations, r.plan.warmup
+    )?;
+    writeln!(
+        out,
+        "#{:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>6}",
+        "gran", "prompt", "msgs", "msg size", "request", "p50", "p90", "p99", "p99.9", "max", "msg p50", "msg p99",
+        "GB/s", "%peak", "wrong"
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
+    let l = &p.request_ns;
+    let peak = p
+        .percent_of_peak
+        .map(|v| format!("{v:.1}"))
+        .unwrap_or_else(|| "-".into());
+    let wrong = if r.plan.verify == VerifyMode::Off {
+        "-".into()
+    } else {
+        p.wrong_bytes.to_string()
+    };
+    writeln!(
+        out,
+        " {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8.2} {:>7} {:>6}",
+        p.granularity.to_string(),
+        p.prompt_tokens,
+        p.messages,
+        fmt_bytes(p.message_bytes as u64),
+        fmt_bytes(p.request_bytes as u64),
+        fmt_ns(l.p50 as f64),
+        fmt_ns(l.p90 as f64),
+        fmt_ns(l.p99 as f64),
+        fmt_ns(l.p999 as f64),
+        fmt_ns(l.max as f64),
+        fmt_ns(p.message_ns.p50 as f64),
+        fmt_ns(p.message_ns.p99 as f64),
+        p.gbps,
+        peak,
+        wrong
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
+    let verdict = match (r.plan.verify, r.wrong_bytes) {
+        (VerifyMode::Off, _) => "not verified (--verify off)".to_string(),
+        (_, 0) => format!(
+            "0 wrong bytes in {} verified: OK",
+            fmt_bytes(r.verified_bytes)
+        ),
+        (_, n) => format!(
+            "{n} WRONG BYTES in {} verified; first: {}",
+            fmt_bytes(r.verified_bytes),
+            r.first_wrong().unwrap_or("?")
+        ),
+    };
+    writeln!(out, "# integrity  {verdict}")?;
+    if r.outcome != "ok" && r.outcome != "wrong bytes" {
+        writeln!(out, "# outcome    {}", r.outcome)?;
+    }
+    out.flush()?;
+    Ok(())
+}

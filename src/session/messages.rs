@@ -1,0 +1,105 @@
+//! What travels on the control connection, after the fixed preamble.
+
+use crate::env::EnvInfo;
+use crate::link::Link;
+use crate::measure::PointResult;
+use crate::plan::Plan;
+use crate::transport::{TransportInfo, TransportSpec};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Prefill side: owns the plan, writes the KV.
+    Sender,
+    /// Decode side: adopts the plan, receives and checks the KV.
+    Receiver,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+        })
+    }
+}
+
+/// The sender's proposal: the receiver adopts all of it or refuses.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hello {
+    pub role: Role,
+    pub env: EnvInfo,
+    pub plan: Plan,
+    pub plan_digest: String,
+    pub transport: TransportSpec,
+    pub link: Option<Link>,
+    /// Presented again by every data connection of this session.
+    pub cookie: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    Hello(Box<Hello>),
+    Welcome {
+        env: Box<EnvInfo>,
+    },
+    Refuse {
+        reason: String,
+    },
+    /// Opaque setup data of a transport (addresses, ids, keys).
+    Setup {
+        data: serde_json::Value,
+    },
+    /// What a side's transport actually set up, for both reports.
+    TransportInfo {
+        info: TransportInfo,
+    },
+    Ping {
+        seq: u32,
+    },
+    Pong {
+        seq: u32,
+    },
+    /// Sender: the request's buffer holds its pattern; waiting for Go.
+    Ready {
+        point: usize,
+        request: u64,
+    },
+    /// Receiver: timing has started, send the request now.
+    Go {
+        point: usize,
+        request: u64,
+    },
+    /// Receiver: the measured figures of one sweep point.
+    PointDone {
+        result: Box<PointResult>,
+    },
+    /// Either side: the run ends now, for this reason, with this exit code.
+    Abort {
+        reason: String,
+        code: i32,
+    },
+    /// Receiver: every point is done.
+    Finish,
+}
+
+impl Msg {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Msg::Hello(_) => "hello",
+            Msg::Welcome { .. } => "welcome",
+            Msg::Refuse { .. } => "refuse",
+            Msg::Setup { .. } => "setup",
+            Msg::TransportInfo { .. } => "transport-info",
+            Msg::Ping { .. } => "ping",
+            Msg::Pong { .. } => "pong",
+            Msg::Ready { .. } => "ready",
+            Msg::Go { .. } => "go",
+            Msg::PointDone { .. } => "point-done",
+            Msg::Abort { .. } => "abort",
+            Msg::Finish => "finish",
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The control connection between sender and receiver: a fixed preamble that
+//! every version of kvxfer will understand, then length-prefixed JSON messages.
+//! The sender proposes a plan, the receiver adopts or refuses it (iperf3
+//! style); afterwards both sides pace each request over this channel.
+//! Every read has a deadline; a lost, silent or aborting peer is an error that
+//! names the peer and what was awaited.
+
+pub mod messages;
+
+use crate::env::EnvInfo;
+use crate::error::{Error, ErrorKind, Result};
+use crate::net;
+pub use messages::{Hello, Msg, Role};
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Version of the control protocol; peers must speak the same one.
+pub const PROTOCOL: u16 = 1;
+const MAGIC: [u8; 4] = *b"KVXF";
+const MAX_FRAME: usize = 64 << 20;
+const STATUS_OK: u16 = 0;
+const STATUS_VERSION_REFUSED: u16 = 1;
+
+pub struct Control {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+    pub peer_role: Role,
+    pub peer_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    /// How long any single wait for the peer may last.
+    pub timeout: Duration,
+}
+
+impl Control {
+    fn new(stream: TcpStream, peer_role: Role, timeout: Duration) -> Result<Control> {
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Control {
+            peer_addr: stream.peer_addr()?,
+            local_addr: stream.local_addr()?,
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            peer_role,
+            timeout,
+        })
+    }
+
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    pub fn send(&mut self, msg: &Msg) -> Result<()> {
+        let body = serde_json::to_vec(msg).expect("control messages serialize");
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&body);
+        self.writer
+            .write_all(&frame)
+            .map_err(|e| self.io_error(e, &format!("sending {}", msg.name())))
+    }
+
+    /// The next message, or an error naming what was awaited. A peer's Abort
+    /// becomes an error carrying the peer's reason and exit code.
+    pub fn recv(&mut self, deadline: Instant, awaiting: &str) -> Result<Msg> {
+        let began = Instant::now();
+        let mut len = [0u8; 4];
+        self.read_exact_until(&mut len, deadline, began, awaiting)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME {
+            return Err(Error::run(format!(
+                "protocol error: the {} sent a {len}-byte control frame while {awaiting}",
+                self.peer_role
+            )));
+        }
+        let mut body = vec![0u8; len];
+        self.read_exact_until(&mut body, deadline, began, awaiting)?;
+        let msg: Msg = serde_json::from_slice(&body).map_err(|e| {
+            Error::run(format!(
+                "protocol error: unreadable control message from the {} while {awaiting}: {e}",
+                self.peer_role
+            ))
+        })?;
+        match msg {
+            Msg::Abort { reason, code } => Err(Error::new(
+                kind_of_code(code),
+                format!("the {} stopped the run: {reason}", self.peer_role),
+            )
+            .reported_by_peer()),
+            Msg::Refuse { reason } => Err(Error::run(format!(
+                "the {} refused the run: {reason}",
+                self.peer_role
+            ))
+            .reported_by_peer()),
+            m => Ok(m),
+        }
+    }
+
+    /// Receives and checks the kind of the next message, within the timeout.
+    pub fn expect<T>(
+        &mut self,
+        awaiting: &str,
+        pick: impl FnOnce(Msg) -> Result<T, Msg>,
+    ) -> Result<T> {
+        let deadline = self.deadline();
+        self.expect_by(deadline, awaiting, pick)
+    }
+
+    /// Receives and checks the kind of the next message, by `deadline`.
+    pub fn expect_by<T>(
+        &mut self,
+        deadline: Instant,
+        awaiting: &str,
+        pick: impl FnOnce(Msg) -> Result<T, Msg>,
+    ) -> Result<T> {
+        let msg = self.recv(deadline, awaiting)?;
+        pick(msg).map_err(|other| {
+            Error::run(format!(
+                "protocol error: got '{}' from the {} while {awaiting}",
+                other.name(),
+                self.peer_role
+            ))
+        })
+    }
+
+    /// Tells the peer why the run ends; best effort, bounded to a second.
+    pub fn abort(&mut self, err: &Error) {
+        let _ = self.writer.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = self.send(&Msg::Abort {
+            reason: err.message.clone(),
+            code: err.exit_code(),
+        });
+    }
+
+    /// Ends a failed run on both sides with the most telling reason: the
+    /// peer's own, when our failure is only the echo of its abort (a closed
+    /// data connection, say); otherwise ours, which the peer is told.
+    pub fn settle(&mut self, err: Error) -> Error {
+        if err.from_peer {
+            return err;
+        }
+        if let Some(theirs) = self.peer_reason(Duration::from_millis(300)) {
+            return theirs;
+        }
+        self.abort(&err);
+        err
+    }
+
+    /// The peer's own explanation, if it sends one within `wait`.
+    fn peer_reason(&mut self, wait: Duration) -> Option<Error> {
+        match self.recv(Instant::now() + wait, "reading the peer's reason") {
+            Err(e) if e.from_peer => Some(e),
+            _ => None,
+        }
+    }
+
+    fn read_exact_until(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Instant,
+        began: Instant,
+        awaiting: &str,
+    ) -> Result<()> {
+        let mut done = 0;
+        while done < buf.len() {
+            let Some(left) = net::remaining(deadline) else {
+                return Err(self.silent(awaiting, began.elapsed()));
+            };
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            match self.reader.read(&mut buf[done..]) {
+                Ok(0) => {
+                    return Err(Error::run(format!(
+                        "the {} closed the control connection while {awaiting}",
+                        self.peer_role
+                    )))
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => return Err(self.io_error(e, awaiting)),
+            }
+        }
+        Ok(())
+    }
+
+    fn silent(&self, awaiting: &str, waited: Duration) -> Error {
+        Error::run(format!(
+            "no word from the {} at {} for {} while {awaiting}",
+            self.peer_role,
+            self.peer_addr,
+            humantime::format_duration(Duration::from_millis(waited.as_millis() as u64))
+        ))
+    }
+
+    fn io_error(&self, e: std::io::Error, doing: &str) -> Error {
+        if is_timeout(&e) {
+            return self.silent(doing, self.timeout);
+        }
+        Error::run(format!(
+            "lost the {} at {} while {doing}: {e}",
+            self.peer_role, self.peer_addr
+        ))
+    }
+}
+
+pub fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+fn kind_of_code(code: i32) -> ErrorKind {
+    [ErrorKind::Usage, ErrorKind::Integrity, ErrorKind::Gate]
+        .into_iter()
+        .find(|k| k.exit_code() == code)
+        .unwrap_or(ErrorKind::Run)
+}
+
+/// Control round trips measured right after the handshake, in nanoseconds.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct ControlRtt {
+    pub min_ns: u64,
+    pub median_ns: u64,
+}
+
+const PINGS: u32 = 20;
+
+/// The sender's half of the handshake: connect, agree on a protocol version,
+/// propose the plan, measure the control round trip.
+pub struct SenderSession {
+    pub ctrl: Control,
+    pub hello: Hello,
+    pub receiver_env: EnvInfo,
+    pub rtt: ControlRtt,
+}
+
+pub fn open_sender(
+    addr: &str,
+    hello: Hello,
+    timeout: Duration,
+    protocol: u16,
+) -> Result<SenderSession> {
+    let addrs = net::resolve(addr)?;
+    let deadline = Instant::now() + timeout;
+    let stream = net::connect_until(&addrs, deadline, "receiver")?;
+    let mut ctrl = Control::new(stream, Role::Receiver, timeout)?;
+
+    let mut pre = [0u8; 8];
+    pre[..4].copy_from_slice(&MAGIC);
+    pre[4..6].copy_from_slice(&protocol.to_be_bytes());
+    ctrl.writer
+        .write_all(&pre)
+        .map_err(|e| ctrl.io_error(e, "sending the preamble"))?;
+    let mut reply = [0u8; 8];
+    ctrl.read_exact_until(
+        &mut reply,
+        deadline,
+        Instant::now(),
+        "waiting for the handshake",
+    )?;
+    if reply[..4] != MAGIC {
+        return Err(Error::run(format!(
+            "{addr} is not a kvxfer receiver (it answered {:?})",
+            String::from_utf8_lossy(&reply)
+        )));
+    }
+    let theirs = u16::from_be_bytes([reply[4], reply[5]]);
+    if u16::from_be_bytes([reply[6], reply[7]]) == STATUS_VERSION_REFUSED {
+        return Err(Error::run(format!(
+            "protocol version mismatch: this sender speaks {protocol}, the receiver at {addr} speaks {theirs}; \
+             run the same kvxfer version on both sides"
+        )));
+    }
+
+    ctrl.send(&Msg::Hello(Box::new(hello.clone())))?;
+    let receiver_env = ctrl.expect("waiting for the receiver to accept the plan", |m| match m {
+        Msg::Welcome { env } => Ok(*env),
+        other => Err(other),
+    })?;
+    let mut samples = Vec::with_capacity(PINGS as usize);
+    for seq in 0..PINGS {
+        let t = Instant::now();
+        ctrl.send(&Msg::Ping { seq })?;
+        ctrl.expect("measuring the control round trip", |m| match m {
+            Msg::Pong { seq: s } if s == seq => Ok(()),
+            other => Err(other),
+        })?;
+        samples.push(t.elapsed().as_nanos() as u64);
+    }
+    samples.sort_unstable();
+    Ok(SenderSession {
+        ctrl,
+        hello,
+        receiver_env,
+        rtt: ControlRtt {
+            min_ns: samples[0],
+            median_ns: samples[samples.len() / 2],
+        },
+    })
+}
+
+/// What a receiver insists on; anything else it adopts from the sender.
+#[derive(Clone, Debug, Default)]
+pub struct Expectations {
+    pub transport: Option<crate::transport::TransportKind>,
+    pub model: Option<String>,
+}
+
+pub struct ReceiverSession {
+    pub ctrl: Control,
+    pub hello: Hello,
+}
+
+/// The receiver's half: wait for a sender (ignoring connections that are not
+/// kvxfer at all), then check its version, role and plan.
+pub fn accept_receiver(
+    listener: &TcpListener,
+    wait_for_sender: Duration,
+    timeout: Duration,
+    expect: &Expectations,
+    own_env: &EnvInfo,
+) -> Result<ReceiverSession> {
+    let accept_deadline = Instant::now() + wait_for_sender;
+    loop {
+        let (stream, from) = net::accept_until(listener, accept_deadline, "sender")?;
+        let mut ctrl = Control::new(stream, Role::Sender, timeout)?;
+        let mut pre = [0u8; 8];
+        let deadline = ctrl.deadline();
+        if let Err(e) = ctrl.read_exact_until(
+            &mut pre,
+            deadline,
+            Instant::now(),
+            "waiting for the preamble",
+        ) {
+            eprintln!("kvxfer-recv: ignoring a connection from {from}: {e}");
+            continue;
+        }
+        if pre[..4] != MAGIC {
+            eprintln!("kvxfer-recv: ignoring a connection from {from}: not a kvxfer sender");
+            continue;
+        }
+        let theirs = u16::from_be_bytes([pre[4], pre[5]]);
+        let status = if theirs == PROTOCOL {
+            STATUS_OK
+        } else {
+            STATUS_VERSION_REFUSED
+        };
+        let mut reply = [0u8; 8];
+        reply[..4].copy_from_slice(&MAGIC);
+        reply[4..6].copy_from_slice(&PROTOCOL.to_be_bytes());
+        reply[6..8].copy_from_slice(&status.to_be_bytes());
+        let _ = ctrl.writer.write_all(&reply);
+        if status != STATUS_OK {
+            return Err(Error::run(format!(
+                "refused the sender at {from}: protocol version mismatch (it speaks {theirs}, this receiver speaks {PROTOCOL}); \
+                 run the same kvxfer version on both sides"
+            )));
+        }
+        let hello = ctrl.expect("waiting for the sender's plan", |m| match m {
+            Msg::Hello(h) => Ok(*h),
+            other => Err(other),
+        })?;
+        if let Err(reason) = check_hello(&hello, expect) {
+            let _ = ctrl.send(&Msg::Refuse {
+                reason: reason.clone(),
+            });
+            return Err(Error::run(format!(
+                "refused the sender at {from}: {reason}"
+            )));
+        }
+        ctrl.send(&Msg::Welcome {
+            env: Box::new(own_env.clone()),
+        })?;
+        for _ in 0..PINGS {
+            let seq = ctrl.expect("answering the control round-trip probe", |m| match m {
+                Msg::Ping { seq } => Ok(seq),
+                other => Err(other),
+            })?;
+            ctrl.send(&Msg::Pong { seq })?;
+        }
+        return Ok(ReceiverSession { ctrl, hello });
+    }
+}
+
+fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
+    if hello.role != Role::Sender {
+        return Err(format!(
+            "role mismatch: the peer says it is a {}, but only a sender may connect to a receiver",
+            hello.role
+        ));
+    }
+    hello
+        .plan
+        .validate()
+        .map_err(|e| format!("invalid plan: {e}"))?;
+    let digest = hello.plan.digest();
+    if digest != hello.plan_digest {
+        return Err(format!(
+            "plan mismatch: the sender's plan digest is {}, this receiver derives {digest} from the same plan; \
+             the two builds cut KV into messages differently (sender {}, receiver {})",
+            hello.plan_digest,
+            hello.env.build.line(),
+            crate::env::BuildInfo::current().line()
+        ));
+    }
+    if let Some(want) = expect.transport {
+        if hello.transport.kind != want {
+            return Err(format!(
+                "plan mismatch: this receiver expects transport {want}, the sender asked for {}",
+                hello.transport.kind
+            ));
+        }
+    }
+    if let Some(want) = &expect.model {
+        let got = &hello.plan.shape.model.name;
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(format!(
+                "plan mismatch: this receiver expects model {want}, the sender's plan is for {got}"
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! One trait pair per role, many transports. A transport moves the messages of
+//! one request from the sender's buffer into the receiver's; it knows nothing
+//! of models, only of a `RequestLayout` (equal-sized messages tiling a buffer)
+//! and the key of each message.
+//!
+//! The receiver measures. Each round it starts its clock, calls `go` once when
+//! it is ready for the sender to start (a two-sided transport right away, a
+//! stream-ordered one after posting its receives, a one-sided pull never needs
+//! the sender at all), and reports every message's completion. The sender's
+//! `send` returns once its part of the round is handed off. Setup data
+//! (ports, ids, memory keys) travels over the control connection.
+
+pub mod tcp;
+
+use crate::error::{Error, Result};
+use crate::memory::Buffer;
+use crate::plan::RequestLayout;
+use crate::session::{Control, Msg};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportKind {
+    Tcp,
+}
+
+impl TransportKind {
+    pub fn parse(s: &str) -> Result<TransportKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Ok(TransportKind::Tcp),
+            other => Err(Error::usage(format!(
+                "unknown transport '{other}' (available: tcp)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+        })
+    }
+}
+
+/// The sender's choice of transport and its knobs; the receiver adopts it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportSpec {
+    pub kind: TransportKind,
+    /// Parallel connections (tcp): message i travels on stream i mod streams.
+    pub streams: u32,
+    /// SO_SNDBUF / SO_RCVBUF in bytes; None keeps the kernel's autotuning.
+    pub socket_buffer: Option<u64>,
+}
+
+/// What the transport really did, for the report ("transport truth").
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TransportInfo {
+    pub summary: String,
+    pub details: BTreeMap<String, String>,
+}
+
+/// How the receiver's transport timed a round, when it knows better than the
+/// host clock (GPU events); None means the engine's host clock stands.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundTiming {
+    pub elapsed_ns: Option<u64>,
+}
+
+/// Where a receiving transport reports each message as it completes.
+pub trait Completions: Sync {
+    /// Message `index` of the round arrived whole between `started` (when the
+    /// transport began waiting for it or posted it) and `ended`. `data` is the
+    /// message's bytes where they are in host memory.
+    fn message_done(
+        &self,
+        index: usize,
+        started: Instant,
+        ended: Instant,
+        data: Option<&[u8]>,
+    ) -> Result<()>;
+}
+
+pub trait SendSide: Send {
+    fn info(&self) -> TransportInfo;
+    /// Moves every message of `layout`, keyed for `request`, from `buf`.
+    fn send(
+        &mut self,
+        buf: &Buffer,
+        layout: &RequestLayout,
+        request: u64,
+        deadline: Instant,
+    ) -> Result<()>;
+}
+
+pub trait RecvSide: Send {
+    fn info(&self) -> TransportInfo;
+    /// Receives every message of `layout` for `request` into `buf`, checking
+    /// each key. Calls `go` exactly once, when the sender may start.
+    fn recv(
+        &mut self,
+        buf: &mut Buffer,
+        layout: &RequestLayout,
+        request: u64,
+        deadline: Instant,
+        go: &mut dyn FnMut() -> Result<()>,
+        done: &dyn Completions,
+    ) -> Result<RoundTiming>;
+}
+
+/// The control connection lent to a transport for its setup exchange.
+pub struct Setup<'a> {
+    pub ctrl: &'a mut Control,
+    pub cookie: u64,
+}
+
+impl Setup<'_> {
+    pub fn send(&mut self, data: serde_json::Value) -> Result<()> {
+        self.ctrl.send(&Msg::Setup { data })
+    }
+
+    pub fn recv(&mut self, awaiting: &str) -> Result<serde_json::Value> {
+        self.ctrl.expect(awaiting, |m| match m {
+            Msg::Setup { data } => Ok(data),
+            other => Err(other),
+        })
+    }
+}
+
+pub fn open_sender(spec: &TransportSpec, setup: Setup, _buf: &Buffer) -> Result<Box<dyn SendSide>> {
+    match spec.kind {
+        TransportKind::Tcp => Ok(Box::new(tcp::TcpSender::connect(spec, setup)?)),
+    }
+}
+
+pub fn open_receiver(
+    spec: &TransportSpec,
+    setup: Setup,
+    _buf: &mut Buffer,
+) -> Result<Box<dyn RecvSide>> {
+    match spec.kind {
+        TransportKind::Tcp => Ok(Box::new(tcp::TcpReceiver::accept(spec, setup)?)),
+    }
+}
+
+/// The error for a message that arrived under the wrong key or size.
+pub fn key_mismatch(index: usize, layout: &RequestLayout, request: u64, got: &str) -> Error {
+    Error::integrity(format!(
+        "message {index} of {} of request {request}: expected {} ({} bytes), received {got}",
+        layout.message_count,
+        layout.key(request, index),
+        layout.message_bytes
+    ))
+}
