@@ -26,12 +26,23 @@ impl ErrorKind {
     }
 }
 
+/// Who the error comes from, which decides who explains it to whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Found here: bad bytes, a silent peer, bad input. Tell the peer at once.
+    Here,
+    /// The peer's own abort or refusal, received over the control connection.
+    Peer,
+    /// A connection dropped: often only the echo of the peer's abort, whose
+    /// reason is worth waiting a moment for.
+    Lost,
+}
+
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
-    /// The peer reported this error (its abort or refusal), rather than us.
-    pub from_peer: bool,
+    pub origin: Origin,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,12 +52,19 @@ impl Error {
         Error {
             kind,
             message: message.into(),
-            from_peer: false,
+            origin: Origin::Here,
         }
     }
     pub fn reported_by_peer(mut self) -> Self {
-        self.from_peer = true;
+        self.origin = Origin::Peer;
         self
+    }
+    /// The connection to the peer dropped (end of stream, reset, broken pipe).
+    pub fn connection_lost(message: impl Into<String>) -> Self {
+        Error {
+            origin: Origin::Lost,
+            ..Self::run(message)
+        }
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Usage, message)

@@ -8,7 +8,7 @@
 pub mod messages;
 
 use crate::env::EnvInfo;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Origin, Result};
 use crate::net;
 pub use messages::{Hello, Msg, Role};
 use std::io::{BufReader, Read, Write};
@@ -132,24 +132,30 @@ impl Control {
         });
     }
 
-    /// Ends a failed run on both sides with the most telling reason: the
-    /// peer's own, when our failure is only the echo of its abort (a closed
-    /// data connection, say); otherwise ours, which the peer is told.
+    /// Ends a failed run on both sides with the most telling reason. An
+    /// error found here is sent to the peer at once. A dropped connection is
+    /// often only the echo of the peer's own abort: its reason, if it comes
+    /// within a moment, is the one to report.
     pub fn settle(&mut self, err: Error) -> Error {
-        if err.from_peer {
-            return err;
+        match err.origin {
+            Origin::Peer => err,
+            Origin::Here => {
+                self.abort(&err);
+                err
+            }
+            Origin::Lost => self
+                .peer_reason(Duration::from_millis(500))
+                .unwrap_or_else(|| {
+                    self.abort(&err);
+                    err
+                }),
         }
-        if let Some(theirs) = self.peer_reason(Duration::from_millis(300)) {
-            return theirs;
-        }
-        self.abort(&err);
-        err
     }
 
     /// The peer's own explanation, if it sends one within `wait`.
     fn peer_reason(&mut self, wait: Duration) -> Option<Error> {
         match self.recv(Instant::now() + wait, "reading the peer's reason") {
-            Err(e) if e.from_peer => Some(e),
+            Err(e) if e.origin == Origin::Peer => Some(e),
             _ => None,
         }
     }
@@ -169,7 +175,7 @@ impl Control {
             self.reader.get_ref().set_read_timeout(Some(left))?;
             match self.reader.read(&mut buf[done..]) {
                 Ok(0) => {
-                    return Err(Error::run(format!(
+                    return Err(Error::connection_lost(format!(
                         "the {} closed the control connection while {awaiting}",
                         self.peer_role
                     )))
@@ -196,7 +202,7 @@ impl Control {
         if is_timeout(&e) {
             return self.silent(doing, self.timeout);
         }
-        Error::run(format!(
+        Error::connection_lost(format!(
             "lost the {} at {} while {doing}: {e}",
             self.peer_role, self.peer_addr
         ))

@@ -404,20 +404,40 @@ fn read_full(
     Ok(())
 }
 
+/// Marks the one I/O error that is ours: the round ran out of time.
+#[derive(Debug)]
+struct DeadlinePassed;
+
+impl std::fmt::Display for DeadlinePassed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request's deadline passed (the timeout plus 1 s per 10 MB)")
+    }
+}
+
+impl std::error::Error for DeadlinePassed {}
+
 fn deadline_passed() -> std::io::Error {
-    std::io::Error::other("the request's deadline passed")
+    std::io::Error::other(DeadlinePassed)
 }
 
 /// A data-path I/O failure, worded for the operator.
 fn data_error(e: std::io::Error, peer: &str, timeout: Duration, doing: &str) -> Error {
     let timeout = humantime::format_duration(timeout);
-    Error::run(match e.kind() {
-        _ if is_timeout(&e) => format!("no progress from the {peer} for {timeout} while {doing}"),
-        std::io::ErrorKind::UnexpectedEof => {
-            format!("the {peer} closed the data connection while {doing}")
+    match e.kind() {
+        _ if is_timeout(&e) => Error::run(format!(
+            "no progress from the {peer} for {timeout} while {doing}"
+        )),
+        _ if e
+            .get_ref()
+            .is_some_and(|inner| inner.is::<DeadlinePassed>()) =>
+        {
+            Error::run(format!("{doing}: {e}"))
         }
-        _ => format!("lost the {peer} while {doing}: {e}"),
-    })
+        std::io::ErrorKind::UnexpectedEof => Error::connection_lost(format!(
+            "the {peer} closed the data connection while {doing}"
+        )),
+        _ => Error::connection_lost(format!("lost the {peer} while {doing}: {e}")),
+    }
 }
 
 /// Runs `work` on one thread per item. When one fails, `on_error` wakes the

@@ -1,0 +1,205 @@
+//! Starting the real kvxfer binaries as processes, watching their output and
+//! bounding every wait, so a hung binary fails a test instead of hanging it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const KVXFER: &str = env!("CARGO_BIN_EXE_kvxfer");
+pub const SEND: &str = env!("CARGO_BIN_EXE_kvxfer-send");
+pub const RECV: &str = env!("CARGO_BIN_EXE_kvxfer-recv");
+
+pub struct Proc {
+    pub child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    started: Instant,
+}
+
+#[derive(Debug)]
+pub struct Finished {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Finished {
+    /// Fails the test with both outputs unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    pub fn expect_stderr(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
+        self
+    }
+
+    /// The table rows (lines that are neither comments nor blank).
+    pub fn rows(&self) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with(' ') && !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn collect(mut src: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(&mut src);
+        let mut line = String::new();
+        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            into.lock().unwrap().push_str(&line);
+            line.clear();
+        }
+    })
+}
+
+impl Proc {
+    pub fn start(bin: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Proc {
+            child,
+            stdout,
+            stderr,
+            readers,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until `needle` shows in stdout or stderr; false after `within`.
+    pub fn wait_for(&self, needle: &str, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if self.stdout().contains(needle) || self.stderr().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the exit; a process still running after `within` is killed
+    /// and the test fails: nothing may hang.
+    pub fn finish(mut self, within: Duration) -> Finished {
+        let until = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "process still running after {within:?}\n--- stdout\n{}\n--- stderr\n{}",
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        Finished {
+            code: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // A test that fails midway must not leave a process behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts a receiver on an ephemeral port; returns it with "HOST:PORT".
+pub fn receiver(listen: &str, extra: &[&str]) -> (Proc, String) {
+    let mut args = vec!["--listen", listen];
+    args.extend_from_slice(extra);
+    let p = Proc::start(RECV, &args);
+    assert!(
+        p.wait_for("listening on ", Duration::from_secs(10)),
+        "receiver did not start: {}",
+        p.stderr()
+    );
+    let line = p
+        .stderr()
+        .lines()
+        .find(|l| l.contains("listening on "))
+        .unwrap()
+        .to_string();
+    let addr = line
+        .rsplit("listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    (p, addr)
+}
+
+/// Runs a command to completion within `within`.
+pub fn run(bin: &str, args: &[&str], within: Duration) -> Finished {
+    Proc::start(bin, args).finish(within)
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}

@@ -1,0 +1,277 @@
+//! Runs that must fail: corrupted bytes, wrong keys, dead, silent or
+//! mismatched peers. Each must end on both sides with a clear message and a
+//! non-zero exit within its deadline.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+/// The peer went quiet, on the control connection or on the data path.
+fn silent(stderr: &str, peer: &str) -> bool {
+    stderr.contains(&format!("no word from the {peer} at"))
+        || stderr.contains(&format!("no progress from the {peer} for 3s"))
+}
+
+/// A run long enough to be interrupted: 2000 requests of 1024 blocks.
+const LONG: [&str; 8] = ["-p", "1024", "-g", "block", "-n", "2000", "--timeout", "3s"];
+
+#[test]
+fn a_corrupted_byte_fails_the_run_on_both_sides() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = run(
+        SEND,
+        &[
+            "--connect",
+            &addr,
+            "-p",
+            "128",
+            "-n",
+            "3",
+            "--fault",
+            "corrupt-byte",
+        ],
+        secs(60),
+    );
+    let recv = recv.finish(secs(10));
+    for side in [&send, &recv] {
+        side.expect_code(3).expect_stderr("1 wrong bytes");
+        assert!(side.stdout.contains("1 WRONG BYTES"), "{}", side.stdout);
+        // The first wrong byte is located by key and offset.
+        assert!(side.stderr.contains("first: r2/L"), "{}", side.stderr);
+    }
+    assert_eq!(send.rows(), recv.rows());
+}
+
+#[test]
+fn a_corrupted_byte_is_caught_inline_too() {
+    let f = run(
+        KVXFER,
+        &[
+            "pair",
+            "-p",
+            "64",
+            "-n",
+            "2",
+            "--verify",
+            "inline",
+            "--fault",
+            "corrupt-byte",
+        ],
+        secs(60),
+    );
+    f.expect_code(3).expect_stderr("1 wrong bytes");
+}
+
+#[test]
+fn a_wrong_key_is_refused_by_the_receiver() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = run(
+        SEND,
+        &[
+            "--connect",
+            &addr,
+            "-p",
+            "64",
+            "-g",
+            "block",
+            "-n",
+            "2",
+            "--fault",
+            "wrong-key",
+        ],
+        secs(60),
+    );
+    let recv = recv.finish(secs(10));
+    // Two warm-up requests (r0, r1), so the first measured one is r2.
+    recv.expect_code(3).expect_stderr("expected r2/L0/K/b0");
+    assert!(
+        recv.stderr.contains("received r1000000009/L0/K/b0"),
+        "{}",
+        recv.stderr
+    );
+    send.expect_code(3)
+        .expect_stderr("the receiver stopped the run: message 0");
+}
+
+#[test]
+fn killing_the_receiver_ends_the_sender() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = Proc::start(
+        SEND,
+        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
+    );
+    assert!(
+        send.wait_for("# iterations", secs(20)),
+        "run did not start: {}",
+        send.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    recv.signal("KILL");
+    let f = send.finish(secs(15));
+    assert_ne!(f.code, Some(0));
+    assert!(
+        f.stderr.contains("receiver"),
+        "names the peer: {}",
+        f.stderr
+    );
+    assert!(!f.stderr.contains("panicked"));
+}
+
+#[test]
+fn killing_the_sender_ends_the_receiver() {
+    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s"]);
+    let send = Proc::start(
+        SEND,
+        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
+    );
+    assert!(
+        send.wait_for("# iterations", secs(20)),
+        "run did not start: {}",
+        send.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    send.signal("KILL");
+    let f = recv.finish(secs(15));
+    assert_ne!(f.code, Some(0));
+    assert!(
+        f.stderr.contains("the sender closed") || f.stderr.contains("lost the sender"),
+        "{}",
+        f.stderr
+    );
+    assert!(!f.stderr.contains("panicked"));
+}
+
+#[test]
+fn a_silent_receiver_is_given_up_within_the_timeout() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = Proc::start(
+        SEND,
+        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
+    );
+    assert!(
+        send.wait_for("# iterations", secs(20)),
+        "run did not start: {}",
+        send.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    recv.signal("STOP");
+    let stopped = std::time::Instant::now();
+    let f = send.finish(secs(20));
+    assert_ne!(f.code, Some(0));
+    assert!(silent(&f.stderr, "receiver"), "{}", f.stderr);
+    // 3 s timeout, plus the slack a busy 2-core machine needs.
+    assert!(stopped.elapsed() < secs(12), "took {:?}", stopped.elapsed());
+}
+
+#[test]
+fn a_silent_sender_is_given_up_within_the_timeout() {
+    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s"]);
+    let send = Proc::start(
+        SEND,
+        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
+    );
+    assert!(
+        send.wait_for("# iterations", secs(20)),
+        "run did not start: {}",
+        send.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    send.signal("STOP");
+    let stopped = std::time::Instant::now();
+    let f = recv.finish(secs(20));
+    assert_ne!(f.code, Some(0));
+    assert!(silent(&f.stderr, "sender"), "{}", f.stderr);
+    assert!(stopped.elapsed() < secs(12), "took {:?}", stopped.elapsed());
+}
+
+#[test]
+fn another_protocol_version_is_refused() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = run(
+        SEND,
+        &["--connect", &addr, "--fault", "bad-protocol"],
+        secs(30),
+    );
+    send.expect_code(1)
+        .expect_stderr("protocol version mismatch: this sender speaks 999, the receiver");
+    recv.finish(secs(10))
+        .expect_code(1)
+        .expect_stderr("protocol version mismatch (it speaks 999");
+}
+
+#[test]
+fn a_plan_the_receiver_derives_differently_is_refused() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = run(
+        SEND,
+        &["--connect", &addr, "--fault", "bad-digest"],
+        secs(30),
+    );
+    send.expect_code(1)
+        .expect_stderr("the receiver refused the run: plan mismatch");
+    recv.finish(secs(10))
+        .expect_code(1)
+        .expect_stderr("plan mismatch: the sender's plan digest is 0000000000000000");
+}
+
+#[test]
+fn a_plan_for_another_model_is_refused() {
+    let (recv, addr) = receiver("127.0.0.1:0", &["--expect-model", "Llama-3.1-70B"]);
+    let send = run(SEND, &["--connect", &addr, "-m", "llama-3.1-8b"], secs(30));
+    send.expect_code(1)
+        .expect_stderr("expects model llama-3.1-70b, the sender's plan is for llama-3.1-8b");
+    recv.finish(secs(10)).expect_code(1);
+}
+
+#[test]
+fn a_receiver_that_never_comes_is_given_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let f = run(
+        SEND,
+        &["--connect", &format!("127.0.0.1:{port}"), "--timeout", "1s"],
+        secs(15),
+    );
+    f.expect_code(1).expect_stderr("no receiver at 127.0.0.1");
+    assert!(f.elapsed < secs(8));
+}
+
+#[test]
+fn a_sender_that_never_comes_is_given_up() {
+    let f = run(
+        RECV,
+        &["--listen", "127.0.0.1:0", "--wait-for-sender", "1s"],
+        secs(15),
+    );
+    f.expect_code(1).expect_stderr("no sender connected");
+    assert!(f.elapsed < secs(8));
+}
+
+#[test]
+fn output_files_of_a_failed_run_keep_what_was_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    let f = run(
+        KVXFER,
+        &[
+            "pair",
+            "-p",
+            "64,128",
+            "-n",
+            "2",
+            "--fault",
+            "corrupt-byte",
+            "--json",
+            j.to_str().unwrap(),
+        ],
+        secs(60),
+    );
+    f.expect_code(3);
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(r["outcome"], "wrong bytes");
+    assert_eq!(r["wrong_bytes"], 1);
+    assert_eq!(r["points"].as_array().unwrap().len(), 2);
+}

@@ -1,0 +1,248 @@
+//! Whole runs of the real binaries over loopback that must succeed, with
+//! every byte verified and figures that make sense.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+fn json(path: &std::path::Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The checks every successful report must pass.
+fn assert_sane(report: &Value, points: usize) {
+    assert_eq!(report["outcome"], "ok");
+    assert_eq!(report["wrong_bytes"], 0);
+    let pts = report["points"].as_array().unwrap();
+    assert_eq!(pts.len(), points);
+    let iterations = report["plan"]["iterations"].as_u64().unwrap();
+    let warmup = report["plan"]["warmup"].as_u64().unwrap();
+    for p in pts {
+        let bytes = p["request_bytes"].as_u64().unwrap();
+        assert_eq!(
+            bytes,
+            p["messages"].as_u64().unwrap() * p["message_bytes"].as_u64().unwrap()
+        );
+        // Every byte of every request, warm-up included, was checked.
+        if report["plan"]["verify"] != "off" {
+            assert_eq!(
+                p["verified_bytes"].as_u64().unwrap(),
+                bytes * (iterations + warmup),
+                "{p}"
+            );
+        }
+        let l = &p["request_ns"];
+        assert_eq!(l["count"].as_u64().unwrap(), iterations);
+        let (min, p50, p99, max) = (
+            l["min"].as_u64().unwrap(),
+            l["p50"].as_u64().unwrap(),
+            l["p99"].as_u64().unwrap(),
+            l["max"].as_u64().unwrap(),
+        );
+        assert!(0 < min && min <= p50 && p50 <= p99 && p99 <= max, "{l}");
+        assert_eq!(
+            p["message_ns"]["count"].as_u64().unwrap(),
+            iterations * p["messages"].as_u64().unwrap()
+        );
+        // Loopback on any machine: above 1 MB/s, below memory bandwidth.
+        let gbps = p["gbps"].as_f64().unwrap();
+        assert!(gbps > 0.001 && gbps < 200.0, "implausible {gbps} GB/s");
+        let implied = bytes as f64 / l["mean"].as_f64().unwrap();
+        assert!((implied - gbps).abs() / gbps < 1e-6);
+        assert!(!p["request_histogram"].as_str().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn sweep_over_prompt_lengths_and_all_granularities() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sj, rj, sc) = (
+        dir.path().join("send.json"),
+        dir.path().join("recv.json"),
+        dir.path().join("send.csv"),
+    );
+    let (recv, addr) = receiver("127.0.0.1:0", &["--json", rj.to_str().unwrap()]);
+    let send = run(
+        SEND,
+        &[
+            "--connect",
+            &addr,
+            "-m",
+            "qwen2.5-7b",
+            "-p",
+            "100,1024,3000",
+            "-g",
+            "all",
+            "-n",
+            "3",
+            "-w",
+            "1",
+            "--link",
+            "25gbe",
+            "--json",
+            sj.to_str().unwrap(),
+            "--csv",
+            sc.to_str().unwrap(),
+        ],
+        secs(120),
+    );
+    send.expect_code(0);
+    let recv = recv.finish(secs(10));
+    recv.expect_code(0);
+
+    // Both sides print the same figures.
+    assert_eq!(send.rows().len(), 9);
+    assert_eq!(send.rows(), recv.rows());
+    assert!(send.stdout.contains("0 wrong bytes"));
+
+    let (s, r) = (json(&sj), json(&rj));
+    assert_sane(&s, 9);
+    assert_eq!(s["points"], r["points"]);
+    assert_eq!(s["written_by"], "sender");
+    assert_eq!(r["written_by"], "receiver");
+    assert_eq!(s["kv_bytes_per_token"], 57_344);
+    assert_eq!(s["link"]["peak_gbps"], 3.125);
+    assert!(s["points"][0]["percent_of_peak"].as_f64().unwrap() > 0.0);
+    // Block points move whole blocks: 100 tokens are 7 blocks of 16.
+    let block_100 = s["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["granularity"] == "block" && p["prompt_tokens"] == 100)
+        .unwrap();
+    assert_eq!(block_100["messages"], 28 * 2 * 7);
+    assert_eq!(block_100["request_bytes"], 7 * 16 * 57_344);
+    // The environment of both machines and the transport truth of both sides.
+    for side in ["sender", "receiver"] {
+        assert!(!s[side]["hostname"].as_str().unwrap().is_empty());
+        assert!(s[side]["command_line"].as_array().unwrap().len() > 1);
+        assert!(s[&format!("{side}_transport")]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp: 1 stream"));
+    }
+    assert!(s["control_rtt"]["median_ns"].as_u64().unwrap() > 0);
+
+    let csv = std::fs::read_to_string(&sc).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 10);
+    assert!(lines[0].contains("request_ns_p99") && lines[0].contains("wrong_bytes"));
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l.contains("qwen2.5-7b") && l.ends_with(",0")));
+}
+
+#[test]
+fn pair_with_several_streams_mla_and_inline_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    let f = run(
+        KVXFER,
+        &[
+            "pair",
+            "-m",
+            "deepseek-v3",
+            "-p",
+            "100,700",
+            "-g",
+            "all",
+            "-n",
+            "3",
+            "--streams",
+            "3",
+            "--verify",
+            "inline",
+            "--json",
+            j.to_str().unwrap(),
+        ],
+        secs(120),
+    );
+    f.expect_code(0);
+    let r = json(&j);
+    assert_sane(&r, 6);
+    assert_eq!(r["kv_bytes_per_token"], 70_272);
+    assert!(r["sender_transport"]["summary"]
+        .as_str()
+        .unwrap()
+        .starts_with("tcp: 3 stream"));
+    assert!(f.stdout.contains("inside the timed region"));
+}
+
+#[test]
+fn verify_off_checks_nothing_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    let f = run(
+        KVXFER,
+        &[
+            "pair",
+            "-p",
+            "64",
+            "-n",
+            "2",
+            "--verify",
+            "off",
+            "--json",
+            j.to_str().unwrap(),
+        ],
+        secs(60),
+    );
+    f.expect_code(0);
+    assert!(f.stdout.contains("not verified"));
+    let r = json(&j);
+    assert_eq!(r["verified_bytes"], 0);
+    assert!(
+        f.rows()[0].trim_end().ends_with('-'),
+        "wrong column shows '-': {:?}",
+        f.rows()
+    );
+}
+
+#[test]
+fn ipv6_literals_work() {
+    let (recv, addr) = receiver("[::1]:0", &[]);
+    assert!(addr.starts_with("[::1]:"), "{addr}");
+    let send = run(
+        SEND,
+        &["--connect", &addr, "-p", "32", "-n", "2", "-g", "block"],
+        secs(60),
+    );
+    send.expect_code(0);
+    assert!(
+        send.stdout.contains("[::1]:"),
+        "transport shows the v6 peer"
+    );
+    recv.finish(secs(10)).expect_code(0);
+}
+
+#[test]
+fn the_readme_main_command_runs_on_its_defaults() {
+    let f = run(KVXFER, &["pair"], secs(300));
+    f.expect_code(0);
+    assert_eq!(
+        f.rows().len(),
+        3,
+        "128, 1024 and 8192 tokens at layer granularity"
+    );
+    assert!(f.stdout.contains("llama-3.1-8b"));
+    assert!(f.stdout.contains("0 wrong bytes"));
+}
+
+#[test]
+fn a_stray_connection_does_not_disturb_the_receiver() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    }
+    let send = run(SEND, &["--connect", &addr, "-p", "64", "-n", "2"], secs(60));
+    send.expect_code(0);
+    let recv = recv.finish(secs(10));
+    recv.expect_code(0);
+    assert!(
+        recv.stderr.contains("ignoring a connection"),
+        "{}",
+        recv.stderr
+    );
+}
