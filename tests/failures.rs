@@ -106,7 +106,7 @@ fn killing_the_receiver_ends_the_sender() {
         send.stderr()
     );
     std::thread::sleep(Duration::from_millis(500));
-    recv.signal("KILL");
+    recv.signal(libc::SIGKILL);
     let f = send.finish(secs(15));
     assert_ne!(f.code, Some(0));
     assert!(
@@ -130,7 +130,7 @@ fn killing_the_sender_ends_the_receiver() {
         send.stderr()
     );
     std::thread::sleep(Duration::from_millis(500));
-    send.signal("KILL");
+    send.signal(libc::SIGKILL);
     let f = recv.finish(secs(15));
     assert_ne!(f.code, Some(0));
     assert!(
@@ -154,7 +154,7 @@ fn a_silent_receiver_is_given_up_within_the_timeout() {
         send.stderr()
     );
     std::thread::sleep(Duration::from_millis(300));
-    recv.signal("STOP");
+    recv.signal(libc::SIGSTOP);
     let stopped = std::time::Instant::now();
     let f = send.finish(secs(20));
     assert_ne!(f.code, Some(0));
@@ -176,7 +176,7 @@ fn a_silent_sender_is_given_up_within_the_timeout() {
         send.stderr()
     );
     std::thread::sleep(Duration::from_millis(300));
-    send.signal("STOP");
+    send.signal(libc::SIGSTOP);
     let stopped = std::time::Instant::now();
     let f = recv.finish(secs(20));
     assert_ne!(f.code, Some(0));

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The README's test command: installs the system packages the tests need
+# (Debian/Ubuntu, as root or through sudo), then checks formatting and lints
+# and runs every test. Fails on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Packages the build and the tests need; the tests start real processes over
+# real loopback sockets and need nothing else yet.
+PACKAGES=(gcc libc6-dev)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked
