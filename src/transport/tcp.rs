@@ -289,8 +289,10 @@ impl RecvSide for TcpReceiver {
         let region = &mut buf.as_mut_slice()[..layout.total_bytes()];
         let slots = region.chunks_exact_mut(layout.message_bytes).enumerate();
         let timeout = self.timeout;
-        go()?;
+        // The first message's wait begins when the sender is told to go; on a
+        // busy host the woken sender may run before go() even returns.
         let start = Instant::now();
+        go()?;
         if self.streams.len() == 1 {
             recv_stream(
                 &mut self.streams[0],
