@@ -246,3 +246,42 @@ fn a_stray_connection_does_not_disturb_the_receiver() {
         recv.stderr
     );
 }
+
+#[test]
+fn socket_buffers_report_what_the_kernel_applied() {
+    let cap = |f: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (low, high) = (
+        cap("wmem_max").min(cap("rmem_max")),
+        cap("wmem_max").max(cap("rmem_max")),
+    );
+    let within = (low / 2).to_string();
+    let f = run(
+        KVXFER,
+        &["pair", "-p", "16", "-n", "1", "--socket-buffer", &within],
+        secs(60),
+    );
+    f.expect_code(0);
+    assert!(
+        f.stdout.contains("(asked ") && !f.stdout.contains("capped"),
+        "{}",
+        f.stdout
+    );
+    let beyond = (2 * high).to_string();
+    let f = run(
+        KVXFER,
+        &["pair", "-p", "16", "-n", "1", "--socket-buffer", &beyond],
+        secs(60),
+    );
+    f.expect_code(0);
+    assert!(
+        f.stdout.contains("capped by net.core.wmem_max/rmem_max"),
+        "{}",
+        f.stdout
+    );
+}

@@ -489,7 +489,12 @@ fn describe(streams: &[TcpStream], spec: &TransportSpec) -> TransportInfo {
         .tcp_mss()
         .map(|m| m.to_string())
         .unwrap_or_else(|_| "unknown".into());
+    // Linux reports twice what it set, and sets no more than the sysctl caps.
     let sizing = match spec.socket_buffer {
+        Some(n) if sndbuf / 2 < n || rcvbuf / 2 < n => format!(
+            "asked {}, capped by net.core.wmem_max/rmem_max: raise them with sysctl",
+            fmt_bytes(n)
+        ),
         Some(n) => format!("asked {}", fmt_bytes(n)),
         None => "kernel autotuning".into(),
     };
