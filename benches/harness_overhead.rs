@@ -11,6 +11,9 @@
 //! The difference of the per-message times is the harness overhead.
 //! Run: cargo bench --bench harness_overhead [-- ROUNDS]
 
+mod common;
+
+use common::median;
 use kvxfer::memory::Buffer;
 use std::io::{BufReader, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -69,8 +72,7 @@ fn bare() -> f64 {
         }
         let m = i % MESSAGES_PER_REQUEST;
         r.read_exact(&mut header).unwrap();
-        r.read_exact(&mut dst[m * MESSAGE..(m + 1) * MESSAGE])
-            .unwrap();
+        r.read_exact(&mut dst[m * MESSAGE..(m + 1) * MESSAGE]).unwrap();
     }
     let ns = t.elapsed().as_nanos() as f64 / (REQUESTS * MESSAGES_PER_REQUEST) as f64;
     writer.join().unwrap();
@@ -84,17 +86,7 @@ fn kvxfer() -> f64 {
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("run.json");
     let status = Command::new(env!("CARGO_BIN_EXE_kvxfer"))
-        .args([
-            "pair",
-            "--layers",
-            "32",
-            "--kv-heads",
-            "1",
-            "--head-dim",
-            "128",
-            "--block-size",
-            "16",
-        ])
+        .args(["pair", "--layers", "32", "--kv-heads", "1", "--head-dim", "128", "--block-size", "16"])
         .args([
             "-p",
             "4096",
@@ -111,8 +103,7 @@ fn kvxfer() -> f64 {
         .status()
         .expect("run kvxfer");
     assert!(status.success(), "kvxfer pair failed");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let point = &report["points"][0];
     assert_eq!(point["message_bytes"], MESSAGE);
     assert_eq!(point["messages"], MESSAGES_PER_REQUEST);
@@ -120,32 +111,17 @@ fn kvxfer() -> f64 {
     point["request_ns"]["mean"].as_f64().unwrap() / MESSAGES_PER_REQUEST as f64
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(7);
+    let rounds = common::rounds(7);
     let (mut b, mut k) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         b.push(bare());
         k.push(kvxfer());
-        println!(
-            "round {round}: bare {:.0} ns/msg, kvxfer {:.0} ns/msg",
-            b[round], k[round]
-        );
+        println!("round {round}: bare {:.0} ns/msg, kvxfer {:.0} ns/msg", b[round], k[round]);
     }
     let (b, k) = (median(b), median(k));
     println!("4 KiB messages over loopback TCP, median of {rounds} alternating rounds:");
     println!("  bare loop   {b:8.0} ns per message");
     println!("  kvxfer      {k:8.0} ns per message");
-    println!(
-        "  overhead    {:8.0} ns per message ({:+.1}%)",
-        k - b,
-        100.0 * (k - b) / b
-    );
+    println!("  overhead    {:8.0} ns per message ({:+.1}%)", k - b, 100.0 * (k - b) / b);
 }

@@ -5,6 +5,9 @@
 //! DRAM), with the same socket code, alternating, and prints the medians.
 //! Run: cargo bench --bench loopback_locality [-- ROUNDS]
 
+mod common;
+
+use common::median;
 use kvxfer::memory::Buffer;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -46,24 +49,13 @@ fn stream(size: usize) -> f64 {
     gbps
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
+    let rounds = common::rounds(5);
     let (mut hot, mut cold) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         hot.push(stream(1 << 20));
         cold.push(stream(256 << 20));
-        println!(
-            "round {r}: 1 MiB buffers {:.2} GB/s, 256 MiB buffers {:.2} GB/s",
-            hot[r], cold[r]
-        );
+        println!("round {r}: 1 MiB buffers {:.2} GB/s, 256 MiB buffers {:.2} GB/s", hot[r], cold[r]);
     }
     let (h, c) = (median(hot), median(cold));
     println!("4 GiB over loopback TCP in 1 MiB writes, median of {rounds} alternating rounds:");

@@ -58,19 +58,10 @@ fn os_line() -> String {
         return std::env::consts::OS.to_string();
     }
     let field = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f
-            .iter()
-            .take_while(|&&c| c != 0)
-            .map(|&c| c as u8)
-            .collect();
+        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    format!(
-        "{} {} {}",
-        field(&u.sysname),
-        field(&u.release),
-        field(&u.machine)
-    )
+    format!("{} {} {}", field(&u.sysname), field(&u.release), field(&u.machine))
 }
 
 fn cpu_model() -> String {

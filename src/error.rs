@@ -49,11 +49,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error {
-            kind,
-            message: message.into(),
-            origin: Origin::Here,
-        }
+        Error { kind, message: message.into(), origin: Origin::Here }
     }
     pub fn reported_by_peer(mut self) -> Self {
         self.origin = Origin::Peer;
@@ -61,10 +57,7 @@ impl Error {
     }
     /// The connection to the peer dropped (end of stream, reset, broken pipe).
     pub fn connection_lost(message: impl Into<String>) -> Self {
-        Error {
-            origin: Origin::Lost,
-            ..Self::run(message)
-        }
+        Error { origin: Origin::Lost, ..Self::run(message) }
     }
     pub fn usage(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Usage, message)
@@ -80,10 +73,7 @@ impl Error {
     }
     /// Prefix the message with what was being done, keeping the kind.
     pub fn context(self, what: impl fmt::Display) -> Self {
-        Error {
-            message: format!("{what}: {}", self.message),
-            ..self
-        }
+        Error { message: format!("{what}: {}", self.message), ..self }
     }
 }
 

@@ -20,95 +20,35 @@ struct Preset {
 
 const PRESETS: &[Preset] = &[
     // PCIe x16 per direction: GT/s x 16 lanes x encoding / 8 bits.
-    Preset {
-        name: "pcie3",
-        gbps: 15.75,
-        source: "PCIe 3.0 x16: 8 GT/s x 16 x 128/130 / 8",
-    },
-    Preset {
-        name: "pcie4",
-        gbps: 31.5,
-        source: "PCIe 4.0 x16: 16 GT/s x 16 x 128/130 / 8",
-    },
-    Preset {
-        name: "pcie5",
-        gbps: 63.0,
-        source: "PCIe 5.0 x16: 32 GT/s x 16 x 128/130 / 8",
-    },
-    Preset {
-        name: "pcie6",
-        gbps: 121.0,
-        source: "PCIe 6.0 x16: 64 GT/s x 16 x 242/256 (FLIT) / 8",
-    },
+    Preset { name: "pcie3", gbps: 15.75, source: "PCIe 3.0 x16: 8 GT/s x 16 x 128/130 / 8" },
+    Preset { name: "pcie4", gbps: 31.5, source: "PCIe 4.0 x16: 16 GT/s x 16 x 128/130 / 8" },
+    Preset { name: "pcie5", gbps: 63.0, source: "PCIe 5.0 x16: 32 GT/s x 16 x 128/130 / 8" },
+    Preset { name: "pcie6", gbps: 121.0, source: "PCIe 6.0 x16: 64 GT/s x 16 x 242/256 (FLIT) / 8" },
     // NVLink per direction, whole GPU: links x 25 GB/s.
-    Preset {
-        name: "nvlink3",
-        gbps: 300.0,
-        source: "NVLink 3 (A100 SXM): 12 links x 25 GB/s per direction",
-    },
+    Preset { name: "nvlink3", gbps: 300.0, source: "NVLink 3 (A100 SXM): 12 links x 25 GB/s per direction" },
     Preset {
         name: "nvlink4",
         gbps: 450.0,
         source: "NVLink 4 (H100/H200 SXM): 18 links x 25 GB/s per direction",
     },
-    Preset {
-        name: "nvlink5",
-        gbps: 900.0,
-        source: "NVLink 5 (B200): 18 links x 50 GB/s per direction",
-    },
+    Preset { name: "nvlink5", gbps: 900.0, source: "NVLink 5 (B200): 18 links x 50 GB/s per direction" },
     // Ethernet line rate (IEEE 802.3 MAC data rate) / 8.
-    Preset {
-        name: "10gbe",
-        gbps: 1.25,
-        source: "10 Gb/s Ethernet line rate / 8",
-    },
-    Preset {
-        name: "25gbe",
-        gbps: 3.125,
-        source: "25 Gb/s Ethernet line rate / 8",
-    },
-    Preset {
-        name: "100gbe",
-        gbps: 12.5,
-        source: "100 Gb/s Ethernet line rate / 8",
-    },
-    Preset {
-        name: "200gbe",
-        gbps: 25.0,
-        source: "200 Gb/s Ethernet line rate / 8",
-    },
-    Preset {
-        name: "400gbe",
-        gbps: 50.0,
-        source: "400 Gb/s Ethernet line rate / 8",
-    },
+    Preset { name: "10gbe", gbps: 1.25, source: "10 Gb/s Ethernet line rate / 8" },
+    Preset { name: "25gbe", gbps: 3.125, source: "25 Gb/s Ethernet line rate / 8" },
+    Preset { name: "100gbe", gbps: 12.5, source: "100 Gb/s Ethernet line rate / 8" },
+    Preset { name: "200gbe", gbps: 25.0, source: "200 Gb/s Ethernet line rate / 8" },
+    Preset { name: "400gbe", gbps: 50.0, source: "400 Gb/s Ethernet line rate / 8" },
     // InfiniBand 4x port data rate / 8.
-    Preset {
-        name: "hdr200",
-        gbps: 25.0,
-        source: "InfiniBand HDR 4x: 200 Gb/s / 8",
-    },
-    Preset {
-        name: "ndr400",
-        gbps: 50.0,
-        source: "InfiniBand NDR 4x (ConnectX-7): 400 Gb/s / 8",
-    },
-    Preset {
-        name: "xdr800",
-        gbps: 100.0,
-        source: "InfiniBand XDR 4x: 800 Gb/s / 8",
-    },
+    Preset { name: "hdr200", gbps: 25.0, source: "InfiniBand HDR 4x: 200 Gb/s / 8" },
+    Preset { name: "ndr400", gbps: 50.0, source: "InfiniBand NDR 4x (ConnectX-7): 400 Gb/s / 8" },
+    Preset { name: "xdr800", gbps: 100.0, source: "InfiniBand XDR 4x: 800 Gb/s / 8" },
     // AWS: per-GPU share of the instance's EFA bandwidth.
     Preset {
         name: "efa-p5",
         gbps: 50.0,
         source: "AWS p5.48xlarge: 3200 Gb/s EFA over 8 GPUs = 400 Gb/s per GPU / 8",
     },
-    Preset {
-        name: "efa-p5en",
-        gbps: 50.0,
-        source: "AWS p5en.48xlarge: 16 EFA x 200 Gb/s over 8 GPUs / 8",
-    },
+    Preset { name: "efa-p5en", gbps: 50.0, source: "AWS p5en.48xlarge: 16 EFA x 200 Gb/s over 8 GPUs / 8" },
 ];
 
 pub fn preset_names() -> Vec<&'static str> {
@@ -119,11 +59,7 @@ pub fn preset_names() -> Vec<&'static str> {
 pub fn parse(s: &str) -> Result<Link> {
     let want = s.trim().to_ascii_lowercase();
     if let Some(p) = PRESETS.iter().find(|p| p.name == want) {
-        return Ok(Link {
-            name: p.name.to_string(),
-            peak_gbps: p.gbps,
-            source: p.source.to_string(),
-        });
+        return Ok(Link { name: p.name.to_string(), peak_gbps: p.gbps, source: p.source.to_string() });
     }
     let number = want.trim_end_matches("gb/s").trim();
     match number.parse::<f64>() {

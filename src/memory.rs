@@ -58,10 +58,7 @@ impl Buffer {
         // TLB far less. Failure only costs speed.
         // SAFETY: the range is exactly our mapping.
         unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        Ok(Buffer {
-            ptr: NonNull::new(ptr.cast()).expect("mmap does not return null"),
-            len,
-        })
+        Ok(Buffer { ptr: NonNull::new(ptr.cast()).expect("mmap does not return null"), len })
     }
 
     pub fn kind(&self) -> MemoryKind {

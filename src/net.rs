@@ -10,25 +10,18 @@ pub const DEFAULT_PORT: u16 = 7477;
 
 /// Time left until `deadline`, or None once it has passed.
 pub fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|d| !d.is_zero())
+    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
 }
 
 /// "host:port", "1.2.3.4:port" or "[v6]:port" into host and port.
 pub fn split_host_port(s: &str) -> Result<(String, u16)> {
     let bad = |why: &str| {
-        Error::usage(format!(
-            "malformed address '{s}': {why} (expected HOST:PORT, IPv4:PORT or [IPv6]:PORT)"
-        ))
+        Error::usage(format!("malformed address '{s}': {why} (expected HOST:PORT, IPv4:PORT or [IPv6]:PORT)"))
     };
     let t = s.trim();
     let (host, port) = if let Some(rest) = t.strip_prefix('[') {
-        let (h, p) = rest
-            .split_once("]:")
-            .ok_or_else(|| bad("no ']:' after the IPv6 address"))?;
-        h.parse::<Ipv6Addr>()
-            .map_err(|_| bad("not an IPv6 address inside [ ]"))?;
+        let (h, p) = rest.split_once("]:").ok_or_else(|| bad("no ']:' after the IPv6 address"))?;
+        h.parse::<Ipv6Addr>().map_err(|_| bad("not an IPv6 address inside [ ]"))?;
         (h, p)
     } else {
         let (h, p) = t.rsplit_once(':').ok_or_else(|| bad("no port"))?;
@@ -40,9 +33,7 @@ pub fn split_host_port(s: &str) -> Result<(String, u16)> {
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| bad("the port is not a number from 0 to 65535"))?;
+    let port: u16 = port.parse().map_err(|_| bad("the port is not a number from 0 to 65535"))?;
     Ok((host.to_string(), port))
 }
 
@@ -50,9 +41,7 @@ pub fn split_host_port(s: &str) -> Result<(String, u16)> {
 pub fn resolve(s: &str) -> Result<Vec<SocketAddr>> {
     let (host, port) = split_host_port(s)?;
     if port == 0 {
-        return Err(Error::usage(format!(
-            "malformed address '{s}': port 0 cannot be connected to"
-        )));
+        return Err(Error::usage(format!("malformed address '{s}': port 0 cannot be connected to")));
     }
     let addrs: Vec<SocketAddr> = (host.as_str(), port)
         .to_socket_addrs()
@@ -83,9 +72,7 @@ pub fn connect_until(addrs: &[SocketAddr], deadline: Instant, peer: &str) -> Res
         }
         if remaining(deadline).is_none() {
             let (addr, e) = last_err.expect("at least one attempt");
-            return Err(Error::run(format!(
-                "no {peer} at {addr} before the deadline: {e}"
-            )));
+            return Err(Error::run(format!("no {peer} at {addr} before the deadline: {e}")));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -96,9 +83,7 @@ pub fn connect_until(addrs: &[SocketAddr], deadline: Instant, peer: &str) -> Res
 pub fn listen(s: &str) -> Result<TcpListener> {
     let (host, port) = split_host_port(s)?;
     let ip: IpAddr = host.parse().map_err(|_| {
-        Error::usage(format!(
-            "malformed listen address '{s}': the host must be an IP address"
-        ))
+        Error::usage(format!("malformed listen address '{s}': the host must be an IP address"))
     })?;
     let bind = |ip: IpAddr| TcpListener::bind(SocketAddr::new(ip, port));
     let result = match bind(ip) {
@@ -138,11 +123,7 @@ pub fn accept_until(
 }
 
 fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd for the duration of the call.
     unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().max(1) as libc::c_int) };
 }
@@ -154,24 +135,9 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(split_host_port("[::1]:5201").unwrap(), ("::1".into(), 5201));
-        assert_eq!(
-            split_host_port("10.0.0.2:80").unwrap(),
-            ("10.0.0.2".into(), 80)
-        );
-        assert_eq!(
-            split_host_port("node-7:7477").unwrap(),
-            ("node-7".into(), 7477)
-        );
-        for bad in [
-            "::1:5201",
-            "host",
-            "host:",
-            ":80",
-            "[::1]5201",
-            "[zz]:1",
-            "h:99999",
-            "h:-1",
-        ] {
+        assert_eq!(split_host_port("10.0.0.2:80").unwrap(), ("10.0.0.2".into(), 80));
+        assert_eq!(split_host_port("node-7:7477").unwrap(), ("node-7".into(), 7477));
+        for bad in ["::1:5201", "host", "host:", ":80", "[::1]5201", "[zz]:1", "h:99999", "h:-1"] {
             let e = split_host_port(bad).unwrap_err();
             assert!(e.message.contains("malformed address"), "{bad}: {e}");
         }

@@ -20,17 +20,16 @@ pub enum Granularity {
 }
 
 impl Granularity {
-    pub const ALL: [Granularity; 3] =
-        [Granularity::Request, Granularity::Layer, Granularity::Block];
+    pub const ALL: [Granularity; 3] = [Granularity::Request, Granularity::Layer, Granularity::Block];
 
     pub fn parse(s: &str) -> Result<Granularity> {
         match s.trim().to_ascii_lowercase().as_str() {
             "request" | "req" => Ok(Granularity::Request),
             "layer" => Ok(Granularity::Layer),
             "block" => Ok(Granularity::Block),
-            other => Err(Error::usage(format!(
-                "unknown granularity '{other}' (expected request, layer or block)"
-            ))),
+            other => {
+                Err(Error::usage(format!("unknown granularity '{other}' (expected request, layer or block)")))
+            }
         }
     }
 
@@ -188,10 +187,7 @@ impl RequestLayout {
             Granularity::Request => (1u64, tokens as u64 * shape.bytes_per_token()),
             Granularity::Layer => (layers as u64, tokens as u64 * shape.layer_bytes_per_token()),
             // vLLM moves whole blocks: a partly filled last block travels in full.
-            Granularity::Block => (
-                layers as u64 * tensors as u64 * blocks as u64,
-                shape.block_bytes(),
-            ),
+            Granularity::Block => (layers as u64 * tensors as u64 * blocks as u64, shape.block_bytes()),
         };
         RequestLayout {
             granularity,
@@ -199,11 +195,7 @@ impl RequestLayout {
             layers,
             tensors_per_layer: tensors,
             mla: matches!(shape.model.attention, Attention::Mla { .. }),
-            blocks: if granularity == Granularity::Block {
-                blocks
-            } else {
-                0
-            },
+            blocks: if granularity == Granularity::Block { blocks } else { 0 },
             message_count: count as usize,
             message_bytes: bytes as usize,
         }
@@ -215,11 +207,7 @@ impl RequestLayout {
 
     pub fn slot(&self, index: usize) -> Slot {
         debug_assert!(index < self.message_count);
-        Slot {
-            index,
-            offset: index * self.message_bytes,
-            len: self.message_bytes,
-        }
+        Slot { index, offset: index * self.message_bytes, len: self.message_bytes }
     }
 
     pub fn slots(&self) -> impl ExactSizeIterator<Item = Slot> + '_ {
@@ -227,24 +215,12 @@ impl RequestLayout {
     }
 
     pub fn key(&self, request: u64, index: usize) -> TransferKey {
-        let whole_layer = if self.mla {
-            Part::Latent
-        } else {
-            Part::KeyValue
-        };
+        let whole_layer = if self.mla { Part::Latent } else { Part::KeyValue };
         match self.granularity {
-            Granularity::Request => TransferKey {
-                request,
-                layer: None,
-                part: Part::Whole,
-                block: None,
-            },
-            Granularity::Layer => TransferKey {
-                request,
-                layer: Some(index as u32),
-                part: whole_layer,
-                block: None,
-            },
+            Granularity::Request => TransferKey { request, layer: None, part: Part::Whole, block: None },
+            Granularity::Layer => {
+                TransferKey { request, layer: Some(index as u32), part: whole_layer, block: None }
+            }
             Granularity::Block => {
                 let per_layer = self.tensors_per_layer as usize * self.blocks as usize;
                 let tensor = (index % per_layer) / self.blocks as usize;
@@ -281,9 +257,7 @@ impl VerifyMode {
             "after" => Ok(VerifyMode::After),
             "inline" => Ok(VerifyMode::Inline),
             "off" => Ok(VerifyMode::Off),
-            other => Err(Error::usage(format!(
-                "unknown --verify '{other}' (expected after, inline or off)"
-            ))),
+            other => Err(Error::usage(format!("unknown --verify '{other}' (expected after, inline or off)"))),
         }
     }
 }
@@ -328,10 +302,7 @@ impl Plan {
         let mut out = Vec::new();
         for &g in &self.granularities {
             for &tokens in &self.prompt_lengths {
-                out.push(Point {
-                    index: out.len(),
-                    layout: RequestLayout::new(&self.shape, tokens, g),
-                });
+                out.push(Point { index: out.len(), layout: RequestLayout::new(&self.shape, tokens, g) });
             }
         }
         out
@@ -343,11 +314,7 @@ impl Plan {
     }
 
     pub fn max_request_bytes(&self) -> usize {
-        self.points()
-            .iter()
-            .map(|p| p.layout.total_bytes())
-            .max()
-            .unwrap_or(0)
+        self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
     }
 
     /// A fingerprint of the plan and of how this build cuts it into messages:
@@ -360,11 +327,7 @@ impl Plan {
             let l = &p.layout;
             let last = l.message_count - 1;
             let last_key = l.key(self.request_id(p.index, 0), last);
-            parts.extend([
-                l.message_count as u64,
-                l.message_bytes as u64,
-                l.slot(last).offset as u64,
-            ]);
+            parts.extend([l.message_count as u64, l.message_bytes as u64, l.slot(last).offset as u64]);
             parts.push(last_key.seed());
         }
         format!("{:016x}", pattern::seed_of(&parts))
@@ -401,10 +364,7 @@ mod tests {
         assert_eq!((req.message_count, req.message_bytes), (1, 1 << 30));
         assert_eq!((layer.message_count, layer.message_bytes), (32, 32 << 20));
         // 512 blocks x K,V x 32 layers of 16 tokens x 8 heads x 128 x 2 B = 32 KiB.
-        assert_eq!(
-            (block.message_count, block.message_bytes),
-            (32 * 2 * 512, 32 << 10)
-        );
+        assert_eq!((block.message_count, block.message_bytes), (32 * 2 * 512, 32 << 10));
         assert!(pts.iter().all(|p| p.layout.total_bytes() == 1 << 30));
     }
 
@@ -428,10 +388,7 @@ mod tests {
         assert_eq!(p.points()[1].layout.key(5, 3).to_string(), "r5/L3");
         assert_eq!(p.points()[0].layout.key(5, 0).to_string(), "r5");
         let mla = plan("deepseek-v3", &[128]);
-        assert_eq!(
-            mla.points()[2].layout.key(0, 3).to_string(),
-            "r0/L1/latent/b1"
-        );
+        assert_eq!(mla.points()[2].layout.key(0, 3).to_string(), "r0/L1/latent/b1");
     }
 
     #[test]
@@ -468,10 +425,7 @@ mod tests {
 
     #[test]
     fn granularity_lists() {
-        assert_eq!(
-            Granularity::parse_list("all").unwrap(),
-            Granularity::ALL.to_vec()
-        );
+        assert_eq!(Granularity::parse_list("all").unwrap(), Granularity::ALL.to_vec());
         assert_eq!(
             Granularity::parse_list("layer,block,layer").unwrap(),
             vec![Granularity::Layer, Granularity::Block]

@@ -15,23 +15,17 @@ pub fn parse_token_count(s: &str) -> Result<u32> {
         None => (t, 1u64),
     };
     if digits.starts_with('-') {
-        return Err(Error::usage(format!(
-            "'{s}' is negative: token counts must be positive"
-        )));
+        return Err(Error::usage(format!("'{s}' is negative: token counts must be positive")));
     }
     let n: u64 = digits.parse().map_err(|_| {
-        Error::usage(format!(
-            "'{s}' is not a token count (expected a positive integer such as 8192 or 32k)"
-        ))
+        Error::usage(format!("'{s}' is not a token count (expected a positive integer such as 8192 or 32k)"))
     })?;
     let n = n
         .checked_mul(mult)
         .filter(|&n| n <= u32::MAX as u64)
         .ok_or_else(|| Error::usage(format!("'{s}' is too large")))?;
     if n == 0 {
-        return Err(Error::usage(format!(
-            "'{s}' is zero: token counts must be positive"
-        )));
+        return Err(Error::usage(format!("'{s}' is zero: token counts must be positive")));
     }
     Ok(n as u32)
 }
@@ -54,9 +48,7 @@ pub fn parse_positive(s: &str, what: &str) -> Result<u64> {
     match t.parse::<u64>() {
         Ok(0) => Err(Error::usage(format!("{what} must be at least 1, got 0"))),
         Ok(n) => Ok(n),
-        Err(_) => Err(Error::usage(format!(
-            "{what} '{s}' is not a positive integer"
-        ))),
+        Err(_) => Err(Error::usage(format!("{what} '{s}' is not a positive integer"))),
     }
 }
 
@@ -66,13 +58,10 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     if t.starts_with('-') {
         return Err(Error::usage(format!("size '{s}' is negative")));
     }
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| Error::usage(format!("'{s}' is not a size (try 4096, 64KiB or 4MiB)")))?;
+    let value: f64 =
+        num.parse().map_err(|_| Error::usage(format!("'{s}' is not a size (try 4096, 64KiB or 4MiB)")))?;
     let mult: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "k" | "K" | "KiB" => 1024.0,
@@ -161,15 +150,9 @@ mod tests {
         assert_eq!(parse_token_count("32k").unwrap(), 32768);
         assert_eq!(parse_token_count("128K").unwrap(), 131072);
         assert!(parse_token_count("0").is_err());
-        assert!(parse_token_count("-5")
-            .unwrap_err()
-            .message
-            .contains("negative"));
+        assert!(parse_token_count("-5").unwrap_err().message.contains("negative"));
         assert!(parse_token_count("abc").is_err());
-        assert_eq!(
-            parse_token_list("128, 1k,8192").unwrap(),
-            vec![128, 1024, 8192]
-        );
+        assert_eq!(parse_token_list("128, 1k,8192").unwrap(), vec![128, 1024, 8192]);
         assert!(parse_token_list(",").is_err());
     }
 

@@ -8,13 +8,7 @@ use common::*;
 fn plan_prints_the_kv_arithmetic() {
     let f = run(
         KVXFER,
-        &[
-            "plan",
-            "--model",
-            "llama-3.1-8b",
-            "--prompt-lengths",
-            "128,1024,8192,32768",
-        ],
+        &["plan", "--model", "llama-3.1-8b", "--prompt-lengths", "128,1024,8192,32768"],
         secs(10),
     );
     f.expect_code(0);
@@ -41,71 +35,22 @@ fn plan_reads_configs_and_explicit_shapes() {
         "num_attention_heads": 64, "torch_dtype": "bfloat16"}"#,
     )
     .unwrap();
+    let f =
+        run(KVXFER, &["plan", "--model-config", cfg.to_str().unwrap(), "--tp", "8", "-p", "1k"], secs(10));
+    f.expect_code(0);
+    assert!(f.stdout.contains("40960 bytes"), "Llama-70B at TP8: {}", f.stdout);
     let f = run(
         KVXFER,
-        &[
-            "plan",
-            "--model-config",
-            cfg.to_str().unwrap(),
-            "--tp",
-            "8",
-            "-p",
-            "1k",
-        ],
+        &["plan", "--layers", "2", "--kv-heads", "1", "--head-dim", "64", "--dtype", "fp8", "-p", "16"],
         secs(10),
     );
     f.expect_code(0);
-    assert!(
-        f.stdout.contains("40960 bytes"),
-        "Llama-70B at TP8: {}",
-        f.stdout
-    );
-    let f = run(
-        KVXFER,
-        &[
-            "plan",
-            "--layers",
-            "2",
-            "--kv-heads",
-            "1",
-            "--head-dim",
-            "64",
-            "--dtype",
-            "fp8",
-            "-p",
-            "16",
-        ],
-        secs(10),
-    );
-    f.expect_code(0);
-    assert!(
-        f.stdout.contains("256 bytes"),
-        "2 x 2 x 1 x 64 x 1: {}",
-        f.stdout
-    );
-    let f = run(
-        KVXFER,
-        &[
-            "plan",
-            "-m",
-            "deepseek-v3",
-            "--dtype",
-            "fp8_ds_mla",
-            "-p",
-            "64",
-        ],
-        secs(10),
-    );
+    assert!(f.stdout.contains("256 bytes"), "2 x 2 x 1 x 64 x 1: {}", f.stdout);
+    let f = run(KVXFER, &["plan", "-m", "deepseek-v3", "--dtype", "fp8_ds_mla", "-p", "64"], secs(10));
     assert!(f.stdout.contains("40016 bytes"), "{}", f.stdout);
     let j = dir.path().join("plan.json");
-    run(
-        KVXFER,
-        &["plan", "-p", "128", "--json", j.to_str().unwrap()],
-        secs(10),
-    )
-    .expect_code(0);
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(j).unwrap()).unwrap();
+    run(KVXFER, &["plan", "-p", "128", "--json", j.to_str().unwrap()], secs(10)).expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(j).unwrap()).unwrap();
     assert_eq!(doc["kv_bytes_per_token"], 131_072);
     assert_eq!(doc["points"].as_array().unwrap().len(), 3);
 }
@@ -114,12 +59,7 @@ fn plan_reads_configs_and_explicit_shapes() {
 fn list_models_names_every_preset() {
     let f = run(KVXFER, &["plan", "--list-models"], secs(10));
     f.expect_code(0);
-    for m in [
-        "llama-3.1-405b",
-        "qwen3-235b-a22b",
-        "mistral-7b",
-        "deepseek-v3",
-    ] {
+    for m in ["llama-3.1-405b", "qwen3-235b-a22b", "mistral-7b", "deepseek-v3"] {
         assert!(f.stdout.contains(m), "{m}");
     }
 }
@@ -128,108 +68,47 @@ fn list_models_names_every_preset() {
 fn bad_values_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let incomplete = dir.path().join("config.json");
-    std::fs::write(
-        &incomplete,
-        r#"{"num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#,
-    )
-    .unwrap();
+    std::fs::write(&incomplete, r#"{"num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#).unwrap();
     let incomplete = incomplete.to_str().unwrap();
     let cases: &[(&str, &[&str], &str)] = &[
         (KVXFER, &["plan", "-p", "-5"], "negative"),
         (KVXFER, &["plan", "-p", "0"], "zero"),
         (KVXFER, &["plan", "-p", "12x"], "not a token count"),
-        (
-            KVXFER,
-            &["plan", "-m", "llama-9"],
-            "unknown model 'llama-9'",
-        ),
-        (
-            KVXFER,
-            &["plan", "--model-config", "/nonexistent/config.json"],
-            "cannot read model config",
-        ),
-        (
-            KVXFER,
-            &["plan", "--model-config", incomplete],
-            "missing field 'num_hidden_layers'",
-        ),
+        (KVXFER, &["plan", "-m", "llama-9"], "unknown model 'llama-9'"),
+        (KVXFER, &["plan", "--model-config", "/nonexistent/config.json"], "cannot read model config"),
+        (KVXFER, &["plan", "--model-config", incomplete], "missing field 'num_hidden_layers'"),
         (KVXFER, &["plan", "--layers", "4"], "--kv-heads is needed"),
         (KVXFER, &["plan", "--tp", "3"], "does not fit 8 KV heads"),
         (KVXFER, &["plan", "--tp", "0"], "at least 1"),
         (KVXFER, &["plan", "--block-size", "-16"], "negative"),
         (KVXFER, &["plan", "--dtype", "int3"], "unknown dtype"),
-        (
-            KVXFER,
-            &["plan", "-m", "deepseek-v3", "--kv-heads", "8"],
-            "shape flags do not apply",
-        ),
+        (KVXFER, &["plan", "-m", "deepseek-v3", "--kv-heads", "8"], "shape flags do not apply"),
         (KVXFER, &["pair", "-n", "0"], "at least 1"),
         (KVXFER, &["pair", "-n", "-3"], "negative"),
         (KVXFER, &["pair", "-g", "page"], "unknown granularity"),
-        (
-            KVXFER,
-            &["pair", "--verify", "sometimes"],
-            "unknown --verify",
-        ),
+        (KVXFER, &["pair", "--verify", "sometimes"], "unknown --verify"),
         (KVXFER, &["pair", "--link", "warp9"], "unknown --link"),
         (KVXFER, &["pair", "--streams", "0"], "at least 1"),
         (KVXFER, &["pair", "--streams", "65"], "more than the 64"),
         (KVXFER, &["pair", "--socket-buffer", "-1"], "negative"),
         (KVXFER, &["pair", "--timeout", "-2"], "negative"),
         (KVXFER, &["pair", "--timeout", "soon"], "not a duration"),
-        (
-            KVXFER,
-            &["pair", "-t", "carrier-pigeon"],
-            "unknown transport",
-        ),
-        (
-            KVXFER,
-            &["pair", "--json", "/nonexistent/dir/r.json"],
-            "cannot write /nonexistent/dir/r.json",
-        ),
-        (
-            KVXFER,
-            &["pair", "--listen", "localhost:0"],
-            "must be an IP address",
-        ),
-        (
-            KVXFER,
-            &["pair", "-p", "4000k", "-m", "llama-3.1-405b"],
-            "more than this machine's",
-        ),
+        (KVXFER, &["pair", "-t", "carrier-pigeon"], "unknown transport"),
+        (KVXFER, &["pair", "--json", "/nonexistent/dir/r.json"], "cannot write /nonexistent/dir/r.json"),
+        (KVXFER, &["pair", "--listen", "localhost:0"], "must be an IP address"),
+        (KVXFER, &["pair", "-p", "4000k", "-m", "llama-3.1-405b"], "more than this machine's"),
         (SEND, &["--connect", "nohost"], "malformed address 'nohost'"),
-        (
-            SEND,
-            &["--connect", "::1:7477"],
-            "IPv6 addresses need brackets",
-        ),
-        (
-            SEND,
-            &["--connect", "[::1]:99999"],
-            "not a number from 0 to 65535",
-        ),
+        (SEND, &["--connect", "::1:7477"], "IPv6 addresses need brackets"),
+        (SEND, &["--connect", "[::1]:99999"], "not a number from 0 to 65535"),
         (SEND, &["--connect", "10.0.0.1:0"], "port 0"),
         (RECV, &["--listen", "1.2.3:x"], "malformed address"),
         (RECV, &["--wait-for-sender", "0"], "above zero"),
     ];
     for (bin, args, needle) in cases {
         let f = run(bin, args, secs(10));
-        assert!(
-            matches!(f.code, Some(1) | Some(2)),
-            "{bin} {args:?} exited {:?}\n{}",
-            f.code,
-            f.stderr
-        );
-        assert!(
-            f.stderr.contains(needle),
-            "{bin} {args:?}: stderr lacks {needle:?}:\n{}",
-            f.stderr
-        );
-        assert!(
-            !f.stderr.contains("panicked"),
-            "{bin} {args:?} panicked:\n{}",
-            f.stderr
-        );
+        assert!(matches!(f.code, Some(1) | Some(2)), "{bin} {args:?} exited {:?}\n{}", f.code, f.stderr);
+        assert!(f.stderr.contains(needle), "{bin} {args:?}: stderr lacks {needle:?}:\n{}", f.stderr);
+        assert!(!f.stderr.contains("panicked"), "{bin} {args:?} panicked:\n{}", f.stderr);
         assert!(f.rows().is_empty(), "{bin} {args:?} measured something");
     }
 }

@@ -12,26 +12,21 @@ fn silent(stderr: &str, peer: &str) -> bool {
         || stderr.contains(&format!("no progress from the {peer} for 3s"))
 }
 
-/// A run long enough to be interrupted: 2000 requests of 1024 blocks.
-const LONG: [&str; 8] = ["-p", "1024", "-g", "block", "-n", "2000", "--timeout", "3s"];
+/// A receiver and a sender in the middle of a run long enough to be
+/// interrupted (2000 requests of 4096 blocks), both with a 3 s timeout.
+fn running_pair() -> (Proc, Proc) {
+    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s"]);
+    let long = ["-p", "1024", "-g", "block", "-n", "2000", "--timeout", "3s"];
+    let send = Proc::start(SEND, &[&["--connect", addr.as_str()][..], &long[..]].concat());
+    assert!(send.wait_for("# iterations", secs(20)), "run did not start: {}", send.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    (recv, send)
+}
 
 #[test]
 fn a_corrupted_byte_fails_the_run_on_both_sides() {
     let (recv, addr) = receiver("127.0.0.1:0", &[]);
-    let send = run(
-        SEND,
-        &[
-            "--connect",
-            &addr,
-            "-p",
-            "128",
-            "-n",
-            "3",
-            "--fault",
-            "corrupt-byte",
-        ],
-        secs(60),
-    );
+    let send = run(SEND, &["--connect", &addr, "-p", "128", "-n", "3", "--fault", "corrupt-byte"], secs(60));
     let recv = recv.finish(secs(10));
     for side in [&send, &recv] {
         side.expect_code(3).expect_stderr("1 wrong bytes");
@@ -46,17 +41,7 @@ fn a_corrupted_byte_fails_the_run_on_both_sides() {
 fn a_corrupted_byte_is_caught_inline_too() {
     let f = run(
         KVXFER,
-        &[
-            "pair",
-            "-p",
-            "64",
-            "-n",
-            "2",
-            "--verify",
-            "inline",
-            "--fault",
-            "corrupt-byte",
-        ],
+        &["pair", "-p", "64", "-n", "2", "--verify", "inline", "--fault", "corrupt-byte"],
         secs(60),
     );
     f.expect_code(3).expect_stderr("1 wrong bytes");
@@ -67,93 +52,39 @@ fn a_wrong_key_is_refused_by_the_receiver() {
     let (recv, addr) = receiver("127.0.0.1:0", &[]);
     let send = run(
         SEND,
-        &[
-            "--connect",
-            &addr,
-            "-p",
-            "64",
-            "-g",
-            "block",
-            "-n",
-            "2",
-            "--fault",
-            "wrong-key",
-        ],
+        &["--connect", &addr, "-p", "64", "-g", "block", "-n", "2", "--fault", "wrong-key"],
         secs(60),
     );
     let recv = recv.finish(secs(10));
     // Two warm-up requests (r0, r1), so the first measured one is r2.
     recv.expect_code(3).expect_stderr("expected r2/L0/K/b0");
-    assert!(
-        recv.stderr.contains("received r1000000009/L0/K/b0"),
-        "{}",
-        recv.stderr
-    );
-    send.expect_code(3)
-        .expect_stderr("the receiver stopped the run: message 0");
+    assert!(recv.stderr.contains("received r1000000009/L0/K/b0"), "{}", recv.stderr);
+    send.expect_code(3).expect_stderr("the receiver stopped the run: message 0");
 }
 
 #[test]
 fn killing_the_receiver_ends_the_sender() {
-    let (recv, addr) = receiver("127.0.0.1:0", &[]);
-    let send = Proc::start(
-        SEND,
-        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
-    );
-    assert!(
-        send.wait_for("# iterations", secs(20)),
-        "run did not start: {}",
-        send.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let (recv, send) = running_pair();
     recv.signal(libc::SIGKILL);
     let f = send.finish(secs(15));
     assert_ne!(f.code, Some(0));
-    assert!(
-        f.stderr.contains("receiver"),
-        "names the peer: {}",
-        f.stderr
-    );
+    assert!(f.stderr.contains("receiver"), "names the peer: {}", f.stderr);
     assert!(!f.stderr.contains("panicked"));
 }
 
 #[test]
 fn killing_the_sender_ends_the_receiver() {
-    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s"]);
-    let send = Proc::start(
-        SEND,
-        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
-    );
-    assert!(
-        send.wait_for("# iterations", secs(20)),
-        "run did not start: {}",
-        send.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(500));
+    let (recv, send) = running_pair();
     send.signal(libc::SIGKILL);
     let f = recv.finish(secs(15));
     assert_ne!(f.code, Some(0));
-    assert!(
-        f.stderr.contains("the sender closed") || f.stderr.contains("lost the sender"),
-        "{}",
-        f.stderr
-    );
+    assert!(f.stderr.contains("the sender closed") || f.stderr.contains("lost the sender"), "{}", f.stderr);
     assert!(!f.stderr.contains("panicked"));
 }
 
 #[test]
 fn a_silent_receiver_is_given_up_within_the_timeout() {
-    let (recv, addr) = receiver("127.0.0.1:0", &[]);
-    let send = Proc::start(
-        SEND,
-        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
-    );
-    assert!(
-        send.wait_for("# iterations", secs(20)),
-        "run did not start: {}",
-        send.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (recv, send) = running_pair();
     recv.signal(libc::SIGSTOP);
     let stopped = std::time::Instant::now();
     let f = send.finish(secs(20));
@@ -165,17 +96,7 @@ fn a_silent_receiver_is_given_up_within_the_timeout() {
 
 #[test]
 fn a_silent_sender_is_given_up_within_the_timeout() {
-    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s"]);
-    let send = Proc::start(
-        SEND,
-        &[&["--connect", addr.as_str()][..], &LONG[..]].concat(),
-    );
-    assert!(
-        send.wait_for("# iterations", secs(20)),
-        "run did not start: {}",
-        send.stderr()
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let (recv, send) = running_pair();
     send.signal(libc::SIGSTOP);
     let stopped = std::time::Instant::now();
     let f = recv.finish(secs(20));
@@ -187,28 +108,16 @@ fn a_silent_sender_is_given_up_within_the_timeout() {
 #[test]
 fn another_protocol_version_is_refused() {
     let (recv, addr) = receiver("127.0.0.1:0", &[]);
-    let send = run(
-        SEND,
-        &["--connect", &addr, "--fault", "bad-protocol"],
-        secs(30),
-    );
-    send.expect_code(1)
-        .expect_stderr("protocol version mismatch: this sender speaks 999, the receiver");
-    recv.finish(secs(10))
-        .expect_code(1)
-        .expect_stderr("protocol version mismatch (it speaks 999");
+    let send = run(SEND, &["--connect", &addr, "--fault", "bad-protocol"], secs(30));
+    send.expect_code(1).expect_stderr("protocol version mismatch: this sender speaks 999, the receiver");
+    recv.finish(secs(10)).expect_code(1).expect_stderr("protocol version mismatch (it speaks 999");
 }
 
 #[test]
 fn a_plan_the_receiver_derives_differently_is_refused() {
     let (recv, addr) = receiver("127.0.0.1:0", &[]);
-    let send = run(
-        SEND,
-        &["--connect", &addr, "--fault", "bad-digest"],
-        secs(30),
-    );
-    send.expect_code(1)
-        .expect_stderr("the receiver refused the run: plan mismatch");
+    let send = run(SEND, &["--connect", &addr, "--fault", "bad-digest"], secs(30));
+    send.expect_code(1).expect_stderr("the receiver refused the run: plan mismatch");
     recv.finish(secs(10))
         .expect_code(1)
         .expect_stderr("plan mismatch: the sender's plan digest is 0000000000000000");
@@ -218,34 +127,21 @@ fn a_plan_the_receiver_derives_differently_is_refused() {
 fn a_plan_for_another_model_is_refused() {
     let (recv, addr) = receiver("127.0.0.1:0", &["--expect-model", "Llama-3.1-70B"]);
     let send = run(SEND, &["--connect", &addr, "-m", "llama-3.1-8b"], secs(30));
-    send.expect_code(1)
-        .expect_stderr("expects model llama-3.1-70b, the sender's plan is for llama-3.1-8b");
+    send.expect_code(1).expect_stderr("expects model llama-3.1-70b, the sender's plan is for llama-3.1-8b");
     recv.finish(secs(10)).expect_code(1);
 }
 
 #[test]
 fn a_receiver_that_never_comes_is_given_up() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let f = run(
-        SEND,
-        &["--connect", &format!("127.0.0.1:{port}"), "--timeout", "1s"],
-        secs(15),
-    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let f = run(SEND, &["--connect", &format!("127.0.0.1:{port}"), "--timeout", "1s"], secs(15));
     f.expect_code(1).expect_stderr("no receiver at 127.0.0.1");
     assert!(f.elapsed < secs(8));
 }
 
 #[test]
 fn a_sender_that_never_comes_is_given_up() {
-    let f = run(
-        RECV,
-        &["--listen", "127.0.0.1:0", "--wait-for-sender", "1s"],
-        secs(15),
-    );
+    let f = run(RECV, &["--listen", "127.0.0.1:0", "--wait-for-sender", "1s"], secs(15));
     f.expect_code(1).expect_stderr("no sender connected");
     assert!(f.elapsed < secs(8));
 }
@@ -256,17 +152,7 @@ fn output_files_of_a_failed_run_keep_what_was_measured() {
     let j = dir.path().join("r.json");
     let f = run(
         KVXFER,
-        &[
-            "pair",
-            "-p",
-            "64,128",
-            "-n",
-            "2",
-            "--fault",
-            "corrupt-byte",
-            "--json",
-            j.to_str().unwrap(),
-        ],
+        &["pair", "-p", "64,128", "-n", "2", "--fault", "corrupt-byte", "--json", j.to_str().unwrap()],
         secs(60),
     );
     f.expect_code(3);

@@ -19,17 +19,10 @@ fn assert_sane(report: &Value, points: usize) {
     let warmup = report["plan"]["warmup"].as_u64().unwrap();
     for p in pts {
         let bytes = p["request_bytes"].as_u64().unwrap();
-        assert_eq!(
-            bytes,
-            p["messages"].as_u64().unwrap() * p["message_bytes"].as_u64().unwrap()
-        );
+        assert_eq!(bytes, p["messages"].as_u64().unwrap() * p["message_bytes"].as_u64().unwrap());
         // Every byte of every request, warm-up included, was checked.
         if report["plan"]["verify"] != "off" {
-            assert_eq!(
-                p["verified_bytes"].as_u64().unwrap(),
-                bytes * (iterations + warmup),
-                "{p}"
-            );
+            assert_eq!(p["verified_bytes"].as_u64().unwrap(), bytes * (iterations + warmup), "{p}");
         }
         let l = &p["request_ns"];
         assert_eq!(l["count"].as_u64().unwrap(), iterations);
@@ -40,10 +33,7 @@ fn assert_sane(report: &Value, points: usize) {
             l["max"].as_u64().unwrap(),
         );
         assert!(0 < min && min <= p50 && p50 <= p99 && p99 <= max, "{l}");
-        assert_eq!(
-            p["message_ns"]["count"].as_u64().unwrap(),
-            iterations * p["messages"].as_u64().unwrap()
-        );
+        assert_eq!(p["message_ns"]["count"].as_u64().unwrap(), iterations * p["messages"].as_u64().unwrap());
         // Loopback on any machine: above 1 MB/s, below memory bandwidth.
         let gbps = p["gbps"].as_f64().unwrap();
         assert!(gbps > 0.001 && gbps < 200.0, "implausible {gbps} GB/s");
@@ -56,11 +46,8 @@ fn assert_sane(report: &Value, points: usize) {
 #[test]
 fn sweep_over_prompt_lengths_and_all_granularities() {
     let dir = tempfile::tempdir().unwrap();
-    let (sj, rj, sc) = (
-        dir.path().join("send.json"),
-        dir.path().join("recv.json"),
-        dir.path().join("send.csv"),
-    );
+    let (sj, rj, sc) =
+        (dir.path().join("send.json"), dir.path().join("recv.json"), dir.path().join("send.csv"));
     let (recv, addr) = receiver("127.0.0.1:0", &["--json", rj.to_str().unwrap()]);
     let send = run(
         SEND,
@@ -116,10 +103,7 @@ fn sweep_over_prompt_lengths_and_all_granularities() {
     for side in ["sender", "receiver"] {
         assert!(!s[side]["hostname"].as_str().unwrap().is_empty());
         assert!(s[side]["command_line"].as_array().unwrap().len() > 1);
-        assert!(s[&format!("{side}_transport")]["summary"]
-            .as_str()
-            .unwrap()
-            .starts_with("tcp: 1 stream"));
+        assert!(s[&format!("{side}_transport")]["summary"].as_str().unwrap().starts_with("tcp: 1 stream"));
     }
     assert!(s["control_rtt"]["median_ns"].as_u64().unwrap() > 0);
 
@@ -127,9 +111,7 @@ fn sweep_over_prompt_lengths_and_all_granularities() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 10);
     assert!(lines[0].contains("request_ns_p99") && lines[0].contains("wrong_bytes"));
-    assert!(lines[1..]
-        .iter()
-        .all(|l| l.contains("qwen2.5-7b") && l.ends_with(",0")));
+    assert!(lines[1..].iter().all(|l| l.contains("qwen2.5-7b") && l.ends_with(",0")));
 }
 
 #[test]
@@ -161,10 +143,7 @@ fn pair_with_several_streams_mla_and_inline_checks() {
     let r = json(&j);
     assert_sane(&r, 6);
     assert_eq!(r["kv_bytes_per_token"], 70_272);
-    assert!(r["sender_transport"]["summary"]
-        .as_str()
-        .unwrap()
-        .starts_with("tcp: 3 stream"));
+    assert!(r["sender_transport"]["summary"].as_str().unwrap().starts_with("tcp: 3 stream"));
     assert!(f.stdout.contains("inside the timed region"));
 }
 
@@ -174,44 +153,23 @@ fn verify_off_checks_nothing_and_says_so() {
     let j = dir.path().join("r.json");
     let f = run(
         KVXFER,
-        &[
-            "pair",
-            "-p",
-            "64",
-            "-n",
-            "2",
-            "--verify",
-            "off",
-            "--json",
-            j.to_str().unwrap(),
-        ],
+        &["pair", "-p", "64", "-n", "2", "--verify", "off", "--json", j.to_str().unwrap()],
         secs(60),
     );
     f.expect_code(0);
     assert!(f.stdout.contains("not verified"));
     let r = json(&j);
     assert_eq!(r["verified_bytes"], 0);
-    assert!(
-        f.rows()[0].trim_end().ends_with('-'),
-        "wrong column shows '-': {:?}",
-        f.rows()
-    );
+    assert!(f.rows()[0].trim_end().ends_with('-'), "wrong column shows '-': {:?}", f.rows());
 }
 
 #[test]
 fn ipv6_literals_work() {
     let (recv, addr) = receiver("[::1]:0", &[]);
     assert!(addr.starts_with("[::1]:"), "{addr}");
-    let send = run(
-        SEND,
-        &["--connect", &addr, "-p", "32", "-n", "2", "-g", "block"],
-        secs(60),
-    );
+    let send = run(SEND, &["--connect", &addr, "-p", "32", "-n", "2", "-g", "block"], secs(60));
     send.expect_code(0);
-    assert!(
-        send.stdout.contains("[::1]:"),
-        "transport shows the v6 peer"
-    );
+    assert!(send.stdout.contains("[::1]:"), "transport shows the v6 peer");
     recv.finish(secs(10)).expect_code(0);
 }
 
@@ -219,11 +177,7 @@ fn ipv6_literals_work() {
 fn the_readme_main_command_runs_on_its_defaults() {
     let f = run(KVXFER, &["pair"], secs(300));
     f.expect_code(0);
-    assert_eq!(
-        f.rows().len(),
-        3,
-        "128, 1024 and 8192 tokens at layer granularity"
-    );
+    assert_eq!(f.rows().len(), 3, "128, 1024 and 8192 tokens at layer granularity");
     assert!(f.stdout.contains("llama-3.1-8b"));
     assert!(f.stdout.contains("0 wrong bytes"));
 }
@@ -240,48 +194,21 @@ fn a_stray_connection_does_not_disturb_the_receiver() {
     send.expect_code(0);
     let recv = recv.finish(secs(10));
     recv.expect_code(0);
-    assert!(
-        recv.stderr.contains("ignoring a connection"),
-        "{}",
-        recv.stderr
-    );
+    assert!(recv.stderr.contains("ignoring a connection"), "{}", recv.stderr);
 }
 
 #[test]
 fn socket_buffers_report_what_the_kernel_applied() {
     let cap = |f: &str| -> u64 {
-        std::fs::read_to_string(format!("/proc/sys/net/core/{f}"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        std::fs::read_to_string(format!("/proc/sys/net/core/{f}")).unwrap().trim().parse().unwrap()
     };
-    let (low, high) = (
-        cap("wmem_max").min(cap("rmem_max")),
-        cap("wmem_max").max(cap("rmem_max")),
-    );
+    let (low, high) = (cap("wmem_max").min(cap("rmem_max")), cap("wmem_max").max(cap("rmem_max")));
     let within = (low / 2).to_string();
-    let f = run(
-        KVXFER,
-        &["pair", "-p", "16", "-n", "1", "--socket-buffer", &within],
-        secs(60),
-    );
+    let f = run(KVXFER, &["pair", "-p", "16", "-n", "1", "--socket-buffer", &within], secs(60));
     f.expect_code(0);
-    assert!(
-        f.stdout.contains("(asked ") && !f.stdout.contains("capped"),
-        "{}",
-        f.stdout
-    );
+    assert!(f.stdout.contains("(asked ") && !f.stdout.contains("capped"), "{}", f.stdout);
     let beyond = (2 * high).to_string();
-    let f = run(
-        KVXFER,
-        &["pair", "-p", "16", "-n", "1", "--socket-buffer", &beyond],
-        secs(60),
-    );
+    let f = run(KVXFER, &["pair", "-p", "16", "-n", "1", "--socket-buffer", &beyond], secs(60));
     f.expect_code(0);
-    assert!(
-        f.stdout.contains("capped by net.core.wmem_max/rmem_max"),
-        "{}",
-        f.stdout
-    );
+    assert!(f.stdout.contains("capped by net.core.wmem_max/rmem_max"), "{}", f.stdout);
 }

@@ -70,12 +70,7 @@ pub struct ModelArgs {
     #[arg(long, short = 'm', value_name = "NAME", help_heading = "Model")]
     pub model: Option<String>,
     /// Read the model from a Hugging Face config.json
-    #[arg(
-        long,
-        value_name = "PATH",
-        conflicts_with = "model",
-        help_heading = "Model"
-    )]
+    #[arg(long, value_name = "PATH", conflicts_with = "model", help_heading = "Model")]
     pub model_config: Option<PathBuf>,
     /// Number of layers (alone, or overriding the model's)
     #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
@@ -127,10 +122,7 @@ impl ModelArgs {
                 *kv_heads = self.kv_heads.unwrap_or(*kv_heads);
                 *head_dim = self.head_dim.unwrap_or(*head_dim);
             }
-            Attention::Mla {
-                kv_lora_rank,
-                qk_rope_head_dim,
-            } if !gqa_given => {
+            Attention::Mla { kv_lora_rank, qk_rope_head_dim } if !gqa_given => {
                 *kv_lora_rank = self.kv_lora_rank.unwrap_or(*kv_lora_rank);
                 *qk_rope_head_dim = self.qk_rope_head_dim.unwrap_or(*qk_rope_head_dim);
             }
@@ -145,16 +137,14 @@ impl ModelArgs {
         if let Some(d) = self.dtype {
             spec.dtype = d;
         }
-        let block = self
-            .block_size
-            .unwrap_or_else(|| presets::default_block_size(&spec.attention));
+        let block = self.block_size.unwrap_or_else(|| presets::default_block_size(&spec.attention));
         KvShape::new(spec, self.tp, block)
     }
 
     fn explicit(&self) -> Result<ModelSpec> {
-        let layers = self.layers.ok_or_else(|| {
-            Error::usage("--layers is needed when no --model or --model-config is given")
-        })?;
+        let layers = self
+            .layers
+            .ok_or_else(|| Error::usage("--layers is needed when no --model or --model-config is given"))?;
         let attention = if self.kv_lora_rank.is_some() || self.qk_rope_head_dim.is_some() {
             Attention::Mla {
                 kv_lora_rank: self
@@ -164,20 +154,11 @@ impl ModelArgs {
             }
         } else {
             Attention::Gqa {
-                kv_heads: self
-                    .kv_heads
-                    .ok_or_else(|| Error::usage("--kv-heads is needed with --layers"))?,
-                head_dim: self
-                    .head_dim
-                    .ok_or_else(|| Error::usage("--head-dim is needed with --layers"))?,
+                kv_heads: self.kv_heads.ok_or_else(|| Error::usage("--kv-heads is needed with --layers"))?,
+                head_dim: self.head_dim.ok_or_else(|| Error::usage("--head-dim is needed with --layers"))?,
             }
         };
-        Ok(ModelSpec {
-            name: "custom".into(),
-            layers,
-            attention,
-            dtype: Dtype::Bf16,
-        })
+        Ok(ModelSpec { name: "custom".into(), layers, attention, dtype: Dtype::Bf16 })
     }
 }
 

@@ -22,12 +22,7 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("KVXFER_GIT_COMMIT"),
-    ")"
-);
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVXFER_GIT_COMMIT"), ")");
 
 /// How fast does this fabric move KV cache from a prefill GPU to a decode GPU?
 #[derive(Parser, Debug)]
@@ -102,13 +97,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
     if a.list_models {
         for name in presets::names() {
             let shape = crate::kv::KvShape::new(presets::lookup(name)?, 1, 16)?;
-            writeln!(
-                out,
-                "{:<18} {:>9} B/token  {}",
-                name,
-                shape.bytes_per_token(),
-                shape.model.describe()
-            )?;
+            writeln!(out, "{:<18} {:>9} B/token  {}", name, shape.bytes_per_token(), shape.model.describe())?;
         }
         return Ok(());
     }
@@ -151,10 +140,14 @@ fn plan(a: &PlanArgs) -> Result<()> {
             rows.push(l);
         }
     }
-    if rows.iter().any(|l| {
-        l.granularity == crate::plan::Granularity::Block && l.tokens % shape.block_size != 0
-    }) {
-        writeln!(out, "\nblock rows move whole blocks: a partly filled last block travels in full, as in vLLM")?;
+    if rows
+        .iter()
+        .any(|l| l.granularity == crate::plan::Granularity::Block && l.tokens % shape.block_size != 0)
+    {
+        writeln!(
+            out,
+            "\nblock rows move whole blocks: a partly filled last block travels in full, as in vLLM"
+        )?;
     }
     if let Some(path) = &a.json {
         let doc = serde_json::json!({
@@ -184,18 +177,9 @@ fn recv(a: &RecvArgs) -> Result<()> {
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
     let expect = Expectations {
         transport: a.expect_transport,
-        model: a
-            .expect_model
-            .as_ref()
-            .map(|m| presets::lookup(m).map(|p| p.name).unwrap_or(m.clone())),
+        model: a.expect_model.as_ref().map(|m| presets::lookup(m).map(|p| p.name).unwrap_or(m.clone())),
     };
-    let (report, result) = receiver_side(
-        &listener,
-        a.wait_for_sender,
-        a.timeout,
-        &expect,
-        !a.output.quiet,
-    );
+    let (report, result) = receiver_side(&listener, a.wait_for_sender, a.timeout, &expect, !a.output.quiet);
     outputs.conclude(report, result, !a.output.quiet)
 }
 
@@ -217,11 +201,8 @@ fn pair(a: &PairArgs) -> Result<()> {
     let receiver = std::thread::spawn(move || {
         receiver_side(&listener, timeout, timeout, &Expectations::default(), false).1
     });
-    let (report, result) =
-        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan);
-    let received = receiver
-        .join()
-        .unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
+    let (report, result) = sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan);
+    let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
     // The sender's error already carries the receiver's reason when it had one.
     let result = result.and(received);
     outputs.conclude(report, result, !a.run.output.quiet)
@@ -243,11 +224,7 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan) -> (Option<RunReport>, Res
         link: run.link.clone(),
         cookie: random_cookie(),
     };
-    let protocol = if run.fault == Some(Fault::BadProtocol) {
-        999
-    } else {
-        PROTOCOL
-    };
+    let protocol = if run.fault == Some(Fault::BadProtocol) { 999 } else { PROTOCOL };
     let mut sess = match session::open_sender(addr, hello, run.timeout, protocol) {
         Ok(s) => s,
         Err(e) => return (None, Err(e)),
@@ -257,10 +234,7 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan) -> (Option<RunReport>, Res
     let print = !run.output.quiet;
     let result = (|| {
         let mut buf = Buffer::host(sess.hello.plan.max_request_bytes())?;
-        let setup = Setup {
-            ctrl: &mut sess.ctrl,
-            cookie: sess.hello.cookie,
-        };
+        let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
         let mut transport = transport::open_sender(&spec, setup, &buf)?;
         report.sender_transport = transport.info();
         report.receiver_transport = exchange_info(&mut sess.ctrl, transport.info(), Role::Sender)?;
@@ -291,10 +265,7 @@ fn receiver_side(
     let result = (|| {
         let mut buf = Buffer::host(sess.hello.plan.max_request_bytes())?;
         let spec = sess.hello.transport.clone();
-        let setup = Setup {
-            ctrl: &mut sess.ctrl,
-            cookie: sess.hello.cookie,
-        };
+        let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
         let mut transport = transport::open_receiver(&spec, setup, &mut buf)?;
         report.receiver_transport = transport.info();
         report.sender_transport = exchange_info(&mut sess.ctrl, transport.info(), Role::Receiver)?;
@@ -333,15 +304,10 @@ fn exchange_info(ctrl: &mut Control, mine: TransportInfo, me: Role) -> Result<Tr
 
 fn random_cookie() -> u64 {
     let mut b = [0u8; 8];
-    if File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok()
-    {
+    if File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_ok() {
         return u64::from_le_bytes(b);
     }
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)
 }
 
@@ -354,10 +320,8 @@ struct Outputs {
 impl Outputs {
     fn open(a: &OutputArgs) -> Result<Outputs> {
         let mut files = Vec::new();
-        let wanted: [(&Option<PathBuf>, Box<dyn Exporter>); 2] = [
-            (&a.csv, Box::new(report::csv::Csv)),
-            (&a.json, Box::new(report::json::Json)),
-        ];
+        let wanted: [(&Option<PathBuf>, Box<dyn Exporter>); 2] =
+            [(&a.csv, Box::new(report::csv::Csv)), (&a.json, Box::new(report::json::Json))];
         for (path, exporter) in wanted {
             if let Some(path) = path {
                 let f = File::create(path)
@@ -382,9 +346,7 @@ impl Outputs {
             table::footer(&report, &mut std::io::stdout().lock())?;
         }
         for (path, mut f, exporter) in self.files {
-            exporter
-                .export(&report, &mut f)
-                .map_err(|e| e.context(format!("writing {}", path.display())))?;
+            exporter.export(&report, &mut f).map_err(|e| e.context(format!("writing {}", path.display())))?;
         }
         result?;
         if report.wrong_bytes > 0 {

@@ -18,8 +18,7 @@ pub fn read(path: &Path) -> Result<ModelSpec> {
 }
 
 pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
-    let root: Value =
-        serde_json::from_str(text).map_err(|e| Error::usage(format!("not valid JSON: {e}")))?;
+    let root: Value = serde_json::from_str(text).map_err(|e| Error::usage(format!("not valid JSON: {e}")))?;
     if !root.is_object() {
         return Err(Error::usage("not a JSON object"));
     }
@@ -32,11 +31,10 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
     let need = |name: &str| -> Result<u32> {
         let v = field(name)
             .ok_or_else(|| Error::usage(format!("missing field '{name}' (a positive integer)")))?;
-        u32::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| {
-            Error::usage(format!(
-                "field '{name}' must be a positive integer, got {v}"
-            ))
-        })
+        u32::try_from(v)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| Error::usage(format!("field '{name}' must be a positive integer, got {v}")))
     };
 
     let layers = need("num_hidden_layers")?;
@@ -44,9 +42,7 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         Attention::Mla {
             kv_lora_rank: need("kv_lora_rank")?,
             qk_rope_head_dim: field("qk_rope_head_dim").ok_or_else(|| {
-                Error::usage(
-                    "missing field 'qk_rope_head_dim' (MLA configs need it next to kv_lora_rank)",
-                )
+                Error::usage("missing field 'qk_rope_head_dim' (MLA configs need it next to kv_lora_rank)")
             })? as u32,
         }
     } else {
@@ -63,12 +59,10 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         let head_dim = if cfg.get("head_dim").is_some_and(|v| !v.is_null()) {
             need("head_dim")?
         } else {
-            let hidden = need("hidden_size").map_err(|e| {
-                e.context("no 'head_dim', so it is hidden_size / num_attention_heads")
-            })?;
-            let heads = need("num_attention_heads").map_err(|e| {
-                e.context("no 'head_dim', so it is hidden_size / num_attention_heads")
-            })?;
+            let hidden = need("hidden_size")
+                .map_err(|e| e.context("no 'head_dim', so it is hidden_size / num_attention_heads"))?;
+            let heads = need("num_attention_heads")
+                .map_err(|e| e.context("no 'head_dim', so it is hidden_size / num_attention_heads"))?;
             if hidden % heads != 0 {
                 return Err(Error::usage(format!(
                     "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
@@ -93,12 +87,7 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| fallback_name.to_string());
 
-    let spec = ModelSpec {
-        name,
-        layers,
-        attention,
-        dtype,
-    };
+    let spec = ModelSpec { name, layers, attention, dtype };
     spec.validate()?;
     Ok(spec)
 }
@@ -122,13 +111,7 @@ mod tests {
     fn llama_from_hidden_size() {
         let m = parse(LLAMA_8B, "Llama-3.1-8B").unwrap();
         assert_eq!(m.name, "Llama-3.1-8B");
-        assert_eq!(
-            m.attention,
-            Attention::Gqa {
-                kv_heads: 8,
-                head_dim: 128
-            }
-        );
+        assert_eq!(m.attention, Attention::Gqa { kv_heads: 8, head_dim: 128 });
         assert_eq!(KvShape::new(m, 1, 16).unwrap().bytes_per_token(), 131_072);
     }
 
@@ -145,13 +128,7 @@ mod tests {
     #[test]
     fn mla_from_deepseek_config() {
         let m = parse(DEEPSEEK_V3, "ds").unwrap();
-        assert!(matches!(
-            m.attention,
-            Attention::Mla {
-                kv_lora_rank: 512,
-                qk_rope_head_dim: 64
-            }
-        ));
+        assert!(matches!(m.attention, Attention::Mla { kv_lora_rank: 512, qk_rope_head_dim: 64 }));
         assert_eq!(KvShape::new(m, 8, 64).unwrap().bytes_per_token(), 70_272);
     }
 
@@ -168,22 +145,14 @@ mod tests {
     fn missing_fields_are_named() {
         let err = |text: &str| parse(text, "x").unwrap_err().message;
         assert!(err(r#"{"num_key_value_heads": 8}"#).contains("'num_hidden_layers'"));
-        assert!(
-            err(r#"{"num_hidden_layers": 2, "head_dim": 64, "torch_dtype": "bfloat16"}"#)
-                .contains("'num_key_value_heads'")
-        );
-        assert!(err(
-            r#"{"num_hidden_layers": 2, "num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#
-        )
-        .contains("'hidden_size'"));
-        assert!(
-            err(r#"{"num_hidden_layers": 2, "num_key_value_heads": 8, "head_dim": 64}"#)
-                .contains("'torch_dtype'")
-        );
-        assert!(
-            err(r#"{"num_hidden_layers": 2, "kv_lora_rank": 512, "torch_dtype": "bfloat16"}"#)
-                .contains("'qk_rope_head_dim'")
-        );
+        assert!(err(r#"{"num_hidden_layers": 2, "head_dim": 64, "torch_dtype": "bfloat16"}"#)
+            .contains("'num_key_value_heads'"));
+        assert!(err(r#"{"num_hidden_layers": 2, "num_key_value_heads": 8, "torch_dtype": "bfloat16"}"#)
+            .contains("'hidden_size'"));
+        assert!(err(r#"{"num_hidden_layers": 2, "num_key_value_heads": 8, "head_dim": 64}"#)
+            .contains("'torch_dtype'"));
+        assert!(err(r#"{"num_hidden_layers": 2, "kv_lora_rank": 512, "torch_dtype": "bfloat16"}"#)
+            .contains("'qk_rope_head_dim'"));
         assert!(err("[1, 2]").contains("not a JSON object"));
         assert!(err("{oops").contains("not valid JSON"));
         assert!(err(r#"{"num_hidden_layers": -3}"#).contains("num_hidden_layers"));

@@ -36,10 +36,7 @@ impl Dtype {
             "fp8" | "fp8_e4m3" | "fp8_e5m2" | "float8_e4m3fn" => Ok(Dtype::Fp8),
             "fp32" | "float32" | "float" => Ok(Dtype::Fp32),
             "fp8_ds_mla" => Ok(Dtype::Fp8DsMla),
-            other => Err(Error::usage(format!(
-                "unknown dtype '{other}' (expected one of {})",
-                Self::NAMES
-            ))),
+            other => Err(Error::usage(format!("unknown dtype '{other}' (expected one of {})", Self::NAMES))),
         }
     }
 
@@ -71,10 +68,7 @@ pub enum Attention {
     /// Grouped-query (or multi-head) attention: separate K and V per layer.
     Gqa { kv_heads: u32, head_dim: u32 },
     /// Multi-head latent attention: one compressed latent per layer.
-    Mla {
-        kv_lora_rank: u32,
-        qk_rope_head_dim: u32,
-    },
+    Mla { kv_lora_rank: u32, qk_rope_head_dim: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,12 +81,8 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     pub fn validate(&self) -> Result<()> {
-        let zero = |what: &str| {
-            Err(Error::usage(format!(
-                "model '{}': {what} must be at least 1",
-                self.name
-            )))
-        };
+        let zero =
+            |what: &str| Err(Error::usage(format!("model '{}': {what} must be at least 1", self.name)));
         if self.layers == 0 {
             return zero("layers");
         }
@@ -111,10 +101,7 @@ impl ModelSpec {
                     )));
                 }
             }
-            Attention::Mla {
-                kv_lora_rank,
-                qk_rope_head_dim,
-            } => {
+            Attention::Mla { kv_lora_rank, qk_rope_head_dim } => {
                 if kv_lora_rank == 0 {
                     return zero("kv_lora_rank");
                 }
@@ -136,10 +123,7 @@ impl ModelSpec {
                 "{}: GQA, {} layers, {} KV heads, head_dim {}, {}",
                 self.name, self.layers, kv_heads, head_dim, self.dtype
             ),
-            Attention::Mla {
-                kv_lora_rank,
-                qk_rope_head_dim,
-            } => format!(
+            Attention::Mla { kv_lora_rank, qk_rope_head_dim } => format!(
                 "{}: MLA, {} layers, latent {} + rope {}, {}",
                 self.name, self.layers, kv_lora_rank, qk_rope_head_dim, self.dtype
             ),
@@ -168,11 +152,7 @@ impl KvShape {
         if let Attention::Gqa { kv_heads, .. } = model.attention {
             // vLLM requires one to divide the other: heads split evenly, or
             // each head replicated on TP/kv_heads ranks.
-            let fits = if tp <= kv_heads {
-                kv_heads.is_multiple_of(tp)
-            } else {
-                tp.is_multiple_of(kv_heads)
-            };
+            let fits = if tp <= kv_heads { kv_heads.is_multiple_of(tp) } else { tp.is_multiple_of(kv_heads) };
             if !fits {
                 return Err(Error::usage(format!(
                     "--tp {tp} does not fit {kv_heads} KV heads of {}: one must divide the other",
@@ -180,11 +160,7 @@ impl KvShape {
                 )));
             }
         }
-        Ok(KvShape {
-            model,
-            tp,
-            block_size,
-        })
+        Ok(KvShape { model, tp, block_size })
     }
 
     /// Separately transferred tensors per layer: K and V, or one MLA latent.
@@ -210,17 +186,13 @@ impl KvShape {
             Attention::Gqa { head_dim, .. } => {
                 self.heads_per_rank().unwrap() as u64 * head_dim as u64 * dtype.bytes()
             }
-            Attention::Mla {
-                kv_lora_rank,
-                qk_rope_head_dim,
-            } if dtype == Dtype::Fp8DsMla => {
+            Attention::Mla { kv_lora_rank, qk_rope_head_dim } if dtype == Dtype::Fp8DsMla => {
                 // fp8 latent + one fp32 scale per 128 values + bf16 rope part.
                 kv_lora_rank as u64 + (kv_lora_rank as u64 / 128) * 4 + qk_rope_head_dim as u64 * 2
             }
-            Attention::Mla {
-                kv_lora_rank,
-                qk_rope_head_dim,
-            } => (kv_lora_rank as u64 + qk_rope_head_dim as u64) * dtype.bytes(),
+            Attention::Mla { kv_lora_rank, qk_rope_head_dim } => {
+                (kv_lora_rank as u64 + qk_rope_head_dim as u64) * dtype.bytes()
+            }
         }
     }
 
@@ -275,10 +247,7 @@ mod tests {
         let m = ModelSpec {
             name: "mla".into(),
             layers: 61,
-            attention: Attention::Mla {
-                kv_lora_rank: 512,
-                qk_rope_head_dim: 64,
-            },
+            attention: Attention::Mla { kv_lora_rank: 512, qk_rope_head_dim: 64 },
             dtype: Dtype::Bf16,
         };
         let s1 = KvShape::new(m.clone(), 1, 64).unwrap();
@@ -286,15 +255,7 @@ mod tests {
         assert_eq!(s1.bytes_per_token(), 70_272);
         assert_eq!(s8.bytes_per_token(), 70_272);
         assert_eq!(s1.tensors_per_layer(), 1);
-        let packed = KvShape::new(
-            ModelSpec {
-                dtype: Dtype::Fp8DsMla,
-                ..m
-            },
-            1,
-            64,
-        )
-        .unwrap();
+        let packed = KvShape::new(ModelSpec { dtype: Dtype::Fp8DsMla, ..m }, 1, 64).unwrap();
         assert_eq!(packed.layer_bytes_per_token(), 656);
         assert_eq!(packed.bytes_per_token(), 40_016);
     }

@@ -19,9 +19,7 @@ fn splitmix64(mut z: u64) -> u64 {
 
 /// Mixes several identifying numbers into one seed.
 pub fn seed_of(parts: &[u64]) -> u64 {
-    parts
-        .iter()
-        .fold(0x6b76_7866_6572_u64, |acc, &p| splitmix64(acc ^ p))
+    parts.iter().fold(0x6b76_7866_6572_u64, |acc, &p| splitmix64(acc ^ p))
 }
 
 #[inline(always)]
@@ -145,10 +143,7 @@ mod tests {
             fill_at(a, 99, 0);
             fill_at(b, 99, cut as u64);
             assert_eq!(pieces, whole, "cut at {cut}");
-            assert_eq!(
-                verify_at(&whole[cut..], 99, cut as u64),
-                Mismatch::default()
-            );
+            assert_eq!(verify_at(&whole[cut..], 99, cut as u64), Mismatch::default());
         }
         let mut bad = whole.clone();
         bad[700] ^= 4;

@@ -16,10 +16,7 @@ const fn gqa(kv_heads: u32, head_dim: u32) -> Attention {
     Attention::Gqa { kv_heads, head_dim }
 }
 
-const DEEPSEEK_MLA: Attention = Attention::Mla {
-    kv_lora_rank: 512,
-    qk_rope_head_dim: 64,
-};
+const DEEPSEEK_MLA: Attention = Attention::Mla { kv_lora_rank: 512, qk_rope_head_dim: 64 };
 
 const PRESETS: &[Preset] = &[
     Preset {
@@ -34,62 +31,17 @@ const PRESETS: &[Preset] = &[
         layers: 80,
         attention: gqa(8, 128),
     },
-    Preset {
-        name: "llama-3.1-405b",
-        aliases: &["llama3.1-405b"],
-        layers: 126,
-        attention: gqa(8, 128),
-    },
-    Preset {
-        name: "qwen2.5-7b",
-        aliases: &["qwen-2.5-7b"],
-        layers: 28,
-        attention: gqa(4, 128),
-    },
-    Preset {
-        name: "qwen2.5-72b",
-        aliases: &["qwen-2.5-72b"],
-        layers: 80,
-        attention: gqa(8, 128),
-    },
-    Preset {
-        name: "qwen3-8b",
-        aliases: &[],
-        layers: 36,
-        attention: gqa(8, 128),
-    },
-    Preset {
-        name: "qwen3-32b",
-        aliases: &[],
-        layers: 64,
-        attention: gqa(8, 128),
-    },
-    Preset {
-        name: "qwen3-235b-a22b",
-        aliases: &["qwen3-235b"],
-        layers: 94,
-        attention: gqa(4, 128),
-    },
-    Preset {
-        name: "mistral-7b",
-        aliases: &["mistral-7b-v0.3"],
-        layers: 32,
-        attention: gqa(8, 128),
-    },
-    Preset {
-        name: "mixtral-8x7b",
-        aliases: &[],
-        layers: 32,
-        attention: gqa(8, 128),
-    },
+    Preset { name: "llama-3.1-405b", aliases: &["llama3.1-405b"], layers: 126, attention: gqa(8, 128) },
+    Preset { name: "qwen2.5-7b", aliases: &["qwen-2.5-7b"], layers: 28, attention: gqa(4, 128) },
+    Preset { name: "qwen2.5-72b", aliases: &["qwen-2.5-72b"], layers: 80, attention: gqa(8, 128) },
+    Preset { name: "qwen3-8b", aliases: &[], layers: 36, attention: gqa(8, 128) },
+    Preset { name: "qwen3-32b", aliases: &[], layers: 64, attention: gqa(8, 128) },
+    Preset { name: "qwen3-235b-a22b", aliases: &["qwen3-235b"], layers: 94, attention: gqa(4, 128) },
+    Preset { name: "mistral-7b", aliases: &["mistral-7b-v0.3"], layers: 32, attention: gqa(8, 128) },
+    Preset { name: "mixtral-8x7b", aliases: &[], layers: 32, attention: gqa(8, 128) },
     // Half of gpt-oss's layers use a 128-token sliding window; this counts every
     // layer in full, the upper bound a connector moves without hybrid-KV trimming.
-    Preset {
-        name: "gpt-oss-120b",
-        aliases: &[],
-        layers: 36,
-        attention: gqa(8, 64),
-    },
+    Preset { name: "gpt-oss-120b", aliases: &[], layers: 36, attention: gqa(8, 64) },
     Preset {
         name: "deepseek-v3",
         aliases: &["deepseek-r1", "deepseek-v3.1"],
@@ -139,9 +91,7 @@ mod tests {
     use crate::kv::KvShape;
 
     fn bytes_per_token(name: &str, tp: u32) -> u64 {
-        KvShape::new(lookup(name).unwrap(), tp, 16)
-            .unwrap()
-            .bytes_per_token()
+        KvShape::new(lookup(name).unwrap(), tp, 16).unwrap().bytes_per_token()
     }
 
     /// Hand-computed: 2 x layers x kv_heads x head_dim x 2 bytes (bf16), and
@@ -190,10 +140,7 @@ mod tests {
     #[test]
     fn lookup_is_forgiving_about_spelling_but_not_names() {
         assert_eq!(lookup("Llama-3.1-8B").unwrap().name, "llama-3.1-8b");
-        assert_eq!(
-            lookup("deepseek-ai/DeepSeek-R1").unwrap().name,
-            "deepseek-v3"
-        );
+        assert_eq!(lookup("deepseek-ai/DeepSeek-R1").unwrap().name, "deepseek-v3");
         let err = lookup("llama-9").unwrap_err();
         assert!(err.message.contains("unknown model 'llama-9'"));
         assert!(err.message.contains("qwen3-32b"));

@@ -17,21 +17,13 @@ fn piece_len(bytes: usize) -> usize {
 
 /// Calls `f(message index, byte offset in that message, piece)` for every
 /// piece of every message inside `range` of the request buffer.
-fn walk(
-    layout: &RequestLayout,
-    range: Range<usize>,
-    mut f: impl FnMut(usize, usize, Range<usize>),
-) {
+fn walk(layout: &RequestLayout, range: Range<usize>, mut f: impl FnMut(usize, usize, Range<usize>)) {
     let m = layout.message_bytes;
     let mut pos = range.start;
     while pos < range.end {
         let index = pos / m;
         let msg_end = ((index + 1) * m).min(range.end);
-        f(
-            index,
-            pos - index * m,
-            pos - range.start..msg_end - range.start,
-        );
+        f(index, pos - index * m, pos - range.start..msg_end - range.start);
         pos = msg_end;
     }
 }
@@ -41,17 +33,9 @@ pub fn fill(region: &mut [u8], layout: &RequestLayout, request: u64) {
     let bytes = layout.total_bytes();
     let per = piece_len(bytes);
     let fill_piece = |k: usize, piece: &mut [u8]| {
-        walk(
-            layout,
-            k * per..k * per + piece.len(),
-            |index, offset, r| {
-                pattern::fill_at(
-                    &mut piece[r],
-                    layout.key(request, index).seed(),
-                    offset as u64,
-                )
-            },
-        )
+        walk(layout, k * per..k * per + piece.len(), |index, offset, r| {
+            pattern::fill_at(&mut piece[r], layout.key(request, index).seed(), offset as u64)
+        })
     };
     if per >= bytes {
         return fill_piece(0, &mut region[..bytes]);
@@ -83,21 +67,12 @@ impl Check {
     }
 
     /// Describes a message's mismatch: key, offset, expected and found byte.
-    pub fn of_message(
-        layout: &RequestLayout,
-        request: u64,
-        index: usize,
-        m: Mismatch,
-        bytes: u64,
-    ) -> Check {
+    pub fn of_message(layout: &RequestLayout, request: u64, index: usize, m: Mismatch, bytes: u64) -> Check {
         Check {
             verified_bytes: bytes,
             wrong_bytes: m.wrong_bytes,
             first: m.first.map(|(off, want, got)| {
-                format!(
-                    "{} byte {off}: expected {want:#04x}, found {got:#04x}",
-                    layout.key(request, index)
-                )
+                format!("{} byte {off}: expected {want:#04x}, found {got:#04x}", layout.key(request, index))
             }),
         }
     }
@@ -109,16 +84,11 @@ pub fn verify(region: &[u8], layout: &RequestLayout, request: u64) -> Check {
     let per = piece_len(bytes);
     let check_piece = |k: usize, piece: &[u8]| {
         let mut check = Check::default();
-        walk(
-            layout,
-            k * per..k * per + piece.len(),
-            |index, offset, r| {
-                let len = r.len() as u64;
-                let m =
-                    pattern::verify_at(&piece[r], layout.key(request, index).seed(), offset as u64);
-                check.merge(Check::of_message(layout, request, index, m, len));
-            },
-        );
+        walk(layout, k * per..k * per + piece.len(), |index, offset, r| {
+            let len = r.len() as u64;
+            let m = pattern::verify_at(&piece[r], layout.key(request, index).seed(), offset as u64);
+            check.merge(Check::of_message(layout, request, index, m, len));
+        });
         check
     };
     if per >= bytes {
@@ -159,15 +129,10 @@ mod tests {
             let mut buf = vec![0u8; l.total_bytes()];
             fill(&mut buf, &l, 3);
             let c = verify(&buf, &l, 3);
-            assert_eq!(
-                (c.wrong_bytes, c.verified_bytes),
-                (0, l.total_bytes() as u64),
-                "{g}"
-            );
+            assert_eq!((c.wrong_bytes, c.verified_bytes), (0, l.total_bytes() as u64), "{g}");
             // Each message is its own pattern, seeded by its key.
             let slot = l.slot(l.message_count - 1);
-            let alone =
-                pattern::verify(&buf[slot.offset..][..slot.len], l.key(3, slot.index).seed());
+            let alone = pattern::verify(&buf[slot.offset..][..slot.len], l.key(3, slot.index).seed());
             assert_eq!(alone.wrong_bytes, 0);
         }
     }
@@ -177,10 +142,7 @@ mod tests {
         let l = layout(Granularity::Block, 64);
         let mut buf = vec![0u8; l.total_bytes()];
         fill(&mut buf, &l, 1);
-        assert_eq!(
-            verify(&buf, &l, 2).wrong_bytes,
-            l.total_bytes() as u64 - stray_matches(&buf, &l, 2)
-        );
+        assert_eq!(verify(&buf, &l, 2).wrong_bytes, l.total_bytes() as u64 - stray_matches(&buf, &l, 2));
         let (a, b) = (l.slot(0), l.slot(1));
         let first = buf[a.offset..a.offset + a.len].to_vec();
         buf.copy_within(b.offset..b.offset + b.len, a.offset);

@@ -13,7 +13,7 @@ use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::Buffer;
 use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
-use crate::session::{Control, Msg, ReceiverSession, SenderSession};
+use crate::session::{Msg, ReceiverSession, SenderSession};
 use crate::transport::{Completions, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use integrity::Check;
@@ -71,17 +71,7 @@ pub fn run_sender(
     on_point: &mut dyn FnMut(&PointResult),
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
-    sender_loop(&plan, &mut sess.ctrl, transport, buf, cfg, on_point)
-}
-
-fn sender_loop(
-    plan: &Plan,
-    ctrl: &mut Control,
-    transport: &mut dyn SendSide,
-    buf: &mut Buffer,
-    cfg: &RunConfig,
-    on_point: &mut dyn FnMut(&PointResult),
-) -> Result<Vec<PointResult>> {
+    let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
         let (p, layout) = (point.index, &point.layout);
@@ -115,15 +105,10 @@ fn sender_loop(
             transport.send(buf, layout, on_wire, deadline)?;
         }
         let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
-        let result =
-            ctrl.expect_by(
-                by,
-                &format!("waiting for the results of point {p}"),
-                |m| match m {
-                    Msg::PointDone { result } => Ok(*result),
-                    other => Err(other),
-                },
-            )?;
+        let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
+            Msg::PointDone { result } => Ok(*result),
+            other => Err(other),
+        })?;
         on_point(&result);
         results.push(result);
     }
@@ -143,24 +128,7 @@ pub fn run_receiver(
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
     let link = sess.hello.link.clone();
-    receiver_loop(
-        &plan,
-        link.as_ref(),
-        &mut sess.ctrl,
-        transport,
-        buf,
-        on_point,
-    )
-}
-
-fn receiver_loop(
-    plan: &Plan,
-    link: Option<&Link>,
-    ctrl: &mut Control,
-    transport: &mut dyn RecvSide,
-    buf: &mut Buffer,
-    on_point: &mut dyn FnMut(&PointResult),
-) -> Result<Vec<PointResult>> {
+    let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
         let (p, layout) = (point.index, &point.layout);
@@ -198,17 +166,13 @@ fn receiver_loop(
                 sink.record_into(&mut messages);
             }
             match plan.verify {
-                VerifyMode::After => {
-                    check.merge(integrity::verify(buf.as_slice(), layout, request))
-                }
+                VerifyMode::After => check.merge(integrity::verify(buf.as_slice(), layout, request)),
                 VerifyMode::Inline => check.merge(sink.take_check()),
                 VerifyMode::Off => {}
             }
         }
-        let result = point_result(&point, plan, &requests, &messages, check, link);
-        ctrl.send(&Msg::PointDone {
-            result: Box::new(result.clone()),
-        })?;
+        let result = point_result(&point, &plan, &requests, &messages, check, link.as_ref());
+        ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         on_point(&result);
         results.push(result);
     }
@@ -267,9 +231,7 @@ impl<'a> RoundSink<'a> {
             layout,
             inline,
             request: 0,
-            latencies: (0..layout.message_count)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            latencies: (0..layout.message_count).map(|_| AtomicU64::new(0)).collect(),
             arrived: AtomicUsize::new(0),
             verified: AtomicU64::new(0),
             wrong: Mutex::new(Check::default()),
@@ -315,19 +277,13 @@ impl Completions for RoundSink<'_> {
         data: Option<&[u8]>,
     ) -> Result<()> {
         let slot = self.latencies.get(index).ok_or_else(|| {
-            Error::run(format!(
-                "the transport reported message {index}, which does not exist"
-            ))
+            Error::run(format!("the transport reported message {index}, which does not exist"))
         })?;
-        slot.store(
-            ended.saturating_duration_since(started).as_nanos() as u64,
-            Relaxed,
-        );
+        slot.store(ended.saturating_duration_since(started).as_nanos() as u64, Relaxed);
         self.arrived.fetch_add(1, Relaxed);
         if self.inline {
-            let bytes = data.ok_or_else(|| {
-                Error::usage("--verify inline needs the receiver's buffer in host memory")
-            })?;
+            let bytes = data
+                .ok_or_else(|| Error::usage("--verify inline needs the receiver's buffer in host memory"))?;
             let m = pattern::verify(bytes, self.layout.key(self.request, index).seed());
             self.verified.fetch_add(bytes.len() as u64, Relaxed);
             if m.wrong_bytes > 0 {

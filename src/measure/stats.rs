@@ -73,9 +73,7 @@ pub struct PointResult {
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {
     let mut bytes = Vec::new();
-    V2DeflateSerializer::new()
-        .serialize(h, &mut bytes)
-        .expect("histograms serialize to memory");
+    V2DeflateSerializer::new().serialize(h, &mut bytes).expect("histograms serialize to memory");
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -105,9 +103,6 @@ mod tests {
         assert!(s.max >= 999_000);
         let back = decode_histogram(&encode_histogram(&h)).unwrap();
         assert_eq!(LatencySummary::of(&back), s);
-        assert_eq!(
-            LatencySummary::of(&new_histogram()),
-            LatencySummary::default()
-        );
+        assert_eq!(LatencySummary::of(&new_histogram()), LatencySummary::default());
     }
 }

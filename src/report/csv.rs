@@ -88,19 +88,9 @@ impl Exporter for Csv {
             row.extend([
                 format!("{:.4}", p.gbps),
                 format!("{:.4}", p.gbps_p50),
-                report
-                    .link
-                    .as_ref()
-                    .map(|l| l.name.clone())
-                    .unwrap_or_default(),
-                report
-                    .link
-                    .as_ref()
-                    .map(|l| l.peak_gbps.to_string())
-                    .unwrap_or_default(),
-                p.percent_of_peak
-                    .map(|v| format!("{v:.2}"))
-                    .unwrap_or_default(),
+                report.link.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
+                report.link.as_ref().map(|l| l.peak_gbps.to_string()).unwrap_or_default(),
+                p.percent_of_peak.map(|v| format!("{v:.2}")).unwrap_or_default(),
                 p.verified_bytes.to_string(),
                 p.wrong_bytes.to_string(),
             ]);

@@ -42,31 +42,17 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         fmt_bytes(r.kv_bytes_per_token)
     )?;
     writeln!(out, "# transport  sender:   {}", r.sender_transport.summary)?;
-    writeln!(
-        out,
-        "#            receiver: {}",
-        r.receiver_transport.summary
-    )?;
+    writeln!(out, "#            receiver: {}", r.receiver_transport.summary)?;
     match &r.link {
-        Some(l) => writeln!(
-            out,
-            "# link       {}: {} GB/s one way ({})",
-            l.name, l.peak_gbps, l.source
-        )?,
-        None => writeln!(
-            out,
-            "# link       not given (--link PRESET or GB/s adds a %peak column)"
-        )?,
+        Some(l) => writeln!(out, "# link       {}: {} GB/s one way ({})", l.name, l.peak_gbps, l.source)?,
+        None => writeln!(out, "# link       not given (--link PRESET or GB/s adds a %peak column)")?,
     }
     let rtt = r
         .control_rtt
         .as_ref()
         .map(|c| format!("; control round trip {} median", fmt_ns(c.median_ns as f64)))
         .unwrap_or_default();
-    writeln!(
-        out,
-        "# timing     request = receiver's go to its last byte, one control hop included{rtt}"
-    )?;
+    writeln!(out, "# timing     request = receiver's go to its last byte, one control hop included{rtt}")?;
     let verify = match r.plan.verify {
         VerifyMode::After => "every byte, after each timed request",
         VerifyMode::Inline => "every byte, inside the timed region",
@@ -80,8 +66,21 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "#{:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>6}",
-        "gran", "prompt", "msgs", "msg size", "request", "p50", "p90", "p99", "p99.9", "max", "msg p50", "msg p99",
-        "GB/s", "%peak", "wrong"
+        "gran",
+        "prompt",
+        "msgs",
+        "msg size",
+        "request",
+        "p50",
+        "p90",
+        "p99",
+        "p99.9",
+        "max",
+        "msg p50",
+        "msg p99",
+        "GB/s",
+        "%peak",
+        "wrong"
     )?;
     out.flush()?;
     Ok(())
@@ -89,15 +88,8 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
 
 pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
     let l = &p.request_ns;
-    let peak = p
-        .percent_of_peak
-        .map(|v| format!("{v:.1}"))
-        .unwrap_or_else(|| "-".into());
-    let wrong = if r.plan.verify == VerifyMode::Off {
-        "-".into()
-    } else {
-        p.wrong_bytes.to_string()
-    };
+    let peak = p.percent_of_peak.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    let wrong = if r.plan.verify == VerifyMode::Off { "-".into() } else { p.wrong_bytes.to_string() };
     writeln!(
         out,
         " {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8.2} {:>7} {:>6}",
@@ -124,10 +116,7 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
 pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let verdict = match (r.plan.verify, r.wrong_bytes) {
         (VerifyMode::Off, _) => "not verified (--verify off)".to_string(),
-        (_, 0) => format!(
-            "0 wrong bytes in {} verified: OK",
-            fmt_bytes(r.verified_bytes)
-        ),
+        (_, 0) => format!("0 wrong bytes in {} verified: OK", fmt_bytes(r.verified_bytes)),
         (_, n) => format!(
             "{n} WRONG BYTES in {} verified; first: {}",
             fmt_bytes(r.verified_bytes),

@@ -55,9 +55,7 @@ impl Control {
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&body);
-        self.writer
-            .write_all(&frame)
-            .map_err(|e| self.io_error(e, &format!("sending {}", msg.name())))
+        self.writer.write_all(&frame).map_err(|e| self.io_error(e, &format!("sending {}", msg.name())))
     }
 
     /// The next message, or an error naming what was awaited. A peer's Abort
@@ -87,21 +85,16 @@ impl Control {
                 format!("the {} stopped the run: {reason}", self.peer_role),
             )
             .reported_by_peer()),
-            Msg::Refuse { reason } => Err(Error::run(format!(
-                "the {} refused the run: {reason}",
-                self.peer_role
-            ))
-            .reported_by_peer()),
+            Msg::Refuse { reason } => {
+                Err(Error::run(format!("the {} refused the run: {reason}", self.peer_role))
+                    .reported_by_peer())
+            }
             m => Ok(m),
         }
     }
 
     /// Receives and checks the kind of the next message, within the timeout.
-    pub fn expect<T>(
-        &mut self,
-        awaiting: &str,
-        pick: impl FnOnce(Msg) -> Result<T, Msg>,
-    ) -> Result<T> {
+    pub fn expect<T>(&mut self, awaiting: &str, pick: impl FnOnce(Msg) -> Result<T, Msg>) -> Result<T> {
         let deadline = self.deadline();
         self.expect_by(deadline, awaiting, pick)
     }
@@ -126,10 +119,7 @@ impl Control {
     /// Tells the peer why the run ends; best effort, bounded to a second.
     pub fn abort(&mut self, err: &Error) {
         let _ = self.writer.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = self.send(&Msg::Abort {
-            reason: err.message.clone(),
-            code: err.exit_code(),
-        });
+        let _ = self.send(&Msg::Abort { reason: err.message.clone(), code: err.exit_code() });
     }
 
     /// Ends a failed run on both sides with the most telling reason. An
@@ -143,12 +133,10 @@ impl Control {
                 self.abort(&err);
                 err
             }
-            Origin::Lost => self
-                .peer_reason(Duration::from_millis(500))
-                .unwrap_or_else(|| {
-                    self.abort(&err);
-                    err
-                }),
+            Origin::Lost => self.peer_reason(Duration::from_millis(500)).unwrap_or_else(|| {
+                self.abort(&err);
+                err
+            }),
         }
     }
 
@@ -210,10 +198,7 @@ impl Control {
 }
 
 pub fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-    )
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 fn kind_of_code(code: i32) -> ErrorKind {
@@ -241,12 +226,7 @@ pub struct SenderSession {
     pub rtt: ControlRtt,
 }
 
-pub fn open_sender(
-    addr: &str,
-    hello: Hello,
-    timeout: Duration,
-    protocol: u16,
-) -> Result<SenderSession> {
+pub fn open_sender(addr: &str, hello: Hello, timeout: Duration, protocol: u16) -> Result<SenderSession> {
     let addrs = net::resolve(addr)?;
     let deadline = Instant::now() + timeout;
     let stream = net::connect_until(&addrs, deadline, "receiver")?;
@@ -255,16 +235,9 @@ pub fn open_sender(
     let mut pre = [0u8; 8];
     pre[..4].copy_from_slice(&MAGIC);
     pre[4..6].copy_from_slice(&protocol.to_be_bytes());
-    ctrl.writer
-        .write_all(&pre)
-        .map_err(|e| ctrl.io_error(e, "sending the preamble"))?;
+    ctrl.writer.write_all(&pre).map_err(|e| ctrl.io_error(e, "sending the preamble"))?;
     let mut reply = [0u8; 8];
-    ctrl.read_exact_until(
-        &mut reply,
-        deadline,
-        Instant::now(),
-        "waiting for the handshake",
-    )?;
+    ctrl.read_exact_until(&mut reply, deadline, Instant::now(), "waiting for the handshake")?;
     if reply[..4] != MAGIC {
         return Err(Error::run(format!(
             "{addr} is not a kvxfer receiver (it answered {:?})",
@@ -299,10 +272,7 @@ pub fn open_sender(
         ctrl,
         hello,
         receiver_env,
-        rtt: ControlRtt {
-            min_ns: samples[0],
-            median_ns: samples[samples.len() / 2],
-        },
+        rtt: ControlRtt { min_ns: samples[0], median_ns: samples[samples.len() / 2] },
     })
 }
 
@@ -333,12 +303,8 @@ pub fn accept_receiver(
         let mut ctrl = Control::new(stream, Role::Sender, timeout)?;
         let mut pre = [0u8; 8];
         let deadline = ctrl.deadline();
-        if let Err(e) = ctrl.read_exact_until(
-            &mut pre,
-            deadline,
-            Instant::now(),
-            "waiting for the preamble",
-        ) {
+        if let Err(e) = ctrl.read_exact_until(&mut pre, deadline, Instant::now(), "waiting for the preamble")
+        {
             eprintln!("kvxfer-recv: ignoring a connection from {from}: {e}");
             continue;
         }
@@ -347,11 +313,7 @@ pub fn accept_receiver(
             continue;
         }
         let theirs = u16::from_be_bytes([pre[4], pre[5]]);
-        let status = if theirs == PROTOCOL {
-            STATUS_OK
-        } else {
-            STATUS_VERSION_REFUSED
-        };
+        let status = if theirs == PROTOCOL { STATUS_OK } else { STATUS_VERSION_REFUSED };
         let mut reply = [0u8; 8];
         reply[..4].copy_from_slice(&MAGIC);
         reply[4..6].copy_from_slice(&PROTOCOL.to_be_bytes());
@@ -368,16 +330,10 @@ pub fn accept_receiver(
             other => Err(other),
         })?;
         if let Err(reason) = check_hello(&hello, expect) {
-            let _ = ctrl.send(&Msg::Refuse {
-                reason: reason.clone(),
-            });
-            return Err(Error::run(format!(
-                "refused the sender at {from}: {reason}"
-            )));
+            let _ = ctrl.send(&Msg::Refuse { reason: reason.clone() });
+            return Err(Error::run(format!("refused the sender at {from}: {reason}")));
         }
-        ctrl.send(&Msg::Welcome {
-            env: Box::new(own_env.clone()),
-        })?;
+        ctrl.send(&Msg::Welcome { env: Box::new(own_env.clone()) })?;
         for _ in 0..PINGS {
             let seq = ctrl.expect("answering the control round-trip probe", |m| match m {
                 Msg::Ping { seq } => Ok(seq),
@@ -396,10 +352,7 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
             hello.role
         ));
     }
-    hello
-        .plan
-        .validate()
-        .map_err(|e| format!("invalid plan: {e}"))?;
+    hello.plan.validate().map_err(|e| format!("invalid plan: {e}"))?;
     let digest = hello.plan.digest();
     if digest != hello.plan_digest {
         return Err(format!(

@@ -30,9 +30,7 @@ impl TransportKind {
     pub fn parse(s: &str) -> Result<TransportKind> {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(TransportKind::Tcp),
-            other => Err(Error::usage(format!(
-                "unknown transport '{other}' (available: tcp)"
-            ))),
+            other => Err(Error::usage(format!("unknown transport '{other}' (available: tcp)"))),
         }
     }
 }
@@ -74,25 +72,14 @@ pub trait Completions: Sync {
     /// Message `index` of the round arrived whole between `started` (when the
     /// transport began waiting for it or posted it) and `ended`. `data` is the
     /// message's bytes where they are in host memory.
-    fn message_done(
-        &self,
-        index: usize,
-        started: Instant,
-        ended: Instant,
-        data: Option<&[u8]>,
-    ) -> Result<()>;
+    fn message_done(&self, index: usize, started: Instant, ended: Instant, data: Option<&[u8]>)
+        -> Result<()>;
 }
 
 pub trait SendSide: Send {
     fn info(&self) -> TransportInfo;
     /// Moves every message of `layout`, keyed for `request`, from `buf`.
-    fn send(
-        &mut self,
-        buf: &Buffer,
-        layout: &RequestLayout,
-        request: u64,
-        deadline: Instant,
-    ) -> Result<()>;
+    fn send(&mut self, buf: &Buffer, layout: &RequestLayout, request: u64, deadline: Instant) -> Result<()>;
 }
 
 pub trait RecvSide: Send {
@@ -135,11 +122,7 @@ pub fn open_sender(spec: &TransportSpec, setup: Setup, _buf: &Buffer) -> Result<
     }
 }
 
-pub fn open_receiver(
-    spec: &TransportSpec,
-    setup: Setup,
-    _buf: &mut Buffer,
-) -> Result<Box<dyn RecvSide>> {
+pub fn open_receiver(spec: &TransportSpec, setup: Setup, _buf: &mut Buffer) -> Result<Box<dyn RecvSide>> {
     match spec.kind {
         TransportKind::Tcp => Ok(Box::new(tcp::TcpReceiver::accept(spec, setup)?)),
     }

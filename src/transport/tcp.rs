@@ -35,6 +35,16 @@ const WRITE_BYTES: usize = 4 << 20;
 /// anything at least this large goes straight into its slot.
 const READ_BUFFER: usize = 64 << 10;
 
+/// What every stream's share of one request needs to know.
+#[derive(Clone, Copy)]
+struct Round<'a> {
+    layout: &'a RequestLayout,
+    request: u64,
+    deadline: Instant,
+    /// The longest wait for a single read or write.
+    timeout: Duration,
+}
+
 fn header(key: &TransferKey, len: usize) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..TransferKey::WIRE_LEN].copy_from_slice(&key.to_wire());
@@ -80,11 +90,7 @@ impl TcpSender {
         let port = offer["port"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
-            .ok_or_else(|| {
-                Error::run(format!(
-                    "protocol error: bad tcp setup from the receiver: {offer}"
-                ))
-            })?;
+            .ok_or_else(|| Error::run(format!("protocol error: bad tcp setup from the receiver: {offer}")))?;
         let addr = SocketAddr::new(setup.ctrl.peer_addr.ip(), port);
         let timeout = setup.ctrl.timeout;
         let deadline = Instant::now() + timeout;
@@ -92,9 +98,8 @@ impl TcpSender {
         for idx in 0..spec.streams {
             let sock = new_socket(addr, spec.socket_buffer)?;
             let left = net::remaining(deadline).unwrap_or(Duration::from_millis(1));
-            sock.connect_timeout(&addr.into(), left).map_err(|e| {
-                Error::run(format!("cannot open tcp data stream {idx} to {addr}: {e}"))
-            })?;
+            sock.connect_timeout(&addr.into(), left)
+                .map_err(|e| Error::run(format!("cannot open tcp data stream {idx} to {addr}: {e}")))?;
             let mut stream: TcpStream = sock.into();
             stream.set_write_timeout(Some(timeout))?;
             stream.write_all(&hello_bytes(setup.cookie, idx))?;
@@ -102,11 +107,7 @@ impl TcpSender {
         }
         setup.recv("waiting for the receiver to accept the tcp data streams")?;
         let info = describe(&streams, spec);
-        Ok(TcpSender {
-            streams,
-            timeout,
-            info,
-        })
+        Ok(TcpSender { streams, timeout, info })
     }
 }
 
@@ -115,50 +116,22 @@ impl SendSide for TcpSender {
         self.info.clone()
     }
 
-    fn send(
-        &mut self,
-        buf: &Buffer,
-        layout: &RequestLayout,
-        request: u64,
-        deadline: Instant,
-    ) -> Result<()> {
+    fn send(&mut self, buf: &Buffer, layout: &RequestLayout, request: u64, deadline: Instant) -> Result<()> {
         let data = &buf.as_slice()[..layout.total_bytes()];
+        let round = Round { layout, request, deadline, timeout: self.timeout };
         let step = self.streams.len();
-        let timeout = self.timeout;
         if step == 1 {
-            return send_stream(
-                &mut self.streams[0],
-                0,
-                1,
-                data,
-                layout,
-                request,
-                deadline,
-                timeout,
-            );
+            return send_stream(&mut self.streams[0], 0, 1, data, round);
         }
         let wakers = wakers(self.streams.iter())?;
         let streams: Vec<&mut TcpStream> = self.streams.iter_mut().collect();
-        on_threads(
-            streams,
-            |k, st| send_stream(st, k, step, data, layout, request, deadline, timeout),
-            || shutdown_all(&wakers),
-        )
+        on_threads(streams, |k, st| send_stream(st, k, step, data, round), || shutdown_all(&wakers))
     }
 }
 
 /// Sends messages first, first+step, ... of the request on one stream.
-#[allow(clippy::too_many_arguments)]
-fn send_stream(
-    stream: &mut TcpStream,
-    first: usize,
-    step: usize,
-    data: &[u8],
-    layout: &RequestLayout,
-    request: u64,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<()> {
+fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], round: Round) -> Result<()> {
+    let Round { layout, request, deadline, timeout } = round;
     let mut headers: Vec<[u8; HEADER]> = Vec::with_capacity(BATCH_MESSAGES);
     let mut batch: Vec<usize> = Vec::with_capacity(BATCH_MESSAGES);
     let mut batch_bytes = 0;
@@ -168,10 +141,7 @@ fn send_stream(
         batch.push(index);
         batch_bytes += HEADER + layout.message_bytes;
         index += step;
-        if batch.len() == BATCH_MESSAGES
-            || batch_bytes >= WRITE_BYTES
-            || index >= layout.message_count
-        {
+        if batch.len() == BATCH_MESSAGES || batch_bytes >= WRITE_BYTES || index >= layout.message_count {
             let mut iov: Vec<IoSlice> = Vec::with_capacity(2 * batch.len());
             for (h, &m) in headers.iter().zip(&batch) {
                 let slot = layout.slot(m);
@@ -262,10 +232,7 @@ impl TcpReceiver {
         setup.send(serde_json::json!({ "accepted": n }))?;
         let info = describe(&streams, spec);
         Ok(TcpReceiver {
-            streams: streams
-                .into_iter()
-                .map(|s| BufReader::with_capacity(READ_BUFFER, s))
-                .collect(),
+            streams: streams.into_iter().map(|s| BufReader::with_capacity(READ_BUFFER, s)).collect(),
             timeout,
             info,
         })
@@ -288,29 +255,18 @@ impl RecvSide for TcpReceiver {
     ) -> Result<RoundTiming> {
         let region = &mut buf.as_mut_slice()[..layout.total_bytes()];
         let slots = region.chunks_exact_mut(layout.message_bytes).enumerate();
-        let timeout = self.timeout;
+        let round = Round { layout, request, deadline, timeout: self.timeout };
         // The first message's wait begins when the sender is told to go; on a
         // busy host the woken sender may run before go() even returns.
         let start = Instant::now();
         go()?;
         if self.streams.len() == 1 {
-            recv_stream(
-                &mut self.streams[0],
-                0,
-                slots,
-                layout,
-                request,
-                deadline,
-                timeout,
-                done,
-                start,
-            )?;
+            recv_stream(&mut self.streams[0], 0, slots, round, done, start)?;
             return Ok(RoundTiming::default());
         }
         let n = self.streams.len();
-        let mut per_stream: Vec<Vec<(usize, &mut [u8])>> = (0..n)
-            .map(|_| Vec::with_capacity(layout.message_count / n + 1))
-            .collect();
+        let mut per_stream: Vec<Vec<(usize, &mut [u8])>> =
+            (0..n).map(|_| Vec::with_capacity(layout.message_count / n + 1)).collect();
         for (i, slot) in slots {
             per_stream[i % n].push((i, slot));
         }
@@ -318,19 +274,7 @@ impl RecvSide for TcpReceiver {
         let work: Vec<_> = self.streams.iter_mut().zip(per_stream).collect();
         on_threads(
             work,
-            |k, (st, mine)| {
-                recv_stream(
-                    st,
-                    k,
-                    mine.into_iter(),
-                    layout,
-                    request,
-                    deadline,
-                    timeout,
-                    done,
-                    start,
-                )
-            },
+            |k, (st, mine)| recv_stream(st, k, mine.into_iter(), round, done, start),
             || shutdown_all(&wakers),
         )?;
         Ok(RoundTiming::default())
@@ -338,18 +282,15 @@ impl RecvSide for TcpReceiver {
 }
 
 /// Receives this stream's share of the round, checking every header.
-#[allow(clippy::too_many_arguments)]
 fn recv_stream<'b>(
     reader: &mut BufReader<TcpStream>,
     stream: usize,
     slots: impl Iterator<Item = (usize, &'b mut [u8])>,
-    layout: &RequestLayout,
-    request: u64,
-    deadline: Instant,
-    timeout: Duration,
+    round: Round,
     done: &dyn Completions,
     mut started: Instant,
 ) -> Result<()> {
+    let Round { layout, request, deadline, timeout } = round;
     let mut hdr = [0u8; HEADER];
     for (index, dst) in slots {
         let what = || {
@@ -358,26 +299,14 @@ fn recv_stream<'b>(
                 layout.message_count
             )
         };
-        read_full(reader, &mut hdr, deadline)
-            .map_err(|e| data_error(e, "sender", timeout, &what()))?;
-        match parse_header(&hdr) {
-            Some((key, len)) if key == layout.key(request, index) && len == dst.len() as u64 => {}
-            Some((key, len)) => {
-                return Err(key_mismatch(
-                    index,
-                    layout,
-                    request,
-                    &format!("{key} ({len} bytes)"),
-                ))
-            }
-            None => {
-                return Err(key_mismatch(
-                    index,
-                    layout,
-                    request,
-                    "bytes that are no kvxfer message header",
-                ))
-            }
+        read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
+        let got = match parse_header(&hdr) {
+            Some((key, len)) if key == layout.key(request, index) && len == dst.len() as u64 => None,
+            Some((key, len)) => Some(format!("{key} ({len} bytes)")),
+            None => Some("bytes that are no kvxfer message header".to_string()),
+        };
+        if let Some(got) = got {
+            return Err(key_mismatch(index, layout, request, &got));
         }
         read_full(reader, dst, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
         let ended = Instant::now();
@@ -426,18 +355,13 @@ fn deadline_passed() -> std::io::Error {
 fn data_error(e: std::io::Error, peer: &str, timeout: Duration, doing: &str) -> Error {
     let timeout = humantime::format_duration(timeout);
     match e.kind() {
-        _ if is_timeout(&e) => Error::run(format!(
-            "no progress from the {peer} for {timeout} while {doing}"
-        )),
-        _ if e
-            .get_ref()
-            .is_some_and(|inner| inner.is::<DeadlinePassed>()) =>
-        {
+        _ if is_timeout(&e) => Error::run(format!("no progress from the {peer} for {timeout} while {doing}")),
+        _ if e.get_ref().is_some_and(|inner| inner.is::<DeadlinePassed>()) => {
             Error::run(format!("{doing}: {e}"))
         }
-        std::io::ErrorKind::UnexpectedEof => Error::connection_lost(format!(
-            "the {peer} closed the data connection while {doing}"
-        )),
+        std::io::ErrorKind::UnexpectedEof => {
+            Error::connection_lost(format!("the {peer} closed the data connection while {doing}"))
+        }
         _ => Error::connection_lost(format!("lost the {peer} while {doing}: {e}")),
     }
 }
@@ -467,9 +391,7 @@ fn on_threads<T: Send>(
 }
 
 fn wakers<'a>(streams: impl Iterator<Item = &'a TcpStream>) -> Result<Vec<TcpStream>> {
-    Ok(streams
-        .map(TcpStream::try_clone)
-        .collect::<std::io::Result<_>>()?)
+    Ok(streams.map(TcpStream::try_clone).collect::<std::io::Result<_>>()?)
 }
 
 fn shutdown_all(streams: &[TcpStream]) {
@@ -485,16 +407,12 @@ fn describe(streams: &[TcpStream], spec: &TransportSpec) -> TransportInfo {
     let sndbuf = sock.send_buffer_size().unwrap_or(0) as u64;
     let rcvbuf = sock.recv_buffer_size().unwrap_or(0) as u64;
     let congestion = congestion_control(s).unwrap_or_else(|| "unknown".into());
-    let mss = sock
-        .tcp_mss()
-        .map(|m| m.to_string())
-        .unwrap_or_else(|_| "unknown".into());
+    let mss = sock.tcp_mss().map(|m| m.to_string()).unwrap_or_else(|_| "unknown".into());
     // Linux reports twice what it set, and sets no more than the sysctl caps.
     let sizing = match spec.socket_buffer {
-        Some(n) if sndbuf / 2 < n || rcvbuf / 2 < n => format!(
-            "asked {}, capped by net.core.wmem_max/rmem_max: raise them with sysctl",
-            fmt_bytes(n)
-        ),
+        Some(n) if sndbuf / 2 < n || rcvbuf / 2 < n => {
+            format!("asked {}, capped by net.core.wmem_max/rmem_max: raise them with sysctl", fmt_bytes(n))
+        }
         Some(n) => format!("asked {}", fmt_bytes(n)),
         None => "kernel autotuning".into(),
     };

@@ -42,11 +42,7 @@ impl Finished {
     }
 
     pub fn expect_stderr(&self, needle: &str) -> &Self {
-        assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}:\n{}",
-            self.stderr
-        );
+        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
         assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
         self
     }
@@ -87,13 +83,7 @@ impl Proc {
             collect(child.stdout.take().unwrap(), stdout.clone()),
             collect(child.stderr.take().unwrap(), stderr.clone()),
         ];
-        Proc {
-            child,
-            stdout,
-            stderr,
-            readers,
-            started: Instant::now(),
-        }
+        Proc { child, stdout, stderr, readers, started: Instant::now() }
     }
 
     pub fn stdout(&self) -> String {
@@ -146,12 +136,7 @@ impl Proc {
         for r in self.readers.drain(..) {
             r.join().unwrap();
         }
-        Finished {
-            code: status.code(),
-            stdout: self.stdout(),
-            stderr: self.stderr(),
-            elapsed,
-        }
+        Finished { code: status.code(), stdout: self.stdout(), stderr: self.stderr(), elapsed }
     }
 }
 
@@ -159,9 +144,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // A test that fails midway must not leave a process behind.
         if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &self.child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
@@ -173,23 +156,9 @@ pub fn receiver(listen: &str, extra: &[&str]) -> (Proc, String) {
     let mut args = vec!["--listen", listen];
     args.extend_from_slice(extra);
     let p = Proc::start(RECV, &args);
-    assert!(
-        p.wait_for("listening on ", Duration::from_secs(10)),
-        "receiver did not start: {}",
-        p.stderr()
-    );
-    let line = p
-        .stderr()
-        .lines()
-        .find(|l| l.contains("listening on "))
-        .unwrap()
-        .to_string();
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    assert!(p.wait_for("listening on ", Duration::from_secs(10)), "receiver did not start: {}", p.stderr());
+    let line = p.stderr().lines().find(|l| l.contains("listening on ")).unwrap().to_string();
+    let addr = line.rsplit("listening on ").next().unwrap().trim().to_string();
     (p, addr)
 }
 
