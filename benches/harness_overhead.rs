@@ -39,8 +39,8 @@ fn bare() -> f64 {
         s.set_nodelay(true).unwrap();
         // The same buffers as kvxfer's (mmap, huge pages), filled like them.
         let mut buf = Buffer::host(MESSAGES_PER_REQUEST * MESSAGE).unwrap();
-        buf.as_mut_slice().fill(7);
-        let payload = buf.as_slice();
+        buf.host_slice_mut().unwrap().fill(7);
+        let payload = buf.host_slice().unwrap();
         let header = [1u8; HEADER];
         let mut sent = 0;
         while sent < total {
@@ -63,7 +63,7 @@ fn bare() -> f64 {
     s.set_nodelay(true).unwrap();
     let mut r = BufReader::with_capacity(64 << 10, s);
     let mut buf = Buffer::host(MESSAGES_PER_REQUEST * MESSAGE).unwrap();
-    let dst = buf.as_mut_slice();
+    let dst = buf.host_slice_mut().unwrap();
     let mut header = [0u8; HEADER];
     let mut t = Instant::now();
     for i in 0..total {

@@ -23,8 +23,8 @@ fn stream(size: usize) -> f64 {
     let writer = std::thread::spawn(move || {
         let mut s = TcpStream::connect(addr).unwrap();
         let mut buf = Buffer::host(size).unwrap();
-        buf.as_mut_slice().fill(1);
-        let src = buf.as_slice();
+        buf.host_slice_mut().unwrap().fill(1);
+        let src = buf.host_slice().unwrap();
         let mut sent = 0;
         while sent < TOTAL {
             let at = sent % size;
@@ -34,8 +34,8 @@ fn stream(size: usize) -> f64 {
     });
     let (mut s, _) = listener.accept().unwrap();
     let mut buf = Buffer::host(size).unwrap();
-    buf.as_mut_slice().fill(0);
-    let dst = buf.as_mut_slice();
+    buf.host_slice_mut().unwrap().fill(0);
+    let dst = buf.host_slice_mut().unwrap();
     let t = Instant::now();
     let mut got = 0;
     while got < TOTAL {

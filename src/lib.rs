@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod env;
 pub mod error;
+pub mod gpu;
 pub mod kv;
 pub mod link;
 pub mod measure;

@@ -1,39 +1,199 @@
-//! Transfer buffers. One buffer per side, sized for the largest request of the
-//! plan and reused by every sweep point, so memory is registered once.
+//! Transfer buffers: pageable host, pinned host or GPU memory behind one
+//! type. One buffer per side, sized for the largest request of the plan and
+//! reused by every sweep point, so memory is allocated and registered once.
 
 use crate::env::meminfo_kib;
 use crate::error::{Error, Result};
+use crate::gpu::{pattern::PatternKernels, Device, DeviceMem, PinnedMem};
+use crate::measure::integrity::{self, Check};
+use crate::plan::RequestLayout;
 use crate::units::fmt_bytes;
 use serde::{Deserialize, Serialize};
 use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemoryKind {
     /// Pageable host memory.
+    #[default]
     Host,
+    /// Page-locked host memory, registered with CUDA.
+    Pinned,
+    /// GPU memory (cuMemAlloc).
+    Gpu,
+}
+
+impl MemoryKind {
+    pub fn parse(s: &str) -> Result<MemoryKind> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "host" => Ok(MemoryKind::Host),
+            "pinned" => Ok(MemoryKind::Pinned),
+            "gpu" | "cuda" | "device" => Ok(MemoryKind::Gpu),
+            other => Err(Error::usage(format!("unknown memory '{other}' (expected host, pinned or gpu)"))),
+        }
+    }
+
+    /// Whether the bytes live in host memory (counted against the host's RAM).
+    pub fn on_host(self) -> bool {
+        self != MemoryKind::Gpu
+    }
 }
 
 impl std::fmt::Display for MemoryKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             MemoryKind::Host => "host",
+            MemoryKind::Pinned => "pinned",
+            MemoryKind::Gpu => "gpu",
         })
     }
 }
 
-/// Anonymous mapped memory: page-aligned, zeroed lazily by the kernel.
+/// What one side asks for: a kind of memory, and the GPU it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemorySpec {
+    pub kind: MemoryKind,
+    pub device: usize,
+}
+
+/// A side's transfer buffer.
 pub struct Buffer {
+    storage: Storage,
+    /// The pattern kernels, for GPU memory.
+    kernels: Option<PatternKernels>,
+}
+
+enum Storage {
+    Host(HostMem),
+    Pinned(PinnedMem),
+    Gpu(DeviceMem),
+}
+
+impl Buffer {
+    /// A buffer of `len` bytes for requests of up to `max_messages` messages.
+    pub fn new(spec: MemorySpec, len: usize, max_messages: usize, timeout: Duration) -> Result<Buffer> {
+        let storage = match spec.kind {
+            MemoryKind::Host => Storage::Host(HostMem::new(len)?),
+            MemoryKind::Pinned => Storage::Pinned(PinnedMem::new(&Device::open(spec.device)?, len)?),
+            MemoryKind::Gpu => Storage::Gpu(DeviceMem::new(&Device::open(spec.device)?, len)?),
+        };
+        let kernels = match &storage {
+            Storage::Gpu(mem) => Some(PatternKernels::load(&mem.device, max_messages, mem, timeout)?),
+            _ => None,
+        };
+        Ok(Buffer { storage, kernels })
+    }
+
+    /// Host memory, without CUDA.
+    pub fn host(len: usize) -> Result<Buffer> {
+        Ok(Buffer { storage: Storage::Host(HostMem::new(len)?), kernels: None })
+    }
+
+    pub fn kind(&self) -> MemoryKind {
+        match self.storage {
+            Storage::Host(_) => MemoryKind::Host,
+            Storage::Pinned(_) => MemoryKind::Pinned,
+            Storage::Gpu(_) => MemoryKind::Gpu,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.storage {
+            Storage::Host(m) => m.len,
+            Storage::Pinned(m) => m.as_slice().len(),
+            Storage::Gpu(m) => m.len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes, where the CPU can reach them (host and pinned memory).
+    pub fn host_slice(&self) -> Option<&[u8]> {
+        match &self.storage {
+            Storage::Host(m) => Some(m.as_slice()),
+            Storage::Pinned(m) => Some(m.as_slice()),
+            Storage::Gpu(_) => None,
+        }
+    }
+
+    pub fn host_slice_mut(&mut self) -> Option<&mut [u8]> {
+        match &mut self.storage {
+            Storage::Host(m) => Some(m.as_mut_slice()),
+            Storage::Pinned(m) => Some(m.as_mut_slice()),
+            Storage::Gpu(_) => None,
+        }
+    }
+
+    pub fn gpu_mem(&self) -> Option<&DeviceMem> {
+        match &self.storage {
+            Storage::Gpu(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The GPU this memory belongs to (pinned memory: the one it was pinned with).
+    pub fn device(&self) -> Option<&Arc<Device>> {
+        match &self.storage {
+            Storage::Host(_) => None,
+            Storage::Pinned(m) => Some(m.device()),
+            Storage::Gpu(m) => Some(&m.device),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.storage {
+            Storage::Host(_) => "host memory".into(),
+            Storage::Pinned(m) => format!("pinned host memory (registered with {})", m.device().describe()),
+            Storage::Gpu(m) => m.device.describe(),
+        }
+    }
+
+    /// Writes the pattern of `request` into the request's messages.
+    pub fn fill(&mut self, layout: &RequestLayout, request: u64) -> Result<()> {
+        if let (Storage::Gpu(mem), Some(k)) = (&self.storage, &self.kernels) {
+            return k.fill(mem, layout, request);
+        }
+        integrity::fill(self.host_slice_mut().expect("host memory"), layout, request);
+        Ok(())
+    }
+
+    /// Counts the bytes of the request that differ from its pattern.
+    pub fn verify(&self, layout: &RequestLayout, request: u64) -> Result<Check> {
+        if let (Storage::Gpu(mem), Some(k)) = (&self.storage, &self.kernels) {
+            return k.verify(mem, layout, request);
+        }
+        Ok(integrity::verify(self.host_slice().expect("host memory"), layout, request))
+    }
+
+    /// Flips one byte (the test-only corruption fault).
+    pub fn flip_byte(&mut self, offset: usize) -> Result<()> {
+        if let Storage::Gpu(mem) = &self.storage {
+            let mut b = [0u8; 1];
+            mem.download(offset, &mut b)?;
+            b[0] ^= 0x5a;
+            return mem.upload(offset, &b);
+        }
+        self.host_slice_mut().expect("host memory")[offset] ^= 0x5a;
+        Ok(())
+    }
+}
+
+/// Anonymous mapped memory: page-aligned, zeroed lazily by the kernel.
+struct HostMem {
     ptr: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the buffer owns its mapping; access goes through &/&mut.
-unsafe impl Send for Buffer {}
-unsafe impl Sync for Buffer {}
+// SAFETY: the mapping is owned; access goes through &/&mut.
+unsafe impl Send for HostMem {}
+unsafe impl Sync for HostMem {}
 
-impl Buffer {
-    pub fn host(len: usize) -> Result<Buffer> {
+impl HostMem {
+    fn new(len: usize) -> Result<HostMem> {
         let len = len.max(1);
         // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
         let ptr = unsafe {
@@ -58,35 +218,23 @@ impl Buffer {
         // TLB far less. Failure only costs speed.
         // SAFETY: the range is exactly our mapping.
         unsafe { libc::madvise(ptr, len, libc::MADV_HUGEPAGE) };
-        Ok(Buffer { ptr: NonNull::new(ptr.cast()).expect("mmap does not return null"), len })
+        Ok(HostMem { ptr: NonNull::new(ptr.cast()).expect("mmap does not return null"), len })
     }
 
-    pub fn kind(&self) -> MemoryKind {
-        MemoryKind::Host
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
+    fn as_slice(&self) -> &[u8] {
         // SAFETY: ptr is valid for len bytes and initialized (zeroed).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self makes the access unique.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
-impl Drop for Buffer {
+impl Drop for HostMem {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in `host`.
+        // SAFETY: unmapping exactly the mapping made in `new`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
@@ -122,11 +270,11 @@ mod tests {
     #[test]
     fn aligned_zeroed_and_writable() {
         let mut b = Buffer::host(10_000).unwrap();
-        assert_eq!(b.len(), 10_000);
-        assert_eq!(b.as_slice().as_ptr() as usize % 4096, 0);
-        assert!(b.as_slice().iter().all(|&x| x == 0));
-        b.as_mut_slice()[9_999] = 7;
-        assert_eq!(b.as_slice()[9_999], 7);
+        assert_eq!((b.len(), b.kind()), (10_000, MemoryKind::Host));
+        assert_eq!(b.host_slice().unwrap().as_ptr() as usize % 4096, 0);
+        assert!(b.host_slice().unwrap().iter().all(|&x| x == 0));
+        b.flip_byte(9_999).unwrap();
+        assert_eq!(b.host_slice().unwrap()[9_999], 0x5a);
     }
 
     #[test]

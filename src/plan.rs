@@ -313,6 +313,10 @@ impl Plan {
         point as u64 * (self.warmup as u64 + self.iterations as u64) + iteration as u64
     }
 
+    pub fn max_messages(&self) -> usize {
+        self.points().iter().map(|p| p.layout.message_count).max().unwrap_or(0)
+    }
+
     pub fn max_request_bytes(&self) -> usize {
         self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
     }

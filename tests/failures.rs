@@ -124,6 +124,16 @@ fn a_plan_the_receiver_derives_differently_is_refused() {
 }
 
 #[test]
+fn two_senders_are_refused_at_the_handshake() {
+    // Two peers with the same role would never form a two-rank communicator:
+    // the kv_rank 2-versus-1 hang. kvxfer refuses instead of waiting.
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let send = run(SEND, &["--connect", &addr, "--fault", "wrong-role"], secs(30));
+    send.expect_code(1).expect_stderr("the receiver refused the run: role mismatch");
+    recv.finish(secs(10)).expect_code(1).expect_stderr("role mismatch: the peer says it is a receiver");
+}
+
+#[test]
 fn a_plan_for_another_model_is_refused() {
     let (recv, addr) = receiver("127.0.0.1:0", &["--expect-model", "Llama-3.1-70B"]);
     let send = run(SEND, &["--connect", &addr, "-m", "llama-3.1-8b"], secs(30));

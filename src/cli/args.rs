@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
 use crate::link::{self, Link};
 use crate::measure::Fault;
+use crate::memory::{MemoryKind, MemorySpec};
 use crate::plan::{Granularity, Plan, VerifyMode};
 use crate::transport::{TransportKind, TransportSpec};
 use crate::units;
@@ -62,6 +63,11 @@ parser_of!(verify_mode, VerifyMode, VerifyMode::parse);
 parser_of!(transport_kind, TransportKind, TransportKind::parse);
 parser_of!(link_spec, Link, link::parse);
 parser_of!(fault, Fault, Fault::parse);
+parser_of!(memory_kind, MemoryKind, MemoryKind::parse);
+
+fn device_ordinal(s: &str) -> Result<usize, String> {
+    non_negative_u32(s).map(|n| n as usize)
+}
 
 /// Which model, and how its KV cache is cut.
 #[derive(Args, Clone, Debug, Default)]
@@ -185,9 +191,15 @@ pub struct WorkloadArgs {
 /// How the bytes travel.
 #[derive(Args, Clone, Debug)]
 pub struct TransportArgs {
-    /// Transport: tcp
+    /// Transport: tcp or nccl
     #[arg(long, short = 't', default_value = "tcp", value_parser = transport_kind, help_heading = "Transport")]
     pub transport: TransportKind,
+    /// Messages per ncclGroupStart/End (nccl; 1 = one call per message, as P2pNcclConnector)
+    #[arg(long, default_value = "1", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Transport")]
+    pub nccl_group: u32,
+    /// The NCCL library to load [default: libnccl.so.2, then libnccl.so]
+    #[arg(long, value_name = "PATH", help_heading = "Transport")]
+    pub nccl_lib: Option<String>,
     /// Parallel connections (tcp)
     #[arg(long, default_value = "1", value_parser = stream_count, allow_hyphen_values = true, help_heading = "Transport")]
     pub streams: u32,
@@ -210,6 +222,23 @@ pub struct OutputArgs {
     pub quiet: bool,
 }
 
+/// Where a side's transfer buffer lives.
+#[derive(Args, Clone, Debug)]
+pub struct MemoryArgs {
+    /// Buffer memory: host, pinned (host, page-locked) or gpu
+    #[arg(long, default_value = "host", value_parser = memory_kind, help_heading = "Memory")]
+    pub memory: MemoryKind,
+    /// CUDA device of the buffer (gpu; pinned memory is registered with it)
+    #[arg(long, default_value = "0", value_parser = device_ordinal, allow_hyphen_values = true, help_heading = "Memory")]
+    pub device: usize,
+}
+
+impl MemoryArgs {
+    pub fn spec(&self) -> MemorySpec {
+        MemorySpec { kind: self.memory, device: self.device }
+    }
+}
+
 /// Everything the sender decides (the receiver adopts it).
 #[derive(Args, Clone, Debug)]
 pub struct RunArgs {
@@ -219,6 +248,8 @@ pub struct RunArgs {
     pub workload: WorkloadArgs,
     #[command(flatten)]
     pub transport: TransportArgs,
+    #[command(flatten)]
+    pub memory: MemoryArgs,
     /// Theoretical peak for the %peak column: a preset (pcie4, pcie5, nvlink4,
     /// 25gbe, 100gbe, 200gbe, 400gbe, ndr400, efa-p5, ...) or GB/s
     #[arg(long, value_name = "PRESET|GBPS", value_parser = link_spec)]
@@ -254,7 +285,12 @@ impl RunArgs {
             kind: self.transport.transport,
             streams: self.transport.streams,
             socket_buffer: self.transport.socket_buffer,
+            nccl_group: self.transport.nccl_group,
         }
+    }
+
+    pub fn local(&self) -> crate::transport::LocalOptions {
+        crate::transport::LocalOptions { nccl_lib: self.transport.nccl_lib.clone() }
     }
 }
 
@@ -285,6 +321,11 @@ pub struct RecvArgs {
     #[arg(long, value_name = "NAME")]
     pub expect_model: Option<String>,
     #[command(flatten)]
+    pub memory: MemoryArgs,
+    /// The NCCL library to load [default: libnccl.so.2, then libnccl.so]
+    #[arg(long, value_name = "PATH")]
+    pub nccl_lib: Option<String>,
+    #[command(flatten)]
     pub output: OutputArgs,
 }
 
@@ -293,6 +334,12 @@ pub struct PairArgs {
     /// Loopback address the receiver listens on (port 0: any free port)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     pub listen: String,
+    /// The receiver's buffer memory [default: as --memory]
+    #[arg(long, value_parser = memory_kind, help_heading = "Memory")]
+    pub recv_memory: Option<MemoryKind>,
+    /// The receiver's CUDA device [default: the next after --device]
+    #[arg(long, value_parser = device_ordinal, allow_hyphen_values = true, help_heading = "Memory")]
+    pub recv_device: Option<usize>,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -6,14 +6,15 @@ pub mod args;
 
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
+use crate::gpu;
 use crate::kv::presets;
 use crate::measure::{self, Fault, RunConfig};
-use crate::memory::{self, Buffer};
+use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
 use crate::plan::{Plan, RequestLayout};
 use crate::report::{self, table, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
-use crate::transport::{self, Setup, TransportInfo};
+use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
 use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, RunArgs, SendArgs};
 use clap::{Parser, Subcommand};
@@ -21,6 +22,7 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVXFER_GIT_COMMIT"), ")");
 
@@ -165,31 +167,82 @@ fn plan(a: &PlanArgs) -> Result<()> {
 fn send(a: &SendArgs) -> Result<()> {
     let plan = a.run.plan()?;
     net::resolve(&a.connect)?;
+    let memory = a.run.memory.spec();
+    let spec = a.run.transport_spec();
+    spec.check_memory(memory.kind).map_err(Error::usage)?;
+    if spec.kind == TransportKind::Nccl {
+        transport::nccl::check_library(a.run.transport.nccl_lib.as_deref())?;
+    }
+    if !matches!(memory.kind, MemoryKind::Host) {
+        gpu::init()?;
+    }
     let outputs = Outputs::open(&a.run.output)?;
-    memory::check_host_budget(plan.max_request_bytes() as u64, "the sender's buffers")?;
-    let (report, result) = sender_side(&a.connect, &a.run, plan);
+    if memory.kind.on_host() {
+        memory::check_host_budget(plan.max_request_bytes() as u64, "the sender's buffers")?;
+    }
+    let (report, result) = sender_side(&a.connect, &a.run, plan, memory);
     outputs.conclude(report, result, !a.run.output.quiet)
 }
 
 fn recv(a: &RecvArgs) -> Result<()> {
+    if a.memory.memory != MemoryKind::Host {
+        gpu::init()?;
+    }
     let outputs = Outputs::open(&a.output)?;
     let listener = net::listen(&a.listen)?;
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
-    let expect = Expectations {
-        transport: a.expect_transport,
-        model: a.expect_model.as_ref().map(|m| presets::lookup(m).map(|p| p.name).unwrap_or(m.clone())),
+    let side = ReceiverSide {
+        wait: a.wait_for_sender,
+        timeout: a.timeout,
+        expect: Expectations {
+            transport: a.expect_transport,
+            model: a.expect_model.as_ref().map(|m| presets::lookup(m).map(|p| p.name).unwrap_or(m.clone())),
+            memory: a.memory.memory,
+        },
+        memory: a.memory.spec(),
+        local: LocalOptions { nccl_lib: a.nccl_lib.clone() },
+        print: !a.output.quiet,
     };
-    let (report, result) = receiver_side(&listener, a.wait_for_sender, a.timeout, &expect, !a.output.quiet);
+    let (report, result) = side.run(&listener);
     outputs.conclude(report, result, !a.output.quiet)
 }
 
 fn pair(a: &PairArgs) -> Result<()> {
     let plan = a.run.plan()?;
+    let spec = a.run.transport_spec();
+    let send_memory = a.run.memory.spec();
+    let recv_kind = a.recv_memory.unwrap_or(send_memory.kind);
+    for kind in [send_memory.kind, recv_kind] {
+        spec.check_memory(kind).map_err(Error::usage)?;
+    }
+    if spec.kind == TransportKind::Nccl {
+        // Before a second thread exists: NCCL's log settings live in the environment.
+        transport::nccl::check_library(a.run.transport.nccl_lib.as_deref())?;
+    }
+    if [send_memory.kind, recv_kind].iter().any(|k| *k != MemoryKind::Host) {
+        gpu::init()?;
+    }
+    let recv_memory = MemorySpec {
+        kind: recv_kind,
+        device: match a.recv_device {
+            Some(d) => d,
+            // The next GPU, so that the two sides sit on two devices.
+            None if recv_kind != MemoryKind::Host => (send_memory.device + 1) % gpu::device_count()?.max(1),
+            None => send_memory.device,
+        },
+    };
+    if spec.kind == TransportKind::Nccl && send_memory.device == recv_memory.device {
+        return Err(Error::usage(format!(
+            "both sides are on GPU {}: NCCL needs one GPU per rank (--device, --recv-device)",
+            send_memory.device
+        )));
+    }
     let outputs = Outputs::open(&a.run.output)?;
-    memory::check_host_budget(
-        2 * plan.max_request_bytes() as u64,
-        "the sender's and receiver's buffers together",
-    )?;
+    let host_sides = [send_memory, recv_memory].iter().filter(|m| m.kind.on_host()).count() as u64;
+    if host_sides > 0 {
+        let what = "the host buffers of this pair";
+        memory::check_host_budget(host_sides * plan.max_request_bytes() as u64, what)?;
+    }
     let listener = net::listen(&a.listen)?;
     let bound = listener.local_addr()?;
     let ip = match bound.ip() {
@@ -197,11 +250,17 @@ fn pair(a: &PairArgs) -> Result<()> {
         IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
     };
-    let timeout = a.run.timeout;
-    let receiver = std::thread::spawn(move || {
-        receiver_side(&listener, timeout, timeout, &Expectations::default(), false).1
-    });
-    let (report, result) = sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan);
+    let receiver = ReceiverSide {
+        wait: a.run.timeout,
+        timeout: a.run.timeout,
+        expect: Expectations { memory: recv_memory.kind, ..Default::default() },
+        memory: recv_memory,
+        local: a.run.local(),
+        print: false,
+    };
+    let receiver = std::thread::spawn(move || receiver.run(&listener).1);
+    let (report, result) =
+        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan, send_memory);
     let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
     // The sender's error already carries the receiver's reason when it had one.
     let result = result.and(received);
@@ -210,10 +269,10 @@ fn pair(a: &PairArgs) -> Result<()> {
 
 /// The sender's whole run. The report comes back even when the run fails
 /// part way, so the points already measured are not lost.
-fn sender_side(addr: &str, run: &RunArgs, plan: Plan) -> (Option<RunReport>, Result<()>) {
+fn sender_side(addr: &str, run: &RunArgs, plan: Plan, memory: MemorySpec) -> (Option<RunReport>, Result<()>) {
     let spec = run.transport_spec();
     let hello = Hello {
-        role: Role::Sender,
+        role: if run.fault == Some(Fault::WrongRole) { Role::Receiver } else { Role::Sender },
         env: EnvInfo::collect(),
         plan_digest: match run.fault {
             Some(Fault::BadDigest) => "0".repeat(16),
@@ -233,50 +292,82 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan) -> (Option<RunReport>, Res
     report.control_rtt = Some(sess.rtt.clone());
     let print = !run.output.quiet;
     let result = (|| {
-        let mut buf = Buffer::host(sess.hello.plan.max_request_bytes())?;
+        let plan = &sess.hello.plan;
+        let mut buf = Buffer::new(memory, plan.max_request_bytes(), plan.max_messages(), run.timeout)?;
+        let began = Instant::now();
         let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
-        let mut transport = transport::open_sender(&spec, setup, &buf)?;
-        report.sender_transport = transport.info();
-        report.receiver_transport = exchange_info(&mut sess.ctrl, transport.info(), Role::Sender)?;
+        let mut transport = transport::open_sender(&spec, setup, &buf, &run.local())?;
+        let setup_time = began.elapsed();
+        let setup_info = side_info(transport.info(), &buf, setup_time);
+        report.receiver_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Sender)?;
+        report.sender_transport = setup_info;
         if print {
             table::header(&report, &mut std::io::stdout().lock())?;
         }
         let cfg = RunConfig { fault: run.fault };
         let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, print);
         measure::run_sender(&mut sess, transport.as_mut(), &mut buf, &cfg, &mut on_point)?;
+        // What the transport used, now that data has moved.
+        let last = side_info(transport.info(), &buf, setup_time);
+        report.receiver_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Sender)?;
+        report.sender_transport = last;
         Ok(())
     })();
     (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
 }
 
-fn receiver_side(
-    listener: &std::net::TcpListener,
-    wait: std::time::Duration,
-    timeout: std::time::Duration,
-    expect: &Expectations,
+/// Everything the receiver needs to serve one sender.
+struct ReceiverSide {
+    wait: Duration,
+    timeout: Duration,
+    expect: Expectations,
+    memory: MemorySpec,
+    local: LocalOptions,
     print: bool,
-) -> (Option<RunReport>, Result<()>) {
-    let env = EnvInfo::collect();
-    let mut sess = match session::accept_receiver(listener, wait, timeout, expect, &env) {
-        Ok(s) => s,
-        Err(e) => return (None, Err(e)),
-    };
-    let mut report = RunReport::new(Role::Receiver, &sess.hello, env);
-    let result = (|| {
-        let mut buf = Buffer::host(sess.hello.plan.max_request_bytes())?;
-        let spec = sess.hello.transport.clone();
-        let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
-        let mut transport = transport::open_receiver(&spec, setup, &mut buf)?;
-        report.receiver_transport = transport.info();
-        report.sender_transport = exchange_info(&mut sess.ctrl, transport.info(), Role::Receiver)?;
-        if print {
-            table::header(&report, &mut std::io::stdout().lock())?;
-        }
-        let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, print);
-        measure::run_receiver(&mut sess, transport.as_mut(), &mut buf, &mut on_point)?;
-        Ok(())
-    })();
-    (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
+}
+
+impl ReceiverSide {
+    fn run(self, listener: &std::net::TcpListener) -> (Option<RunReport>, Result<()>) {
+        let env = EnvInfo::collect();
+        let mut sess = match session::accept_receiver(listener, self.wait, self.timeout, &self.expect, &env) {
+            Ok(s) => s,
+            Err(e) => return (None, Err(e)),
+        };
+        let mut report = RunReport::new(Role::Receiver, &sess.hello, env);
+        let result = (|| {
+            let plan = &sess.hello.plan;
+            let spec = sess.hello.transport.clone();
+            if spec.kind == TransportKind::Nccl {
+                transport::nccl::check_library(self.local.nccl_lib.as_deref())?;
+            }
+            let mut buf =
+                Buffer::new(self.memory, plan.max_request_bytes(), plan.max_messages(), self.timeout)?;
+            let began = Instant::now();
+            let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
+            let mut transport = transport::open_receiver(&spec, setup, &mut buf, &self.local)?;
+            let setup_time = began.elapsed();
+            let setup_info = side_info(transport.info(), &buf, setup_time);
+            report.sender_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Receiver)?;
+            report.receiver_transport = setup_info;
+            if self.print {
+                table::header(&report, &mut std::io::stdout().lock())?;
+            }
+            let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, self.print);
+            measure::run_receiver(&mut sess, transport.as_mut(), &mut buf, &mut on_point)?;
+            let last = side_info(transport.info(), &buf, setup_time);
+            report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
+            report.receiver_transport = last;
+            Ok(())
+        })();
+        (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
+    }
+}
+
+/// A side's transport details, with its buffer and setup time.
+fn side_info(mut info: TransportInfo, buf: &Buffer, setup: Duration) -> TransportInfo {
+    info.memory = buf.describe();
+    info.setup_ns = Some(setup.as_nanos() as u64);
+    info
 }
 
 fn record_point(report: &mut RunReport, p: &measure::PointResult, print: bool) {

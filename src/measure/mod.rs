@@ -34,6 +34,8 @@ pub enum Fault {
     BadDigest,
     /// Speak another protocol version in the preamble.
     BadProtocol,
+    /// Claim the receiver's role (two ranks 1: the kv_rank hang).
+    WrongRole,
 }
 
 impl Fault {
@@ -43,6 +45,7 @@ impl Fault {
             "wrong-key" => Ok(Fault::WrongKey),
             "bad-digest" => Ok(Fault::BadDigest),
             "bad-protocol" => Ok(Fault::BadProtocol),
+            "wrong-role" => Ok(Fault::WrongRole),
             other => Err(Error::usage(format!("unknown fault '{other}'"))),
         }
     }
@@ -80,11 +83,11 @@ pub fn run_sender(
             let request = plan.request_id(p, it);
             // With checks off the pattern is written once, so the bytes are never zeros.
             if plan.verify != VerifyMode::Off || it == 0 {
-                integrity::fill(buf.as_mut_slice(), layout, request);
+                buf.fill(layout, request)?;
             }
             let first_measured = p == 0 && it == plan.warmup;
             if first_measured && cfg.fault == Some(Fault::CorruptByte) {
-                buf.as_mut_slice()[bytes / 2] ^= 0x5a;
+                buf.flip_byte(bytes / 2)?;
             }
             let on_wire = match cfg.fault {
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
@@ -136,6 +139,7 @@ pub fn run_receiver(
         let mut requests = stats::new_histogram();
         let mut messages = stats::new_histogram();
         let mut check = Check::default();
+        let mut first_request_ns = 0;
         let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
         for it in 0..plan.warmup + plan.iterations {
             let request = plan.request_id(p, it);
@@ -159,19 +163,23 @@ pub fn run_receiver(
                 &mut || ctrl.send(&Msg::Go { point: p, request }),
                 &sink,
             )?;
-            let host_ns = t0.elapsed().as_nanos() as u64;
+            let request_ns = timing.elapsed_ns.unwrap_or(t0.elapsed().as_nanos() as u64).max(1);
             sink.check_complete()?;
+            if it == 0 {
+                first_request_ns = request_ns;
+            }
             if it >= plan.warmup {
-                requests.saturating_record(timing.elapsed_ns.unwrap_or(host_ns).max(1));
+                requests.saturating_record(request_ns);
                 sink.record_into(&mut messages);
             }
             match plan.verify {
-                VerifyMode::After => check.merge(integrity::verify(buf.as_slice(), layout, request)),
+                VerifyMode::After => check.merge(buf.verify(layout, request)?),
                 VerifyMode::Inline => check.merge(sink.take_check()),
                 VerifyMode::Off => {}
             }
         }
-        let result = point_result(&point, &plan, &requests, &messages, check, link.as_ref());
+        let mut result = point_result(&point, &plan, &requests, &messages, check, link.as_ref());
+        result.first_request_ns = first_request_ns;
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         on_point(&result);
         results.push(result);
@@ -206,6 +214,7 @@ fn point_result(
         percent_of_peak: link.map(|l| 100.0 * gbps / l.peak_gbps),
         request_ns,
         message_ns: LatencySummary::of(messages),
+        first_request_ns: 0,
         verified_bytes: check.verified_bytes,
         wrong_bytes: check.wrong_bytes,
         first_wrong: check.first,
@@ -269,17 +278,11 @@ impl<'a> RoundSink<'a> {
 }
 
 impl Completions for RoundSink<'_> {
-    fn message_done(
-        &self,
-        index: usize,
-        started: Instant,
-        ended: Instant,
-        data: Option<&[u8]>,
-    ) -> Result<()> {
+    fn message_done(&self, index: usize, latency_ns: u64, data: Option<&[u8]>) -> Result<()> {
         let slot = self.latencies.get(index).ok_or_else(|| {
             Error::run(format!("the transport reported message {index}, which does not exist"))
         })?;
-        slot.store(ended.saturating_duration_since(started).as_nanos() as u64, Relaxed);
+        slot.store(latency_ns, Relaxed);
         self.arrived.fetch_add(1, Relaxed);
         if self.inline {
             let bytes = data

@@ -58,6 +58,9 @@ pub struct PointResult {
     pub request_ns: LatencySummary,
     /// Time each message took, from when its receiver began on it.
     pub message_ns: LatencySummary,
+    /// The point's first request (a warm-up one if there are any): connection
+    /// setup and first touches land here, outside the histograms.
+    pub first_request_ns: u64,
     /// Request bytes over the mean request time, GB/s (1e9 bytes/s).
     pub gbps: f64,
     /// Request bytes over the median request time, GB/s.

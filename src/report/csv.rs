@@ -3,98 +3,78 @@
 
 use super::{Exporter, RunReport};
 use crate::error::{Error, Result};
-use crate::measure::LatencySummary;
+use crate::measure::PointResult;
 use std::io::Write;
 
 pub struct Csv;
 
-const LATENCY_FIELDS: [&str; 8] = ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"];
-
-fn latency_values(s: &LatencySummary) -> [String; 8] {
-    [
-        s.count.to_string(),
-        s.min.to_string(),
-        format!("{:.1}", s.mean),
-        s.p50.to_string(),
-        s.p90.to_string(),
-        s.p99.to_string(),
-        s.p999.to_string(),
-        s.max.to_string(),
+/// One row: every column's name with its value, so the header cannot drift
+/// from the rows.
+fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
+    let shape = &report.plan.shape;
+    let link = report.link.as_ref();
+    let mut cols: Vec<(String, String)> = [
+        ("started_at", report.started_at.clone()),
+        ("sender_host", report.sender.hostname.clone()),
+        ("receiver_host", report.receiver.hostname.clone()),
+        ("model", shape.model.name.clone()),
+        ("tp", shape.tp.to_string()),
+        ("block_size", shape.block_size.to_string()),
+        ("kv_bytes_per_token", report.kv_bytes_per_token.to_string()),
+        ("transport", report.transport.kind.to_string()),
+        ("streams", report.transport.streams.to_string()),
+        ("nccl_group", report.transport.nccl_group.to_string()),
+        ("sender_memory", report.sender_transport.memory.clone()),
+        ("receiver_memory", report.receiver_transport.memory.clone()),
+        ("granularity", p.granularity.to_string()),
+        ("prompt_tokens", p.prompt_tokens.to_string()),
+        ("messages", p.messages.to_string()),
+        ("message_bytes", p.message_bytes.to_string()),
+        ("request_bytes", p.request_bytes.to_string()),
+        ("iterations", p.iterations.to_string()),
+        ("warmup", p.warmup.to_string()),
     ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec();
+    for (prefix, l) in [("request_ns", &p.request_ns), ("message_ns", &p.message_ns)] {
+        let values = [
+            ("count", l.count.to_string()),
+            ("min", l.min.to_string()),
+            ("mean", format!("{:.1}", l.mean)),
+            ("p50", l.p50.to_string()),
+            ("p90", l.p90.to_string()),
+            ("p99", l.p99.to_string()),
+            ("p999", l.p999.to_string()),
+            ("max", l.max.to_string()),
+        ];
+        cols.extend(values.map(|(k, v)| (format!("{prefix}_{k}"), v)));
+    }
+    cols.extend(
+        [
+            ("first_request_ns", p.first_request_ns.to_string()),
+            ("gbps", format!("{:.4}", p.gbps)),
+            ("gbps_p50", format!("{:.4}", p.gbps_p50)),
+            ("link", link.map(|l| l.name.clone()).unwrap_or_default()),
+            ("link_peak_gbps", link.map(|l| l.peak_gbps.to_string()).unwrap_or_default()),
+            ("percent_of_peak", p.percent_of_peak.map(|v| format!("{v:.2}")).unwrap_or_default()),
+            ("verified_bytes", p.verified_bytes.to_string()),
+            ("wrong_bytes", p.wrong_bytes.to_string()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    cols
 }
 
 impl Exporter for Csv {
     fn export(&self, report: &RunReport, out: &mut dyn Write) -> Result<()> {
-        let mut w = ::csv::Writer::from_writer(out);
-        let mut header: Vec<String> = [
-            "started_at",
-            "sender_host",
-            "receiver_host",
-            "model",
-            "tp",
-            "block_size",
-            "kv_bytes_per_token",
-            "transport",
-            "streams",
-            "granularity",
-            "prompt_tokens",
-            "messages",
-            "message_bytes",
-            "request_bytes",
-            "iterations",
-            "warmup",
-        ]
-        .map(String::from)
-        .to_vec();
-        for prefix in ["request_ns", "message_ns"] {
-            header.extend(LATENCY_FIELDS.iter().map(|f| format!("{prefix}_{f}")));
-        }
-        header.extend(
-            [
-                "gbps",
-                "gbps_p50",
-                "link",
-                "link_peak_gbps",
-                "percent_of_peak",
-                "verified_bytes",
-                "wrong_bytes",
-            ]
-            .map(String::from),
-        );
         let fail = |e: ::csv::Error| Error::run(format!("writing CSV: {e}"));
-        w.write_record(&header).map_err(fail)?;
-        let shape = &report.plan.shape;
-        for p in &report.points {
-            let mut row: Vec<String> = vec![
-                report.started_at.clone(),
-                report.sender.hostname.clone(),
-                report.receiver.hostname.clone(),
-                shape.model.name.clone(),
-                shape.tp.to_string(),
-                shape.block_size.to_string(),
-                report.kv_bytes_per_token.to_string(),
-                report.transport.kind.to_string(),
-                report.transport.streams.to_string(),
-                p.granularity.to_string(),
-                p.prompt_tokens.to_string(),
-                p.messages.to_string(),
-                p.message_bytes.to_string(),
-                p.request_bytes.to_string(),
-                p.iterations.to_string(),
-                p.warmup.to_string(),
-            ];
-            row.extend(latency_values(&p.request_ns));
-            row.extend(latency_values(&p.message_ns));
-            row.extend([
-                format!("{:.4}", p.gbps),
-                format!("{:.4}", p.gbps_p50),
-                report.link.as_ref().map(|l| l.name.clone()).unwrap_or_default(),
-                report.link.as_ref().map(|l| l.peak_gbps.to_string()).unwrap_or_default(),
-                p.percent_of_peak.map(|v| format!("{v:.2}")).unwrap_or_default(),
-                p.verified_bytes.to_string(),
-                p.wrong_bytes.to_string(),
-            ]);
-            w.write_record(&row).map_err(fail)?;
+        let mut w = ::csv::Writer::from_writer(out);
+        for (i, p) in report.points.iter().enumerate() {
+            let cols = row(report, p);
+            if i == 0 {
+                w.write_record(cols.iter().map(|(k, _)| k)).map_err(fail)?;
+            }
+            w.write_record(cols.iter().map(|(_, v)| v)).map_err(fail)?;
         }
         w.flush()?;
         Ok(())

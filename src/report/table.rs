@@ -41,6 +41,11 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         shape.block_size,
         fmt_bytes(r.kv_bytes_per_token)
     )?;
+    writeln!(
+        out,
+        "# memory     sender: {}; receiver: {}",
+        r.sender_transport.memory, r.receiver_transport.memory
+    )?;
     writeln!(out, "# transport  sender:   {}", r.sender_transport.summary)?;
     writeln!(out, "#            receiver: {}", r.receiver_transport.summary)?;
     match &r.link {
@@ -116,6 +121,7 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
 pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let verdict = match (r.plan.verify, r.wrong_bytes) {
         (VerifyMode::Off, _) => "not verified (--verify off)".to_string(),
+        _ if r.verified_bytes == 0 => "nothing verified".to_string(),
         (_, 0) => format!("0 wrong bytes in {} verified: OK", fmt_bytes(r.verified_bytes)),
         (_, n) => format!(
             "{n} WRONG BYTES in {} verified; first: {}",
@@ -124,6 +130,22 @@ pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         ),
     };
     writeln!(out, "# integrity  {verdict}")?;
+    for (side, info) in [("sender", &r.sender_transport), ("receiver", &r.receiver_transport)] {
+        if let Some(path) = &info.path {
+            writeln!(out, "# path       {side}: {path}")?;
+        }
+    }
+    let setup =
+        |i: &crate::transport::TransportInfo| i.setup_ns.map(|n| fmt_ns(n as f64)).unwrap_or("?".into());
+    if let Some(first) = r.points.first() {
+        writeln!(
+            out,
+            "# cold start transport setup: sender {}, receiver {}; first request of the run {} (not in the figures)",
+            setup(&r.sender_transport),
+            setup(&r.receiver_transport),
+            fmt_ns(first.first_request_ns as f64)
+        )?;
+    }
     if r.outcome != "ok" && r.outcome != "wrong bytes" {
         writeln!(out, "# outcome    {}", r.outcome)?;
     }

@@ -281,6 +281,8 @@ pub fn open_sender(addr: &str, hello: Hello, timeout: Duration, protocol: u16) -
 pub struct Expectations {
     pub transport: Option<crate::transport::TransportKind>,
     pub model: Option<String>,
+    /// The receiver's own memory, which the transport must be able to move.
+    pub memory: crate::memory::MemoryKind,
 }
 
 pub struct ReceiverSession {
@@ -371,6 +373,10 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
             ));
         }
     }
+    hello
+        .transport
+        .check_memory(expect.memory)
+        .map_err(|why| format!("this receiver has {} memory: {why}", expect.memory))?;
     if let Some(want) = &expect.model {
         let got = &hello.plan.shape.model.name;
         if !got.eq_ignore_ascii_case(want) {
@@ -380,4 +386,43 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryKind;
+    use crate::transport::{TransportKind, TransportSpec};
+
+    fn hello(kind: TransportKind, streams: u32) -> Hello {
+        let plan = crate::plan::Plan {
+            shape: crate::kv::KvShape::new(crate::kv::presets::lookup("qwen3-8b").unwrap(), 1, 16).unwrap(),
+            prompt_lengths: vec![64],
+            granularities: vec![crate::plan::Granularity::Layer],
+            iterations: 1,
+            warmup: 0,
+            verify: crate::plan::VerifyMode::After,
+        };
+        Hello {
+            role: Role::Sender,
+            env: EnvInfo::collect(),
+            plan_digest: plan.digest(),
+            plan,
+            transport: TransportSpec { kind, streams, socket_buffer: None, nccl_group: 1 },
+            link: None,
+            cookie: 1,
+        }
+    }
+
+    #[test]
+    fn a_receiver_refuses_what_its_memory_cannot_do() {
+        let host = Expectations { memory: MemoryKind::Host, ..Default::default() };
+        let gpu = Expectations { memory: MemoryKind::Gpu, ..Default::default() };
+        assert!(check_hello(&hello(TransportKind::Tcp, 4), &host).is_ok());
+        assert!(check_hello(&hello(TransportKind::Nccl, 1), &gpu).is_ok());
+        let e = check_hello(&hello(TransportKind::Nccl, 1), &host).unwrap_err();
+        assert!(e.contains("this receiver has host memory: transport nccl moves GPU memory"), "{e}");
+        let e = check_hello(&hello(TransportKind::Tcp, 4), &gpu).unwrap_err();
+        assert!(e.contains("use --streams 1"), "{e}");
+    }
 }

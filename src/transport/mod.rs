@@ -10,10 +10,11 @@
 //! `send` returns once its part of the round is handed off. Setup data
 //! (ports, ids, memory keys) travels over the control connection.
 
+pub mod nccl;
 pub mod tcp;
 
 use crate::error::{Error, Result};
-use crate::memory::Buffer;
+use crate::memory::{Buffer, MemoryKind};
 use crate::plan::RequestLayout;
 use crate::session::{Control, Msg};
 use serde::{Deserialize, Serialize};
@@ -24,13 +25,15 @@ use std::time::Instant;
 #[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     Tcp,
+    Nccl,
 }
 
 impl TransportKind {
     pub fn parse(s: &str) -> Result<TransportKind> {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(TransportKind::Tcp),
-            other => Err(Error::usage(format!("unknown transport '{other}' (available: tcp)"))),
+            "nccl" => Ok(TransportKind::Nccl),
+            other => Err(Error::usage(format!("unknown transport '{other}' (available: tcp, nccl)"))),
         }
     }
 }
@@ -39,6 +42,7 @@ impl std::fmt::Display for TransportKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TransportKind::Tcp => "tcp",
+            TransportKind::Nccl => "nccl",
         })
     }
 }
@@ -51,12 +55,46 @@ pub struct TransportSpec {
     pub streams: u32,
     /// SO_SNDBUF / SO_RCVBUF in bytes; None keeps the kernel's autotuning.
     pub socket_buffer: Option<u64>,
+    /// Messages per ncclGroupStart/End (nccl); 1 is one call per message.
+    pub nccl_group: u32,
+}
+
+impl TransportSpec {
+    /// Whether this transport can move one side's memory; the sender checks
+    /// its own before connecting, the receiver its own before accepting.
+    pub fn check_memory(&self, memory: MemoryKind) -> Result<(), String> {
+        match (self.kind, memory) {
+            (TransportKind::Nccl, MemoryKind::Gpu)
+            | (TransportKind::Tcp, MemoryKind::Host | MemoryKind::Pinned) => Ok(()),
+            (TransportKind::Nccl, m) => Err(format!(
+                "transport nccl moves GPU memory, not {m} memory: use --memory gpu on both sides"
+            )),
+            (TransportKind::Tcp, _) if self.streams != 1 => {
+                Err("tcp on GPU memory stages through pinned memory over one connection: use --streams 1"
+                    .to_string())
+            }
+            (TransportKind::Tcp, _) => Ok(()),
+        }
+    }
+}
+
+/// Settings of one side that its peer need not know.
+#[derive(Clone, Debug, Default)]
+pub struct LocalOptions {
+    /// The NCCL library to open (`--nccl-lib`).
+    pub nccl_lib: Option<String>,
 }
 
 /// What the transport really did, for the report ("transport truth").
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransportInfo {
     pub summary: String,
+    /// The path the library chose, known once data has moved (NCCL's channels).
+    pub path: Option<String>,
+    /// How long this side's setup took (connections, communicator).
+    pub setup_ns: Option<u64>,
+    /// The side's buffer: host, pinned, or which GPU.
+    pub memory: String,
     pub details: BTreeMap<String, String>,
 }
 
@@ -69,11 +107,10 @@ pub struct RoundTiming {
 
 /// Where a receiving transport reports each message as it completes.
 pub trait Completions: Sync {
-    /// Message `index` of the round arrived whole between `started` (when the
-    /// transport began waiting for it or posted it) and `ended`. `data` is the
-    /// message's bytes where they are in host memory.
-    fn message_done(&self, index: usize, started: Instant, ended: Instant, data: Option<&[u8]>)
-        -> Result<()>;
+    /// Message `index` of the round arrived whole, `latency_ns` after the
+    /// transport began waiting for it (or posted it). `data` is the message's
+    /// bytes where they are in host memory.
+    fn message_done(&self, index: usize, latency_ns: u64, data: Option<&[u8]>) -> Result<()>;
 }
 
 pub trait SendSide: Send {
@@ -116,16 +153,34 @@ impl Setup<'_> {
     }
 }
 
-pub fn open_sender(spec: &TransportSpec, setup: Setup, _buf: &Buffer) -> Result<Box<dyn SendSide>> {
-    match spec.kind {
-        TransportKind::Tcp => Ok(Box::new(tcp::TcpSender::connect(spec, setup)?)),
-    }
+pub fn open_sender(
+    spec: &TransportSpec,
+    setup: Setup,
+    buf: &Buffer,
+    local: &LocalOptions,
+) -> Result<Box<dyn SendSide>> {
+    spec.check_memory(buf.kind()).map_err(Error::usage)?;
+    Ok(match spec.kind {
+        TransportKind::Tcp => Box::new(tcp::TcpSender::connect(spec, setup, buf)?),
+        TransportKind::Nccl => {
+            Box::new(nccl::NcclSender::connect(spec, setup, buf, local.nccl_lib.as_deref())?)
+        }
+    })
 }
 
-pub fn open_receiver(spec: &TransportSpec, setup: Setup, _buf: &mut Buffer) -> Result<Box<dyn RecvSide>> {
-    match spec.kind {
-        TransportKind::Tcp => Ok(Box::new(tcp::TcpReceiver::accept(spec, setup)?)),
-    }
+pub fn open_receiver(
+    spec: &TransportSpec,
+    setup: Setup,
+    buf: &mut Buffer,
+    local: &LocalOptions,
+) -> Result<Box<dyn RecvSide>> {
+    spec.check_memory(buf.kind()).map_err(Error::usage)?;
+    Ok(match spec.kind {
+        TransportKind::Tcp => Box::new(tcp::TcpReceiver::accept(spec, setup, buf)?),
+        TransportKind::Nccl => {
+            Box::new(nccl::NcclReceiver::accept(spec, setup, buf, local.nccl_lib.as_deref())?)
+        }
+    })
 }
 
 /// The error for a message that arrived under the wrong key or size.
@@ -136,4 +191,8 @@ pub fn key_mismatch(index: usize, layout: &RequestLayout, request: u64, got: &st
         layout.key(request, index),
         layout.message_bytes
     ))
+}
+
+pub fn nanos(d: std::time::Duration) -> u64 {
+    d.as_nanos() as u64
 }

@@ -10,8 +10,10 @@
 //! Data connections go to a port the receiver opens for this session and
 //! announces over the control connection; each presents the session cookie.
 
+mod staged;
+
 use super::{
-    key_mismatch, Completions, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec,
+    key_mismatch, nanos, Completions, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
@@ -82,10 +84,24 @@ pub struct TcpSender {
     streams: Vec<TcpStream>,
     timeout: Duration,
     info: TransportInfo,
+    /// Pinned slots when the buffer is GPU memory.
+    staging: Option<staged::Staging>,
+}
+
+/// GPU buffers go through pinned staging, over one connection.
+fn staging_for(buf: &Buffer, spec: &TransportSpec) -> Result<Option<staged::Staging>> {
+    let Some(device) = buf.gpu_mem().map(|m| &m.device) else { return Ok(None) };
+    if spec.streams != 1 {
+        return Err(Error::usage(
+            "tcp on GPU memory stages through pinned memory over one stream: use --streams 1",
+        ));
+    }
+    Ok(Some(staged::Staging::new(device)?))
 }
 
 impl TcpSender {
-    pub fn connect(spec: &TransportSpec, mut setup: Setup) -> Result<TcpSender> {
+    pub fn connect(spec: &TransportSpec, mut setup: Setup, buf: &Buffer) -> Result<TcpSender> {
+        let staging = staging_for(buf, spec)?;
         let offer = setup.recv("waiting for the receiver's tcp data port")?;
         let port = offer["port"]
             .as_u64()
@@ -106,8 +122,8 @@ impl TcpSender {
             streams.push(stream);
         }
         setup.recv("waiting for the receiver to accept the tcp data streams")?;
-        let info = describe(&streams, spec);
-        Ok(TcpSender { streams, timeout, info })
+        let info = describe(&streams, spec, staging.is_some());
+        Ok(TcpSender { streams, timeout, info, staging })
     }
 }
 
@@ -117,8 +133,13 @@ impl SendSide for TcpSender {
     }
 
     fn send(&mut self, buf: &Buffer, layout: &RequestLayout, request: u64, deadline: Instant) -> Result<()> {
-        let data = &buf.as_slice()[..layout.total_bytes()];
         let round = Round { layout, request, deadline, timeout: self.timeout };
+        let Some(host) = buf.host_slice() else {
+            let mem = buf.gpu_mem().expect("GPU memory");
+            let staging = self.staging.as_mut().expect("staging made for GPU memory");
+            return staged::send(&mut self.streams[0], mem, staging, round);
+        };
+        let data = &host[..layout.total_bytes()];
         let step = self.streams.len();
         if step == 1 {
             return send_stream(&mut self.streams[0], 0, 1, data, round);
@@ -199,10 +220,12 @@ pub struct TcpReceiver {
     streams: Vec<BufReader<TcpStream>>,
     timeout: Duration,
     info: TransportInfo,
+    staging: Option<staged::Staging>,
 }
 
 impl TcpReceiver {
-    pub fn accept(spec: &TransportSpec, mut setup: Setup) -> Result<TcpReceiver> {
+    pub fn accept(spec: &TransportSpec, mut setup: Setup, buf: &Buffer) -> Result<TcpReceiver> {
+        let staging = staging_for(buf, spec)?;
         let local = SocketAddr::new(setup.ctrl.local_addr.ip(), 0);
         let sock = new_socket(local, spec.socket_buffer)?;
         sock.set_reuse_address(true)?;
@@ -230,11 +253,12 @@ impl TcpReceiver {
         }
         let streams: Vec<TcpStream> = slots.into_iter().map(Option::unwrap).collect();
         setup.send(serde_json::json!({ "accepted": n }))?;
-        let info = describe(&streams, spec);
+        let info = describe(&streams, spec, staging.is_some());
         Ok(TcpReceiver {
             streams: streams.into_iter().map(|s| BufReader::with_capacity(READ_BUFFER, s)).collect(),
             timeout,
             info,
+            staging,
         })
     }
 }
@@ -253,12 +277,18 @@ impl RecvSide for TcpReceiver {
         go: &mut dyn FnMut() -> Result<()>,
         done: &dyn Completions,
     ) -> Result<RoundTiming> {
-        let region = &mut buf.as_mut_slice()[..layout.total_bytes()];
-        let slots = region.chunks_exact_mut(layout.message_bytes).enumerate();
         let round = Round { layout, request, deadline, timeout: self.timeout };
         // The first message's wait begins when the sender is told to go; on a
         // busy host the woken sender may run before go() even returns.
         let start = Instant::now();
+        if let Some(staging) = self.staging.as_mut() {
+            let mem = buf.gpu_mem().expect("staging is made for GPU memory");
+            go()?;
+            staged::recv(&mut self.streams[0], mem, staging, round, done, start)?;
+            return Ok(RoundTiming::default());
+        }
+        let region = &mut buf.host_slice_mut().expect("host memory")[..layout.total_bytes()];
+        let slots = region.chunks_exact_mut(layout.message_bytes).enumerate();
         go()?;
         if self.streams.len() == 1 {
             recv_stream(&mut self.streams[0], 0, slots, round, done, start)?;
@@ -310,7 +340,7 @@ fn recv_stream<'b>(
         }
         read_full(reader, dst, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
         let ended = Instant::now();
-        done.message_done(index, started, ended, Some(dst))?;
+        done.message_done(index, nanos(ended - started), Some(dst))?;
         started = ended;
     }
     Ok(())
@@ -401,7 +431,7 @@ fn shutdown_all(streams: &[TcpStream]) {
 }
 
 /// The socket settings the kernel actually applied, for the report.
-fn describe(streams: &[TcpStream], spec: &TransportSpec) -> TransportInfo {
+fn describe(streams: &[TcpStream], spec: &TransportSpec, staged: bool) -> TransportInfo {
     let s = &streams[0];
     let sock = SockRef::from(s);
     let sndbuf = sock.send_buffer_size().unwrap_or(0) as u64;
@@ -420,10 +450,11 @@ fn describe(streams: &[TcpStream], spec: &TransportSpec) -> TransportInfo {
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut info = TransportInfo {
         summary: format!(
-            "tcp: {} stream(s) {local} <-> {peer}, TCP_NODELAY, {congestion}, SO_SNDBUF {} / SO_RCVBUF {} ({sizing})",
+            "tcp: {} stream(s) {local} <-> {peer}, TCP_NODELAY, {congestion}, SO_SNDBUF {} / SO_RCVBUF {} ({sizing}){}",
             streams.len(),
             fmt_bytes(sndbuf),
-            fmt_bytes(rcvbuf)
+            fmt_bytes(rcvbuf),
+            if staged { format!(", GPU memory {}", staged::Staging::describe()) } else { String::new() }
         ),
         ..Default::default()
     };

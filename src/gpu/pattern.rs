@@ -1,0 +1,229 @@
+//! The integrity pattern written and checked in GPU memory by two kernels
+//! (pattern.cu, shipped as PTX that the driver compiles for its GPU), so the
+//! bytes never cross PCIe to be checked. Each run first proves the kernels
+//! agree with the host reference in src/kv/pattern.rs.
+
+use super::{Device, DeviceMem, Stream};
+use crate::error::{Error, Result};
+use crate::kv::{pattern, Attention, Dtype, KvShape, ModelSpec};
+use crate::measure::integrity::Check;
+use crate::plan::{Granularity, RequestLayout};
+use cudarc::driver::{result, sys};
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Generated from pattern.cu by scripts/gen-ptx.sh.
+pub const PTX: &str = include_str!("pattern.ptx");
+const THREADS: u32 = 256;
+const MAX_BLOCKS: u64 = 8192;
+
+pub struct PatternKernels {
+    device: Arc<Device>,
+    module: sys::CUmodule,
+    fill: sys::CUfunction,
+    verify: sys::CUfunction,
+    stream: Stream,
+    /// One seed per message of the request being written or checked.
+    seeds: DeviceMem,
+    /// The verify kernel's wrong-byte count and first wrong offset.
+    counters: DeviceMem,
+    timeout: Duration,
+}
+
+// SAFETY: module and functions belong to the device's context, bound before use.
+unsafe impl Send for PatternKernels {}
+unsafe impl Sync for PatternKernels {}
+
+impl PatternKernels {
+    /// Loads the kernels for up to `max_messages` messages per request, and
+    /// checks them against the host pattern on the first bytes of `scratch`.
+    pub fn load(
+        device: &Arc<Device>,
+        max_messages: usize,
+        scratch: &DeviceMem,
+        timeout: Duration,
+    ) -> Result<Self> {
+        device.bind()?;
+        let image = CString::new(PTX).expect("PTX has no NUL byte");
+        // SAFETY: a NUL-terminated PTX image.
+        let module = unsafe { result::module::load_data(image.as_ptr().cast()) }.map_err(|e| {
+            Error::run(format!("CUDA: loading the pattern kernels on {}: {e}", device.describe()))
+        })?;
+        let function = |name: &str| {
+            // SAFETY: the module is loaded.
+            unsafe { result::module::get_function(module, CString::new(name).unwrap()) }
+                .map_err(|e| Error::run(format!("CUDA: kernel {name}: {e}")))
+        };
+        let kernels = PatternKernels {
+            fill: function("kvx_fill")?,
+            verify: function("kvx_verify")?,
+            module,
+            stream: Stream::new(device)?,
+            seeds: DeviceMem::new(device, 8 * max_messages.max(1))?,
+            counters: DeviceMem::new(device, 16)?,
+            device: device.clone(),
+            timeout,
+        };
+        kernels.self_check(scratch)?;
+        Ok(kernels)
+    }
+
+    /// The pattern of `request` into every message of `mem`'s request.
+    pub fn fill(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<()> {
+        let words = self.prepare(mem, layout, request)?;
+        let (mut buf, mut seeds, mut per, mut total) =
+            (mem.ptr, self.seeds.ptr, (layout.message_bytes / 8) as u64, words);
+        let mut args: [*mut c_void; 4] = [
+            (&mut buf as *mut u64).cast(),
+            (&mut seeds as *mut u64).cast(),
+            (&mut per as *mut u64).cast(),
+            (&mut total as *mut u64).cast(),
+        ];
+        self.launch(self.fill, words, &mut args)?;
+        self.stream.wait(self.deadline(layout), "writing the integrity pattern")
+    }
+
+    /// Counts the bytes of `mem`'s request that differ from the pattern.
+    pub fn verify(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<Check> {
+        let words = self.prepare(mem, layout, request)?;
+        let mut init = [0u8; 16];
+        init[8..].copy_from_slice(&u64::MAX.to_le_bytes());
+        self.counters.upload(0, &init)?;
+        let (mut buf, mut seeds, mut per, mut total) =
+            (mem.ptr, self.seeds.ptr, (layout.message_bytes / 8) as u64, words);
+        let (mut wrong, mut first) = (self.counters.ptr, self.counters.ptr + 8);
+        let mut args: [*mut c_void; 6] = [
+            (&mut buf as *mut u64).cast(),
+            (&mut seeds as *mut u64).cast(),
+            (&mut per as *mut u64).cast(),
+            (&mut total as *mut u64).cast(),
+            (&mut wrong as *mut u64).cast(),
+            (&mut first as *mut u64).cast(),
+        ];
+        self.launch(self.verify, words, &mut args)?;
+        self.stream.wait(self.deadline(layout), "checking the integrity pattern")?;
+        let mut out = [0u8; 16];
+        self.counters.download(0, &mut out)?;
+        let wrong_bytes = u64::from_le_bytes(out[..8].try_into().unwrap());
+        let first = u64::from_le_bytes(out[8..].try_into().unwrap());
+        let mut check = Check { verified_bytes: layout.total_bytes() as u64, wrong_bytes, first: None };
+        if wrong_bytes > 0 {
+            // Name the first wrong byte as the host check does: key, offset, bytes.
+            let index = first as usize / layout.message_bytes;
+            let offset = first as usize % layout.message_bytes;
+            let mut found = [0u8; 1];
+            mem.download(first as usize, &mut found)?;
+            let mut expected = vec![0u8; offset + 1];
+            pattern::fill(&mut expected, layout.key(request, index).seed());
+            let m = pattern::Mismatch {
+                wrong_bytes: 0,
+                first: Some((offset as u64, expected[offset], found[0])),
+            };
+            check.first = Check::of_message(layout, request, index, m, 0).first;
+        }
+        Ok(check)
+    }
+
+    /// Uploads the request's seeds; returns its length in words.
+    fn prepare(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<u64> {
+        if !layout.message_bytes.is_multiple_of(8) {
+            return Err(Error::usage(format!(
+                "GPU buffers need messages of a whole number of 8-byte words; these are {} bytes \
+                 (use --memory host or pinned for this shape)",
+                layout.message_bytes
+            )));
+        }
+        assert!(layout.total_bytes() <= mem.len && 8 * layout.message_count <= self.seeds.len);
+        let seeds: Vec<u8> =
+            (0..layout.message_count).flat_map(|i| layout.key(request, i).seed().to_le_bytes()).collect();
+        self.seeds.upload(0, &seeds)?;
+        Ok((layout.total_bytes() / 8) as u64)
+    }
+
+    fn launch(&self, f: sys::CUfunction, words: u64, args: &mut [*mut c_void]) -> Result<()> {
+        self.device.bind()?;
+        let blocks = words.div_ceil(THREADS as u64).clamp(1, MAX_BLOCKS) as u32;
+        // SAFETY: the arguments match the kernel's parameters and point to
+        // locals that outlive the launch call (parameters are copied at launch).
+        unsafe { result::launch_kernel(f, (blocks, 1, 1), (THREADS, 1, 1), 0, self.stream.raw, args) }
+            .map_err(|e| Error::run(format!("CUDA: launching the pattern kernel: {e}")))
+    }
+
+    /// Patterns run at GPU memory speed; allow 1 s per 10 GB beyond the timeout.
+    fn deadline(&self, layout: &RequestLayout) -> Instant {
+        Instant::now() + self.timeout + Duration::from_secs_f64(layout.total_bytes() as f64 / 10e9)
+    }
+
+    /// Fill on the GPU and check on the host; write on the host, corrupt one
+    /// byte and check on the GPU. Any disagreement is a bug, found up front.
+    fn self_check(&self, scratch: &DeviceMem) -> Result<()> {
+        let layout = tiny_layout();
+        let bytes = layout.total_bytes();
+        if scratch.len < bytes {
+            return Ok(()); // too small to matter; the run's own checks remain
+        }
+        let fail = |what: String| Err(Error::run(format!("GPU pattern self-check failed: {what}")));
+        self.fill(scratch, &layout, 7)?;
+        let mut host = vec![0u8; bytes];
+        scratch.download(0, &mut host)?;
+        let on_host = crate::measure::integrity::verify(&host, &layout, 7);
+        if on_host.wrong_bytes != 0 {
+            return fail(format!("the GPU wrote {} bytes the host does not expect", on_host.wrong_bytes));
+        }
+        host[bytes - 3] ^= 0x10;
+        scratch.upload(0, &host)?;
+        let on_gpu = self.verify(scratch, &layout, 7)?;
+        let last = layout.key(7, layout.message_count - 1);
+        let want = format!("{last} byte {}:", layout.message_bytes - 3);
+        if on_gpu.wrong_bytes != 1 || !on_gpu.first.as_deref().unwrap_or("").starts_with(&want) {
+            return fail(format!("one flipped byte was reported as {on_gpu:?}"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PatternKernels {
+    fn drop(&mut self) {
+        let _ = self.device.bind();
+        // SAFETY: unloaded once.
+        let _ = unsafe { sys::cuModuleUnload(self.module) };
+    }
+}
+
+/// Eight 512-byte messages: two layers, K and V, two blocks.
+fn tiny_layout() -> RequestLayout {
+    let model = ModelSpec {
+        name: "self-check".into(),
+        layers: 2,
+        attention: Attention::Gqa { kv_heads: 1, head_dim: 64 },
+        dtype: Dtype::Bf16,
+    };
+    let shape = KvShape::new(model, 1, 4).expect("valid shape");
+    RequestLayout::new(&shape, 8, Granularity::Block)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_layout_is_what_the_self_check_assumes() {
+        let l = tiny_layout();
+        assert_eq!((l.message_count, l.message_bytes), (8, 512));
+    }
+
+    /// The shipped PTX is the compilation of the shipped CUDA source.
+    #[test]
+    fn ptx_matches_its_source() {
+        let source = include_bytes!("pattern.cu");
+        let fnv = source
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let stamp = format!("// source fnv1a64: {fnv:016x}");
+        assert!(PTX.contains(&stamp), "pattern.ptx is stale: run scripts/gen-ptx.sh (want '{stamp}')");
+        for kernel in ["kvx_fill", "kvx_verify"] {
+            assert!(PTX.contains(&format!(".entry {kernel}(")), "{kernel}");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Transport `nccl`: a two-rank NCCL communicator (sender rank 0, receiver
+//! rank 1) moving GPU memory with ncclSend/ncclRecv, one call per message as
+//! vLLM's P2pNcclConnector does, or K messages per ncclGroupStart/End with
+//! `--nccl-group K`.
+//!
+//! Nothing waits forever: the communicator is non-blocking, its start and
+//! every request are polled against the deadline together with NCCL's async
+//! error, and a failure aborts the communicator. The receiver times each
+//! request with CUDA events on its stream. The path NCCL picked (P2P/CUMEM,
+//! SHM, NET/Socket, ...) is read from NCCL's own INIT log.
+
+mod lib;
+
+use super::{Completions, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec};
+use crate::error::{Error, Result};
+use crate::gpu::{Device, Event, Stream};
+use crate::memory::Buffer;
+use crate::plan::RequestLayout;
+use lib::{Comm, Nccl, UniqueId, IN_PROGRESS};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SENDER_RANK: i32 = 0;
+const RECEIVER_RANK: i32 = 1;
+/// A request's messages are timed in at most this many spans of CUDA events.
+const MAX_SPANS: usize = 1024;
+
+/// One side of the communicator, with its stream and timing events.
+struct Side {
+    nccl: Nccl,
+    comm: Comm,
+    device: Arc<Device>,
+    stream: Stream,
+    rank: i32,
+    group: usize,
+    timeout: Duration,
+    log: Option<PathBuf>,
+    info: TransportInfo,
+}
+
+// SAFETY: the communicator is only used from the side's thread, one call at a time.
+unsafe impl Send for Side {}
+
+pub struct NcclSender(Side);
+pub struct NcclReceiver {
+    side: Side,
+    start: Event,
+    spans: Vec<Event>,
+}
+
+impl NcclSender {
+    pub fn connect(spec: &TransportSpec, mut setup: Setup, buf: &Buffer, lib: Option<&str>) -> Result<Self> {
+        prepare_environment();
+        let nccl = Nccl::open(lib)?;
+        let id = nccl.unique_id()?;
+        setup.send(serde_json::json!({
+            "unique_id": hex(&id.internal),
+            "nccl_version": nccl.version,
+        }))?;
+        let theirs = setup.recv("waiting for the receiver's NCCL version")?;
+        check_versions(&nccl.version, theirs["nccl_version"].as_str().unwrap_or("?"))?;
+        Ok(NcclSender(Side::start(nccl, id, SENDER_RANK, spec, buf, setup.ctrl.timeout)?))
+    }
+}
+
+impl NcclReceiver {
+    pub fn accept(spec: &TransportSpec, mut setup: Setup, buf: &Buffer, lib: Option<&str>) -> Result<Self> {
+        prepare_environment();
+        let nccl = Nccl::open(lib)?;
+        let offer = setup.recv("waiting for the sender's NCCL unique id")?;
+        setup.send(serde_json::json!({ "nccl_version": nccl.version }))?;
+        check_versions(offer["nccl_version"].as_str().unwrap_or("?"), &nccl.version)?;
+        let bytes =
+            offer["unique_id"].as_str().and_then(unhex).filter(|b| b.len() == 128).ok_or_else(|| {
+                Error::run(format!("protocol error: bad NCCL setup from the sender: {offer}"))
+            })?;
+        let mut id = UniqueId { internal: [0; 128] };
+        id.internal.copy_from_slice(&bytes);
+        let side = Side::start(nccl, id, RECEIVER_RANK, spec, buf, setup.ctrl.timeout)?;
+        let start = Event::new(&side.device)?;
+        let spans = (0..MAX_SPANS).map(|_| Event::new(&side.device)).collect::<Result<_>>()?;
+        Ok(NcclReceiver { side, start, spans })
+    }
+}
+
+/// Different NCCL versions on the two ranks can hang in the bootstrap: refuse.
+fn check_versions(sender: &str, receiver: &str) -> Result<()> {
+    let minor = |v: &str| v.rsplit_once('.').map(|(mm, _)| mm.to_string()).unwrap_or_default();
+    if minor(sender) != minor(receiver) {
+        return Err(Error::run(format!(
+            "NCCL version mismatch: the sender has {sender}, the receiver {receiver}; use the same NCCL on both \
+             (--nccl-lib)"
+        )));
+    }
+    Ok(())
+}
+
+impl Side {
+    fn start(
+        nccl: Nccl,
+        id: UniqueId,
+        rank: i32,
+        spec: &TransportSpec,
+        buf: &Buffer,
+        timeout: Duration,
+    ) -> Result<Side> {
+        let began = Instant::now();
+        let mem = buf.gpu_mem().ok_or_else(|| {
+            Error::usage(format!(
+                "transport nccl moves GPU memory; this side has {}: use --memory gpu",
+                buf.kind()
+            ))
+        })?;
+        let device = mem.device.clone();
+        device.bind()?;
+        let stream = Stream::new(&device)?;
+        let comm = nccl.init_rank(2, id, rank)?;
+        let mut side = Side {
+            log: debug_log(),
+            nccl,
+            comm,
+            device,
+            stream,
+            rank,
+            group: spec.nccl_group.max(1) as usize,
+            timeout,
+            info: TransportInfo::default(),
+        };
+        let deadline = Instant::now() + timeout;
+        side.settle(deadline, "joining the NCCL communicator (is the peer running the same NCCL?)")?;
+        side.info = side.describe(began.elapsed());
+        Ok(side)
+    }
+
+    /// Waits out IN_PROGRESS (a non-blocking communicator's answer while it
+    /// connects); any error or the deadline aborts the communicator.
+    fn settle(&self, deadline: Instant, doing: &str) -> Result<()> {
+        loop {
+            match self.nccl.async_state(self.comm, doing) {
+                Ok(IN_PROGRESS) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(100))
+                }
+                Ok(IN_PROGRESS) => {
+                    return Err(Error::run(format!(
+                        "NCCL: {doing}: no progress within {}",
+                        humantime::format_duration(self.timeout)
+                    )))
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Posts every message of the request, grouped, each group ended in turn;
+    /// `after_group(g)` runs after group g (the receiver records span events).
+    fn post(
+        &self,
+        buf: &Buffer,
+        layout: &RequestLayout,
+        deadline: Instant,
+        mut after_group: impl FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        let base = buf.gpu_mem().expect("checked at setup").ptr;
+        let peer = if self.rank == SENDER_RANK { RECEIVER_RANK } else { SENDER_RANK };
+        let stream = self.stream.raw as *mut std::ffi::c_void;
+        let groups = layout.message_count.div_ceil(self.group);
+        for g in 0..groups {
+            let grouped = self.group > 1;
+            if grouped {
+                self.nccl.group_start()?;
+            }
+            for i in g * self.group..((g + 1) * self.group).min(layout.message_count) {
+                let slot = layout.slot(i);
+                let ptr = base + slot.offset as u64;
+                // SAFETY: the slot lies inside the buffer, which outlives the
+                // request: every round waits for its stream before returning.
+                let code = unsafe {
+                    if self.rank == SENDER_RANK {
+                        self.nccl.send(ptr, slot.len, peer, self.comm, stream)?
+                    } else {
+                        self.nccl.recv(ptr, slot.len, peer, self.comm, stream)?
+                    }
+                };
+                if code == IN_PROGRESS && !grouped {
+                    self.settle(deadline, "posting a message")?;
+                }
+            }
+            if grouped && self.nccl.group_end(self.comm)? == IN_PROGRESS {
+                self.settle(deadline, "ending a group of messages")?;
+            }
+            after_group(g)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for `event` (after the request's work) while watching NCCL.
+    fn wait(&self, event: &Event, deadline: Instant) -> Result<()> {
+        let result = event.wait_checking(deadline, "the request's NCCL transfers", || {
+            self.nccl.async_state(self.comm, "moving the request").map(drop)
+        });
+        result.map_err(|e| e.context("NCCL (the communicator is aborted)"))
+    }
+
+    fn describe(&self, setup: Duration) -> TransportInfo {
+        let mut info = TransportInfo {
+            summary: format!(
+                "nccl {} ({}): rank {} of 2 on {}, {} per ncclGroup, communicator ready in {:.1} ms",
+                self.nccl.version,
+                self.nccl.path,
+                self.rank,
+                self.device.describe(),
+                if self.group == 1 { "1 message".to_string() } else { format!("{} messages", self.group) },
+                setup.as_secs_f64() * 1e3
+            ),
+            ..Default::default()
+        };
+        let d = &mut info.details;
+        d.insert("nccl_version".into(), self.nccl.version.clone());
+        d.insert("nccl_library".into(), self.nccl.path.clone());
+        d.insert("rank".into(), self.rank.to_string());
+        d.insert("device".into(), self.device.describe());
+        d.insert("messages_per_group".into(), self.group.to_string());
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("NCCL_")) {
+            d.insert(format!("env.{k}"), v);
+        }
+        info
+    }
+
+    /// Adds the path NCCL chose, from its log, once connections exist.
+    fn info_with_path(&self) -> TransportInfo {
+        let mut info = self.info.clone();
+        match self.log.as_ref().map(|p| read_paths(p, self.device.ordinal)) {
+            Some(Some((paths, lines))) => {
+                info.path = Some(format!("NCCL {} via {}", self.nccl.version, paths.join(", ")));
+                info.details.insert("nccl_channels".into(), lines.join("\n"));
+                info.details.insert("nccl_log".into(), self.log.as_ref().unwrap().display().to_string());
+            }
+            _ => {
+                info.path = Some(format!(
+                    "NCCL {}, path unknown (NCCL_DEBUG_FILE was set by the user)",
+                    self.nccl.version
+                ))
+            }
+        }
+        info
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        let _ = self.device.bind();
+        // Abort rather than destroy: it never waits on a peer that is gone.
+        self.nccl.abort(self.comm);
+    }
+}
+
+impl SendSide for NcclSender {
+    fn info(&self) -> TransportInfo {
+        self.0.info_with_path()
+    }
+
+    fn send(&mut self, buf: &Buffer, layout: &RequestLayout, _request: u64, deadline: Instant) -> Result<()> {
+        let side = &self.0;
+        side.post(buf, layout, deadline, |_| Ok(()))?;
+        let done = Event::new(&side.device)?;
+        done.record(&side.stream)?;
+        side.wait(&done, deadline)
+    }
+}
+
+impl RecvSide for NcclReceiver {
+    fn info(&self) -> TransportInfo {
+        self.side.info_with_path()
+    }
+
+    fn recv(
+        &mut self,
+        buf: &mut Buffer,
+        layout: &RequestLayout,
+        _request: u64,
+        deadline: Instant,
+        go: &mut dyn FnMut() -> Result<()>,
+        done: &dyn Completions,
+    ) -> Result<RoundTiming> {
+        let side = &self.side;
+        let groups = layout.message_count.div_ceil(side.group);
+        let per_span = groups.div_ceil(MAX_SPANS);
+        let spans = groups.div_ceil(per_span);
+        self.start.record(&side.stream)?;
+        go()?;
+        let span_events = &self.spans;
+        side.post(buf, layout, deadline, |g| {
+            if (g + 1) % per_span == 0 || g + 1 == groups {
+                span_events[g / per_span].record(&side.stream)?;
+            }
+            Ok(())
+        })?;
+        side.wait(&span_events[spans - 1], deadline)?;
+        // Each message gets its share of its span's time.
+        let messages_per_span = per_span * side.group;
+        let mut previous = &self.start;
+        for (k, event) in span_events[..spans].iter().enumerate() {
+            let first = k * messages_per_span;
+            let last = ((k + 1) * messages_per_span).min(layout.message_count);
+            let share = event.since(previous)? / (last - first) as u64;
+            for index in first..last {
+                done.message_done(index, share, None)?;
+            }
+            previous = event;
+        }
+        Ok(RoundTiming { elapsed_ns: Some(span_events[spans - 1].since(&self.start)?) })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+/// Asks NCCL for its INIT log in a file of our own, once per process and
+/// before NCCL first reads its environment; keeps a user's own settings.
+fn debug_log() -> Option<PathBuf> {
+    static LOG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        if std::env::var_os("NCCL_DEBUG_FILE").is_some() {
+            return None;
+        }
+        let path = std::env::temp_dir().join(format!("kvxfer-nccl-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        // Set before the first NCCL call of the process reads them.
+        std::env::set_var("NCCL_DEBUG_FILE", &path);
+        if std::env::var_os("NCCL_DEBUG").is_none() {
+            std::env::set_var("NCCL_DEBUG", "INFO");
+        }
+        Some(path)
+    })
+    .clone()
+}
+
+/// Sets NCCL's log up before any thread could call NCCL (see `debug_log`).
+pub fn prepare_environment() {
+    debug_log();
+}
+
+/// Fails early, with the library named, where NCCL cannot be loaded.
+pub fn check_library(lib: Option<&str>) -> Result<()> {
+    prepare_environment();
+    Nccl::open(lib).map(drop)
+}
+
+/// The transports named in NCCL's "Channel ... via X" lines for one device.
+fn read_paths(log: &std::path::Path, device: usize) -> Option<(Vec<String>, Vec<String>)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    Some(parse_paths(&text, device))
+}
+
+fn parse_paths(text: &str, device: usize) -> (Vec<String>, Vec<String>) {
+    let tag = format!(" [{device}] NCCL INFO ");
+    let mut paths: Vec<String> = Vec::new();
+    let mut lines = Vec::new();
+    for line in text.lines().filter(|l| l.contains(&tag) && l.contains(" via ")) {
+        let via = line.rsplit(" via ").next().unwrap_or("").trim().to_string();
+        if !via.is_empty() && !paths.contains(&via) {
+            paths.push(via);
+        }
+        lines.push(line.trim().to_string());
+    }
+    (paths, lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_ids_survive_hex() {
+        let bytes: Vec<u8> = (0..128).map(|i| (i * 7) as u8).collect();
+        assert_eq!(unhex(&hex(&bytes)).unwrap(), bytes);
+        assert!(unhex("zz").is_none());
+    }
+
+    #[test]
+    fn versions_must_share_major_and_minor() {
+        assert!(check_versions("2.28.3", "2.28.9").is_ok());
+        let e = check_versions("2.28.3", "2.27.7").unwrap_err();
+        assert!(e.message.contains("NCCL version mismatch: the sender has 2.28.3, the receiver 2.27.7"));
+    }
+
+    #[test]
+    fn paths_come_from_the_channel_lines_of_our_device() {
+        let log = "h:1:2 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n\
+                   h:1:2 [0] NCCL INFO Channel 01/0 : 0[0] -> 1[1] via P2P/CUMEM/read\n\
+                   h:1:3 [1] NCCL INFO Channel 00/0 : 1[1] -> 0[0] via NET/Socket/0\n\
+                   h:1:2 [0] NCCL INFO comm 0x1 rank 0 nranks 2 - Init COMPLETE\n";
+        let (paths, lines) = parse_paths(log, 0);
+        assert_eq!(paths, vec!["P2P/CUMEM/read"]);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(parse_paths(log, 1).0, vec!["NET/Socket/0"]);
+    }
+}

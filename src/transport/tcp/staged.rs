@@ -1,0 +1,168 @@
+//! tcp on GPU memory: the request travels through a ring of pinned host
+//! slots, CHUNK bytes each. The sender copies chunk c+DEPTH off the GPU while
+//! chunk c goes into the socket; the receiver reads chunk c from the socket
+//! while earlier chunks are copied onto the GPU. Messages keep their headers
+//! and may straddle chunks; one connection carries them in order.
+
+use super::{data_error, header, parse_header, read_full, write_all_vectored, Round, HEADER};
+use crate::error::Result;
+use crate::gpu::{self, DeviceMem, Event, PinnedMem, Stream};
+use crate::transport::{key_mismatch, nanos, Completions};
+use std::io::{BufReader, IoSlice};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Bytes per staging slot, and slots in the ring: 16 MiB pinned per side.
+pub const CHUNK: usize = 4 << 20;
+const DEPTH: usize = 4;
+
+struct Slot {
+    mem: PinnedMem,
+    /// Done when the slot's last copy (to or from the GPU) is.
+    copied: Event,
+}
+
+pub struct Staging {
+    stream: Stream,
+    slots: Vec<Slot>,
+}
+
+impl Staging {
+    pub fn new(device: &Arc<gpu::Device>) -> Result<Staging> {
+        let slots = (0..DEPTH)
+            .map(|_| Ok(Slot { mem: PinnedMem::new(device, CHUNK)?, copied: Event::new(device)? }))
+            .collect::<Result<_>>()?;
+        Ok(Staging { stream: Stream::new(device)?, slots })
+    }
+
+    pub fn describe() -> String {
+        format!("staged through {DEPTH} pinned slots of {} MiB", CHUNK >> 20)
+    }
+}
+
+/// Byte range of chunk `c` of a request of `total` bytes.
+fn chunk(c: usize, total: usize) -> (usize, usize) {
+    (c * CHUNK, ((c + 1) * CHUNK).min(total))
+}
+
+pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, round: Round) -> Result<()> {
+    let Round { layout, request, deadline, timeout } = round;
+    let total = layout.total_bytes();
+    let m = layout.message_bytes;
+    let chunks = total.div_ceil(CHUNK);
+    let copy_out = |st: &mut Staging, c: usize| -> Result<()> {
+        let (start, end) = chunk(c, total);
+        let slot = &mut st.slots[c % DEPTH];
+        // SAFETY: the slot holds CHUNK bytes and is not read until `copied`.
+        unsafe {
+            gpu::copy_to_host_async(
+                slot.mem.as_mut_slice().as_mut_ptr(),
+                mem.ptr + start as u64,
+                end - start,
+                &st.stream,
+            )
+        }?;
+        slot.copied.record(&st.stream)
+    };
+    for c in 0..chunks.min(DEPTH) {
+        copy_out(st, c)?;
+    }
+    for c in 0..chunks {
+        let (start, end) = chunk(c, total);
+        let slot = &st.slots[c % DEPTH];
+        slot.copied.wait(deadline, "copying KV off the GPU for the socket")?;
+        let data = &slot.mem.as_slice()[..end - start];
+        // Messages overlapping this chunk; a header goes with a message's first byte.
+        let messages = start / m..=(end - 1) / m;
+        let headers: Vec<Option<[u8; HEADER]>> =
+            messages.clone().map(|i| (i * m >= start).then(|| header(&layout.key(request, i), m))).collect();
+        let mut iov = Vec::with_capacity(2 * headers.len());
+        for (i, h) in messages.zip(&headers) {
+            if let Some(h) = h {
+                iov.push(IoSlice::new(h));
+            }
+            iov.push(IoSlice::new(&data[(i * m).max(start) - start..((i + 1) * m).min(end) - start]));
+        }
+        write_all_vectored(sock, &mut iov, deadline).map_err(|e| {
+            data_error(e, "receiver", timeout, &format!("sending bytes {start}..{end} of request {request}"))
+        })?;
+        if c + DEPTH < chunks {
+            copy_out(st, c + DEPTH)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn recv(
+    reader: &mut BufReader<TcpStream>,
+    mem: &DeviceMem,
+    st: &mut Staging,
+    round: Round,
+    done: &dyn Completions,
+    mut started: Instant,
+) -> Result<()> {
+    let Round { layout, request, deadline, timeout } = round;
+    let total = layout.total_bytes();
+    let m = layout.message_bytes;
+    let mut hdr = [0u8; HEADER];
+    let mut pos = 0;
+    for index in 0..layout.message_count {
+        let what = || format!("waiting for message {index} of {} of request {request}", layout.message_count);
+        read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
+        match parse_header(&hdr) {
+            Some((key, len)) if key == layout.key(request, index) && len == m as u64 => {}
+            Some((key, len)) => {
+                return Err(key_mismatch(index, layout, request, &format!("{key} ({len} bytes)")))
+            }
+            None => {
+                return Err(key_mismatch(index, layout, request, "bytes that are no kvxfer message header"))
+            }
+        }
+        let message_end = pos + m;
+        while pos < message_end {
+            let c = pos / CHUNK;
+            let (start, end) = chunk(c, total);
+            let slot = &mut st.slots[c % DEPTH];
+            if pos == start && c >= DEPTH {
+                // The slot's previous chunk must be on the GPU before it is reused.
+                slot.copied.wait(deadline, "copying KV onto the GPU")?;
+            }
+            let upto = message_end.min(end);
+            read_full(reader, &mut slot.mem.as_mut_slice()[pos - start..upto - start], deadline)
+                .map_err(|e| data_error(e, "sender", timeout, &what()))?;
+            pos = upto;
+            if pos == end {
+                // SAFETY: the slot is not written again until `copied` is done.
+                unsafe {
+                    gpu::copy_to_device_async(
+                        mem.ptr + start as u64,
+                        slot.mem.as_slice().as_ptr(),
+                        end - start,
+                        &st.stream,
+                    )
+                }?;
+                slot.copied.record(&st.stream)?;
+            }
+        }
+        // A message counts as arrived once in host memory; the request's time
+        // also covers the last copies onto the GPU.
+        let ended = Instant::now();
+        done.message_done(index, nanos(ended - started), None)?;
+        started = ended;
+    }
+    st.stream.wait(deadline, "copying KV onto the GPU")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_tile_the_request() {
+        let total = 2 * CHUNK + 5;
+        assert_eq!(chunk(0, total), (0, CHUNK));
+        assert_eq!(chunk(2, total), (2 * CHUNK, total));
+        assert_eq!(total.div_ceil(CHUNK), 3);
+    }
+}
