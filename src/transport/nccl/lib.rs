@@ -7,7 +7,13 @@ use crate::error::{Error, Result};
 use libloading::Library;
 use std::ffi::{c_char, c_int, c_void, CStr};
 
-pub type Comm = *mut c_void;
+/// A communicator handle, only ever made by `init_rank`.
+#[derive(Clone, Copy)]
+pub struct Comm(*mut c_void);
+
+impl Comm {
+    const NONE: Comm = Comm(std::ptr::null_mut());
+}
 pub const SUCCESS: c_int = 0;
 pub const IN_PROGRESS: c_int = 7;
 /// ncclUint8: counts are in bytes.
@@ -38,14 +44,15 @@ const UNDEF_INT: c_int = c_int::MIN;
 
 type GetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
 type GetUniqueId = unsafe extern "C" fn(*mut UniqueId) -> c_int;
-type CommInitRankConfig = unsafe extern "C" fn(*mut Comm, c_int, UniqueId, c_int, *mut Config) -> c_int;
-type CommGetAsyncError = unsafe extern "C" fn(Comm, *mut c_int) -> c_int;
-type CommAbort = unsafe extern "C" fn(Comm) -> c_int;
-type Send = unsafe extern "C" fn(*const c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
-type Recv = unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, Comm, *mut c_void) -> c_int;
+type RawComm = *mut c_void;
+type CommInitRankConfig = unsafe extern "C" fn(*mut RawComm, c_int, UniqueId, c_int, *mut Config) -> c_int;
+type CommGetAsyncError = unsafe extern "C" fn(RawComm, *mut c_int) -> c_int;
+type CommAbort = unsafe extern "C" fn(RawComm) -> c_int;
+type Send = unsafe extern "C" fn(*const c_void, usize, c_int, c_int, RawComm, *mut c_void) -> c_int;
+type Recv = unsafe extern "C" fn(*mut c_void, usize, c_int, c_int, RawComm, *mut c_void) -> c_int;
 type Group = unsafe extern "C" fn() -> c_int;
 type ErrorString = unsafe extern "C" fn(c_int) -> *const c_char;
-type LastError = unsafe extern "C" fn(Comm) -> *const c_char;
+type LastError = unsafe extern "C" fn(RawComm) -> *const c_char;
 
 pub struct Nccl {
     pub path: String,
@@ -135,7 +142,7 @@ impl Nccl {
         let text = unsafe { CStr::from_ptr((self.error_string)(code)) }.to_string_lossy().into_owned();
         let last = match self.last_error {
             // SAFETY: as above; a null comm asks for the thread's last error.
-            Some(f) => unsafe { CStr::from_ptr(f(comm)) }.to_string_lossy().into_owned(),
+            Some(f) => unsafe { CStr::from_ptr(f(comm.0)) }.to_string_lossy().into_owned(),
             None => String::new(),
         };
         let detail = if last.is_empty() { String::new() } else { format!(" ({last})") };
@@ -152,7 +159,7 @@ impl Nccl {
     pub fn unique_id(&self) -> Result<UniqueId> {
         let mut id = UniqueId { internal: [0; 128] };
         // SAFETY: writes one UniqueId.
-        self.check(unsafe { (self.get_unique_id)(&mut id) }, std::ptr::null_mut(), "creating the unique id")?;
+        self.check(unsafe { (self.get_unique_id)(&mut id) }, Comm::NONE, "creating the unique id")?;
         Ok(id)
     }
 
@@ -168,24 +175,25 @@ impl Nccl {
             max_ctas: UNDEF_INT,
             net_name: std::ptr::null(),
         };
-        let mut comm: Comm = std::ptr::null_mut();
+        let mut comm: RawComm = std::ptr::null_mut();
         // SAFETY: comm and config are valid for the call; NCCL copies config.
         let code = unsafe { (self.comm_init_rank_config)(&mut comm, nranks, id, rank, &mut config) };
-        self.check(code, comm, "starting the communicator")?;
-        Ok(comm)
+        self.check(code, Comm(comm), "starting the communicator")?;
+        Ok(Comm(comm))
     }
 
     /// SUCCESS, IN_PROGRESS, or the communicator's error.
     pub fn async_state(&self, comm: Comm, doing: &str) -> Result<c_int> {
         let mut state = SUCCESS;
         // SAFETY: comm is live; writes one int.
-        self.check(unsafe { (self.comm_get_async_error)(comm, &mut state) }, comm, doing)?;
+        self.check(unsafe { (self.comm_get_async_error)(comm.0, &mut state) }, comm, doing)?;
         self.check(state, comm, doing)
     }
 
-    pub fn abort(&self, comm: Comm) {
-        // SAFETY: comm is live and not used after this.
-        unsafe { (self.comm_abort)(comm) };
+    /// # Safety
+    /// `comm` is freed: it must not be used again.
+    pub unsafe fn abort(&self, comm: Comm) {
+        (self.comm_abort)(comm.0);
     }
 
     /// # Safety
@@ -198,7 +206,7 @@ impl Nccl {
         comm: Comm,
         stream: *mut c_void,
     ) -> Result<c_int> {
-        self.check((self.send)(buf as *const c_void, len, UINT8, peer, comm, stream), comm, "ncclSend")
+        self.check((self.send)(buf as *const c_void, len, UINT8, peer, comm.0, stream), comm, "ncclSend")
     }
 
     /// # Safety
@@ -211,12 +219,12 @@ impl Nccl {
         comm: Comm,
         stream: *mut c_void,
     ) -> Result<c_int> {
-        self.check((self.recv)(buf as *mut c_void, len, UINT8, peer, comm, stream), comm, "ncclRecv")
+        self.check((self.recv)(buf as *mut c_void, len, UINT8, peer, comm.0, stream), comm, "ncclRecv")
     }
 
     pub fn group_start(&self) -> Result<()> {
         // SAFETY: no arguments.
-        self.check(unsafe { (self.group_start)() }, std::ptr::null_mut(), "ncclGroupStart").map(drop)
+        self.check(unsafe { (self.group_start)() }, Comm::NONE, "ncclGroupStart").map(drop)
     }
 
     pub fn group_end(&self, comm: Comm) -> Result<c_int> {

@@ -9,7 +9,7 @@
 //! request with CUDA events on its stream. The path NCCL picked (P2P/CUMEM,
 //! SHM, NET/Socket, ...) is read from NCCL's own INIT log.
 
-mod lib;
+pub mod lib;
 
 use super::{Completions, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec};
 use crate::error::{Error, Result};
@@ -252,7 +252,8 @@ impl Drop for Side {
     fn drop(&mut self) {
         let _ = self.device.bind();
         // Abort rather than destroy: it never waits on a peer that is gone.
-        self.nccl.abort(self.comm);
+        // SAFETY: the side, and with it the communicator, ends here.
+        unsafe { self.nccl.abort(self.comm) };
     }
 }
 
