@@ -13,8 +13,8 @@ use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::Buffer;
 use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
-use crate::session::{Msg, ReceiverSession, SenderSession};
-use crate::transport::{Completions, RecvSide, SendSide};
+use crate::session::{Control, Msg, ReceiverSession, SenderSession};
+use crate::transport::{Completions, PeerLink, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use integrity::Check;
 pub use stats::{LatencySummary, PointResult};
@@ -105,7 +105,7 @@ pub fn run_sender(
                 },
             )?;
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
-            transport.send(buf, layout, on_wire, deadline)?;
+            transport.send(buf, layout, on_wire, deadline, &mut RequestLink { ctrl, go: None, request })?;
         }
         let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
         let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
@@ -155,12 +155,13 @@ pub fn run_receiver(
             sink.begin(request);
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
             let t0 = Instant::now();
+            let go = Some(Msg::Go { point: p, request });
             let timing = transport.recv(
                 buf,
                 layout,
                 request,
                 deadline,
-                &mut || ctrl.send(&Msg::Go { point: p, request }),
+                &mut RequestLink { ctrl, go, request },
                 &sink,
             )?;
             let request_ns = timing.elapsed_ns.unwrap_or(t0.elapsed().as_nanos() as u64).max(1);
@@ -186,6 +187,27 @@ pub fn run_receiver(
     }
     ctrl.send(&Msg::Finish)?;
     Ok(results)
+}
+
+/// The control connection as a transport sees it during one request.
+struct RequestLink<'a> {
+    ctrl: &'a mut Control,
+    /// The receiver's start signal, sent once.
+    go: Option<Msg>,
+    request: u64,
+}
+
+impl PeerLink for RequestLink<'_> {
+    fn go(&mut self) -> Result<()> {
+        match self.go.take() {
+            Some(msg) => self.ctrl.send(&msg),
+            None => Err(Error::run("internal error: a transport said go twice, or on the sender")),
+        }
+    }
+
+    fn watch(&mut self) -> Result<()> {
+        self.ctrl.watch(&format!("moving request {}", self.request))
+    }
 }
 
 fn point_result(

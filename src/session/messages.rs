@@ -56,12 +56,16 @@ pub enum Msg {
     TransportInfo {
         info: TransportInfo,
     },
-    Ping {
+    /// Round-trip probes right after the handshake.
+    Probe {
         seq: u32,
     },
-    Pong {
+    ProbeReply {
         seq: u32,
     },
+    /// Heartbeats while a transport waits; answered wherever they arrive.
+    Ping,
+    Pong,
     /// Sender: the request's buffer holds its pattern; waiting for Go.
     Ready {
         point: usize,
@@ -93,8 +97,10 @@ impl Msg {
             Msg::Refuse { .. } => "refuse",
             Msg::Setup { .. } => "setup",
             Msg::TransportInfo { .. } => "transport-info",
-            Msg::Ping { .. } => "ping",
-            Msg::Pong { .. } => "pong",
+            Msg::Probe { .. } => "probe",
+            Msg::ProbeReply { .. } => "probe-reply",
+            Msg::Ping => "ping",
+            Msg::Pong => "pong",
             Msg::Ready { .. } => "ready",
             Msg::Go { .. } => "go",
             Msg::PointDone { .. } => "point-done",

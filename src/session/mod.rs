@@ -13,6 +13,7 @@ use crate::net;
 pub use messages::{Hello, Msg, Role};
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Version of the control protocol; peers must speak the same one.
@@ -30,7 +31,14 @@ pub struct Control {
     pub local_addr: SocketAddr,
     /// How long any single wait for the peer may last.
     pub timeout: Duration,
+    /// When the peer was last heard from, and when we last pinged it.
+    last_heard: Instant,
+    last_ping: Instant,
 }
+
+/// How often `watch` pings the peer, at most; never less than four pings per
+/// timeout, so that a short timeout cannot outrun the heartbeat.
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 impl Control {
     fn new(stream: TcpStream, peer_role: Role, timeout: Duration) -> Result<Control> {
@@ -43,6 +51,8 @@ impl Control {
             writer: stream,
             peer_role,
             timeout,
+            last_heard: Instant::now(),
+            last_ping: Instant::now(),
         })
     }
 
@@ -58,9 +68,65 @@ impl Control {
         self.writer.write_all(&frame).map_err(|e| self.io_error(e, &format!("sending {}", msg.name())))
     }
 
-    /// The next message, or an error naming what was awaited. A peer's Abort
-    /// becomes an error carrying the peer's reason and exit code.
+    /// The next message, or an error naming what was awaited. Heartbeats
+    /// are answered on the way; a peer's Abort becomes an error carrying the
+    /// peer's reason and exit code.
     pub fn recv(&mut self, deadline: Instant, awaiting: &str) -> Result<Msg> {
+        loop {
+            let msg = self.read_frame(deadline, awaiting)?;
+            if let Some(msg) = self.heartbeat(msg)? {
+                return Ok(msg);
+            }
+        }
+    }
+
+    /// Called often while a transport waits on the GPU: pings the peer,
+    /// answers its pings, and fails as soon as the peer has gone, aborted or
+    /// stayed silent for the timeout (a stopped process answers nothing).
+    pub fn watch(&mut self, doing: &str) -> Result<()> {
+        let now = Instant::now();
+        if now.duration_since(self.last_ping) >= HEARTBEAT.min(self.timeout / 4) {
+            self.last_ping = now;
+            self.send(&Msg::Ping)?;
+        }
+        while self.readable() {
+            let msg = self.read_frame(now + Duration::from_secs(1), doing)?;
+            if let Some(other) = self.heartbeat(msg)? {
+                return Err(Error::run(format!(
+                    "protocol error: got '{}' from the {} while {doing}",
+                    other.name(),
+                    self.peer_role
+                )));
+            }
+        }
+        if self.last_heard.elapsed() > self.timeout {
+            return Err(self.silent(&format!("{doing} (it answers no heartbeat)"), self.last_heard.elapsed()));
+        }
+        Ok(())
+    }
+
+    /// Answers a ping, drops a pong; hands any other message back.
+    fn heartbeat(&mut self, msg: Msg) -> Result<Option<Msg>> {
+        match msg {
+            Msg::Ping => self.send(&Msg::Pong).map(|_| None),
+            Msg::Pong => Ok(None),
+            m => Ok(Some(m)),
+        }
+    }
+
+    /// Whether a frame (or the end of the connection) is waiting to be read.
+    fn readable(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return true;
+        }
+        let mut pfd =
+            libc::pollfd { fd: self.reader.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents != 0
+    }
+
+    fn read_frame(&mut self, deadline: Instant, awaiting: &str) -> Result<Msg> {
         let began = Instant::now();
         let mut len = [0u8; 4];
         self.read_exact_until(&mut len, deadline, began, awaiting)?;
@@ -73,6 +139,7 @@ impl Control {
         }
         let mut body = vec![0u8; len];
         self.read_exact_until(&mut body, deadline, began, awaiting)?;
+        self.last_heard = Instant::now();
         let msg: Msg = serde_json::from_slice(&body).map_err(|e| {
             Error::run(format!(
                 "protocol error: unreadable control message from the {} while {awaiting}: {e}",
@@ -260,9 +327,9 @@ pub fn open_sender(addr: &str, hello: Hello, timeout: Duration, protocol: u16) -
     let mut samples = Vec::with_capacity(PINGS as usize);
     for seq in 0..PINGS {
         let t = Instant::now();
-        ctrl.send(&Msg::Ping { seq })?;
+        ctrl.send(&Msg::Probe { seq })?;
         ctrl.expect("measuring the control round trip", |m| match m {
-            Msg::Pong { seq: s } if s == seq => Ok(()),
+            Msg::ProbeReply { seq: s } if s == seq => Ok(()),
             other => Err(other),
         })?;
         samples.push(t.elapsed().as_nanos() as u64);
@@ -338,10 +405,10 @@ pub fn accept_receiver(
         ctrl.send(&Msg::Welcome { env: Box::new(own_env.clone()) })?;
         for _ in 0..PINGS {
             let seq = ctrl.expect("answering the control round-trip probe", |m| match m {
-                Msg::Ping { seq } => Ok(seq),
+                Msg::Probe { seq } => Ok(seq),
                 other => Err(other),
             })?;
-            ctrl.send(&Msg::Pong { seq })?;
+            ctrl.send(&Msg::ProbeReply { seq })?;
         }
         return Ok(ReceiverSession { ctrl, hello });
     }
@@ -412,6 +479,58 @@ mod tests {
             link: None,
             cookie: 1,
         }
+    }
+
+    /// Two ends of a real loopback control connection.
+    fn pair(timeout: Duration) -> (Control, Control) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (Control::new(a, Role::Receiver, timeout).unwrap(), Control::new(b, Role::Sender, timeout).unwrap())
+    }
+
+    fn watch_for(c: &mut Control, d: Duration) -> Result<()> {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            c.watch("testing")?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn heartbeats_keep_a_responsive_peer() {
+        let (mut a, mut b) = pair(Duration::from_millis(400));
+        // Both watch three times the timeout; each end stays open until both are done.
+        let other = std::thread::spawn(move || (watch_for(&mut b, Duration::from_millis(1200)), b));
+        watch_for(&mut a, Duration::from_millis(1200)).unwrap();
+        let (result, _b) = other.join().unwrap();
+        result.unwrap();
+    }
+
+    #[test]
+    fn a_silent_peer_fails_the_watch_after_the_timeout() {
+        let (mut a, _b) = pair(Duration::from_millis(400));
+        let t = Instant::now();
+        let e = watch_for(&mut a, Duration::from_secs(5)).unwrap_err();
+        assert!(e.message.contains("answers no heartbeat"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_closed_or_aborting_peer_fails_the_watch_at_once() {
+        let (mut a, b) = pair(Duration::from_secs(5));
+        drop(b);
+        let e = watch_for(&mut a, Duration::from_secs(2)).unwrap_err();
+        assert!(
+            e.message.contains("closed the control connection") || e.message.contains("lost the sender"),
+            "{e}"
+        );
+        let (mut a, mut b) = pair(Duration::from_secs(5));
+        b.abort(&Error::integrity("3 wrong bytes"));
+        let e = watch_for(&mut a, Duration::from_secs(2)).unwrap_err();
+        assert_eq!((e.origin, e.kind), (Origin::Peer, ErrorKind::Integrity));
+        assert!(e.message.contains("the receiver stopped the run: 3 wrong bytes"), "{e}");
     }
 
     #[test]

@@ -113,23 +113,40 @@ pub trait Completions: Sync {
     fn message_done(&self, index: usize, latency_ns: u64, data: Option<&[u8]>) -> Result<()>;
 }
 
+/// A transport's line to the peer during one request.
+pub trait PeerLink {
+    /// Receiver: the sender may start now. Called exactly once per request.
+    fn go(&mut self) -> Result<()>;
+    /// Call every few milliseconds while waiting on work the host cannot see
+    /// (GPU transfers): fails once the peer has gone, aborted, or answered no
+    /// heartbeat for the timeout.
+    fn watch(&mut self) -> Result<()>;
+}
+
 pub trait SendSide: Send {
     fn info(&self) -> TransportInfo;
     /// Moves every message of `layout`, keyed for `request`, from `buf`.
-    fn send(&mut self, buf: &Buffer, layout: &RequestLayout, request: u64, deadline: Instant) -> Result<()>;
+    fn send(
+        &mut self,
+        buf: &Buffer,
+        layout: &RequestLayout,
+        request: u64,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+    ) -> Result<()>;
 }
 
 pub trait RecvSide: Send {
     fn info(&self) -> TransportInfo;
     /// Receives every message of `layout` for `request` into `buf`, checking
-    /// each key. Calls `go` exactly once, when the sender may start.
+    /// each key. Calls `peer.go()` once, when the sender may start.
     fn recv(
         &mut self,
         buf: &mut Buffer,
         layout: &RequestLayout,
         request: u64,
         deadline: Instant,
-        go: &mut dyn FnMut() -> Result<()>,
+        peer: &mut dyn PeerLink,
         done: &dyn Completions,
     ) -> Result<RoundTiming>;
 }

@@ -11,7 +11,7 @@
 
 pub mod lib;
 
-use super::{Completions, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec};
+use super::{Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec};
 use crate::error::{Error, Result};
 use crate::gpu::{Device, Event, Stream};
 use crate::memory::Buffer;
@@ -25,6 +25,8 @@ const SENDER_RANK: i32 = 0;
 const RECEIVER_RANK: i32 = 1;
 /// A request's messages are timed in at most this many spans of CUDA events.
 const MAX_SPANS: usize = 1024;
+/// How often a waiting side looks at the control connection.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
 
 /// One side of the communicator, with its stream and timing events.
 struct Side {
@@ -128,17 +130,23 @@ impl Side {
             info: TransportInfo::default(),
         };
         let deadline = Instant::now() + timeout;
-        side.settle(deadline, "joining the NCCL communicator (is the peer running the same NCCL?)")?;
+        side.settle(
+            deadline,
+            "joining the NCCL communicator (is the peer running the same NCCL?)",
+            &mut || Ok(()),
+        )?;
         side.info = side.describe(began.elapsed());
         Ok(side)
     }
 
     /// Waits out IN_PROGRESS (a non-blocking communicator's answer while it
-    /// connects); any error or the deadline aborts the communicator.
-    fn settle(&self, deadline: Instant, doing: &str) -> Result<()> {
+    /// connects), calling `watch` between polls; any error or the deadline
+    /// aborts the communicator.
+    fn settle(&self, deadline: Instant, doing: &str, watch: &mut dyn FnMut() -> Result<()>) -> Result<()> {
         loop {
             match self.nccl.async_state(self.comm, doing) {
                 Ok(IN_PROGRESS) if Instant::now() < deadline => {
+                    watch()?;
                     std::thread::sleep(Duration::from_micros(100))
                 }
                 Ok(IN_PROGRESS) => {
@@ -160,8 +168,10 @@ impl Side {
         buf: &Buffer,
         layout: &RequestLayout,
         deadline: Instant,
+        peer: &mut dyn PeerLink,
         mut after_group: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
+        let mut watch = || peer.watch();
         let base = buf.gpu_mem().expect("checked at setup").ptr;
         let peer = if self.rank == SENDER_RANK { RECEIVER_RANK } else { SENDER_RANK };
         let stream = self.stream.raw as *mut std::ffi::c_void;
@@ -184,21 +194,29 @@ impl Side {
                     }
                 };
                 if code == IN_PROGRESS && !grouped {
-                    self.settle(deadline, "posting a message")?;
+                    self.settle(deadline, "posting a message", &mut watch)?;
                 }
             }
             if grouped && self.nccl.group_end(self.comm)? == IN_PROGRESS {
-                self.settle(deadline, "ending a group of messages")?;
+                self.settle(deadline, "ending a group of messages", &mut watch)?;
             }
             after_group(g)?;
         }
         Ok(())
     }
 
-    /// Waits for `event` (after the request's work) while watching NCCL.
-    fn wait(&self, event: &Event, deadline: Instant) -> Result<()> {
+    /// Waits for `event` (after the request's work) while watching NCCL
+    /// and, every few milliseconds, the peer: a dead or stopped peer leaves a
+    /// GPU kernel spinning, and only the control connection tells.
+    fn wait(&self, event: &Event, deadline: Instant, peer: &mut dyn PeerLink) -> Result<()> {
+        let mut last_watch = Instant::now();
         let result = event.wait_checking(deadline, "the request's NCCL transfers", || {
-            self.nccl.async_state(self.comm, "moving the request").map(drop)
+            self.nccl.async_state(self.comm, "moving the request")?;
+            if last_watch.elapsed() >= WATCH_EVERY {
+                last_watch = Instant::now();
+                peer.watch()?;
+            }
+            Ok(())
         });
         result.map_err(|e| e.context("NCCL (the communicator is aborted)"))
     }
@@ -262,12 +280,19 @@ impl SendSide for NcclSender {
         self.0.info_with_path()
     }
 
-    fn send(&mut self, buf: &Buffer, layout: &RequestLayout, _request: u64, deadline: Instant) -> Result<()> {
+    fn send(
+        &mut self,
+        buf: &Buffer,
+        layout: &RequestLayout,
+        _request: u64,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+    ) -> Result<()> {
         let side = &self.0;
-        side.post(buf, layout, deadline, |_| Ok(()))?;
+        side.post(buf, layout, deadline, peer, |_| Ok(()))?;
         let done = Event::new(&side.device)?;
         done.record(&side.stream)?;
-        side.wait(&done, deadline)
+        side.wait(&done, deadline, peer)
     }
 }
 
@@ -282,7 +307,7 @@ impl RecvSide for NcclReceiver {
         layout: &RequestLayout,
         _request: u64,
         deadline: Instant,
-        go: &mut dyn FnMut() -> Result<()>,
+        peer: &mut dyn PeerLink,
         done: &dyn Completions,
     ) -> Result<RoundTiming> {
         let side = &self.side;
@@ -290,15 +315,15 @@ impl RecvSide for NcclReceiver {
         let per_span = groups.div_ceil(MAX_SPANS);
         let spans = groups.div_ceil(per_span);
         self.start.record(&side.stream)?;
-        go()?;
+        peer.go()?;
         let span_events = &self.spans;
-        side.post(buf, layout, deadline, |g| {
+        side.post(buf, layout, deadline, peer, |g| {
             if (g + 1) % per_span == 0 || g + 1 == groups {
                 span_events[g / per_span].record(&side.stream)?;
             }
             Ok(())
         })?;
-        side.wait(&span_events[spans - 1], deadline)?;
+        side.wait(&span_events[spans - 1], deadline, peer)?;
         // Each message gets its share of its span's time.
         let messages_per_span = per_span * side.group;
         let mut previous = &self.start;

@@ -13,7 +13,8 @@
 mod staged;
 
 use super::{
-    key_mismatch, nanos, Completions, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec,
+    key_mismatch, nanos, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, TransportInfo,
+    TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
@@ -132,7 +133,14 @@ impl SendSide for TcpSender {
         self.info.clone()
     }
 
-    fn send(&mut self, buf: &Buffer, layout: &RequestLayout, request: u64, deadline: Instant) -> Result<()> {
+    fn send(
+        &mut self,
+        buf: &Buffer,
+        layout: &RequestLayout,
+        request: u64,
+        deadline: Instant,
+        _peer: &mut dyn PeerLink,
+    ) -> Result<()> {
         let round = Round { layout, request, deadline, timeout: self.timeout };
         let Some(host) = buf.host_slice() else {
             let mem = buf.gpu_mem().expect("GPU memory");
@@ -274,22 +282,23 @@ impl RecvSide for TcpReceiver {
         layout: &RequestLayout,
         request: u64,
         deadline: Instant,
-        go: &mut dyn FnMut() -> Result<()>,
+        peer: &mut dyn PeerLink,
         done: &dyn Completions,
     ) -> Result<RoundTiming> {
+        // Sockets fail or time out on their own: no heartbeat is needed here.
         let round = Round { layout, request, deadline, timeout: self.timeout };
         // The first message's wait begins when the sender is told to go; on a
         // busy host the woken sender may run before go() even returns.
         let start = Instant::now();
         if let Some(staging) = self.staging.as_mut() {
             let mem = buf.gpu_mem().expect("staging is made for GPU memory");
-            go()?;
+            peer.go()?;
             staged::recv(&mut self.streams[0], mem, staging, round, done, start)?;
             return Ok(RoundTiming::default());
         }
         let region = &mut buf.host_slice_mut().expect("host memory")[..layout.total_bytes()];
         let slots = region.chunks_exact_mut(layout.message_bytes).enumerate();
-        go()?;
+        peer.go()?;
         if self.streams.len() == 1 {
             recv_stream(&mut self.streams[0], 0, slots, round, done, start)?;
             return Ok(RoundTiming::default());
