@@ -3,9 +3,11 @@
 //! process, back to back with no control messages, no checks and no per-request
 //! waits; each size timed with CUDA events on the receiving stream.
 //!
-//!   nccl_bare [SIZES_MIB] [ITERATIONS] [NCCL_LIB]     e.g. nccl_bare 64,256,1024 20
+//!   nccl_bare [SIZES_MIB] [ITERATIONS] [blocking|nonblocking] [NCCL_LIB]
+//!   e.g. nccl_bare 64,256,1024 20 blocking
 //!
-//! Prints one line per size: MiB, mean and median GB/s (1e9 bytes/s).
+//! The communicator is blocking by default, as nccl-tests' is. Prints one line
+//! per size: MiB, mean and median GB/s (1e9 bytes/s).
 
 use kvxfer::gpu::{Device, DeviceMem, Event, Stream};
 use kvxfer::transport::nccl::lib::{Nccl, IN_PROGRESS};
@@ -21,13 +23,17 @@ fn main() {
         .map(|s| s.split(',').map(|v| v.parse::<usize>().expect("sizes in MiB")).collect())
         .unwrap_or(vec![64, 256, 1024, 4096]);
     let iterations: usize = args.get(2).map(|v| v.parse().expect("iterations")).unwrap_or(20);
-    let lib = args.get(3).cloned();
+    let blocking = args.get(3).map(|m| m != "nonblocking").unwrap_or(true);
+    let lib = args.get(4).cloned();
+    // Loaded for the whole run: NCCL's bootstrap thread must outlive the id.
     let id = Nccl::open(lib.as_deref()).expect("NCCL").unique_id().expect("unique id");
     let barrier = Arc::new(Barrier::new(2));
     let ranks: Vec<_> = (0..2)
         .map(|rank| {
             let (sizes, lib, barrier) = (sizes.clone(), lib.clone(), barrier.clone());
-            std::thread::spawn(move || run_rank(rank, id, &sizes, iterations, lib.as_deref(), &barrier))
+            std::thread::spawn(move || {
+                run_rank(rank, id, &sizes, iterations, blocking, lib.as_deref(), &barrier)
+            })
         })
         .collect();
     for r in ranks {
@@ -40,6 +46,7 @@ fn run_rank(
     id: kvxfer::transport::nccl::lib::UniqueId,
     sizes: &[usize],
     iterations: usize,
+    blocking: bool,
     lib: Option<&str>,
     barrier: &Barrier,
 ) {
@@ -48,7 +55,7 @@ fn run_rank(
     let max = sizes.iter().max().unwrap() << 20;
     let mem = DeviceMem::new(&device, max).expect("GPU memory");
     let stream = Stream::new(&device).expect("stream");
-    let comm = nccl.init_rank(2, id, rank).expect("communicator");
+    let comm = nccl.init_rank(2, id, rank, blocking).expect("communicator");
     let deadline = Instant::now() + Duration::from_secs(60);
     while nccl.async_state(comm, "init").expect("init") == IN_PROGRESS {
         assert!(Instant::now() < deadline, "communicator init timed out");
@@ -94,9 +101,10 @@ fn run_rank(
             per.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let gbps = |ns: f64| bytes as f64 / ns;
             println!(
-                "{mib:>6} MiB  mean {:7.1} GB/s  median {:7.1} GB/s  ({iterations} iterations, NCCL {})",
+                "{mib:>6} MiB  mean {:7.1} GB/s  median {:7.1} GB/s  ({iterations} iterations, {} communicator, NCCL {})",
                 gbps(total / iterations as f64),
                 gbps(per[per.len() / 2]),
+                if blocking { "blocking" } else { "non-blocking" },
                 nccl.version
             );
         }

@@ -53,7 +53,8 @@ step tcp-gpu 0 "$K" pair --memory gpu -p 64,1024 -g all -n 3
 step tcp-pinned 0 "$K" pair --memory pinned -p 64,1024 -g all -n 3
 step nccl-all-granularities 0 "$K" pair -t nccl --memory gpu -p 64,1024 -g all -n 3
 step nccl-corrupt-byte 3 "$K" pair -t nccl --memory gpu -p 64 -n 2 --fault corrupt-byte
-step nccl-bare 0 "$KVXFER_BIN/nccl_bare" 64,256,1024,4096 20
+step nccl-bare-blocking 0 "$KVXFER_BIN/nccl_bare" 32,64,256,1024,4096 20 blocking
+step nccl-bare-nonblocking 0 "$KVXFER_BIN/nccl_bare" 32,64,256,1024,4096 20 nonblocking
 step nccl-request-2proc 0 scripts/two-gpus.sh "$OUT/nccl-request-2proc" -t nccl -m llama-3.1-8b \
     -p 512,2048,8192,32768 -g request -n 20
 step nccl-request-1proc 0 "$K" pair -t nccl --memory gpu -m llama-3.1-8b -p 512,2048,8192,32768 -g request -n 20

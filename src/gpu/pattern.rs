@@ -60,7 +60,8 @@ impl PatternKernels {
             verify: function("kvx_verify")?,
             module,
             stream: Stream::new(device)?,
-            seeds: DeviceMem::new(device, 8 * max_messages.max(1))?,
+            // Room for the self-check's messages too.
+            seeds: DeviceMem::new(device, 8 * max_messages.max(tiny_layout().message_count))?,
             counters: DeviceMem::new(device, 16)?,
             device: device.clone(),
             timeout,
@@ -134,7 +135,15 @@ impl PatternKernels {
                 layout.message_bytes
             )));
         }
-        assert!(layout.total_bytes() <= mem.len && 8 * layout.message_count <= self.seeds.len);
+        if layout.total_bytes() > mem.len || 8 * layout.message_count > self.seeds.len {
+            return Err(Error::run(format!(
+                "internal error: a request of {} messages, {} bytes, does not fit buffers sized for {} and {}",
+                layout.message_count,
+                layout.total_bytes(),
+                self.seeds.len / 8,
+                mem.len
+            )));
+        }
         let seeds: Vec<u8> =
             (0..layout.message_count).flat_map(|i| layout.key(request, i).seed().to_le_bytes()).collect();
         self.seeds.upload(0, &seeds)?;

@@ -34,6 +34,8 @@ pub struct Control {
     /// When the peer was last heard from, and when we last pinged it.
     last_heard: Instant,
     last_ping: Instant,
+    /// Messages that arrived while a transport was watching, for `recv`.
+    pending: std::collections::VecDeque<Msg>,
 }
 
 /// How often `watch` pings the peer, at most; never less than four pings per
@@ -53,6 +55,7 @@ impl Control {
             timeout,
             last_heard: Instant::now(),
             last_ping: Instant::now(),
+            pending: Default::default(),
         })
     }
 
@@ -72,6 +75,9 @@ impl Control {
     /// are answered on the way; a peer's Abort becomes an error carrying the
     /// peer's reason and exit code.
     pub fn recv(&mut self, deadline: Instant, awaiting: &str) -> Result<Msg> {
+        if let Some(msg) = self.pending.pop_front() {
+            return Ok(msg);
+        }
         loop {
             let msg = self.read_frame(deadline, awaiting)?;
             if let Some(msg) = self.heartbeat(msg)? {
@@ -83,6 +89,7 @@ impl Control {
     /// Called often while a transport waits on the GPU: pings the peer,
     /// answers its pings, and fails as soon as the peer has gone, aborted or
     /// stayed silent for the timeout (a stopped process answers nothing).
+    /// Other messages (the peer may be a request ahead) wait for `recv`.
     pub fn watch(&mut self, doing: &str) -> Result<()> {
         let now = Instant::now();
         if now.duration_since(self.last_ping) >= HEARTBEAT.min(self.timeout / 4) {
@@ -92,11 +99,7 @@ impl Control {
         while self.readable() {
             let msg = self.read_frame(now + Duration::from_secs(1), doing)?;
             if let Some(other) = self.heartbeat(msg)? {
-                return Err(Error::run(format!(
-                    "protocol error: got '{}' from the {} while {doing}",
-                    other.name(),
-                    self.peer_role
-                )));
+                self.pending.push_back(other);
             }
         }
         if self.last_heard.elapsed() > self.timeout {
@@ -506,6 +509,20 @@ mod tests {
         watch_for(&mut a, Duration::from_millis(1200)).unwrap();
         let (result, _b) = other.join().unwrap();
         result.unwrap();
+    }
+
+    #[test]
+    fn messages_seen_while_watching_wait_for_recv() {
+        let (mut a, mut b) = pair(Duration::from_secs(5));
+        b.send(&Msg::Ready { point: 0, request: 7 }).unwrap();
+        b.send(&Msg::Ping).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        a.watch("testing").unwrap();
+        let got = a.recv(Instant::now() + Duration::from_secs(1), "testing").unwrap();
+        assert!(matches!(got, Msg::Ready { point: 0, request: 7 }), "{got:?}");
+        // The ping was answered with a pong, which b's recv passes over.
+        a.send(&Msg::Finish).unwrap();
+        assert!(matches!(b.recv(Instant::now() + Duration::from_secs(1), "testing").unwrap(), Msg::Finish));
     }
 
     #[test]

@@ -81,7 +81,22 @@ fn dl_error(e: &libloading::Error) -> String {
 }
 
 impl Nccl {
-    pub fn open(path: Option<&str>) -> Result<Nccl> {
+    /// Loads NCCL once per process and keeps it: NCCL starts threads of its
+    /// own (the bootstrap root of a unique id), which must outlive any handle.
+    pub fn open(path: Option<&str>) -> Result<&'static Nccl> {
+        static LOADED: std::sync::Mutex<Vec<(Option<String>, &'static Nccl)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut loaded = LOADED.lock().expect("no poisoned lock");
+        let key = path.map(str::to_string);
+        if let Some((_, nccl)) = loaded.iter().find(|(k, _)| *k == key) {
+            return Ok(nccl);
+        }
+        let nccl: &'static Nccl = Box::leak(Box::new(Self::load(path)?));
+        loaded.push((key, nccl));
+        Ok(nccl)
+    }
+
+    fn load(path: Option<&str>) -> Result<Nccl> {
         let names: Vec<&str> = match path {
             Some(p) => vec![p],
             None => DEFAULT_NAMES.to_vec(),
@@ -163,13 +178,15 @@ impl Nccl {
         Ok(id)
     }
 
-    /// Starts a non-blocking communicator; poll `async_state` for its end.
-    pub fn init_rank(&self, nranks: c_int, id: UniqueId, rank: c_int) -> Result<Comm> {
+    /// Starts a communicator. A non-blocking one returns at once (poll
+    /// `async_state` for its end); a blocking one returns when every rank
+    /// has joined, which may be never.
+    pub fn init_rank(&self, nranks: c_int, id: UniqueId, rank: c_int, blocking: bool) -> Result<Comm> {
         let mut config = Config {
             size: std::mem::size_of::<Config>(),
             magic: 0xcafe_beef,
             version: 21400,
-            blocking: 0,
+            blocking: blocking as c_int,
             cga_cluster_size: UNDEF_INT,
             min_ctas: UNDEF_INT,
             max_ctas: UNDEF_INT,
@@ -247,6 +264,10 @@ mod tests {
     #[test]
     fn a_missing_library_is_named() {
         let err = Nccl::open(Some("/nonexistent/libnccl.so.2")).err().unwrap();
+        assert!(
+            Nccl::open(Some("/nonexistent/libnccl.so.2")).is_err(),
+            "a failure is not cached as a success"
+        );
         assert!(err.message.contains("/nonexistent/libnccl.so.2"), "{err}");
         assert!(err.message.contains("--nccl-lib"), "{err}");
     }

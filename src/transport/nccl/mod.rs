@@ -30,7 +30,7 @@ const WATCH_EVERY: Duration = Duration::from_millis(5);
 
 /// One side of the communicator, with its stream and timing events.
 struct Side {
-    nccl: Nccl,
+    nccl: &'static Nccl,
     comm: Comm,
     device: Arc<Device>,
     stream: Stream,
@@ -100,7 +100,7 @@ fn check_versions(sender: &str, receiver: &str) -> Result<()> {
 
 impl Side {
     fn start(
-        nccl: Nccl,
+        nccl: &'static Nccl,
         id: UniqueId,
         rank: i32,
         spec: &TransportSpec,
@@ -117,7 +117,8 @@ impl Side {
         let device = mem.device.clone();
         device.bind()?;
         let stream = Stream::new(&device)?;
-        let comm = nccl.init_rank(2, id, rank)?;
+        // Non-blocking, so that a peer that never joins cannot hold us.
+        let comm = nccl.init_rank(2, id, rank, false)?;
         let mut side = Side {
             log: debug_log(),
             nccl,
@@ -143,20 +144,29 @@ impl Side {
     /// connects), calling `watch` between polls; any error or the deadline
     /// aborts the communicator.
     fn settle(&self, deadline: Instant, doing: &str, watch: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        // An op's asynchronous launch takes microseconds: spin, then back off.
+        let began = Instant::now();
+        let mut last_watch = began;
         loop {
-            match self.nccl.async_state(self.comm, doing) {
-                Ok(IN_PROGRESS) if Instant::now() < deadline => {
-                    watch()?;
-                    std::thread::sleep(Duration::from_micros(100))
-                }
-                Ok(IN_PROGRESS) => {
-                    return Err(Error::run(format!(
-                        "NCCL: {doing}: no progress within {}",
-                        humantime::format_duration(self.timeout)
-                    )))
-                }
-                Ok(_) => return Ok(()),
-                Err(e) => return Err(e),
+            match self.nccl.async_state(self.comm, doing)? {
+                IN_PROGRESS => {}
+                _ => return Ok(()),
+            }
+            let now = Instant::now();
+            if now > deadline {
+                return Err(Error::run(format!(
+                    "NCCL: {doing}: no progress within {}",
+                    humantime::format_duration(self.timeout)
+                )));
+            }
+            if now.duration_since(last_watch) >= WATCH_EVERY {
+                last_watch = now;
+                watch()?;
+            }
+            if now.duration_since(began) < Duration::from_millis(2) {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(Duration::from_micros(50));
             }
         }
     }
@@ -250,6 +260,8 @@ impl Side {
     fn info_with_path(&self) -> TransportInfo {
         let mut info = self.info.clone();
         match self.log.as_ref().map(|p| read_paths(p, self.device.ordinal)) {
+            // NCCL names the path on the rank that opens each connection.
+            Some(Some((paths, _))) if paths.is_empty() => {}
             Some(Some((paths, lines))) => {
                 info.path = Some(format!("NCCL {} via {}", self.nccl.version, paths.join(", ")));
                 info.details.insert("nccl_channels".into(), lines.join("\n"));
