@@ -64,3 +64,5 @@ step nccl-layer-8k-group32 0 scripts/two-gpus.sh "$OUT/nccl-layer-8k-g32" -t ncc
 step nccl-sender-killed 0 interrupt KILL
 step nccl-sender-stopped 0 interrupt STOP
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+# Non-zero when any step ended otherwise than expected.
+! grep -q UNEXPECTED "$OUT/summary.txt"
