@@ -1,13 +1,16 @@
 //! The reference kvxfer's nccl transport is measured against: a bare loop of
 //! ncclSend (rank 0, GPU 0) and ncclRecv (rank 1, GPU 1), two threads of one
-//! process, back to back with no control messages, no checks and no per-request
-//! waits; each size timed with CUDA events on the receiving stream.
+//! process, with no control messages and no checks; each size timed with CUDA
+//! events on the receiving stream.
 //!
-//!   nccl_bare [SIZES_MIB] [ITERATIONS] [blocking|nonblocking] [NCCL_LIB]
-//!   e.g. nccl_bare 64,256,1024 20 blocking
+//!   nccl_bare [SIZES_MIB] [ITERATIONS] [MODE ...] [--lib PATH]
+//!   e.g. nccl_bare 64,256,1024 20 blocking pipelined
 //!
-//! The communicator is blocking by default, as nccl-tests' is. Prints one line
-//! per size: MiB, mean and median GB/s (1e9 bytes/s).
+//! MODE: blocking (default, as nccl-tests) or nonblocking communicator;
+//! pipelined (default: iterations back to back, as nccl-tests) or synced (the
+//! two threads meet at a barrier before every iteration, each timed from just
+//! before the receiver posts: the cost of one isolated send/recv). Prints one
+//! line per size: MiB, mean and median GB/s (1e9 bytes/s).
 
 use kvxfer::gpu::{Device, DeviceMem, Event, Stream};
 use kvxfer::transport::nccl::lib::{Nccl, IN_PROGRESS};
@@ -23,8 +26,10 @@ fn main() {
         .map(|s| s.split(',').map(|v| v.parse::<usize>().expect("sizes in MiB")).collect())
         .unwrap_or(vec![64, 256, 1024, 4096]);
     let iterations: usize = args.get(2).map(|v| v.parse().expect("iterations")).unwrap_or(20);
-    let blocking = args.get(3).map(|m| m != "nonblocking").unwrap_or(true);
-    let lib = args.get(4).cloned();
+    let modes = &args[3.min(args.len())..];
+    let blocking = !modes.iter().any(|m| m == "nonblocking");
+    let synced = modes.iter().any(|m| m == "synced");
+    let lib = modes.iter().position(|m| m == "--lib").and_then(|i| modes.get(i + 1)).cloned();
     // Loaded for the whole run: NCCL's bootstrap thread must outlive the id.
     let id = Nccl::open(lib.as_deref()).expect("NCCL").unique_id().expect("unique id");
     let barrier = Arc::new(Barrier::new(2));
@@ -32,7 +37,7 @@ fn main() {
         .map(|rank| {
             let (sizes, lib, barrier) = (sizes.clone(), lib.clone(), barrier.clone());
             std::thread::spawn(move || {
-                run_rank(rank, id, &sizes, iterations, blocking, lib.as_deref(), &barrier)
+                run_rank(rank, id, &sizes, iterations, blocking, synced, lib.as_deref(), &barrier)
             })
         })
         .collect();
@@ -41,12 +46,14 @@ fn main() {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_rank(
     rank: i32,
     id: kvxfer::transport::nccl::lib::UniqueId,
     sizes: &[usize],
     iterations: usize,
     blocking: bool,
+    synced: bool,
     lib: Option<&str>,
     barrier: &Barrier,
 ) {
@@ -84,26 +91,39 @@ fn run_rank(
         barrier.wait();
         let start = Event::new(&device).unwrap();
         let marks: Vec<Event> = (0..iterations).map(|_| Event::new(&device).unwrap()).collect();
-        start.record(&stream).unwrap();
-        for mark in &marks {
-            op(bytes);
-            mark.record(&stream).unwrap();
-        }
-        marks.last().unwrap().wait(far(), "the loop").expect("loop");
-        if rank == 1 {
-            let mut per: Vec<f64> = Vec::new();
+        let mut per: Vec<f64> = Vec::new();
+        if synced {
+            let before = Event::new(&device).unwrap();
+            for mark in &marks {
+                barrier.wait();
+                before.record(&stream).unwrap();
+                op(bytes);
+                mark.record(&stream).unwrap();
+                mark.wait(far(), "an iteration").expect("iteration");
+                per.push(mark.since(&before).unwrap() as f64);
+            }
+        } else {
+            start.record(&stream).unwrap();
+            for mark in &marks {
+                op(bytes);
+                mark.record(&stream).unwrap();
+            }
+            marks.last().unwrap().wait(far(), "the loop").expect("loop");
             let mut prev = &start;
             for m in &marks {
                 per.push(m.since(prev).unwrap() as f64);
                 prev = m;
             }
-            let total = marks.last().unwrap().since(&start).unwrap() as f64;
+        }
+        if rank == 1 {
+            let total: f64 = per.iter().sum();
             per.sort_by(|a, b| a.partial_cmp(b).unwrap());
             let gbps = |ns: f64| bytes as f64 / ns;
             println!(
-                "{mib:>6} MiB  mean {:7.1} GB/s  median {:7.1} GB/s  ({iterations} iterations, {} communicator, NCCL {})",
+                "{mib:>6} MiB  mean {:7.1} GB/s  median {:7.1} GB/s  ({iterations} {} iterations, {} communicator, NCCL {})",
                 gbps(total / iterations as f64),
                 gbps(per[per.len() / 2]),
+                if synced { "synced" } else { "pipelined" },
                 if blocking { "blocking" } else { "non-blocking" },
                 nccl.version
             );
