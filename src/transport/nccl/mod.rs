@@ -69,7 +69,6 @@ struct Side {
     stream: Stream,
     rank: i32,
     group: usize,
-    timeout: Duration,
     log: Option<PathBuf>,
     info: TransportInfo,
 }
@@ -167,15 +166,8 @@ impl Side {
                 // Blocking: a non-blocking communicator costs each isolated op
                 // about 150 us more (NCCL 2.28, results/h200-x2).
                 let comm = nccl.init_rank(2, id, rank, true)?;
-                let peer = 1 - rank;
                 // SAFETY: the buffer holds warm_up bytes and outlives the stream's work.
-                unsafe {
-                    if rank == SENDER_RANK {
-                        nccl.send(helper.buffer, warm_up, peer, comm, helper.stream)?;
-                    } else {
-                        nccl.recv(helper.buffer, warm_up, peer, comm, helper.stream)?;
-                    }
-                }
+                unsafe { transfer(nccl, rank, helper.buffer, warm_up, comm, helper.stream)? };
                 Ok(comm)
             })();
             let _ = done_tx.send(joined.map(SendComm));
@@ -196,7 +188,7 @@ impl Side {
                 }
             }
         };
-        let side = Side {
+        let mut side = Side {
             log: debug_log(),
             nccl,
             comm,
@@ -204,50 +196,19 @@ impl Side {
             stream,
             rank,
             group: spec.nccl_group.max(1) as usize,
-            timeout,
             info: TransportInfo::default(),
         };
         let connected = Event::new(&side.device)?;
         connected.record(&side.stream)?;
         side.wait(&connected, deadline, &mut SetupWatch(setup))?;
-        let mut side = side;
         side.info = side.describe(began.elapsed());
         Ok(side)
     }
 
-    /// Waits out IN_PROGRESS (a non-blocking communicator's answer while it
-    /// connects), calling `watch` between polls; any error or the deadline
-    /// aborts the communicator.
-    fn settle(&self, deadline: Instant, doing: &str, watch: &mut dyn FnMut() -> Result<()>) -> Result<()> {
-        // An op's asynchronous launch takes microseconds: spin, then back off.
-        let began = Instant::now();
-        let mut last_watch = began;
-        loop {
-            match self.nccl.async_state(self.comm, doing)? {
-                IN_PROGRESS => {}
-                _ => return Ok(()),
-            }
-            let now = Instant::now();
-            if now > deadline {
-                return Err(Error::run(format!(
-                    "NCCL: {doing}: no progress within {}",
-                    humantime::format_duration(self.timeout)
-                )));
-            }
-            if now.duration_since(last_watch) >= WATCH_EVERY {
-                last_watch = now;
-                watch()?;
-            }
-            if now.duration_since(began) < Duration::from_millis(2) {
-                std::hint::spin_loop();
-            } else {
-                std::thread::sleep(Duration::from_micros(50));
-            }
-        }
-    }
-
     /// Posts every message of the request, grouped, each group ended in turn;
     /// `after_group(g)` runs after group g (the receiver records span events).
+    /// Posting a million messages takes the host seconds: the peer is
+    /// watched meanwhile, and answered.
     fn post(
         &self,
         buf: &Buffer,
@@ -256,36 +217,34 @@ impl Side {
         peer: &mut dyn PeerLink,
         mut after_group: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
-        let mut watch = || peer.watch();
         let base = buf.gpu_mem().expect("checked at setup").ptr;
-        let peer = if self.rank == SENDER_RANK { RECEIVER_RANK } else { SENDER_RANK };
         let stream = self.stream.raw as *mut c_void;
         let groups = layout.message_count.div_ceil(self.group);
+        let grouped = self.group > 1;
+        let mut last_watch = Instant::now();
         for g in 0..groups {
-            let grouped = self.group > 1;
             if grouped {
                 self.nccl.group_start()?;
             }
             for i in g * self.group..((g + 1) * self.group).min(layout.message_count) {
                 let slot = layout.slot(i);
-                let ptr = base + slot.offset as u64;
                 // SAFETY: the slot lies inside the buffer, which outlives the
                 // request: every round waits for its stream before returning.
-                let code = unsafe {
-                    if self.rank == SENDER_RANK {
-                        self.nccl.send(ptr, slot.len, peer, self.comm, stream)?
-                    } else {
-                        self.nccl.recv(ptr, slot.len, peer, self.comm, stream)?
-                    }
+                unsafe {
+                    transfer(self.nccl, self.rank, base + slot.offset as u64, slot.len, self.comm, stream)?
                 };
-                if code == IN_PROGRESS && !grouped {
-                    self.settle(deadline, "posting a message", &mut watch)?;
-                }
             }
-            if grouped && self.nccl.group_end(self.comm)? == IN_PROGRESS {
-                self.settle(deadline, "ending a group of messages", &mut watch)?;
+            if grouped {
+                queued(self.nccl.group_end(self.comm)?, "ending a group of messages")?;
             }
             after_group(g)?;
+            if last_watch.elapsed() >= WATCH_EVERY {
+                last_watch = Instant::now();
+                peer.watch()?;
+                if last_watch > deadline {
+                    return Err(Error::run("NCCL: posting the request's messages outlasted its deadline"));
+                }
+            }
         }
         Ok(())
     }
@@ -425,6 +384,36 @@ impl RecvSide for NcclReceiver {
         }
         Ok(RoundTiming { elapsed_ns: Some(span_events[spans - 1].since(&self.start)?) })
     }
+}
+
+/// One ncclSend (rank 0) or ncclRecv (rank 1) of `len` bytes at `ptr`.
+///
+/// # Safety
+/// `ptr` must hold `len` bytes of device memory until the stream is done.
+unsafe fn transfer(
+    nccl: &Nccl,
+    rank: i32,
+    ptr: u64,
+    len: usize,
+    comm: Comm,
+    stream: *mut c_void,
+) -> Result<()> {
+    let peer = 1 - rank;
+    let code = if rank == SENDER_RANK {
+        nccl.send(ptr, len, peer, comm, stream)?
+    } else {
+        nccl.recv(ptr, len, peer, comm, stream)?
+    };
+    queued(code, "posting a message")
+}
+
+/// A blocking communicator queues work and returns; it never answers
+/// ncclInProgress, which would mean the call did not take.
+fn queued(code: std::ffi::c_int, doing: &str) -> Result<()> {
+    if code == IN_PROGRESS {
+        return Err(Error::run(format!("NCCL: {doing}: ncclInProgress from a blocking communicator")));
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
