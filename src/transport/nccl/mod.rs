@@ -164,7 +164,7 @@ impl Side {
             let joined = (|| -> Result<Comm> {
                 helper_device.bind()?;
                 // Blocking: a non-blocking communicator costs each isolated op
-                // about 150 us more (NCCL 2.28, results/h200-x2).
+                // about 130 us more (NCCL 2.28, results/h200-x2).
                 let comm = nccl.init_rank(2, id, rank, true)?;
                 // SAFETY: the buffer holds warm_up bytes and outlives the stream's work.
                 unsafe { transfer(nccl, rank, helper.buffer, warm_up, comm, helper.stream)? };
