@@ -6,8 +6,6 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAdd
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-pub const DEFAULT_PORT: u16 = 7477;
-
 /// Time left until `deadline`, or None once it has passed.
 pub fn remaining(deadline: Instant) -> Option<Duration> {
     deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())

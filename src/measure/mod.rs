@@ -180,8 +180,8 @@ pub fn run_receiver(
                 VerifyMode::Off => {}
             }
         }
-        let mut result = point_result(&point, &plan, &requests, &messages, check, link.as_ref());
-        result.first_request_ns = first_request_ns;
+        let result =
+            point_result(&point, &plan, &requests, &messages, first_request_ns, check, link.as_ref());
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         on_point(&result);
         results.push(result);
@@ -216,6 +216,7 @@ fn point_result(
     plan: &Plan,
     requests: &Histogram<u64>,
     messages: &Histogram<u64>,
+    first_request_ns: u64,
     check: Check,
     link: Option<&Link>,
 ) -> PointResult {
@@ -237,7 +238,7 @@ fn point_result(
         percent_of_peak: link.map(|l| 100.0 * gbps / l.peak_gbps),
         request_ns,
         message_ns: LatencySummary::of(messages),
-        first_request_ns: 0,
+        first_request_ns,
         verified_bytes: check.verified_bytes,
         wrong_bytes: check.wrong_bytes,
         first_wrong: check.first,

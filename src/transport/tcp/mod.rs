@@ -63,6 +63,27 @@ fn parse_header(h: &[u8; HEADER]) -> Option<(TransferKey, u64)> {
     Some((key, u64::from_le_bytes(h[24..32].try_into().unwrap())))
 }
 
+/// Reads message `index`'s header and checks that it names the key and size
+/// the plan expects there. `what` says what was awaited, for errors only.
+fn expect_header(
+    reader: &mut BufReader<TcpStream>,
+    index: usize,
+    round: Round,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    let Round { layout, request, deadline, timeout } = round;
+    let mut hdr = [0u8; HEADER];
+    read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
+    let got = match parse_header(&hdr) {
+        Some((key, len)) if key == layout.key(request, index) && len == layout.message_bytes as u64 => {
+            return Ok(())
+        }
+        Some((key, len)) => format!("{key} ({len} bytes)"),
+        None => "bytes that are no kvxfer message header".to_string(),
+    };
+    Err(key_mismatch(index, layout, request, &got))
+}
+
 fn hello_bytes(cookie: u64, stream: u32) -> [u8; 12] {
     let mut b = [0u8; 12];
     b[..8].copy_from_slice(&cookie.to_le_bytes());
@@ -330,7 +351,6 @@ fn recv_stream<'b>(
     mut started: Instant,
 ) -> Result<()> {
     let Round { layout, request, deadline, timeout } = round;
-    let mut hdr = [0u8; HEADER];
     for (index, dst) in slots {
         let what = || {
             format!(
@@ -338,15 +358,7 @@ fn recv_stream<'b>(
                 layout.message_count
             )
         };
-        read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
-        let got = match parse_header(&hdr) {
-            Some((key, len)) if key == layout.key(request, index) && len == dst.len() as u64 => None,
-            Some((key, len)) => Some(format!("{key} ({len} bytes)")),
-            None => Some("bytes that are no kvxfer message header".to_string()),
-        };
-        if let Some(got) = got {
-            return Err(key_mismatch(index, layout, request, &got));
-        }
+        expect_header(reader, index, round, &what)?;
         read_full(reader, dst, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
         let ended = Instant::now();
         done.message_done(index, nanos(ended - started), Some(dst))?;

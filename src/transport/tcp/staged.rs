@@ -4,10 +4,10 @@
 //! while earlier chunks are copied onto the GPU. Messages keep their headers
 //! and may straddle chunks; one connection carries them in order.
 
-use super::{data_error, header, parse_header, read_full, write_all_vectored, Round, HEADER};
+use super::{data_error, expect_header, header, read_full, write_all_vectored, Round, HEADER};
 use crate::error::Result;
 use crate::gpu::{self, DeviceMem, Event, PinnedMem, Stream};
-use crate::transport::{key_mismatch, nanos, Completions};
+use crate::transport::{nanos, Completions};
 use std::io::{BufReader, IoSlice};
 use std::net::TcpStream;
 use std::sync::Arc;
@@ -105,20 +105,10 @@ pub(super) fn recv(
     let Round { layout, request, deadline, timeout } = round;
     let total = layout.total_bytes();
     let m = layout.message_bytes;
-    let mut hdr = [0u8; HEADER];
     let mut pos = 0;
     for index in 0..layout.message_count {
         let what = || format!("waiting for message {index} of {} of request {request}", layout.message_count);
-        read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
-        match parse_header(&hdr) {
-            Some((key, len)) if key == layout.key(request, index) && len == m as u64 => {}
-            Some((key, len)) => {
-                return Err(key_mismatch(index, layout, request, &format!("{key} ({len} bytes)")))
-            }
-            None => {
-                return Err(key_mismatch(index, layout, request, "bytes that are no kvxfer message header"))
-            }
-        }
+        expect_header(reader, index, round, &what)?;
         let message_end = pos + m;
         while pos < message_end {
             let c = pos / CHUNK;
