@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Packages the build and the tests need; the tests start real processes over
-# real loopback sockets and need nothing else yet.
-PACKAGES=(gcc libc6-dev)
+# Packages the build and the tests need. The tests start real processes over
+# real loopback sockets; the ucx tests load Debian's UCX (libucx0: tcp and
+# shared memory on host memory), as kvxfer does, at run time.
+PACKAGES=(gcc libc6-dev libucx0)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

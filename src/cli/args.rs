@@ -8,7 +8,8 @@ use crate::link::{self, Link};
 use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
 use crate::plan::{Granularity, Plan, VerifyMode};
-use crate::transport::{TransportKind, TransportSpec};
+use crate::transport::ucx::{UcxErrMode, UcxOp};
+use crate::transport::{LocalOptions, TransportKind, TransportSpec};
 use crate::units;
 use clap::Args;
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ parser_of!(transport_kind, TransportKind, TransportKind::parse);
 parser_of!(link_spec, Link, link::parse);
 parser_of!(fault, Fault, Fault::parse);
 parser_of!(memory_kind, MemoryKind, MemoryKind::parse);
+parser_of!(ucx_op, UcxOp, UcxOp::parse);
+parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 
 fn device_ordinal(s: &str) -> Result<usize, String> {
     non_negative_u32(s).map(|n| n as usize)
@@ -191,9 +194,24 @@ pub struct WorkloadArgs {
 /// How the bytes travel.
 #[derive(Args, Clone, Debug)]
 pub struct TransportArgs {
-    /// Transport: tcp or nccl
+    /// Transport: tcp, nccl or ucx
     #[arg(long, short = 't', default_value = "tcp", value_parser = transport_kind, help_heading = "Transport")]
     pub transport: TransportKind,
+    /// UCX operation: put (push, like Mooncake), get (pull, like NixlConnector) or send (tagged)
+    #[arg(long, default_value = "put", value_parser = ucx_op, help_heading = "Transport")]
+    pub ucx_op: UcxOp,
+    /// UCX endpoint error handling: peer (UCX detects a dead peer, with only the transports that can) or none
+    #[arg(long, default_value = "peer", value_parser = ucx_err_mode, help_heading = "Transport")]
+    pub ucx_err_mode: UcxErrMode,
+    /// UCX operations outstanding at once
+    #[arg(long, default_value_t = crate::transport::DEFAULT_IN_FLIGHT, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Transport")]
+    pub in_flight: u32,
+    /// Fail unless UCX moves the data over these transports (e.g. cuda_ipc, srd, rc_mlx5)
+    #[arg(long, value_name = "NAME[,NAME]", value_delimiter = ',', help_heading = "Transport")]
+    pub require_transport: Vec<String>,
+    /// The UCP library to load [default: libucp.so.0]
+    #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB", help_heading = "Transport")]
+    pub ucx_lib: Option<String>,
     /// Messages per ncclGroupStart/End (nccl; 1 = one call per message, as P2pNcclConnector)
     #[arg(long, default_value = "1", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Transport")]
     pub nccl_group: u32,
@@ -286,11 +304,15 @@ impl RunArgs {
             streams: self.transport.streams,
             socket_buffer: self.transport.socket_buffer,
             nccl_group: self.transport.nccl_group,
+            ucx_op: self.transport.ucx_op,
+            ucx_err_mode: self.transport.ucx_err_mode,
+            in_flight: self.transport.in_flight,
+            require_transport: self.transport.require_transport.clone(),
         }
     }
 
-    pub fn local(&self) -> crate::transport::LocalOptions {
-        crate::transport::LocalOptions { nccl_lib: self.transport.nccl_lib.clone() }
+    pub fn local(&self) -> LocalOptions {
+        LocalOptions { nccl_lib: self.transport.nccl_lib.clone(), ucx_lib: self.transport.ucx_lib.clone() }
     }
 }
 
@@ -325,6 +347,9 @@ pub struct RecvArgs {
     /// The NCCL library to load [default: libnccl.so.2, then libnccl.so]
     #[arg(long, value_name = "PATH")]
     pub nccl_lib: Option<String>,
+    /// The UCP library to load [default: libucp.so.0]
+    #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB")]
+    pub ucx_lib: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -170,9 +170,7 @@ fn send(a: &SendArgs) -> Result<()> {
     let memory = a.run.memory.spec();
     let spec = a.run.transport_spec();
     spec.check_memory(memory.kind).map_err(Error::usage)?;
-    if spec.kind == TransportKind::Nccl {
-        transport::nccl::check_library(a.run.transport.nccl_lib.as_deref())?;
-    }
+    transport::check_library(&spec, &plan, &a.run.local())?;
     if !matches!(memory.kind, MemoryKind::Host) {
         gpu::init()?;
     }
@@ -200,7 +198,7 @@ fn recv(a: &RecvArgs) -> Result<()> {
             memory: a.memory.memory,
         },
         memory: a.memory.spec(),
-        local: LocalOptions { nccl_lib: a.nccl_lib.clone() },
+        local: LocalOptions { nccl_lib: a.nccl_lib.clone(), ucx_lib: a.ucx_lib.clone() },
         print: !a.output.quiet,
     };
     let (report, result) = side.run(&listener);
@@ -215,10 +213,8 @@ fn pair(a: &PairArgs) -> Result<()> {
     for kind in [send_memory.kind, recv_kind] {
         spec.check_memory(kind).map_err(Error::usage)?;
     }
-    if spec.kind == TransportKind::Nccl {
-        // Before a second thread exists: NCCL's log settings live in the environment.
-        transport::nccl::check_library(a.run.transport.nccl_lib.as_deref())?;
-    }
+    // Before a second thread exists: NCCL's log settings live in the environment.
+    transport::check_library(&spec, &plan, &a.run.local())?;
     if [send_memory.kind, recv_kind].iter().any(|k| *k != MemoryKind::Host) {
         gpu::init()?;
     }
@@ -337,9 +333,7 @@ impl ReceiverSide {
         let result = (|| {
             let plan = &sess.hello.plan;
             let spec = sess.hello.transport.clone();
-            if spec.kind == TransportKind::Nccl {
-                transport::nccl::check_library(self.local.nccl_lib.as_deref())?;
-            }
+            transport::check_library(&spec, plan, &self.local)?;
             let mut buf =
                 Buffer::new(self.memory, plan.max_request_bytes(), plan.max_messages(), self.timeout)?;
             let began = Instant::now();

@@ -97,15 +97,17 @@ pub fn run_sender(
             ctrl.send(&Msg::Ready { point: p, request })?;
             // The receiver may still be checking the previous request.
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
-            ctrl.expect_by(
-                by,
-                &format!("waiting for the receiver's go for request {request}"),
-                |m| match m {
-                    Msg::Go { point, request: r } if point == p && r == request => Ok(()),
-                    other => Err(other),
-                },
-            )?;
-            let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            let mut deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            if transport.go_in_band() {
+                deadline += by.saturating_duration_since(Instant::now());
+            } else {
+                ctrl.expect_by(by, &format!("waiting for the receiver's go for request {request}"), |m| {
+                    match m {
+                        Msg::Go { point, request: r } if point == p && r == request => Ok(()),
+                        other => Err(other),
+                    }
+                })?;
+            }
             transport.send(buf, layout, on_wire, deadline, &mut RequestLink { ctrl, go: None, request })?;
         }
         let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
@@ -156,7 +158,7 @@ pub fn run_receiver(
             sink.begin(request);
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
             let t0 = Instant::now();
-            let go = Some(Msg::Go { point: p, request });
+            let go = (!transport.go_in_band()).then_some(Msg::Go { point: p, request });
             let timing = transport.recv(
                 buf,
                 layout,

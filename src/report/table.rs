@@ -57,7 +57,11 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         .as_ref()
         .map(|c| format!("; control round trip {} median", fmt_ns(c.median_ns as f64)))
         .unwrap_or_default();
-    writeln!(out, "# timing     request = receiver's go to its last byte, one control hop included{rtt}")?;
+    let go = match r.transport.kind {
+        crate::transport::TransportKind::Ucx => "its go travels as a UCX message",
+        _ => "one control hop included",
+    };
+    writeln!(out, "# timing     request = receiver's go to its last byte, {go}{rtt}")?;
     let verify = match r.plan.verify {
         VerifyMode::After => "every byte, after each timed request",
         VerifyMode::Inline => "every byte, inside the timed region",

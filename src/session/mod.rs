@@ -478,7 +478,16 @@ mod tests {
             env: EnvInfo::collect(),
             plan_digest: plan.digest(),
             plan,
-            transport: TransportSpec { kind, streams, socket_buffer: None, nccl_group: 1 },
+            transport: TransportSpec {
+                kind,
+                streams,
+                socket_buffer: None,
+                nccl_group: 1,
+                ucx_op: Default::default(),
+                ucx_err_mode: Default::default(),
+                in_flight: 1,
+                require_transport: Vec::new(),
+            },
             link: None,
             cookie: 1,
         }

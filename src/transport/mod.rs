@@ -12,6 +12,7 @@
 
 pub mod nccl;
 pub mod tcp;
+pub mod ucx;
 
 use crate::error::{Error, Result};
 use crate::memory::{Buffer, MemoryKind};
@@ -26,6 +27,7 @@ use std::time::Instant;
 pub enum TransportKind {
     Tcp,
     Nccl,
+    Ucx,
 }
 
 impl TransportKind {
@@ -33,7 +35,8 @@ impl TransportKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "tcp" => Ok(TransportKind::Tcp),
             "nccl" => Ok(TransportKind::Nccl),
-            other => Err(Error::usage(format!("unknown transport '{other}' (available: tcp, nccl)"))),
+            "ucx" => Ok(TransportKind::Ucx),
+            other => Err(Error::usage(format!("unknown transport '{other}' (available: tcp, nccl, ucx)"))),
         }
     }
 }
@@ -43,6 +46,7 @@ impl std::fmt::Display for TransportKind {
         f.write_str(match self {
             TransportKind::Tcp => "tcp",
             TransportKind::Nccl => "nccl",
+            TransportKind::Ucx => "ucx",
         })
     }
 }
@@ -57,6 +61,24 @@ pub struct TransportSpec {
     pub socket_buffer: Option<u64>,
     /// Messages per ncclGroupStart/End (nccl); 1 is one call per message.
     pub nccl_group: u32,
+    /// put, get or tagged send (ucx).
+    #[serde(default)]
+    pub ucx_op: ucx::UcxOp,
+    /// The endpoints' error handling (ucx).
+    #[serde(default)]
+    pub ucx_err_mode: ucx::UcxErrMode,
+    /// Operations outstanding at once (ucx).
+    #[serde(default = "default_in_flight")]
+    pub in_flight: u32,
+    /// Transports UCX must use for the data, or the run fails (ucx).
+    #[serde(default)]
+    pub require_transport: Vec<String>,
+}
+
+pub const DEFAULT_IN_FLIGHT: u32 = 32;
+
+fn default_in_flight() -> u32 {
+    DEFAULT_IN_FLIGHT
 }
 
 impl TransportSpec {
@@ -65,6 +87,7 @@ impl TransportSpec {
     pub fn check_memory(&self, memory: MemoryKind) -> Result<(), String> {
         match (self.kind, memory) {
             (TransportKind::Nccl, MemoryKind::Gpu)
+            | (TransportKind::Ucx, _)
             | (TransportKind::Tcp, MemoryKind::Host | MemoryKind::Pinned) => Ok(()),
             (TransportKind::Nccl, m) => Err(format!(
                 "transport nccl moves GPU memory, not {m} memory: use --memory gpu on both sides"
@@ -83,6 +106,8 @@ impl TransportSpec {
 pub struct LocalOptions {
     /// The NCCL library to open (`--nccl-lib`).
     pub nccl_lib: Option<String>,
+    /// The UCP library to open (`--ucx-lib`).
+    pub ucx_lib: Option<String>,
 }
 
 /// What the transport really did, for the report ("transport truth").
@@ -125,6 +150,11 @@ pub trait PeerLink {
 
 pub trait SendSide: Send {
     fn info(&self) -> TransportInfo;
+    /// Whether the receiver's go reaches this transport itself, so the
+    /// engine neither waits for it on the control connection nor sends it.
+    fn go_in_band(&self) -> bool {
+        false
+    }
     /// Moves every message of `layout`, keyed for `request`, from `buf`.
     fn send(
         &mut self,
@@ -138,6 +168,10 @@ pub trait SendSide: Send {
 
 pub trait RecvSide: Send {
     fn info(&self) -> TransportInfo;
+    /// See `SendSide::go_in_band`; an in-band receiver never calls `peer.go()`.
+    fn go_in_band(&self) -> bool {
+        false
+    }
     /// Receives every message of `layout` for `request` into `buf`, checking
     /// each key. Calls `peer.go()` once, when the sender may start.
     fn recv(
@@ -170,6 +204,44 @@ impl Setup<'_> {
     }
 }
 
+/// The control connection as the peer link while a transport is set up.
+pub struct SetupWatch<'a, 'b> {
+    pub setup: &'a mut Setup<'b>,
+    pub what: &'static str,
+}
+
+impl PeerLink for SetupWatch<'_, '_> {
+    fn go(&mut self) -> Result<()> {
+        Err(Error::run("internal error: go during setup"))
+    }
+
+    fn watch(&mut self) -> Result<()> {
+        self.setup.ctrl.watch(self.what)
+    }
+}
+
+/// Setup data (ids, addresses, keys) travels as hex in the JSON messages.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
+}
+
+/// Fails early, with the library named, where the transport's library
+/// cannot be loaded or cannot carry the plan.
+pub fn check_library(spec: &TransportSpec, plan: &crate::plan::Plan, local: &LocalOptions) -> Result<()> {
+    match spec.kind {
+        TransportKind::Tcp => Ok(()),
+        TransportKind::Nccl => nccl::check_library(local.nccl_lib.as_deref()),
+        TransportKind::Ucx => {
+            ucx::check_messages(plan.max_messages())?;
+            ucx::check_library(local.ucx_lib.as_deref())
+        }
+    }
+}
+
 pub fn open_sender(
     spec: &TransportSpec,
     setup: Setup,
@@ -182,6 +254,7 @@ pub fn open_sender(
         TransportKind::Nccl => {
             Box::new(nccl::NcclSender::connect(spec, setup, buf, local.nccl_lib.as_deref())?)
         }
+        TransportKind::Ucx => Box::new(ucx::UcxSender::connect(spec, setup, buf, local.ucx_lib.as_deref())?),
     })
 }
 
@@ -197,6 +270,7 @@ pub fn open_receiver(
         TransportKind::Nccl => {
             Box::new(nccl::NcclReceiver::accept(spec, setup, buf, local.nccl_lib.as_deref())?)
         }
+        TransportKind::Ucx => Box::new(ucx::UcxReceiver::accept(spec, setup, buf, local.ucx_lib.as_deref())?),
     })
 }
 

@@ -12,7 +12,10 @@
 
 pub mod lib;
 
-use super::{Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, TransportInfo, TransportSpec};
+use super::{
+    hex, unhex, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch, TransportInfo,
+    TransportSpec,
+};
 use crate::error::{Error, Result};
 use crate::gpu::{Device, Event, Stream};
 use crate::memory::Buffer;
@@ -47,19 +50,6 @@ struct SendComm(Comm);
 
 // SAFETY: NCCL communicators may move between threads.
 unsafe impl Send for SendComm {}
-
-/// The control connection as a watcher while the transport is set up.
-struct SetupWatch<'a, 'b>(&'a mut Setup<'b>);
-
-impl PeerLink for SetupWatch<'_, '_> {
-    fn go(&mut self) -> Result<()> {
-        Err(Error::run("internal error: go during setup"))
-    }
-
-    fn watch(&mut self) -> Result<()> {
-        self.0.ctrl.watch("opening the NCCL connections")
-    }
-}
 
 /// One side of the communicator, with its stream and timing events.
 struct Side {
@@ -200,7 +190,7 @@ impl Side {
         };
         let connected = Event::new(&side.device)?;
         connected.record(&side.stream)?;
-        side.wait(&connected, deadline, &mut SetupWatch(setup))?;
+        side.wait(&connected, deadline, &mut SetupWatch { setup, what: "opening the NCCL connections" })?;
         side.info = side.describe(began.elapsed());
         Ok(side)
     }
@@ -414,14 +404,6 @@ fn queued(code: std::ffi::c_int, doing: &str) -> Result<()> {
         return Err(Error::run(format!("NCCL: {doing}: ncclInProgress from a blocking communicator")));
     }
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect()
 }
 
 /// Asks NCCL for its INIT log in a file of our own, once per process and

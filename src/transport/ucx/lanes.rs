@@ -1,0 +1,159 @@
+//! Which transports UCX chose, read from `ucp_ep_print_info`: one line per
+//! endpoint lane, naming its transport and device and what it carries, e.g.
+//! `lane[2]:  5:cma/memory.0 md[4]  -> md[4]/cma/sysdev[255] rma_bw#0`.
+
+use super::UcxOp;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lane {
+    pub transport: String,
+    pub device: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lanes(pub Vec<Lane>);
+
+const ROLES: [&str; 10] =
+    ["am", "am_bw", "rma", "rma_bw", "amo", "tag", "rkey_ptr", "wireup", "cm", "keepalive"];
+
+impl Lane {
+    fn name(&self) -> String {
+        format!("{}/{}", self.transport, self.device)
+    }
+
+    fn has(&self, roles: &[&str]) -> bool {
+        self.roles.iter().any(|r| roles.contains(&r.as_str()))
+    }
+}
+
+impl Lanes {
+    pub fn parse(report: &str) -> Lanes {
+        Lanes(report.lines().filter_map(parse_line).collect())
+    }
+
+    fn with(&self, roles: &[&str]) -> Vec<&Lane> {
+        self.0.iter().filter(|l| l.has(roles)).collect()
+    }
+
+    /// The lanes that carry the operation's bytes, and whether UCX emulates
+    /// put/get with active messages for want of an RMA lane.
+    fn data_lanes(&self, op: UcxOp) -> (Vec<&Lane>, bool) {
+        match op {
+            UcxOp::Put | UcxOp::Get => match self.with(&["rma_bw", "rma"]) {
+                rma if rma.is_empty() => (self.with(&["am_bw", "am"]), true),
+                rma => (rma, false),
+            },
+            // Eager messages ride the active-message lanes, rendezvous the RMA ones.
+            UcxOp::Send => (self.with(&["am_bw", "am", "rma_bw", "tag"]), false),
+        }
+    }
+
+    /// One line for the report: the transports that carry the data.
+    pub fn path(&self, op: UcxOp) -> String {
+        if self.0.is_empty() {
+            return "UCX did not describe its lanes".to_string();
+        }
+        let (lanes, emulated) = self.data_lanes(op);
+        let names = lanes.iter().map(|l| format!("{} ({})", l.name(), l.roles.join(" "))).collect::<Vec<_>>();
+        match emulated {
+            true => format!("{op} emulated with active messages (no RMA lane) over {}", names.join(", ")),
+            false => format!("{op} over {}", names.join(", ")),
+        }
+    }
+
+    /// Fails unless every required transport carries the operation's data.
+    /// `rc` matches `rc_mlx5` and `rc_verbs`.
+    pub fn require(&self, op: UcxOp, required: &[String]) -> Result<()> {
+        let (lanes, _) = self.data_lanes(op);
+        let carries = |name: &str| {
+            lanes.iter().any(|l| l.transport == name || l.transport.starts_with(&format!("{name}_")))
+        };
+        let missing: Vec<&str> = required.iter().map(String::as_str).filter(|n| !carries(n)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::run(format!(
+            "--require-transport {}: UCX chose otherwise: {}. Check UCX_TLS and UCX_NET_DEVICES, and that the UCX \
+             library (--ucx-lib) was built with that transport",
+            missing.join(","),
+            self.path(op)
+        )))
+    }
+}
+
+fn parse_line(line: &str) -> Option<Lane> {
+    let rest = &line[line.find("lane[")?..];
+    let rest = &rest[rest.find("]:")? + 2..];
+    let mut words = rest.split_whitespace();
+    let (transport, device) = words.next()?.split_once(':')?.1.split_once('/')?;
+    // "lo.0": the device and UCX's path index on it.
+    let device = match device.rsplit_once('.') {
+        Some((d, path)) if path.chars().all(|c| c.is_ascii_digit()) => d,
+        _ => device,
+    };
+    let roles = words
+        .map(|w| w.split('#').next().unwrap_or(w))
+        .filter(|w| ROLES.contains(w))
+        .map(str::to_string)
+        .collect();
+    Some(Lane { transport: transport.to_string(), device: device.to_string(), roles })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As UCX 1.13 printed them here: shared memory, then tcp only (peer
+    /// error handling).
+    const SHM: &str = "#
+# UCP endpoint
+#
+#               peer: <no debug data>
+#                 lane[0]:  3:sysv/memory.0 md[2]           -> md[2]/sysv/sysdev[255] am am_bw#0
+#                 lane[1]:  4:posix/memory.0 md[3]          -> md[3]/posix/sysdev[255]
+#                 lane[2]:  5:cma/memory.0 md[4]            -> md[4]/cma/sysdev[255] rma_bw#0
+#
+#                tag_send: 0..<egr/short>..92..<egr/bcopy>..8192..<rndv>..(inf)
+";
+    const TCP: &str = "#                 lane[0]:  1:tcp/lo.0 md[1]                -> md[1]/tcp/sysdev[255] am am_bw#0 keepalive wireup
+#                  rma_bw: mds rndv_rkey_size 9
+";
+
+    #[test]
+    fn lanes_name_transport_device_and_roles() {
+        let l = Lanes::parse(SHM);
+        assert_eq!(l.0.len(), 3);
+        assert_eq!(
+            l.0[2],
+            Lane { transport: "cma".into(), device: "memory".into(), roles: vec!["rma_bw".into()] }
+        );
+        assert_eq!(l.0[1].roles, Vec::<String>::new());
+        assert_eq!(Lanes::parse(TCP).0[0].device, "lo");
+    }
+
+    #[test]
+    fn path_names_the_data_lanes_and_emulation() {
+        assert_eq!(Lanes::parse(SHM).path(UcxOp::Put), "put over cma/memory (rma_bw)");
+        assert_eq!(
+            Lanes::parse(TCP).path(UcxOp::Get),
+            "get emulated with active messages (no RMA lane) over tcp/lo (am am_bw keepalive wireup)"
+        );
+        assert!(Lanes::parse(SHM).path(UcxOp::Send).contains("sysv/memory"));
+    }
+
+    #[test]
+    fn require_refuses_a_fallback() {
+        let shm = Lanes::parse(SHM);
+        assert!(shm.require(UcxOp::Put, &["cma".into()]).is_ok());
+        let e = shm.require(UcxOp::Put, &["cuda_ipc".into(), "cma".into()]).unwrap_err();
+        assert!(
+            e.message.contains("--require-transport cuda_ipc: UCX chose otherwise: put over cma/memory"),
+            "{e}"
+        );
+        assert!(Lanes::parse(TCP).require(UcxOp::Put, &["cma".into()]).is_err());
+        let rc = Lanes::parse("#  lane[0]:  2:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib rma_bw#0 am");
+        assert!(rc.require(UcxOp::Put, &["rc".into()]).is_ok());
+    }
+}

@@ -1,0 +1,595 @@
+//! Transport `ucx`: UCP between two workers, on host or CUDA memory, in the
+//! three ways KV connectors use it (`--ucx-op`):
+//! - put: the sender writes into the receiver's buffer, as Mooncake and
+//!   P2pNccl's PUT mode push; it flushes, then signals the request done;
+//! - get: the receiver reads the sender's buffer, as NixlConnector pulls,
+//!   then signals the sender that it may reuse the buffer;
+//! - send: tagged send/receive, one tag per message.
+//!
+//! Both sides map their buffer and exchange worker addresses and memory keys
+//! over the control connection, then open endpoints to each other. The start
+//! and end signals are bodiless tagged messages on those endpoints, so a
+//! round pays no control-socket hop. At most `--in-flight` operations are
+//! outstanding; every wait progresses the worker against the deadline, the
+//! endpoint's failure callback and the peer's heartbeat.
+
+mod lanes;
+#[allow(clippy::all)]
+mod sys;
+pub mod ucp;
+
+use super::{
+    hex, unhex, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch, TransportInfo,
+    TransportSpec,
+};
+use crate::error::{Error, Result};
+use crate::memory::Buffer;
+use crate::plan::RequestLayout;
+pub use lanes::Lanes;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::ffi::c_void;
+use std::time::{Duration, Instant};
+use ucp::{MemType, Node, Op, Poll, Request, Tag, Ucp};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UcxOp {
+    #[default]
+    Put,
+    Get,
+    Send,
+}
+
+impl UcxOp {
+    pub fn parse(s: &str) -> Result<UcxOp> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "put" => Ok(UcxOp::Put),
+            "get" => Ok(UcxOp::Get),
+            "send" => Ok(UcxOp::Send),
+            other => {
+                Err(Error::usage(format!("unknown UCX operation '{other}' (available: put, get, send)")))
+            }
+        }
+    }
+
+    /// Which side posts the data operations: put and send push, get pulls.
+    fn receiver_drives(self) -> bool {
+        self == UcxOp::Get
+    }
+}
+
+/// The endpoints' error handling (`--ucx-err-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UcxErrMode {
+    /// UCX detects a failed peer, and leaves out transports that cannot
+    /// (UCX 1.13's shared-memory ones, for instance).
+    #[default]
+    Peer,
+    /// Every transport; a failed peer is caught by kvxfer's own deadlines
+    /// and heartbeats only.
+    None,
+}
+
+impl UcxErrMode {
+    pub fn parse(s: &str) -> Result<UcxErrMode> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "peer" => Ok(UcxErrMode::Peer),
+            "none" => Ok(UcxErrMode::None),
+            other => Err(Error::usage(format!("unknown UCX error mode '{other}' (available: peer, none)"))),
+        }
+    }
+}
+
+impl std::fmt::Display for UcxErrMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UcxErrMode::Peer => "peer",
+            UcxErrMode::None => "none",
+        })
+    }
+}
+
+impl std::fmt::Display for UcxOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UcxOp::Put => "put",
+            UcxOp::Get => "get",
+            UcxOp::Send => "send",
+        })
+    }
+}
+
+/// How often a waiting side looks at the control connection.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+/// The setup's first round, which wires up the lanes and registrations.
+const WARM_UP_BYTES: usize = 64 << 20;
+/// The request id of that round; plan ids never reach it.
+const WARM_UP_REQUEST: u64 = 0xffff_ffff;
+
+/// Tags: 4 bits of kind, 32 of request, 28 of message index.
+mod tag {
+    use super::Tag;
+    pub const GO: Tag = 1;
+    pub const DONE: Tag = 2;
+    pub const DATA: Tag = 3;
+    pub const HELLO: Tag = 4;
+    pub const KIND: Tag = 0xf << 60;
+    pub const MAX_MESSAGES: usize = 1 << 28;
+
+    pub fn make(kind: Tag, request: u64, index: usize) -> Tag {
+        kind << 60 | (request & 0xffff_ffff) << 28 | index as Tag & 0x0fff_ffff
+    }
+
+    pub fn request(t: Tag) -> u64 {
+        (t >> 28) & 0xffff_ffff
+    }
+
+    pub fn index(t: Tag) -> usize {
+        (t & 0x0fff_ffff) as usize
+    }
+}
+
+/// One side's UCX state and what it reports.
+struct Side {
+    node: Node,
+    op: UcxOp,
+    in_flight: usize,
+    /// The peer's buffer address, for put and get.
+    remote_base: u64,
+    device: Option<std::sync::Arc<crate::gpu::Device>>,
+    info: TransportInfo,
+}
+
+pub struct UcxSender(Side);
+pub struct UcxReceiver(Side);
+
+/// A wait on UCX work: progresses the worker, and fails on the deadline, a
+/// failed endpoint, or a peer the control connection says is gone.
+struct Waiter<'a> {
+    deadline: Instant,
+    peer: &'a mut dyn PeerLink,
+    next_watch: Instant,
+}
+
+impl<'a> Waiter<'a> {
+    fn new(deadline: Instant, peer: &'a mut dyn PeerLink) -> Self {
+        Waiter { deadline, peer, next_watch: Instant::now() + WATCH_EVERY }
+    }
+
+    fn tick(&mut self, node: &Node, what: &dyn Fn() -> String) -> Result<()> {
+        node.progress();
+        if let Some(why) = node.peer_failure() {
+            return Err(Error::connection_lost(format!("UCX lost the peer while {}: {why}", what())));
+        }
+        let now = Instant::now();
+        if now >= self.next_watch {
+            self.next_watch = now + WATCH_EVERY;
+            self.peer.watch()?;
+            if now >= self.deadline {
+                return Err(Error::run(format!("timed out {}", what())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Progresses until `req` finishes; returns a receive's tag and length.
+    fn finish(
+        &mut self,
+        node: &Node,
+        req: Request,
+        tagged: bool,
+        what: &dyn Fn() -> String,
+    ) -> Result<Option<(Tag, usize)>> {
+        loop {
+            if let Poll::Done(info) = node.poll(req, tagged, &what())? {
+                return Ok(info);
+            }
+            self.tick(node, what)?;
+        }
+    }
+
+    fn finish_op(&mut self, node: &Node, op: Op, what: &dyn Fn() -> String) -> Result<()> {
+        if let Op::Pending(req) = op {
+            self.finish(node, req, false, what)?;
+        }
+        Ok(())
+    }
+}
+
+/// Operations posted and not yet finished, oldest first.
+struct Window {
+    posted: VecDeque<(usize, Request, Instant)>,
+    limit: usize,
+}
+
+impl Window {
+    fn new(limit: usize) -> Self {
+        Window { posted: VecDeque::with_capacity(limit), limit }
+    }
+
+    /// Polls every posted operation once, reporting the finished ones.
+    fn reap(
+        &mut self,
+        node: &Node,
+        tagged: bool,
+        what: &dyn Fn() -> String,
+        done: &mut dyn FnMut(usize, u64, Option<(Tag, usize)>) -> Result<()>,
+    ) -> Result<()> {
+        let mut i = 0;
+        while i < self.posted.len() {
+            let (index, req, at) = self.posted[i];
+            match node.poll(req, tagged, &what())? {
+                Poll::Busy => i += 1,
+                Poll::Done(info) => {
+                    self.posted.remove(i);
+                    done(index, super::nanos(at.elapsed()), info)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Side {
+    fn open(spec: &TransportSpec, setup: &mut Setup, buf: &Buffer, lib: Option<&str>) -> Result<Side> {
+        let ucp = Ucp::open(lib)?;
+        let device = buf.device().cloned();
+        if let Some(d) = &device {
+            d.bind()?;
+        }
+        let (base, mem) = match buf.gpu_mem() {
+            Some(m) => (m.ptr as *mut c_void, MemType::Cuda),
+            None => (buf.host_slice().expect("host memory").as_ptr() as *mut c_void, MemType::Host),
+        };
+        let mut node = Node::new(ucp, base, buf.len(), mem)?;
+        setup.send(serde_json::json!({
+            "ucx_version": ucp.version,
+            "worker_address": hex(&node.address()?),
+            "rkey": hex(&node.packed_rkey()?),
+            "base": node.base(),
+        }))?;
+        let theirs = setup.recv("waiting for the peer's UCX worker address")?;
+        let field = |name: &str| {
+            theirs[name].as_str().and_then(unhex).ok_or_else(|| {
+                Error::run(format!("protocol error: bad UCX setup from the peer (no {name}): {theirs}"))
+            })
+        };
+        node.connect(&field("worker_address")?, spec.ucx_err_mode == UcxErrMode::Peer)?;
+        node.use_remote_key(&field("rkey")?)?;
+        let remote_base =
+            theirs["base"].as_u64().ok_or_else(|| Error::run("protocol error: no buffer address"))?;
+        let peer_version = theirs["ucx_version"].as_str().unwrap_or("?").to_string();
+        let mut side = Side {
+            node,
+            op: spec.ucx_op,
+            in_flight: spec.in_flight as usize,
+            remote_base,
+            device,
+            info: TransportInfo::default(),
+        };
+        side.info.details.insert("ucx_library".into(), ucp.path.clone());
+        side.info.details.insert("ucx_version".into(), ucp.version.clone());
+        side.info.details.insert("peer_ucx_version".into(), peer_version);
+        for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("UCX_")) {
+            side.info.details.insert(k, v);
+        }
+        Ok(side)
+    }
+
+    /// Both endpoints carry a signal each way, then the side that drives the
+    /// data moves one warm-up round; its lanes are then settled.
+    fn warm_up(&mut self, setup: &mut Setup, sender: bool, buf_len: usize) -> Result<()> {
+        let deadline = Instant::now() + setup.ctrl.timeout;
+        let what = || "wiring up the UCX endpoints".to_string();
+        let mut watch = SetupWatch { setup, what: "wiring up the UCX endpoints" };
+        {
+            let mut w = Waiter::new(deadline, &mut watch);
+            let hello = tag::make(tag::HELLO, 0, 0);
+            let node = &self.node;
+            let pending = node.recv_signal(hello, Tag::MAX)?;
+            if sender {
+                w.finish_op(node, node.signal(hello)?, &what)?;
+                w.finish(node, pending, true, &what)?;
+            } else {
+                w.finish(node, pending, true, &what)?;
+                w.finish_op(node, node.signal(hello)?, &what)?;
+            }
+        }
+        let bytes = buf_len.clamp(1, WARM_UP_BYTES);
+        let mut ignore = |_: usize, _: u64| Ok(());
+        if sender {
+            self.send_round(WARM_UP_REQUEST, 1, bytes, deadline, &mut watch)
+        } else {
+            self.recv_round(WARM_UP_REQUEST, 1, bytes, deadline, &mut watch, &mut ignore)
+        }
+    }
+
+    fn describe(&mut self, spec: &TransportSpec, drives: bool, setup: Duration) -> Result<()> {
+        let report = self.node.endpoint_report();
+        let lanes = Lanes::parse(&report);
+        let ucp = self.node.ucp();
+        let role = if drives { "posts the operations" } else { "serves the peer's operations" };
+        self.info.summary = format!(
+            "ucx {} ({}): {}, {} in flight, error mode {}, this side {role}, ready in {:.1} ms",
+            ucp.version,
+            ucp.path,
+            self.op,
+            self.in_flight,
+            spec.ucx_err_mode,
+            setup.as_secs_f64() * 1e3
+        );
+        self.info.details.insert("ucx_endpoint".into(), report.trim().to_string());
+        if drives {
+            self.info.path = Some(lanes.path(self.op));
+            lanes.require(self.op, &spec.require_transport)?;
+        }
+        Ok(())
+    }
+
+    /// The pushing side's round: waits for the receiver's go, then puts and
+    /// flushes (signalling done) or sends tagged messages.
+    fn send_round(
+        &self,
+        request: u64,
+        count: usize,
+        bytes: usize,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+    ) -> Result<()> {
+        let node = &self.node;
+        let what = || format!("sending request {request} over UCX");
+        let mut w = Waiter::new(deadline, peer);
+        if self.op.receiver_drives() {
+            // get: serve the receiver's reads until it says done.
+            let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
+            let (t, _) = w.finish(node, done, true, &what)?.expect("a tag");
+            return check_request(tag::request(t), request, "finished reading");
+        }
+        let go = node.recv_signal(tag::make(tag::GO, 0, 0), tag::KIND)?;
+        w.finish(node, go, true, &|| format!("waiting for the receiver's go for request {request}"))?;
+        let mut window = Window::new(self.in_flight);
+        let mut ignore = |_: usize, _: u64, _: Option<(Tag, usize)>| Ok(());
+        for i in 0..count {
+            while window.posted.len() >= window.limit {
+                window.reap(node, false, &what, &mut ignore)?;
+                w.tick(node, &what)?;
+            }
+            let op = match self.op {
+                UcxOp::Put => node.put(i * bytes, bytes, self.remote_base + (i * bytes) as u64)?,
+                _ => node.send(i * bytes, bytes, tag::make(tag::DATA, request, i))?,
+            };
+            if let Op::Pending(req) = op {
+                window.posted.push_back((i, req, Instant::now()));
+            }
+        }
+        if self.op == UcxOp::Put {
+            // The flush completes once every put has landed at the peer.
+            w.finish_op(node, node.flush()?, &what)?;
+        }
+        while !window.posted.is_empty() {
+            window.reap(node, false, &what, &mut ignore)?;
+            w.tick(node, &what)?;
+        }
+        if self.op == UcxOp::Put {
+            w.finish_op(node, node.signal(tag::make(tag::DONE, request, count))?, &what)?;
+        }
+        Ok(())
+    }
+
+    /// The receiving side's round; reports each message to `arrived` with
+    /// its latency.
+    fn recv_round(
+        &self,
+        request: u64,
+        count: usize,
+        bytes: usize,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+        arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
+    ) -> Result<()> {
+        let node = &self.node;
+        let t0 = Instant::now();
+        let what = || format!("receiving request {request} over UCX");
+        let mut w = Waiter::new(deadline, peer);
+        match self.op {
+            UcxOp::Put => {
+                let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
+                w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
+                let (t, _) = w.finish(node, done, true, &what)?.expect("a tag");
+                check_request(tag::request(t), request, "wrote")?;
+                if tag::index(t) != count {
+                    return Err(Error::integrity(format!(
+                        "the sender put {} messages of request {request}, expected {count}",
+                        tag::index(t)
+                    )));
+                }
+                // One-sided: the messages are known to be here only now.
+                let latency = super::nanos(t0.elapsed());
+                (0..count).try_for_each(|i| arrived(i, latency))
+            }
+            UcxOp::Get => {
+                let mut window = Window::new(self.in_flight);
+                let mut done = |i: usize, ns: u64, _: Option<(Tag, usize)>| arrived(i, ns);
+                for i in 0..count {
+                    while window.posted.len() >= window.limit {
+                        window.reap(node, false, &what, &mut done)?;
+                        w.tick(node, &what)?;
+                    }
+                    let posted = Instant::now();
+                    match node.get(i * bytes, bytes, self.remote_base + (i * bytes) as u64)? {
+                        Op::Pending(req) => window.posted.push_back((i, req, posted)),
+                        Op::Done => done(i, super::nanos(posted.elapsed()), None)?,
+                    }
+                }
+                while !window.posted.is_empty() {
+                    window.reap(node, false, &what, &mut done)?;
+                    w.tick(node, &what)?;
+                }
+                w.finish_op(node, node.signal(tag::make(tag::DONE, request, count))?, &what)
+            }
+            UcxOp::Send => {
+                let mut window = Window::new(self.in_flight);
+                let mut check = |i: usize, ns: u64, info: Option<(Tag, usize)>| {
+                    let (t, len) = info.expect("a tag");
+                    if t != tag::make(tag::DATA, request, i) || len != bytes {
+                        let got =
+                            format!("request {} message {} ({len} bytes)", tag::request(t), tag::index(t));
+                        return Err(Error::integrity(format!(
+                            "message {i} of {count} of request {request} ({bytes} bytes): received {got}"
+                        )));
+                    }
+                    arrived(i, ns)
+                };
+                let post = |i: usize| node.recv(i * bytes, bytes, tag::make(tag::DATA, 0, 0), tag::KIND);
+                let first = count.min(self.in_flight);
+                for i in 0..first {
+                    window.posted.push_back((i, post(i)?, Instant::now()));
+                }
+                w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
+                let mut next = first;
+                while !window.posted.is_empty() {
+                    window.reap(node, true, &what, &mut check)?;
+                    while next < count && window.posted.len() < window.limit {
+                        window.posted.push_back((next, post(next)?, Instant::now()));
+                        next += 1;
+                    }
+                    w.tick(node, &what)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_request(got: u64, expected: u64, did: &str) -> Result<()> {
+    if got != expected & 0xffff_ffff {
+        return Err(Error::integrity(format!("the peer {did} request {got}, expected request {expected}")));
+    }
+    Ok(())
+}
+
+impl Side {
+    /// Opens, wires up and describes one side; `drives` is whether it posts
+    /// the data operations.
+    fn start(
+        spec: &TransportSpec,
+        mut setup: Setup,
+        buf: &Buffer,
+        lib: Option<&str>,
+        sender: bool,
+    ) -> Result<Side> {
+        let began = Instant::now();
+        let mut side = Side::open(spec, &mut setup, buf, lib)?;
+        side.warm_up(&mut setup, sender, buf.len())?;
+        let drives = sender != spec.ucx_op.receiver_drives();
+        side.describe(spec, drives, began.elapsed())?;
+        Ok(side)
+    }
+}
+
+impl UcxSender {
+    pub fn connect(spec: &TransportSpec, setup: Setup, buf: &Buffer, lib: Option<&str>) -> Result<Self> {
+        Side::start(spec, setup, buf, lib, true).map(UcxSender)
+    }
+}
+
+impl UcxReceiver {
+    pub fn accept(spec: &TransportSpec, setup: Setup, buf: &Buffer, lib: Option<&str>) -> Result<Self> {
+        Side::start(spec, setup, buf, lib, false).map(UcxReceiver)
+    }
+}
+
+impl SendSide for UcxSender {
+    fn info(&self) -> TransportInfo {
+        self.0.info.clone()
+    }
+
+    fn go_in_band(&self) -> bool {
+        true
+    }
+
+    fn send(
+        &mut self,
+        _buf: &Buffer,
+        layout: &RequestLayout,
+        request: u64,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+    ) -> Result<()> {
+        if let Some(d) = &self.0.device {
+            d.bind()?;
+        }
+        self.0.send_round(request, layout.message_count, layout.message_bytes, deadline, peer)
+    }
+}
+
+impl RecvSide for UcxReceiver {
+    fn info(&self) -> TransportInfo {
+        self.0.info.clone()
+    }
+
+    fn go_in_band(&self) -> bool {
+        true
+    }
+
+    fn recv(
+        &mut self,
+        buf: &mut Buffer,
+        layout: &RequestLayout,
+        request: u64,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+        done: &dyn Completions,
+    ) -> Result<RoundTiming> {
+        if let Some(d) = &self.0.device {
+            d.bind()?;
+        }
+        let host = buf.host_slice();
+        let mut arrived = |i: usize, ns: u64| {
+            let slot = layout.slot(i);
+            done.message_done(i, ns, host.map(|h| &h[slot.offset..slot.offset + slot.len]))
+        };
+        let t0 = Instant::now();
+        self.0.recv_round(
+            request,
+            layout.message_count,
+            layout.message_bytes,
+            deadline,
+            peer,
+            &mut arrived,
+        )?;
+        Ok(RoundTiming { elapsed_ns: Some(super::nanos(t0.elapsed())) })
+    }
+}
+
+/// A plan with more messages per request than the tags can number.
+pub fn check_messages(max_messages: usize) -> Result<()> {
+    if max_messages > tag::MAX_MESSAGES {
+        return Err(Error::usage(format!(
+            "{max_messages} messages per request: ucx numbers at most {} (use a coarser granularity)",
+            tag::MAX_MESSAGES
+        )));
+    }
+    Ok(())
+}
+
+/// Fails early, with the library named, where UCX cannot be loaded.
+pub fn check_library(lib: Option<&str>) -> Result<()> {
+    Ucp::open(lib).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_carry_kind_request_and_index() {
+        let t = tag::make(tag::DATA, 0x1_2345_6789, 0x0abc_def0);
+        assert_eq!(t & tag::KIND, tag::DATA << 60);
+        assert_eq!(tag::request(t), 0x2345_6789);
+        assert_eq!(tag::index(t), 0x0abc_def0);
+        assert_ne!(tag::make(tag::GO, 7, 0) & tag::KIND, tag::make(tag::DONE, 7, 0) & tag::KIND);
+    }
+}
