@@ -6,9 +6,11 @@
 #            of 64 MiB to 4 GiB, with each endpoint error mode;
 #   sweep    put/get/send, Llama-3.1-8B, 128 to 131072 tokens, request, layer
 #            and block granularity (block as NixlConnector: one RMA each);
+#            put for Llama-3.1-70B; block-wise 8B at 1 to 4096 in flight;
 #   checks   --require-transport refusing a fallback (UCX_TLS without
-#            cuda_ipc), and a sender killed in the middle of a run.
-# Needs a CUDA build of UCX: scripts/fetch-ucx-cuda.sh (UCX_DIR, default
+#            cuda_ipc), GPU memory refused by the system's UCX (no CUDA),
+#            and a sender killed in the middle of a run.
+# Needs a CUDA build of UCX: scripts/fetch-ucx-cuda.sh (KVXFER_UCX_DIR, default
 # .cache/ucx-cu13). Each kvxfer run is scripts/two-gpus.sh.
 #
 #   scripts/gpu-ucx.sh OUT_DIR [anchor] [target] [sweep] [checks]
@@ -17,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-ucx.sh OUT_DIR [anchor] [target] [sweep] [checks]}
 shift
 PARTS=${*:-anchor target sweep checks}
-UCX=$(cd "${UCX_DIR:-.cache/ucx-cu13}" && pwd)
+UCX=$(cd "${KVXFER_UCX_DIR:-.cache/ucx-cu13}" && pwd)
 export KVXFER_UCX_LIB=$UCX/libucx/lib/libucp.so.0
 export NCCL_NVLS_ENABLE=0
 BIN=${KVXFER_BIN:-target/release}
@@ -75,6 +77,13 @@ if [[ " $PARTS " == *" sweep "* ]]; then
         run "sweep-$op-8b-layer" -- "${common[@]}" -p 128,512,2048,8192,32768,131072 -g layer -n 10 -w 2
         run "sweep-$op-8b-block-small" -- "${common[@]}" -p 128,512,2048 -g block -n 10 -w 2
         run "sweep-$op-8b-block-large" -- "${common[@]}" -p 8192,32768,131072 -g block -n 2 -w 1
+        for n in 1 8 32 256 4096; do
+            run "inflight-$op-$n" -- "${common[@]}" -p 2048 -g block -n 10 -w 2 --in-flight $n
+        done
+    done
+    for g in request layer; do
+        run "sweep-put-70b-$g" -- -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-70b --link nvlink4 \
+            -p 128,512,2048,8192,32768,131072 -g $g -n 10 -w 2
     done
 fi
 if [[ " $PARTS " == *" checks "* ]]; then
@@ -82,6 +91,9 @@ if [[ " $PARTS " == *" checks "* ]]; then
     UCX_TLS=tcp,cuda_copy scripts/two-gpus.sh "$OUT/check-require" -t ucx --ucx-op put \
         --require-transport cuda_ipc -p 2048 -g request -n 2 -w 1
     echo "check-require: exit $? (non-zero expected)"
+    # Expected to fail: the system UCX (no CUDA modules) cannot map GPU memory.
+    KVXFER_UCX_LIB=libucp.so.0 scripts/two-gpus.sh "$OUT/check-system-ucx" -t ucx -p 2048 -n 2 -w 1
+    echo "check-system-ucx: exit $? (non-zero expected)"
     # A sender killed mid-run: the receiver must exit on its own, within its timeout.
     KVXFER_TIMEOUT=5s scripts/two-gpus.sh "$OUT/check-kill" -t ucx --ucx-op put -p 131072 -g block \
         -n 1000 -w 1 &

@@ -3,45 +3,6 @@
 
 mod common;
 use common::*;
-use serde_json::Value;
-
-fn json(path: &std::path::Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-/// The checks every successful report must pass.
-fn assert_sane(report: &Value, points: usize) {
-    assert_eq!(report["outcome"], "ok");
-    assert_eq!(report["wrong_bytes"], 0);
-    let pts = report["points"].as_array().unwrap();
-    assert_eq!(pts.len(), points);
-    let iterations = report["plan"]["iterations"].as_u64().unwrap();
-    let warmup = report["plan"]["warmup"].as_u64().unwrap();
-    for p in pts {
-        let bytes = p["request_bytes"].as_u64().unwrap();
-        assert_eq!(bytes, p["messages"].as_u64().unwrap() * p["message_bytes"].as_u64().unwrap());
-        // Every byte of every request, warm-up included, was checked.
-        if report["plan"]["verify"] != "off" {
-            assert_eq!(p["verified_bytes"].as_u64().unwrap(), bytes * (iterations + warmup), "{p}");
-        }
-        let l = &p["request_ns"];
-        assert_eq!(l["count"].as_u64().unwrap(), iterations);
-        let (min, p50, p99, max) = (
-            l["min"].as_u64().unwrap(),
-            l["p50"].as_u64().unwrap(),
-            l["p99"].as_u64().unwrap(),
-            l["max"].as_u64().unwrap(),
-        );
-        assert!(0 < min && min <= p50 && p50 <= p99 && p99 <= max, "{l}");
-        assert_eq!(p["message_ns"]["count"].as_u64().unwrap(), iterations * p["messages"].as_u64().unwrap());
-        // Loopback on any machine: above 1 MB/s, below memory bandwidth.
-        let gbps = p["gbps"].as_f64().unwrap();
-        assert!(gbps > 0.001 && gbps < 200.0, "implausible {gbps} GB/s");
-        let implied = bytes as f64 / l["mean"].as_f64().unwrap();
-        assert!((implied - gbps).abs() / gbps < 1e-6);
-        assert!(!p["request_histogram"].as_str().unwrap().is_empty());
-    }
-}
 
 #[test]
 fn sweep_over_prompt_lengths_and_all_granularities() {

@@ -287,14 +287,18 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan, memory: MemorySpec) -> (Op
     let mut report = RunReport::new(Role::Sender, &sess.hello, sess.receiver_env.clone());
     report.control_rtt = Some(sess.rtt.clone());
     let print = !run.output.quiet;
+    // Kept past the closure: a failed run is settled with the peer before
+    // the transport and buffer go (see `Control::settle`).
+    let (mut buf_slot, mut transport_slot) = (None, None);
     let result = (|| {
         let plan = &sess.hello.plan;
-        let mut buf = Buffer::new(memory, plan.max_request_bytes(), plan.max_messages(), run.timeout)?;
+        let buf =
+            buf_slot.insert(Buffer::new(memory, plan.max_request_bytes(), plan.max_messages(), run.timeout)?);
         let began = Instant::now();
         let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
-        let mut transport = transport::open_sender(&spec, setup, &buf, &run.local())?;
+        let transport = transport_slot.insert(transport::open_sender(&spec, setup, buf, &run.local())?);
         let setup_time = began.elapsed();
-        let setup_info = side_info(transport.info(), &buf, setup_time);
+        let setup_info = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Sender)?;
         report.sender_transport = setup_info;
         if print {
@@ -302,14 +306,16 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan, memory: MemorySpec) -> (Op
         }
         let cfg = RunConfig { fault: run.fault };
         let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, print);
-        measure::run_sender(&mut sess, transport.as_mut(), &mut buf, &cfg, &mut on_point)?;
+        measure::run_sender(&mut sess, transport.as_mut(), buf, &cfg, &mut on_point)?;
         // What the transport used, now that data has moved.
-        let last = side_info(transport.info(), &buf, setup_time);
+        let last = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Sender)?;
         report.sender_transport = last;
         Ok(())
     })();
-    (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
+    let result = result.map_err(|e| sess.ctrl.settle(e));
+    drop((transport_slot, buf_slot));
+    (Some(report), result)
 }
 
 /// Everything the receiver needs to serve one sender.
@@ -330,30 +336,37 @@ impl ReceiverSide {
             Err(e) => return (None, Err(e)),
         };
         let mut report = RunReport::new(Role::Receiver, &sess.hello, env);
+        let (mut buf_slot, mut transport_slot) = (None, None);
         let result = (|| {
             let plan = &sess.hello.plan;
             let spec = sess.hello.transport.clone();
             transport::check_library(&spec, plan, &self.local)?;
-            let mut buf =
-                Buffer::new(self.memory, plan.max_request_bytes(), plan.max_messages(), self.timeout)?;
+            let buf = buf_slot.insert(Buffer::new(
+                self.memory,
+                plan.max_request_bytes(),
+                plan.max_messages(),
+                self.timeout,
+            )?);
             let began = Instant::now();
             let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
-            let mut transport = transport::open_receiver(&spec, setup, &mut buf, &self.local)?;
+            let transport = transport_slot.insert(transport::open_receiver(&spec, setup, buf, &self.local)?);
             let setup_time = began.elapsed();
-            let setup_info = side_info(transport.info(), &buf, setup_time);
+            let setup_info = side_info(transport.info(), buf, setup_time);
             report.sender_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Receiver)?;
             report.receiver_transport = setup_info;
             if self.print {
                 table::header(&report, &mut std::io::stdout().lock())?;
             }
             let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, self.print);
-            measure::run_receiver(&mut sess, transport.as_mut(), &mut buf, &mut on_point)?;
-            let last = side_info(transport.info(), &buf, setup_time);
+            measure::run_receiver(&mut sess, transport.as_mut(), buf, &mut on_point)?;
+            let last = side_info(transport.info(), buf, setup_time);
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
             report.receiver_transport = last;
             Ok(())
         })();
-        (Some(report), result.map_err(|e| sess.ctrl.settle(e)))
+        let result = result.map_err(|e| sess.ctrl.settle(e));
+        drop((transport_slot, buf_slot));
+        (Some(report), result)
     }
 }
 

@@ -201,6 +201,7 @@ impl Control {
             Origin::Peer => err,
             Origin::Here => {
                 self.abort(&err);
+                self.linger(Duration::from_secs(1));
                 err
             }
             Origin::Lost => self.peer_reason(Duration::from_millis(500)).unwrap_or_else(|| {
@@ -208,6 +209,14 @@ impl Control {
                 err
             }),
         }
+    }
+
+    /// After an abort, waits a moment for the peer to read it and close, so
+    /// that it has stopped using the transport (UCX endpoints into this
+    /// side's memory) before this side tears its part down.
+    fn linger(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while self.recv(until, "waiting for the peer to close").is_ok() {}
     }
 
     /// The peer's own explanation, if it sends one within `wait`.

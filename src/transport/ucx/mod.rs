@@ -27,7 +27,6 @@ use crate::memory::Buffer;
 use crate::plan::RequestLayout;
 pub use lanes::Lanes;
 use serde::{Deserialize, Serialize};
-use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
 use ucp::{MemType, Node, Op, Poll, Request, Tag, Ucp};
@@ -140,6 +139,8 @@ struct Side {
     remote_base: u64,
     device: Option<std::sync::Arc<crate::gpu::Device>>,
     info: TransportInfo,
+    /// When each message of the round was posted, for its latency.
+    posted_at: Vec<Instant>,
 }
 
 pub struct UcxSender(Side);
@@ -151,17 +152,26 @@ struct Waiter<'a> {
     deadline: Instant,
     peer: &'a mut dyn PeerLink,
     next_watch: Instant,
+    /// Progress calls that found nothing to do.
+    idle: u64,
 }
 
 impl<'a> Waiter<'a> {
     fn new(deadline: Instant, peer: &'a mut dyn PeerLink) -> Self {
-        Waiter { deadline, peer, next_watch: Instant::now() + WATCH_EVERY }
+        Waiter { deadline, peer, next_watch: Instant::now() + WATCH_EVERY, idle: 0 }
     }
 
     fn tick(&mut self, node: &Node, what: &dyn Fn() -> String) -> Result<()> {
-        node.progress();
+        if node.progress() == 0 {
+            // Spin, but let a peer sharing this core run (a loaded CI box).
+            self.idle += 1;
+            if self.idle.is_multiple_of(64) {
+                std::thread::yield_now();
+            }
+        }
         if let Some(why) = node.peer_failure() {
-            return Err(Error::connection_lost(format!("UCX lost the peer while {}: {why}", what())));
+            let peer = node.peer;
+            return Err(Error::connection_lost(format!("UCX lost the {peer} while {}: {why}", what())));
         }
         let now = Instant::now();
         if now >= self.next_watch {
@@ -198,42 +208,59 @@ impl<'a> Waiter<'a> {
     }
 }
 
-/// Operations posted and not yet finished, oldest first.
-struct Window {
-    posted: VecDeque<(usize, Request, Instant)>,
+/// Data operations in flight: how many, and when each message was posted.
+struct Window<'a> {
+    node: &'a Node,
+    outstanding: usize,
     limit: usize,
+    posted_at: &'a mut Vec<Instant>,
 }
 
-impl Window {
-    fn new(limit: usize) -> Self {
-        Window { posted: VecDeque::with_capacity(limit), limit }
+impl<'a> Window<'a> {
+    fn new(node: &'a Node, limit: usize, posted_at: &'a mut Vec<Instant>) -> Self {
+        node.clear_finished();
+        posted_at.clear();
+        Window { node, outstanding: 0, limit, posted_at }
     }
 
-    /// Polls every posted operation once, reporting the finished ones.
-    fn reap(
-        &mut self,
-        node: &Node,
-        tagged: bool,
-        what: &dyn Fn() -> String,
-        done: &mut dyn FnMut(usize, u64, Option<(Tag, usize)>) -> Result<()>,
-    ) -> Result<()> {
-        let mut i = 0;
-        while i < self.posted.len() {
-            let (index, req, at) = self.posted[i];
-            match node.poll(req, tagged, &what())? {
-                Poll::Busy => i += 1,
-                Poll::Done(info) => {
-                    self.posted.remove(i);
-                    done(index, super::nanos(at.elapsed()), info)?;
-                }
-            }
-        }
-        Ok(())
+    fn full(&self) -> bool {
+        self.outstanding >= self.limit
+    }
+
+    /// Records message `index` as posted just now (messages are posted in order).
+    fn post(&mut self, index: usize) {
+        debug_assert_eq!(index, self.posted_at.len());
+        self.posted_at.push(Instant::now());
+        self.outstanding += 1;
+    }
+
+    /// An operation UCX finished as it was posted.
+    fn finished_at_once(&mut self, index: usize, done: &mut Done) -> Result<()> {
+        self.outstanding -= 1;
+        done(index, super::nanos(self.posted_at[index].elapsed()), None)
+    }
+
+    /// Reports the operations whose callbacks have run since the last call.
+    fn reap(&mut self, what: &str, done: &mut Done) -> Result<()> {
+        let (posted_at, outstanding) = (&*self.posted_at, &mut self.outstanding);
+        self.node.drain(what, &mut |index, tag| {
+            *outstanding -= 1;
+            done(index, super::nanos(posted_at[index].elapsed()), tag)
+        })
     }
 }
+
+/// Told of each finished message: index, latency since posted, matched tag.
+type Done<'d> = dyn FnMut(usize, u64, Option<(Tag, usize)>) -> Result<()> + 'd;
 
 impl Side {
-    fn open(spec: &TransportSpec, setup: &mut Setup, buf: &Buffer, lib: Option<&str>) -> Result<Side> {
+    fn open(
+        spec: &TransportSpec,
+        setup: &mut Setup,
+        buf: &Buffer,
+        lib: Option<&str>,
+        sender: bool,
+    ) -> Result<Side> {
         let ucp = Ucp::open(lib)?;
         let device = buf.device().cloned();
         if let Some(d) = &device {
@@ -243,7 +270,7 @@ impl Side {
             Some(m) => (m.ptr as *mut c_void, MemType::Cuda),
             None => (buf.host_slice().expect("host memory").as_ptr() as *mut c_void, MemType::Host),
         };
-        let mut node = Node::new(ucp, base, buf.len(), mem)?;
+        let mut node = Node::new(ucp, base, buf.len(), mem, if sender { "receiver" } else { "sender" })?;
         setup.send(serde_json::json!({
             "ucx_version": ucp.version,
             "worker_address": hex(&node.address()?),
@@ -268,6 +295,7 @@ impl Side {
             remote_base,
             device,
             info: TransportInfo::default(),
+            posted_at: Vec::new(),
         };
         side.info.details.insert("ucx_library".into(), ucp.path.clone());
         side.info.details.insert("ucx_version".into(), ucp.version.clone());
@@ -331,17 +359,18 @@ impl Side {
     /// The pushing side's round: waits for the receiver's go, then puts and
     /// flushes (signalling done) or sends tagged messages.
     fn send_round(
-        &self,
+        &mut self,
         request: u64,
         count: usize,
         bytes: usize,
         deadline: Instant,
         peer: &mut dyn PeerLink,
     ) -> Result<()> {
+        let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let node = &self.node;
         let what = || format!("sending request {request} over UCX");
         let mut w = Waiter::new(deadline, peer);
-        if self.op.receiver_drives() {
+        if op.receiver_drives() {
             // get: serve the receiver's reads until it says done.
             let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
             let (t, _) = w.finish(node, done, true, &what)?.expect("a tag");
@@ -349,30 +378,32 @@ impl Side {
         }
         let go = node.recv_signal(tag::make(tag::GO, 0, 0), tag::KIND)?;
         w.finish(node, go, true, &|| format!("waiting for the receiver's go for request {request}"))?;
-        let mut window = Window::new(self.in_flight);
+        let mut window = Window::new(node, limit, &mut self.posted_at);
         let mut ignore = |_: usize, _: u64, _: Option<(Tag, usize)>| Ok(());
+        let doing = what();
         for i in 0..count {
-            while window.posted.len() >= window.limit {
-                window.reap(node, false, &what, &mut ignore)?;
+            while window.full() {
+                window.reap(&doing, &mut ignore)?;
                 w.tick(node, &what)?;
             }
-            let op = match self.op {
-                UcxOp::Put => node.put(i * bytes, bytes, self.remote_base + (i * bytes) as u64)?,
-                _ => node.send(i * bytes, bytes, tag::make(tag::DATA, request, i))?,
+            window.post(i);
+            let posted = match op {
+                UcxOp::Put => node.put(i, i * bytes, bytes, remote_base + (i * bytes) as u64)?,
+                _ => node.send(i, i * bytes, bytes, tag::make(tag::DATA, request, i))?,
             };
-            if let Op::Pending(req) = op {
-                window.posted.push_back((i, req, Instant::now()));
+            if let Op::Done = posted {
+                window.finished_at_once(i, &mut ignore)?;
             }
         }
-        if self.op == UcxOp::Put {
+        if op == UcxOp::Put {
             // The flush completes once every put has landed at the peer.
             w.finish_op(node, node.flush()?, &what)?;
         }
-        while !window.posted.is_empty() {
-            window.reap(node, false, &what, &mut ignore)?;
+        while window.outstanding > 0 {
+            window.reap(&doing, &mut ignore)?;
             w.tick(node, &what)?;
         }
-        if self.op == UcxOp::Put {
+        if op == UcxOp::Put {
             w.finish_op(node, node.signal(tag::make(tag::DONE, request, count))?, &what)?;
         }
         Ok(())
@@ -381,7 +412,7 @@ impl Side {
     /// The receiving side's round; reports each message to `arrived` with
     /// its latency.
     fn recv_round(
-        &self,
+        &mut self,
         request: u64,
         count: usize,
         bytes: usize,
@@ -389,77 +420,70 @@ impl Side {
         peer: &mut dyn PeerLink,
         arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
     ) -> Result<()> {
+        let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let node = &self.node;
         let t0 = Instant::now();
         let what = || format!("receiving request {request} over UCX");
+        let doing = what();
         let mut w = Waiter::new(deadline, peer);
-        match self.op {
-            UcxOp::Put => {
-                let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
-                w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
-                let (t, _) = w.finish(node, done, true, &what)?.expect("a tag");
-                check_request(tag::request(t), request, "wrote")?;
-                if tag::index(t) != count {
+        if op == UcxOp::Put {
+            let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
+            w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
+            let (t, _) = w.finish(node, done, true, &what)?.expect("a tag");
+            check_request(tag::request(t), request, "wrote")?;
+            if tag::index(t) != count {
+                return Err(Error::integrity(format!(
+                    "the sender put {} messages of request {request}, expected {count}",
+                    tag::index(t)
+                )));
+            }
+            // One-sided: the messages are known to be here only now.
+            let latency = super::nanos(t0.elapsed());
+            return (0..count).try_for_each(|i| arrived(i, latency));
+        }
+        let mut window = Window::new(node, limit, &mut self.posted_at);
+        let mut check = |i: usize, ns: u64, info: Option<(Tag, usize)>| {
+            if let (UcxOp::Send, Some((t, len))) = (op, info) {
+                if t != tag::make(tag::DATA, request, i) || len != bytes {
+                    let got = format!("request {} message {} ({len} bytes)", tag::request(t), tag::index(t));
                     return Err(Error::integrity(format!(
-                        "the sender put {} messages of request {request}, expected {count}",
-                        tag::index(t)
+                        "message {i} of {count} of request {request} ({bytes} bytes): received {got}"
                     )));
                 }
-                // One-sided: the messages are known to be here only now.
-                let latency = super::nanos(t0.elapsed());
-                (0..count).try_for_each(|i| arrived(i, latency))
             }
-            UcxOp::Get => {
-                let mut window = Window::new(self.in_flight);
-                let mut done = |i: usize, ns: u64, _: Option<(Tag, usize)>| arrived(i, ns);
-                for i in 0..count {
-                    while window.posted.len() >= window.limit {
-                        window.reap(node, false, &what, &mut done)?;
-                        w.tick(node, &what)?;
-                    }
-                    let posted = Instant::now();
-                    match node.get(i * bytes, bytes, self.remote_base + (i * bytes) as u64)? {
-                        Op::Pending(req) => window.posted.push_back((i, req, posted)),
-                        Op::Done => done(i, super::nanos(posted.elapsed()), None)?,
-                    }
-                }
-                while !window.posted.is_empty() {
-                    window.reap(node, false, &what, &mut done)?;
-                    w.tick(node, &what)?;
-                }
-                w.finish_op(node, node.signal(tag::make(tag::DONE, request, count))?, &what)
+            arrived(i, ns)
+        };
+        let mut next = 0;
+        let post = |window: &mut Window, i: usize, check: &mut Done| -> Result<()> {
+            window.post(i);
+            if op == UcxOp::Send {
+                return node.recv(i, i * bytes, bytes, tag::make(tag::DATA, 0, 0), tag::KIND);
             }
-            UcxOp::Send => {
-                let mut window = Window::new(self.in_flight);
-                let mut check = |i: usize, ns: u64, info: Option<(Tag, usize)>| {
-                    let (t, len) = info.expect("a tag");
-                    if t != tag::make(tag::DATA, request, i) || len != bytes {
-                        let got =
-                            format!("request {} message {} ({len} bytes)", tag::request(t), tag::index(t));
-                        return Err(Error::integrity(format!(
-                            "message {i} of {count} of request {request} ({bytes} bytes): received {got}"
-                        )));
-                    }
-                    arrived(i, ns)
-                };
-                let post = |i: usize| node.recv(i * bytes, bytes, tag::make(tag::DATA, 0, 0), tag::KIND);
-                let first = count.min(self.in_flight);
-                for i in 0..first {
-                    window.posted.push_back((i, post(i)?, Instant::now()));
-                }
-                w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
-                let mut next = first;
-                while !window.posted.is_empty() {
-                    window.reap(node, true, &what, &mut check)?;
-                    while next < count && window.posted.len() < window.limit {
-                        window.posted.push_back((next, post(next)?, Instant::now()));
-                        next += 1;
-                    }
-                    w.tick(node, &what)?;
-                }
-                Ok(())
+            if let Op::Done = node.get(i, i * bytes, bytes, remote_base + (i * bytes) as u64)? {
+                window.finished_at_once(i, check)?;
             }
+            Ok(())
+        };
+        if op == UcxOp::Send {
+            // Receives first, so that no message waits unexpected.
+            while next < count && !window.full() {
+                post(&mut window, next, &mut check)?;
+                next += 1;
+            }
+            w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
         }
+        while next < count || window.outstanding > 0 {
+            while next < count && !window.full() {
+                post(&mut window, next, &mut check)?;
+                next += 1;
+            }
+            window.reap(&doing, &mut check)?;
+            w.tick(node, &what)?;
+        }
+        if op == UcxOp::Get {
+            w.finish_op(node, node.signal(tag::make(tag::DONE, request, count))?, &what)?;
+        }
+        Ok(())
     }
 }
 
@@ -481,7 +505,7 @@ impl Side {
         sender: bool,
     ) -> Result<Side> {
         let began = Instant::now();
-        let mut side = Side::open(spec, &mut setup, buf, lib)?;
+        let mut side = Side::open(spec, &mut setup, buf, lib, sender)?;
         side.warm_up(&mut setup, sender, buf.len())?;
         let drives = sender != spec.ucx_op.receiver_drives();
         side.describe(spec, drives, began.elapsed())?;

@@ -11,6 +11,7 @@
 
 use super::sys;
 use crate::error::{Error, Result};
+use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicI8, Ordering::Relaxed};
 
@@ -144,6 +145,40 @@ pub enum Op {
     Pending(Request),
 }
 
+/// A data operation whose completion callback has run: its message index,
+/// and for a receive the tag that matched and the length.
+struct Finished {
+    index: usize,
+    status: sys::ucs_status_t::Type,
+    req: *mut c_void,
+    tag: Option<(Tag, usize)>,
+}
+
+thread_local! {
+    /// Completions of data operations, pushed by UCX's callbacks. They run
+    /// inside `ucp_worker_progress` on the thread driving the worker, so a
+    /// thread-local queue needs no lock and finding one costs O(1), however
+    /// many operations are in flight.
+    static FINISHED: RefCell<Vec<Finished>> = const { RefCell::new(Vec::new()) };
+}
+
+unsafe extern "C" fn on_sent(req: *mut c_void, status: sys::ucs_status_t::Type, user_data: *mut c_void) {
+    let f = Finished { index: user_data as usize, status, req, tag: None };
+    FINISHED.with(|q| q.borrow_mut().push(f));
+}
+
+unsafe extern "C" fn on_received(
+    req: *mut c_void,
+    status: sys::ucs_status_t::Type,
+    info: *const sys::ucp_tag_recv_info_t,
+    user_data: *mut c_void,
+) {
+    // SAFETY: UCX passes the matched message's info, valid during the call.
+    let tag = (!info.is_null()).then(|| unsafe { ((*info).sender_tag, (*info).length) });
+    let f = Finished { index: user_data as usize, status, req, tag };
+    FINISHED.with(|q| q.borrow_mut().push(f));
+}
+
 /// The outcome of polling a request.
 pub enum Poll {
     Busy,
@@ -164,6 +199,8 @@ pub struct Node {
     rkey: sys::ucp_rkey_h,
     /// Set by UCX's error callback when the endpoint to the peer failed.
     ep_status: Box<AtomicI8>,
+    /// "sender" or "receiver", for messages.
+    pub peer: &'static str,
 }
 
 // SAFETY: the worker is created single-threaded and the node is only ever
@@ -184,7 +221,13 @@ fn ptr_status(p: sys::ucs_status_ptr_t) -> Option<sys::ucs_status_t::Type> {
 impl Node {
     /// A context with tag and RMA features, one worker, and `len` bytes at
     /// `base` mapped for remote access.
-    pub fn new(ucp: &'static Ucp, base: *mut c_void, len: usize, mem: MemType) -> Result<Node> {
+    pub fn new(
+        ucp: &'static Ucp,
+        base: *mut c_void,
+        len: usize,
+        mem: MemType,
+        peer: &'static str,
+    ) -> Result<Node> {
         let mut config = std::ptr::null_mut();
         // SAFETY: reads UCX_* from the environment into a config UCX allocates.
         ucp.check(
@@ -214,6 +257,7 @@ impl Node {
             ep: std::ptr::null_mut(),
             rkey: std::ptr::null_mut(),
             ep_status: Box::new(AtomicI8::new(sys::ucs_status_t::UCS_OK)),
+            peer,
         };
         // SAFETY: as above, only thread_mode is set.
         let mut wp: sys::ucp_worker_params_t = unsafe { std::mem::zeroed() };
@@ -361,7 +405,7 @@ impl Node {
     fn failure(&self, status: sys::ucs_status_t::Type, what: &str) -> Error {
         let why = self.ucp.describe(status);
         match self.peer_failure() {
-            Some(_) => Error::connection_lost(format!("UCX lost the peer while {what}: {why}")),
+            Some(_) => Error::connection_lost(format!("UCX lost the {} while {what}: {why}", self.peer)),
             None => Error::run(format!("UCX failed {what}: {why} ({status})")),
         }
     }
@@ -372,9 +416,20 @@ impl Node {
         unsafe { (self.base as *mut u8).add(offset) as *mut c_void }
     }
 
+    /// Parameters of a data operation: its completion callback reports
+    /// message `index` to `drain`.
+    fn data_params(&self, index: usize) -> sys::ucp_request_param_t {
+        let mut p = self.params(true);
+        p.op_attr_mask |=
+            sys::ucp_op_attr_t::UCP_OP_ATTR_FIELD_CALLBACK | sys::ucp_op_attr_t::UCP_OP_ATTR_FIELD_USER_DATA;
+        p.cb.send = Some(on_sent);
+        p.user_data = index as *mut c_void;
+        p
+    }
+
     /// Writes `len` bytes at `offset` of this buffer to `remote` in the peer's.
-    pub fn put(&self, offset: usize, len: usize, remote: u64) -> Result<Op> {
-        let p = self.params(true);
+    pub fn put(&self, index: usize, offset: usize, len: usize, remote: u64) -> Result<Op> {
+        let p = self.data_params(index);
         // SAFETY: the range is mapped; rkey is the peer's, for its mapped buffer.
         let r =
             unsafe { self.ucp.lib.ucp_put_nbx(self.ep, self.at(offset, len), len, remote, self.rkey, &p) };
@@ -382,12 +437,55 @@ impl Node {
     }
 
     /// Reads `len` bytes at `remote` of the peer's buffer into `offset` of this one.
-    pub fn get(&self, offset: usize, len: usize, remote: u64) -> Result<Op> {
-        let p = self.params(true);
+    pub fn get(&self, index: usize, offset: usize, len: usize, remote: u64) -> Result<Op> {
+        let p = self.data_params(index);
         // SAFETY: as for put.
         let r =
             unsafe { self.ucp.lib.ucp_get_nbx(self.ep, self.at(offset, len), len, remote, self.rkey, &p) };
         self.accepted(r, "posting a get")
+    }
+
+    /// Sends `len` bytes at `offset` of the buffer under `tag`.
+    pub fn send(&self, index: usize, offset: usize, len: usize, tag: Tag) -> Result<Op> {
+        let p = self.data_params(index);
+        // SAFETY: the range is mapped and stays untouched until the op completes.
+        let r = unsafe { self.ucp.lib.ucp_tag_send_nbx(self.ep, self.at(offset, len), len, tag, &p) };
+        self.accepted(r, "posting a tagged send")
+    }
+
+    /// Receives into `len` bytes at `offset` the next message whose tag
+    /// matches `tag` on the bits of `mask`; `drain` reports the tag.
+    pub fn recv(&self, index: usize, offset: usize, len: usize, tag: Tag, mask: Tag) -> Result<()> {
+        let mut p = self.data_params(index);
+        p.cb.recv = Some(on_received);
+        // Always through the callback, so that the matched tag is reported.
+        p.op_attr_mask |= sys::ucp_op_attr_t::UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
+        // SAFETY: the range is mapped and not read until the receive completes.
+        let r =
+            unsafe { self.ucp.lib.ucp_tag_recv_nbx(self.worker, self.at(offset, len), len, tag, mask, &p) };
+        self.accepted(r, "posting a tagged receive").map(drop)
+    }
+
+    /// Hands each data operation finished since the last call to `done`
+    /// (message index, and a receive's tag and length), and frees it.
+    pub fn drain(
+        &self,
+        what: &str,
+        done: &mut dyn FnMut(usize, Option<(Tag, usize)>) -> Result<()>,
+    ) -> Result<()> {
+        let finished = FINISHED.with(|q| std::mem::take(&mut *q.borrow_mut()));
+        let mut result = Ok(());
+        for f in finished {
+            // SAFETY: a finished request, freed once.
+            unsafe { self.ucp.lib.ucp_request_free(f.req) };
+            if result.is_ok() {
+                result = match f.status {
+                    sys::ucs_status_t::UCS_OK => done(f.index, f.tag),
+                    status => Err(self.failure(status, what)),
+                };
+            }
+        }
+        result
     }
 
     /// Completes at the peer every put and get posted before it.
@@ -398,14 +496,6 @@ impl Node {
         self.accepted(r, "flushing the endpoint")
     }
 
-    /// Sends `len` bytes at `offset` of the buffer under `tag`.
-    pub fn send(&self, offset: usize, len: usize, tag: Tag) -> Result<Op> {
-        let p = self.params(true);
-        // SAFETY: the range is mapped and stays untouched until the op completes.
-        let r = unsafe { self.ucp.lib.ucp_tag_send_nbx(self.ep, self.at(offset, len), len, tag, &p) };
-        self.accepted(r, "posting a tagged send")
-    }
-
     /// A bodiless tagged message: the start and end signals.
     pub fn signal(&self, tag: Tag) -> Result<Op> {
         let p = self.params(false);
@@ -414,19 +504,9 @@ impl Node {
         self.accepted(r, "sending a signal")
     }
 
-    /// Receives into `len` bytes at `offset` the next message whose tag
-    /// matches `tag` on the bits of `mask`.
-    pub fn recv(&self, offset: usize, len: usize, tag: Tag, mask: Tag) -> Result<Request> {
-        let mut p = self.params(true);
-        // Always a request, so that the tag that matched can be read back.
-        p.op_attr_mask |= sys::ucp_op_attr_t::UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
-        // SAFETY: the range is mapped and not read until the receive completes.
-        let r =
-            unsafe { self.ucp.lib.ucp_tag_recv_nbx(self.worker, self.at(offset, len), len, tag, mask, &p) };
-        match self.accepted(r, "posting a tagged receive")? {
-            Op::Pending(req) => Ok(req),
-            Op::Done => Err(Error::run("UCX completed a receive it was asked to defer")),
-        }
+    /// Forgets completions left over from a failed round.
+    pub fn clear_finished(&self) {
+        let _ = self.drain("", &mut |_, _| Ok(()));
     }
 
     /// Waits for nothing: a receive of a bodiless signal matching `tag`/`mask`.
