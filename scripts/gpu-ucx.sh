@@ -9,7 +9,7 @@
 #            put for Llama-3.1-70B; block-wise 8B at 1 to 4096 in flight;
 #   checks   --require-transport refusing a fallback (UCX_TLS without
 #            cuda_ipc), GPU memory refused by the system's UCX (no CUDA),
-#            and a sender killed in the middle of a run.
+#            both sides in one process, and a sender killed mid-run.
 # Needs a CUDA build of UCX: scripts/fetch-ucx-cuda.sh (KVXFER_UCX_DIR, default
 # .cache/ucx-cu13). Each kvxfer run is scripts/two-gpus.sh.
 #
@@ -94,6 +94,10 @@ if [[ " $PARTS " == *" checks "* ]]; then
     # Expected to fail: the system UCX (no CUDA modules) cannot map GPU memory.
     KVXFER_UCX_LIB=libucp.so.0 scripts/two-gpus.sh "$OUT/check-system-ucx" -t ucx -p 2048 -n 2 -w 1
     echo "check-system-ucx: exit $? (non-zero expected)"
+    # Both sides as two threads of one process (kvxfer pair), GPU 0 to GPU 1.
+    "$BIN/kvxfer" pair -t ucx --memory gpu --device 0 --recv-device 1 -p 2048 -g request,layer -n 10 \
+        >"$OUT/check-pair-one-process.txt" 2>&1
+    echo "check-pair-one-process: exit $?"
     # A sender killed mid-run: the receiver must exit on its own, within its timeout.
     KVXFER_TIMEOUT=5s scripts/two-gpus.sh "$OUT/check-kill" -t ucx --ucx-op put -p 131072 -g block \
         -n 1000 -w 1 &

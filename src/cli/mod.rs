@@ -169,6 +169,7 @@ fn send(a: &SendArgs) -> Result<()> {
     net::resolve(&a.connect)?;
     let memory = a.run.memory.spec();
     let spec = a.run.transport_spec();
+    spec.validate()?;
     spec.check_memory(memory.kind).map_err(Error::usage)?;
     transport::check_library(&spec, &plan, &a.run.local())?;
     if !matches!(memory.kind, MemoryKind::Host) {
@@ -210,6 +211,7 @@ fn pair(a: &PairArgs) -> Result<()> {
     let spec = a.run.transport_spec();
     let send_memory = a.run.memory.spec();
     let recv_kind = a.recv_memory.unwrap_or(send_memory.kind);
+    spec.validate()?;
     for kind in [send_memory.kind, recv_kind] {
         spec.check_memory(kind).map_err(Error::usage)?;
     }

@@ -82,6 +82,18 @@ fn default_in_flight() -> u32 {
 }
 
 impl TransportSpec {
+    /// Refuses requirements the chosen transport cannot check: silently
+    /// ignoring `--require-transport` would pass the gate it is meant to be.
+    pub fn validate(&self) -> Result<()> {
+        if self.kind != TransportKind::Ucx && !self.require_transport.is_empty() {
+            return Err(Error::usage(format!(
+                "--require-transport names UCX transports; it needs -t ucx, not -t {}",
+                self.kind
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether this transport can move one side's memory; the sender checks
     /// its own before connecting, the receiver its own before accepting.
     pub fn check_memory(&self, memory: MemoryKind) -> Result<(), String> {

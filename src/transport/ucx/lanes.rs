@@ -2,6 +2,7 @@
 //! endpoint lane, naming its transport and device and what it carries, e.g.
 //! `lane[2]:  5:cma/memory.0 md[4]  -> md[4]/cma/sysdev[255] rma_bw#0`.
 
+use super::ucp::MemType;
 use super::UcxOp;
 use crate::error::{Error, Result};
 
@@ -18,9 +19,22 @@ pub struct Lanes(pub Vec<Lane>);
 const ROLES: [&str; 10] =
     ["am", "am_bw", "rma", "rma_bw", "amo", "tag", "rkey_ptr", "wireup", "cm", "keepalive"];
 
+/// Transports that reach only host memory, and only GPU memory: an endpoint
+/// has lanes for both kinds, and only one kind carries a side's buffer.
+const HOST_ONLY: [&str; 6] = ["cma", "sysv", "posix", "knem", "xpmem", "self"];
+const GPU_ONLY: [&str; 4] = ["cuda_ipc", "cuda_copy", "gdr_copy", "rocm_ipc"];
+
 impl Lane {
     fn name(&self) -> String {
         format!("{}/{}", self.transport, self.device)
+    }
+
+    fn reaches(&self, mem: MemType) -> bool {
+        let t = self.transport.as_str();
+        match mem {
+            MemType::Host => !GPU_ONLY.contains(&t),
+            MemType::Cuda => !HOST_ONLY.contains(&t),
+        }
     }
 
     fn has(&self, roles: &[&str]) -> bool {
@@ -37,25 +51,34 @@ impl Lanes {
         self.0.iter().filter(|l| l.has(roles)).collect()
     }
 
-    /// The lanes that carry the operation's bytes, and whether UCX emulates
-    /// put/get with active messages for want of an RMA lane.
-    fn data_lanes(&self, op: UcxOp) -> (Vec<&Lane>, bool) {
-        match op {
+    /// The lanes that carry the operation's bytes from or to `mem`, and
+    /// whether UCX emulates put/get with active messages for want of an RMA
+    /// lane.
+    fn data_lanes(&self, op: UcxOp, mem: MemType) -> (Vec<&Lane>, bool) {
+        let (lanes, emulated) = match op {
             UcxOp::Put | UcxOp::Get => match self.with(&["rma_bw", "rma"]) {
                 rma if rma.is_empty() => (self.with(&["am_bw", "am"]), true),
                 rma => (rma, false),
             },
             // Eager messages ride the active-message lanes, rendezvous the RMA ones.
             UcxOp::Send => (self.with(&["am_bw", "am", "rma_bw", "tag"]), false),
+        };
+        // Active messages stage GPU memory through host buffers: only RMA
+        // lanes must reach the buffer themselves.
+        let reaching: Vec<&Lane> =
+            lanes.iter().copied().filter(|l| l.reaches(mem) || !l.has(&["rma_bw", "rma"])).collect();
+        match reaching.is_empty() || emulated {
+            true => (lanes, emulated),
+            false => (reaching, emulated),
         }
     }
 
     /// One line for the report: the transports that carry the data.
-    pub fn path(&self, op: UcxOp) -> String {
+    pub fn path(&self, op: UcxOp, mem: MemType) -> String {
         if self.0.is_empty() {
             return "UCX did not describe its lanes".to_string();
         }
-        let (lanes, emulated) = self.data_lanes(op);
+        let (lanes, emulated) = self.data_lanes(op, mem);
         let names = lanes.iter().map(|l| format!("{} ({})", l.name(), l.roles.join(" "))).collect::<Vec<_>>();
         match emulated {
             true => format!("{op} emulated with active messages (no RMA lane) over {}", names.join(", ")),
@@ -65,8 +88,8 @@ impl Lanes {
 
     /// Fails unless every required transport carries the operation's data.
     /// `rc` matches `rc_mlx5` and `rc_verbs`.
-    pub fn require(&self, op: UcxOp, required: &[String]) -> Result<()> {
-        let (lanes, _) = self.data_lanes(op);
+    pub fn require(&self, op: UcxOp, mem: MemType, required: &[String]) -> Result<()> {
+        let (lanes, _) = self.data_lanes(op, mem);
         let carries = |name: &str| {
             lanes.iter().any(|l| l.transport == name || l.transport.starts_with(&format!("{name}_")))
         };
@@ -78,7 +101,7 @@ impl Lanes {
             "--require-transport {}: UCX chose otherwise: {}. Check UCX_TLS and UCX_NET_DEVICES, and that the UCX \
              library (--ucx-lib) was built with that transport",
             missing.join(","),
-            self.path(op)
+            self.path(op, mem)
         )))
     }
 }
@@ -135,25 +158,42 @@ mod tests {
 
     #[test]
     fn path_names_the_data_lanes_and_emulation() {
-        assert_eq!(Lanes::parse(SHM).path(UcxOp::Put), "put over cma/memory (rma_bw)");
+        assert_eq!(Lanes::parse(SHM).path(UcxOp::Put, MemType::Host), "put over cma/memory (rma_bw)");
         assert_eq!(
-            Lanes::parse(TCP).path(UcxOp::Get),
+            Lanes::parse(TCP).path(UcxOp::Get, MemType::Host),
             "get emulated with active messages (no RMA lane) over tcp/lo (am am_bw keepalive wireup)"
         );
-        assert!(Lanes::parse(SHM).path(UcxOp::Send).contains("sysv/memory"));
+        assert!(Lanes::parse(SHM).path(UcxOp::Send, MemType::Host).contains("sysv/memory"));
     }
 
     #[test]
     fn require_refuses_a_fallback() {
         let shm = Lanes::parse(SHM);
-        assert!(shm.require(UcxOp::Put, &["cma".into()]).is_ok());
-        let e = shm.require(UcxOp::Put, &["cuda_ipc".into(), "cma".into()]).unwrap_err();
+        assert!(shm.require(UcxOp::Put, MemType::Host, &["cma".into()]).is_ok());
+        let e = shm.require(UcxOp::Put, MemType::Host, &["cuda_ipc".into(), "cma".into()]).unwrap_err();
         assert!(
             e.message.contains("--require-transport cuda_ipc: UCX chose otherwise: put over cma/memory"),
             "{e}"
         );
-        assert!(Lanes::parse(TCP).require(UcxOp::Put, &["cma".into()]).is_err());
+        assert!(Lanes::parse(TCP).require(UcxOp::Put, MemType::Host, &["cma".into()]).is_err());
         let rc = Lanes::parse("#  lane[0]:  2:rc_mlx5/mlx5_0:1.0 md[0] -> md[0]/ib rma_bw#0 am");
-        assert!(rc.require(UcxOp::Put, &["rc".into()]).is_ok());
+        assert!(rc.require(UcxOp::Put, MemType::Host, &["rc".into()]).is_ok());
+    }
+
+    /// As UCX 1.22 with CUDA printed them on the H200 pair (error mode none).
+    const GPU: &str = "#                 lane[0]:  3:sysv/memory.0 md[2]           -> md[2]/sysv/sysdev[255] seg 4294967295 am
+#                 lane[1]:  4:posix/memory.0 md[3]          -> md[3]/posix/sysdev[255] seg 4294967295
+#                 lane[2]:  7:cma/memory.0 md[6]            -> md[6]/cma/sysdev[255] seg 4294967295 rma_bw#1
+#                 lane[3]:  6:cuda_ipc/cuda.0 md[5]         -> md[5]/cuda_ipc/sysdev[1] seg 4294967295 rma_bw#0
+";
+
+    #[test]
+    fn the_buffer_memory_picks_the_lanes_that_can_reach_it() {
+        let l = Lanes::parse(GPU);
+        assert_eq!(l.path(UcxOp::Put, MemType::Cuda), "put over cuda_ipc/cuda (rma_bw)");
+        assert_eq!(l.path(UcxOp::Get, MemType::Host), "get over cma/memory (rma_bw)");
+        assert!(l.require(UcxOp::Put, MemType::Cuda, &["cma".into()]).is_err());
+        assert!(l.require(UcxOp::Put, MemType::Cuda, &["cuda_ipc".into()]).is_ok());
+        assert_eq!(l.path(UcxOp::Send, MemType::Cuda), "send over sysv/memory (am), cuda_ipc/cuda (rma_bw)");
     }
 }

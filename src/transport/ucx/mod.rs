@@ -350,8 +350,8 @@ impl Side {
         );
         self.info.details.insert("ucx_endpoint".into(), report.trim().to_string());
         if drives {
-            self.info.path = Some(lanes.path(self.op));
-            lanes.require(self.op, &spec.require_transport)?;
+            self.info.path = Some(lanes.path(self.op, self.node.mem()));
+            lanes.require(self.op, self.node.mem(), &spec.require_transport)?;
         }
         Ok(())
     }

@@ -326,6 +326,10 @@ impl Node {
         Ok(bytes)
     }
 
+    pub fn mem(&self) -> MemType {
+        self.mem
+    }
+
     pub fn base(&self) -> u64 {
         self.base as u64
     }
