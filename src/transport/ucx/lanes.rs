@@ -16,6 +16,18 @@ pub struct Lane {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lanes(pub Vec<Lane>);
 
+/// How UCX moves an operation's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carried {
+    /// On lanes that reach the buffer.
+    Direct,
+    /// put/get as active messages, for want of an RMA lane.
+    Emulated,
+    /// Over RMA lanes that reach only host memory, GPU memory copied
+    /// through host buffers on the way.
+    Staged,
+}
+
 const ROLES: [&str; 10] =
     ["am", "am_bw", "rma", "rma_bw", "amo", "tag", "rkey_ptr", "wireup", "cm", "keepalive"];
 
@@ -51,25 +63,26 @@ impl Lanes {
         self.0.iter().filter(|l| l.has(roles)).collect()
     }
 
-    /// The lanes that carry the operation's bytes from or to `mem`, and
-    /// whether UCX emulates put/get with active messages for want of an RMA
-    /// lane.
-    fn data_lanes(&self, op: UcxOp, mem: MemType) -> (Vec<&Lane>, bool) {
-        let (lanes, emulated) = match op {
+    /// The lanes that carry the operation's bytes from or to `mem`, and how.
+    fn data_lanes(&self, op: UcxOp, mem: MemType) -> (Vec<&Lane>, Carried) {
+        let (lanes, how) = match op {
             UcxOp::Put | UcxOp::Get => match self.with(&["rma_bw", "rma"]) {
-                rma if rma.is_empty() => (self.with(&["am_bw", "am"]), true),
-                rma => (rma, false),
+                rma if rma.is_empty() => (self.with(&["am_bw", "am"]), Carried::Emulated),
+                rma => (rma, Carried::Direct),
             },
             // Eager messages ride the active-message lanes, rendezvous the RMA ones.
-            UcxOp::Send => (self.with(&["am_bw", "am", "rma_bw", "tag"]), false),
+            UcxOp::Send => (self.with(&["am_bw", "am", "rma_bw", "tag"]), Carried::Direct),
         };
-        // Active messages stage GPU memory through host buffers: only RMA
-        // lanes must reach the buffer themselves.
+        if how == Carried::Emulated {
+            return (lanes, how);
+        }
+        // Active messages stage GPU memory through host buffers anyway: only
+        // RMA lanes must reach the buffer themselves.
         let reaching: Vec<&Lane> =
             lanes.iter().copied().filter(|l| l.reaches(mem) || !l.has(&["rma_bw", "rma"])).collect();
-        match reaching.is_empty() || emulated {
-            true => (lanes, emulated),
-            false => (reaching, emulated),
+        match reaching.iter().any(|l| l.has(&["rma_bw", "rma"])) || op == UcxOp::Send {
+            true => (reaching, how),
+            false => (lanes, Carried::Staged),
         }
     }
 
@@ -78,11 +91,15 @@ impl Lanes {
         if self.0.is_empty() {
             return "UCX did not describe its lanes".to_string();
         }
-        let (lanes, emulated) = self.data_lanes(op, mem);
+        let (lanes, how) = self.data_lanes(op, mem);
         let names = lanes.iter().map(|l| format!("{} ({})", l.name(), l.roles.join(" "))).collect::<Vec<_>>();
-        match emulated {
-            true => format!("{op} emulated with active messages (no RMA lane) over {}", names.join(", ")),
-            false => format!("{op} over {}", names.join(", ")),
+        let names = names.join(", ");
+        match how {
+            Carried::Direct => format!("{op} over {names}"),
+            Carried::Emulated => format!("{op} emulated with active messages (no RMA lane) over {names}"),
+            Carried::Staged => {
+                format!("{op} staged through host memory (no lane reaches GPU memory) over {names}")
+            }
         }
     }
 
@@ -195,5 +212,12 @@ mod tests {
         assert!(l.require(UcxOp::Put, MemType::Cuda, &["cma".into()]).is_err());
         assert!(l.require(UcxOp::Put, MemType::Cuda, &["cuda_ipc".into()]).is_ok());
         assert_eq!(l.path(UcxOp::Send, MemType::Cuda), "send over sysv/memory (am), cuda_ipc/cuda (rma_bw)");
+        // Two workers of one process: UCX offered no cuda_ipc lane.
+        let shm = Lanes::parse(SHM);
+        assert_eq!(
+            shm.path(UcxOp::Put, MemType::Cuda),
+            "put staged through host memory (no lane reaches GPU memory) over cma/memory (rma_bw)"
+        );
+        assert!(shm.require(UcxOp::Put, MemType::Cuda, &["cuda_ipc".into()]).is_err());
     }
 }
