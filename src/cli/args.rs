@@ -8,6 +8,7 @@ use crate::link::{self, Link};
 use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
 use crate::plan::{Granularity, Plan, VerifyMode};
+use crate::report::gate::{Gate, Threshold};
 use crate::transport::ucx::{UcxErrMode, UcxOp};
 use crate::transport::{LocalOptions, TransportKind, TransportSpec};
 use crate::units;
@@ -66,6 +67,7 @@ parser_of!(link_spec, Link, link::parse);
 parser_of!(fault, Fault, Fault::parse);
 parser_of!(memory_kind, MemoryKind, MemoryKind::parse);
 parser_of!(ucx_op, UcxOp, UcxOp::parse);
+parser_of!(threshold, Threshold, Threshold::parse);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 
 fn device_ordinal(s: &str) -> Result<usize, String> {
@@ -238,6 +240,19 @@ pub struct OutputArgs {
     /// No table on stdout
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+    /// Fail (exit 4) if a point moves fewer GB/s: a floor for all prompt
+    /// lengths and/or TOKENS:GBPS for some (e.g. 300 or 8k:300,32k:350)
+    #[arg(long, value_name = "[TOKENS:]GBPS,...", value_parser = threshold, help_heading = "Gate")]
+    pub min_gbps: Option<Threshold>,
+    /// Fail (exit 4) if a point reaches less of the link's peak (--link), in percent
+    #[arg(long, value_name = "[TOKENS:]PERCENT,...", value_parser = threshold, help_heading = "Gate")]
+    pub min_percent_of_peak: Option<Threshold>,
+}
+
+impl OutputArgs {
+    pub fn gate(&self) -> Gate {
+        Gate { min_gbps: self.min_gbps.clone(), min_percent_of_peak: self.min_percent_of_peak.clone() }
+    }
 }
 
 /// Where a side's transfer buffer lives.
@@ -296,6 +311,14 @@ impl RunArgs {
         };
         plan.validate()?;
         Ok(plan)
+    }
+
+    /// A floor in percent of a peak nobody gave could never be checked.
+    pub fn check_gate(&self) -> Result<()> {
+        if self.output.min_percent_of_peak.is_some() && self.link.is_none() {
+            return Err(Error::usage("--min-percent-of-peak needs the peak: give --link PRESET or GB/s"));
+        }
+        Ok(())
     }
 
     pub fn transport_spec(&self) -> TransportSpec {

@@ -12,6 +12,7 @@ use crate::measure::{self, Fault, RunConfig};
 use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
 use crate::plan::{Plan, RequestLayout};
+use crate::report::gate::Gate;
 use crate::report::{self, table, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
@@ -166,6 +167,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
 
 fn send(a: &SendArgs) -> Result<()> {
     let plan = a.run.plan()?;
+    a.run.check_gate()?;
     net::resolve(&a.connect)?;
     let memory = a.run.memory.spec();
     let spec = a.run.transport_spec();
@@ -208,6 +210,7 @@ fn recv(a: &RecvArgs) -> Result<()> {
 
 fn pair(a: &PairArgs) -> Result<()> {
     let plan = a.run.plan()?;
+    a.run.check_gate()?;
     let spec = a.run.transport_spec();
     let send_memory = a.run.memory.spec();
     let recv_kind = a.recv_memory.unwrap_or(send_memory.kind);
@@ -415,6 +418,7 @@ fn random_cookie() -> u64 {
 /// at once rather than after an hour of measuring, and filled at the end.
 struct Outputs {
     files: Vec<(PathBuf, File, Box<dyn Exporter>)>,
+    gate: Gate,
 }
 
 impl Outputs {
@@ -429,7 +433,7 @@ impl Outputs {
                 files.push((path.clone(), f, exporter));
             }
         }
-        Ok(Outputs { files })
+        Ok(Outputs { files, gate: a.gate() })
     }
 
     /// Writes what was measured (even a partial run), prints the verdict and
@@ -442,6 +446,9 @@ impl Outputs {
             return result;
         };
         report.close(result.as_ref().err());
+        if result.is_ok() && !self.gate.is_empty() {
+            report.gate = Some(self.gate.judge(&report));
+        }
         if print {
             table::footer(&report, &mut std::io::stdout().lock())?;
         }
@@ -457,6 +464,9 @@ impl Outputs {
                 report.first_wrong().unwrap_or("?")
             )));
         }
-        Ok(())
+        match report.gate.as_ref().and_then(|g| g.error()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! (CSV, JSON). Exporters only read a finished `RunReport`.
 
 pub mod csv;
+pub mod gate;
 pub mod json;
 pub mod table;
 
@@ -41,6 +42,9 @@ pub struct RunReport {
     pub wrong_bytes: u64,
     /// "ok", "wrong bytes", or the error that ended the run.
     pub outcome: String,
+    /// The `--min-gbps` / `--min-percent-of-peak` verdict, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<gate::GateVerdict>,
 }
 
 impl RunReport {
@@ -64,6 +68,7 @@ impl RunReport {
             verified_bytes: 0,
             wrong_bytes: 0,
             outcome: "running".into(),
+            gate: None,
         }
     }
 

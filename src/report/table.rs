@@ -134,6 +134,9 @@ pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         ),
     };
     writeln!(out, "# integrity  {verdict}")?;
+    if let Some(g) = &r.gate {
+        writeln!(out, "# gate       {}", g.line())?;
+    }
     for (side, info) in [("sender", &r.sender_transport), ("receiver", &r.receiver_transport)] {
         if let Some(path) = &info.path {
             writeln!(out, "# path       {side}: {path}")?;
