@@ -21,5 +21,6 @@ pub mod net;
 pub mod plan;
 pub mod report;
 pub mod session;
+pub mod size;
 pub mod transport;
 pub mod units;

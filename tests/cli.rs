@@ -122,3 +122,45 @@ fn bad_values_are_refused_clearly() {
         assert!(f.rows().is_empty(), "{bin} {args:?} measured something");
     }
 }
+
+#[test]
+fn size_prints_the_buffers_worked_out_by_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("size.json");
+    // Llama-3.1-8B: 128 KiB per token, 4 KiB per token per layer.
+    let args = ["size", "-m", "llama-3.1-8b", "-p", "3000,32k", "--mix", "3,1", "--concurrent", "4"];
+    let f = run(
+        KVXFER,
+        &[&args[..], &["--gpu-memory", "141GB", "--json", j.to_str().unwrap()]].concat(),
+        secs(10),
+    );
+    f.expect_code(0);
+    // 4 requests of 32768 tokens x 128 KiB = 16 GiB; the pool rounds nothing up there.
+    assert!(f.stdout.contains("kv_buffer_size    17179869184 (16 GiB)"), "{}", f.stdout);
+    assert!(f.stdout.contains("mem_pool_size_gb  16:"), "{}", f.stdout);
+    assert!(f.stdout.contains("above 10% of the GPU"), "{}", f.stdout);
+    assert!(f.stdout.contains(r#""kv_buffer_size":"17179869184""#), "{}", f.stdout);
+    let doc = json(&j);
+    let short = &doc["sizing"]["prompts"][0];
+    assert_eq!(short["request_bytes"], 393_216_000u64);
+    assert_eq!(short["pooled_layer_bytes"], 16u64 << 20);
+    assert_eq!(short["lmcache_bytes"], 3072u64 * 131072);
+    assert_eq!(doc["sizing"]["lmcache_pd_buffer_size"], 16u64 << 30);
+}
+
+#[test]
+fn size_takes_transfer_times_from_a_run_of_the_same_shape_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("run.json");
+    run(KVXFER, &["pair", "-p", "128,1024", "-n", "2", "--json", j.to_str().unwrap()], secs(60))
+        .expect_code(0);
+    let f = run(KVXFER, &["size", "-p", "128,1024,8k", "--run", j.to_str().unwrap()], secs(10));
+    f.expect_code(0);
+    assert!(f.stdout.contains("Added time to first token, from the run (tcp"), "{}", f.stdout);
+    assert!(f.stdout.contains("1024 tokens: ") && f.stdout.contains("(layer granularity"), "{}", f.stdout);
+    assert!(f.stdout.contains("8192 tokens: not in the run"), "{}", f.stdout);
+    let f = run(KVXFER, &["size", "-m", "llama-3.1-70b", "--run", j.to_str().unwrap()], secs(10));
+    f.expect_code(2).expect_stderr("size the model and TP of the run");
+    let f = run(KVXFER, &["size", "-p", "1k,2k", "--mix", "1"], secs(10));
+    f.expect_code(2).expect_stderr("--mix gives 1 shares for 2 prompt lengths");
+}

@@ -409,3 +409,37 @@ pub struct PlanArgs {
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
+
+#[derive(Args, Clone, Debug)]
+pub struct SizeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prompt lengths of the traffic, comma-separated (32k = 32768)
+    #[arg(long, short = 'p', value_name = "LIST", default_value = "1k,8k,32k", value_parser = token_list, allow_hyphen_values = true)]
+    pub prompt_lengths: ::std::vec::Vec<u32>, // one comma list, not repeated flags (clap opt-out)
+    /// Share of each prompt length, comma-separated, one per length [default: equal]
+    #[arg(long, value_name = "LIST", value_parser = weight_list, allow_hyphen_values = true)]
+    pub mix: Option<::std::vec::Vec<f64>>,
+    /// Requests whose KV sits received and not yet consumed on one decode GPU at
+    /// once (bursts reach vLLM's --max-num-seqs)
+    #[arg(long, default_value = "8", value_parser = positive_u32, allow_hyphen_values = true)]
+    pub concurrent: u32,
+    /// The decode GPU's memory (e.g. 141GB), to show the buffer's share of it
+    #[arg(long, value_name = "SIZE", value_parser = byte_size, allow_hyphen_values = true)]
+    pub gpu_memory: Option<u64>,
+    /// A kvxfer --json report of the same model: adds each prompt's transfer time
+    #[arg(long, value_name = "FILE")]
+    pub run: Option<PathBuf>,
+    /// Also write the advice as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+fn weight_list(s: &str) -> Result<Vec<f64>, String> {
+    s.split(',')
+        .map(|w| match w.trim().parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(format!("'{w}' is not a positive weight")),
+        })
+        .collect()
+}

@@ -3,6 +3,7 @@
 //! this host over loopback).
 
 pub mod args;
+mod size;
 
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
@@ -17,7 +18,7 @@ use crate::report::{self, table, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
-use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, RunArgs, SendArgs};
+use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, RunArgs, SendArgs, SizeArgs};
 use clap::{Parser, Subcommand};
 use std::fs::File;
 use std::io::Write;
@@ -39,6 +40,8 @@ pub struct Kvxfer {
 enum Command {
     /// KV bytes and messages of a model at some prompt lengths (no hardware needed)
     Plan(PlanArgs),
+    /// Decode-side buffer sizes (vLLM kv_buffer_size, pinned pool, LMCache) for a model and traffic mix
+    Size(SizeArgs),
     /// Run the sender and the receiver on this host over loopback
     Pair(PairArgs),
     /// The sender (prefill side); the same as kvxfer-send
@@ -68,6 +71,7 @@ pub fn main_kvxfer() -> ! {
         "kvxfer",
         match Kvxfer::parse().command {
             Command::Plan(a) => plan(&a),
+            Command::Size(a) => size::run(&a),
             Command::Pair(a) => pair(&a),
             Command::Send(a) => send(&a),
             Command::Recv(a) => recv(&a),

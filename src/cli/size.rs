@@ -1,0 +1,167 @@
+//! `kvxfer size`: the decode-side buffers a connector needs for a model and
+//! a traffic mix, printed as the settings to paste.
+
+use super::args::SizeArgs;
+use crate::error::{Error, Result};
+use crate::report::RunReport;
+use crate::size::{self, Sizing};
+use crate::units::{fmt_bytes, fmt_ns};
+use std::io::Write;
+
+pub fn run(a: &SizeArgs) -> Result<()> {
+    let shape = a.model.resolve()?;
+    let weights = a.mix.clone().unwrap_or_else(|| vec![1.0; a.prompt_lengths.len()]);
+    if weights.len() != a.prompt_lengths.len() {
+        return Err(Error::usage(format!(
+            "--mix gives {} shares for {} prompt lengths",
+            weights.len(),
+            a.prompt_lengths.len()
+        )));
+    }
+    let report = a.run.as_ref().map(|p| read_run(p, shape.bytes_per_token())).transpose()?;
+    let mix: Vec<(u32, f64)> = a.prompt_lengths.iter().copied().zip(weights).collect();
+    let s = size::size(&shape, &mix, a.concurrent, report.as_ref().map(|r| &r.points[..]));
+    print(&mut std::io::stdout().lock(), a, &shape, &s, report.as_ref())?;
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({
+            "model": shape.model.describe(),
+            "tp": shape.tp,
+            "kv_bytes_per_token": shape.bytes_per_token(),
+            "sizing": s,
+            "p2p_nccl_kv_transfer_config": s.p2p_nccl_consumer_config(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("serializes") + "\n")
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// A recorded run, which must be of the same KV shape as the advice.
+fn read_run(path: &std::path::Path, bytes_per_token: u64) -> Result<RunReport> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    let r: RunReport = serde_json::from_str(&text)
+        .map_err(|e| Error::usage(format!("{} is not a kvxfer --json report: {e}", path.display())))?;
+    if r.kv_bytes_per_token != bytes_per_token {
+        return Err(Error::usage(format!(
+            "{} measured {} ({} bytes of KV per token per rank); this advice is for {} bytes per token: \
+             size the model and TP of the run",
+            path.display(),
+            r.model,
+            r.kv_bytes_per_token,
+            bytes_per_token
+        )));
+    }
+    Ok(r)
+}
+
+fn print(
+    out: &mut dyn Write,
+    a: &SizeArgs,
+    shape: &crate::kv::KvShape,
+    s: &Sizing,
+    run: Option<&RunReport>,
+) -> Result<()> {
+    let gb = |b: u64| format!("{b} ({})", fmt_bytes(b));
+    writeln!(out, "model        {}", shape.model.describe())?;
+    writeln!(out, "per rank     TP {}: {} of KV per token", shape.tp, fmt_bytes(shape.bytes_per_token()))?;
+    writeln!(out, "concurrency  {} requests received and not yet consumed on one decode GPU", s.concurrent)?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:>8} {:>6} {:>12} {:>12} {:>14} {:>12} {:>11} {:>11}",
+        "prompt", "share", "request", "layer", "layer, pooled", "LMCache", "xfer p50", "xfer p99"
+    )?;
+    for p in &s.prompts {
+        let (p50, p99) = match &p.transfer {
+            Some(m) => (fmt_ns(m.p50_ns as f64), fmt_ns(m.p99_ns as f64)),
+            None => ("-".into(), "-".into()),
+        };
+        writeln!(
+            out,
+            "{:>8} {:>5.0}% {:>12} {:>12} {:>14} {:>12} {:>11} {:>11}",
+            p.tokens,
+            100.0 * p.share,
+            fmt_bytes(p.request_bytes),
+            fmt_bytes(p.layer_tensor_bytes),
+            fmt_bytes(p.pooled_layer_bytes),
+            fmt_bytes(p.lmcache_bytes),
+            p50,
+            p99
+        )?;
+    }
+    writeln!(out)?;
+    let share = a
+        .gpu_memory
+        .map(|m| {
+            format!(
+                ", {:.1}% of the GPU's {} (vLLM's guide: 5-10%)",
+                100.0 * s.kv_buffer_size as f64 / m as f64,
+                fmt_bytes(m)
+            )
+        })
+        .unwrap_or_default();
+    writeln!(out, "vLLM P2pNcclConnector, decode side:")?;
+    writeln!(
+        out,
+        "  kv_buffer_size    {}: {} requests of the longest prompt never spill{share}",
+        gb(s.kv_buffer_size),
+        s.concurrent
+    )?;
+    writeln!(
+        out,
+        "                    {} would hold {} requests of the mix's mean size; bursts of long prompts then spill",
+        gb(s.kv_buffer_size_mean),
+        s.concurrent
+    )?;
+    if let Some(m) = a.gpu_memory.filter(|m| s.kv_buffer_size as f64 > 0.1 * *m as f64) {
+        writeln!(
+            out,
+            "                    note: above 10% of the GPU, the decode instance keeps that much less KV cache for \
+             decoding; a smaller threshold ({} at 10%) spills the rest to the pinned pool at PCIe speed",
+            fmt_bytes(m / 10)
+        )?;
+    }
+    let rounding = 100.0 * (s.pinned_pool_bytes as f64 / s.kv_buffer_size as f64 - 1.0);
+    writeln!(
+        out,
+        "  mem_pool_size_gb  {}: the pinned host pool for {} spilled requests of the longest prompt \
+         ({} after rounding each layer tensor up to a power of two, +{rounding:.0}%)",
+        s.mem_pool_size_gb,
+        s.concurrent,
+        fmt_bytes(s.pinned_pool_bytes)
+    )?;
+    writeln!(out, "  --kv-transfer-config '{}'", s.p2p_nccl_consumer_config())?;
+    writeln!(out, "  (add kv_port and the proxy's kv_connector_extra_config; the prefill side can keep kv_buffer_size 1e1 in PUT modes)")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "LMCache PD mode, decoder: pd_buffer_size {} ({} requests of the longest prompt in {}-token chunks)",
+        gb(s.lmcache_pd_buffer_size),
+        s.concurrent,
+        size::LMCACHE_CHUNK_TOKENS
+    )?;
+    if let Some(r) = run {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Added time to first token, from the run ({}, {}): the transfer of one request",
+            r.transport.kind, r.started_at
+        )?;
+        for p in &s.prompts {
+            match &p.transfer {
+                Some(m) => writeln!(
+                    out,
+                    "  {:>8} tokens: {} median, {} p99 ({} granularity, {:.1} GB/s)",
+                    p.tokens,
+                    fmt_ns(m.p50_ns as f64),
+                    fmt_ns(m.p99_ns as f64),
+                    m.granularity,
+                    m.gbps
+                )?,
+                None => writeln!(out, "  {:>8} tokens: not in the run", p.tokens)?,
+            }
+        }
+    }
+    Ok(())
+}

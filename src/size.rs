@@ -1,0 +1,165 @@
+//! Sizing advice for the buffers KV connectors keep on the decode side.
+//!
+//! - vLLM P2pNcclConnector: `kv_buffer_size` is a threshold on the bytes of
+//!   received-but-not-yet-consumed KV tensors on the decode GPU (one tensor
+//!   per request and layer). Past it, tensors go to a pinned host pool
+//!   (`mem_pool_size_gb`, GiB, a buddy allocator: each tensor takes the next
+//!   power of two) and come back over PCIe at decode time.
+//! - LMCache (PD mode): the decoder's `pd_buffer_size` receives KV in
+//!   256-token chunks; a request that does not fit waits ("Failed to
+//!   allocate memory object, retrying...").
+//!
+//! All figures are per rank: with tensor parallelism each decode GPU holds
+//! its share of the heads (MLA: the whole latent).
+
+use crate::kv::KvShape;
+use crate::measure::PointResult;
+use crate::plan::Granularity;
+use serde::Serialize;
+
+/// LMCache's default `chunk_size`, in tokens.
+pub const LMCACHE_CHUNK_TOKENS: u32 = 256;
+const GIB: u64 = 1 << 30;
+
+/// One prompt length of the mix.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PromptSizing {
+    pub tokens: u32,
+    /// Fraction of requests with this prompt length.
+    pub share: f64,
+    /// KV bytes of one request on one rank.
+    pub request_bytes: u64,
+    /// One (request, layer) tensor as P2pNccl sends it.
+    pub layer_tensor_bytes: u64,
+    /// The same in the pinned pool, rounded up to a power of two.
+    pub pooled_layer_bytes: u64,
+    /// One request in LMCache's buffer: whole 256-token chunks.
+    pub lmcache_bytes: u64,
+    /// Time to move the request over the measured fabric, if given.
+    pub transfer: Option<Measured>,
+}
+
+/// What a recorded run says about one prompt length.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Measured {
+    pub granularity: Granularity,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub gbps: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Sizing {
+    pub concurrent: u32,
+    pub prompts: Vec<PromptSizing>,
+    /// `concurrent` requests of the longest prompt: never spills.
+    pub kv_buffer_size: u64,
+    /// `concurrent` requests of the mix's mean size: spills on long bursts.
+    pub kv_buffer_size_mean: u64,
+    /// The pinned pool that holds `concurrent` spilled requests of the longest prompt.
+    pub pinned_pool_bytes: u64,
+    pub mem_pool_size_gb: u64,
+    pub lmcache_pd_buffer_size: u64,
+}
+
+pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[PointResult]>) -> Sizing {
+    let total: f64 = mix.iter().map(|(_, w)| w).sum();
+    let layers = shape.model.layers as u64;
+    let prompts: Vec<PromptSizing> = mix
+        .iter()
+        .map(|&(tokens, weight)| {
+            let layer_tensor_bytes = tokens as u64 * shape.layer_bytes_per_token();
+            PromptSizing {
+                tokens,
+                share: weight / total,
+                request_bytes: layer_tensor_bytes * layers,
+                layer_tensor_bytes,
+                pooled_layer_bytes: layer_tensor_bytes.next_power_of_two(),
+                lmcache_bytes: tokens.div_ceil(LMCACHE_CHUNK_TOKENS) as u64
+                    * LMCACHE_CHUNK_TOKENS as u64
+                    * shape.bytes_per_token(),
+                transfer: run.and_then(|points| measured(points, tokens)),
+            }
+        })
+        .collect();
+    let n = concurrent as u64;
+    let longest = prompts.iter().max_by_key(|p| p.request_bytes).expect("a non-empty mix");
+    let mean = prompts.iter().map(|p| p.share * p.request_bytes as f64).sum::<f64>();
+    let pinned_pool_bytes = n * layers * longest.pooled_layer_bytes;
+    Sizing {
+        concurrent,
+        kv_buffer_size: n * longest.request_bytes,
+        kv_buffer_size_mean: (n as f64 * mean).ceil() as u64,
+        pinned_pool_bytes,
+        mem_pool_size_gb: pinned_pool_bytes.div_ceil(GIB),
+        lmcache_pd_buffer_size: n * prompts.iter().map(|p| p.lmcache_bytes).max().unwrap_or(0),
+        prompts,
+    }
+}
+
+/// A run's figures for a prompt length, preferring per-layer messages (as
+/// P2pNccl sends them), then whole requests, then blocks.
+fn measured(points: &[PointResult], tokens: u32) -> Option<Measured> {
+    [Granularity::Layer, Granularity::Request, Granularity::Block].iter().find_map(|g| {
+        points.iter().find(|p| p.prompt_tokens == tokens && p.granularity == *g).map(|p| Measured {
+            granularity: p.granularity,
+            p50_ns: p.request_ns.p50,
+            p99_ns: p.request_ns.p99,
+            gbps: p.gbps,
+        })
+    })
+}
+
+impl Sizing {
+    /// The `--kv-transfer-config` of a P2pNccl decode instance (add your
+    /// ports and proxy to `kv_connector_extra_config`).
+    pub fn p2p_nccl_consumer_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kv_connector": "P2pNcclConnector",
+            "kv_role": "kv_consumer",
+            "kv_buffer_size": self.kv_buffer_size.to_string(),
+            "kv_connector_extra_config": { "mem_pool_size_gb": self.mem_pool_size_gb },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{presets, KvShape};
+
+    fn llama8b() -> KvShape {
+        KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap()
+    }
+
+    /// Figures worked out by hand: 128 KiB per token, 4 KiB per token per layer.
+    #[test]
+    fn llama_8b_buffers_match_the_hand_computed_figures() {
+        let s = size(&llama8b(), &[(3000, 3.0), (32768, 1.0)], 4, None);
+        let short = &s.prompts[0];
+        assert_eq!(short.request_bytes, 3000 * 131072); // 393,216,000
+        assert_eq!(short.layer_tensor_bytes, 3000 * 4096); // 12,288,000
+        assert_eq!(short.pooled_layer_bytes, 16 << 20);
+        assert_eq!(short.lmcache_bytes, 3072 * 131072); // 12 chunks of 256 tokens
+        assert_eq!(short.share, 0.75);
+        // 4 requests of the longest prompt, 32768 tokens = 4 GiB each.
+        assert_eq!(s.kv_buffer_size, 16 << 30);
+        assert_eq!(s.kv_buffer_size_mean, 4 * (3 * 393_216_000 + 4_294_967_296) / 4);
+        // 32 layers x 128 MiB (already a power of two) x 4 requests.
+        assert_eq!(s.pinned_pool_bytes, 16 << 30);
+        assert_eq!(s.mem_pool_size_gb, 16);
+        assert_eq!(s.lmcache_pd_buffer_size, 16 << 30);
+        let cfg = s.p2p_nccl_consumer_config();
+        assert_eq!(cfg["kv_buffer_size"], "17179869184");
+        assert_eq!(cfg["kv_connector_extra_config"]["mem_pool_size_gb"], 16);
+    }
+
+    #[test]
+    fn power_of_two_rounding_shows_in_the_pool() {
+        // 3000 tokens only: each layer tensor of 11.7 MiB takes 16 MiB.
+        let s = size(&llama8b(), &[(3000, 1.0)], 2, None);
+        assert_eq!(s.kv_buffer_size, 2 * 393_216_000);
+        assert_eq!(s.pinned_pool_bytes, 2 * 32 * (16 << 20));
+        assert_eq!(s.mem_pool_size_gb, 1);
+    }
+}
