@@ -443,3 +443,13 @@ fn weight_list(s: &str) -> Result<Vec<f64>, String> {
         })
         .collect()
 }
+
+#[derive(Args, Clone, Debug)]
+pub struct ReportArgs {
+    /// kvxfer --json reports to merge (transports, clusters, builds)
+    #[arg(value_name = "RUN.json", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Folder for summary.md, summary.csv and the plots (PNG and SVG)
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub out: PathBuf,
+}

@@ -18,7 +18,7 @@ use crate::report::{self, table, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
-use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, RunArgs, SendArgs, SizeArgs};
+use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs};
 use clap::{Parser, Subcommand};
 use std::fs::File;
 use std::io::Write;
@@ -42,6 +42,8 @@ enum Command {
     Plan(PlanArgs),
     /// Decode-side buffer sizes (vLLM kv_buffer_size, pinned pool, LMCache) for a model and traffic mix
     Size(SizeArgs),
+    /// Merge --json reports into one table and plots: bandwidth and latency by prompt length, histograms
+    Report(ReportArgs),
     /// Run the sender and the receiver on this host over loopback
     Pair(PairArgs),
     /// The sender (prefill side); the same as kvxfer-send
@@ -72,6 +74,7 @@ pub fn main_kvxfer() -> ! {
         match Kvxfer::parse().command {
             Command::Plan(a) => plan(&a),
             Command::Size(a) => size::run(&a),
+            Command::Report(a) => compare(&a),
             Command::Pair(a) => pair(&a),
             Command::Send(a) => send(&a),
             Command::Recv(a) => recv(&a),
@@ -165,6 +168,41 @@ fn plan(a: &PlanArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
         std::fs::write(path, text + "\n")
             .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// `kvxfer report`: the runs merged into one table and a set of plots.
+fn compare(a: &ReportArgs) -> Result<()> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|p| {
+            let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            report::compare::load(p).map(|r| (name, r))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let series = report::compare::series(&runs);
+    if series.iter().all(|s| s.points.is_empty()) {
+        return Err(Error::usage("the reports hold no measured points"));
+    }
+    std::fs::create_dir_all(&a.out)
+        .map_err(|e| Error::usage(format!("cannot create {}: {e}", a.out.display())))?;
+    let write = |name: &str, text: String| {
+        let path = a.out.join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        Ok::<_, Error>(path)
+    };
+    let md = report::compare::markdown(&series);
+    let mut files =
+        vec![write("summary.md", md.clone())?, write("summary.csv", report::compare::csv(&series)?)?];
+    files.extend(report::plot::all(&a.out, &series)?);
+    let mut out = std::io::stdout().lock();
+    write!(out, "{md}")?;
+    writeln!(out)?;
+    for f in files {
+        writeln!(out, "wrote {}", f.display())?;
     }
     Ok(())
 }

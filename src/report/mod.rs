@@ -1,9 +1,11 @@
 //! Results as people read them (a table on stdout) and as programs read them
 //! (CSV, JSON). Exporters only read a finished `RunReport`.
 
+pub mod compare;
 pub mod csv;
 pub mod gate;
 pub mod json;
+pub mod plot;
 pub mod table;
 
 use crate::env::EnvInfo;

@@ -1,0 +1,159 @@
+//! `kvxfer report`: several runs (transports, clusters) merged into one
+//! table and one set of plots, each run's points grouped into series by
+//! granularity.
+
+use super::RunReport;
+use crate::error::{Error, Result};
+use crate::measure::PointResult;
+use crate::plan::Granularity;
+use crate::transport::TransportKind;
+use crate::units::fmt_ns;
+use std::path::Path;
+
+/// One line of the plots: a run's points of one granularity.
+pub struct Series {
+    pub label: String,
+    /// The link the run was compared with: name and GB/s.
+    pub peak: Option<(String, f64)>,
+    pub points: Vec<PointResult>,
+}
+
+pub fn load(path: &Path) -> Result<RunReport> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::usage(format!("{} is not a kvxfer --json report: {e}", path.display())))
+}
+
+/// What distinguishes a run: its transport, the path NCCL took, and the
+/// knobs that change what goes on the wire.
+fn run_label(r: &RunReport) -> String {
+    let t = &r.transport;
+    let mut label = match t.kind {
+        TransportKind::Tcp if t.streams > 1 => format!("tcp x{}", t.streams),
+        TransportKind::Ucx => format!("ucx {}", t.ucx_op),
+        kind => kind.to_string(),
+    };
+    if t.kind == TransportKind::Nccl {
+        // "NCCL 2.28.3 via NET/Socket/0/Shared" -> "NET/Socket".
+        let path = [&r.sender_transport, &r.receiver_transport].iter().find_map(|i| i.path.clone());
+        if let Some(via) = path.as_deref().and_then(|p| p.split_once(" via ")).map(|(_, v)| v) {
+            let short: Vec<&str> = via.split([',', ' ']).next().unwrap_or(via).split('/').take(2).collect();
+            label.push_str(&format!(" {}", short.join("/")));
+        }
+        if t.nccl_group > 1 {
+            label.push_str(&format!(" group {}", t.nccl_group));
+        }
+    }
+    label
+}
+
+/// Series of all runs, labelled "transport · granularity", with the file
+/// name added where two would otherwise read the same.
+pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
+    let mut out: Vec<Series> = Vec::new();
+    for (name, r) in runs {
+        let mut grans: Vec<Granularity> = Vec::new();
+        for p in &r.points {
+            if !grans.contains(&p.granularity) {
+                grans.push(p.granularity);
+            }
+        }
+        for g in grans {
+            let mut points: Vec<PointResult> =
+                r.points.iter().filter(|p| p.granularity == g).cloned().collect();
+            points.sort_by_key(|p| p.prompt_tokens);
+            out.push(Series {
+                label: format!("{} · {g} ({name})", run_label(r)),
+                peak: r.link.as_ref().map(|l| (l.name.clone(), l.peak_gbps)),
+                points,
+            });
+        }
+    }
+    // One sweep split over several calls (small and large prompts) is one
+    // series; runs that measured the same prompt length twice stay apart,
+    // told by their file names.
+    let short = |s: &Series| s.label.rsplit_once(" (").map(|(a, _)| a.to_string()).unwrap_or_default();
+    let mut merged: Vec<Series> = Vec::new();
+    for s in out {
+        let name = short(&s);
+        let same = merged.iter_mut().find(|m| {
+            short(m) == name
+                && m.peak == s.peak
+                && !m.points.iter().any(|p| s.points.iter().any(|q| q.prompt_tokens == p.prompt_tokens))
+        });
+        match same {
+            Some(m) => {
+                m.points.extend(s.points);
+                m.points.sort_by_key(|p| p.prompt_tokens);
+            }
+            None => merged.push(s),
+        }
+    }
+    let names: Vec<String> = merged.iter().map(short).collect();
+    for (i, s) in merged.iter_mut().enumerate() {
+        if names.iter().filter(|l| **l == names[i]).count() == 1 {
+            s.label = names[i].clone();
+        }
+    }
+    merged
+}
+
+/// The merged table, as Markdown.
+pub fn markdown(series: &[Series]) -> String {
+    let mut md = String::from(
+        "| series | prompt | messages | request | GB/s | % peak | p50 | p99 | max |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for s in series {
+        for p in &s.points {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |\n",
+                s.label,
+                p.prompt_tokens,
+                p.messages,
+                crate::units::fmt_bytes(p.request_bytes as u64),
+                p.gbps,
+                p.percent_of_peak.map(|x| format!("{x:.1}")).unwrap_or("-".into()),
+                fmt_ns(p.request_ns.p50 as f64),
+                fmt_ns(p.request_ns.p99 as f64),
+                fmt_ns(p.request_ns.max as f64),
+            ));
+        }
+    }
+    md
+}
+
+/// The merged table, as CSV with raw units.
+pub fn csv(series: &[Series]) -> Result<String> {
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "series",
+        "prompt_tokens",
+        "messages",
+        "request_bytes",
+        "gbps",
+        "percent_of_peak",
+        "p50_ns",
+        "p99_ns",
+        "max_ns",
+    ])
+    .map_err(|e| Error::run(e.to_string()))?;
+    for s in series {
+        for p in &s.points {
+            w.write_record([
+                s.label.clone(),
+                p.prompt_tokens.to_string(),
+                p.messages.to_string(),
+                p.request_bytes.to_string(),
+                format!("{:.4}", p.gbps),
+                p.percent_of_peak.map(|x| format!("{x:.2}")).unwrap_or_default(),
+                p.request_ns.p50.to_string(),
+                p.request_ns.p99.to_string(),
+                p.request_ns.max.to_string(),
+            ])
+            .map_err(|e| Error::run(e.to_string()))?;
+        }
+    }
+    String::from_utf8(w.into_inner().map_err(|e| Error::run(e.to_string()))?)
+        .map_err(|e| Error::run(e.to_string()))
+}

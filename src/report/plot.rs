@@ -1,0 +1,403 @@
+//! The plots of `kvxfer report`, as PNG and SVG: bandwidth and latency by
+//! prompt length, and a latency histogram per prompt length. Text is drawn
+//! with a bundled DejaVu Sans, so no system font (or fontconfig) is needed.
+
+use super::compare::Series;
+use crate::error::{Error, Result};
+use crate::measure::stats::decode_histogram;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+use std::path::{Path, PathBuf};
+
+const SIZE: (u32, u32) = (1280, 760);
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+
+fn register_font() -> Result<()> {
+    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok =
+        *DONE.get_or_init(|| plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).is_ok());
+    ok.then_some(()).ok_or_else(|| Error::run("the bundled font does not load"))
+}
+
+fn plot_error(e: impl std::fmt::Debug) -> Error {
+    Error::run(format!("drawing a plot: {e:?}"))
+}
+
+/// A figure that draws itself on any plotters backend.
+trait Figure {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static;
+}
+
+/// Draws one figure into `NAME.png` and `NAME.svg` under `dir`; returns the paths.
+fn both(dir: &Path, name: &str, figure: &impl Figure) -> Result<Vec<PathBuf>> {
+    register_font()?;
+    let (png, svg) = (dir.join(format!("{name}.png")), dir.join(format!("{name}.svg")));
+    {
+        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        figure.draw(&root)?;
+        root.present().map_err(plot_error)?;
+    }
+    {
+        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        figure.draw(&root)?;
+        root.present().map_err(plot_error)?;
+    }
+    Ok(vec![png, svg])
+}
+
+/// Axis labels: whole numbers without decimals, others with a few digits.
+fn number(v: &f64) -> String {
+    match v.fract() == 0.0 || v.abs() >= 100.0 {
+        true => format!("{v:.0}"),
+        false => format!("{}", (v * 1000.0).round() / 1000.0),
+    }
+}
+
+fn color(i: usize) -> RGBColor {
+    // Colour-blind-safe (Okabe-Ito, with Tol's wine for black, which marks
+    // the peaks), then Palette99.
+    const OKABE_ITO: [RGBColor; 7] = [
+        RGBColor(0, 114, 178),
+        RGBColor(213, 94, 0),
+        RGBColor(0, 158, 115),
+        RGBColor(204, 121, 167),
+        RGBColor(230, 159, 0),
+        RGBColor(86, 180, 233),
+        RGBColor(170, 51, 119),
+    ];
+    OKABE_ITO.get(i).copied().unwrap_or_else(|| {
+        let c = Palette99::pick(i).to_rgba();
+        RGBColor(c.0, c.1, c.2)
+    })
+}
+
+fn token_range(series: &[Series]) -> (f64, f64) {
+    let t = series.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens as f64));
+    let (lo, hi) = t.fold((f64::MAX, 0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    (lo / 1.5, hi * 1.5)
+}
+
+/// GB/s by prompt length, a line per series, with each link's peak; on a
+/// log axis when the figures span more than 20x (sockets next to NVLink).
+struct Bandwidth<'a>(&'a [Series]);
+
+impl Figure for Bandwidth<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let series = self.0;
+        let x = token_range(series);
+        let mut peaks: Vec<(String, f64)> = Vec::new();
+        for p in series.iter().filter_map(|s| s.peak.clone()) {
+            if !peaks.contains(&p) {
+                peaks.push(p);
+            }
+        }
+        let values =
+            series.iter().flat_map(|s| s.points.iter().map(|p| p.gbps)).chain(peaks.iter().map(|p| p.1));
+        let (lo, hi) = values.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let log = lo > 0.0 && hi / lo > 20.0;
+        // The y axis in GB/s, or in log10 of GB/s.
+        let y = move |gbps: f64| if log { gbps.max(1e-6).log10() } else { gbps };
+        // Whole decades on a log axis, so that its ticks fall on 1, 10, 100.
+        let range = if log { y(lo).floor()..y(hi * 1.05).ceil() } else { 0.0..(hi * 1.1).max(1e-3) };
+        let decades = (range.end - range.start) as usize;
+        let mut chart = ChartBuilder::on(root)
+            .caption("KV transfer bandwidth by prompt length", ("sans-serif", 28))
+            .margin(16)
+            .x_label_area_size(56)
+            .y_label_area_size(80)
+            .build_cartesian_2d((x.0..x.1).log_scale(), range.clone())
+            .map_err(plot_error)?;
+        let y_desc = match log {
+            true => "GB/s (1e9 bytes/s, log scale), mean over requests",
+            false => "GB/s (1e9 bytes/s), mean over requests",
+        };
+        let fmt = move |v: &f64| if log { number(&10f64.powf(*v)) } else { number(v) };
+        chart
+            .configure_mesh()
+            .x_desc("prompt length (tokens, log scale)")
+            .y_desc(y_desc)
+            .x_label_formatter(&number)
+            .y_label_formatter(&fmt)
+            .y_labels(if log { decades + 1 } else { 10 })
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .draw()
+            .map_err(plot_error)?;
+        for (k, (name, gbps)) in peaks.iter().enumerate() {
+            let grey = RGBColor(60 * k as u8 % 180, 60 * k as u8 % 180, 60 * k as u8 % 180);
+            let line = vec![(x.0, y(*gbps)), (x.1, y(*gbps))];
+            chart
+                .draw_series(DashedLineSeries::new(line, 10, 6, grey.stroke_width(2)))
+                .map_err(plot_error)?
+                .label(format!("theoretical peak: {name}, {gbps} GB/s"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], grey.stroke_width(2)));
+        }
+        for (i, s) in series.iter().enumerate() {
+            let c = color(i);
+            let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.prompt_tokens as f64, y(p.gbps))).collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))
+                .map_err(plot_error)?
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled()))).map_err(plot_error)?;
+        }
+        let lines: Vec<Vec<(f64, f64)>> = series
+            .iter()
+            .map(|s| s.points.iter().map(|p| (p.prompt_tokens as f64, y(p.gbps))).collect())
+            .collect();
+        let rows = series.len() + peaks.len();
+        legend(&mut chart, emptiest_corner(&lines, (x.0.ln(), x.1.ln()), (range.start, range.end), rows))
+    }
+}
+
+/// Request latency by prompt length: p50 solid, p99 dashed, max dotted.
+struct Latency<'a>(&'a [Series]);
+
+impl Figure for Latency<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let series = self.0;
+        let x = token_range(series);
+        let us = |ns: u64| (ns as f64 / 1e3).max(1e-3);
+        let all = series
+            .iter()
+            .flat_map(|s| s.points.iter().flat_map(|p| [us(p.request_ns.p50), us(p.request_ns.max)]));
+        let (lo, hi) = all.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        let mut chart = ChartBuilder::on(root)
+            .caption("Request latency by prompt length: p50 solid, p99 dashed, max ×", ("sans-serif", 28))
+            .margin(16)
+            .x_label_area_size(56)
+            .y_label_area_size(90)
+            .build_cartesian_2d((x.0..x.1).log_scale(), (lo / 2.0..hi * 2.0).log_scale())
+            .map_err(plot_error)?;
+        mesh(
+            &mut chart,
+            "prompt length (tokens, log scale)",
+            "request latency, receiver's go to last byte (us, log scale)",
+        )?;
+        for (i, s) in series.iter().enumerate() {
+            let c = color(i);
+            let line = |f: fn(&crate::measure::PointResult) -> u64| -> Vec<(f64, f64)> {
+                s.points.iter().map(|p| (p.prompt_tokens as f64, us(f(p)))).collect()
+            };
+            chart
+                .draw_series(LineSeries::new(line(|p| p.request_ns.p50), c.stroke_width(3)))
+                .map_err(plot_error)?
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            chart
+                .draw_series(DashedLineSeries::new(line(|p| p.request_ns.p99), 8, 5, c.stroke_width(2)))
+                .map_err(plot_error)?;
+            chart
+                .draw_series(
+                    line(|p| p.request_ns.max).into_iter().map(move |p| Cross::new(p, 6, c.stroke_width(2))),
+                )
+                .map_err(plot_error)?;
+        }
+        let lines: Vec<Vec<(f64, f64)>> = series
+            .iter()
+            .flat_map(|s| {
+                [
+                    |p: &crate::measure::PointResult| p.request_ns.p50,
+                    |p: &crate::measure::PointResult| p.request_ns.max,
+                ]
+                .map(|f| s.points.iter().map(|p| (p.prompt_tokens as f64, us(f(p)).log10())).collect())
+            })
+            .collect();
+        let y_range = ((lo / 2.0).log10(), (hi * 2.0).log10());
+        legend(&mut chart, emptiest_corner(&lines, (x.0.ln(), x.1.ln()), y_range, series.len()))
+    }
+}
+
+/// Where the legend hides the fewest data: the lines (log x, axis y units)
+/// are sampled and counted in each corner's box (about a quarter of the
+/// width, 4% of the height per row).
+fn emptiest_corner(
+    lines: &[Vec<(f64, f64)>],
+    x: (f64, f64),
+    y: (f64, f64),
+    rows: usize,
+) -> SeriesLabelPosition {
+    let norm = |(px, py): (f64, f64)| ((px.ln() - x.0) / (x.1 - x.0), (py - y.0) / (y.1 - y.0));
+    let mut samples = Vec::new();
+    for line in lines {
+        for w in line.windows(2) {
+            let (a, b) = (norm(w[0]), norm(w[1]));
+            samples.extend((0..=20).map(|k| {
+                let t = k as f64 / 20.0;
+                (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t)
+            }));
+        }
+        samples.extend(line.iter().map(|&p| norm(p)));
+    }
+    let h = (0.04 * rows as f64 + 0.03).min(0.9);
+    let boxes = [
+        (SeriesLabelPosition::UpperRight, 0.68, 1.0, 1.0 - h, 1.0),
+        (SeriesLabelPosition::LowerRight, 0.68, 1.0, 0.0, h),
+        (SeriesLabelPosition::UpperLeft, 0.0, 0.32, 1.0 - h, 1.0),
+        (SeriesLabelPosition::LowerLeft, 0.0, 0.32, 0.0, h),
+        (SeriesLabelPosition::MiddleLeft, 0.0, 0.32, 0.5 - h / 2.0, 0.5 + h / 2.0),
+        (SeriesLabelPosition::MiddleRight, 0.68, 1.0, 0.5 - h / 2.0, 0.5 + h / 2.0),
+    ];
+    let inside = |&(_, x0, x1, y0, y1): &(SeriesLabelPosition, f64, f64, f64, f64)| {
+        samples.iter().filter(|(sx, sy)| (x0..=x1).contains(sx) && (y0..=y1).contains(sy)).count()
+    };
+    boxes.iter().min_by_key(|b| inside(b)).map(|b| b.0.clone()).unwrap_or(SeriesLabelPosition::UpperRight)
+}
+
+/// The request-latency histograms of one prompt length: a panel per
+/// series, each over its own range (series may differ 100x), 30 bins.
+struct HistogramAt<'a> {
+    series: &'a [Series],
+    tokens: u32,
+}
+
+const BINS: usize = 30;
+
+impl Figure for HistogramAt<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let found: Vec<(usize, &Series, &crate::measure::PointResult)> = self
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.points.iter().find(|p| p.prompt_tokens == self.tokens).map(|p| (i, s, p)))
+            .collect();
+        let title = format!(
+            "Request latency histograms, {} tokens: x in us, y the fraction of timed requests",
+            self.tokens
+        );
+        let body = root.titled(&title, ("sans-serif", 26)).map_err(plot_error)?;
+        let panels = body.split_evenly((found.len().max(1), 1));
+        for ((i, s, p), panel) in found.into_iter().zip(panels.iter()) {
+            let h = decode_histogram(&p.request_histogram)?;
+            let values: Vec<(f64, u64)> =
+                h.iter_recorded().map(|v| (v.value_iterated_to() as f64 / 1e3, v.count_at_value())).collect();
+            let (lo, hi) = values.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v.0), hi.max(v.0)));
+            let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi.max(lo * 1.001)) };
+            let pad = (hi - lo) * 0.08;
+            let (a, b) = (lo - pad, hi + pad);
+            let width = (b - a) / BINS as f64;
+            let total = values.iter().map(|v| v.1).sum::<u64>().max(1) as f64;
+            let mut frac = vec![0.0; BINS];
+            for &(us, n) in &values {
+                frac[(((us - a) / width) as usize).min(BINS - 1)] += n as f64 / total;
+            }
+            let c = color(i);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(
+                    format!(
+                        "{}: p50 {}, p99 {}",
+                        s.label,
+                        crate::units::fmt_ns(p.request_ns.p50 as f64),
+                        crate::units::fmt_ns(p.request_ns.p99 as f64)
+                    ),
+                    ("sans-serif", 16),
+                )
+                .margin(6)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(a..b, 0f64..frac.iter().copied().fold(0.0, f64::max) * 1.2)
+                .map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .x_desc(if panels.len() <= 2 { "request latency (us)" } else { "" })
+                .x_label_formatter(&number)
+                .y_labels(3)
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_error)?;
+            chart
+                .draw_series(frac.iter().enumerate().filter(|(_, f)| **f > 0.0).map(|(k, f)| {
+                    let x0 = a + k as f64 * width;
+                    Rectangle::new([(x0, 0.0), (x0 + width, *f)], c.mix(0.7).filled())
+                }))
+                .map_err(plot_error)?;
+        }
+        Ok(())
+    }
+}
+
+type Chart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::combinators::LogCoord<f64>, plotters::coord::types::RangedCoordf64>,
+>;
+type LogChart<'a, DB> = ChartContext<
+    'a,
+    DB,
+    Cartesian2d<plotters::coord::combinators::LogCoord<f64>, plotters::coord::combinators::LogCoord<f64>>,
+>;
+
+trait Styled {
+    fn styled(&mut self, x: &str, y: &str) -> Result<()>;
+    fn legend_at(&mut self, pos: SeriesLabelPosition) -> Result<()>;
+}
+
+macro_rules! styled {
+    ($t:ident) => {
+        impl<'a, DB: DrawingBackend + 'a> Styled for $t<'a, DB>
+        where
+            DB::ErrorType: 'static,
+        {
+            fn styled(&mut self, x: &str, y: &str) -> Result<()> {
+                self.configure_mesh()
+                    .x_desc(x)
+                    .y_desc(y)
+                    .x_label_formatter(&number)
+                    .y_label_formatter(&number)
+                    .label_style(("sans-serif", 16))
+                    .axis_desc_style(("sans-serif", 18))
+                    .draw()
+                    .map_err(plot_error)
+            }
+
+            fn legend_at(&mut self, pos: SeriesLabelPosition) -> Result<()> {
+                self.configure_series_labels()
+                    .position(pos)
+                    .label_font(("sans-serif", 15))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(plot_error)
+            }
+        }
+    };
+}
+styled!(Chart);
+styled!(LogChart);
+
+fn mesh(chart: &mut impl Styled, x: &str, y: &str) -> Result<()> {
+    chart.styled(x, y)
+}
+
+fn legend(chart: &mut impl Styled, pos: SeriesLabelPosition) -> Result<()> {
+    chart.legend_at(pos)
+}
+
+/// Every plot of a report into `dir`; returns the files written.
+pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
+    let mut files = both(dir, "bandwidth", &Bandwidth(series))?;
+    files.extend(both(dir, "latency", &Latency(series))?);
+    let mut tokens: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens)).collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    for t in tokens {
+        files.extend(both(dir, &format!("histogram-{t}"), &HistogramAt { series, tokens: t })?);
+    }
+    Ok(files)
+}

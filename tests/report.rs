@@ -1,0 +1,84 @@
+//! `kvxfer report` over recorded runs (tests/fixtures/reports: NCCL and UCX
+//! on the H200 pair, tcp on the build machine): the merged table holds every
+//! series, and each plot is written as a real PNG and SVG.
+
+mod common;
+use common::*;
+
+const FIXTURES: [&str; 3] = [
+    "tests/fixtures/reports/h200-nccl-layer-grouped.json",
+    "tests/fixtures/reports/h200-ucx-put.json",
+    "tests/fixtures/reports/vm-tcp-loopback.json",
+];
+
+/// Width and height from a PNG's IHDR chunk.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let be = |i: usize| u32::from_be_bytes(bytes[i..i + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn report_merges_runs_into_series_a_table_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let f =
+        run(KVXFER, &[&["report"][..], &FIXTURES[..], &["--out", out.to_str().unwrap()]].concat(), secs(60));
+    f.expect_code(0);
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    // 6 NCCL points, 4 UCX points, 3 x 2 tcp points (request and block).
+    assert_eq!(rows.len(), 16, "{csv}");
+    for (series, points) in [
+        ("nccl P2P/CUMEM group 32 · layer", 6),
+        ("ucx put · request", 4),
+        ("tcp · request", 3),
+        ("tcp · block", 3),
+    ] {
+        assert_eq!(
+            rows.iter().filter(|r| r.starts_with(&format!("{series},"))).count(),
+            points,
+            "{series}: {csv}"
+        );
+    }
+    assert!(csv.contains("ucx put · request,2048,1,268435456,388.8"), "{csv}");
+    assert!(f.stdout.contains("| ucx put · request | 2048 |"), "{}", f.stdout);
+    // Plots: bandwidth, latency, and a histogram per prompt length measured.
+    let mut names = vec!["bandwidth".to_string(), "latency".to_string()];
+    for t in [128, 512, 1024, 2048, 8192, 32768, 131072] {
+        names.push(format!("histogram-{t}"));
+    }
+    for name in &names {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert_eq!(png_size(&png), (1280, 760), "{name}");
+        let svg = std::fs::read_to_string(out.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{name}");
+    }
+    let bw = std::fs::read_to_string(out.join("bandwidth.svg")).unwrap();
+    for text in ["theoretical peak: nvlink4, 450 GB/s", "ucx put · request", "tcp · block", "log scale"] {
+        assert!(bw.contains(text), "bandwidth.svg lacks {text:?}");
+    }
+    let h = std::fs::read_to_string(out.join("histogram-8192.svg")).unwrap();
+    assert!(
+        h.contains("nccl P2P/CUMEM group 32 · layer") && h.contains("tcp · request"),
+        "one bar set per series"
+    );
+    // Only NCCL measured 131072 tokens: its histogram holds nothing else.
+    let h = std::fs::read_to_string(out.join("histogram-131072.svg")).unwrap();
+    assert!(
+        h.contains("nccl P2P/CUMEM group 32 · layer") && !h.contains("tcp · request"),
+        "only the series measured there"
+    );
+}
+
+#[test]
+fn report_refuses_what_is_not_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"points\": 3}").unwrap();
+    let out = dir.path().join("r");
+    let f = run(KVXFER, &["report", bad.to_str().unwrap(), "--out", out.to_str().unwrap()], secs(10));
+    f.expect_code(2).expect_stderr("is not a kvxfer --json report");
+    let f = run(KVXFER, &["report", "/nonexistent.json", "--out", out.to_str().unwrap()], secs(10));
+    f.expect_code(2).expect_stderr("cannot read /nonexistent.json");
+}
