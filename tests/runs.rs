@@ -179,3 +179,25 @@ fn socket_buffers_report_what_the_kernel_applied() {
     f.expect_code(0);
     assert!(f.stdout.contains("capped by net.core.wmem_max/rmem_max"), "{}", f.stdout);
 }
+
+#[test]
+fn json_stream_prints_a_line_per_point_and_one_for_the_outcome() {
+    let f =
+        run(KVXFER, &["pair", "-p", "128,1024", "-g", "request,layer", "-n", "2", "--json-stream"], secs(60));
+    f.expect_code(0);
+    let lines: Vec<serde_json::Value> =
+        f.stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert_eq!(lines.len(), 5, "4 points and the outcome:\n{}", f.stdout);
+    for (l, (gran, tokens)) in
+        lines.iter().zip([("request", 128), ("request", 1024), ("layer", 128), ("layer", 1024)])
+    {
+        assert_eq!(l["point"]["granularity"], gran);
+        assert_eq!(l["point"]["prompt_tokens"], tokens);
+        assert!(l["point"]["gbps"].as_f64().unwrap() > 0.0);
+        assert_eq!(l["transport"], "tcp");
+    }
+    assert_eq!(lines[4]["outcome"], "ok");
+    assert_eq!(lines[4]["wrong_bytes"], 0);
+    // No table, and no progress bar where stderr is not a terminal.
+    assert!(!f.stdout.contains("# integrity") && !f.stderr.contains("points"), "{}{}", f.stdout, f.stderr);
+}

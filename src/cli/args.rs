@@ -237,9 +237,12 @@ pub struct OutputArgs {
     /// Write the whole run (plan, machines, figures, histograms) to FILE
     #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub json: Option<PathBuf>,
-    /// No table on stdout
+    /// No table on stdout, no progress bar
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+    /// Instead of the table, one JSON line per point as it completes, and one for the outcome
+    #[arg(long, help_heading = "Output")]
+    pub json_stream: bool,
     /// Fail (exit 4) if a point moves fewer GB/s: a floor for all prompt
     /// lengths and/or TOKENS:GBPS for some (e.g. 300 or 8k:300,32k:350)
     #[arg(long, value_name = "[TOKENS:]GBPS,...", value_parser = threshold, help_heading = "Gate")]

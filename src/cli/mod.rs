@@ -3,6 +3,7 @@
 //! this host over loopback).
 
 pub mod args;
+mod screen;
 mod size;
 
 use crate::env::EnvInfo;
@@ -14,12 +15,13 @@ use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
 use crate::plan::{Plan, RequestLayout};
 use crate::report::gate::Gate;
-use crate::report::{self, table, Exporter, RunReport};
+use crate::report::{self, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
 use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs};
 use clap::{Parser, Subcommand};
+use screen::Screen;
 use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -223,8 +225,9 @@ fn send(a: &SendArgs) -> Result<()> {
     if memory.kind.on_host() {
         memory::check_host_budget(plan.max_request_bytes() as u64, "the sender's buffers")?;
     }
-    let (report, result) = sender_side(&a.connect, &a.run, plan, memory);
-    outputs.conclude(report, result, !a.run.output.quiet)
+    let screen = Screen::new(&a.run.output);
+    let (report, result) = sender_side(&a.connect, &a.run, plan, memory, &screen);
+    outputs.conclude(report, result, &screen)
 }
 
 fn recv(a: &RecvArgs) -> Result<()> {
@@ -244,10 +247,10 @@ fn recv(a: &RecvArgs) -> Result<()> {
         },
         memory: a.memory.spec(),
         local: LocalOptions { nccl_lib: a.nccl_lib.clone(), ucx_lib: a.ucx_lib.clone() },
-        print: !a.output.quiet,
+        screen: Screen::new(&a.output),
     };
     let (report, result) = side.run(&listener);
-    outputs.conclude(report, result, !a.output.quiet)
+    outputs.conclude(report, result, &side.screen)
 }
 
 fn pair(a: &PairArgs) -> Result<()> {
@@ -299,20 +302,27 @@ fn pair(a: &PairArgs) -> Result<()> {
         expect: Expectations { memory: recv_memory.kind, ..Default::default() },
         memory: recv_memory,
         local: a.run.local(),
-        print: false,
+        screen: Screen::silent(),
     };
     let receiver = std::thread::spawn(move || receiver.run(&listener).1);
+    let screen = Screen::new(&a.run.output);
     let (report, result) =
-        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan, send_memory);
+        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan, send_memory, &screen);
     let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
     // The sender's error already carries the receiver's reason when it had one.
     let result = result.and(received);
-    outputs.conclude(report, result, !a.run.output.quiet)
+    outputs.conclude(report, result, &screen)
 }
 
 /// The sender's whole run. The report comes back even when the run fails
 /// part way, so the points already measured are not lost.
-fn sender_side(addr: &str, run: &RunArgs, plan: Plan, memory: MemorySpec) -> (Option<RunReport>, Result<()>) {
+fn sender_side(
+    addr: &str,
+    run: &RunArgs,
+    plan: Plan,
+    memory: MemorySpec,
+    screen: &Screen,
+) -> (Option<RunReport>, Result<()>) {
     let spec = run.transport_spec();
     let hello = Hello {
         role: if run.fault == Some(Fault::WrongRole) { Role::Receiver } else { Role::Sender },
@@ -333,7 +343,6 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan, memory: MemorySpec) -> (Op
     };
     let mut report = RunReport::new(Role::Sender, &sess.hello, sess.receiver_env.clone());
     report.control_rtt = Some(sess.rtt.clone());
-    let print = !run.output.quiet;
     // Kept past the closure: a failed run is settled with the peer before
     // the transport and buffer go (see `Control::settle`).
     let (mut buf_slot, mut transport_slot) = (None, None);
@@ -348,11 +357,9 @@ fn sender_side(addr: &str, run: &RunArgs, plan: Plan, memory: MemorySpec) -> (Op
         let setup_info = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Sender)?;
         report.sender_transport = setup_info;
-        if print {
-            table::header(&report, &mut std::io::stdout().lock())?;
-        }
+        screen.header(&report)?;
         let cfg = RunConfig { fault: run.fault };
-        let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, print);
+        let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, screen);
         measure::run_sender(&mut sess, transport.as_mut(), buf, &cfg, &mut on_point)?;
         // What the transport used, now that data has moved.
         let last = side_info(transport.info(), buf, setup_time);
@@ -372,11 +379,11 @@ struct ReceiverSide {
     expect: Expectations,
     memory: MemorySpec,
     local: LocalOptions,
-    print: bool,
+    screen: Screen,
 }
 
 impl ReceiverSide {
-    fn run(self, listener: &std::net::TcpListener) -> (Option<RunReport>, Result<()>) {
+    fn run(&self, listener: &std::net::TcpListener) -> (Option<RunReport>, Result<()>) {
         let env = EnvInfo::collect();
         let mut sess = match session::accept_receiver(listener, self.wait, self.timeout, &self.expect, &env) {
             Ok(s) => s,
@@ -401,10 +408,8 @@ impl ReceiverSide {
             let setup_info = side_info(transport.info(), buf, setup_time);
             report.sender_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Receiver)?;
             report.receiver_transport = setup_info;
-            if self.print {
-                table::header(&report, &mut std::io::stdout().lock())?;
-            }
-            let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, self.print);
+            self.screen.header(&report)?;
+            let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, &self.screen);
             measure::run_receiver(&mut sess, transport.as_mut(), buf, &mut on_point)?;
             let last = side_info(transport.info(), buf, setup_time);
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
@@ -424,10 +429,8 @@ fn side_info(mut info: TransportInfo, buf: &Buffer, setup: Duration) -> Transpor
     info
 }
 
-fn record_point(report: &mut RunReport, p: &measure::PointResult, print: bool) {
-    if print {
-        let _ = table::row(report, p, &mut std::io::stdout().lock());
-    }
+fn record_point(report: &mut RunReport, p: &measure::PointResult, screen: &Screen) {
+    screen.point(report, p);
     report.points.push(p.clone());
 }
 
@@ -480,7 +483,7 @@ impl Outputs {
 
     /// Writes what was measured (even a partial run), prints the verdict and
     /// turns wrong bytes into a failing exit status.
-    fn conclude(self, report: Option<RunReport>, result: Result<()>, print: bool) -> Result<()> {
+    fn conclude(self, report: Option<RunReport>, result: Result<()>, screen: &Screen) -> Result<()> {
         let Some(mut report) = report else {
             for (path, _, _) in &self.files {
                 let _ = std::fs::remove_file(path);
@@ -491,9 +494,7 @@ impl Outputs {
         if result.is_ok() && !self.gate.is_empty() {
             report.gate = Some(self.gate.judge(&report));
         }
-        if print {
-            table::footer(&report, &mut std::io::stdout().lock())?;
-        }
+        screen.footer(&report)?;
         for (path, mut f, exporter) in self.files {
             exporter.export(&report, &mut f).map_err(|e| e.context(format!("writing {}", path.display())))?;
         }
