@@ -10,6 +10,7 @@ use crate::env::EnvInfo;
 use crate::error::{Error, Result};
 use crate::gpu;
 use crate::kv::presets;
+use crate::link;
 use crate::measure::{self, Fault, RunConfig};
 use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
@@ -46,6 +47,8 @@ enum Command {
     Size(SizeArgs),
     /// Merge --json reports into one table and plots: bandwidth and latency by prompt length, histograms
     Report(ReportArgs),
+    /// The links kvxfer can find on this host: GPUs' PCIe, NVLinks between them, NICs, RDMA ports
+    Links,
     /// Run the sender and the receiver on this host over loopback
     Pair(PairArgs),
     /// The sender (prefill side); the same as kvxfer-send
@@ -77,6 +80,7 @@ pub fn main_kvxfer() -> ! {
             Command::Plan(a) => plan(&a),
             Command::Size(a) => size::run(&a),
             Command::Report(a) => compare(&a),
+            Command::Links => links(),
             Command::Pair(a) => pair(&a),
             Command::Send(a) => send(&a),
             Command::Recv(a) => recv(&a),
@@ -170,6 +174,50 @@ fn plan(a: &PlanArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
         std::fs::write(path, text + "\n")
             .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// `kvxfer links`: what `--link` would be found as, for each kind of pair.
+fn links() -> Result<()> {
+    let sysfs = link::detect::Sysfs::system();
+    let mut out = std::io::stdout().lock();
+    let show = |out: &mut dyn Write, what: &str, l: &link::Link| {
+        writeln!(out, "{what:<24} {:>9.2} GB/s  {}  ({})", l.peak_gbps, l.name, l.source)
+    };
+    let gpus: Vec<std::sync::Arc<gpu::Device>> = match gpu::init().and_then(|_| gpu::device_count()) {
+        Ok(n) => (0..n).filter_map(|i| gpu::Device::open(i).ok()).collect(),
+        Err(e) => {
+            writeln!(out, "GPUs: none ({e})")?;
+            Vec::new()
+        }
+    };
+    for g in &gpus {
+        match sysfs.pcie(&g.pci_bus_id) {
+            Some(l) => show(&mut out, &format!("GPU {} PCIe", g.ordinal), &l)?,
+            None => writeln!(out, "GPU {} PCIe: not in sysfs ({})", g.ordinal, g.pci_bus_id)?,
+        }
+    }
+    for a in &gpus {
+        for b in gpus.iter().filter(|b| b.ordinal > a.ordinal) {
+            match link::nvml::between(&a.pci_bus_id, &b.pci_bus_id) {
+                Some(l) => show(&mut out, &format!("GPU {} <-> GPU {}", a.ordinal, b.ordinal), &l)?,
+                None => writeln!(out, "GPU {} <-> GPU {}: no NVLink found (NVML)", a.ordinal, b.ordinal)?,
+            }
+        }
+    }
+    let (nics, ports) = (sysfs.interfaces(), sysfs.rdma_ports());
+    for l in &nics {
+        show(&mut out, "network interface", l)?;
+    }
+    for l in &ports {
+        show(&mut out, "RDMA port", l)?;
+    }
+    if nics.is_empty() && ports.is_empty() {
+        writeln!(
+            out,
+            "network: no interface reports a speed (/sys/class/net/*/speed), no RDMA port is active"
+        )?;
     }
     Ok(())
 }
@@ -357,6 +405,9 @@ fn sender_side(
         let setup_info = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Sender)?;
         report.sender_transport = setup_info;
+        if report.link.is_none() {
+            report.link = report.receiver_transport.detected_link.clone();
+        }
         screen.header(&report)?;
         let cfg = RunConfig { fault: run.fault };
         let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, screen);
@@ -405,13 +456,29 @@ impl ReceiverSide {
             let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
             let transport = transport_slot.insert(transport::open_receiver(&spec, setup, buf, &self.local)?);
             let setup_time = began.elapsed();
-            let setup_info = side_info(transport.info(), buf, setup_time);
-            report.sender_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Receiver)?;
-            report.receiver_transport = setup_info;
+            // The sender's details first: where its GPU is tells which link to look for.
+            report.sender_transport = expect_info(&mut sess.ctrl)?;
+            let mut setup_info = side_info(transport.info(), buf, setup_time);
+            if sess.hello.link.is_none() {
+                setup_info.detected_link = link::detect(
+                    &link::Sides {
+                        same_host: sess.hello.env.hostname == report.receiver.hostname,
+                        sender_gpu: report.sender_transport.gpu_bus_id.as_deref(),
+                        receiver_gpu: setup_info.gpu_bus_id.as_deref(),
+                        local_ip: Some(sess.ctrl.local_addr.ip()),
+                    },
+                    &link::detect::Sysfs::system(),
+                );
+                report.link = setup_info.detected_link.clone();
+            }
+            sess.ctrl.send(&Msg::TransportInfo { info: Box::new(setup_info.clone()) })?;
+            report.receiver_transport = setup_info.clone();
             self.screen.header(&report)?;
+            let peak = report.link.clone();
             let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, &self.screen);
-            measure::run_receiver(&mut sess, transport.as_mut(), buf, &mut on_point)?;
-            let last = side_info(transport.info(), buf, setup_time);
+            measure::run_receiver(&mut sess, transport.as_mut(), buf, peak.as_ref(), &mut on_point)?;
+            let mut last = side_info(transport.info(), buf, setup_time);
+            last.detected_link = setup_info.detected_link;
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
             report.receiver_transport = last;
             Ok(())
@@ -425,6 +492,7 @@ impl ReceiverSide {
 /// A side's transport details, with its buffer and setup time.
 fn side_info(mut info: TransportInfo, buf: &Buffer, setup: Duration) -> TransportInfo {
     info.memory = buf.describe();
+    info.gpu_bus_id = buf.device().map(|d| d.pci_bus_id.clone());
     info.setup_ns = Some(setup.as_nanos() as u64);
     info
 }
@@ -434,16 +502,21 @@ fn record_point(report: &mut RunReport, p: &measure::PointResult, screen: &Scree
     report.points.push(p.clone());
 }
 
+/// The peer's transport details.
+fn expect_info(ctrl: &mut Control) -> Result<TransportInfo> {
+    ctrl.expect("waiting for the peer's transport details", |m| match m {
+        Msg::TransportInfo { info } => Ok(*info),
+        other => Err(other),
+    })
+}
+
 /// Each side tells the other what its transport really set up.
 fn exchange_info(ctrl: &mut Control, mine: TransportInfo, me: Role) -> Result<TransportInfo> {
-    let send = |ctrl: &mut Control| ctrl.send(&Msg::TransportInfo { info: mine.clone() });
+    let send = |ctrl: &mut Control| ctrl.send(&Msg::TransportInfo { info: Box::new(mine.clone()) });
     if me == Role::Sender {
         send(ctrl)?;
     }
-    let theirs = ctrl.expect("waiting for the peer's transport details", |m| match m {
-        Msg::TransportInfo { info } => Ok(info),
-        other => Err(other),
-    })?;
+    let theirs = expect_info(ctrl)?;
     if me == Role::Receiver {
         send(ctrl)?;
     }

@@ -130,10 +130,10 @@ pub fn run_receiver(
     sess: &mut ReceiverSession,
     transport: &mut dyn RecvSide,
     buf: &mut Buffer,
+    link: Option<&Link>,
     on_point: &mut dyn FnMut(&PointResult),
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
-    let link = sess.hello.link.clone();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
@@ -182,8 +182,7 @@ pub fn run_receiver(
                 VerifyMode::Off => {}
             }
         }
-        let result =
-            point_result(&point, &plan, &requests, &messages, first_request_ns, check, link.as_ref());
+        let result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         on_point(&result);
         results.push(result);

@@ -50,7 +50,11 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "#            receiver: {}", r.receiver_transport.summary)?;
     match &r.link {
         Some(l) => writeln!(out, "# link       {}: {} GB/s one way ({})", l.name, l.peak_gbps, l.source)?,
-        None => writeln!(out, "# link       not given (--link PRESET or GB/s adds a %peak column)")?,
+        None => writeln!(
+            out,
+            "# link       none given or found (host memory on one host crosses no link); --link PRESET or GB/s adds a \
+             %peak column"
+        )?,
     }
     let rtt = r
         .control_rtt

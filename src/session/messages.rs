@@ -54,7 +54,7 @@ pub enum Msg {
     },
     /// What a side's transport actually set up, for both reports.
     TransportInfo {
-        info: TransportInfo,
+        info: Box<TransportInfo>,
     },
     /// Round-trip probes right after the handshake.
     Probe {

@@ -132,6 +132,12 @@ pub struct TransportInfo {
     pub setup_ns: Option<u64>,
     /// The side's buffer: host, pinned, or which GPU.
     pub memory: String,
+    /// The PCI bus id of the side's GPU (GPU or pinned memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_bus_id: Option<String>,
+    /// The peak the receiver found without `--link` (see `link::detect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_link: Option<crate::link::Link>,
     pub details: BTreeMap<String, String>,
 }
 

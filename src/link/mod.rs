@@ -1,8 +1,12 @@
 //! Theoretical peaks of the links a KV transfer crosses, one direction, in
 //! GB/s (1e9 bytes per second), each with where the figure comes from.
 
+pub mod detect;
+pub mod nvml;
+
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Link {
@@ -50,6 +54,40 @@ const PRESETS: &[Preset] = &[
     },
     Preset { name: "efa-p5en", gbps: 50.0, source: "AWS p5en.48xlarge: 16 EFA x 200 Gb/s over 8 GPUs / 8" },
 ];
+
+/// What the receiver knows when it looks for the peak of a run itself.
+pub struct Sides<'a> {
+    pub same_host: bool,
+    /// The PCI bus ids of the sides' GPUs (GPU or pinned memory).
+    pub sender_gpu: Option<&'a str>,
+    pub receiver_gpu: Option<&'a str>,
+    /// The receiver's address on the control connection.
+    pub local_ip: Option<IpAddr>,
+}
+
+/// The link a run crosses, where kvxfer can tell: between two GPUs of one
+/// host the NVLinks joining them, else the slower of their PCIe links; one
+/// GPU on the host, its PCIe link; across hosts, the NIC that carries the
+/// control connection. Host memory on one host crosses no link: None.
+pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
+    if !s.same_host {
+        let ifname = sysfs.interface_of(s.local_ip?)?;
+        return sysfs.net(&ifname).map(|mut l| {
+            l.source = format!("the NIC of the control connection ({ifname}), {}", l.source);
+            l
+        });
+    }
+    if let (Some(a), Some(b)) = (s.sender_gpu, s.receiver_gpu) {
+        if a != b {
+            if let Some(l) = nvml::between(a, b) {
+                return Some(l);
+            }
+        }
+    }
+    let pcie: Vec<Link> =
+        [s.sender_gpu, s.receiver_gpu].into_iter().flatten().filter_map(|g| sysfs.pcie(g)).collect();
+    pcie.into_iter().min_by(|a, b| a.peak_gbps.total_cmp(&b.peak_gbps))
+}
 
 pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
