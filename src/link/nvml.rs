@@ -45,7 +45,14 @@ fn same_bus_id(a: &str, b: &str) -> bool {
     norm(a) == norm(b)
 }
 
-/// The NVLinks from GPU `from` that end at GPU `to` (PCI bus ids), as one link.
+/// An NVLink's far end: NVML names an NVSwitch port with an all-ones bus id.
+fn is_switch(bus_id: &str) -> bool {
+    bus_id.to_ascii_uppercase().starts_with("FFFFFFFF")
+}
+
+/// The NVLinks joining GPU `from` to GPU `to` (PCI bus ids), as one link:
+/// the links that end at `to`, or, on NVSwitch systems (HGX), the links to
+/// the switches where NVML says the two reach each other over NVLink.
 pub fn between(from: &str, to: &str) -> Option<Link> {
     // SAFETY: loading NVML runs its initializers; the library stays loaded
     // for the symbols' lifetime below.
@@ -72,39 +79,60 @@ pub fn between(from: &str, to: &str) -> Option<Link> {
                 b"nvmlDeviceGetCudaComputeCapability",
             )
             .ok()?;
+        let p2p = lib
+            .get::<unsafe extern "C" fn(Device, Device, c_uint, *mut c_uint) -> c_int>(
+                b"nvmlDeviceGetP2PStatus",
+            )
+            .ok()?;
         if init() != SUCCESS {
             return None;
         }
-        let result = (|| {
-            let bus = CString::new(from).ok()?;
+        let handle = |bus: &str| {
+            let bus = CString::new(bus).ok()?;
             let mut dev: Device = std::ptr::null_mut();
-            if by_bus(bus.as_ptr(), &mut dev) != SUCCESS {
-                return None;
-            }
-            let (mut major, mut minor) = (0, 0);
-            if cc(dev, &mut major, &mut minor) != SUCCESS {
-                return None;
-            }
-            let mut links = 0;
+            (by_bus(bus.as_ptr(), &mut dev) == SUCCESS).then_some(dev)
+        };
+        // (links ending at `peer`, links ending at a switch) of a GPU.
+        let links = |dev: Device, peer: &str| {
+            let (mut direct, mut switched) = (0u32, 0u32);
             for link in 0..MAX_LINKS {
                 let mut on: c_uint = 0;
-                if state(dev, link, &mut on) != SUCCESS || on == 0 {
-                    continue;
-                }
                 let mut info: PciInfo = std::mem::zeroed();
-                if remote(dev, link, &mut info) != SUCCESS {
+                if state(dev, link, &mut on) != SUCCESS || on == 0 || remote(dev, link, &mut info) != SUCCESS
+                {
                     continue;
                 }
                 let id = std::ffi::CStr::from_ptr(info.bus_id.as_ptr()).to_string_lossy();
-                links += same_bus_id(&id, to) as u32;
+                direct += same_bus_id(&id, peer) as u32;
+                switched += is_switch(&id) as u32;
+            }
+            (direct, switched)
+        };
+        let result = (|| {
+            let (a, b) = (handle(from)?, handle(to)?);
+            let (mut major, mut minor) = (0, 0);
+            if cc(a, &mut major, &mut minor) != SUCCESS {
+                return None;
             }
             let per = per_link_gbps(major)?;
-            (links > 0).then(|| Link {
-                name: format!("NVLink x{links}"),
-                peak_gbps: links as f64 * per,
+            let (direct, switched) = links(a, to);
+            let (count, how) = if direct > 0 {
+                (direct, format!("{direct} active NVLinks from {from} to {to}"))
+            } else {
+                // NVML_P2P_CAPS_INDEX_NVLINK = 3; NVML_P2P_STATUS_OK = 0.
+                let mut status: c_uint = 1;
+                let reach = p2p(a, b, 3, &mut status) == SUCCESS && status == 0;
+                let count = if reach { switched.min(links(b, from).1) } else { 0 };
+                (
+                    count,
+                    format!("{count} active NVLinks from each GPU to NVSwitches, peer-to-peer over NVLink"),
+                )
+            };
+            (count > 0).then(|| Link {
+                name: format!("NVLink x{count}"),
+                peak_gbps: count as f64 * per,
                 source: format!(
-                    "NVML: {links} active NVLinks from {from} to {to} x {per} GB/s per direction (compute capability \
-                     {major}.{minor})"
+                    "NVML: {how}, x {per} GB/s per link per direction (compute capability {major}.{minor})"
                 ),
             })
         })();
@@ -121,6 +149,7 @@ mod tests {
     fn bus_ids_compare_across_nvml_and_cuda_spellings() {
         assert!(same_bus_id("00000000:07:00.0", "0000:07:00.0"));
         assert!(!same_bus_id("00000000:07:00.0", "0000:06:00.0"));
+        assert!(is_switch("FFFFFFFF:FF:FF.0") && !is_switch("00000000:07:00.0"));
         assert_eq!(per_link_gbps(9), Some(25.0));
         assert_eq!(std::mem::size_of::<PciInfo>(), 68);
     }
