@@ -465,6 +465,7 @@ impl ReceiverSide {
                         same_host: sess.hello.env.hostname == report.receiver.hostname,
                         sender_gpu: report.sender_transport.gpu_bus_id.as_deref(),
                         receiver_gpu: setup_info.gpu_bus_id.as_deref(),
+                        gpu_to_gpu: spec.kind != TransportKind::Tcp,
                         local_ip: Some(sess.ctrl.local_addr.ip()),
                     },
                     &link::detect::Sysfs::system(),
@@ -492,7 +493,8 @@ impl ReceiverSide {
 /// A side's transport details, with its buffer and setup time.
 fn side_info(mut info: TransportInfo, buf: &Buffer, setup: Duration) -> TransportInfo {
     info.memory = buf.describe();
-    info.gpu_bus_id = buf.device().map(|d| d.pci_bus_id.clone());
+    // Pinned memory is host memory: only GPU memory puts a GPU on the path.
+    info.gpu_bus_id = buf.gpu_mem().map(|m| m.device.pci_bus_id.clone());
     info.setup_ns = Some(setup.as_nanos() as u64);
     info
 }

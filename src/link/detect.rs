@@ -202,6 +202,7 @@ mod tests {
             same_host: true,
             sender_gpu: Some("0000:18:00.0"),
             receiver_gpu: Some("0000:19:00.0"),
+            gpu_to_gpu: true,
             local_ip: None,
         };
         // No NVML here (or no such GPUs on a GPU machine): PCIe it is.

@@ -58,17 +58,21 @@ const PRESETS: &[Preset] = &[
 /// What the receiver knows when it looks for the peak of a run itself.
 pub struct Sides<'a> {
     pub same_host: bool,
-    /// The PCI bus ids of the sides' GPUs (GPU or pinned memory).
+    /// The PCI bus ids of the sides' GPUs, where the buffers are GPU memory.
     pub sender_gpu: Option<&'a str>,
     pub receiver_gpu: Option<&'a str>,
+    /// Whether the transport moves GPU memory from GPU to GPU (nccl, ucx),
+    /// rather than staging it through host memory (tcp).
+    pub gpu_to_gpu: bool,
     /// The receiver's address on the control connection.
     pub local_ip: Option<IpAddr>,
 }
 
 /// The link a run crosses, where kvxfer can tell: between two GPUs of one
-/// host the NVLinks joining them, else the slower of their PCIe links; one
-/// GPU on the host, its PCIe link; across hosts, the NIC that carries the
-/// control connection. Host memory on one host crosses no link: None.
+/// host, moved GPU to GPU, the NVLinks joining them, else the slower of
+/// their PCIe links; GPU memory staged through the host, its PCIe link;
+/// across hosts, the NIC that carries the control connection. Host memory
+/// on one host crosses no link: None.
 pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
     if !s.same_host {
         let ifname = sysfs.interface_of(s.local_ip?)?;
@@ -77,7 +81,7 @@ pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
             l
         });
     }
-    if let (Some(a), Some(b)) = (s.sender_gpu, s.receiver_gpu) {
+    if let (Some(a), Some(b), true) = (s.sender_gpu, s.receiver_gpu, s.gpu_to_gpu) {
         if a != b {
             if let Some(l) = nvml::between(a, b) {
                 return Some(l);
