@@ -49,7 +49,10 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "# transport  sender:   {}", r.sender_transport.summary)?;
     writeln!(out, "#            receiver: {}", r.receiver_transport.summary)?;
     match &r.link {
-        Some(l) => writeln!(out, "# link       {}: {} GB/s one way ({})", l.name, l.peak_gbps, l.source)?,
+        Some(l) => {
+            let gbps = (l.peak_gbps * 100.0).round() / 100.0;
+            writeln!(out, "# link       {}: {gbps} GB/s one way ({})", l.name, l.source)?
+        }
         None => writeln!(
             out,
             "# link       none given or found (host memory on one host crosses no link); --link PRESET or GB/s adds a \
