@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 # Packages the build and the tests need. The tests start real processes over
 # real loopback sockets; the ucx tests load Debian's UCX (libucx0: tcp and
-# shared memory on host memory), as kvxfer does, at run time.
-PACKAGES=(gcc libc6-dev libucx0)
+# shared memory on host memory), as kvxfer does, at run time; the launch tests
+# start pairs with Open MPI's mpirun.
+PACKAGES=(gcc libc6-dev libucx0 openmpi-bin)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -14,6 +14,7 @@ pub mod env;
 pub mod error;
 pub mod gpu;
 pub mod kv;
+pub mod launch;
 pub mod link;
 pub mod measure;
 pub mod memory;

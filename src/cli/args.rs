@@ -456,3 +456,24 @@ pub struct ReportArgs {
     #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
 }
+
+#[derive(Args, Clone, Debug)]
+pub struct LaunchArgs {
+    /// Where the receiver listens and the sender connects: the receiving
+    /// rank's HOST:PORT (it listens on every address, on PORT)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rendezvous: String,
+    /// Each rank's role, by rank: send,recv (default: rank 0 sends, as prefill)
+    #[arg(long, value_name = "ROLE,ROLE", value_delimiter = ',', value_parser = role)]
+    pub roles: Vec<crate::session::Role>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn role(s: &str) -> Result<crate::session::Role, String> {
+    match s.trim() {
+        "send" | "sender" => Ok(crate::session::Role::Sender),
+        "recv" | "receiver" => Ok(crate::session::Role::Receiver),
+        other => Err(format!("unknown role '{other}' (send or recv)")),
+    }
+}

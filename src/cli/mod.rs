@@ -20,7 +20,7 @@ use crate::report::{self, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
-use args::{OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs};
+use args::{LaunchArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs};
 use clap::{Parser, Subcommand};
 use screen::Screen;
 use std::fs::File;
@@ -49,6 +49,8 @@ enum Command {
     Report(ReportArgs),
     /// The links kvxfer can find on this host: GPUs' PCIe, NVLinks between them, NICs, RDMA ports
     Links,
+    /// One rank of a pair started by mpirun or srun: rank 0 sends, rank 1 receives
+    Launch(LaunchArgs),
     /// Run the sender and the receiver on this host over loopback
     Pair(PairArgs),
     /// The sender (prefill side); the same as kvxfer-send
@@ -81,6 +83,7 @@ pub fn main_kvxfer() -> ! {
             Command::Size(a) => size::run(&a),
             Command::Report(a) => compare(&a),
             Command::Links => links(),
+            Command::Launch(a) => launch(&a),
             Command::Pair(a) => pair(&a),
             Command::Send(a) => send(&a),
             Command::Recv(a) => recv(&a),
@@ -276,6 +279,42 @@ fn send(a: &SendArgs) -> Result<()> {
     let screen = Screen::new(&a.run.output);
     let (report, result) = sender_side(&a.connect, &a.run, plan, memory, &screen);
     outputs.conclude(report, result, &screen)
+}
+
+/// `kvxfer launch`: this process's role from the launcher's rank; the
+/// receiver listens on the rendezvous port, the sender connects to it. Each
+/// rank takes GPU `--device` + its rank on the node. The sender prints and
+/// writes the results; the receiver stays quiet but holds the gate too.
+fn launch(a: &LaunchArgs) -> Result<()> {
+    let me = crate::launch::Launch::from_env()?;
+    if me.size != 2 {
+        return Err(Error::usage(format!(
+            "kvxfer launch pairs one sender with one receiver: start 2 ranks, not {} ({})",
+            me.size, me.launcher
+        )));
+    }
+    let roles = match a.roles.as_slice() {
+        [] => vec![Role::Sender, Role::Receiver],
+        [x, y] if x != y => a.roles.clone(),
+        _ => return Err(Error::usage("--roles names one send and one recv, by rank (e.g. recv,send)")),
+    };
+    let mut run = a.run.clone();
+    run.memory.device += me.local_rank as usize;
+    let (_, port) = net::split_host_port(&a.rendezvous)?;
+    if roles[me.rank as usize] == Role::Sender {
+        return send(&SendArgs { connect: a.rendezvous.clone(), run });
+    }
+    recv(&RecvArgs {
+        listen: format!("[::]:{port}"),
+        timeout: run.timeout,
+        wait_for_sender: run.timeout,
+        expect_transport: None,
+        expect_model: None,
+        memory: run.memory.clone(),
+        nccl_lib: run.transport.nccl_lib.clone(),
+        ucx_lib: run.transport.ucx_lib.clone(),
+        output: OutputArgs { quiet: true, csv: None, json: None, json_stream: false, ..run.output.clone() },
+    })
 }
 
 fn recv(a: &RecvArgs) -> Result<()> {

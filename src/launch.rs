@@ -1,0 +1,97 @@
+//! Started by a launcher (mpirun, srun, mpiexec): which rank this process
+//! is, of how many, and its rank on its node, from the variables the
+//! launcher sets. MPI itself is not needed for that.
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub rank: u32,
+    pub size: u32,
+    /// The rank among those on this node: picks this process's GPU.
+    pub local_rank: u32,
+    /// Which launcher's variables said so.
+    pub launcher: &'static str,
+}
+
+/// (launcher, rank, size, local rank) variables, most specific first:
+/// Open MPI's mpirun, MPICH/Intel MPI's hydra (PMI), Slurm's srun.
+const VARIABLES: [(&str, &str, &str, &str); 3] = [
+    ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+    ("PMI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+    ("Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+];
+
+impl Launch {
+    pub fn from_env() -> Result<Launch> {
+        Self::from(|name| std::env::var(name).ok())
+    }
+
+    pub fn from(get: impl Fn(&str) -> Option<String>) -> Result<Launch> {
+        for (launcher, rank, size, local) in VARIABLES {
+            let Some(r) = get(rank) else { continue };
+            let number = |name: &str, v: Option<String>| -> Result<Option<u32>> {
+                v.map(|v| {
+                    v.trim()
+                        .parse::<u32>()
+                        .map_err(|_| Error::usage(format!("{name}={v} is not a rank number")))
+                })
+                .transpose()
+            };
+            let rank_n = number(rank, Some(r))?.expect("given");
+            let size_n = number(size, get(size))?.ok_or_else(|| {
+                Error::usage(format!("{rank} is set but {size} is not: cannot tell how many ranks"))
+            })?;
+            if rank_n >= size_n {
+                return Err(Error::usage(format!("{rank}={rank_n} is not below {size}={size_n}")));
+            }
+            let local_n = number(local, get(local))?.unwrap_or(0);
+            return Ok(Launch { rank: rank_n, size: size_n, local_rank: local_n, launcher });
+        }
+        Err(Error::usage(
+            "kvxfer launch is started by a launcher (mpirun, srun, mpiexec): none of OMPI_COMM_WORLD_RANK, PMI_RANK, \
+             SLURM_PROCID is set; run kvxfer-send and kvxfer-recv by hand otherwise",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn each_launcher_is_read() {
+        let ompi = [
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+            ("OMPI_COMM_WORLD_LOCAL_RANK", "1"),
+        ];
+        assert_eq!(
+            Launch::from(env(&ompi)).unwrap(),
+            Launch { rank: 1, size: 2, local_rank: 1, launcher: "Open MPI" }
+        );
+        let slurm = [("SLURM_PROCID", "0"), ("SLURM_NTASKS", "2")];
+        let l = Launch::from(env(&slurm)).unwrap();
+        assert_eq!((l.rank, l.size, l.local_rank, l.launcher), (0, 2, 0, "Slurm"));
+        // mpirun inside a Slurm allocation: Open MPI's own numbering wins.
+        let both = [
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "1"),
+            ("OMPI_COMM_WORLD_RANK", "1"),
+            ("OMPI_COMM_WORLD_SIZE", "2"),
+        ];
+        assert_eq!(Launch::from(env(&both)).unwrap().rank, 1);
+    }
+
+    #[test]
+    fn missing_or_bad_variables_are_refused() {
+        assert!(Launch::from(env(&[])).unwrap_err().message.contains("none of OMPI_COMM_WORLD_RANK"));
+        assert!(Launch::from(env(&[("PMI_RANK", "0")])).unwrap_err().message.contains("PMI_SIZE is not"));
+        assert!(Launch::from(env(&[("PMI_RANK", "x"), ("PMI_SIZE", "2")])).is_err());
+        assert!(Launch::from(env(&[("PMI_RANK", "2"), ("PMI_SIZE", "2")])).is_err());
+    }
+}

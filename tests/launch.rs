@@ -1,0 +1,102 @@
+//! `kvxfer launch`: a pair started the way clusters start jobs, by mpirun
+//! (Open MPI, installed by scripts/test.sh) or by a launcher's variables.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A process with a launcher's variables set, as srun would start it.
+fn rank(vars: &[(&str, String)], args: &[&str]) -> std::process::Child {
+    let mut c = Command::new(KVXFER);
+    c.arg("launch").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    // The test may itself run under a launcher: only the given variables count.
+    for k in ["OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMI_SIZE"] {
+        if !vars.iter().any(|(n, _)| *n == k) {
+            c.env_remove(k);
+        }
+    }
+    c.spawn().unwrap()
+}
+
+fn finish(child: std::process::Child) -> (Option<i32>, String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn mpirun_starts_a_pair_that_measures_and_checks() {
+    let mpirun =
+        ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let mpirun = mpirun.expect("mpirun not found: scripts/test.sh installs openmpi-bin");
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    let rv = format!("127.0.0.1:{}", free_port());
+    let out = Command::new(mpirun)
+        .args(["-np", "2", "--oversubscribe", "--allow-run-as-root", KVXFER, "launch", "--rendezvous", &rv])
+        .args([
+            "-p",
+            "128,1024",
+            "-g",
+            "request,layer",
+            "-n",
+            "3",
+            "--timeout",
+            "20s",
+            "--json",
+            j.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "mpirun failed:\n{stdout}\n{stderr}");
+    // One table (rank 0, the sender), four rows; the receiver keeps quiet.
+    assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("  request") || l.starts_with("    layer")).count(),
+        4
+    );
+    assert_sane(&json(&j), 4);
+}
+
+#[test]
+fn launcher_variables_alone_make_a_pair_and_roles_can_swap() {
+    let rv = format!("127.0.0.1:{}", free_port());
+    let slurm = |r: u32| vec![("SLURM_PROCID", r.to_string()), ("SLURM_NTASKS", "2".to_string())];
+    let args =
+        ["--rendezvous", rv.as_str(), "-p", "64", "-n", "2", "--roles", "recv,send", "--timeout", "20s"];
+    let (r0, r1) = (rank(&slurm(0), &args), rank(&slurm(1), &args));
+    let (c1, out1, err1) = finish(r1);
+    let (c0, out0, err0) = finish(r0);
+    assert_eq!((c0, c1), (Some(0), Some(0)), "{err0}\n{err1}");
+    // Rank 1 sends here, so it prints; rank 0 receives quietly.
+    assert!(out1.contains("# integrity  0 wrong bytes") && out0.is_empty(), "{out0}\n---\n{out1}");
+    assert!(err0.contains("listening on [::]:") || err0.contains("listening on 0.0.0.0:"), "{err0}");
+}
+
+#[test]
+fn launch_refuses_what_it_cannot_pair() {
+    let rv = "127.0.0.1:9";
+    let three = vec![("PMI_RANK", "0".to_string()), ("PMI_SIZE", "3".to_string())];
+    let (code, _, err) = finish(rank(&three, &["--rendezvous", rv]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("start 2 ranks, not 3 (PMI)"), "{err}");
+    let (code, _, err) = finish(rank(&[], &["--rendezvous", rv]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("started by a launcher"), "{err}");
+    let two = vec![("PMI_RANK", "0".to_string()), ("PMI_SIZE", "2".to_string())];
+    let (code, _, err) = finish(rank(&two, &["--rendezvous", rv, "--roles", "send,send"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("one send and one recv"), "{err}");
+}
