@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 # real loopback sockets; the ucx tests load Debian's UCX (libucx0: tcp and
 # shared memory on host memory), as kvxfer does, at run time; the launch tests
 # start pairs with Open MPI's mpirun.
-PACKAGES=(gcc libc6-dev libucx0 openmpi-bin)
+# The optional `mpi` feature (rsmpi) builds against Open MPI's headers with
+# bindgen, hence libopenmpi-dev and libclang-dev.
+PACKAGES=(gcc libc6-dev libucx0 openmpi-bin libopenmpi-dev libclang-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -25,4 +27,7 @@ fi
 
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features mpi -- -D warnings
 cargo test --locked
+# With MPI bootstrapping: mpirun finds the rendezvous by itself.
+cargo test --locked --features mpi --test launch

@@ -100,3 +100,21 @@ fn launch_refuses_what_it_cannot_pair() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("one send and one recv"), "{err}");
 }
+
+/// Built with `--features mpi`: no --rendezvous, MPI broadcasts the
+/// receiver's host and port (scripts/test.sh runs this with the feature).
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_finds_the_rendezvous_itself() {
+    let out = Command::new("mpirun")
+        .args(["-np", "2", "--oversubscribe", "--allow-run-as-root", KVXFER, "launch", "-p", "64", "-n", "2"])
+        .args(["--roles", "recv,send", "--timeout", "20s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "mpirun failed:\n{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
+    // The receiver listened on a port of its own choosing.
+    assert!(stderr.contains("listening on [::]:") || stderr.contains("listening on 0.0.0.0:"), "{stderr}");
+}

@@ -460,9 +460,10 @@ pub struct ReportArgs {
 #[derive(Args, Clone, Debug)]
 pub struct LaunchArgs {
     /// Where the receiver listens and the sender connects: the receiving
-    /// rank's HOST:PORT (it listens on every address, on PORT)
-    #[arg(long, value_name = "HOST:PORT")]
-    pub rendezvous: String,
+    /// rank's HOST:PORT (it listens on every address, on PORT). Built with
+    /// the `mpi` feature, MPI finds it when this is left out
+    #[arg(long, value_name = "HOST:PORT", required = !cfg!(feature = "mpi"))]
+    pub rendezvous: Option<String>,
     /// Each rank's role, by rank: send,recv (default: rank 0 sends, as prefill)
     #[arg(long, value_name = "ROLE,ROLE", value_delimiter = ',', value_parser = role)]
     pub roles: Vec<crate::session::Role>,

@@ -3,6 +3,8 @@
 //! this host over loopback).
 
 pub mod args;
+#[cfg(feature = "mpi")]
+mod mpi_boot;
 mod screen;
 mod size;
 
@@ -300,29 +302,62 @@ fn launch(a: &LaunchArgs) -> Result<()> {
     };
     let mut run = a.run.clone();
     run.memory.device += me.local_rank as usize;
-    let (_, port) = net::split_host_port(&a.rendezvous)?;
-    if roles[me.rank as usize] == Role::Sender {
-        return send(&SendArgs { connect: a.rendezvous.clone(), run });
-    }
-    recv(&RecvArgs {
-        listen: format!("[::]:{port}"),
-        timeout: run.timeout,
-        wait_for_sender: run.timeout,
-        expect_transport: None,
-        expect_model: None,
-        memory: run.memory.clone(),
-        nccl_lib: run.transport.nccl_lib.clone(),
-        ucx_lib: run.transport.ucx_lib.clone(),
-        output: OutputArgs { quiet: true, csv: None, json: None, json_stream: false, ..run.output.clone() },
-    })
+    let receiving = roles[me.rank as usize] == Role::Receiver;
+    let receiver_rank = roles.iter().position(|r| *r == Role::Receiver).expect("one receiver") as u32;
+    // Only the receiving rank listens: on the rendezvous port, or any free one.
+    let port = match &a.rendezvous {
+        Some(rv) => net::split_host_port(rv)?.1,
+        None => 0,
+    };
+    let listener = if receiving { Some(net::listen(&format!("[::]:{port}"))?) } else { None };
+    // Without --rendezvous (the mpi feature), MPI tells the sender where to go.
+    #[cfg(feature = "mpi")]
+    let (_mpi, rendezvous) = match &a.rendezvous {
+        Some(rv) => (None, rv.clone()),
+        None => mpi_boot::rendezvous(receiver_rank, listener.as_ref()).map(|(b, rv)| (Some(b), rv))?,
+    };
+    #[cfg(not(feature = "mpi"))]
+    let rendezvous = {
+        let _ = receiver_rank;
+        a.rendezvous
+            .clone()
+            .ok_or_else(|| Error::usage("--rendezvous HOST:PORT is needed (or build with --features mpi)"))?
+    };
+    let Some(listener) = listener else {
+        return send(&SendArgs { connect: rendezvous, run });
+    };
+    recv_on(
+        listener,
+        &RecvArgs {
+            listen: rendezvous,
+            timeout: run.timeout,
+            wait_for_sender: run.timeout,
+            expect_transport: None,
+            expect_model: None,
+            memory: run.memory.clone(),
+            nccl_lib: run.transport.nccl_lib.clone(),
+            ucx_lib: run.transport.ucx_lib.clone(),
+            output: OutputArgs {
+                quiet: true,
+                csv: None,
+                json: None,
+                json_stream: false,
+                ..run.output.clone()
+            },
+        },
+    )
 }
 
 fn recv(a: &RecvArgs) -> Result<()> {
+    recv_on(net::listen(&a.listen)?, a)
+}
+
+/// The receiver, on a socket already listening.
+fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
     if a.memory.memory != MemoryKind::Host {
         gpu::init()?;
     }
     let outputs = Outputs::open(&a.output)?;
-    let listener = net::listen(&a.listen)?;
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
     let side = ReceiverSide {
         wait: a.wait_for_sender,

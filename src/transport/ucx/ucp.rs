@@ -407,10 +407,18 @@ impl Node {
     }
 
     fn failure(&self, status: sys::ucs_status_t::Type, what: &str) -> Error {
+        use sys::ucs_status_t as st;
         let why = self.ucp.describe(status);
-        match self.peer_failure() {
-            Some(_) => Error::connection_lost(format!("UCX lost the {} while {what}: {why}", self.peer)),
-            None => Error::run(format!("UCX failed {what}: {why} ({status})")),
+        // Statuses that say the peer or the path to it is gone, whether or
+        // not the endpoint's error callback ran (it does not in mode none).
+        let lost = matches!(
+            status,
+            st::UCS_ERR_UNREACHABLE | st::UCS_ERR_NOT_CONNECTED | st::UCS_ERR_CONNECTION_RESET
+        ) || (st::UCS_ERR_LAST_ENDPOINT_FAILURE..=st::UCS_ERR_FIRST_LINK_FAILURE)
+            .contains(&status);
+        match lost || self.peer_failure().is_some() {
+            true => Error::connection_lost(format!("UCX lost the {} while {what}: {why}", self.peer)),
+            false => Error::run(format!("UCX failed {what}: {why} ({status})")),
         }
     }
 
