@@ -34,33 +34,46 @@ fn finish(child: std::process::Child) -> (Option<i32>, String, String) {
     )
 }
 
-#[test]
-fn mpirun_starts_a_pair_that_measures_and_checks() {
+/// `mpirun -np 2 kvxfer launch ARGS`; fails the test unless both ranks
+/// succeed; returns their stdout and stderr.
+fn mpirun(args: &[&str]) -> (String, String) {
     let mpirun =
         ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].into_iter().find(|p| std::path::Path::new(p).exists());
     let mpirun = mpirun.expect("mpirun not found: scripts/test.sh installs openmpi-bin");
-    let dir = tempfile::tempdir().unwrap();
-    let j = dir.path().join("r.json");
-    let rv = format!("127.0.0.1:{}", free_port());
     let out = Command::new(mpirun)
-        .args(["-np", "2", "--oversubscribe", "--allow-run-as-root", KVXFER, "launch", "--rendezvous", &rv])
-        .args([
-            "-p",
-            "128,1024",
-            "-g",
-            "request,layer",
-            "-n",
-            "3",
-            "--timeout",
-            "20s",
-            "--json",
-            j.to_str().unwrap(),
-        ])
+        .args(["-np", "2", "--oversubscribe", "--allow-run-as-root", KVXFER, "launch"])
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "mpirun failed:\n{stdout}\n{stderr}");
+    (stdout.into_owned(), stderr.into_owned())
+}
+
+#[test]
+fn mpirun_starts_a_pair_that_measures_and_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    let rv = format!("127.0.0.1:{}", free_port());
+    let (stdout, _) = mpirun(
+        &[
+            &[
+                "--rendezvous",
+                rv.as_str(),
+                "-p",
+                "128,1024",
+                "-g",
+                "request,layer",
+                "-n",
+                "3",
+                "--timeout",
+                "20s",
+            ][..],
+            &["--json", j.to_str().unwrap()],
+        ]
+        .concat(),
+    );
     // One table (rank 0, the sender), four rows; the receiver keeps quiet.
     assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
     assert_eq!(
@@ -106,14 +119,7 @@ fn launch_refuses_what_it_cannot_pair() {
 #[cfg(feature = "mpi")]
 #[test]
 fn mpi_finds_the_rendezvous_itself() {
-    let out = Command::new("mpirun")
-        .args(["-np", "2", "--oversubscribe", "--allow-run-as-root", KVXFER, "launch", "-p", "64", "-n", "2"])
-        .args(["--roles", "recv,send", "--timeout", "20s"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "mpirun failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = mpirun(&["-p", "64", "-n", "2", "--roles", "recv,send", "--timeout", "20s"]);
     assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
     // The receiver listened on a port of its own choosing.
     assert!(stderr.contains("listening on [::]:") || stderr.contains("listening on 0.0.0.0:"), "{stderr}");
