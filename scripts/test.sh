@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 # shared memory on host memory), as kvxfer does, at run time; the launch tests
 # start pairs with Open MPI's mpirun.
 # The optional `mpi` feature (rsmpi) builds against Open MPI's headers with
-# bindgen, hence libopenmpi-dev and libclang-dev.
-PACKAGES=(gcc libc6-dev libucx0 openmpi-bin libopenmpi-dev libclang-dev)
+# bindgen, hence libopenmpi-dev, libclang-dev and clang (its builtin headers).
+PACKAGES=(gcc libc6-dev libucx0 openmpi-bin libopenmpi-dev libclang-dev clang)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
