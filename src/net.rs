@@ -51,19 +51,50 @@ pub fn resolve(s: &str) -> Result<Vec<SocketAddr>> {
     Ok(addrs)
 }
 
+/// Connects from `local` (any port; None: the kernel's choice), so that the
+/// connection leaves through that address's interface.
+pub fn connect_from(
+    local: Option<IpAddr>,
+    addr: &SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = local else {
+        return TcpStream::connect_timeout(addr, timeout);
+    };
+    let sock = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(ip, 0).into())
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}: {e}")))?;
+    sock.connect_timeout(&(*addr).into(), timeout)?;
+    Ok(sock.into())
+}
+
 /// Connects to the first address that answers, retrying refusals until the
-/// deadline (the peer may still be starting).
-pub fn connect_until(addrs: &[SocketAddr], deadline: Instant, peer: &str) -> Result<TcpStream> {
+/// deadline (the peer may still be starting); from `local` if given.
+pub fn connect_until(
+    addrs: &[SocketAddr],
+    deadline: Instant,
+    peer: &str,
+    local: Option<IpAddr>,
+) -> Result<TcpStream> {
+    // An address of the other family could never be reached from `local`.
+    let addrs: Vec<&SocketAddr> =
+        addrs.iter().filter(|a| local.is_none_or(|l| l.is_ipv4() == a.is_ipv4())).collect();
+    if let (true, Some(l)) = (addrs.is_empty(), local) {
+        return Err(Error::usage(format!("--bind {l}: the {peer}'s address has none of that IP version")));
+    }
     let mut last_err = None;
     loop {
-        for addr in addrs {
+        for &addr in &addrs {
             let Some(left) = remaining(deadline) else {
                 break;
             };
-            match TcpStream::connect_timeout(addr, left.min(Duration::from_secs(5))) {
+            match connect_from(local, addr, left.min(Duration::from_secs(5))) {
                 Ok(s) => {
                     s.set_nodelay(true)?;
                     return Ok(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+                    return Err(Error::usage(format!("--bind: {e} (not an address of this host)")))
                 }
                 Err(e) => last_err = Some((addr, e)),
             }
@@ -157,7 +188,7 @@ mod tests {
         let port = listen("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addrs = resolve(&format!("127.0.0.1:{port}")).unwrap();
         let t = Instant::now();
-        let e = connect_until(&addrs, t + Duration::from_millis(300), "receiver").unwrap_err();
+        let e = connect_until(&addrs, t + Duration::from_millis(300), "receiver", None).unwrap_err();
         assert!(e.message.contains("no receiver at"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(3));
     }

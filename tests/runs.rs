@@ -201,3 +201,19 @@ fn json_stream_prints_a_line_per_point_and_one_for_the_outcome() {
     // No table, and no progress bar where stderr is not a terminal.
     assert!(!f.stdout.contains("# integrity") && !f.stderr.contains("points"), "{}{}", f.stdout, f.stderr);
 }
+
+#[test]
+fn bind_picks_the_sending_address_for_control_and_data() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    // Any 127.x address is this host's loopback on Linux.
+    let send = run(SEND, &["--connect", &addr, "--bind", "127.0.0.2", "-p", "64", "-n", "1"], secs(60));
+    send.expect_code(0);
+    let recv = recv.finish(secs(20));
+    recv.expect_code(0);
+    // The receiver saw the sender's tcp data stream come from that address.
+    assert!(recv.stdout.contains("127.0.0.1:") && recv.stdout.contains("<-> 127.0.0.2:"), "{}", recv.stdout);
+    let bad = run(SEND, &["--connect", &addr, "--bind", "192.0.2.7", "-p", "64", "-n", "1"], secs(20));
+    bad.expect_code(2).expect_stderr("cannot bind 192.0.2.7");
+    let v6 = run(SEND, &["--connect", "127.0.0.1:9", "--bind", "::1", "-p", "64", "-n", "1"], secs(20));
+    v6.expect_code(2).expect_stderr("none of that IP version");
+}

@@ -347,6 +347,9 @@ pub struct SendArgs {
     /// The receiver's address: HOST:PORT, IPv4:PORT or [IPv6]:PORT
     #[arg(long, short = 'c', value_name = "ADDR")]
     pub connect: String,
+    /// This host's address to connect from, which picks the NIC; tcp data follows it
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub run: RunArgs,
 }

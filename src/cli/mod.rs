@@ -279,7 +279,7 @@ fn send(a: &SendArgs) -> Result<()> {
         memory::check_host_budget(plan.max_request_bytes() as u64, "the sender's buffers")?;
     }
     let screen = Screen::new(&a.run.output);
-    let (report, result) = sender_side(&a.connect, &a.run, plan, memory, &screen);
+    let (report, result) = sender_side(&a.connect, a.bind, &a.run, plan, memory, &screen);
     outputs.conclude(report, result, &screen)
 }
 
@@ -324,7 +324,7 @@ fn launch(a: &LaunchArgs) -> Result<()> {
             .ok_or_else(|| Error::usage("--rendezvous HOST:PORT is needed (or build with --features mpi)"))?
     };
     let Some(listener) = listener else {
-        return send(&SendArgs { connect: rendezvous, run });
+        return send(&SendArgs { connect: rendezvous, bind: None, run });
     };
     recv_on(
         listener,
@@ -429,7 +429,7 @@ fn pair(a: &PairArgs) -> Result<()> {
     let receiver = std::thread::spawn(move || receiver.run(&listener).1);
     let screen = Screen::new(&a.run.output);
     let (report, result) =
-        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), &a.run, plan, send_memory, &screen);
+        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), None, &a.run, plan, send_memory, &screen);
     let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
     // The sender's error already carries the receiver's reason when it had one.
     let result = result.and(received);
@@ -440,6 +440,7 @@ fn pair(a: &PairArgs) -> Result<()> {
 /// part way, so the points already measured are not lost.
 fn sender_side(
     addr: &str,
+    bind: Option<IpAddr>,
     run: &RunArgs,
     plan: Plan,
     memory: MemorySpec,
@@ -459,7 +460,7 @@ fn sender_side(
         cookie: random_cookie(),
     };
     let protocol = if run.fault == Some(Fault::BadProtocol) { 999 } else { PROTOCOL };
-    let mut sess = match session::open_sender(addr, hello, run.timeout, protocol) {
+    let mut sess = match session::open_sender(addr, bind, hello, run.timeout, protocol) {
         Ok(s) => s,
         Err(e) => return (None, Err(e)),
     };

@@ -305,10 +305,16 @@ pub struct SenderSession {
     pub rtt: ControlRtt,
 }
 
-pub fn open_sender(addr: &str, hello: Hello, timeout: Duration, protocol: u16) -> Result<SenderSession> {
+pub fn open_sender(
+    addr: &str,
+    bind: Option<std::net::IpAddr>,
+    hello: Hello,
+    timeout: Duration,
+    protocol: u16,
+) -> Result<SenderSession> {
     let addrs = net::resolve(addr)?;
     let deadline = Instant::now() + timeout;
-    let stream = net::connect_until(&addrs, deadline, "receiver")?;
+    let stream = net::connect_until(&addrs, deadline, "receiver", bind)?;
     let mut ctrl = Control::new(stream, Role::Receiver, timeout)?;
 
     let mut pre = [0u8; 8];

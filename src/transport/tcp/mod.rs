@@ -135,6 +135,8 @@ impl TcpSender {
         let mut streams = Vec::new();
         for idx in 0..spec.streams {
             let sock = new_socket(addr, spec.socket_buffer)?;
+            // The data leaves through the interface the control connection took.
+            sock.bind(&SocketAddr::new(setup.ctrl.local_addr.ip(), 0).into())?;
             let left = net::remaining(deadline).unwrap_or(Duration::from_millis(1));
             sock.connect_timeout(&addr.into(), left)
                 .map_err(|e| Error::run(format!("cannot open tcp data stream {idx} to {addr}: {e}")))?;
