@@ -541,7 +541,7 @@ impl ReceiverSide {
                         sender_gpu: report.sender_transport.gpu_bus_id.as_deref(),
                         receiver_gpu: setup_info.gpu_bus_id.as_deref(),
                         gpu_to_gpu: spec.kind != TransportKind::Tcp,
-                        local_ip: Some(sess.ctrl.local_addr.ip()),
+                        local_interface: link::detect::interface_with(sess.ctrl.local_addr.ip()),
                     },
                     &link::detect::Sysfs::system(),
                 );

@@ -38,10 +38,7 @@ pub fn run(a: &SizeArgs) -> Result<()> {
 
 /// A recorded run, which must be of the same KV shape as the advice.
 fn read_run(path: &std::path::Path, bytes_per_token: u64) -> Result<RunReport> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
-    let r: RunReport = serde_json::from_str(&text)
-        .map_err(|e| Error::usage(format!("{} is not a kvxfer --json report: {e}", path.display())))?;
+    let r = crate::report::compare::load(path)?;
     if r.kv_bytes_per_token != bytes_per_token {
         return Err(Error::usage(format!(
             "{} measured {} ({} bytes of KV per token per rank); this advice is for {} bytes per token: \

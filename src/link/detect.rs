@@ -103,18 +103,10 @@ impl Sysfs {
         }
         out
     }
-
-    /// The network interface that holds a local IP address.
-    pub fn interface_of(&self, ip: std::net::IpAddr) -> Option<String> {
-        if self.root != Path::new("/") {
-            return None;
-        }
-        interface_with(ip)
-    }
 }
 
-/// The interface an address is configured on (getifaddrs).
-fn interface_with(ip: std::net::IpAddr) -> Option<String> {
+/// The network interface a local address is configured on (getifaddrs).
+pub fn interface_with(ip: std::net::IpAddr) -> Option<String> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a list freed below; each entry is read while it lives.
     unsafe {
@@ -203,13 +195,19 @@ mod tests {
             sender_gpu: Some("0000:18:00.0"),
             receiver_gpu: Some("0000:19:00.0"),
             gpu_to_gpu: true,
-            local_ip: None,
+            local_interface: None,
         };
         // No NVML here (or no such GPUs on a GPU machine): PCIe it is.
         let l = super::super::detect(&sides, &Sysfs::at(t.path())).unwrap();
         assert_eq!(l.name, "PCIe 8 GT/s x8");
         let host_only = super::super::Sides { sender_gpu: None, receiver_gpu: None, ..sides };
         assert!(super::super::detect(&host_only, &Sysfs::at(t.path())).is_none());
+        // Across hosts: the NIC of the control connection.
+        let remote =
+            super::super::Sides { same_host: false, local_interface: Some("eth0".into()), ..host_only };
+        let nic = super::super::detect(&remote, &Sysfs::at(t.path())).unwrap();
+        assert_eq!(nic.peak_gbps, 12.5);
+        assert!(nic.source.starts_with("the NIC of the control connection (eth0)"), "{}", nic.source);
     }
 
     #[test]

@@ -6,7 +6,6 @@ pub mod nvml;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::net::IpAddr;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Link {
@@ -64,8 +63,8 @@ pub struct Sides<'a> {
     /// Whether the transport moves GPU memory from GPU to GPU (nccl, ucx),
     /// rather than staging it through host memory (tcp).
     pub gpu_to_gpu: bool,
-    /// The receiver's address on the control connection.
-    pub local_ip: Option<IpAddr>,
+    /// The receiver's network interface on the control connection.
+    pub local_interface: Option<String>,
 }
 
 /// The link a run crosses, where kvxfer can tell: between two GPUs of one
@@ -75,8 +74,8 @@ pub struct Sides<'a> {
 /// on one host crosses no link: None.
 pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
     if !s.same_host {
-        let ifname = sysfs.interface_of(s.local_ip?)?;
-        return sysfs.net(&ifname).map(|mut l| {
+        let ifname = s.local_interface.as_deref()?;
+        return sysfs.net(ifname).map(|mut l| {
             l.source = format!("the NIC of the control connection ({ifname}), {}", l.source);
             l
         });
