@@ -181,11 +181,16 @@ impl Figure for Latency<'_> {
             .y_label_area_size(90)
             .build_cartesian_2d((x.0..x.1).log_scale(), (lo / 2.0..hi * 2.0).log_scale())
             .map_err(plot_error)?;
-        mesh(
-            &mut chart,
-            "prompt length (tokens, log scale)",
-            "request latency, receiver's go to last byte (us, log scale)",
-        )?;
+        chart
+            .configure_mesh()
+            .x_desc("prompt length (tokens, log scale)")
+            .y_desc("request latency, receiver's go to last byte (us, log scale)")
+            .x_label_formatter(&number)
+            .y_label_formatter(&number)
+            .label_style(("sans-serif", 16))
+            .axis_desc_style(("sans-serif", 18))
+            .draw()
+            .map_err(plot_error)?;
         for (i, s) in series.iter().enumerate() {
             let c = color(i);
             let line = |f: fn(&crate::measure::PointResult) -> u64| -> Vec<(f64, f64)> {
@@ -332,61 +337,21 @@ impl Figure for HistogramAt<'_> {
     }
 }
 
-type Chart<'a, DB> = ChartContext<
-    'a,
-    DB,
-    Cartesian2d<plotters::coord::combinators::LogCoord<f64>, plotters::coord::types::RangedCoordf64>,
->;
-type LogChart<'a, DB> = ChartContext<
-    'a,
-    DB,
-    Cartesian2d<plotters::coord::combinators::LogCoord<f64>, plotters::coord::combinators::LogCoord<f64>>,
->;
-
-trait Styled {
-    fn styled(&mut self, x: &str, y: &str) -> Result<()>;
-    fn legend_at(&mut self, pos: SeriesLabelPosition) -> Result<()>;
-}
-
-macro_rules! styled {
-    ($t:ident) => {
-        impl<'a, DB: DrawingBackend + 'a> Styled for $t<'a, DB>
-        where
-            DB::ErrorType: 'static,
-        {
-            fn styled(&mut self, x: &str, y: &str) -> Result<()> {
-                self.configure_mesh()
-                    .x_desc(x)
-                    .y_desc(y)
-                    .x_label_formatter(&number)
-                    .y_label_formatter(&number)
-                    .label_style(("sans-serif", 16))
-                    .axis_desc_style(("sans-serif", 18))
-                    .draw()
-                    .map_err(plot_error)
-            }
-
-            fn legend_at(&mut self, pos: SeriesLabelPosition) -> Result<()> {
-                self.configure_series_labels()
-                    .position(pos)
-                    .label_font(("sans-serif", 15))
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(plot_error)
-            }
-        }
-    };
-}
-styled!(Chart);
-styled!(LogChart);
-
-fn mesh(chart: &mut impl Styled, x: &str, y: &str) -> Result<()> {
-    chart.styled(x, y)
-}
-
-fn legend(chart: &mut impl Styled, pos: SeriesLabelPosition) -> Result<()> {
-    chart.legend_at(pos)
+/// The legend box, where `pos` says.
+fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, pos: SeriesLabelPosition) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: plotters::coord::CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(pos)
+        .label_font(("sans-serif", 15))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)
 }
 
 /// Every plot of a report into `dir`; returns the files written.
