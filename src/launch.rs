@@ -3,6 +3,7 @@
 //! launcher sets. MPI itself is not needed for that.
 
 use crate::error::{Error, Result};
+use crate::session::Role;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -55,9 +56,56 @@ impl Launch {
     }
 }
 
+/// Each rank's role: as given (one per rank), or by default every rank
+/// sends but the last, which receives (one pair, or N prefill ranks into one
+/// decode rank). One side must be a single rank: N to one or one to N.
+pub fn roles(given: &[Role], size: u32) -> Result<Vec<Role>> {
+    if size < 2 {
+        return Err(Error::usage(format!(
+            "kvxfer launch needs at least 2 ranks, one sending and one receiving, not {size}"
+        )));
+    }
+    let roles = match given {
+        [] => (0..size).map(|r| if r + 1 == size { Role::Receiver } else { Role::Sender }).collect(),
+        r if r.len() == size as usize => r.to_vec(),
+        r => {
+            return Err(Error::usage(format!(
+                "--roles names {} roles for {size} ranks: give one per rank (e.g. send,send,recv)",
+                r.len()
+            )))
+        }
+    };
+    let senders = roles.iter().filter(|r| **r == Role::Sender).count();
+    let receivers = roles.len() - senders;
+    if senders == 0 || receivers == 0 || (senders > 1 && receivers > 1) {
+        return Err(Error::usage(format!(
+            "--roles gives {senders} senders and {receivers} receivers: kvxfer runs one sender and one receiver, \
+             N senders into one receiver, or one sender to N receivers"
+        )));
+    }
+    Ok(roles)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_default_to_many_into_the_last_rank() {
+        use Role::{Receiver as R, Sender as S};
+        assert_eq!(roles(&[], 2).unwrap(), [S, R]);
+        assert_eq!(roles(&[], 4).unwrap(), [S, S, S, R]);
+        assert_eq!(roles(&[R, S, R], 3).unwrap(), [R, S, R]);
+        for (given, size, why) in [
+            (&[][..], 1, "at least 2 ranks"),
+            (&[S, R][..], 3, "2 roles for 3 ranks"),
+            (&[S, S][..], 2, "2 senders and 0 receivers"),
+            (&[S, S, R, R][..], 4, "2 senders and 2 receivers"),
+        ] {
+            let e = roles(given, size).unwrap_err();
+            assert!(e.message.contains(why), "{e}");
+        }
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())

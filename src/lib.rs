@@ -6,12 +6,14 @@
 //! - `session`: the control connection, handshake and pacing, with deadlines
 //! - `transport`: one trait, several ways to move the bytes (tcp, ...)
 //! - `measure`: warm-up, timing, checks, per-point statistics
+//! - `fan`: many-to-one and one-to-many, N pairs run together from one hub
 //! - `report`: table, CSV, JSON
 //! - `cli`: the commands that string these together
 
 pub mod cli;
 pub mod env;
 pub mod error;
+pub mod fan;
 pub mod gpu;
 pub mod kv;
 pub mod launch;

@@ -34,14 +34,14 @@ fn finish(child: std::process::Child) -> (Option<i32>, String, String) {
     )
 }
 
-/// `mpirun -np 2 kvxfer launch ARGS`; fails the test unless both ranks
-/// succeed; returns their stdout and stderr.
-fn mpirun(args: &[&str]) -> (String, String) {
+/// `mpirun -np N kvxfer launch ARGS`; fails the test unless every rank
+/// succeeds; returns their stdout and stderr.
+fn mpirun(np: u32, args: &[&str]) -> (String, String) {
     let mpirun =
         ["/usr/bin/mpirun", "/usr/local/bin/mpirun"].into_iter().find(|p| std::path::Path::new(p).exists());
     let mpirun = mpirun.expect("mpirun not found: scripts/test.sh installs openmpi-bin");
     let out = Command::new(mpirun)
-        .args(["-np", "2", "--oversubscribe", "--allow-run-as-root", KVXFER, "launch"])
+        .args(["-np", &np.to_string(), "--oversubscribe", "--allow-run-as-root", KVXFER, "launch"])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -57,6 +57,7 @@ fn mpirun_starts_a_pair_that_measures_and_checks() {
     let j = dir.path().join("r.json");
     let rv = format!("127.0.0.1:{}", free_port());
     let (stdout, _) = mpirun(
+        2,
         &[
             &[
                 "--rendezvous",
@@ -99,19 +100,49 @@ fn launcher_variables_alone_make_a_pair_and_roles_can_swap() {
 }
 
 #[test]
+fn mpirun_starts_two_senders_into_one_receiver() {
+    let rv = format!("127.0.0.1:{}", free_port());
+    let (stdout, _) =
+        mpirun(3, &["--rendezvous", rv.as_str(), "-p", "128,1024", "-n", "3", "--timeout", "20s"]);
+    // Each sender prints its own pair; the receiver (rank 2) holds the aggregate, quietly.
+    assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("many-to-one, 2→1): this pair's own figures").count(), 2, "{stdout}");
+}
+
+#[test]
+fn launcher_variables_make_a_one_to_many_fan() {
+    let (p0, p1) = (free_port(), free_port());
+    let rv = format!("127.0.0.1:{p0},127.0.0.1:{p1}");
+    let slurm = |r: u32| vec![("SLURM_PROCID", r.to_string()), ("SLURM_NTASKS", "3".to_string())];
+    let args =
+        ["--rendezvous", rv.as_str(), "-p", "64", "-n", "2", "--roles", "recv,send,recv", "--timeout", "20s"];
+    let ranks: Vec<_> = (0..3).map(|r| rank(&slurm(r), &args)).collect();
+    let done: Vec<_> = ranks.into_iter().map(finish).collect();
+    for (code, _, err) in &done {
+        assert_eq!(*code, Some(0), "{err}");
+    }
+    assert!(done[1].1.contains("# fan        one-to-many (1→2): 2 receivers"), "{}", done[1].1);
+    // Each receiving rank listens on its own rendezvous port.
+    for (r, port) in [(0, p0), (2, p1)] {
+        let err = &done[r].2;
+        assert!(err.contains(&format!("[::]:{port}")) || err.contains(&format!("0.0.0.0:{port}")), "{err}");
+    }
+}
+
+#[test]
 fn launch_refuses_what_it_cannot_pair() {
     let rv = "127.0.0.1:9";
-    let three = vec![("PMI_RANK", "0".to_string()), ("PMI_SIZE", "3".to_string())];
-    let (code, _, err) = finish(rank(&three, &["--rendezvous", rv]));
+    let four = vec![("PMI_RANK", "0".to_string()), ("PMI_SIZE", "4".to_string())];
+    let (code, _, err) = finish(rank(&four, &["--rendezvous", rv, "--roles", "send,send,recv,recv"]));
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("start 2 ranks, not 3 (PMI)"), "{err}");
+    assert!(err.contains("PMI: --roles gives 2 senders and 2 receivers"), "{err}");
     let (code, _, err) = finish(rank(&[], &["--rendezvous", rv]));
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("started by a launcher"), "{err}");
-    let two = vec![("PMI_RANK", "0".to_string()), ("PMI_SIZE", "2".to_string())];
-    let (code, _, err) = finish(rank(&two, &["--rendezvous", rv, "--roles", "send,send"]));
+    let three = vec![("PMI_RANK", "0".to_string()), ("PMI_SIZE", "3".to_string())];
+    let (code, _, err) = finish(rank(&three, &["--rendezvous", rv, "--roles", "send,recv,recv"]));
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("one send and one recv"), "{err}");
+    assert!(err.contains("--rendezvous names 1 addresses for 2 receiving ranks"), "{err}");
 }
 
 /// Built with `--features mpi`: no --rendezvous, MPI broadcasts the
@@ -119,8 +150,18 @@ fn launch_refuses_what_it_cannot_pair() {
 #[cfg(feature = "mpi")]
 #[test]
 fn mpi_finds_the_rendezvous_itself() {
-    let (stdout, stderr) = mpirun(&["-p", "64", "-n", "2", "--roles", "recv,send", "--timeout", "20s"]);
+    let (stdout, stderr) = mpirun(2, &["-p", "64", "-n", "2", "--roles", "recv,send", "--timeout", "20s"]);
     assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
     // The receiver listened on a port of its own choosing.
     assert!(stderr.contains("listening on [::]:") || stderr.contains("listening on 0.0.0.0:"), "{stderr}");
+}
+
+/// With the feature, MPI gathers every receiver's address: one sender
+/// finds both of its receivers.
+#[cfg(feature = "mpi")]
+#[test]
+fn mpi_finds_every_receiver_of_a_fan() {
+    let (stdout, _) = mpirun(3, &["-p", "64", "-n", "2", "--roles", "send,recv,recv", "--timeout", "20s"]);
+    assert!(stdout.contains("# fan        one-to-many (1→2): 2 receivers"), "{stdout}");
+    assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
 }

@@ -46,6 +46,16 @@ fn duration(s: &str) -> Result<Duration, String> {
     units::parse_duration(s).map_err(|e| e.message)
 }
 
+/// Pairs of a fan: as many as a host has GPUs, and some.
+pub const MAX_FAN: u32 = 64;
+
+fn fan_size(s: &str) -> Result<u32, String> {
+    match positive_u32(s)? {
+        n if n <= MAX_FAN => Ok(n),
+        n => Err(format!("{n} pairs is more than the {MAX_FAN} allowed")),
+    }
+}
+
 fn stream_count(s: &str) -> Result<u32, String> {
     match positive_u32(s)? {
         n if n <= 64 => Ok(n),
@@ -344,9 +354,10 @@ impl RunArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct SendArgs {
-    /// The receiver's address: HOST:PORT, IPv4:PORT or [IPv6]:PORT
-    #[arg(long, short = 'c', value_name = "ADDR")]
-    pub connect: String,
+    /// The receiver's address: HOST:PORT, IPv4:PORT or [IPv6]:PORT; several,
+    /// comma-separated, send to all at once (one-to-many)
+    #[arg(long, short = 'c', value_name = "ADDR[,ADDR]", value_delimiter = ',', required = true)]
+    pub connect: Vec<String>,
     /// This host's address to connect from, which picks the NIC; tcp data follows it
     #[arg(long, value_name = "IP")]
     pub bind: Option<std::net::IpAddr>,
@@ -379,6 +390,10 @@ pub struct RecvArgs {
     /// The UCP library to load [default: libucp.so.0]
     #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB")]
     pub ucx_lib: Option<String>,
+    /// Serve this many senders at once (many-to-one): each its own buffer,
+    /// all requests started together; reports each pair and the aggregate
+    #[arg(long, default_value = "1", value_parser = fan_size, allow_hyphen_values = true)]
+    pub senders: u32,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -462,14 +477,19 @@ pub struct ReportArgs {
 
 #[derive(Args, Clone, Debug)]
 pub struct LaunchArgs {
-    /// Where the receiver listens and the sender connects: the receiving
-    /// rank's HOST:PORT (it listens on every address, on PORT). Built with
-    /// the `mpi` feature, MPI finds it when this is left out
-    #[arg(long, value_name = "HOST:PORT", required = !cfg!(feature = "mpi"))]
-    pub rendezvous: Option<String>,
-    /// Each rank's role, by rank: send,recv (default: rank 0 sends, as prefill)
-    #[arg(long, value_name = "ROLE,ROLE", value_delimiter = ',', value_parser = role)]
+    /// Where the receivers listen and the senders connect: each receiving
+    /// rank's HOST:PORT, in rank order (each listens on every address, on
+    /// its PORT). Built with the `mpi` feature, MPI finds them when this is
+    /// left out
+    #[arg(long, value_name = "HOST:PORT[,...]", value_delimiter = ',', required = !cfg!(feature = "mpi"))]
+    pub rendezvous: Vec<String>,
+    /// Each rank's role, by rank, e.g. send,send,recv (default: every rank
+    /// sends but the last; one side must be a single rank)
+    #[arg(long, value_name = "ROLE,...", value_delimiter = ',', value_parser = role)]
     pub roles: Vec<crate::session::Role>,
+    /// The sending ranks connect from this address, which picks the NIC
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub run: RunArgs,
 }

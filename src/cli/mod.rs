@@ -3,6 +3,7 @@
 //! this host over loopback).
 
 pub mod args;
+mod fan;
 #[cfg(feature = "mpi")]
 mod mpi_boot;
 mod screen;
@@ -10,10 +11,11 @@ mod size;
 
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
+use crate::fan::FanRun;
 use crate::gpu;
 use crate::kv::presets;
 use crate::link;
-use crate::measure::{self, Fault, RunConfig};
+use crate::measure::{self, FanSlot, Fault, RunConfig};
 use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
 use crate::plan::{Plan, RequestLayout};
@@ -262,10 +264,14 @@ fn compare(a: &ReportArgs) -> Result<()> {
     Ok(())
 }
 
+/// One receiver, or several at once (a one-to-many fan).
 fn send(a: &SendArgs) -> Result<()> {
+    let pairs = fan::receivers(&a.connect)?;
     let plan = a.run.plan()?;
     a.run.check_gate()?;
-    net::resolve(&a.connect)?;
+    for addr in &a.connect {
+        net::resolve(addr)?;
+    }
     let memory = a.run.memory.spec();
     let spec = a.run.transport_spec();
     spec.validate()?;
@@ -276,10 +282,13 @@ fn send(a: &SendArgs) -> Result<()> {
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {
-        memory::check_host_budget(plan.max_request_bytes() as u64, "the sender's buffers")?;
+        memory::check_host_budget(pairs as u64 * plan.max_request_bytes() as u64, "the sender's buffers")?;
+    }
+    if pairs > 1 {
+        return fan::send_many(a, plan, memory, outputs);
     }
     let screen = Screen::new(&a.run.output);
-    let (report, result) = sender_side(&a.connect, a.bind, &a.run, plan, memory, &screen);
+    let (report, result) = sender_side(&a.connect[0], a.bind, &a.run, plan, memory, &screen, None);
     outputs.conclude(report, result, &screen)
 }
 
@@ -289,47 +298,48 @@ fn send(a: &SendArgs) -> Result<()> {
 /// writes the results; the receiver stays quiet but holds the gate too.
 fn launch(a: &LaunchArgs) -> Result<()> {
     let me = crate::launch::Launch::from_env()?;
-    if me.size != 2 {
+    let roles = crate::launch::roles(&a.roles, me.size).map_err(|e| e.context(me.launcher))?;
+    let receivers: Vec<usize> = (0..roles.len()).filter(|r| roles[*r] == Role::Receiver).collect();
+    let senders = roles.len() - receivers.len();
+    if !a.rendezvous.is_empty() && a.rendezvous.len() != receivers.len() {
         return Err(Error::usage(format!(
-            "kvxfer launch pairs one sender with one receiver: start 2 ranks, not {} ({})",
-            me.size, me.launcher
+            "--rendezvous names {} addresses for {} receiving ranks: give one HOST:PORT per receiver, in rank order",
+            a.rendezvous.len(),
+            receivers.len()
         )));
     }
-    let roles = match a.roles.as_slice() {
-        [] => vec![Role::Sender, Role::Receiver],
-        [x, y] if x != y => a.roles.clone(),
-        _ => return Err(Error::usage("--roles names one send and one recv, by rank (e.g. recv,send)")),
-    };
     let mut run = a.run.clone();
     run.memory.device += me.local_rank as usize;
-    let receiving = roles[me.rank as usize] == Role::Receiver;
-    let receiver_rank = roles.iter().position(|r| *r == Role::Receiver).expect("one receiver") as u32;
-    // Only the receiving rank listens: on the rendezvous port, or any free one.
-    let port = match &a.rendezvous {
-        Some(rv) => net::split_host_port(rv)?.1,
-        None => 0,
+    // Only receiving ranks listen: each on its rendezvous port, or any free one.
+    let mine = receivers.iter().position(|r| *r == me.rank as usize);
+    let listener = match mine {
+        Some(k) => {
+            let port = match a.rendezvous.get(k) {
+                Some(rv) => net::split_host_port(rv)?.1,
+                None => 0,
+            };
+            Some(net::listen(&format!("[::]:{port}"))?)
+        }
+        None => None,
     };
-    let listener = if receiving { Some(net::listen(&format!("[::]:{port}"))?) } else { None };
-    // Without --rendezvous (the mpi feature), MPI tells the sender where to go.
+    // Without --rendezvous (the mpi feature), MPI tells the senders where to go.
     #[cfg(feature = "mpi")]
-    let (_mpi, rendezvous) = match &a.rendezvous {
-        Some(rv) => (None, rv.clone()),
-        None => mpi_boot::rendezvous(receiver_rank, listener.as_ref()).map(|(b, rv)| (Some(b), rv))?,
+    let (_mpi, rendezvous) = match a.rendezvous.is_empty() {
+        false => (None, a.rendezvous.clone()),
+        true => mpi_boot::rendezvous(listener.as_ref()).map(|(b, rv)| (Some(b), rv))?,
     };
     #[cfg(not(feature = "mpi"))]
-    let rendezvous = {
-        let _ = receiver_rank;
-        a.rendezvous
-            .clone()
-            .ok_or_else(|| Error::usage("--rendezvous HOST:PORT is needed (or build with --features mpi)"))?
+    let rendezvous = match a.rendezvous.is_empty() {
+        false => a.rendezvous.clone(),
+        true => return Err(Error::usage("--rendezvous HOST:PORT is needed (or build with --features mpi)")),
     };
     let Some(listener) = listener else {
-        return send(&SendArgs { connect: rendezvous, bind: None, run });
+        return send(&SendArgs { connect: rendezvous, bind: a.bind, run });
     };
     recv_on(
         listener,
         &RecvArgs {
-            listen: rendezvous,
+            listen: rendezvous[mine.expect("a receiving rank")].clone(),
             timeout: run.timeout,
             wait_for_sender: run.timeout,
             expect_transport: None,
@@ -337,6 +347,7 @@ fn launch(a: &LaunchArgs) -> Result<()> {
             memory: run.memory.clone(),
             nccl_lib: run.transport.nccl_lib.clone(),
             ucx_lib: run.transport.ucx_lib.clone(),
+            senders: senders as u32,
             output: OutputArgs {
                 quiet: true,
                 csv: None,
@@ -359,7 +370,16 @@ fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
     }
     let outputs = Outputs::open(&a.output)?;
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
-    let side = ReceiverSide {
+    let side = receiver_side(a);
+    if a.senders > 1 {
+        return fan::receive_many(&listener, a, side, outputs);
+    }
+    let (report, result) = side.run(&listener);
+    outputs.conclude(report, result, &side.screen)
+}
+
+fn receiver_side(a: &RecvArgs) -> ReceiverSide {
+    ReceiverSide {
         wait: a.wait_for_sender,
         timeout: a.timeout,
         expect: Expectations {
@@ -370,9 +390,7 @@ fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
         memory: a.memory.spec(),
         local: LocalOptions { nccl_lib: a.nccl_lib.clone(), ucx_lib: a.ucx_lib.clone() },
         screen: Screen::new(&a.output),
-    };
-    let (report, result) = side.run(&listener);
-    outputs.conclude(report, result, &side.screen)
+    }
 }
 
 fn pair(a: &PairArgs) -> Result<()> {
@@ -428,8 +446,8 @@ fn pair(a: &PairArgs) -> Result<()> {
     };
     let receiver = std::thread::spawn(move || receiver.run(&listener).1);
     let screen = Screen::new(&a.run.output);
-    let (report, result) =
-        sender_side(&SocketAddr::new(ip, bound.port()).to_string(), None, &a.run, plan, send_memory, &screen);
+    let addr = SocketAddr::new(ip, bound.port()).to_string();
+    let (report, result) = sender_side(&addr, None, &a.run, plan, send_memory, &screen, None);
     let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
     // The sender's error already carries the receiver's reason when it had one.
     let result = result.and(received);
@@ -437,7 +455,8 @@ fn pair(a: &PairArgs) -> Result<()> {
 }
 
 /// The sender's whole run. The report comes back even when the run fails
-/// part way, so the points already measured are not lost.
+/// part way, so the points already measured are not lost. With a fan slot
+/// it is one pair of a one-to-many hub.
 fn sender_side(
     addr: &str,
     bind: Option<IpAddr>,
@@ -445,6 +464,7 @@ fn sender_side(
     plan: Plan,
     memory: MemorySpec,
     screen: &Screen,
+    fan: Option<FanSlot>,
 ) -> (Option<RunReport>, Result<()>) {
     let spec = run.transport_spec();
     let hello = Hello {
@@ -458,6 +478,7 @@ fn sender_side(
         transport: spec.clone(),
         link: run.link.clone(),
         cookie: random_cookie(),
+        seat: fan.map(|f| f.fan.seat(f.pair)),
     };
     let protocol = if run.fault == Some(Fault::BadProtocol) { 999 } else { PROTOCOL };
     let mut sess = match session::open_sender(addr, bind, hello, run.timeout, protocol) {
@@ -466,6 +487,9 @@ fn sender_side(
     };
     let mut report = RunReport::new(Role::Sender, &sess.hello, sess.receiver_env.clone());
     report.control_rtt = Some(sess.rtt.clone());
+    if let Some(seat) = sess.seat {
+        report.fan = Some(FanRun { seat, hub: false, pair_reports: Vec::new() });
+    }
     // Kept past the closure: a failed run is settled with the peer before
     // the transport and buffer go (see `Control::settle`).
     let (mut buf_slot, mut transport_slot) = (None, None);
@@ -484,18 +508,29 @@ fn sender_side(
             report.link = report.receiver_transport.detected_link.clone();
         }
         screen.header(&report)?;
+        if let Some(f) = fan {
+            f.fan.joined(f.pair, &report);
+        }
         let cfg = RunConfig { fault: run.fault };
         let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, screen);
-        measure::run_sender(&mut sess, transport.as_mut(), buf, &cfg, &mut on_point)?;
+        measure::run_sender(&mut sess, transport.as_mut(), buf, &cfg, fan, &mut on_point)?;
         // What the transport used, now that data has moved.
         let last = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Sender)?;
         report.sender_transport = last;
         Ok(())
     })();
-    let result = result.map_err(|e| sess.ctrl.settle(e));
+    let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
     drop((transport_slot, buf_slot));
     (Some(report), result)
+}
+
+/// Ends a failed pair: the other pairs of its fan stop, the peer is told.
+fn fail(fan: Option<FanSlot>, ctrl: &mut Control, e: Error) -> Error {
+    if let Some(f) = fan {
+        f.fan.fail(f.pair, &e);
+    }
+    ctrl.settle(e)
 }
 
 /// Everything the receiver needs to serve one sender.
@@ -511,11 +546,24 @@ struct ReceiverSide {
 impl ReceiverSide {
     fn run(&self, listener: &std::net::TcpListener) -> (Option<RunReport>, Result<()>) {
         let env = EnvInfo::collect();
-        let mut sess = match session::accept_receiver(listener, self.wait, self.timeout, &self.expect, &env) {
-            Ok(s) => s,
-            Err(e) => return (None, Err(e)),
-        };
+        match session::accept_receiver(listener, self.wait, self.timeout, &self.expect, &env) {
+            Ok(sess) => self.serve(sess, env, None),
+            Err(e) => (None, Err(e)),
+        }
+    }
+
+    /// Serves one welcomed sender; with a fan slot, as one pair of a
+    /// many-to-one hub.
+    fn serve(
+        &self,
+        mut sess: session::ReceiverSession,
+        env: EnvInfo,
+        fan: Option<FanSlot>,
+    ) -> (Option<RunReport>, Result<()>) {
         let mut report = RunReport::new(Role::Receiver, &sess.hello, env);
+        if let Some(f) = fan {
+            report.fan = Some(FanRun { seat: f.fan.seat(f.pair), hub: false, pair_reports: Vec::new() });
+        }
         let (mut buf_slot, mut transport_slot) = (None, None);
         let result = (|| {
             let plan = &sess.hello.plan;
@@ -550,16 +598,19 @@ impl ReceiverSide {
             sess.ctrl.send(&Msg::TransportInfo { info: Box::new(setup_info.clone()) })?;
             report.receiver_transport = setup_info.clone();
             self.screen.header(&report)?;
+            if let Some(f) = fan {
+                f.fan.joined(f.pair, &report);
+            }
             let peak = report.link.clone();
             let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, &self.screen);
-            measure::run_receiver(&mut sess, transport.as_mut(), buf, peak.as_ref(), &mut on_point)?;
+            measure::run_receiver(&mut sess, transport.as_mut(), buf, peak.as_ref(), fan, &mut on_point)?;
             let mut last = side_info(transport.info(), buf, setup_time);
             last.detected_link = setup_info.detected_link;
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
             report.receiver_transport = last;
             Ok(())
         })();
-        let result = result.map_err(|e| sess.ctrl.settle(e));
+        let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
         drop((transport_slot, buf_slot));
         (Some(report), result)
     }

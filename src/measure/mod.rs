@@ -9,6 +9,7 @@ pub mod integrity;
 pub mod stats;
 
 use crate::error::{Error, Result};
+use crate::fan::Fan;
 use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::Buffer;
@@ -56,6 +57,13 @@ pub struct RunConfig {
     pub fault: Option<Fault>,
 }
 
+/// This pair's place at a fan's hub: its rounds wait for the other pairs'.
+#[derive(Clone, Copy)]
+pub struct FanSlot<'a> {
+    pub fan: &'a Fan,
+    pub pair: usize,
+}
+
 /// A round may take the idle timeout plus what its bytes need at this rate:
 /// generous, because stalls are caught by the per-read timeout anyway.
 const SLOWEST_DATA_BYTES_PER_SEC: f64 = 10e6;
@@ -72,6 +80,7 @@ pub fn run_sender(
     transport: &mut dyn SendSide,
     buf: &mut Buffer,
     cfg: &RunConfig,
+    fan: Option<FanSlot>,
     on_point: &mut dyn FnMut(&PointResult),
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
@@ -94,10 +103,14 @@ pub fn run_sender(
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
                 _ => request,
             };
+            let mut deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            let start = match fan {
+                Some(f) => f.fan.start(request, deadline)?,
+                None => Instant::now(),
+            };
             ctrl.send(&Msg::Ready { point: p, request })?;
             // The receiver may still be checking the previous request.
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
-            let mut deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
             if transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
@@ -108,13 +121,32 @@ pub fn run_sender(
                     }
                 })?;
             }
-            transport.send(buf, layout, on_wire, deadline, &mut RequestLink { ctrl, go: None, request })?;
+            transport.send(
+                buf,
+                layout,
+                on_wire,
+                deadline,
+                &mut RequestLink { ctrl, go: None, request, fan },
+            )?;
+            if let Some(f) = fan {
+                let ns =
+                    ctrl.expect_by(deadline, &format!("waiting for the time of request {request}"), |m| {
+                        match m {
+                            Msg::Took { request: r, ns } if r == request => Ok(ns),
+                            other => Err(other),
+                        }
+                    })?;
+                f.fan.finish(f.pair, it >= plan.warmup, start, ns);
+            }
         }
         let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
         let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
             Msg::PointDone { result } => Ok(*result),
             other => Err(other),
         })?;
+        if let Some(f) = fan {
+            f.fan.point_done(f.pair, &result);
+        }
         on_point(&result);
         results.push(result);
     }
@@ -131,8 +163,11 @@ pub fn run_receiver(
     transport: &mut dyn RecvSide,
     buf: &mut Buffer,
     link: Option<&Link>,
+    fan: Option<FanSlot>,
     on_point: &mut dyn FnMut(&PointResult),
 ) -> Result<Vec<PointResult>> {
+    // A spoke of a sender's one-to-many fan tells it each request's time.
+    let report_times = sess.hello.seat.is_some();
     let plan = sess.hello.plan.clone();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
@@ -157,18 +192,27 @@ pub fn run_receiver(
             )?;
             sink.begin(request);
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
-            let t0 = Instant::now();
+            let t0 = match fan {
+                Some(f) => f.fan.start(request, deadline)?,
+                None => Instant::now(),
+            };
             let go = (!transport.go_in_band()).then_some(Msg::Go { point: p, request });
             let timing = transport.recv(
                 buf,
                 layout,
                 request,
                 deadline,
-                &mut RequestLink { ctrl, go, request },
+                &mut RequestLink { ctrl, go, request, fan },
                 &sink,
             )?;
             let request_ns = timing.elapsed_ns.unwrap_or(t0.elapsed().as_nanos() as u64).max(1);
             sink.check_complete()?;
+            if report_times {
+                ctrl.send(&Msg::Took { request, ns: request_ns })?;
+            }
+            if let Some(f) = fan {
+                f.fan.finish(f.pair, it >= plan.warmup, t0, request_ns);
+            }
             if it == 0 {
                 first_request_ns = request_ns;
             }
@@ -184,6 +228,9 @@ pub fn run_receiver(
         }
         let result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
+        if let Some(f) = fan {
+            f.fan.point_done(f.pair, &result);
+        }
         on_point(&result);
         results.push(result);
     }
@@ -197,6 +244,7 @@ struct RequestLink<'a> {
     /// The receiver's start signal, sent once.
     go: Option<Msg>,
     request: u64,
+    fan: Option<FanSlot<'a>>,
 }
 
 impl PeerLink for RequestLink<'_> {
@@ -208,6 +256,9 @@ impl PeerLink for RequestLink<'_> {
     }
 
     fn watch(&mut self) -> Result<()> {
+        if let Some(f) = self.fan {
+            f.fan.check()?;
+        }
         self.ctrl.watch(&format!("moving request {}", self.request))
     }
 }
@@ -244,6 +295,7 @@ fn point_result(
         wrong_bytes: check.wrong_bytes,
         first_wrong: check.first,
         request_histogram: stats::encode_histogram(requests),
+        fan: None,
     }
 }
 

@@ -72,6 +72,9 @@ pub struct PointResult {
     pub first_wrong: Option<String>,
     /// The request-latency histogram, HdrHistogram V2 + DEFLATE, base64.
     pub request_histogram: String,
+    /// On a fan's hub, where this point is all pairs together: each pair's own figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan: Option<crate::fan::FanFigures>,
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {

@@ -45,6 +45,9 @@ fn run_label(r: &RunReport) -> String {
             label.push_str(&format!(" group {}", t.nccl_group));
         }
     }
+    if let Some(f) = &r.fan {
+        label.push_str(&format!(" {}", f.label()));
+    }
     label
 }
 

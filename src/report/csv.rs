@@ -62,6 +62,18 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    // Fans: empty on a plain pair's rows.
+    let pairs = p.fan.as_ref();
+    let slowest = pairs.and_then(|f| f.pair_gbps.iter().copied().reduce(f64::min));
+    cols.extend(
+        [
+            ("fan", report.fan.as_ref().map(|f| f.label()).unwrap_or_default()),
+            ("slowest_pair_gbps", slowest.map(|g| format!("{g:.4}")).unwrap_or_default()),
+            ("pair_request_p99_ns", pairs.map(|f| f.pair_request_ns.p99.to_string()).unwrap_or_default()),
+            ("pair_request_max_ns", pairs.map(|f| f.pair_request_ns.max.to_string()).unwrap_or_default()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
     cols
 }
 

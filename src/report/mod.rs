@@ -47,6 +47,9 @@ pub struct RunReport {
     /// The `--min-gbps` / `--min-percent-of-peak` verdict, when asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<gate::GateVerdict>,
+    /// One of N pairs run together (many-to-one, one-to-many), or their hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fan: Option<crate::fan::FanRun>,
 }
 
 impl RunReport {
@@ -71,6 +74,7 @@ impl RunReport {
             wrong_bytes: 0,
             outcome: "running".into(),
             gate: None,
+            fan: hello.seat.map(|seat| crate::fan::FanRun { seat, hub: false, pair_reports: Vec::new() }),
         }
     }
 

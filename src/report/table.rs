@@ -34,6 +34,9 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         r.receiver.hostname
     )?;
     writeln!(out, "# model      {}", r.model)?;
+    if let Some(f) = &r.fan {
+        fan_header(f, out)?;
+    }
     writeln!(
         out,
         "# layout     TP {} ({heads}), block {} tokens, {} per token per rank",
@@ -102,6 +105,48 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// What a fan's figures mean, and who its pairs are.
+fn fan_header(f: &crate::fan::FanRun, out: &mut dyn Write) -> Result<()> {
+    let s = &f.seat;
+    let (many, one) = match s.shape {
+        crate::fan::FanShape::ManyToOne => ("senders", "receiver"),
+        crate::fan::FanShape::OneToMany => ("receivers", "sender"),
+    };
+    if !f.hub {
+        writeln!(
+            out,
+            "# fan        pair {} of {} ({}, {}): this pair's own figures while the others run; the {one} reports \
+             the aggregate",
+            s.index,
+            s.pairs,
+            s.shape,
+            s.arrow()
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "# fan        {} ({}): {} {many}, one buffer each, every request started on all pairs together",
+        s.shape,
+        s.arrow(),
+        s.pairs
+    )?;
+    writeln!(
+        out,
+        "#            request = first start to the last pair's last byte; GB/s = all pairs' bytes over it"
+    )?;
+    writeln!(out, "#            under each row: each pair's own GB/s and request times (the incast tail)")?;
+    for (i, pair) in f.pair_reports.iter().enumerate() {
+        let (peer, via) = match s.shape {
+            crate::fan::FanShape::ManyToOne => (&pair.sender, &pair.sender_transport),
+            crate::fan::FanShape::OneToMany => (&pair.receiver, &pair.receiver_transport),
+        };
+        let who = &many[..many.len() - 1];
+        writeln!(out, "# pair {i:<6}{who} on {} (pid {}): {}", peer.hostname, peer.pid, via.memory)?;
+    }
+    Ok(())
+}
+
 pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
     let l = &p.request_ns;
     let peak = p.percent_of_peak.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
@@ -119,14 +164,36 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
         fmt_ns(l.p99 as f64),
         fmt_ns(l.p999 as f64),
         fmt_ns(l.max as f64),
-        fmt_ns(p.message_ns.p50 as f64),
-        fmt_ns(p.message_ns.p99 as f64),
+        message_ns(p.message_ns.count, p.message_ns.p50),
+        message_ns(p.message_ns.count, p.message_ns.p99),
         p.gbps,
         peak,
         wrong
     )?;
+    if let Some(f) = &p.fan {
+        let each: Vec<String> = f.pair_gbps.iter().map(|g| format!("{g:.2}")).collect();
+        let (lo, hi) = f.pair_gbps.iter().fold((f64::MAX, 0f64), |(lo, hi), g| (lo.min(*g), hi.max(*g)));
+        let l = &f.pair_request_ns;
+        writeln!(
+            out,
+            "#   pairs GB/s {} (slowest {:.0}% of fastest); pair request p50 {} p99 {} max {}",
+            each.join(" "),
+            100.0 * lo / hi.max(1e-12),
+            fmt_ns(l.p50 as f64),
+            fmt_ns(l.p99 as f64),
+            fmt_ns(l.max as f64)
+        )?;
+    }
     out.flush()?;
     Ok(())
+}
+
+/// A fan's aggregate rows have no message times of their own.
+fn message_ns(count: u64, ns: u64) -> String {
+    match count {
+        0 => "-".into(),
+        _ => fmt_ns(ns as f64),
+    }
 }
 
 pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {

@@ -36,6 +36,10 @@ pub struct Hello {
     pub link: Option<Link>,
     /// Presented again by every data connection of this session.
     pub cookie: u64,
+    /// One pair of a sender's one-to-many fan: the receiver then reports
+    /// each request's time back, for the sender's aggregate.
+    #[serde(default)]
+    pub seat: Option<crate::fan::Seat>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -44,6 +48,9 @@ pub enum Msg {
     Hello(Box<Hello>),
     Welcome {
         env: Box<EnvInfo>,
+        /// One pair of the receiver's many-to-one fan.
+        #[serde(default)]
+        seat: Option<crate::fan::Seat>,
     },
     Refuse {
         reason: String,
@@ -76,6 +83,11 @@ pub enum Msg {
         point: usize,
         request: u64,
     },
+    /// Receiver of a one-to-many fan: how long a request took, as it timed it.
+    Took {
+        request: u64,
+        ns: u64,
+    },
     /// Receiver: the measured figures of one sweep point.
     PointDone {
         result: Box<PointResult>,
@@ -103,6 +115,7 @@ impl Msg {
             Msg::Pong => "pong",
             Msg::Ready { .. } => "ready",
             Msg::Go { .. } => "go",
+            Msg::Took { .. } => "took",
             Msg::PointDone { .. } => "point-done",
             Msg::Abort { .. } => "abort",
             Msg::Finish => "finish",

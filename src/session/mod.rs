@@ -303,6 +303,8 @@ pub struct SenderSession {
     pub hello: Hello,
     pub receiver_env: EnvInfo,
     pub rtt: ControlRtt,
+    /// This pair's place in the receiver's many-to-one fan, if it serves several.
+    pub seat: Option<crate::fan::Seat>,
 }
 
 pub fn open_sender(
@@ -338,8 +340,11 @@ pub fn open_sender(
     }
 
     ctrl.send(&Msg::Hello(Box::new(hello.clone())))?;
-    let receiver_env = ctrl.expect("waiting for the receiver to accept the plan", |m| match m {
-        Msg::Welcome { env } => Ok(*env),
+    let awaiting =
+        "waiting for the receiver to accept the plan (one that serves several senders answers once all \
+                    have connected)";
+    let (receiver_env, seat) = ctrl.expect(awaiting, |m| match m {
+        Msg::Welcome { env, seat } => Ok((*env, seat)),
         other => Err(other),
     })?;
     let mut samples = Vec::with_capacity(PINGS as usize);
@@ -358,6 +363,7 @@ pub fn open_sender(
         hello,
         receiver_env,
         rtt: ControlRtt { min_ns: samples[0], median_ns: samples[samples.len() / 2] },
+        seat,
     })
 }
 
@@ -376,13 +382,46 @@ pub struct ReceiverSession {
 }
 
 /// The receiver's half: wait for a sender (ignoring connections that are not
-/// kvxfer at all), then check its version, role and plan.
+/// kvxfer at all), check its version, role and plan, and welcome it.
 pub fn accept_receiver(
     listener: &TcpListener,
     wait_for_sender: Duration,
     timeout: Duration,
     expect: &Expectations,
     own_env: &EnvInfo,
+) -> Result<ReceiverSession> {
+    let mut sess = accept_hello(listener, wait_for_sender, timeout, expect)?;
+    welcome(&mut sess, own_env, None)?;
+    Ok(sess)
+}
+
+/// Adopts the plan of a sender whose hello was accepted, telling it its
+/// seat in a fan if it has one; answers its round-trip probes.
+pub fn welcome(sess: &mut ReceiverSession, own_env: &EnvInfo, seat: Option<crate::fan::Seat>) -> Result<()> {
+    let ctrl = &mut sess.ctrl;
+    ctrl.send(&Msg::Welcome { env: Box::new(own_env.clone()), seat })?;
+    for _ in 0..PINGS {
+        let seq = ctrl.expect("answering the control round-trip probe", |m| match m {
+            Msg::Probe { seq } => Ok(seq),
+            other => Err(other),
+        })?;
+        ctrl.send(&Msg::ProbeReply { seq })?;
+    }
+    Ok(())
+}
+
+/// Refuses a sender whose hello was accepted, telling it why.
+pub fn refuse(sess: &mut ReceiverSession, reason: &str) -> Error {
+    let _ = sess.ctrl.send(&Msg::Refuse { reason: reason.to_string() });
+    Error::run(format!("refused the sender at {}: {reason}", sess.ctrl.peer_addr))
+}
+
+/// A sender whose version, role and plan this receiver accepts, not yet welcomed.
+pub fn accept_hello(
+    listener: &TcpListener,
+    wait_for_sender: Duration,
+    timeout: Duration,
+    expect: &Expectations,
 ) -> Result<ReceiverSession> {
     let accept_deadline = Instant::now() + wait_for_sender;
     loop {
@@ -416,19 +455,11 @@ pub fn accept_receiver(
             Msg::Hello(h) => Ok(*h),
             other => Err(other),
         })?;
-        if let Err(reason) = check_hello(&hello, expect) {
-            let _ = ctrl.send(&Msg::Refuse { reason: reason.clone() });
-            return Err(Error::run(format!("refused the sender at {from}: {reason}")));
+        let mut sess = ReceiverSession { ctrl, hello };
+        if let Err(reason) = check_hello(&sess.hello, expect) {
+            return Err(refuse(&mut sess, &reason));
         }
-        ctrl.send(&Msg::Welcome { env: Box::new(own_env.clone()) })?;
-        for _ in 0..PINGS {
-            let seq = ctrl.expect("answering the control round-trip probe", |m| match m {
-                Msg::Probe { seq } => Ok(seq),
-                other => Err(other),
-            })?;
-            ctrl.send(&Msg::ProbeReply { seq })?;
-        }
-        return Ok(ReceiverSession { ctrl, hello });
+        return Ok(sess);
     }
 }
 
@@ -505,6 +536,7 @@ mod tests {
             },
             link: None,
             cookie: 1,
+            seat: None,
         }
     }
 

@@ -1,0 +1,208 @@
+//! The hub of a fan: `kvxfer-recv --senders N` serves N senders at once
+//! (many-to-one: the incast a decode GPU sees) and `kvxfer-send --connect
+//! A,B,...` feeds N receivers (one-to-many). Each pair runs on its own
+//! thread with its own buffer and transport; `crate::fan::Fan` lines up
+//! their rounds and sums them into the hub's report.
+
+use super::args::{RecvArgs, SendArgs, MAX_FAN};
+use super::screen::Screen;
+use super::{sender_side, Outputs, ReceiverSide};
+use crate::env::EnvInfo;
+use crate::error::{Error, Result};
+use crate::fan::{Fan, FanRun, FanShape, Seat};
+use crate::measure::{FanSlot, PointResult};
+use crate::memory::{self, MemorySpec};
+use crate::plan::Plan;
+use crate::report::RunReport;
+use crate::session::{self, ReceiverSession};
+use crate::transport;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+/// How many receivers `--connect` names; the same one twice is refused
+/// (it serves one sender, the second connection would wait in vain).
+pub fn receivers(connect: &[String]) -> Result<usize> {
+    if connect.len() > MAX_FAN as usize {
+        return Err(Error::usage(format!(
+            "--connect names {} receivers, more than {MAX_FAN}",
+            connect.len()
+        )));
+    }
+    for (i, addr) in connect.iter().enumerate() {
+        if connect[..i].contains(addr) {
+            return Err(Error::usage(format!(
+                "--connect names {addr} twice: start one receiver per address"
+            )));
+        }
+    }
+    Ok(connect.len())
+}
+
+/// One sender, several receivers, all fed at once.
+pub fn send_many(a: &SendArgs, plan: Plan, memory: MemorySpec, outputs: Outputs) -> Result<()> {
+    let hub = Hub::new(Screen::new(&a.run.output));
+    let fan = hub.fan(FanShape::OneToMany, a.connect.len());
+    let silent = Screen::silent();
+    let pairs = std::thread::scope(|s| {
+        let threads: Vec<_> = (a.connect.iter().enumerate())
+            .map(|(pair, addr)| {
+                let (plan, fan, silent) = (plan.clone(), &fan, &silent);
+                let slot = Some(FanSlot { fan, pair });
+                s.spawn(move || sender_side(addr, a.bind, &a.run, plan, memory, silent, slot))
+            })
+            .collect();
+        threads.into_iter().map(joined).collect()
+    });
+    hub.conclude(&fan, pairs, outputs)
+}
+
+/// One receiver serving several senders at once. All must propose the
+/// same plan and transport, as their requests run side by side; each is
+/// welcomed only once all have connected.
+pub fn receive_many(
+    listener: &TcpListener,
+    a: &RecvArgs,
+    mut side: ReceiverSide,
+    outputs: Outputs,
+) -> Result<()> {
+    let n = a.senders as usize;
+    let env = EnvInfo::collect();
+    let mut sessions: Vec<ReceiverSession> = Vec::new();
+    for i in 0..n {
+        let joined =
+            session::accept_hello(listener, side.wait, side.timeout, &side.expect).and_then(|mut s| {
+                match sessions.first().and_then(|first| mismatch(&first.hello, &s.hello)) {
+                    Some(why) => Err(session::refuse(&mut s, &why)),
+                    None => Ok(s),
+                }
+            });
+        match joined {
+            Ok(s) => {
+                eprintln!("kvxfer-recv: sender {} of {n} joined from {}", i + 1, s.ctrl.peer_addr);
+                sessions.push(s);
+            }
+            Err(e) => {
+                let why = format!("sender {} of {n} did not join: {e}", i + 1);
+                sessions.iter_mut().for_each(|s| drop(session::refuse(s, &why)));
+                return Err(e);
+            }
+        }
+    }
+    let (plan, spec) = (&sessions[0].hello.plan, &sessions[0].hello.transport);
+    // Once, here: NCCL's log settings go into the environment before the threads.
+    transport::check_library(spec, plan, &side.local)?;
+    if side.memory.kind.on_host() {
+        let bytes = n as u64 * plan.max_request_bytes() as u64;
+        memory::check_host_budget(bytes, "the receiver's buffers, one per sender")?;
+    }
+    let hub = Hub::new(std::mem::replace(&mut side.screen, Screen::silent()));
+    let fan = hub.fan(FanShape::ManyToOne, n);
+    for (i, s) in sessions.iter_mut().enumerate() {
+        session::welcome(s, &env, Some(fan.seat(i)))?;
+    }
+    let pairs = std::thread::scope(|s| {
+        let threads: Vec<_> = (sessions.into_iter().enumerate())
+            .map(|(pair, sess)| {
+                let (side, fan, env) = (&side, &fan, env.clone());
+                s.spawn(move || side.serve(sess, env, Some(FanSlot { fan, pair })))
+            })
+            .collect();
+        threads.into_iter().map(joined).collect()
+    });
+    hub.conclude(&fan, pairs, outputs)
+}
+
+/// Why a sender cannot join the others of a many-to-one fan, if it cannot.
+fn mismatch(first: &session::Hello, next: &session::Hello) -> Option<String> {
+    if next.plan_digest != first.plan_digest {
+        return Some(
+            "plan mismatch: the senders of one receiver must propose the same plan (model, prompt lengths, \
+             granularities, iterations), as their requests run together"
+                .into(),
+        );
+    }
+    (next.transport != first.transport).then(|| {
+        let json = |t| serde_json::to_string(t).unwrap_or_default();
+        format!(
+            "transport mismatch: the senders of one receiver must ask for the same transport; the first asked for \
+             {}, this one for {}",
+            json(&first.transport),
+            json(&next.transport)
+        )
+    })
+}
+
+type PairOutcome = (Option<RunReport>, Result<()>);
+
+fn joined(t: std::thread::ScopedJoinHandle<'_, PairOutcome>) -> PairOutcome {
+    t.join().unwrap_or_else(|_| (None, Err(Error::run("a pair's thread panicked"))))
+}
+
+/// The aggregate report as it grows, and the screen that shows it.
+struct Hub {
+    screen: Screen,
+    report: Mutex<Option<RunReport>>,
+}
+
+impl Hub {
+    fn new(screen: Screen) -> Arc<Hub> {
+        Arc::new(Hub { screen, report: Mutex::new(None) })
+    }
+
+    fn fan(self: &Arc<Self>, shape: FanShape, pairs: usize) -> Fan {
+        let hub = self.clone();
+        let seat = Seat { shape, pairs: pairs as u32, index: 0 };
+        Fan::new(shape, pairs, Box::new(move |p, joined| hub.aggregate(seat, p, joined)))
+    }
+
+    /// Shows an aggregate point, after the header on the first.
+    fn aggregate(&self, seat: Seat, p: PointResult, joined: &[RunReport]) {
+        let mut slot = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let report = slot.get_or_insert_with(|| {
+            let r = hub_report(&joined[0], seat, joined.to_vec());
+            let _ = self.screen.header(&r);
+            r
+        });
+        self.screen.point(report, &p);
+        report.points.push(p);
+    }
+
+    /// The hub's report with every pair's own inside, and the run's result:
+    /// the error of the pair that failed first, which stopped the others.
+    fn conclude(&self, fan: &Fan, pairs: Vec<PairOutcome>, outputs: Outputs) -> Result<()> {
+        let mut reports = Vec::new();
+        let mut errors = Vec::new();
+        for (i, (report, result)) in pairs.into_iter().enumerate() {
+            if let Some(mut r) = report {
+                r.close(result.as_ref().err());
+                reports.push(r);
+            }
+            if let Err(e) = result {
+                errors.push((i, e));
+            }
+        }
+        let first = errors.iter().position(|(i, _)| Some(*i) == fan.first_failed()).unwrap_or(0);
+        let result = match errors.into_iter().nth(first) {
+            Some((i, e)) => Err(e.context(format!("pair {i} of {}", fan.pairs))),
+            None => Ok(()),
+        };
+        let seat = fan.seat(0);
+        let built = self.report.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let report =
+            built.or_else(|| reports.first().map(|r| hub_report(r, seat, Vec::new()))).map(|mut r| {
+                r.fan = Some(FanRun { seat, hub: true, pair_reports: reports });
+                r
+            });
+        outputs.conclude(report, result, &self.screen)
+    }
+}
+
+/// The hub's report: pair 0's identity and transport, the aggregate points
+/// to come; the pairs as they stood after setup, for the header.
+fn hub_report(first: &RunReport, seat: Seat, pairs: Vec<RunReport>) -> RunReport {
+    let mut r = first.clone();
+    r.points.clear();
+    r.gate = None;
+    r.fan = Some(FanRun { seat, hub: true, pair_reports: pairs });
+    r
+}

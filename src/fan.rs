@@ -1,0 +1,402 @@
+//! Many-to-one and one-to-many (xPyD): one process, the hub, runs a pair
+//! with each of N peers on N threads. The pairs' rounds start together (a
+//! barrier before each request), so their transfers overlap as when several
+//! prefill GPUs feed one decode GPU; each round is timed from its first
+//! start to the last pair's last byte, which gives the aggregate bandwidth,
+//! and every pair's own request times, merged, give the incast tail.
+
+use crate::error::{Error, Result};
+use crate::measure::stats::{self, LatencySummary, PointResult};
+use crate::net;
+use crate::report::RunReport;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FanShape {
+    /// N senders, one receiver: incast on the decode side.
+    ManyToOne,
+    /// One sender, N receivers.
+    OneToMany,
+}
+
+impl std::fmt::Display for FanShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FanShape::ManyToOne => "many-to-one",
+            FanShape::OneToMany => "one-to-many",
+        })
+    }
+}
+
+/// A pair's place in a fan, told to its peer (the spoke) at the handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seat {
+    pub shape: FanShape,
+    pub pairs: u32,
+    /// This pair's number, from 0.
+    pub index: u32,
+}
+
+impl Seat {
+    /// "2→1" or "1→2".
+    pub fn arrow(&self) -> String {
+        match self.shape {
+            FanShape::ManyToOne => format!("{}→1", self.pairs),
+            FanShape::OneToMany => format!("1→{}", self.pairs),
+        }
+    }
+}
+
+/// What a report says about its fan: on the hub, the pairs' own reports
+/// (its points are the aggregate); on a spoke, its seat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanRun {
+    pub seat: Seat,
+    /// The hub wrote this report; the seat's index is then meaningless.
+    pub hub: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pair_reports: Vec<RunReport>,
+}
+
+impl FanRun {
+    /// "2→1" on the hub (its figures are the aggregate), "2→1 pair 0" on a spoke.
+    pub fn label(&self) -> String {
+        match self.hub {
+            true => self.seat.arrow(),
+            false => format!("{} pair {}", self.seat.arrow(), self.seat.index),
+        }
+    }
+}
+
+/// An aggregate point's figures about the pairs within it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FanFigures {
+    /// Each pair's own GB/s (its bytes over its mean request time), by pair.
+    pub pair_gbps: Vec<f64>,
+    /// Every pair's request times merged: the tail an incast adds.
+    pub pair_request_ns: LatencySummary,
+}
+
+/// Called with each aggregate point, from the thread of the pair that
+/// finished it last, with the pairs' reports as they stood after setup.
+pub type OnAggregate = Box<dyn Fn(PointResult, &[RunReport]) + Send + Sync>;
+
+/// The hub's meeting point: the barrier before each round, the round
+/// timer, and each point's aggregate once every pair has finished it.
+pub struct Fan {
+    pub shape: FanShape,
+    pub pairs: usize,
+    sync: Mutex<Barrier>,
+    turn: Condvar,
+    tally: Mutex<Tally>,
+    joined: Mutex<Vec<Option<RunReport>>>,
+    on_aggregate: OnAggregate,
+}
+
+#[derive(Default)]
+struct Barrier {
+    waiting: usize,
+    generation: u64,
+    /// Set when a pair fails: every other pair stops at its next round.
+    failed: Option<String>,
+    /// The pair that failed first: its error is the run's.
+    first_failed: Option<usize>,
+}
+
+struct Tally {
+    /// This round's (start, end) by pair.
+    round: Vec<Option<(Instant, Instant)>>,
+    rounds_in_point: u32,
+    first_span_ns: u64,
+    spans: Histogram<u64>,
+    results: Vec<Option<PointResult>>,
+}
+
+impl Fan {
+    pub fn new(shape: FanShape, pairs: usize, on_aggregate: OnAggregate) -> Fan {
+        Fan {
+            shape,
+            pairs,
+            on_aggregate,
+            joined: Mutex::new(vec![None; pairs]),
+            sync: Mutex::new(Barrier::default()),
+            turn: Condvar::new(),
+            tally: Mutex::new(Tally {
+                round: vec![None; pairs],
+                rounds_in_point: 0,
+                first_span_ns: 0,
+                spans: stats::new_histogram(),
+                results: vec![None; pairs],
+            }),
+        }
+    }
+
+    pub fn seat(&self, index: usize) -> Seat {
+        Seat { shape: self.shape, pairs: self.pairs as u32, index: index as u32 }
+    }
+
+    fn barrier(&self) -> MutexGuard<'_, Barrier> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tally(&self) -> MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until every pair is ready to start `request`, by `deadline`;
+    /// returns when this pair may start. A failed pair fails everyone here.
+    pub fn start(&self, request: u64, deadline: Instant) -> Result<Instant> {
+        let mut b = self.barrier();
+        if let Some(why) = &b.failed {
+            return Err(stopped(why));
+        }
+        let generation = b.generation;
+        b.waiting += 1;
+        if b.waiting == self.pairs {
+            b.waiting = 0;
+            b.generation += 1;
+            self.turn.notify_all();
+            return Ok(Instant::now());
+        }
+        while b.generation == generation {
+            if let Some(why) = &b.failed {
+                return Err(stopped(why));
+            }
+            let Some(left) = net::remaining(deadline) else {
+                let why = format!(
+                    "{} of {} pairs were ready for request {request} by the deadline",
+                    b.waiting, self.pairs
+                );
+                b.failed = Some(why.clone());
+                self.turn.notify_all();
+                return Err(Error::run(why));
+            };
+            b = self.turn.wait_timeout(b, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        Ok(Instant::now())
+    }
+
+    /// Pair `pair` failed: the others stop at their next round.
+    pub fn fail(&self, pair: usize, err: &Error) {
+        let mut b = self.barrier();
+        if b.failed.is_none() {
+            b.failed = Some(format!("pair {pair} failed: {err}"));
+            b.first_failed = Some(pair);
+        }
+        self.turn.notify_all();
+    }
+
+    /// Fails once another pair has: called while a transfer waits, so a
+    /// pair stops mid-request rather than at its next round.
+    pub fn check(&self) -> Result<()> {
+        match &self.barrier().failed {
+            Some(why) => Err(stopped(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The pair whose failure stopped the others, if one did.
+    pub fn first_failed(&self) -> Option<usize> {
+        self.barrier().first_failed
+    }
+
+    /// Pair `pair` is set up and about to measure; its report so far.
+    pub fn joined(&self, pair: usize, report: &RunReport) {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner())[pair] = Some(report.clone());
+    }
+
+    /// Pair `pair` finished a round it started at `start`, in `ns` as its
+    /// receiver timed it. The round's span is taken once all pairs are in.
+    pub fn finish(&self, pair: usize, timed: bool, start: Instant, ns: u64) {
+        let mut t = self.tally();
+        t.round[pair] = Some((start, start + std::time::Duration::from_nanos(ns)));
+        if t.round.iter().any(Option::is_none) {
+            return;
+        }
+        let first = t.round.iter().flatten().map(|r| r.0).min().expect("pairs");
+        let last = t.round.iter().flatten().map(|r| r.1).max().expect("pairs");
+        let span = (last - first).as_nanos() as u64;
+        t.round.iter_mut().for_each(|r| *r = None);
+        if t.rounds_in_point == 0 {
+            t.first_span_ns = span;
+        }
+        t.rounds_in_point += 1;
+        if timed {
+            t.spans.saturating_record(span.max(1));
+        }
+    }
+
+    /// Pair `pair` finished a sweep point; once all have, the aggregate goes out.
+    pub fn point_done(&self, pair: usize, result: &PointResult) {
+        let mut t = self.tally();
+        t.results[pair] = Some(result.clone());
+        if t.results.iter().any(Option::is_none) {
+            return;
+        }
+        let results: Vec<PointResult> = t.results.iter_mut().map(|r| r.take().expect("all in")).collect();
+        let point = aggregate(&results, &t.spans, t.first_span_ns);
+        t.spans.reset();
+        t.rounds_in_point = 0;
+        drop(t);
+        let joined: Vec<RunReport> =
+            self.joined.lock().unwrap_or_else(|p| p.into_inner()).iter().flatten().cloned().collect();
+        (self.on_aggregate)(point, &joined);
+    }
+}
+
+fn stopped(why: &str) -> Error {
+    Error::run(format!("stopped with the other pairs: {why}"))
+}
+
+/// One point of all pairs together: the bytes of all, over the round spans.
+pub fn aggregate(results: &[PointResult], spans: &Histogram<u64>, first_span_ns: u64) -> PointResult {
+    let mut agg = results[0].clone();
+    let bytes: usize = results.iter().map(|r| r.request_bytes).sum();
+    let mut merged = stats::new_histogram();
+    for r in results {
+        if let Ok(h) = stats::decode_histogram(&r.request_histogram) {
+            merged.add(&h).expect("same bounds");
+        }
+    }
+    agg.messages = results.iter().map(|r| r.messages).sum();
+    agg.request_bytes = bytes;
+    agg.request_ns = LatencySummary::of(spans);
+    agg.request_histogram = stats::encode_histogram(spans);
+    agg.gbps = crate::units::gbps(bytes as u64, agg.request_ns.mean);
+    agg.gbps_p50 = crate::units::gbps(bytes as u64, agg.request_ns.p50 as f64);
+    // The pairs share the hub's link: the same peak, a larger share of it.
+    agg.percent_of_peak = results[0].percent_of_peak.map(|pct| pct * agg.gbps / results[0].gbps.max(1e-12));
+    // Message times are each pair's own; the pairs' figures below say more.
+    agg.message_ns = LatencySummary::default();
+    agg.first_request_ns = first_span_ns;
+    agg.verified_bytes = results.iter().map(|r| r.verified_bytes).sum();
+    agg.wrong_bytes = results.iter().map(|r| r.wrong_bytes).sum();
+    agg.first_wrong = results
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| r.first_wrong.as_ref().map(|w| format!("pair {i}: {w}")));
+    agg.fan = Some(FanFigures {
+        pair_gbps: results.iter().map(|r| r.gbps).collect(),
+        pair_request_ns: LatencySummary::of(&merged),
+    });
+    agg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn fan(shape: FanShape, pairs: usize) -> (Fan, Arc<Mutex<Vec<PointResult>>>) {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let sink = out.clone();
+        (Fan::new(shape, pairs, Box::new(move |p, _| sink.lock().unwrap().push(p))), out)
+    }
+
+    #[test]
+    fn rounds_start_together_and_a_failure_stops_the_others() {
+        let fan = Arc::new(fan(FanShape::ManyToOne, 3).0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let late = {
+            let fan = fan.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                fan.start(0, deadline).unwrap()
+            })
+        };
+        let t = Instant::now();
+        let others: Vec<_> = (0..2)
+            .map(|_| {
+                let fan = fan.clone();
+                std::thread::spawn(move || fan.start(0, deadline).unwrap())
+            })
+            .collect();
+        let starts: Vec<Instant> = others.into_iter().map(|h| h.join().unwrap()).collect();
+        late.join().unwrap();
+        assert!(starts.iter().all(|s| s.duration_since(t) >= Duration::from_millis(90)));
+
+        // One pair fails while another waits: the waiter stops at once.
+        let waiter = {
+            let fan = fan.clone();
+            std::thread::spawn(move || fan.start(1, Instant::now() + Duration::from_secs(10)))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        fan.fail(2, &Error::run("lost the sender"));
+        let e = waiter.join().unwrap().unwrap_err();
+        assert!(e.message.contains("pair 2 failed: lost the sender"), "{e}");
+        assert!(fan.start(2, deadline).is_err());
+    }
+
+    #[test]
+    fn a_missing_pair_ends_the_wait_at_the_deadline() {
+        let (fan, _) = fan(FanShape::OneToMany, 2);
+        let t = Instant::now();
+        let e = fan.start(7, t + Duration::from_millis(200)).unwrap_err();
+        assert!(e.message.contains("1 of 2 pairs were ready for request 7"), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
+
+    fn result(bytes: usize, ns: &[u64]) -> PointResult {
+        let mut h = stats::new_histogram();
+        ns.iter().for_each(|v| h.record(*v).unwrap());
+        let s = LatencySummary::of(&h);
+        PointResult {
+            point: 0,
+            granularity: crate::plan::Granularity::Layer,
+            prompt_tokens: 1024,
+            messages: 32,
+            message_bytes: bytes / 32,
+            request_bytes: bytes,
+            iterations: ns.len() as u32,
+            warmup: 1,
+            gbps: crate::units::gbps(bytes as u64, s.mean),
+            gbps_p50: 0.0,
+            percent_of_peak: Some(10.0),
+            request_ns: s,
+            message_ns: LatencySummary::default(),
+            first_request_ns: 0,
+            verified_bytes: bytes as u64,
+            wrong_bytes: 0,
+            first_wrong: None,
+            request_histogram: stats::encode_histogram(&h),
+            fan: None,
+        }
+    }
+
+    #[test]
+    fn the_aggregate_is_all_bytes_over_first_start_to_last_end() {
+        let (fan, out) = fan(FanShape::ManyToOne, 2);
+        let t0 = Instant::now();
+        // Warm-up round, then two timed rounds: pair 1 starts 1 us late.
+        for (timed, a, b) in
+            [(false, 5_000, 5_000), (true, 1_000_000, 2_000_000), (true, 1_000_000, 1_000_000)]
+        {
+            fan.finish(0, timed, t0, a);
+            fan.finish(1, timed, t0 + Duration::from_micros(1), b);
+        }
+        fan.point_done(0, &result(1_000_000, &[1_000_000, 1_000_000]));
+        assert!(out.lock().unwrap().is_empty());
+        fan.point_done(1, &result(1_000_000, &[2_000_000, 1_000_000]));
+        let agg = out.lock().unwrap().pop().unwrap();
+        assert_eq!(agg.request_bytes, 2_000_000);
+        assert_eq!(agg.messages, 64);
+        assert_eq!(agg.first_request_ns, 6_000);
+        // Spans 2.001 ms and 1.001 ms: 2 MB over a mean of 1.501 ms.
+        assert!((agg.gbps - 2e6 / 1.501e6).abs() < 0.01, "{}", agg.gbps);
+        let f = agg.fan.as_ref().unwrap();
+        assert_eq!(f.pair_gbps.len(), 2);
+        assert_eq!(f.pair_request_ns.count, 4);
+        assert!(f.pair_request_ns.max >= 1_999_000);
+        // A second point starts from a clean tally.
+        fan.finish(0, false, t0, 7);
+        fan.finish(1, false, t0, 9);
+        fan.point_done(0, &result(1, &[1]));
+        fan.point_done(1, &result(1, &[1]));
+        assert_eq!(out.lock().unwrap().pop().unwrap().first_request_ns, 9);
+    }
+}
