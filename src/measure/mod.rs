@@ -168,6 +168,10 @@ pub fn run_receiver(
 ) -> Result<Vec<PointResult>> {
     // A spoke of a sender's one-to-many fan tells it each request's time.
     let report_times = sess.hello.seat.is_some();
+    // In a fan, processes share GPUs, which run one process at a time in
+    // turns: a CUDA event records only when its process's turn comes, so
+    // event times would miss the wait. The host clock sees it.
+    let host_clock = report_times || fan.is_some();
     let plan = sess.hello.plan.clone();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
@@ -205,7 +209,12 @@ pub fn run_receiver(
                 &mut RequestLink { ctrl, go, request, fan },
                 &sink,
             )?;
-            let request_ns = timing.elapsed_ns.unwrap_or(t0.elapsed().as_nanos() as u64).max(1);
+            let host_ns = t0.elapsed().as_nanos() as u64;
+            let request_ns = match timing.elapsed_ns {
+                Some(ns) if !host_clock => ns,
+                _ => host_ns,
+            }
+            .max(1);
             sink.check_complete()?;
             if report_times {
                 ctrl.send(&Msg::Took { request, ns: request_ns })?;

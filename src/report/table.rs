@@ -72,6 +72,13 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         _ => "one control hop included",
     };
     writeln!(out, "# timing     request = receiver's go to its last byte, {go}{rtt}")?;
+    if r.fan.is_some() {
+        // See measure::run_receiver: GPUs shared by processes take turns.
+        writeln!(
+            out,
+            "#            by the host clock: in a fan, GPU events would miss a shared GPU's turns"
+        )?;
+    }
     let verify = match r.plan.verify {
         VerifyMode::After => "every byte, after each timed request",
         VerifyMode::Inline => "every byte, inside the timed region",
