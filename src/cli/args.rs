@@ -9,6 +9,7 @@ use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
 use crate::plan::{Granularity, Plan, VerifyMode};
 use crate::report::gate::{Gate, Threshold};
+use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
 use crate::transport::{LocalOptions, TransportKind, TransportSpec};
 use crate::units;
@@ -79,6 +80,7 @@ parser_of!(memory_kind, MemoryKind, MemoryKind::parse);
 parser_of!(ucx_op, UcxOp, UcxOp::parse);
 parser_of!(threshold, Threshold, Threshold::parse);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
+parser_of!(ofi_op, OfiOp, OfiOp::parse);
 
 fn device_ordinal(s: &str) -> Result<usize, String> {
     non_negative_u32(s).map(|n| n as usize)
@@ -206,7 +208,7 @@ pub struct WorkloadArgs {
 /// How the bytes travel.
 #[derive(Args, Clone, Debug)]
 pub struct TransportArgs {
-    /// Transport: tcp, nccl or ucx
+    /// Transport: tcp, nccl, ucx or ofi (libfabric)
     #[arg(long, short = 't', default_value = "tcp", value_parser = transport_kind, help_heading = "Transport")]
     pub transport: TransportKind,
     /// UCX operation: put (push, like Mooncake), get (pull, like NixlConnector) or send (tagged)
@@ -224,6 +226,18 @@ pub struct TransportArgs {
     /// The UCP library to load [default: libucp.so.0]
     #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB", help_heading = "Transport")]
     pub ucx_lib: Option<String>,
+    /// libfabric operation: write (push), read (pull, like NIXL) or send (tagged)
+    #[arg(long, default_value = "write", value_parser = ofi_op, help_heading = "Transport")]
+    pub ofi_op: OfiOp,
+    /// libfabric provider: tcp, shm, efa, verbs, ... [default: libfabric's (or FI_PROVIDER's) choice]
+    #[arg(long, value_name = "NAME", help_heading = "Transport")]
+    pub ofi_provider: Option<String>,
+    /// Fail unless libfabric chose this provider (e.g. efa)
+    #[arg(long, value_name = "NAME", help_heading = "Transport")]
+    pub require_provider: Option<String>,
+    /// The libfabric library to load [default: libfabric.so.1]
+    #[arg(long, value_name = "PATH", env = "KVXFER_OFI_LIB", help_heading = "Transport")]
+    pub ofi_lib: Option<String>,
     /// Messages per ncclGroupStart/End (nccl; 1 = one call per message, as P2pNcclConnector)
     #[arg(long, default_value = "1", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Transport")]
     pub nccl_group: u32,
@@ -344,11 +358,18 @@ impl RunArgs {
             ucx_err_mode: self.transport.ucx_err_mode,
             in_flight: self.transport.in_flight,
             require_transport: self.transport.require_transport.clone(),
+            ofi_op: self.transport.ofi_op,
+            ofi_provider: self.transport.ofi_provider.clone(),
+            require_provider: self.transport.require_provider.clone(),
         }
     }
 
     pub fn local(&self) -> LocalOptions {
-        LocalOptions { nccl_lib: self.transport.nccl_lib.clone(), ucx_lib: self.transport.ucx_lib.clone() }
+        LocalOptions {
+            nccl_lib: self.transport.nccl_lib.clone(),
+            ucx_lib: self.transport.ucx_lib.clone(),
+            ofi_lib: self.transport.ofi_lib.clone(),
+        }
     }
 }
 
@@ -390,6 +411,9 @@ pub struct RecvArgs {
     /// The UCP library to load [default: libucp.so.0]
     #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB")]
     pub ucx_lib: Option<String>,
+    /// The libfabric library to load [default: libfabric.so.1]
+    #[arg(long, value_name = "PATH", env = "KVXFER_OFI_LIB")]
+    pub ofi_lib: Option<String>,
     /// Serve this many senders at once (many-to-one): each its own buffer,
     /// all requests started together; reports each pair and the aggregate
     #[arg(long, default_value = "1", value_parser = fan_size, allow_hyphen_values = true)]

@@ -347,6 +347,7 @@ fn launch(a: &LaunchArgs) -> Result<()> {
             memory: run.memory.clone(),
             nccl_lib: run.transport.nccl_lib.clone(),
             ucx_lib: run.transport.ucx_lib.clone(),
+            ofi_lib: run.transport.ofi_lib.clone(),
             senders: senders as u32,
             output: OutputArgs {
                 quiet: true,
@@ -388,7 +389,11 @@ fn receiver_side(a: &RecvArgs) -> ReceiverSide {
             memory: a.memory.memory,
         },
         memory: a.memory.spec(),
-        local: LocalOptions { nccl_lib: a.nccl_lib.clone(), ucx_lib: a.ucx_lib.clone() },
+        local: LocalOptions {
+            nccl_lib: a.nccl_lib.clone(),
+            ucx_lib: a.ucx_lib.clone(),
+            ofi_lib: a.ofi_lib.clone(),
+        },
         screen: Screen::new(&a.output),
     }
 }

@@ -32,6 +32,11 @@ fn run_label(r: &RunReport) -> String {
     let mut label = match t.kind {
         TransportKind::Tcp if t.streams > 1 => format!("tcp x{}", t.streams),
         TransportKind::Ucx => format!("ucx {}", t.ucx_op),
+        TransportKind::Ofi => {
+            // "ofi write tcp;ofi_rxm": the provider is what tells two ofi runs apart.
+            let provider = r.sender_transport.details.get("ofi_provider").or(t.ofi_provider.as_ref());
+            format!("ofi {} {}", t.ofi_op, provider.map(String::as_str).unwrap_or("?"))
+        }
         kind => kind.to_string(),
     };
     if t.kind == TransportKind::Nccl {

@@ -69,6 +69,7 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         .unwrap_or_default();
     let go = match r.transport.kind {
         crate::transport::TransportKind::Ucx => "its go travels as a UCX message",
+        crate::transport::TransportKind::Ofi => "its go travels as a libfabric message",
         _ => "one control hop included",
     };
     writeln!(out, "# timing     request = receiver's go to its last byte, {go}{rtt}")?;

@@ -11,6 +11,8 @@
 //! (ports, ids, memory keys) travels over the control connection.
 
 pub mod nccl;
+pub mod ofi;
+mod tag;
 pub mod tcp;
 pub mod ucx;
 
@@ -28,6 +30,7 @@ pub enum TransportKind {
     Tcp,
     Nccl,
     Ucx,
+    Ofi,
 }
 
 impl TransportKind {
@@ -36,7 +39,10 @@ impl TransportKind {
             "tcp" => Ok(TransportKind::Tcp),
             "nccl" => Ok(TransportKind::Nccl),
             "ucx" => Ok(TransportKind::Ucx),
-            other => Err(Error::usage(format!("unknown transport '{other}' (available: tcp, nccl, ucx)"))),
+            "ofi" | "libfabric" => Ok(TransportKind::Ofi),
+            other => {
+                Err(Error::usage(format!("unknown transport '{other}' (available: tcp, nccl, ucx, ofi)")))
+            }
         }
     }
 }
@@ -47,6 +53,7 @@ impl std::fmt::Display for TransportKind {
             TransportKind::Tcp => "tcp",
             TransportKind::Nccl => "nccl",
             TransportKind::Ucx => "ucx",
+            TransportKind::Ofi => "ofi",
         })
     }
 }
@@ -73,6 +80,15 @@ pub struct TransportSpec {
     /// Transports UCX must use for the data, or the run fails (ucx).
     #[serde(default)]
     pub require_transport: Vec<String>,
+    /// write, read or tagged send (ofi).
+    #[serde(default)]
+    pub ofi_op: ofi::OfiOp,
+    /// The libfabric provider to ask for; None lets libfabric (or FI_PROVIDER) choose (ofi).
+    #[serde(default)]
+    pub ofi_provider: Option<String>,
+    /// The provider libfabric must have chosen, or the run fails (ofi).
+    #[serde(default)]
+    pub require_provider: Option<String>,
 }
 
 pub const DEFAULT_IN_FLIGHT: u32 = 32;
@@ -91,6 +107,13 @@ impl TransportSpec {
                 self.kind
             )));
         }
+        if self.kind != TransportKind::Ofi && (self.ofi_provider.is_some() || self.require_provider.is_some())
+        {
+            return Err(Error::usage(format!(
+                "--ofi-provider and --require-provider name libfabric providers; they need -t ofi, not -t {}",
+                self.kind
+            )));
+        }
         Ok(())
     }
 
@@ -99,7 +122,7 @@ impl TransportSpec {
     pub fn check_memory(&self, memory: MemoryKind) -> Result<(), String> {
         match (self.kind, memory) {
             (TransportKind::Nccl, MemoryKind::Gpu)
-            | (TransportKind::Ucx, _)
+            | (TransportKind::Ucx | TransportKind::Ofi, _)
             | (TransportKind::Tcp, MemoryKind::Host | MemoryKind::Pinned) => Ok(()),
             (TransportKind::Nccl, m) => Err(format!(
                 "transport nccl moves GPU memory, not {m} memory: use --memory gpu on both sides"
@@ -120,6 +143,8 @@ pub struct LocalOptions {
     pub nccl_lib: Option<String>,
     /// The UCP library to open (`--ucx-lib`).
     pub ucx_lib: Option<String>,
+    /// libfabric to open (`--ofi-lib`).
+    pub ofi_lib: Option<String>,
 }
 
 /// What the transport really did, for the report ("transport truth").
@@ -254,8 +279,12 @@ pub fn check_library(spec: &TransportSpec, plan: &crate::plan::Plan, local: &Loc
         TransportKind::Tcp => Ok(()),
         TransportKind::Nccl => nccl::check_library(local.nccl_lib.as_deref()),
         TransportKind::Ucx => {
-            ucx::check_messages(plan.max_messages())?;
+            tag::check_messages(plan.max_messages(), "ucx")?;
             ucx::check_library(local.ucx_lib.as_deref())
+        }
+        TransportKind::Ofi => {
+            tag::check_messages(plan.max_messages(), "ofi")?;
+            ofi::check_library(local.ofi_lib.as_deref())
         }
     }
 }
@@ -273,6 +302,7 @@ pub fn open_sender(
             Box::new(nccl::NcclSender::connect(spec, setup, buf, local.nccl_lib.as_deref())?)
         }
         TransportKind::Ucx => Box::new(ucx::UcxSender::connect(spec, setup, buf, local.ucx_lib.as_deref())?),
+        TransportKind::Ofi => Box::new(ofi::OfiSender::connect(spec, setup, buf, local.ofi_lib.as_deref())?),
     })
 }
 
@@ -289,6 +319,7 @@ pub fn open_receiver(
             Box::new(nccl::NcclReceiver::accept(spec, setup, buf, local.nccl_lib.as_deref())?)
         }
         TransportKind::Ucx => Box::new(ucx::UcxReceiver::accept(spec, setup, buf, local.ucx_lib.as_deref())?),
+        TransportKind::Ofi => Box::new(ofi::OfiReceiver::accept(spec, setup, buf, local.ofi_lib.as_deref())?),
     })
 }
 

@@ -18,6 +18,7 @@ mod lanes;
 mod sys;
 pub mod ucp;
 
+use super::tag::{self, check_request, Tag};
 use super::{
     hex, unhex, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch, TransportInfo,
     TransportSpec,
@@ -29,7 +30,7 @@ pub use lanes::Lanes;
 use serde::{Deserialize, Serialize};
 use std::ffi::c_void;
 use std::time::{Duration, Instant};
-use ucp::{MemType, Node, Op, Poll, Request, Tag, Ucp};
+use ucp::{MemType, Node, Op, Poll, Request, Ucp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -106,29 +107,6 @@ const WATCH_EVERY: Duration = Duration::from_millis(5);
 const WARM_UP_BYTES: usize = 64 << 20;
 /// The request id of that round; plan ids never reach it.
 const WARM_UP_REQUEST: u64 = 0xffff_ffff;
-
-/// Tags: 4 bits of kind, 32 of request, 28 of message index.
-mod tag {
-    use super::Tag;
-    pub const GO: Tag = 1;
-    pub const DONE: Tag = 2;
-    pub const DATA: Tag = 3;
-    pub const HELLO: Tag = 4;
-    pub const KIND: Tag = 0xf << 60;
-    pub const MAX_MESSAGES: usize = 1 << 28;
-
-    pub fn make(kind: Tag, request: u64, index: usize) -> Tag {
-        kind << 60 | (request & 0xffff_ffff) << 28 | index as Tag & 0x0fff_ffff
-    }
-
-    pub fn request(t: Tag) -> u64 {
-        (t >> 28) & 0xffff_ffff
-    }
-
-    pub fn index(t: Tag) -> usize {
-        (t & 0x0fff_ffff) as usize
-    }
-}
 
 /// One side's UCX state and what it reports.
 struct Side {
@@ -487,13 +465,6 @@ impl Side {
     }
 }
 
-fn check_request(got: u64, expected: u64, did: &str) -> Result<()> {
-    if got != expected & 0xffff_ffff {
-        return Err(Error::integrity(format!("the peer {did} request {got}, expected request {expected}")));
-    }
-    Ok(())
-}
-
 impl Side {
     /// Opens, wires up and describes one side; `drives` is whether it posts
     /// the data operations.
@@ -588,32 +559,7 @@ impl RecvSide for UcxReceiver {
     }
 }
 
-/// A plan with more messages per request than the tags can number.
-pub fn check_messages(max_messages: usize) -> Result<()> {
-    if max_messages > tag::MAX_MESSAGES {
-        return Err(Error::usage(format!(
-            "{max_messages} messages per request: ucx numbers at most {} (use a coarser granularity)",
-            tag::MAX_MESSAGES
-        )));
-    }
-    Ok(())
-}
-
 /// Fails early, with the library named, where UCX cannot be loaded.
 pub fn check_library(lib: Option<&str>) -> Result<()> {
     Ucp::open(lib).map(drop)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_carry_kind_request_and_index() {
-        let t = tag::make(tag::DATA, 0x1_2345_6789, 0x0abc_def0);
-        assert_eq!(t & tag::KIND, tag::DATA << 60);
-        assert_eq!(tag::request(t), 0x2345_6789);
-        assert_eq!(tag::index(t), 0x0abc_def0);
-        assert_ne!(tag::make(tag::GO, 7, 0) & tag::KIND, tag::make(tag::DONE, 7, 0) & tag::KIND);
-    }
 }

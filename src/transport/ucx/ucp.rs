@@ -15,7 +15,7 @@ use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
 use std::sync::atomic::{AtomicI8, Ordering::Relaxed};
 
-pub type Tag = u64;
+pub use crate::transport::tag::Tag;
 
 /// The loaded library and its version.
 pub struct Ucp {

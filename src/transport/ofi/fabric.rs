@@ -1,0 +1,587 @@
+//! One RDM endpoint and what it needs (fabric, domain, address vector,
+//! completion queue, registered memory), with the headers' static inline
+//! helpers (fi_domain, fi_send, fi_write, fi_cq_read, ...) written out over
+//! the ops tables they wrap.
+
+use super::lib::{Ofi, API};
+use super::sys;
+use crate::error::{Error, Result};
+use std::ffi::{c_void, CStr, CString};
+use std::ptr::null_mut;
+
+/// `FI_ADDR_UNSPEC`: any source.
+const ANY_ADDR: sys::fi_addr_t = u64::MAX;
+
+/// Where a buffer lives, for registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Iface {
+    Host,
+    Cuda(i32),
+}
+
+/// What the endpoint must do, turned into fi_getinfo hints.
+pub struct Wanted<'a> {
+    pub provider: Option<&'a str>,
+    pub rma: bool,
+    pub hmem: bool,
+    /// Ask for writes that complete only once their data is at the target.
+    pub delivery_complete: bool,
+    /// Ask for sends ordered after earlier writes (FI_ORDER_SAW).
+    pub send_after_write: bool,
+}
+
+/// What fi_getinfo chose.
+#[derive(Clone, Debug)]
+pub struct Chosen {
+    pub provider: String,
+    pub fabric: String,
+    pub domain: String,
+    pub provider_version: String,
+    pub mr_mode: i32,
+    pub delivery_complete: bool,
+}
+
+pub struct Endpoint {
+    pub ofi: &'static Ofi,
+    pub chosen: Chosen,
+    info: *mut sys::fi_info,
+    fabric: *mut sys::fid_fabric,
+    domain: *mut sys::fid_domain,
+    av: *mut sys::fid_av,
+    cq: *mut sys::fid_cq,
+    ep: *mut sys::fid_ep,
+    mrs: Vec<*mut sys::fid_mr>,
+}
+
+// SAFETY: libfabric objects of a domain opened FI_THREAD_DOMAIN are used by
+// one thread at a time: the one that owns this Endpoint.
+unsafe impl Send for Endpoint {}
+
+/// One finished operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Finished {
+    pub context: *mut c_void,
+    pub tag: u64,
+    pub len: usize,
+}
+
+/// A registered region: its local descriptor and the key a peer uses.
+#[derive(Clone, Copy)]
+pub struct Region {
+    pub desc: *mut c_void,
+    pub key: u64,
+}
+
+fn text(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: libfabric's strings are NUL-terminated.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Members of anonymous enums in the headers (fi_eq.h's control commands,
+/// fi_errno.h's codes), which bindgen cannot name.
+const FI_ENABLE: i32 = 6;
+const FI_EAVAIL: isize = 259;
+
+/// Calls an op of a table, or fails naming it where the provider left it
+/// out. Used inside `unsafe`: the table comes from the provider and lives as
+/// long as its object; the arguments follow the op's C signature.
+macro_rules! op {
+    ($ofi:expr, $table:expr, $name:ident, $doing:expr, $($arg:expr),*) => {{
+        match (*$table).$name {
+            Some(f) => $ofi.check(f($($arg),*) as isize, $doing),
+            None => Err(Error::run(format!("libfabric: the provider has no {}", stringify!($name)))),
+        }
+    }};
+}
+
+impl Endpoint {
+    pub fn open(ofi: &'static Ofi, want: &Wanted) -> Result<Endpoint> {
+        let info = Self::getinfo(ofi, want)?;
+        let mut e = Endpoint {
+            ofi,
+            chosen: Self::chosen(info, want),
+            info,
+            fabric: null_mut(),
+            domain: null_mut(),
+            av: null_mut(),
+            cq: null_mut(),
+            ep: null_mut(),
+            mrs: Vec::new(),
+        };
+        // SAFETY: info is a valid fi_info from fi_getinfo; each object is
+        // opened from its parent and closed in reverse order in Drop.
+        unsafe {
+            ofi.check(
+                (ofi.fabric)((*info).fabric_attr, &mut e.fabric, null_mut()) as isize,
+                "opening the fabric",
+            )?;
+            op!(
+                ofi,
+                (*e.fabric).ops,
+                domain,
+                "opening the domain",
+                e.fabric,
+                info,
+                &mut e.domain,
+                null_mut()
+            )?;
+            let mut cq_attr: sys::fi_cq_attr = std::mem::zeroed();
+            cq_attr.format = sys::fi_cq_format::FI_CQ_FORMAT_TAGGED;
+            cq_attr.size = 4096;
+            op!(
+                ofi,
+                (*e.domain).ops,
+                cq_open,
+                "opening the completion queue",
+                e.domain,
+                &mut cq_attr,
+                &mut e.cq,
+                null_mut()
+            )?;
+            let mut av_attr: sys::fi_av_attr = std::mem::zeroed();
+            av_attr.type_ = sys::fi_av_type::FI_AV_TABLE;
+            op!(
+                ofi,
+                (*e.domain).ops,
+                av_open,
+                "opening the address vector",
+                e.domain,
+                &mut av_attr,
+                &mut e.av,
+                null_mut()
+            )?;
+            op!(
+                ofi,
+                (*e.domain).ops,
+                endpoint,
+                "opening the endpoint",
+                e.domain,
+                info,
+                &mut e.ep,
+                null_mut()
+            )?;
+            let ep_fid = &mut (*e.ep).fid as *mut sys::fid;
+            let bind = |what: *mut sys::fid, flags: u64, doing: &str| {
+                op!(ofi, (*ep_fid).ops, bind, doing, ep_fid, what, flags)
+            };
+            bind(&mut (*e.cq).fid, (sys::FI_TRANSMIT | sys::FI_RECV) as u64, "binding the completion queue")?;
+            bind(&mut (*e.av).fid, 0, "binding the address vector")?;
+            op!(ofi, (*ep_fid).ops, control, "enabling the endpoint", ep_fid, FI_ENABLE, null_mut())?;
+        }
+        Ok(e)
+    }
+
+    fn getinfo(ofi: &Ofi, want: &Wanted) -> Result<*mut sys::fi_info> {
+        // SAFETY: fi_dupinfo(NULL) is fi_allocinfo; the hints are freed below,
+        // their strings allocated with malloc as fi_freeinfo expects.
+        unsafe {
+            let hints = (ofi.dupinfo)(std::ptr::null());
+            if hints.is_null() {
+                return Err(Error::run("libfabric: cannot allocate hints"));
+            }
+            let mut caps = (sys::FI_TAGGED | sys::FI_SEND | sys::FI_RECV) as u64;
+            if want.rma {
+                caps |=
+                    (sys::FI_RMA | sys::FI_READ | sys::FI_WRITE | sys::FI_REMOTE_READ | sys::FI_REMOTE_WRITE)
+                        as u64;
+            }
+            if want.hmem {
+                caps |= sys::FI_HMEM;
+            }
+            (*hints).caps = caps;
+            // Contexts are fi_context2 structs of ours, as providers may ask.
+            (*hints).mode = sys::FI_CONTEXT | sys::FI_CONTEXT2;
+            (*(*hints).ep_attr).type_ = sys::fi_ep_type::FI_EP_RDM;
+            let d = &mut *(*hints).domain_attr;
+            d.mr_mode =
+                (sys::FI_MR_LOCAL | sys::FI_MR_VIRT_ADDR | sys::FI_MR_ALLOCATED | sys::FI_MR_PROV_KEY) as i32;
+            if want.hmem {
+                d.mr_mode |= sys::FI_MR_HMEM as i32;
+            }
+            d.threading = sys::fi_threading::FI_THREAD_DOMAIN;
+            if want.delivery_complete {
+                (*(*hints).tx_attr).op_flags = sys::FI_DELIVERY_COMPLETE as u64;
+            }
+            if want.send_after_write {
+                (*(*hints).tx_attr).msg_order = sys::FI_ORDER_SAW as u64;
+            }
+            if let Some(p) = want.provider {
+                let c = CString::new(p).map_err(|_| Error::usage("--ofi-provider: no NUL bytes"))?;
+                (*(*hints).fabric_attr).prov_name = libc::strdup(c.as_ptr());
+            }
+            let mut info = null_mut();
+            let rc = (ofi.getinfo)(API, std::ptr::null(), std::ptr::null(), 0, hints, &mut info);
+            (ofi.freeinfo)(hints);
+            if rc != 0 || info.is_null() {
+                let what = match (want.provider, want.hmem) {
+                    (Some(p), true) => format!("provider '{p}' with FI_HMEM (GPU memory)"),
+                    (Some(p), false) => format!("provider '{p}'"),
+                    (None, true) => "any provider with FI_HMEM (GPU memory)".into(),
+                    (None, false) => "any provider".into(),
+                };
+                return Err(Error::run(format!(
+                    "libfabric {} ({}) offers no {what} for reliable datagram endpoints with tagged messages{}: {}",
+                    ofi.version,
+                    ofi.path,
+                    if want.rma { " and RMA" } else { "" },
+                    ofi.error(rc as isize)
+                )));
+            }
+            Ok(info)
+        }
+    }
+
+    fn chosen(info: *mut sys::fi_info, want: &Wanted) -> Chosen {
+        // SAFETY: a valid fi_info from fi_getinfo.
+        unsafe {
+            let f = &*(*info).fabric_attr;
+            let d = &*(*info).domain_attr;
+            Chosen {
+                provider: text(f.prov_name),
+                fabric: text(f.name),
+                domain: text(d.name),
+                provider_version: format!("{}.{}", f.prov_version >> 16, f.prov_version & 0xffff),
+                mr_mode: d.mr_mode,
+                delivery_complete: want.delivery_complete,
+            }
+        }
+    }
+
+    /// This endpoint's address, for the peer's address vector.
+    pub fn name(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; 256];
+        let mut len = buf.len();
+        // SAFETY: ep and its cm table are live; buf holds len bytes.
+        unsafe {
+            let fid = &mut (*self.ep).fid as *mut sys::fid;
+            op!(
+                self.ofi,
+                (*self.ep).cm,
+                getname,
+                "reading the endpoint's address",
+                fid,
+                buf.as_mut_ptr() as *mut c_void,
+                &mut len
+            )?;
+        }
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Adds the peer's address; returns its handle.
+    pub fn insert(&self, name: &[u8]) -> Result<sys::fi_addr_t> {
+        let mut addr: sys::fi_addr_t = 0;
+        // SAFETY: av is live; name holds one address of the endpoint's format.
+        let n = unsafe {
+            match (*(*self.av).ops).insert {
+                Some(f) => f(self.av, name.as_ptr() as *const c_void, 1, &mut addr, 0, null_mut()),
+                None => return Err(Error::run("libfabric: the provider has no av insert")),
+            }
+        };
+        if n != 1 {
+            return Err(Error::run(format!(
+                "libfabric: inserting the peer's address: {}",
+                self.ofi.error(n as isize)
+            )));
+        }
+        Ok(addr)
+    }
+
+    /// Registers `len` bytes at `base` for local use and the peer's RMA.
+    pub fn register(&mut self, base: *mut u8, len: usize, iface: Iface, key: u64) -> Result<Region> {
+        let access = (sys::FI_SEND
+            | sys::FI_RECV
+            | sys::FI_READ
+            | sys::FI_WRITE
+            | sys::FI_REMOTE_READ
+            | sys::FI_REMOTE_WRITE) as u64;
+        let iov = libc::iovec { iov_base: base as *mut c_void, iov_len: len };
+        let mut mr: *mut sys::fid_mr = null_mut();
+        // SAFETY: the attr points at a live iovec; the region outlives the MR (closed in Drop first).
+        unsafe {
+            let mut attr: sys::fi_mr_attr = std::mem::zeroed();
+            attr.mr_iov = &iov as *const libc::iovec as *const sys::iovec;
+            attr.iov_count = 1;
+            attr.access = access;
+            attr.requested_key = key;
+            if let Iface::Cuda(device) = iface {
+                attr.iface = sys::fi_hmem_iface::FI_HMEM_CUDA;
+                attr.device.cuda = device;
+            }
+            let doing = match iface {
+                Iface::Host => "registering host memory".to_string(),
+                Iface::Cuda(d) => format!(
+                    "registering GPU {d}'s memory (FI_HMEM_CUDA; provider {}, libfabric {} at {}: a build without \
+                     CUDA support cannot, AWS's libfabric with efa can)",
+                    self.chosen.provider, self.ofi.version, self.ofi.path
+                ),
+            };
+            op!(self.ofi, (*self.domain).mr, regattr, &doing, &mut (*self.domain).fid, &attr, 0, &mut mr)
+                .map_err(|e| if iface == Iface::Host { e } else { Error::usage(e.message) })?;
+            self.mrs.push(mr);
+            Ok(Region { desc: (*mr).mem_desc, key: (*mr).key })
+        }
+    }
+
+    /// Whether the peer addresses RMA by virtual address or by offset.
+    pub fn virtual_addresses(&self) -> bool {
+        self.chosen.mr_mode & sys::FI_MR_VIRT_ADDR as i32 != 0
+    }
+
+    /// Posts a tagged send; false if the provider asks to retry later.
+    pub fn tsend(
+        &self,
+        buf: *const u8,
+        len: usize,
+        desc: *mut c_void,
+        to: sys::fi_addr_t,
+        tag: u64,
+        ctx: *mut c_void,
+    ) -> Result<bool> {
+        // SAFETY: buf lies in a registered region that outlives the operation.
+        let rc = unsafe {
+            call((*self.ep).tagged, |t| t.send)?(self.ep, buf as *const c_void, len, desc, to, tag, ctx)
+        };
+        self.posted(rc, "posting a tagged send")
+    }
+
+    /// Posts a tagged receive of any request's message of `tag`'s kind.
+    pub fn trecv(
+        &self,
+        buf: *mut u8,
+        len: usize,
+        desc: *mut c_void,
+        tag: u64,
+        ignore: u64,
+        ctx: *mut c_void,
+    ) -> Result<bool> {
+        // SAFETY: as tsend.
+        let rc = unsafe {
+            call((*self.ep).tagged, |t| t.recv)?(
+                self.ep,
+                buf as *mut c_void,
+                len,
+                desc,
+                ANY_ADDR,
+                tag,
+                ignore,
+                ctx,
+            )
+        };
+        self.posted(rc, "posting a tagged receive")
+    }
+
+    /// Posts an RMA write of `len` bytes to the peer's `addr` under `key`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(
+        &self,
+        buf: *const u8,
+        len: usize,
+        desc: *mut c_void,
+        to: sys::fi_addr_t,
+        addr: u64,
+        key: u64,
+        ctx: *mut c_void,
+    ) -> Result<bool> {
+        let mut desc = desc;
+        let iov = libc::iovec { iov_base: buf as *mut c_void, iov_len: len };
+        let rma = sys::fi_rma_iov { addr, len, key };
+        let msg = sys::fi_msg_rma {
+            msg_iov: &iov as *const libc::iovec as *const sys::iovec,
+            desc: &mut desc,
+            iov_count: 1,
+            addr: to,
+            rma_iov: &rma,
+            rma_iov_count: 1,
+            context: ctx,
+            data: 0,
+        };
+        let mut flags = sys::FI_COMPLETION as u64;
+        if self.chosen.delivery_complete {
+            flags |= sys::FI_DELIVERY_COMPLETE as u64;
+        }
+        // SAFETY: msg and what it points at live through the call; the data region outlives the operation.
+        let rc = unsafe { call((*self.ep).rma, |r| r.writemsg)?(self.ep, &msg, flags) };
+        self.posted(rc, "posting an RMA write")
+    }
+
+    /// Posts an RMA read of `len` bytes from the peer's `addr` under `key`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn read(
+        &self,
+        buf: *mut u8,
+        len: usize,
+        desc: *mut c_void,
+        from: sys::fi_addr_t,
+        addr: u64,
+        key: u64,
+        ctx: *mut c_void,
+    ) -> Result<bool> {
+        // SAFETY: as write.
+        let rc = unsafe {
+            call((*self.ep).rma, |r| r.read)?(self.ep, buf as *mut c_void, len, desc, from, addr, key, ctx)
+        };
+        self.posted(rc, "posting an RMA read")
+    }
+
+    fn posted(&self, rc: isize, doing: &str) -> Result<bool> {
+        if rc == -(sys::FI_EAGAIN as isize) {
+            return Ok(false);
+        }
+        self.ofi.check(rc, doing).map(|_| true)
+    }
+
+    /// Reads finished operations into `out`: context, tag and length (of a
+    /// receive); an operation that failed is an error with the provider's reason.
+    pub fn completions(&self, out: &mut Vec<Finished>, watchdog: &Watchdog) -> Result<()> {
+        let _inside = watchdog.enter();
+        self.read_completions(out)
+    }
+
+    fn read_completions(&self, out: &mut Vec<Finished>) -> Result<()> {
+        // SAFETY: fi_cq_tagged_entry is plain data; zero is a valid value.
+        let mut entries: [sys::fi_cq_tagged_entry; 64] = unsafe { std::mem::zeroed() };
+        // SAFETY: cq is live; entries holds 64 tagged-format entries.
+        let n = unsafe {
+            call((*self.cq).ops, |c| c.read)?(self.cq, entries.as_mut_ptr() as *mut c_void, entries.len())
+        };
+        if n > 0 {
+            out.extend(entries[..n as usize].iter().map(|e| Finished {
+                context: e.op_context,
+                tag: e.tag,
+                len: e.len,
+            }));
+            return Ok(());
+        }
+        if n == -(sys::FI_EAGAIN as isize) {
+            return Ok(());
+        }
+        if n == -FI_EAVAIL {
+            return Err(self.failed_operation());
+        }
+        self.ofi.check(n, "reading the completion queue")
+    }
+
+    fn failed_operation(&self) -> Error {
+        // SAFETY: cq is live; the entry is zeroed, as fi_cq_readerr expects.
+        unsafe {
+            let mut e: sys::fi_cq_err_entry = std::mem::zeroed();
+            let read = call((*self.cq).ops, |c| c.readerr).map(|f| f(self.cq, &mut e, 0));
+            if !matches!(read, Ok(1)) {
+                return Error::run("libfabric: an operation failed and its error cannot be read");
+            }
+            let detail = match (*(*self.cq).ops).strerror {
+                Some(f) => text(f(self.cq, e.prov_errno, e.err_data, null_mut(), 0)),
+                None => String::new(),
+            };
+            let err = Error::run(format!(
+                "libfabric: an operation failed: {}; provider {}: {detail} ({})",
+                self.ofi.error(-(e.err as isize)),
+                self.chosen.provider,
+                e.prov_errno
+            ));
+            // A peer gone mid-transfer is a lost connection, not a fault here.
+            match e.err as u32 {
+                x if x == sys::FI_ECONNRESET || x == sys::FI_ECONNREFUSED || x == sys::FI_EHOSTUNREACH => {
+                    Error::connection_lost(err.message)
+                }
+                _ => err,
+            }
+        }
+    }
+}
+
+/// A function of an ops table, or an error where the provider left it out.
+unsafe fn call<T, F>(table: *mut T, pick: impl FnOnce(&T) -> Option<F>) -> Result<F> {
+    pick(&*table).ok_or_else(|| Error::run("libfabric: the provider lacks an operation kvxfer needs"))
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // SAFETY: each object was opened by this Endpoint and is closed once,
+        // children before parents.
+        unsafe {
+            let close = |fid: *mut sys::fid| {
+                if !fid.is_null() {
+                    if let Some(f) = (*(*fid).ops).close {
+                        f(fid);
+                    }
+                }
+            };
+            if !self.ep.is_null() {
+                close(&mut (*self.ep).fid);
+            }
+            for mr in self.mrs.drain(..) {
+                close(&mut (*mr).fid);
+            }
+            if !self.av.is_null() {
+                close(&mut (*self.av).fid);
+            }
+            if !self.cq.is_null() {
+                close(&mut (*self.cq).fid);
+            }
+            if !self.domain.is_null() {
+                close(&mut (*self.domain).fid);
+            }
+            if !self.fabric.is_null() {
+                close(&mut (*self.fabric).fid);
+            }
+            (self.ofi.freeinfo)(self.info);
+        }
+    }
+}
+
+/// Ends the process when a libfabric call has not returned within `limit`.
+/// A provider can spin forever inside a call: shm's completion queue read
+/// waits on a lock in memory it shares with the peer, and a peer stopped
+/// while holding it never lets go. No deadline of ours can interrupt that
+/// call, so a thread of our own ends the run, with the reason, without the
+/// exit handlers (libfabric's own would wait on the same lock).
+pub struct Watchdog {
+    entered_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Marks a libfabric call in progress until dropped.
+pub struct Inside<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Watchdog {
+    pub fn start(limit: std::time::Duration, what: String) -> Watchdog {
+        use std::sync::atomic::Ordering::Relaxed;
+        let entered_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let watched = std::sync::Arc::downgrade(&entered_ms);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let Some(entered) = watched.upgrade() else { return };
+            let since = entered.load(Relaxed);
+            if since != 0 && now_ms().saturating_sub(since) > limit.as_millis() as u64 {
+                eprintln!(
+                    "kvxfer: error: libfabric has not returned from reading its completion queue for {} s ({what}): \
+                     the peer has stopped while holding state it shares with this process; giving up",
+                    limit.as_secs()
+                );
+                // SAFETY: ends the process at once, skipping exit handlers that would hang.
+                unsafe { libc::_exit(1) };
+            }
+        });
+        Watchdog { entered_ms }
+    }
+
+    pub fn enter(&self) -> Inside<'_> {
+        self.entered_ms.store(now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
+        Inside(&self.entered_ms)
+    }
+}
+
+fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
+}

@@ -1,0 +1,158 @@
+//! The ofi transport over the real libfabric of this machine (Debian's
+//! libfabric1: the tcp and shm providers, host memory), as two processes or
+//! one `pair`.
+
+mod common;
+use common::*;
+use std::sync::{Mutex, MutexGuard};
+
+/// Providers poll their completion queues: one test at a time, so that on
+/// a 2-core machine each pair has the cores it needs.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A receiver and a sender run to the end; returns both reports.
+fn ofi_run(send_args: &[&str]) -> (serde_json::Value, serde_json::Value, Finished) {
+    let dir = tempfile::tempdir().unwrap();
+    let (sj, rj) = (dir.path().join("send.json"), dir.path().join("recv.json"));
+    let (recv, addr) = receiver("127.0.0.1:0", &["--json", rj.to_str().unwrap()]);
+    let mut args = vec!["--connect", &addr, "-t", "ofi", "--json", sj.to_str().unwrap()];
+    args.extend_from_slice(send_args);
+    let send = run(SEND, &args, secs(120));
+    recv.finish(secs(20)).expect_code(0);
+    send.expect_code(0);
+    (json(&sj), json(&rj), send)
+}
+
+#[test]
+fn write_read_and_send_over_tcp_and_shm_move_every_byte() {
+    let _serial = one_at_a_time();
+    for provider in ["tcp", "shm"] {
+        for op in ["write", "read", "send"] {
+            let args = ["--ofi-provider", provider, "--ofi-op", op, "-p", "100,1024", "-g", "all", "-n", "3"];
+            let (send, recv, out) = ofi_run(&args);
+            assert_sane(&send, 6);
+            assert_eq!(send["points"], recv["points"], "both sides print the receiver's figures");
+            // Transport truth: the provider, and the operation as libfabric names it.
+            let details = &send["sender_transport"]["details"];
+            assert!(details["ofi_provider"].as_str().unwrap().split(';').any(|p| p == provider), "{details}");
+            let path = send["sender_transport"]["path"].as_str().unwrap();
+            let named = match op {
+                "write" => "RMA write (fi_writemsg",
+                "read" => "RMA read (fi_read)",
+                _ => "tagged send (fi_tsend/fi_trecv)",
+            };
+            assert!(
+                path.starts_with(named) && path.contains("no RDMA") && path.ends_with("host memory"),
+                "{path}"
+            );
+            assert!(out.stdout.contains("its go travels as a libfabric message"), "{}", out.stdout);
+        }
+    }
+}
+
+#[test]
+fn pair_runs_ofi_in_one_process_one_at_a_time_and_inline() {
+    let _serial = one_at_a_time();
+    let args = ["pair", "-t", "ofi", "--ofi-provider", "shm", "--ofi-op", "send", "--in-flight", "1"];
+    let f = run(
+        KVXFER,
+        &[&args[..], &["-p", "256", "-g", "layer,block", "-n", "2", "--verify", "inline"]].concat(),
+        secs(60),
+    );
+    f.expect_code(0);
+    assert_eq!(f.rows().len(), 2);
+    assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+}
+
+#[test]
+fn a_required_provider_passes_or_fails_the_run() {
+    let _serial = one_at_a_time();
+    let (send, _, _) =
+        ofi_run(&["--ofi-provider", "shm", "--require-provider", "shm", "-p", "64", "-n", "1"]);
+    assert_sane(&send, 1);
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let args =
+        ["--connect", &addr, "-t", "ofi", "--ofi-provider", "tcp", "--require-provider", "efa", "-p", "64"];
+    let send = run(SEND, &args, secs(60));
+    let recv = recv.finish(secs(20));
+    send.expect_code(2).expect_stderr("--require-provider efa: libfabric chose provider tcp;ofi_rxm");
+    recv.expect_code(2).expect_stderr("--require-provider efa");
+}
+
+#[test]
+fn a_missing_library_or_provider_is_a_clear_error() {
+    let _serial = one_at_a_time();
+    let args = ["pair", "-t", "ofi", "-p", "16", "-n", "1", "--ofi-lib", "/nonexistent/libfabric.so.1"];
+    let f = run(KVXFER, &args, secs(30));
+    f.expect_code(2).expect_stderr("cannot load libfabric (/nonexistent/libfabric.so.1");
+    assert!(f.stderr.contains("apt-get install libfabric1"), "{}", f.stderr);
+    // A provider this machine lacks: refused at setup, on both sides of a pair.
+    let f = run(KVXFER, &["pair", "-t", "ofi", "--ofi-provider", "efa", "-p", "16", "-n", "1"], secs(30));
+    f.expect_code(1).expect_stderr("offers no provider 'efa'");
+    // libfabric's flags belong to -t ofi.
+    run(KVXFER, &["pair", "--ofi-provider", "tcp"], secs(30))
+        .expect_code(2)
+        .expect_stderr("they need -t ofi");
+}
+
+#[test]
+fn wrong_keys_and_bytes_are_caught_for_every_operation() {
+    let _serial = one_at_a_time();
+    for op in ["write", "read", "send"] {
+        let base = ["pair", "-t", "ofi", "--ofi-provider", "shm", "--ofi-op", op, "-p", "64", "-n", "2"];
+        let f = run(KVXFER, &[&base[..], &["--fault", "corrupt-byte"]].concat(), secs(60));
+        f.expect_code(3).expect_stderr("1 wrong bytes");
+        let f = run(KVXFER, &[&base[..], &["--fault", "wrong-key"]].concat(), secs(60));
+        f.expect_code(3);
+        assert!(f.stderr.contains("request 2") || f.stderr.contains("request 1000000009"), "{}", f.stderr);
+    }
+}
+
+#[test]
+fn a_killed_or_stopped_peer_ends_the_other_side() {
+    let _serial = one_at_a_time();
+    for (provider, op) in [("tcp", "write"), ("shm", "read"), ("tcp", "send")] {
+        let start = || {
+            let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s"]);
+            let long = [
+                "-t",
+                "ofi",
+                "--ofi-provider",
+                provider,
+                "--ofi-op",
+                op,
+                "-p",
+                "1024",
+                "-g",
+                "block",
+                "-n",
+                "100000",
+            ];
+            let send = Proc::start(
+                SEND,
+                &[&["--connect", addr.as_str(), "--timeout", "3s"][..], &long[..]].concat(),
+            );
+            assert!(send.wait_for("# iterations", secs(20)), "run did not start: {}", send.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            (recv, send)
+        };
+        let (recv, send) = start();
+        send.signal(libc::SIGKILL);
+        let f = recv.finish(secs(15));
+        assert_ne!(f.code, Some(0), "{provider} {op}");
+        assert!(f.stderr.contains("sender"), "names the peer: {}", f.stderr);
+        assert!(!f.stderr.contains("panicked"));
+
+        let (recv, send) = start();
+        recv.signal(libc::SIGSTOP);
+        let stopped = std::time::Instant::now();
+        let f = send.finish(secs(20));
+        assert_ne!(f.code, Some(0), "{provider} {op}");
+        assert!(f.stderr.contains("receiver"), "names the peer: {}", f.stderr);
+        assert!(stopped.elapsed() < secs(12), "{provider} {op}: took {:?}", stopped.elapsed());
+        drop(recv);
+    }
+}
