@@ -336,3 +336,22 @@ pub fn key_mismatch(index: usize, layout: &RequestLayout, request: u64, got: &st
 pub fn nanos(d: std::time::Duration) -> u64 {
     d.as_nanos() as u64
 }
+
+/// A receiving round of a transport that learns of each message by index
+/// and latency (ucx, ofi): hands each to `done` with its bytes where they
+/// are in host memory, and times the round by the host clock.
+pub fn host_timed_round(
+    buf: &Buffer,
+    layout: &RequestLayout,
+    done: &dyn Completions,
+    round: impl FnOnce(&mut dyn FnMut(usize, u64) -> Result<()>) -> Result<()>,
+) -> Result<RoundTiming> {
+    let host = buf.host_slice();
+    let mut arrived = |i: usize, ns: u64| {
+        let slot = layout.slot(i);
+        done.message_done(i, ns, host.map(|h| &h[slot.offset..slot.offset + slot.len]))
+    };
+    let t0 = Instant::now();
+    round(&mut arrived)?;
+    Ok(RoundTiming { elapsed_ns: Some(nanos(t0.elapsed())) })
+}

@@ -98,7 +98,7 @@ struct Side {
     /// Completions read while doing something else, for the next wait.
     early: Vec<Finished>,
     info: TransportInfo,
-    peer_role: &'static str,
+    peer_role: crate::session::Role,
 }
 
 // SAFETY: the raw pointers are this side's own buffer and registrations,
@@ -116,13 +116,7 @@ enum Done {
 }
 
 impl Side {
-    fn open(
-        spec: &TransportSpec,
-        setup: &mut Setup,
-        buf: &Buffer,
-        lib: Option<&str>,
-        sender: bool,
-    ) -> Result<Side> {
+    fn open(spec: &TransportSpec, setup: &mut Setup, buf: &Buffer, lib: Option<&str>) -> Result<Side> {
         let ofi = Ofi::open(lib)?;
         let (base, iface) = match buf.gpu_mem() {
             Some(m) => (m.ptr as *mut u8, Iface::Cuda(m.device.ordinal as i32)),
@@ -177,18 +171,13 @@ impl Side {
             info.details.insert(k, v);
         }
         Ok(Side {
-            peer_role: if sender { "receiver" } else { "sender" },
+            peer_role: setup.ctrl.peer_role,
             ep: std::mem::ManuallyDrop::new(ep),
             failed: false,
             // Past the peer's heartbeat timeout, a call still inside libfabric is stuck.
             watchdog: Watchdog::start(
                 setup.ctrl.timeout + Duration::from_secs(2),
-                format!(
-                    "provider {}, the {} at {}",
-                    provider_name,
-                    if sender { "receiver" } else { "sender" },
-                    setup.ctrl.peer_addr
-                ),
+                format!("provider {provider_name}, the {} at {}", setup.ctrl.peer_role, setup.ctrl.peer_addr),
             ),
             op: spec.ofi_op,
             in_flight: spec.in_flight as usize,
@@ -522,7 +511,7 @@ impl Side {
         sender: bool,
     ) -> Result<Side> {
         let began = Instant::now();
-        let mut side = Side::open(spec, &mut setup, buf, lib, sender)?;
+        let mut side = Side::open(spec, &mut setup, buf, lib)?;
         side.hello(&mut setup, sender)?;
         let drives = sender != (spec.ofi_op == OfiOp::Read);
         side.describe(spec, drives, buf.gpu_mem().is_some(), began.elapsed())?;
@@ -661,22 +650,12 @@ impl RecvSide for OfiReceiver {
         peer: &mut dyn PeerLink,
         done: &dyn Completions,
     ) -> Result<RoundTiming> {
-        let host = buf.host_slice();
-        let mut arrived = |i: usize, ns: u64| {
-            let slot = layout.slot(i);
-            done.message_done(i, ns, host.map(|h| &h[slot.offset..slot.offset + slot.len]))
-        };
-        let t0 = Instant::now();
-        let result = self.0.recv_round(
-            request,
-            layout.message_count,
-            layout.message_bytes,
-            deadline,
-            peer,
-            &mut arrived,
-        );
-        noting_failure(&mut self.0, result)?;
-        Ok(RoundTiming { elapsed_ns: Some(super::nanos(t0.elapsed())) })
+        let (count, bytes) = (layout.message_count, layout.message_bytes);
+        let side = &mut self.0;
+        super::host_timed_round(buf, layout, done, |arrived| {
+            let result = side.recv_round(request, count, bytes, deadline, peer, arrived);
+            noting_failure(side, result)
+        })
     }
 }
 

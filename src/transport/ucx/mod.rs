@@ -541,21 +541,10 @@ impl RecvSide for UcxReceiver {
         if let Some(d) = &self.0.device {
             d.bind()?;
         }
-        let host = buf.host_slice();
-        let mut arrived = |i: usize, ns: u64| {
-            let slot = layout.slot(i);
-            done.message_done(i, ns, host.map(|h| &h[slot.offset..slot.offset + slot.len]))
-        };
-        let t0 = Instant::now();
-        self.0.recv_round(
-            request,
-            layout.message_count,
-            layout.message_bytes,
-            deadline,
-            peer,
-            &mut arrived,
-        )?;
-        Ok(RoundTiming { elapsed_ns: Some(super::nanos(t0.elapsed())) })
+        let (count, bytes) = (layout.message_count, layout.message_bytes);
+        super::host_timed_round(buf, layout, done, |arrived| {
+            self.0.recv_round(request, count, bytes, deadline, peer, arrived)
+        })
     }
 }
 
