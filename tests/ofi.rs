@@ -38,6 +38,9 @@ fn write_read_and_send_over_tcp_and_shm_move_every_byte() {
             // Transport truth: the provider, and the operation as libfabric names it.
             let details = &send["sender_transport"]["details"];
             assert!(details["ofi_provider"].as_str().unwrap().split(';').any(|p| p == provider), "{details}");
+            // Over sockets the kernel moves the bytes: waits sleep and leave it the cores.
+            let waits = if provider == "tcp" { "sleep" } else { "spin" };
+            assert_eq!(details["ofi_waits"], waits, "{details}");
             let path = send["sender_transport"]["path"].as_str().unwrap();
             let named = match op {
                 "write" => "RMA write (fi_writemsg",

@@ -39,6 +39,10 @@ pub struct Chosen {
     pub provider_version: String,
     pub mr_mode: i32,
     pub delivery_complete: bool,
+    /// Whether waits sleep in the provider's wait object rather than spin:
+    /// where the kernel's sockets move the bytes, a spinning poller takes
+    /// the cores the kernel needs (both sides spin on a small host).
+    pub sleeps: bool,
 }
 
 pub struct Endpoint {
@@ -131,7 +135,11 @@ impl Endpoint {
             let mut cq_attr: sys::fi_cq_attr = std::mem::zeroed();
             cq_attr.format = sys::fi_cq_format::FI_CQ_FORMAT_TAGGED;
             cq_attr.size = 4096;
-            op!(
+            cq_attr.wait_obj = match e.chosen.sleeps {
+                true => sys::fi_wait_obj::FI_WAIT_UNSPEC,
+                false => sys::fi_wait_obj::FI_WAIT_NONE,
+            };
+            let opened = op!(
                 ofi,
                 (*e.domain).ops,
                 cq_open,
@@ -140,7 +148,24 @@ impl Endpoint {
                 &mut cq_attr,
                 &mut e.cq,
                 null_mut()
-            )?;
+            );
+            if opened.is_err() && e.chosen.sleeps {
+                // No wait object here: spin like the other providers.
+                e.chosen.sleeps = false;
+                cq_attr.wait_obj = sys::fi_wait_obj::FI_WAIT_NONE;
+                op!(
+                    ofi,
+                    (*e.domain).ops,
+                    cq_open,
+                    "opening the completion queue",
+                    e.domain,
+                    &mut cq_attr,
+                    &mut e.cq,
+                    null_mut()
+                )?;
+            } else {
+                opened?;
+            }
             let mut av_attr: sys::fi_av_attr = std::mem::zeroed();
             av_attr.type_ = sys::fi_av_type::FI_AV_TABLE;
             op!(
@@ -246,6 +271,7 @@ impl Endpoint {
                 provider_version: format!("{}.{}", f.prov_version >> 16, f.prov_version & 0xffff),
                 mr_mode: d.mr_mode,
                 delivery_complete: want.delivery_complete,
+                sleeps: over_sockets(&text(f.prov_name)),
             }
         }
     }
@@ -436,17 +462,28 @@ impl Endpoint {
 
     /// Reads finished operations into `out`: context, tag and length (of a
     /// receive); an operation that failed is an error with the provider's reason.
-    pub fn completions(&self, out: &mut Vec<Finished>, watchdog: &Watchdog) -> Result<()> {
+    /// With `sleep_ms`, where the endpoint sleeps (`Chosen::sleeps`), waits
+    /// up to that long in the provider's wait object for the first one.
+    pub fn completions(
+        &self,
+        out: &mut Vec<Finished>,
+        watchdog: &Watchdog,
+        sleep_ms: Option<i32>,
+    ) -> Result<()> {
         let _inside = watchdog.enter();
-        self.read_completions(out)
+        self.read_completions(out, sleep_ms.filter(|_| self.chosen.sleeps))
     }
 
-    fn read_completions(&self, out: &mut Vec<Finished>) -> Result<()> {
+    fn read_completions(&self, out: &mut Vec<Finished>, sleep_ms: Option<i32>) -> Result<()> {
         // SAFETY: fi_cq_tagged_entry is plain data; zero is a valid value.
         let mut entries: [sys::fi_cq_tagged_entry; 64] = unsafe { std::mem::zeroed() };
+        let (buf, count) = (entries.as_mut_ptr() as *mut c_void, entries.len());
         // SAFETY: cq is live; entries holds 64 tagged-format entries.
         let n = unsafe {
-            call((*self.cq).ops, |c| c.read)?(self.cq, entries.as_mut_ptr() as *mut c_void, entries.len())
+            match sleep_ms {
+                Some(ms) => call((*self.cq).ops, |c| c.sread)?(self.cq, buf, count, std::ptr::null(), ms),
+                None => call((*self.cq).ops, |c| c.read)?(self.cq, buf, count),
+            }
         };
         if n > 0 {
             out.extend(entries[..n as usize].iter().map(|e| Finished {
@@ -456,7 +493,8 @@ impl Endpoint {
             }));
             return Ok(());
         }
-        if n == -(sys::FI_EAGAIN as isize) {
+        // Nothing yet; a sleep that ran out says so with either code.
+        if n == -(sys::FI_EAGAIN as isize) || n == -(sys::FI_ETIMEDOUT as isize) {
             return Ok(());
         }
         if n == -FI_EAVAIL {
@@ -492,6 +530,12 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Whether a provider (or a layered stack, "tcp;ofi_rxm") moves its bytes
+/// through the kernel's sockets.
+pub fn over_sockets(provider: &str) -> bool {
+    provider.split(';').any(|p| matches!(p, "tcp" | "sockets" | "udp"))
 }
 
 /// A function of an ops table, or an error where the provider left it out.

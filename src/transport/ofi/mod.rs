@@ -69,6 +69,8 @@ impl std::fmt::Display for OfiOp {
 
 /// How often a waiting side looks at the control connection.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
+/// How long a wait spins before it sleeps (on providers that can sleep).
+const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(50);
 /// Keys this side asks for where the provider does not pick them.
 const DATA_KEY: u64 = 0x6b76_0001;
 const SIGNAL_KEY: u64 = 0x6b76_0002;
@@ -164,6 +166,7 @@ impl Side {
             ("ofi_domain", c.domain.clone()),
             ("ofi_mr_mode", format!("{:#x}", c.mr_mode)),
             ("ofi_hmem", (iface != Iface::Host).to_string()),
+            ("ofi_waits", if c.sleeps { "sleep" } else { "spin" }.to_string()),
         ] {
             info.details.insert(k.into(), v);
         }
@@ -254,7 +257,11 @@ impl Side {
     /// every few milliseconds also at the peer and the deadline.
     fn poll(&mut self, clock: &mut Clock, peer: &mut dyn PeerLink) -> Result<Vec<Finished>> {
         let mut got = std::mem::take(&mut self.early);
-        if let Err(e) = self.ep.completions(&mut got, &self.watchdog) {
+        // Spin a moment first (a completion is often microseconds away),
+        // then sleep in the provider where it can (Chosen::sleeps).
+        let quiet = clock.empty_since.is_some_and(|t| t.elapsed() >= SPIN_BEFORE_SLEEP);
+        let sleep_ms = (quiet && got.is_empty()).then_some(1);
+        if let Err(e) = self.ep.completions(&mut got, &self.watchdog, sleep_ms) {
             // A failed operation is often a peer that has gone: its control
             // connection says so a moment later, and names it.
             for _ in 0..20 {
@@ -265,9 +272,12 @@ impl Side {
         }
         if got.is_empty() {
             clock.idle += 1;
+            clock.empty_since.get_or_insert_with(Instant::now);
             if clock.idle.is_multiple_of(64) {
                 std::thread::yield_now();
             }
+        } else {
+            clock.empty_since = None;
         }
         let now = Instant::now();
         if now >= clock.next_watch {
@@ -470,7 +480,7 @@ impl Side {
         let ofi = self.ep.ofi;
         let role = if drives { "posts the operations" } else { "serves the peer's operations" };
         self.info.summary = format!(
-            "ofi libfabric {} ({}): provider {} {}, fabric {}, domain {}, {}, {} in flight, this side {role}, ready in {:.1} ms",
+            "ofi libfabric {} ({}): provider {} {}, fabric {}, domain {}, {}, {} in flight, this side {role}, {waits}, ready in {:.1} ms",
             ofi.version,
             ofi.path,
             c.provider,
@@ -479,7 +489,11 @@ impl Side {
             c.domain,
             self.op,
             self.in_flight,
-            setup.as_secs_f64() * 1e3
+            setup.as_secs_f64() * 1e3,
+            waits = match c.sleeps {
+                true => "waits sleep in the completion queue after 50 us",
+                false => "waits spin on the completion queue",
+            }
         );
         let op = match self.op {
             OfiOp::Write if c.delivery_complete => "RMA write (fi_writemsg, FI_DELIVERY_COMPLETE)",
@@ -544,11 +558,13 @@ struct Clock {
     next_watch: Instant,
     /// Polls that found nothing.
     idle: u64,
+    /// Since when polls have found nothing.
+    empty_since: Option<Instant>,
 }
 
 impl Clock {
     fn new(deadline: Instant, what: String) -> Clock {
-        Clock { deadline, what, next_watch: Instant::now() + WATCH_EVERY, idle: 0 }
+        Clock { deadline, what, next_watch: Instant::now() + WATCH_EVERY, idle: 0, empty_since: None }
     }
 }
 
@@ -559,7 +575,7 @@ fn rdma(provider: &str) -> &'static str {
         "hardware RDMA"
     } else if has("shm") {
         "no RDMA: shared memory between processes of one host"
-    } else if has("tcp") || has("sockets") || has("udp") {
+    } else if fabric::over_sockets(provider) {
         "no RDMA: carried over sockets"
     } else {
         "RDMA unknown for this provider"
