@@ -82,6 +82,9 @@ impl Lanes {
             lanes.iter().copied().filter(|l| l.reaches(mem) || !l.has(&["rma_bw", "rma"])).collect();
         match reaching.iter().any(|l| l.has(&["rma_bw", "rma"])) || op == UcxOp::Send {
             true => (reaching, how),
+            // Host memory no RMA lane reaches (only cuda_ipc offers RMA, as
+            // with error mode peer): UCX falls back to active messages.
+            false if mem == MemType::Host => (self.with(&["am_bw", "am"]), Carried::Emulated),
             false => (lanes, Carried::Staged),
         }
     }
@@ -96,7 +99,9 @@ impl Lanes {
         let names = names.join(", ");
         match how {
             Carried::Direct => format!("{op} over {names}"),
-            Carried::Emulated => format!("{op} emulated with active messages (no RMA lane) over {names}"),
+            Carried::Emulated => {
+                format!("{op} emulated with active messages (no RMA lane reaches the buffer) over {names}")
+            }
             Carried::Staged => {
                 format!("{op} staged through host memory (no lane reaches GPU memory) over {names}")
             }
@@ -178,7 +183,7 @@ mod tests {
         assert_eq!(Lanes::parse(SHM).path(UcxOp::Put, MemType::Host), "put over cma/memory (rma_bw)");
         assert_eq!(
             Lanes::parse(TCP).path(UcxOp::Get, MemType::Host),
-            "get emulated with active messages (no RMA lane) over tcp/lo (am am_bw keepalive wireup)"
+            "get emulated with active messages (no RMA lane reaches the buffer) over tcp/lo (am am_bw keepalive wireup)"
         );
         assert!(Lanes::parse(SHM).path(UcxOp::Send, MemType::Host).contains("sysv/memory"));
     }
@@ -219,5 +224,19 @@ mod tests {
             "put staged through host memory (no lane reaches GPU memory) over cma/memory (rma_bw)"
         );
         assert!(shm.require(UcxOp::Put, MemType::Cuda, &["cuda_ipc".into()]).is_err());
+        // Error mode peer on the H200 pair: RMA only over cuda_ipc, so a
+        // host buffer's put goes over tcp's active messages.
+        let peer = Lanes::parse(PEER);
+        assert_eq!(
+            peer.path(UcxOp::Put, MemType::Host),
+            "put emulated with active messages (no RMA lane reaches the buffer) over tcp/lo (am keepalive wireup)"
+        );
+        assert!(peer.require(UcxOp::Put, MemType::Host, &["tcp".into()]).is_ok());
+        assert_eq!(peer.path(UcxOp::Put, MemType::Cuda), "put over cuda_ipc/cuda (rma_bw)");
     }
+
+    /// As UCX 1.22 with CUDA printed them on the H200 pair (error mode peer).
+    const PEER: &str = "#                 lane[0]:  2:tcp/lo.0 md[1]                -> md[1]/tcp/sysdev[255] seg 4294967295 am keepalive wireup
+#                 lane[1]:  6:cuda_ipc/cuda.0 md[5]         -> md[5]/cuda_ipc/sysdev[255] seg 4294967295 rma_bw#0
+";
 }

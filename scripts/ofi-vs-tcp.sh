@@ -5,14 +5,14 @@
 # series once in turn, so that a slow spell of a small shared machine falls
 # on all of them; the summary takes each point's median over the rounds.
 #
-#   scripts/vm-ofi-vs-tcp.sh OUT_DIR [workload options]
+#   scripts/ofi-vs-tcp.sh OUT_DIR [workload options]
 #   default workload: -m llama-3.1-8b -p 512,2048,8192 -g request,layer -n 10
 #
 # Writes OUT_DIR/<series>.<round>.{txt,json,csv,recv.*} and OUT_DIR/summary.md.
 # Environment: KVXFER_BIN (default target/release), ROUNDS=3.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-out=${1:?usage: vm-ofi-vs-tcp.sh OUT_DIR [workload options]}
+out=${1:?usage: ofi-vs-tcp.sh OUT_DIR [workload options]}
 shift
 workload=("$@")
 [ ${#workload[@]} -gt 0 ] || workload=(-m llama-3.1-8b -p 512,2048,8192 -g request,layer -n 10)
