@@ -135,25 +135,12 @@ impl Endpoint {
             let mut cq_attr: sys::fi_cq_attr = std::mem::zeroed();
             cq_attr.format = sys::fi_cq_format::FI_CQ_FORMAT_TAGGED;
             cq_attr.size = 4096;
-            cq_attr.wait_obj = match e.chosen.sleeps {
-                true => sys::fi_wait_obj::FI_WAIT_UNSPEC,
-                false => sys::fi_wait_obj::FI_WAIT_NONE,
-            };
-            let opened = op!(
-                ofi,
-                (*e.domain).ops,
-                cq_open,
-                "opening the completion queue",
-                e.domain,
-                &mut cq_attr,
-                &mut e.cq,
-                null_mut()
-            );
-            if opened.is_err() && e.chosen.sleeps {
-                // No wait object here: spin like the other providers.
-                e.chosen.sleeps = false;
-                cq_attr.wait_obj = sys::fi_wait_obj::FI_WAIT_NONE;
-                op!(
+            // A provider without a wait object gets a queue that is only polled.
+            let waits = [sys::fi_wait_obj::FI_WAIT_UNSPEC, sys::fi_wait_obj::FI_WAIT_NONE];
+            let mut opened = Ok(());
+            for wait in &waits[usize::from(!e.chosen.sleeps)..] {
+                cq_attr.wait_obj = *wait;
+                opened = op!(
                     ofi,
                     (*e.domain).ops,
                     cq_open,
@@ -162,10 +149,13 @@ impl Endpoint {
                     &mut cq_attr,
                     &mut e.cq,
                     null_mut()
-                )?;
-            } else {
-                opened?;
+                );
+                if opened.is_ok() {
+                    break;
+                }
             }
+            opened?;
+            e.chosen.sleeps = cq_attr.wait_obj != sys::fi_wait_obj::FI_WAIT_NONE;
             let mut av_attr: sys::fi_av_attr = std::mem::zeroed();
             av_attr.type_ = sys::fi_av_type::FI_AV_TABLE;
             op!(
