@@ -72,6 +72,49 @@ fn report_merges_runs_into_series_a_table_and_plots() {
 }
 
 #[test]
+fn a_baseline_adds_ratios_where_it_measured_the_same_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    // The baseline (tcp) is not among the runs: it is added to them.
+    let f = run(
+        KVXFER,
+        &["report", "--baseline", FIXTURES[2], FIXTURES[0], FIXTURES[1], "--out", out.to_str().unwrap()],
+        secs(60),
+    );
+    f.expect_code(0);
+    assert!(f.stdout.contains("| vs tcp (vm-tcp-loopback) |"), "{}", f.stdout);
+    let gbps = |fixture: &str, gran: &str, tokens: u64| {
+        let run = json(std::path::Path::new(fixture));
+        let p = run["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["granularity"] == gran && p["prompt_tokens"] == tokens);
+        p.unwrap()["gbps"].as_f64().unwrap()
+    };
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let ratio = |series: &str, tokens: u64| {
+        let row = csv.lines().find(|r| r.starts_with(&format!("{series},{tokens},"))).expect(series);
+        row.rsplit(',').next().unwrap().to_string()
+    };
+    assert_eq!(csv.lines().count(), 1 + 16, "{csv}");
+    // ucx put and tcp both measured whole requests of 8192 tokens.
+    let want = gbps(FIXTURES[1], "request", 8192) / gbps(FIXTURES[2], "request", 8192);
+    let got: f64 = ratio("ucx put · request", 8192).parse().unwrap();
+    assert!((got - want).abs() < 1e-3 && got > 50.0, "{got} vs {want}");
+    assert_eq!(ratio("tcp · block", 1024), "1.0000");
+    // No tcp point of that size or granularity: no ratio.
+    assert_eq!(ratio("ucx put · request", 512), "");
+    assert_eq!(ratio("nccl P2P/CUMEM group 32 · layer", 8192), "");
+    let f = run(
+        KVXFER,
+        &["report", "--baseline", "/nonexistent.json", FIXTURES[0], "-o", out.to_str().unwrap()],
+        secs(10),
+    );
+    f.expect_code(2).expect_stderr("cannot read /nonexistent.json");
+}
+
+#[test]
 fn report_refuses_what_is_not_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");

@@ -497,6 +497,11 @@ pub struct ReportArgs {
     /// Folder for summary.md, summary.csv and the plots (PNG and SVG)
     #[arg(long, short = 'o', value_name = "DIR")]
     pub out: PathBuf,
+    /// A run to compare every point with: a column of GB/s ratios to its
+    /// point of the same granularity and prompt length (added to the runs
+    /// if not among them)
+    #[arg(long, value_name = "RUN.json")]
+    pub baseline: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Debug)]

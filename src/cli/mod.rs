@@ -231,14 +231,21 @@ fn links() -> Result<()> {
 
 /// `kvxfer report`: the runs merged into one table and a set of plots.
 fn compare(a: &ReportArgs) -> Result<()> {
-    let runs = a
-        .runs
+    let mut paths = a.runs.clone();
+    if let Some(b) = a.baseline.as_ref().filter(|b| !paths.contains(b)) {
+        paths.insert(0, b.clone());
+    }
+    let runs = paths
         .iter()
         .map(|p| {
             let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             report::compare::load(p).map(|r| (name, r))
         })
         .collect::<Result<Vec<_>>>()?;
+    let baseline = a.baseline.as_ref().map(|b| {
+        let i = paths.iter().position(|p| p == b).expect("the baseline is among the runs");
+        report::compare::Baseline::of(&runs[i].0, &runs[i].1)
+    });
     let series = report::compare::series(&runs);
     if series.iter().all(|s| s.points.is_empty()) {
         return Err(Error::usage("the reports hold no measured points"));
@@ -251,9 +258,9 @@ fn compare(a: &ReportArgs) -> Result<()> {
             .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
         Ok::<_, Error>(path)
     };
-    let md = report::compare::markdown(&series);
-    let mut files =
-        vec![write("summary.md", md.clone())?, write("summary.csv", report::compare::csv(&series)?)?];
+    let md = report::compare::markdown(&series, baseline.as_ref());
+    let csv = report::compare::csv(&series, baseline.as_ref())?;
+    let mut files = vec![write("summary.md", md.clone())?, write("summary.csv", csv)?];
     files.extend(report::plot::all(&a.out, &series)?);
     let mut out = std::io::stdout().lock();
     write!(out, "{md}")?;

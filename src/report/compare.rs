@@ -107,15 +107,46 @@ pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
     merged
 }
 
-/// The merged table, as Markdown.
-pub fn markdown(series: &[Series]) -> String {
-    let mut md = String::from(
-        "| series | prompt | messages | request | GB/s | % peak | p50 | p99 | max |\n|---|---|---|---|---|---|---|---|---|\n",
-    );
+/// The run the others are compared with (`report --baseline`): each point's
+/// GB/s over the baseline's at the same granularity, prompt length and
+/// request size, so that transports, builds or clusters read as ratios.
+pub struct Baseline {
+    pub label: String,
+    points: Vec<PointResult>,
+}
+
+impl Baseline {
+    /// `name`: the report's file name, which tells apart runs of one label.
+    pub fn of(name: &str, run: &RunReport) -> Baseline {
+        Baseline { label: format!("{} ({name})", run_label(run)), points: run.points.clone() }
+    }
+
+    /// GB/s of `p` over the baseline's matching point, if it has one.
+    pub fn ratio(&self, p: &PointResult) -> Option<f64> {
+        let base = self.points.iter().find(|b| {
+            b.granularity == p.granularity
+                && b.prompt_tokens == p.prompt_tokens
+                && b.request_bytes == p.request_bytes
+        })?;
+        (base.gbps > 0.0).then(|| p.gbps / base.gbps)
+    }
+}
+
+/// The merged table, as Markdown; with a baseline, a column of ratios to it.
+pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
+    let mut md = String::from("| series | prompt | messages | request | GB/s | % peak | p50 | p99 | max |");
+    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|");
+    if let Some(b) = baseline {
+        md.push_str(&format!(" vs {} |", b.label));
+        rule.push_str("---|");
+    }
+    md.push('\n');
+    md.push_str(&rule);
+    md.push('\n');
     for s in series {
         for p in &s.points {
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
                 s.label,
                 p.prompt_tokens,
                 p.messages,
@@ -126,13 +157,21 @@ pub fn markdown(series: &[Series]) -> String {
                 fmt_ns(p.request_ns.p99 as f64),
                 fmt_ns(p.request_ns.max as f64),
             ));
+            if let Some(b) = baseline {
+                md.push_str(&format!(
+                    " {} |",
+                    b.ratio(p).map(|r| format!("{:.1}%", 100.0 * r)).unwrap_or("-".into())
+                ));
+            }
+            md.push('\n');
         }
     }
     md
 }
 
-/// The merged table, as CSV with raw units.
-pub fn csv(series: &[Series]) -> Result<String> {
+/// The merged table, as CSV with raw units; `gbps_vs_baseline` is empty
+/// without a baseline or a matching point.
+pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record([
         "series",
@@ -144,6 +183,7 @@ pub fn csv(series: &[Series]) -> Result<String> {
         "p50_ns",
         "p99_ns",
         "max_ns",
+        "gbps_vs_baseline",
     ])
     .map_err(|e| Error::run(e.to_string()))?;
     for s in series {
@@ -158,6 +198,7 @@ pub fn csv(series: &[Series]) -> Result<String> {
                 p.request_ns.p50.to_string(),
                 p.request_ns.p99.to_string(),
                 p.request_ns.max.to_string(),
+                baseline.and_then(|b| b.ratio(p)).map(|r| format!("{r:.4}")).unwrap_or_default(),
             ])
             .map_err(|e| Error::run(e.to_string()))?;
         }
