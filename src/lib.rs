@@ -27,3 +27,4 @@ pub mod session;
 pub mod size;
 pub mod transport;
 pub mod units;
+mod words;

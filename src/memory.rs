@@ -26,30 +26,13 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
-    pub fn parse(s: &str) -> Result<MemoryKind> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "host" => Ok(MemoryKind::Host),
-            "pinned" => Ok(MemoryKind::Pinned),
-            "gpu" | "cuda" | "device" => Ok(MemoryKind::Gpu),
-            other => Err(Error::usage(format!("unknown memory '{other}' (expected host, pinned or gpu)"))),
-        }
-    }
-
     /// Whether the bytes live in host memory (counted against the host's RAM).
     pub fn on_host(self) -> bool {
         self != MemoryKind::Gpu
     }
 }
 
-impl std::fmt::Display for MemoryKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MemoryKind::Host => "host",
-            MemoryKind::Pinned => "pinned",
-            MemoryKind::Gpu => "gpu",
-        })
-    }
-}
+crate::words::named_by_words!(MemoryKind, "memory", { Host => "host", Pinned => "pinned", Gpu => "gpu" | "cuda" | "device" });
 
 /// What one side asks for: a kind of memory, and the GPU it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,17 +22,6 @@ pub enum Granularity {
 impl Granularity {
     pub const ALL: [Granularity; 3] = [Granularity::Request, Granularity::Layer, Granularity::Block];
 
-    pub fn parse(s: &str) -> Result<Granularity> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "request" | "req" => Ok(Granularity::Request),
-            "layer" => Ok(Granularity::Layer),
-            "block" => Ok(Granularity::Block),
-            other => {
-                Err(Error::usage(format!("unknown granularity '{other}' (expected request, layer or block)")))
-            }
-        }
-    }
-
     pub fn parse_list(s: &str) -> Result<Vec<Granularity>> {
         let mut out = Vec::new();
         for item in s.split(',').filter(|p| !p.trim().is_empty()) {
@@ -54,15 +43,7 @@ impl Granularity {
     }
 }
 
-impl fmt::Display for Granularity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Granularity::Request => "request",
-            Granularity::Layer => "layer",
-            Granularity::Block => "block",
-        })
-    }
-}
+crate::words::named_by_words!(Granularity, "granularity", { Request => "request" | "req", Layer => "layer", Block => "block" });
 
 /// Which part of a layer a message carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -251,16 +232,7 @@ pub enum VerifyMode {
     Off,
 }
 
-impl VerifyMode {
-    pub fn parse(s: &str) -> Result<VerifyMode> {
-        match s {
-            "after" => Ok(VerifyMode::After),
-            "inline" => Ok(VerifyMode::Inline),
-            "off" => Ok(VerifyMode::Off),
-            other => Err(Error::usage(format!("unknown --verify '{other}' (expected after, inline or off)"))),
-        }
-    }
-}
+crate::words::named_by_words!(VerifyMode, "--verify", { After => "after", Inline => "inline", Off => "off" });
 
 /// Everything both sides must agree on before the first byte moves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

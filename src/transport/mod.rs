@@ -33,30 +33,12 @@ pub enum TransportKind {
     Ofi,
 }
 
-impl TransportKind {
-    pub fn parse(s: &str) -> Result<TransportKind> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "tcp" => Ok(TransportKind::Tcp),
-            "nccl" => Ok(TransportKind::Nccl),
-            "ucx" => Ok(TransportKind::Ucx),
-            "ofi" | "libfabric" => Ok(TransportKind::Ofi),
-            other => {
-                Err(Error::usage(format!("unknown transport '{other}' (available: tcp, nccl, ucx, ofi)")))
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TransportKind::Tcp => "tcp",
-            TransportKind::Nccl => "nccl",
-            TransportKind::Ucx => "ucx",
-            TransportKind::Ofi => "ofi",
-        })
-    }
-}
+crate::words::named_by_words!(TransportKind, "transport", {
+    Tcp => "tcp",
+    Nccl => "nccl",
+    Ucx => "ucx",
+    Ofi => "ofi" | "libfabric",
+});
 
 /// The sender's choice of transport and its knobs; the receiver adopts it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -44,28 +44,7 @@ pub enum OfiOp {
     Send,
 }
 
-impl OfiOp {
-    pub fn parse(s: &str) -> Result<OfiOp> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "write" => Ok(OfiOp::Write),
-            "read" => Ok(OfiOp::Read),
-            "send" => Ok(OfiOp::Send),
-            other => Err(Error::usage(format!(
-                "unknown libfabric operation '{other}' (available: write, read, send)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for OfiOp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            OfiOp::Write => "write",
-            OfiOp::Read => "read",
-            OfiOp::Send => "send",
-        })
-    }
-}
+crate::words::named_by_words!(OfiOp, "libfabric operation", { Write => "write", Read => "read", Send => "send" });
 
 /// How often a waiting side looks at the control connection.
 const WATCH_EVERY: Duration = Duration::from_millis(5);

@@ -42,17 +42,6 @@ pub enum UcxOp {
 }
 
 impl UcxOp {
-    pub fn parse(s: &str) -> Result<UcxOp> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "put" => Ok(UcxOp::Put),
-            "get" => Ok(UcxOp::Get),
-            "send" => Ok(UcxOp::Send),
-            other => {
-                Err(Error::usage(format!("unknown UCX operation '{other}' (available: put, get, send)")))
-            }
-        }
-    }
-
     /// Which side posts the data operations: put and send push, get pulls.
     fn receiver_drives(self) -> bool {
         self == UcxOp::Get
@@ -72,34 +61,8 @@ pub enum UcxErrMode {
     None,
 }
 
-impl UcxErrMode {
-    pub fn parse(s: &str) -> Result<UcxErrMode> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "peer" => Ok(UcxErrMode::Peer),
-            "none" => Ok(UcxErrMode::None),
-            other => Err(Error::usage(format!("unknown UCX error mode '{other}' (available: peer, none)"))),
-        }
-    }
-}
-
-impl std::fmt::Display for UcxErrMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            UcxErrMode::Peer => "peer",
-            UcxErrMode::None => "none",
-        })
-    }
-}
-
-impl std::fmt::Display for UcxOp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            UcxOp::Put => "put",
-            UcxOp::Get => "get",
-            UcxOp::Send => "send",
-        })
-    }
-}
+crate::words::named_by_words!(UcxOp, "UCX operation", { Put => "put", Get => "get", Send => "send" });
+crate::words::named_by_words!(UcxErrMode, "UCX error mode", { Peer => "peer", None => "none" });
 
 /// How often a waiting side looks at the control connection.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
