@@ -106,11 +106,33 @@ fn wrong_keys_and_bytes_are_caught_for_every_operation() {
     let _serial = one_at_a_time();
     for op in ["write", "read", "send"] {
         let base = ["pair", "-t", "ofi", "--ofi-provider", "shm", "--ofi-op", op, "-p", "64", "-n", "2"];
-        let f = run(KVXFER, &[&base[..], &["--fault", "corrupt-byte"]].concat(), secs(60));
-        f.expect_code(3).expect_stderr("1 wrong bytes");
-        let f = run(KVXFER, &[&base[..], &["--fault", "wrong-key"]].concat(), secs(60));
+        // Each ends with exit 3 and leaves no shm file: a failed round skips
+        // closing its endpoint, and removes the file itself.
+        let pair = |fault: &str| {
+            let p = Proc::start(KVXFER, &[&base[..], &["--fault", fault]].concat());
+            let pid = p.child.id();
+            let f = p.finish(secs(60));
+            assert_eq!(shm_files_of(pid), Vec::<String>::new(), "{op} {fault}");
+            f
+        };
+        pair("corrupt-byte").expect_code(3).expect_stderr("1 wrong bytes");
+        let f = pair("wrong-key");
         f.expect_code(3);
         assert!(f.stderr.contains("request 2") || f.stderr.contains("request 1000000009"), "{}", f.stderr);
+    }
+}
+
+/// The /dev/shm files libfabric's shm provider made for process `pid`
+/// (its endpoints are "fi_shm://PID:0:N", files /dev/shm/PID:0:N).
+fn shm_files_of(pid: u32) -> Vec<String> {
+    let names = std::fs::read_dir("/dev/shm").unwrap().filter_map(|e| e.ok()?.file_name().into_string().ok());
+    names.filter(|n| n.starts_with(&format!("{pid}:"))).collect()
+}
+
+/// Removes what a process killed by the test could not (SIGKILL skips all).
+fn remove_shm_files_of(pid: u32) {
+    for name in shm_files_of(pid) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
     }
 }
 
@@ -143,19 +165,25 @@ fn a_killed_or_stopped_peer_ends_the_other_side() {
             (recv, send)
         };
         let (recv, send) = start();
+        let (recv_pid, send_pid) = (recv.child.id(), send.child.id());
         send.signal(libc::SIGKILL);
         let f = recv.finish(secs(15));
         assert_ne!(f.code, Some(0), "{provider} {op}");
         assert!(f.stderr.contains("sender"), "names the peer: {}", f.stderr);
         assert!(!f.stderr.contains("panicked"));
+        assert_eq!(shm_files_of(recv_pid), Vec::<String>::new(), "the side that failed cleans up");
+        remove_shm_files_of(send_pid);
 
         let (recv, send) = start();
+        let (recv_pid, send_pid) = (recv.child.id(), send.child.id());
         recv.signal(libc::SIGSTOP);
         let stopped = std::time::Instant::now();
         let f = send.finish(secs(20));
         assert_ne!(f.code, Some(0), "{provider} {op}");
         assert!(f.stderr.contains("receiver"), "names the peer: {}", f.stderr);
         assert!(stopped.elapsed() < secs(12), "{provider} {op}: took {:?}", stopped.elapsed());
+        assert_eq!(shm_files_of(send_pid), Vec::<String>::new(), "the side that failed cleans up");
         drop(recv);
+        remove_shm_files_of(recv_pid);
     }
 }

@@ -266,6 +266,14 @@ impl Endpoint {
         }
     }
 
+    /// The shared-memory file behind an shm endpoint ("fi_shm://PID:0:1" is
+    /// /dev/shm/PID:0:1), as shm_unlink names it; None for other providers.
+    pub fn shm_file(&self) -> Option<CString> {
+        let name = self.name().ok()?;
+        let name = name.split(|b| *b == 0).next()?.strip_prefix(b"fi_shm://")?;
+        CString::new([b"/", name].concat()).ok()
+    }
+
     /// This endpoint's address, for the peer's address vector.
     pub fn name(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; 256];
@@ -578,6 +586,16 @@ pub struct Watchdog {
     entered_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// Removes the shared-memory file of an endpoint that is not closed (its
+/// provider would remove it in close): the memory stays mapped for whoever
+/// maps it, and /dev/shm does not keep it after the process.
+pub fn remove_shm_file(file: Option<&CString>) {
+    if let Some(f) = file {
+        // SAFETY: a NUL-terminated name; failure (already gone) is harmless.
+        unsafe { libc::shm_unlink(f.as_ptr()) };
+    }
+}
+
 /// Marks a libfabric call in progress until dropped.
 pub struct Inside<'a>(&'a std::sync::atomic::AtomicU64);
 
@@ -588,7 +606,8 @@ impl Drop for Inside<'_> {
 }
 
 impl Watchdog {
-    pub fn start(limit: std::time::Duration, what: String) -> Watchdog {
+    /// `shm_file`: removed before the process ends (`remove_shm_file`).
+    pub fn start(limit: std::time::Duration, what: String, shm_file: Option<CString>) -> Watchdog {
         use std::sync::atomic::Ordering::Relaxed;
         let entered_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let watched = std::sync::Arc::downgrade(&entered_ms);
@@ -602,6 +621,7 @@ impl Watchdog {
                      the peer has stopped while holding state it shares with this process; giving up",
                     limit.as_secs()
                 );
+                remove_shm_file(shm_file.as_ref());
                 // SAFETY: ends the process at once, skipping exit handlers that would hang.
                 unsafe { libc::_exit(1) };
             }

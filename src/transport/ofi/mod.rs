@@ -58,9 +58,11 @@ const SIGNAL_KEY: u64 = 0x6b76_0002;
 struct Side {
     /// Left open after a failed round: a provider may wait forever in its
     /// close for a peer stopped mid-operation (seen with shm); the process
-    /// is about to exit and the system reclaims it all.
+    /// is about to exit and the system reclaims it all but the shm file.
     ep: std::mem::ManuallyDrop<Endpoint>,
     failed: bool,
+    /// The endpoint's /dev/shm file (shm), removed where close is skipped.
+    shm_file: Option<std::ffi::CString>,
     watchdog: Watchdog,
     op: OfiOp,
     in_flight: usize,
@@ -152,6 +154,7 @@ impl Side {
         for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("FI_")) {
             info.details.insert(k, v);
         }
+        let shm_file = ep.shm_file();
         Ok(Side {
             peer_role: setup.ctrl.peer_role,
             ep: std::mem::ManuallyDrop::new(ep),
@@ -160,7 +163,9 @@ impl Side {
             watchdog: Watchdog::start(
                 setup.ctrl.timeout + Duration::from_secs(2),
                 format!("provider {provider_name}, the {} at {}", setup.ctrl.peer_role, setup.ctrl.peer_addr),
+                shm_file.clone(),
             ),
+            shm_file,
             op: spec.ofi_op,
             in_flight: spec.in_flight as usize,
             peer,
@@ -514,9 +519,10 @@ impl Side {
 
 impl Drop for Side {
     fn drop(&mut self) {
-        if !self.failed {
+        match self.failed {
             // SAFETY: dropped once, here, and never used after.
-            unsafe { std::mem::ManuallyDrop::drop(&mut self.ep) };
+            false => unsafe { std::mem::ManuallyDrop::drop(&mut self.ep) },
+            true => fabric::remove_shm_file(self.shm_file.as_ref()),
         }
     }
 }
