@@ -479,7 +479,9 @@ impl SendSide for UcxSender {
         if let Some(d) = &self.0.device {
             d.bind()?;
         }
-        self.0.send_round(request, layout.message_count, layout.message_bytes, deadline, peer)
+        let result = self.0.send_round(request, layout.message_count, layout.message_bytes, deadline, peer);
+        self.0.node.failed |= result.is_err();
+        result
     }
 }
 
@@ -505,8 +507,11 @@ impl RecvSide for UcxReceiver {
             d.bind()?;
         }
         let (count, bytes) = (layout.message_count, layout.message_bytes);
+        let side = &mut self.0;
         super::host_timed_round(buf, layout, done, |arrived| {
-            self.0.recv_round(request, count, bytes, deadline, peer, arrived)
+            let result = side.recv_round(request, count, bytes, deadline, peer, arrived);
+            side.node.failed |= result.is_err();
+            result
         })
     }
 }
