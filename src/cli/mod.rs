@@ -80,6 +80,14 @@ pub struct RecvCli {
 }
 
 pub fn main_kvxfer() -> ! {
+    // Called through a link named kvxfer-send or kvxfer-recv, it is that
+    // binary: one file can carry all three (a GPU machine's small carry).
+    let called = std::env::args_os().next().map(PathBuf::from);
+    match called.as_ref().and_then(|p| p.file_name()).and_then(|n| n.to_str()) {
+        Some("kvxfer-send") => main_send(),
+        Some("kvxfer-recv") => main_recv(),
+        _ => {}
+    }
     exit_with(
         "kvxfer",
         match Kvxfer::parse().command {
@@ -203,6 +211,10 @@ fn links() -> Result<()> {
         match sysfs.pcie(&g.pci_bus_id) {
             Some(l) => show(&mut out, &format!("GPU {} PCIe", g.ordinal), &l)?,
             None => writeln!(out, "GPU {} PCIe: not in sysfs ({})", g.ordinal, g.pci_bus_id)?,
+        }
+        match link::nvml::memory_copy(&g.pci_bus_id) {
+            Some(l) => show(&mut out, &format!("GPU {} memory (copy)", g.ordinal), &l)?,
+            None => writeln!(out, "GPU {} memory: NVML gives no memory clock or bus width", g.ordinal)?,
         }
     }
     for a in &gpus {

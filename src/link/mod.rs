@@ -69,9 +69,10 @@ pub struct Sides<'a> {
 
 /// The link a run crosses, where kvxfer can tell: between two GPUs of one
 /// host, moved GPU to GPU, the NVLinks joining them, else the slower of
-/// their PCIe links; GPU memory staged through the host, its PCIe link;
-/// across hosts, the NIC that carries the control connection. Host memory
-/// on one host crosses no link: None.
+/// their PCIe links; both sides on one GPU, moved GPU to GPU, no link but
+/// that GPU's memory (its copy bandwidth); GPU memory staged through the
+/// host, its PCIe link; across hosts, the NIC that carries the control
+/// connection. Host memory on one host crosses no link: None.
 pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
     if !s.same_host {
         let ifname = s.local_interface.as_deref()?;
@@ -81,10 +82,13 @@ pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
         });
     }
     if let (Some(a), Some(b), true) = (s.sender_gpu, s.receiver_gpu, s.gpu_to_gpu) {
-        if a != b {
-            if let Some(l) = nvml::between(a, b) {
-                return Some(l);
-            }
+        // Two processes on one GPU cross neither NVLink nor PCIe; without
+        // NVML's memory figures there is no ceiling rather than a wrong one.
+        if a == b {
+            return nvml::memory_copy(a);
+        }
+        if let Some(l) = nvml::between(a, b) {
+            return Some(l);
         }
     }
     let pcie: Vec<Link> =
