@@ -19,5 +19,11 @@ fn main() {
     println!("cargo:rustc-env=KVXFER_RUSTC={rustc_version}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs");
+    // A commit rewrites the branch's ref file, not the folder holding it.
+    if let Ok(head) = std::fs::read_to_string(".git/HEAD") {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{branch}");
+        }
+    }
     println!("cargo:rerun-if-changed=.git/index");
 }
