@@ -7,8 +7,10 @@
 #            work in each process's CUDA context between iterations;
 #   kvxfer   ucx put, Llama-3.1-8B, 512 to 32k tokens (64 MiB to 4 GiB
 #            requests), request and layer granularity, with the default
-#            check after each request and with --verify off; ucx get with
-#            UCX_PROTO_INFO=y (which protocol UCX picked), tcp staged.
+#            check after each request and with --verify off; ucx send; ucx
+#            get (the protocol UCX runs, the notice after the first
+#            request); tcp staged; two senders into one receiver, all on
+#            GPU 0 (the hub's ceiling).
 # Needs a CUDA build of UCX (scripts/fetch-ucx-cuda.sh; KVXFER_UCX_DIR,
 # default .cache/ucx-cu13) and the binaries in KVXFER_BIN (kvxfer,
 # kvxfer-send, kvxfer-recv, ucx_bare; default target/release).
@@ -91,13 +93,18 @@ if [[ " $PARTS " == *" bare "* ]]; then
       bare --gpu 0 --sizes "$sizes" --iterations 20 --touch; } >"$OUT/ucx-bare.txt"
 fi
 if [[ " $PARTS " == *" kvxfer "* ]]; then
-    common=(-t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b -p $TOKENS -n 20)
-    run put-request "${common[@]}" -g request
-    run put-request-verify-off "${common[@]}" -g request --verify off
-    run put-layer "${common[@]}" -g layer
-    UCX_PROTO_INFO=y run get-request -t ucx --ucx-op get --ucx-err-mode none -m llama-3.1-8b -p 512 -g request \
-        -n 3 -w 1
+    common=(-t ucx --ucx-err-mode none -m llama-3.1-8b -p $TOKENS -n 20)
+    run put "${common[@]}" --ucx-op put -g request,layer
+    run put-verify-off "${common[@]}" --ucx-op put -g request,layer --verify off
+    run send "${common[@]}" --ucx-op send -g request
+    # get on one GPU: what UCX runs it as, and the notice after the first request.
+    run get -t ucx --ucx-op get --ucx-err-mode none -m llama-3.1-8b -p 512,2048 -g request -n 3 -w 1
     run tcp-staged -t tcp -m llama-3.1-8b -p 512,8192 -g request -n 5
+    # Two senders and their receiver, all on GPU 0: the hub's ceiling.
+    t0=$(date +%s)
+    SEND_GPUS="0 0" RECV_GPUS=0 scripts/fan-gpus.sh "$OUT/fan-2to1" -t ucx --ucx-op put --ucx-err-mode none \
+        -m llama-3.1-8b -p 2048,8192 -g request -n 10 || failed=$((failed + 1))
+    echo "   fan-2to1: $(( $(date +%s) - t0 )) s"
 fi
 echo "gpu-one-gpu.sh: $failed failed run(s)"
 [ $failed = 0 ]

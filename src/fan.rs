@@ -268,8 +268,8 @@ pub fn aggregate(results: &[PointResult], spans: &Histogram<u64>, first_span_ns:
     agg.request_histogram = stats::encode_histogram(spans);
     agg.gbps = crate::units::gbps(bytes as u64, agg.request_ns.mean);
     agg.gbps_p50 = crate::units::gbps(bytes as u64, agg.request_ns.p50 as f64);
-    // The pairs share the hub's link: the same peak, a larger share of it.
-    agg.percent_of_peak = results[0].percent_of_peak.map(|pct| pct * agg.gbps / results[0].gbps.max(1e-12));
+    // Against the fan's own ceiling, which the hub knows (link::fan_ceiling).
+    agg.percent_of_peak = None;
     // Message times are each pair's own; the pairs' figures below say more.
     agg.message_ns = LatencySummary::default();
     agg.first_request_ns = first_span_ns;
@@ -386,6 +386,7 @@ mod tests {
         assert_eq!(agg.request_bytes, 2_000_000);
         assert_eq!(agg.messages, 64);
         assert_eq!(agg.first_request_ns, 6_000);
+        assert_eq!(agg.percent_of_peak, None, "the hub sets it against the fan's ceiling");
         // Spans 2.001 ms and 1.001 ms: 2 MB over a mean of 1.501 ms.
         assert!((agg.gbps - 2e6 / 1.501e6).abs() < 0.01, "{}", agg.gbps);
         let f = agg.fan.as_ref().unwrap();

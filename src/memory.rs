@@ -152,6 +152,15 @@ impl Buffer {
         Ok(integrity::verify(self.host_slice().expect("host memory"), layout, request))
     }
 
+    /// Runs a trivial operation in this side's CUDA context and waits for
+    /// it, so that the GPU last ran this context (see measure::RunConfig).
+    pub fn settle_gpu(&self) -> Result<()> {
+        match &self.kernels {
+            Some(k) => k.settle(),
+            None => Ok(()),
+        }
+    }
+
     /// Flips one byte (the test-only corruption fault).
     pub fn flip_byte(&mut self, offset: usize) -> Result<()> {
         if let Storage::Gpu(mem) = &self.storage {

@@ -59,3 +59,27 @@ fn the_receiver_holds_the_gate_too() {
     let recv = recv.finish(secs(20));
     recv.expect_code(4).expect_stderr("gate failed: layer 128 tokens:");
 }
+
+#[test]
+fn a_figure_above_its_peak_is_flagged_not_taken_for_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    // 1 MB/s: loopback beats this "peak", which therefore cannot be one.
+    let args = ["pair", "-p", "128,1024", "-n", "2", "--link", "0.001", "--json", j.to_str().unwrap()];
+    let f = run(KVXFER, &args, secs(60));
+    f.expect_code(0);
+    assert!(f.rows().iter().all(|r| r.split_whitespace().any(|w| w.ends_with('!'))), "{}", f.stdout);
+    assert!(
+        f.stdout.contains("# CEILING    2 of 2 points measured above the peak of 0.001 GB/s"),
+        "{}",
+        f.stdout
+    );
+    let report = json(&j);
+    let flag = &report["ceiling_exceeded"];
+    assert_eq!(flag["points"], serde_json::json!(["layer 128", "layer 1024"]));
+    assert!(flag["max_percent_of_peak"].as_f64().unwrap() > 100.0);
+    // Nor does a gate on that peak pass.
+    let f =
+        run(KVXFER, &[&args[..5], &["--link", "0.001", "--min-percent-of-peak", "50"]].concat(), secs(60));
+    f.expect_code(4).expect_stderr("above 100% of the peak, which is wrong");
+}

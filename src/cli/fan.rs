@@ -10,6 +10,7 @@ use super::{sender_side, Outputs, ReceiverSide};
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
 use crate::fan::{Fan, FanRun, FanShape, Seat};
+use crate::link::{self, Link};
 use crate::measure::{FanSlot, PointResult};
 use crate::memory::{self, MemorySpec};
 use crate::plan::Plan;
@@ -163,6 +164,8 @@ impl Hub {
             let _ = self.screen.header(&r);
             r
         });
+        let mut p = p;
+        p.percent_of_peak = report.link.as_ref().map(|l| 100.0 * p.gbps / l.peak_gbps);
         self.screen.point(report, &p);
         report.points.push(p);
     }
@@ -189,7 +192,7 @@ impl Hub {
         let seat = fan.seat(0);
         let built = self.report.lock().unwrap_or_else(|e| e.into_inner()).take();
         let report =
-            built.or_else(|| reports.first().map(|r| hub_report(r, seat, Vec::new()))).map(|mut r| {
+            built.or_else(|| reports.first().map(|r| hub_report(r, seat, reports.clone()))).map(|mut r| {
                 r.fan = Some(FanRun { seat, hub: true, pair_reports: reports });
                 r
             });
@@ -198,11 +201,28 @@ impl Hub {
 }
 
 /// The hub's report: pair 0's identity and transport, the aggregate points
-/// to come; the pairs as they stood after setup, for the header.
+/// to come, the fan's ceiling; the pairs as they stood after setup, for
+/// the header.
 fn hub_report(first: &RunReport, seat: Seat, pairs: Vec<RunReport>) -> RunReport {
     let mut r = first.clone();
     r.points.clear();
     r.gate = None;
+    r.link = fan_ceiling(&pairs, seat);
     r.fan = Some(FanRun { seat, hub: true, pair_reports: pairs });
     r
+}
+
+/// The ceiling of the hub's aggregate: the links its pairs really cross,
+/// each once, capped by the hub GPU's own attachment.
+fn fan_ceiling(pairs: &[RunReport], seat: Seat) -> Option<Link> {
+    let links: Vec<Option<Link>> = pairs.iter().map(|r| r.link.clone()).collect();
+    let hub_gpu = pairs.first().and_then(|r| match seat.shape {
+        FanShape::ManyToOne => r.receiver_transport.gpu_bus_id.clone(),
+        FanShape::OneToMany => r.sender_transport.gpu_bus_id.clone(),
+    });
+    let attachment = match (hub_gpu, links.first().cloned().flatten()) {
+        (Some(bus), Some(like)) => link::attachment(&bus, &like, &link::detect::Sysfs::system()),
+        _ => None,
+    };
+    link::fan_ceiling(&links, attachment)
 }

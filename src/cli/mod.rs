@@ -535,9 +535,23 @@ fn sender_side(
         if let Some(f) = fan {
             f.fan.joined(f.pair, &report);
         }
-        let cfg = RunConfig { fault: run.fault };
-        let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, screen);
-        measure::run_sender(&mut sess, transport.as_mut(), buf, &cfg, fan, &mut on_point)?;
+        let cfg = RunConfig {
+            fault: run.fault,
+            one_gpu: one_gpu(
+                &sess.hello.env,
+                &report.receiver,
+                &report.sender_transport,
+                &report.receiver_transport,
+            ),
+        };
+        measure::run_sender(
+            &mut sess,
+            transport.as_mut(),
+            buf,
+            &cfg,
+            fan,
+            &mut Shown { report: &mut report, screen },
+        )?;
         // What the transport used, now that data has moved.
         let last = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Sender)?;
@@ -626,8 +640,12 @@ impl ReceiverSide {
                 f.fan.joined(f.pair, &report);
             }
             let peak = report.link.clone();
-            let mut on_point = |p: &measure::PointResult| record_point(&mut report, p, &self.screen);
-            measure::run_receiver(&mut sess, transport.as_mut(), buf, peak.as_ref(), fan, &mut on_point)?;
+            let cfg = RunConfig {
+                fault: None,
+                one_gpu: one_gpu(&sess.hello.env, &report.receiver, &report.sender_transport, &setup_info),
+            };
+            let mut shown = Shown { report: &mut report, screen: &self.screen };
+            measure::run_receiver(&mut sess, transport.as_mut(), buf, &cfg, peak.as_ref(), fan, &mut shown)?;
             let mut last = side_info(transport.info(), buf, setup_time);
             last.detected_link = setup_info.detected_link;
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
@@ -640,6 +658,11 @@ impl ReceiverSide {
     }
 }
 
+/// Whether both sides' buffers are on the same GPU of one host.
+fn one_gpu(sender: &EnvInfo, receiver: &EnvInfo, send: &TransportInfo, recv: &TransportInfo) -> bool {
+    sender.hostname == receiver.hostname && send.gpu_bus_id.is_some() && send.gpu_bus_id == recv.gpu_bus_id
+}
+
 /// A side's transport details, with its buffer and setup time.
 fn side_info(mut info: TransportInfo, buf: &Buffer, setup: Duration) -> TransportInfo {
     info.memory = buf.describe();
@@ -649,9 +672,23 @@ fn side_info(mut info: TransportInfo, buf: &Buffer, setup: Duration) -> Transpor
     info
 }
 
-fn record_point(report: &mut RunReport, p: &measure::PointResult, screen: &Screen) {
-    screen.point(report, p);
-    report.points.push(p.clone());
+/// A run's events, kept in its report and shown on its screen.
+struct Shown<'a> {
+    report: &'a mut RunReport,
+    screen: &'a Screen,
+}
+
+impl measure::RunEvents for Shown<'_> {
+    fn request(&mut self, point: usize, iteration: u32, bytes: usize, ns: u64) {
+        if point == 0 && iteration == 0 {
+            self.screen.first_request(self.report, bytes, ns);
+        }
+    }
+
+    fn point(&mut self, p: &measure::PointResult) {
+        self.screen.point(self.report, p);
+        self.report.points.push(p.clone());
+    }
 }
 
 /// The peer's transport details.

@@ -61,6 +61,18 @@ impl Screen {
         self.bar.set_message(format!("last: {} {}, {:.1} GB/s", p.granularity, p.prompt_tokens, p.gbps));
     }
 
+    /// After the run's first request: where the rate says the sweep will
+    /// be long, or far below the link, the user hears so at once (and can
+    /// stop it) rather than after the first point.
+    pub fn first_request(&self, report: &RunReport, bytes: usize, ns: u64) {
+        if !self.table && !self.json_stream {
+            return;
+        }
+        if let Some(text) = first_request_notice(report, bytes, ns) {
+            self.bar.suspend(|| eprintln!("{text}"));
+        }
+    }
+
     pub fn footer(&self, report: &RunReport) -> Result<()> {
         self.bar.finish_and_clear();
         let mut out = std::io::stdout().lock();
@@ -77,5 +89,84 @@ impl Screen {
             writeln!(out, "{line}")?;
         }
         Ok(())
+    }
+}
+
+/// A sweep projected to run longer than this is announced after its first request.
+const LONG_SWEEP: Duration = Duration::from_secs(60);
+/// A first request below this share of the link's peak is announced.
+const FAR_BELOW_PEAK_PERCENT: f64 = 5.0;
+
+/// What to say after the first request, if anything: its rate, the sweep's
+/// length at that rate, the share of the peak, and the path that carried it.
+fn first_request_notice(report: &RunReport, bytes: usize, ns: u64) -> Option<String> {
+    let gbps = crate::units::gbps(bytes as u64, ns.max(1) as f64);
+    let plan = &report.plan;
+    let total: u64 = plan
+        .points()
+        .iter()
+        .map(|p| (plan.warmup + plan.iterations) as u64 * p.layout.total_bytes() as u64)
+        .sum();
+    let sweep = Duration::from_secs_f64(total as f64 / (gbps * 1e9));
+    let share = report.link.as_ref().map(|l| (l, 100.0 * gbps / l.peak_gbps));
+    let far_below = share.is_some_and(|(_, pct)| pct < FAR_BELOW_PEAK_PERCENT);
+    if sweep < LONG_SWEEP && !far_below {
+        return None;
+    }
+    let mut text = format!(
+        "kvxfer: the first request moved {} in {} ({gbps:.2} GB/s",
+        crate::units::fmt_bytes(bytes as u64),
+        crate::units::fmt_ns(ns as f64)
+    );
+    if let Some((l, pct)) = share {
+        text += &format!(", {pct:.2}% of {} at {:.0} GB/s", l.name, l.peak_gbps);
+    }
+    text += &format!(
+        "); at this rate the whole sweep takes about {}",
+        humantime::format_duration(Duration::from_secs((sweep.as_secs_f64().round() as u64).max(1)))
+    );
+    let paths: Vec<&str> = [&report.sender_transport, &report.receiver_transport]
+        .iter()
+        .filter_map(|i| i.path.as_deref())
+        .collect();
+    if far_below && !paths.is_empty() {
+        text += &format!(". Far below the link: the path is {}", paths.join("; "));
+    }
+    Some(text + ". Ctrl-C stops it.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> RunReport {
+        let json = std::fs::read_to_string("tests/fixtures/reports/h200-ucx-put.json").expect("a fixture");
+        serde_json::from_str(&json).expect("a report")
+    }
+
+    #[test]
+    fn a_first_request_far_below_the_link_or_a_long_sweep_is_announced() {
+        let mut r = report();
+        let link = r.link.clone().expect("the fixture has a link");
+        let bytes = 64 << 20;
+        // At 90% of the link, this short sweep says nothing.
+        let quick = (bytes as f64 / (0.9 * link.peak_gbps)) as u64;
+        assert_eq!(first_request_notice(&r, bytes, quick), None);
+        // At 1%: the rate, the share, the path, how to stop.
+        let slow = (bytes as f64 / (0.01 * link.peak_gbps)) as u64;
+        r.receiver_transport.path =
+            Some("get over cuda_ipc/cuda (rma_bw); UCX ran software emulation".into());
+        let text = first_request_notice(&r, bytes, slow).expect("a notice");
+        assert!(text.contains("1.00% of"), "{text}");
+        assert!(text.contains("software emulation"), "{text}");
+        assert!(text.ends_with("Ctrl-C stops it."), "{text}");
+        // No link: only a long sweep is announced.
+        r.link = None;
+        let total: u64 = r.plan.points().iter().map(|p| p.layout.total_bytes() as u64).sum::<u64>()
+            * (r.plan.warmup + r.plan.iterations) as u64;
+        let two_minutes = 120e9 * bytes as f64 / total as f64;
+        let text = first_request_notice(&r, bytes, two_minutes as u64).expect("a notice");
+        assert!(text.contains("takes about 2m"), "{text}");
+        assert_eq!(first_request_notice(&r, bytes, (two_minutes / 4.0) as u64), None);
     }
 }

@@ -85,6 +85,15 @@ impl PatternKernels {
         self.stream.wait(self.deadline(layout), "writing the integrity pattern")
     }
 
+    /// A 16-byte memset on this context's stream, waited for.
+    pub fn settle(&self) -> Result<()> {
+        self.device.bind()?;
+        // SAFETY: the counters hold 16 bytes; nothing reads them until verify resets them.
+        unsafe { result::memset_d8_async(self.counters.ptr, 0, 16, self.stream.raw) }
+            .map_err(|e| Error::run(format!("CUDA: a memset on {}: {e}", self.device.describe())))?;
+        self.stream.wait(Instant::now() + self.timeout, "a memset")
+    }
+
     /// Counts the bytes of `mem`'s request that differ from the pattern.
     pub fn verify(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<Check> {
         let words = self.prepare(mem, layout, request)?;

@@ -96,6 +96,51 @@ pub fn detect(s: &Sides, sysfs: &detect::Sysfs) -> Option<Link> {
     pcie.into_iter().min_by(|a, b| a.peak_gbps.total_cmp(&b.peak_gbps))
 }
 
+/// The ceiling of a fan's aggregate (N pairs at once through one hub):
+/// the pairs' links, each counted once however many pairs share it (two
+/// senders on one GPU share its NVLinks to the receiver), and never more
+/// than the hub's own attachment (all its NVLinks, its PCIe link), which
+/// every pair crosses. None unless every pair's link is known.
+pub fn fan_ceiling(pairs: &[Option<Link>], hub_attachment: Option<Link>) -> Option<Link> {
+    let pairs: Vec<&Link> = pairs.iter().map(Option::as_ref).collect::<Option<_>>()?;
+    let mut distinct: Vec<&Link> = Vec::new();
+    for l in pairs {
+        if !distinct.iter().any(|d| d.name == l.name && d.source == l.source) {
+            distinct.push(l);
+        }
+    }
+    let sum = match distinct.as_slice() {
+        [] => return None,
+        [one] => (*one).clone(),
+        many => Link {
+            name: many.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(" + "),
+            peak_gbps: many.iter().map(|l| l.peak_gbps).sum(),
+            source: format!(
+                "the sum of the pairs' {} distinct links: {}",
+                many.len(),
+                many.iter().map(|l| l.source.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+        },
+    };
+    match hub_attachment {
+        Some(cap) if cap.peak_gbps < sum.peak_gbps => Some(Link {
+            source: format!("the hub's own attachment, which every pair crosses: {}", cap.source),
+            ..cap
+        }),
+        _ => Some(sum),
+    }
+}
+
+/// What GPU `bus` is attached by, of the kind of `like` (one of its
+/// pairs' links): all its NVLinks, or its PCIe link. None for other links.
+pub fn attachment(bus: &str, like: &Link, sysfs: &detect::Sysfs) -> Option<Link> {
+    match like.name.split_whitespace().next() {
+        Some("NVLink") => nvml::all_links(bus),
+        Some("PCIe") => sysfs.pcie(bus),
+        _ => None,
+    }
+}
+
 pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }
@@ -134,6 +179,31 @@ mod tests {
         assert!(parse("warp-drive").is_err());
         assert!(parse("-4").is_err());
         assert!(parse("0").is_err());
+    }
+
+    fn link(name: &str, gbps: f64, source: &str) -> Link {
+        Link { name: name.into(), peak_gbps: gbps, source: source.into() }
+    }
+
+    #[test]
+    fn a_fan_counts_each_link_once_and_never_past_the_hub() {
+        let nv01 = link("NVLink x18", 450.0, "NVML: 18 active NVLinks from 0:06 to 0:07");
+        let nv21 = link("NVLink x18", 450.0, "NVML: 18 active NVLinks from 0:08 to 0:07");
+        // Two senders on GPU 0 into GPU 1: one set of NVLinks.
+        let two_on_one = fan_ceiling(&[Some(nv01.clone()), Some(nv01.clone())], None).unwrap();
+        assert_eq!(two_on_one, nv01);
+        // Senders on two GPUs: two sets, summed ...
+        let two = fan_ceiling(&[Some(nv01.clone()), Some(nv21.clone())], None).unwrap();
+        assert_eq!(two.peak_gbps, 900.0);
+        assert_eq!(two.name, "NVLink x18 + NVLink x18");
+        // ... but no more than the receiving GPU's own NVLinks.
+        let hub = link("NVLink x18 (all of 0:07)", 450.0, "NVML: 18 active NVLinks of 0:07");
+        let capped = fan_ceiling(&[Some(nv01.clone()), Some(nv21)], Some(hub)).unwrap();
+        assert_eq!(capped.peak_gbps, 450.0);
+        assert!(capped.source.starts_with("the hub's own attachment"), "{}", capped.source);
+        // A pair without a known link leaves the fan without one.
+        assert!(fan_ceiling(&[Some(nv01), None], None).is_none());
+        assert!(fan_ceiling(&[], None).is_none());
     }
 
     #[test]

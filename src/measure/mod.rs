@@ -14,7 +14,7 @@ use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::Buffer;
 use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
-use crate::session::{Control, Msg, ReceiverSession, SenderSession};
+use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
 use crate::transport::{Completions, PeerLink, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use integrity::Check;
@@ -52,9 +52,34 @@ impl Fault {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RunConfig {
     pub fault: Option<Fault>,
+    /// Both sides' buffers are on one GPU (two processes sharing it).
+    pub one_gpu: bool,
+}
+
+impl RunConfig {
+    /// On one GPU the two processes' CUDA contexts take turns, and the
+    /// switch costs about 140 us on an H200 (results/h200/one-gpu): when
+    /// the side that runs the round's copy was not the last to use the GPU,
+    /// the request pays it, which two GPUs never do. So the pattern work
+    /// between requests is ordered to leave that side's context last: the
+    /// side that copies, if one side alone does (see transport::gpu_copier).
+    fn copier(&self, plan: &Plan, spec: &crate::transport::TransportSpec) -> Option<Role> {
+        (self.one_gpu && plan.verify == VerifyMode::After)
+            .then(|| crate::transport::gpu_copier(spec))
+            .flatten()
+    }
+}
+
+/// What the engine tells its caller as a run goes.
+pub trait RunEvents {
+    /// Request `iteration` (warm-ups first) of point `point` moved `bytes`
+    /// in `ns`, as this side's host clock saw it.
+    fn request(&mut self, _point: usize, _iteration: u32, _bytes: usize, _ns: u64) {}
+    /// A sweep point's figures, as the receiver measured them.
+    fn point(&mut self, p: &PointResult);
 }
 
 /// This pair's place at a fan's hub: its rounds wait for the other pairs'.
@@ -81,9 +106,10 @@ pub fn run_sender(
     buf: &mut Buffer,
     cfg: &RunConfig,
     fan: Option<FanSlot>,
-    on_point: &mut dyn FnMut(&PointResult),
+    events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
+    let copier = cfg.copier(&plan, &sess.hello.transport);
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
@@ -121,6 +147,7 @@ pub fn run_sender(
                     }
                 })?;
             }
+            let sending = Instant::now();
             transport.send(
                 buf,
                 layout,
@@ -128,6 +155,7 @@ pub fn run_sender(
                 deadline,
                 &mut RequestLink { ctrl, go: None, request, fan },
             )?;
+            events.request(p, it, bytes, sending.elapsed().as_nanos() as u64);
             if let Some(f) = fan {
                 let ns =
                     ctrl.expect_by(deadline, &format!("waiting for the time of request {request}"), |m| {
@@ -138,6 +166,17 @@ pub fn run_sender(
                     })?;
                 f.fan.finish(f.pair, it >= plan.warmup, start, ns);
             }
+            if copier == Some(Role::Sender) {
+                // The next pattern waits for the receiver's check: then this
+                // side's context is the last to have run on the GPU.
+                let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
+                ctrl.expect_by(by, &format!("waiting for the receiver to check request {request}"), |m| {
+                    match m {
+                        Msg::Checked { request: r } if r == request => Ok(()),
+                        other => Err(other),
+                    }
+                })?;
+            }
         }
         let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
         let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
@@ -147,7 +186,7 @@ pub fn run_sender(
         if let Some(f) = fan {
             f.fan.point_done(f.pair, &result);
         }
-        on_point(&result);
+        events.point(&result);
         results.push(result);
     }
     let by = ctrl.deadline();
@@ -162,9 +201,10 @@ pub fn run_receiver(
     sess: &mut ReceiverSession,
     transport: &mut dyn RecvSide,
     buf: &mut Buffer,
+    cfg: &RunConfig,
     link: Option<&Link>,
     fan: Option<FanSlot>,
-    on_point: &mut dyn FnMut(&PointResult),
+    events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
     // A spoke of a sender's one-to-many fan tells it each request's time.
     let report_times = sess.hello.seat.is_some();
@@ -173,6 +213,7 @@ pub fn run_receiver(
     // event times would miss the wait. The host clock sees it.
     let host_clock = report_times || fan.is_some();
     let plan = sess.hello.plan.clone();
+    let copier = cfg.copier(&plan, &sess.hello.transport);
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
@@ -194,6 +235,10 @@ pub fn run_receiver(
                     other => Err(other),
                 },
             )?;
+            if copier == Some(Role::Receiver) {
+                // The sender's pattern is written: this context runs last.
+                buf.settle_gpu()?;
+            }
             sink.begin(request);
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
             let t0 = match fan {
@@ -222,6 +267,7 @@ pub fn run_receiver(
             if let Some(f) = fan {
                 f.fan.finish(f.pair, it >= plan.warmup, t0, request_ns);
             }
+            events.request(p, it, bytes, request_ns);
             if it == 0 {
                 first_request_ns = request_ns;
             }
@@ -234,13 +280,16 @@ pub fn run_receiver(
                 VerifyMode::Inline => check.merge(sink.take_check()),
                 VerifyMode::Off => {}
             }
+            if copier == Some(Role::Sender) {
+                ctrl.send(&Msg::Checked { request })?;
+            }
         }
         let result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         if let Some(f) = fan {
             f.fan.point_done(f.pair, &result);
         }
-        on_point(&result);
+        events.point(&result);
         results.push(result);
     }
     ctrl.send(&Msg::Finish)?;

@@ -99,8 +99,13 @@ impl Gate {
                 let Some(floor) = threshold.for_tokens(p.prompt_tokens) else { continue };
                 checks += 1;
                 let what = format!("{} {} tokens", p.granularity, p.prompt_tokens);
+                let wrong_peak = p.percent_of_peak.is_some_and(|v| v > 100.0);
                 match value(p) {
                     None => failures.push(format!("{what}: no peak to compare with ({flag} needs --link)")),
+                    // A share of a peak the run exceeded says nothing.
+                    Some(_) if wrong_peak && unit == "% of peak" => failures.push(format!(
+                        "{what}: above 100% of the peak, which is wrong: {flag} cannot judge it"
+                    )),
                     Some(v) if v < floor => failures.push(format!("{what}: {v:.1} {unit} < {flag} {floor}")),
                     Some(_) => {}
                 }

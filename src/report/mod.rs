@@ -50,6 +50,42 @@ pub struct RunReport {
     /// One of N pairs run together (many-to-one, one-to-many), or their hub.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fan: Option<crate::fan::FanRun>,
+    /// Points measured above 100% of the link's peak: the peak is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceiling_exceeded: Option<CeilingExceeded>,
+}
+
+/// A figure above its physical ceiling is a bug, never a result: a run
+/// whose points exceed the peak it was given or found says so, with the
+/// figures kept as measured, so that the wrong ceiling gets reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CeilingExceeded {
+    /// The points above 100%, as "granularity prompt_tokens".
+    pub points: Vec<String>,
+    pub max_percent_of_peak: f64,
+    pub note: String,
+}
+
+impl CeilingExceeded {
+    pub fn of(points: &[PointResult], link: Option<&Link>) -> Option<CeilingExceeded> {
+        let above: Vec<&PointResult> =
+            points.iter().filter(|p| p.percent_of_peak.is_some_and(|v| v > 100.0)).collect();
+        let link = link?;
+        let max = above.iter().filter_map(|p| p.percent_of_peak).fold(f64::NAN, f64::max);
+        (!above.is_empty()).then(|| CeilingExceeded {
+            points: above.iter().map(|p| format!("{} {}", p.granularity, p.prompt_tokens)).collect(),
+            max_percent_of_peak: max,
+            note: format!(
+                "{} of {} points measured above the peak of {} ({:.2} GB/s), up to {max:.1}%: that peak is not this \
+                 run's ceiling. The figures are as measured; the peak is a bug of kvxfer's link detection (or a \
+                 wrong --link): please report it with this file",
+                above.len(),
+                points.len(),
+                link.name,
+                link.peak_gbps
+            ),
+        })
+    }
 }
 
 impl RunReport {
@@ -75,6 +111,7 @@ impl RunReport {
             outcome: "running".into(),
             gate: None,
             fan: hello.seat.map(|seat| crate::fan::FanRun { seat, hub: false, pair_reports: Vec::new() }),
+            ceiling_exceeded: None,
         }
     }
 
@@ -87,6 +124,7 @@ impl RunReport {
             None if self.wrong_bytes > 0 => "wrong bytes".into(),
             None => "ok".into(),
         };
+        self.ceiling_exceeded = CeilingExceeded::of(&self.points, self.link.as_ref());
     }
 
     pub fn first_wrong(&self) -> Option<&str> {

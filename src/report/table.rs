@@ -157,7 +157,12 @@ fn fan_header(f: &crate::fan::FanRun, out: &mut dyn Write) -> Result<()> {
 
 pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
     let l = &p.request_ns;
-    let peak = p.percent_of_peak.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    // Above 100% the peak is wrong, not the figure: marked, and said below the table.
+    let peak = match p.percent_of_peak {
+        Some(v) if v > 100.0 => format!("{v:.1}!"),
+        Some(v) => format!("{v:.1}"),
+        None => "-".into(),
+    };
     let wrong = if r.plan.verify == VerifyMode::Off { "-".into() } else { p.wrong_bytes.to_string() };
     writeln!(
         out,
@@ -218,6 +223,9 @@ pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     writeln!(out, "# integrity  {verdict}")?;
     if let Some(g) = &r.gate {
         writeln!(out, "# gate       {}", g.line())?;
+    }
+    if let Some(c) = &r.ceiling_exceeded {
+        writeln!(out, "# CEILING    {} (points: {})", c.note, c.points.join(", "))?;
     }
     for (side, info) in [("sender", &r.sender_transport), ("receiver", &r.receiver_transport)] {
         if let Some(path) = &info.path {

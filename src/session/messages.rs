@@ -83,6 +83,11 @@ pub enum Msg {
         point: usize,
         request: u64,
     },
+    /// Receiver, both sides on one GPU: the request's check is done, the
+    /// sender may write the next pattern (see measure::RunConfig::copier).
+    Checked {
+        request: u64,
+    },
     /// Receiver of a one-to-many fan: how long a request took, as it timed it.
     Took {
         request: u64,
@@ -115,6 +120,7 @@ impl Msg {
             Msg::Pong => "pong",
             Msg::Ready { .. } => "ready",
             Msg::Go { .. } => "go",
+            Msg::Checked { .. } => "checked",
             Msg::Took { .. } => "took",
             Msg::PointDone { .. } => "point-done",
             Msg::Abort { .. } => "abort",

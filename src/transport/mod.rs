@@ -118,6 +118,27 @@ impl TransportSpec {
     }
 }
 
+/// The side whose CUDA context runs a round's copies over GPU memory, where
+/// one side alone does: the initiator of a UCX put (its cuda_ipc copy) or
+/// get, the receiver of a UCX tagged send (UCX's rendezvous reads from the
+/// sender), the initiator of a libfabric write or read. tcp staging and
+/// NCCL run copies or kernels on both sides: None.
+pub fn gpu_copier(spec: &TransportSpec) -> Option<crate::session::Role> {
+    use crate::session::Role;
+    match spec.kind {
+        TransportKind::Ucx => Some(match spec.ucx_op {
+            ucx::UcxOp::Put => Role::Sender,
+            ucx::UcxOp::Get | ucx::UcxOp::Send => Role::Receiver,
+        }),
+        TransportKind::Ofi => match spec.ofi_op {
+            ofi::OfiOp::Write => Some(Role::Sender),
+            ofi::OfiOp::Read => Some(Role::Receiver),
+            ofi::OfiOp::Send => None,
+        },
+        TransportKind::Tcp | TransportKind::Nccl => None,
+    }
+}
+
 /// Settings of one side that its peer need not know.
 #[derive(Clone, Debug, Default)]
 pub struct LocalOptions {

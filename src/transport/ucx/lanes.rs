@@ -128,6 +128,28 @@ impl Lanes {
     }
 }
 
+/// The protocol in UCX's request info string (proto v2, UCX 1.16 and
+/// newer): what follows "length N", without the performance estimate UCX
+/// appends ("software emulation sysv/memory", "zero-copy cuda_ipc/cuda").
+/// Older UCX describes a request by its functions: kept whole.
+pub fn protocol_words(info: &str) -> String {
+    let Some(at) = info.find(" length ") else { return info.to_string() };
+    let rest = info[at + " length ".len()..].trim_start_matches(|c: char| c.is_ascii_digit()).trim();
+    if rest.contains("()") {
+        return info.to_string();
+    }
+    let mut words: Vec<&str> = rest.split_whitespace().collect();
+    if words.ends_with(&["-", "not", "available"]) {
+        words.truncate(words.len() - 3);
+    }
+    // "... 1234.5 MB/s 12.34 us": UCX's estimate, not a measurement.
+    let n = words.len();
+    if n >= 4 && words[n - 3] == "MB/s" && words[n - 1] == "us" {
+        words.truncate(n - 4);
+    }
+    words.join(" ")
+}
+
 fn parse_line(line: &str) -> Option<Lane> {
     let rest = &line[line.find("lane[")?..];
     let rest = &rest[rest.find("]:")? + 2..];

@@ -26,6 +26,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
 use crate::plan::RequestLayout;
+use crate::units::fmt_bytes;
 pub use lanes::Lanes;
 use serde::{Deserialize, Serialize};
 use std::ffi::c_void;
@@ -82,6 +83,12 @@ struct Side {
     info: TransportInfo,
     /// When each message of the round was posted, for its latency.
     posted_at: Vec<Instant>,
+    /// The endpoint's lanes, read once wired up.
+    lanes: Lanes,
+    /// Whether this side posts the data operations.
+    drives: bool,
+    /// UCX's account of the protocol that carried messages of each size.
+    protocols: std::collections::BTreeMap<usize, String>,
 }
 
 pub struct UcxSender(Side);
@@ -237,6 +244,9 @@ impl Side {
             device,
             info: TransportInfo::default(),
             posted_at: Vec::new(),
+            lanes: Lanes::default(),
+            drives: false,
+            protocols: Default::default(),
         };
         side.info.details.insert("ucx_library".into(), ucp.path.clone());
         side.info.details.insert("ucx_version".into(), ucp.version.clone());
@@ -291,10 +301,43 @@ impl Side {
         );
         self.info.details.insert("ucx_endpoint".into(), report.trim().to_string());
         if drives {
-            self.info.path = Some(lanes.path(self.op, self.node.mem()));
             lanes.require(self.op, self.node.mem(), &spec.require_transport)?;
         }
+        (self.lanes, self.drives) = (lanes, drives);
         Ok(())
+    }
+
+    /// The report's details: on the driving side the path, from the lanes
+    /// and from the protocols UCX said it ran (they can differ: a get with
+    /// a cuda_ipc lane ran as software emulation over shared memory on one
+    /// GPU, at 0.7 GB/s).
+    fn report(&self) -> TransportInfo {
+        let mut info = self.info.clone();
+        if self.drives {
+            let mut path = self.lanes.path(self.op, self.node.mem());
+            for (bytes, said) in &self.protocols {
+                path += &format!("; UCX ran {} at {}", lanes::protocol_words(said), fmt_bytes(*bytes as u64));
+            }
+            info.path = Some(path);
+        }
+        for (bytes, said) in &self.protocols {
+            info.details.insert(format!("ucx_protocol_{bytes}"), said.clone());
+        }
+        info
+    }
+
+    /// Asks UCX which protocol carries a message of `bytes`, once per size.
+    fn note_protocol(
+        protocols: &mut std::collections::BTreeMap<usize, String>,
+        node: &Node,
+        bytes: usize,
+        op: &Op,
+    ) {
+        if let (Op::Pending(req), false) = (op, protocols.contains_key(&bytes)) {
+            if let Some(said) = node.protocol_of(*req) {
+                protocols.insert(bytes, said);
+            }
+        }
     }
 
     /// The pushing side's round: waits for the receiver's go, then puts and
@@ -308,7 +351,7 @@ impl Side {
         peer: &mut dyn PeerLink,
     ) -> Result<()> {
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
-        let node = &self.node;
+        let (node, protocols) = (&self.node, &mut self.protocols);
         let what = || format!("sending request {request} over UCX");
         let mut w = Waiter::new(deadline, peer);
         if op.receiver_drives() {
@@ -332,6 +375,7 @@ impl Side {
                 UcxOp::Put => node.put(i, i * bytes, bytes, remote_base + (i * bytes) as u64)?,
                 _ => node.send(i, i * bytes, bytes, tag::make(tag::DATA, request, i))?,
             };
+            Side::note_protocol(protocols, node, bytes, &posted);
             if let Op::Done = posted {
                 window.finished_at_once(i, &mut ignore)?;
             }
@@ -362,7 +406,7 @@ impl Side {
         arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
     ) -> Result<()> {
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
-        let node = &self.node;
+        let (node, protocols) = (&self.node, &mut self.protocols);
         let t0 = Instant::now();
         let what = || format!("receiving request {request} over UCX");
         let doing = what();
@@ -395,12 +439,14 @@ impl Side {
             arrived(i, ns)
         };
         let mut next = 0;
-        let post = |window: &mut Window, i: usize, check: &mut Done| -> Result<()> {
+        let mut post = |window: &mut Window, i: usize, check: &mut Done| -> Result<()> {
             window.post(i);
             if op == UcxOp::Send {
                 return node.recv(i, i * bytes, bytes, tag::make(tag::DATA, 0, 0), tag::KIND);
             }
-            if let Op::Done = node.get(i, i * bytes, bytes, remote_base + (i * bytes) as u64)? {
+            let posted = node.get(i, i * bytes, bytes, remote_base + (i * bytes) as u64)?;
+            Side::note_protocol(protocols, node, bytes, &posted);
+            if let Op::Done = posted {
                 window.finished_at_once(i, check)?;
             }
             Ok(())
@@ -461,7 +507,7 @@ impl UcxReceiver {
 
 impl SendSide for UcxSender {
     fn info(&self) -> TransportInfo {
-        self.0.info.clone()
+        self.0.report()
     }
 
     fn go_in_band(&self) -> bool {
@@ -487,7 +533,7 @@ impl SendSide for UcxSender {
 
 impl RecvSide for UcxReceiver {
     fn info(&self) -> TransportInfo {
-        self.0.info.clone()
+        self.0.report()
     }
 
     fn go_in_band(&self) -> bool {

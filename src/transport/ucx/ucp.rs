@@ -559,6 +559,31 @@ impl Node {
         }
     }
 
+    /// UCX's own account of the protocol a pending request runs
+    /// (ucp_request_query's info string), e.g. "{..} get* into cuda/GPU0
+    /// from cuda/dev[0] length 67108864 software emulation sysv/memory ...".
+    /// The lanes of an endpoint say what could carry an operation; this says
+    /// what does. None where the library lacks the call.
+    pub fn protocol_of(&self, req: Request) -> Option<String> {
+        if self.ucp.lib.ucp_request_query.is_err() {
+            return None;
+        }
+        let mut text = [0 as libc::c_char; 512];
+        // SAFETY: zeroed but for the fields named in field_mask.
+        let mut attr: sys::ucp_request_attr_t = unsafe { std::mem::zeroed() };
+        attr.field_mask = (sys::ucp_req_attr_field::UCP_REQUEST_ATTR_FIELD_INFO_STRING
+            | sys::ucp_req_attr_field::UCP_REQUEST_ATTR_FIELD_INFO_STRING_SIZE)
+            as u64;
+        attr.debug_string = text.as_mut_ptr();
+        attr.debug_string_size = text.len();
+        // SAFETY: req is a live request of this worker; UCX writes at most the size given.
+        let status = unsafe { self.ucp.lib.ucp_request_query(req.0, &mut attr) };
+        text[text.len() - 1] = 0;
+        // SAFETY: NUL-terminated just above, whatever UCX wrote.
+        let info = unsafe { CStr::from_ptr(text.as_ptr()) }.to_string_lossy().trim().to_string();
+        (status == sys::ucs_status_t::UCS_OK && !info.is_empty()).then_some(info)
+    }
+
     /// What `ucp_ep_print_info` says of the endpoint: its lanes and the
     /// transport and device of each.
     pub fn endpoint_report(&self) -> String {
