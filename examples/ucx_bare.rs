@@ -10,16 +10,19 @@
 //! Options (give both processes the same): --sizes 64,256,1024 (MiB)
 //! --iterations 20 --gpu N (GPU memory on device N; default host memory)
 //! --lib PATH (libucp.so.0) --touch (each side runs a 1 MiB cuMemset in its
-//! own CUDA context between iterations, as kvxfer's pattern fill and check
-//! run between requests).
+//! own CUDA context between iterations: the target first, then the driver,
+//! the order kvxfer keeps its pattern check and fill in on one GPU)
+//! --rewrite (the driver memsets its whole source before each put, as
+//! kvxfer writes each request's pattern).
 //!
 //! Per size, four loops, each after 3 untimed iterations:
 //!   window     puts back to back, 32 in flight, one flush at the end: the
 //!              rate ucx_perftest ucp_put_bw reports (fixed costs overlap);
 //!   isolated   put + flush, one at a time, timed by the driver;
-//!   signalled  kvxfer's request: the target starts its clock, sends a go
-//!              tag, the driver puts, flushes and sends a done tag, the
-//!              target stops its clock on done;
+//!   signalled  kvxfer's request: the two sides' work between iterations
+//!              done (ordered by clear and ready tags, untimed), the target
+//!              starts its clock, sends a go tag, the driver puts, flushes
+//!              and sends a done tag, the target stops its clock on done;
 //!   go-done    the two tags alone, no put: the round trip in the above.
 //! Prints one line per loop and size: MiB, median and mean microseconds,
 //! GB/s (1e9 bytes/s) of the median.
@@ -35,6 +38,8 @@ const WARMUP: usize = 3;
 const WINDOW: usize = 32;
 const GO: u64 = 0x60;
 const DONE: u64 = 0xd0;
+const CLEAR: u64 = 0xc1;
+const READY: u64 = 0x7e;
 const TOUCH_BYTES: usize = 1 << 20;
 
 struct Opts {
@@ -43,6 +48,7 @@ struct Opts {
     gpu: Option<usize>,
     lib: Option<String>,
     touch: bool,
+    rewrite: bool,
 }
 
 fn opts(args: &[String]) -> Opts {
@@ -57,6 +63,7 @@ fn opts(args: &[String]) -> Opts {
         gpu: value("--gpu").map(|v| v.parse().expect("a GPU ordinal")),
         lib: value("--lib"),
         touch: args.iter().any(|a| a == "--touch"),
+        rewrite: args.iter().any(|a| a == "--rewrite"),
     }
 }
 
@@ -93,15 +100,18 @@ impl Memory {
     }
 
     /// Work in this process's CUDA context between iterations, as kvxfer's
-    /// pattern kernels.
-    fn touch(&self, o: &Opts) {
-        if let (true, Some((dev, _, scratch, stream))) = (o.touch, &self._gpu) {
-            dev.bind().expect("context");
-            // SAFETY: the scratch allocation holds TOUCH_BYTES.
-            unsafe { cudarc::driver::result::memset_d8_async(scratch.ptr, 7, TOUCH_BYTES, stream.raw) }
-                .expect("memset");
-            stream.wait(Instant::now() + Duration::from_secs(10), "the memset").expect("memset");
+    /// pattern kernels: a 1 MiB memset with --touch, and on the driver with
+    /// --rewrite its whole source of `bytes`.
+    fn touch(&self, o: &Opts, source_bytes: usize) {
+        let Some((dev, mem, scratch, stream)) = &self._gpu else { return };
+        dev.bind().expect("context");
+        for (on, ptr, n) in [(o.touch, scratch.ptr, TOUCH_BYTES), (o.rewrite, mem.ptr, source_bytes)] {
+            if on && n > 0 {
+                // SAFETY: both allocations hold at least n bytes.
+                unsafe { cudarc::driver::result::memset_d8_async(ptr, 7, n, stream.raw) }.expect("memset");
+            }
         }
+        stream.wait(Instant::now() + Duration::from_secs(10), "the memset").expect("memset");
     }
 }
 
@@ -205,7 +215,10 @@ fn target(port: &str, o: &Opts) {
         let bytes: usize = bytes.parse().expect("a size");
         let mut times = Vec::new();
         for it in 0..WARMUP + o.iterations {
-            mem.touch(o);
+            mem.touch(o, 0);
+            let ready = node.recv_signal(READY, u64::MAX).expect("receive");
+            wait_op(&node, node.signal(CLEAR).expect("clear"));
+            wait_req(&node, ready, true);
             let done = node.recv_signal(DONE, u64::MAX).expect("receive");
             let t0 = Instant::now();
             wait_op(&node, node.signal(GO).expect("go"));
@@ -263,7 +276,7 @@ fn drive(addr: &str, o: &Opts) {
         // isolated: put + flush, one at a time.
         let mut times = Vec::new();
         for it in 0..WARMUP + o.iterations {
-            mem.touch(o);
+            mem.touch(o, bytes);
             let t0 = Instant::now();
             let _ = put(bytes);
             wait_op(&node, node.flush().expect("flush"));
@@ -277,8 +290,11 @@ fn drive(addr: &str, o: &Opts) {
         for (what, with_put) in [("signalled", true), ("go-done", false)] {
             writeln!(s, "{what} {bytes}").expect("command");
             for _ in 0..WARMUP + o.iterations {
-                mem.touch(o);
+                let clear = node.recv_signal(CLEAR, u64::MAX).expect("receive");
+                wait_req(&node, clear, true);
+                mem.touch(o, if with_put { bytes } else { 0 });
                 let go = node.recv_signal(GO, u64::MAX).expect("receive");
+                wait_op(&node, node.signal(READY).expect("ready"));
                 wait_req(&node, go, true);
                 if with_put {
                     let _ = put(bytes);

@@ -3,8 +3,9 @@
 #   machine  nvidia-smi, kvxfer links (the GPU memory ceiling), and the
 #            GPU's own device-to-device copy rate through PyTorch;
 #   anchor   ucx_perftest ucp_put_bw and ucp_get, both processes on GPU 0;
-#   bare     examples/ucx_bare (put loops without kvxfer), plain and with
-#            work in each process's CUDA context between iterations;
+#   bare     examples/ucx_bare (put loops without kvxfer): plain, with
+#            work in each process's CUDA context between iterations (in
+#            kvxfer's order), and with the source rewritten before each put;
 #   kvxfer   ucx put, Llama-3.1-8B, 512 to 32k tokens (64 MiB to 4 GiB
 #            requests), request and layer granularity, with the default
 #            check after each request and with --verify off; ucx send; ucx
@@ -90,7 +91,8 @@ fi
 if [[ " $PARTS " == *" bare "* ]]; then
     sizes=$(echo $SIZES_MIB | tr ' ' ,)
     { bare --gpu 0 --sizes "$sizes" --iterations 20
-      bare --gpu 0 --sizes "$sizes" --iterations 20 --touch; } >"$OUT/ucx-bare.txt"
+      bare --gpu 0 --sizes "$sizes" --iterations 20 --touch
+      bare --gpu 0 --sizes "$sizes" --iterations 20 --touch --rewrite; } >"$OUT/ucx-bare.txt"
 fi
 if [[ " $PARTS " == *" kvxfer "* ]]; then
     common=(-t ucx --ucx-err-mode none -m llama-3.1-8b -p $TOKENS -n 20)

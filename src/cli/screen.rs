@@ -95,7 +95,7 @@ impl Screen {
 /// A sweep projected to run longer than this is announced after its first request.
 const LONG_SWEEP: Duration = Duration::from_secs(60);
 /// A first request below this share of the link's peak is announced.
-const FAR_BELOW_PEAK_PERCENT: f64 = 5.0;
+const FAR_BELOW_PEAK_PERCENT: f64 = 1.0;
 
 /// What to say after the first request, if anything: its rate, the sweep's
 /// length at that rate, the share of the peak, and the path that carried it.
@@ -152,12 +152,12 @@ mod tests {
         // At 90% of the link, this short sweep says nothing.
         let quick = (bytes as f64 / (0.9 * link.peak_gbps)) as u64;
         assert_eq!(first_request_notice(&r, bytes, quick), None);
-        // At 1%: the rate, the share, the path, how to stop.
-        let slow = (bytes as f64 / (0.01 * link.peak_gbps)) as u64;
+        // At 0.5%: the rate, the share, the path, how to stop.
+        let slow = (bytes as f64 / (0.005 * link.peak_gbps)) as u64;
         r.receiver_transport.path =
             Some("get over cuda_ipc/cuda (rma_bw); UCX ran software emulation".into());
         let text = first_request_notice(&r, bytes, slow).expect("a notice");
-        assert!(text.contains("1.00% of"), "{text}");
+        assert!(text.contains("0.50% of"), "{text}");
         assert!(text.contains("software emulation"), "{text}");
         assert!(text.ends_with("Ctrl-C stops it."), "{text}");
         // No link: only a long sweep is announced.

@@ -432,3 +432,55 @@ impl Completions for RoundSink<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{presets, KvShape};
+    use crate::plan::Granularity;
+    use crate::transport::{ofi::OfiOp, ucx::UcxOp, TransportKind, TransportSpec};
+
+    fn plan(verify: VerifyMode) -> Plan {
+        Plan {
+            shape: KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap(),
+            prompt_lengths: vec![128],
+            granularities: vec![Granularity::Request],
+            iterations: 1,
+            warmup: 0,
+            verify,
+        }
+    }
+
+    fn spec(kind: TransportKind) -> TransportSpec {
+        TransportSpec {
+            kind,
+            streams: 1,
+            socket_buffer: None,
+            nccl_group: 1,
+            ucx_op: UcxOp::Put,
+            ucx_err_mode: Default::default(),
+            in_flight: 32,
+            require_transport: Vec::new(),
+            ofi_op: OfiOp::Write,
+            ofi_provider: None,
+            require_provider: None,
+        }
+    }
+
+    #[test]
+    fn on_one_gpu_the_copying_side_runs_last_before_each_request() {
+        let one = RunConfig { fault: None, one_gpu: true };
+        let after = plan(VerifyMode::After);
+        let ucx = |op| TransportSpec { ucx_op: op, ..spec(TransportKind::Ucx) };
+        assert_eq!(one.copier(&after, &ucx(UcxOp::Put)), Some(Role::Sender));
+        assert_eq!(one.copier(&after, &ucx(UcxOp::Send)), Some(Role::Sender));
+        assert_eq!(one.copier(&after, &ucx(UcxOp::Get)), Some(Role::Receiver));
+        let ofi = TransportSpec { ofi_op: OfiOp::Read, ..spec(TransportKind::Ofi) };
+        assert_eq!(one.copier(&after, &ofi), Some(Role::Receiver));
+        // Both sides copy (tcp staging), or nothing runs between requests
+        // (no checks), or the GPUs are two: nothing to order.
+        assert_eq!(one.copier(&after, &spec(TransportKind::Tcp)), None);
+        assert_eq!(one.copier(&plan(VerifyMode::Off), &ucx(UcxOp::Put)), None);
+        assert_eq!(RunConfig::default().copier(&after, &ucx(UcxOp::Put)), None);
+    }
+}

@@ -120,15 +120,16 @@ impl TransportSpec {
 
 /// The side whose CUDA context runs a round's copies over GPU memory, where
 /// one side alone does: the initiator of a UCX put (its cuda_ipc copy) or
-/// get, the receiver of a UCX tagged send (UCX's rendezvous reads from the
-/// sender), the initiator of a libfabric write or read. tcp staging and
-/// NCCL run copies or kernels on both sides: None.
+/// get, the sender of a UCX tagged send (UCX 1.22's rendezvous over
+/// cuda_ipc is a "flushed write to remote"), the initiator of a libfabric
+/// write or read. tcp staging and NCCL run copies or kernels on both
+/// sides: None.
 pub fn gpu_copier(spec: &TransportSpec) -> Option<crate::session::Role> {
     use crate::session::Role;
     match spec.kind {
         TransportKind::Ucx => Some(match spec.ucx_op {
-            ucx::UcxOp::Put => Role::Sender,
-            ucx::UcxOp::Get | ucx::UcxOp::Send => Role::Receiver,
+            ucx::UcxOp::Put | ucx::UcxOp::Send => Role::Sender,
+            ucx::UcxOp::Get => Role::Receiver,
         }),
         TransportKind::Ofi => match spec.ofi_op {
             ofi::OfiOp::Write => Some(Role::Sender),

@@ -257,6 +257,26 @@ mod tests {
         assert_eq!(peer.path(UcxOp::Put, MemType::Cuda), "put over cuda_ipc/cuda (rma_bw)");
     }
 
+    #[test]
+    fn the_protocol_ucx_ran_is_read_from_its_request_info() {
+        // ucp_request_query's strings, UCX 1.22 with CUDA, both sides on one H200.
+        let get = "{proto|cb|init} get into cuda/GPU0 length 268435456 software emulation sysv/memory 1128.8 MB/s 226785.74 us";
+        assert_eq!(protocol_words(get), "software emulation sysv/memory");
+        let put = "{proto|cb|init} put from cuda/GPU0 length 1073741824 zero-copy cuda_ipc/cuda 399094.2 MB/s 2565.81 us";
+        assert_eq!(protocol_words(put), "zero-copy cuda_ipc/cuda");
+        let send =
+            "{proto|cb|init|rk_use} tag_send from cuda/GPU0 length 1073741824 rendezvous zero-copy flushed \
+                    write to remote cuda_ipc/cuda 402957.5 MB/s 2541.21 us";
+        assert_eq!(protocol_words(send), "rendezvous zero-copy flushed write to remote cuda_ipc/cuda");
+        assert_eq!(
+            protocol_words("{proto} put length 8 short posix/memory - not available"),
+            "short posix/memory"
+        );
+        // UCX before protocols v2 names functions: kept whole.
+        let v1 = "{send} send length 4096 ucp_rma_put_progress() comp:cb()";
+        assert_eq!(protocol_words(v1), v1);
+    }
+
     /// As UCX 1.22 with CUDA printed them on the H200 pair (error mode peer).
     const PEER: &str = "#                 lane[0]:  2:tcp/lo.0 md[1]                -> md[1]/tcp/sysdev[255] seg 4294967295 am keepalive wireup
 #                 lane[1]:  6:cuda_ipc/cuda.0 md[5]         -> md[5]/cuda_ipc/sysdev[255] seg 4294967295 rma_bw#0

@@ -315,8 +315,18 @@ impl Side {
         let mut info = self.info.clone();
         if self.drives {
             let mut path = self.lanes.path(self.op, self.node.mem());
+            // One clause per protocol, with the message sizes it carried.
+            let mut by_protocol: Vec<(String, Vec<String>)> = Vec::new();
             for (bytes, said) in &self.protocols {
-                path += &format!("; UCX ran {} at {}", lanes::protocol_words(said), fmt_bytes(*bytes as u64));
+                let words = lanes::protocol_words(said);
+                let size = fmt_bytes(*bytes as u64);
+                match by_protocol.iter_mut().find(|(w, _)| *w == words) {
+                    Some((_, sizes)) => sizes.push(size),
+                    None => by_protocol.push((words, vec![size])),
+                }
+            }
+            for (words, sizes) in by_protocol {
+                path += &format!("; UCX ran {words} for {}", sizes.join(", "));
             }
             info.path = Some(path);
         }
