@@ -12,8 +12,10 @@
 //! --lib PATH (libucp.so.0) --touch (each side runs a 1 MiB cuMemset in its
 //! own CUDA context between iterations: the target first, then the driver,
 //! the order kvxfer keeps its pattern check and fill in on one GPU)
-//! --rewrite (the driver memsets its whole source before each put, as
-//! kvxfer writes each request's pattern).
+//! --rewrite (before each signalled put the target memsets the whole
+//! destination, then the driver its whole source: as kvxfer checks each
+//! request and writes the next one's pattern; isolated puts rewrite the
+//! source only).
 //!
 //! Per size, four loops, each after 3 untimed iterations:
 //!   window     puts back to back, 32 in flight, one flush at the end: the
@@ -100,8 +102,9 @@ impl Memory {
     }
 
     /// Work in this process's CUDA context between iterations, as kvxfer's
-    /// pattern kernels: a 1 MiB memset with --touch, and on the driver with
-    /// --rewrite its whole source of `bytes`.
+    /// pattern kernels: a 1 MiB memset with --touch, and with --rewrite the
+    /// first `bytes` of the buffer (the driver's source, the target's
+    /// destination).
     fn touch(&self, o: &Opts, source_bytes: usize) {
         let Some((dev, mem, scratch, stream)) = &self._gpu else { return };
         dev.bind().expect("context");
@@ -215,7 +218,7 @@ fn target(port: &str, o: &Opts) {
         let bytes: usize = bytes.parse().expect("a size");
         let mut times = Vec::new();
         for it in 0..WARMUP + o.iterations {
-            mem.touch(o, 0);
+            mem.touch(o, if what == "signalled" { bytes } else { 0 });
             let ready = node.recv_signal(READY, u64::MAX).expect("receive");
             wait_op(&node, node.signal(CLEAR).expect("clear"));
             wait_req(&node, ready, true);

@@ -95,7 +95,7 @@ if [[ " $PARTS " == *" bare "* ]]; then
       bare --gpu 0 --sizes "$sizes" --iterations 20 --touch --rewrite; } >"$OUT/ucx-bare.txt"
 fi
 if [[ " $PARTS " == *" kvxfer "* ]]; then
-    common=(-t ucx --ucx-err-mode none -m llama-3.1-8b -p $TOKENS -n 20)
+    common=(-t ucx --ucx-err-mode none -m llama-3.1-8b -p $TOKENS -n 50)
     run put "${common[@]}" --ucx-op put -g request,layer
     run put-verify-off "${common[@]}" --ucx-op put -g request,layer --verify off
     run send "${common[@]}" --ucx-op send -g request
