@@ -11,15 +11,17 @@
 #            check after each request and with --verify off; ucx send; ucx
 #            get (the protocol UCX runs, the notice after the first
 #            request); tcp staged; two senders into one receiver, all on
-#            GPU 0 (the hub's ceiling).
+#            GPU 0 (the hub's ceiling);
+#   rounds   (only when named) three rounds of perftest, the bare loop and
+#            kvxfer put at 256 MiB and 1 GiB, each series once per round.
 # Needs a CUDA build of UCX (scripts/fetch-ucx-cuda.sh; KVXFER_UCX_DIR,
 # default .cache/ucx-cu13) and the binaries in KVXFER_BIN (kvxfer,
 # kvxfer-send, kvxfer-recv, ucx_bare; default target/release).
 #
-#   scripts/gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer]
+#   scripts/gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer]}
+OUT=${1:?usage: gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds]}
 shift
 PARTS=${*:-machine anchor bare kvxfer}
 UCX=$(cd "${KVXFER_UCX_DIR:-.cache/ucx-cu13}" && pwd)
@@ -107,6 +109,19 @@ if [[ " $PARTS " == *" kvxfer "* ]]; then
     SEND_GPUS="0 0" RECV_GPUS=0 scripts/fan-gpus.sh "$OUT/fan-2to1" -t ucx --ucx-op put --ucx-err-mode none \
         -m llama-3.1-8b -p 2048,8192 -g request -n 10 || failed=$((failed + 1))
     echo "   fan-2to1: $(( $(date +%s) - t0 )) s"
+fi
+if [[ " $PARTS " == *" rounds "* ]]; then
+    # The 256 MiB and 1 GiB comparison in rounds, each running every series
+    # once in turn (one call's machines differ by several percent).
+    for r in 1 2 3; do
+        for size in 256 1024; do perftest ucp_put_bw $((size << 20)) 200; done >"$OUT/rounds-$r-perftest.txt"
+        { bare --gpu 0 --sizes 256,1024 --iterations 50
+          bare --gpu 0 --sizes 256,1024 --iterations 50 --touch --rewrite; } >"$OUT/rounds-$r-bare.txt"
+        for v in after off; do
+            run rounds-$r-put-$v -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b -p 2048,8192 -g request \
+                -n 50 --verify $v
+        done
+    done
 fi
 echo "gpu-one-gpu.sh: $failed failed run(s)"
 [ $failed = 0 ]
