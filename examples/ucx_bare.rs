@@ -15,7 +15,9 @@
 //! --rewrite (before each signalled put the target memsets the whole
 //! destination, then the driver its whole source: as kvxfer checks each
 //! request and writes the next one's pattern; isolated puts rewrite the
-//! source only).
+//! source only) --pattern (kvxfer's own pattern kernels between signalled
+//! puts: the target checks the last put's bytes, the driver fills its
+//! source; the wrong bytes found are printed).
 //!
 //! Per size, four loops, each after 3 untimed iterations:
 //!   window     puts back to back, 32 in flight, one flush at the end: the
@@ -29,8 +31,11 @@
 //! Prints one line per loop and size: MiB, median and mean microseconds,
 //! GB/s (1e9 bytes/s) of the median.
 
+use kvxfer::gpu::pattern::PatternKernels;
 use kvxfer::gpu::{Device, DeviceMem, Stream};
+use kvxfer::plan::{Granularity, RequestLayout};
 use kvxfer::transport::ucx::ucp::{MemType, Node, Op, Poll, Request, Ucp};
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -51,6 +56,7 @@ struct Opts {
     lib: Option<String>,
     touch: bool,
     rewrite: bool,
+    pattern: bool,
 }
 
 fn opts(args: &[String]) -> Opts {
@@ -66,6 +72,7 @@ fn opts(args: &[String]) -> Opts {
         lib: value("--lib"),
         touch: args.iter().any(|a| a == "--touch"),
         rewrite: args.iter().any(|a| a == "--rewrite"),
+        pattern: args.iter().any(|a| a == "--pattern"),
     }
 }
 
@@ -75,46 +82,93 @@ struct Memory {
     _host: Vec<u8>,
     base: *mut c_void,
     kind: MemType,
+    /// kvxfer's pattern kernels (--pattern), which side this is, the
+    /// rounds so far and the wrong bytes the target's checks found.
+    kernels: Option<PatternKernels>,
+    driver: bool,
+    round: Cell<u64>,
+    round_bytes: Cell<usize>,
+    wrong: Cell<u64>,
 }
 
 impl Memory {
-    fn new(o: &Opts, len: usize) -> Memory {
+    fn new(o: &Opts, len: usize, driver: bool) -> Memory {
+        let mut m = Memory {
+            _gpu: None,
+            _host: Vec::new(),
+            base: std::ptr::null_mut(),
+            kind: MemType::Host,
+            kernels: None,
+            driver,
+            round: Cell::new(0),
+            round_bytes: Cell::new(0),
+            wrong: Cell::new(0),
+        };
         match o.gpu {
             Some(n) => {
                 let dev = Device::open(n).expect("GPU");
                 let mem = DeviceMem::new(&dev, len).expect("GPU memory");
                 let scratch = DeviceMem::new(&dev, TOUCH_BYTES).expect("GPU memory");
                 let stream = Stream::new(&dev).expect("stream");
-                let base = mem.ptr as *mut c_void;
-                Memory {
-                    _gpu: Some((dev, mem, scratch, stream)),
-                    _host: Vec::new(),
-                    base,
-                    kind: MemType::Cuda,
+                if o.pattern {
+                    m.kernels =
+                        Some(PatternKernels::load(&dev, 1, &mem, Duration::from_secs(10)).expect("kernels"));
                 }
+                (m.base, m.kind) = (mem.ptr as *mut c_void, MemType::Cuda);
+                m._gpu = Some((dev, mem, scratch, stream));
             }
             None => {
-                let mut host = vec![1u8; len];
-                let base = host.as_mut_ptr() as *mut c_void;
-                Memory { _gpu: None, _host: host, base, kind: MemType::Host }
+                m._host = vec![1u8; len];
+                m.base = m._host.as_mut_ptr() as *mut c_void;
             }
         }
+        m
     }
 
     /// Work in this process's CUDA context between iterations, as kvxfer's
     /// pattern kernels: a 1 MiB memset with --touch, and with --rewrite the
     /// first `bytes` of the buffer (the driver's source, the target's
-    /// destination).
-    fn touch(&self, o: &Opts, source_bytes: usize) {
+    /// destination), with --pattern kvxfer's fill or check of them.
+    fn touch(&self, o: &Opts, bytes: usize, pattern: bool) {
         let Some((dev, mem, scratch, stream)) = &self._gpu else { return };
         dev.bind().expect("context");
-        for (on, ptr, n) in [(o.touch, scratch.ptr, TOUCH_BYTES), (o.rewrite, mem.ptr, source_bytes)] {
+        for (on, ptr, n) in [(o.touch, scratch.ptr, TOUCH_BYTES), (o.rewrite, mem.ptr, bytes)] {
             if on && n > 0 {
                 // SAFETY: both allocations hold at least n bytes.
                 unsafe { cudarc::driver::result::memset_d8_async(ptr, 7, n, stream.raw) }.expect("memset");
             }
         }
         stream.wait(Instant::now() + Duration::from_secs(10), "the memset").expect("memset");
+        if let (Some(k), true) = (&self.kernels, pattern && bytes > 0) {
+            self.pattern(k, mem, bytes);
+        }
+    }
+
+    /// kvxfer's pattern work: the driver writes round N's pattern, the
+    /// target checks round N-1's (the last put's bytes).
+    fn pattern(&self, k: &PatternKernels, mem: &DeviceMem, bytes: usize) {
+        let layout = RequestLayout {
+            granularity: Granularity::Request,
+            tokens: 1,
+            layers: 1,
+            tensors_per_layer: 2,
+            mla: false,
+            blocks: 0,
+            message_count: 1,
+            message_bytes: bytes,
+        };
+        // Rounds count afresh for each size.
+        if self.round_bytes.replace(bytes) != bytes {
+            self.round.set(0);
+        }
+        let n = self.round.get();
+        self.round.set(n + 1);
+        if self.driver {
+            k.fill(mem, &layout, n).expect("fill");
+        } else if n > 0 {
+            let check = k.verify(mem, &layout, n - 1).expect("verify");
+            self.wrong.set(self.wrong.get() + check.wrong_bytes);
+        }
     }
 }
 
@@ -184,7 +238,7 @@ fn line(what: &str, bytes: usize, mut ns: Vec<u64>) {
 
 fn target(port: &str, o: &Opts) {
     let max = *o.sizes.iter().max().expect("a size");
-    let mem = Memory::new(o, max);
+    let mem = Memory::new(o, max, false);
     let listener = TcpListener::bind(format!("0.0.0.0:{port}")).expect("listen");
     println!("listening on {}", listener.local_addr().expect("address"));
     let (mut s, _) = listener.accept().expect("accept");
@@ -211,6 +265,9 @@ fn target(port: &str, o: &Opts) {
             }
         };
         if cmd.trim() == "end" {
+            if o.pattern {
+                println!("target: {} wrong bytes in its pattern checks", mem.wrong.get());
+            }
             return;
         }
         let mut words = cmd.split_whitespace();
@@ -218,7 +275,8 @@ fn target(port: &str, o: &Opts) {
         let bytes: usize = bytes.parse().expect("a size");
         let mut times = Vec::new();
         for it in 0..WARMUP + o.iterations {
-            mem.touch(o, if what == "signalled" { bytes } else { 0 });
+            let signalled = what == "signalled";
+            mem.touch(o, if signalled { bytes } else { 0 }, signalled);
             let ready = node.recv_signal(READY, u64::MAX).expect("receive");
             wait_op(&node, node.signal(CLEAR).expect("clear"));
             wait_req(&node, ready, true);
@@ -239,7 +297,7 @@ fn target(port: &str, o: &Opts) {
 
 fn drive(addr: &str, o: &Opts) {
     let max = *o.sizes.iter().max().expect("a size");
-    let mem = Memory::new(o, max);
+    let mem = Memory::new(o, max, true);
     let mut s = TcpStream::connect(addr).expect("connect");
     let (node, remote) = connect(o, &mem, max, &mut s);
     let mut results = BufReader::new(s.try_clone().expect("socket"));
@@ -279,7 +337,7 @@ fn drive(addr: &str, o: &Opts) {
         // isolated: put + flush, one at a time.
         let mut times = Vec::new();
         for it in 0..WARMUP + o.iterations {
-            mem.touch(o, bytes);
+            mem.touch(o, bytes, false);
             let t0 = Instant::now();
             let _ = put(bytes);
             wait_op(&node, node.flush().expect("flush"));
@@ -295,7 +353,7 @@ fn drive(addr: &str, o: &Opts) {
             for _ in 0..WARMUP + o.iterations {
                 let clear = node.recv_signal(CLEAR, u64::MAX).expect("receive");
                 wait_req(&node, clear, true);
-                mem.touch(o, if with_put { bytes } else { 0 });
+                mem.touch(o, if with_put { bytes } else { 0 }, with_put);
                 let go = node.recv_signal(GO, u64::MAX).expect("receive");
                 wait_op(&node, node.signal(READY).expect("ready"));
                 wait_req(&node, go, true);
