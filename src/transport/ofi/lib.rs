@@ -2,6 +2,26 @@
 //! several symbol versions, one per layout of its structs: plain dlsym gives
 //! the newest, which would not match the 1.17 structs of `sys.rs`, so each
 //! is looked up with dlvsym at the version those headers were built for.
+//!
+//! libfabric 1.17 to 1.22 and 2.x both load. 2.x keeps the FABRIC_1.x
+//! symbol versions, converting to and from the 1.x structs, and kvxfer asks
+//! fi_getinfo for API 1.17, so a 2.x library gives it 1.x semantics. What
+//! 2.0 changed (its NEWS and man pages) and why kvxfer is clear of it:
+//! - old MR modes (FI_MR_BASIC, FI_MR_SCALABLE, FI_LOCAL_MR) are deprecated:
+//!   kvxfer asks for the FI_MR_* mode bits only (fabric.rs);
+//! - FI_AV_MAP is deprecated: kvxfer opens FI_AV_TABLE;
+//! - wait sets, poll sets and FI_WAIT_MUTEX_COND are gone: kvxfer waits on
+//!   a completion queue's own wait object (FI_WAIT_UNSPEC) or polls it;
+//! - FI_ORDER_NONE, FI_ORDER_STRICT and FI_ORDER_DATA are deprecated, and
+//!   comp_order too: kvxfer asks only for FI_ORDER_SAW, which remains;
+//! - fi_info structures must come from libfabric: kvxfer's hints come from
+//!   fi_dupinfo(NULL) (what fi_allocinfo expands to);
+//! - threading and progress models were simplified: FI_THREAD_DOMAIN and
+//!   the provider's own progress model, which kvxfer uses, remain.
+//! One difference shows in the reports: 1.x serves RDM endpoints over tcp
+//! through the ofi_rxm utility provider ("tcp;ofi_rxm"), 2.x with its tcp
+//! provider alone ("tcp"). The version stated in the report is the
+//! library's own (fi_version).
 
 use super::sys;
 use crate::error::{Error, Result};
@@ -35,6 +55,12 @@ pub struct Ofi {
     pub dupinfo: DupInfo,
     pub fabric: Fabric,
     strerror: StrError,
+}
+
+/// Which libraries kvxfer drives: 1.x from the headers' minor on, and 2.x
+/// (through its FABRIC_1.x symbols); a future major is not assumed to keep them.
+fn supported(major: u32, minor: u32) -> bool {
+    (major == 1 && minor >= sys::FI_MINOR_VERSION) || major == 2
 }
 
 /// The API version kvxfer asks for: that of the headers of `sys.rs`.
@@ -86,9 +112,9 @@ impl Ofi {
         unsafe {
             let version = std::mem::transmute::<*mut c_void, Version>(symbol("fi_version", "FABRIC_1.0")?);
             let v = version();
-            if v >> 16 != 1 || v & 0xffff < sys::FI_MINOR_VERSION {
+            if !supported(v >> 16, v & 0xffff) {
                 return Err(Error::usage(format!(
-                    "{path} is libfabric {}.{}: kvxfer needs 1.{} or newer 1.x",
+                    "{path} is libfabric {}.{}: kvxfer drives 1.{} to 1.x and 2.x",
                     v >> 16,
                     v & 0xffff,
                     sys::FI_MINOR_VERSION
@@ -122,5 +148,15 @@ impl Ofi {
             return Err(Error::run(format!("libfabric: {doing}: {}", self.error(code))));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_x_from_the_headers_and_two_x_load_others_do_not() {
+        assert!(super::supported(1, 17) && super::supported(1, 22));
+        assert!(super::supported(2, 0) && super::supported(2, 3));
+        assert!(!super::supported(1, 16) && !super::supported(3, 0) && !super::supported(0, 9));
     }
 }
