@@ -18,6 +18,7 @@
 //!   fi_dupinfo(NULL) (what fi_allocinfo expands to);
 //! - threading and progress models were simplified: FI_THREAD_DOMAIN and
 //!   the provider's own progress model, which kvxfer uses, remain.
+//!
 //! One difference shows in the reports: 1.x serves RDM endpoints over tcp
 //! through the ofi_rxm utility provider ("tcp;ofi_rxm"), 2.x with its tcp
 //! provider alone ("tcp"). The version stated in the report is the
