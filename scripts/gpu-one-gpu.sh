@@ -13,15 +13,17 @@
 #            request); tcp staged; two senders into one receiver, all on
 #            GPU 0 (the hub's ceiling);
 #   rounds   (only when named) three rounds of perftest, the bare loop and
-#            kvxfer put at 256 MiB and 1 GiB, each series once per round.
+#            kvxfer put at 256 MiB and 1 GiB, each series once per round;
+#   ofi      (only when named) libfabric 2.3 with CUDA over shm on GPU
+#            memory (write, read, send), next to ucx put.
 # Needs a CUDA build of UCX (scripts/fetch-ucx-cuda.sh; KVXFER_UCX_DIR,
 # default .cache/ucx-cu13) and the binaries in KVXFER_BIN (kvxfer,
 # kvxfer-send, kvxfer-recv, ucx_bare; default target/release).
 #
-#   scripts/gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds]
+#   scripts/gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds] [ofi]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds]}
+OUT=${1:?usage: gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds] [ofi]}
 shift
 PARTS=${*:-machine anchor bare kvxfer}
 UCX=$(cd "${KVXFER_UCX_DIR:-.cache/ucx-cu13}" && pwd)
@@ -122,6 +124,16 @@ if [[ " $PARTS " == *" rounds "* ]]; then
                 -n 50 --verify $v
         done
     done
+fi
+if [[ " $PARTS " == *" ofi "* ]]; then
+    # libfabric 2.3 with CUDA (scripts/fetch-ofi-cuda.sh; KVXFER_OFI_DIR) over
+    # shm on GPU memory, next to ucx put on the same requests.
+    export KVXFER_OFI_LIB=$(cd "${KVXFER_OFI_DIR:-.cache/ofi-cuda}" && pwd)/libfabric.so.1
+    work=(-m llama-3.1-8b -p 512,2048,8192 -g request,layer -n 10)
+    for op in write read send; do
+        run ofi-shm-$op -t ofi --ofi-provider shm --ofi-op $op "${work[@]}"
+    done
+    run ofi-ucx-put -t ucx --ucx-op put --ucx-err-mode none "${work[@]}"
 fi
 echo "gpu-one-gpu.sh: $failed failed run(s)"
 [ $failed = 0 ]

@@ -343,7 +343,14 @@ impl Endpoint {
                     self.chosen.provider, self.ofi.version, self.ofi.path
                 ),
             };
-            op!(self.ofi, (*self.domain).mr, regattr, &doing, &mut (*self.domain).fid, &attr, 0, &mut mr)
+            // cuMemAlloc memory is device-only; saying so is what lets shm
+            // move it by CUDA IPC (smr_select_proto wants the flag on the
+            // MR); without it shm copies through host bounce buffers.
+            let flags = match iface {
+                Iface::Host => 0,
+                Iface::Cuda(_) => sys::FI_HMEM_DEVICE_ONLY,
+            };
+            op!(self.ofi, (*self.domain).mr, regattr, &doing, &mut (*self.domain).fid, &attr, flags, &mut mr)
                 .map_err(|e| if iface == Iface::Host { e } else { Error::usage(e.message) })?;
             self.mrs.push(mr);
             Ok(Region { desc: (*mr).mem_desc, key: (*mr).key })

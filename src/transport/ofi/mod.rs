@@ -488,7 +488,15 @@ impl Side {
             OfiOp::Send => "tagged send (fi_tsend/fi_trecv)",
         };
         let wire = rdma(&c.provider);
-        let memory = if hmem { "GPU memory through FI_HMEM (CUDA)" } else { "host memory" };
+        let memory = match (hmem, c.provider.split(';').next() == Some("shm")) {
+            (false, _) => "host memory",
+            // What shm's protocol selection does with such memory (smr_select_proto).
+            (true, true) => {
+                "GPU memory through FI_HMEM (CUDA), registered device-only: shm moves it by CUDA IPC where \
+                 libfabric enables CUDA IPC (one GPU, or all GPUs peers), else through host bounce buffers"
+            }
+            (true, false) => "GPU memory through FI_HMEM (CUDA), registered device-only",
+        };
         self.info.path = Some(format!("{op} by {}: {wire}; {memory}", c.provider));
         if let Some(want) = &spec.require_provider {
             if !provider_is(&c.provider, want) {
