@@ -91,6 +91,17 @@ impl Device {
     pub fn describe(&self) -> String {
         format!("GPU {} ({}, {})", self.ordinal, self.name, self.pci_bus_id)
     }
+
+    /// Waits, never past `deadline`, for the work queued so far on this
+    /// context's legacy default stream, where libraries that call plain
+    /// cudaMemcpy put it (and which waits for the context's blocking streams).
+    pub fn fence(self: &Arc<Self>, deadline: Instant, what: &str) -> Result<()> {
+        let done = Event::new(self)?;
+        // SAFETY: a live event; the null stream is the context's legacy stream.
+        unsafe { result::event::record(done.raw, std::ptr::null_mut()) }
+            .map_err(cuda("recording an event"))?;
+        done.wait(deadline, what)
+    }
 }
 
 impl Drop for Device {

@@ -9,6 +9,8 @@ pub const GO: Tag = 1;
 pub const DONE: Tag = 2;
 pub const DATA: Tag = 3;
 pub const HELLO: Tag = 4;
+/// The bytes a software copy moved are in place (ofi shm on GPU memory).
+pub const LANDED: Tag = 5;
 pub const KIND: Tag = 0xf << 60;
 pub const MAX_MESSAGES: usize = 1 << 28;
 

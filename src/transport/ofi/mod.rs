@@ -82,6 +82,11 @@ struct Side {
     early: Vec<Finished>,
     info: TransportInfo,
     peer_role: crate::session::Role,
+    /// Where libfabric copies GPU memory itself (shm's CUDA IPC protocol),
+    /// the GPU whose legacy stream holds the copy: its cudaMemcpy between
+    /// device buffers returns, and the operation completes, before the
+    /// bytes have moved. The side that ran the copy waits for it (`landed`).
+    fence: Option<std::sync::Arc<crate::gpu::Device>>,
 }
 
 // SAFETY: the raw pointers are this side's own buffer and registrations,
@@ -155,7 +160,9 @@ impl Side {
             info.details.insert(k, v);
         }
         let shm_file = ep.shm_file();
+        let copies_itself = provider_is(&ep.chosen.provider, "shm") && iface != Iface::Host;
         Ok(Side {
+            fence: buf.device().filter(|_| copies_itself).cloned(),
             peer_role: setup.ctrl.peer_role,
             ep: std::mem::ManuallyDrop::new(ep),
             failed: false,
@@ -376,7 +383,13 @@ impl Side {
         if self.op == OfiOp::Read {
             self.signal_in(tag::DONE, clock, peer)?;
             let t = self.wait_signal(clock, peer)?;
-            return check_request(tag::request(t), request, "finished reading");
+            check_request(tag::request(t), request, "finished reading")?;
+            // shm ran the reads' copies here, on this side's GPU.
+            if self.fence.is_some() {
+                self.landed(clock)?;
+                self.send_signal(tag::make(tag::LANDED, request, count), clock, peer)?;
+            }
+            return Ok(());
         }
         self.signal_in(tag::GO, clock, peer)?;
         let t = self.wait_signal(clock, peer)?;
@@ -414,7 +427,19 @@ impl Side {
                         tag::index(t)
                     )));
                 }
+                // shm ran the writes' copies here, on this side's GPU.
+                self.landed(clock)?;
                 // One-sided: the messages are known to be here only now.
+                let latency = super::nanos(t0.elapsed());
+                (0..count).try_for_each(|i| arrived(i, latency))
+            }
+            OfiOp::Read if self.fence.is_some() => {
+                // shm ran the copies in the sender's process: it says when they landed.
+                self.move_all(count, bytes, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
+                self.signal_in(tag::LANDED, clock, peer)?;
+                self.send_signal(tag::make(tag::DONE, request, count), clock, peer)?;
+                let t = self.wait_signal(clock, peer)?;
+                check_request(tag::request(t), request, "landed the reads of")?;
                 let latency = super::nanos(t0.elapsed());
                 (0..count).try_for_each(|i| arrived(i, latency))
             }
@@ -426,6 +451,7 @@ impl Side {
                 // Receives first, then the go. Messages from one sender
                 // match receives in order: message i lands in receive i.
                 let go = Some(tag::make(tag::GO, request, 0));
+                let fenced = self.fence.is_some();
                 self.move_all(count, bytes, RECEIVE, go, clock, peer, &mut |i, ns, f| {
                     if f.tag != tag::make(tag::DATA, request, i) || f.len != bytes {
                         return Err(Error::integrity(format!(
@@ -435,9 +461,25 @@ impl Side {
                             f.len
                         )));
                     }
-                    arrived(i, ns)
-                })
+                    // Where shm's copies may still run, a message is here only once they have landed.
+                    if fenced { Ok(()) } else { arrived(i, ns) }
+                })?;
+                if fenced {
+                    self.landed(clock)?;
+                    let latency = super::nanos(t0.elapsed());
+                    (0..count).try_for_each(|i| arrived(i, latency))?;
+                }
+                Ok(())
             }
+        }
+    }
+
+    /// Waits for the GPU copies libfabric started on this side, where it
+    /// copies GPU memory itself (see `fence`).
+    fn landed(&self, clock: &Clock) -> Result<()> {
+        match &self.fence {
+            Some(d) => d.fence(clock.deadline, &format!("the copies libfabric started while {}", clock.what)),
+            None => Ok(()),
         }
     }
 
@@ -493,7 +535,9 @@ impl Side {
             // What shm's protocol selection does with such memory (smr_select_proto).
             (true, true) => {
                 "GPU memory through FI_HMEM (CUDA), registered device-only: shm moves it by CUDA IPC where \
-                 libfabric enables CUDA IPC (one GPU, or all GPUs peers), else through host bounce buffers"
+                 libfabric enables CUDA IPC (one GPU, or all GPUs peers), else through host bounce buffers; \
+                 shm's completions come before its GPU copies end (cudaMemcpy between device buffers returns \
+                 early), so the side that ran them waits for them before a request counts as moved"
             }
             (true, false) => "GPU memory through FI_HMEM (CUDA), registered device-only",
         };
