@@ -15,7 +15,7 @@ use crate::link::Link;
 use crate::memory::Buffer;
 use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
-use crate::transport::{Completions, PeerLink, RecvSide, SendSide};
+use crate::transport::{Completions, GpuCopier, PeerLink, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use integrity::Check;
 pub use stats::{LatencySummary, PointResult};
@@ -65,11 +65,9 @@ impl RunConfig {
     /// the side that runs the round's copy was not the last to use the GPU,
     /// the request pays it, which two GPUs never do. So the pattern work
     /// between requests is ordered to leave that side's context last: the
-    /// side that copies, if one side alone does (see transport::gpu_copier).
-    fn copier(&self, plan: &Plan, spec: &crate::transport::TransportSpec) -> Option<Role> {
-        (self.one_gpu && plan.verify == VerifyMode::After)
-            .then(|| crate::transport::gpu_copier(spec))
-            .flatten()
+    /// side that copies, if one side alone does (the transport says which).
+    fn copier(&self, plan: &Plan, transport: GpuCopier) -> GpuCopier {
+        transport.filter(|_| self.one_gpu && plan.verify == VerifyMode::After)
     }
 }
 
@@ -109,7 +107,7 @@ pub fn run_sender(
     events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
-    let copier = cfg.copier(&plan, &sess.hello.transport);
+    let copier = cfg.copier(&plan, transport.gpu_copier());
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
@@ -213,7 +211,7 @@ pub fn run_receiver(
     // event times would miss the wait. The host clock sees it.
     let host_clock = report_times || fan.is_some();
     let plan = sess.hello.plan.clone();
-    let copier = cfg.copier(&plan, &sess.hello.transport);
+    let copier = cfg.copier(&plan, transport.gpu_copier());
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
@@ -438,7 +436,6 @@ mod tests {
     use super::*;
     use crate::kv::{presets, KvShape};
     use crate::plan::Granularity;
-    use crate::transport::{ofi::OfiOp, ucx::UcxOp, TransportKind, TransportSpec};
 
     fn plan(verify: VerifyMode) -> Plan {
         Plan {
@@ -451,36 +448,16 @@ mod tests {
         }
     }
 
-    fn spec(kind: TransportKind) -> TransportSpec {
-        TransportSpec {
-            kind,
-            streams: 1,
-            socket_buffer: None,
-            nccl_group: 1,
-            ucx_op: UcxOp::Put,
-            ucx_err_mode: Default::default(),
-            in_flight: 32,
-            require_transport: Vec::new(),
-            ofi_op: OfiOp::Write,
-            ofi_provider: None,
-            require_provider: None,
-        }
-    }
-
     #[test]
-    fn on_one_gpu_the_copying_side_runs_last_before_each_request() {
+    fn on_one_gpu_with_checks_the_copying_side_runs_last() {
         let one = RunConfig { fault: None, one_gpu: true };
         let after = plan(VerifyMode::After);
-        let ucx = |op| TransportSpec { ucx_op: op, ..spec(TransportKind::Ucx) };
-        assert_eq!(one.copier(&after, &ucx(UcxOp::Put)), Some(Role::Sender));
-        assert_eq!(one.copier(&after, &ucx(UcxOp::Send)), Some(Role::Sender));
-        assert_eq!(one.copier(&after, &ucx(UcxOp::Get)), Some(Role::Receiver));
-        let ofi = TransportSpec { ofi_op: OfiOp::Read, ..spec(TransportKind::Ofi) };
-        assert_eq!(one.copier(&after, &ofi), Some(Role::Receiver));
+        assert_eq!(one.copier(&after, Some(Role::Sender)), Some(Role::Sender));
+        assert_eq!(one.copier(&after, Some(Role::Receiver)), Some(Role::Receiver));
         // Both sides copy (tcp staging), or nothing runs between requests
         // (no checks), or the GPUs are two: nothing to order.
-        assert_eq!(one.copier(&after, &spec(TransportKind::Tcp)), None);
-        assert_eq!(one.copier(&plan(VerifyMode::Off), &ucx(UcxOp::Put)), None);
-        assert_eq!(RunConfig::default().copier(&after, &ucx(UcxOp::Put)), None);
+        assert_eq!(one.copier(&after, None), None);
+        assert_eq!(one.copier(&plan(VerifyMode::Off), Some(Role::Sender)), None);
+        assert_eq!(RunConfig::default().copier(&after, Some(Role::Sender)), None);
     }
 }

@@ -118,28 +118,6 @@ impl TransportSpec {
     }
 }
 
-/// The side whose CUDA context runs a round's copies over GPU memory, where
-/// one side alone does: the initiator of a UCX put (its cuda_ipc copy) or
-/// get, the sender of a UCX tagged send (UCX 1.22's rendezvous over
-/// cuda_ipc is a "flushed write to remote"), the initiator of a libfabric
-/// write or read. tcp staging and NCCL run copies or kernels on both
-/// sides: None.
-pub fn gpu_copier(spec: &TransportSpec) -> Option<crate::session::Role> {
-    use crate::session::Role;
-    match spec.kind {
-        TransportKind::Ucx => Some(match spec.ucx_op {
-            ucx::UcxOp::Put | ucx::UcxOp::Send => Role::Sender,
-            ucx::UcxOp::Get => Role::Receiver,
-        }),
-        TransportKind::Ofi => match spec.ofi_op {
-            ofi::OfiOp::Write => Some(Role::Sender),
-            ofi::OfiOp::Read => Some(Role::Receiver),
-            ofi::OfiOp::Send => None,
-        },
-        TransportKind::Tcp | TransportKind::Nccl => None,
-    }
-}
-
 /// Settings of one side that its peer need not know.
 #[derive(Clone, Debug, Default)]
 pub struct LocalOptions {
@@ -195,8 +173,19 @@ pub trait PeerLink {
     fn watch(&mut self) -> Result<()>;
 }
 
+/// The side whose CUDA context runs a round's copies over GPU memory, where
+/// one side alone does (`SendSide::gpu_copier`); on one GPU the engine has
+/// it use the GPU last before each round (see measure::RunConfig).
+pub type GpuCopier = Option<crate::session::Role>;
+
 pub trait SendSide: Send {
     fn info(&self) -> TransportInfo;
+    /// Which side's CUDA context runs the copies of a round over GPU memory,
+    /// if one side alone does; None where both do (tcp staging, NCCL) or
+    /// none (host memory, RDMA by the NIC). Both sides answer alike.
+    fn gpu_copier(&self) -> GpuCopier {
+        None
+    }
     /// Whether the receiver's go reaches this transport itself, so the
     /// engine neither waits for it on the control connection nor sends it.
     fn go_in_band(&self) -> bool {
@@ -215,6 +204,10 @@ pub trait SendSide: Send {
 
 pub trait RecvSide: Send {
     fn info(&self) -> TransportInfo;
+    /// See `SendSide::gpu_copier`.
+    fn gpu_copier(&self) -> GpuCopier {
+        None
+    }
     /// See `SendSide::go_in_band`; an in-band receiver never calls `peer.go()`.
     fn go_in_band(&self) -> bool {
         false

@@ -23,8 +23,8 @@ mod sys;
 
 use super::tag::{self, check_request, Tag};
 use super::{
-    hex, unhex, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch, TransportInfo,
-    TransportSpec,
+    hex, unhex, Completions, GpuCopier, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
+    TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
@@ -474,6 +474,17 @@ impl Side {
         }
     }
 
+    /// shm runs the copies of GPU memory in the target's process: the
+    /// receiver's for write and send, the sender's for read. A NIC's RDMA
+    /// runs in no CUDA context.
+    fn gpu_copier(&self) -> GpuCopier {
+        use crate::session::Role;
+        self.fence.as_ref().map(|_| match self.op {
+            OfiOp::Read => Role::Sender,
+            OfiOp::Write | OfiOp::Send => Role::Receiver,
+        })
+    }
+
     /// Waits for the GPU copies libfabric started on this side, where it
     /// copies GPU memory itself (see `fence`).
     fn landed(&self, clock: &Clock) -> Result<()> {
@@ -668,6 +679,10 @@ impl SendSide for OfiSender {
         self.0.info.clone()
     }
 
+    fn gpu_copier(&self) -> GpuCopier {
+        self.0.gpu_copier()
+    }
+
     fn go_in_band(&self) -> bool {
         true
     }
@@ -688,6 +703,10 @@ impl SendSide for OfiSender {
 impl RecvSide for OfiReceiver {
     fn info(&self) -> TransportInfo {
         self.0.info.clone()
+    }
+
+    fn gpu_copier(&self) -> GpuCopier {
+        self.0.gpu_copier()
     }
 
     fn go_in_band(&self) -> bool {

@@ -20,8 +20,8 @@ pub mod ucp;
 
 use super::tag::{self, check_request, Tag};
 use super::{
-    hex, unhex, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch, TransportInfo,
-    TransportSpec,
+    hex, unhex, Completions, GpuCopier, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
+    TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
@@ -336,6 +336,17 @@ impl Side {
         info
     }
 
+    /// Over cuda_ipc the initiator copies: the sender for put and for a
+    /// tagged send (UCX 1.22's rendezvous over cuda_ipc is a "flushed write
+    /// to remote"), the receiver for get.
+    fn gpu_copier(&self) -> GpuCopier {
+        use crate::session::Role;
+        (self.node.mem() == MemType::Cuda).then_some(match self.op {
+            UcxOp::Put | UcxOp::Send => Role::Sender,
+            UcxOp::Get => Role::Receiver,
+        })
+    }
+
     /// Asks UCX which protocol carries a message of `bytes`, once per size.
     fn note_protocol(
         protocols: &mut std::collections::BTreeMap<usize, String>,
@@ -520,6 +531,10 @@ impl SendSide for UcxSender {
         self.0.report()
     }
 
+    fn gpu_copier(&self) -> GpuCopier {
+        self.0.gpu_copier()
+    }
+
     fn go_in_band(&self) -> bool {
         true
     }
@@ -544,6 +559,10 @@ impl SendSide for UcxSender {
 impl RecvSide for UcxReceiver {
     fn info(&self) -> TransportInfo {
         self.0.report()
+    }
+
+    fn gpu_copier(&self) -> GpuCopier {
+        self.0.gpu_copier()
     }
 
     fn go_in_band(&self) -> bool {
