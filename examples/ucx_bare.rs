@@ -33,6 +33,7 @@
 
 use kvxfer::gpu::pattern::PatternKernels;
 use kvxfer::gpu::{Device, DeviceMem, Stream};
+use kvxfer::kv::{presets, KvShape};
 use kvxfer::plan::{Granularity, RequestLayout};
 use kvxfer::transport::ucx::ucp::{MemType, Node, Op, Poll, Request, Ucp};
 use std::cell::Cell;
@@ -147,16 +148,13 @@ impl Memory {
     /// kvxfer's pattern work: the driver writes round N's pattern, the
     /// target checks round N-1's (the last put's bytes).
     fn pattern(&self, k: &PatternKernels, mem: &DeviceMem, bytes: usize) {
-        let layout = RequestLayout {
-            granularity: Granularity::Request,
-            tokens: 1,
-            layers: 1,
-            tensors_per_layer: 2,
-            mla: false,
-            blocks: 0,
-            message_count: 1,
-            message_bytes: bytes,
-        };
+        // As kvxfer's request of Llama-3.1-8B (128 KiB per token) of that size.
+        let shape = KvShape::new(presets::lookup("llama-3.1-8b").expect("a preset"), 1, 16).expect("a shape");
+        let layout = RequestLayout::new(
+            &shape,
+            (bytes / shape.bytes_per_token() as usize) as u32,
+            Granularity::Request,
+        );
         // Rounds count afresh for each size.
         if self.round_bytes.replace(bytes) != bytes {
             self.round.set(0);

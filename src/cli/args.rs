@@ -7,7 +7,7 @@ use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
 use crate::link::{self, Link};
 use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
-use crate::plan::{Granularity, Plan, VerifyMode};
+use crate::plan::{BlockTable, Granularity, Plan, VerifyMode};
 use crate::report::gate::{Gate, Threshold};
 use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
@@ -81,6 +81,15 @@ parser_of!(ucx_op, UcxOp, UcxOp::parse);
 parser_of!(threshold, Threshold, Threshold::parse);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 parser_of!(ofi_op, OfiOp, OfiOp::parse);
+parser_of!(block_table, BlockTable, BlockTable::parse);
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("'{other}': give on or off")),
+    }
+}
 
 fn device_ordinal(s: &str) -> Result<usize, String> {
     non_negative_u32(s).map(|n| n as usize)
@@ -203,6 +212,17 @@ pub struct WorkloadArgs {
     /// Check every byte: after each timed request, inline (timed), or off
     #[arg(long, default_value = "after", value_parser = verify_mode, help_heading = "Workload")]
     pub verify: VerifyMode,
+    /// Block granularity: where a request's blocks sit in each side's KV cache pool:
+    /// contiguous (a fresh server) or random[:SEED] (a fragmented one)
+    #[arg(long, value_name = "TABLE", default_value = "contiguous", value_parser = block_table, help_heading = "Workload")]
+    pub block_table: BlockTable,
+    /// Block granularity: blocks per (layer, K/V) tensor of each side's pool [default: one more than the
+    /// largest request has]
+    #[arg(long, value_name = "N", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Workload")]
+    pub pool_blocks: Option<u32>,
+    /// Block granularity: merge descriptors adjacent in memory on both sides into one operation, as NIXL does
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, help_heading = "Workload")]
+    pub coalesce: bool,
 }
 
 /// How the bytes travel.
@@ -335,6 +355,9 @@ impl RunArgs {
             iterations: w.iterations,
             warmup: w.warmup,
             verify: w.verify,
+            block_table: w.block_table,
+            pool_blocks: w.pool_blocks,
+            coalesce: w.coalesce,
         };
         plan.validate()?;
         Ok(plan)

@@ -93,7 +93,7 @@ pub fn receive_many(
     // Once, here: NCCL's log settings go into the environment before the threads.
     transport::check_library(spec, plan, &side.local)?;
     if side.memory.kind.on_host() {
-        let bytes = n as u64 * plan.max_request_bytes() as u64;
+        let bytes = n as u64 * plan.max_buffer_bytes() as u64;
         memory::check_host_budget(bytes, "the receiver's buffers, one per sender")?;
     }
     let hub = Hub::new(std::mem::replace(&mut side.screen, Screen::silent()));

@@ -301,7 +301,7 @@ fn send(a: &SendArgs) -> Result<()> {
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {
-        memory::check_host_budget(pairs as u64 * plan.max_request_bytes() as u64, "the sender's buffers")?;
+        memory::check_host_budget(pairs as u64 * plan.max_buffer_bytes() as u64, "the sender's buffers")?;
     }
     if pairs > 1 {
         return fan::send_many(a, plan, memory, outputs);
@@ -451,7 +451,7 @@ fn pair(a: &PairArgs) -> Result<()> {
     let host_sides = [send_memory, recv_memory].iter().filter(|m| m.kind.on_host()).count() as u64;
     if host_sides > 0 {
         let what = "the host buffers of this pair";
-        memory::check_host_budget(host_sides * plan.max_request_bytes() as u64, what)?;
+        memory::check_host_budget(host_sides * plan.max_buffer_bytes() as u64, what)?;
     }
     let listener = net::listen(&a.listen)?;
     let bound = listener.local_addr()?;
@@ -520,7 +520,7 @@ fn sender_side(
     let result = (|| {
         let plan = &sess.hello.plan;
         let buf =
-            buf_slot.insert(Buffer::new(memory, plan.max_request_bytes(), plan.max_messages(), run.timeout)?);
+            buf_slot.insert(Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), run.timeout)?);
         let began = Instant::now();
         let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
         let transport = transport_slot.insert(transport::open_sender(&spec, setup, buf, &run.local())?);
@@ -609,7 +609,7 @@ impl ReceiverSide {
             transport::check_library(&spec, plan, &self.local)?;
             let buf = buf_slot.insert(Buffer::new(
                 self.memory,
-                plan.max_request_bytes(),
+                plan.max_buffer_bytes(),
                 plan.max_messages(),
                 self.timeout,
             )?);

@@ -1,7 +1,9 @@
 // The integrity pattern of src/kv/pattern.rs, on the GPU: word i of a message
 // whose seed is s is splitmix64(s ^ i * GOLDEN) | 0x0101..01. Each message's
-// seed comes from the host (it hashes the message's key). Messages must be a
-// whole number of 8-byte words. Compiled to pattern.ptx by scripts/gen-ptx.sh.
+// seed comes from the host (it hashes the message's key), and so does its
+// place in the buffer (byte offset; blocks sit where a block table puts
+// them). Messages must be a whole number of 8-byte words. Compiled to
+// pattern.ptx by scripts/gen-ptx.sh.
 
 typedef unsigned long long u64;
 
@@ -19,24 +21,29 @@ __device__ __forceinline__ u64 word(u64 seed, u64 i) {
     return splitmix64(seed ^ (i * GOLDEN)) | NONZERO;
 }
 
-// Writes the pattern over `words` words of `buf`, `message_words` per message.
-extern "C" __global__ void kvx_fill(u64* buf, const u64* seeds, u64 message_words, u64 words) {
+// Writes the pattern over the request's `words` words, `message_words` per
+// message, message m at byte `offsets[m]` of `buf`.
+extern "C" __global__ void kvx_fill(u64* buf, const u64* seeds, const u64* offsets, u64 message_words,
+                                    u64 words) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 w = (u64)blockIdx.x * blockDim.x + threadIdx.x; w < words; w += stride) {
         u64 m = w / message_words;
-        buf[w] = word(seeds[m], w - m * message_words);
+        u64 j = w - m * message_words;
+        buf[offsets[m] / 8 + j] = word(seeds[m], j);
     }
 }
 
-// Adds the number of wrong bytes to *wrong and lowers *first to the byte
-// offset of the first wrong byte (both zero / all ones beforehand).
-extern "C" __global__ void kvx_verify(const u64* buf, const u64* seeds, u64 message_words, u64 words,
-                                      u64* wrong, u64* first) {
+// Adds the number of wrong bytes to *wrong and lowers *first to the first
+// wrong byte, counted in the request (its messages in order; both zero /
+// all ones beforehand).
+extern "C" __global__ void kvx_verify(const u64* buf, const u64* seeds, const u64* offsets, u64 message_words,
+                                      u64 words, u64* wrong, u64* first) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     u64 mine = 0;
     for (u64 w = (u64)blockIdx.x * blockDim.x + threadIdx.x; w < words; w += stride) {
         u64 m = w / message_words;
-        u64 diff = buf[w] ^ word(seeds[m], w - m * message_words);
+        u64 j = w - m * message_words;
+        u64 diff = buf[offsets[m] / 8 + j] ^ word(seeds[m], j);
         if (diff != 0) {
             for (int b = 0; b < 8; b++) {
                 mine += ((diff >> (8 * b)) & 0xff) != 0;

@@ -7,7 +7,7 @@ use super::{Device, DeviceMem, Stream};
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, Dtype, KvShape, ModelSpec};
 use crate::measure::integrity::Check;
-use crate::plan::{Granularity, RequestLayout};
+use crate::plan::{Granularity, RequestLayout, Side};
 use cudarc::driver::{result, sys};
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct PatternKernels {
     stream: Stream,
     /// One seed per message of the request being written or checked.
     seeds: DeviceMem,
+    /// Each message's byte offset in the buffer, on this side.
+    offsets: DeviceMem,
     /// The verify kernel's wrong-byte count and first wrong offset.
     counters: DeviceMem,
     timeout: Duration,
@@ -62,6 +64,7 @@ impl PatternKernels {
             stream: Stream::new(device)?,
             // Room for the self-check's messages too.
             seeds: DeviceMem::new(device, 8 * max_messages.max(tiny_layout().message_count))?,
+            offsets: DeviceMem::new(device, 8 * max_messages.max(tiny_layout().message_count))?,
             counters: DeviceMem::new(device, 16)?,
             device: device.clone(),
             timeout,
@@ -70,14 +73,16 @@ impl PatternKernels {
         Ok(kernels)
     }
 
-    /// The pattern of `request` into every message of `mem`'s request.
+    /// The pattern of `request` into every message of `mem`'s request, on
+    /// the sender (where its layout puts each message).
     pub fn fill(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<()> {
-        let words = self.prepare(mem, layout, request)?;
-        let (mut buf, mut seeds, mut per, mut total) =
-            (mem.ptr, self.seeds.ptr, (layout.message_bytes / 8) as u64, words);
-        let mut args: [*mut c_void; 4] = [
+        let words = self.prepare(mem, layout, request, Side::Sender)?;
+        let (mut buf, mut seeds, mut offsets, mut per, mut total) =
+            (mem.ptr, self.seeds.ptr, self.offsets.ptr, (layout.message_bytes / 8) as u64, words);
+        let mut args: [*mut c_void; 5] = [
             (&mut buf as *mut u64).cast(),
             (&mut seeds as *mut u64).cast(),
+            (&mut offsets as *mut u64).cast(),
             (&mut per as *mut u64).cast(),
             (&mut total as *mut u64).cast(),
         ];
@@ -94,18 +99,20 @@ impl PatternKernels {
         self.stream.wait(Instant::now() + self.timeout, "a memset")
     }
 
-    /// Counts the bytes of `mem`'s request that differ from the pattern.
+    /// Counts the bytes of `mem`'s request that differ from the pattern, on
+    /// the receiver (where its layout puts each message).
     pub fn verify(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<Check> {
-        let words = self.prepare(mem, layout, request)?;
+        let words = self.prepare(mem, layout, request, Side::Receiver)?;
         let mut init = [0u8; 16];
         init[8..].copy_from_slice(&u64::MAX.to_le_bytes());
         self.counters.upload(0, &init)?;
-        let (mut buf, mut seeds, mut per, mut total) =
-            (mem.ptr, self.seeds.ptr, (layout.message_bytes / 8) as u64, words);
+        let (mut buf, mut seeds, mut offsets, mut per, mut total) =
+            (mem.ptr, self.seeds.ptr, self.offsets.ptr, (layout.message_bytes / 8) as u64, words);
         let (mut wrong, mut first) = (self.counters.ptr, self.counters.ptr + 8);
-        let mut args: [*mut c_void; 6] = [
+        let mut args: [*mut c_void; 7] = [
             (&mut buf as *mut u64).cast(),
             (&mut seeds as *mut u64).cast(),
+            (&mut offsets as *mut u64).cast(),
             (&mut per as *mut u64).cast(),
             (&mut total as *mut u64).cast(),
             (&mut wrong as *mut u64).cast(),
@@ -123,7 +130,7 @@ impl PatternKernels {
             let index = first as usize / layout.message_bytes;
             let offset = first as usize % layout.message_bytes;
             let mut found = [0u8; 1];
-            mem.download(first as usize, &mut found)?;
+            mem.download(layout.slot(Side::Receiver, index).offset + offset, &mut found)?;
             let mut expected = vec![0u8; offset + 1];
             pattern::fill(&mut expected, layout.key(request, index).seed());
             let m = pattern::Mismatch {
@@ -135,8 +142,9 @@ impl PatternKernels {
         Ok(check)
     }
 
-    /// Uploads the request's seeds; returns its length in words.
-    fn prepare(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<u64> {
+    /// Uploads the request's seeds and `side`'s message offsets; returns
+    /// the request's length in words.
+    fn prepare(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64, side: Side) -> Result<u64> {
         if !layout.message_bytes.is_multiple_of(8) {
             return Err(Error::usage(format!(
                 "GPU buffers need messages of a whole number of 8-byte words; these are {} bytes \
@@ -144,7 +152,7 @@ impl PatternKernels {
                 layout.message_bytes
             )));
         }
-        if layout.total_bytes() > mem.len || 8 * layout.message_count > self.seeds.len {
+        if layout.buffer_bytes() > mem.len || 8 * layout.message_count > self.seeds.len {
             return Err(Error::run(format!(
                 "internal error: a request of {} messages, {} bytes, does not fit buffers sized for {} and {}",
                 layout.message_count,
@@ -156,6 +164,8 @@ impl PatternKernels {
         let seeds: Vec<u8> =
             (0..layout.message_count).flat_map(|i| layout.key(request, i).seed().to_le_bytes()).collect();
         self.seeds.upload(0, &seeds)?;
+        let offsets: Vec<u8> = layout.slots(side).flat_map(|s| (s.offset as u64).to_le_bytes()).collect();
+        self.offsets.upload(0, &offsets)?;
         Ok((layout.total_bytes() / 8) as u64)
     }
 

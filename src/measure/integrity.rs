@@ -2,7 +2,7 @@
 //! spread over the machine's cores.
 
 use crate::kv::pattern::{self, Mismatch};
-use crate::plan::RequestLayout;
+use crate::plan::{RequestLayout, Side};
 use std::ops::Range;
 
 /// Below this many bytes per thread, more threads cost more than they save.
@@ -15,35 +15,62 @@ fn piece_len(bytes: usize) -> usize {
     bytes.div_ceil(threads).max(1)
 }
 
-/// Calls `f(message index, byte offset in that message, piece)` for every
-/// piece of every message inside `range` of the request buffer.
-fn walk(layout: &RequestLayout, range: Range<usize>, mut f: impl FnMut(usize, usize, Range<usize>)) {
+/// One thread's share of a request: pieces of messages, each
+/// (message index, offset in the message, place in the side's buffer).
+type Share = Vec<(usize, usize, Range<usize>)>;
+
+/// The request's bytes (its messages in order) cut into thread shares of
+/// `per` bytes, each piece placed where `side`'s layout puts its message.
+fn shares(layout: &RequestLayout, side: Side, per: usize) -> Vec<Share> {
     let m = layout.message_bytes;
-    let mut pos = range.start;
-    while pos < range.end {
-        let index = pos / m;
-        let msg_end = ((index + 1) * m).min(range.end);
-        f(index, pos - index * m, pos - range.start..msg_end - range.start);
-        pos = msg_end;
+    let mut out: Vec<Share> = vec![Vec::new(); layout.total_bytes().div_ceil(per).max(1)];
+    for slot in layout.slots(side) {
+        let mut pos = slot.index * m; // in the request
+        let end = pos + m;
+        while pos < end {
+            let k = pos / per;
+            let upto = end.min((k + 1) * per);
+            let at = slot.offset + (pos - slot.index * m);
+            out[k].push((slot.index, pos - slot.index * m, at..at + (upto - pos)));
+            pos = upto;
+        }
     }
+    out
 }
 
-/// Writes the pattern of `request` into every message of the request buffer.
+/// Writes the pattern of `request` into every message of the sender's buffer.
 pub fn fill(region: &mut [u8], layout: &RequestLayout, request: u64) {
-    let bytes = layout.total_bytes();
-    let per = piece_len(bytes);
-    let fill_piece = |k: usize, piece: &mut [u8]| {
-        walk(layout, k * per..k * per + piece.len(), |index, offset, r| {
-            pattern::fill_at(&mut piece[r], layout.key(request, index).seed(), offset as u64)
-        })
+    let per = piece_len(layout.total_bytes());
+    // Each piece's bytes, borrowed apart: pieces never overlap.
+    let mut pieces: Vec<(usize, usize, usize, Range<usize>)> = shares(layout, Side::Sender, per)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(k, share)| share.into_iter().map(move |(i, off, r)| (k, i, off, r)))
+        .collect();
+    pieces.sort_unstable_by_key(|p| p.3.start);
+    let mut by_thread: Vec<Vec<(usize, usize, &mut [u8])>> = Vec::new();
+    let (mut rest, mut at) = (region, 0);
+    for (k, index, offset, r) in pieces {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(r.start - at);
+        let (mine, tail) = tail.split_at_mut(r.len());
+        if by_thread.len() <= k {
+            by_thread.resize_with(k + 1, Vec::new);
+        }
+        by_thread[k].push((index, offset, mine));
+        (rest, at) = (tail, r.end);
+    }
+    let fill_share = |share: Vec<(usize, usize, &mut [u8])>| {
+        for (index, offset, bytes) in share {
+            pattern::fill_at(bytes, layout.key(request, index).seed(), offset as u64);
+        }
     };
-    if per >= bytes {
-        return fill_piece(0, &mut region[..bytes]);
+    if by_thread.len() == 1 {
+        return fill_share(by_thread.pop().expect("one share"));
     }
     std::thread::scope(|s| {
-        for (k, piece) in region[..bytes].chunks_mut(per).enumerate() {
-            let fill_piece = &fill_piece;
-            s.spawn(move || fill_piece(k, piece));
+        for share in by_thread {
+            let fill_share = &fill_share;
+            s.spawn(move || fill_share(share));
         }
     });
 }
@@ -78,32 +105,30 @@ impl Check {
     }
 }
 
-/// Counts every byte of the request buffer that differs from its pattern.
+/// Counts every byte of the receiver's buffer that differs from its pattern.
 pub fn verify(region: &[u8], layout: &RequestLayout, request: u64) -> Check {
-    let bytes = layout.total_bytes();
-    let per = piece_len(bytes);
-    let check_piece = |k: usize, piece: &[u8]| {
+    let check_share = |share: Share| {
         let mut check = Check::default();
-        walk(layout, k * per..k * per + piece.len(), |index, offset, r| {
+        for (index, offset, r) in share {
             let len = r.len() as u64;
-            let m = pattern::verify_at(&piece[r], layout.key(request, index).seed(), offset as u64);
+            let m = pattern::verify_at(&region[r], layout.key(request, index).seed(), offset as u64);
             check.merge(Check::of_message(layout, request, index, m, len));
-        });
+        }
         check
     };
-    if per >= bytes {
-        return check_piece(0, &region[..bytes]);
+    let mut shares = shares(layout, Side::Receiver, piece_len(layout.total_bytes()));
+    if shares.len() == 1 {
+        return check_share(shares.pop().expect("one share"));
     }
     std::thread::scope(|s| {
-        let handles: Vec<_> = region[..bytes]
-            .chunks(per)
-            .enumerate()
-            .map(|(k, piece)| {
-                let check_piece = &check_piece;
-                s.spawn(move || check_piece(k, piece))
+        let handles: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let check_share = &check_share;
+                s.spawn(move || check_share(share))
             })
             .collect();
-        // In piece order, so `first` is the first wrong byte of the request.
+        // In share order, so `first` is the first wrong byte of the request.
         handles.into_iter().fold(Check::default(), |mut total, h| {
             total.merge(h.join().expect("verify thread"));
             total
@@ -131,7 +156,7 @@ mod tests {
             let c = verify(&buf, &l, 3);
             assert_eq!((c.wrong_bytes, c.verified_bytes), (0, l.total_bytes() as u64), "{g}");
             // Each message is its own pattern, seeded by its key.
-            let slot = l.slot(l.message_count - 1);
+            let slot = l.slot(Side::Receiver, l.message_count - 1);
             let alone = pattern::verify(&buf[slot.offset..][..slot.len], l.key(3, slot.index).seed());
             assert_eq!(alone.wrong_bytes, 0);
         }
@@ -143,13 +168,31 @@ mod tests {
         let mut buf = vec![0u8; l.total_bytes()];
         fill(&mut buf, &l, 1);
         assert_eq!(verify(&buf, &l, 2).wrong_bytes, l.total_bytes() as u64 - stray_matches(&buf, &l, 2));
-        let (a, b) = (l.slot(0), l.slot(1));
+        let (a, b) = (l.slot(Side::Receiver, 0), l.slot(Side::Receiver, 1));
         let first = buf[a.offset..a.offset + a.len].to_vec();
         buf.copy_within(b.offset..b.offset + b.len, a.offset);
         buf[b.offset..b.offset + b.len].copy_from_slice(&first);
         let c = verify(&buf, &l, 1);
         assert!(c.wrong_bytes > (a.len + b.len) as u64 * 9 / 10);
         assert!(c.first.unwrap().starts_with("r1/L0/K/b0 byte 0"));
+    }
+
+    #[test]
+    fn blocks_placed_in_a_pool_are_written_and_checked_where_each_side_puts_them() {
+        let shape = KvShape::new(presets::lookup("qwen2.5-7b").unwrap(), 1, 16).unwrap();
+        let l = RequestLayout::in_pool(&shape, 100, crate::plan::BlockTable::Random { seed: 3 }, 20, true);
+        let mut sent = vec![0u8; l.buffer_bytes()];
+        fill(&mut sent, &l, 4);
+        // Move each message from the sender's slot to the receiver's.
+        let mut received = vec![0u8; l.buffer_bytes()];
+        for i in 0..l.message_count {
+            let (a, b) = (l.slot(Side::Sender, i), l.slot(Side::Receiver, i));
+            received[b.offset..b.offset + b.len].copy_from_slice(&sent[a.offset..a.offset + a.len]);
+        }
+        let c = verify(&received, &l, 4);
+        assert_eq!((c.wrong_bytes, c.verified_bytes), (0, l.total_bytes() as u64));
+        // The sender's own buffer, read with the receiver's table, is wrong.
+        assert!(verify(&sent, &l, 4).wrong_bytes > l.total_bytes() as u64 / 2);
     }
 
     /// Bytes that match by chance between two random patterns (~1/128 each).

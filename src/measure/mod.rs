@@ -13,7 +13,7 @@ use crate::fan::Fan;
 use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::Buffer;
-use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
+use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
 use crate::transport::{Completions, GpuCopier, PeerLink, RecvSide, SendSide};
 use hdrhistogram::Histogram;
@@ -121,7 +121,9 @@ pub fn run_sender(
             }
             let first_measured = p == 0 && it == plan.warmup;
             if first_measured && cfg.fault == Some(Fault::CorruptByte) {
-                buf.flip_byte(bytes / 2)?;
+                // The middle byte of the request, where this side keeps it.
+                let (middle, m) = (bytes / 2, layout.message_bytes);
+                buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
             }
             let on_wire = match cfg.fault {
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
@@ -445,6 +447,9 @@ mod tests {
             iterations: 1,
             warmup: 0,
             verify,
+            block_table: Default::default(),
+            pool_blocks: None,
+            coalesce: true,
         }
     }
 

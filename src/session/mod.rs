@@ -518,6 +518,9 @@ mod tests {
             iterations: 1,
             warmup: 0,
             verify: crate::plan::VerifyMode::After,
+            block_table: Default::default(),
+            pool_blocks: None,
+            coalesce: true,
         };
         Hello {
             role: Role::Sender,

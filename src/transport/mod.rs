@@ -345,7 +345,7 @@ pub fn host_timed_round(
 ) -> Result<RoundTiming> {
     let host = buf.host_slice();
     let mut arrived = |i: usize, ns: u64| {
-        let slot = layout.slot(i);
+        let slot = layout.slot(crate::plan::Side::Receiver, i);
         done.message_done(i, ns, host.map(|h| &h[slot.offset..slot.offset + slot.len]))
     };
     let t0 = Instant::now();

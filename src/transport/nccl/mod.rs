@@ -19,7 +19,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::{Device, Event, Stream};
 use crate::memory::Buffer;
-use crate::plan::RequestLayout;
+use crate::plan::{self, RequestLayout};
 use lib::{Comm, Nccl, UniqueId, IN_PROGRESS};
 use std::ffi::c_void;
 use std::path::PathBuf;
@@ -217,7 +217,8 @@ impl Side {
                 self.nccl.group_start()?;
             }
             for i in g * self.group..((g + 1) * self.group).min(layout.message_count) {
-                let slot = layout.slot(i);
+                let slot =
+                    layout.slot(if self.rank == 0 { plan::Side::Sender } else { plan::Side::Receiver }, i);
                 // SAFETY: the slot lies inside the buffer, which outlives the
                 // request: every round waits for its stream before returning.
                 unsafe {

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
-use crate::plan::RequestLayout;
+use crate::plan::{Descriptor, RequestLayout, Side as End};
 use fabric::{Endpoint, Finished, Iface, Region, Wanted, Watchdog};
 use lib::Ofi;
 use serde::{Deserialize, Serialize};
@@ -309,14 +309,18 @@ impl Side {
         Ok(self.wait(clock, peer, |d| matches!(d, Done::SignalIn))?.tag)
     }
 
-    /// Posts the data operation of message `i`; false if the provider's
+    /// Posts data operation `i`, descriptor `d`; false if the provider's
     /// queue is full for now.
-    fn post(&mut self, i: usize, bytes: usize, request: u64) -> Result<bool> {
-        let offset = i * bytes;
-        // SAFETY: offset + bytes lies within the registered buffer (the layout tiles it).
-        let local = unsafe { self.base.add(offset) };
+    fn post(&mut self, i: usize, d: Descriptor, request: u64) -> Result<bool> {
+        let (me, them) = match self.peer_role {
+            crate::session::Role::Receiver => (End::Sender, End::Receiver),
+            crate::session::Role::Sender => (End::Receiver, End::Sender),
+        };
+        let bytes = d.len;
+        // SAFETY: the descriptor lies within the registered buffer (the layout's pool).
+        let local = unsafe { self.base.add(d.offset(me)) };
         let (desc, peer, remote, key) =
-            (self.data.desc, self.peer, self.remote_base + offset as u64, self.remote_key);
+            (self.data.desc, self.peer, self.remote_base + d.offset(them) as u64, self.remote_key);
         let ctx = self.context(i);
         let ep = &self.ep;
         let posted = match self.op {
@@ -333,23 +337,22 @@ impl Side {
         Ok(posted)
     }
 
-    /// Posts `count` data operations (receives, with `RECEIVE`), at most
-    /// `in_flight` at once, until all have finished; each finished one goes
-    /// to `arrived` with its latency. `go` is sent once the first are posted.
-    #[allow(clippy::too_many_arguments)]
+    /// Posts one data operation per descriptor (receives, with `RECEIVE`),
+    /// at most `in_flight` at once, until all have finished; each finished
+    /// one goes to `arrived` with its latency. `go` is sent once the first
+    /// are posted.
     fn move_all(
         &mut self,
-        count: usize,
-        bytes: usize,
+        ops: &[Descriptor],
         request: u64,
         mut go: Option<Tag>,
         clock: &mut Clock,
         peer: &mut dyn PeerLink,
         arrived: &mut dyn FnMut(usize, u64, &Finished) -> Result<()>,
     ) -> Result<()> {
-        let (mut next, mut outstanding, mut finished) = (0, 0, 0);
+        let (count, mut next, mut outstanding, mut finished) = (ops.len(), 0, 0, 0);
         while finished < count || go.is_some() {
-            while next < count && outstanding < self.in_flight && self.post(next, bytes, request)? {
+            while next < count && outstanding < self.in_flight && self.post(next, ops[next], request)? {
                 (next, outstanding) = (next + 1, outstanding + 1);
             }
             if let Some(t) = go.take() {
@@ -373,11 +376,11 @@ impl Side {
     fn send_round(
         &mut self,
         request: u64,
-        count: usize,
-        bytes: usize,
+        ops: &[Descriptor],
         deadline: Instant,
         peer: &mut dyn PeerLink,
     ) -> Result<()> {
+        let count = ops.len();
         self.begin(count);
         let clock = &mut Clock::new(deadline, format!("sending request {request} over libfabric"));
         if self.op == OfiOp::Read {
@@ -394,7 +397,7 @@ impl Side {
         self.signal_in(tag::GO, clock, peer)?;
         let t = self.wait_signal(clock, peer)?;
         check_request(tag::request(t), request, "said go for")?;
-        self.move_all(count, bytes, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
+        self.move_all(ops, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
         if self.op == OfiOp::Write {
             // Every write is complete at the target (or ordered before this).
             self.send_signal(tag::make(tag::DONE, request, count), clock, peer)?;
@@ -402,16 +405,20 @@ impl Side {
         Ok(())
     }
 
-    /// The receiver's round; reports each message to `arrived` with its latency.
+    /// The receiver's round, one operation per descriptor; reports each
+    /// message to `arrived` with its operation's latency.
     fn recv_round(
         &mut self,
         request: u64,
-        count: usize,
-        bytes: usize,
+        ops: &[Descriptor],
         deadline: Instant,
         peer: &mut dyn PeerLink,
         arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
     ) -> Result<()> {
+        let count = ops.len();
+        // An operation that finished brought all its messages.
+        let mut arrived =
+            |k: usize, ns: u64| (ops[k].first..ops[k].first + ops[k].count).try_for_each(|m| arrived(m, ns));
         self.begin(count);
         let t0 = Instant::now();
         let clock = &mut Clock::new(deadline, format!("receiving request {request} over libfabric"));
@@ -423,7 +430,7 @@ impl Side {
                 check_request(tag::request(t), request, "wrote")?;
                 if tag::index(t) != count {
                     return Err(Error::integrity(format!(
-                        "the sender wrote {} messages of request {request}, expected {count}",
+                        "the sender wrote {} operations of request {request}, expected {count}",
                         tag::index(t)
                     )));
                 }
@@ -435,7 +442,7 @@ impl Side {
             }
             OfiOp::Read if self.fence.is_some() => {
                 // shm ran the copies in the sender's process: it says when they landed.
-                self.move_all(count, bytes, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
+                self.move_all(ops, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
                 self.signal_in(tag::LANDED, clock, peer)?;
                 self.send_signal(tag::make(tag::DONE, request, count), clock, peer)?;
                 let t = self.wait_signal(clock, peer)?;
@@ -444,7 +451,7 @@ impl Side {
                 (0..count).try_for_each(|i| arrived(i, latency))
             }
             OfiOp::Read => {
-                self.move_all(count, bytes, request, None, clock, peer, &mut |i, ns, _| arrived(i, ns))?;
+                self.move_all(ops, request, None, clock, peer, &mut |i, ns, _| arrived(i, ns))?;
                 self.send_signal(tag::make(tag::DONE, request, count), clock, peer)
             }
             OfiOp::Send => {
@@ -452,10 +459,11 @@ impl Side {
                 // match receives in order: message i lands in receive i.
                 let go = Some(tag::make(tag::GO, request, 0));
                 let fenced = self.fence.is_some();
-                self.move_all(count, bytes, RECEIVE, go, clock, peer, &mut |i, ns, f| {
-                    if f.tag != tag::make(tag::DATA, request, i) || f.len != bytes {
+                self.move_all(ops, RECEIVE, go, clock, peer, &mut |i, ns, f| {
+                    if f.tag != tag::make(tag::DATA, request, i) || f.len != ops[i].len {
                         return Err(Error::integrity(format!(
-                            "message {i} of {count} of request {request} ({bytes} bytes): received request {} message {} ({} bytes)",
+                            "operation {i} of {count} of request {request} ({} bytes): received request {} operation {} ({} bytes)",
+                            ops[i].len,
                             tag::request(f.tag),
                             tag::index(f.tag),
                             f.len
@@ -695,7 +703,8 @@ impl SendSide for OfiSender {
         deadline: Instant,
         peer: &mut dyn PeerLink,
     ) -> Result<()> {
-        let result = self.0.send_round(request, layout.message_count, layout.message_bytes, deadline, peer);
+        let ops = layout.descriptors();
+        let result = self.0.send_round(request, &ops, deadline, peer);
         noting_failure(&mut self.0, result)
     }
 }
@@ -722,10 +731,10 @@ impl RecvSide for OfiReceiver {
         peer: &mut dyn PeerLink,
         done: &dyn Completions,
     ) -> Result<RoundTiming> {
-        let (count, bytes) = (layout.message_count, layout.message_bytes);
+        let ops = layout.descriptors();
         let side = &mut self.0;
         super::host_timed_round(buf, layout, done, |arrived| {
-            let result = side.recv_round(request, count, bytes, deadline, peer, arrived);
+            let result = side.recv_round(request, &ops, deadline, peer, arrived);
             noting_failure(side, result)
         })
     }

@@ -19,7 +19,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
 use crate::net;
-use crate::plan::{RequestLayout, TransferKey};
+use crate::plan::{RequestLayout, Side, TransferKey};
 use crate::session::is_timeout;
 use crate::units::fmt_bytes;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -170,7 +170,7 @@ impl SendSide for TcpSender {
             let staging = self.staging.as_mut().expect("staging made for GPU memory");
             return staged::send(&mut self.streams[0], mem, staging, round);
         };
-        let data = &host[..layout.total_bytes()];
+        let data = &host[..layout.buffer_bytes()];
         let step = self.streams.len();
         if step == 1 {
             return send_stream(&mut self.streams[0], 0, 1, data, round);
@@ -196,7 +196,7 @@ fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], r
         if batch.len() == BATCH_MESSAGES || batch_bytes >= WRITE_BYTES || index >= layout.message_count {
             let mut iov: Vec<IoSlice> = Vec::with_capacity(2 * batch.len());
             for (h, &m) in headers.iter().zip(&batch) {
-                let slot = layout.slot(m);
+                let slot = layout.slot(Side::Sender, m);
                 iov.push(IoSlice::new(h));
                 iov.push(IoSlice::new(&data[slot.offset..slot.offset + slot.len]));
             }
@@ -319,8 +319,8 @@ impl RecvSide for TcpReceiver {
             staged::recv(&mut self.streams[0], mem, staging, round, done, start)?;
             return Ok(RoundTiming::default());
         }
-        let region = &mut buf.host_slice_mut().expect("host memory")[..layout.total_bytes()];
-        let slots = region.chunks_exact_mut(layout.message_bytes).enumerate();
+        let region = &mut buf.host_slice_mut().expect("host memory")[..layout.buffer_bytes()];
+        let slots = layout.split_mut(Side::Receiver, region).into_iter();
         peer.go()?;
         if self.streams.len() == 1 {
             recv_stream(&mut self.streams[0], 0, slots, round, done, start)?;

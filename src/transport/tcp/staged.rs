@@ -7,6 +7,7 @@
 use super::{data_error, expect_header, header, read_full, write_all_vectored, Round, HEADER};
 use crate::error::Result;
 use crate::gpu::{self, DeviceMem, Event, PinnedMem, Stream};
+use crate::plan::{RequestLayout, Side};
 use crate::transport::{nanos, Completions};
 use std::io::{BufReader, IoSlice};
 use std::net::TcpStream;
@@ -46,6 +47,26 @@ fn chunk(c: usize, total: usize) -> (usize, usize) {
     (c * CHUNK, ((c + 1) * CHUNK).min(total))
 }
 
+/// Where bytes `start..end` of the request (its messages in order) sit in
+/// `side`'s buffer: (buffer offset, offset in the range, length), one piece
+/// where the messages tile the buffer, else one per message touched.
+fn pieces(layout: &RequestLayout, side: Side, start: usize, end: usize) -> Vec<(usize, usize, usize)> {
+    if layout.tiled() {
+        return vec![(start, 0, end - start)];
+    }
+    let m = layout.message_bytes;
+    let mut out: Vec<(usize, usize, usize)> = Vec::new();
+    for i in start / m..end.div_ceil(m) {
+        let (lo, hi) = ((i * m).max(start), ((i + 1) * m).min(end));
+        let at = layout.slot(side, i).offset + (lo - i * m);
+        match out.last_mut() {
+            Some(p) if p.0 + p.2 == at => p.2 += hi - lo,
+            _ => out.push((at, lo - start, hi - lo)),
+        }
+    }
+    out
+}
+
 pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, round: Round) -> Result<()> {
     let Round { layout, request, deadline, timeout } = round;
     let total = layout.total_bytes();
@@ -54,15 +75,17 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
     let copy_out = |st: &mut Staging, c: usize| -> Result<()> {
         let (start, end) = chunk(c, total);
         let slot = &mut st.slots[c % DEPTH];
-        // SAFETY: the slot holds CHUNK bytes and is not read until `copied`.
-        unsafe {
-            gpu::copy_to_host_async(
-                slot.mem.as_mut_slice().as_mut_ptr(),
-                mem.ptr + start as u64,
-                end - start,
-                &st.stream,
-            )
-        }?;
+        for (at, into, len) in pieces(layout, Side::Sender, start, end) {
+            // SAFETY: the slot holds CHUNK bytes and is not read until `copied`.
+            unsafe {
+                gpu::copy_to_host_async(
+                    slot.mem.as_mut_slice().as_mut_ptr().add(into),
+                    mem.ptr + at as u64,
+                    len,
+                    &st.stream,
+                )
+            }?;
+        }
         slot.copied.record(&st.stream)
     };
     for c in 0..chunks.min(DEPTH) {
@@ -123,15 +146,17 @@ pub(super) fn recv(
                 .map_err(|e| data_error(e, "sender", timeout, &what()))?;
             pos = upto;
             if pos == end {
-                // SAFETY: the slot is not written again until `copied` is done.
-                unsafe {
-                    gpu::copy_to_device_async(
-                        mem.ptr + start as u64,
-                        slot.mem.as_slice().as_ptr(),
-                        end - start,
-                        &st.stream,
-                    )
-                }?;
+                for (at, from, len) in pieces(layout, Side::Receiver, start, end) {
+                    // SAFETY: the slot is not written again until `copied` is done.
+                    unsafe {
+                        gpu::copy_to_device_async(
+                            mem.ptr + at as u64,
+                            slot.mem.as_slice().as_ptr().add(from),
+                            len,
+                            &st.stream,
+                        )
+                    }?;
+                }
                 slot.copied.record(&st.stream)?;
             }
         }
@@ -147,6 +172,20 @@ pub(super) fn recv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pieces_follow_each_sides_block_table() {
+        let shape =
+            crate::kv::KvShape::new(crate::kv::presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
+        let tiled = crate::plan::RequestLayout::new(&shape, 64, crate::plan::Granularity::Block);
+        assert_eq!(pieces(&tiled, Side::Sender, 100, 5000), vec![(100, 0, 4900)]);
+        // 4 blocks of 32 KiB per tensor in pools of 6: K of layer 0 at 0..4,
+        // V at 6..10 (pool blocks); a range across them splits at the gap.
+        let pooled =
+            crate::plan::RequestLayout::in_pool(&shape, 64, crate::plan::BlockTable::Contiguous, 6, true);
+        let b = 32 << 10;
+        assert_eq!(pieces(&pooled, Side::Sender, 3 * b, 5 * b + 7), vec![(3 * b, 0, b), (6 * b, b, b + 7)]);
+    }
 
     #[test]
     fn chunks_tile_the_request() {

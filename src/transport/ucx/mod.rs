@@ -25,7 +25,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
-use crate::plan::RequestLayout;
+use crate::plan::{Descriptor, RequestLayout};
 use crate::units::fmt_bytes;
 pub use lanes::Lanes;
 use serde::{Deserialize, Serialize};
@@ -276,12 +276,13 @@ impl Side {
                 w.finish_op(node, node.signal(hello)?, &what)?;
             }
         }
-        let bytes = buf_len.clamp(1, WARM_UP_BYTES);
+        let len = buf_len.clamp(1, WARM_UP_BYTES);
+        let one = [Descriptor { first: 0, count: 1, sender: 0, receiver: 0, len }];
         let mut ignore = |_: usize, _: u64| Ok(());
         if sender {
-            self.send_round(WARM_UP_REQUEST, 1, bytes, deadline, &mut watch)
+            self.send_round(WARM_UP_REQUEST, &one, deadline, &mut watch)
         } else {
-            self.recv_round(WARM_UP_REQUEST, 1, bytes, deadline, &mut watch, &mut ignore)
+            self.recv_round(WARM_UP_REQUEST, &one, deadline, &mut watch, &mut ignore)
         }
     }
 
@@ -362,15 +363,16 @@ impl Side {
     }
 
     /// The pushing side's round: waits for the receiver's go, then puts and
-    /// flushes (signalling done) or sends tagged messages.
+    /// flushes (signalling done) or sends tagged messages, one operation
+    /// per descriptor of `ops`.
     fn send_round(
         &mut self,
         request: u64,
-        count: usize,
-        bytes: usize,
+        ops: &[Descriptor],
         deadline: Instant,
         peer: &mut dyn PeerLink,
     ) -> Result<()> {
+        let count = ops.len();
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
         let what = || format!("sending request {request} over UCX");
@@ -386,17 +388,17 @@ impl Side {
         let mut window = Window::new(node, limit, &mut self.posted_at);
         let mut ignore = |_: usize, _: u64, _: Option<(Tag, usize)>| Ok(());
         let doing = what();
-        for i in 0..count {
+        for (i, d) in ops.iter().enumerate() {
             while window.full() {
                 window.reap(&doing, &mut ignore)?;
                 w.tick(node, &what)?;
             }
             window.post(i);
             let posted = match op {
-                UcxOp::Put => node.put(i, i * bytes, bytes, remote_base + (i * bytes) as u64)?,
-                _ => node.send(i, i * bytes, bytes, tag::make(tag::DATA, request, i))?,
+                UcxOp::Put => node.put(i, d.sender, d.len, remote_base + d.receiver as u64)?,
+                _ => node.send(i, d.sender, d.len, tag::make(tag::DATA, request, i))?,
             };
-            Side::note_protocol(protocols, node, bytes, &posted);
+            Side::note_protocol(protocols, node, d.len, &posted);
             if let Op::Done = posted {
                 window.finished_at_once(i, &mut ignore)?;
             }
@@ -415,17 +417,20 @@ impl Side {
         Ok(())
     }
 
-    /// The receiving side's round; reports each message to `arrived` with
-    /// its latency.
+    /// The receiving side's round, one operation per descriptor of `ops`;
+    /// reports each message to `arrived` with its operation's latency.
     fn recv_round(
         &mut self,
         request: u64,
-        count: usize,
-        bytes: usize,
+        ops: &[Descriptor],
         deadline: Instant,
         peer: &mut dyn PeerLink,
         arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
     ) -> Result<()> {
+        let count = ops.len();
+        // An operation that finished brought all its messages.
+        let mut arrived =
+            |k: usize, ns: u64| (ops[k].first..ops[k].first + ops[k].count).try_for_each(|m| arrived(m, ns));
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
         let t0 = Instant::now();
@@ -439,21 +444,23 @@ impl Side {
             check_request(tag::request(t), request, "wrote")?;
             if tag::index(t) != count {
                 return Err(Error::integrity(format!(
-                    "the sender put {} messages of request {request}, expected {count}",
+                    "the sender put {} operations of request {request}, expected {count}",
                     tag::index(t)
                 )));
             }
             // One-sided: the messages are known to be here only now.
             let latency = super::nanos(t0.elapsed());
-            return (0..count).try_for_each(|i| arrived(i, latency));
+            return (0..count).try_for_each(|k| arrived(k, latency));
         }
         let mut window = Window::new(node, limit, &mut self.posted_at);
         let mut check = |i: usize, ns: u64, info: Option<(Tag, usize)>| {
             if let (UcxOp::Send, Some((t, len))) = (op, info) {
-                if t != tag::make(tag::DATA, request, i) || len != bytes {
-                    let got = format!("request {} message {} ({len} bytes)", tag::request(t), tag::index(t));
+                if t != tag::make(tag::DATA, request, i) || len != ops[i].len {
+                    let got =
+                        format!("request {} operation {} ({len} bytes)", tag::request(t), tag::index(t));
                     return Err(Error::integrity(format!(
-                        "message {i} of {count} of request {request} ({bytes} bytes): received {got}"
+                        "operation {i} of {count} of request {request} ({} bytes): received {got}",
+                        ops[i].len
                     )));
                 }
             }
@@ -462,11 +469,12 @@ impl Side {
         let mut next = 0;
         let mut post = |window: &mut Window, i: usize, check: &mut Done| -> Result<()> {
             window.post(i);
+            let d = &ops[i];
             if op == UcxOp::Send {
-                return node.recv(i, i * bytes, bytes, tag::make(tag::DATA, 0, 0), tag::KIND);
+                return node.recv(i, d.receiver, d.len, tag::make(tag::DATA, 0, 0), tag::KIND);
             }
-            let posted = node.get(i, i * bytes, bytes, remote_base + (i * bytes) as u64)?;
-            Side::note_protocol(protocols, node, bytes, &posted);
+            let posted = node.get(i, d.receiver, d.len, remote_base + d.sender as u64)?;
+            Side::note_protocol(protocols, node, d.len, &posted);
             if let Op::Done = posted {
                 window.finished_at_once(i, check)?;
             }
@@ -550,7 +558,8 @@ impl SendSide for UcxSender {
         if let Some(d) = &self.0.device {
             d.bind()?;
         }
-        let result = self.0.send_round(request, layout.message_count, layout.message_bytes, deadline, peer);
+        let ops = layout.descriptors();
+        let result = self.0.send_round(request, &ops, deadline, peer);
         self.0.node.failed |= result.is_err();
         result
     }
@@ -581,10 +590,10 @@ impl RecvSide for UcxReceiver {
         if let Some(d) = &self.0.device {
             d.bind()?;
         }
-        let (count, bytes) = (layout.message_count, layout.message_bytes);
+        let ops = layout.descriptors();
         let side = &mut self.0;
         super::host_timed_round(buf, layout, done, |arrived| {
-            let result = side.recv_round(request, count, bytes, deadline, peer, arrived);
+            let result = side.recv_round(request, &ops, deadline, peer, arrived);
             side.node.failed |= result.is_err();
             result
         })

@@ -1,11 +1,18 @@
 //! From a KV shape and a workload to the transfers of a run: every sweep
-//! point (prompt length x granularity) is a request buffer tiled by messages
-//! of one size, each with a stable key that both sides derive alike.
+//! point (prompt length x granularity) is a request cut into messages of one
+//! size, each with a stable key that both sides derive alike. Whole requests
+//! and layers tile the buffer in order; blocks sit where each side's block
+//! table puts them in its KV cache pool (blocks.rs).
+
+pub mod blocks;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
+
+pub use blocks::{BlockTable, Descriptor, Side};
 
 /// How a request's KV is cut into messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -144,8 +151,10 @@ pub struct Slot {
 }
 
 /// How one request of one sweep point is cut into messages. Messages all have
-/// the same size and tile the request buffer in order: layer by layer, K
-/// before V, block by block.
+/// the same size and are numbered layer by layer, K before V, block by
+/// block. They tile the request buffer in that order, except blocks placed
+/// in a pool: block b of a (layer, K/V) tensor is then pool block
+/// `table[b]` of that tensor, each side by its own table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLayout {
     pub granularity: Granularity,
@@ -157,6 +166,18 @@ pub struct RequestLayout {
     pub blocks: u32,
     pub message_count: usize,
     pub message_bytes: usize,
+    /// Blocks per (layer, K/V) tensor of each side's KV cache pool; 0 where
+    /// the messages tile the buffer (whole requests, layers).
+    #[serde(default)]
+    pub pool_blocks: u32,
+    #[serde(default)]
+    pub table: BlockTable,
+    /// Adjacent descriptors merge into one operation (NIXL's way).
+    #[serde(default)]
+    pub coalesce: bool,
+    /// Each side's block ids, drawn once: (sender, receiver).
+    #[serde(skip)]
+    ids: Option<Arc<(Vec<u32>, Vec<u32>)>>,
 }
 
 impl RequestLayout {
@@ -179,20 +200,103 @@ impl RequestLayout {
             blocks: if granularity == Granularity::Block { blocks } else { 0 },
             message_count: count as usize,
             message_bytes: bytes as usize,
+            pool_blocks: 0,
+            table: BlockTable::Contiguous,
+            coalesce: false,
+            ids: None,
         }
     }
 
+    /// Blocks of a request placed in pools of `pool_blocks` per tensor by
+    /// `table`, moved as merged descriptors with `coalesce`.
+    pub fn in_pool(
+        shape: &KvShape,
+        tokens: u32,
+        table: BlockTable,
+        pool_blocks: u32,
+        coalesce: bool,
+    ) -> RequestLayout {
+        let mut l = RequestLayout::new(shape, tokens, Granularity::Block);
+        let ids = (
+            table.ids(Side::Sender, l.blocks, pool_blocks),
+            table.ids(Side::Receiver, l.blocks, pool_blocks),
+        );
+        (l.pool_blocks, l.table, l.coalesce, l.ids) = (pool_blocks, table, coalesce, Some(Arc::new(ids)));
+        l
+    }
+
+    /// The bytes the request moves.
     pub fn total_bytes(&self) -> usize {
         self.message_count * self.message_bytes
     }
 
-    pub fn slot(&self, index: usize) -> Slot {
-        debug_assert!(index < self.message_count);
-        Slot { index, offset: index * self.message_bytes, len: self.message_bytes }
+    /// The bytes of a side's buffer the request spans: its pool, for blocks.
+    pub fn buffer_bytes(&self) -> usize {
+        match self.pool_blocks {
+            0 => self.total_bytes(),
+            pool => {
+                self.layers as usize * self.tensors_per_layer as usize * pool as usize * self.message_bytes
+            }
+        }
     }
 
-    pub fn slots(&self) -> impl ExactSizeIterator<Item = Slot> + '_ {
-        (0..self.message_count).map(|i| self.slot(i))
+    /// Whether every message sits at index x size on both sides.
+    pub fn tiled(&self) -> bool {
+        self.pool_blocks == 0 || (self.pool_blocks == self.blocks && self.table == BlockTable::Contiguous)
+    }
+
+    /// Where message `index` sits in `side`'s buffer.
+    pub fn slot(&self, side: Side, index: usize) -> Slot {
+        debug_assert!(index < self.message_count);
+        let (bytes, blocks) = (self.message_bytes, self.blocks as usize);
+        let offset = match self.pool_blocks {
+            0 => index * bytes,
+            pool => {
+                let tensor = index / blocks; // layer x K/V, in order
+                (tensor * pool as usize + self.block_id(side, index % blocks) as usize) * bytes
+            }
+        };
+        Slot { index, offset, len: bytes }
+    }
+
+    /// The pool block that holds block `b` of the request on `side`.
+    fn block_id(&self, side: Side, b: usize) -> u32 {
+        match (&self.ids, side) {
+            (Some(ids), Side::Sender) => ids.0[b],
+            (Some(ids), Side::Receiver) => ids.1[b],
+            // A layout read back from a report: drawn again, alike.
+            (None, _) => self.table.ids(side, self.blocks, self.pool_blocks)[b],
+        }
+    }
+
+    /// Each message's bytes in `side`'s buffer `region`, by message index.
+    pub fn split_mut<'a>(&self, side: Side, region: &'a mut [u8]) -> Vec<(usize, &'a mut [u8])> {
+        let mut by_place: Vec<Slot> = self.slots(side).collect();
+        by_place.sort_unstable_by_key(|s| s.offset);
+        let mut out = Vec::with_capacity(by_place.len());
+        let (mut rest, mut at) = (region, 0);
+        for s in by_place {
+            // Slots never overlap: each starts at or after the end of the last.
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(s.offset - at);
+            let (mine, tail) = tail.split_at_mut(s.len);
+            out.push((s.index, mine));
+            (rest, at) = (tail, s.offset + s.len);
+        }
+        out.sort_unstable_by_key(|(i, _)| *i);
+        out
+    }
+
+    pub fn slots(&self, side: Side) -> impl ExactSizeIterator<Item = Slot> + '_ {
+        (0..self.message_count).map(move |i| self.slot(side, i))
+    }
+
+    /// The operations that move a request: one per message, or, with
+    /// `coalesce` (blocks only), runs of messages adjacent on both sides.
+    pub fn descriptors(&self) -> Vec<Descriptor> {
+        let messages = (0..self.message_count).map(|i| {
+            (self.slot(Side::Sender, i).offset, self.slot(Side::Receiver, i).offset, self.message_bytes)
+        });
+        blocks::descriptors(messages, self.coalesce && self.granularity == Granularity::Block)
     }
 
     pub fn key(&self, request: u64, index: usize) -> TransferKey {
@@ -243,6 +347,18 @@ pub struct Plan {
     pub iterations: u32,
     pub warmup: u32,
     pub verify: VerifyMode,
+    /// Block granularity: where a request's blocks sit in each side's pool.
+    #[serde(default)]
+    pub block_table: BlockTable,
+    /// Block granularity: blocks per (layer, K/V) tensor of each side's
+    /// pool; None: one more than the largest request has, so that a
+    /// contiguous request's K and V runs stay apart, as in a serving pool.
+    #[serde(default)]
+    pub pool_blocks: Option<u32>,
+    /// Block granularity: adjacent descriptors merge (NIXL does; reports
+    /// written before this existed moved one operation per block).
+    #[serde(default)]
+    pub coalesce: bool,
 }
 
 /// One measured configuration: a prompt length at a granularity.
@@ -266,7 +382,20 @@ impl Plan {
         if self.iterations == 0 {
             return Err(Error::usage("--iterations must be at least 1"));
         }
-        Ok(())
+        let largest = self.prompt_lengths.iter().map(|t| self.shape.blocks_for(*t)).max().unwrap_or(0);
+        match self.pool_blocks {
+            Some(pool) if pool < largest => Err(Error::usage(format!(
+                "--pool-blocks {pool} cannot hold the {largest} blocks of a {}-token request",
+                self.prompt_lengths.iter().max().copied().unwrap_or(0)
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Blocks per tensor of each side's pool (block granularity).
+    pub fn pool(&self) -> u32 {
+        let largest = self.prompt_lengths.iter().map(|t| self.shape.blocks_for(*t)).max().unwrap_or(0);
+        self.pool_blocks.unwrap_or(largest + 1)
     }
 
     /// Granularity outermost, so a table reads as one sweep per granularity.
@@ -274,7 +403,17 @@ impl Plan {
         let mut out = Vec::new();
         for &g in &self.granularities {
             for &tokens in &self.prompt_lengths {
-                out.push(Point { index: out.len(), layout: RequestLayout::new(&self.shape, tokens, g) });
+                let layout = match g {
+                    Granularity::Block => RequestLayout::in_pool(
+                        &self.shape,
+                        tokens,
+                        self.block_table,
+                        self.pool(),
+                        self.coalesce,
+                    ),
+                    _ => RequestLayout::new(&self.shape, tokens, g),
+                };
+                out.push(Point { index: out.len(), layout });
             }
         }
         out
@@ -293,6 +432,11 @@ impl Plan {
         self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
     }
 
+    /// The bytes a side's buffer must hold: the largest request, or pool.
+    pub fn max_buffer_bytes(&self) -> usize {
+        self.points().iter().map(|p| p.layout.buffer_bytes()).max().unwrap_or(0)
+    }
+
     /// A fingerprint of the plan and of how this build cuts it into messages:
     /// two builds that would disagree on any key, offset or size disagree here.
     pub fn digest(&self) -> String {
@@ -303,7 +447,9 @@ impl Plan {
             let l = &p.layout;
             let last = l.message_count - 1;
             let last_key = l.key(self.request_id(p.index, 0), last);
-            parts.extend([l.message_count as u64, l.message_bytes as u64, l.slot(last).offset as u64]);
+            let (sent, received) = (l.slot(Side::Sender, last).offset, l.slot(Side::Receiver, last).offset);
+            parts.extend([l.message_count as u64, l.message_bytes as u64, sent as u64, received as u64]);
+            parts.push(l.descriptors().len() as u64);
             parts.push(last_key.seed());
         }
         format!("{:016x}", pattern::seed_of(&parts))
@@ -311,7 +457,7 @@ impl Plan {
 }
 
 /// Bump when the way a plan is cut into messages changes.
-const LAYOUT_REVISION: u64 = 1;
+const LAYOUT_REVISION: u64 = 2;
 
 #[cfg(test)]
 mod tests {
@@ -328,6 +474,9 @@ mod tests {
             iterations: 3,
             warmup: 1,
             verify: VerifyMode::After,
+            block_table: BlockTable::Contiguous,
+            pool_blocks: None,
+            coalesce: true,
         }
     }
 
