@@ -263,6 +263,7 @@ pub fn aggregate(results: &[PointResult], spans: &Histogram<u64>, first_span_ns:
         }
     }
     agg.messages = results.iter().map(|r| r.messages).sum();
+    agg.operations = results.iter().map(|r| r.operations).sum();
     agg.request_bytes = bytes;
     agg.request_ns = LatencySummary::of(spans);
     agg.request_histogram = stats::encode_histogram(spans);
@@ -350,6 +351,7 @@ mod tests {
             granularity: crate::plan::Granularity::Layer,
             prompt_tokens: 1024,
             messages: 32,
+            operations: 32,
             message_bytes: bytes / 32,
             request_bytes: bytes,
             iterations: ns.len() as u32,

@@ -212,6 +212,13 @@ pub struct WorkloadArgs {
     /// Check every byte: after each timed request, inline (timed), or off
     #[arg(long, default_value = "after", value_parser = verify_mode, help_heading = "Workload")]
     pub verify: VerifyMode,
+    #[command(flatten)]
+    pub blocks: BlockArgs,
+}
+
+/// Where blocks sit, and how they are moved (block granularity).
+#[derive(Args, Clone, Debug)]
+pub struct BlockArgs {
     /// Block granularity: where a request's blocks sit in each side's KV cache pool:
     /// contiguous (a fresh server) or random[:SEED] (a fragmented one)
     #[arg(long, value_name = "TABLE", default_value = "contiguous", value_parser = block_table, help_heading = "Workload")]
@@ -221,7 +228,7 @@ pub struct WorkloadArgs {
     #[arg(long, value_name = "N", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Workload")]
     pub pool_blocks: Option<u32>,
     /// Block granularity: merge descriptors adjacent in memory on both sides into one operation, as NIXL does
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, help_heading = "Workload")]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set, help_heading = "Workload")]
     pub coalesce: bool,
 }
 
@@ -355,9 +362,9 @@ impl RunArgs {
             iterations: w.iterations,
             warmup: w.warmup,
             verify: w.verify,
-            block_table: w.block_table,
-            pool_blocks: w.pool_blocks,
-            coalesce: w.coalesce,
+            block_table: w.blocks.block_table,
+            pool_blocks: w.blocks.pool_blocks,
+            coalesce: w.blocks.coalesce,
         };
         plan.validate()?;
         Ok(plan)
@@ -473,7 +480,9 @@ pub struct PlanArgs {
     /// List the built-in models and exit
     #[arg(long)]
     pub list_models: bool,
-    /// Also write the plan as JSON to FILE
+    #[command(flatten)]
+    pub blocks: BlockArgs,
+    /// Also write the plan as JSON to FILE (with each block point's message offsets on both sides)
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }

@@ -18,7 +18,7 @@ use crate::link;
 use crate::measure::{self, FanSlot, Fault, RunConfig};
 use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
-use crate::plan::{Plan, RequestLayout};
+use crate::plan::Plan;
 use crate::report::gate::Gate;
 use crate::report::{self, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
@@ -137,6 +137,18 @@ fn plan(a: &PlanArgs) -> Result<()> {
         Some(h) => format!("{h} KV heads per rank"),
         None => "MLA latent, not split by TP".into(),
     };
+    let plan = Plan {
+        shape: shape.clone(),
+        prompt_lengths: a.prompt_lengths.clone(),
+        granularities: a.granularity.clone(),
+        iterations: 1,
+        warmup: 0,
+        verify: crate::plan::VerifyMode::After,
+        block_table: a.blocks.block_table,
+        pool_blocks: a.blocks.pool_blocks,
+        coalesce: a.blocks.coalesce,
+    };
+    plan.validate()?;
     writeln!(out, "model        {}", shape.model.describe())?;
     writeln!(out, "TP           {} ({heads})", shape.tp)?;
     writeln!(out, "block size   {} tokens", shape.block_size)?;
@@ -148,43 +160,65 @@ fn plan(a: &PlanArgs) -> Result<()> {
         shape.model.layers,
         shape.layer_bytes_per_token()
     )?;
+    if a.granularity.contains(&crate::plan::Granularity::Block) {
+        writeln!(
+            out,
+            "blocks       table {}, pools of {} blocks per (layer, K/V) on each side, descriptors {}",
+            plan.block_table,
+            plan.pool(),
+            if plan.coalesce { "merged where adjacent on both sides (as NIXL)" } else { "one per block" }
+        )?;
+    }
     writeln!(out)?;
     writeln!(
         out,
-        "{:>8} {:>8} {:>9} {:>12} {:>12} {:>14}",
-        "prompt", "gran", "messages", "msg size", "request", "request bytes"
+        "{:>8} {:>8} {:>9} {:>12} {:>12} {:>14} {:>9}",
+        "prompt", "gran", "messages", "msg size", "request", "request bytes", "ops"
     )?;
     let mut rows = Vec::new();
-    for &tokens in &a.prompt_lengths {
-        for &g in &a.granularity {
-            let l = RequestLayout::new(&shape, tokens, g);
-            writeln!(
-                out,
-                "{:>8} {:>8} {:>9} {:>12} {:>12} {:>14}",
-                tokens,
-                g.to_string(),
-                l.message_count,
-                fmt_bytes(l.message_bytes as u64),
-                fmt_bytes(l.total_bytes() as u64),
-                l.total_bytes()
-            )?;
-            rows.push(l);
+    for point in plan.points() {
+        let l = point.layout;
+        let ops = l.descriptors();
+        writeln!(
+            out,
+            "{:>8} {:>8} {:>9} {:>12} {:>12} {:>14} {:>9}",
+            l.tokens,
+            l.granularity.to_string(),
+            l.message_count,
+            fmt_bytes(l.message_bytes as u64),
+            fmt_bytes(l.total_bytes() as u64),
+            l.total_bytes(),
+            ops.len()
+        )?;
+        let mut row = serde_json::to_value(&l).expect("a layout serializes");
+        row["operations"] = ops.len().into();
+        if l.granularity == crate::plan::Granularity::Block {
+            // Where each message sits on each side: what another tool needs to move the same blocks.
+            let offsets = |side| l.slots(side).map(|s| s.offset).collect::<Vec<_>>();
+            row["sender_offsets"] = offsets(crate::plan::Side::Sender).into();
+            row["receiver_offsets"] = offsets(crate::plan::Side::Receiver).into();
+            row["buffer_bytes"] = l.buffer_bytes().into();
         }
+        rows.push((l, row));
     }
     if rows
         .iter()
-        .any(|l| l.granularity == crate::plan::Granularity::Block && l.tokens % shape.block_size != 0)
+        .any(|(l, _)| l.granularity == crate::plan::Granularity::Block && l.tokens % shape.block_size != 0)
     {
         writeln!(
             out,
             "\nblock rows move whole blocks: a partly filled last block travels in full, as in vLLM"
         )?;
     }
+    writeln!(out, "ops: operations per request (descriptors after merging, for blocks)")?;
     if let Some(path) = &a.json {
         let doc = serde_json::json!({
             "shape": shape,
             "kv_bytes_per_token": shape.bytes_per_token(),
-            "points": rows,
+            "block_table": plan.block_table,
+            "pool_blocks": plan.pool(),
+            "coalesce": plan.coalesce,
+            "points": rows.into_iter().map(|(_, row)| row).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
         std::fs::write(path, text + "\n")

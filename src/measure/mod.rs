@@ -339,6 +339,7 @@ fn point_result(
         granularity: layout.granularity,
         prompt_tokens: layout.tokens,
         messages: layout.message_count,
+        operations: layout.descriptors().len(),
         message_bytes: layout.message_bytes,
         request_bytes: layout.total_bytes(),
         iterations: plan.iterations,

@@ -50,6 +50,10 @@ pub struct PointResult {
     pub granularity: Granularity,
     pub prompt_tokens: u32,
     pub messages: usize,
+    /// Operations per request: messages, or for blocks the descriptors
+    /// left after merging adjacent ones (0 in reports older than that).
+    #[serde(default)]
+    pub operations: usize,
     pub message_bytes: usize,
     pub request_bytes: usize,
     pub iterations: u32,

@@ -29,6 +29,7 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ("granularity", p.granularity.to_string()),
         ("prompt_tokens", p.prompt_tokens.to_string()),
         ("messages", p.messages.to_string()),
+        ("operations", p.operations.to_string()),
         ("message_bytes", p.message_bytes.to_string()),
         ("request_bytes", p.request_bytes.to_string()),
         ("iterations", p.iterations.to_string()),

@@ -80,6 +80,18 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             "#            by the host clock: in a fan, GPU events would miss a shared GPU's turns"
         )?;
     }
+    if r.plan.granularities.contains(&crate::plan::Granularity::Block) {
+        writeln!(
+            out,
+            "# blocks     table {}, pools of {} blocks per (layer, K/V) on each side; {}",
+            r.plan.block_table,
+            r.plan.pool(),
+            match r.plan.coalesce {
+                true => "descriptors adjacent on both sides merged into one operation, as NIXL does",
+                false => "one operation per block",
+            }
+        )?;
+    }
     let verify = match r.plan.verify {
         VerifyMode::After => "every byte, after each timed request",
         VerifyMode::Inline => "every byte, inside the timed region",
