@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# kvxfer's block mode against NIXL on the same descriptors, in one call,
+# two processes on GPU 0:
+#   plans    `kvxfer plan --json` for Llama-3.1-8B at 1k and 8k tokens,
+#            block granularity, with a contiguous block table (the default
+#            pool) and a random one (random:1, pools of 4096 blocks);
+#   nixl     scripts/nixl_anchor.py, READ and WRITE, over NIXL's UCX and
+#            LIBFABRIC backends (where they load), on those descriptors;
+#   kvxfer   ucx get and put (error mode peer, as NIXL's UCX backend) with
+#            the UCX bundled in the same NIXL wheel, and ofi read and write
+#            over shm with its libfabric, on the same plans.
+# Needs the nixl wheel installed in NIXL_SITE (pip install --target; default
+# /tmp/site) and the kvxfer binaries in KVXFER_BIN (default target/release).
+#
+#   scripts/gpu-nixl.sh OUT_DIR
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: gpu-nixl.sh OUT_DIR}
+BIN=$(cd "${KVXFER_BIN:-target/release}" && pwd)
+SITE=${NIXL_SITE:-/tmp/site}
+UCX_LIB=$(ls "$SITE"/nixl.libs/libucp-*.so* | head -1)
+OFI_LIB=$(ls "$SITE"/nixl.libs/libfabric-*.so* | head -1)
+export PYTHONPATH=$SITE:${PYTHONPATH:-} KVXFER_BIN=$BIN NCCL_NVLS_ENABLE=0
+export SEND_GPU=0 RECV_GPU=0
+mkdir -p "$OUT"
+failed=0
+MODEL=(-m llama-3.1-8b -p 1024,8192 -g block)
+declare -A TABLE=([contiguous]="" [random]="--block-table random:1 --pool-blocks 4096")
+
+{ nvidia-smi -L; "$BIN/kvxfer" --version; python3 -c "import nixl, torch; print('nixl', nixl.__file__, 'torch', torch.__version__)"
+  echo "UCX: $UCX_LIB"; echo "libfabric: $OFI_LIB"; } >"$OUT/machine.txt" 2>&1
+
+anchor() { # plan point op backend -> one JSON line (or the failure)
+    local port=$((18000 + RANDOM % 1000)) log="$OUT/nixl-target.log"
+    timeout 120 python3 scripts/nixl_anchor.py target --plan "$1" --point "$2" \
+        --port $port --op "$3" --backend "$4" >>"$log" 2>&1 &
+    local target=$!
+    timeout 120 python3 scripts/nixl_anchor.py initiator --plan "$1" --point "$2" \
+        --port $port --op "$3" --backend "$4" --iterations 10 --warmup 2 2>>"$OUT/nixl-initiator.log" \
+        || echo "{\"nixl_backend\": \"$4\", \"op\": \"$3\", \"plan\": \"$1\", \"point\": $2, \"failed\": true}"
+    wait $target
+}
+
+for t in contiguous random; do
+    # shellcheck disable=SC2086
+    "$BIN/kvxfer" plan "${MODEL[@]}" ${TABLE[$t]} --json "$OUT/plan-$t.json" >"$OUT/plan-$t.txt"
+    for point in 0 1; do
+        for op in READ WRITE; do
+            for backend in UCX LIBFABRIC; do
+                anchor "$OUT/plan-$t.json" $point $op $backend
+            done
+        done
+    done >"$OUT/nixl-$t.jsonl"
+    for run in "ucx get" "ucx put" "ofi read" "ofi write"; do
+        set -- $run
+        name=kvxfer-$1-$2-$t
+        case $1 in
+            ucx) via=(-t ucx --ucx-op "$2" --ucx-err-mode peer --ucx-lib "$UCX_LIB") ;;
+            ofi) via=(-t ofi --ofi-op "$2" --ofi-provider shm --ofi-lib "$OFI_LIB") ;;
+        esac
+        # shellcheck disable=SC2086
+        timeout 200 scripts/two-gpus.sh "$OUT/$name" "${via[@]}" "${MODEL[@]}" ${TABLE[$t]} -n 10 -w 2 \
+            || failed=$((failed + 1))
+    done
+done
+echo "gpu-nixl.sh: $failed failed kvxfer run(s)"
+[ $failed = 0 ]
