@@ -8,18 +8,26 @@
 #            LIBFABRIC backends (where they load), on those descriptors;
 #   kvxfer   ucx get and put (error mode peer, as NIXL's UCX backend) with
 #            the UCX bundled in the same NIXL wheel, and ofi read and write
-#            over shm with its libfabric, on the same plans.
-# Needs the nixl wheel installed in NIXL_SITE (pip install --target; default
-# /tmp/site) and the kvxfer binaries in KVXFER_BIN (default target/release).
+#            over shm with the libfabric NIXL's LIBFABRIC plugin loads, on
+#            the same plans.
+# Needs NIXL from scripts/fetch-nixl-cu13.sh (NIXL_ARCHIVE, default
+# .whl/nixl-cu13-1.5.1-min.tar.xz; unpacked into /tmp/nixl), libfabric 2.3
+# with CUDA from scripts/fetch-ofi-cuda.sh (KVXFER_OFI_DIR, default
+# .cache/ofi-cuda; NIXL's LIBFABRIC plugin loads it too), PyTorch with the
+# CUDA 13 runtime, and the kvxfer binaries in KVXFER_BIN (default
+# target/release).
 #
 #   scripts/gpu-nixl.sh OUT_DIR
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-nixl.sh OUT_DIR}
 BIN=$(cd "${KVXFER_BIN:-target/release}" && pwd)
-SITE=${NIXL_SITE:-/tmp/site}
-UCX_LIB=$(ls "$SITE"/nixl.libs/libucp-*.so* | head -1)
-OFI_LIB=$(ls "$SITE"/nixl.libs/libfabric-*.so* | head -1)
+SITE=/tmp/nixl
+mkdir -p "$SITE" && tar -C "$SITE" -xJf "${NIXL_ARCHIVE:-.whl/nixl-cu13-1.5.1-min.tar.xz}" || exit 1
+OFI_DIR=$(cd "${KVXFER_OFI_DIR:-.cache/ofi-cuda}" && pwd)
+CUDART=$(dirname "$(python3 -c "import glob, site; print(sorted(glob.glob(site.getsitepackages()[0] + '/nvidia/**/libcudart.so.13', recursive=True))[0])")")
+export NIXL_PLUGIN_DIR=$SITE/.nixl_cu13.mesonpy.libs/plugins LD_LIBRARY_PATH=$SITE/extra:$CUDART:$OFI_DIR:${LD_LIBRARY_PATH:-}
+export KVXFER_UCX_LIB=$(ls "$SITE"/nixl_cu13.libs/libucp-*.so* | head -1) KVXFER_OFI_LIB=$OFI_DIR/libfabric.so.1
 export PYTHONPATH=$SITE:${PYTHONPATH:-} KVXFER_BIN=$BIN NCCL_NVLS_ENABLE=0
 export SEND_GPU=0 RECV_GPU=0
 mkdir -p "$OUT"
@@ -27,8 +35,8 @@ failed=0
 MODEL=(-m llama-3.1-8b -p 1024,8192 -g block)
 declare -A TABLE=([contiguous]="" [random]="--block-table random:1 --pool-blocks 4096")
 
-{ nvidia-smi -L; "$BIN/kvxfer" --version; python3 -c "import nixl, torch; print('nixl', nixl.__file__, 'torch', torch.__version__)"
-  echo "UCX: $UCX_LIB"; echo "libfabric: $OFI_LIB"; } >"$OUT/machine.txt" 2>&1
+{ nvidia-smi -L; "$BIN/kvxfer" --version; python3 -c "import nixl_cu13, torch; print('nixl', nixl_cu13.__file__, 'torch', torch.__version__)"
+  echo "UCX: $KVXFER_UCX_LIB"; echo "libfabric: $KVXFER_OFI_LIB"; } >"$OUT/machine.txt" 2>&1
 
 anchor() { # plan point op backend -> one JSON line (or the failure)
     local port=$((18000 + RANDOM % 1000)) log="$OUT/nixl-target.log"
@@ -55,8 +63,8 @@ for t in contiguous random; do
         set -- $run
         name=kvxfer-$1-$2-$t
         case $1 in
-            ucx) via=(-t ucx --ucx-op "$2" --ucx-err-mode peer --ucx-lib "$UCX_LIB") ;;
-            ofi) via=(-t ofi --ofi-op "$2" --ofi-provider shm --ofi-lib "$OFI_LIB") ;;
+            ucx) via=(-t ucx --ucx-op "$2" --ucx-err-mode peer) ;;
+            ofi) via=(-t ofi --ofi-op "$2" --ofi-provider shm) ;;
         esac
         # shellcheck disable=SC2086
         timeout 200 scripts/two-gpus.sh "$OUT/$name" "${via[@]}" "${MODEL[@]}" ${TABLE[$t]} -n 10 -w 2 \

@@ -17,8 +17,8 @@ make_prepped_xfer + transfer ("make+transfer", NixlConnector's per-request
 path), median and mean in microseconds and GB/s (1e9 bytes/s) of the
 median; the descriptors NIXL was given and the bytes checked.
 
-Needs NIXL (the nixl wheel), PyTorch with CUDA, and CUDA_VISIBLE_DEVICES
-naming the GPU for both processes.
+Needs NIXL (nixl-cu13, or nixl), PyTorch with CUDA; both processes use
+the first visible GPU.
 """
 import argparse
 import json
@@ -29,7 +29,11 @@ import time
 
 import numpy as np
 import torch
-from nixl._api import nixl_agent, nixl_agent_config
+
+try:  # the CUDA 13 build of NIXL (nixl-cu13), else nixl
+    from nixl_cu13 import nixl_agent, nixl_agent_config
+except ImportError:
+    from nixl._api import nixl_agent, nixl_agent_config
 
 
 def send_blob(sock, data):
