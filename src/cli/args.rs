@@ -3,6 +3,7 @@
 //! message before anything starts.
 
 use crate::error::{Error, Result};
+use crate::kv::compute::Projections;
 use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
 use crate::link::{self, Link};
 use crate::measure::Fault;
@@ -153,6 +154,14 @@ impl ModelArgs {
             Attention::Gqa { kv_heads, head_dim } if !mla_given => {
                 *kv_heads = self.kv_heads.unwrap_or(*kv_heads);
                 *head_dim = self.head_dim.unwrap_or(*head_dim);
+                // The projections follow the KV shape given.
+                if let Some(crate::kv::compute::ComputeShape {
+                    projections: Projections::Gqa { kv_heads: k, head_dim: d, .. },
+                    ..
+                }) = &mut spec.compute
+                {
+                    (*k, *d) = (*kv_heads, *head_dim);
+                }
             }
             Attention::Mla { kv_lora_rank, qk_rope_head_dim } if !gqa_given => {
                 *kv_lora_rank = self.kv_lora_rank.unwrap_or(*kv_lora_rank);
@@ -190,7 +199,14 @@ impl ModelArgs {
                 head_dim: self.head_dim.ok_or_else(|| Error::usage("--head-dim is needed with --layers"))?,
             }
         };
-        Ok(ModelSpec { name: "custom".into(), layers, attention, dtype: Dtype::Bf16 })
+        Ok(ModelSpec {
+            name: "custom".into(),
+            layers,
+            attention,
+            dtype: Dtype::Bf16,
+            compute: None,
+            compute_missing: Some("hidden_size (a model given by its KV shape alone)".into()),
+        })
     }
 }
 

@@ -226,6 +226,8 @@ fn tiny_layout() -> RequestLayout {
         layers: 2,
         attention: Attention::Gqa { kv_heads: 1, head_dim: 64 },
         dtype: Dtype::Bf16,
+        compute: None,
+        compute_missing: None,
     };
     let shape = KvShape::new(model, 1, 4).expect("valid shape");
     RequestLayout::new(&shape, 8, Granularity::Block)

@@ -1,5 +1,6 @@
 //! Reads the fields of a Hugging Face `config.json` that size the KV cache.
 
+use super::compute::{ComputeShape, Ffn, Projections};
 use super::{Attention, Dtype, ModelSpec};
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -87,9 +88,53 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| fallback_name.to_string());
 
-    let spec = ModelSpec { name, layers, attention, dtype };
+    let (compute, compute_missing) = match compute_shape(cfg, &attention) {
+        Ok(c) => (Some(c), None),
+        Err(field) => (None, Some(field)),
+    };
+    let spec = ModelSpec { name, layers, attention, dtype, compute, compute_missing };
     spec.validate()?;
     Ok(spec)
+}
+
+/// The fields the prefill estimate needs; Err names the first one missing
+/// (only `--prefill-tflops` needs them, so their absence is no error here).
+fn compute_shape(cfg: &Value, attention: &Attention) -> std::result::Result<ComputeShape, String> {
+    let get = |name: &str| -> std::result::Result<u32, String> {
+        cfg.get(name)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v > 0)
+            .ok_or_else(|| name.to_string())
+    };
+    let optional = |name: &str| cfg.get(name).and_then(Value::as_u64).map(|v| v as u32).unwrap_or(0);
+    let (hidden, heads) = (get("hidden_size")?, get("num_attention_heads")?);
+    let projections = match *attention {
+        Attention::Gqa { kv_heads, head_dim } => Projections::Gqa { heads, kv_heads, head_dim },
+        Attention::Mla { kv_lora_rank, qk_rope_head_dim } => Projections::Mla {
+            heads,
+            q_lora_rank: optional("q_lora_rank"), // null: a full-rank q (DeepSeek-V2-Lite)
+            kv_lora_rank,
+            qk_nope_head_dim: get("qk_nope_head_dim")?,
+            qk_rope_head_dim,
+            v_head_dim: get("v_head_dim")?,
+        },
+    };
+    // Experts: DeepSeek's n_routed_experts, Qwen's num_experts, Mixtral's num_local_experts.
+    let experts = ["n_routed_experts", "num_experts", "num_local_experts"].iter().find_map(|k| get(k).ok());
+    let ffn = match experts {
+        None => Ffn::Dense { intermediate: get("intermediate_size")? },
+        Some(experts) => Ffn::Moe {
+            experts,
+            per_token: get("num_experts_per_tok")?,
+            // Mixtral's experts are intermediate_size wide; the others say so apart.
+            expert_intermediate: get("moe_intermediate_size").or_else(|_| get("intermediate_size"))?,
+            shared: optional("n_shared_experts"),
+            dense_layers: optional("first_k_dense_replace"),
+            dense_intermediate: optional("intermediate_size"),
+        },
+    };
+    Ok(ComputeShape { hidden, projections, ffn })
 }
 
 #[cfg(test)]
@@ -139,6 +184,26 @@ mod tests {
         let m = parse(nested, "vl").unwrap();
         assert_eq!(m.layers, 40);
         assert_eq!(m.dtype, Dtype::Fp16);
+    }
+
+    #[test]
+    fn the_prefill_shape_comes_from_the_config_or_names_what_is_missing() {
+        let m = parse(LLAMA_8B, "l").unwrap();
+        assert_eq!(m.compute, None, "no intermediate_size");
+        assert_eq!(m.compute_missing.as_deref(), Some("intermediate_size"));
+        assert!(m.compute_shape().unwrap_err().message.contains("lacks 'intermediate_size'"));
+        let full = LLAMA_8B.replace("\"hidden_size\"", "\"intermediate_size\": 14336, \"hidden_size\"");
+        let m = parse(&full, "l").unwrap();
+        assert_eq!(m.compute, crate::kv::presets::lookup("llama-3.1-8b").unwrap().compute);
+        // DeepSeek-V3's config gives the same shape as the preset.
+        let ds = DEEPSEEK_V3.replace(
+            "\"torch_dtype\"",
+            "\"q_lora_rank\": 1536, \"n_routed_experts\": 256, \"num_experts_per_tok\": 8, \
+             \"moe_intermediate_size\": 2048, \"n_shared_experts\": 1, \"first_k_dense_replace\": 3, \
+             \"intermediate_size\": 18432, \"torch_dtype\"",
+        );
+        let m = parse(&ds, "ds").unwrap();
+        assert_eq!(m.compute, crate::kv::presets::lookup("deepseek-v3").unwrap().compute);
     }
 
     #[test]

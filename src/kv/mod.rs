@@ -6,6 +6,7 @@
 //! head beyond). MLA: one latent of (kv_lora_rank + qk_rope_head_dim) per layer,
 //! replicated on every TP rank (vLLM NixlConnector compatibility notes).
 
+pub mod compute;
 pub mod hf_config;
 pub mod pattern;
 pub mod presets;
@@ -77,6 +78,12 @@ pub struct ModelSpec {
     pub layers: u32,
     pub attention: Attention,
     pub dtype: Dtype,
+    /// What the prefill FLOPs estimate needs (`--prefill-tflops`), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<compute::ComputeShape>,
+    /// Why `compute` is unknown: the config field that was missing.
+    #[serde(skip)]
+    pub compute_missing: Option<String>,
 }
 
 impl ModelSpec {
@@ -115,6 +122,22 @@ impl ModelSpec {
             }
         }
         Ok(())
+    }
+
+    /// The shape the prefill estimate needs, or an error naming what is missing.
+    pub fn compute_shape(&self) -> Result<&compute::ComputeShape> {
+        self.compute.as_ref().ok_or_else(|| {
+            let why = match &self.compute_missing {
+                Some(field) => format!("its config lacks '{field}'"),
+                None => "its hidden size, heads and feed-forward widths are not known".to_string(),
+            };
+            Error::usage(format!(
+                "--prefill-tflops needs the shape of model '{}' to estimate its FLOPs, and {why}: give a \
+                 config.json with hidden_size, num_attention_heads, intermediate_size (and the expert fields of \
+                 a mixture of experts), or --prefill-ms",
+                self.name
+            ))
+        })
     }
 
     pub fn describe(&self) -> String {
@@ -226,6 +249,8 @@ mod tests {
             layers,
             attention: Attention::Gqa { kv_heads, head_dim },
             dtype: Dtype::Bf16,
+            compute: None,
+            compute_missing: None,
         }
     }
 
@@ -249,6 +274,8 @@ mod tests {
             layers: 61,
             attention: Attention::Mla { kv_lora_rank: 512, qk_rope_head_dim: 64 },
             dtype: Dtype::Bf16,
+            compute: None,
+            compute_missing: None,
         };
         let s1 = KvShape::new(m.clone(), 1, 64).unwrap();
         let s8 = KvShape::new(m.clone(), 8, 64).unwrap();

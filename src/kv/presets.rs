@@ -2,6 +2,7 @@
 //! (num_hidden_layers, num_key_value_heads, head_dim or hidden_size /
 //! num_attention_heads; kv_lora_rank and qk_rope_head_dim for MLA).
 
+use super::compute::{ComputeShape, Ffn, Projections};
 use super::{Attention, Dtype, ModelSpec};
 use crate::error::{Error, Result};
 
@@ -10,10 +11,38 @@ struct Preset {
     aliases: &'static [&'static str],
     layers: u32,
     attention: Attention,
+    /// For the prefill estimate: hidden_size, num_attention_heads and the
+    /// feed-forward network (config.json); None where it is not modelled.
+    compute: Option<(u32, u32, Ffn)>,
 }
 
 const fn gqa(kv_heads: u32, head_dim: u32) -> Attention {
     Attention::Gqa { kv_heads, head_dim }
+}
+
+const fn dense(hidden: u32, heads: u32, intermediate: u32) -> Option<(u32, u32, Ffn)> {
+    Some((hidden, heads, Ffn::Dense { intermediate }))
+}
+
+const fn moe(
+    hidden: u32,
+    heads: u32,
+    experts: u32,
+    per_token: u32,
+    expert_intermediate: u32,
+) -> Option<(u32, u32, Ffn)> {
+    Some((
+        hidden,
+        heads,
+        Ffn::Moe {
+            experts,
+            per_token,
+            expert_intermediate,
+            shared: 0,
+            dense_layers: 0,
+            dense_intermediate: 0,
+        },
+    ))
 }
 
 const DEEPSEEK_MLA: Attention = Attention::Mla { kv_lora_rank: 512, qk_rope_head_dim: 64 };
@@ -24,29 +53,94 @@ const PRESETS: &[Preset] = &[
         aliases: &["llama3.1-8b", "meta-llama-3.1-8b"],
         layers: 32,
         attention: gqa(8, 128),
+        compute: dense(4096, 32, 14336),
     },
     Preset {
         name: "llama-3.1-70b",
         aliases: &["llama3.1-70b", "llama-3.3-70b"],
         layers: 80,
         attention: gqa(8, 128),
+        compute: dense(8192, 64, 28672),
     },
-    Preset { name: "llama-3.1-405b", aliases: &["llama3.1-405b"], layers: 126, attention: gqa(8, 128) },
-    Preset { name: "qwen2.5-7b", aliases: &["qwen-2.5-7b"], layers: 28, attention: gqa(4, 128) },
-    Preset { name: "qwen2.5-72b", aliases: &["qwen-2.5-72b"], layers: 80, attention: gqa(8, 128) },
-    Preset { name: "qwen3-8b", aliases: &[], layers: 36, attention: gqa(8, 128) },
-    Preset { name: "qwen3-32b", aliases: &[], layers: 64, attention: gqa(8, 128) },
-    Preset { name: "qwen3-235b-a22b", aliases: &["qwen3-235b"], layers: 94, attention: gqa(4, 128) },
-    Preset { name: "mistral-7b", aliases: &["mistral-7b-v0.3"], layers: 32, attention: gqa(8, 128) },
-    Preset { name: "mixtral-8x7b", aliases: &[], layers: 32, attention: gqa(8, 128) },
+    Preset {
+        name: "llama-3.1-405b",
+        aliases: &["llama3.1-405b"],
+        layers: 126,
+        attention: gqa(8, 128),
+        compute: dense(16384, 128, 53248),
+    },
+    Preset {
+        name: "qwen2.5-7b",
+        aliases: &["qwen-2.5-7b"],
+        layers: 28,
+        attention: gqa(4, 128),
+        compute: dense(3584, 28, 18944),
+    },
+    Preset {
+        name: "qwen2.5-72b",
+        aliases: &["qwen-2.5-72b"],
+        layers: 80,
+        attention: gqa(8, 128),
+        compute: dense(8192, 64, 29568),
+    },
+    Preset {
+        name: "qwen3-8b",
+        aliases: &[],
+        layers: 36,
+        attention: gqa(8, 128),
+        compute: dense(4096, 32, 12288),
+    },
+    Preset {
+        name: "qwen3-32b",
+        aliases: &[],
+        layers: 64,
+        attention: gqa(8, 128),
+        compute: dense(5120, 64, 25600),
+    },
+    Preset {
+        name: "qwen3-235b-a22b",
+        aliases: &["qwen3-235b"],
+        layers: 94,
+        attention: gqa(4, 128),
+        compute: moe(4096, 64, 128, 8, 1536),
+    },
+    Preset {
+        name: "mistral-7b",
+        aliases: &["mistral-7b-v0.3"],
+        layers: 32,
+        attention: gqa(8, 128),
+        compute: dense(4096, 32, 14336),
+    },
+    Preset {
+        name: "mixtral-8x7b",
+        aliases: &[],
+        layers: 32,
+        attention: gqa(8, 128),
+        compute: moe(4096, 32, 8, 2, 14336),
+    },
     // Half of gpt-oss's layers use a 128-token sliding window; this counts every
     // layer in full, the upper bound a connector moves without hybrid-KV trimming.
-    Preset { name: "gpt-oss-120b", aliases: &[], layers: 36, attention: gqa(8, 64) },
+    // Its prefill (windowed attention, sinks) is not modelled: --prefill-ms.
+    Preset { name: "gpt-oss-120b", aliases: &[], layers: 36, attention: gqa(8, 64), compute: None },
     Preset {
         name: "deepseek-v3",
         aliases: &["deepseek-r1", "deepseek-v3.1"],
         layers: 61,
         attention: DEEPSEEK_MLA,
+        // 256 routed experts of 2048 (8 a token), 1 shared, the first 3
+        // layers dense (first_k_dense_replace) with intermediate 18432.
+        compute: Some((
+            7168,
+            128,
+            Ffn::Moe {
+                experts: 256,
+                per_token: 8,
+                expert_intermediate: 2048,
+                shared: 1,
+                dense_layers: 3,
+                dense_intermediate: 18432,
+            },
+        )),
     },
 ];
 
@@ -62,6 +156,23 @@ pub fn lookup(name: &str) -> Result<ModelSpec> {
             layers: p.layers,
             attention: p.attention.clone(),
             dtype: Dtype::Bf16,
+            compute: p.compute.clone().map(|(hidden, heads, ffn)| ComputeShape {
+                hidden,
+                projections: match p.attention {
+                    Attention::Gqa { kv_heads, head_dim } => Projections::Gqa { heads, kv_heads, head_dim },
+                    // DeepSeek-V3's: q_lora_rank 1536, qk_nope_head_dim 128, v_head_dim 128.
+                    Attention::Mla { kv_lora_rank, qk_rope_head_dim } => Projections::Mla {
+                        heads,
+                        q_lora_rank: 1536,
+                        kv_lora_rank,
+                        qk_nope_head_dim: 128,
+                        qk_rope_head_dim,
+                        v_head_dim: 128,
+                    },
+                },
+                ffn,
+            }),
+            compute_missing: None,
         })
         .ok_or_else(|| {
             Error::usage(format!(
