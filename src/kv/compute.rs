@@ -11,6 +11,7 @@
 //! - causal attention costs, for each of its n(n+1)/2 (query, key) pairs
 //!   and each head, 2 x the q.k width (scores) + 2 x the value width
 //!   (weighting the values).
+//!
 //! Norms, rotary embeddings, softmax and the LM head are left out: a few
 //! percent at most. This is the usual estimate (Kaplan et al. 2020, "Scaling
 //! Laws for Neural Language Models", table 1: 2N per token plus attention;
@@ -125,7 +126,6 @@ impl ComputeShape {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::kv::presets::lookup;
 
     fn total(model: &str, tokens: u32) -> f64 {
