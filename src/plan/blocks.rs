@@ -104,15 +104,20 @@ impl Descriptor {
 }
 
 /// The descriptors of messages given by (sender offset, receiver offset,
-/// length), in order; with `coalesce`, each merged into the one before when
-/// it follows it in memory on both sides.
-pub fn descriptors(messages: impl Iterator<Item = (usize, usize, usize)>, coalesce: bool) -> Vec<Descriptor> {
+/// length), in order; with `coalesce_within` Some(n), each merged into the
+/// one before when it follows it in memory on both sides and both lie in
+/// the same run of n messages (one layer's: a layer moves once computed).
+pub fn descriptors(
+    messages: impl Iterator<Item = (usize, usize, usize)>,
+    coalesce_within: Option<usize>,
+) -> Vec<Descriptor> {
     let mut out: Vec<Descriptor> = Vec::new();
     for (i, (sender, receiver, len)) in messages.enumerate() {
-        if let Some(d) = out
-            .last_mut()
-            .filter(|d| coalesce && d.sender + d.len == sender && d.receiver + d.len == receiver)
-        {
+        if let Some(d) = out.last_mut().filter(|d| {
+            coalesce_within.is_some_and(|n| d.first / n == i / n)
+                && d.sender + d.len == sender
+                && d.receiver + d.len == receiver
+        }) {
             d.count += 1;
             d.len += len;
             continue;
@@ -160,7 +165,7 @@ mod tests {
         // Three 10-byte messages adjacent on both sides, then one adjacent
         // on the sender only, then one adjacent on both again.
         let msgs = [(0, 100, 10), (10, 110, 10), (20, 120, 10), (30, 200, 10), (40, 210, 10)];
-        let d = descriptors(msgs.iter().copied(), true);
+        let d = descriptors(msgs.iter().copied(), Some(usize::MAX));
         assert_eq!(
             d,
             vec![
@@ -168,7 +173,13 @@ mod tests {
                 Descriptor { first: 3, count: 2, sender: 30, receiver: 200, len: 20 },
             ]
         );
-        let each = descriptors(msgs.iter().copied(), false);
+        // Runs of two messages (layers): no descriptor crosses from one to the next.
+        let in_twos = descriptors(msgs.iter().copied(), Some(2));
+        assert_eq!(
+            in_twos.iter().map(|d| (d.first, d.count)).collect::<Vec<_>>(),
+            vec![(0, 2), (2, 1), (3, 1), (4, 1)]
+        );
+        let each = descriptors(msgs.iter().copied(), None);
         assert_eq!(each.len(), 5);
         assert!(each.iter().enumerate().all(|(i, d)| d.first == i && d.count == 1 && d.len == 10));
     }

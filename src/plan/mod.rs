@@ -5,6 +5,7 @@
 //! table puts them in its KV cache pool (blocks.rs).
 
 pub mod blocks;
+pub mod prefill;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
@@ -13,6 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub use blocks::{BlockTable, Descriptor, Side};
+pub use prefill::{Overlap, Prefill};
 
 /// How a request's KV is cut into messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -291,12 +293,17 @@ impl RequestLayout {
     }
 
     /// The operations that move a request: one per message, or, with
-    /// `coalesce` (blocks only), runs of messages adjacent on both sides.
+    /// `coalesce` (blocks only), runs of one layer's messages adjacent on
+    /// both sides.
     pub fn descriptors(&self) -> Vec<Descriptor> {
         let messages = (0..self.message_count).map(|i| {
             (self.slot(Side::Sender, i).offset, self.slot(Side::Receiver, i).offset, self.message_bytes)
         });
-        blocks::descriptors(messages, self.coalesce && self.granularity == Granularity::Block)
+        let per_layer = self.tensors_per_layer as usize * self.blocks as usize;
+        blocks::descriptors(
+            messages,
+            (self.coalesce && self.granularity == Granularity::Block).then_some(per_layer),
+        )
     }
 
     pub fn key(&self, request: u64, index: usize) -> TransferKey {
@@ -339,7 +346,7 @@ pub enum VerifyMode {
 crate::words::named_by_words!(VerifyMode, "--verify", { After => "after", Inline => "inline", Off => "off" });
 
 /// Everything both sides must agree on before the first byte moves.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub shape: KvShape,
     pub prompt_lengths: Vec<u32>,
@@ -359,6 +366,9 @@ pub struct Plan {
     /// written before this existed moved one operation per block).
     #[serde(default)]
     pub coalesce: bool,
+    /// Emulated prefill on the sender, and when its KV moves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<Prefill>,
 }
 
 /// One measured configuration: a prompt length at a granularity.
@@ -366,6 +376,8 @@ pub struct Plan {
 pub struct Point {
     pub index: usize,
     pub layout: RequestLayout,
+    /// With emulated prefill: each layer's compute time in ns.
+    pub prefill_ns: Option<Vec<u64>>,
 }
 
 impl Plan {
@@ -383,13 +395,36 @@ impl Plan {
             return Err(Error::usage("--iterations must be at least 1"));
         }
         let largest = self.prompt_lengths.iter().map(|t| self.shape.blocks_for(*t)).max().unwrap_or(0);
-        match self.pool_blocks {
-            Some(pool) if pool < largest => Err(Error::usage(format!(
+        if let Some(pool) = self.pool_blocks.filter(|pool| *pool < largest) {
+            return Err(Error::usage(format!(
                 "--pool-blocks {pool} cannot hold the {largest} blocks of a {}-token request",
                 self.prompt_lengths.iter().max().copied().unwrap_or(0)
-            ))),
-            _ => Ok(()),
+            )));
         }
+        if let Some(p) = &self.prefill {
+            for &tokens in &self.prompt_lengths {
+                p.layer_ns(&self.shape, tokens)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests of one sweep point: warm-ups and timed ones, twice over
+    /// with emulated prefill (the transfer alone, then with the compute).
+    pub fn requests_per_point(&self) -> u32 {
+        (self.warmup + self.iterations) * if self.prefill.is_some() { 2 } else { 1 }
+    }
+
+    /// Whether request `iteration` of a point computes its KV as it goes:
+    /// the second phase, with emulated prefill.
+    pub fn computes(&self, iteration: u32) -> bool {
+        self.prefill.is_some() && iteration >= self.warmup + self.iterations
+    }
+
+    /// Whether request `iteration` of a point is timed (not a warm-up),
+    /// in either phase.
+    pub fn measured(&self, iteration: u32) -> bool {
+        iteration % (self.warmup + self.iterations) >= self.warmup
     }
 
     /// Blocks per tensor of each side's pool (block granularity).
@@ -413,7 +448,9 @@ impl Plan {
                     ),
                     _ => RequestLayout::new(&self.shape, tokens, g),
                 };
-                out.push(Point { index: out.len(), layout });
+                // Validated: every prompt length has its times.
+                let prefill_ns = self.prefill.as_ref().and_then(|p| p.layer_ns(&self.shape, tokens).ok());
+                out.push(Point { index: out.len(), layout, prefill_ns });
             }
         }
         out
@@ -421,7 +458,7 @@ impl Plan {
 
     /// Request ids are unique across the run, so no request can pass for another.
     pub fn request_id(&self, point: usize, iteration: u32) -> u64 {
-        point as u64 * (self.warmup as u64 + self.iterations as u64) + iteration as u64
+        point as u64 * self.requests_per_point() as u64 + iteration as u64
     }
 
     pub fn max_messages(&self) -> usize {
@@ -477,6 +514,7 @@ mod tests {
             block_table: BlockTable::Contiguous,
             pool_blocks: None,
             coalesce: true,
+            prefill: None,
         }
     }
 

@@ -1,0 +1,150 @@
+//! Emulated prefill: how long each layer of a prompt takes to compute on
+//! the prefill side, and when its KV may be handed to the transport.
+//!
+//! vLLM's P2pNcclConnector (send_type PUT_ASYNC) and the layer-wise
+//! pipelines of Mooncake and LMCache ship a layer's KV as soon as that
+//! layer's attention has run (`--overlap layer`); NixlConnector, and
+//! P2pNccl's GET mode, move the request only once prefill has ended
+//! (`--overlap none`). What the transfer adds to time-to-first-token is
+//! then the time from the last layer's end to the decode side holding the
+//! last byte.
+
+use super::{Granularity, RequestLayout};
+use crate::error::{Error, Result};
+use crate::kv::KvShape;
+use serde::{Deserialize, Serialize};
+
+/// When a request's KV is handed to the transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Each layer's messages as soon as that layer's compute ends.
+    Layer,
+    /// All messages once the last layer has ended.
+    None,
+}
+
+crate::words::named_by_words!(Overlap, "--overlap", { Layer => "layer", None => "none" });
+
+/// How long a prompt's prefill takes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefillTime {
+    /// Milliseconds per prompt length (e.g. measured on the user's own
+    /// vLLM), spread evenly over the layers.
+    PerPrompt(Vec<(u32, f64)>),
+    /// The model's FLOPs per layer (kv::compute) at this many TFLOP/s.
+    Tflops(f64),
+}
+
+/// The emulated prefill of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prefill {
+    pub time: PrefillTime,
+    pub overlap: Overlap,
+}
+
+impl Prefill {
+    /// `--prefill-ms TOKENS:MS,...`: every pair's time zero or more.
+    pub fn parse_ms(s: &str) -> Result<PrefillTime> {
+        let mut pairs = Vec::new();
+        for item in s.split(',') {
+            let (tokens, ms) = item.split_once(':').ok_or_else(|| {
+                Error::usage(format!("--prefill-ms wants TOKENS:MS pairs (1024:35,8k:410), got '{item}'"))
+            })?;
+            let tokens = crate::units::parse_token_count(tokens)?;
+            let ms: f64 =
+                ms.trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                    Error::usage(format!("--prefill-ms {tokens}: '{ms}' is not a time of 0 ms or more"))
+                })?;
+            pairs.push((tokens, ms));
+        }
+        Ok(PrefillTime::PerPrompt(pairs))
+    }
+
+    /// `--prefill-tflops TF`: a positive, finite rate.
+    pub fn parse_tflops(s: &str) -> Result<PrefillTime> {
+        match s.trim().parse::<f64>() {
+            Ok(tf) if tf.is_finite() && tf > 0.0 => Ok(PrefillTime::Tflops(tf)),
+            _ => Err(Error::usage(format!("--prefill-tflops wants a rate above 0 TFLOP/s, got '{s}'"))),
+        }
+    }
+
+    /// Each layer's compute time in ns for a prompt of `tokens`.
+    pub fn layer_ns(&self, shape: &KvShape, tokens: u32) -> Result<Vec<u64>> {
+        let layers = shape.model.layers;
+        match &self.time {
+            PrefillTime::PerPrompt(pairs) => {
+                let ms = pairs.iter().find(|(t, _)| *t == tokens).map(|(_, ms)| *ms).ok_or_else(|| {
+                    Error::usage(format!("--prefill-ms gives no time for the {tokens}-token prompt"))
+                })?;
+                Ok(vec![(ms * 1e6 / layers as f64).round() as u64; layers as usize])
+            }
+            PrefillTime::Tflops(tf) => {
+                let c = shape.model.compute_shape()?;
+                Ok((0..layers)
+                    .map(|l| (c.layer_flops(l, tokens) / (tf * 1e12) * 1e9).round() as u64)
+                    .collect())
+            }
+        }
+    }
+}
+
+/// The layer whose compute must end before message `index` may move: its
+/// own for layers and blocks, the last for a whole request.
+pub fn layer_of(layout: &RequestLayout, index: usize) -> usize {
+    match layout.granularity {
+        Granularity::Request => layout.layers as usize - 1,
+        Granularity::Layer => index,
+        Granularity::Block => index / (layout.tensors_per_layer as usize * layout.blocks as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::presets::lookup;
+
+    fn shape(model: &str) -> KvShape {
+        KvShape::new(lookup(model).unwrap(), 1, 16).unwrap()
+    }
+
+    #[test]
+    fn times_per_prompt_spread_over_the_layers() {
+        let p = Prefill { time: Prefill::parse_ms("1024:64,8k:640").unwrap(), overlap: Overlap::Layer };
+        let ns = p.layer_ns(&shape("llama-3.1-8b"), 1024).unwrap();
+        assert_eq!((ns.len(), ns[0]), (32, 2_000_000));
+        assert_eq!(p.layer_ns(&shape("llama-3.1-8b"), 8192).unwrap()[31], 20_000_000);
+        let e = p.layer_ns(&shape("llama-3.1-8b"), 2048).unwrap_err();
+        assert!(e.message.contains("no time for the 2048-token prompt"), "{e}");
+        for bad in ["1024", "1024:-1", "1024:x", "x:5", "1024:inf"] {
+            assert!(Prefill::parse_ms(bad).is_err(), "{bad}");
+        }
+        assert!(Prefill::parse_ms("1024:0").is_ok());
+    }
+
+    #[test]
+    fn tflops_follow_the_model_s_flops() {
+        // Llama-3.1-8B, 1024 tokens: 455,274,921,984 FLOPs a layer (kv::compute)
+        // at 455.274921984 TFLOP/s is 1 ms.
+        let p = Prefill { time: PrefillTime::Tflops(455.274921984), overlap: Overlap::None };
+        assert_eq!(p.layer_ns(&shape("llama-3.1-8b"), 1024).unwrap(), vec![1_000_000; 32]);
+        for bad in ["0", "-3", "nan", "x", "inf"] {
+            assert!(Prefill::parse_tflops(bad).is_err(), "{bad}");
+        }
+        let no_shape = p.layer_ns(&shape("gpt-oss-120b"), 1024).unwrap_err();
+        assert!(
+            no_shape.message.contains("--prefill-tflops needs the shape of model 'gpt-oss-120b'"),
+            "{no_shape}"
+        );
+    }
+
+    #[test]
+    fn each_message_waits_for_its_layer() {
+        let s = shape("llama-3.1-8b");
+        let block = RequestLayout::new(&s, 64, Granularity::Block); // 4 blocks x K, V per layer
+        assert_eq!((layer_of(&block, 0), layer_of(&block, 7), layer_of(&block, 8)), (0, 0, 1));
+        assert_eq!(layer_of(&RequestLayout::new(&s, 64, Granularity::Layer), 5), 5);
+        assert_eq!(layer_of(&RequestLayout::new(&s, 64, Granularity::Request), 0), 31);
+    }
+}
