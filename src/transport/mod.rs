@@ -163,8 +163,53 @@ pub trait Completions: Sync {
     fn message_done(&self, index: usize, latency_ns: u64, data: Option<&[u8]>) -> Result<()>;
 }
 
+/// When the sender may hand each message of a request to the transport.
+/// Without emulated prefill, at once; with it (measure::compute), once the
+/// layer the message holds has been computed, or the whole prefill.
+pub trait Ready: Sync {
+    /// Whether the KV is computed as the request goes.
+    fn computes(&self) -> bool {
+        false
+    }
+    /// The receiver's go reached the sender: the compute starts now.
+    /// Transports that take the go themselves call it; later calls do nothing.
+    fn go(&self) {}
+    /// Whether message `index` may move now.
+    fn ready(&self, _index: usize) -> Result<bool> {
+        Ok(true)
+    }
+    /// Waits, never past `deadline`, until message `index` may move.
+    fn wait(&self, index: usize, deadline: Instant) -> Result<()> {
+        let mut spins = 0u64;
+        while !self.ready(index)? {
+            spins += 1;
+            if spins.is_multiple_of(256) {
+                if Instant::now() > deadline {
+                    return Err(Error::run(format!(
+                        "message {index} was not computed before the request's deadline"
+                    )));
+                }
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+}
+
+/// The KV exists before the request starts (no emulated prefill).
+pub struct AtOnce;
+
+impl Ready for AtOnce {}
+
 /// A transport's line to the peer during one request.
 pub trait PeerLink {
+    /// Receiver: whether the sender computes this request's KV as it goes
+    /// (emulated prefill); a pulling receiver then waits for its word that
+    /// the prefill has ended before reading.
+    fn computes(&self) -> bool {
+        false
+    }
     /// Receiver: the sender may start now. Called exactly once per request.
     fn go(&mut self) -> Result<()>;
     /// Call every few milliseconds while waiting on work the host cannot see
@@ -191,7 +236,8 @@ pub trait SendSide: Send {
     fn go_in_band(&self) -> bool {
         false
     }
-    /// Moves every message of `layout`, keyed for `request`, from `buf`.
+    /// Moves every message of `layout`, keyed for `request`, from `buf`,
+    /// each once `ready` lets it go.
     fn send(
         &mut self,
         buf: &Buffer,
@@ -199,6 +245,7 @@ pub trait SendSide: Send {
         request: u64,
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()>;
 }
 

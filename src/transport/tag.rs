@@ -11,6 +11,8 @@ pub const DATA: Tag = 3;
 pub const HELLO: Tag = 4;
 /// The bytes a software copy moved are in place (ofi shm on GPU memory).
 pub const LANDED: Tag = 5;
+/// The sender's emulated prefill has ended: a pulling receiver may read.
+pub const COMPUTED: Tag = 6;
 pub const KIND: Tag = 0xf << 60;
 pub const MAX_MESSAGES: usize = 1 << 28;
 

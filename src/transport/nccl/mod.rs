@@ -13,8 +13,8 @@
 pub mod lib;
 
 use super::{
-    hex, unhex, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch, TransportInfo,
-    TransportSpec,
+    hex, unhex, AtOnce, Completions, PeerLink, Ready, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
+    TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{Device, Event, Stream};
@@ -205,6 +205,7 @@ impl Side {
         layout: &RequestLayout,
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
         mut after_group: impl FnMut(usize) -> Result<()>,
     ) -> Result<()> {
         let base = buf.gpu_mem().expect("checked at setup").ptr;
@@ -216,7 +217,14 @@ impl Side {
             if grouped {
                 self.nccl.group_start()?;
             }
-            for i in g * self.group..((g + 1) * self.group).min(layout.message_count) {
+            let first = g * self.group;
+            for i in first..((g + 1) * self.group).min(layout.message_count) {
+                if grouped && i > first && !ready.ready(i)? {
+                    // The next layer is not computed: what is queued goes now.
+                    queued(self.nccl.group_end(self.comm)?, "ending a group of messages")?;
+                    self.nccl.group_start()?;
+                }
+                ready.wait(i, deadline)?;
                 let slot =
                     layout.slot(if self.rank == 0 { plan::Side::Sender } else { plan::Side::Receiver }, i);
                 // SAFETY: the slot lies inside the buffer, which outlives the
@@ -324,9 +332,10 @@ impl SendSide for NcclSender {
         _request: u64,
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()> {
         let side = &self.0;
-        side.post(buf, layout, deadline, peer, |_| Ok(()))?;
+        side.post(buf, layout, deadline, peer, ready, |_| Ok(()))?;
         let done = Event::new(&side.device)?;
         done.record(&side.stream)?;
         side.wait(&done, deadline, peer)
@@ -354,7 +363,7 @@ impl RecvSide for NcclReceiver {
         self.start.record(&side.stream)?;
         peer.go()?;
         let span_events = &self.spans;
-        side.post(buf, layout, deadline, peer, |g| {
+        side.post(buf, layout, deadline, peer, &AtOnce, |g| {
             if (g + 1) % per_span == 0 || g + 1 == groups {
                 span_events[g / per_span].record(&side.stream)?;
             }

@@ -23,8 +23,8 @@ mod sys;
 
 use super::tag::{self, check_request, Tag};
 use super::{
-    hex, unhex, Completions, GpuCopier, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
-    TransportInfo, TransportSpec,
+    hex, unhex, AtOnce, Completions, GpuCopier, PeerLink, Ready, RecvSide, RoundTiming, SendSide, Setup,
+    SetupWatch, TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
@@ -341,6 +341,7 @@ impl Side {
     /// at most `in_flight` at once, until all have finished; each finished
     /// one goes to `arrived` with its latency. `go` is sent once the first
     /// are posted.
+    #[allow(clippy::too_many_arguments)] // a round's state, each part used by some callers only
     fn move_all(
         &mut self,
         ops: &[Descriptor],
@@ -348,11 +349,16 @@ impl Side {
         mut go: Option<Tag>,
         clock: &mut Clock,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
         arrived: &mut dyn FnMut(usize, u64, &Finished) -> Result<()>,
     ) -> Result<()> {
         let (count, mut next, mut outstanding, mut finished) = (ops.len(), 0, 0, 0);
         while finished < count || go.is_some() {
-            while next < count && outstanding < self.in_flight && self.post(next, ops[next], request)? {
+            while next < count
+                && outstanding < self.in_flight
+                && ready.ready(ops[next].first + ops[next].count - 1)?
+                && self.post(next, ops[next], request)?
+            {
                 (next, outstanding) = (next + 1, outstanding + 1);
             }
             if let Some(t) = go.take() {
@@ -379,11 +385,25 @@ impl Side {
         ops: &[Descriptor],
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()> {
         let count = ops.len();
         self.begin(count);
         let clock = &mut Clock::new(deadline, format!("sending request {request} over libfabric"));
         if self.op == OfiOp::Read {
+            if ready.computes() {
+                // The decode side reads once told that prefill has ended.
+                self.signal_in(tag::GO, clock, peer)?;
+                let t = self.wait_signal(clock, peer)?;
+                check_request(tag::request(t), request, "said go for")?;
+                ready.go();
+                let last = ops.last().map_or(0, |d| d.first + d.count - 1);
+                while !ready.ready(last)? {
+                    let got = self.poll(clock, peer)?;
+                    self.early.extend(got);
+                }
+                self.send_signal(tag::make(tag::COMPUTED, request, 0), clock, peer)?;
+            }
             self.signal_in(tag::DONE, clock, peer)?;
             let t = self.wait_signal(clock, peer)?;
             check_request(tag::request(t), request, "finished reading")?;
@@ -397,7 +417,8 @@ impl Side {
         self.signal_in(tag::GO, clock, peer)?;
         let t = self.wait_signal(clock, peer)?;
         check_request(tag::request(t), request, "said go for")?;
-        self.move_all(ops, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
+        ready.go();
+        self.move_all(ops, request, None, clock, peer, ready, &mut |_, _, _| Ok(()))?;
         if self.op == OfiOp::Write {
             // Every write is complete at the target (or ordered before this).
             self.send_signal(tag::make(tag::DONE, request, count), clock, peer)?;
@@ -422,6 +443,13 @@ impl Side {
         self.begin(count);
         let t0 = Instant::now();
         let clock = &mut Clock::new(deadline, format!("receiving request {request} over libfabric"));
+        if self.op == OfiOp::Read && peer.computes() {
+            // Pull after prefill: go, then read once the sender says it has ended.
+            self.signal_in(tag::COMPUTED, clock, peer)?;
+            self.send_signal(tag::make(tag::GO, request, 0), clock, peer)?;
+            let t = self.wait_signal(clock, peer)?;
+            check_request(tag::request(t), request, "computed")?;
+        }
         match self.op {
             OfiOp::Write => {
                 self.signal_in(tag::DONE, clock, peer)?;
@@ -442,7 +470,7 @@ impl Side {
             }
             OfiOp::Read if self.fence.is_some() => {
                 // shm ran the copies in the sender's process: it says when they landed.
-                self.move_all(ops, request, None, clock, peer, &mut |_, _, _| Ok(()))?;
+                self.move_all(ops, request, None, clock, peer, &AtOnce, &mut |_, _, _| Ok(()))?;
                 self.signal_in(tag::LANDED, clock, peer)?;
                 self.send_signal(tag::make(tag::DONE, request, count), clock, peer)?;
                 let t = self.wait_signal(clock, peer)?;
@@ -451,7 +479,7 @@ impl Side {
                 (0..count).try_for_each(|i| arrived(i, latency))
             }
             OfiOp::Read => {
-                self.move_all(ops, request, None, clock, peer, &mut |i, ns, _| arrived(i, ns))?;
+                self.move_all(ops, request, None, clock, peer, &AtOnce, &mut |i, ns, _| arrived(i, ns))?;
                 self.send_signal(tag::make(tag::DONE, request, count), clock, peer)
             }
             OfiOp::Send => {
@@ -459,7 +487,7 @@ impl Side {
                 // match receives in order: message i lands in receive i.
                 let go = Some(tag::make(tag::GO, request, 0));
                 let fenced = self.fence.is_some();
-                self.move_all(ops, RECEIVE, go, clock, peer, &mut |i, ns, f| {
+                self.move_all(ops, RECEIVE, go, clock, peer, &AtOnce, &mut |i, ns, f| {
                     if f.tag != tag::make(tag::DATA, request, i) || f.len != ops[i].len {
                         return Err(Error::integrity(format!(
                             "operation {i} of {count} of request {request} ({} bytes): received request {} operation {} ({} bytes)",
@@ -702,9 +730,10 @@ impl SendSide for OfiSender {
         request: u64,
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()> {
         let ops = layout.descriptors();
-        let result = self.0.send_round(request, &ops, deadline, peer);
+        let result = self.0.send_round(request, &ops, deadline, peer, ready);
         noting_failure(&mut self.0, result)
     }
 }

@@ -13,8 +13,8 @@
 mod staged;
 
 use super::{
-    key_mismatch, nanos, Completions, PeerLink, RecvSide, RoundTiming, SendSide, Setup, TransportInfo,
-    TransportSpec,
+    key_mismatch, nanos, AtOnce, Completions, PeerLink, Ready, RecvSide, RoundTiming, SendSide, Setup,
+    TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
@@ -46,6 +46,8 @@ struct Round<'a> {
     deadline: Instant,
     /// The longest wait for a single read or write.
     timeout: Duration,
+    /// When each message may go (the sender's emulated prefill).
+    ready: &'a dyn Ready,
 }
 
 fn header(key: &TransferKey, len: usize) -> [u8; HEADER] {
@@ -71,7 +73,7 @@ fn expect_header(
     round: Round,
     what: &dyn Fn() -> String,
 ) -> Result<()> {
-    let Round { layout, request, deadline, timeout } = round;
+    let Round { layout, request, deadline, timeout, .. } = round;
     let mut hdr = [0u8; HEADER];
     read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
     let got = match parse_header(&hdr) {
@@ -163,8 +165,9 @@ impl SendSide for TcpSender {
         request: u64,
         deadline: Instant,
         _peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()> {
-        let round = Round { layout, request, deadline, timeout: self.timeout };
+        let round = Round { layout, request, deadline, timeout: self.timeout, ready };
         let Some(host) = buf.host_slice() else {
             let mem = buf.gpu_mem().expect("GPU memory");
             let staging = self.staging.as_mut().expect("staging made for GPU memory");
@@ -183,17 +186,23 @@ impl SendSide for TcpSender {
 
 /// Sends messages first, first+step, ... of the request on one stream.
 fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], round: Round) -> Result<()> {
-    let Round { layout, request, deadline, timeout } = round;
+    let Round { layout, request, deadline, timeout, ready } = round;
     let mut headers: Vec<[u8; HEADER]> = Vec::with_capacity(BATCH_MESSAGES);
     let mut batch: Vec<usize> = Vec::with_capacity(BATCH_MESSAGES);
     let mut batch_bytes = 0;
     let mut index = first;
     while index < layout.message_count {
+        ready.wait(index, deadline)?;
         headers.push(header(&layout.key(request, index), layout.message_bytes));
         batch.push(index);
         batch_bytes += HEADER + layout.message_bytes;
         index += step;
-        if batch.len() == BATCH_MESSAGES || batch_bytes >= WRITE_BYTES || index >= layout.message_count {
+        // A batch also ends where the next message is not computed yet.
+        if batch.len() == BATCH_MESSAGES
+            || batch_bytes >= WRITE_BYTES
+            || index >= layout.message_count
+            || !ready.ready(index)?
+        {
             let mut iov: Vec<IoSlice> = Vec::with_capacity(2 * batch.len());
             for (h, &m) in headers.iter().zip(&batch) {
                 let slot = layout.slot(Side::Sender, m);
@@ -309,7 +318,7 @@ impl RecvSide for TcpReceiver {
         done: &dyn Completions,
     ) -> Result<RoundTiming> {
         // Sockets fail or time out on their own: no heartbeat is needed here.
-        let round = Round { layout, request, deadline, timeout: self.timeout };
+        let round = Round { layout, request, deadline, timeout: self.timeout, ready: &AtOnce };
         // The first message's wait begins when the sender is told to go; on a
         // busy host the woken sender may run before go() even returns.
         let start = Instant::now();
@@ -352,7 +361,7 @@ fn recv_stream<'b>(
     done: &dyn Completions,
     mut started: Instant,
 ) -> Result<()> {
-    let Round { layout, request, deadline, timeout } = round;
+    let Round { layout, request, deadline, timeout, .. } = round;
     for (index, dst) in slots {
         let what = || {
             format!(

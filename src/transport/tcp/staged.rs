@@ -68,7 +68,7 @@ fn pieces(layout: &RequestLayout, side: Side, start: usize, end: usize) -> Vec<(
 }
 
 pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, round: Round) -> Result<()> {
-    let Round { layout, request, deadline, timeout } = round;
+    let Round { layout, request, deadline, timeout, ready } = round;
     let total = layout.total_bytes();
     let m = layout.message_bytes;
     let chunks = total.div_ceil(CHUNK);
@@ -88,10 +88,19 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
         }
         slot.copied.record(&st.stream)
     };
-    for c in 0..chunks.min(DEPTH) {
-        copy_out(st, c)?;
-    }
+    // A chunk is copied off the GPU once the layers it holds are computed:
+    // up to DEPTH ahead while they are, never holding back chunk c.
+    let mut issued = 0;
     for c in 0..chunks {
+        while issued < chunks.min(c + DEPTH) {
+            let last_message = (chunk(issued, total).1 - 1) / m;
+            if issued > c && !ready.ready(last_message)? {
+                break;
+            }
+            ready.wait(last_message, deadline)?;
+            copy_out(st, issued)?;
+            issued += 1;
+        }
         let (start, end) = chunk(c, total);
         let slot = &st.slots[c % DEPTH];
         slot.copied.wait(deadline, "copying KV off the GPU for the socket")?;
@@ -110,9 +119,6 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
         write_all_vectored(sock, &mut iov, deadline).map_err(|e| {
             data_error(e, "receiver", timeout, &format!("sending bytes {start}..{end} of request {request}"))
         })?;
-        if c + DEPTH < chunks {
-            copy_out(st, c + DEPTH)?;
-        }
     }
     Ok(())
 }
@@ -125,7 +131,7 @@ pub(super) fn recv(
     done: &dyn Completions,
     mut started: Instant,
 ) -> Result<()> {
-    let Round { layout, request, deadline, timeout } = round;
+    let Round { layout, request, deadline, timeout, .. } = round;
     let total = layout.total_bytes();
     let m = layout.message_bytes;
     let mut pos = 0;

@@ -20,7 +20,7 @@ pub mod ucp;
 
 use super::tag::{self, check_request, Tag};
 use super::{
-    hex, unhex, Completions, GpuCopier, PeerLink, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
+    hex, unhex, Completions, GpuCopier, PeerLink, Ready, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
     TransportInfo, TransportSpec,
 };
 use crate::error::{Error, Result};
@@ -280,7 +280,7 @@ impl Side {
         let one = [Descriptor { first: 0, count: 1, sender: 0, receiver: 0, len }];
         let mut ignore = |_: usize, _: u64| Ok(());
         if sender {
-            self.send_round(WARM_UP_REQUEST, &one, deadline, &mut watch)
+            self.send_round(WARM_UP_REQUEST, &one, deadline, &mut watch, &super::AtOnce)
         } else {
             self.recv_round(WARM_UP_REQUEST, &one, deadline, &mut watch, &mut ignore)
         }
@@ -364,32 +364,46 @@ impl Side {
 
     /// The pushing side's round: waits for the receiver's go, then puts and
     /// flushes (signalling done) or sends tagged messages, one operation
-    /// per descriptor of `ops`.
+    /// per descriptor of `ops`, each once `ready` lets its messages go.
     fn send_round(
         &mut self,
         request: u64,
         ops: &[Descriptor],
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()> {
         let count = ops.len();
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
         let what = || format!("sending request {request} over UCX");
         let mut w = Waiter::new(deadline, peer);
+        let going = || format!("waiting for the receiver's go for request {request}");
         if op.receiver_drives() {
             // get: serve the receiver's reads until it says done.
             let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
+            if ready.computes() {
+                // The decode side reads once told that prefill has ended.
+                let go = node.recv_signal(tag::make(tag::GO, 0, 0), tag::KIND)?;
+                w.finish(node, go, true, &going)?;
+                ready.go();
+                let last = ops.last().map_or(0, |d| d.first + d.count - 1);
+                while !ready.ready(last)? {
+                    w.tick(node, &what)?;
+                }
+                w.finish_op(node, node.signal(tag::make(tag::COMPUTED, request, 0))?, &what)?;
+            }
             let (t, _) = w.finish(node, done, true, &what)?.expect("a tag");
             return check_request(tag::request(t), request, "finished reading");
         }
         let go = node.recv_signal(tag::make(tag::GO, 0, 0), tag::KIND)?;
-        w.finish(node, go, true, &|| format!("waiting for the receiver's go for request {request}"))?;
+        w.finish(node, go, true, &going)?;
+        ready.go();
         let mut window = Window::new(node, limit, &mut self.posted_at);
         let mut ignore = |_: usize, _: u64, _: Option<(Tag, usize)>| Ok(());
         let doing = what();
         for (i, d) in ops.iter().enumerate() {
-            while window.full() {
+            while window.full() || !ready.ready(d.first + d.count - 1)? {
                 window.reap(&doing, &mut ignore)?;
                 w.tick(node, &what)?;
             }
@@ -436,7 +450,15 @@ impl Side {
         let t0 = Instant::now();
         let what = || format!("receiving request {request} over UCX");
         let doing = what();
+        let computes = peer.computes();
         let mut w = Waiter::new(deadline, peer);
+        if op == UcxOp::Get && computes {
+            // Pull after prefill: go, then read once the sender says it has ended.
+            let computed = node.recv_signal(tag::make(tag::COMPUTED, 0, 0), tag::KIND)?;
+            w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
+            let (t, _) = w.finish(node, computed, true, &what)?.expect("a tag");
+            check_request(tag::request(t), request, "computed")?;
+        }
         if op == UcxOp::Put {
             let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
             w.finish_op(node, node.signal(tag::make(tag::GO, request, 0))?, &what)?;
@@ -554,12 +576,13 @@ impl SendSide for UcxSender {
         request: u64,
         deadline: Instant,
         peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
     ) -> Result<()> {
         if let Some(d) = &self.0.device {
             d.bind()?;
         }
         let ops = layout.descriptors();
-        let result = self.0.send_round(request, &ops, deadline, peer);
+        let result = self.0.send_round(request, &ops, deadline, peer, ready);
         self.0.node.failed |= result.is_err();
         result
     }
