@@ -34,6 +34,10 @@ pub struct EnvInfo {
     pub build: BuildInfo,
     pub command_line: Vec<String>,
     pub pid: u32,
+    /// The kernel's boot id: two processes that share it share
+    /// CLOCK_MONOTONIC, so their instants compare directly.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 impl EnvInfo {
@@ -47,6 +51,7 @@ impl EnvInfo {
             build: BuildInfo::current(),
             command_line: std::env::args().collect(),
             pid: std::process::id(),
+            boot_id: boot_id(),
         }
     }
 }
@@ -77,6 +82,10 @@ fn cpu_model() -> String {
 }
 
 /// A field of /proc/meminfo, in KiB.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok().map(|s| s.trim().to_string())
+}
+
 pub fn meminfo_kib(field: &str) -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     text.lines()

@@ -367,6 +367,7 @@ mod tests {
             first_wrong: None,
             request_histogram: stats::encode_histogram(&h),
             fan: None,
+            prefill: None,
         }
     }
 

@@ -5,8 +5,10 @@
 //! outside the timed region. Both sides end each point with the receiver's
 //! figures, so both print the same results.
 
+pub mod compute;
 pub mod integrity;
 pub mod stats;
+pub mod ttft;
 
 use crate::error::{Error, Result};
 use crate::fan::Fan;
@@ -15,7 +17,7 @@ use crate::link::Link;
 use crate::memory::Buffer;
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
-use crate::transport::{Completions, GpuCopier, PeerLink, RecvSide, SendSide};
+use crate::transport::{AtOnce, Completions, GpuCopier, PeerLink, Ready, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use integrity::Check;
 pub use stats::{LatencySummary, PointResult};
@@ -108,13 +110,33 @@ pub fn run_sender(
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
     let copier = cfg.copier(&plan, transport.gpu_copier());
+    let compute = match &plan.prefill {
+        Some(_) => Some(compute::for_buffer(buf)?),
+        None => None,
+    };
+    let sess_rtt_ns = sess.rtt.min_ns;
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
         let (p, layout) = (point.index, &point.layout);
         let bytes = layout.total_bytes();
-        for it in 0..plan.warmup + plan.iterations {
+        for it in 0..plan.requests_per_point() {
             let request = plan.request_id(p, it);
+            let computing = match (&compute, &point.prefill_ns, &plan.prefill) {
+                (Some(c), Some(layer_ns), Some(prefill)) if plan.computes(it) => {
+                    if it == plan.warmup + plan.iterations {
+                        let runs_ns = compute::alone(c.as_ref(), layer_ns, ctrl)?;
+                        let (compute, control_rtt_ns) = (c.describe(), sess_rtt_ns);
+                        ctrl.send(&Msg::ComputeAlone { point: p, runs_ns, compute, control_rtt_ns })?;
+                    }
+                    Some(compute::Computing::new(c.as_ref(), layout, layer_ns, prefill.overlap))
+                }
+                _ => None,
+            };
+            let ready: &dyn Ready = match &computing {
+                Some(c) => c,
+                None => &AtOnce,
+            };
             // With checks off the pattern is written once, so the bytes are never zeros.
             if plan.verify != VerifyMode::Off || it == 0 {
                 buf.fill(layout, request)?;
@@ -129,7 +151,8 @@ pub fn run_sender(
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
                 _ => request,
             };
-            let mut deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            let mut deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
+                + computing.as_ref().map_or(Duration::ZERO, |c| c.allowance());
             let start = match fan {
                 Some(f) => f.fan.start(request, deadline)?,
                 None => Instant::now(),
@@ -146,6 +169,7 @@ pub fn run_sender(
                         other => Err(other),
                     }
                 })?;
+                ready.go();
             }
             let sending = Instant::now();
             transport.send(
@@ -153,9 +177,15 @@ pub fn run_sender(
                 layout,
                 on_wire,
                 deadline,
-                &mut RequestLink { ctrl, go: None, request, fan },
+                &mut RequestLink { ctrl, go: None, request, fan, computes: false },
+                ready,
             )?;
-            events.request(p, it, bytes, sending.elapsed().as_nanos() as u64);
+            if let Some(c) = &computing {
+                let (began, ended) = c.finish(deadline)?;
+                ctrl.send(&Msg::Computed { request, began, ended })?;
+            } else {
+                events.request(p, it, bytes, sending.elapsed().as_nanos() as u64);
+            }
             if let Some(f) = fan {
                 let ns =
                     ctrl.expect_by(deadline, &format!("waiting for the time of request {request}"), |m| {
@@ -164,7 +194,7 @@ pub fn run_sender(
                             other => Err(other),
                         }
                     })?;
-                f.fan.finish(f.pair, it >= plan.warmup, start, ns);
+                f.fan.finish(f.pair, plan.measured(it), start, ns);
             }
             if copier == Some(Role::Sender) {
                 // The next pattern waits for the receiver's check: then this
@@ -214,6 +244,12 @@ pub fn run_receiver(
     let host_clock = report_times || fan.is_some();
     let plan = sess.hello.plan.clone();
     let copier = cfg.copier(&plan, transport.gpu_copier());
+    if fan.is_some() && plan.prefill.is_some() {
+        return Err(Error::usage(
+            "emulated prefill runs one pair at a time, not in a fan of several senders",
+        ));
+    }
+    let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
@@ -224,8 +260,24 @@ pub fn run_receiver(
         let mut check = Check::default();
         let mut first_request_ns = 0;
         let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
-        for it in 0..plan.warmup + plan.iterations {
+        let mut tally = ttft::TtftTally::new(same_host);
+        for it in 0..plan.requests_per_point() {
             let request = plan.request_id(p, it);
+            let computes = plan.computes(it);
+            if computes && it == plan.warmup + plan.iterations {
+                let by = allowance(ctrl.timeout, 0, 1.0) + prefill_allowance(&point) * 4;
+                let (runs, what, rtt) = ctrl.expect_by(
+                    by,
+                    &format!("waiting for the sender's compute alone at point {p}"),
+                    |m| match m {
+                        Msg::ComputeAlone { point, runs_ns, compute, control_rtt_ns } if point == p => {
+                            Ok((runs_ns, compute, control_rtt_ns))
+                        }
+                        other => Err(other),
+                    },
+                )?;
+                tally.alone(&runs, what, rtt);
+            }
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
             ctrl.expect_by(
                 by,
@@ -240,40 +292,58 @@ pub fn run_receiver(
                 buf.settle_gpu()?;
             }
             sink.begin(request);
-            let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
+                + if computes { prefill_allowance(&point) } else { Duration::ZERO };
             let t0 = match fan {
                 Some(f) => f.fan.start(request, deadline)?,
                 None => Instant::now(),
             };
+            let go_mono = compute::mono_ns();
             let go = (!transport.go_in_band()).then_some(Msg::Go { point: p, request });
             let timing = transport.recv(
                 buf,
                 layout,
                 request,
                 deadline,
-                &mut RequestLink { ctrl, go, request, fan },
+                &mut RequestLink { ctrl, go, request, fan, computes },
                 &sink,
             )?;
+            let last_mono = compute::mono_ns();
             let host_ns = t0.elapsed().as_nanos() as u64;
-            let request_ns = match timing.elapsed_ns {
-                Some(ns) if !host_clock => ns,
-                _ => host_ns,
-            }
-            .max(1);
             sink.check_complete()?;
-            if report_times {
-                ctrl.send(&Msg::Took { request, ns: request_ns })?;
-            }
-            if let Some(f) = fan {
-                f.fan.finish(f.pair, it >= plan.warmup, t0, request_ns);
-            }
-            events.request(p, it, bytes, request_ns);
-            if it == 0 {
-                first_request_ns = request_ns;
-            }
-            if it >= plan.warmup {
-                requests.saturating_record(request_ns);
-                sink.record_into(&mut messages);
+            if computes {
+                // Sent once the sender's compute has ended, after its last message.
+                let c = ctrl.expect_by(
+                    deadline,
+                    &format!("waiting for the compute of request {request}"),
+                    |m| match m {
+                        Msg::Computed { request: r, began, ended } if r == request => {
+                            Ok(ttft::Computed { began, ended })
+                        }
+                        other => Err(other),
+                    },
+                )?;
+                tally.request(go_mono, last_mono, c, plan.measured(it));
+            } else {
+                let request_ns = match timing.elapsed_ns {
+                    Some(ns) if !host_clock => ns,
+                    _ => host_ns,
+                }
+                .max(1);
+                if report_times {
+                    ctrl.send(&Msg::Took { request, ns: request_ns })?;
+                }
+                if let Some(f) = fan {
+                    f.fan.finish(f.pair, plan.measured(it), t0, request_ns);
+                }
+                events.request(p, it, bytes, request_ns);
+                if it == 0 {
+                    first_request_ns = request_ns;
+                }
+                if it >= plan.warmup {
+                    requests.saturating_record(request_ns);
+                    sink.record_into(&mut messages);
+                }
             }
             match plan.verify {
                 VerifyMode::After => check.merge(buf.verify(layout, request)?),
@@ -284,7 +354,12 @@ pub fn run_receiver(
                 ctrl.send(&Msg::Checked { request })?;
             }
         }
-        let result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
+        let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
+        if let (Some(prefill), Some(layer_ns)) = (&plan.prefill, &point.prefill_ns) {
+            let asked = layer_ns.iter().sum();
+            result.prefill =
+                Some(tally.figures(prefill.overlap, asked, result.request_ns.p50, layout.layers));
+        }
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         if let Some(f) = fan {
             f.fan.point_done(f.pair, &result);
@@ -303,9 +378,22 @@ struct RequestLink<'a> {
     go: Option<Msg>,
     request: u64,
     fan: Option<FanSlot<'a>>,
+    /// The sender computes this request's KV as it goes.
+    computes: bool,
+}
+
+/// What a computing request may take beyond its transfer: its prefill,
+/// three times over (a GPU kernel slows under a transfer), and a second.
+fn prefill_allowance(point: &Point) -> Duration {
+    let asked: u64 = point.prefill_ns.iter().flatten().sum();
+    Duration::from_nanos(asked.saturating_mul(3)) + Duration::from_secs(1)
 }
 
 impl PeerLink for RequestLink<'_> {
+    fn computes(&self) -> bool {
+        self.computes
+    }
+
     fn go(&mut self) -> Result<()> {
         match self.go.take() {
             Some(msg) => self.ctrl.send(&msg),
@@ -355,6 +443,7 @@ fn point_result(
         first_wrong: check.first,
         request_histogram: stats::encode_histogram(requests),
         fan: None,
+        prefill: None,
     }
 }
 
@@ -451,6 +540,7 @@ mod tests {
             block_table: Default::default(),
             pool_blocks: None,
             coalesce: true,
+            prefill: None,
         }
     }
 

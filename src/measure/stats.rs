@@ -79,6 +79,9 @@ pub struct PointResult {
     /// On a fan's hub, where this point is all pairs together: each pair's own figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fan: Option<crate::fan::FanFigures>,
+    /// With emulated prefill: what the transfer adds to time-to-first-token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefill: Option<super::ttft::PrefillFigures>,
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {

@@ -88,6 +88,24 @@ pub enum Msg {
     Checked {
         request: u64,
     },
+    /// Sender, emulated prefill: the compute alone, run before the point's
+    /// computing requests, ns per run.
+    ComputeAlone {
+        point: usize,
+        runs_ns: Vec<u64>,
+        /// What computes (a kernel, a busy wait), for the report.
+        compute: String,
+        /// The sender's least control round trip: the receiver places the
+        /// sender's instants on its own clock with it across hosts.
+        control_rtt_ns: u64,
+    },
+    /// Sender, emulated prefill: when a request's compute began and ended
+    /// (CLOCK_MONOTONIC ns, the sender's).
+    Computed {
+        request: u64,
+        began: u64,
+        ended: u64,
+    },
     /// Receiver of a one-to-many fan: how long a request took, as it timed it.
     Took {
         request: u64,
@@ -121,6 +139,8 @@ impl Msg {
             Msg::Ready { .. } => "ready",
             Msg::Go { .. } => "go",
             Msg::Checked { .. } => "checked",
+            Msg::ComputeAlone { .. } => "compute-alone",
+            Msg::Computed { .. } => "computed",
             Msg::Took { .. } => "took",
             Msg::PointDone { .. } => "point-done",
             Msg::Abort { .. } => "abort",

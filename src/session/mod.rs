@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Version of the control protocol; peers must speak the same one.
-pub const PROTOCOL: u16 = 2;
+pub const PROTOCOL: u16 = 3;
 const MAGIC: [u8; 4] = *b"KVXF";
 const MAX_FRAME: usize = 64 << 20;
 const STATUS_OK: u16 = 0;
@@ -521,6 +521,7 @@ mod tests {
             block_table: Default::default(),
             pool_blocks: None,
             coalesce: true,
+            prefill: None,
         };
         Hello {
             role: Role::Sender,
