@@ -164,3 +164,33 @@ fn size_takes_transfer_times_from_a_run_of_the_same_shape_only() {
     let f = run(KVXFER, &["size", "-p", "1k,2k", "--mix", "1"], secs(10));
     f.expect_code(2).expect_stderr("--mix gives 1 shares for 2 prompt lengths");
 }
+
+#[test]
+fn bad_prefill_options_exit_2_naming_what_is_wrong() {
+    let cases: &[&[&str]] = &[
+        &["--prefill-ms", "1024:-5"],
+        &["--prefill-tflops", "0"],
+        &["--overlap", "layer"],
+        &["--prefill-tflops", "500", "-m", "gpt-oss-120b", "-p", "1024"],
+        &["--prefill-ms", "1024:10", "-p", "2048"],
+        &["--prefill-ms", "1024:10", "-p", "1024", "-t", "ucx", "--ucx-op", "get", "--overlap", "layer"],
+        &["--prefill-ms", "1024:10", "--prefill-tflops", "3"],
+    ];
+    let needles = [
+        "'-5' is not a time of 0 ms or more",
+        "a rate above 0 TFLOP/s",
+        "--overlap needs an emulated prefill",
+        "needs the shape of model 'gpt-oss-120b'",
+        "no time for the 2048-token prompt",
+        "use --overlap none",
+        "cannot be used with",
+    ];
+    for (args, needle) in cases.iter().zip(needles) {
+        let mut all = vec!["pair"];
+        all.extend_from_slice(args);
+        run(KVXFER, &all, secs(10)).expect_code(2).expect_stderr(needle);
+    }
+    let f =
+        run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:10", "--prefill-ms", "128:1", "-p", "128"], secs(10));
+    f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time");
+}

@@ -8,7 +8,7 @@ use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
 use crate::link::{self, Link};
 use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
-use crate::plan::{BlockTable, Granularity, Plan, VerifyMode};
+use crate::plan::{BlockTable, Granularity, Overlap, Plan, Prefill, VerifyMode};
 use crate::report::gate::{Gate, Threshold};
 use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
@@ -83,6 +83,7 @@ parser_of!(threshold, Threshold, Threshold::parse);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 parser_of!(ofi_op, OfiOp, OfiOp::parse);
 parser_of!(block_table, BlockTable, BlockTable::parse);
+parser_of!(overlap, Overlap, Overlap::parse);
 
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -230,6 +231,16 @@ pub struct WorkloadArgs {
     pub verify: VerifyMode,
     #[command(flatten)]
     pub blocks: BlockArgs,
+    /// Emulated prefill on the sender: its time per prompt length, TOKENS:MS,... (e.g. measured on your vLLM)
+    #[arg(long, value_name = "LIST", conflicts_with = "prefill_tflops", help_heading = "Prefill")]
+    pub prefill_ms: Option<String>,
+    /// Emulated prefill on the sender: the model's FLOPs per layer at this many TFLOP/s
+    #[arg(long, value_name = "TF", help_heading = "Prefill")]
+    pub prefill_tflops: Option<String>,
+    /// When KV moves: layer (each layer as soon as it is computed: P2pNccl PUT_ASYNC) or none (after the last layer:
+    /// NixlConnector) [default: layer, none for pulls (ucx get, ofi read)]
+    #[arg(long, value_name = "layer|none", value_parser = overlap, help_heading = "Prefill")]
+    pub overlap: Option<Overlap>,
 }
 
 /// Where blocks sit, and how they are moved (block granularity).
@@ -381,9 +392,36 @@ impl RunArgs {
             block_table: w.blocks.block_table,
             pool_blocks: w.blocks.pool_blocks,
             coalesce: w.blocks.coalesce,
+            prefill: self.prefill()?,
         };
         plan.validate()?;
         Ok(plan)
+    }
+
+    /// The emulated prefill asked for, if any. Pulls read after prefill.
+    fn prefill(&self) -> Result<Option<Prefill>> {
+        let w = &self.workload;
+        let time = match (&w.prefill_ms, &w.prefill_tflops) {
+            (Some(ms), _) => Prefill::parse_ms(ms)?,
+            (None, Some(tf)) => Prefill::parse_tflops(tf)?,
+            (None, None) if w.overlap.is_some() => {
+                return Err(Error::usage(
+                    "--overlap needs an emulated prefill: --prefill-ms or --prefill-tflops",
+                ))
+            }
+            (None, None) => return Ok(None),
+        };
+        let t = &self.transport;
+        let pulls = matches!(t.transport, TransportKind::Ucx if t.ucx_op == UcxOp::Get)
+            || matches!(t.transport, TransportKind::Ofi if t.ofi_op == OfiOp::Read);
+        let overlap = w.overlap.unwrap_or(if pulls { Overlap::None } else { Overlap::Layer });
+        if pulls && overlap == Overlap::Layer {
+            return Err(Error::usage(
+                "--overlap layer: the decode side pulls (ucx get, ofi read) once prefill has ended, as NixlConnector \
+                 does; use --overlap none, or a pushing operation",
+            ));
+        }
+        Ok(Some(Prefill { time, overlap }))
     }
 
     /// A floor in percent of a peak nobody gave could never be checked.

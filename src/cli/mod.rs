@@ -147,6 +147,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         block_table: a.blocks.block_table,
         pool_blocks: a.blocks.pool_blocks,
         coalesce: a.blocks.coalesce,
+        prefill: None,
     };
     plan.validate()?;
     writeln!(out, "model        {}", shape.model.describe())?;
@@ -332,6 +333,9 @@ fn send(a: &SendArgs) -> Result<()> {
     transport::check_library(&spec, &plan, &a.run.local())?;
     if !matches!(memory.kind, MemoryKind::Host) {
         gpu::init()?;
+    }
+    if pairs > 1 && plan.prefill.is_some() {
+        return Err(Error::usage("emulated prefill runs one pair at a time, not a fan of several receivers"));
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {

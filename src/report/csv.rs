@@ -3,6 +3,7 @@
 
 use super::{Exporter, RunReport};
 use crate::error::{Error, Result};
+use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
 use std::io::Write;
 
@@ -72,6 +73,24 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("slowest_pair_gbps", slowest.map(|g| format!("{g:.4}")).unwrap_or_default()),
             ("pair_request_p99_ns", pairs.map(|f| f.pair_request_ns.p99.to_string()).unwrap_or_default()),
             ("pair_request_max_ns", pairs.map(|f| f.pair_request_ns.max.to_string()).unwrap_or_default()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    // Emulated prefill: empty without it.
+    let f = p.prefill.as_ref();
+    let ns = |get: fn(&PrefillFigures) -> u64| f.map(|f| get(f).to_string()).unwrap_or_default();
+    cols.extend(
+        [
+            ("prefill_overlap", f.map(|f| f.overlap.to_string()).unwrap_or_default()),
+            ("prefill_asked_ns", ns(|f| f.asked_ns)),
+            ("prefill_alone_p50_ns", ns(|f| f.alone_ns.p50)),
+            ("prefill_during_p50_ns", ns(|f| f.during_ns.p50)),
+            ("added_ttft_p50_ns", ns(|f| f.added_ns.p50)),
+            ("added_ttft_p99_ns", ns(|f| f.added_ns.p99)),
+            ("added_ttft_max_ns", ns(|f| f.added_ns.max)),
+            ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
+            ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
+            ("ttft_p50_ns", ns(|f| f.ttft_ns.p50)),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );

@@ -3,8 +3,10 @@
 
 use super::{Exporter, RunReport};
 use crate::error::Result;
+use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
-use crate::plan::VerifyMode;
+use crate::plan::prefill::PrefillTime;
+use crate::plan::{Overlap, VerifyMode};
 use crate::units::{fmt_bytes, fmt_ns};
 use std::io::Write;
 
@@ -90,6 +92,27 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
                 true => "descriptors adjacent on both sides merged into one operation, as NIXL does",
                 false => "one operation per block",
             }
+        )?;
+    }
+    if let Some(p) = &r.plan.prefill {
+        let time = match &p.time {
+            PrefillTime::PerPrompt(pairs) => {
+                let each: Vec<String> = pairs.iter().map(|(t, ms)| format!("{t}:{ms}")).collect();
+                format!("{} ms per prompt", each.join(","))
+            }
+            PrefillTime::Tflops(tf) => format!("the model's FLOPs at {tf} TFLOP/s"),
+        };
+        let style = match p.overlap {
+            Overlap::Layer => {
+                "each layer's KV handed to the transport as its compute ends (P2pNccl PUT_ASYNC)"
+            }
+            Overlap::None => "the request's KV handed over once the last layer ends (NixlConnector's pull)",
+        };
+        writeln!(out, "# prefill    emulated on the sender, {time}; overlap {}: {style}", p.overlap)?;
+        writeln!(
+            out,
+            "#            each point runs twice: the transfer alone (the row), then with the compute (the line \
+             under it); added TTFT = last layer's end to the decode side holding the last byte"
         )?;
     }
     let verify = match r.plan.verify {
@@ -195,6 +218,9 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
         peak,
         wrong
     )?;
+    if let Some(f) = &p.prefill {
+        prefill_line(f, out)?;
+    }
     if let Some(f) = &p.fan {
         let each: Vec<String> = f.pair_gbps.iter().map(|g| format!("{g:.2}")).collect();
         let (lo, hi) = f.pair_gbps.iter().fold((f64::MAX, 0f64), |(lo, hi), g| (lo.min(*g), hi.max(*g)));
@@ -210,6 +236,26 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// A point's figures with emulated prefill, under its row.
+fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
+    let (a, ms) = (&f.added_ns, |ns: u64| fmt_ns(ns as f64));
+    writeln!(
+        out,
+        "#   prefill {} asked, {} alone, {} during | added TTFT p50 {} p99 {} max {} ({:.1}% of the transfer, \
+         bound {}) | TTFT p50 {}",
+        ms(f.asked_ns),
+        ms(f.alone_ns.p50),
+        ms(f.during_ns.p50),
+        ms(a.p50),
+        ms(a.p99),
+        ms(a.max),
+        100.0 * f.exposed_share,
+        ms(f.lower_bound_ns),
+        ms(f.ttft_ns.p50)
+    )?;
     Ok(())
 }
 
