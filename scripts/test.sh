@@ -9,10 +9,12 @@ cd "$(dirname "$0")/.."
 # real loopback sockets; the ucx tests load Debian's UCX (libucx0: tcp and
 # shared memory on host memory), as kvxfer does, at run time; the ofi tests
 # load Debian's libfabric (libfabric1: the tcp and shm providers) the same
-# way; the launch tests start pairs with Open MPI's mpirun.
+# way; the launch tests start pairs with Open MPI's mpirun; the shaped-link
+# test (tests/shaped.rs) joins two network namespaces with a veth pair and
+# shapes it with tbf (iproute2: ip, tc).
 # The optional `mpi` feature (rsmpi) builds against Open MPI's headers with
 # bindgen, hence libopenmpi-dev, libclang-dev and clang (its builtin headers).
-PACKAGES=(gcc libc6-dev libucx0 libfabric1 openmpi-bin libopenmpi-dev libclang-dev clang)
+PACKAGES=(gcc libc6-dev iproute2 libucx0 libfabric1 openmpi-bin libopenmpi-dev libclang-dev clang)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -1,0 +1,140 @@
+//! Timing checks on a shaped link, where physics sets the answer: the two
+//! sides in two network namespaces joined by a veth pair whose sending end
+//! is held to 1 Gbit/s by tc's token bucket (tbf). Loopback on a loaded
+//! 2-core machine swings too much to check a time against.
+//!
+//! Needs root (CI is); where namespaces cannot be made the test says why
+//! and passes without checking.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+/// Two namespaces and the shaped veth pair between them; removed on drop.
+struct ShapedLink {
+    sender_ns: String,
+    receiver_ns: String,
+    receiver_ip: String,
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out =
+        Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
+    }
+}
+
+impl ShapedLink {
+    /// `rate` as tc writes it (1gbit); each test its own subnet and names.
+    fn new(tag: &str, subnet: u8, rate: &str) -> Result<ShapedLink, String> {
+        let id = std::process::id() % 100_000;
+        let (s, r) = (format!("kvs{tag}{id}"), format!("kvr{tag}{id}"));
+        let (vs, vr) = (format!("vs{tag}{id}"), format!("vr{tag}{id}"));
+        let link = ShapedLink {
+            sender_ns: s.clone(),
+            receiver_ns: r.clone(),
+            receiver_ip: format!("10.213.{subnet}.2"),
+        };
+        sh(&["ip", "netns", "add", &s])?;
+        sh(&["ip", "netns", "add", &r])?;
+        sh(&["ip", "link", "add", &vs, "type", "veth", "peer", "name", &vr])?;
+        sh(&["ip", "link", "set", &vs, "netns", &s])?;
+        sh(&["ip", "link", "set", &vr, "netns", &r])?;
+        for (ns, dev, ip) in
+            [(&s, &vs, format!("10.213.{subnet}.1/24")), (&r, &vr, format!("10.213.{subnet}.2/24"))]
+        {
+            sh(&["ip", "-n", ns, "addr", "add", &ip, "dev", dev])?;
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        // The data flows from the sender: its end of the pair is the bottleneck.
+        sh(&[
+            "tc", "-n", &s, "qdisc", "add", "dev", &vs, "root", "tbf", "rate", rate, "burst", "256kb",
+            "latency", "100ms",
+        ])?;
+        Ok(link)
+    }
+}
+
+impl Drop for ShapedLink {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its end of the veth pair, and so both.
+        let _ = sh(&["ip", "netns", "del", &self.sender_ns]);
+        let _ = sh(&["ip", "netns", "del", &self.receiver_ns]);
+    }
+}
+
+fn shaped(tag: &str, subnet: u8) -> Option<ShapedLink> {
+    match ShapedLink::new(tag, subnet, "1gbit") {
+        Ok(l) => Some(l),
+        Err(why) => {
+            eprintln!("SKIPPED: cannot make a shaped link between two network namespaces ({why})");
+            None
+        }
+    }
+}
+
+/// Runs a pair across the link; returns the receiver's JSON report.
+fn pair_across(link: &ShapedLink, args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("recv.json");
+    let listen = format!("{}:0", link.receiver_ip);
+    let mut recv_args = vec!["netns", "exec", &link.receiver_ns, RECV, "--listen", &listen, "--json"];
+    recv_args.push(j.to_str().unwrap());
+    let recv = Proc::start("ip", &recv_args);
+    assert!(recv.wait_for("listening on ", secs(10)), "receiver did not start: {}", recv.stderr());
+    let line = recv.stderr().lines().find(|l| l.contains("listening on ")).unwrap().to_string();
+    let addr = line.rsplit("listening on ").next().unwrap().trim().to_string();
+    let mut send_args = vec!["netns", "exec", &link.sender_ns, SEND, "--connect", &addr];
+    send_args.extend_from_slice(args);
+    let send = run("ip", &send_args, secs(180));
+    send.expect_code(0);
+    recv.finish(secs(10)).expect_code(0);
+    assert!(send.stdout.contains("0 wrong bytes"), "{}", send.stdout);
+    json(&j)
+}
+
+const LAYER_RUN: &[&str] = &["-m", "llama-3.1-8b", "-p", "1024", "-g", "layer", "-n", "3", "-w", "1"];
+
+#[test]
+fn layerwise_overlap_hides_all_but_the_last_layer_and_none_hides_nothing() {
+    let Some(link) = shaped("t", 61) else { return };
+    let with = |overlap: &str| {
+        let mut args = LAYER_RUN.to_vec();
+        args.extend_from_slice(&["--prefill-ms", "1024:2000", "--overlap", overlap]);
+        let r = pair_across(&link, &args);
+        r["points"][0].clone()
+    };
+    // 128 MiB at 1 Gbit/s: about 1.1 s alone, whichever overlap.
+    let layer = with("layer");
+    let alone = layer["request_ns"]["p50"].as_f64().unwrap();
+    assert!((1.0e9..1.4e9).contains(&alone), "the transfer alone took {alone} ns");
+    let f = &layer["prefill"];
+    let (added, bound) = (f["added_ns"]["p50"].as_f64().unwrap(), f["lower_bound_ns"].as_f64().unwrap());
+    eprintln!("overlap layer: transfer alone {alone} ns, added TTFT p50 {added} ns, bound {bound} ns");
+    // The last layer's 4 MiB go once its compute ends; the 31 before went
+    // while later layers computed (each 62.5 ms of compute, 35 ms of wire).
+    assert!((bound - alone / 32.0).abs() < 1.0, "{bound} {alone}");
+    assert!(added <= 2.0 * bound && added >= 0.5 * bound, "layer overlap added {added} ns, bound {bound} ns");
+    // The busy wait keeps its time, alone and under the transfer.
+    for what in ["alone_ns", "during_ns"] {
+        let p50 = f[what]["p50"].as_f64().unwrap();
+        assert!((p50 / 2.0e9 - 1.0).abs() < 0.05, "compute {what} p50 {p50} ns for 2 s asked");
+    }
+    assert_eq!(f["asked_ns"], 2_000_000_000u64);
+    let ttft = f["ttft_ns"]["p50"].as_f64().unwrap();
+    assert!((ttft - 2.0e9 - added).abs() < 0.05e9, "ttft {ttft}");
+
+    let none = with("none");
+    let (alone, f) = (none["request_ns"]["p50"].as_f64().unwrap(), &none["prefill"]);
+    let added = f["added_ns"]["p50"].as_f64().unwrap();
+    eprintln!("overlap none: transfer alone {alone} ns, added TTFT p50 {added} ns");
+    assert!(
+        (added / alone - 1.0).abs() < 0.15,
+        "no overlap added {added} ns, the transfer alone took {alone} ns"
+    );
+    assert_eq!(f["overlap"], "none");
+}
