@@ -5,9 +5,10 @@
 //! timing events waited on with a deadline, device memory from cuMemAlloc (not
 //! a stream-ordered pool: pool memory cannot be shared over CUDA IPC, which
 //! UCX's cuda_ipc and NCCL's P2P/IPC rely on), pinned host memory, and the
-//! integrity-pattern kernels.
+//! integrity-pattern kernels and the emulated prefill's kernel.
 
 pub mod pattern;
+pub mod prefill;
 
 use crate::error::{Error, Result};
 use cudarc::driver::{result, sys, DriverError};
@@ -90,6 +91,12 @@ impl Device {
 
     pub fn describe(&self) -> String {
         format!("GPU {} ({}, {})", self.ordinal, self.name, self.pci_bus_id)
+    }
+
+    /// One of the device's attributes (multiprocessors, L2 size, ...).
+    pub fn attribute(&self, which: sys::CUdevice_attribute) -> Result<i32> {
+        // SAFETY: dev came from cuDeviceGet in `open`.
+        unsafe { result::device::get_attribute(self.dev, which) }.map_err(cuda("reading a device attribute"))
     }
 
     /// Waits, never past `deadline`, for the work queued so far on this

@@ -1,11 +1,12 @@
 //! The sender's emulated prefill, layer after layer, and the readiness of a
 //! request's messages that follows from it (see plan::prefill).
 //!
-//! On host memory a layer is a timed busy wait on a worker thread of the
-//! sender: one core kept busy, as a prefill keeps its GPU. Each layer ends
-//! at the start plus the asked times so far, so short layers do not drift.
+//! On GPU memory a layer is a launch of a calibrated kernel on every
+//! multiprocessor (gpu::prefill); on host memory, a timed busy wait. Either
+//! runs on a worker thread of the sender.
 
 use crate::error::{Error, Result};
+use crate::gpu::prefill::PrefillKernel;
 use crate::memory::Buffer;
 use crate::plan::prefill::layer_of;
 use crate::plan::{Overlap, RequestLayout};
@@ -45,16 +46,71 @@ pub trait Compute: Send + Sync {
     /// When the last started run began and ended (CLOCK_MONOTONIC ns),
     /// known once every layer counts as finished.
     fn span(&self) -> Option<(u64, u64)>;
+    /// After a run alone: see `Layers::retune`.
+    fn retune(&self, _asked_ns: u64, _took_ns: u64) -> bool {
+        false
+    }
     /// What computes, for the report.
     fn describe(&self) -> String;
 }
 
-/// Layers as timed busy waits on a worker thread.
-pub struct HostCompute {
+/// What runs a request's layers, on the worker thread of a `LayerWorker`.
+pub trait Layers: Send {
+    /// Runs `layer_ns`' layers one after another, calling `layer_done` as
+    /// each ends, in order, with the run's (begin, end) in CLOCK_MONOTONIC
+    /// ns on the last. Returns early once `quit` is set.
+    fn run(
+        &mut self,
+        layer_ns: &[u64],
+        quit: &AtomicBool,
+        layer_done: &mut dyn FnMut(Option<(u64, u64)>),
+    ) -> Result<()>;
+    /// Told that a run alone of `asked_ns` took `took_ns`; adjusts itself
+    /// and says whether another run alone should check the adjustment.
+    fn retune(&mut self, _asked_ns: u64, _took_ns: u64) -> bool {
+        false
+    }
+    fn describe(&self) -> String;
+}
+
+/// Layers as timed busy waits: one core kept busy, as a prefill keeps its
+/// GPU. Each layer ends at the start plus the asked times so far, so short
+/// layers do not drift.
+pub struct BusyWait;
+
+impl Layers for BusyWait {
+    fn run(
+        &mut self,
+        layer_ns: &[u64],
+        quit: &AtomicBool,
+        layer_done: &mut dyn FnMut(Option<(u64, u64)>),
+    ) -> Result<()> {
+        let (began, start) = (mono_ns(), Instant::now());
+        let mut end = start;
+        for (l, ns) in layer_ns.iter().enumerate() {
+            end += Duration::from_nanos(*ns);
+            while Instant::now() < end {
+                if quit.load(SeqCst) {
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
+            layer_done((l + 1 == layer_ns.len()).then(|| (began, mono_ns())));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "a timed busy wait on a thread of the sender, layer after layer".into()
+    }
+}
+
+/// A `Compute` whose layers run on a worker thread, so the sending thread
+/// stays free to move what they have made.
+pub struct LayerWorker {
     shared: Arc<Shared>,
 }
 
-#[derive(Default)]
 struct Shared {
     job: Mutex<Option<Vec<u64>>>,
     wake: Condvar,
@@ -64,74 +120,95 @@ struct Shared {
     began: AtomicU64,
     ended: AtomicU64,
     quit: AtomicBool,
+    /// What stopped the last run, if anything did.
+    failed: Mutex<Option<Error>>,
+    layers: Mutex<Box<dyn Layers>>,
 }
 
-impl HostCompute {
-    pub fn new() -> HostCompute {
-        let shared = Arc::new(Shared::default());
+impl LayerWorker {
+    pub fn new(layers: Box<dyn Layers>) -> LayerWorker {
+        let shared = Arc::new(Shared {
+            job: Mutex::new(None),
+            wake: Condvar::new(),
+            layer_done: Condvar::new(),
+            finished: AtomicUsize::new(0),
+            began: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            quit: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            layers: Mutex::new(layers),
+        });
         let worker = shared.clone();
         std::thread::Builder::new()
             .name("kvxfer-prefill".into())
             .spawn(move || worker.serve())
             .expect("a thread for the emulated prefill");
-        HostCompute { shared }
+        LayerWorker { shared }
     }
 }
 
-impl Default for HostCompute {
-    fn default() -> Self {
-        Self::new()
-    }
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
     fn serve(&self) {
         loop {
-            let layers = {
-                let mut job = self.job.lock().unwrap_or_else(|e| e.into_inner());
+            let layer_ns = {
+                let mut job = lock(&self.job);
                 while job.is_none() && !self.quit.load(SeqCst) {
                     job = self.wake.wait(job).unwrap_or_else(|e| e.into_inner());
                 }
                 match job.take() {
-                    Some(layers) => layers,
+                    Some(layer_ns) => layer_ns,
                     None => return,
                 }
             };
-            let start = Instant::now();
-            let mut end = start;
-            for (l, ns) in layers.iter().enumerate() {
-                end += Duration::from_nanos(*ns);
-                while Instant::now() < end {
-                    std::hint::spin_loop();
-                }
-                if l + 1 == layers.len() {
+            let mut layers = lock(&self.layers);
+            let run = layers.run(&layer_ns, &self.quit, &mut |span| {
+                if let Some((began, ended)) = span {
                     // Before the count, so that a finished run has its span.
-                    self.ended.store(mono_ns(), SeqCst);
+                    self.began.store(began, SeqCst);
+                    self.ended.store(ended, SeqCst);
                 }
-                let _held = self.job.lock().unwrap_or_else(|e| e.into_inner());
+                let _held = lock(&self.job);
                 self.finished.fetch_add(1, SeqCst);
+                self.layer_done.notify_all();
+            });
+            if let Err(e) = run {
+                *lock(&self.failed) = Some(e);
+                let _held = lock(&self.job);
                 self.layer_done.notify_all();
             }
         }
     }
+
+    fn check(&self) -> Result<()> {
+        match &*lock(&self.failed) {
+            Some(e) => Err(Error::run(format!("the emulated prefill failed: {}", e.message))),
+            None => Ok(()),
+        }
+    }
 }
 
-impl Compute for HostCompute {
+impl Compute for LayerWorker {
     fn start(&self, layer_ns: &[u64]) {
         self.shared.finished.store(0, SeqCst);
         self.shared.ended.store(0, SeqCst);
-        self.shared.began.store(mono_ns(), SeqCst);
-        *self.shared.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(layer_ns.to_vec());
+        *lock(&self.shared.failed) = None;
+        *lock(&self.shared.job) = Some(layer_ns.to_vec());
         self.shared.wake.notify_one();
     }
 
     fn finished(&self) -> Result<usize> {
+        self.shared.check()?;
         Ok(self.shared.finished.load(SeqCst))
     }
 
     fn wait_finished(&self, layers: usize, until: Instant) -> Result<usize> {
-        let mut held = self.shared.job.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held = lock(&self.shared.job);
         loop {
+            self.shared.check()?;
             let done = self.shared.finished.load(SeqCst);
             let now = Instant::now();
             if done >= layers || now >= until {
@@ -147,23 +224,29 @@ impl Compute for HostCompute {
         (ended != 0).then(|| (self.shared.began.load(SeqCst), ended))
     }
 
+    fn retune(&self, asked_ns: u64, took_ns: u64) -> bool {
+        lock(&self.shared.layers).retune(asked_ns, took_ns)
+    }
+
     fn describe(&self) -> String {
-        "a timed busy wait on a thread of the sender, layer after layer".into()
+        lock(&self.shared.layers).describe()
     }
 }
 
-impl Drop for HostCompute {
+impl Drop for LayerWorker {
     fn drop(&mut self) {
         self.shared.quit.store(true, SeqCst);
+        let _held = lock(&self.shared.job);
         self.shared.wake.notify_one();
     }
 }
 
-/// The compute for the sender's buffer: a busy wait for host memory.
+/// The compute for the sender's buffer: a calibrated kernel on the GPU
+/// that holds GPU memory, a busy wait for host and pinned memory.
 pub fn for_buffer(buf: &Buffer) -> Result<Box<dyn Compute>> {
     match buf.gpu_mem() {
-        Some(_) => Err(Error::usage("emulated prefill on GPU memory is not built yet")),
-        None => Ok(Box::new(HostCompute::new())),
+        Some(mem) => Ok(Box::new(LayerWorker::new(Box::new(PrefillKernel::load(&mem.device)?)))),
+        None => Ok(Box::new(LayerWorker::new(Box::new(BusyWait)))),
     }
 }
 
@@ -173,11 +256,20 @@ const WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Runs of the compute alone before a point's computing requests.
 const ALONE_RUNS: usize = 3;
 
-/// Times the compute alone, `ALONE_RUNS` times, answering the peer meanwhile.
+/// Runs alone that may go to tuning the compute, before those timed.
+const TUNING_RUNS: usize = 4;
+
+/// The most runs alone a point makes, for the peer's wait.
+pub const MOST_RUNS_ALONE: usize = ALONE_RUNS + TUNING_RUNS;
+
+/// Times the compute alone, `ALONE_RUNS` times, answering the peer
+/// meanwhile; first lets it tune itself on these layers (the GPU kernel's
+/// length depends on clocks that a long run may lower).
 pub fn alone(compute: &dyn Compute, layer_ns: &[u64], ctrl: &mut Control) -> Result<Vec<u64>> {
     let asked: u64 = layer_ns.iter().sum();
     let mut runs = Vec::with_capacity(ALONE_RUNS);
-    for _ in 0..ALONE_RUNS {
+    let mut tunings = 0;
+    while runs.len() < ALONE_RUNS {
         let deadline =
             Instant::now() + Duration::from_nanos(asked.saturating_mul(3)) + Duration::from_secs(1);
         compute.start(layer_ns);
@@ -192,7 +284,12 @@ pub fn alone(compute: &dyn Compute, layer_ns: &[u64], ctrl: &mut Control) -> Res
                 return Err(Error::run("the emulated prefill, alone, outlasted three times its asked time"));
             }
         };
-        runs.push(span.1 - span.0);
+        let took = span.1 - span.0;
+        if runs.is_empty() && tunings < TUNING_RUNS && compute.retune(asked, took) {
+            tunings += 1;
+            continue;
+        }
+        runs.push(took);
     }
     Ok(runs)
 }
@@ -282,7 +379,7 @@ mod tests {
     fn layers_end_on_time_and_messages_wait_for_theirs() {
         let shape = KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
         let layout = RequestLayout::new(&shape, 64, Granularity::Layer);
-        let compute = HostCompute::new();
+        let compute = LayerWorker::new(Box::new(BusyWait));
         let layer_ns = vec![2_000_000u64; 32]; // 64 ms in all
         let ready = Computing::new(&compute, &layout, &layer_ns, Overlap::Layer);
         let t0 = Instant::now();

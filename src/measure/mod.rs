@@ -265,7 +265,8 @@ pub fn run_receiver(
             let request = plan.request_id(p, it);
             let computes = plan.computes(it);
             if computes && it == plan.warmup + plan.iterations {
-                let by = allowance(ctrl.timeout, 0, 1.0) + prefill_allowance(&point) * 4;
+                let by = allowance(ctrl.timeout, 0, 1.0)
+                    + prefill_allowance(&point) * compute::MOST_RUNS_ALONE as u32;
                 let (runs, what, rtt) = ctrl.expect_by(
                     by,
                     &format!("waiting for the sender's compute alone at point {p}"),
