@@ -12,6 +12,7 @@
 # target/release).
 #
 #   scripts/gpu-prefill.sh OUT_DIR [smoke]
+# Leaves OUT_DIR.tgz beside OUT_DIR, every log in one file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-prefill.sh OUT_DIR [smoke]}
@@ -71,7 +72,11 @@ else
         run tcp-staged-$ov -t tcp -m llama-3.1-8b -p $TOKENS -g layer \
             -n 8 -w 2 --prefill-tflops "$TF" --overlap $ov
     done
+    # Blocks: a layer's blocks go together once the layer is computed.
+    run ucx-put-block-layer -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b -p 1024,8192 -g block \
+        -n 5 -w 1 --prefill-tflops "$TF" --overlap layer
 fi
+tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"
 kill $dmon
 echo "gpu-prefill.sh: $failed failed"
 [ $failed = 0 ]

@@ -278,6 +278,9 @@ pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             r.first_wrong().unwrap_or("?")
         ),
     };
+    if let Some(f) = r.points.iter().find_map(|p| p.prefill.as_ref()) {
+        writeln!(out, "# prefill    computed by {}", f.compute)?;
+    }
     writeln!(out, "# integrity  {verdict}")?;
     if let Some(g) = &r.gate {
         writeln!(out, "# gate       {}", g.line())?;
