@@ -233,6 +233,10 @@ impl Layers for PrefillKernel {
         (ratio - 1.0).abs() > 0.01
     }
 
+    fn uses_a_core(&self) -> bool {
+        false
+    }
+
     fn describe(&self) -> String {
         let per_ms = 1e6 / self.ns_per_round;
         format!(

@@ -32,17 +32,8 @@ pub trait Compute: Send + Sync {
     /// Layers finished so far, the first ones.
     fn finished(&self) -> Result<usize>;
     /// Waits until `layers` are finished or `until` passes; returns the
-    /// layers finished. This one spins: a compute that can wake a waiter
-    /// (the host's) blocks instead, leaving the core to the other side.
-    fn wait_finished(&self, layers: usize, until: Instant) -> Result<usize> {
-        loop {
-            let done = self.finished()?;
-            if done >= layers || Instant::now() >= until {
-                return Ok(done);
-            }
-            std::hint::spin_loop();
-        }
-    }
+    /// layers finished.
+    fn wait_finished(&self, layers: usize, until: Instant) -> Result<usize>;
     /// When the last started run began and ended (CLOCK_MONOTONIC ns),
     /// known once every layer counts as finished.
     fn span(&self) -> Option<(u64, u64)>;
@@ -70,6 +61,10 @@ pub trait Layers: Send {
     fn retune(&mut self, _asked_ns: u64, _took_ns: u64) -> bool {
         false
     }
+    /// Whether the layers keep a core of the sender busy: then a waiter
+    /// sleeps until woken, leaving the other cores to the transfer; else it
+    /// spins, and sees a layer end without a thread wake-up's delay.
+    fn uses_a_core(&self) -> bool;
     fn describe(&self) -> String;
 }
 
@@ -100,6 +95,10 @@ impl Layers for BusyWait {
         Ok(())
     }
 
+    fn uses_a_core(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         "a timed busy wait on a thread of the sender, layer after layer".into()
     }
@@ -122,12 +121,15 @@ struct Shared {
     quit: AtomicBool,
     /// What stopped the last run, if anything did.
     failed: Mutex<Option<Error>>,
+    /// Waiters sleep (the layers use a core) or spin.
+    sleep: bool,
     layers: Mutex<Box<dyn Layers>>,
 }
 
 impl LayerWorker {
     pub fn new(layers: Box<dyn Layers>) -> LayerWorker {
         let shared = Arc::new(Shared {
+            sleep: layers.uses_a_core(),
             job: Mutex::new(None),
             wake: Condvar::new(),
             layer_done: Condvar::new(),
@@ -206,6 +208,15 @@ impl Compute for LayerWorker {
     }
 
     fn wait_finished(&self, layers: usize, until: Instant) -> Result<usize> {
+        if !self.shared.sleep {
+            loop {
+                let done = self.finished()?;
+                if done >= layers || Instant::now() >= until {
+                    return Ok(done);
+                }
+                std::hint::spin_loop();
+            }
+        }
         let mut held = lock(&self.shared.job);
         loop {
             self.shared.check()?;

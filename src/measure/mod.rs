@@ -357,9 +357,7 @@ pub fn run_receiver(
         }
         let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
         if let (Some(prefill), Some(layer_ns)) = (&plan.prefill, &point.prefill_ns) {
-            let asked = layer_ns.iter().sum();
-            result.prefill =
-                Some(tally.figures(prefill.overlap, asked, result.request_ns.p50, layout.layers));
+            result.prefill = Some(tally.figures(prefill.overlap, layer_ns, result.request_ns.p50));
         }
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         if let Some(f) = fan {

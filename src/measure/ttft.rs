@@ -35,8 +35,10 @@ pub struct PrefillFigures {
     pub added_histogram: String,
     /// Added TTFT over the transfer alone (p50s): the share not hidden.
     pub exposed_share: f64,
-    /// The least any pipeline could add: the last layer's own transfer
-    /// (layer overlap), or the whole request's (none), at the p50 alone.
+    /// The least any pipeline could add at the transfer's p50 rate alone:
+    /// the whole transfer (none); with layer overlap, the last layer's own
+    /// transfer, or more when layers are made faster than they move
+    /// (see `pipeline_bound`).
     pub lower_bound_ns: u64,
 }
 
@@ -97,8 +99,9 @@ impl TtftTally {
         added
     }
 
-    /// The point's figures; `alone_p50_ns` is the transfer alone, `layers` the model's.
-    pub fn figures(&self, overlap: Overlap, asked_ns: u64, alone_p50_ns: u64, layers: u32) -> PrefillFigures {
+    /// The point's figures; `alone_p50_ns` is the transfer alone, `layer_ns`
+    /// each layer's asked compute.
+    pub fn figures(&self, overlap: Overlap, layer_ns: &[u64], alone_p50_ns: u64) -> PrefillFigures {
         let added_ns = LatencySummary::of(&self.added);
         PrefillFigures {
             overlap,
@@ -110,7 +113,7 @@ impl TtftTally {
                     self.one_way_ns as f64 / 1e3
                 ),
             },
-            asked_ns,
+            asked_ns: layer_ns.iter().sum(),
             alone_ns: LatencySummary::of(&self.alone),
             during_ns: LatencySummary::of(&self.during),
             ttft_ns: LatencySummary::of(&self.ttft),
@@ -118,11 +121,30 @@ impl TtftTally {
             added_ns,
             added_histogram: stats::encode_histogram(&self.added),
             lower_bound_ns: match overlap {
-                Overlap::Layer => alone_p50_ns / layers.max(1) as u64,
+                Overlap::Layer => pipeline_bound(alone_p50_ns, layer_ns),
                 Overlap::None => alone_p50_ns,
             },
         }
     }
+}
+
+/// The least a layer-by-layer pipeline can add after its last layer: the
+/// transfer (`transfer_ns`, an equal share per layer, as KV is) cannot
+/// start a layer before its compute ends, so the bytes of layers l.. still
+/// need (L - l) / L of the transfer after layer l ends, of which the later
+/// layers' compute hides at most their own time. The largest over l: the
+/// last layer's own share when compute outpaces the link, nearly the whole
+/// transfer less the prefill when the link is the slower.
+pub fn pipeline_bound(transfer_ns: u64, layer_ns: &[u64]) -> u64 {
+    let layers = layer_ns.len().max(1) as f64;
+    let mut later_compute = 0.0;
+    let mut bound = 0.0f64;
+    for (l, ns) in layer_ns.iter().enumerate().rev() {
+        let remaining = transfer_ns as f64 * (layer_ns.len() - l) as f64 / layers;
+        bound = bound.max(remaining - later_compute);
+        later_compute += *ns as f64;
+    }
+    bound.round() as u64
 }
 
 #[cfg(test)]
@@ -143,11 +165,25 @@ mod tests {
         assert_eq!(two.request(10_000_000, 12_534_000, c, true), 34_000);
         // A warm-up is not recorded; a clock that disagrees gives 0, not a wrap.
         assert_eq!(two.request(10_000_000, 10_000_000, c, false), 0);
-        let f = one.figures(Overlap::Layer, 2_000_000, 1_088_000, 32);
+        let f = one.figures(Overlap::Layer, &[62_500; 32], 1_088_000);
         assert_eq!((f.alone_ns.count, f.added_ns.count, f.during_ns.count), (3, 1, 1));
         assert_eq!(f.lower_bound_ns, 34_000);
         assert!((f.exposed_share - 34.0 / 1088.0).abs() < 0.001, "{}", f.exposed_share);
         assert!((f.ttft_ns.p50 as f64 - 2_034_000.0).abs() < 3_000.0, "{}", f.ttft_ns.p50);
-        assert_eq!(one.figures(Overlap::None, 0, 1_088_000, 32).lower_bound_ns, 1_088_000);
+        assert_eq!(one.figures(Overlap::None, &[0; 32], 1_088_000).lower_bound_ns, 1_088_000);
+    }
+
+    #[test]
+    fn the_pipeline_bound_is_one_layer_or_what_compute_cannot_hide() {
+        // Compute per layer longer than a layer's transfer: the last layer's share.
+        assert_eq!(pipeline_bound(32_000, &[5_000; 32]), 1_000);
+        // Compute faster than the link: the transfer less all but the last layer's compute.
+        assert_eq!(pipeline_bound(320_000, &[5_000; 32]), 320_000 - 31 * 5_000);
+        // No compute at all: the whole transfer.
+        assert_eq!(pipeline_bound(320_000, &[0; 32]), 320_000);
+        // Uneven layers: cheap ones at the end hide little of what the slow
+        // ones before them left (4000 / 4 per layer; layer 1 ends 2800 before the last byte can).
+        assert_eq!(pipeline_bound(4_000, &[3_000, 3_000, 100, 100]), 2_800);
+        assert_eq!(pipeline_bound(4_000, &[100, 100, 3_000, 3_000]), 1_000);
     }
 }
