@@ -17,7 +17,7 @@ use crate::link::Link;
 use crate::memory::Buffer;
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
-use crate::transport::{AtOnce, Completions, GpuCopier, PeerLink, Ready, RecvSide, SendSide};
+use crate::transport::{nanos, AtOnce, Completions, GpuCopier, PeerLink, Ready, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use integrity::Check;
 pub use stats::{LatencySummary, PointResult};
@@ -309,8 +309,12 @@ pub fn run_receiver(
                 &mut RequestLink { ctrl, go, request, fan, computes },
                 &sink,
             )?;
-            let last_mono = compute::mono_ns();
-            let host_ns = t0.elapsed().as_nanos() as u64;
+            // A one-sided round knew its bytes had landed before it told
+            // each message's completion: the request ended then.
+            let now = Instant::now();
+            let landed = timing.landed.unwrap_or(now);
+            let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
+            let host_ns = nanos(landed.saturating_duration_since(t0));
             sink.check_complete()?;
             if computes {
                 // Sent once the sender's compute has ended, after its last message.

@@ -153,6 +153,9 @@ pub struct TransportInfo {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RoundTiming {
     pub elapsed_ns: Option<u64>,
+    /// When the receiver knew the last byte had landed, where telling the
+    /// completions of every message took time after that (one-sided rounds).
+    pub landed: Option<Instant>,
 }
 
 /// Where a receiving transport reports each message as it completes.
@@ -383,12 +386,13 @@ pub fn nanos(d: std::time::Duration) -> u64 {
 
 /// A receiving round of a transport that learns of each message by index
 /// and latency (ucx, ofi): hands each to `done` with its bytes where they
-/// are in host memory, and times the round by the host clock.
+/// are in host memory, and times the round by the host clock, to the
+/// instant the round sets in its `Landed` where it sets one.
 pub fn host_timed_round(
     buf: &Buffer,
     layout: &RequestLayout,
     done: &dyn Completions,
-    round: impl FnOnce(&mut dyn FnMut(usize, u64) -> Result<()>) -> Result<()>,
+    round: impl FnOnce(&mut dyn FnMut(usize, u64) -> Result<()>, &Landed) -> Result<()>,
 ) -> Result<RoundTiming> {
     let host = buf.host_slice();
     let mut arrived = |i: usize, ns: u64| {
@@ -396,6 +400,13 @@ pub fn host_timed_round(
         done.message_done(i, ns, host.map(|h| &h[slot.offset..slot.offset + slot.len]))
     };
     let t0 = Instant::now();
-    round(&mut arrived)?;
-    Ok(RoundTiming { elapsed_ns: Some(nanos(t0.elapsed())) })
+    let landed = Landed::default();
+    round(&mut arrived, &landed)?;
+    let landed = landed.get();
+    Ok(RoundTiming { elapsed_ns: Some(nanos(landed.unwrap_or_else(Instant::now) - t0)), landed })
 }
+
+/// Where a one-sided round notes when it learned that every byte landed,
+/// before it tells the completions of each message (thousands of blocks
+/// take a while to tell, and are not the transfer's time).
+pub type Landed = std::cell::Cell<Option<Instant>>;

@@ -382,7 +382,7 @@ impl RecvSide for NcclReceiver {
             }
             previous = event;
         }
-        Ok(RoundTiming { elapsed_ns: Some(span_events[spans - 1].since(&self.start)?) })
+        Ok(RoundTiming { elapsed_ns: Some(span_events[spans - 1].since(&self.start)?), landed: None })
     }
 }
 

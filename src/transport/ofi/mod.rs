@@ -435,6 +435,7 @@ impl Side {
         deadline: Instant,
         peer: &mut dyn PeerLink,
         arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
+        landed: &super::Landed,
     ) -> Result<()> {
         let count = ops.len();
         // An operation that finished brought all its messages.
@@ -465,6 +466,7 @@ impl Side {
                 // shm ran the writes' copies here, on this side's GPU.
                 self.landed(clock)?;
                 // One-sided: the messages are known to be here only now.
+                landed.set(Some(Instant::now()));
                 let latency = super::nanos(t0.elapsed());
                 (0..count).try_for_each(|i| arrived(i, latency))
             }
@@ -475,6 +477,7 @@ impl Side {
                 self.send_signal(tag::make(tag::DONE, request, count), clock, peer)?;
                 let t = self.wait_signal(clock, peer)?;
                 check_request(tag::request(t), request, "landed the reads of")?;
+                landed.set(Some(Instant::now()));
                 let latency = super::nanos(t0.elapsed());
                 (0..count).try_for_each(|i| arrived(i, latency))
             }
@@ -762,8 +765,8 @@ impl RecvSide for OfiReceiver {
     ) -> Result<RoundTiming> {
         let ops = layout.descriptors();
         let side = &mut self.0;
-        super::host_timed_round(buf, layout, done, |arrived| {
-            let result = side.recv_round(request, &ops, deadline, peer, arrived);
+        super::host_timed_round(buf, layout, done, |arrived, landed| {
+            let result = side.recv_round(request, &ops, deadline, peer, arrived, landed);
             noting_failure(side, result)
         })
     }

@@ -282,7 +282,14 @@ impl Side {
         if sender {
             self.send_round(WARM_UP_REQUEST, &one, deadline, &mut watch, &super::AtOnce)
         } else {
-            self.recv_round(WARM_UP_REQUEST, &one, deadline, &mut watch, &mut ignore)
+            self.recv_round(
+                WARM_UP_REQUEST,
+                &one,
+                deadline,
+                &mut watch,
+                &mut ignore,
+                &super::Landed::default(),
+            )
         }
     }
 
@@ -440,6 +447,7 @@ impl Side {
         deadline: Instant,
         peer: &mut dyn PeerLink,
         arrived: &mut dyn FnMut(usize, u64) -> Result<()>,
+        landed: &super::Landed,
     ) -> Result<()> {
         let count = ops.len();
         // An operation that finished brought all its messages.
@@ -471,6 +479,7 @@ impl Side {
                 )));
             }
             // One-sided: the messages are known to be here only now.
+            landed.set(Some(Instant::now()));
             let latency = super::nanos(t0.elapsed());
             return (0..count).try_for_each(|k| arrived(k, latency));
         }
@@ -615,8 +624,8 @@ impl RecvSide for UcxReceiver {
         }
         let ops = layout.descriptors();
         let side = &mut self.0;
-        super::host_timed_round(buf, layout, done, |arrived| {
-            let result = side.recv_round(request, &ops, deadline, peer, arrived);
+        super::host_timed_round(buf, layout, done, |arrived, landed| {
+            let result = side.recv_round(request, &ops, deadline, peer, arrived, landed);
             side.node.failed |= result.is_err();
             result
         })
