@@ -46,6 +46,20 @@ pub struct Measured {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub gbps: f64,
+    /// With emulated prefill: what the transfer added to time-to-first-token.
+    pub added: Option<AddedTtft>,
+}
+
+/// What a run with emulated prefill measured for one prompt length.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AddedTtft {
+    pub overlap: crate::plan::Overlap,
+    /// The prefill's compute during the run, p50.
+    pub prefill_p50_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    /// The least any pipeline could add (see measure::ttft).
+    pub lower_bound_ns: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -106,6 +120,13 @@ fn measured(points: &[PointResult], tokens: u32) -> Option<Measured> {
             p50_ns: p.request_ns.p50,
             p99_ns: p.request_ns.p99,
             gbps: p.gbps,
+            added: p.prefill.as_ref().map(|f| AddedTtft {
+                overlap: f.overlap,
+                prefill_p50_ns: f.during_ns.p50,
+                p50_ns: f.added_ns.p50,
+                p99_ns: f.added_ns.p99,
+                lower_bound_ns: f.lower_bound_ns,
+            }),
         })
     })
 }

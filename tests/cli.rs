@@ -159,6 +159,25 @@ fn size_takes_transfer_times_from_a_run_of_the_same_shape_only() {
     assert!(f.stdout.contains("Added time to first token, from the run (tcp"), "{}", f.stdout);
     assert!(f.stdout.contains("1024 tokens: ") && f.stdout.contains("(layer granularity"), "{}", f.stdout);
     assert!(f.stdout.contains("8192 tokens: not in the run"), "{}", f.stdout);
+    assert!(f.stdout.contains("the transfer of one request alone"), "{}", f.stdout);
+    // A run with emulated prefill: the added TTFT it measured, and the prefill under it.
+    let p = dir.path().join("prefill.json");
+    let args = ["pair", "-p", "128", "-n", "2", "--prefill-ms", "128:20", "--overlap", "layer", "--json"];
+    run(KVXFER, &[&args[..], &[p.to_str().unwrap()]].concat(), secs(60)).expect_code(0);
+    let sized = dir.path().join("size.json");
+    let args = ["size", "-p", "128,1024", "--run", p.to_str().unwrap(), "--json", sized.to_str().unwrap()];
+    let f = run(KVXFER, &args, secs(10));
+    f.expect_code(0);
+    assert!(f.stdout.contains("measured in the run (tcp"), "{}", f.stdout);
+    assert!(f.stdout.contains("overlap layer"), "{}", f.stdout);
+    assert!(f.stdout.contains("1024 tokens: not in the run"), "{}", f.stdout);
+    let doc = json(&sized);
+    let added = &doc["sizing"]["prompts"][0]["transfer"]["added"];
+    assert_eq!(added["overlap"], "layer", "{doc}");
+    let prefill = added["prefill_p50_ns"].as_f64().unwrap();
+    assert!(prefill >= 19e6, "a prefill of 20 ms asked took {prefill} ns");
+    let line = format!("on a prefill of {}", kvxfer::units::fmt_ns(prefill));
+    assert!(f.stdout.contains(&line), "{line} not in {}", f.stdout);
     let f = run(KVXFER, &["size", "-m", "llama-3.1-70b", "--run", j.to_str().unwrap()], secs(10));
     f.expect_code(2).expect_stderr("size the model and TP of the run");
     let f = run(KVXFER, &["size", "-p", "1k,2k", "--mix", "1"], secs(10));

@@ -140,24 +140,55 @@ fn print(
     )?;
     if let Some(r) = run {
         writeln!(out)?;
-        writeln!(
+        added_ttft(out, r, s)?;
+    }
+    Ok(())
+}
+
+/// What the run says KV transfer adds to time-to-first-token: measured
+/// against emulated prefill where the run had it, else the transfer of one
+/// request alone (what `--overlap none` adds; a layer-wise pipeline hides
+/// most of it).
+fn added_ttft(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
+    let measured = s.prompts.iter().filter_map(|p| p.transfer.as_ref()).find_map(|m| m.added.as_ref());
+    match measured {
+        Some(a) => writeln!(
             out,
-            "Added time to first token, from the run ({}, {}): the transfer of one request",
+            "Added time to first token, measured in the run ({}, {}): from the end of the emulated prefill to \
+             the decode side holding the last byte, overlap {}",
+            r.transport.kind, r.started_at, a.overlap
+        )?,
+        None => writeln!(
+            out,
+            "Added time to first token, from the run ({}, {}): the transfer of one request alone, after \
+             prefill (no emulated prefill in the run: --prefill-tflops or --prefill-ms measures the overlap)",
             r.transport.kind, r.started_at
-        )?;
-        for p in &s.prompts {
-            match &p.transfer {
-                Some(m) => writeln!(
-                    out,
-                    "  {:>8} tokens: {} median, {} p99 ({} granularity, {:.1} GB/s)",
-                    p.tokens,
-                    fmt_ns(m.p50_ns as f64),
-                    fmt_ns(m.p99_ns as f64),
-                    m.granularity,
-                    m.gbps
-                )?,
-                None => writeln!(out, "  {:>8} tokens: not in the run", p.tokens)?,
-            }
+        )?,
+    }
+    for p in &s.prompts {
+        match (&p.transfer, p.transfer.as_ref().and_then(|m| m.added.as_ref())) {
+            (Some(m), Some(a)) => writeln!(
+                out,
+                "  {:>8} tokens: {} median, {} p99, on a prefill of {} (least possible {}; the transfer alone {}, \
+                 {} granularity)",
+                p.tokens,
+                fmt_ns(a.p50_ns as f64),
+                fmt_ns(a.p99_ns as f64),
+                fmt_ns(a.prefill_p50_ns as f64),
+                fmt_ns(a.lower_bound_ns as f64),
+                fmt_ns(m.p50_ns as f64),
+                m.granularity
+            )?,
+            (Some(m), None) => writeln!(
+                out,
+                "  {:>8} tokens: {} median, {} p99 ({} granularity, {:.1} GB/s)",
+                p.tokens,
+                fmt_ns(m.p50_ns as f64),
+                fmt_ns(m.p99_ns as f64),
+                m.granularity,
+                m.gbps
+            )?,
+            (None, _) => writeln!(out, "  {:>8} tokens: not in the run", p.tokens)?,
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 use super::RunReport;
 use crate::error::{Error, Result};
+use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
 use crate::plan::Granularity;
 use crate::transport::TransportKind;
@@ -71,8 +72,11 @@ pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
             let mut points: Vec<PointResult> =
                 r.points.iter().filter(|p| p.granularity == g).cloned().collect();
             points.sort_by_key(|p| p.prompt_tokens);
+            // With emulated prefill, the connector style is part of what was run.
+            let overlap =
+                r.plan.prefill.as_ref().map(|p| format!(" · overlap {}", p.overlap)).unwrap_or_default();
             out.push(Series {
-                label: format!("{} · {g} ({name})", run_label(r)),
+                label: format!("{} · {g}{overlap} ({name})", run_label(r)),
                 peak: r.link.as_ref().map(|l| (l.name.clone(), l.peak_gbps)),
                 points,
             });
@@ -166,6 +170,37 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
             md.push('\n');
         }
     }
+    md.push_str(&added_ttft_markdown(series));
+    md
+}
+
+/// The points with emulated prefill: what their transfer added to
+/// time-to-first-token (empty when no run had prefill).
+fn added_ttft_markdown(series: &[Series]) -> String {
+    let mut md = String::new();
+    for s in series {
+        for p in &s.points {
+            let Some(f) = &p.prefill else { continue };
+            if md.is_empty() {
+                md.push_str(
+                    "\nAdded TTFT: from the end of the emulated prefill to the decode side holding the last byte\n\n\
+                     | series | prompt | prefill p50 | added p50 | added p99 | least possible | transfer alone p50 | exposed |\n\
+                     |---|---|---|---|---|---|---|---|\n",
+                );
+            }
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1}% |\n",
+                s.label,
+                p.prompt_tokens,
+                fmt_ns(f.during_ns.p50 as f64),
+                fmt_ns(f.added_ns.p50 as f64),
+                fmt_ns(f.added_ns.p99 as f64),
+                fmt_ns(f.lower_bound_ns as f64),
+                fmt_ns(p.request_ns.p50 as f64),
+                100.0 * f.exposed_share
+            ));
+        }
+    }
     md
 }
 
@@ -184,10 +219,16 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
         "p99_ns",
         "max_ns",
         "gbps_vs_baseline",
+        "prefill_during_p50_ns",
+        "added_ttft_p50_ns",
+        "added_ttft_p99_ns",
+        "added_ttft_bound_ns",
     ])
     .map_err(|e| Error::run(e.to_string()))?;
     for s in series {
         for p in &s.points {
+            let prefill = |f: fn(&PrefillFigures) -> u64| p.prefill.as_ref().map(f).map(|ns| ns.to_string());
+            let prefill = |f| prefill(f).unwrap_or_default();
             w.write_record([
                 s.label.clone(),
                 p.prompt_tokens.to_string(),
@@ -199,6 +240,10 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
                 p.request_ns.p99.to_string(),
                 p.request_ns.max.to_string(),
                 baseline.and_then(|b| b.ratio(p)).map(|r| format!("{r:.4}")).unwrap_or_default(),
+                prefill(|f| f.during_ns.p50),
+                prefill(|f| f.added_ns.p50),
+                prefill(|f| f.added_ns.p99),
+                prefill(|f| f.lower_bound_ns),
             ])
             .map_err(|e| Error::run(e.to_string()))?;
         }

@@ -1,5 +1,6 @@
 //! The plots of `kvxfer report`, as PNG and SVG: bandwidth and latency by
-//! prompt length, and a latency histogram per prompt length. Text is drawn
+//! prompt length, a latency histogram per prompt length, and with emulated
+//! prefill the time to first token it adds. Text is drawn
 //! with a bundled DejaVu Sans, so no system font (or fontconfig) is needed.
 
 use super::compare::Series;
@@ -337,6 +338,105 @@ impl Figure for HistogramAt<'_> {
     }
 }
 
+/// Time to first token as far as KV goes, with emulated prefill: a panel
+/// per prompt length (prefill of 1k and 32k tokens differ 30x), a bar per
+/// series, its prefill (light) and the transfer's added TTFT (dark) stacked
+/// at their p50s, a black tick at the least any pipeline could add.
+struct Ttft<'a>(&'a [Series]);
+
+impl Ttft<'_> {
+    /// The prompt lengths that any series measured with prefill.
+    fn tokens(&self) -> Vec<u32> {
+        let mut t: Vec<u32> = self
+            .0
+            .iter()
+            .flat_map(|s| s.points.iter().filter(|p| p.prefill.is_some()))
+            .map(|p| p.prompt_tokens)
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+}
+
+impl Figure for Ttft<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let tokens = self.tokens();
+        let with: Vec<(usize, &Series)> =
+            self.0.iter().enumerate().filter(|(_, s)| s.points.iter().any(|p| p.prefill.is_some())).collect();
+        let title =
+            "Time to first token as far as KV goes, p50: prefill (light) + what the transfer adds (dark); \
+                     black tick: the least possible";
+        let body = root.titled(title, ("sans-serif", 22)).map_err(plot_error)?;
+        // The legend: a swatch and the series' name per row.
+        let (key, grid) = body.split_vertically(12 + 24 * with.len() as u32);
+        for (row, (i, s)) in with.iter().enumerate() {
+            let y = 6 + 24 * row as i32;
+            key.draw(&Rectangle::new([(20, y), (44, y + 16)], color(*i).filled())).map_err(plot_error)?;
+            key.draw(&Text::new(s.label.clone(), (54, y), ("sans-serif", 16))).map_err(plot_error)?;
+        }
+        let cols = tokens.len().clamp(1, 3);
+        let panels = grid.split_evenly((tokens.len().div_ceil(cols).max(1), cols));
+        let ms = |ns: u64| ns as f64 / 1e6;
+        for (t, panel) in tokens.iter().zip(panels.iter()) {
+            let bars: Vec<(usize, &crate::measure::ttft::PrefillFigures)> = with
+                .iter()
+                .enumerate()
+                .filter_map(|(k, (_, s))| {
+                    s.points
+                        .iter()
+                        .find(|p| p.prompt_tokens == *t)
+                        .and_then(|p| p.prefill.as_ref())
+                        .map(|f| (k, f))
+                })
+                .collect();
+            let top = bars.iter().map(|(_, f)| ms(f.during_ns.p50 + f.added_ns.p50)).fold(0.0, f64::max);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{t} tokens"), ("sans-serif", 18))
+                .margin(8)
+                .x_label_area_size(8)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0f64..with.len().max(1) as f64, 0f64..(top * 1.25).max(1e-6))
+                .map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_labels(0)
+                .y_desc("ms")
+                .y_label_formatter(&number)
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_error)?;
+            for &(k, f) in &bars {
+                let c = color(with[k].0);
+                let (x0, x1) = (k as f64 + 0.15, k as f64 + 0.85);
+                let (prefill, added) = (ms(f.during_ns.p50), ms(f.added_ns.p50));
+                let bound = prefill + ms(f.lower_bound_ns);
+                chart
+                    .draw_series([
+                        Rectangle::new([(x0, 0.0), (x1, prefill)], c.mix(0.35).filled()),
+                        Rectangle::new([(x0, prefill), (x1, prefill + added)], c.filled()),
+                    ])
+                    .map_err(plot_error)?;
+                chart
+                    .draw_series([PathElement::new(
+                        vec![(x0 - 0.05, bound), (x1 + 0.05, bound)],
+                        BLACK.stroke_width(2),
+                    )])
+                    .map_err(plot_error)?;
+                let label = format!("+{}", crate::units::fmt_ns(f.added_ns.p50 as f64));
+                let at = (k as f64 + 0.2, prefill + added + top * 0.08);
+                chart.draw_series([Text::new(label, at, ("sans-serif", 14))]).map_err(plot_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The legend box, where `pos` says.
 fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, pos: SeriesLabelPosition) -> Result<()>
 where
@@ -363,6 +463,10 @@ pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
     tokens.dedup();
     for t in tokens {
         files.extend(both(dir, &format!("histogram-{t}"), &HistogramAt { series, tokens: t })?);
+    }
+    let ttft = Ttft(series);
+    if !ttft.tokens().is_empty() {
+        files.extend(both(dir, "ttft", &ttft)?);
     }
     Ok(files)
 }
