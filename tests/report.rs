@@ -71,6 +71,65 @@ fn report_merges_runs_into_series_a_table_and_plots() {
     );
 }
 
+/// Runs with emulated prefill (results/h200/prefill: ucx put on one H200,
+/// layer and no overlap): the added-TTFT table, its CSV columns and the
+/// stacked-bar plot; runs without prefill draw no such plot.
+#[test]
+fn report_of_prefill_runs_adds_the_ttft_table_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let runs = [
+        "tests/fixtures/reports/h200-ucx-put-prefill-layer.json",
+        "tests/fixtures/reports/h200-ucx-put-prefill-none.json",
+    ];
+    let f = run(KVXFER, &[&["report"][..], &runs[..], &["--out", out.to_str().unwrap()]].concat(), secs(60));
+    f.expect_code(0);
+    let layer = json(std::path::Path::new(runs[0]));
+    let p = &layer["points"][0]["prefill"];
+    let fmt = |ns: &serde_json::Value| kvxfer::units::fmt_ns(ns.as_f64().unwrap());
+    // The row of 1024 tokens, overlap layer: prefill, added p50 and p99, bound.
+    let row = format!(
+        "| ucx put · layer · overlap layer | 1024 | {} | {} | {} | {} |",
+        fmt(&p["during_ns"]["p50"]),
+        fmt(&p["added_ns"]["p50"]),
+        fmt(&p["added_ns"]["p99"]),
+        fmt(&p["lower_bound_ns"])
+    );
+    assert!(f.stdout.contains("Added TTFT: from the end of the emulated prefill"), "{}", f.stdout);
+    assert!(f.stdout.contains(&row), "{row} not in {}", f.stdout);
+    assert!(f.stdout.contains("| ucx put · layer · overlap none | 32768 |"), "{}", f.stdout);
+    let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with("prefill_during_p50_ns,added_ttft_p50_ns,added_ttft_p99_ns,added_ttft_bound_ns"));
+    let first = csv.lines().nth(1).unwrap();
+    assert!(
+        first.ends_with(&format!(
+            "{},{},{},{}",
+            p["during_ns"]["p50"], p["added_ns"]["p50"], p["added_ns"]["p99"], p["lower_bound_ns"]
+        )),
+        "{first}"
+    );
+    let png = std::fs::read(out.join("ttft.png")).unwrap();
+    assert_eq!(png_size(&png), (1280, 760));
+    let svg = std::fs::read_to_string(out.join("ttft.svg")).unwrap();
+    for text in [
+        "1024 tokens",
+        "32768 tokens",
+        "ucx put · layer · overlap none",
+        &format!("+{}", fmt(&p["added_ns"]["p50"])),
+    ] {
+        assert!(svg.contains(text), "ttft.svg lacks {text:?}");
+    }
+    // Without prefill, no TTFT plot and no table.
+    let plain = dir.path().join("plain");
+    let f = run(KVXFER, &["report", FIXTURES[1], "--out", plain.to_str().unwrap()], secs(60));
+    f.expect_code(0);
+    assert!(!plain.join("ttft.png").exists() && !f.stdout.contains("Added TTFT"));
+}
+
 #[test]
 fn a_baseline_adds_ratios_where_it_measured_the_same_point() {
     let dir = tempfile::tempdir().unwrap();
@@ -93,9 +152,10 @@ fn a_baseline_adds_ratios_where_it_measured_the_same_point() {
         p.unwrap()["gbps"].as_f64().unwrap()
     };
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
+    let column = csv.lines().next().unwrap().split(',').position(|c| c == "gbps_vs_baseline").unwrap();
     let ratio = |series: &str, tokens: u64| {
         let row = csv.lines().find(|r| r.starts_with(&format!("{series},{tokens},"))).expect(series);
-        row.rsplit(',').next().unwrap().to_string()
+        row.split(',').nth(column).unwrap().to_string()
     };
     assert_eq!(csv.lines().count(), 1 + 16, "{csv}");
     // ucx put and tcp both measured whole requests of 8192 tokens.

@@ -429,8 +429,8 @@ impl Figure for Ttft<'_> {
                     )])
                     .map_err(plot_error)?;
                 let label = format!("+{}", crate::units::fmt_ns(f.added_ns.p50 as f64));
-                let at = (k as f64 + 0.2, prefill + added + top * 0.08);
-                chart.draw_series([Text::new(label, at, ("sans-serif", 14))]).map_err(plot_error)?;
+                let at = (k as f64 + 0.1, prefill + added + top * 0.08);
+                chart.draw_series([Text::new(label, at, ("sans-serif", 13))]).map_err(plot_error)?;
             }
         }
         Ok(())
