@@ -368,6 +368,7 @@ mod tests {
             request_histogram: stats::encode_histogram(&h),
             fan: None,
             prefill: None,
+            load: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod net;
 pub mod plan;
 pub mod report;
+pub mod schedule;
 pub mod session;
 pub mod size;
 pub mod transport;

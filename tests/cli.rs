@@ -213,3 +213,27 @@ fn bad_prefill_options_exit_2_naming_what_is_wrong() {
         run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:10", "--prefill-ms", "128:1", "-p", "128"], secs(10));
     f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time");
 }
+
+#[test]
+fn bad_load_options_exit_2_naming_what_is_wrong() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--arrivals", "poisson:0"], "'0' is not a rate above 0 requests per second"),
+        (&["--arrivals", "fixed:-3"], "'-3' is not a rate above 0"),
+        (&["--arrivals", "burst:3"], "unknown kind 'burst'"),
+        (&["--arrivals", "20"], "--arrivals wants poisson:QPS"),
+        (&["--arrivals", "fixed:5", "--prompt-mix", "1k:0,8k:0"], "the weights sum to zero"),
+        (&["--arrivals", "fixed:5", "--prompt-mix", "1k"], "--prompt-mix wants TOKENS:WEIGHT"),
+        (&["--prompt-mix", "1k:1"], "--arrivals"),
+        (&["--decode-hold", "5"], "--arrivals"),
+        (&["--arrivals", "fixed:5", "--decode-hold", "-1"], "is not a time of 0 ms or more"),
+        (
+            &["--arrivals", "fixed:5", "--prefill-ms", "128:5", "-p", "128"],
+            "--arrivals with emulated prefill",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["pair"];
+        all.extend_from_slice(args);
+        run(KVXFER, &all, secs(10)).expect_code(2).expect_stderr(needle);
+    }
+}

@@ -138,3 +138,35 @@ fn layerwise_overlap_hides_all_but_the_last_layer_and_none_hides_nothing() {
     );
     assert_eq!(f["overlap"], "none");
 }
+
+/// Serving load on the 1 Gbit/s link: Llama-3.1-8B at 128 tokens is 16 MiB,
+/// about 134 ms on the wire, so the link carries about 7.4 requests a second.
+#[test]
+fn load_below_the_link_queues_nothing_and_above_it_saturates() {
+    let Some(link) = shaped("l", 62) else { return };
+    let args = ["-m", "llama-3.1-8b", "-p", "128", "-n", "16", "-w", "1", "--decode-hold", "500"];
+    let r = pair_across(&link, &[&args[..], &["--arrivals", "fixed:3.5,15"]].concat());
+    let (half, twice) = (&r["points"][0]["load"], &r["points"][1]["load"]);
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
+    let q = |v: &Value, k: &str| v["queue_ns"][k].as_f64().unwrap();
+    eprintln!(
+        "half: achieved {}/s, queue p99 {} ns; twice: achieved {} GB/s, queue p50 {} ns, grew {} ns",
+        f(half, "achieved_qps"),
+        q(half, "p99"),
+        f(twice, "achieved_gbps"),
+        q(twice, "p50"),
+        f(twice, "queue_growth_ns")
+    );
+    // Half the link: every request starts at its arrival, all keep pace.
+    assert!(q(half, "p99") < 20e6, "queueing at half the link: {half}");
+    assert!((f(half, "achieved_qps") / 3.5 - 1.0).abs() < 0.1 && half["saturated"] == false, "{half}");
+    // Twice the link: the link's rate is what is achieved, and the queue grows.
+    let gbps = f(twice, "achieved_gbps");
+    assert!((gbps / 0.125 - 1.0).abs() < 0.1, "achieved {gbps} GB/s on a 1 Gbit/s link");
+    assert!(twice["saturated"] == true, "{twice}");
+    assert!(f(twice, "queue_growth_ns") > 300e6, "the queue did not grow: {twice}");
+    // Each request held from its go to 500 ms past its last byte, about
+    // 640 ms, arriving every 286 ms: three at once at most, never four.
+    assert_eq!(half["resident"]["peak_bytes"], 3u64 * (16 << 20), "{}", half["resident"]);
+    assert_eq!(half["decode_hold_ns"], 500_000_000u64);
+}

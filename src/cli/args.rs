@@ -8,7 +8,7 @@ use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
 use crate::link::{self, Link};
 use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
-use crate::plan::{BlockTable, Granularity, Overlap, Plan, Prefill, VerifyMode};
+use crate::plan::{BlockTable, Granularity, Load, Overlap, Plan, Prefill, VerifyMode};
 use crate::report::gate::{Gate, Threshold};
 use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
@@ -220,8 +220,8 @@ pub struct WorkloadArgs {
     /// Message granularity: request, layer, block, or a list, or all
     #[arg(long, short = 'g', value_name = "LIST", default_value = "layer", value_parser = granularity_list, help_heading = "Workload")]
     pub granularity: ::std::vec::Vec<Granularity>,
-    /// Timed requests per sweep point
-    #[arg(long, short = 'n', default_value = "10", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Workload")]
+    /// Timed requests per sweep point (under --arrivals, per load point)
+    #[arg(long, short = 'n', visible_alias = "requests", default_value = "10", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Workload")]
     pub iterations: u32,
     /// Untimed requests before them
     #[arg(long, short = 'w', default_value = "2", value_parser = non_negative_u32, allow_hyphen_values = true, help_heading = "Workload")]
@@ -241,6 +241,46 @@ pub struct WorkloadArgs {
     /// NixlConnector) [default: layer, none for pulls (ucx get, ofi read)]
     #[arg(long, value_name = "layer|none", value_parser = overlap, help_heading = "Prefill")]
     pub overlap: Option<Overlap>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// Serving load: requests that arrive at a rate and wait their turn.
+#[derive(Args, Clone, Debug)]
+pub struct LoadArgs {
+    /// Requests arrive at a rate, the receiver starting each at its arrival (one at a time, in order):
+    /// poisson:QPS[,QPS...] or fixed:QPS[,...], one load point per rate
+    #[arg(long, value_name = "KIND:QPS", allow_hyphen_values = true, help_heading = "Load")]
+    pub arrivals: Option<String>,
+    /// Prompt lengths of the arriving requests by weight, TOKENS:WEIGHT,... (e.g. 1k:60,8k:30,32k:10)
+    /// [default: the prompt lengths, evenly]
+    #[arg(
+        long,
+        value_name = "LIST",
+        allow_hyphen_values = true,
+        requires = "arrivals",
+        help_heading = "Load"
+    )]
+    pub prompt_mix: Option<String>,
+    /// Seed of the arrivals and the prompt draw
+    #[arg(long, default_value = "1", requires = "arrivals", help_heading = "Load")]
+    pub seed: u64,
+    /// How long the decode side keeps a request's KV after its last byte, ms (its decode time)
+    #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, conflicts_with = "tpot", requires = "arrivals", help_heading = "Load")]
+    pub decode_hold: Option<f64>,
+    /// Tokens each request decodes (with --tpot: the hold is their product)
+    #[arg(long, value_name = "N", value_parser = positive_u32, requires = "tpot", help_heading = "Load")]
+    pub output_tokens: Option<u32>,
+    /// Time per output token, ms (with --output-tokens)
+    #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, requires_all = ["output_tokens", "arrivals"], help_heading = "Load")]
+    pub tpot: Option<f64>,
+}
+
+fn milliseconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(ms) if ms.is_finite() && ms >= 0.0 => Ok(ms),
+        _ => Err(format!("'{s}' is not a time of 0 ms or more")),
+    }
 }
 
 /// Where blocks sit, and how they are moved (block granularity).
@@ -393,8 +433,33 @@ impl RunArgs {
             pool_blocks: w.blocks.pool_blocks,
             coalesce: w.blocks.coalesce,
             prefill: self.prefill()?,
+            load: None,
         };
+        let plan = self.with_load(plan)?;
         plan.validate()?;
+        Ok(plan)
+    }
+
+    /// Serving load, if asked: the mix's prompt lengths become the plan's.
+    fn with_load(&self, mut plan: Plan) -> Result<Plan> {
+        let l = &self.workload.load;
+        let Some(arrivals) = &l.arrivals else { return Ok(plan) };
+        let mix = match &l.prompt_mix {
+            Some(m) => crate::schedule::parse_mix(m)?,
+            None => plan.prompt_lengths.iter().map(|&t| (t, 1.0)).collect(),
+        };
+        let hold_ms = match (l.decode_hold, l.output_tokens, l.tpot) {
+            (Some(ms), _, _) => ms,
+            (None, Some(n), Some(tpot)) => n as f64 * tpot,
+            _ => 0.0,
+        };
+        plan.prompt_lengths = mix.iter().map(|m| m.0).collect();
+        plan.load = Some(Load {
+            arrivals: crate::schedule::Arrivals::parse_list(arrivals)?,
+            mix,
+            seed: l.seed,
+            decode_hold_ns: (hold_ms * 1e6).round() as u64,
+        });
         Ok(plan)
     }
 

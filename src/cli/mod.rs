@@ -148,6 +148,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         pool_blocks: a.blocks.pool_blocks,
         coalesce: a.blocks.coalesce,
         prefill: None,
+        load: None,
     };
     plan.validate()?;
     writeln!(out, "model        {}", shape.model.describe())?;

@@ -7,6 +7,7 @@
 
 pub mod compute;
 pub mod integrity;
+pub mod load;
 pub mod stats;
 pub mod ttft;
 
@@ -122,6 +123,8 @@ pub fn run_sender(
         let bytes = layout.total_bytes();
         for it in 0..plan.requests_per_point() {
             let request = plan.request_id(p, it);
+            let layout = point.layout_at(plan.warmup, it);
+            let bytes = layout.total_bytes();
             let computing = match (&compute, &point.prefill_ns, &plan.prefill) {
                 (Some(c), Some(layer_ns), Some(prefill)) if plan.computes(it) => {
                     if it == plan.warmup + plan.iterations {
@@ -158,8 +161,10 @@ pub fn run_sender(
                 None => Instant::now(),
             };
             ctrl.send(&Msg::Ready { point: p, request })?;
-            // The receiver may still be checking the previous request.
-            let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
+            // The receiver may still be checking the previous request, or
+            // under load waiting for this one's arrival.
+            let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC)
+                + Duration::from_nanos(point.arrival_ns(plan.warmup, it).unwrap_or(0));
             if transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
@@ -253,16 +258,19 @@ pub fn run_receiver(
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
     for point in plan.points() {
-        let (p, layout) = (point.index, &point.layout);
-        let bytes = layout.total_bytes();
+        let p = point.index;
         let mut requests = stats::new_histogram();
         let mut messages = stats::new_histogram();
         let mut check = Check::default();
         let mut first_request_ns = 0;
-        let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
         let mut tally = ttft::TtftTally::new(same_host);
+        let hold_ns = plan.load.as_ref().map_or(0, |l| l.decode_hold_ns);
+        let mut load = point.load.as_ref().map(|l| load::LoadTally::new(l, hold_ns));
         for it in 0..plan.requests_per_point() {
             let request = plan.request_id(p, it);
+            let layout = point.layout_at(plan.warmup, it);
+            let bytes = layout.total_bytes();
+            let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
             let computes = plan.computes(it);
             if computes && it == plan.warmup + plan.iterations {
                 let by = allowance(ctrl.timeout, 0, 1.0)
@@ -292,6 +300,14 @@ pub fn run_receiver(
                 // The sender's pattern is written: this context runs last.
                 buf.settle_gpu()?;
             }
+            let arrival = match (&mut load, point.arrival_ns(plan.warmup, it)) {
+                (Some(l), Some(at_ns)) => {
+                    let arrival = l.arrival(at_ns);
+                    wait_until(arrival, ctrl, request)?;
+                    Some((at_ns, arrival))
+                }
+                _ => None,
+            };
             sink.begin(request);
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
                 + if computes { prefill_allowance(&point) } else { Duration::ZERO };
@@ -315,6 +331,9 @@ pub fn run_receiver(
             let landed = timing.landed.unwrap_or(now);
             let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
             let host_ns = nanos(landed.saturating_duration_since(t0));
+            if let (Some(l), Some((at_ns, _))) = (&mut load, arrival) {
+                l.request(at_ns, t0, landed, bytes as u64, layout.tokens);
+            }
             sink.check_complete()?;
             if computes {
                 // Sent once the sender's compute has ended, after its last message.
@@ -360,6 +379,12 @@ pub fn run_receiver(
             }
         }
         let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
+        if let Some(l) = load {
+            // A mix of prompt lengths: the row's rate over all of them.
+            (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
+            result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);
+            result.load = Some(l.figures());
+        }
         if let (Some(prefill), Some(layer_ns)) = (&plan.prefill, &point.prefill_ns) {
             result.prefill = Some(tally.figures(prefill.overlap, layer_ns, result.request_ns.p50));
         }
@@ -372,6 +397,26 @@ pub fn run_receiver(
     }
     ctrl.send(&Msg::Finish)?;
     Ok(results)
+}
+
+/// Waits for a request's arrival, answering the peer meanwhile (a sender
+/// that dies during a long gap is noticed).
+fn wait_until(arrival: Instant, ctrl: &mut Control, request: u64) -> Result<()> {
+    // Sleep in slices, then spin the last stretch: a sleep overshoots by
+    // tens of microseconds, which would read as queueing.
+    const SPIN: Duration = Duration::from_micros(200);
+    loop {
+        let left = arrival.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        if left > SPIN {
+            std::thread::sleep((left - SPIN).min(Duration::from_millis(10)));
+            ctrl.watch(&format!("waiting for request {request} to arrive"))?;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// The control connection as a transport sees it during one request.
@@ -447,6 +492,7 @@ fn point_result(
         request_histogram: stats::encode_histogram(requests),
         fan: None,
         prefill: None,
+        load: None,
     }
 }
 
@@ -544,6 +590,7 @@ mod tests {
             pool_blocks: None,
             coalesce: true,
             prefill: None,
+            load: None,
         }
     }
 

@@ -82,6 +82,9 @@ pub struct PointResult {
     /// With emulated prefill: what the transfer adds to time-to-first-token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill: Option<super::ttft::PrefillFigures>,
+    /// Under serving load: queueing, latency from arrival, resident bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<super::load::LoadFigures>,
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {

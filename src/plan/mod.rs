@@ -9,6 +9,7 @@ pub mod prefill;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
+use crate::schedule::{Arrival, Arrivals};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -369,15 +370,59 @@ pub struct Plan {
     /// Emulated prefill on the sender, and when its KV moves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefill: Option<Prefill>,
+    /// Serving load: requests that arrive at a rate, paced by the receiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
 }
 
-/// One measured configuration: a prompt length at a granularity.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serving load: one point per arrival rate and granularity, `iterations`
+/// requests each, prompt lengths drawn from the mix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    pub arrivals: Vec<Arrivals>,
+    /// Prompt lengths and their weights (`--prompt-mix`, or `-p` evenly).
+    pub mix: Vec<(u32, f64)>,
+    pub seed: u64,
+    /// How long decode keeps a request's KV after its last byte.
+    pub decode_hold_ns: u64,
+}
+
+/// A load point's requests: when each arrives and how long it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PointLoad {
+    pub arrivals: Arrivals,
+    pub schedule: Vec<Arrival>,
+    /// One layout per prompt length of the mix.
+    pub layouts: Vec<RequestLayout>,
+}
+
+/// One measured configuration: a prompt length at a granularity, or under
+/// load an arrival rate at a granularity (`layout` then the longest prompt's).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Point {
     pub index: usize,
     pub layout: RequestLayout,
     /// With emulated prefill: each layer's compute time in ns.
     pub prefill_ns: Option<Vec<u64>>,
+    pub load: Option<PointLoad>,
+}
+
+impl Point {
+    /// The layout of request `iteration` (warm-ups first): under load, its
+    /// prompt length's (warm-ups take the schedule's first ones).
+    pub fn layout_at(&self, warmup: u32, iteration: u32) -> &RequestLayout {
+        let Some(l) = &self.load else { return &self.layout };
+        let k = if iteration < warmup { iteration as usize } else { (iteration - warmup) as usize };
+        let tokens = l.schedule[k % l.schedule.len()].tokens;
+        l.layouts.iter().find(|x| x.tokens == tokens).unwrap_or(&self.layout)
+    }
+
+    /// Under load, the timed request `iteration`'s arrival, ns from the point's start.
+    pub fn arrival_ns(&self, warmup: u32, iteration: u32) -> Option<u64> {
+        let l = self.load.as_ref()?;
+        let k = iteration.checked_sub(warmup)?;
+        l.schedule.get(k as usize).map(|a| a.at_ns)
+    }
 }
 
 impl Plan {
@@ -404,6 +449,23 @@ impl Plan {
         if let Some(p) = &self.prefill {
             for &tokens in &self.prompt_lengths {
                 p.layer_ns(&self.shape, tokens)?;
+            }
+        }
+        if let Some(l) = &self.load {
+            if self.prefill.is_some() {
+                return Err(Error::usage(
+                    "--arrivals with emulated prefill is not built yet: run them apart (--arrivals, or --prefill-*)",
+                ));
+            }
+            if l.arrivals.is_empty() || l.mix.iter().map(|m| m.1).sum::<f64>() <= 0.0 {
+                return Err(Error::usage(
+                    "--arrivals needs a rate and a prompt mix whose weights sum above zero",
+                ));
+            }
+            if let Some((t, _)) = l.mix.iter().find(|(t, _)| !self.prompt_lengths.contains(t)) {
+                return Err(Error::usage(format!(
+                    "internal error: prompt length {t} of the mix is not in the plan"
+                )));
             }
         }
         Ok(())
@@ -436,21 +498,30 @@ impl Plan {
     /// Granularity outermost, so a table reads as one sweep per granularity.
     pub fn points(&self) -> Vec<Point> {
         let mut out = Vec::new();
+        let layout = |tokens: u32, g: Granularity| match g {
+            Granularity::Block => {
+                RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce)
+            }
+            _ => RequestLayout::new(&self.shape, tokens, g),
+        };
         for &g in &self.granularities {
+            if let Some(load) = &self.load {
+                let layouts: Vec<RequestLayout> = load.mix.iter().map(|&(t, _)| layout(t, g)).collect();
+                let longest =
+                    layouts.iter().max_by_key(|l| l.total_bytes()).expect("a validated mix").clone();
+                for &arrivals in &load.arrivals {
+                    // Each point its own draw: seeds apart by the point's index.
+                    let seed = load.seed.wrapping_add(out.len() as u64);
+                    let schedule = crate::schedule::schedule(arrivals, &load.mix, self.iterations, seed);
+                    let load = Some(PointLoad { arrivals, schedule, layouts: layouts.clone() });
+                    out.push(Point { index: out.len(), layout: longest.clone(), prefill_ns: None, load });
+                }
+                continue;
+            }
             for &tokens in &self.prompt_lengths {
-                let layout = match g {
-                    Granularity::Block => RequestLayout::in_pool(
-                        &self.shape,
-                        tokens,
-                        self.block_table,
-                        self.pool(),
-                        self.coalesce,
-                    ),
-                    _ => RequestLayout::new(&self.shape, tokens, g),
-                };
                 // Validated: every prompt length has its times.
                 let prefill_ns = self.prefill.as_ref().and_then(|p| p.layer_ns(&self.shape, tokens).ok());
-                out.push(Point { index: out.len(), layout, prefill_ns });
+                out.push(Point { index: out.len(), layout: layout(tokens, g), prefill_ns, load: None });
             }
         }
         out
@@ -515,6 +586,7 @@ mod tests {
             pool_blocks: None,
             coalesce: true,
             prefill: None,
+            load: None,
         }
     }
 

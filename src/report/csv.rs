@@ -3,6 +3,7 @@
 
 use super::{Exporter, RunReport};
 use crate::error::{Error, Result};
+use crate::measure::load::LoadFigures;
 use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
 use std::io::Write;
@@ -91,6 +92,26 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
             ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
             ("ttft_p50_ns", ns(|f| f.ttft_ns.p50)),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    // Serving load: empty without it.
+    let l = p.load.as_ref();
+    let num = |get: fn(&LoadFigures) -> String| l.map(get).unwrap_or_default();
+    cols.extend(
+        [
+            ("arrivals", num(|l| l.arrivals.to_string())),
+            ("offered_qps", num(|l| format!("{:.4}", l.offered_qps))),
+            ("achieved_qps", num(|l| format!("{:.4}", l.achieved_qps))),
+            ("achieved_gbps", num(|l| format!("{:.4}", l.achieved_gbps))),
+            ("saturated", num(|l| l.saturated.to_string())),
+            ("queue_p50_ns", num(|l| l.queue_ns.p50.to_string())),
+            ("queue_p99_ns", num(|l| l.queue_ns.p99.to_string())),
+            ("latency_p50_ns", num(|l| l.latency_ns.p50.to_string())),
+            ("latency_p99_ns", num(|l| l.latency_ns.p99.to_string())),
+            ("latency_max_ns", num(|l| l.latency_ns.max.to_string())),
+            ("resident_peak_bytes", num(|l| l.resident.peak_bytes.to_string())),
+            ("resident_p99_bytes", num(|l| l.resident.p99_bytes.to_string())),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );

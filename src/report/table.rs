@@ -3,6 +3,7 @@
 
 use super::{Exporter, RunReport};
 use crate::error::Result;
+use crate::measure::load::LoadFigures;
 use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
 use crate::plan::prefill::PrefillTime;
@@ -115,6 +116,25 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
              under it); added TTFT = last layer's end to the decode side holding the last byte"
         )?;
     }
+    if let Some(l) = &r.plan.load {
+        let mix: Vec<String> = l.mix.iter().map(|(t, w)| format!("{t}:{w}")).collect();
+        let hold = match l.decode_hold_ns {
+            0 => "released at its last byte".to_string(),
+            ns => format!("held {} after its last byte", fmt_ns(ns as f64)),
+        };
+        writeln!(
+            out,
+            "# load       requests arrive (seed {}), prompts {}; the receiver starts each at its arrival or when \
+             the one before it is done, in order, one at a time; decode KV {hold}",
+            l.seed,
+            mix.join(",")
+        )?;
+        writeln!(
+            out,
+            "#            a row per arrival rate: the row's times are each request's transfer (go to last byte); \
+             the line under it queueing (arrival to go) and latency (arrival to last byte)"
+        )?;
+    }
     let verify = match r.plan.verify {
         VerifyMode::After => "every byte, after each timed request",
         VerifyMode::Inline => "every byte, inside the timed region",
@@ -221,6 +241,9 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = &p.prefill {
         prefill_line(f, out)?;
     }
+    if let Some(f) = &p.load {
+        load_line(f, out)?;
+    }
     if let Some(f) = &p.fan {
         let each: Vec<String> = f.pair_gbps.iter().map(|g| format!("{g:.2}")).collect();
         let (lo, hi) = f.pair_gbps.iter().fold((f64::MAX, 0f64), |(lo, hi), g| (lo.min(*g), hi.max(*g)));
@@ -255,6 +278,34 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
         100.0 * f.exposed_share,
         ms(f.lower_bound_ns),
         ms(f.ttft_ns.p50)
+    )?;
+    Ok(())
+}
+
+/// A load point's figures, under its row.
+fn load_line(f: &LoadFigures, out: &mut dyn Write) -> Result<()> {
+    let ns = |ns: u64| fmt_ns(ns as f64);
+    let (q, l) = (&f.queue_ns, &f.latency_ns);
+    writeln!(
+        out,
+        "#   {}: offered {:.1}/s {:.2} GB/s, achieved {:.1}/s {:.2} GB/s{} | queue p50 {} p99 {} max {} (grew {}) \
+         | latency p50 {} p99 {} p99.9 {} max {} | decode holds peak {} p99 {}",
+        f.arrivals,
+        f.offered_qps,
+        f.offered_gbps,
+        f.achieved_qps,
+        f.achieved_gbps,
+        if f.saturated { " SATURATED" } else { "" },
+        ns(q.p50),
+        ns(q.p99),
+        ns(q.max),
+        fmt_ns(f.queue_growth_ns.max(0.0)),
+        ns(l.p50),
+        ns(l.p99),
+        ns(l.p999),
+        ns(l.max),
+        fmt_bytes(f.resident.peak_bytes),
+        fmt_bytes(f.resident.p99_bytes)
     )?;
     Ok(())
 }

@@ -522,6 +522,7 @@ mod tests {
             pool_blocks: None,
             coalesce: true,
             prefill: None,
+            load: None,
         };
         Hello {
             role: Role::Sender,

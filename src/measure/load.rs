@@ -1,0 +1,199 @@
+//! Serving load, on the receiver: each timed request of a load point
+//! starts (its go) at its arrival, or when the pipe is free if it is later:
+//! requests wait their turn in arrival order, one on the wire at a time, as
+//! one connection's stream carries them. From the instants of each request
+//! (arrival, go, last byte) come the queueing delay, the latency a user
+//! sees, the achieved rate and what the decode side holds.
+
+use super::stats::{self, LatencySummary};
+use crate::plan::PointLoad;
+use crate::schedule::residency::{self, Held, Residency};
+use crate::schedule::Arrivals;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+
+/// A load point's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadFigures {
+    pub arrivals: Arrivals,
+    /// The schedule's own rate: requests over the span of their arrivals.
+    pub offered_qps: f64,
+    /// Requests over the time from the point's start to the last byte.
+    pub achieved_qps: f64,
+    pub offered_gbps: f64,
+    pub achieved_gbps: f64,
+    /// The link could not keep up: achieved below 90% of offered.
+    pub saturated: bool,
+    /// Requests per prompt length: (tokens, count).
+    pub prompts: Vec<(u32, u32)>,
+    /// From arrival to the request's go.
+    pub queue_ns: LatencySummary,
+    /// Mean queueing delay of the last half of the requests less that of the
+    /// first half: near zero when the link keeps up, large when a queue builds.
+    pub queue_growth_ns: f64,
+    /// From arrival to the decode side holding the last byte.
+    pub latency_ns: LatencySummary,
+    /// The latency histogram, HdrHistogram V2 + DEFLATE, base64.
+    pub latency_histogram: String,
+    pub decode_hold_ns: u64,
+    /// KV held on the decode side: from each request's go to its last byte
+    /// plus the hold.
+    pub resident: Residency,
+}
+
+/// The receiver's account of one load point's timed requests.
+pub struct LoadTally {
+    arrivals: Arrivals,
+    decode_hold_ns: u64,
+    start: Option<Instant>,
+    queue: Histogram<u64>,
+    latency: Histogram<u64>,
+    /// (arrival, go, last byte) ns from the start, bytes, tokens; per request.
+    requests: Vec<(u64, u64, u64, u64, u32)>,
+}
+
+impl LoadTally {
+    pub fn new(load: &PointLoad, decode_hold_ns: u64) -> Self {
+        LoadTally {
+            arrivals: load.arrivals,
+            decode_hold_ns,
+            start: None,
+            queue: stats::new_histogram(),
+            latency: stats::new_histogram(),
+            requests: Vec::with_capacity(load.schedule.len()),
+        }
+    }
+
+    /// The instant request `at_ns` arrives; the point's clock starts at the
+    /// first timed request.
+    pub fn arrival(&mut self, at_ns: u64) -> Instant {
+        *self.start.get_or_insert_with(Instant::now) + Duration::from_nanos(at_ns)
+    }
+
+    /// A timed request: arrived `at_ns` after the start, went at `go`, was
+    /// whole at `landed`.
+    pub fn request(&mut self, at_ns: u64, go: Instant, landed: Instant, bytes: u64, tokens: u32) {
+        let start = self.start.expect("arrival() came first");
+        let since = |t: Instant| super::nanos(t.saturating_duration_since(start));
+        let (go, landed) = (since(go).max(at_ns), since(landed).max(at_ns));
+        self.queue.saturating_record((go - at_ns).max(1));
+        self.latency.saturating_record((landed - at_ns).max(1));
+        self.requests.push((at_ns, go, landed, bytes, tokens));
+    }
+
+    /// Bytes over the time on the wire (go to last byte), over all the
+    /// requests: with a mix of prompt lengths, the row's GB/s.
+    pub fn transfer_gbps(&self) -> f64 {
+        let bytes: u64 = self.requests.iter().map(|r| r.3).sum();
+        let wire: u64 = self.requests.iter().map(|r| r.2 - r.1).sum();
+        bytes as f64 / wire.max(1) as f64
+    }
+
+    pub fn figures(&self) -> LoadFigures {
+        figures(self.arrivals, self.decode_hold_ns, &self.requests, &self.queue, &self.latency)
+    }
+}
+
+/// The figures of a load point from its requests' instants (pure).
+fn figures(
+    arrivals: Arrivals,
+    decode_hold_ns: u64,
+    requests: &[(u64, u64, u64, u64, u32)],
+    queue: &Histogram<u64>,
+    latency: &Histogram<u64>,
+) -> LoadFigures {
+    let n = requests.len() as f64;
+    let bytes: u64 = requests.iter().map(|r| r.3).sum();
+    let last_arrival = requests.iter().map(|r| r.0).max().unwrap_or(0) as f64;
+    let last_byte = requests.iter().map(|r| r.2).max().unwrap_or(0).max(1) as f64;
+    // n arrivals span n - 1 gaps (fixed arrivals start at 0); one gap's
+    // worth is added back so that the rate is per request.
+    let offered_span = if n > 1.0 { last_arrival * n / (n - 1.0) } else { 1e9 / arrivals.qps() };
+    let offered_qps = n / offered_span * 1e9;
+    let achieved_qps = n / last_byte * 1e9;
+    let mean_bytes = if n > 0.0 { bytes as f64 / n } else { 0.0 };
+    let half = requests.len() / 2;
+    let mean_queue = |rs: &[(u64, u64, u64, u64, u32)]| {
+        rs.iter().map(|r| (r.1 - r.0) as f64).sum::<f64>() / rs.len().max(1) as f64
+    };
+    let mut prompts: Vec<(u32, u32)> = Vec::new();
+    for r in requests {
+        match prompts.iter_mut().find(|p| p.0 == r.4) {
+            Some(p) => p.1 += 1,
+            None => prompts.push((r.4, 1)),
+        }
+    }
+    prompts.sort_unstable();
+    let held: Vec<Held> =
+        requests.iter().map(|r| Held { from_ns: r.1, until_ns: r.2 + decode_hold_ns, bytes: r.3 }).collect();
+    LoadFigures {
+        arrivals,
+        offered_qps,
+        achieved_qps,
+        offered_gbps: offered_qps * mean_bytes / 1e9,
+        achieved_gbps: bytes as f64 / last_byte,
+        saturated: achieved_qps < 0.9 * offered_qps,
+        prompts,
+        queue_ns: LatencySummary::of(queue),
+        queue_growth_ns: mean_queue(&requests[half..]) - mean_queue(&requests[..half]),
+        latency_ns: LatencySummary::of(latency),
+        latency_histogram: stats::encode_histogram(latency),
+        decode_hold_ns,
+        resident: residency::residency(&held),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(got: u64, want: u64) -> bool {
+        (got as f64 / want as f64 - 1.0).abs() < 1e-3
+    }
+
+    fn run(requests: &[(u64, u64, u64, u64, u32)], qps: f64, hold: u64) -> LoadFigures {
+        let (mut q, mut l) = (stats::new_histogram(), stats::new_histogram());
+        for r in requests {
+            q.saturating_record((r.1 - r.0).max(1));
+            l.saturating_record((r.2 - r.0).max(1));
+        }
+        figures(Arrivals::Fixed { qps }, hold, requests, &q, &l)
+    }
+
+    /// 10 requests of 1 MB every 100 ms, each 40 ms on the wire: no queue.
+    #[test]
+    fn a_link_that_keeps_up_queues_nothing() {
+        let ms = 1_000_000u64;
+        let rs: Vec<_> =
+            (0..10).map(|k| (100 * k * ms, 100 * k * ms, (100 * k + 40) * ms, 1_000_000, 128)).collect();
+        let f = run(&rs, 10.0, 30 * ms);
+        assert!((f.offered_qps - 10.0).abs() < 1e-9, "{}", f.offered_qps);
+        // The last byte at 940 ms: 10 requests in 0.94 s.
+        assert!((f.achieved_qps - 10.0 / 0.94).abs() < 1e-9 && !f.saturated);
+        assert!((f.achieved_gbps - 10e6 / 0.94e9).abs() < 1e-12);
+        assert_eq!((f.queue_ns.max, f.queue_growth_ns), (1, 0.0));
+        // Histograms keep three significant digits.
+        assert!(close(f.latency_ns.p50, 40 * ms), "{}", f.latency_ns.p50);
+        // Held 70 ms of every 100: never two at once.
+        assert_eq!(f.resident.peak_bytes, 1_000_000);
+        assert_eq!(f.prompts, vec![(128, 10)]);
+    }
+
+    /// Arrivals every 20 ms, 40 ms each on the wire: the queue grows by 20
+    /// ms a request, and the link's rate is what is achieved.
+    #[test]
+    fn twice_the_link_saturates_and_the_queue_grows() {
+        let ms = 1_000_000u64;
+        let rs: Vec<_> =
+            (0..10).map(|k| (20 * k * ms, 40 * k * ms, (40 * k + 40) * ms, 1_000_000, 128)).collect();
+        let f = run(&rs, 50.0, 0);
+        assert!((f.offered_qps - 50.0).abs() < 1e-9);
+        assert!((f.achieved_qps - 25.0).abs() < 1e-9 && f.saturated);
+        assert!(close(f.queue_ns.max, 180 * ms), "{}", f.queue_ns.max);
+        // Halves: queues 0..80 ms (mean 40) then 100..180 (mean 140).
+        assert!((f.queue_growth_ns - 100.0 * ms as f64).abs() < 1.0, "{}", f.queue_growth_ns);
+        // Back to back, each from its go to its last byte: one at a time.
+        assert_eq!(f.resident.peak_bytes, 1_000_000);
+    }
+}

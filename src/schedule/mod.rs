@@ -1,0 +1,203 @@
+//! When requests arrive (serving load): a pure, seeded schedule of
+//! arrivals and prompt lengths, the same on both sides for the same plan,
+//! so tests assert on it without a network. The engine paces each
+//! request's go at its arrival (measure::load); what the decode side holds
+//! meanwhile is worked out in `residency`.
+
+pub mod residency;
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// How requests arrive at one load point.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrivals {
+    /// Exponential gaps at `qps` requests per second (a Poisson process), seeded.
+    Poisson { qps: f64 },
+    /// One request every 1/qps seconds.
+    Fixed { qps: f64 },
+}
+
+impl Arrivals {
+    /// `--arrivals poisson:2,5,10` or `fixed:20`: one load point per rate.
+    pub fn parse_list(s: &str) -> Result<Vec<Arrivals>> {
+        let (kind, rates) = s.split_once(':').ok_or_else(|| {
+            Error::usage(format!("--arrivals wants poisson:QPS[,QPS...] or fixed:QPS[,QPS...], got '{s}'"))
+        })?;
+        let make: fn(f64) -> Arrivals = match kind.trim() {
+            "poisson" => |qps| Arrivals::Poisson { qps },
+            "fixed" => |qps| Arrivals::Fixed { qps },
+            other => {
+                return Err(Error::usage(format!("--arrivals: unknown kind '{other}' (poisson or fixed)")))
+            }
+        };
+        rates
+            .split(',')
+            .map(|r| match r.trim().parse::<f64>() {
+                Ok(qps) if qps.is_finite() && qps > 0.0 => Ok(make(qps)),
+                _ => {
+                    Err(Error::usage(format!("--arrivals: '{r}' is not a rate above 0 requests per second")))
+                }
+            })
+            .collect()
+    }
+
+    pub fn qps(&self) -> f64 {
+        match *self {
+            Arrivals::Poisson { qps } | Arrivals::Fixed { qps } => qps,
+        }
+    }
+}
+
+impl std::fmt::Display for Arrivals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Arrivals::Poisson { qps } => write!(f, "poisson {qps}/s"),
+            Arrivals::Fixed { qps } => write!(f, "fixed {qps}/s"),
+        }
+    }
+}
+
+/// `--prompt-mix 1k:60,8k:30,32k:10`: prompt lengths and their weights.
+pub fn parse_mix(s: &str) -> Result<Vec<(u32, f64)>> {
+    let mix = s
+        .split(',')
+        .map(|item| {
+            let (tokens, weight) = item
+                .split_once(':')
+                .ok_or_else(|| Error::usage(format!("--prompt-mix wants TOKENS:WEIGHT, got '{item}'")))?;
+            let tokens = match crate::units::parse_token_list(tokens)?.as_slice() {
+                [t] if *t > 0 => *t,
+                _ => return Err(Error::usage(format!("--prompt-mix: '{tokens}' is not one prompt length"))),
+            };
+            match weight.trim().parse::<f64>() {
+                Ok(w) if w.is_finite() && w >= 0.0 => Ok((tokens, w)),
+                _ => Err(Error::usage(format!("--prompt-mix: '{weight}' is not a weight of 0 or more"))),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if mix.iter().map(|(_, w)| w).sum::<f64>() <= 0.0 {
+        return Err(Error::usage(format!("--prompt-mix '{s}': the weights sum to zero")));
+    }
+    Ok(mix)
+}
+
+/// One request of a load point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Arrival {
+    /// From the point's start.
+    pub at_ns: u64,
+    pub tokens: u32,
+}
+
+/// `requests` arrivals at the given rate, prompt lengths drawn from `mix` by
+/// weight; `seed` makes it reproducible (each load point takes its own).
+pub fn schedule(arrivals: Arrivals, mix: &[(u32, f64)], requests: u32, seed: u64) -> Vec<Arrival> {
+    let mut rng = SplitMix64(seed);
+    let total: f64 = mix.iter().map(|(_, w)| w).sum();
+    let gap_ns = 1e9 / arrivals.qps();
+    let mut at = 0f64;
+    (0..requests)
+        .map(|k| {
+            at = match arrivals {
+                Arrivals::Fixed { .. } => k as f64 * gap_ns,
+                // The first arrives after a gap too: a stream already running.
+                Arrivals::Poisson { .. } => at - (1.0 - rng.unit()).ln() * gap_ns,
+            };
+            let mut pick = rng.unit() * total;
+            let tokens = mix
+                .iter()
+                .find(|(_, w)| {
+                    pick -= w;
+                    pick < 0.0
+                })
+                .or(mix.iter().rev().find(|(_, w)| *w > 0.0))
+                .map_or(0, |(t, _)| *t);
+            Arrival { at_ns: at.round() as u64, tokens }
+        })
+        .collect()
+}
+
+/// Steele, Lea and Flood's SplitMix64: small, fast, and the same on every
+/// platform, so a seed names one schedule everywhere.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1), 53 bits.
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_parse_and_refuse_bad_rates() {
+        assert_eq!(
+            Arrivals::parse_list("poisson:2,5.5").unwrap(),
+            vec![Arrivals::Poisson { qps: 2.0 }, Arrivals::Poisson { qps: 5.5 }]
+        );
+        assert_eq!(Arrivals::parse_list("fixed:20").unwrap(), vec![Arrivals::Fixed { qps: 20.0 }]);
+        for bad in ["poisson:0", "fixed:-1", "poisson:", "poisson:inf", "uniform:3", "20"] {
+            assert!(Arrivals::parse_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mixes_parse_and_refuse_zero_sums() {
+        assert_eq!(parse_mix("1k:60,8k:30,32k:10").unwrap(), vec![(1024, 60.0), (8192, 30.0), (32768, 10.0)]);
+        assert!(parse_mix("1k:0,8k:0").unwrap_err().message.contains("sum to zero"));
+        for bad in ["1k", "1k:-1", "0:5", "1k,2k:3", "1k:x"] {
+            assert!(parse_mix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fixed_arrivals_are_evenly_spaced() {
+        let s = schedule(Arrivals::Fixed { qps: 4.0 }, &[(128, 1.0)], 5, 1);
+        let at: Vec<u64> = s.iter().map(|a| a.at_ns).collect();
+        assert_eq!(at, vec![0, 250_000_000, 500_000_000, 750_000_000, 1_000_000_000]);
+        assert!(s.iter().all(|a| a.tokens == 128));
+    }
+
+    #[test]
+    fn poisson_arrivals_keep_their_rate_and_seed() {
+        let mix = [(1024, 60.0), (8192, 30.0), (32768, 10.0)];
+        let a = schedule(Arrivals::Poisson { qps: 20.0 }, &mix, 20_000, 7);
+        assert_eq!(
+            a,
+            schedule(Arrivals::Poisson { qps: 20.0 }, &mix, 20_000, 7),
+            "the same seed, the same schedule"
+        );
+        assert_ne!(a, schedule(Arrivals::Poisson { qps: 20.0 }, &mix, 20_000, 8));
+        // 20,000 exponential gaps of mean 50 ms: the mean within 2% (5 sigma is 3.5%).
+        let rate = 20_000.0 / (a.last().unwrap().at_ns as f64 / 1e9);
+        assert!((rate / 20.0 - 1.0).abs() < 0.02, "rate {rate}");
+        // Gaps are exponential: about e^-1 of them exceed the mean.
+        let long = a.windows(2).filter(|w| w[1].at_ns - w[0].at_ns > 50_000_000).count() as f64 / 19_999.0;
+        assert!((long - (-1f64).exp()).abs() < 0.02, "{long}");
+        // Prompt lengths by weight, within 1.5 points of 60/30/10%.
+        for (tokens, weight) in mix {
+            let share = a.iter().filter(|r| r.tokens == tokens).count() as f64 / 200.0;
+            assert!((share - weight).abs() < 1.5, "{tokens}: {share}%");
+        }
+        assert!(a.windows(2).all(|w| w[0].at_ns <= w[1].at_ns));
+    }
+
+    #[test]
+    fn a_zero_weight_is_never_drawn() {
+        let s = schedule(Arrivals::Fixed { qps: 1.0 }, &[(128, 0.0), (256, 1.0), (512, 0.0)], 1000, 3);
+        assert!(s.iter().all(|a| a.tokens == 256));
+    }
+}
