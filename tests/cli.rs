@@ -237,3 +237,42 @@ fn bad_load_options_exit_2_naming_what_is_wrong() {
         run(KVXFER, &all, secs(10)).expect_code(2).expect_stderr(needle);
     }
 }
+
+/// A trace sets each request's arrival, prompt and output length; the
+/// decode side holds each for its output tokens x --tpot.
+#[test]
+fn a_trace_drives_arrivals_prompts_and_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.csv");
+    // Four requests 50 ms apart, each held 20 x 10 ms = 200 ms after its
+    // last byte: all four are held at 150 ms, 2 x 2 MiB + 2 x 16 MiB.
+    std::fs::write(
+        &trace,
+        "arrival_ms,prompt_tokens,output_tokens\n0,16,20\n50,128,20\n100,16,20\n150,128,20\n",
+    )
+    .unwrap();
+    let j = dir.path().join("load.json");
+    let arrivals = format!("--arrivals=trace:{}", trace.display());
+    let args =
+        ["pair", "-m", "llama-3.1-8b", "-w", "1", "--tpot", "10", &arrivals, "--json", j.to_str().unwrap()];
+    let f = run(KVXFER, &args, secs(60));
+    f.expect_code(0);
+    let l = &json(&j)["points"][0]["load"];
+    assert_eq!(l["arrivals"]["trace"]["qps"], 20.0, "{l}");
+    assert_eq!(l["prompts"], serde_json::json!([[16, 2], [128, 2]]));
+    assert_eq!(l["latency_ns"]["count"], 4);
+    assert_eq!(l["resident"]["peak_bytes"], 2u64 * (2 << 20) + 2 * (16 << 20), "{}", l["resident"]);
+    assert!(f.stdout.contains("trace 20.00/s: offered"), "{}", f.stdout);
+    // Errors name the file and line.
+    std::fs::write(&trace, "0,16\n10,abc\n").unwrap();
+    let f = run(KVXFER, &["pair", &arrivals], secs(10));
+    f.expect_code(2).expect_stderr("line 2: 'abc' is not a positive prompt length");
+    let f = run(KVXFER, &["pair", "--arrivals", "trace:/nonexistent.csv"], secs(10));
+    f.expect_code(2).expect_stderr("cannot read it");
+    let f = run(KVXFER, &["pair", "--arrivals", "fixed:1", "--duration", "100ms"], secs(10));
+    f.expect_code(0);
+    let f = run(KVXFER, &["pair", "--arrivals", "poisson:0.001", "--duration", "1ms"], secs(10));
+    f.expect_code(2).expect_stderr("no request arrives in --duration");
+    let f = run(KVXFER, &["pair", "--arrivals", "fixed:5", "--tpot", "3"], secs(10));
+    f.expect_code(2).expect_stderr("--tpot needs --output-tokens");
+}

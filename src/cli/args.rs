@@ -249,7 +249,8 @@ pub struct WorkloadArgs {
 #[derive(Args, Clone, Debug)]
 pub struct LoadArgs {
     /// Requests arrive at a rate, the receiver starting each at its arrival (one at a time, in order):
-    /// poisson:QPS[,QPS...] or fixed:QPS[,...], one load point per rate
+    /// poisson:QPS[,QPS...] or fixed:QPS[,...], one load point per rate, or trace:FILE (CSV
+    /// arrival_ms,prompt_tokens[,output_tokens])
     #[arg(long, value_name = "KIND:QPS", allow_hyphen_values = true, help_heading = "Load")]
     pub arrivals: Option<String>,
     /// Prompt lengths of the arriving requests by weight, TOKENS:WEIGHT,... (e.g. 1k:60,8k:30,32k:10)
@@ -268,11 +269,14 @@ pub struct LoadArgs {
     /// How long the decode side keeps a request's KV after its last byte, ms (its decode time)
     #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, conflicts_with = "tpot", requires = "arrivals", help_heading = "Load")]
     pub decode_hold: Option<f64>,
+    /// Run each load point for this long (its requests those that arrive in it) instead of --requests
+    #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true, requires = "arrivals", help_heading = "Load")]
+    pub duration: Option<Duration>,
     /// Tokens each request decodes (with --tpot: the hold is their product)
     #[arg(long, value_name = "N", value_parser = positive_u32, requires = "tpot", help_heading = "Load")]
     pub output_tokens: Option<u32>,
-    /// Time per output token, ms (with --output-tokens)
-    #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, requires_all = ["output_tokens", "arrivals"], help_heading = "Load")]
+    /// Time per output token, ms (with --output-tokens, or a trace's output tokens)
+    #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, requires = "arrivals", help_heading = "Load")]
     pub tpot: Option<f64>,
 }
 
@@ -444,21 +448,54 @@ impl RunArgs {
     fn with_load(&self, mut plan: Plan) -> Result<Plan> {
         let l = &self.workload.load;
         let Some(arrivals) = &l.arrivals else { return Ok(plan) };
-        let mix = match &l.prompt_mix {
-            Some(m) => crate::schedule::parse_mix(m)?,
-            None => plan.prompt_lengths.iter().map(|&t| (t, 1.0)).collect(),
+        let trace = match arrivals.strip_prefix("trace:") {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::usage(format!("--arrivals trace:{path}: cannot read it: {e}")))?;
+                crate::schedule::parse_trace(&text, path)?
+            }
+            None => Vec::new(),
         };
+        let mix = match (&l.prompt_mix, trace.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::usage("--prompt-mix: a trace gives each request's prompt length itself"))
+            }
+            (Some(m), true) => crate::schedule::parse_mix(m)?,
+            (None, true) => plan.prompt_lengths.iter().map(|&t| (t, 1.0)).collect(),
+            // A trace's lengths, weighted by how often they come.
+            (None, false) => {
+                let mut mix: Vec<(u32, f64)> = Vec::new();
+                for a in &trace {
+                    match mix.iter_mut().find(|m| m.0 == a.tokens) {
+                        Some(m) => m.1 += 1.0,
+                        None => mix.push((a.tokens, 1.0)),
+                    }
+                }
+                mix
+            }
+        };
+        let traced_outputs = trace.iter().any(|a| a.output_tokens.is_some());
+        if l.tpot.is_some() && l.output_tokens.is_none() && !traced_outputs {
+            return Err(Error::usage("--tpot needs --output-tokens, or a trace with output tokens"));
+        }
         let hold_ms = match (l.decode_hold, l.output_tokens, l.tpot) {
             (Some(ms), _, _) => ms,
             (None, Some(n), Some(tpot)) => n as f64 * tpot,
             _ => 0.0,
         };
+        let arrivals = match trace.is_empty() {
+            true => crate::schedule::Arrivals::parse_list(arrivals)?,
+            false => vec![crate::schedule::Arrivals::Trace { qps: crate::schedule::trace_qps(&trace) }],
+        };
         plan.prompt_lengths = mix.iter().map(|m| m.0).collect();
         plan.load = Some(Load {
-            arrivals: crate::schedule::Arrivals::parse_list(arrivals)?,
+            arrivals,
             mix,
             seed: l.seed,
             decode_hold_ns: (hold_ms * 1e6).round() as u64,
+            tpot_ns: l.tpot.map(|ms| (ms * 1e6).round() as u64),
+            duration_ns: l.duration.map(|d| d.as_nanos() as u64),
+            trace,
         });
         Ok(plan)
     }

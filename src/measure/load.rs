@@ -51,6 +51,8 @@ pub struct LoadTally {
     latency: Histogram<u64>,
     /// (arrival, go, last byte) ns from the start, bytes, tokens; per request.
     requests: Vec<(u64, u64, u64, u64, u32)>,
+    /// How long decode holds each request's KV after its last byte.
+    holds: Vec<u64>,
 }
 
 impl LoadTally {
@@ -62,6 +64,7 @@ impl LoadTally {
             queue: stats::new_histogram(),
             latency: stats::new_histogram(),
             requests: Vec::with_capacity(load.schedule.len()),
+            holds: Vec::with_capacity(load.schedule.len()),
         }
     }
 
@@ -72,8 +75,17 @@ impl LoadTally {
     }
 
     /// A timed request: arrived `at_ns` after the start, went at `go`, was
-    /// whole at `landed`.
-    pub fn request(&mut self, at_ns: u64, go: Instant, landed: Instant, bytes: u64, tokens: u32) {
+    /// whole at `landed`, and is held `hold_ns` after that.
+    pub fn request(
+        &mut self,
+        at_ns: u64,
+        go: Instant,
+        landed: Instant,
+        bytes: u64,
+        tokens: u32,
+        hold_ns: u64,
+    ) {
+        self.holds.push(hold_ns);
         let start = self.start.expect("arrival() came first");
         let since = |t: Instant| super::nanos(t.saturating_duration_since(start));
         let (go, landed) = (since(go).max(at_ns), since(landed).max(at_ns));
@@ -91,7 +103,7 @@ impl LoadTally {
     }
 
     pub fn figures(&self) -> LoadFigures {
-        figures(self.arrivals, self.decode_hold_ns, &self.requests, &self.queue, &self.latency)
+        figures(self.arrivals, self.decode_hold_ns, &self.requests, &self.holds, &self.queue, &self.latency)
     }
 }
 
@@ -100,6 +112,7 @@ fn figures(
     arrivals: Arrivals,
     decode_hold_ns: u64,
     requests: &[(u64, u64, u64, u64, u32)],
+    holds: &[u64],
     queue: &Histogram<u64>,
     latency: &Histogram<u64>,
 ) -> LoadFigures {
@@ -125,8 +138,11 @@ fn figures(
         }
     }
     prompts.sort_unstable();
-    let held: Vec<Held> =
-        requests.iter().map(|r| Held { from_ns: r.1, until_ns: r.2 + decode_hold_ns, bytes: r.3 }).collect();
+    let held: Vec<Held> = requests
+        .iter()
+        .zip(holds)
+        .map(|(r, hold)| Held { from_ns: r.1, until_ns: r.2 + hold, bytes: r.3 })
+        .collect();
     LoadFigures {
         arrivals,
         offered_qps,
@@ -158,7 +174,7 @@ mod tests {
             q.saturating_record((r.1 - r.0).max(1));
             l.saturating_record((r.2 - r.0).max(1));
         }
-        figures(Arrivals::Fixed { qps }, hold, requests, &q, &l)
+        figures(Arrivals::Fixed { qps }, hold, requests, &vec![hold; requests.len()], &q, &l)
     }
 
     /// 10 requests of 1 MB every 100 ms, each 40 ms on the wire: no queue.

@@ -121,7 +121,7 @@ pub fn run_sender(
     for point in plan.points() {
         let (p, layout) = (point.index, &point.layout);
         let bytes = layout.total_bytes();
-        for it in 0..plan.requests_per_point() {
+        for it in 0..plan.requests_in(&point) {
             let request = plan.request_id(p, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
@@ -164,7 +164,7 @@ pub fn run_sender(
             // The receiver may still be checking the previous request, or
             // under load waiting for this one's arrival.
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC)
-                + Duration::from_nanos(point.arrival_ns(plan.warmup, it).unwrap_or(0));
+                + Duration::from_nanos(point.arrival(plan.warmup, it).map_or(0, |a| a.at_ns));
             if transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
@@ -266,7 +266,7 @@ pub fn run_receiver(
         let mut tally = ttft::TtftTally::new(same_host);
         let hold_ns = plan.load.as_ref().map_or(0, |l| l.decode_hold_ns);
         let mut load = point.load.as_ref().map(|l| load::LoadTally::new(l, hold_ns));
-        for it in 0..plan.requests_per_point() {
+        for it in 0..plan.requests_in(&point) {
             let request = plan.request_id(p, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
@@ -300,11 +300,10 @@ pub fn run_receiver(
                 // The sender's pattern is written: this context runs last.
                 buf.settle_gpu()?;
             }
-            let arrival = match (&mut load, point.arrival_ns(plan.warmup, it)) {
-                (Some(l), Some(at_ns)) => {
-                    let arrival = l.arrival(at_ns);
-                    wait_until(arrival, ctrl, request)?;
-                    Some((at_ns, arrival))
+            let arrival = match (&mut load, point.arrival(plan.warmup, it), &plan.load) {
+                (Some(tally), Some(a), Some(l)) => {
+                    wait_until(tally.arrival(a.at_ns), ctrl, request)?;
+                    Some((a.at_ns, l.hold_ns(a)))
                 }
                 _ => None,
             };
@@ -331,8 +330,8 @@ pub fn run_receiver(
             let landed = timing.landed.unwrap_or(now);
             let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
             let host_ns = nanos(landed.saturating_duration_since(t0));
-            if let (Some(l), Some((at_ns, _))) = (&mut load, arrival) {
-                l.request(at_ns, t0, landed, bytes as u64, layout.tokens);
+            if let (Some(l), Some((at_ns, hold_ns))) = (&mut load, arrival) {
+                l.request(at_ns, t0, landed, bytes as u64, layout.tokens, hold_ns);
             }
             sink.check_complete()?;
             if computes {

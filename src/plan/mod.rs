@@ -9,7 +9,7 @@ pub mod prefill;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
-use crate::schedule::{Arrival, Arrivals};
+use crate::schedule::{Arrival, Arrivals, Bound};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::Arc;
@@ -385,6 +385,25 @@ pub struct Load {
     pub seed: u64,
     /// How long decode keeps a request's KV after its last byte.
     pub decode_hold_ns: u64,
+    /// With a trace's output tokens: each request held that many times this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpot_ns: Option<u64>,
+    /// `--duration`: the requests that arrive in it, instead of `iterations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ns: Option<u64>,
+    /// `--arrivals trace:FILE`: its requests, read by the sender.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<Arrival>,
+}
+
+impl Load {
+    /// How long decode holds a request's KV after its last byte.
+    pub fn hold_ns(&self, a: &Arrival) -> u64 {
+        match (a.output_tokens, self.tpot_ns) {
+            (Some(n), Some(tpot)) => n as u64 * tpot,
+            _ => self.decode_hold_ns,
+        }
+    }
 }
 
 /// A load point's requests: when each arrives and how long it is.
@@ -417,11 +436,10 @@ impl Point {
         l.layouts.iter().find(|x| x.tokens == tokens).unwrap_or(&self.layout)
     }
 
-    /// Under load, the timed request `iteration`'s arrival, ns from the point's start.
-    pub fn arrival_ns(&self, warmup: u32, iteration: u32) -> Option<u64> {
+    /// Under load, the timed request `iteration`'s arrival.
+    pub fn arrival(&self, warmup: u32, iteration: u32) -> Option<&Arrival> {
         let l = self.load.as_ref()?;
-        let k = iteration.checked_sub(warmup)?;
-        l.schedule.get(k as usize).map(|a| a.at_ns)
+        l.schedule.get(iteration.checked_sub(warmup)? as usize)
     }
 }
 
@@ -462,6 +480,15 @@ impl Plan {
                     "--arrivals needs a rate and a prompt mix whose weights sum above zero",
                 ));
             }
+            if let Some(p) =
+                self.points().iter().find(|p| p.load.as_ref().is_some_and(|l| l.schedule.is_empty()))
+            {
+                return Err(Error::usage(format!(
+                    "no request arrives in --duration at {} (point {}): a longer duration or a higher rate",
+                    p.load.as_ref().map_or(String::new(), |l| l.arrivals.to_string()),
+                    p.index
+                )));
+            }
             if let Some((t, _)) = l.mix.iter().find(|(t, _)| !self.prompt_lengths.contains(t)) {
                 return Err(Error::usage(format!(
                     "internal error: prompt length {t} of the mix is not in the plan"
@@ -472,9 +499,13 @@ impl Plan {
     }
 
     /// Requests of one sweep point: warm-ups and timed ones, twice over
-    /// with emulated prefill (the transfer alone, then with the compute).
-    pub fn requests_per_point(&self) -> u32 {
-        (self.warmup + self.iterations) * if self.prefill.is_some() { 2 } else { 1 }
+    /// with emulated prefill (the transfer alone, then with the compute);
+    /// under load, the warm-ups and the point's schedule.
+    pub fn requests_in(&self, point: &Point) -> u32 {
+        match &point.load {
+            Some(l) => self.warmup + l.schedule.len() as u32,
+            None => (self.warmup + self.iterations) * if self.prefill.is_some() { 2 } else { 1 },
+        }
     }
 
     /// Whether request `iteration` of a point computes its KV as it goes:
@@ -512,7 +543,14 @@ impl Plan {
                 for &arrivals in &load.arrivals {
                     // Each point its own draw: seeds apart by the point's index.
                     let seed = load.seed.wrapping_add(out.len() as u64);
-                    let schedule = crate::schedule::schedule(arrivals, &load.mix, self.iterations, seed);
+                    let bound = match load.duration_ns {
+                        Some(ns) => Bound::Duration(ns),
+                        None => Bound::Requests(self.iterations),
+                    };
+                    let schedule = match arrivals {
+                        Arrivals::Trace { .. } => load.trace.clone(),
+                        _ => crate::schedule::schedule(arrivals, &load.mix, bound, seed),
+                    };
                     let load = Some(PointLoad { arrivals, schedule, layouts: layouts.clone() });
                     out.push(Point { index: out.len(), layout: longest.clone(), prefill_ns: None, load });
                 }
@@ -529,7 +567,7 @@ impl Plan {
 
     /// Request ids are unique across the run, so no request can pass for another.
     pub fn request_id(&self, point: usize, iteration: u32) -> u64 {
-        point as u64 * self.requests_per_point() as u64 + iteration as u64
+        ((point as u64) << 32) + iteration as u64
     }
 
     pub fn max_messages(&self) -> usize {

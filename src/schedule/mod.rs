@@ -17,6 +17,8 @@ pub enum Arrivals {
     Poisson { qps: f64 },
     /// One request every 1/qps seconds.
     Fixed { qps: f64 },
+    /// The requests of a trace (`--arrivals trace:FILE`), at `qps` on average.
+    Trace { qps: f64 },
 }
 
 impl Arrivals {
@@ -45,7 +47,7 @@ impl Arrivals {
 
     pub fn qps(&self) -> f64 {
         match *self {
-            Arrivals::Poisson { qps } | Arrivals::Fixed { qps } => qps,
+            Arrivals::Poisson { qps } | Arrivals::Fixed { qps } | Arrivals::Trace { qps } => qps,
         }
     }
 }
@@ -55,6 +57,7 @@ impl std::fmt::Display for Arrivals {
         match self {
             Arrivals::Poisson { qps } => write!(f, "poisson {qps}/s"),
             Arrivals::Fixed { qps } => write!(f, "fixed {qps}/s"),
+            Arrivals::Trace { qps } => write!(f, "trace {qps:.2}/s"),
         }
     }
 }
@@ -84,39 +87,112 @@ pub fn parse_mix(s: &str) -> Result<Vec<(u32, f64)>> {
 }
 
 /// One request of a load point.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Arrival {
     /// From the point's start.
     pub at_ns: u64,
     pub tokens: u32,
+    /// Tokens decode generates for it (a trace's third column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u32>,
 }
 
-/// `requests` arrivals at the given rate, prompt lengths drawn from `mix` by
-/// weight; `seed` makes it reproducible (each load point takes its own).
-pub fn schedule(arrivals: Arrivals, mix: &[(u32, f64)], requests: u32, seed: u64) -> Vec<Arrival> {
+/// How many requests a load point makes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    Requests(u32),
+    /// Those that arrive before this many ns.
+    Duration(u64),
+}
+
+/// The most requests one load point may make (`--duration` at a high rate).
+pub const MOST_REQUESTS: u64 = 10_000_000;
+
+/// Arrivals at the given rate up to `bound`, prompt lengths drawn from
+/// `mix` by weight; `seed` makes it reproducible (each load point takes
+/// its own). A trace's requests come from `parse_trace` instead.
+pub fn schedule(arrivals: Arrivals, mix: &[(u32, f64)], bound: Bound, seed: u64) -> Vec<Arrival> {
     let mut rng = SplitMix64(seed);
     let total: f64 = mix.iter().map(|(_, w)| w).sum();
     let gap_ns = 1e9 / arrivals.qps();
     let mut at = 0f64;
-    (0..requests)
-        .map(|k| {
-            at = match arrivals {
-                Arrivals::Fixed { .. } => k as f64 * gap_ns,
-                // The first arrives after a gap too: a stream already running.
-                Arrivals::Poisson { .. } => at - (1.0 - rng.unit()).ln() * gap_ns,
-            };
-            let mut pick = rng.unit() * total;
-            let tokens = mix
-                .iter()
-                .find(|(_, w)| {
-                    pick -= w;
-                    pick < 0.0
-                })
-                .or(mix.iter().rev().find(|(_, w)| *w > 0.0))
-                .map_or(0, |(t, _)| *t);
-            Arrival { at_ns: at.round() as u64, tokens }
+    let mut out = Vec::new();
+    for k in 0..MOST_REQUESTS {
+        at = match arrivals {
+            Arrivals::Fixed { .. } | Arrivals::Trace { .. } => k as f64 * gap_ns,
+            // The first arrives after a gap too: a stream already running.
+            Arrivals::Poisson { .. } => at - (1.0 - rng.unit()).ln() * gap_ns,
+        };
+        let enough = match bound {
+            Bound::Requests(n) => k >= n as u64,
+            Bound::Duration(ns) => at >= ns as f64,
+        };
+        if enough {
+            break;
+        }
+        out.push(draw(&mut rng, mix, total, at));
+    }
+    out
+}
+
+/// One request at `at` ns, its prompt length drawn from the mix by weight.
+fn draw(rng: &mut SplitMix64, mix: &[(u32, f64)], total: f64, at: f64) -> Arrival {
+    let mut pick = rng.unit() * total;
+    let tokens = mix
+        .iter()
+        .find(|(_, w)| {
+            pick -= w;
+            pick < 0.0
         })
-        .collect()
+        .or(mix.iter().rev().find(|(_, w)| *w > 0.0))
+        .map_or(0, |(t, _)| *t);
+    Arrival { at_ns: at.round() as u64, tokens, output_tokens: None }
+}
+
+/// A trace: CSV lines `arrival_ms,prompt_tokens[,output_tokens]` in time
+/// order (a header line is allowed, `#` starts a comment); `what` names the
+/// file in errors, which give the line.
+pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
+    let mut out: Vec<Arrival> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() || (out.is_empty() && line.starts_with(|c: char| c.is_ascii_alphabetic())) {
+            continue;
+        }
+        let bad = |why: String| Error::usage(format!("{what}, line {}: {why}: '{line}'", n + 1));
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if !(2..=3).contains(&fields.len()) {
+            return Err(bad("wants arrival_ms,prompt_tokens[,output_tokens]".into()));
+        }
+        let ms = match fields[0].parse::<f64>() {
+            Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
+            _ => return Err(bad(format!("'{}' is not a time of 0 ms or more", fields[0]))),
+        };
+        let count = |f: &str, name: &str| match f.parse::<u32>() {
+            Ok(t) if t > 0 => Ok(t),
+            _ => Err(bad(format!("'{f}' is not a positive {name}"))),
+        };
+        let at_ns = (ms * 1e6).round() as u64;
+        if out.last().is_some_and(|a| a.at_ns > at_ns) {
+            return Err(bad("out of time order (arrivals must not go back)".into()));
+        }
+        let output_tokens = fields.get(2).map(|f| count(f, "output token count")).transpose()?;
+        out.push(Arrival { at_ns, tokens: count(fields[1], "prompt length")?, output_tokens });
+    }
+    if out.is_empty() {
+        return Err(Error::usage(format!("{what} holds no requests")));
+    }
+    Ok(out)
+}
+
+/// A trace's mean rate: requests over the span of their arrivals.
+pub fn trace_qps(trace: &[Arrival]) -> f64 {
+    let span = trace.last().map_or(0, |a| a.at_ns) as f64;
+    match trace.len() {
+        0 | 1 => 1.0,
+        n => (n - 1) as f64 / span.max(1.0) * 1e9,
+    }
 }
 
 /// Steele, Lea and Flood's SplitMix64: small, fast, and the same on every
@@ -165,7 +241,7 @@ mod tests {
 
     #[test]
     fn fixed_arrivals_are_evenly_spaced() {
-        let s = schedule(Arrivals::Fixed { qps: 4.0 }, &[(128, 1.0)], 5, 1);
+        let s = schedule(Arrivals::Fixed { qps: 4.0 }, &[(128, 1.0)], Bound::Requests(5), 1);
         let at: Vec<u64> = s.iter().map(|a| a.at_ns).collect();
         assert_eq!(at, vec![0, 250_000_000, 500_000_000, 750_000_000, 1_000_000_000]);
         assert!(s.iter().all(|a| a.tokens == 128));
@@ -174,13 +250,13 @@ mod tests {
     #[test]
     fn poisson_arrivals_keep_their_rate_and_seed() {
         let mix = [(1024, 60.0), (8192, 30.0), (32768, 10.0)];
-        let a = schedule(Arrivals::Poisson { qps: 20.0 }, &mix, 20_000, 7);
+        let a = schedule(Arrivals::Poisson { qps: 20.0 }, &mix, Bound::Requests(20_000), 7);
         assert_eq!(
             a,
-            schedule(Arrivals::Poisson { qps: 20.0 }, &mix, 20_000, 7),
+            schedule(Arrivals::Poisson { qps: 20.0 }, &mix, Bound::Requests(20_000), 7),
             "the same seed, the same schedule"
         );
-        assert_ne!(a, schedule(Arrivals::Poisson { qps: 20.0 }, &mix, 20_000, 8));
+        assert_ne!(a, schedule(Arrivals::Poisson { qps: 20.0 }, &mix, Bound::Requests(20_000), 8));
         // 20,000 exponential gaps of mean 50 ms: the mean within 2% (5 sigma is 3.5%).
         let rate = 20_000.0 / (a.last().unwrap().at_ns as f64 / 1e9);
         assert!((rate / 20.0 - 1.0).abs() < 0.02, "rate {rate}");
@@ -196,8 +272,52 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_bounds_the_arrivals() {
+        let fixed = schedule(Arrivals::Fixed { qps: 4.0 }, &[(128, 1.0)], Bound::Duration(1_000_000_000), 1);
+        assert_eq!(fixed.len(), 4, "0, 250, 500 and 750 ms");
+        let p =
+            schedule(Arrivals::Poisson { qps: 100.0 }, &[(128, 1.0)], Bound::Duration(100_000_000_000), 1);
+        assert!((p.len() as f64 / 10_000.0 - 1.0).abs() < 0.05, "{}", p.len());
+        assert!(p.last().unwrap().at_ns < 100_000_000_000);
+    }
+
+    #[test]
+    fn traces_parse_in_order_and_errors_name_the_line() {
+        let t = parse_trace(
+            "arrival_ms,prompt_tokens,output_tokens\n0,1024,128\n# a pause\n\n12.5,8192\n",
+            "t.csv",
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            vec![
+                Arrival { at_ns: 0, tokens: 1024, output_tokens: Some(128) },
+                Arrival { at_ns: 12_500_000, tokens: 8192, output_tokens: None }
+            ]
+        );
+        assert!((trace_qps(&t) - 80.0).abs() < 1e-9);
+        for (text, needle) in [
+            ("0,128\n5,x\n", "t.csv, line 2: 'x' is not a positive prompt length"),
+            ("0,128\n5\n", "line 2: wants arrival_ms,prompt_tokens"),
+            ("10,128\n5,128\n", "line 2: out of time order"),
+            ("-1,128\n", "line 1: '-1' is not a time of 0 ms or more"),
+            ("0,128,0\n", "line 1: '0' is not a positive output token count"),
+            ("0,128,1,2\n", "line 1: wants"),
+            ("# nothing\n", "t.csv holds no requests"),
+        ] {
+            let e = parse_trace(text, "t.csv").unwrap_err();
+            assert!(e.message.contains(needle), "{text:?}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn a_zero_weight_is_never_drawn() {
-        let s = schedule(Arrivals::Fixed { qps: 1.0 }, &[(128, 0.0), (256, 1.0), (512, 0.0)], 1000, 3);
+        let s = schedule(
+            Arrivals::Fixed { qps: 1.0 },
+            &[(128, 0.0), (256, 1.0), (512, 0.0)],
+            Bound::Requests(1000),
+            3,
+        );
         assert!(s.iter().all(|a| a.tokens == 256));
     }
 }
