@@ -161,6 +161,66 @@ impl Buffer {
         }
     }
 
+    /// Copies the byte ranges `(offset, len)` of this buffer out to `pool`
+    /// and back, as P2pNccl spills a tensor past its kv_buffer_size to its
+    /// pinned pool and decode later loads it (on a GPU: device to host, then
+    /// host to device, each waited for). Returns both copies' times, ns;
+    /// the bytes come back unchanged, so the request's check covers them.
+    pub fn spill_round_trip(
+        &mut self,
+        pool: &mut SpillPool,
+        ranges: &[(usize, usize)],
+        deadline: std::time::Instant,
+    ) -> Result<(u64, u64)> {
+        let total: usize = ranges.iter().map(|r| r.1).sum();
+        if total > pool.len() {
+            return Err(Error::run("internal error: the spill pool is smaller than a request"));
+        }
+        let nanos = |t: std::time::Instant| t.elapsed().as_nanos() as u64;
+        match (&self.storage, &mut pool.0) {
+            (Storage::Gpu(mem), PoolMem::Pinned(pinned, stream)) => {
+                let mut copy = |to_host: bool| -> Result<u64> {
+                    let t = std::time::Instant::now();
+                    let mut at = 0;
+                    for &(offset, len) in ranges {
+                        let host = pinned.as_mut_slice()[at..at + len].as_mut_ptr();
+                        let dev = mem.ptr + offset as u64;
+                        // SAFETY: both ranges lie inside their allocations, which
+                        // outlive the wait below.
+                        unsafe {
+                            match to_host {
+                                true => crate::gpu::copy_to_host_async(host, dev, len, stream)?,
+                                false => crate::gpu::copy_to_device_async(dev, host, len, stream)?,
+                            }
+                        }
+                        at += len;
+                    }
+                    stream.wait(deadline, "spilling KV to the pinned pool")?;
+                    Ok(nanos(t))
+                };
+                Ok((copy(true)?, copy(false)?))
+            }
+            (_, PoolMem::Host(pool)) => {
+                let host = self.host_slice_mut().expect("host memory");
+                let t = std::time::Instant::now();
+                let mut at = 0;
+                for &(offset, len) in ranges {
+                    pool[at..at + len].copy_from_slice(&host[offset..offset + len]);
+                    at += len;
+                }
+                let out = nanos(t);
+                let t = std::time::Instant::now();
+                let mut at = 0;
+                for &(offset, len) in ranges {
+                    host[offset..offset + len].copy_from_slice(&pool[at..at + len]);
+                    at += len;
+                }
+                Ok((out, nanos(t)))
+            }
+            _ => Err(Error::run("internal error: a spill pool for another kind of memory")),
+        }
+    }
+
     /// Flips one byte (the test-only corruption fault).
     pub fn flip_byte(&mut self, offset: usize) -> Result<()> {
         if let Storage::Gpu(mem) = &self.storage {
@@ -253,6 +313,38 @@ pub fn check_host_budget(bytes: u64, what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// P2pNccl's pinned host pool, where received tensors past kv_buffer_size
+/// go: a staging area as large as the largest request (one request spills
+/// at a time here), its bytes copied for real; what the pool holds over
+/// time is counted apart (measure::load).
+pub struct SpillPool(PoolMem);
+
+enum PoolMem {
+    Host(Vec<u8>),
+    Pinned(PinnedMem, crate::gpu::Stream),
+}
+
+impl SpillPool {
+    /// A pool for `buf`'s spills: pinned and reached by copies for GPU
+    /// memory, plain host memory otherwise.
+    pub fn for_buffer(buf: &Buffer, len: usize) -> Result<SpillPool> {
+        match &buf.storage {
+            Storage::Gpu(mem) => {
+                let pinned = PinnedMem::new(&mem.device, len)?;
+                Ok(SpillPool(PoolMem::Pinned(pinned, crate::gpu::Stream::new(&mem.device)?)))
+            }
+            _ => Ok(SpillPool(PoolMem::Host(vec![0u8; len]))),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.0 {
+            PoolMem::Host(v) => v.len(),
+            PoolMem::Pinned(p, _) => p.as_slice().len(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -276,3 +276,56 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
     let f = run(KVXFER, &["pair", "--arrivals", "fixed:5", "--tpot", "3"], secs(10));
     f.expect_code(2).expect_stderr("--tpot needs --output-tokens");
 }
+
+/// A decode buffer below the load's peak: P2pNccl-style spills, counted by
+/// hand; LMCache-style waits that never let the buffer overflow. Loopback
+/// moves 16 MiB in far less than the 200 ms between arrivals.
+#[test]
+fn a_decode_buffer_spills_or_waits_past_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("spill.json");
+    // 8 requests of 16 MiB (32 tensors of 512 KiB), 200 ms apart, each held
+    // 2 s: all held at the end. 40 MiB: two fit, the third's last 16
+    // tensors spill, and all of the 5 after it: 176 tensors, 88 MiB.
+    let base =
+        ["pair", "-m", "llama-3.1-8b", "-p", "128", "--arrivals", "fixed:5", "--decode-buffer", "40MiB"];
+    let args = [&base[..], &["-n", "8", "--decode-hold", "2000", "--json", j.to_str().unwrap()]].concat();
+    let f = run(KVXFER, &args, secs(60));
+    f.expect_code(0);
+    let l = &json(&j)["points"][0]["load"];
+    let b = &l["decode_buffer"];
+    assert_eq!((&b["spilled_tensors"], &b["spilled_requests"]), (&176.into(), &6.into()), "{b}");
+    assert_eq!(b["spilled_bytes"], 88u64 << 20);
+    assert_eq!(l["resident"]["peak_bytes"], 40u64 << 20, "{}", l["resident"]);
+    assert_eq!(b["pooled"]["peak_bytes"], 88u64 << 20);
+    assert_eq!(b["spill_store_ns"]["count"], 6);
+    assert!(f.stdout.contains("176 tensors (88 MiB) of 6 requests spilled"), "{}", f.stdout);
+    assert!(f.stdout.contains("0 wrong bytes"), "spilled bytes come back unchanged: {}", f.stdout);
+    // kvxfer size puts the measured peak, buffer and pool together (all 8 held), by its arithmetic.
+    let f = run(
+        KVXFER,
+        &["size", "-m", "llama-3.1-8b", "-p", "128", "--concurrent", "8", "--run", j.to_str().unwrap()],
+        secs(10),
+    );
+    f.expect_code(0);
+    assert!(f.stdout.contains("kv_buffer_size 128 MiB for 8 requests"), "{}", f.stdout);
+    assert!(f.stdout.contains("peak 128 MiB held (about 8.0 requests of the mix's mean)"), "{}", f.stdout);
+    assert!(f.stdout.contains("past its 40 MiB buffer 176 tensors (88 MiB) spilled"), "{}", f.stdout);
+    // Waiting instead: each held 1 s, so the third waits for the first's release.
+    let args = [
+        &base[..],
+        &["--on-full", "wait", "-n", "5", "--decode-hold", "1000", "--json", j.to_str().unwrap()],
+    ]
+    .concat();
+    run(KVXFER, &args, secs(60)).expect_code(0);
+    let l = &json(&j)["points"][0]["load"];
+    let b = &l["decode_buffer"];
+    assert!(l["resident"]["peak_bytes"].as_u64().unwrap() <= 40 << 20, "{}", l["resident"]);
+    assert!(b["waited_requests"].as_u64().unwrap() >= 1 && b["spilled_tensors"] == 0, "{b}");
+    // A buffer smaller than a tensor, or than a request one waits for, would never hold it.
+    let f =
+        run(KVXFER, &["pair", "-p", "128", "--arrivals", "fixed:5", "--decode-buffer", "100KiB"], secs(10));
+    f.expect_code(2).expect_stderr("smaller than one tensor");
+    let args = ["pair", "-p", "128", "--arrivals", "fixed:5", "--decode-buffer", "1MiB", "--on-full", "wait"];
+    run(KVXFER, &args, secs(10)).expect_code(2).expect_stderr("which would wait for ever");
+}

@@ -10,6 +10,7 @@ use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
 use crate::plan::{BlockTable, Granularity, Load, Overlap, Plan, Prefill, VerifyMode};
 use crate::report::gate::{Gate, Threshold};
+use crate::schedule::residency::OnFull;
 use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
 use crate::transport::{LocalOptions, TransportKind, TransportSpec};
@@ -272,12 +273,23 @@ pub struct LoadArgs {
     /// Run each load point for this long (its requests those that arrive in it) instead of --requests
     #[arg(long, value_name = "DURATION", value_parser = duration, allow_hyphen_values = true, requires = "arrivals", help_heading = "Load")]
     pub duration: Option<Duration>,
+    /// The decode side's KV buffer (vLLM P2pNccl's kv_buffer_size), e.g. 2GB: past it, see --on-full
+    #[arg(long, value_name = "SIZE", value_parser = byte_size, allow_hyphen_values = true, requires = "arrivals", help_heading = "Load")]
+    pub decode_buffer: Option<u64>,
+    /// Past --decode-buffer: spill each tensor that does not fit to a pinned host pool (P2pNccl) or wait until
+    /// the request fits (LMCache)
+    #[arg(long, value_name = "spill|wait", default_value = "spill", value_parser = on_full, requires = "decode_buffer", help_heading = "Load")]
+    pub on_full: OnFull,
     /// Tokens each request decodes (with --tpot: the hold is their product)
     #[arg(long, value_name = "N", value_parser = positive_u32, requires = "tpot", help_heading = "Load")]
     pub output_tokens: Option<u32>,
     /// Time per output token, ms (with --output-tokens, or a trace's output tokens)
     #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, requires = "arrivals", help_heading = "Load")]
     pub tpot: Option<f64>,
+}
+
+fn on_full(s: &str) -> Result<OnFull, String> {
+    OnFull::parse(s).map_err(|e| e.message)
 }
 
 fn milliseconds(s: &str) -> Result<f64, String> {
@@ -496,6 +508,7 @@ impl RunArgs {
             tpot_ns: l.tpot.map(|ms| (ms * 1e6).round() as u64),
             duration_ns: l.duration.map(|d| d.as_nanos() as u64),
             trace,
+            decode_buffer: l.decode_buffer.map(|b| (b, l.on_full)),
         });
         Ok(plan)
     }

@@ -141,6 +141,7 @@ fn print(
     if let Some(r) = run {
         writeln!(out)?;
         added_ttft(out, r, s)?;
+        measured_load(out, r, s)?;
     }
     Ok(())
 }
@@ -190,6 +191,54 @@ fn added_ttft(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
             )?,
             (None, _) => writeln!(out, "  {:>8} tokens: not in the run", p.tokens)?,
         }
+    }
+    Ok(())
+}
+
+/// What a run under load measured on the decode side, next to the
+/// arithmetic above: its peak of resident bytes per arrival rate, and how
+/// many requests of the mix's mean size that peak is.
+fn measured_load(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
+    let points: Vec<_> = r.points.iter().filter_map(|p| p.load.as_ref().map(|l| (p, l))).collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let mean = s.kv_buffer_size_mean as f64 / s.concurrent as f64;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Measured under load in the run (KV held from each request's go to its release; arithmetic above: \
+         kv_buffer_size {} for {} requests of the longest prompt, {} for the mix's mean)",
+        fmt_bytes(s.kv_buffer_size),
+        s.concurrent,
+        fmt_bytes(s.kv_buffer_size_mean)
+    )?;
+    for (p, l) in points {
+        // Buffer and pool together: what would never have spilled.
+        let peak = l.decode_buffer.as_ref().map_or(l.resident.peak_bytes, |b| b.demand_peak_bytes);
+        let spill = match &l.decode_buffer {
+            Some(b) if b.spilled_tensors > 0 => format!(
+                "; past its {} buffer {} tensors ({}) spilled",
+                fmt_bytes(b.capacity_bytes),
+                b.spilled_tensors,
+                fmt_bytes(b.spilled_bytes)
+            ),
+            Some(b) => format!("; nothing spilled past its {} buffer", fmt_bytes(b.capacity_bytes)),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "  {:<18} {} granularity: achieved {:.1}/s, peak {} held (about {:.1} requests of the mix's mean), p99 in \
+             the buffer {}{}{}",
+            l.arrivals.to_string(),
+            p.granularity,
+            l.achieved_qps,
+            fmt_bytes(peak),
+            peak as f64 / mean.max(1.0),
+            fmt_bytes(l.resident.p99_bytes),
+            if l.saturated { ", SATURATED" } else { "" },
+            spill
+        )?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 
 use super::stats::{self, LatencySummary};
 use crate::plan::PointLoad;
-use crate::schedule::residency::{self, Held, Residency};
+use crate::schedule::residency::{self, DecodeBuffer, Held, OnFull, Residency};
 use crate::schedule::Arrivals;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -38,8 +38,35 @@ pub struct LoadFigures {
     pub latency_histogram: String,
     pub decode_hold_ns: u64,
     /// KV held on the decode side: from each request's go to its last byte
-    /// plus the hold.
+    /// plus the hold (with --decode-buffer, what is in the buffer).
     pub resident: Residency,
+    /// With --decode-buffer: its size and what happened past it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_buffer: Option<BufferFigures>,
+}
+
+/// A decode buffer under load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferFigures {
+    pub capacity_bytes: u64,
+    pub on_full: OnFull,
+    /// Tensors (messages) and bytes that went to the pinned pool, and the
+    /// requests that had any.
+    pub spilled_tensors: u64,
+    pub spilled_bytes: u64,
+    pub spilled_requests: u64,
+    /// Copying a request's spilled tensors to the pool (on the receive
+    /// path, in its latency) and back (when decode loads them).
+    pub spill_store_ns: LatencySummary,
+    pub spill_load_ns: LatencySummary,
+    /// What the pool holds: from each spill until the request's release.
+    pub pooled: Residency,
+    /// The peak the buffer and the pool held together: the size at which
+    /// nothing would have spilled (or waited) in this run.
+    pub demand_peak_bytes: u64,
+    /// Requests that waited for room (--on-full wait), and the waits.
+    pub waited_requests: u64,
+    pub wait_ns: LatencySummary,
 }
 
 /// The receiver's account of one load point's timed requests.
@@ -53,10 +80,23 @@ pub struct LoadTally {
     requests: Vec<(u64, u64, u64, u64, u32)>,
     /// How long decode holds each request's KV after its last byte.
     holds: Vec<u64>,
+    /// With --decode-buffer: the buffer, and each request's bytes in the pool.
+    buffer: Option<(DecodeBuffer, OnFull)>,
+    pooled: Vec<u64>,
+    spills: Spills,
+}
+
+#[derive(Default)]
+struct Spills {
+    tensors: u64,
+    requests: u64,
+    store: Option<Histogram<u64>>,
+    load: Option<Histogram<u64>>,
+    waits: Option<Histogram<u64>>,
 }
 
 impl LoadTally {
-    pub fn new(load: &PointLoad, decode_hold_ns: u64) -> Self {
+    pub fn new(load: &PointLoad, decode_hold_ns: u64, buffer: Option<(u64, OnFull)>) -> Self {
         LoadTally {
             arrivals: load.arrivals,
             decode_hold_ns,
@@ -65,7 +105,43 @@ impl LoadTally {
             latency: stats::new_histogram(),
             requests: Vec::with_capacity(load.schedule.len()),
             holds: Vec::with_capacity(load.schedule.len()),
+            buffer: buffer.map(|(cap, on_full)| (DecodeBuffer::new(cap), on_full)),
+            pooled: Vec::with_capacity(load.schedule.len()),
+            spills: Spills::default(),
         }
+    }
+
+    fn since_start(&self, t: Instant) -> u64 {
+        self.start.map_or(0, |s| super::nanos(t.saturating_duration_since(s)))
+    }
+
+    /// With --on-full wait: when a request of `bytes` fits, from now.
+    pub fn room_for(&self, bytes: u64) -> Option<Instant> {
+        let (b, on_full) = self.buffer.as_ref()?;
+        let (start, now) = (self.start?, self.since_start(Instant::now()));
+        (*on_full == OnFull::Wait).then(|| start + Duration::from_nanos(b.fits_from(now, bytes)))
+    }
+
+    /// With --on-full spill: which of the tensors of a request that went at
+    /// `go` go to the pool (P2pNccl decides each as it arrives).
+    pub fn spills(&self, go: Instant, tensors: &[u64]) -> Vec<bool> {
+        match &self.buffer {
+            Some((b, OnFull::Spill)) => b.spills(self.since_start(go), tensors),
+            _ => vec![false; tensors.len()],
+        }
+    }
+
+    /// A request waited `ns` for room in the buffer.
+    pub fn waited(&mut self, ns: u64) {
+        self.spills.waits.get_or_insert_with(stats::new_histogram).saturating_record(ns.max(1));
+    }
+
+    /// A request's spill: `tensors` tensors, copied out and back in these times.
+    pub fn spilled(&mut self, tensors: u64, store_ns: u64, load_ns: u64) {
+        self.spills.tensors += tensors;
+        self.spills.requests += 1;
+        self.spills.store.get_or_insert_with(stats::new_histogram).saturating_record(store_ns.max(1));
+        self.spills.load.get_or_insert_with(stats::new_histogram).saturating_record(load_ns.max(1));
     }
 
     /// The instant request `at_ns` arrives; the point's clock starts at the
@@ -75,7 +151,9 @@ impl LoadTally {
     }
 
     /// A timed request: arrived `at_ns` after the start, went at `go`, was
-    /// whole at `landed`, and is held `hold_ns` after that.
+    /// whole (and spilled, if it spilled) at `landed`, and is held
+    /// `hold_ns` after that, `in_pool` of its bytes in the pool.
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &mut self,
         at_ns: u64,
@@ -84,8 +162,14 @@ impl LoadTally {
         bytes: u64,
         tokens: u32,
         hold_ns: u64,
+        in_pool: u64,
     ) {
         self.holds.push(hold_ns);
+        self.pooled.push(in_pool);
+        let (now, until) = (self.since_start(go), self.since_start(landed) + hold_ns);
+        if let Some((b, _)) = &mut self.buffer {
+            b.hold(now, until, bytes - in_pool, in_pool);
+        }
         let start = self.start.expect("arrival() came first");
         let since = |t: Instant| super::nanos(t.saturating_duration_since(start));
         let (go, landed) = (since(go).max(at_ns), since(landed).max(at_ns));
@@ -103,7 +187,41 @@ impl LoadTally {
     }
 
     pub fn figures(&self) -> LoadFigures {
-        figures(self.arrivals, self.decode_hold_ns, &self.requests, &self.holds, &self.queue, &self.latency)
+        let mut f = figures(
+            self.arrivals,
+            self.decode_hold_ns,
+            &self.requests,
+            &self.holds,
+            &self.queue,
+            &self.latency,
+        );
+        let Some((b, on_full)) = &self.buffer else { return f };
+        // The buffer holds what did not spill; the pool what did, from its spill to the release.
+        let each = || self.requests.iter().zip(&self.holds).zip(&self.pooled);
+        let in_buffer: Vec<Held> = each()
+            .map(|((r, hold), pool)| Held { from_ns: r.1, until_ns: r.2 + hold, bytes: r.3 - pool })
+            .collect();
+        let in_pool: Vec<Held> = each()
+            .filter(|(_, pool)| **pool > 0)
+            .map(|((r, hold), pool)| Held { from_ns: r.2, until_ns: r.2 + hold, bytes: *pool })
+            .collect();
+        let demand_peak_bytes = f.resident.peak_bytes;
+        f.resident = residency::residency(&in_buffer);
+        let summary = |h: &Option<Histogram<u64>>| h.as_ref().map(LatencySummary::of).unwrap_or_default();
+        f.decode_buffer = Some(BufferFigures {
+            capacity_bytes: b.capacity,
+            on_full: *on_full,
+            spilled_tensors: self.spills.tensors,
+            spilled_bytes: self.pooled.iter().sum(),
+            spilled_requests: self.spills.requests,
+            spill_store_ns: summary(&self.spills.store),
+            spill_load_ns: summary(&self.spills.load),
+            pooled: residency::residency(&in_pool),
+            demand_peak_bytes,
+            waited_requests: self.spills.waits.as_ref().map_or(0, |h| h.len()),
+            wait_ns: summary(&self.spills.waits),
+        });
+        f
     }
 }
 
@@ -157,6 +275,7 @@ fn figures(
         latency_histogram: stats::encode_histogram(latency),
         decode_hold_ns,
         resident: residency::residency(&held),
+        decode_buffer: None,
     }
 }
 

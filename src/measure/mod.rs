@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::fan::Fan;
 use crate::kv::pattern;
 use crate::link::Link;
-use crate::memory::Buffer;
+use crate::memory::{Buffer, SpillPool};
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
 use crate::transport::{nanos, AtOnce, Completions, GpuCopier, PeerLink, Ready, RecvSide, SendSide};
@@ -164,7 +164,8 @@ pub fn run_sender(
             // The receiver may still be checking the previous request, or
             // under load waiting for this one's arrival.
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC)
-                + Duration::from_nanos(point.arrival(plan.warmup, it).map_or(0, |a| a.at_ns));
+                + Duration::from_nanos(point.arrival(plan.warmup, it).map_or(0, |a| a.at_ns))
+                + plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
             if transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
@@ -257,6 +258,7 @@ pub fn run_receiver(
     let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
+    let mut spill_pool: Option<SpillPool> = None;
     for point in plan.points() {
         let p = point.index;
         let mut requests = stats::new_histogram();
@@ -265,7 +267,8 @@ pub fn run_receiver(
         let mut first_request_ns = 0;
         let mut tally = ttft::TtftTally::new(same_host);
         let hold_ns = plan.load.as_ref().map_or(0, |l| l.decode_hold_ns);
-        let mut load = point.load.as_ref().map(|l| load::LoadTally::new(l, hold_ns));
+        let buffer = plan.load.as_ref().and_then(|l| l.decode_buffer);
+        let mut load = point.load.as_ref().map(|l| load::LoadTally::new(l, hold_ns, buffer));
         for it in 0..plan.requests_in(&point) {
             let request = plan.request_id(p, it);
             let layout = point.layout_at(plan.warmup, it);
@@ -303,6 +306,14 @@ pub fn run_receiver(
             let arrival = match (&mut load, point.arrival(plan.warmup, it), &plan.load) {
                 (Some(tally), Some(a), Some(l)) => {
                     wait_until(tally.arrival(a.at_ns), ctrl, request)?;
+                    // --on-full wait: the request starts once it fits.
+                    if let Some(room) = tally.room_for(bytes as u64) {
+                        let wait = room.saturating_duration_since(Instant::now());
+                        if !wait.is_zero() {
+                            wait_until(room, ctrl, request)?;
+                            tally.waited(nanos(wait));
+                        }
+                    }
                     Some((a.at_ns, l.hold_ns(a)))
                 }
                 _ => None,
@@ -331,7 +342,29 @@ pub fn run_receiver(
             let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
             let host_ns = nanos(landed.saturating_duration_since(t0));
             if let (Some(l), Some((at_ns, hold_ns))) = (&mut load, arrival) {
-                l.request(at_ns, t0, landed, bytes as u64, layout.tokens, hold_ns);
+                // --on-full spill: what did not fit goes to the pool, and the
+                // KV is in place once it is there.
+                let slots: Vec<_> =
+                    (0..layout.message_count).map(|i| layout.slot(Side::Receiver, i)).collect();
+                let spills = l.spills(t0, &slots.iter().map(|s| s.len as u64).collect::<Vec<_>>());
+                let ranges: Vec<(usize, usize)> = slots
+                    .iter()
+                    .zip(&spills)
+                    .filter(|(_, spill)| **spill)
+                    .map(|(s, _)| (s.offset, s.len))
+                    .collect();
+                let (mut in_place, mut in_pool) = (landed, 0);
+                if !ranges.is_empty() {
+                    let pool = match &mut spill_pool {
+                        Some(pool) => pool,
+                        None => spill_pool.insert(SpillPool::for_buffer(buf, plan.max_request_bytes())?),
+                    };
+                    let (store_ns, load_ns) = buf.spill_round_trip(pool, &ranges, deadline)?;
+                    l.spilled(ranges.len() as u64, store_ns, load_ns);
+                    in_place += Duration::from_nanos(store_ns);
+                    in_pool = ranges.iter().map(|r| r.1 as u64).sum();
+                }
+                l.request(at_ns, t0, in_place, bytes as u64, layout.tokens, hold_ns, in_pool);
             }
             sink.check_complete()?;
             if computes {

@@ -9,6 +9,7 @@ pub mod prefill;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
+use crate::schedule::residency::OnFull;
 use crate::schedule::{Arrival, Arrivals, Bound};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -394,9 +395,23 @@ pub struct Load {
     /// `--arrivals trace:FILE`: its requests, read by the sender.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<Arrival>,
+    /// `--decode-buffer`: the bytes the decode side holds (kv_buffer_size),
+    /// and what it does past them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_buffer: Option<(u64, OnFull)>,
 }
 
 impl Load {
+    /// The most a request may wait for room in the decode buffer (--on-full
+    /// wait): every earlier request's hold, for the sender's patience.
+    pub fn longest_wait(&self, point: &Point) -> std::time::Duration {
+        let holds = match (self.decode_buffer, &point.load) {
+            (Some((_, OnFull::Wait)), Some(l)) => l.schedule.iter().map(|a| self.hold_ns(a)).sum(),
+            _ => 0,
+        };
+        std::time::Duration::from_nanos(holds)
+    }
+
     /// How long decode holds a request's KV after its last byte.
     pub fn hold_ns(&self, a: &Arrival) -> u64 {
         match (a.output_tokens, self.tpot_ns) {
@@ -488,6 +503,27 @@ impl Plan {
                     p.load.as_ref().map_or(String::new(), |l| l.arrivals.to_string()),
                     p.index
                 )));
+            }
+            let points = self.points();
+            match l.decode_buffer {
+                Some((cap, OnFull::Spill)) => {
+                    let tensor = points.iter().map(|p| p.layout.message_bytes as u64).max().unwrap_or(0);
+                    if cap < tensor {
+                        return Err(Error::usage(format!(
+                            "--decode-buffer {cap} is smaller than one tensor ({tensor} bytes): nothing would ever fit"
+                        )));
+                    }
+                }
+                Some((cap, OnFull::Wait)) => {
+                    let request = self.max_request_bytes() as u64;
+                    if cap < request {
+                        return Err(Error::usage(format!(
+                            "--decode-buffer {cap} with --on-full wait is smaller than the largest request ({request} \
+                             bytes), which would wait for ever"
+                        )));
+                    }
+                }
+                None => {}
             }
             if let Some((t, _)) = l.mix.iter().find(|(t, _)| !self.prompt_lengths.contains(t)) {
                 return Err(Error::usage(format!(

@@ -112,6 +112,22 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("latency_max_ns", num(|l| l.latency_ns.max.to_string())),
             ("resident_peak_bytes", num(|l| l.resident.peak_bytes.to_string())),
             ("resident_p99_bytes", num(|l| l.resident.p99_bytes.to_string())),
+            (
+                "spilled_tensors",
+                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_tensors.to_string())),
+            ),
+            (
+                "spilled_bytes",
+                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_bytes.to_string())),
+            ),
+            (
+                "pool_peak_bytes",
+                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.pooled.peak_bytes.to_string())),
+            ),
+            (
+                "waited_requests",
+                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.waited_requests.to_string())),
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );

@@ -125,9 +125,13 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         writeln!(
             out,
             "# load       requests arrive (seed {}), prompts {}; the receiver starts each at its arrival or when \
-             the one before it is done, in order, one at a time; decode KV {hold}",
+             the one before it is done, in order, one at a time; decode KV {hold}{}",
             l.seed,
-            mix.join(",")
+            mix.join(","),
+            match l.decode_buffer {
+                Some((cap, on_full)) => format!("; decode buffer {} ({on_full} past it)", fmt_bytes(cap)),
+                None => String::new(),
+            }
         )?;
         writeln!(
             out,
@@ -307,6 +311,25 @@ fn load_line(f: &LoadFigures, out: &mut dyn Write) -> Result<()> {
         fmt_bytes(f.resident.peak_bytes),
         fmt_bytes(f.resident.p99_bytes)
     )?;
+    if let Some(b) = &f.decode_buffer {
+        writeln!(
+            out,
+            "#   decode buffer {} ({}): {} tensors ({}) of {} requests spilled, to the pool in p50 {} max {}, back in \
+             p50 {}; pool peak {} | {} requests waited for room, p50 {} max {}",
+            fmt_bytes(b.capacity_bytes),
+            b.on_full,
+            b.spilled_tensors,
+            fmt_bytes(b.spilled_bytes),
+            b.spilled_requests,
+            ns(b.spill_store_ns.p50),
+            ns(b.spill_store_ns.max),
+            ns(b.spill_load_ns.p50),
+            fmt_bytes(b.pooled.peak_bytes),
+            b.waited_requests,
+            ns(b.wait_ns.p50),
+            ns(b.wait_ns.max)
+        )?;
+    }
     Ok(())
 }
 

@@ -130,3 +130,94 @@ mod tests {
         assert_eq!(r.peak_bytes, 999);
     }
 }
+
+/// What a decode side does when a request's KV does not fit its buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// P2pNcclConnector: a tensor past `kv_buffer_size` goes to the pinned
+    /// host pool, and comes back over PCIe when decode loads it.
+    Spill,
+    /// LMCache's decoder: the request waits until its whole KV fits.
+    Wait,
+}
+
+crate::words::named_by_words!(OnFull, "--on-full", { Spill => "spill", Wait => "wait" });
+
+/// The decode side's buffer as requests come and go (pure; ns from the
+/// load point's start): what each request holds on the GPU and in the
+/// pool, and until when.
+#[derive(Clone, Debug)]
+pub struct DecodeBuffer {
+    pub capacity: u64,
+    /// (until, bytes in the buffer, bytes in the pool) per request so far.
+    held: Vec<(u64, u64, u64)>,
+}
+
+impl DecodeBuffer {
+    pub fn new(capacity: u64) -> Self {
+        DecodeBuffer { capacity, held: Vec::new() }
+    }
+
+    /// Bytes in the buffer at `t`: the requests not yet released.
+    pub fn resident_at(&self, t: u64) -> u64 {
+        self.held.iter().filter(|h| h.0 > t).map(|h| h.1).sum()
+    }
+
+    /// The earliest instant from `t` on at which `bytes` more fit (wait).
+    pub fn fits_from(&self, t: u64, bytes: u64) -> u64 {
+        let mut releases: Vec<u64> = self.held.iter().map(|h| h.0).filter(|&u| u > t).collect();
+        releases.sort_unstable();
+        std::iter::once(t)
+            .chain(releases)
+            .find(|&at| self.resident_at(at) + bytes <= self.capacity)
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Which of a request's tensors spill at `t`, in order, as P2pNccl
+    /// decides each on arrival: past the capacity, to the pool.
+    pub fn spills(&self, t: u64, tensors: &[u64]) -> Vec<bool> {
+        let mut resident = self.resident_at(t);
+        tensors
+            .iter()
+            .map(|&len| {
+                let spill = resident + len > self.capacity;
+                if !spill {
+                    resident += len;
+                }
+                spill
+            })
+            .collect()
+    }
+
+    /// A request that holds `in_buffer` and `in_pool` bytes until `until`;
+    /// those released by `now` are forgotten (time only goes forward).
+    pub fn hold(&mut self, now: u64, until: u64, in_buffer: u64, in_pool: u64) {
+        self.held.retain(|h| h.0 > now);
+        self.held.push((until, in_buffer, in_pool));
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::*;
+
+    /// A buffer of 10 bytes; a request of 6 held until 100, another of 3
+    /// until 50: 9 held before 50, 6 after, none after 100.
+    #[test]
+    fn spills_and_waits_follow_the_releases() {
+        let mut b = DecodeBuffer::new(10);
+        b.hold(0, 100, 6, 0);
+        b.hold(0, 50, 3, 0);
+        assert_eq!((b.resident_at(0), b.resident_at(50), b.resident_at(100)), (9, 6, 0));
+        // Tensors of 1, 2, 1 at t=10: the first fits (10), the 2 does not,
+        // the last 1 no longer fits either.
+        assert_eq!(b.spills(10, &[1, 2, 1]), vec![false, true, true]);
+        // After 50, 4 fit: 1, 2 and 1 all do.
+        assert_eq!(b.spills(60, &[1, 2, 1]), vec![false, false, false]);
+        // Waiting: 4 bytes fit at 50, 5 at 50, 7 at 100, 11 never.
+        assert_eq!((b.fits_from(0, 1), b.fits_from(0, 4), b.fits_from(0, 7)), (0, 50, 100));
+        assert_eq!(b.fits_from(0, 11), u64::MAX);
+        assert_eq!(b.fits_from(70, 4), 70);
+    }
+}
