@@ -26,21 +26,9 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-one-gpu.sh OUT_DIR [machine] [anchor] [bare] [kvxfer] [rounds] [ofi]}
 shift
 PARTS=${*:-machine anchor bare kvxfer}
-UCX=$(cd "${KVXFER_UCX_DIR:-.cache/ucx-cu13}" && pwd)
-BIN=$(cd "${KVXFER_BIN:-target/release}" && pwd)
-export KVXFER_UCX_LIB=$UCX/libucx/lib/libucp.so.0 KVXFER_BIN=$BIN SEND_GPU=0 RECV_GPU=0
-export NCCL_NVLS_ENABLE=0
-mkdir -p "$OUT"
-failed=0
+. scripts/one-gpu-env.sh
 SIZES_MIB="64 256 1024 4096"
 TOKENS=512,2048,8192,32768 # Llama-3.1-8B: 128 KiB per token: 64 MiB to 4 GiB
-
-run() { # name, kvxfer-send options... (scripts/two-gpus.sh, both sides on GPU 0)
-    local name=$1 t0=$(date +%s)
-    shift
-    scripts/two-gpus.sh "$OUT/$name" "$@" || failed=$((failed + 1))
-    echo "   $name: $(( $(date +%s) - t0 )) s"
-}
 
 perftest() { # test size iterations
     local port=$((13337 + RANDOM % 1000)) env=(LD_LIBRARY_PATH="$UCX/libucx/lib" CUDA_VISIBLE_DEVICES=0)

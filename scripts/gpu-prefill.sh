@@ -17,20 +17,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-prefill.sh OUT_DIR [smoke]}
 MODE=${2:-full}
-UCX=$(cd "${KVXFER_UCX_DIR:-.cache/ucx-cu13}" && pwd)
-BIN=$(cd "${KVXFER_BIN:-target/release}" && pwd)
-export KVXFER_UCX_LIB=$UCX/libucx/lib/libucp.so.0 KVXFER_BIN=$BIN SEND_GPU=0 RECV_GPU=0
-export NCCL_NVLS_ENABLE=0
-mkdir -p "$OUT"
-failed=0
-
-run() { # name, kvxfer-send options... (scripts/two-gpus.sh, both sides on GPU 0)
-    local name=$1 t0=$(date +%s)
-    shift
-    echo "# kvxfer-send $*" >"$OUT/$name.cmd"
-    scripts/two-gpus.sh "$OUT/$name" "$@" || failed=$((failed + 1))
-    echo "   $name: $(( $(date +%s) - t0 )) s"
-}
+. scripts/one-gpu-env.sh
 
 { nvidia-smi; uname -a; "$BIN/kvxfer" --version; } >"$OUT/machine.txt" 2>&1
 nvidia-smi dmon -s pc -d 1 >"$OUT/dmon.txt" 2>&1 &
