@@ -130,6 +130,27 @@ fn report_of_prefill_runs_adds_the_ttft_table_and_plot() {
     assert!(!plain.join("ttft.png").exists() && !f.stdout.contains("Added TTFT"));
 }
 
+/// A run under load (tcp on the build VM): latency against the offered
+/// rate, and the KV held over time, one line per rate.
+#[test]
+fn report_of_a_load_run_plots_latency_against_load_and_what_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let run_json = "tests/fixtures/reports/vm-tcp-load.json";
+    let f = run(KVXFER, &["report", run_json, "--out", out.to_str().unwrap()], secs(60));
+    f.expect_code(0);
+    assert!(f.stdout.contains("| tcp · layer · mix 128:1 |"), "{}", f.stdout);
+    for name in ["load-latency", "resident"] {
+        let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
+        assert_eq!(png_size(&png), (1280, 760), "{name}");
+    }
+    let svg = std::fs::read_to_string(out.join("resident.svg")).unwrap();
+    for text in ["poisson 5/s", "poisson 40/s", "tcp · layer · mix 128:1"] {
+        assert!(svg.contains(text), "resident.svg lacks {text:?}");
+    }
+    assert!(std::fs::read_to_string(out.join("load-latency.svg")).unwrap().contains("offered load"));
+}
+
 #[test]
 fn a_baseline_adds_ratios_where_it_measured_the_same_point() {
     let dir = tempfile::tempdir().unwrap();

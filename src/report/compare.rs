@@ -75,6 +75,12 @@ pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
             // With emulated prefill, the connector style is part of what was run.
             let overlap =
                 r.plan.prefill.as_ref().map(|p| format!(" · overlap {}", p.overlap)).unwrap_or_default();
+            // Under load, the prompt mix is part of what was run.
+            let mix = r.plan.load.as_ref().map(|l| {
+                let each: Vec<String> = l.mix.iter().map(|(t, w)| format!("{t}:{w}")).collect();
+                format!(" · mix {}", each.join(","))
+            });
+            let overlap = overlap + &mix.unwrap_or_default();
             out.push(Series {
                 label: format!("{} · {g}{overlap} ({name})", run_label(r)),
                 peak: r.link.as_ref().map(|l| (l.name.clone(), l.peak_gbps)),
@@ -92,6 +98,7 @@ pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
         let same = merged.iter_mut().find(|m| {
             short(m) == name
                 && m.peak == s.peak
+                && m.points.iter().chain(&s.points).all(|p| p.load.is_none())
                 && !m.points.iter().any(|p| s.points.iter().any(|q| q.prompt_tokens == p.prompt_tokens))
         });
         match same {

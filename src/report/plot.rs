@@ -1,6 +1,7 @@
 //! The plots of `kvxfer report`, as PNG and SVG: bandwidth and latency by
-//! prompt length, a latency histogram per prompt length, and with emulated
-//! prefill the time to first token it adds. Text is drawn
+//! prompt length, a latency histogram per prompt length, with emulated
+//! prefill the time to first token it adds, and under load the latency
+//! against the offered rate and the KV held over time. Text is drawn
 //! with a bundled DejaVu Sans, so no system font (or fontconfig) is needed.
 
 use super::compare::Series;
@@ -175,23 +176,15 @@ impl Figure for Latency<'_> {
             .iter()
             .flat_map(|s| s.points.iter().flat_map(|p| [us(p.request_ns.p50), us(p.request_ns.max)]));
         let (lo, hi) = all.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
-        let mut chart = ChartBuilder::on(root)
-            .caption("Request latency by prompt length: p50 solid, p99 dashed, max ×", ("sans-serif", 28))
-            .margin(16)
-            .x_label_area_size(56)
-            .y_label_area_size(90)
-            .build_cartesian_2d((x.0..x.1).log_scale(), (lo / 2.0..hi * 2.0).log_scale())
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("prompt length (tokens, log scale)")
-            .y_desc("request latency, receiver's go to last byte (us, log scale)")
-            .x_label_formatter(&number)
-            .y_label_formatter(&number)
-            .label_style(("sans-serif", 16))
-            .axis_desc_style(("sans-serif", 18))
-            .draw()
-            .map_err(plot_error)?;
+        let mut chart = log_log(
+            root,
+            "Request latency by prompt length: p50 solid, p99 dashed, max ×",
+            (x.0, x.1, lo / 2.0, hi * 2.0),
+            (
+                "prompt length (tokens, log scale)",
+                "request latency, receiver's go to last byte (us, log scale)",
+            ),
+        )?;
         for (i, s) in series.iter().enumerate() {
             let c = color(i);
             let line = |f: fn(&crate::measure::PointResult) -> u64| -> Vec<(f64, f64)> {
@@ -437,6 +430,159 @@ impl Figure for Ttft<'_> {
     }
 }
 
+/// Latency under load: per series, the p50 (solid) and p99 (dashed) from
+/// arrival to the last byte against the offered rate, both on log axes;
+/// a cross marks a saturated point (the knee is where they start).
+struct LoadLatency<'a>(&'a [Series]);
+
+impl<'a> LoadLatency<'a> {
+    fn lines(&self) -> Vec<(usize, &'a Series, Vec<&'a crate::measure::load::LoadFigures>)> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s, s.points.iter().filter_map(|p| p.load.as_ref()).collect::<Vec<_>>()))
+            .filter(|(_, _, l)| !l.is_empty())
+            .map(|(i, s, mut l)| {
+                l.sort_by(|a, b| a.offered_qps.total_cmp(&b.offered_qps));
+                (i, s, l)
+            })
+            .collect()
+    }
+}
+
+impl Figure for LoadLatency<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let lines = self.lines();
+        let ms = |ns: u64| (ns as f64 / 1e6).max(1e-4);
+        let all = lines.iter().flat_map(|(_, _, l)| l.iter());
+        let (xlo, xhi, ylo, yhi) = all.fold((f64::MAX, 0f64, f64::MAX, 0f64), |(a, b, c, d), f| {
+            (
+                a.min(f.offered_qps),
+                b.max(f.offered_qps),
+                c.min(ms(f.latency_ns.p50)),
+                d.max(ms(f.latency_ns.p99)),
+            )
+        });
+        let mut chart = log_log(
+            root,
+            "Latency under load: arrival to last byte, p50 solid, p99 dashed, × saturated",
+            (xlo / 1.5, xhi * 1.5, ylo / 2.0, yhi * 2.0),
+            ("offered load (requests per second, log scale)", "latency (ms, log scale)"),
+        )?;
+        for (i, s, l) in &lines {
+            let c = color(*i);
+            let p50: Vec<(f64, f64)> = l.iter().map(|f| (f.offered_qps, ms(f.latency_ns.p50))).collect();
+            let p99: Vec<(f64, f64)> = l.iter().map(|f| (f.offered_qps, ms(f.latency_ns.p99))).collect();
+            chart
+                .draw_series(LineSeries::new(p50.clone(), c.stroke_width(3)))
+                .map_err(plot_error)?
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+            chart.draw_series(DashedLineSeries::new(p99, 8, 5, c.stroke_width(2))).map_err(plot_error)?;
+            let saturated = l
+                .iter()
+                .zip(&p50)
+                .filter(|(f, _)| f.saturated)
+                .map(|(_, &p)| Cross::new(p, 8, c.stroke_width(3)));
+            chart.draw_series(saturated).map_err(plot_error)?;
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)
+    }
+}
+
+/// What the decode side held over time under load: a panel per series, a
+/// step line per arrival rate.
+struct Resident<'a>(&'a [Series]);
+
+impl Figure for Resident<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let lines = LoadLatency(self.0).lines();
+        let body = root
+            .titled(
+                "KV held on the decode side over each load point (GiB against seconds)",
+                ("sans-serif", 24),
+            )
+            .map_err(plot_error)?;
+        let panels = body.split_evenly((lines.len().max(1), 1));
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        for ((_, s, l), panel) in lines.iter().zip(panels.iter()) {
+            let xhi = l
+                .iter()
+                .flat_map(|f| f.resident.series.last())
+                .map(|p| p.0 as f64 / 1e9)
+                .fold(1e-3, f64::max);
+            let yhi = l.iter().map(|f| gib(f.resident.peak_bytes)).fold(1e-6, f64::max);
+            let mut chart = ChartBuilder::on(panel)
+                .caption(s.label.clone(), ("sans-serif", 16))
+                .margin(6)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(0f64..xhi * 1.02, 0f64..yhi * 1.15)
+                .map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .x_label_formatter(&number)
+                .y_label_formatter(&number)
+                .label_style(("sans-serif", 13))
+                .draw()
+                .map_err(plot_error)?;
+            for (k, f) in l.iter().enumerate() {
+                let c = color(k);
+                let mut steps = Vec::with_capacity(2 * f.resident.series.len());
+                for w in f.resident.series.windows(2) {
+                    let (t0, t1, b) = (w[0].0 as f64 / 1e9, w[1].0 as f64 / 1e9, gib(w[0].1));
+                    steps.extend([(t0, b), (t1, b)]);
+                }
+                chart
+                    .draw_series(LineSeries::new(steps, c.stroke_width(2)))
+                    .map_err(plot_error)?
+                    .label(f.arrivals.to_string())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+            }
+            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        }
+        Ok(())
+    }
+}
+
+type LogLog = Cartesian2d<LogCoord<f64>, LogCoord<f64>>;
+
+/// A chart with both axes on log scales over `(x0, x1, y0, y1)`, its mesh drawn.
+fn log_log<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    caption: &str,
+    (x0, x1, y0, y1): (f64, f64, f64, f64),
+    (x_desc, y_desc): (&str, &str),
+) -> Result<ChartContext<'a, DB, LogLog>>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 26))
+        .margin(16)
+        .x_label_area_size(56)
+        .y_label_area_size(90)
+        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_label_formatter(&number)
+        .y_label_formatter(&number)
+        .label_style(("sans-serif", 16))
+        .axis_desc_style(("sans-serif", 18))
+        .draw()
+        .map_err(plot_error)?;
+    Ok(chart)
+}
+
 /// The legend box, where `pos` says.
 fn legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, pos: SeriesLabelPosition) -> Result<()>
 where
@@ -467,6 +613,10 @@ pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
     let ttft = Ttft(series);
     if !ttft.tokens().is_empty() {
         files.extend(both(dir, "ttft", &ttft)?);
+    }
+    if !LoadLatency(series).lines().is_empty() {
+        files.extend(both(dir, "load-latency", &LoadLatency(series))?);
+        files.extend(both(dir, "resident", &Resident(series))?);
     }
     Ok(files)
 }
