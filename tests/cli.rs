@@ -275,6 +275,13 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
     f.expect_code(2).expect_stderr("no request arrives in --duration");
     let f = run(KVXFER, &["pair", "--arrivals", "fixed:5", "--tpot", "3"], secs(10));
     f.expect_code(2).expect_stderr("--tpot needs --output-tokens");
+    // 128 MiB a millisecond is past loopback: the queue outgrows --timeout, and the run says so.
+    let f = run(
+        KVXFER,
+        &["pair", "-p", "1024", "--arrivals", "fixed:1000", "-n", "200", "--timeout", "1s"],
+        secs(30),
+    );
+    f.expect_code(1).expect_stderr("the receiver fell behind the arrivals (fixed 1000/s)");
 }
 
 /// A decode buffer below the load's peak: P2pNccl-style spills, counted by

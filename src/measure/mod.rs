@@ -305,7 +305,20 @@ pub fn run_receiver(
             }
             let arrival = match (&mut load, point.arrival(plan.warmup, it), &plan.load) {
                 (Some(tally), Some(a), Some(l)) => {
-                    wait_until(tally.arrival(a.at_ns), ctrl, request)?;
+                    let arrived = tally.arrival(a.at_ns);
+                    wait_until(arrived, ctrl, request)?;
+                    // A queue that outgrows the timeout would only grow: say so and stop.
+                    let behind = arrived.elapsed();
+                    if behind > ctrl.timeout {
+                        return Err(Error::run(format!(
+                            "the receiver fell behind the arrivals ({}): request {} of point {p} arrived {} ago, \
+                             more than --timeout {}: the link does not carry this rate (lower it, or raise --timeout)",
+                            point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
+                            it - plan.warmup,
+                            crate::units::fmt_ns(behind.as_nanos() as f64),
+                            humantime::format_duration(ctrl.timeout)
+                        )));
+                    }
                     // --on-full wait: the request starts once it fits.
                     if let Some(room) = tally.room_for(bytes as u64) {
                         let wait = room.saturating_duration_since(Instant::now());
