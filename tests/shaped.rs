@@ -169,4 +169,10 @@ fn load_below_the_link_queues_nothing_and_above_it_saturates() {
     // 640 ms, arriving every 286 ms: three at once at most, never four.
     assert_eq!(half["resident"]["peak_bytes"], 3u64 * (16 << 20), "{}", half["resident"]);
     assert_eq!(half["decode_hold_ns"], 500_000_000u64);
+    // The prefill side holds each request from arrival to its last byte:
+    // one at a time below the link; above it the queue piles up there
+    // (16 arrive in 1 s, about 7 leave).
+    assert_eq!(half["prefill_resident"]["peak_bytes"], 16u64 << 20);
+    let piled = twice["prefill_resident"]["peak_bytes"].as_u64().unwrap();
+    assert!(piled >= 5 * (16 << 20), "the prefill side held at most {piled} bytes at twice the link");
 }

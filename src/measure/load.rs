@@ -43,6 +43,11 @@ pub struct LoadFigures {
     /// With --decode-buffer: its size and what happened past it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_buffer: Option<BufferFigures>,
+    /// KV held on the prefill side: each request's from its arrival (its
+    /// KV exists then) until the decode side holds its last byte (pushed,
+    /// or read by a pull). Under saturation, this is where the queue sits.
+    #[serde(default)]
+    pub prefill_resident: Residency,
 }
 
 /// A decode buffer under load.
@@ -276,6 +281,9 @@ fn figures(
         decode_hold_ns,
         resident: residency::residency(&held),
         decode_buffer: None,
+        prefill_resident: residency::residency(
+            &requests.iter().map(|r| Held { from_ns: r.0, until_ns: r.2, bytes: r.3 }).collect::<Vec<_>>(),
+        ),
     }
 }
 
@@ -312,6 +320,7 @@ mod tests {
         assert!(close(f.latency_ns.p50, 40 * ms), "{}", f.latency_ns.p50);
         // Held 70 ms of every 100: never two at once.
         assert_eq!(f.resident.peak_bytes, 1_000_000);
+        assert_eq!(f.prefill_resident.peak_bytes, 1_000_000);
         assert_eq!(f.prompts, vec![(128, 10)]);
     }
 
@@ -330,5 +339,8 @@ mod tests {
         assert!((f.queue_growth_ns - 100.0 * ms as f64).abs() < 1.0, "{}", f.queue_growth_ns);
         // Back to back, each from its go to its last byte: one at a time.
         assert_eq!(f.resident.peak_bytes, 1_000_000);
+        // On the prefill side, from arrival: at 180 ms the last arrives
+        // while request 4 is on the wire until 200: requests 4..=9, 6 MB.
+        assert_eq!(f.prefill_resident.peak_bytes, 6_000_000);
     }
 }

@@ -112,6 +112,7 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("latency_max_ns", num(|l| l.latency_ns.max.to_string())),
             ("resident_peak_bytes", num(|l| l.resident.peak_bytes.to_string())),
             ("resident_p99_bytes", num(|l| l.resident.p99_bytes.to_string())),
+            ("prefill_resident_peak_bytes", num(|l| l.prefill_resident.peak_bytes.to_string())),
             (
                 "spilled_tensors",
                 num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_tensors.to_string())),

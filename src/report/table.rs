@@ -293,7 +293,7 @@ fn load_line(f: &LoadFigures, out: &mut dyn Write) -> Result<()> {
     writeln!(
         out,
         "#   {}: offered {:.1}/s {:.2} GB/s, achieved {:.1}/s {:.2} GB/s{} | queue p50 {} p99 {} max {} (grew {}) \
-         | latency p50 {} p99 {} p99.9 {} max {} | decode holds peak {} p99 {}",
+         | latency p50 {} p99 {} p99.9 {} max {} | decode holds peak {} p99 {}, prefill peak {}",
         f.arrivals,
         f.offered_qps,
         f.offered_gbps,
@@ -309,7 +309,8 @@ fn load_line(f: &LoadFigures, out: &mut dyn Write) -> Result<()> {
         ns(l.p999),
         ns(l.max),
         fmt_bytes(f.resident.peak_bytes),
-        fmt_bytes(f.resident.p99_bytes)
+        fmt_bytes(f.resident.p99_bytes),
+        fmt_bytes(f.prefill_resident.peak_bytes)
     )?;
     if let Some(b) = &f.decode_buffer {
         writeln!(
