@@ -140,6 +140,18 @@ fn report_of_a_load_run_plots_latency_against_load_and_what_is_held() {
     let f = run(KVXFER, &["report", run_json, "--out", out.to_str().unwrap()], secs(60));
     f.expect_code(0);
     assert!(f.stdout.contains("| tcp · layer · mix 128:1 |"), "{}", f.stdout);
+    let run_doc = json(std::path::Path::new(run_json));
+    let l = &run_doc["points"][1]["load"];
+    let row = format!(
+        "| tcp · layer · mix 128:1 | poisson 40/s | {:.1} | {:.1}",
+        l["offered_qps"].as_f64().unwrap(),
+        l["achieved_qps"].as_f64().unwrap()
+    );
+    assert!(
+        f.stdout.contains("Under load: latency from arrival") && f.stdout.contains(&row),
+        "{row} not in {}",
+        f.stdout
+    );
     for name in ["load-latency", "resident"] {
         let png = std::fs::read(out.join(format!("{name}.png"))).unwrap();
         assert_eq!(png_size(&png), (1280, 760), "{name}");

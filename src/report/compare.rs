@@ -178,6 +178,39 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
         }
     }
     md.push_str(&added_ttft_markdown(series));
+    md.push_str(&load_markdown(series));
+    md
+}
+
+/// The points under load: rates, queueing, latency and what was held
+/// (empty when no run had arrivals).
+fn load_markdown(series: &[Series]) -> String {
+    let mut md = String::new();
+    for s in series {
+        for l in s.points.iter().filter_map(|p| p.load.as_ref()) {
+            if md.is_empty() {
+                md.push_str(
+                    "\nUnder load: latency from arrival to the decode side holding the last byte\n\n\
+                     | series | arrivals | offered /s | achieved /s | queue p50 | queue p99 | latency p50 | latency p99 | decode peak | prefill peak |\n\
+                     |---|---|---|---|---|---|---|---|---|---|\n",
+                );
+            }
+            md.push_str(&format!(
+                "| {} | {} | {:.1} | {:.1}{} | {} | {} | {} | {} | {} | {} |\n",
+                s.label,
+                l.arrivals,
+                l.offered_qps,
+                l.achieved_qps,
+                if l.saturated { " (saturated)" } else { "" },
+                fmt_ns(l.queue_ns.p50 as f64),
+                fmt_ns(l.queue_ns.p99 as f64),
+                fmt_ns(l.latency_ns.p50 as f64),
+                fmt_ns(l.latency_ns.p99 as f64),
+                crate::units::fmt_bytes(l.resident.peak_bytes),
+                crate::units::fmt_bytes(l.prefill_resident.peak_bytes)
+            ));
+        }
+    }
     md
 }
 
