@@ -338,6 +338,9 @@ fn send(a: &SendArgs) -> Result<()> {
     if pairs > 1 && plan.prefill.is_some() {
         return Err(Error::usage("emulated prefill runs one pair at a time, not a fan of several receivers"));
     }
+    if pairs > 1 && plan.load.is_some() {
+        return Err(Error::usage("--arrivals runs one pair at a time, not a fan of several receivers"));
+    }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {
         memory::check_host_budget(pairs as u64 * plan.max_buffer_bytes() as u64, "the sender's buffers")?;

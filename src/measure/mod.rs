@@ -255,6 +255,9 @@ pub fn run_receiver(
             "emulated prefill runs one pair at a time, not in a fan of several senders",
         ));
     }
+    if fan.is_some() && plan.load.is_some() {
+        return Err(Error::usage("--arrivals runs one pair at a time, not in a fan of several senders"));
+    }
     let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
