@@ -18,7 +18,7 @@ OUT=${1:?usage: gpu-load.sh OUT_DIR}
 
 { nvidia-smi; uname -a; "$BIN/kvxfer" --version; } >"$OUT/machine.txt" 2>&1
 LOAD=(-m llama-3.1-8b --prompt-mix 1k:60,8k:30,32k:10 -g layer -w 3 --decode-hold 50 --decode-buffer 8GiB)
-run ucx-put -t ucx --ucx-op put --ucx-err-mode none "${LOAD[@]}" --arrivals poisson:100,200,400,800,1600 -n 400
+run ucx-put -t ucx --ucx-op put --ucx-err-mode none "${LOAD[@]}" --arrivals poisson:25,50,100,200,400 -n 300
 run tcp-staged -t tcp "${LOAD[@]}" --arrivals poisson:1,2,3,4,6,8 -n 30
 for name in ucx-put tcp-staged; do
     "$BIN/kvxfer" size -m llama-3.1-8b -p 1k,8k,32k --mix 60,30,10 --concurrent 8 \

@@ -16,6 +16,7 @@ use crate::fan::Fan;
 use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
+use crate::schedule::residency::OnFull;
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession, Role, SenderSession};
 use crate::transport::{nanos, AtOnce, Completions, GpuCopier, PeerLink, Ready, RecvSide, SendSide};
@@ -261,7 +262,12 @@ pub fn run_receiver(
     let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
-    let mut spill_pool: Option<SpillPool> = None;
+    // The pinned pool comes before the first request: pinning gigabytes
+    // takes about a second, which no request should wait for.
+    let mut spill_pool = match plan.load.as_ref().and_then(|l| l.decode_buffer) {
+        Some((_, OnFull::Spill)) => Some(SpillPool::for_buffer(buf, plan.max_request_bytes())?),
+        _ => None,
+    };
     for point in plan.points() {
         let p = point.index;
         let mut requests = stats::new_histogram();
