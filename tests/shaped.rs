@@ -67,6 +67,10 @@ impl Drop for ShapedLink {
     }
 }
 
+/// One shaped test at a time: each times the link, and the prefill test's
+/// busy wait takes a core that the other's pattern writes and checks need.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn shaped(tag: &str, subnet: u8) -> Option<ShapedLink> {
     match ShapedLink::new(tag, subnet, "1gbit") {
         Ok(l) => Some(l),
@@ -101,6 +105,7 @@ const LAYER_RUN: &[&str] = &["-m", "llama-3.1-8b", "-p", "1024", "-g", "layer", 
 
 #[test]
 fn layerwise_overlap_hides_all_but_the_last_layer_and_none_hides_nothing() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(link) = shaped("t", 61) else { return };
     let with = |overlap: &str| {
         let mut args = LAYER_RUN.to_vec();
@@ -143,8 +148,23 @@ fn layerwise_overlap_hides_all_but_the_last_layer_and_none_hides_nothing() {
 /// about 134 ms on the wire, so the link carries about 7.4 requests a second.
 #[test]
 fn load_below_the_link_queues_nothing_and_above_it_saturates() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(link) = shaped("l", 62) else { return };
-    let args = ["-m", "llama-3.1-8b", "-p", "128", "-n", "16", "-w", "1", "--decode-hold", "500"];
+    // Checks inline, as the bytes arrive: the link does not idle for them between requests.
+    let args = [
+        "-m",
+        "llama-3.1-8b",
+        "-p",
+        "128",
+        "-n",
+        "16",
+        "-w",
+        "1",
+        "--decode-hold",
+        "500",
+        "--verify",
+        "inline",
+    ];
     let r = pair_across(&link, &[&args[..], &["--arrivals", "fixed:3.5,15"]].concat());
     let (half, twice) = (&r["points"][0]["load"], &r["points"][1]["load"]);
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap();
