@@ -6,7 +6,7 @@
 //! sees, the achieved rate and what the decode side holds.
 
 use super::stats::{self, LatencySummary};
-use crate::plan::PointLoad;
+use crate::plan::{PointLoad, RequestLayout, Side};
 use crate::schedule::residency::{self, DecodeBuffer, Held, OnFull, Residency};
 use crate::schedule::Arrivals;
 use hdrhistogram::Histogram;
@@ -127,13 +127,14 @@ impl LoadTally {
         (*on_full == OnFull::Wait).then(|| start + Duration::from_nanos(b.fits_from(now, bytes)))
     }
 
-    /// With --on-full spill: which of the tensors of a request that went at
-    /// `go` go to the pool (P2pNccl decides each as it arrives).
-    pub fn spills(&self, go: Instant, tensors: &[u64]) -> Vec<bool> {
-        match &self.buffer {
-            Some((b, OnFull::Spill)) => b.spills(self.since_start(go), tensors),
-            _ => vec![false; tensors.len()],
-        }
+    /// With --on-full spill: the byte ranges (receiver's offset, length) of
+    /// the tensors of a request that went at `go` that go to the pool
+    /// (P2pNccl decides each as it arrives); none without a spilling buffer.
+    pub fn spills(&self, go: Instant, layout: &RequestLayout) -> Vec<(usize, usize)> {
+        let Some((b, OnFull::Spill)) = &self.buffer else { return Vec::new() };
+        let slots: Vec<_> = (0..layout.message_count).map(|i| layout.slot(Side::Receiver, i)).collect();
+        let spills = b.spills(self.since_start(go), &slots.iter().map(|s| s.len as u64).collect::<Vec<_>>());
+        slots.iter().zip(spills).filter(|(_, spill)| *spill).map(|(s, _)| (s.offset, s.len)).collect()
     }
 
     /// A request waited `ns` for room in the buffer.

@@ -122,6 +122,8 @@ pub fn run_sender(
     for point in plan.points() {
         let (p, layout) = (point.index, &point.layout);
         let bytes = layout.total_bytes();
+        // Under --on-full wait, what any request may wait for room, once per point.
+        let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
         for it in 0..plan.requests_in(&point) {
             let request = plan.request_id(p, it);
             let layout = point.layout_at(plan.warmup, it);
@@ -166,7 +168,7 @@ pub fn run_sender(
             // under load waiting for this one's arrival.
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC)
                 + Duration::from_nanos(point.arrival(plan.warmup, it).map_or(0, |a| a.at_ns))
-                + plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
+                + longest_wait;
             if transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
@@ -366,21 +368,12 @@ pub fn run_receiver(
             if let (Some(l), Some((at_ns, hold_ns))) = (&mut load, arrival) {
                 // --on-full spill: what did not fit goes to the pool, and the
                 // KV is in place once it is there.
-                let slots: Vec<_> =
-                    (0..layout.message_count).map(|i| layout.slot(Side::Receiver, i)).collect();
-                let spills = l.spills(t0, &slots.iter().map(|s| s.len as u64).collect::<Vec<_>>());
-                let ranges: Vec<(usize, usize)> = slots
-                    .iter()
-                    .zip(&spills)
-                    .filter(|(_, spill)| **spill)
-                    .map(|(s, _)| (s.offset, s.len))
-                    .collect();
+                let ranges = l.spills(t0, layout);
                 let (mut in_place, mut in_pool) = (landed, 0);
                 if !ranges.is_empty() {
-                    let pool = match &mut spill_pool {
-                        Some(pool) => pool,
-                        None => spill_pool.insert(SpillPool::for_buffer(buf, plan.max_request_bytes())?),
-                    };
+                    let pool = spill_pool
+                        .as_mut()
+                        .ok_or_else(|| Error::run("internal error: a spill without a pinned pool"))?;
                     let (store_ns, load_ns) = buf.spill_round_trip(pool, &ranges, deadline)?;
                     l.spilled(ranges.len() as u64, store_ns, load_ns);
                     in_place += Duration::from_nanos(store_ns);
