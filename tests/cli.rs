@@ -230,6 +230,13 @@ fn bad_load_options_exit_2_naming_what_is_wrong() {
             &["--arrivals", "fixed:5", "--prefill-ms", "128:5", "-p", "128"],
             "--arrivals with emulated prefill",
         ),
+        (&["--arrivals", "fixed:5", "--concurrency", "0"], "value must be at least 1"),
+        (
+            &["--arrivals", "fixed:5", "--concurrency", "65"],
+            "--concurrency 65 is not a number of requests from 1 to 64",
+        ),
+        (&["--concurrency", "2"], "--arrivals"),
+        (&["--arrivals", "fixed:5", "-t", "nccl", "--memory", "gpu", "--concurrency", "2"], "stream order"),
     ];
     for (args, needle) in cases {
         let mut all = vec!["pair"];
@@ -284,6 +291,59 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
         secs(30),
     );
     f.expect_code(1).expect_stderr("the receiver fell behind the arrivals (fixed 1000/s)");
+}
+
+/// Requests in flight at once (four lanes) hold their room in the decode
+/// buffer from their go, before any has landed: four of 128 MiB that
+/// arrive together at a 320 MiB buffer, released at their last byte. The
+/// first two fit, the third's last 16 tensors of 4 MiB spill, and all 32 of
+/// the fourth. One at a time, each is gone before the next: nothing spills.
+#[test]
+fn requests_in_flight_share_the_decode_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("together.csv");
+    std::fs::write(&trace, "0,1024\n0,1024\n0,1024\n0,1024\n").unwrap();
+    let j = dir.path().join("lanes.json");
+    let arrivals = format!("--arrivals=trace:{}", trace.display());
+    let with = |lanes: &str, on_full: &str| {
+        let args = [
+            "pair",
+            "-m",
+            "llama-3.1-8b",
+            "-g",
+            "layer",
+            "-w",
+            "1",
+            &arrivals,
+            "--decode-buffer",
+            "320MiB",
+            "--on-full",
+            on_full,
+            "--concurrency",
+            lanes,
+            "--json",
+            j.to_str().unwrap(),
+        ];
+        let f = run(KVXFER, &args, secs(120));
+        f.expect_code(0);
+        assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+        json(&j)["points"][0]["load"].clone()
+    };
+    let l = with("4", "spill");
+    let b = &l["decode_buffer"];
+    assert_eq!((&b["spilled_tensors"], &b["spilled_requests"]), (&48.into(), &2.into()), "{b}");
+    assert_eq!(b["spilled_bytes"], 192u64 << 20);
+    assert_eq!(b["demand_peak_bytes"], 512u64 << 20, "{b}");
+    assert_eq!(l["resident"]["peak_bytes"], 320u64 << 20, "{}", l["resident"]);
+    assert_eq!(l["queue_ns"]["count"], 4);
+    let l = with("1", "spill");
+    assert_eq!(l["decode_buffer"]["spilled_tensors"], 0, "{l}");
+    assert_eq!(l["resident"]["peak_bytes"], 128u64 << 20, "{}", l["resident"]);
+    // Waiting: never more than the buffer, however many lanes are free.
+    let l = with("4", "wait");
+    let b = &l["decode_buffer"];
+    assert_eq!(l["resident"]["peak_bytes"], 256u64 << 20, "{}", l["resident"]);
+    assert_eq!((&b["waited_requests"], &b["spilled_tensors"]), (&2.into(), &0.into()), "{b}");
 }
 
 /// A decode buffer below the load's peak: P2pNccl-style spills, counted by

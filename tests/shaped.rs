@@ -164,6 +164,8 @@ fn load_below_the_link_queues_nothing_and_above_it_saturates() {
         "500",
         "--verify",
         "inline",
+        "--concurrency",
+        "1",
     ];
     let r = pair_across(&link, &[&args[..], &["--arrivals", "fixed:3.5,15"]].concat());
     let (half, twice) = (&r["points"][0]["load"], &r["points"][1]["load"]);
@@ -195,4 +197,49 @@ fn load_below_the_link_queues_nothing_and_above_it_saturates() {
     assert_eq!(half["prefill_resident"]["peak_bytes"], 16u64 << 20);
     let piled = twice["prefill_resident"]["peak_bytes"].as_u64().unwrap();
     assert!(piled >= 5 * (16 << 20), "the prefill side held at most {piled} bytes at twice the link");
+}
+
+/// Requests in flight at once share the link: a short request that
+/// arrives while a long one moves goes at once on its own lane, instead of
+/// waiting for the long one to end. Llama-3.1-8B: 256 tokens are 32 MiB,
+/// about 268 ms on the 1 Gbit/s link; 8 tokens 1 MiB, about 8 ms.
+#[test]
+fn requests_in_flight_share_the_link_and_a_short_one_does_not_wait_for_a_long_one() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = shaped("c", 63) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.csv");
+    std::fs::write(&trace, "arrival_ms,prompt_tokens\n0,256\n20,8\n").unwrap();
+    let arrivals = format!("trace:{}", trace.display());
+    let with = |lanes: &str| {
+        let args = ["-m", "llama-3.1-8b", "-w", "1", "--arrivals", &arrivals, "--concurrency", lanes];
+        pair_across(&link, &args)["points"][0]["load"].clone()
+    };
+    let ms = |v: &Value, what: &str, k: &str| v[what][k].as_f64().unwrap() / 1e6;
+    let one = with("1");
+    let two = with("2");
+    eprintln!(
+        "one lane: queue max {} ms, latency min {} max {} ms; two lanes: queue max {} ms, latency min {} max {} ms",
+        ms(&one, "queue_ns", "max"),
+        ms(&one, "latency_ns", "min"),
+        ms(&one, "latency_ns", "max"),
+        ms(&two, "queue_ns", "max"),
+        ms(&two, "latency_ns", "min"),
+        ms(&two, "latency_ns", "max")
+    );
+    // One lane: the short one waits for the long one's 268 ms, less its 20 ms head start.
+    let waited = ms(&one, "queue_ns", "max");
+    assert!((200.0..320.0).contains(&waited), "one lane: the short request waited {waited} ms");
+    // Two lanes: it goes at its arrival and shares the link (about twice its 8 ms alone).
+    assert!(ms(&two, "queue_ns", "max") < 10.0, "two lanes: {two}");
+    let short = ms(&two, "latency_ns", "min");
+    assert!(short < 80.0, "two lanes: the short request took {short} ms");
+    // The link moves the same 33 MiB either way: the long one ends near 276 ms.
+    for v in [&one, &two] {
+        let long = ms(v, "latency_ns", "max");
+        assert!((240.0..360.0).contains(&long), "the long request took {long} ms");
+    }
+    // Both in flight at once on the decode side, 33 MiB; one at a time, 32.
+    assert_eq!(two["resident"]["peak_bytes"], 33u64 << 20, "{}", two["resident"]);
+    assert_eq!(one["resident"]["peak_bytes"], 32u64 << 20, "{}", one["resident"]);
 }

@@ -249,8 +249,8 @@ pub struct WorkloadArgs {
 /// Serving load: requests that arrive at a rate and wait their turn.
 #[derive(Args, Clone, Debug)]
 pub struct LoadArgs {
-    /// Requests arrive at a rate, the receiver starting each at its arrival (one at a time, in order):
-    /// poisson:QPS[,QPS...] or fixed:QPS[,...], one load point per rate, or trace:FILE (CSV
+    /// Requests arrive at a rate, the receiver starting each at its arrival (or, when --concurrency are
+    /// in flight, once one ends): poisson:QPS[,QPS...] or fixed:QPS[,...], one load point per rate, or trace:FILE (CSV
     /// arrival_ms,prompt_tokens[,output_tokens])
     #[arg(long, value_name = "KIND:QPS", allow_hyphen_values = true, help_heading = "Load")]
     pub arrivals: Option<String>,
@@ -286,7 +286,16 @@ pub struct LoadArgs {
     /// Time per output token, ms (with --output-tokens, or a trace's output tokens)
     #[arg(long, value_name = "MS", value_parser = milliseconds, allow_hyphen_values = true, requires = "arrivals", help_heading = "Load")]
     pub tpot: Option<f64>,
+    /// Requests in flight at once, each on its own connection and buffer region (NixlConnector reads
+    /// several requests' KV at a time); 1 moves one at a time in arrival order, as P2pNccl's send queue
+    /// [default: 4; nccl: 1, its operations go in stream order]
+    #[arg(long, value_name = "N", value_parser = positive_u32, requires = "arrivals", help_heading = "Load")]
+    pub concurrency: Option<u32>,
 }
+
+/// Requests in flight under --arrivals unless told: a few, as a decode
+/// instance reads several requests' KV at once.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
 
 fn on_full(s: &str) -> Result<OnFull, String> {
     OnFull::parse(s).map_err(|e| e.message)
@@ -509,6 +518,17 @@ impl RunArgs {
             duration_ns: l.duration.map(|d| d.as_nanos() as u64),
             trace,
             decode_buffer: l.decode_buffer.map(|b| (b, l.on_full)),
+            concurrency: match (l.concurrency, self.transport.transport) {
+                (Some(n), TransportKind::Nccl) if n > 1 => {
+                    return Err(Error::usage(format!(
+                        "--concurrency {n} with nccl: P2pNcclConnector's sends of concurrent requests go in \
+                         stream order on one communicator, one request at a time (--concurrency 1)"
+                    )))
+                }
+                (Some(n), _) => n,
+                (None, TransportKind::Nccl) => 1,
+                (None, _) => DEFAULT_CONCURRENCY,
+            },
         });
         Ok(plan)
     }

@@ -15,6 +15,7 @@ use crate::fan::FanRun;
 use crate::gpu;
 use crate::kv::presets;
 use crate::link;
+use crate::measure::lanes::Lane;
 use crate::measure::{self, FanSlot, Fault, RunConfig};
 use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
@@ -558,14 +559,18 @@ fn sender_side(
     }
     // Kept past the closure: a failed run is settled with the peer before
     // the transport and buffer go (see `Control::settle`).
-    let (mut buf_slot, mut transport_slot) = (None, None);
+    let (mut bufs, mut transports) = (Vec::new(), Vec::new());
     let result = (|| {
         let plan = &sess.hello.plan;
-        let buf =
-            buf_slot.insert(Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), run.timeout)?);
         let began = Instant::now();
-        let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
-        let transport = transport_slot.insert(transport::open_sender(&spec, setup, buf, &run.local())?);
+        // Under load, a lane per request in flight; one otherwise.
+        for _ in 0..plan.lanes() {
+            let buf = Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), run.timeout)?;
+            let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
+            transports.push(transport::open_sender(&spec, setup, &buf, &run.local())?);
+            bufs.push(buf);
+        }
+        let (transport, buf) = (&mut transports[0], &mut bufs[0]);
         let setup_time = began.elapsed();
         let setup_info = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Sender)?;
@@ -586,22 +591,23 @@ fn sender_side(
                 &report.receiver_transport,
             ),
         };
-        measure::run_sender(
-            &mut sess,
-            transport.as_mut(),
-            buf,
-            &cfg,
-            fan,
-            &mut Shown { report: &mut report, screen },
-        )?;
+        let shown = &mut Shown { report: &mut report, screen };
+        if bufs.len() > 1 {
+            let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
+                .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::SendSide, buf })
+                .collect();
+            measure::lanes::run_sender(&mut sess, &mut lanes, shown)?;
+        } else {
+            measure::run_sender(&mut sess, transports[0].as_mut(), &mut bufs[0], &cfg, fan, shown)?;
+        }
         // What the transport used, now that data has moved.
-        let last = side_info(transport.info(), buf, setup_time);
+        let last = side_info(transports[0].info(), &bufs[0], setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Sender)?;
         report.sender_transport = last;
         Ok(())
     })();
     let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
-    drop((transport_slot, buf_slot));
+    drop((transports, bufs));
     (Some(report), result)
 }
 
@@ -644,20 +650,20 @@ impl ReceiverSide {
         if let Some(f) = fan {
             report.fan = Some(FanRun { seat: f.fan.seat(f.pair), hub: false, pair_reports: Vec::new() });
         }
-        let (mut buf_slot, mut transport_slot) = (None, None);
+        let (mut bufs, mut transports) = (Vec::new(), Vec::new());
         let result = (|| {
             let plan = &sess.hello.plan;
             let spec = sess.hello.transport.clone();
             transport::check_library(&spec, plan, &self.local)?;
-            let buf = buf_slot.insert(Buffer::new(
-                self.memory,
-                plan.max_buffer_bytes(),
-                plan.max_messages(),
-                self.timeout,
-            )?);
             let began = Instant::now();
-            let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
-            let transport = transport_slot.insert(transport::open_receiver(&spec, setup, buf, &self.local)?);
+            for _ in 0..plan.lanes() {
+                let (memory, timeout) = (self.memory, self.timeout);
+                let mut buf = Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), timeout)?;
+                let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
+                transports.push(transport::open_receiver(&spec, setup, &mut buf, &self.local)?);
+                bufs.push(buf);
+            }
+            let (transport, buf) = (&mut transports[0], &mut bufs[0]);
             let setup_time = began.elapsed();
             // The sender's details first: where its GPU is tells which link to look for.
             report.sender_transport = expect_info(&mut sess.ctrl)?;
@@ -687,15 +693,23 @@ impl ReceiverSide {
                 one_gpu: one_gpu(&sess.hello.env, &report.receiver, &report.sender_transport, &setup_info),
             };
             let mut shown = Shown { report: &mut report, screen: &self.screen };
-            measure::run_receiver(&mut sess, transport.as_mut(), buf, &cfg, peak.as_ref(), fan, &mut shown)?;
-            let mut last = side_info(transport.info(), buf, setup_time);
+            if bufs.len() > 1 {
+                let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
+                    .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::RecvSide, buf })
+                    .collect();
+                measure::lanes::run_receiver(&mut sess, &mut lanes, peak.as_ref(), &mut shown)?;
+            } else {
+                let (t, buf) = (transports[0].as_mut(), &mut bufs[0]);
+                measure::run_receiver(&mut sess, t, buf, &cfg, peak.as_ref(), fan, &mut shown)?;
+            }
+            let mut last = side_info(transports[0].info(), &bufs[0], setup_time);
             last.detected_link = setup_info.detected_link;
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
             report.receiver_transport = last;
             Ok(())
         })();
         let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
-        drop((transport_slot, buf_slot));
+        drop((transports, bufs));
         (Some(report), result)
     }
 }

@@ -1,7 +1,8 @@
 //! Serving load, on the receiver: each timed request of a load point
-//! starts (its go) at its arrival, or when the pipe is free if it is later:
-//! requests wait their turn in arrival order, one on the wire at a time, as
-//! one connection's stream carries them. From the instants of each request
+//! starts (its go) at its arrival, or when a lane is free if it is later:
+//! requests wait their turn in arrival order, one on the wire at a time
+//! (one lane, as one stream carries them) or up to `--concurrency` at once
+//! (measure::lanes). From the instants of each request
 //! (arrival, go, last byte) come the queueing delay, the latency a user
 //! sees, the achieved rate and what the decode side holds.
 
@@ -72,6 +73,15 @@ pub struct BufferFigures {
     /// Requests that waited for room (--on-full wait), and the waits.
     pub waited_requests: u64,
     pub wait_ns: LatencySummary,
+}
+
+/// Whether a request in flight with others may go (`LoadTally::admit`).
+pub enum Admit {
+    /// It goes: its room in the buffer (if one is set), the tensors that spill.
+    Go { ticket: Option<u64>, spills: Vec<(usize, usize)> },
+    /// --on-full wait and no room: ask again by then (None: when a request
+    /// in flight lands).
+    Wait(Option<Instant>),
 }
 
 /// The receiver's account of one load point's timed requests.
@@ -170,12 +180,54 @@ impl LoadTally {
         hold_ns: u64,
         in_pool: u64,
     ) {
+        let now = self.since_start(go);
+        let ticket = self.buffer.as_mut().map(|(b, _)| b.reserve(now, bytes - in_pool));
+        self.landed(ticket, at_ns, go, landed, bytes, tokens, hold_ns, in_pool);
+    }
+
+    /// The point's clock starts now (requests in flight at once: set before
+    /// any lane takes a timed request).
+    pub fn set_start(&mut self, start: Instant) {
+        self.start = Some(start);
+    }
+
+    /// Requests in flight at once: whether a request may go now, taking its
+    /// room in the decode buffer at once (another lane may be deciding too).
+    pub fn admit(&mut self, now: Instant, layout: &RequestLayout) -> Admit {
+        let bytes = layout.total_bytes() as u64;
+        let t = self.since_start(now);
+        let spills = match &self.buffer {
+            Some((b, OnFull::Wait)) => match b.fits_from(t, bytes) {
+                at if at == t => Vec::new(),
+                u64::MAX => return Admit::Wait(None),
+                at => return Admit::Wait(self.start.map(|s| s + Duration::from_nanos(at))),
+            },
+            _ => self.spills(now, layout),
+        };
+        let in_pool: u64 = spills.iter().map(|r| r.1 as u64).sum();
+        let ticket = self.buffer.as_mut().map(|(b, _)| b.reserve(t, bytes - in_pool));
+        Admit::Go { ticket, spills }
+    }
+
+    /// Requests in flight at once: an admitted request landed; see `request`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn landed(
+        &mut self,
+        ticket: Option<u64>,
+        at_ns: u64,
+        go: Instant,
+        landed: Instant,
+        bytes: u64,
+        tokens: u32,
+        hold_ns: u64,
+        in_pool: u64,
+    ) {
+        let until = self.since_start(landed) + hold_ns;
+        if let (Some((b, _)), Some(id)) = (&mut self.buffer, ticket) {
+            b.release(id, until, bytes - in_pool, in_pool);
+        }
         self.holds.push(hold_ns);
         self.pooled.push(in_pool);
-        let (now, until) = (self.since_start(go), self.since_start(landed) + hold_ns);
-        if let Some((b, _)) = &mut self.buffer {
-            b.hold(now, until, bytes - in_pool, in_pool);
-        }
         let start = self.start.expect("arrival() came first");
         let since = |t: Instant| super::nanos(t.saturating_duration_since(start));
         let (go, landed) = (since(go).max(at_ns), since(landed).max(at_ns));
@@ -184,26 +236,26 @@ impl LoadTally {
         self.requests.push((at_ns, go, landed, bytes, tokens));
     }
 
-    /// Bytes over the time on the wire (go to last byte), over all the
-    /// requests: with a mix of prompt lengths, the row's GB/s.
+    /// Bytes over the time the wire was busy (some request between its go
+    /// and last byte; requests in flight at once counted once): with a mix
+    /// of prompt lengths, the row's GB/s.
     pub fn transfer_gbps(&self) -> f64 {
         let bytes: u64 = self.requests.iter().map(|r| r.3).sum();
-        let wire: u64 = self.requests.iter().map(|r| r.2 - r.1).sum();
-        bytes as f64 / wire.max(1) as f64
+        bytes as f64 / busy_ns(self.requests.iter().map(|r| (r.1, r.2))).max(1) as f64
     }
 
     pub fn figures(&self) -> LoadFigures {
-        let mut f = figures(
-            self.arrivals,
-            self.decode_hold_ns,
-            &self.requests,
-            &self.holds,
-            &self.queue,
-            &self.latency,
-        );
+        // In arrival order: requests in flight at once land out of it.
+        let mut order: Vec<usize> = (0..self.requests.len()).collect();
+        order.sort_by_key(|&i| (self.requests[i].0, self.requests[i].1));
+        let requests: Vec<_> = order.iter().map(|&i| self.requests[i]).collect();
+        let holds: Vec<_> = order.iter().map(|&i| self.holds[i]).collect();
+        let pooled: Vec<_> = order.iter().map(|&i| self.pooled[i]).collect();
+        let mut f =
+            figures(self.arrivals, self.decode_hold_ns, &requests, &holds, &self.queue, &self.latency);
         let Some((b, on_full)) = &self.buffer else { return f };
         // The buffer holds what did not spill; the pool what did, from its spill to the release.
-        let each = || self.requests.iter().zip(&self.holds).zip(&self.pooled);
+        let each = || requests.iter().zip(&holds).zip(&pooled);
         let in_buffer: Vec<Held> = each()
             .map(|((r, hold), pool)| Held { from_ns: r.1, until_ns: r.2 + hold, bytes: r.3 - pool })
             .collect();
@@ -218,7 +270,7 @@ impl LoadTally {
             capacity_bytes: b.capacity,
             on_full: *on_full,
             spilled_tensors: self.spills.tensors,
-            spilled_bytes: self.pooled.iter().sum(),
+            spilled_bytes: pooled.iter().sum(),
             spilled_requests: self.spills.requests,
             spill_store_ns: summary(&self.spills.store),
             spill_load_ns: summary(&self.spills.load),
@@ -229,6 +281,21 @@ impl LoadTally {
         });
         f
     }
+}
+
+/// The time covered by the intervals (from, until), overlaps once.
+fn busy_ns(intervals: impl Iterator<Item = (u64, u64)>) -> u64 {
+    let mut spans: Vec<(u64, u64)> = intervals.collect();
+    spans.sort_unstable();
+    let (mut busy, mut reached) = (0, 0);
+    for (from, until) in spans {
+        let from = from.max(reached);
+        if until > from {
+            busy += until - from;
+            reached = until;
+        }
+    }
+    busy
 }
 
 /// The figures of a load point from its requests' instants (pure).
@@ -246,7 +313,10 @@ fn figures(
     let last_byte = requests.iter().map(|r| r.2).max().unwrap_or(0).max(1) as f64;
     // n arrivals span n - 1 gaps (fixed arrivals start at 0); one gap's
     // worth is added back so that the rate is per request.
-    let offered_span = if n > 1.0 { last_arrival * n / (n - 1.0) } else { 1e9 / arrivals.qps() };
+    let offered_span = match n > 1.0 {
+        true => (last_arrival * n / (n - 1.0)).max(crate::schedule::BURST_SPAN_NS * n / (n - 1.0)),
+        false => 1e9 / arrivals.qps(),
+    };
     let offered_qps = n / offered_span * 1e9;
     let achieved_qps = n / last_byte * 1e9;
     let mean_bytes = if n > 0.0 { bytes as f64 / n } else { 0.0 };
@@ -323,6 +393,13 @@ mod tests {
         assert_eq!(f.resident.peak_bytes, 1_000_000);
         assert_eq!(f.prefill_resident.peak_bytes, 1_000_000);
         assert_eq!(f.prompts, vec![(128, 10)]);
+    }
+
+    #[test]
+    fn overlapping_transfers_count_their_time_on_the_wire_once() {
+        assert_eq!(busy_ns([(0, 10), (20, 30)].into_iter()), 20);
+        assert_eq!(busy_ns([(0, 10), (5, 30), (6, 7), (40, 41)].into_iter()), 31);
+        assert_eq!(busy_ns(std::iter::empty()), 0);
     }
 
     /// Arrivals every 20 ms, 40 ms each on the wire: the queue grows by 20

@@ -7,6 +7,7 @@
 
 pub mod compute;
 pub mod integrity;
+pub mod lanes;
 pub mod load;
 pub mod stats;
 pub mod ttft;
@@ -228,12 +229,17 @@ pub fn run_sender(
         events.point(&result);
         results.push(result);
     }
+    expect_finish(ctrl)?;
+    Ok(results)
+}
+
+/// The sender's last word from the receiver: every point is done.
+fn expect_finish(ctrl: &mut Control) -> Result<()> {
     let by = ctrl.deadline();
     ctrl.expect_by(by, "waiting for the receiver to finish", |m| match m {
         Msg::Finish => Ok(()),
         other => Err(other),
-    })?;
-    Ok(results)
+    })
 }
 
 pub fn run_receiver(
@@ -266,6 +272,7 @@ pub fn run_receiver(
     let mut results = Vec::new();
     // The pinned pool comes before the first request: pinning gigabytes
     // takes about a second, which no request should wait for.
+    precise_sleeps();
     let mut spill_pool = match plan.load.as_ref().and_then(|l| l.decode_buffer) {
         Some((_, OnFull::Spill)) => Some(SpillPool::for_buffer(buf, plan.max_request_bytes())?),
         _ => None,
@@ -449,9 +456,15 @@ pub fn run_receiver(
 /// Waits for a request's arrival, answering the peer meanwhile (a sender
 /// that dies during a long gap is noticed).
 fn wait_until(arrival: Instant, ctrl: &mut Control, request: u64) -> Result<()> {
+    wait_until_by(arrival, &mut || ctrl.watch(&format!("waiting for request {request} to arrive")))
+}
+
+/// Waits until `arrival`, calling `watch` every few milliseconds.
+fn wait_until_by(arrival: Instant, watch: &mut dyn FnMut() -> Result<()>) -> Result<()> {
     // Sleep in slices, then spin the last stretch: a sleep overshoots by
-    // tens of microseconds, which would read as queueing.
-    const SPIN: Duration = Duration::from_micros(200);
+    // the timer slack (50 us unless set: see `precise_sleeps`), which
+    // would read as queueing. Spinning lanes would starve each other.
+    const SPIN: Duration = Duration::from_micros(30);
     loop {
         let left = arrival.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -459,11 +472,19 @@ fn wait_until(arrival: Instant, ctrl: &mut Control, request: u64) -> Result<()> 
         }
         if left > SPIN {
             std::thread::sleep((left - SPIN).min(Duration::from_millis(10)));
-            ctrl.watch(&format!("waiting for request {request} to arrive"))?;
+            watch()?;
         } else {
             std::hint::spin_loop();
         }
     }
+}
+
+/// Lets this thread's sleeps end within microseconds of when they are
+/// asked to (Linux's default timer slack is 50 us), so that waiting for an
+/// arrival can sleep nearly to it instead of spinning.
+pub fn precise_sleeps() {
+    // SAFETY: PR_SET_TIMERSLACK takes a value and touches only this thread.
+    unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong) };
 }
 
 /// The control connection as a transport sees it during one request.

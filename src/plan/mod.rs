@@ -399,7 +399,20 @@ pub struct Load {
     /// and what it does past them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_buffer: Option<(u64, OnFull)>,
+    /// Requests in flight at once (`--concurrency`): each on its own lane,
+    /// a transport connection and buffer region of its own; 1 is one at a
+    /// time in arrival order (P2pNccl's send queue, NCCL's stream order).
+    #[serde(default = "one_in_flight")]
+    pub concurrency: u32,
 }
+
+fn one_in_flight() -> u32 {
+    1
+}
+
+/// The most lanes `--concurrency` opens: each is a connection and a
+/// buffer on both sides.
+pub const MAX_CONCURRENCY: u32 = 64;
 
 impl Load {
     /// The most a request may wait for room in the decode buffer (--on-full
@@ -489,6 +502,12 @@ impl Plan {
                 return Err(Error::usage(
                     "--arrivals with emulated prefill is not built yet: run them apart (--arrivals, or --prefill-*)",
                 ));
+            }
+            if !(1..=MAX_CONCURRENCY).contains(&l.concurrency) {
+                return Err(Error::usage(format!(
+                    "--concurrency {} is not a number of requests from 1 to {MAX_CONCURRENCY}",
+                    l.concurrency
+                )));
             }
             if l.arrivals.is_empty() || l.mix.iter().map(|m| m.1).sum::<f64>() <= 0.0 {
                 return Err(Error::usage(
@@ -612,6 +631,11 @@ impl Plan {
 
     pub fn max_request_bytes(&self) -> usize {
         self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
+    }
+
+    /// Lanes a side opens: requests in flight at once under load.
+    pub fn lanes(&self) -> usize {
+        self.load.as_ref().map_or(1, |l| l.concurrency as usize)
     }
 
     /// The bytes a side's buffer must hold: the largest request, or pool.

@@ -122,10 +122,14 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             0 => "released at its last byte".to_string(),
             ns => format!("held {} after its last byte", fmt_ns(ns as f64)),
         };
+        let flight = match l.concurrency {
+            1 => "the one before it is done, in order, one at a time".to_string(),
+            n => format!("one of {n} lanes (connection and buffer each) is free, {n} in flight at most"),
+        };
         writeln!(
             out,
             "# load       requests arrive (seed {}), prompts {}; the receiver starts each at its arrival or when \
-             the one before it is done, in order, one at a time; decode KV {hold}{}",
+             {flight}; decode KV {hold}{}",
             l.seed,
             mix.join(","),
             match l.decode_buffer {

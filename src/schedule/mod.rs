@@ -187,11 +187,16 @@ pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
 }
 
 /// A trace's mean rate: requests over the span of their arrivals.
+/// The shortest span an offered rate is taken over: requests that all
+/// arrive at once offer a rate no clock can time.
+pub const BURST_SPAN_NS: f64 = 1e6;
+
 pub fn trace_qps(trace: &[Arrival]) -> f64 {
     let span = trace.last().map_or(0, |a| a.at_ns) as f64;
     match trace.len() {
         0 | 1 => 1.0,
-        n => (n - 1) as f64 / span.max(1.0) * 1e9,
+        // A burst (all at one instant) counts as spread over a millisecond.
+        n => (n - 1) as f64 / span.max(BURST_SPAN_NS) * 1e9,
     }
 }
 

@@ -150,27 +150,33 @@ crate::words::named_by_words!(OnFull, "--on-full", { Spill => "spill", Wait => "
 #[derive(Clone, Debug)]
 pub struct DecodeBuffer {
     pub capacity: u64,
-    /// (until, bytes in the buffer, bytes in the pool) per request so far.
-    held: Vec<(u64, u64, u64)>,
+    /// (id, until, bytes in the buffer, bytes in the pool) per request not
+    /// yet forgotten; a request still in flight holds until `IN_FLIGHT`.
+    held: Vec<(u64, u64, u64, u64)>,
+    next_id: u64,
 }
+
+/// The release time of a request whose last byte has not landed yet.
+const IN_FLIGHT: u64 = u64::MAX;
 
 impl DecodeBuffer {
     pub fn new(capacity: u64) -> Self {
-        DecodeBuffer { capacity, held: Vec::new() }
+        DecodeBuffer { capacity, held: Vec::new(), next_id: 0 }
     }
 
     /// Bytes in the buffer at `t`: the requests not yet released.
     pub fn resident_at(&self, t: u64) -> u64 {
-        self.held.iter().filter(|h| h.0 > t).map(|h| h.1).sum()
+        self.held.iter().filter(|h| h.1 > t).map(|h| h.2).sum()
     }
 
-    /// The earliest instant from `t` on at which `bytes` more fit (wait).
+    /// The earliest instant from `t` on at which `bytes` more fit (wait);
+    /// `u64::MAX` if only requests still in flight could make room.
     pub fn fits_from(&self, t: u64, bytes: u64) -> u64 {
-        let mut releases: Vec<u64> = self.held.iter().map(|h| h.0).filter(|&u| u > t).collect();
+        let mut releases: Vec<u64> = self.held.iter().map(|h| h.1).filter(|&u| u > t).collect();
         releases.sort_unstable();
         std::iter::once(t)
             .chain(releases)
-            .find(|&at| self.resident_at(at) + bytes <= self.capacity)
+            .find(|&at| at != IN_FLIGHT && self.resident_at(at) + bytes <= self.capacity)
             .unwrap_or(u64::MAX)
     }
 
@@ -190,11 +196,27 @@ impl DecodeBuffer {
             .collect()
     }
 
-    /// A request that holds `in_buffer` and `in_pool` bytes until `until`;
-    /// those released by `now` are forgotten (time only goes forward).
+    /// A request that goes at `now` takes `in_buffer` bytes until its
+    /// release is known (`release`); those released by `now` are forgotten.
+    pub fn reserve(&mut self, now: u64, in_buffer: u64) -> u64 {
+        self.held.retain(|h| h.1 > now);
+        self.next_id += 1;
+        self.held.push((self.next_id, IN_FLIGHT, in_buffer, 0));
+        self.next_id
+    }
+
+    /// Request `id` holds `in_buffer` and `in_pool` bytes until `until`.
+    pub fn release(&mut self, id: u64, until: u64, in_buffer: u64, in_pool: u64) {
+        if let Some(h) = self.held.iter_mut().find(|h| h.0 == id) {
+            (h.1, h.2, h.3) = (until, in_buffer, in_pool);
+        }
+    }
+
+    /// A request that went at `now`, whole by the time of the call, holds
+    /// `in_buffer` and `in_pool` bytes until `until` (one in flight at a time).
     pub fn hold(&mut self, now: u64, until: u64, in_buffer: u64, in_pool: u64) {
-        self.held.retain(|h| h.0 > now);
-        self.held.push((until, in_buffer, in_pool));
+        let id = self.reserve(now, in_buffer);
+        self.release(id, until, in_buffer, in_pool);
     }
 }
 
@@ -219,5 +241,29 @@ mod buffer_tests {
         assert_eq!((b.fits_from(0, 1), b.fits_from(0, 4), b.fits_from(0, 7)), (0, 50, 100));
         assert_eq!(b.fits_from(0, 11), u64::MAX);
         assert_eq!(b.fits_from(70, 4), 70);
+    }
+
+    /// Requests in flight at once: each holds its bytes from its go, until
+    /// a release that is not known while it is on the wire.
+    #[test]
+    fn requests_in_flight_hold_their_room_until_released() {
+        let mut b = DecodeBuffer::new(10);
+        let first = b.reserve(0, 6);
+        let second = b.reserve(5, 3);
+        // Both count at once, though neither has landed.
+        assert_eq!(b.resident_at(1_000_000), 9);
+        assert_eq!(b.spills(6, &[1, 1]), vec![false, true]);
+        // Room for 2 more only once one ends: unknown while both fly.
+        assert_eq!(b.fits_from(6, 2), u64::MAX);
+        // The second lands first (at 40) and is held to 90.
+        // Then 2 fit once it leaves; 5 only once the first is known to.
+        b.release(second, 90, 3, 0);
+        assert_eq!((b.fits_from(6, 2), b.fits_from(6, 5)), (90, u64::MAX));
+        b.release(first, 50, 4, 2);
+        assert_eq!((b.resident_at(49), b.resident_at(50), b.resident_at(90)), (7, 3, 0));
+        assert_eq!((b.fits_from(6, 3), b.fits_from(6, 7), b.fits_from(6, 8)), (6, 50, 90));
+        // A later go forgets what was released before it.
+        b.reserve(95, 10);
+        assert_eq!((b.resident_at(95), b.held.len()), (10, 1));
     }
 }

@@ -83,6 +83,26 @@ pub enum Msg {
         point: usize,
         request: u64,
     },
+    /// Receiver, requests in flight at once (--concurrency): lane `lane`
+    /// takes request `it` of the point next, which goes within `in_ns` (its
+    /// arrival, as far as the receiver knows);
+    /// None: the lane has no more requests in this point.
+    Take {
+        lane: u32,
+        point: usize,
+        it: Option<u32>,
+        in_ns: u64,
+    },
+    /// Sender: lane `lane`'s buffer holds request `request`'s pattern.
+    LaneReady {
+        lane: u32,
+        request: u64,
+    },
+    /// Receiver: lane `lane` is timing request `request`: send it now.
+    LaneGo {
+        lane: u32,
+        request: u64,
+    },
     /// Receiver, both sides on one GPU: the request's check is done, the
     /// sender may write the next pattern (see measure::RunConfig::copier).
     Checked {
@@ -139,6 +159,9 @@ impl Msg {
             Msg::Ready { .. } => "ready",
             Msg::Go { .. } => "go",
             Msg::Checked { .. } => "checked",
+            Msg::Take { .. } => "take",
+            Msg::LaneReady { .. } => "lane-ready",
+            Msg::LaneGo { .. } => "lane-go",
             Msg::ComputeAlone { .. } => "compute-alone",
             Msg::Computed { .. } => "computed",
             Msg::Took { .. } => "took",

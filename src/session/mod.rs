@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Version of the control protocol; peers must speak the same one.
-pub const PROTOCOL: u16 = 3;
+pub const PROTOCOL: u16 = 4;
 const MAGIC: [u8; 4] = *b"KVXF";
 const MAX_FRAME: usize = 64 << 20;
 const STATUS_OK: u16 = 0;
@@ -106,6 +106,32 @@ impl Control {
             return Err(self.silent(&format!("{doing} (it answers no heartbeat)"), self.last_heard.elapsed()));
         }
         Ok(())
+    }
+
+    /// Takes the first message that `pick` wants out of those `watch` set
+    /// aside (lanes of requests in flight each wait for their own).
+    pub fn take_pending(&mut self, pick: impl Fn(&Msg) -> bool) -> Option<Msg> {
+        let i = self.pending.iter().position(pick)?;
+        self.pending.remove(i)
+    }
+
+    /// Whether messages wait for `recv` or `take_pending`.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Waits up to `wait` for the peer to send something (or close), without
+    /// reading it: a thread can wait here while others use the connection.
+    pub fn poll_readable(fd: std::os::fd::RawFd, wait: Duration) -> bool {
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; the wait is bounded.
+        let n = unsafe { libc::poll(&mut pfd, 1, wait.as_millis().clamp(0, i32::MAX as u128) as i32) };
+        n > 0 && pfd.revents != 0
+    }
+
+    /// The control connection's descriptor, for `poll_readable`.
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.reader.get_ref().as_raw_fd()
     }
 
     /// Answers a ping, drops a pong; hands any other message back.

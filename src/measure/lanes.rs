@@ -1,0 +1,534 @@
+//! Requests in flight at once under load (`--concurrency N`, N > 1): N
+//! lanes, each a transport connection (endpoint, stream) and a buffer of
+//! its own on both sides, on a thread of its own. A decode instance reads
+//! several requests' KV at a time (NixlConnector) and each needs its own
+//! region: a request that arrives while others move starts at once, if a
+//! lane is free, and shares the link with them.
+//!
+//! The receiver leads, as in the one-lane engine: requests are taken in
+//! arrival order by the first lane that is free, which tells the sender
+//! (`Take`); the sender's lane writes the pattern and says `LaneReady`;
+//! the receiver's lane waits for the arrival (and, with `--on-full wait`,
+//! for room), starts its clock and says go. Every lane first runs the
+//! point's warm-ups on its own connection; the point's clock starts when
+//! all have. One thread reads the control connection for all lanes and
+//! answers its heartbeats; lanes pick their own messages.
+
+use super::integrity::Check;
+use super::load::{Admit, LoadTally};
+use super::stats::{self, PointResult};
+use super::{
+    allowance, point_result, wait_until_by, RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC,
+    SLOWEST_PATTERN_BYTES_PER_SEC,
+};
+use crate::error::{Error, Result};
+use crate::link::Link;
+use crate::memory::{Buffer, SpillPool};
+use crate::plan::{Plan, Point, VerifyMode};
+use crate::schedule::residency::OnFull;
+use crate::session::{Control, Msg, ReceiverSession, SenderSession};
+use crate::transport::{nanos, AtOnce, PeerLink, RecvSide, SendSide};
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One lane of one side: its transport and its buffer.
+pub struct Lane<'a, T: ?Sized> {
+    pub transport: &'a mut T,
+    pub buf: &'a mut Buffer,
+}
+
+/// The control connection shared by the lanes of one point.
+struct Mailbox<'c> {
+    ctrl: Mutex<&'c mut Control>,
+    /// Signalled when messages were set aside, or the point failed.
+    arrived: Condvar,
+    failed: AtomicBool,
+    /// The first error of the point: the one to report.
+    error: Mutex<Option<Error>>,
+    /// The lanes are done: the reader stops.
+    done: AtomicBool,
+    timeout: Duration,
+}
+
+impl<'c> Mailbox<'c> {
+    fn new(ctrl: &'c mut Control) -> Self {
+        let timeout = ctrl.timeout;
+        Mailbox {
+            ctrl: Mutex::new(ctrl),
+            arrived: Condvar::new(),
+            failed: AtomicBool::new(false),
+            error: Mutex::new(None),
+            done: AtomicBool::new(false),
+            timeout,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, &'c mut Control> {
+        self.ctrl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the connection for every lane until they are done: answers
+    /// heartbeats, sets the rest aside, and fails the point when the peer
+    /// has gone, aborted or fallen silent for the timeout.
+    fn read(&self) {
+        let fd = self.lock().raw_fd();
+        while !self.done.load(Relaxed) && !self.failed.load(Relaxed) {
+            Control::poll_readable(fd, Duration::from_millis(1));
+            let mut ctrl = self.lock();
+            match ctrl.watch("moving requests in flight") {
+                Ok(()) if ctrl.has_pending() => self.arrived.notify_all(),
+                Ok(()) => {}
+                Err(e) => {
+                    drop(ctrl);
+                    self.fail(e);
+                }
+            }
+        }
+    }
+
+    /// The point fails with `e`, unless it failed already; every lane stops.
+    fn fail(&self, e: Error) {
+        let mut first = self.error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(e);
+        }
+        self.failed.store(true, Relaxed);
+        self.arrived.notify_all();
+    }
+
+    /// The error a lane returns once another part of the point failed.
+    fn stopped(&self) -> Error {
+        Error::run("stopped: another lane of the point failed")
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.failed.load(Relaxed) {
+            true => Err(self.stopped()),
+            false => Ok(()),
+        }
+    }
+
+    fn send(&self, msg: &Msg) -> Result<()> {
+        self.check()?;
+        self.lock().send(msg)
+    }
+
+    /// Waits by `deadline` for the message `pick` wants.
+    fn expect(&self, deadline: Instant, awaiting: &str, pick: impl Fn(&Msg) -> bool) -> Result<Msg> {
+        let mut ctrl = self.lock();
+        loop {
+            self.check()?;
+            if let Some(m) = ctrl.take_pending(&pick) {
+                return Ok(m);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::run(format!(
+                    "no word from the {} for {} while {awaiting}",
+                    ctrl.peer_role,
+                    humantime::format_duration(Duration::from_millis(self.timeout.as_millis() as u64))
+                )));
+            }
+            let wait = left.min(Duration::from_millis(5));
+            ctrl = self.arrived.wait_timeout(ctrl, wait).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    /// Runs the lanes and the reader; the point's first error, if any.
+    fn run<T: Send>(&self, lanes: Vec<impl FnOnce() -> Result<T> + Send>) -> Result<Vec<T>> {
+        let results: Vec<Result<T>> = std::thread::scope(|s| {
+            let reader = s.spawn(|| self.read());
+            let threads: Vec<_> = lanes
+                .into_iter()
+                .map(|lane| {
+                    s.spawn(move || {
+                        super::precise_sleeps();
+                        let r = lane();
+                        if let Err(e) = &r {
+                            self.fail(e.clone());
+                        }
+                        r
+                    })
+                })
+                .collect();
+            let results = threads
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|_| Err(Error::run("internal error: a lane panicked"))))
+                .collect();
+            self.done.store(true, Relaxed);
+            let _ = reader.join();
+            results
+        });
+        if let Some(e) = self.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(e);
+        }
+        results.into_iter().collect()
+    }
+}
+
+/// The control connection as a lane's transport sees it.
+struct LaneLink<'m, 'c> {
+    mail: &'m Mailbox<'c>,
+    go: Option<Msg>,
+}
+
+impl PeerLink for LaneLink<'_, '_> {
+    fn go(&mut self) -> Result<()> {
+        match self.go.take() {
+            Some(msg) => self.mail.send(&msg),
+            None => Err(Error::run("internal error: a transport said go twice, or on the sender")),
+        }
+    }
+
+    /// The reader thread keeps the heartbeat; a lane only learns of failures.
+    fn watch(&mut self) -> Result<()> {
+        self.mail.check()
+    }
+}
+
+/// Waits for every lane of a side (warm-ups done) before the point's clock starts.
+struct Gate {
+    waiting: Mutex<usize>,
+    opened: Condvar,
+    start: OnceLock<Instant>,
+}
+
+impl Gate {
+    fn new(lanes: usize) -> Self {
+        Gate { waiting: Mutex::new(lanes), opened: Condvar::new(), start: OnceLock::new() }
+    }
+
+    /// The instant the last lane arrived; fails with the point.
+    fn pass(&self, mail: &Mailbox, by: Instant) -> Result<Instant> {
+        let mut left = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        *left -= 1;
+        if *left == 0 {
+            self.start.get_or_init(Instant::now);
+            self.opened.notify_all();
+        }
+        while *left > 0 {
+            mail.check()?;
+            if Instant::now() > by {
+                return Err(Error::run("the lanes' warm-ups did not end within their allowance"));
+            }
+            left =
+                self.opened.wait_timeout(left, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        Ok(*self.start.get().expect("set by the last lane"))
+    }
+}
+
+/// What any one request may take, data and pattern, at the slowest rates.
+fn per_request(timeout: Duration, bytes: usize) -> Duration {
+    let at = |rate: f64| Duration::from_secs_f64(bytes as f64 / rate);
+    timeout + at(SLOWEST_DATA_BYTES_PER_SEC) + at(SLOWEST_PATTERN_BYTES_PER_SEC)
+}
+
+pub fn run_sender(
+    sess: &mut SenderSession,
+    lanes: &mut [Lane<'_, dyn SendSide>],
+    events: &mut dyn RunEvents,
+) -> Result<Vec<PointResult>> {
+    let plan = sess.hello.plan.clone();
+    let ctrl = &mut sess.ctrl;
+    let timeout = ctrl.timeout;
+    let mut results = Vec::new();
+    let mut filled = vec![false; lanes.len()];
+    for point in plan.points() {
+        let p = point.index;
+        // Between two of a lane's requests: the one before it, its checks, its wait for room.
+        let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
+        let take_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1) + longest_wait;
+        let mail = Mailbox::new(ctrl);
+        let work: Vec<_> = lanes
+            .iter_mut()
+            .zip(filled.iter_mut())
+            .enumerate()
+            .map(|(lane, (l, filled))| {
+                let (mail, plan, point) = (&mail, &plan, &point);
+                move || -> Result<Vec<(u32, usize, u64)>> {
+                    let mut sent = Vec::new();
+                    loop {
+                        let take = mail.expect(
+                            Instant::now() + take_within,
+                            &format!("waiting for lane {lane}'s next request of point {p}"),
+                            |m| matches!(m, Msg::Take { lane: l, point, .. } if *l == lane as u32 && *point == p),
+                        )?;
+                        let Msg::Take { it: Some(it), in_ns, .. } = take else { return Ok(sent) };
+                        let request = plan.request_id(p, it);
+                        let layout = point.layout_at(plan.warmup, it);
+                        let bytes = layout.total_bytes();
+                        if plan.verify != VerifyMode::Off || !*filled {
+                            l.buf.fill(layout, request)?;
+                            *filled = true;
+                        }
+                        mail.send(&Msg::LaneReady { lane: lane as u32, request })?;
+                        let by = Instant::now() + Duration::from_nanos(in_ns) + per_request(timeout, bytes) + longest_wait;
+                        let mut deadline = allowance(timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+                        if l.transport.go_in_band() {
+                            deadline += by.saturating_duration_since(Instant::now());
+                        } else {
+                            mail.expect(by, &format!("waiting for the receiver's go for request {request}"), |m| {
+                                matches!(m, Msg::LaneGo { lane: l, request: r } if *l == lane as u32 && *r == request)
+                            })?;
+                        }
+                        let sending = Instant::now();
+                        let mut link = LaneLink { mail, go: None };
+                        l.transport.send(&*l.buf, layout, request, deadline, &mut link, &AtOnce)?;
+                        sent.push((it, bytes, nanos(sending.elapsed())));
+                    }
+                }
+            })
+            .collect();
+        let sent = mail.run(work)?;
+        // The first lane's first request: the run's cold start.
+        if let Some(&(it, bytes, ns)) = sent.first().and_then(|s| s.first()) {
+            events.request(p, it, bytes, ns);
+        }
+        let by = Instant::now() + per_request(timeout, plan.max_request_bytes());
+        let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
+            Msg::PointDone { result } => Ok(*result),
+            other => Err(other),
+        })?;
+        events.point(&result);
+        results.push(result);
+    }
+    super::expect_finish(ctrl)?;
+    Ok(results)
+}
+
+/// What the lanes of a receiver gather over one point.
+struct PointTally {
+    requests: Histogram<u64>,
+    messages: Histogram<u64>,
+    check: Check,
+    first_request_ns: u64,
+}
+
+pub fn run_receiver(
+    sess: &mut ReceiverSession,
+    lanes: &mut [Lane<'_, dyn RecvSide>],
+    link: Option<&Link>,
+    events: &mut dyn RunEvents,
+) -> Result<Vec<PointResult>> {
+    let plan = sess.hello.plan.clone();
+    let load = plan.load.clone().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
+    let ctrl = &mut sess.ctrl;
+    let timeout = ctrl.timeout;
+    // Each lane's pinned pool comes before the first request (see run_receiver).
+    let mut pools: Vec<Option<SpillPool>> = Vec::new();
+    for l in lanes.iter() {
+        pools.push(match load.decode_buffer {
+            Some((_, OnFull::Spill)) => Some(SpillPool::for_buffer(l.buf, plan.max_request_bytes())?),
+            _ => None,
+        });
+    }
+    let mut results = Vec::new();
+    super::precise_sleeps();
+    for point in plan.points() {
+        let p = point.index;
+        let point_load =
+            point.load.as_ref().ok_or_else(|| Error::run("internal error: a point without load"))?;
+        let tally = Mutex::new(LoadTally::new(point_load, load.decode_hold_ns, load.decode_buffer));
+        let gathered = Mutex::new(PointTally {
+            requests: stats::new_histogram(),
+            messages: stats::new_histogram(),
+            check: Check::default(),
+            first_request_ns: 0,
+        });
+        let (next, gate) = (AtomicU32::new(0), Gate::new(lanes.len()));
+        let warmups_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1);
+        let mail = Mailbox::new(ctrl);
+        let work: Vec<_> = lanes
+            .iter_mut()
+            .zip(pools.iter_mut())
+            .enumerate()
+            .map(|(lane, (l, pool))| {
+                let ctx = LaneContext {
+                    lane: lane as u32,
+                    plan: &plan,
+                    point: &point,
+                    mail: &mail,
+                    tally: &tally,
+                    gathered: &gathered,
+                    timeout,
+                };
+                let (next, gate) = (&next, &gate);
+                move || -> Result<()> {
+                    let (n, warmup) = (point_load.schedule.len() as u32, ctx.plan.warmup);
+                    for it in 0..warmup {
+                        ctx.take(it, Duration::ZERO)?;
+                        ctx.request(l, pool, it, None)?;
+                    }
+                    // The lane's first timed request is prepared before the
+                    // clock starts, as every later one is before its arrival.
+                    let mut k = next.fetch_add(1, Relaxed);
+                    if k < n {
+                        let arrives = Duration::from_nanos(point_load.schedule[k as usize].at_ns);
+                        ctx.take(warmup + k, warmups_within + arrives)?;
+                    }
+                    let start = gate.pass(ctx.mail, Instant::now() + warmups_within)?;
+                    ctx.tally().set_start(start);
+                    let first = k;
+                    while k < n {
+                        if k != first {
+                            let arrives = start + Duration::from_nanos(point_load.schedule[k as usize].at_ns);
+                            ctx.take(warmup + k, arrives.saturating_duration_since(Instant::now()))?;
+                        }
+                        ctx.request(l, pool, warmup + k, Some(start))?;
+                        k = next.fetch_add(1, Relaxed);
+                    }
+                    ctx.mail.send(&Msg::Take { lane: ctx.lane, point: p, it: None, in_ns: 0 })
+                }
+            })
+            .collect();
+        mail.run(work)?;
+        let g = gathered.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut result =
+            point_result(&point, &plan, &g.requests, &g.messages, g.first_request_ns, g.check, link);
+        let l = tally.into_inner().unwrap_or_else(|e| e.into_inner());
+        (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
+        result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);
+        result.load = Some(l.figures());
+        ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
+        events.point(&result);
+        results.push(result);
+    }
+    ctrl.send(&Msg::Finish)?;
+    Ok(results)
+}
+
+/// What a receiving lane shares with the others during a point.
+struct LaneContext<'a, 'c> {
+    lane: u32,
+    plan: &'a Plan,
+    point: &'a Point,
+    mail: &'a Mailbox<'c>,
+    tally: &'a Mutex<LoadTally>,
+    gathered: &'a Mutex<PointTally>,
+    timeout: Duration,
+}
+
+impl LaneContext<'_, '_> {
+    fn tally(&self) -> std::sync::MutexGuard<'_, LoadTally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands request `it` to the sender's lane, which writes its pattern;
+    /// it goes within `within` (its arrival, as far as the receiver knows).
+    fn take(&self, it: u32, within: Duration) -> Result<()> {
+        let (lane, p) = (self.lane, self.point.index);
+        let request = self.plan.request_id(p, it);
+        let bytes = self.point.layout_at(self.plan.warmup, it).total_bytes();
+        self.mail.send(&Msg::Take { lane, point: p, it: Some(it), in_ns: nanos(within) })?;
+        let by = Instant::now() + per_request(self.timeout, bytes);
+        self.mail.expect(
+            by,
+            &format!("waiting for the sender to prepare request {request}"),
+            |m| matches!(m, Msg::LaneReady { lane: l, request: r } if *l == lane && *r == request),
+        )?;
+        Ok(())
+    }
+
+    /// One request on this lane, taken already: a warm-up (no start), or a
+    /// timed one that goes at its arrival from `start`, once it fits.
+    fn request(
+        &self,
+        l: &mut Lane<'_, dyn RecvSide>,
+        pool: &mut Option<SpillPool>,
+        it: u32,
+        start: Option<Instant>,
+    ) -> Result<()> {
+        let (plan, point, p, lane) = (self.plan, self.point, self.point.index, self.lane);
+        let request = plan.request_id(p, it);
+        let layout = point.layout_at(plan.warmup, it);
+        let bytes = layout.total_bytes();
+        let arrival = match (start, point.arrival(plan.warmup, it)) {
+            (Some(s), Some(a)) => Some((a, s + Duration::from_nanos(a.at_ns))),
+            _ => None,
+        };
+        let mut admitted = Admit::Go { ticket: None, spills: Vec::new() };
+        if let Some((_, arrived)) = arrival {
+            wait_until_by(arrived, &mut || self.mail.check())?;
+            let behind = arrived.elapsed();
+            if behind > self.timeout {
+                return Err(Error::run(format!(
+                    "the receiver fell behind the arrivals ({}): request {} of point {p} arrived {} ago, \
+                     more than --timeout {}, with {} requests in flight: the link does not carry this rate \
+                     (lower it, or raise --timeout)",
+                    point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
+                    it - plan.warmup,
+                    crate::units::fmt_ns(behind.as_nanos() as f64),
+                    humantime::format_duration(self.timeout),
+                    plan.lanes()
+                )));
+            }
+            // --on-full wait: the request goes once it fits; the room is taken at once.
+            let (waiting, mut waited) = (Instant::now(), false);
+            admitted = loop {
+                match self.tally().admit(Instant::now(), layout) {
+                    Admit::Wait(until) => {
+                        waited = true;
+                        if waiting.elapsed() > self.timeout {
+                            return Err(Error::run(format!(
+                                "request {request} found no room in the decode buffer for --timeout {}",
+                                humantime::format_duration(self.timeout)
+                            )));
+                        }
+                        let poll = Instant::now() + Duration::from_millis(1);
+                        wait_until_by(until.map_or(poll, |u| u.min(poll)), &mut || self.mail.check())?;
+                    }
+                    go => break go,
+                }
+            };
+            if waited {
+                self.tally().waited(nanos(waiting.elapsed()));
+            }
+        }
+        let Admit::Go { ticket, spills } = admitted else { unreachable!("admitted") };
+        let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
+        sink.begin(request);
+        let deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+        let t0 = Instant::now();
+        let go = (!l.transport.go_in_band()).then_some(Msg::LaneGo { lane, request });
+        let mut link = LaneLink { mail: self.mail, go };
+        let timing = l.transport.recv(l.buf, layout, request, deadline, &mut link, &sink)?;
+        let now = Instant::now();
+        let landed = timing.landed.unwrap_or(now);
+        let host_ns = nanos(landed.saturating_duration_since(t0));
+        if let Some((a, _)) = arrival {
+            let (mut in_place, mut in_pool) = (landed, 0);
+            if !spills.is_empty() {
+                let pool = pool
+                    .as_mut()
+                    .ok_or_else(|| Error::run("internal error: a spill without a pinned pool"))?;
+                let (store_ns, load_ns) = l.buf.spill_round_trip(pool, &spills, deadline)?;
+                self.tally().spilled(spills.len() as u64, store_ns, load_ns);
+                in_place += Duration::from_nanos(store_ns);
+                in_pool = spills.iter().map(|r| r.1 as u64).sum();
+            }
+            let hold = plan.load.as_ref().map_or(0, |ld| ld.hold_ns(a));
+            let tokens = layout.tokens;
+            self.tally().landed(ticket, a.at_ns, t0, in_place, bytes as u64, tokens, hold, in_pool);
+        }
+        sink.check_complete()?;
+        let request_ns = timing.elapsed_ns.unwrap_or(host_ns).max(1);
+        let check = match plan.verify {
+            VerifyMode::After => l.buf.verify(layout, request)?,
+            VerifyMode::Inline => sink.take_check(),
+            VerifyMode::Off => Check::default(),
+        };
+        let mut g = self.gathered.lock().unwrap_or_else(|e| e.into_inner());
+        if it == 0 && lane == 0 {
+            g.first_request_ns = request_ns;
+        }
+        if it >= plan.warmup {
+            g.requests.saturating_record(request_ns);
+            sink.record_into(&mut g.messages);
+        }
+        g.check.merge(check);
+        Ok(())
+    }
+}
