@@ -13,6 +13,8 @@
 # target/release).
 #
 #   scripts/gpu-load.sh OUT_DIR
+# UCX_RATES and TCP_RATES replace the rates swept (default below), ONLY
+# names the runs to make (default all).
 # Leaves OUT_DIR.tgz beside OUT_DIR, every log in one file, remade after
 # each run so that a call cut short still returns what it measured.
 set -uo pipefail
@@ -27,17 +29,19 @@ sized() { # run name: kvxfer size against its JSON, then pack
     pack
 }
 { nvidia-smi; uname -a; "$BIN/kvxfer" --version; } >"$OUT/machine.txt" 2>&1
+UCX_RATES=${UCX_RATES:-25,50,100,200,400,800,1600,3200}
+TCP_RATES=${TCP_RATES:-1,2,3,4,6,8,12,16}
+ONLY=${ONLY:-ucx-put-c4 ucx-put-c1 tcp-staged-c4 ucx-put-c4-spill tcp-staged-c1}
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 LOAD=(-m llama-3.1-8b --prompt-mix 1k:60,8k:30,32k:10 -g layer -w 3 --decode-hold 50)
 UCX_PUT=(-t ucx --ucx-op put --ucx-err-mode none)
-run ucx-put-c4 "${UCX_PUT[@]}" "${LOAD[@]}" --decode-buffer 64GiB --concurrency 4 \
-    --arrivals poisson:25,50,100,200,400 -n 300 && sized ucx-put-c4
-run ucx-put-c1 "${UCX_PUT[@]}" "${LOAD[@]}" --decode-buffer 64GiB --concurrency 1 \
-    --arrivals poisson:25,50,100,200,400 -n 300 && sized ucx-put-c1
-run tcp-staged-c4 -t tcp "${LOAD[@]}" --decode-buffer 64GiB --concurrency 4 \
-    --arrivals poisson:1,2,3,4,6,8 -n 30 && sized tcp-staged-c4
-run ucx-put-c4-spill "${UCX_PUT[@]}" "${LOAD[@]}" --decode-buffer 8GiB --concurrency 4 \
-    --arrivals poisson:50,100,200 -n 300 && sized ucx-put-c4-spill
-run tcp-staged-c1 -t tcp "${LOAD[@]}" --decode-buffer 64GiB --concurrency 1 \
-    --arrivals poisson:1,2,3,4,6,8 -n 30 && sized tcp-staged-c1
+for lanes in 4 1; do
+    wanted ucx-put-c$lanes && run ucx-put-c$lanes "${UCX_PUT[@]}" "${LOAD[@]}" --decode-buffer 64GiB \
+        --concurrency $lanes --arrivals poisson:$UCX_RATES -n 300 && sized ucx-put-c$lanes
+    wanted tcp-staged-c$lanes && run tcp-staged-c$lanes -t tcp "${LOAD[@]}" --decode-buffer 64GiB \
+        --concurrency $lanes --arrivals poisson:$TCP_RATES -n 30 && sized tcp-staged-c$lanes
+done
+wanted ucx-put-c4-spill && run ucx-put-c4-spill "${UCX_PUT[@]}" "${LOAD[@]}" --decode-buffer 8GiB \
+    --concurrency 4 --arrivals poisson:50,100,200 -n 300 && sized ucx-put-c4-spill
 echo "gpu-load.sh: $failed failed"
 pack
