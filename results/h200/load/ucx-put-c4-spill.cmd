@@ -1,0 +1,1 @@
+# kvxfer-send -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b --prompt-mix 1k:60,8k:30,32k:10 -g layer -w 3 --decode-hold 50 --decode-buffer 8GiB --concurrency 4 --arrivals poisson:50,100,200 -n 300
