@@ -7,7 +7,10 @@
 # byte (decode taking it in). The decode buffer is 64 GiB, above any peak
 # here, so that the knee is the transport's; one more ucx run has an 8 GiB
 # buffer that spills to a pinned pool past it (P2pNccl). Then `kvxfer
-# size` on each run: the measured peak next to its arithmetic.
+# size` on each run: the measured peak next to its arithmetic. Last,
+# arrivals composed with emulated prefill (the GPU kernel at 809 TFLOP/s,
+# the bf16 matmul rate measured in results/h200/prefill) for 1k prompts,
+# one request at a time, over both transports.
 # Needs a CUDA build of UCX (scripts/fetch-ucx-cuda.sh; KVXFER_UCX_DIR,
 # default .cache/ucx-cu13) and the binaries in KVXFER_BIN (default
 # target/release).
@@ -31,7 +34,7 @@ sized() { # run name: kvxfer size against its JSON, then pack
 { nvidia-smi; uname -a; "$BIN/kvxfer" --version; } >"$OUT/machine.txt" 2>&1
 UCX_RATES=${UCX_RATES:-25,50,100,200,400,800,1600,3200}
 TCP_RATES=${TCP_RATES:-1,2,3,4,6,8,12,16}
-ONLY=${ONLY:-ucx-put-c4 ucx-put-c1 tcp-staged-c4 ucx-put-c4-spill tcp-staged-c1}
+ONLY=${ONLY:-ucx-put-c4 ucx-put-c1 tcp-staged-c4 ucx-put-c4-spill tcp-staged-c1 ucx-put-prefill tcp-staged-prefill}
 wanted() { [[ " $ONLY " == *" $1 "* ]]; }
 LOAD=(-m llama-3.1-8b --prompt-mix 1k:60,8k:30,32k:10 -g layer -w 3 --decode-hold 50)
 UCX_PUT=(-t ucx --ucx-op put --ucx-err-mode none)
@@ -43,5 +46,10 @@ for lanes in 4 1; do
 done
 wanted ucx-put-c4-spill && run ucx-put-c4-spill "${UCX_PUT[@]}" "${LOAD[@]}" --decode-buffer 8GiB \
     --concurrency 4 --arrivals poisson:50,100,200 -n 300 && sized ucx-put-c4-spill
+PREFILL=(-m llama-3.1-8b -p 1024 -g layer -w 2 --decode-hold 50 --prefill-tflops 809 --overlap layer)
+wanted ucx-put-prefill && run ucx-put-prefill "${UCX_PUT[@]}" "${PREFILL[@]}" \
+    --arrivals poisson:10,20,40,60 -n 100 && pack
+wanted tcp-staged-prefill && run tcp-staged-prefill -t tcp "${PREFILL[@]}" \
+    --arrivals poisson:5,10,20,40 -n 60 && pack
 echo "gpu-load.sh: $failed failed"
 pack

@@ -227,8 +227,12 @@ fn bad_load_options_exit_2_naming_what_is_wrong() {
         (&["--decode-hold", "5"], "--arrivals"),
         (&["--arrivals", "fixed:5", "--decode-hold", "-1"], "is not a time of 0 ms or more"),
         (
-            &["--arrivals", "fixed:5", "--prefill-ms", "128:5", "-p", "128"],
-            "--arrivals with emulated prefill",
+            &["--arrivals", "fixed:5", "--prefill-ms", "128:5,1k:9", "--prompt-mix", "128:1,1k:1"],
+            "--arrivals with emulated prefill takes one prompt length",
+        ),
+        (
+            &["--arrivals", "fixed:5", "--prefill-ms", "128:5", "-p", "128", "--concurrency", "2"],
+            "moves one request at a time: --concurrency 1, not 2",
         ),
         (&["--arrivals", "fixed:5", "--concurrency", "0"], "value must be at least 1"),
         (

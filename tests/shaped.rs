@@ -243,3 +243,59 @@ fn requests_in_flight_share_the_link_and_a_short_one_does_not_wait_for_a_long_on
     assert_eq!(two["resident"]["peak_bytes"], 33u64 << 20, "{}", two["resident"]);
     assert_eq!(one["resident"]["peak_bytes"], 32u64 << 20, "{}", one["resident"]);
 }
+
+/// Emulated prefill under arrivals, on the 1 Gbit/s link: Llama-3.1-8B at
+/// 128 tokens is 16 MiB, about 134 ms on the wire, computed in 200 ms.
+/// Arriving every 500 ms, each request's latency (arrival to the last
+/// byte) is its prefill plus what the transfer adds after it: with layer
+/// overlap the last layer's 4.2 ms, without it the whole 134 ms.
+#[test]
+fn arrivals_with_prefill_add_the_compute_and_the_exposed_transfer() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = shaped("p", 64) else { return };
+    let with = |overlap: &str| {
+        let args = [
+            "-m",
+            "llama-3.1-8b",
+            "-p",
+            "128",
+            "-g",
+            "layer",
+            "-n",
+            "4",
+            "-w",
+            "1",
+            "--arrivals",
+            "fixed:2",
+            "--prefill-ms",
+            "128:200",
+            "--overlap",
+            overlap,
+        ];
+        pair_across(&link, &args)["points"][0].clone()
+    };
+    let ms = |v: &Value, k: &str| v[k]["p50"].as_f64().unwrap() / 1e6;
+    for (overlap, added) in [("layer", 4.2), ("none", 134.2)] {
+        let p = with(overlap);
+        let (alone, loaded) = (&p["load"], &p["prefill"]["under_load"]);
+        eprintln!(
+            "overlap {overlap}: latency alone p50 {} ms, with prefill {} ms (queue {} ms), added TTFT {} ms",
+            ms(alone, "latency_ns"),
+            ms(loaded, "latency_ns"),
+            ms(loaded, "queue_ns"),
+            ms(&p["prefill"], "added_ns")
+        );
+        assert_eq!(loaded["latency_ns"]["count"], 4, "{loaded}");
+        // Below the link's rate with room to spare: nobody queues.
+        assert!(ms(loaded, "queue_ns") < 5.0, "{loaded}");
+        let latency = ms(loaded, "latency_ns");
+        // tbf's 256 KB burst lets part of the last layer through at once.
+        assert!(
+            latency > 200.0 + added * 0.5 && latency < 200.0 + added * 1.3 + 15.0,
+            "overlap {overlap}: latency with prefill {latency} ms, expected about {} ms",
+            200.0 + added
+        );
+        // Alone it is the transfer only.
+        assert!((ms(alone, "latency_ns") / 134.2 - 1.0).abs() < 0.15, "{alone}");
+    }
+}

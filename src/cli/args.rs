@@ -288,7 +288,7 @@ pub struct LoadArgs {
     pub tpot: Option<f64>,
     /// Requests in flight at once, each on its own connection and buffer region (NixlConnector reads
     /// several requests' KV at a time); 1 moves one at a time in arrival order, as P2pNccl's send queue
-    /// [default: 4; nccl: 1, its operations go in stream order]
+    /// [default: 4; 1 with nccl, whose operations go in stream order, and with emulated prefill]
     #[arg(long, value_name = "N", value_parser = positive_u32, requires = "arrivals", help_heading = "Load")]
     pub concurrency: Option<u32>,
 }
@@ -527,6 +527,7 @@ impl RunArgs {
                 }
                 (Some(n), _) => n,
                 (None, TransportKind::Nccl) => 1,
+                (None, _) if plan.prefill.is_some() => 1,
                 (None, _) => DEFAULT_CONCURRENCY,
             },
         });

@@ -130,8 +130,8 @@ pub fn run_sender(
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
             let computing = match (&compute, &point.prefill_ns, &plan.prefill) {
-                (Some(c), Some(layer_ns), Some(prefill)) if plan.computes(it) => {
-                    if it == plan.warmup + plan.iterations {
+                (Some(c), Some(layer_ns), Some(prefill)) if plan.computes(&point, it) => {
+                    if it == plan.phase_len(&point) {
                         let runs_ns = compute::alone(c.as_ref(), layer_ns, ctrl)?;
                         let (compute, control_rtt_ns) = (c.describe(), sess_rtt_ns);
                         ctrl.send(&Msg::ComputeAlone { point: p, runs_ns, compute, control_rtt_ns })?;
@@ -204,7 +204,7 @@ pub fn run_sender(
                             other => Err(other),
                         }
                     })?;
-                f.fan.finish(f.pair, plan.measured(it), start, ns);
+                f.fan.finish(f.pair, plan.measured(&point, it), start, ns);
             }
             if copier == Some(Role::Sender) {
                 // The next pattern waits for the receiver's check: then this
@@ -287,13 +287,19 @@ pub fn run_receiver(
         let hold_ns = plan.load.as_ref().map_or(0, |l| l.decode_hold_ns);
         let buffer = plan.load.as_ref().and_then(|l| l.decode_buffer);
         let mut load = point.load.as_ref().map(|l| load::LoadTally::new(l, hold_ns, buffer));
+        // With emulated prefill, its phase's arrivals apart: the same schedule again.
+        let mut load_computing = point
+            .load
+            .as_ref()
+            .filter(|_| plan.prefill.is_some())
+            .map(|l| load::LoadTally::new(l, hold_ns, buffer));
         for it in 0..plan.requests_in(&point) {
             let request = plan.request_id(p, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
             let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
-            let computes = plan.computes(it);
-            if computes && it == plan.warmup + plan.iterations {
+            let computes = plan.computes(&point, it);
+            if computes && it == plan.phase_len(&point) {
                 let by = allowance(ctrl.timeout, 0, 1.0)
                     + prefill_allowance(&point) * compute::MOST_RUNS_ALONE as u32;
                 let (runs, what, rtt) = ctrl.expect_by(
@@ -321,7 +327,8 @@ pub fn run_receiver(
                 // The sender's pattern is written: this context runs last.
                 buf.settle_gpu()?;
             }
-            let arrival = match (&mut load, point.arrival(plan.warmup, it), &plan.load) {
+            let phase_load = if computes { &mut load_computing } else { &mut load };
+            let arrival = match (&mut *phase_load, point.arrival(plan.warmup, it), &plan.load) {
                 (Some(tally), Some(a), Some(l)) => {
                     let arrived = tally.arrival(a.at_ns);
                     wait_until(arrived, ctrl, request)?;
@@ -372,7 +379,7 @@ pub fn run_receiver(
             let landed = timing.landed.unwrap_or(now);
             let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
             let host_ns = nanos(landed.saturating_duration_since(t0));
-            if let (Some(l), Some((at_ns, hold_ns))) = (&mut load, arrival) {
+            if let (Some(l), Some((at_ns, hold_ns))) = (phase_load, arrival) {
                 // --on-full spill: what did not fit goes to the pool, and the
                 // KV is in place once it is there.
                 let ranges = l.spills(t0, layout);
@@ -401,7 +408,7 @@ pub fn run_receiver(
                         other => Err(other),
                     },
                 )?;
-                tally.request(go_mono, last_mono, c, plan.measured(it));
+                tally.request(go_mono, last_mono, c, plan.measured(&point, it));
             } else {
                 let request_ns = match timing.elapsed_ns {
                     Some(ns) if !host_clock => ns,
@@ -412,7 +419,7 @@ pub fn run_receiver(
                     ctrl.send(&Msg::Took { request, ns: request_ns })?;
                 }
                 if let Some(f) = fan {
-                    f.fan.finish(f.pair, plan.measured(it), t0, request_ns);
+                    f.fan.finish(f.pair, plan.measured(&point, it), t0, request_ns);
                 }
                 events.request(p, it, bytes, request_ns);
                 if it == 0 {
@@ -440,7 +447,9 @@ pub fn run_receiver(
             result.load = Some(l.figures());
         }
         if let (Some(prefill), Some(layer_ns)) = (&plan.prefill, &point.prefill_ns) {
-            result.prefill = Some(tally.figures(prefill.overlap, layer_ns, result.request_ns.p50));
+            let mut f = tally.figures(prefill.overlap, layer_ns, result.request_ns.p50);
+            f.under_load = load_computing.map(|l| Box::new(l.figures()));
+            result.prefill = Some(f);
         }
         ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         if let Some(f) = fan {

@@ -40,6 +40,11 @@ pub struct PrefillFigures {
     /// transfer, or more when layers are made faster than they move
     /// (see `pipeline_bound`).
     pub lower_bound_ns: u64,
+    /// Under --arrivals: the second phase's load figures, each request's
+    /// prefill computed from its go, so latency (arrival to the decode side
+    /// holding the last byte) is queueing, prefill and the added TTFT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub under_load: Option<Box<super::load::LoadFigures>>,
 }
 
 /// The sender's account of one request's compute, CLOCK_MONOTONIC ns.
@@ -124,6 +129,7 @@ impl TtftTally {
                 Overlap::Layer => pipeline_bound(alone_p50_ns, layer_ns),
                 Overlap::None => alone_p50_ns,
             },
+            under_load: None,
         }
     }
 }

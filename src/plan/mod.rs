@@ -455,18 +455,21 @@ pub struct Point {
 }
 
 impl Point {
-    /// The layout of request `iteration` (warm-ups first): under load, its
-    /// prompt length's (warm-ups take the schedule's first ones).
+    /// The layout of request `iteration` (warm-ups first; with emulated
+    /// prefill, of either phase): under load, its prompt length's (warm-ups
+    /// take the schedule's first ones).
     pub fn layout_at(&self, warmup: u32, iteration: u32) -> &RequestLayout {
         let Some(l) = &self.load else { return &self.layout };
+        let iteration = iteration % (warmup + l.schedule.len() as u32);
         let k = if iteration < warmup { iteration as usize } else { (iteration - warmup) as usize };
         let tokens = l.schedule[k % l.schedule.len()].tokens;
         l.layouts.iter().find(|x| x.tokens == tokens).unwrap_or(&self.layout)
     }
 
-    /// Under load, the timed request `iteration`'s arrival.
+    /// Under load, the timed request `iteration`'s arrival (in either phase).
     pub fn arrival(&self, warmup: u32, iteration: u32) -> Option<&Arrival> {
         let l = self.load.as_ref()?;
+        let iteration = iteration % (warmup + l.schedule.len() as u32);
         l.schedule.get(iteration.checked_sub(warmup)? as usize)
     }
 }
@@ -498,9 +501,16 @@ impl Plan {
             }
         }
         if let Some(l) = &self.load {
-            if self.prefill.is_some() {
+            if self.prefill.is_some() && l.concurrency > 1 {
+                return Err(Error::usage(format!(
+                    "--arrivals with emulated prefill moves one request at a time: --concurrency 1, not {}",
+                    l.concurrency
+                )));
+            }
+            if self.prefill.is_some() && l.mix.len() > 1 {
                 return Err(Error::usage(
-                    "--arrivals with emulated prefill is not built yet: run them apart (--arrivals, or --prefill-*)",
+                    "--arrivals with emulated prefill takes one prompt length (its compute alone is timed \
+                     once per point): drop --prompt-mix, or give one length",
                 ));
             }
             if !(1..=MAX_CONCURRENCY).contains(&l.concurrency) {
@@ -553,26 +563,28 @@ impl Plan {
         Ok(())
     }
 
-    /// Requests of one sweep point: warm-ups and timed ones, twice over
-    /// with emulated prefill (the transfer alone, then with the compute);
-    /// under load, the warm-ups and the point's schedule.
+    /// Requests of one phase of a point: warm-ups, then the timed ones
+    /// (under load, the point's schedule).
+    pub fn phase_len(&self, point: &Point) -> u32 {
+        self.warmup + point.load.as_ref().map_or(self.iterations, |l| l.schedule.len() as u32)
+    }
+
+    /// Requests of one sweep point: one phase, twice over with emulated
+    /// prefill (the transfer alone, then with the compute).
     pub fn requests_in(&self, point: &Point) -> u32 {
-        match &point.load {
-            Some(l) => self.warmup + l.schedule.len() as u32,
-            None => (self.warmup + self.iterations) * if self.prefill.is_some() { 2 } else { 1 },
-        }
+        self.phase_len(point) * if self.prefill.is_some() { 2 } else { 1 }
     }
 
     /// Whether request `iteration` of a point computes its KV as it goes:
     /// the second phase, with emulated prefill.
-    pub fn computes(&self, iteration: u32) -> bool {
-        self.prefill.is_some() && iteration >= self.warmup + self.iterations
+    pub fn computes(&self, point: &Point, iteration: u32) -> bool {
+        self.prefill.is_some() && iteration >= self.phase_len(point)
     }
 
     /// Whether request `iteration` of a point is timed (not a warm-up),
     /// in either phase.
-    pub fn measured(&self, iteration: u32) -> bool {
-        iteration % (self.warmup + self.iterations) >= self.warmup
+    pub fn measured(&self, point: &Point, iteration: u32) -> bool {
+        iteration % self.phase_len(point) >= self.warmup
     }
 
     /// Blocks per tensor of each side's pool (block granularity).
@@ -607,7 +619,9 @@ impl Plan {
                         _ => crate::schedule::schedule(arrivals, &load.mix, bound, seed),
                     };
                     let load = Some(PointLoad { arrivals, schedule, layouts: layouts.clone() });
-                    out.push(Point { index: out.len(), layout: longest.clone(), prefill_ns: None, load });
+                    let prefill_ns =
+                        self.prefill.as_ref().and_then(|p| p.layer_ns(&self.shape, longest.tokens).ok());
+                    out.push(Point { index: out.len(), layout: longest.clone(), prefill_ns, load });
                 }
                 continue;
             }
@@ -686,6 +700,49 @@ mod tests {
             prefill: None,
             load: None,
         }
+    }
+
+    /// Under load with emulated prefill a point runs its schedule twice:
+    /// warm-ups and arrivals without the compute, then again with it.
+    #[test]
+    fn load_with_prefill_runs_the_schedule_in_two_phases() {
+        let mut p = plan("llama-3.1-8b", &[128]);
+        p.granularities = vec![Granularity::Layer];
+        p.iterations = 4;
+        p.prefill =
+            Some(Prefill { time: Prefill::parse_ms("128:20,1024:200").unwrap(), overlap: Overlap::Layer });
+        p.load = Some(Load {
+            arrivals: vec![crate::schedule::Arrivals::Fixed { qps: 10.0 }],
+            mix: vec![(128, 1.0)],
+            seed: 1,
+            decode_hold_ns: 0,
+            tpot_ns: None,
+            duration_ns: None,
+            trace: Vec::new(),
+            decode_buffer: None,
+            concurrency: 1,
+        });
+        p.validate().unwrap();
+        let point = &p.points()[0];
+        assert_eq!((p.phase_len(point), p.requests_in(point)), (5, 10));
+        let computes: Vec<bool> = (0..10).map(|it| p.computes(point, it)).collect();
+        assert_eq!(computes, [false, false, false, false, false, true, true, true, true, true]);
+        let measured: Vec<bool> = (0..10).map(|it| p.measured(point, it)).collect();
+        assert_eq!(measured, [false, true, true, true, true, false, true, true, true, true]);
+        // Each phase's timed requests arrive 100 ms apart from its start.
+        let at = |it| point.arrival(p.warmup, it).map(|a| a.at_ns);
+        assert_eq!(
+            (at(0), at(1), at(4), at(5), at(6), at(9)),
+            (None, Some(0), Some(300_000_000), None, Some(0), Some(300_000_000))
+        );
+        assert_eq!(point.prefill_ns.as_ref().map(|l| l.iter().sum::<u64>()), Some(20_000_000));
+        // Several in flight, or a mix of lengths, are not composed with it yet.
+        p.load.as_mut().unwrap().concurrency = 2;
+        assert!(p.validate().unwrap_err().message.contains("--concurrency 1"));
+        p.load.as_mut().unwrap().concurrency = 1;
+        p.load.as_mut().unwrap().mix.push((1024, 1.0));
+        p.prompt_lengths.push(1024);
+        assert!(p.validate().unwrap_err().message.contains("one prompt length"));
     }
 
     #[test]

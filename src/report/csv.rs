@@ -132,6 +132,18 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    // Arrivals with emulated prefill: the second phase's queue and latency (TTFT less decode's first step).
+    let u = p.prefill.as_ref().and_then(|f| f.under_load.as_deref());
+    let loaded = |get: fn(&LoadFigures) -> u64| u.map(|l| get(l).to_string()).unwrap_or_default();
+    cols.extend(
+        [
+            ("prefill_queue_p50_ns", loaded(|l| l.queue_ns.p50)),
+            ("prefill_queue_p99_ns", loaded(|l| l.queue_ns.p99)),
+            ("prefill_latency_p50_ns", loaded(|l| l.latency_ns.p50)),
+            ("prefill_latency_p99_ns", loaded(|l| l.latency_ns.p99)),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
     cols
 }
 

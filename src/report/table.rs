@@ -246,11 +246,11 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
         peak,
         wrong
     )?;
-    if let Some(f) = &p.prefill {
-        prefill_line(f, out)?;
-    }
     if let Some(f) = &p.load {
         load_line(f, out)?;
+    }
+    if let Some(f) = &p.prefill {
+        prefill_line(f, out)?;
     }
     if let Some(f) = &p.fan {
         let each: Vec<String> = f.pair_gbps.iter().map(|g| format!("{g:.2}")).collect();
@@ -287,17 +287,25 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
         ms(f.lower_bound_ns),
         ms(f.ttft_ns.p50)
     )?;
+    if let Some(l) = &f.under_load {
+        load_line_as("with prefill, ", l, out)?;
+    }
     Ok(())
 }
 
 /// A load point's figures, under its row.
 fn load_line(f: &LoadFigures, out: &mut dyn Write) -> Result<()> {
+    load_line_as("", f, out)
+}
+
+/// A load point's figures, `label` before its arrivals.
+fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()> {
     let ns = |ns: u64| fmt_ns(ns as f64);
     let (q, l) = (&f.queue_ns, &f.latency_ns);
     writeln!(
         out,
-        "#   {}: offered {:.1}/s {:.2} GB/s, achieved {:.1}/s {:.2} GB/s{} | queue p50 {} p99 {} max {} (grew {}) \
-         | latency p50 {} p99 {} p99.9 {} max {} | decode holds peak {} p99 {}, prefill peak {}",
+        "#   {label}{}: offered {:.1}/s {:.2} GB/s, achieved {:.1}/s {:.2} GB/s{} | queue p50 {} p99 {} max {} \
+         (grew {}) | latency p50 {} p99 {} p99.9 {} max {} | decode holds peak {} p99 {}, prefill peak {}",
         f.arrivals,
         f.offered_qps,
         f.offered_gbps,
