@@ -1,0 +1,1 @@
+# kvxfer-send -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b -p 1024 -g layer -w 2 --decode-hold 50 --prefill-tflops 809 --overlap layer --arrivals poisson:10,20,40,60 -n 100
