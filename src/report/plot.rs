@@ -436,17 +436,23 @@ impl Figure for Ttft<'_> {
 struct LoadLatency<'a>(&'a [Series]);
 
 impl<'a> LoadLatency<'a> {
-    fn lines(&self) -> Vec<(usize, &'a Series, Vec<&'a crate::measure::load::LoadFigures>)> {
-        self.0
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i, s, s.points.iter().filter_map(|p| p.load.as_ref()).collect::<Vec<_>>()))
-            .filter(|(_, _, l)| !l.is_empty())
-            .map(|(i, s, mut l)| {
-                l.sort_by(|a, b| a.offered_qps.total_cmp(&b.offered_qps));
-                (i, s, l)
-            })
-            .collect()
+    /// A line per series (colour, label, points by offered rate), and one
+    /// more where its arrivals also ran with emulated prefill.
+    fn lines(&self) -> Vec<(usize, String, Vec<&'a crate::measure::load::LoadFigures>)> {
+        let n = self.0.len();
+        let mut lines = Vec::new();
+        for (i, s) in self.0.iter().enumerate() {
+            let alone: Vec<_> = s.points.iter().filter_map(|p| p.load.as_ref()).collect();
+            let with: Vec<_> =
+                s.points.iter().filter_map(|p| p.prefill.as_ref()?.under_load.as_deref()).collect();
+            lines.push((i, s.label.clone(), alone));
+            lines.push((i + n, format!("{} · with prefill", s.label), with));
+        }
+        lines.retain(|(_, _, l)| !l.is_empty());
+        for (_, _, l) in &mut lines {
+            l.sort_by(|a, b| a.offered_qps.total_cmp(&b.offered_qps));
+        }
+        lines
     }
 }
 
@@ -472,14 +478,14 @@ impl Figure for LoadLatency<'_> {
             (xlo / 1.5, xhi * 1.5, ylo / 2.0, yhi * 2.0),
             ("offered load (requests per second, log scale)", "latency (ms, log scale)"),
         )?;
-        for (i, s, l) in &lines {
+        for (i, label, l) in &lines {
             let c = color(*i);
             let p50: Vec<(f64, f64)> = l.iter().map(|f| (f.offered_qps, ms(f.latency_ns.p50))).collect();
             let p99: Vec<(f64, f64)> = l.iter().map(|f| (f.offered_qps, ms(f.latency_ns.p99))).collect();
             chart
                 .draw_series(LineSeries::new(p50.clone(), c.stroke_width(3)))
                 .map_err(plot_error)?
-                .label(s.label.clone())
+                .label(label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
             chart.draw_series(DashedLineSeries::new(p99, 8, 5, c.stroke_width(2))).map_err(plot_error)?;
             let saturated = l
@@ -511,7 +517,7 @@ impl Figure for Resident<'_> {
             .map_err(plot_error)?;
         let panels = body.split_evenly((lines.len().max(1), 1));
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        for ((_, s, l), panel) in lines.iter().zip(panels.iter()) {
+        for ((_, label, l), panel) in lines.iter().zip(panels.iter()) {
             let xhi = l
                 .iter()
                 .flat_map(|f| f.resident.series.last())
@@ -519,7 +525,7 @@ impl Figure for Resident<'_> {
                 .fold(1e-3, f64::max);
             let yhi = l.iter().map(|f| gib(f.resident.peak_bytes)).fold(1e-6, f64::max);
             let mut chart = ChartBuilder::on(panel)
-                .caption(s.label.clone(), ("sans-serif", 16))
+                .caption(label.clone(), ("sans-serif", 16))
                 .margin(6)
                 .x_label_area_size(30)
                 .y_label_area_size(60)
