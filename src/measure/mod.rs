@@ -3,7 +3,8 @@
 //! Go; the receiver starts its clock, says Go (through the transport, which
 //! knows when it is ready), receives, stops its clock, then checks the bytes
 //! outside the timed region. Both sides end each point with the receiver's
-//! figures, so both print the same results.
+//! figures, so both print the same results. Under load with requests in
+//! flight at once (`--concurrency` above 1), `lanes` runs them instead.
 
 pub mod compute;
 pub mod integrity;
