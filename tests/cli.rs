@@ -402,3 +402,37 @@ fn a_decode_buffer_spills_or_waits_past_its_size() {
     let args = ["pair", "-p", "128", "--arrivals", "fixed:5", "--decode-buffer", "1MiB", "--on-full", "wait"];
     run(KVXFER, &args, secs(10)).expect_code(2).expect_stderr("which would wait for ever");
 }
+
+/// `kvxfer plan --turns`: the seed's conversation (10 turns of 100 tokens,
+/// Llama-3.1-8B) moves 5,500 tokens' KV in full, 70 blocks in delta.
+#[test]
+fn plan_shows_what_each_turn_of_a_conversation_moves() {
+    let f = run(KVXFER, &["plan", "-m", "llama-3.1-8b", "--turns", "10", "--turn-tokens", "100"], secs(10));
+    f.expect_code(0);
+    let total = f.stdout.lines().find(|l| l.starts_with("total")).unwrap_or_default().to_string();
+    // 5,500 x 128 KiB; 70 x 16 x 128 KiB; turn 1 and 2-10 both ways; 100 tokens once.
+    for cell in ["687.50 MiB 100%", "140 MiB 20%", "710 MiB 103%", "12.50 MiB 2%"] {
+        assert!(total.contains(cell), "{cell} not in: {total}\n{}", f.stdout);
+    }
+    assert!(
+        f.stdout
+            .contains("   10     1000          125 MiB           14 MiB 114 MiB + 14 MiB              0 B"),
+        "{}",
+        f.stdout
+    );
+    assert!(f.stdout.contains("d-direct: decode prefills turns 2-10 itself"), "{}", f.stdout);
+    let cases: &[(&[&str], &str)] = &[
+        (&["--turns", "0", "--turn-tokens", "100"], "--turns must be at least 1"),
+        (&["--turns", "3", "--turn-tokens", "0"], "at least one input token"),
+        (&["--turns", "3", "--turn-tokens", "x"], "--turn-tokens wants IN[:OUT]"),
+        (&["--turns", "3"], "--turn-tokens"),
+        (&["--turns", "3", "--turn-tokens", "1k", "--multi-turn", "both"], "--multi-turn"),
+        (&["-m", "qwen3-8b", "--turns", "50", "--turn-tokens", "1k"], "past the model's 40960"),
+        (&["--turns", "9", "--turn-tokens", "1k", "--max-context", "8192"], "reach 9216 tokens"),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["plan"];
+        all.extend_from_slice(args);
+        run(KVXFER, &all, secs(10)).expect_code(2).expect_stderr(needle);
+    }
+}

@@ -10,6 +10,7 @@ use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
 use crate::plan::{BlockTable, Granularity, Load, Overlap, Plan, Prefill, VerifyMode};
 use crate::report::gate::{Gate, Threshold};
+use crate::schedule::conversation::MultiTurn;
 use crate::schedule::residency::OnFull;
 use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
@@ -208,6 +209,7 @@ impl ModelArgs {
             dtype: Dtype::Bf16,
             compute: None,
             compute_missing: Some("hidden_size (a model given by its KV shape alone)".into()),
+            max_context: None,
         })
     }
 }
@@ -675,6 +677,31 @@ pub struct PlanArgs {
     /// Also write the plan as JSON to FILE (with each block point's message offsets on both sides)
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
+}
+
+/// Multi-turn conversations: what each turn moves.
+#[derive(Args, Clone, Debug)]
+pub struct ConversationArgs {
+    /// Turns of a conversation: show what each moves instead of the prompt lengths' messages
+    #[arg(long, value_name = "N", requires = "turn_tokens", help_heading = "Conversations")]
+    pub turns: Option<u32>,
+    /// Tokens the user adds and the model generates each turn, both joining the context, IN[:OUT]
+    #[arg(long, value_name = "IN[:OUT]", requires = "turns", help_heading = "Conversations")]
+    pub turn_tokens: Option<String>,
+    /// What each turn moves: full (the whole prompt's KV, vLLM's PD proxy), delta (the blocks decode lacks,
+    /// NixlConnector), bidirectional (the conversation's KV back from decode first, then the delta), d-direct
+    /// (PPD: turn 1 only)
+    #[arg(long, value_name = "LIST", default_value = "full,delta,bidirectional,d-direct", value_parser = multi_turn_list, help_heading = "Conversations")]
+    pub multi_turn: ::std::vec::Vec<MultiTurn>,
+    /// The longest context the model takes [default: the preset's max_position_embeddings, or 131072]
+    #[arg(long, value_name = "TOKENS", value_parser = positive_u32, help_heading = "Conversations")]
+    pub max_context: Option<u32>,
+}
+
+fn multi_turn_list(s: &str) -> Result<Vec<MultiTurn>, String> {
+    s.split(',').map(|m| MultiTurn::parse(m.trim()).map_err(|e| e.message)).collect()
 }
 
 #[derive(Args, Clone, Debug)]

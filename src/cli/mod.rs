@@ -8,6 +8,7 @@ mod fan;
 mod mpi_boot;
 mod screen;
 mod size;
+mod turns;
 
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
@@ -134,6 +135,9 @@ fn plan(a: &PlanArgs) -> Result<()> {
         return Ok(());
     }
     let shape = a.model.resolve()?;
+    if let Some(c) = turns::conversation(&a.conversation, &shape)? {
+        return turns::print(&c, &a.conversation, &shape, &a.granularity, &mut out);
+    }
     let heads = match shape.heads_per_rank() {
         Some(h) => format!("{h} KV heads per rank"),
         None => "MLA latent, not split by TP".into(),

@@ -228,6 +228,7 @@ fn tiny_layout() -> RequestLayout {
         dtype: Dtype::Bf16,
         compute: None,
         compute_missing: None,
+        max_context: None,
     };
     let shape = KvShape::new(model, 1, 4).expect("valid shape");
     RequestLayout::new(&shape, 8, Granularity::Block)

@@ -92,7 +92,11 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         Ok(c) => (Some(c), None),
         Err(field) => (None, Some(field)),
     };
-    let spec = ModelSpec { name, layers, attention, dtype, compute, compute_missing };
+    let max_context = ["max_position_embeddings"]
+        .iter()
+        .find_map(|k| cfg.get(*k).or_else(|| root.get(*k)).and_then(Value::as_u64))
+        .and_then(|n| u32::try_from(n).ok());
+    let spec = ModelSpec { name, layers, attention, dtype, compute, compute_missing, max_context };
     spec.validate()?;
     Ok(spec)
 }

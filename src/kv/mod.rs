@@ -84,6 +84,9 @@ pub struct ModelSpec {
     /// Why `compute` is unknown: the config field that was missing.
     #[serde(skip)]
     pub compute_missing: Option<String>,
+    /// The longest context the model takes (max_position_embeddings), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_context: Option<u32>,
 }
 
 impl ModelSpec {
@@ -251,6 +254,7 @@ mod tests {
             dtype: Dtype::Bf16,
             compute: None,
             compute_missing: None,
+            max_context: None,
         }
     }
 
@@ -276,6 +280,7 @@ mod tests {
             dtype: Dtype::Bf16,
             compute: None,
             compute_missing: None,
+            max_context: None,
         };
         let s1 = KvShape::new(m.clone(), 1, 64).unwrap();
         let s8 = KvShape::new(m.clone(), 8, 64).unwrap();

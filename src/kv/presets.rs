@@ -14,6 +14,8 @@ struct Preset {
     /// For the prefill estimate: hidden_size, num_attention_heads and the
     /// feed-forward network (config.json); None where it is not modelled.
     compute: Option<(u32, u32, Ffn)>,
+    /// max_position_embeddings (config.json).
+    max_context: u32,
 }
 
 const fn gqa(kv_heads: u32, head_dim: u32) -> Attention {
@@ -54,6 +56,7 @@ const PRESETS: &[Preset] = &[
         layers: 32,
         attention: gqa(8, 128),
         compute: dense(4096, 32, 14336),
+        max_context: 131_072,
     },
     Preset {
         name: "llama-3.1-70b",
@@ -61,6 +64,7 @@ const PRESETS: &[Preset] = &[
         layers: 80,
         attention: gqa(8, 128),
         compute: dense(8192, 64, 28672),
+        max_context: 131_072,
     },
     Preset {
         name: "llama-3.1-405b",
@@ -68,6 +72,7 @@ const PRESETS: &[Preset] = &[
         layers: 126,
         attention: gqa(8, 128),
         compute: dense(16384, 128, 53248),
+        max_context: 131_072,
     },
     Preset {
         name: "qwen2.5-7b",
@@ -75,6 +80,7 @@ const PRESETS: &[Preset] = &[
         layers: 28,
         attention: gqa(4, 128),
         compute: dense(3584, 28, 18944),
+        max_context: 32_768,
     },
     Preset {
         name: "qwen2.5-72b",
@@ -82,6 +88,7 @@ const PRESETS: &[Preset] = &[
         layers: 80,
         attention: gqa(8, 128),
         compute: dense(8192, 64, 29568),
+        max_context: 32_768,
     },
     Preset {
         name: "qwen3-8b",
@@ -89,6 +96,7 @@ const PRESETS: &[Preset] = &[
         layers: 36,
         attention: gqa(8, 128),
         compute: dense(4096, 32, 12288),
+        max_context: 40_960,
     },
     Preset {
         name: "qwen3-32b",
@@ -96,6 +104,7 @@ const PRESETS: &[Preset] = &[
         layers: 64,
         attention: gqa(8, 128),
         compute: dense(5120, 64, 25600),
+        max_context: 40_960,
     },
     Preset {
         name: "qwen3-235b-a22b",
@@ -103,6 +112,7 @@ const PRESETS: &[Preset] = &[
         layers: 94,
         attention: gqa(4, 128),
         compute: moe(4096, 64, 128, 8, 1536),
+        max_context: 40_960,
     },
     Preset {
         name: "mistral-7b",
@@ -110,6 +120,7 @@ const PRESETS: &[Preset] = &[
         layers: 32,
         attention: gqa(8, 128),
         compute: dense(4096, 32, 14336),
+        max_context: 32_768,
     },
     Preset {
         name: "mixtral-8x7b",
@@ -117,11 +128,19 @@ const PRESETS: &[Preset] = &[
         layers: 32,
         attention: gqa(8, 128),
         compute: moe(4096, 32, 8, 2, 14336),
+        max_context: 32_768,
     },
     // Half of gpt-oss's layers use a 128-token sliding window; this counts every
     // layer in full, the upper bound a connector moves without hybrid-KV trimming.
     // Its prefill (windowed attention, sinks) is not modelled: --prefill-ms.
-    Preset { name: "gpt-oss-120b", aliases: &[], layers: 36, attention: gqa(8, 64), compute: None },
+    Preset {
+        name: "gpt-oss-120b",
+        aliases: &[],
+        layers: 36,
+        attention: gqa(8, 64),
+        compute: None,
+        max_context: 131_072,
+    },
     Preset {
         name: "deepseek-v3",
         aliases: &["deepseek-r1", "deepseek-v3.1"],
@@ -141,6 +160,7 @@ const PRESETS: &[Preset] = &[
                 dense_intermediate: 18432,
             },
         )),
+        max_context: 163_840,
     },
 ];
 
@@ -173,6 +193,7 @@ pub fn lookup(name: &str) -> Result<ModelSpec> {
                 ffn,
             }),
             compute_missing: None,
+            max_context: Some(p.max_context),
         })
         .ok_or_else(|| {
             Error::usage(format!(

@@ -2,8 +2,10 @@
 //! arrivals and prompt lengths, the same on both sides for the same plan,
 //! so tests assert on it without a network. The engine paces each
 //! request's go at its arrival (measure::load); what the decode side holds
-//! meanwhile is worked out in `residency`.
+//! meanwhile is worked out in `residency`, and what each turn of a
+//! conversation moves in `conversation`.
 
+pub mod conversation;
 pub mod residency;
 
 use crate::error::{Error, Result};
