@@ -37,6 +37,19 @@ fn a_corrupted_byte_fails_the_run_on_both_sides() {
     assert_eq!(send.rows(), recv.rows());
 }
 
+/// Requests in flight at once (four lanes under --arrivals) are checked
+/// as one at a time are: a flipped byte and a wrong key both fail the run.
+#[test]
+fn faults_are_caught_with_requests_in_flight() {
+    let load =
+        ["pair", "-m", "llama-3.1-8b", "-p", "128", "-g", "layer", "--arrivals", "fixed:50", "-n", "10"];
+    let f = run(KVXFER, &[&load[..], &["--fault", "corrupt-byte"]].concat(), secs(60));
+    f.expect_code(3).expect_stderr("1 wrong bytes");
+    let f = run(KVXFER, &[&load[..], &["--fault", "wrong-key"]].concat(), secs(60));
+    f.expect_code(3).expect_stderr("expected r2/L0");
+    assert!(f.stdout.contains("4 lanes"), "{}", f.stdout);
+}
+
 #[test]
 fn a_corrupted_byte_is_caught_inline_too() {
     let f = run(

@@ -600,7 +600,7 @@ fn sender_side(
             let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
                 .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::SendSide, buf })
                 .collect();
-            measure::lanes::run_sender(&mut sess, &mut lanes, shown)?;
+            measure::lanes::run_sender(&mut sess, &mut lanes, run.fault, shown)?;
         } else {
             measure::run_sender(&mut sess, transports[0].as_mut(), &mut bufs[0], &cfg, fan, shown)?;
         }

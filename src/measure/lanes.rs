@@ -18,13 +18,13 @@ use super::integrity::Check;
 use super::load::{Admit, LoadTally};
 use super::stats::{self, PointResult};
 use super::{
-    allowance, point_result, wait_until_by, RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC,
+    allowance, point_result, wait_until_by, Fault, RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC,
     SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
-use crate::plan::{Plan, Point, VerifyMode};
+use crate::plan::{Plan, Point, Side, VerifyMode};
 use crate::schedule::residency::OnFull;
 use crate::session::{Control, Msg, ReceiverSession, SenderSession};
 use crate::transport::{nanos, AtOnce, PeerLink, RecvSide, SendSide};
@@ -229,6 +229,7 @@ fn per_request(timeout: Duration, bytes: usize) -> Duration {
 pub fn run_sender(
     sess: &mut SenderSession,
     lanes: &mut [Lane<'_, dyn SendSide>],
+    fault: Option<Fault>,
     events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
@@ -264,6 +265,15 @@ pub fn run_sender(
                             l.buf.fill(layout, request)?;
                             *filled = true;
                         }
+                        let first_measured = p == 0 && it == plan.warmup;
+                        if first_measured && fault == Some(Fault::CorruptByte) {
+                            let (middle, m) = (bytes / 2, layout.message_bytes);
+                            l.buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
+                        }
+                        let on_wire = match fault {
+                            Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
+                            _ => request,
+                        };
                         mail.send(&Msg::LaneReady { lane: lane as u32, request })?;
                         let by = Instant::now() + Duration::from_nanos(in_ns) + per_request(timeout, bytes) + longest_wait;
                         let mut deadline = allowance(timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
@@ -276,7 +286,7 @@ pub fn run_sender(
                         }
                         let sending = Instant::now();
                         let mut link = LaneLink { mail, go: None };
-                        l.transport.send(&*l.buf, layout, request, deadline, &mut link, &AtOnce)?;
+                        l.transport.send(&*l.buf, layout, on_wire, deadline, &mut link, &AtOnce)?;
                         sent.push((it, bytes, nanos(sending.elapsed())));
                     }
                 }
