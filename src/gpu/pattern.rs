@@ -145,6 +145,13 @@ impl PatternKernels {
     /// Uploads the request's seeds and `side`'s message offsets; returns
     /// the request's length in words.
     fn prepare(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64, side: Side) -> Result<u64> {
+        // The kernels start every message's pattern at its first word.
+        if (0..layout.message_count).any(|i| layout.pattern_start(i) != 0) {
+            return Err(Error::usage(
+                "a conversation's later turns in layer or request messages are not checked on GPU memory yet \
+                 (use -g block, or host or pinned memory)",
+            ));
+        }
         if !layout.message_bytes.is_multiple_of(8) {
             return Err(Error::usage(format!(
                 "GPU buffers need messages of a whole number of 8-byte words; these are {} bytes \

@@ -61,7 +61,8 @@ pub fn fill(region: &mut [u8], layout: &RequestLayout, request: u64) {
     }
     let fill_share = |share: Vec<(usize, usize, &mut [u8])>| {
         for (index, offset, bytes) in share {
-            pattern::fill_at(bytes, layout.key(request, index).seed(), offset as u64);
+            let start = layout.pattern_start(index) + offset as u64;
+            pattern::fill_at(bytes, layout.key(request, index).seed(), start);
         }
     };
     if by_thread.len() == 1 {
@@ -111,7 +112,8 @@ pub fn verify(region: &[u8], layout: &RequestLayout, request: u64) -> Check {
         let mut check = Check::default();
         for (index, offset, r) in share {
             let len = r.len() as u64;
-            let m = pattern::verify_at(&region[r], layout.key(request, index).seed(), offset as u64);
+            let start = layout.pattern_start(index) + offset as u64;
+            let m = pattern::verify_at(&region[r], layout.key(request, index).seed(), start);
             check.merge(Check::of_message(layout, request, index, m, len));
         }
         check
@@ -145,6 +147,84 @@ mod tests {
     fn layout(g: Granularity, tokens: u32) -> RequestLayout {
         let shape = KvShape::new(presets::lookup("qwen2.5-7b").unwrap(), 1, 16).unwrap();
         RequestLayout::new(&shape, tokens, g)
+    }
+
+    /// One turn over a perfect wire: each message's bytes from the
+    /// sender's slot to the receiver's (`misplace`: message 0 lands in
+    /// message 1's place, as a delta block written at the wrong offset).
+    fn move_turn(send: &[u8], recv: &mut [u8], l: &RequestLayout, misplace: bool) {
+        let mut order: Vec<(usize, usize)> = (0..l.message_count).map(|i| (i, i)).collect();
+        if misplace {
+            order.push((0, 1)); // last, over message 1's place
+        }
+        for (i, place) in order {
+            let (from, to) = (l.slot(Side::Sender, i), l.slot(Side::Receiver, place));
+            recv[to.offset..to.offset + to.len].copy_from_slice(&send[from.offset..from.offset + to.len]);
+        }
+    }
+
+    /// Five turns of a conversation (100 tokens in, 20 out), moved in full
+    /// and in deltas at every granularity into a region for the whole
+    /// conversation: after each turn the decode side's copy of every token
+    /// so far checks whole, and at the end the whole context does.
+    #[test]
+    fn a_conversation_checks_whole_after_every_turn_in_full_and_in_deltas() {
+        use crate::schedule::conversation::{Conversation, MultiTurn};
+        let shape = KvShape::new(presets::lookup("qwen2.5-7b").unwrap(), 1, 16).unwrap();
+        let c = Conversation::parse(5, "100:20").unwrap();
+        let region = c.region_tokens(16) as u32;
+        for g in Granularity::ALL {
+            for mode in [MultiTurn::Full, MultiTurn::Delta] {
+                let bytes = RequestLayout::span(&shape, g, 0, region, region).buffer_bytes();
+                let (mut send, mut recv) = (vec![0u8; bytes], vec![0u8; bytes]);
+                for m in c.moves(mode, g, 16) {
+                    let span = m.forward.expect("full and delta move every turn");
+                    let l = RequestLayout::span(&shape, g, span.from as u32, span.to as u32, region);
+                    assert!(l.buffer_bytes() == bytes && !l.tiled() || span.from == 0, "{g} {mode}");
+                    fill(&mut send, &l, 7);
+                    move_turn(&send, &mut recv, &l, false);
+                    let so_far = RequestLayout::span(&shape, g, 0, span.to as u32, region);
+                    let check = verify(&recv, &so_far, 7);
+                    assert_eq!(
+                        (check.wrong_bytes, check.verified_bytes),
+                        (0, so_far.total_bytes() as u64),
+                        "{g} {mode} {m:?}"
+                    );
+                    // Decode writes its own generated tokens' KV.
+                    if let Some(out) = c.generated(m.turn.turn, g, 16) {
+                        let l = RequestLayout::span(&shape, g, out.from as u32, out.to as u32, region);
+                        fill(&mut recv, &l, 7);
+                    }
+                }
+                // The whole context at the end, generated tokens included.
+                let end = match g {
+                    Granularity::Block => region,
+                    _ => c.turn(5).context_tokens as u32,
+                };
+                let whole = RequestLayout::span(&shape, g, 0, end, region);
+                assert_eq!(verify(&recv, &whole, 7).wrong_bytes, 0, "{g} {mode}");
+            }
+        }
+    }
+
+    /// A delta block at the wrong offset: the turn's check names the block
+    /// it overwrote (conversation, layer, K/V, block).
+    #[test]
+    fn a_delta_block_at_the_wrong_offset_is_named() {
+        let shape = KvShape::new(presets::lookup("qwen2.5-7b").unwrap(), 1, 16).unwrap();
+        let first = RequestLayout::span(&shape, Granularity::Block, 0, 112, 224);
+        let bytes = first.buffer_bytes();
+        let (mut send, mut recv) = (vec![0u8; bytes], vec![0u8; bytes]);
+        fill(&mut send, &first, 7);
+        move_turn(&send, &mut recv, &first, false);
+        // Turn 2 sends blocks 6..14; its block 6 lands on block 7.
+        let delta = RequestLayout::span(&shape, Granularity::Block, 96, 224, 224);
+        fill(&mut send, &delta, 7);
+        move_turn(&send, &mut recv, &delta, true);
+        let check = verify(&recv, &RequestLayout::span(&shape, Granularity::Block, 0, 224, 224), 7);
+        assert!(check.wrong_bytes > 0);
+        let first = check.first.unwrap();
+        assert!(first.starts_with("r7/L0/K/b7 byte"), "{first}");
     }
 
     #[test]

@@ -639,7 +639,8 @@ impl Completions for RoundSink<'_> {
         if self.inline {
             let bytes = data
                 .ok_or_else(|| Error::usage("--verify inline needs the receiver's buffer in host memory"))?;
-            let m = pattern::verify(bytes, self.layout.key(self.request, index).seed());
+            let seed = self.layout.key(self.request, index).seed();
+            let m = pattern::verify_at(bytes, seed, self.layout.pattern_start(index));
             self.verified.fetch_add(bytes.len() as u64, Relaxed);
             if m.wrong_bytes > 0 {
                 let c = Check::of_message(self.layout, self.request, index, m, 0);

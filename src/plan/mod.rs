@@ -182,6 +182,13 @@ pub struct RequestLayout {
     /// Each side's block ids, drawn once: (sender, receiver).
     #[serde(skip)]
     ids: Option<Arc<(Vec<u32>, Vec<u32>)>>,
+    /// A turn of a conversation (`span`): the tokens its region is laid out
+    /// for, and where the messages start in it (a token for request and
+    /// layer messages, a block for blocks); 0 for a request alone.
+    #[serde(default)]
+    pub region_tokens: u32,
+    #[serde(default)]
+    pub first: u32,
 }
 
 impl RequestLayout {
@@ -208,6 +215,48 @@ impl RequestLayout {
             table: BlockTable::Contiguous,
             coalesce: false,
             ids: None,
+            region_tokens: 0,
+            first: 0,
+        }
+    }
+
+    /// Tokens `from..to` of a conversation whose KV region is laid out for
+    /// `region_tokens` (both sides alike), so that every turn's messages
+    /// land where that turn's tokens belong: blocks in a pool of the
+    /// region's blocks per (layer, K/V); layer messages in a region of
+    /// [layer][token]; a request message in one of [token][layer]. `from`
+    /// (and `to`, for blocks) fall on block boundaries. Keys and patterns
+    /// follow the position, not the turn: any turn that moves a byte
+    /// writes the same value there.
+    pub fn span(
+        shape: &KvShape,
+        granularity: Granularity,
+        from: u32,
+        to: u32,
+        region_tokens: u32,
+    ) -> RequestLayout {
+        let tokens = to - from;
+        let mut l = match granularity {
+            Granularity::Block => {
+                let region_blocks = shape.blocks_for(region_tokens);
+                RequestLayout::in_pool(shape, tokens, BlockTable::Contiguous, region_blocks, true)
+            }
+            g => RequestLayout::new(shape, tokens, g),
+        };
+        l.region_tokens = region_tokens;
+        l.first = match granularity {
+            Granularity::Block => from / shape.block_size,
+            _ => from,
+        };
+        l
+    }
+
+    /// Where in its pattern message `index` starts: a turn's layer or
+    /// request message continues the pattern of its tokens' positions.
+    pub fn pattern_start(&self, _index: usize) -> u64 {
+        match (self.region_tokens, self.granularity) {
+            (0, _) | (_, Granularity::Block) => 0,
+            _ => self.first as u64 * (self.message_bytes as u64 / self.tokens.max(1) as u64),
         }
     }
 
@@ -234,9 +283,13 @@ impl RequestLayout {
         self.message_count * self.message_bytes
     }
 
-    /// The bytes of a side's buffer the request spans: its pool, for blocks.
+    /// The bytes of a side's buffer the request spans: its pool, for blocks;
+    /// a conversation's region, for a turn.
     pub fn buffer_bytes(&self) -> usize {
         match self.pool_blocks {
+            0 if self.region_tokens > 0 => {
+                self.total_bytes() / self.tokens.max(1) as usize * self.region_tokens as usize
+            }
             0 => self.total_bytes(),
             pool => {
                 self.layers as usize * self.tensors_per_layer as usize * pool as usize * self.message_bytes
@@ -246,7 +299,10 @@ impl RequestLayout {
 
     /// Whether every message sits at index x size on both sides.
     pub fn tiled(&self) -> bool {
-        self.pool_blocks == 0 || (self.pool_blocks == self.blocks && self.table == BlockTable::Contiguous)
+        let alone = self.region_tokens == 0 || (self.first == 0 && self.region_tokens == self.tokens);
+        alone
+            && (self.pool_blocks == 0
+                || (self.pool_blocks == self.blocks && self.table == BlockTable::Contiguous))
     }
 
     /// Where message `index` sits in `side`'s buffer.
@@ -254,10 +310,16 @@ impl RequestLayout {
         debug_assert!(index < self.message_count);
         let (bytes, blocks) = (self.message_bytes, self.blocks as usize);
         let offset = match self.pool_blocks {
+            0 if self.region_tokens > 0 => {
+                // A turn's message: its layer's (or the request's) tokens from `first` on.
+                let per_token = bytes / self.tokens.max(1) as usize;
+                index * self.region_tokens as usize * per_token + self.first as usize * per_token
+            }
             0 => index * bytes,
             pool => {
                 let tensor = index / blocks; // layer x K/V, in order
-                (tensor * pool as usize + self.block_id(side, index % blocks) as usize) * bytes
+                let block = self.block_id(side, index % blocks) as usize + self.first as usize;
+                (tensor * pool as usize + block) * bytes
             }
         };
         Slot { index, offset, len: bytes }
@@ -327,7 +389,7 @@ impl RequestLayout {
                     request,
                     layer: Some((index / per_layer) as u32),
                     part,
-                    block: Some((index % self.blocks as usize) as u32),
+                    block: Some((index % self.blocks as usize) as u32 + self.first),
                 }
             }
         }

@@ -136,6 +136,25 @@ impl Conversation {
     }
 }
 
+impl Conversation {
+    /// The KV the decode side writes itself after turn `t`: its generated
+    /// tokens' (in whole blocks at block granularity, whose earlier tokens
+    /// it rewrites unchanged); None without output.
+    pub fn generated(&self, t: u32, granularity: Granularity, block: u32) -> Option<Span> {
+        let turn = self.turn(t);
+        let (block, from, to) = (block as u64, turn.prompt_tokens, turn.context_tokens);
+        (to > from).then(|| match granularity {
+            Granularity::Block => Span { from: from / block * block, to: to.div_ceil(block) * block },
+            _ => Span { from, to },
+        })
+    }
+
+    /// The tokens a conversation's region holds: its whole context, in blocks.
+    pub fn region_tokens(&self, block: u32) -> u64 {
+        self.turn(self.turns).context_tokens.div_ceil(block as u64) * block as u64
+    }
+}
+
 /// One turn's tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Turn {
@@ -248,6 +267,12 @@ mod tests {
         assert_eq!(b[1].forward, Some(Span { from: 112, to: 224 }));
         assert_eq!(b[2].back, Some(Span { from: 0, to: 240 }));
         assert_eq!(b[2].forward, Some(Span { from: 240, to: 352 }));
+        // Decode writes the KV of the 20 tokens it generates: 100..120 of
+        // turn 1, 220..240 of turn 2 (blocks 13-14 at block granularity).
+        assert_eq!(c.generated(1, Granularity::Layer, 16), Some(Span { from: 100, to: 120 }));
+        assert_eq!(c.generated(2, Granularity::Block, 16), Some(Span { from: 208, to: 240 }));
+        assert_eq!(Conversation::parse(2, "100").unwrap().generated(1, Granularity::Layer, 16), None);
+        assert_eq!(c.region_tokens(16), 368);
     }
 
     /// PPD: after turn 1 nothing moves, and decode prefills the new tokens.
