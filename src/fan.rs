@@ -369,6 +369,7 @@ mod tests {
             fan: None,
             prefill: None,
             load: None,
+            conversation: None,
         }
     }
 

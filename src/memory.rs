@@ -232,6 +232,18 @@ impl Buffer {
         self.host_slice_mut().expect("host memory")[offset] ^= 0x5a;
         Ok(())
     }
+
+    /// Test-only: copies `len` bytes from `from` over `to` (a message
+    /// written at another's place).
+    pub fn copy_within(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        if let Storage::Gpu(mem) = &self.storage {
+            let mut b = vec![0u8; len];
+            mem.download(from, &mut b)?;
+            return mem.upload(to, &b);
+        }
+        self.host_slice_mut().expect("host memory").copy_within(from..from + len, to);
+        Ok(())
+    }
 }
 
 /// Anonymous mapped memory: page-aligned, zeroed lazily by the kernel.

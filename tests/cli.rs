@@ -407,7 +407,12 @@ fn a_decode_buffer_spills_or_waits_past_its_size() {
 /// Llama-3.1-8B) moves 5,500 tokens' KV in full, 70 blocks in delta.
 #[test]
 fn plan_shows_what_each_turn_of_a_conversation_moves() {
-    let f = run(KVXFER, &["plan", "-m", "llama-3.1-8b", "--turns", "10", "--turn-tokens", "100"], secs(10));
+    let modes = "full,delta,bidirectional,d-direct";
+    let f = run(
+        KVXFER,
+        &["plan", "-m", "llama-3.1-8b", "--turns", "10", "--turn-tokens", "100", "--multi-turn", modes],
+        secs(10),
+    );
     f.expect_code(0);
     let total = f.stdout.lines().find(|l| l.starts_with("total")).unwrap_or_default().to_string();
     // 5,500 x 128 KiB; 70 x 16 x 128 KiB; turn 1 and 2-10 both ways; 100 tokens once.

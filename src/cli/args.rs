@@ -246,6 +246,8 @@ pub struct WorkloadArgs {
     pub overlap: Option<Overlap>,
     #[command(flatten)]
     pub load: LoadArgs,
+    #[command(flatten)]
+    pub conversation: ConversationArgs,
 }
 
 /// Serving load: requests that arrive at a rate and wait their turn.
@@ -461,8 +463,16 @@ impl RunArgs {
             coalesce: w.blocks.coalesce,
             prefill: self.prefill()?,
             load: None,
+            conversation: None,
         };
-        let plan = self.with_load(plan)?;
+        let mut plan = self.with_load(plan)?;
+        let c = &w.conversation;
+        if let Some(conversation) = crate::cli::turns::conversation(c, &plan.shape)? {
+            // The points are the modes; the prompts, the conversation's turns.
+            plan.prompt_lengths = vec![conversation.turn(conversation.turns).prompt_tokens as u32];
+            plan.conversation =
+                Some(crate::plan::turns::ConversationPlan { conversation, modes: c.multi_turn.clone() });
+        }
         plan.validate()?;
         Ok(plan)
     }
@@ -691,9 +701,9 @@ pub struct ConversationArgs {
     #[arg(long, value_name = "IN[:OUT]", requires = "turns", help_heading = "Conversations")]
     pub turn_tokens: Option<String>,
     /// What each turn moves: full (the whole prompt's KV, vLLM's PD proxy), delta (the blocks decode lacks,
-    /// NixlConnector), bidirectional (the conversation's KV back from decode first, then the delta), d-direct
-    /// (PPD: turn 1 only)
-    #[arg(long, value_name = "LIST", default_value = "full,delta,bidirectional,d-direct", value_parser = multi_turn_list, help_heading = "Conversations")]
+    /// NixlConnector), d-direct (PPD: turn 1 only), bidirectional (the conversation's KV back from decode first,
+    /// then the delta; `kvxfer plan` only, for now)
+    #[arg(long, value_name = "LIST", default_value = "full,delta,d-direct", value_parser = multi_turn_list, help_heading = "Conversations")]
     pub multi_turn: ::std::vec::Vec<MultiTurn>,
     /// The longest context the model takes [default: the preset's max_position_embeddings, or 131072]
     #[arg(long, value_name = "TOKENS", value_parser = positive_u32, help_heading = "Conversations")]

@@ -8,7 +8,7 @@ mod fan;
 mod mpi_boot;
 mod screen;
 mod size;
-mod turns;
+pub(crate) mod turns;
 
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
@@ -154,6 +154,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         coalesce: a.blocks.coalesce,
         prefill: None,
         load: None,
+        conversation: None,
     };
     plan.validate()?;
     writeln!(out, "model        {}", shape.model.describe())?;
@@ -345,6 +346,9 @@ fn send(a: &SendArgs) -> Result<()> {
     }
     if pairs > 1 && plan.load.is_some() {
         return Err(Error::usage("--arrivals runs one pair at a time, not a fan of several receivers"));
+    }
+    if plan.conversation.is_some() && a.connect.len() > 1 {
+        return Err(Error::usage("--turns runs one pair at a time, not a fan of several receivers"));
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {

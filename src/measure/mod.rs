@@ -12,6 +12,7 @@ pub mod lanes;
 pub mod load;
 pub mod stats;
 pub mod ttft;
+pub mod turns;
 
 use crate::error::{Error, Result};
 use crate::fan::Fan;
@@ -43,12 +44,16 @@ pub enum Fault {
     BadProtocol,
     /// Claim the receiver's role (two ranks 1: the kv_rank hang).
     WrongRole,
+    /// A conversation's second turn: its first message's bytes also go in
+    /// its second message's place (a delta block at the wrong offset).
+    WrongOffset,
 }
 
 impl Fault {
     pub fn parse(s: &str) -> Result<Fault> {
         match s {
             "corrupt-byte" => Ok(Fault::CorruptByte),
+            "wrong-offset" => Ok(Fault::WrongOffset),
             "wrong-key" => Ok(Fault::WrongKey),
             "bad-digest" => Ok(Fault::BadDigest),
             "bad-protocol" => Ok(Fault::BadProtocol),
@@ -127,7 +132,7 @@ pub fn run_sender(
         // Under --on-full wait, what any request may wait for room, once per point.
         let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
         for it in 0..plan.requests_in(&point) {
-            let request = plan.request_id(p, it);
+            let request = plan.key_id(&point, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
             let computing = match (&compute, &point.prefill_ns, &plan.prefill) {
@@ -154,6 +159,12 @@ pub fn run_sender(
                 // The middle byte of the request, where this side keeps it.
                 let (middle, m) = (bytes / 2, layout.message_bytes);
                 buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
+            }
+            let second_turn =
+                point.turns.is_some() && it >= plan.warmup && point.turn_at(plan.warmup, it) == (0, 1);
+            if second_turn && cfg.fault == Some(Fault::WrongOffset) && layout.message_count > 1 {
+                let (a, b) = (layout.slot(Side::Sender, 0), layout.slot(Side::Sender, 1));
+                buf.copy_within(a.offset, b.offset, a.len)?;
             }
             let on_wire = match cfg.fault {
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
@@ -268,6 +279,9 @@ pub fn run_receiver(
     if fan.is_some() && plan.load.is_some() {
         return Err(Error::usage("--arrivals runs one pair at a time, not in a fan of several senders"));
     }
+    if fan.is_some() && plan.conversation.is_some() {
+        return Err(Error::usage("--turns runs one pair at a time, not in a fan of several senders"));
+    }
     let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     let ctrl = &mut sess.ctrl;
     let mut results = Vec::new();
@@ -288,6 +302,7 @@ pub fn run_receiver(
         let hold_ns = plan.load.as_ref().map_or(0, |l| l.decode_hold_ns);
         let buffer = plan.load.as_ref().and_then(|l| l.decode_buffer);
         let mut load = point.load.as_ref().map(|l| load::LoadTally::new(l, hold_ns, buffer));
+        let mut turns = point.turns.as_ref().map(turns::TurnsTally::new);
         // With emulated prefill, its phase's arrivals apart: the same schedule again.
         let mut load_computing = point
             .load
@@ -295,7 +310,7 @@ pub fn run_receiver(
             .filter(|_| plan.prefill.is_some())
             .map(|l| load::LoadTally::new(l, hold_ns, buffer));
         for it in 0..plan.requests_in(&point) {
-            let request = plan.request_id(p, it);
+            let request = plan.key_id(&point, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
             let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
@@ -429,18 +444,47 @@ pub fn run_receiver(
                 if it >= plan.warmup {
                     requests.saturating_record(request_ns);
                     sink.record_into(&mut messages);
+                    if let Some(t) = &mut turns {
+                        t.turn(point.turn_at(plan.warmup, it).1, request_ns);
+                    }
                 }
             }
+            // A conversation's turn: the check covers all the decode side holds so far.
+            let (checked, generated) = match &point.turns {
+                Some(t) => {
+                    let k = point.turn_at(plan.warmup, it).1;
+                    (&t.checks[k], t.generated[k].as_ref())
+                }
+                None => (layout, None),
+            };
             match plan.verify {
-                VerifyMode::After => check.merge(buf.verify(layout, request)?),
+                VerifyMode::After => check.merge(buf.verify(checked, request)?),
                 VerifyMode::Inline => check.merge(sink.take_check()),
                 VerifyMode::Off => {}
+            }
+            // Decode writes the KV of the tokens it generates itself, for the next turn's check.
+            if let (Some(g), VerifyMode::After) = (generated, plan.verify) {
+                buf.fill(g, request)?;
             }
             if copier == Some(Role::Sender) {
                 ctrl.send(&Msg::Checked { request })?;
             }
         }
         let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
+        if let (Some(t), Some(pt)) = (&turns, &point.turns) {
+            // The row: a conversation's bytes over its turns' mean transfer times.
+            let f = t.figures(pt, &plan.shape, plan.iterations);
+            let mean_ns: f64 = f.turns.iter().map(|t| t.transfer_ns.mean).sum();
+            result.prompt_tokens = pt.conversation.turn(pt.conversation.turns).prompt_tokens as u32;
+            result.request_bytes = f.bytes as usize;
+            // The last turn's messages (each turn's in the line under the row).
+            let last = pt.layouts.last().expect("a conversation moves its first turn");
+            (result.messages, result.message_bytes) = (last.message_count, last.message_bytes);
+            result.operations = last.descriptors().len();
+            result.gbps = crate::units::gbps(f.bytes, mean_ns);
+            result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);
+            result.conversation = Some(f);
+        }
         if let Some(l) = load {
             // A mix of prompt lengths: the row's rate over all of them.
             (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
@@ -571,6 +615,7 @@ fn point_result(
         fan: None,
         prefill: None,
         load: None,
+        conversation: None,
     }
 }
 
@@ -670,6 +715,7 @@ mod tests {
             coalesce: true,
             prefill: None,
             load: None,
+            conversation: None,
         }
     }
 

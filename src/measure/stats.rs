@@ -85,6 +85,9 @@ pub struct PointResult {
     /// Under serving load: queueing, latency from arrival, resident bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<super::load::LoadFigures>,
+    /// Multi-turn conversations: each turn's bytes and times, the mode against full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<super::turns::ConversationFigures>,
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {

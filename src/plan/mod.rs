@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod prefill;
+pub mod turns;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
@@ -436,6 +437,9 @@ pub struct Plan {
     /// Serving load: requests that arrive at a rate, paced by the receiver.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<Load>,
+    /// Multi-turn conversations: a point per mode and granularity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<turns::ConversationPlan>,
 }
 
 /// Serving load: one point per arrival rate and granularity, `iterations`
@@ -514,6 +518,7 @@ pub struct Point {
     /// With emulated prefill: each layer's compute time in ns.
     pub prefill_ns: Option<Vec<u64>>,
     pub load: Option<PointLoad>,
+    pub turns: Option<turns::PointTurns>,
 }
 
 impl Point {
@@ -521,11 +526,23 @@ impl Point {
     /// prefill, of either phase): under load, its prompt length's (warm-ups
     /// take the schedule's first ones).
     pub fn layout_at(&self, warmup: u32, iteration: u32) -> &RequestLayout {
+        if let Some(t) = &self.turns {
+            return &t.layouts[self.turn_at(warmup, iteration).1];
+        }
         let Some(l) = &self.load else { return &self.layout };
         let iteration = iteration % (warmup + l.schedule.len() as u32);
         let k = if iteration < warmup { iteration as usize } else { (iteration - warmup) as usize };
         let tokens = l.schedule[k % l.schedule.len()].tokens;
         l.layouts.iter().find(|x| x.tokens == tokens).unwrap_or(&self.layout)
+    }
+
+    /// In a conversation point, request `iteration`'s conversation and its
+    /// turn among those that move (warm-ups: the first turn of their own).
+    pub fn turn_at(&self, warmup: u32, iteration: u32) -> (u32, usize) {
+        match (&self.turns, iteration.checked_sub(warmup)) {
+            (Some(t), Some(k)) => t.at(k),
+            _ => (0, 0),
+        }
     }
 
     /// Under load, the timed request `iteration`'s arrival (in either phase).
@@ -560,6 +577,21 @@ impl Plan {
         if let Some(p) = &self.prefill {
             for &tokens in &self.prompt_lengths {
                 p.layer_ns(&self.shape, tokens)?;
+            }
+        }
+        if let Some(c) = &self.conversation {
+            if self.load.is_some() || self.prefill.is_some() {
+                return Err(Error::usage(
+                    "--turns runs conversations one after another: not with --arrivals or emulated prefill yet",
+                ));
+            }
+            if c.modes.contains(&crate::schedule::conversation::MultiTurn::Bidirectional) {
+                return Err(Error::usage(
+                    "--multi-turn bidirectional (KV back from decode) is not built yet: full, delta or d-direct",
+                ));
+            }
+            if c.modes.is_empty() {
+                return Err(Error::usage("--multi-turn names no mode"));
             }
         }
         if let Some(l) = &self.load {
@@ -628,7 +660,12 @@ impl Plan {
     /// Requests of one phase of a point: warm-ups, then the timed ones
     /// (under load, the point's schedule).
     pub fn phase_len(&self, point: &Point) -> u32 {
-        self.warmup + point.load.as_ref().map_or(self.iterations, |l| l.schedule.len() as u32)
+        let timed = match (&point.load, &point.turns) {
+            (Some(l), _) => l.schedule.len() as u32,
+            (None, Some(t)) => self.iterations * t.moving.len() as u32,
+            (None, None) => self.iterations,
+        };
+        self.warmup + timed
     }
 
     /// Requests of one sweep point: one phase, twice over with emulated
@@ -658,6 +695,22 @@ impl Plan {
     /// Granularity outermost, so a table reads as one sweep per granularity.
     pub fn points(&self) -> Vec<Point> {
         let mut out = Vec::new();
+        if let Some(cp) = &self.conversation {
+            for &g in &self.granularities {
+                for &mode in &cp.modes {
+                    let turns = turns::PointTurns::new(&self.shape, cp.conversation, mode, g);
+                    let layout = turns::PointTurns::region(&self.shape, &cp.conversation, g);
+                    out.push(Point {
+                        index: out.len(),
+                        layout,
+                        prefill_ns: None,
+                        load: None,
+                        turns: Some(turns),
+                    });
+                }
+            }
+            return out;
+        }
         let layout = |tokens: u32, g: Granularity| match g {
             Granularity::Block => {
                 RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce)
@@ -683,14 +736,26 @@ impl Plan {
                     let load = Some(PointLoad { arrivals, schedule, layouts: layouts.clone() });
                     let prefill_ns =
                         self.prefill.as_ref().and_then(|p| p.layer_ns(&self.shape, longest.tokens).ok());
-                    out.push(Point { index: out.len(), layout: longest.clone(), prefill_ns, load });
+                    out.push(Point {
+                        index: out.len(),
+                        layout: longest.clone(),
+                        prefill_ns,
+                        load,
+                        turns: None,
+                    });
                 }
                 continue;
             }
             for &tokens in &self.prompt_lengths {
                 // Validated: every prompt length has its times.
                 let prefill_ns = self.prefill.as_ref().and_then(|p| p.layer_ns(&self.shape, tokens).ok());
-                out.push(Point { index: out.len(), layout: layout(tokens, g), prefill_ns, load: None });
+                out.push(Point {
+                    index: out.len(),
+                    layout: layout(tokens, g),
+                    prefill_ns,
+                    load: None,
+                    turns: None,
+                });
             }
         }
         out
@@ -699,6 +764,18 @@ impl Plan {
     /// Request ids are unique across the run, so no request can pass for another.
     pub fn request_id(&self, point: usize, iteration: u32) -> u64 {
         ((point as u64) << 32) + iteration as u64
+    }
+
+    /// The id that keys request `iteration`'s bytes: a conversation's
+    /// turns share one (its first request's), as its KV stays in place.
+    pub fn key_id(&self, point: &Point, iteration: u32) -> u64 {
+        match (&point.turns, iteration.checked_sub(self.warmup)) {
+            (Some(t), Some(k)) => {
+                let (c, _) = t.at(k);
+                self.request_id(point.index, self.warmup + c * t.moving.len() as u32)
+            }
+            _ => self.request_id(point.index, iteration),
+        }
     }
 
     pub fn max_messages(&self) -> usize {
@@ -761,6 +838,7 @@ mod tests {
             coalesce: true,
             prefill: None,
             load: None,
+            conversation: None,
         }
     }
 

@@ -132,6 +132,16 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    // Conversations: the mode, and a conversation's bytes against full's.
+    let c = p.conversation.as_ref();
+    cols.extend(
+        [
+            ("multi_turn", c.map(|c| c.mode.to_string()).unwrap_or_default()),
+            ("conversation_bytes", c.map(|c| c.bytes.to_string()).unwrap_or_default()),
+            ("conversation_full_bytes", c.map(|c| c.full_bytes.to_string()).unwrap_or_default()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
     // Arrivals with emulated prefill: the second phase's queue and latency (TTFT less decode's first step).
     let u = p.prefill.as_ref().and_then(|f| f.under_load.as_deref());
     let loaded = |get: fn(&LoadFigures) -> u64| u.map(|l| get(l).to_string()).unwrap_or_default();

@@ -606,6 +606,82 @@ where
         .map_err(plot_error)
 }
 
+/// What a panel of `Turns` plots of a turn (None: nothing to plot).
+type TurnValue = Box<dyn Fn(&crate::measure::turns::TurnFigures) -> Option<f64>>;
+
+/// Conversations: per mode (a line for each point of each series), the
+/// bytes each turn moved and its transfer's median, against the turn.
+struct Turns<'a>(&'a [Series]);
+
+impl<'a> Turns<'a> {
+    fn lines(&self) -> Vec<(String, &'a crate::measure::turns::ConversationFigures)> {
+        let each = self.0.iter().flat_map(|s| s.points.iter().map(move |p| (s, p)));
+        each.filter_map(|(s, p)| {
+            let c = p.conversation.as_ref()?;
+            Some((format!("{} · {} · {}", s.label, c.mode, p.granularity), c))
+        })
+        .collect()
+    }
+}
+
+impl Figure for Turns<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let lines = self.lines();
+        let turns = lines.iter().map(|(_, c)| c.turns.len()).max().unwrap_or(1) as f64;
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let body = root
+            .titled("Each turn of a conversation: KV moved and its transfer (p50)", ("sans-serif", 24))
+            .map_err(plot_error)?;
+        let (left, right) = body.split_horizontally(body.dim_in_pixel().0 / 2);
+        let panels: [(&DrawingArea<DB, Shift>, &str, TurnValue); 2] = [
+            (&left, "MiB moved", Box::new(move |t| Some(mib(t.bytes)))),
+            (
+                &right,
+                "transfer p50 (ms)",
+                Box::new(move |t| (t.transfer_ns.count > 0).then(|| ms(t.transfer_ns.p50))),
+            ),
+        ];
+        for (area, what, value) in panels {
+            let hi = lines.iter().flat_map(|(_, c)| c.turns.iter().filter_map(&value)).fold(1e-6, f64::max);
+            let mut chart = ChartBuilder::on(area)
+                .margin(10)
+                .x_label_area_size(40)
+                .y_label_area_size(70)
+                .build_cartesian_2d(0.5f64..turns + 0.5, 0f64..hi * 1.15)
+                .map_err(plot_error)?;
+            chart
+                .configure_mesh()
+                .x_desc("turn")
+                .y_desc(what)
+                .x_labels((turns as usize + 1).min(20))
+                .x_label_formatter(&|v| if v.fract() == 0.0 { format!("{v:.0}") } else { String::new() })
+                .y_label_formatter(&number)
+                .label_style(("sans-serif", 15))
+                .draw()
+                .map_err(plot_error)?;
+            for (i, (label, c)) in lines.iter().enumerate() {
+                let col = color(i);
+                let points: Vec<(f64, f64)> =
+                    c.turns.iter().filter_map(|t| value(t).map(|v| (t.turn as f64, v))).collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), col.stroke_width(3)))
+                    .map_err(plot_error)?
+                    .label(label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], col.stroke_width(3)));
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 4, col.filled())))
+                    .map_err(plot_error)?;
+            }
+            legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every plot of a report into `dir`; returns the files written.
 pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
     let mut files = both(dir, "bandwidth", &Bandwidth(series))?;
@@ -619,6 +695,9 @@ pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
     let ttft = Ttft(series);
     if !ttft.tokens().is_empty() {
         files.extend(both(dir, "ttft", &ttft)?);
+    }
+    if !Turns(series).lines().is_empty() {
+        files.extend(both(dir, "turns", &Turns(series))?);
     }
     if !LoadLatency(series).lines().is_empty() {
         files.extend(both(dir, "load-latency", &LoadLatency(series))?);

@@ -116,6 +116,16 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
              under it); added TTFT = last layer's end to the decode side holding the last byte"
         )?;
     }
+    if let Some(c) = &r.plan.conversation {
+        let c0 = &c.conversation;
+        writeln!(
+            out,
+            "# turns      {} turns of {} input and {} output tokens a conversation, {} conversations a mode, one \
+             after another; each turn lands in the conversation's region, the receiver then checks all of it and \
+             writes its generated tokens' KV itself; a row per mode, the line under it per turn",
+            c0.turns, c0.input, c0.output, r.plan.iterations
+        )?;
+    }
     if let Some(l) = &r.plan.load {
         let mix: Vec<String> = l.mix.iter().map(|(t, w)| format!("{t}:{w}")).collect();
         let hold = match l.decode_hold_ns {
@@ -252,6 +262,9 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = &p.prefill {
         prefill_line(f, out)?;
     }
+    if let Some(c) = &p.conversation {
+        conversation_line(c, out)?;
+    }
     if let Some(f) = &p.fan {
         let each: Vec<String> = f.pair_gbps.iter().map(|g| format!("{g:.2}")).collect();
         let (lo, hi) = f.pair_gbps.iter().fold((f64::MAX, 0f64), |(lo, hi), g| (lo.min(*g), hi.max(*g)));
@@ -289,6 +302,36 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
     )?;
     if let Some(l) = &f.under_load {
         load_line_as("with prefill, ", l, out)?;
+    }
+    Ok(())
+}
+
+/// A conversation point's mode and turns, under its row: per turn the
+/// tokens' KV moved and the transfer's median.
+fn conversation_line(c: &crate::measure::turns::ConversationFigures, out: &mut dyn Write) -> Result<()> {
+    let turns: Vec<String> = c
+        .turns
+        .iter()
+        .map(|t| match t.moved_tokens {
+            0 => format!("{}: -", t.turn),
+            n => format!("{}: {n} ({}) {}", t.turn, fmt_bytes(t.bytes), fmt_ns(t.transfer_ns.p50 as f64)),
+        })
+        .collect();
+    writeln!(
+        out,
+        "#   {}: {} a conversation, {:.0}% of full's {} | turn: tokens moved (bytes) p50 | {}",
+        c.mode,
+        fmt_bytes(c.bytes),
+        100.0 * c.bytes as f64 / c.full_bytes.max(1) as f64,
+        fmt_bytes(c.full_bytes),
+        turns.join(", ")
+    )?;
+    if let Some(f) = c.decode_prefill_flops {
+        writeln!(
+            out,
+            "#   d-direct: decode prefills the later turns itself, {:.2} TFLOP a conversation",
+            f / 1e12
+        )?;
     }
     Ok(())
 }

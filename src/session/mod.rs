@@ -549,6 +549,7 @@ mod tests {
             coalesce: true,
             prefill: None,
             load: None,
+            conversation: None,
         };
         Hello {
             role: Role::Sender,

@@ -1,0 +1,95 @@
+//! Multi-turn conversations run for real: every turn's KV moves over the
+//! transport into the conversation's region, and after each turn the
+//! receiver checks all it holds. Llama-3.1-8B (128 KiB a token, 16-token
+//! blocks), 5 turns of 100 input and 20 output tokens: prompts of 100, 220,
+//! 340, 460 and 580 tokens.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+const CONVERSATION: &[&str] = &["-m", "llama-3.1-8b", "--turns", "5", "--turn-tokens", "100:20", "-n", "2"];
+const MIB: u64 = 1 << 20;
+
+fn turns(point: &Value) -> Vec<u64> {
+    let t = point["conversation"]["turns"].as_array().unwrap();
+    t.iter().map(|t| t["bytes"].as_u64().unwrap()).collect()
+}
+
+/// Bytes per turn, by hand: full moves each prompt (token-exact in layer
+/// and request messages, whole blocks in block ones); delta moves 7 blocks
+/// (14 MiB) every turn: the new tokens' and the partly filled last block of
+/// the context before; d-direct moves turn 1 only.
+#[test]
+fn every_mode_and_granularity_moves_what_it_should_and_checks_whole_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("turns.json");
+    let args = [CONVERSATION, &["-g", "request,layer,block", "--json", j.to_str().unwrap()]].concat();
+    let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(120));
+    f.expect_code(0);
+    assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+    let r = json(&j);
+    let points = r["points"].as_array().unwrap();
+    assert_eq!(points.len(), 9);
+    let exact: Vec<u64> = [100, 220, 340, 460, 580].iter().map(|t| t * MIB / 8).collect();
+    let blocks: Vec<u64> = [112, 224, 352, 464, 592].iter().map(|t| t * MIB / 8).collect();
+    for p in points {
+        let (mode, g) = (p["conversation"]["mode"].as_str().unwrap(), p["granularity"].as_str().unwrap());
+        let want = match (mode, g) {
+            ("full", "block") => blocks.clone(),
+            ("full", _) => exact.clone(),
+            ("delta", _) => vec![14 * MIB; 5],
+            ("d-direct", "block") => vec![14 * MIB, 0, 0, 0, 0],
+            ("d-direct", _) => vec![100 * MIB / 8, 0, 0, 0, 0],
+            other => panic!("unexpected point {other:?}"),
+        };
+        assert_eq!(turns(p), want, "{mode} at {g}");
+        assert_eq!(p["wrong_bytes"], 0);
+        // Each turn that moves was timed for both conversations.
+        for t in p["conversation"]["turns"].as_array().unwrap() {
+            let n = t["transfer_ns"]["count"].as_u64().unwrap();
+            assert_eq!(n, if t["bytes"] == 0 { 0 } else { 2 }, "{t}");
+        }
+    }
+    assert!(f.stdout.contains("#   delta: 70 MiB a conversation, 33% of full's 212.50 MiB"), "{}", f.stdout);
+    // kvxfer report plots bytes and time per turn.
+    let out = dir.path().join("report");
+    run(KVXFER, &["report", j.to_str().unwrap(), "--out", out.to_str().unwrap()], secs(60)).expect_code(0);
+    assert!(out.join("turns.png").exists() && out.join("turns.svg").exists());
+}
+
+#[test]
+fn conversations_move_over_ucx_too() {
+    let args = [CONVERSATION, &["-g", "layer,block", "-t", "ucx", "--multi-turn", "full,delta"]].concat();
+    let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(120));
+    f.expect_code(0);
+    assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+}
+
+/// A delta block written at the wrong offset fails the run and is named:
+/// turn 2 moves blocks 7-13; block 7's bytes land on block 8 as well.
+#[test]
+fn a_delta_block_at_the_wrong_offset_fails_the_run_and_is_named() {
+    let args = [CONVERSATION, &["-g", "block", "--multi-turn", "delta", "--fault", "wrong-offset"]].concat();
+    let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(60));
+    f.expect_code(3).expect_stderr("/L0/K/b8 byte 0");
+    let args = [CONVERSATION, &["-g", "layer", "--multi-turn", "delta", "--fault", "wrong-offset"]].concat();
+    let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(60));
+    f.expect_code(3).expect_stderr("/L1 byte");
+}
+
+#[test]
+fn conversations_refuse_what_is_not_built_yet() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--multi-turn", "bidirectional"], "bidirectional (KV back from decode) is not built yet"),
+        (&["--arrivals", "fixed:5"], "not with --arrivals or emulated prefill yet"),
+    ];
+    for (extra, needle) in cases {
+        let args = [&["pair"], CONVERSATION, extra].concat();
+        run(KVXFER, &args, secs(10)).expect_code(2).expect_stderr(needle);
+    }
+    let f = run(KVXFER, &["pair", "--turns", "0", "--turn-tokens", "100"], secs(10));
+    f.expect_code(2).expect_stderr("--turns must be at least 1");
+    let f = run(KVXFER, &["pair", "-m", "qwen3-8b", "--turns", "50", "--turn-tokens", "1k"], secs(10));
+    f.expect_code(2).expect_stderr("past the model's 40960");
+}
