@@ -1,9 +1,10 @@
 // The integrity pattern of src/kv/pattern.rs, on the GPU: word i of a message
 // whose seed is s is splitmix64(s ^ i * GOLDEN) | 0x0101..01. Each message's
-// seed comes from the host (it hashes the message's key), and so does its
+// seed comes from the host (it hashes the message's key), and so do its
 // place in the buffer (byte offset; blocks sit where a block table puts
-// them). Messages must be a whole number of 8-byte words. Compiled to
-// pattern.ptx by scripts/gen-ptx.sh.
+// them) and the word of its pattern it starts at (a conversation's later
+// turn continues the pattern of its tokens' positions). Messages must be a
+// whole number of 8-byte words. Compiled to pattern.ptx by scripts/gen-ptx.sh.
 
 typedef unsigned long long u64;
 
@@ -22,28 +23,29 @@ __device__ __forceinline__ u64 word(u64 seed, u64 i) {
 }
 
 // Writes the pattern over the request's `words` words, `message_words` per
-// message, message m at byte `offsets[m]` of `buf`.
-extern "C" __global__ void kvx_fill(u64* buf, const u64* seeds, const u64* offsets, u64 message_words,
-                                    u64 words) {
+// message, message m at byte `offsets[m]` of `buf` from word `starts[m]` of
+// its pattern.
+extern "C" __global__ void kvx_fill(u64* buf, const u64* seeds, const u64* offsets, const u64* starts,
+                                    u64 message_words, u64 words) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 w = (u64)blockIdx.x * blockDim.x + threadIdx.x; w < words; w += stride) {
         u64 m = w / message_words;
         u64 j = w - m * message_words;
-        buf[offsets[m] / 8 + j] = word(seeds[m], j);
+        buf[offsets[m] / 8 + j] = word(seeds[m], starts[m] + j);
     }
 }
 
 // Adds the number of wrong bytes to *wrong and lowers *first to the first
 // wrong byte, counted in the request (its messages in order; both zero /
 // all ones beforehand).
-extern "C" __global__ void kvx_verify(const u64* buf, const u64* seeds, const u64* offsets, u64 message_words,
-                                      u64 words, u64* wrong, u64* first) {
+extern "C" __global__ void kvx_verify(const u64* buf, const u64* seeds, const u64* offsets, const u64* starts,
+                                      u64 message_words, u64 words, u64* wrong, u64* first) {
     u64 stride = (u64)gridDim.x * blockDim.x;
     u64 mine = 0;
     for (u64 w = (u64)blockIdx.x * blockDim.x + threadIdx.x; w < words; w += stride) {
         u64 m = w / message_words;
         u64 j = w - m * message_words;
-        u64 diff = buf[offsets[m] / 8 + j] ^ word(seeds[m], j);
+        u64 diff = buf[offsets[m] / 8 + j] ^ word(seeds[m], starts[m] + j);
         if (diff != 0) {
             for (int b = 0; b < 8; b++) {
                 mine += ((diff >> (8 * b)) & 0xff) != 0;

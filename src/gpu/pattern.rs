@@ -28,6 +28,8 @@ pub struct PatternKernels {
     seeds: DeviceMem,
     /// Each message's byte offset in the buffer, on this side.
     offsets: DeviceMem,
+    /// The word of its pattern each message starts at.
+    starts: DeviceMem,
     /// The verify kernel's wrong-byte count and first wrong offset.
     counters: DeviceMem,
     timeout: Duration,
@@ -65,6 +67,7 @@ impl PatternKernels {
             // Room for the self-check's messages too.
             seeds: DeviceMem::new(device, 8 * max_messages.max(tiny_layout().message_count))?,
             offsets: DeviceMem::new(device, 8 * max_messages.max(tiny_layout().message_count))?,
+            starts: DeviceMem::new(device, 8 * max_messages.max(tiny_layout().message_count))?,
             counters: DeviceMem::new(device, 16)?,
             device: device.clone(),
             timeout,
@@ -77,12 +80,14 @@ impl PatternKernels {
     /// the sender (where its layout puts each message).
     pub fn fill(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<()> {
         let words = self.prepare(mem, layout, request, Side::Sender)?;
-        let (mut buf, mut seeds, mut offsets, mut per, mut total) =
-            (mem.ptr, self.seeds.ptr, self.offsets.ptr, (layout.message_bytes / 8) as u64, words);
-        let mut args: [*mut c_void; 5] = [
+        let (mut buf, mut seeds, mut offsets, mut starts) =
+            (mem.ptr, self.seeds.ptr, self.offsets.ptr, self.starts.ptr);
+        let (mut per, mut total) = ((layout.message_bytes / 8) as u64, words);
+        let mut args: [*mut c_void; 6] = [
             (&mut buf as *mut u64).cast(),
             (&mut seeds as *mut u64).cast(),
             (&mut offsets as *mut u64).cast(),
+            (&mut starts as *mut u64).cast(),
             (&mut per as *mut u64).cast(),
             (&mut total as *mut u64).cast(),
         ];
@@ -106,13 +111,15 @@ impl PatternKernels {
         let mut init = [0u8; 16];
         init[8..].copy_from_slice(&u64::MAX.to_le_bytes());
         self.counters.upload(0, &init)?;
-        let (mut buf, mut seeds, mut offsets, mut per, mut total) =
-            (mem.ptr, self.seeds.ptr, self.offsets.ptr, (layout.message_bytes / 8) as u64, words);
+        let (mut buf, mut seeds, mut offsets, mut starts) =
+            (mem.ptr, self.seeds.ptr, self.offsets.ptr, self.starts.ptr);
+        let (mut per, mut total) = ((layout.message_bytes / 8) as u64, words);
         let (mut wrong, mut first) = (self.counters.ptr, self.counters.ptr + 8);
-        let mut args: [*mut c_void; 7] = [
+        let mut args: [*mut c_void; 8] = [
             (&mut buf as *mut u64).cast(),
             (&mut seeds as *mut u64).cast(),
             (&mut offsets as *mut u64).cast(),
+            (&mut starts as *mut u64).cast(),
             (&mut per as *mut u64).cast(),
             (&mut total as *mut u64).cast(),
             (&mut wrong as *mut u64).cast(),
@@ -131,11 +138,11 @@ impl PatternKernels {
             let offset = first as usize % layout.message_bytes;
             let mut found = [0u8; 1];
             mem.download(layout.slot(Side::Receiver, index).offset + offset, &mut found)?;
-            let mut expected = vec![0u8; offset + 1];
-            pattern::fill(&mut expected, layout.key(request, index).seed());
+            let (mut expected, start) = ([0u8; 1], layout.pattern_start(index));
+            pattern::fill_at(&mut expected, layout.key(request, index).seed(), start + offset as u64);
             let m = pattern::Mismatch {
                 wrong_bytes: 0,
-                first: Some((offset as u64, expected[offset], found[0])),
+                first: Some((start + offset as u64, expected[0], found[0])),
             };
             check.first = Check::of_message(layout, request, index, m, 0).first;
         }
@@ -145,11 +152,10 @@ impl PatternKernels {
     /// Uploads the request's seeds and `side`'s message offsets; returns
     /// the request's length in words.
     fn prepare(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64, side: Side) -> Result<u64> {
-        // The kernels start every message's pattern at its first word.
-        if (0..layout.message_count).any(|i| layout.pattern_start(i) != 0) {
+        // The kernels start each message's pattern at a whole word.
+        if (0..layout.message_count).any(|i| !layout.pattern_start(i).is_multiple_of(8)) {
             return Err(Error::usage(
-                "a conversation's later turns in layer or request messages are not checked on GPU memory yet \
-                 (use -g block, or host or pinned memory)",
+                "a conversation's turn starts its messages inside an 8-byte word: use host or pinned memory",
             ));
         }
         if !layout.message_bytes.is_multiple_of(8) {
@@ -173,6 +179,9 @@ impl PatternKernels {
         self.seeds.upload(0, &seeds)?;
         let offsets: Vec<u8> = layout.slots(side).flat_map(|s| (s.offset as u64).to_le_bytes()).collect();
         self.offsets.upload(0, &offsets)?;
+        let starts: Vec<u8> =
+            (0..layout.message_count).flat_map(|i| (layout.pattern_start(i) / 8).to_le_bytes()).collect();
+        self.starts.upload(0, &starts)?;
         Ok((layout.total_bytes() / 8) as u64)
     }
 
@@ -214,6 +223,15 @@ impl PatternKernels {
         if on_gpu.wrong_bytes != 1 || !on_gpu.first.as_deref().unwrap_or("").starts_with(&want) {
             return fail(format!("one flipped byte was reported as {on_gpu:?}"));
         }
+        // A conversation's later turn continues its tokens' pattern.
+        let turn = tiny_turn();
+        self.fill(scratch, &turn, 7)?;
+        let mut host = vec![0u8; turn.buffer_bytes()];
+        scratch.download(0, &mut host)?;
+        let on_host = crate::measure::integrity::verify(&host, &turn, 7);
+        if on_host.wrong_bytes != 0 || self.verify(scratch, &turn, 7)?.wrong_bytes != 0 {
+            return fail(format!("a later turn's {} bytes the host does not expect", on_host.wrong_bytes));
+        }
         Ok(())
     }
 }
@@ -228,7 +246,12 @@ impl Drop for PatternKernels {
 
 /// Eight 512-byte messages: two layers, K and V, two blocks.
 fn tiny_layout() -> RequestLayout {
-    let model = ModelSpec {
+    let shape = KvShape::new(tiny_layout_model(), 1, 4).expect("valid shape");
+    RequestLayout::new(&shape, 8, Granularity::Block)
+}
+
+fn tiny_layout_model() -> ModelSpec {
+    ModelSpec {
         name: "self-check".into(),
         layers: 2,
         attention: Attention::Gqa { kv_heads: 1, head_dim: 64 },
@@ -236,9 +259,13 @@ fn tiny_layout() -> RequestLayout {
         compute: None,
         compute_missing: None,
         max_context: None,
-    };
-    let shape = KvShape::new(model, 1, 4).expect("valid shape");
-    RequestLayout::new(&shape, 8, Granularity::Block)
+    }
+}
+
+/// Tokens 4-8 of a conversation of 8 on the same shape, in layer messages.
+fn tiny_turn() -> RequestLayout {
+    let shape = KvShape::new(tiny_layout_model(), 1, 4).expect("valid shape");
+    RequestLayout::span(&shape, Granularity::Layer, 4, 8, 8)
 }
 
 #[cfg(test)]
@@ -249,6 +276,12 @@ mod tests {
     fn tiny_layout_is_what_the_self_check_assumes() {
         let l = tiny_layout();
         assert_eq!((l.message_count, l.message_bytes), (8, 512));
+        // The later turn: 2 layer messages of 4 tokens x 256 bytes, each
+        // from its layer's 4th token (byte 1024 of its pattern), in the
+        // same 4 KiB: layer 1's at 2048 + 1024.
+        let t = tiny_turn();
+        assert_eq!((t.message_count, t.message_bytes, t.pattern_start(1)), (2, 1024, 1024));
+        assert_eq!((t.buffer_bytes(), t.slot(Side::Receiver, 1).offset), (l.total_bytes(), 3072));
     }
 
     /// The shipped PTX is the compilation of the shipped CUDA source.
