@@ -72,7 +72,7 @@ fn conversations_move_over_ucx_too() {
 fn a_delta_block_at_the_wrong_offset_fails_the_run_and_is_named() {
     let args = [CONVERSATION, &["-g", "block", "--multi-turn", "delta", "--fault", "wrong-offset"]].concat();
     let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(60));
-    f.expect_code(3).expect_stderr("/L0/K/b8 byte 0");
+    f.expect_code(3).expect_stderr("conversation 0, turn 2: r").expect_stderr("/L0/K/b8 byte 0");
     let args = [CONVERSATION, &["-g", "layer", "--multi-turn", "delta", "--fault", "wrong-offset"]].concat();
     let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(60));
     f.expect_code(3).expect_stderr("/L1 byte");

@@ -457,11 +457,16 @@ pub fn run_receiver(
                 }
                 None => (layout, None),
             };
-            match plan.verify {
-                VerifyMode::After => check.merge(buf.verify(checked, request)?),
-                VerifyMode::Inline => check.merge(sink.take_check()),
-                VerifyMode::Off => {}
+            let mut found = match plan.verify {
+                VerifyMode::After => buf.verify(checked, request)?,
+                VerifyMode::Inline => sink.take_check(),
+                VerifyMode::Off => integrity::Check::default(),
+            };
+            if let (Some(first), Some(t)) = (&mut found.first, &point.turns) {
+                let (c, k) = point.turn_at(plan.warmup, it);
+                *first = format!("conversation {c}, turn {}: {first}", t.moving[k] + 1);
             }
+            check.merge(found);
             // Decode writes the KV of the tokens it generates itself, for the next turn's check.
             if let (Some(g), VerifyMode::After) = (generated, plan.verify) {
                 buf.fill(g, request)?;
