@@ -18,8 +18,8 @@ use super::integrity::Check;
 use super::load::{Admit, LoadTally};
 use super::stats::{self, PointResult};
 use super::{
-    allowance, point_result, wait_until_by, Fault, RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC,
-    SLOWEST_PATTERN_BYTES_PER_SEC,
+    allowance, check_behind, point_result, spill_to_pool, wait_until_by, Fault, RoundSink, RunEvents,
+    SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
 use crate::link::Link;
@@ -462,19 +462,7 @@ impl LaneContext<'_, '_> {
         let mut admitted = Admit::Go { ticket: None, spills: Vec::new() };
         if let Some((_, arrived)) = arrival {
             wait_until_by(arrived, &mut || self.mail.check())?;
-            let behind = arrived.elapsed();
-            if behind > self.timeout {
-                return Err(Error::run(format!(
-                    "the receiver fell behind the arrivals ({}): request {} of point {p} arrived {} ago, \
-                     more than --timeout {}, with {} requests in flight: the link does not carry this rate \
-                     (lower it, or raise --timeout)",
-                    point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
-                    it - plan.warmup,
-                    crate::units::fmt_ns(behind.as_nanos() as f64),
-                    humantime::format_duration(self.timeout),
-                    plan.lanes()
-                )));
-            }
+            check_behind(plan, point, it, arrived, self.timeout)?;
             // --on-full wait: the request goes once it fits; the room is taken at once.
             let (waiting, mut waited) = (Instant::now(), false);
             admitted = loop {
@@ -509,16 +497,8 @@ impl LaneContext<'_, '_> {
         let landed = timing.landed.unwrap_or(now);
         let host_ns = nanos(landed.saturating_duration_since(t0));
         if let Some((a, _)) = arrival {
-            let (mut in_place, mut in_pool) = (landed, 0);
-            if !spills.is_empty() {
-                let pool = pool
-                    .as_mut()
-                    .ok_or_else(|| Error::run("internal error: a spill without a pinned pool"))?;
-                let (store_ns, load_ns) = l.buf.spill_round_trip(pool, &spills, deadline)?;
-                self.tally().spilled(spills.len() as u64, store_ns, load_ns);
-                in_place += Duration::from_nanos(store_ns);
-                in_pool = spills.iter().map(|r| r.1 as u64).sum();
-            }
+            let note = |n, store, load| self.tally().spilled(n, store, load);
+            let (in_place, in_pool) = spill_to_pool(l.buf, pool.as_mut(), &spills, landed, deadline, note)?;
             let hold = plan.load.as_ref().map_or(0, |ld| ld.hold_ns(a));
             let tokens = layout.tokens;
             self.tally().landed(ticket, a.at_ns, t0, in_place, bytes as u64, tokens, hold, in_pool);

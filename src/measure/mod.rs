@@ -348,18 +348,7 @@ pub fn run_receiver(
                 (Some(tally), Some(a), Some(l)) => {
                     let arrived = tally.arrival(a.at_ns);
                     wait_until(arrived, ctrl, request)?;
-                    // A queue that outgrows the timeout would only grow: say so and stop.
-                    let behind = arrived.elapsed();
-                    if behind > ctrl.timeout {
-                        return Err(Error::run(format!(
-                            "the receiver fell behind the arrivals ({}): request {} of point {p} arrived {} ago, \
-                             more than --timeout {}: the link does not carry this rate (lower it, or raise --timeout)",
-                            point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
-                            it - plan.warmup,
-                            crate::units::fmt_ns(behind.as_nanos() as f64),
-                            humantime::format_duration(ctrl.timeout)
-                        )));
-                    }
+                    check_behind(&plan, &point, it, arrived, ctrl.timeout)?;
                     // --on-full wait: the request starts once it fits.
                     if let Some(room) = tally.room_for(bytes as u64) {
                         let wait = room.saturating_duration_since(Instant::now());
@@ -399,16 +388,9 @@ pub fn run_receiver(
                 // --on-full spill: what did not fit goes to the pool, and the
                 // KV is in place once it is there.
                 let ranges = l.spills(t0, layout);
-                let (mut in_place, mut in_pool) = (landed, 0);
-                if !ranges.is_empty() {
-                    let pool = spill_pool
-                        .as_mut()
-                        .ok_or_else(|| Error::run("internal error: a spill without a pinned pool"))?;
-                    let (store_ns, load_ns) = buf.spill_round_trip(pool, &ranges, deadline)?;
-                    l.spilled(ranges.len() as u64, store_ns, load_ns);
-                    in_place += Duration::from_nanos(store_ns);
-                    in_pool = ranges.iter().map(|r| r.1 as u64).sum();
-                }
+                let note = |n, store, load| l.spilled(n, store, load);
+                let (in_place, in_pool) =
+                    spill_to_pool(buf, spill_pool.as_mut(), &ranges, landed, deadline, note)?;
                 l.request(at_ns, t0, in_place, bytes as u64, layout.tokens, hold_ns, in_pool);
             }
             sink.check_complete()?;
@@ -510,6 +492,48 @@ pub fn run_receiver(
     }
     ctrl.send(&Msg::Finish)?;
     Ok(results)
+}
+
+/// Ends a load point whose queue outgrew the timeout: it would only grow.
+fn check_behind(plan: &Plan, point: &Point, it: u32, arrived: Instant, timeout: Duration) -> Result<()> {
+    let behind = arrived.elapsed();
+    if behind <= timeout {
+        return Ok(());
+    }
+    let lanes = match plan.lanes() {
+        1 => String::new(),
+        n => format!(", with {n} requests in flight"),
+    };
+    Err(Error::run(format!(
+        "the receiver fell behind the arrivals ({}): request {} of point {} arrived {} ago, more than --timeout \
+         {}{lanes}: the link does not carry this rate (lower it, or raise --timeout)",
+        point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
+        it - plan.warmup,
+        point.index,
+        crate::units::fmt_ns(behind.as_nanos() as f64),
+        humantime::format_duration(timeout)
+    )))
+}
+
+/// --on-full spill: copies a request's spilled tensors (`ranges`) to the
+/// pinned pool and back, and `note`s the spill (tensors, both copies' ns).
+/// Returns when the KV was in place (its last byte `landed`, then the
+/// store) and the bytes in the pool.
+fn spill_to_pool(
+    buf: &mut Buffer,
+    pool: Option<&mut SpillPool>,
+    ranges: &[(usize, usize)],
+    landed: Instant,
+    deadline: Instant,
+    note: impl FnOnce(u64, u64, u64),
+) -> Result<(Instant, u64)> {
+    if ranges.is_empty() {
+        return Ok((landed, 0));
+    }
+    let pool = pool.ok_or_else(|| Error::run("internal error: a spill without a pinned pool"))?;
+    let (store_ns, load_ns) = buf.spill_round_trip(pool, ranges, deadline)?;
+    note(ranges.len() as u64, store_ns, load_ns);
+    Ok((landed + Duration::from_nanos(store_ns), ranges.iter().map(|r| r.1 as u64).sum()))
 }
 
 /// Waits for a request's arrival, answering the peer meanwhile (a sender
