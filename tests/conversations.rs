@@ -78,6 +78,35 @@ fn a_delta_block_at_the_wrong_offset_fails_the_run_and_is_named() {
     f.expect_code(3).expect_stderr("/L1 byte");
 }
 
+/// A block that turn 1 left partly filled (block 6, tokens 96-111, holding
+/// 4) re-sent as it was then: the stale block fails the run and is named.
+/// Without output, delta re-sends it at turn 2; with output, decode filled
+/// it itself and full re-sends it.
+#[test]
+fn a_stale_partial_block_fails_the_run_and_is_named() {
+    for (mode, tokens) in [("delta", "100"), ("full", "100:20")] {
+        let args = [
+            &[
+                "pair",
+                "-m",
+                "llama-3.1-8b",
+                "--turns",
+                "3",
+                "--turn-tokens",
+                tokens,
+                "-n",
+                "1",
+                "-g",
+                "block",
+            ][..],
+            &["--multi-turn", mode, "--fault", "stale-block"],
+        ]
+        .concat();
+        let f = run(KVXFER, &args, secs(60));
+        f.expect_code(3).expect_stderr("conversation 0, turn 2: r").expect_stderr("/L0/K/b6 byte 0");
+    }
+}
+
 #[test]
 fn conversations_refuse_what_is_not_built_yet() {
     let cases: &[(&[&str], &str)] = &[

@@ -139,7 +139,7 @@ impl PatternKernels {
             let mut found = [0u8; 1];
             mem.download(layout.slot(Side::Receiver, index).offset + offset, &mut found)?;
             let (mut expected, start) = ([0u8; 1], layout.pattern_start(index));
-            pattern::fill_at(&mut expected, layout.key(request, index).seed(), start + offset as u64);
+            pattern::fill_at(&mut expected, layout.seed(request, index), start + offset as u64);
             let m = pattern::Mismatch {
                 wrong_bytes: 0,
                 first: Some((start + offset as u64, expected[0], found[0])),
@@ -175,7 +175,7 @@ impl PatternKernels {
             )));
         }
         let seeds: Vec<u8> =
-            (0..layout.message_count).flat_map(|i| layout.key(request, i).seed().to_le_bytes()).collect();
+            (0..layout.message_count).flat_map(|i| layout.seed(request, i).to_le_bytes()).collect();
         self.seeds.upload(0, &seeds)?;
         let offsets: Vec<u8> = layout.slots(side).flat_map(|s| (s.offset as u64).to_le_bytes()).collect();
         self.offsets.upload(0, &offsets)?;

@@ -62,7 +62,7 @@ pub fn fill(region: &mut [u8], layout: &RequestLayout, request: u64) {
     let fill_share = |share: Vec<(usize, usize, &mut [u8])>| {
         for (index, offset, bytes) in share {
             let start = layout.pattern_start(index) + offset as u64;
-            pattern::fill_at(bytes, layout.key(request, index).seed(), start);
+            pattern::fill_at(bytes, layout.seed(request, index), start);
         }
     };
     if by_thread.len() == 1 {
@@ -113,7 +113,7 @@ pub fn verify(region: &[u8], layout: &RequestLayout, request: u64) -> Check {
         for (index, offset, r) in share {
             let len = r.len() as u64;
             let start = layout.pattern_start(index) + offset as u64;
-            let m = pattern::verify_at(&region[r], layout.key(request, index).seed(), start);
+            let m = pattern::verify_at(&region[r], layout.seed(request, index), start);
             check.merge(Check::of_message(layout, request, index, m, len));
         }
         check

@@ -47,6 +47,9 @@ pub enum Fault {
     /// A conversation's second turn: its first message's bytes also go in
     /// its second message's place (a delta block at the wrong offset).
     WrongOffset,
+    /// A conversation's second turn re-sends the block that turn 1 left
+    /// partly filled as turn 1 sent it (a stale block), at block granularity.
+    StaleBlock,
 }
 
 impl Fault {
@@ -54,6 +57,7 @@ impl Fault {
         match s {
             "corrupt-byte" => Ok(Fault::CorruptByte),
             "wrong-offset" => Ok(Fault::WrongOffset),
+            "stale-block" => Ok(Fault::StaleBlock),
             "wrong-key" => Ok(Fault::WrongKey),
             "bad-digest" => Ok(Fault::BadDigest),
             "bad-protocol" => Ok(Fault::BadProtocol),
@@ -165,6 +169,10 @@ pub fn run_sender(
             if second_turn && cfg.fault == Some(Fault::WrongOffset) && layout.message_count > 1 {
                 let (a, b) = (layout.slot(Side::Sender, 0), layout.slot(Side::Sender, 1));
                 buf.copy_within(a.offset, b.offset, a.len)?;
+            }
+            let stale = point.turns.as_ref().and_then(|t| t.turn_one_partial_block(&plan.shape));
+            if let (true, Some(Fault::StaleBlock), Some(stale)) = (second_turn, cfg.fault, stale) {
+                buf.fill(&stale, request)?;
             }
             let on_wire = match cfg.fault {
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
@@ -713,7 +721,7 @@ impl Completions for RoundSink<'_> {
         if self.inline {
             let bytes = data
                 .ok_or_else(|| Error::usage("--verify inline needs the receiver's buffer in host memory"))?;
-            let seed = self.layout.key(self.request, index).seed();
+            let seed = self.layout.seed(self.request, index);
             let m = pattern::verify_at(bytes, seed, self.layout.pattern_start(index));
             self.verified.fetch_add(bytes.len() as u64, Relaxed);
             if m.wrong_bytes > 0 {

@@ -190,6 +190,12 @@ pub struct RequestLayout {
     pub region_tokens: u32,
     #[serde(default)]
     pub first: u32,
+    /// A turn's partly filled last block: the tokens it holds (0 where it
+    /// is full, or not a turn's block). Its pattern follows that count, so
+    /// a block left from an earlier turn, when it held fewer tokens,
+    /// differs from the one the turn sends.
+    #[serde(default)]
+    pub last_fill: u32,
 }
 
 impl RequestLayout {
@@ -218,6 +224,7 @@ impl RequestLayout {
             ids: None,
             region_tokens: 0,
             first: 0,
+            last_fill: 0,
         }
     }
 
@@ -250,6 +257,29 @@ impl RequestLayout {
             _ => from,
         };
         l
+    }
+
+    /// A block span whose KV ends at token `end` inside its last block:
+    /// that block's pattern follows how full it is (`last_fill`).
+    pub fn filled_to(mut self, block_size: u32, end: u32) -> RequestLayout {
+        if self.granularity == Granularity::Block && self.blocks > 0 {
+            let last_start = (self.first + self.blocks - 1) * block_size;
+            let fill = end.saturating_sub(last_start);
+            self.last_fill = if fill < block_size { fill } else { 0 };
+        }
+        self
+    }
+
+    /// Seed of message `index`'s pattern: its key's, and for a turn's
+    /// partly filled last block also how many tokens it holds.
+    pub fn seed(&self, request: u64, index: usize) -> u64 {
+        let seed = self.key(request, index).seed();
+        let blocks = self.blocks as usize;
+        match self.last_fill {
+            0 => seed,
+            fill if index % blocks == blocks - 1 => pattern::seed_of(&[seed, fill as u64]),
+            _ => seed,
+        }
     }
 
     /// Where in its pattern message `index` starts: a turn's layer or
