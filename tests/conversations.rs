@@ -11,15 +11,17 @@ use serde_json::Value;
 const CONVERSATION: &[&str] = &["-m", "llama-3.1-8b", "--turns", "5", "--turn-tokens", "100:20", "-n", "2"];
 const MIB: u64 = 1 << 20;
 
-fn turns(point: &Value) -> Vec<u64> {
+fn turns(point: &Value, what: &str) -> Vec<u64> {
     let t = point["conversation"]["turns"].as_array().unwrap();
-    t.iter().map(|t| t["bytes"].as_u64().unwrap()).collect()
+    t.iter().map(|t| t[what].as_u64().unwrap()).collect()
 }
 
 /// Bytes per turn, by hand: full moves each prompt (token-exact in layer
 /// and request messages, whole blocks in block ones); delta moves 7 blocks
 /// (14 MiB) every turn: the new tokens' and the partly filled last block of
-/// the context before; d-direct moves turn 1 only.
+/// the context before; bidirectional moves delta's, after decode sent back
+/// the context before (120, 240, 360, 480 tokens; in whole blocks 8, 15,
+/// 23, 30); d-direct moves turn 1 only.
 #[test]
 fn every_mode_and_granularity_moves_what_it_should_and_checks_whole_over_tcp() {
     let dir = tempfile::tempdir().unwrap();
@@ -30,7 +32,7 @@ fn every_mode_and_granularity_moves_what_it_should_and_checks_whole_over_tcp() {
     assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
     let r = json(&j);
     let points = r["points"].as_array().unwrap();
-    assert_eq!(points.len(), 9);
+    assert_eq!(points.len(), 12);
     let exact: Vec<u64> = [100, 220, 340, 460, 580].iter().map(|t| t * MIB / 8).collect();
     let blocks: Vec<u64> = [112, 224, 352, 464, 592].iter().map(|t| t * MIB / 8).collect();
     for p in points {
@@ -38,18 +40,37 @@ fn every_mode_and_granularity_moves_what_it_should_and_checks_whole_over_tcp() {
         let want = match (mode, g) {
             ("full", "block") => blocks.clone(),
             ("full", _) => exact.clone(),
-            ("delta", _) => vec![14 * MIB; 5],
+            ("delta" | "bidirectional", _) => vec![14 * MIB; 5],
             ("d-direct", "block") => vec![14 * MIB, 0, 0, 0, 0],
             ("d-direct", _) => vec![100 * MIB / 8, 0, 0, 0, 0],
             other => panic!("unexpected point {other:?}"),
         };
-        assert_eq!(turns(p), want, "{mode} at {g}");
+        assert_eq!(turns(p, "bytes"), want, "{mode} at {g}");
+        let back = match mode {
+            "bidirectional" if g == "block" => vec![0, 16 * MIB, 30 * MIB, 46 * MIB, 60 * MIB],
+            "bidirectional" => [0, 120, 240, 360, 480].iter().map(|t| t * MIB / 8).collect(),
+            _ => vec![0; 5],
+        };
+        assert_eq!(turns(p, "back_bytes"), back, "{mode} at {g}");
         assert_eq!(p["wrong_bytes"], 0);
-        // Each turn that moves was timed for both conversations.
+        // Each turn that moves was timed for both conversations, both ways.
         for t in p["conversation"]["turns"].as_array().unwrap() {
             let n = t["transfer_ns"]["count"].as_u64().unwrap();
             assert_eq!(n, if t["bytes"] == 0 { 0 } else { 2 }, "{t}");
+            let n = t["back_ns"]["count"].as_u64().unwrap();
+            assert_eq!(n, if t["back_bytes"] == 0 { 0 } else { 2 }, "{t}");
         }
+    }
+    // Prefill checked every byte that came back: bidirectional verified
+    // delta's bytes and what came back, in both conversations.
+    for g in ["request", "layer", "block"] {
+        let at = |mode: &str| {
+            let p =
+                points.iter().find(|p| p["granularity"] == g && p["conversation"]["mode"] == mode).unwrap();
+            (p["verified_bytes"].as_u64().unwrap(), turns(p, "back_bytes").iter().sum::<u64>())
+        };
+        let ((delta, _), (bidirectional, back)) = (at("delta"), at("bidirectional"));
+        assert_eq!(bidirectional - delta, 2 * back, "{g}");
     }
     assert!(f.stdout.contains("#   delta: 70 MiB a conversation, 33% of full's 212.50 MiB"), "{}", f.stdout);
     // kvxfer report plots bytes and time per turn.
@@ -60,7 +81,9 @@ fn every_mode_and_granularity_moves_what_it_should_and_checks_whole_over_tcp() {
 
 #[test]
 fn conversations_move_over_ucx_too() {
-    let args = [CONVERSATION, &["-g", "layer,block", "-t", "ucx", "--multi-turn", "full,delta"]].concat();
+    let args =
+        [CONVERSATION, &["-g", "layer,block", "-t", "ucx", "--multi-turn", "full,delta,bidirectional"]]
+            .concat();
     let f = run(KVXFER, &[&["pair"], &args[..]].concat(), secs(120));
     f.expect_code(0);
     assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
@@ -109,10 +132,8 @@ fn a_stale_partial_block_fails_the_run_and_is_named() {
 
 #[test]
 fn conversations_refuse_what_is_not_built_yet() {
-    let cases: &[(&[&str], &str)] = &[
-        (&["--multi-turn", "bidirectional"], "bidirectional (KV back from decode) is not built yet"),
-        (&["--arrivals", "fixed:5"], "not with --arrivals or emulated prefill yet"),
-    ];
+    let cases: &[(&[&str], &str)] =
+        &[(&["--arrivals", "fixed:5"], "not with --arrivals or emulated prefill yet")];
     for (extra, needle) in cases {
         let args = [&["pair"], CONVERSATION, extra].concat();
         run(KVXFER, &args, secs(10)).expect_code(2).expect_stderr(needle);

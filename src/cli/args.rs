@@ -701,9 +701,9 @@ pub struct ConversationArgs {
     #[arg(long, value_name = "IN[:OUT]", requires = "turns", help_heading = "Conversations")]
     pub turn_tokens: Option<String>,
     /// What each turn moves: full (the whole prompt's KV, vLLM's PD proxy), delta (the blocks decode lacks,
-    /// NixlConnector), d-direct (PPD: turn 1 only), bidirectional (the conversation's KV back from decode first,
-    /// then the delta; `kvxfer plan` only, for now)
-    #[arg(long, value_name = "LIST", default_value = "full,delta,d-direct", value_parser = multi_turn_list, help_heading = "Conversations")]
+    /// NixlConnector), bidirectional (before each later turn the conversation's KV back from decode, then the
+    /// delta), d-direct (PPD: turn 1 only)
+    #[arg(long, value_name = "LIST", default_value = "full,delta,bidirectional,d-direct", value_parser = multi_turn_list, help_heading = "Conversations")]
     pub multi_turn: ::std::vec::Vec<MultiTurn>,
     /// The longest context the model takes [default: the preset's max_position_embeddings, or 131072]
     #[arg(long, value_name = "TOKENS", value_parser = positive_u32, help_heading = "Conversations")]

@@ -17,7 +17,7 @@ use crate::gpu;
 use crate::kv::presets;
 use crate::link;
 use crate::measure::lanes::Lane;
-use crate::measure::{self, FanSlot, Fault, RunConfig};
+use crate::measure::{self, FanSlot, Fault, RunConfig, Transports};
 use crate::memory::{self, Buffer, MemoryKind, MemorySpec};
 use crate::net;
 use crate::plan::Plan;
@@ -567,7 +567,7 @@ fn sender_side(
     }
     // Kept past the closure: a failed run is settled with the peer before
     // the transport and buffer go (see `Control::settle`).
-    let (mut bufs, mut transports) = (Vec::new(), Vec::new());
+    let (mut bufs, mut transports, mut back) = (Vec::new(), Vec::new(), None);
     let result = (|| {
         let plan = &sess.hello.plan;
         let began = Instant::now();
@@ -577,6 +577,11 @@ fn sender_side(
             let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
             transports.push(transport::open_sender(&spec, setup, &buf, &run.local())?);
             bufs.push(buf);
+        }
+        // Bidirectional conversations: the same transport the other way, into the same buffer.
+        if plan.moves_back() {
+            let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
+            back = Some(transport::open_receiver(&spec, setup, &mut bufs[0], &run.local())?);
         }
         let (transport, buf) = (&mut transports[0], &mut bufs[0]);
         let setup_time = began.elapsed();
@@ -606,7 +611,8 @@ fn sender_side(
                 .collect();
             measure::lanes::run_sender(&mut sess, &mut lanes, run.fault, shown)?;
         } else {
-            measure::run_sender(&mut sess, transports[0].as_mut(), &mut bufs[0], &cfg, fan, shown)?;
+            let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
+            measure::run_sender(&mut sess, pair, &mut bufs[0], &cfg, fan, shown)?;
         }
         // What the transport used, now that data has moved.
         let last = side_info(transports[0].info(), &bufs[0], setup_time);
@@ -615,7 +621,7 @@ fn sender_side(
         Ok(())
     })();
     let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
-    drop((transports, bufs));
+    drop((back, transports, bufs));
     (Some(report), result)
 }
 
@@ -658,7 +664,7 @@ impl ReceiverSide {
         if let Some(f) = fan {
             report.fan = Some(FanRun { seat: f.fan.seat(f.pair), hub: false, pair_reports: Vec::new() });
         }
-        let (mut bufs, mut transports) = (Vec::new(), Vec::new());
+        let (mut bufs, mut transports, mut back) = (Vec::new(), Vec::new(), None);
         let result = (|| {
             let plan = &sess.hello.plan;
             let spec = sess.hello.transport.clone();
@@ -670,6 +676,10 @@ impl ReceiverSide {
                 let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
                 transports.push(transport::open_receiver(&spec, setup, &mut buf, &self.local)?);
                 bufs.push(buf);
+            }
+            if plan.moves_back() {
+                let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
+                back = Some(transport::open_sender(&spec, setup, &bufs[0], &self.local)?);
             }
             let (transport, buf) = (&mut transports[0], &mut bufs[0]);
             let setup_time = began.elapsed();
@@ -707,8 +717,8 @@ impl ReceiverSide {
                     .collect();
                 measure::lanes::run_receiver(&mut sess, &mut lanes, peak.as_ref(), &mut shown)?;
             } else {
-                let (t, buf) = (transports[0].as_mut(), &mut bufs[0]);
-                measure::run_receiver(&mut sess, t, buf, &cfg, peak.as_ref(), fan, &mut shown)?;
+                let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
+                measure::run_receiver(&mut sess, pair, &mut bufs[0], &cfg, peak.as_ref(), fan, &mut shown)?;
             }
             let mut last = side_info(transports[0].info(), &bufs[0], setup_time);
             last.detected_link = setup_info.detected_link;
@@ -717,7 +727,7 @@ impl ReceiverSide {
             Ok(())
         })();
         let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
-        drop((transports, bufs));
+        drop((back, transports, bufs));
         (Some(report), result)
     }
 }

@@ -50,8 +50,8 @@ pub fn print(
     )?;
     writeln!(
         out,
-        "moves        bytes a turn, prefill to decode plus decode back to prefill; delta and bidirectional in \
-         whole blocks of {} tokens, full {}",
+        "moves        bytes a turn, decode back to prefill + prefill to decode; delta and bidirectional's sends in \
+         whole blocks of {} tokens, full and what comes back {}",
         shape.block_size,
         if g == Granularity::Block { "in whole blocks (-g block)" } else { "token-exact (layer messages)" }
     )?;

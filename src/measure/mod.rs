@@ -95,6 +95,13 @@ pub trait RunEvents {
     fn point(&mut self, p: &PointResult);
 }
 
+/// A pair's transports: prefill to decode, and decode back to prefill
+/// where conversations' KV returns (`--multi-turn bidirectional`).
+pub struct Transports<'a, ToDecode: ?Sized, Back: ?Sized> {
+    pub to_decode: &'a mut ToDecode,
+    pub back: Option<&'a mut Back>,
+}
+
 /// This pair's place at a fan's hub: its rounds wait for the other pairs'.
 #[derive(Clone, Copy)]
 pub struct FanSlot<'a> {
@@ -115,12 +122,13 @@ fn allowance(timeout: Duration, bytes: usize, rate: f64) -> Instant {
 
 pub fn run_sender(
     sess: &mut SenderSession,
-    transport: &mut dyn SendSide,
+    transports: Transports<'_, dyn SendSide, dyn RecvSide>,
     buf: &mut Buffer,
     cfg: &RunConfig,
     fan: Option<FanSlot>,
     events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
+    let Transports { to_decode: transport, mut back } = transports;
     let plan = sess.hello.plan.clone();
     let copier = cfg.copier(&plan, transport.gpu_copier());
     let compute = match &plan.prefill {
@@ -154,6 +162,10 @@ pub fn run_sender(
                 Some(c) => c,
                 None => &AtOnce,
             };
+            // Bidirectional: the conversation's KV first comes back from decode.
+            if let (Some(back), Some(b)) = (back.as_deref_mut(), point.back_at(plan.warmup, it)) {
+                turns::pull_back(ctrl, back, buf, b, (p, request), plan.verify)?;
+            }
             // With checks off the pattern is written once, so the bytes are never zeros.
             if plan.verify != VerifyMode::Off || it == 0 {
                 buf.fill(layout, request)?;
@@ -264,7 +276,7 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
 
 pub fn run_receiver(
     sess: &mut ReceiverSession,
-    transport: &mut dyn RecvSide,
+    transports: Transports<'_, dyn RecvSide, dyn SendSide>,
     buf: &mut Buffer,
     cfg: &RunConfig,
     link: Option<&Link>,
@@ -277,6 +289,7 @@ pub fn run_receiver(
     // turns: a CUDA event records only when its process's turn comes, so
     // event times would miss the wait. The host clock sees it.
     let host_clock = report_times || fan.is_some();
+    let Transports { to_decode: transport, mut back } = transports;
     let plan = sess.hello.plan.clone();
     let copier = cfg.copier(&plan, transport.gpu_copier());
     if fan.is_some() && plan.prefill.is_some() {
@@ -322,6 +335,18 @@ pub fn run_receiver(
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
             let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
+            // Bidirectional: decode first sends the conversation's KV back.
+            if let (Some(back), Some(b)) = (back.as_deref_mut(), point.back_at(plan.warmup, it)) {
+                let (ns, mut found) = turns::send_back(ctrl, back, buf, b, (p, request))?;
+                let (c, k) = point.turn_at(plan.warmup, it);
+                if let (Some(first), Some(t)) = (&mut found.first, &point.turns) {
+                    *first = format!("conversation {c}, turn {} (back to prefill): {first}", t.moving[k] + 1);
+                }
+                check.merge(found);
+                if let (Some(t), true) = (&mut turns, it >= plan.warmup) {
+                    t.back(k, ns);
+                }
+            }
             let computes = plan.computes(&point, it);
             if computes && it == plan.phase_len(&point) {
                 let by = allowance(ctrl.timeout, 0, 1.0)
@@ -469,7 +494,7 @@ pub fn run_receiver(
         if let (Some(t), Some(pt)) = (&turns, &point.turns) {
             // The row: a conversation's bytes over its turns' mean transfer times.
             let f = t.figures(pt, &plan.shape, plan.iterations);
-            let mean_ns: f64 = f.turns.iter().map(|t| t.transfer_ns.mean).sum();
+            let mean_ns: f64 = f.turns.iter().map(|t| t.transfer_ns.mean + t.back_ns.mean).sum();
             result.prompt_tokens = pt.conversation.turn(pt.conversation.turns).prompt_tokens as u32;
             result.request_bytes = f.bytes as usize;
             // The last turn's messages (each turn's in the line under the row).

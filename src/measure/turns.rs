@@ -1,13 +1,23 @@
 //! Multi-turn conversations, on the receiver: each turn's transfer time
 //! and bytes over the point's conversations, and what the mode moved
-//! against `full` (plan::turns, schedule::conversation).
+//! against `full` (plan::turns, schedule::conversation); and, in
+//! bidirectional mode, the round that brings a conversation's KV back
+//! from decode to prefill before a later turn.
 
+use super::integrity::Check;
 use super::stats::{self, LatencySummary};
+use super::{allowance, RequestLink, RoundSink, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC};
+use crate::error::Result;
 use crate::kv::KvShape;
+use crate::memory::Buffer;
 use crate::plan::turns::PointTurns;
+use crate::plan::{RequestLayout, VerifyMode};
 use crate::schedule::conversation::{MultiTurn, TurnMoves};
+use crate::session::{Control, Msg};
+use crate::transport::{nanos, AtOnce, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
 
 /// A conversation point's figures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -15,7 +25,7 @@ pub struct ConversationFigures {
     pub mode: MultiTurn,
     pub conversations: u32,
     pub turns: Vec<TurnFigures>,
-    /// Bytes one conversation moves to decode, and what `full` would.
+    /// Bytes one conversation moves (both directions), and what `full` would.
     pub bytes: u64,
     pub full_bytes: u64,
     /// d-direct: FLOPs decode spends prefilling the later turns itself, where known.
@@ -31,25 +41,41 @@ pub struct TurnFigures {
     /// Tokens' KV moved (whole blocks where the mode moves blocks) and bytes; 0 where nothing moves.
     pub moved_tokens: u64,
     pub bytes: u64,
+    /// Bidirectional: the tokens' KV decode first sent back, and its bytes.
+    #[serde(default)]
+    pub back_tokens: u64,
+    #[serde(default)]
+    pub back_bytes: u64,
+    /// Both directions, this turn and every one before.
     pub cumulative_bytes: u64,
     pub messages: usize,
     /// Each conversation's transfer of the turn, go to last byte; empty where nothing moves.
     pub transfer_ns: LatencySummary,
+    /// The KV back to prefill, as prefill timed it; empty where none came back.
+    #[serde(default)]
+    pub back_ns: LatencySummary,
 }
 
 /// The receiver's account of a conversation point's timed turns.
 pub struct TurnsTally {
     per_turn: Vec<Histogram<u64>>,
+    back: Vec<Histogram<u64>>,
 }
 
 impl TurnsTally {
     pub fn new(turns: &PointTurns) -> Self {
-        TurnsTally { per_turn: turns.moving.iter().map(|_| stats::new_histogram()).collect() }
+        let each = || turns.moving.iter().map(|_| stats::new_histogram()).collect();
+        TurnsTally { per_turn: each(), back: each() }
     }
 
     /// The `k`th moving turn of a conversation took `ns`.
     pub fn turn(&mut self, k: usize, ns: u64) {
         self.per_turn[k].saturating_record(ns.max(1));
+    }
+
+    /// Before it, its KV came back to prefill in `ns`.
+    pub fn back(&mut self, k: usize, ns: u64) {
+        self.back[k].saturating_record(ns.max(1));
     }
 
     pub fn figures(&self, turns: &PointTurns, shape: &KvShape, conversations: u32) -> ConversationFigures {
@@ -65,17 +91,22 @@ impl TurnsTally {
             .iter()
             .enumerate()
             .map(|(t, m)| {
-                let bytes = m.forward.map_or(0, |s| s.bytes(shape));
-                cumulative += bytes;
+                let (bytes, back_bytes) =
+                    (m.forward.map_or(0, |s| s.bytes(shape)), m.back.map_or(0, |s| s.bytes(shape)));
+                cumulative += bytes + back_bytes;
                 let k = turns.moving.iter().position(|&i| i == t);
+                let summary = |h: &[Histogram<u64>]| k.map(|k| LatencySummary::of(&h[k])).unwrap_or_default();
                 TurnFigures {
                     turn: m.turn.turn,
                     prompt_tokens: m.turn.prompt_tokens,
                     moved_tokens: m.forward.map_or(0, |s| s.tokens()),
                     bytes,
+                    back_tokens: m.back.map_or(0, |s| s.tokens()),
+                    back_bytes,
                     cumulative_bytes: cumulative,
                     messages: k.map_or(0, |k| turns.layouts[k].message_count),
-                    transfer_ns: k.map(|k| LatencySummary::of(&self.per_turn[k])).unwrap_or_default(),
+                    transfer_ns: summary(&self.per_turn),
+                    back_ns: summary(&self.back),
                 }
             })
             .collect();
@@ -90,4 +121,81 @@ impl TurnsTally {
             decode_prefill_flops: (!flops.is_empty()).then(|| flops.iter().sum()),
         }
     }
+}
+
+/// Bidirectional, on the prefill side: before a later turn, pulls the
+/// conversation's KV back from decode into its own copy (`layout`), checks
+/// it, and tells decode how long it took and what the check found.
+pub(super) fn pull_back(
+    ctrl: &mut Control,
+    back: &mut dyn RecvSide,
+    buf: &mut Buffer,
+    layout: &RequestLayout,
+    (point, request): (usize, u64),
+    verify: VerifyMode,
+) -> Result<()> {
+    let bytes = layout.total_bytes();
+    let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
+    ctrl.expect_by(by, &format!("waiting for decode to offer request {request}'s KV back"), |m| match m {
+        Msg::Ready { point: p, request: r } if p == point && r == request => Ok(()),
+        other => Err(other),
+    })?;
+    let mut sink = RoundSink::new(layout, verify == VerifyMode::Inline);
+    sink.begin(request);
+    let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+    let go = (!back.go_in_band()).then_some(Msg::Go { point, request });
+    let t0 = Instant::now();
+    let mut link = RequestLink { ctrl, go, request, fan: None, computes: false };
+    let timing = back.recv(buf, layout, request, deadline, &mut link, &sink)?;
+    let host_ns = nanos(timing.landed.unwrap_or_else(Instant::now) - t0);
+    sink.check_complete()?;
+    let found = match verify {
+        VerifyMode::After => buf.verify(layout, request)?,
+        VerifyMode::Inline => sink.take_check(),
+        VerifyMode::Off => Check::default(),
+    };
+    let ns = timing.elapsed_ns.unwrap_or(host_ns).max(1);
+    ctrl.send(&Msg::Pulled {
+        request,
+        ns,
+        verified_bytes: found.verified_bytes,
+        wrong_bytes: found.wrong_bytes,
+        first: found.first,
+    })
+}
+
+/// Bidirectional, on the decode side: offers the conversation's KV it
+/// holds (`layout`) back to prefill, sends it, and returns the time and
+/// check prefill reports.
+pub(super) fn send_back(
+    ctrl: &mut Control,
+    back: &mut dyn SendSide,
+    buf: &Buffer,
+    layout: &RequestLayout,
+    (point, request): (usize, u64),
+) -> Result<(u64, Check)> {
+    let bytes = layout.total_bytes();
+    ctrl.send(&Msg::Ready { point, request })?;
+    let mut deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+    let by = allowance(ctrl.timeout, 0, 1.0);
+    if back.go_in_band() {
+        deadline += by.saturating_duration_since(Instant::now());
+    } else {
+        ctrl.expect_by(by, &format!("waiting for prefill's go to send request {request}'s KV back"), |m| {
+            match m {
+                Msg::Go { point: p, request: r } if p == point && r == request => Ok(()),
+                other => Err(other),
+            }
+        })?;
+    }
+    let mut link = RequestLink { ctrl, go: None, request, fan: None, computes: false };
+    back.send(buf, layout, request, deadline, &mut link, &AtOnce)?;
+    // Prefill checks what it pulled before it answers.
+    let by = deadline + Duration::from_secs_f64(bytes as f64 / SLOWEST_PATTERN_BYTES_PER_SEC);
+    ctrl.expect_by(by, &format!("waiting for prefill to check request {request}'s KV back"), |m| match m {
+        Msg::Pulled { request: r, ns, verified_bytes, wrong_bytes, first } if r == request => {
+            Ok((ns, Check { verified_bytes, wrong_bytes, first }))
+        }
+        other => Err(other),
+    })
 }

@@ -566,6 +566,12 @@ impl Point {
         l.layouts.iter().find(|x| x.tokens == tokens).unwrap_or(&self.layout)
     }
 
+    /// Bidirectional: what decode sends back before request `iteration`.
+    pub fn back_at(&self, warmup: u32, iteration: u32) -> Option<&RequestLayout> {
+        let t = self.turns.as_ref()?;
+        t.backs[self.turn_at(warmup, iteration).1].as_ref()
+    }
+
     /// In a conversation point, request `iteration`'s conversation and its
     /// turn among those that move (warm-ups: the first turn of their own).
     pub fn turn_at(&self, warmup: u32, iteration: u32) -> (u32, usize) {
@@ -613,11 +619,6 @@ impl Plan {
             if self.load.is_some() || self.prefill.is_some() {
                 return Err(Error::usage(
                     "--turns runs conversations one after another: not with --arrivals or emulated prefill yet",
-                ));
-            }
-            if c.modes.contains(&crate::schedule::conversation::MultiTurn::Bidirectional) {
-                return Err(Error::usage(
-                    "--multi-turn bidirectional (KV back from decode) is not built yet: full, delta or d-direct",
                 ));
             }
             if c.modes.is_empty() {
@@ -817,6 +818,12 @@ impl Plan {
     }
 
     /// Lanes a side opens: requests in flight at once under load.
+    /// Whether decode sends KV back to prefill (`--multi-turn bidirectional`).
+    pub fn moves_back(&self) -> bool {
+        let bidirectional = crate::schedule::conversation::MultiTurn::Bidirectional;
+        self.conversation.as_ref().is_some_and(|c| c.modes.contains(&bidirectional))
+    }
+
     pub fn lanes(&self) -> usize {
         self.load.as_ref().map_or(1, |l| l.concurrency as usize)
     }

@@ -638,11 +638,12 @@ impl Figure for Turns<'_> {
             .map_err(plot_error)?;
         let (left, right) = body.split_horizontally(body.dim_in_pixel().0 / 2);
         let panels: [(&DrawingArea<DB, Shift>, &str, TurnValue); 2] = [
-            (&left, "MiB moved", Box::new(move |t| Some(mib(t.bytes)))),
+            // Bidirectional turns: both directions.
+            (&left, "MiB moved", Box::new(move |t| Some(mib(t.bytes + t.back_bytes)))),
             (
                 &right,
                 "transfer p50 (ms)",
-                Box::new(move |t| (t.transfer_ns.count > 0).then(|| ms(t.transfer_ns.p50))),
+                Box::new(move |t| (t.transfer_ns.count > 0).then(|| ms(t.transfer_ns.p50 + t.back_ns.p50))),
             ),
         ];
         for (area, what, value) in panels {

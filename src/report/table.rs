@@ -312,9 +312,20 @@ fn conversation_line(c: &crate::measure::turns::ConversationFigures, out: &mut d
     let turns: Vec<String> = c
         .turns
         .iter()
-        .map(|t| match t.moved_tokens {
-            0 => format!("{}: -", t.turn),
-            n => format!("{}: {n} ({}) {}", t.turn, fmt_bytes(t.bytes), fmt_ns(t.transfer_ns.p50 as f64)),
+        .map(|t| {
+            let back = match t.back_tokens {
+                0 => String::new(),
+                n => format!("back {n} ({}) {} + ", fmt_bytes(t.back_bytes), fmt_ns(t.back_ns.p50 as f64)),
+            };
+            match t.moved_tokens {
+                0 => format!("{}: -", t.turn),
+                n => format!(
+                    "{}: {back}{n} ({}) {}",
+                    t.turn,
+                    fmt_bytes(t.bytes),
+                    fmt_ns(t.transfer_ns.p50 as f64)
+                ),
+            }
         })
         .collect();
     writeln!(

@@ -11,8 +11,9 @@
 //!   tokens); the last, partly filled one is not cached and travels again,
 //!   whole, as NixlConnector pulls whole blocks.
 //! - `bidirectional`: before each later turn the prefill side first pulls
-//!   the conversation's KV back from decode (generated tokens included),
-//!   then sends the new turn's delta.
+//!   the conversation's KV back from decode (generated tokens included; in
+//!   whole blocks at block granularity, token-exact in layer and request
+//!   messages), then sends the new turn's delta.
 //! - `d-direct` (PPD): turn 1 as `full`; later turns are prefilled by the
 //!   decode side itself, so nothing moves, and decode computes the new
 //!   tokens instead.
@@ -126,7 +127,12 @@ impl Conversation {
                     (MultiTurn::Full, _) | (MultiTurn::DDirect, 1) => (Some(full), None),
                     (MultiTurn::Delta, _) | (MultiTurn::Bidirectional, 1) => (Some(delta), None),
                     (MultiTurn::Bidirectional, _) => {
-                        (Some(delta), Some(Span { from: 0, to: whole(turn.before_tokens) }))
+                        // What decode holds: whole blocks, or token-exact messages.
+                        let held = match granularity {
+                            Granularity::Block => whole(turn.before_tokens),
+                            _ => turn.before_tokens,
+                        };
+                        (Some(delta), Some(Span { from: 0, to: held }))
                     }
                     (MultiTurn::DDirect, _) => (None, None),
                 };

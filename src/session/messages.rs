@@ -126,6 +126,15 @@ pub enum Msg {
         began: u64,
         ended: u64,
     },
+    /// Sender, bidirectional conversations: the KV decode sent back arrived
+    /// in `ns`, and its check found this.
+    Pulled {
+        request: u64,
+        ns: u64,
+        verified_bytes: u64,
+        wrong_bytes: u64,
+        first: Option<String>,
+    },
     /// Receiver of a one-to-many fan: how long a request took, as it timed it.
     Took {
         request: u64,
@@ -165,6 +174,7 @@ impl Msg {
             Msg::ComputeAlone { .. } => "compute-alone",
             Msg::Computed { .. } => "computed",
             Msg::Took { .. } => "took",
+            Msg::Pulled { .. } => "pulled",
             Msg::PointDone { .. } => "point-done",
             Msg::Abort { .. } => "abort",
             Msg::Finish => "finish",

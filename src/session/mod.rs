@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Version of the control protocol; peers must speak the same one.
-pub const PROTOCOL: u16 = 4;
+pub const PROTOCOL: u16 = 5;
 const MAGIC: [u8; 4] = *b"KVXF";
 const MAX_FRAME: usize = 64 << 20;
 const STATUS_OK: u16 = 0;
