@@ -69,6 +69,23 @@ impl Buffer {
         Ok(Buffer { storage, kernels })
     }
 
+    /// Faults every page of host memory in now, as a serving KV cache is
+    /// allocated up front, so that no request pays for first touching its
+    /// part of the buffer: conversations, whose regions and later turns
+    /// reach bytes the warm-ups (first turns) never touched. Pinned and GPU
+    /// memory are resident already.
+    pub fn populate(&mut self) {
+        if let Storage::Host(m) = &self.storage {
+            let ptr = m.ptr.as_ptr().cast::<libc::c_void>();
+            // SAFETY: the range is exactly our mapping; writing zeros over zeros.
+            if unsafe { libc::madvise(ptr, m.len, libc::MADV_POPULATE_WRITE) } != 0 {
+                for page in (0..m.len).step_by(4096) {
+                    unsafe { m.ptr.as_ptr().add(page).write_volatile(0) };
+                }
+            }
+        }
+    }
+
     /// Host memory, without CUDA.
     pub fn host(len: usize) -> Result<Buffer> {
         Ok(Buffer { storage: Storage::Host(HostMem::new(len)?), kernels: None })

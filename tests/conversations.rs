@@ -89,6 +89,76 @@ fn conversations_move_over_ucx_too() {
     assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
 }
 
+/// Under arrivals, 3 conversations take turns (every turn 1, then every
+/// turn 2, ...), each in a region of its own on both sides: were two to
+/// share one, each turn's check would find the other's keys.
+#[test]
+fn conversations_take_turns_under_arrivals_each_in_a_region_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("load.json");
+    let args = [
+        &["pair", "-m", "llama-3.1-8b", "--turns", "3", "--turn-tokens", "100:20", "-n", "3"][..],
+        &["-g", "layer,block", "--arrivals", "fixed:50", "--json", j.to_str().unwrap()],
+    ]
+    .concat();
+    let f = run(KVXFER, &args, secs(120));
+    f.expect_code(0);
+    assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+    assert!(f.stdout.contains("taking turns (every turn 1, then every turn 2, ...)"), "{}", f.stdout);
+    assert!(f.stdout.contains("3 conversations held at once"), "{}", f.stdout);
+    let r = json(&j);
+    let points = r["points"].as_array().unwrap();
+    assert_eq!(points.len(), 8);
+    for p in points {
+        let c = &p["conversation"];
+        let moving = if c["mode"] == "d-direct" { 1 } else { 3 };
+        assert_eq!(p["load"]["latency_ns"]["count"], 3 * moving, "{p}");
+        assert_eq!(c["regions"], 3);
+        for t in c["turns"].as_array().unwrap() {
+            let n = t["transfer_ns"]["count"].as_u64().unwrap();
+            assert_eq!(n, if t["bytes"] == 0 { 0 } else { 3 }, "{t}");
+        }
+    }
+}
+
+/// A trace of conversations: each turn at its time, in its conversation's
+/// region (two in progress at once, a third later in a freed one), its
+/// whole prompt given; a turn out of order is refused.
+#[test]
+fn a_conversation_trace_runs_turn_by_turn_and_refuses_a_turn_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("turns.csv");
+    let text = "arrival_ms,prompt,output,conversation,turn\n0,100,20,a,1\n5,50,0,b,1\n10,220,20,a,2\n\
+                15,90,10,b,2\n20,400,0,a,3\n25,64,0,c,1\n30,100,0,c,2\n";
+    std::fs::write(&trace, text).unwrap();
+    let j = dir.path().join("trace.json");
+    let at = format!("trace:{}", trace.display());
+    let args = [
+        &["pair", "-m", "llama-3.1-8b", "-g", "layer,block", "--multi-turn", "full,delta,bidirectional"][..],
+        &["--arrivals", &at, "--json", j.to_str().unwrap()],
+    ]
+    .concat();
+    let f = run(KVXFER, &args, secs(120));
+    f.expect_code(0);
+    assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+    let r = json(&j);
+    for p in r["points"].as_array().unwrap() {
+        let c = &p["conversation"];
+        assert_eq!((c["conversations"].as_u64(), c["regions"].as_u64()), (Some(3), Some(2)), "{p}");
+        let counts: Vec<u64> = c["turns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["transfer_ns"]["count"].as_u64().unwrap())
+            .collect();
+        assert_eq!(counts, vec![3, 3, 1]);
+    }
+    // b's turn 2 comes before its turn 1.
+    std::fs::write(&trace, "0,50,0,b,2\n5,100,0,b,1\n").unwrap();
+    let f = run(KVXFER, &["pair", "--arrivals", &at], secs(10));
+    f.expect_code(2).expect_stderr("line 1: turn 2 of conversation 'b' out of order");
+}
+
 /// A delta block written at the wrong offset fails the run and is named:
 /// turn 2 moves blocks 7-13; block 7's bytes land on block 8 as well.
 #[test]
@@ -131,9 +201,18 @@ fn a_stale_partial_block_fails_the_run_and_is_named() {
 }
 
 #[test]
-fn conversations_refuse_what_is_not_built_yet() {
-    let cases: &[(&[&str], &str)] =
-        &[(&["--arrivals", "fixed:5"], "not with --arrivals or emulated prefill yet")];
+fn conversations_refuse_what_they_cannot_run() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--arrivals", "fixed:5", "--concurrency", "4"],
+            "conversations under --arrivals go one turn at a time",
+        ),
+        (&["--prefill-tflops", "100"], "conversations do not run with emulated prefill yet"),
+        (
+            &["--arrivals", "fixed:5", "--prompt-mix", "1k:1"],
+            "a conversation's turns give its prompt lengths",
+        ),
+    ];
     for (extra, needle) in cases {
         let args = [&["pair"], CONVERSATION, extra].concat();
         run(KVXFER, &args, secs(10)).expect_code(2).expect_stderr(needle);

@@ -467,11 +467,24 @@ impl RunArgs {
         };
         let mut plan = self.with_load(plan)?;
         let c = &w.conversation;
+        let modes = c.multi_turn.clone();
+        let traced = plan.load.as_ref().map_or(&[][..], |l| &l.trace[..]);
+        let traced = traced.iter().any(|a| a.turn.is_some()).then(|| traced.to_vec());
         if let Some(conversation) = crate::cli::turns::conversation(c, &plan.shape)? {
+            if w.load.prompt_mix.is_some() {
+                return Err(Error::usage("--prompt-mix: a conversation's turns give its prompt lengths"));
+            }
             // The points are the modes; the prompts, the conversation's turns.
-            plan.prompt_lengths = vec![conversation.turn(conversation.turns).prompt_tokens as u32];
+            let last = conversation.turn(conversation.turns).prompt_tokens as u32;
+            plan.prompt_lengths = vec![last];
+            if let Some(l) = &mut plan.load {
+                l.mix = vec![(last, 1.0)];
+            }
             plan.conversation =
-                Some(crate::plan::turns::ConversationPlan { conversation, modes: c.multi_turn.clone() });
+                Some(crate::plan::turns::ConversationPlan { conversation: Some(conversation), modes });
+        } else if let Some(trace) = traced {
+            crate::cli::turns::check_traced_context(c, &plan.shape, &trace)?;
+            plan.conversation = Some(crate::plan::turns::ConversationPlan { conversation: None, modes });
         }
         plan.validate()?;
         Ok(plan)
@@ -508,6 +521,8 @@ impl RunArgs {
             }
         };
         let traced_outputs = trace.iter().any(|a| a.output_tokens.is_some());
+        let conversations =
+            self.workload.conversation.turns.is_some() || trace.iter().any(|a| a.turn.is_some());
         if l.tpot.is_some() && l.output_tokens.is_none() && !traced_outputs {
             return Err(Error::usage("--tpot needs --output-tokens, or a trace with output tokens"));
         }
@@ -540,6 +555,8 @@ impl RunArgs {
                 (Some(n), _) => n,
                 (None, TransportKind::Nccl) => 1,
                 (None, _) if plan.prefill.is_some() => 1,
+                // A conversation's KV stays in one lane's region.
+                (None, _) if conversations => 1,
                 (None, _) => DEFAULT_CONCURRENCY,
             },
         });

@@ -570,10 +570,15 @@ fn sender_side(
     let (mut bufs, mut transports, mut back) = (Vec::new(), Vec::new(), None);
     let result = (|| {
         let plan = &sess.hello.plan;
-        let began = Instant::now();
+        let (began, mut allocating) = (Instant::now(), Duration::ZERO);
         // Under load, a lane per request in flight; one otherwise.
         for _ in 0..plan.lanes() {
-            let buf = Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), run.timeout)?;
+            let at = Instant::now();
+            let mut buf = Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), run.timeout)?;
+            if plan.conversation.is_some() {
+                buf.populate();
+            }
+            allocating += at.elapsed();
             let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
             transports.push(transport::open_sender(&spec, setup, &buf, &run.local())?);
             bufs.push(buf);
@@ -584,7 +589,8 @@ fn sender_side(
             back = Some(transport::open_receiver(&spec, setup, &mut bufs[0], &run.local())?);
         }
         let (transport, buf) = (&mut transports[0], &mut bufs[0]);
-        let setup_time = began.elapsed();
+        // The transport's setup, not the buffers' (their pages are faulted in at allocation).
+        let setup_time = began.elapsed().saturating_sub(allocating);
         let setup_info = side_info(transport.info(), buf, setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, setup_info.clone(), Role::Sender)?;
         report.sender_transport = setup_info;
@@ -669,10 +675,14 @@ impl ReceiverSide {
             let plan = &sess.hello.plan;
             let spec = sess.hello.transport.clone();
             transport::check_library(&spec, plan, &self.local)?;
-            let began = Instant::now();
+            let (began, mut allocating) = (Instant::now(), Duration::ZERO);
             for _ in 0..plan.lanes() {
-                let (memory, timeout) = (self.memory, self.timeout);
+                let (memory, timeout, at) = (self.memory, self.timeout, Instant::now());
                 let mut buf = Buffer::new(memory, plan.max_buffer_bytes(), plan.max_messages(), timeout)?;
+                if plan.conversation.is_some() {
+                    buf.populate();
+                }
+                allocating += at.elapsed();
                 let setup = Setup { ctrl: &mut sess.ctrl, cookie: sess.hello.cookie };
                 transports.push(transport::open_receiver(&spec, setup, &mut buf, &self.local)?);
                 bufs.push(buf);
@@ -682,7 +692,7 @@ impl ReceiverSide {
                 back = Some(transport::open_sender(&spec, setup, &bufs[0], &self.local)?);
             }
             let (transport, buf) = (&mut transports[0], &mut bufs[0]);
-            let setup_time = began.elapsed();
+            let setup_time = began.elapsed().saturating_sub(allocating);
             // The sender's details first: where its GPU is tells which link to look for.
             report.sender_transport = expect_info(&mut sess.ctrl)?;
             let mut setup_info = side_info(transport.info(), buf, setup_time);

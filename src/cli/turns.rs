@@ -3,10 +3,11 @@
 //! `schedule::conversation`, with the saving against `full`.
 
 use super::args::ConversationArgs;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv::KvShape;
 use crate::plan::Granularity;
 use crate::schedule::conversation::{Conversation, MultiTurn, TurnMoves, DEFAULT_MAX_CONTEXT};
+use crate::schedule::Arrival;
 use crate::units::fmt_bytes;
 use std::io::Write;
 
@@ -16,6 +17,21 @@ pub fn conversation(a: &ConversationArgs, shape: &KvShape) -> Result<Option<Conv
     let c = Conversation::parse(turns, tokens)?;
     c.check_context(max_context(a, shape))?;
     Ok(Some(c))
+}
+
+/// Refuses a conversation trace whose context outgrows the model's.
+pub fn check_traced_context(a: &ConversationArgs, shape: &KvShape, trace: &[Arrival]) -> Result<()> {
+    let most = max_context(a, shape);
+    match trace.iter().find(|t| t.tokens as u64 + t.output_tokens.unwrap_or(0) as u64 > most as u64) {
+        Some(t) => Err(Error::usage(format!(
+            "the trace's turn {} of conversation {} reaches {} tokens of context, past the model's {most} \
+             (--max-context)",
+            t.turn.map_or(0, |t| t.1),
+            t.turn.map_or(0, |t| t.0),
+            t.tokens as u64 + t.output_tokens.unwrap_or(0) as u64
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn max_context(a: &ConversationArgs, shape: &KvShape) -> u32 {

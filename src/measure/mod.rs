@@ -176,8 +176,8 @@ pub fn run_sender(
                 let (middle, m) = (bytes / 2, layout.message_bytes);
                 buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
             }
-            let second_turn =
-                point.turns.is_some() && it >= plan.warmup && point.turn_at(plan.warmup, it) == (0, 1);
+            let second_turn = it >= plan.warmup
+                && matches!(point.turn_at(plan.warmup, it), Some((_, r)) if r.conversation == 0 && r.moving == 1);
             if second_turn && cfg.fault == Some(Fault::WrongOffset) && layout.message_count > 1 {
                 let (a, b) = (layout.slot(Side::Sender, 0), layout.slot(Side::Sender, 1));
                 buf.copy_within(a.offset, b.offset, a.len)?;
@@ -335,16 +335,18 @@ pub fn run_receiver(
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
             let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
-            // Bidirectional: decode first sends the conversation's KV back.
+            // Bidirectional: at the turn's arrival, decode first sends the conversation's KV back.
+            let mut arrival = None;
             if let (Some(back), Some(b)) = (back.as_deref_mut(), point.back_at(plan.warmup, it)) {
+                arrival = arrive(&plan, &point, it, load.as_mut(), bytes, ctrl, request)?;
                 let (ns, mut found) = turns::send_back(ctrl, back, buf, b, (p, request))?;
-                let (c, k) = point.turn_at(plan.warmup, it);
-                if let (Some(first), Some(t)) = (&mut found.first, &point.turns) {
-                    *first = format!("conversation {c}, turn {} (back to prefill): {first}", t.moving[k] + 1);
+                let (c, turn) = point.turn_named(plan.warmup, it).expect("a conversation point");
+                if let Some(first) = &mut found.first {
+                    *first = format!("conversation {c}, turn {turn} (back to prefill): {first}");
                 }
                 check.merge(found);
                 if let (Some(t), true) = (&mut turns, it >= plan.warmup) {
-                    t.back(k, ns);
+                    t.back(turn, ns);
                 }
             }
             let computes = plan.computes(&point, it);
@@ -377,22 +379,9 @@ pub fn run_receiver(
                 buf.settle_gpu()?;
             }
             let phase_load = if computes { &mut load_computing } else { &mut load };
-            let arrival = match (&mut *phase_load, point.arrival(plan.warmup, it), &plan.load) {
-                (Some(tally), Some(a), Some(l)) => {
-                    let arrived = tally.arrival(a.at_ns);
-                    wait_until(arrived, ctrl, request)?;
-                    check_behind(&plan, &point, it, arrived, ctrl.timeout)?;
-                    // --on-full wait: the request starts once it fits.
-                    if let Some(room) = tally.room_for(bytes as u64) {
-                        let wait = room.saturating_duration_since(Instant::now());
-                        if !wait.is_zero() {
-                            wait_until(room, ctrl, request)?;
-                            tally.waited(nanos(wait));
-                        }
-                    }
-                    Some((a.at_ns, l.hold_ns(a)))
-                }
-                _ => None,
+            let arrival = match arrival {
+                Some(a) => Some(a),
+                None => arrive(&plan, &point, it, phase_load.as_mut(), bytes, ctrl, request)?,
             };
             sink.begin(request);
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
@@ -459,17 +448,14 @@ pub fn run_receiver(
                 if it >= plan.warmup {
                     requests.saturating_record(request_ns);
                     sink.record_into(&mut messages);
-                    if let Some(t) = &mut turns {
-                        t.turn(point.turn_at(plan.warmup, it).1, request_ns);
+                    if let (Some(t), Some((_, turn))) = (&mut turns, point.turn_named(plan.warmup, it)) {
+                        t.turn(turn, request_ns);
                     }
                 }
             }
             // A conversation's turn: the check covers all the decode side holds so far.
-            let (checked, generated) = match &point.turns {
-                Some(t) => {
-                    let k = point.turn_at(plan.warmup, it).1;
-                    (&t.checks[k], t.generated[k].as_ref())
-                }
+            let (checked, generated) = match point.turn_at(plan.warmup, it) {
+                Some((c, r)) => (&c.checks[r.moving], c.generated[r.moving].as_ref()),
                 None => (layout, None),
             };
             let mut found = match plan.verify {
@@ -477,9 +463,8 @@ pub fn run_receiver(
                 VerifyMode::Inline => sink.take_check(),
                 VerifyMode::Off => integrity::Check::default(),
             };
-            if let (Some(first), Some(t)) = (&mut found.first, &point.turns) {
-                let (c, k) = point.turn_at(plan.warmup, it);
-                *first = format!("conversation {c}, turn {}: {first}", t.moving[k] + 1);
+            if let (Some(first), Some((c, turn))) = (&mut found.first, point.turn_named(plan.warmup, it)) {
+                *first = format!("conversation {c}, turn {turn}: {first}");
             }
             check.merge(found);
             // Decode writes the KV of the tokens it generates itself, for the next turn's check.
@@ -493,12 +478,12 @@ pub fn run_receiver(
         let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
         if let (Some(t), Some(pt)) = (&turns, &point.turns) {
             // The row: a conversation's bytes over its turns' mean transfer times.
-            let f = t.figures(pt, &plan.shape, plan.iterations);
+            let f = t.figures(pt, &plan.shape);
             let mean_ns: f64 = f.turns.iter().map(|t| t.transfer_ns.mean + t.back_ns.mean).sum();
-            result.prompt_tokens = pt.conversation.turn(pt.conversation.turns).prompt_tokens as u32;
+            result.prompt_tokens = f.turns.last().map_or(0, |t| t.prompt_tokens) as u32;
             result.request_bytes = f.bytes as usize;
             // The last turn's messages (each turn's in the line under the row).
-            let last = pt.layouts.last().expect("a conversation moves its first turn");
+            let last = pt.conversations[0].layouts.last().expect("a conversation moves its first turn");
             (result.messages, result.message_bytes) = (last.message_count, last.message_bytes);
             result.operations = last.descriptors().len();
             result.gbps = crate::units::gbps(f.bytes, mean_ns);
@@ -525,6 +510,34 @@ pub fn run_receiver(
     }
     ctrl.send(&Msg::Finish)?;
     Ok(results)
+}
+
+/// Under load, waits for request `it`'s arrival, and with `--on-full
+/// wait` for room in the decode buffer; returns its arrival and hold.
+fn arrive(
+    plan: &Plan,
+    point: &Point,
+    it: u32,
+    tally: Option<&mut load::LoadTally>,
+    bytes: usize,
+    ctrl: &mut Control,
+    request: u64,
+) -> Result<Option<(u64, u64)>> {
+    let (Some(tally), Some(a), Some(l)) = (tally, point.arrival(plan.warmup, it), &plan.load) else {
+        return Ok(None);
+    };
+    let arrived = tally.arrival(a.at_ns);
+    wait_until(arrived, ctrl, request)?;
+    check_behind(plan, point, it, arrived, ctrl.timeout)?;
+    // --on-full wait: the request starts once it fits.
+    if let Some(room) = tally.room_for(bytes as u64) {
+        let wait = room.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            wait_until(room, ctrl, request)?;
+            tally.waited(nanos(wait));
+        }
+    }
+    Ok(Some((a.at_ns, l.hold_ns(a))))
 }
 
 /// Ends a load point whose queue outgrew the timeout: it would only grow.

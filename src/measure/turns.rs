@@ -10,9 +10,9 @@ use super::{allowance, RequestLink, RoundSink, SLOWEST_DATA_BYTES_PER_SEC, SLOWE
 use crate::error::Result;
 use crate::kv::KvShape;
 use crate::memory::Buffer;
-use crate::plan::turns::PointTurns;
+use crate::plan::turns::{ConversationTurns, PointTurns};
 use crate::plan::{RequestLayout, VerifyMode};
-use crate::schedule::conversation::{MultiTurn, TurnMoves};
+use crate::schedule::conversation::{self, MultiTurn, Span, Turn, TurnMoves};
 use crate::session::{Control, Msg};
 use crate::transport::{nanos, AtOnce, RecvSide, SendSide};
 use hdrhistogram::Histogram;
@@ -25,9 +25,15 @@ pub struct ConversationFigures {
     pub mode: MultiTurn,
     pub conversations: u32,
     pub turns: Vec<TurnFigures>,
-    /// Bytes one conversation moves (both directions), and what `full` would.
+    /// Bytes a conversation moves (both directions), and what `full` would:
+    /// the mean over the point's conversations, which differ only in a trace.
     pub bytes: u64,
     pub full_bytes: u64,
+    /// Regions each side held (conversations in progress at once) and one's bytes.
+    #[serde(default)]
+    pub regions: u32,
+    #[serde(default)]
+    pub region_bytes: u64,
     /// d-direct: FLOPs decode spends prefilling the later turns itself, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decode_prefill_flops: Option<f64>,
@@ -56,7 +62,7 @@ pub struct TurnFigures {
     pub back_ns: LatencySummary,
 }
 
-/// The receiver's account of a conversation point's timed turns.
+/// The receiver's account of a conversation point's timed turns, by turn number.
 pub struct TurnsTally {
     per_turn: Vec<Histogram<u64>>,
     back: Vec<Histogram<u64>>,
@@ -64,61 +70,77 @@ pub struct TurnsTally {
 
 impl TurnsTally {
     pub fn new(turns: &PointTurns) -> Self {
-        let each = || turns.moving.iter().map(|_| stats::new_histogram()).collect();
+        let each = || (0..turns.most_turns()).map(|_| stats::new_histogram()).collect();
         TurnsTally { per_turn: each(), back: each() }
     }
 
-    /// The `k`th moving turn of a conversation took `ns`.
-    pub fn turn(&mut self, k: usize, ns: u64) {
-        self.per_turn[k].saturating_record(ns.max(1));
+    /// A conversation's turn `turn` (from 1) took `ns`.
+    pub fn turn(&mut self, turn: u32, ns: u64) {
+        self.per_turn[turn as usize - 1].saturating_record(ns.max(1));
     }
 
     /// Before it, its KV came back to prefill in `ns`.
-    pub fn back(&mut self, k: usize, ns: u64) {
-        self.back[k].saturating_record(ns.max(1));
+    pub fn back(&mut self, turn: u32, ns: u64) {
+        self.back[turn as usize - 1].saturating_record(ns.max(1));
     }
 
-    pub fn figures(&self, turns: &PointTurns, shape: &KvShape, conversations: u32) -> ConversationFigures {
-        let c = &turns.conversation;
-        let full: Vec<TurnMoves> = c.moves(
-            MultiTurn::Full,
-            turns.layouts.first().map_or(crate::plan::Granularity::Layer, |l| l.granularity),
-            shape.block_size,
-        );
+    /// Per turn number, what the conversations that reach it moved (their
+    /// mean, the same for conversations alike) and its times.
+    pub fn figures(&self, turns: &PointTurns, shape: &KvShape) -> ConversationFigures {
+        let g = turns.region.granularity;
+        let n = turns.conversations.len().max(1) as u64;
         let mut cumulative = 0;
-        let figures = turns
-            .moves
-            .iter()
-            .enumerate()
-            .map(|(t, m)| {
-                let (bytes, back_bytes) =
-                    (m.forward.map_or(0, |s| s.bytes(shape)), m.back.map_or(0, |s| s.bytes(shape)));
+        let figures = (0..turns.most_turns())
+            .map(|t| {
+                let reach: Vec<&ConversationTurns> =
+                    turns.conversations.iter().filter(|c| c.moves.len() > t).collect();
+                let mean = |f: &dyn Fn(&ConversationTurns) -> u64| {
+                    reach.iter().map(|c| f(c)).sum::<u64>() / reach.len().max(1) as u64
+                };
+                let span = |f: fn(&TurnMoves) -> Option<Span>, bytes: bool| {
+                    mean(&|c| f(&c.moves[t]).map_or(0, |s| if bytes { s.bytes(shape) } else { s.tokens() }))
+                };
+                let (bytes, back_bytes) = (span(|m| m.forward, true), span(|m| m.back, true));
                 cumulative += bytes + back_bytes;
-                let k = turns.moving.iter().position(|&i| i == t);
-                let summary = |h: &[Histogram<u64>]| k.map(|k| LatencySummary::of(&h[k])).unwrap_or_default();
+                let messages = mean(&|c| match c.moving.iter().position(|&i| i == t) {
+                    Some(k) => c.layouts[k].message_count as u64,
+                    None => 0,
+                });
                 TurnFigures {
-                    turn: m.turn.turn,
-                    prompt_tokens: m.turn.prompt_tokens,
-                    moved_tokens: m.forward.map_or(0, |s| s.tokens()),
+                    turn: t as u32 + 1,
+                    prompt_tokens: mean(&|c| c.moves[t].turn.prompt_tokens),
+                    moved_tokens: span(|m| m.forward, false),
                     bytes,
-                    back_tokens: m.back.map_or(0, |s| s.tokens()),
+                    back_tokens: span(|m| m.back, false),
                     back_bytes,
                     cumulative_bytes: cumulative,
-                    messages: k.map_or(0, |k| turns.layouts[k].message_count),
-                    transfer_ns: summary(&self.per_turn),
-                    back_ns: summary(&self.back),
+                    messages: messages as usize,
+                    transfer_ns: LatencySummary::of(&self.per_turn[t]),
+                    back_ns: LatencySummary::of(&self.back[t]),
                 }
             })
             .collect();
-        let flops: Vec<f64> =
-            turns.moves.iter().filter_map(|m| m.decode_prefill_flops(turns.mode, shape)).collect();
+        let turns_of = |c: &ConversationTurns| -> Vec<Turn> { c.moves.iter().map(|m| m.turn).collect() };
+        let full: u64 = turns
+            .conversations
+            .iter()
+            .flat_map(|c| conversation::moves(&turns_of(c), MultiTurn::Full, g, shape.block_size))
+            .map(|m| m.forward.map_or(0, |s| s.bytes(shape)))
+            .sum();
+        let flops: Vec<f64> = turns
+            .conversations
+            .iter()
+            .flat_map(|c| c.moves.iter().filter_map(|m| m.decode_prefill_flops(turns.mode, shape)))
+            .collect();
         ConversationFigures {
             mode: turns.mode,
-            conversations,
+            conversations: turns.conversations.len() as u32,
             turns: figures,
             bytes: cumulative,
-            full_bytes: full.iter().map(|m| m.forward.map_or(0, |s| s.bytes(shape))).sum(),
-            decode_prefill_flops: (!flops.is_empty()).then(|| flops.iter().sum()),
+            full_bytes: full / n,
+            regions: turns.regions,
+            region_bytes: turns.region.buffer_bytes() as u64,
+            decode_prefill_flops: (!flops.is_empty()).then(|| flops.iter().sum::<f64>() / n as f64),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod turns;
 
 use crate::error::{Error, Result};
 use crate::kv::{pattern, Attention, KvShape};
+use crate::schedule::conversation::MultiTurn;
 use crate::schedule::residency::OnFull;
 use crate::schedule::{Arrival, Arrivals, Bound};
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,10 @@ pub struct RequestLayout {
     /// differs from the one the turn sends.
     #[serde(default)]
     pub last_fill: u32,
+    /// Where a conversation's region starts in each side's buffer, when
+    /// conversations under arrivals each hold one; 0 otherwise.
+    #[serde(default)]
+    pub base: usize,
 }
 
 impl RequestLayout {
@@ -225,6 +230,7 @@ impl RequestLayout {
             region_tokens: 0,
             first: 0,
             last_fill: 0,
+            base: 0,
         }
     }
 
@@ -252,6 +258,8 @@ impl RequestLayout {
             g => RequestLayout::new(shape, tokens, g),
         };
         l.region_tokens = region_tokens;
+        // A contiguous table needs no drawn ids (see `block_id`): conversations hold many layouts.
+        l.ids = None;
         l.first = match granularity {
             Granularity::Block => from / shape.block_size,
             _ => from,
@@ -317,21 +325,26 @@ impl RequestLayout {
     /// The bytes of a side's buffer the request spans: its pool, for blocks;
     /// a conversation's region, for a turn.
     pub fn buffer_bytes(&self) -> usize {
-        match self.pool_blocks {
-            0 if self.region_tokens > 0 => {
-                self.total_bytes() / self.tokens.max(1) as usize * self.region_tokens as usize
+        self.base
+            + match self.pool_blocks {
+                0 if self.region_tokens > 0 => {
+                    self.total_bytes() / self.tokens.max(1) as usize * self.region_tokens as usize
+                }
+                0 => self.total_bytes(),
+                pool => {
+                    self.layers as usize
+                        * self.tensors_per_layer as usize
+                        * pool as usize
+                        * self.message_bytes
+                }
             }
-            0 => self.total_bytes(),
-            pool => {
-                self.layers as usize * self.tensors_per_layer as usize * pool as usize * self.message_bytes
-            }
-        }
     }
 
     /// Whether every message sits at index x size on both sides.
     pub fn tiled(&self) -> bool {
         let alone = self.region_tokens == 0 || (self.first == 0 && self.region_tokens == self.tokens);
         alone
+            && self.base == 0
             && (self.pool_blocks == 0
                 || (self.pool_blocks == self.blocks && self.table == BlockTable::Contiguous))
     }
@@ -353,7 +366,7 @@ impl RequestLayout {
                 (tensor * pool as usize + block) * bytes
             }
         };
-        Slot { index, offset, len: bytes }
+        Slot { index, offset: self.base + offset, len: bytes }
     }
 
     /// The pool block that holds block `b` of the request on `side`.
@@ -361,6 +374,7 @@ impl RequestLayout {
         match (&self.ids, side) {
             (Some(ids), Side::Sender) => ids.0[b],
             (Some(ids), Side::Receiver) => ids.1[b],
+            (None, _) if self.table == BlockTable::Contiguous => b as u32,
             // A layout read back from a report: drawn again, alike.
             (None, _) => self.table.ids(side, self.blocks, self.pool_blocks)[b],
         }
@@ -556,8 +570,8 @@ impl Point {
     /// prefill, of either phase): under load, its prompt length's (warm-ups
     /// take the schedule's first ones).
     pub fn layout_at(&self, warmup: u32, iteration: u32) -> &RequestLayout {
-        if let Some(t) = &self.turns {
-            return &t.layouts[self.turn_at(warmup, iteration).1];
+        if let Some((c, r)) = self.turn_at(warmup, iteration) {
+            return &c.layouts[r.moving];
         }
         let Some(l) = &self.load else { return &self.layout };
         let iteration = iteration % (warmup + l.schedule.len() as u32);
@@ -568,17 +582,30 @@ impl Point {
 
     /// Bidirectional: what decode sends back before request `iteration`.
     pub fn back_at(&self, warmup: u32, iteration: u32) -> Option<&RequestLayout> {
-        let t = self.turns.as_ref()?;
-        t.backs[self.turn_at(warmup, iteration).1].as_ref()
+        let (c, r) = self.turn_at(warmup, iteration)?;
+        c.backs[r.moving].as_ref()
     }
 
-    /// In a conversation point, request `iteration`'s conversation and its
-    /// turn among those that move (warm-ups: the first turn of their own).
-    pub fn turn_at(&self, warmup: u32, iteration: u32) -> (u32, usize) {
-        match (&self.turns, iteration.checked_sub(warmup)) {
-            (Some(t), Some(k)) => t.at(k),
-            _ => (0, 0),
+    /// In a conversation point, request `iteration`'s conversation and
+    /// which of its turns that move it is (warm-ups: a first turn in
+    /// conversation 0's region).
+    pub fn turn_at(
+        &self,
+        warmup: u32,
+        iteration: u32,
+    ) -> Option<(&turns::ConversationTurns, turns::TurnRequest)> {
+        let t = self.turns.as_ref()?;
+        match iteration.checked_sub(warmup) {
+            // With emulated prefill a conversation point would run twice; it is refused.
+            Some(k) => Some(t.at(k)),
+            None => Some((&t.conversations[0], turns::TurnRequest { conversation: 0, moving: 0 })),
         }
+    }
+
+    /// In a conversation point, request `iteration`'s conversation and turn number, for names.
+    pub fn turn_named(&self, warmup: u32, iteration: u32) -> Option<(u32, u32)> {
+        let (c, r) = self.turn_at(warmup, iteration)?;
+        Some((r.conversation, c.moves[c.moving[r.moving]].turn.turn))
     }
 
     /// Under load, the timed request `iteration`'s arrival (in either phase).
@@ -616,10 +643,22 @@ impl Plan {
             }
         }
         if let Some(c) = &self.conversation {
-            if self.load.is_some() || self.prefill.is_some() {
-                return Err(Error::usage(
-                    "--turns runs conversations one after another: not with --arrivals or emulated prefill yet",
-                ));
+            if self.prefill.is_some() {
+                return Err(Error::usage("conversations do not run with emulated prefill yet"));
+            }
+            if let Some(l) = &self.load {
+                if l.concurrency != 1 || l.decode_buffer.is_some() || l.duration_ns.is_some() {
+                    return Err(Error::usage(
+                        "conversations under --arrivals go one turn at a time (--concurrency 1: each \
+                         conversation's KV stays in one lane's region), without --decode-buffer or --duration",
+                    ));
+                }
+                if c.conversation.is_none() == l.trace.is_empty() {
+                    return Err(Error::usage(
+                        "conversations come from --turns and --turn-tokens, or from a trace whose lines \
+                         name conversation and turn, not both",
+                    ));
+                }
             }
             if c.modes.is_empty() {
                 return Err(Error::usage("--multi-turn names no mode"));
@@ -693,7 +732,7 @@ impl Plan {
     pub fn phase_len(&self, point: &Point) -> u32 {
         let timed = match (&point.load, &point.turns) {
             (Some(l), _) => l.schedule.len() as u32,
-            (None, Some(t)) => self.iterations * t.moving.len() as u32,
+            (None, Some(t)) => t.requests.len() as u32,
             (None, None) => self.iterations,
         };
         self.warmup + timed
@@ -729,15 +768,7 @@ impl Plan {
         if let Some(cp) = &self.conversation {
             for &g in &self.granularities {
                 for &mode in &cp.modes {
-                    let turns = turns::PointTurns::new(&self.shape, cp.conversation, mode, g);
-                    let layout = turns::PointTurns::region(&self.shape, &cp.conversation, g);
-                    out.push(Point {
-                        index: out.len(),
-                        layout,
-                        prefill_ns: None,
-                        load: None,
-                        turns: Some(turns),
-                    });
+                    out.extend(self.conversation_points(cp, mode, g, out.len()));
                 }
             }
             return out;
@@ -792,6 +823,67 @@ impl Plan {
         out
     }
 
+    /// A conversation mode's points at `g` from index `first`: one after
+    /// another, or under load one per arrival rate.
+    fn conversation_points(
+        &self,
+        cp: &turns::ConversationPlan,
+        mode: MultiTurn,
+        g: Granularity,
+        first: usize,
+    ) -> Vec<Point> {
+        let point = |index: usize, turns: turns::PointTurns, load: Option<PointLoad>| Point {
+            index,
+            layout: turns.region.clone(),
+            prefill_ns: None,
+            load,
+            turns: Some(turns),
+        };
+        let Some(load) = &self.load else {
+            let c = cp.conversation.expect("validated: conversations without a trace are --turns");
+            return vec![point(
+                first,
+                turns::PointTurns::one_after_another(&self.shape, c, self.iterations, mode, g),
+                None,
+            )];
+        };
+        let mut out = Vec::new();
+        for &arrivals in &load.arrivals {
+            let index = first + out.len();
+            let (turns, schedule) = match cp.conversation {
+                Some(c) => {
+                    let turns = turns::PointTurns::taking_turns(&self.shape, c, self.iterations, mode, g);
+                    let seed = load.seed.wrapping_add(index as u64);
+                    let bound = Bound::Requests(turns.requests.len() as u32);
+                    let mut schedule = crate::schedule::schedule(arrivals, &load.mix, bound, seed);
+                    for (a, r) in schedule.iter_mut().zip(&turns.requests) {
+                        let c = &turns.conversations[r.conversation as usize];
+                        let turn = c.moves[c.moving[r.moving]].turn;
+                        (a.tokens, a.turn) = (turn.prompt_tokens as u32, Some((r.conversation, turn.turn)));
+                    }
+                    (turns, schedule)
+                }
+                None => {
+                    let conversations = crate::schedule::traced_conversations(&load.trace);
+                    let order: Vec<(u32, u32)> = load.trace.iter().filter_map(|a| a.turn).collect();
+                    let turns = turns::PointTurns::new(&self.shape, &conversations, &order, mode, g);
+                    // The trace's turns that move in this mode.
+                    let moves = |a: &&Arrival| {
+                        a.turn.is_some_and(|(c, t)| {
+                            let c = &turns.conversations[c as usize];
+                            c.moving.iter().any(|&m| m + 1 == t as usize)
+                        })
+                    };
+                    let schedule = load.trace.iter().filter(moves).copied().collect();
+                    (turns, schedule)
+                }
+            };
+            let layouts = vec![turns.region.clone()];
+            out.push(point(index, turns, Some(PointLoad { arrivals, schedule, layouts })));
+        }
+        out
+    }
+
     /// Request ids are unique across the run, so no request can pass for another.
     pub fn request_id(&self, point: usize, iteration: u32) -> u64 {
         ((point as u64) << 32) + iteration as u64
@@ -801,10 +893,7 @@ impl Plan {
     /// turns share one (its first request's), as its KV stays in place.
     pub fn key_id(&self, point: &Point, iteration: u32) -> u64 {
         match (&point.turns, iteration.checked_sub(self.warmup)) {
-            (Some(t), Some(k)) => {
-                let (c, _) = t.at(k);
-                self.request_id(point.index, self.warmup + c * t.moving.len() as u32)
-            }
+            (Some(t), Some(k)) => self.request_id(point.index, self.warmup + t.at(k).1.conversation),
             _ => self.request_id(point.index, iteration),
         }
     }
@@ -817,20 +906,25 @@ impl Plan {
         self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
     }
 
-    /// Lanes a side opens: requests in flight at once under load.
     /// Whether decode sends KV back to prefill (`--multi-turn bidirectional`).
     pub fn moves_back(&self) -> bool {
-        let bidirectional = crate::schedule::conversation::MultiTurn::Bidirectional;
+        let bidirectional = MultiTurn::Bidirectional;
         self.conversation.as_ref().is_some_and(|c| c.modes.contains(&bidirectional))
     }
 
+    /// Lanes a side opens: requests in flight at once under load.
     pub fn lanes(&self) -> usize {
         self.load.as_ref().map_or(1, |l| l.concurrency as usize)
     }
 
     /// The bytes a side's buffer must hold: the largest request, or pool.
     pub fn max_buffer_bytes(&self) -> usize {
-        self.points().iter().map(|p| p.layout.buffer_bytes()).max().unwrap_or(0)
+        let bytes = |p: &Point| match &p.turns {
+            // Conversations in progress at once each hold a region.
+            Some(t) => t.regions as usize * t.region.buffer_bytes(),
+            None => p.layout.buffer_bytes(),
+        };
+        self.points().iter().map(bytes).max().unwrap_or(0)
     }
 
     /// A fingerprint of the plan and of how this build cuts it into messages:
@@ -853,7 +947,7 @@ impl Plan {
 }
 
 /// Bump when the way a plan is cut into messages changes.
-const LAYOUT_REVISION: u64 = 2;
+const LAYOUT_REVISION: u64 = 3;
 
 #[cfg(test)]
 mod tests {

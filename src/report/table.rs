@@ -117,13 +117,28 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         )?;
     }
     if let Some(c) = &r.plan.conversation {
-        let c0 = &c.conversation;
+        let (what, how) = match (&c.conversation, &r.plan.load) {
+            (Some(c0), None) => (
+                format!("{} turns of {} input and {} output tokens a conversation", c0.turns, c0.input, c0.output),
+                format!("{} conversations a mode, one after another", r.plan.iterations),
+            ),
+            (Some(c0), Some(_)) => (
+                format!("{} turns of {} input and {} output tokens a conversation", c0.turns, c0.input, c0.output),
+                format!(
+                    "{} conversations a mode under the arrivals, taking turns (every turn 1, then every turn 2, ...), \
+                     each in a region of its own",
+                    r.plan.iterations
+                ),
+            ),
+            (None, _) => (
+                "the trace's conversations and turns".to_string(),
+                "each conversation in a region of its own from its first turn to its last".to_string(),
+            ),
+        };
         writeln!(
             out,
-            "# turns      {} turns of {} input and {} output tokens a conversation, {} conversations a mode, one \
-             after another; each turn lands in the conversation's region, the receiver then checks all of it and \
-             writes its generated tokens' KV itself; a row per mode, the line under it per turn",
-            c0.turns, c0.input, c0.output, r.plan.iterations
+            "# turns      {what}, {how}; each turn lands in its conversation's region, the receiver then checks all \
+             of it and writes its generated tokens' KV itself; a row per mode, the line under it per turn"
         )?;
     }
     if let Some(l) = &r.plan.load {
@@ -330,11 +345,18 @@ fn conversation_line(c: &crate::measure::turns::ConversationFigures, out: &mut d
         .collect();
     writeln!(
         out,
-        "#   {}: {} a conversation, {:.0}% of full's {} | turn: tokens moved (bytes) p50 | {}",
+        "#   {}: {} a conversation, {:.0}% of full's {}{} | turn: tokens moved (bytes) p50 | {}",
         c.mode,
         fmt_bytes(c.bytes),
         100.0 * c.bytes as f64 / c.full_bytes.max(1) as f64,
         fmt_bytes(c.full_bytes),
+        match c.regions {
+            0 | 1 => String::new(),
+            n => format!(
+                ", {n} conversations held at once ({} a region, each side)",
+                fmt_bytes(c.region_bytes)
+            ),
+        },
         turns.join(", ")
     )?;
     if let Some(f) = c.decode_prefill_flops {

@@ -107,58 +107,76 @@ impl Conversation {
         }
     }
 
+    /// Every turn's tokens, in order.
+    pub fn turns(&self) -> Vec<Turn> {
+        (1..=self.turns).map(|t| self.turn(t)).collect()
+    }
+
     /// What every turn moves in `mode` at `granularity`, with `block` tokens a block.
     pub fn moves(&self, mode: MultiTurn, granularity: Granularity, block: u32) -> Vec<TurnMoves> {
-        let block = block as u64;
-        let whole = |tokens: u64| tokens.div_ceil(block) * block;
-        (1..=self.turns)
-            .map(|t| {
-                let turn = self.turn(t);
-                let full = Span {
-                    from: 0,
-                    to: match granularity {
-                        Granularity::Block => whole(turn.prompt_tokens),
-                        _ => turn.prompt_tokens,
-                    },
-                };
-                // Decode caches the full blocks of what it has seen: every earlier turn's context.
-                let delta = Span { from: turn.before_tokens / block * block, to: whole(turn.prompt_tokens) };
-                let (forward, back) = match (mode, t) {
-                    (MultiTurn::Full, _) | (MultiTurn::DDirect, 1) => (Some(full), None),
-                    (MultiTurn::Delta, _) | (MultiTurn::Bidirectional, 1) => (Some(delta), None),
-                    (MultiTurn::Bidirectional, _) => {
-                        // What decode holds: whole blocks, or token-exact messages.
-                        let held = match granularity {
-                            Granularity::Block => whole(turn.before_tokens),
-                            _ => turn.before_tokens,
-                        };
-                        (Some(delta), Some(Span { from: 0, to: held }))
-                    }
-                    (MultiTurn::DDirect, _) => (None, None),
-                };
-                TurnMoves { turn, forward, back }
-            })
-            .collect()
+        moves(&self.turns(), mode, granularity, block)
     }
-}
 
-impl Conversation {
-    /// The KV the decode side writes itself after turn `t`: its generated
-    /// tokens' (in whole blocks at block granularity, whose earlier tokens
-    /// it rewrites unchanged); None without output.
+    /// The KV decode writes itself after turn `t` (see `generated`).
     pub fn generated(&self, t: u32, granularity: Granularity, block: u32) -> Option<Span> {
-        let turn = self.turn(t);
-        let (block, from, to) = (block as u64, turn.prompt_tokens, turn.context_tokens);
-        (to > from).then(|| match granularity {
-            Granularity::Block => Span { from: from / block * block, to: to.div_ceil(block) * block },
-            _ => Span { from, to },
-        })
+        generated(&self.turn(t), granularity, block)
     }
 
     /// The tokens a conversation's region holds: its whole context, in blocks.
     pub fn region_tokens(&self, block: u32) -> u64 {
-        self.turn(self.turns).context_tokens.div_ceil(block as u64) * block as u64
+        region_tokens(&self.turns(), block)
     }
+}
+
+/// What every turn of a conversation (its `turns` in order, alike or
+/// not, as a trace gives them) moves in `mode` at `granularity`.
+pub fn moves(turns: &[Turn], mode: MultiTurn, granularity: Granularity, block: u32) -> Vec<TurnMoves> {
+    let block = block as u64;
+    let whole = |tokens: u64| tokens.div_ceil(block) * block;
+    turns
+        .iter()
+        .map(|&turn| {
+            let full = Span {
+                from: 0,
+                to: match granularity {
+                    Granularity::Block => whole(turn.prompt_tokens),
+                    _ => turn.prompt_tokens,
+                },
+            };
+            // Decode caches the full blocks of what it has seen: every earlier turn's context.
+            let delta = Span { from: turn.before_tokens / block * block, to: whole(turn.prompt_tokens) };
+            let (forward, back) = match (mode, turn.turn) {
+                (MultiTurn::Full, _) | (MultiTurn::DDirect, 1) => (Some(full), None),
+                (MultiTurn::Delta, _) | (MultiTurn::Bidirectional, 1) => (Some(delta), None),
+                (MultiTurn::Bidirectional, _) => {
+                    // What decode holds: whole blocks, or token-exact messages.
+                    let held = match granularity {
+                        Granularity::Block => whole(turn.before_tokens),
+                        _ => turn.before_tokens,
+                    };
+                    (Some(delta), Some(Span { from: 0, to: held }))
+                }
+                (MultiTurn::DDirect, _) => (None, None),
+            };
+            TurnMoves { turn, forward, back }
+        })
+        .collect()
+}
+
+/// The KV the decode side writes itself after `turn`: its generated
+/// tokens' (in whole blocks at block granularity, whose earlier tokens it
+/// rewrites unchanged); None without output.
+pub fn generated(turn: &Turn, granularity: Granularity, block: u32) -> Option<Span> {
+    let (block, from, to) = (block as u64, turn.prompt_tokens, turn.context_tokens);
+    (to > from).then(|| match granularity {
+        Granularity::Block => Span { from: from / block * block, to: to.div_ceil(block) * block },
+        _ => Span { from, to },
+    })
+}
+
+/// The tokens a conversation's region holds: its whole context, in blocks.
+pub fn region_tokens(turns: &[Turn], block: u32) -> u64 {
+    turns.last().map_or(0, |t| t.context_tokens).div_ceil(block as u64) * block as u64
 }
 
 /// One turn's tokens.

@@ -97,6 +97,11 @@ pub struct Arrival {
     /// Tokens decode generates for it (a trace's third column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens: Option<u32>,
+    /// A conversation's turn (a trace's fourth and fifth columns): the
+    /// conversation, numbered from 0 as the trace first names it, and the
+    /// turn, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<(u32, u32)>,
 }
 
 /// How many requests a load point makes.
@@ -149,14 +154,19 @@ fn draw(rng: &mut SplitMix64, mix: &[(u32, f64)], total: f64, at: f64) -> Arriva
         })
         .or(mix.iter().rev().find(|(_, w)| *w > 0.0))
         .map_or(0, |(t, _)| *t);
-    Arrival { at_ns: at.round() as u64, tokens, output_tokens: None }
+    Arrival { at_ns: at.round() as u64, tokens, output_tokens: None, turn: None }
 }
 
 /// A trace: CSV lines `arrival_ms,prompt_tokens[,output_tokens]` in time
-/// order (a header line is allowed, `#` starts a comment); `what` names the
-/// file in errors, which give the line.
+/// order (a header line is allowed, `#` starts a comment), or, for
+/// conversations, `arrival_ms,prompt_tokens,output_tokens,conversation,turn`
+/// on every line: each turn's whole prompt (the conversation so far and the
+/// turn's input), the conversation's id (any word) and the turn, from 1, in
+/// order. `what` names the file in errors, which give the line.
 pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
     let mut out: Vec<Arrival> = Vec::new();
+    // Per conversation, as first named: its id, last turn and context after it.
+    let mut conversations: Vec<(String, u32, u64)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() || (out.is_empty() && line.starts_with(|c: char| c.is_ascii_alphabetic())) {
@@ -164,28 +174,91 @@ pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
         }
         let bad = |why: String| Error::usage(format!("{what}, line {}: {why}: '{line}'", n + 1));
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
-        if !(2..=3).contains(&fields.len()) {
-            return Err(bad("wants arrival_ms,prompt_tokens[,output_tokens]".into()));
+        if !matches!(fields.len(), 2 | 3 | 5) {
+            return Err(bad(
+                "wants arrival_ms,prompt_tokens[,output_tokens], or arrival_ms,prompt_tokens,output_tokens,\
+                 conversation,turn"
+                    .into(),
+            ));
         }
         let ms = match fields[0].parse::<f64>() {
             Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
             _ => return Err(bad(format!("'{}' is not a time of 0 ms or more", fields[0]))),
         };
-        let count = |f: &str, name: &str| match f.parse::<u32>() {
-            Ok(t) if t > 0 => Ok(t),
-            _ => Err(bad(format!("'{f}' is not a positive {name}"))),
+        let count = |f: &str, name: &str, least: u32| match f.parse::<u32>() {
+            Ok(t) if t >= least => Ok(t),
+            _ => Err(bad(format!("'{f}' is not a {name}"))),
         };
         let at_ns = (ms * 1e6).round() as u64;
         if out.last().is_some_and(|a| a.at_ns > at_ns) {
             return Err(bad("out of time order (arrivals must not go back)".into()));
         }
-        let output_tokens = fields.get(2).map(|f| count(f, "output token count")).transpose()?;
-        out.push(Arrival { at_ns, tokens: count(fields[1], "prompt length")?, output_tokens });
+        let tokens = count(fields[1], "positive prompt length", 1)?;
+        let conversational = fields.len() == 5;
+        if out.first().is_some_and(|a| a.turn.is_some() != conversational) {
+            return Err(bad("a trace's lines are all conversation turns (five columns) or none".into()));
+        }
+        // A conversation's turn may generate nothing; a request alone generates something.
+        let (least, name) = match conversational {
+            true => (0, "output token count of 0 or more"),
+            false => (1, "positive output token count"),
+        };
+        let output_tokens = fields.get(2).map(|f| count(f, name, least)).transpose()?;
+        let turn = match conversational {
+            false => None,
+            true => {
+                let (id, turn) = (fields[3], count(fields[4], "turn number from 1", 1)?);
+                let c = match conversations.iter().position(|c| c.0 == id) {
+                    Some(c) => c,
+                    None => {
+                        conversations.push((id.to_string(), 0, 0));
+                        conversations.len() - 1
+                    }
+                };
+                let (_, last, context) = &mut conversations[c];
+                if turn != *last + 1 {
+                    return Err(bad(format!(
+                        "turn {turn} of conversation '{id}' out of order: its turn {} comes next",
+                        *last + 1
+                    )));
+                }
+                if tokens as u64 <= *context {
+                    return Err(bad(format!(
+                        "turn {turn} of conversation '{id}': a prompt of {tokens} tokens does not hold the \
+                         conversation so far ({context} tokens) and a new one"
+                    )));
+                }
+                (*last, *context) = (turn, tokens as u64 + output_tokens.unwrap_or(0) as u64);
+                Some((c as u32, turn))
+            }
+        };
+        out.push(Arrival { at_ns, tokens, output_tokens, turn });
     }
     if out.is_empty() {
         return Err(Error::usage(format!("{what} holds no requests")));
     }
     Ok(out)
+}
+
+/// A conversation trace's conversations: each one's turns, in order.
+pub fn traced_conversations(trace: &[Arrival]) -> Vec<Vec<conversation::Turn>> {
+    let mut out: Vec<Vec<conversation::Turn>> = Vec::new();
+    for a in trace {
+        let Some((c, turn)) = a.turn else { continue };
+        if out.len() <= c as usize {
+            out.resize_with(c as usize + 1, Vec::new);
+        }
+        let before = out[c as usize].last().map_or(0, |t: &conversation::Turn| t.context_tokens);
+        let prompt = a.tokens as u64;
+        let context = prompt + a.output_tokens.unwrap_or(0) as u64;
+        out[c as usize].push(conversation::Turn {
+            turn,
+            before_tokens: before,
+            prompt_tokens: prompt,
+            context_tokens: context,
+        });
+    }
+    out
 }
 
 /// A trace's mean rate: requests over the span of their arrivals.
@@ -298,8 +371,8 @@ mod tests {
         assert_eq!(
             t,
             vec![
-                Arrival { at_ns: 0, tokens: 1024, output_tokens: Some(128) },
-                Arrival { at_ns: 12_500_000, tokens: 8192, output_tokens: None }
+                Arrival { at_ns: 0, tokens: 1024, output_tokens: Some(128), turn: None },
+                Arrival { at_ns: 12_500_000, tokens: 8192, output_tokens: None, turn: None }
             ]
         );
         assert!((trace_qps(&t) - 80.0).abs() < 1e-9);
@@ -313,6 +386,42 @@ mod tests {
             ("# nothing\n", "t.csv holds no requests"),
         ] {
             let e = parse_trace(text, "t.csv").unwrap_err();
+            assert!(e.message.contains(needle), "{text:?}: {}", e.message);
+        }
+    }
+
+    /// Conversation traces: each turn's whole prompt, the conversation's id
+    /// and the turn; ids numbered as first named, turns in order, each
+    /// prompt holding the conversation so far.
+    #[test]
+    fn conversation_traces_keep_each_conversations_turns_in_order() {
+        let text = "ms,prompt,output,conversation,turn\n0,100,20,alice,1\n1,50,0,bob,1\n2,220,20,alice,2\n3,80,5,bob,2\n";
+        let t = parse_trace(text, "c.csv").unwrap();
+        let turns: Vec<Option<(u32, u32)>> = t.iter().map(|a| a.turn).collect();
+        assert_eq!(turns, vec![Some((0, 1)), Some((1, 1)), Some((0, 2)), Some((1, 2))]);
+        let c = traced_conversations(&t);
+        let alice: Vec<(u64, u64, u64)> =
+            c[0].iter().map(|t| (t.before_tokens, t.prompt_tokens, t.context_tokens)).collect();
+        assert_eq!(alice, vec![(0, 100, 120), (120, 220, 240)]);
+        assert_eq!((c[1][1].before_tokens, c[1][1].prompt_tokens, c[1][1].context_tokens), (50, 80, 85));
+        for (text, needle) in [
+            ("0,100,0,a,2\n", "line 1: turn 2 of conversation 'a' out of order: its turn 1 comes next"),
+            (
+                "0,100,0,a,1\n1,200,0,a,1\n",
+                "line 2: turn 1 of conversation 'a' out of order: its turn 2 comes next",
+            ),
+            ("0,100,0,a,1\n1,200,0,a,3\n", "line 2: turn 3 of conversation 'a' out of order"),
+            (
+                "0,100,20,a,1\n1,120,0,a,2\n",
+                "a prompt of 120 tokens does not hold the conversation so far (120",
+            ),
+            (
+                "0,100,0,a,1\n1,200\n",
+                "line 2: a trace's lines are all conversation turns (five columns) or none",
+            ),
+            ("0,100,0,a,0\n", "'0' is not a turn number from 1"),
+        ] {
+            let e = parse_trace(text, "c.csv").unwrap_err();
             assert!(e.message.contains(needle), "{text:?}: {}", e.message);
         }
     }
