@@ -77,6 +77,14 @@ fn every_mode_and_granularity_moves_what_it_should_and_checks_whole_over_tcp() {
     let out = dir.path().join("report");
     run(KVXFER, &["report", j.to_str().unwrap(), "--out", out.to_str().unwrap()], secs(60)).expect_code(0);
     assert!(out.join("turns.png").exists() && out.join("turns.svg").exists());
+    // And writes a CSV row per turn: 12 points of 5 turns.
+    let rows = std::fs::read_to_string(out.join("turns.csv")).unwrap();
+    assert_eq!(rows.lines().count(), 1 + 12 * 5);
+    assert!(
+        rows.lines()
+            .any(|l| l.contains(",bidirectional,block,2,2,220,112,14680064,128,16777216,46137344,448,2,")),
+        "{rows}"
+    );
 }
 
 #[test]

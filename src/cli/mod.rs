@@ -315,6 +315,9 @@ fn compare(a: &ReportArgs) -> Result<()> {
     let md = report::compare::markdown(&series, baseline.as_ref());
     let csv = report::compare::csv(&series, baseline.as_ref())?;
     let mut files = vec![write("summary.md", md.clone())?, write("summary.csv", csv)?];
+    if let Some(turns) = report::compare::turns_csv(&series)? {
+        files.push(write("turns.csv", turns)?);
+    }
     files.extend(report::plot::all(&a.out, &series)?);
     let mut out = std::io::stdout().lock();
     write!(out, "{md}")?;

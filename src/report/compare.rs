@@ -244,6 +244,64 @@ fn added_ttft_markdown(series: &[Series]) -> String {
     md
 }
 
+/// Conversations, a row per turn of each point of each series (None
+/// without conversations): what the turn moved both ways and its times.
+pub fn turns_csv(series: &[Series]) -> Result<Option<String>> {
+    let fail = |e: ::csv::Error| Error::run(e.to_string());
+    let mut w = ::csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "series",
+        "multi_turn",
+        "granularity",
+        "conversations",
+        "turn",
+        "prompt_tokens",
+        "moved_tokens",
+        "bytes",
+        "back_tokens",
+        "back_bytes",
+        "cumulative_bytes",
+        "messages",
+        "transfer_count",
+        "transfer_p50_ns",
+        "transfer_p99_ns",
+        "back_p50_ns",
+        "back_p99_ns",
+    ])
+    .map_err(fail)?;
+    let mut any = false;
+    for s in series {
+        for p in &s.points {
+            let Some(c) = &p.conversation else { continue };
+            any = true;
+            for t in &c.turns {
+                w.write_record([
+                    s.label.clone(),
+                    c.mode.to_string(),
+                    p.granularity.to_string(),
+                    c.conversations.to_string(),
+                    t.turn.to_string(),
+                    t.prompt_tokens.to_string(),
+                    t.moved_tokens.to_string(),
+                    t.bytes.to_string(),
+                    t.back_tokens.to_string(),
+                    t.back_bytes.to_string(),
+                    t.cumulative_bytes.to_string(),
+                    t.messages.to_string(),
+                    t.transfer_ns.count.to_string(),
+                    t.transfer_ns.p50.to_string(),
+                    t.transfer_ns.p99.to_string(),
+                    t.back_ns.p50.to_string(),
+                    t.back_ns.p99.to_string(),
+                ])
+                .map_err(fail)?;
+            }
+        }
+    }
+    let bytes = w.into_inner().map_err(|e| Error::run(e.to_string()))?;
+    Ok(any.then(|| String::from_utf8(bytes).expect("CSV of UTF-8 fields")))
+}
+
 /// The merged table, as CSV with raw units; `gbps_vs_baseline` is empty
 /// without a baseline or a matching point.
 pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
