@@ -85,6 +85,12 @@ fn bad_values_are_refused_clearly() {
         (KVXFER, &["plan", "-m", "deepseek-v3", "--kv-heads", "8"], "shape flags do not apply"),
         (KVXFER, &["pair", "-n", "0"], "at least 1"),
         (KVXFER, &["pair", "-n", "-3"], "negative"),
+        (
+            KVXFER,
+            &["pair", "-n", "4294967295", "-w", "1"],
+            "make 4294967296 requests a point, more than 4294967295",
+        ),
+        (KVXFER, &["pair", "-n", "4294967294"], "make 4294967296 requests a point"),
         (KVXFER, &["pair", "-g", "page"], "unknown granularity"),
         (KVXFER, &["pair", "--verify", "sometimes"], "unknown --verify"),
         (KVXFER, &["pair", "--link", "warp9"], "unknown --link"),

@@ -150,8 +150,18 @@ fn two_senders_are_refused_at_the_handshake() {
 fn a_plan_for_another_model_is_refused() {
     let (recv, addr) = receiver("127.0.0.1:0", &["--expect-model", "Llama-3.1-70B"]);
     let send = run(SEND, &["--connect", &addr, "-m", "llama-3.1-8b"], secs(30));
-    send.expect_code(1).expect_stderr("expects model llama-3.1-70b, the sender's plan is for llama-3.1-8b");
+    send.expect_code(1).expect_stderr(
+        "expects model llama-3.1-70b, the sender's plan is for llama-3.1-8b with 32 layers, not 80",
+    );
     recv.finish(secs(10)).expect_code(1);
+    // The same name, another shape: the shape is what decode holds.
+    let (recv, addr) = receiver("127.0.0.1:0", &["--expect-model", "llama-3.1-8b"]);
+    let send = run(SEND, &["--connect", &addr, "-m", "llama-3.1-8b", "--layers", "16"], secs(30));
+    send.expect_code(1).expect_stderr("the sender's plan is for llama-3.1-8b with 16 layers, not 32");
+    recv.finish(secs(10)).expect_code(1);
+    // A model the receiver does not know is refused at start.
+    let f = run(RECV, &["--listen", "127.0.0.1:0", "--expect-model", "llama-9"], secs(10));
+    f.expect_code(2).expect_stderr("llama-9");
 }
 
 #[test]
@@ -183,4 +193,30 @@ fn output_files_of_a_failed_run_keep_what_was_measured() {
     assert_eq!(r["outcome"], "wrong bytes");
     assert_eq!(r["wrong_bytes"], 1);
     assert_eq!(r["points"].as_array().unwrap().len(), 2);
+}
+
+/// A run that fails partway reports what its checks verified before the
+/// failure, also within the point that did not finish; a sender, which
+/// does not check, says so.
+#[test]
+fn a_run_that_fails_partway_tells_what_it_verified() {
+    // A pair a second into a point of 100,000 requests, far from its end.
+    let under_way = || {
+        let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "2s"]);
+        let args = ["--connect", &addr, "-p", "128", "-g", "layer", "-n", "100000", "--timeout", "2s"];
+        let send = Proc::start(SEND, &args);
+        assert!(send.wait_for("# iterations", secs(20)), "{}", send.stdout());
+        std::thread::sleep(secs(1));
+        (recv, send)
+    };
+    let (recv, send) = under_way();
+    send.signal(libc::SIGKILL);
+    let r = recv.finish(secs(20));
+    r.expect_code(1);
+    assert!(r.stdout.contains("# integrity  0 wrong bytes in "), "{}", r.stdout);
+    let (recv, send) = under_way();
+    recv.signal(libc::SIGKILL);
+    let s = send.finish(secs(20));
+    s.expect_code(1);
+    assert!(s.stdout.contains("nothing verified here: the receiver checks the bytes"), "{}", s.stdout);
 }

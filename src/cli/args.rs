@@ -649,9 +649,9 @@ pub struct RecvArgs {
     /// Refuse a sender that asks for another transport
     #[arg(long, value_name = "NAME", value_parser = transport_kind)]
     pub expect_transport: Option<TransportKind>,
-    /// Refuse a sender whose plan is for another model
-    #[arg(long, value_name = "NAME")]
-    pub expect_model: Option<String>,
+    /// Refuse a sender whose KV is not this built-in model's (layers, KV heads and head_dim or latent, dtype)
+    #[arg(long, value_name = "NAME", value_parser = expected_model)]
+    pub expect_model: Option<ModelSpec>,
     #[command(flatten)]
     pub memory: MemoryArgs,
     /// The NCCL library to load [default: libnccl.so.2, then libnccl.so]
@@ -725,6 +725,10 @@ pub struct ConversationArgs {
     /// The longest context the model takes [default: the preset's max_position_embeddings, or 131072]
     #[arg(long, value_name = "TOKENS", value_parser = positive_u32, help_heading = "Conversations")]
     pub max_context: Option<u32>,
+}
+
+fn expected_model(s: &str) -> Result<ModelSpec, String> {
+    presets::lookup(s).map_err(|e| e.message)
 }
 
 fn multi_turn_list(s: &str) -> Result<Vec<MultiTurn>, String> {

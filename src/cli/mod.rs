@@ -458,7 +458,7 @@ fn receiver_side(a: &RecvArgs) -> ReceiverSide {
         timeout: a.timeout,
         expect: Expectations {
             transport: a.expect_transport,
-            model: a.expect_model.as_ref().map(|m| presets::lookup(m).map(|p| p.name).unwrap_or(m.clone())),
+            model: a.expect_model.clone(),
             memory: a.memory.memory,
         },
         memory: a.memory.spec(),
@@ -772,9 +772,15 @@ impl measure::RunEvents for Shown<'_> {
         }
     }
 
+    fn checked(&mut self, verified_bytes: u64, wrong_bytes: u64) {
+        let u = &mut self.report.unfinished;
+        (u.0, u.1) = (u.0 + verified_bytes, u.1 + wrong_bytes);
+    }
+
     fn point(&mut self, p: &measure::PointResult) {
         self.screen.point(self.report, p);
         self.report.points.push(p.clone());
+        self.report.unfinished = (0, 0);
     }
 }
 

@@ -30,12 +30,30 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
     };
     let field = |name: &str| -> Option<u64> { cfg.get(name).and_then(Value::as_u64) };
     let need = |name: &str| -> Result<u32> {
-        let v = field(name)
+        let v = cfg
+            .get(name)
             .ok_or_else(|| Error::usage(format!("missing field '{name}' (a positive integer)")))?;
-        u32::try_from(v)
-            .ok()
-            .filter(|&v| v > 0)
-            .ok_or_else(|| Error::usage(format!("field '{name}' must be a positive integer, got {v}")))
+        let bad = |got: String| Error::usage(format!("field '{name}' must be a positive integer, got {got}"));
+        match v {
+            Value::Number(n) => match n.as_u64() {
+                Some(0) => Err(bad("0".into())),
+                Some(x) => u32::try_from(x).map_err(|_| {
+                    Error::usage(format!(
+                        "field '{name}' is {x}, past the largest kvxfer takes ({})",
+                        u32::MAX
+                    ))
+                }),
+                // Past 2^64, read as a float.
+                None if n.as_f64().is_some_and(|f| f > u32::MAX as f64) => Err(Error::usage(format!(
+                    "field '{name}' is {n}, past the largest kvxfer takes ({})",
+                    u32::MAX
+                ))),
+                // Negative, or fractional.
+                None => Err(bad(n.to_string())),
+            },
+            Value::String(s) => Err(bad(format!("the string \"{s}\""))),
+            other => Err(bad(other.to_string())),
+        }
     };
 
     let layers = need("num_hidden_layers")?;
@@ -57,6 +75,12 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
                 "missing field 'num_key_value_heads' (nor 'num_attention_heads' to fall back on)",
             ));
         };
+        if let Some(heads) = field("num_attention_heads").filter(|&h| (kv_heads as u64) > h) {
+            return Err(Error::usage(format!(
+                "num_key_value_heads {kv_heads} is more than num_attention_heads {heads}: each KV head serves one \
+                 query head or more"
+            )));
+        }
         let head_dim = if cfg.get("head_dim").is_some_and(|v| !v.is_null()) {
             need("head_dim")?
         } else {
@@ -81,7 +105,8 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         .ok_or_else(|| Error::usage("missing field 'torch_dtype' (or 'dtype'); pass --dtype"))?;
     let dtype = Dtype::parse(dtype_name)?;
 
-    let name = ["_name_or_path", "name_or_path"]
+    // The model's own name where the config gives one, its architecture's else, the folder's last.
+    let name = ["_name_or_path", "name_or_path", "model_type"]
         .iter()
         .find_map(|k| root.get(*k).and_then(Value::as_str))
         .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
@@ -225,5 +250,39 @@ mod tests {
         assert!(err("[1, 2]").contains("not a JSON object"));
         assert!(err("{oops").contains("not valid JSON"));
         assert!(err(r#"{"num_hidden_layers": -3}"#).contains("num_hidden_layers"));
+    }
+
+    /// A field that is there with a bad value says what is wrong with it.
+    #[test]
+    fn bad_values_say_what_is_wrong_with_them() {
+        let with = |layers: &str| {
+            let text =
+                LLAMA_8B.replace("\"num_hidden_layers\": 32", &format!("\"num_hidden_layers\": {layers}"));
+            parse(&text, "x").unwrap_err().message
+        };
+        for (value, says) in [
+            ("-32", "'num_hidden_layers' must be a positive integer, got -32"),
+            ("\"32\"", "got the string \"32\""),
+            ("32.5", "got 32.5"),
+            ("null", "got null"),
+            ("0", "got 0"),
+            ("18446744073709551616", "is 1.8446744073709552e+19, past the largest kvxfer takes (4294967295)"),
+            ("4294967296", "is 4294967296, past the largest kvxfer takes (4294967295)"),
+        ] {
+            assert!(with(value).contains(says), "{value}: {}", with(value));
+        }
+        let wide = LLAMA_8B.replace("\"num_key_value_heads\": 8", "\"num_key_value_heads\": 64");
+        let e = parse(&wide, "x").unwrap_err().message;
+        assert!(e.contains("num_key_value_heads 64 is more than num_attention_heads 32"), "{e}");
+    }
+
+    /// A config names its model: its path, else its architecture, else the folder.
+    #[test]
+    fn a_config_names_its_model() {
+        let add = |field: &str| LLAMA_8B.replace("\"architectures\"", &format!("{field}, \"architectures\""));
+        let named = add("\"_name_or_path\": \"meta-llama/Llama-3.1-8B\", \"model_type\": \"llama\"");
+        assert_eq!(parse(&named, "configs").unwrap().name, "Llama-3.1-8B");
+        assert_eq!(parse(&add("\"model_type\": \"llama\""), "configs").unwrap().name, "llama");
+        assert_eq!(parse(LLAMA_8B, "configs").unwrap().name, "configs");
     }
 }

@@ -143,6 +143,32 @@ impl ModelSpec {
         })
     }
 
+    /// How `other`'s KV differs from this model's: layers, attention
+    /// (KV heads and head_dim, or the latent), dtype; empty when alike.
+    /// Names do not count: a config.json of the same model is the same KV.
+    pub fn kv_differences(&self, other: &ModelSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.layers != other.layers {
+            out.push(format!("{} layers, not {}", other.layers, self.layers));
+        }
+        match (&self.attention, &other.attention) {
+            (&Attention::Gqa { kv_heads: h, head_dim: d }, &Attention::Gqa { kv_heads, head_dim }) => {
+                if h != kv_heads {
+                    out.push(format!("{kv_heads} KV heads, not {h}"));
+                }
+                if d != head_dim {
+                    out.push(format!("head_dim {head_dim}, not {d}"));
+                }
+            }
+            (a, b) if a != b => out.push(format!("{}, not {}", attention_kind(b), attention_kind(a))),
+            _ => {}
+        }
+        if self.dtype != other.dtype {
+            out.push(format!("{}, not {}", other.dtype, self.dtype));
+        }
+        out
+    }
+
     pub fn describe(&self) -> String {
         match self.attention {
             Attention::Gqa { kv_heads, head_dim } => format!(
@@ -153,6 +179,15 @@ impl ModelSpec {
                 "{}: MLA, {} layers, latent {} + rope {}, {}",
                 self.name, self.layers, kv_lora_rank, qk_rope_head_dim, self.dtype
             ),
+        }
+    }
+}
+
+fn attention_kind(a: &Attention) -> String {
+    match *a {
+        Attention::Gqa { kv_heads, head_dim } => format!("GQA with {kv_heads} KV heads of {head_dim}"),
+        Attention::Mla { kv_lora_rank, qk_rope_head_dim } => {
+            format!("MLA with latent {kv_lora_rank} + rope {qk_rope_head_dim}")
         }
     }
 }

@@ -397,7 +397,7 @@ pub fn run_receiver(
         mail.run(work)?;
         let g = gathered.into_inner().unwrap_or_else(|e| e.into_inner());
         let mut result =
-            point_result(&point, &plan, &g.requests, &g.messages, g.first_request_ns, g.check, link);
+            point_result(&point, &plan, &g.requests, &g.messages, g.first_request_ns, g.check, link)?;
         let l = tally.into_inner().unwrap_or_else(|e| e.into_inner());
         (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
         result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);

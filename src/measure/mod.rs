@@ -91,6 +91,9 @@ pub trait RunEvents {
     /// Request `iteration` (warm-ups first) of point `point` moved `bytes`
     /// in `ns`, as this side's host clock saw it.
     fn request(&mut self, _point: usize, _iteration: u32, _bytes: usize, _ns: u64) {}
+    /// Receiver: a request's check found this (every request, warm-ups
+    /// too), so a run that fails partway still tells what it verified.
+    fn checked(&mut self, _verified_bytes: u64, _wrong_bytes: u64) {}
     /// A sweep point's figures, as the receiver measured them.
     fn point(&mut self, p: &PointResult);
 }
@@ -344,6 +347,7 @@ pub fn run_receiver(
                 if let Some(first) = &mut found.first {
                     *first = format!("conversation {c}, turn {turn} (back to prefill): {first}");
                 }
+                events.checked(found.verified_bytes, found.wrong_bytes);
                 check.merge(found);
                 if let (Some(t), true) = (&mut turns, it >= plan.warmup) {
                     t.back(turn, ns);
@@ -466,6 +470,7 @@ pub fn run_receiver(
             if let (Some(first), Some((c, turn))) = (&mut found.first, point.turn_named(plan.warmup, it)) {
                 *first = format!("conversation {c}, turn {turn}: {first}");
             }
+            events.checked(found.verified_bytes, found.wrong_bytes);
             check.merge(found);
             // Decode writes the KV of the tokens it generates itself, for the next turn's check.
             if let (Some(g), VerifyMode::After) = (generated, plan.verify) {
@@ -475,7 +480,7 @@ pub fn run_receiver(
                 ctrl.send(&Msg::Checked { request })?;
             }
         }
-        let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link);
+        let mut result = point_result(&point, &plan, &requests, &messages, first_request_ns, check, link)?;
         if let (Some(t), Some(pt)) = (&turns, &point.turns) {
             // The row: a conversation's bytes over its turns' mean transfer times.
             let f = t.figures(pt, &plan.shape);
@@ -662,12 +667,16 @@ fn point_result(
     first_request_ns: u64,
     check: Check,
     link: Option<&Link>,
-) -> PointResult {
+) -> Result<PointResult> {
+    // A point is ok only for what it timed (validation keeps counts from wrapping).
+    if requests.is_empty() {
+        return Err(Error::run(format!("internal error: point {} timed no request", point.index)));
+    }
     let layout = &point.layout;
     let request_ns = LatencySummary::of(requests);
     let bytes = layout.total_bytes() as u64;
     let gbps = crate::units::gbps(bytes, request_ns.mean);
-    PointResult {
+    Ok(PointResult {
         point: point.index,
         granularity: layout.granularity,
         prompt_tokens: layout.tokens,
@@ -691,7 +700,7 @@ fn point_result(
         prefill: None,
         load: None,
         conversation: None,
-    }
+    })
 }
 
 /// Collects one round's message completions: their latencies and, with

@@ -630,6 +630,26 @@ impl Plan {
         if self.iterations == 0 {
             return Err(Error::usage("--iterations must be at least 1"));
         }
+        // Request counts are u32 (and go twice with emulated prefill): none may wrap.
+        let phases = if self.prefill.is_some() { 2 } else { 1 };
+        let conversation_turns =
+            self.conversation.as_ref().and_then(|c| c.conversation).map_or(1, |c| c.turns);
+        let requests = (self.iterations as u64 * conversation_turns as u64 + self.warmup as u64) * phases;
+        // Conversations hold each turn's layouts; a plain point counts in a u32.
+        let most = if conversation_turns > 1 { crate::schedule::MOST_REQUESTS } else { u32::MAX as u64 };
+        if requests > most {
+            return Err(Error::usage(format!(
+                "-n {} and -w {}{} make {requests} requests a point, more than {}",
+                self.iterations,
+                self.warmup,
+                match (conversation_turns, phases) {
+                    (1, 1) => String::new(),
+                    (1, _) => " twice over (emulated prefill)".to_string(),
+                    (t, _) => format!(" in conversations of {t} turns"),
+                },
+                most
+            )));
+        }
         let largest = self.prompt_lengths.iter().map(|t| self.shape.blocks_for(*t)).max().unwrap_or(0);
         if let Some(pool) = self.pool_blocks.filter(|pool| *pool < largest) {
             return Err(Error::usage(format!(

@@ -42,6 +42,10 @@ pub struct RunReport {
     pub points: Vec<PointResult>,
     pub verified_bytes: u64,
     pub wrong_bytes: u64,
+    /// Receiver: what the checks of a point that has not finished found
+    /// (verified, wrong bytes); in the totals of a run that fails partway.
+    #[serde(skip)]
+    pub unfinished: (u64, u64),
     /// "ok", "wrong bytes", or the error that ended the run.
     pub outcome: String,
     /// The `--min-gbps` / `--min-percent-of-peak` verdict, when asked for.
@@ -108,6 +112,7 @@ impl RunReport {
             points: Vec::new(),
             verified_bytes: 0,
             wrong_bytes: 0,
+            unfinished: (0, 0),
             outcome: "running".into(),
             gate: None,
             fan: hello.seat.map(|seat| crate::fan::FanRun { seat, hub: false, pair_reports: Vec::new() }),
@@ -117,8 +122,8 @@ impl RunReport {
 
     /// Totals the integrity figures and settles the outcome.
     pub fn close(&mut self, error: Option<&crate::error::Error>) {
-        self.verified_bytes = self.points.iter().map(|p| p.verified_bytes).sum();
-        self.wrong_bytes = self.points.iter().map(|p| p.wrong_bytes).sum();
+        self.verified_bytes = self.points.iter().map(|p| p.verified_bytes).sum::<u64>() + self.unfinished.0;
+        self.wrong_bytes = self.points.iter().map(|p| p.wrong_bytes).sum::<u64>() + self.unfinished.1;
         self.outcome = match error {
             Some(e) => format!("error: {e}"),
             None if self.wrong_bytes > 0 => "wrong bytes".into(),

@@ -8,6 +8,7 @@ use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
 use crate::plan::prefill::PrefillTime;
 use crate::plan::{Overlap, VerifyMode};
+use crate::session::Role;
 use crate::units::{fmt_bytes, fmt_ns};
 use std::io::Write;
 
@@ -433,6 +434,10 @@ fn message_ns(count: u64, ns: u64) -> String {
 pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let verdict = match (r.plan.verify, r.wrong_bytes) {
         (VerifyMode::Off, _) => "not verified (--verify off)".to_string(),
+        // The receiver checks; a sender learns what it found as each point ends.
+        _ if r.verified_bytes == 0 && r.written_by == Role::Sender && r.outcome.starts_with("error") => {
+            "nothing verified here: the receiver checks the bytes, and no point finished".to_string()
+        }
         _ if r.verified_bytes == 0 => "nothing verified".to_string(),
         (_, 0) => format!("0 wrong bytes in {} verified: OK", fmt_bytes(r.verified_bytes)),
         (_, n) => format!(

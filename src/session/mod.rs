@@ -397,7 +397,8 @@ pub fn open_sender(
 #[derive(Clone, Debug, Default)]
 pub struct Expectations {
     pub transport: Option<crate::transport::TransportKind>,
-    pub model: Option<String>,
+    /// The model whose KV this receiver expects (its shape is compared).
+    pub model: Option<crate::kv::ModelSpec>,
     /// The receiver's own memory, which the transport must be able to move.
     pub memory: crate::memory::MemoryKind,
 }
@@ -520,10 +521,14 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
         .check_memory(expect.memory)
         .map_err(|why| format!("this receiver has {} memory: {why}", expect.memory))?;
     if let Some(want) = &expect.model {
-        let got = &hello.plan.shape.model.name;
-        if !got.eq_ignore_ascii_case(want) {
+        let got = &hello.plan.shape.model;
+        let differences = want.kv_differences(got);
+        if !differences.is_empty() {
             return Err(format!(
-                "plan mismatch: this receiver expects model {want}, the sender's plan is for {got}"
+                "plan mismatch: this receiver expects model {}, the sender's plan is for {} with {}",
+                want.name,
+                got.name,
+                differences.join(", ")
             ));
         }
     }
