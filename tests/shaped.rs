@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::process::Command;
+use std::time::Duration;
 
 /// Two namespaces and the shaped veth pair between them; removed on drop.
 struct ShapedLink {
@@ -57,6 +58,30 @@ impl ShapedLink {
         ])?;
         Ok(link)
     }
+}
+
+impl ShapedLink {
+    /// The link dies, both ways: each end held to 8 bit/s, which still
+    /// trickles a byte now and then (unlike a pulled cable, no reset comes).
+    fn die(&self) {
+        let ends = [(&self.sender_ns, "change"), (&self.receiver_ns, "add")];
+        for (ns, how) in ends {
+            let dev = dev_in(ns);
+            sh(&[
+                "tc", "-n", ns, "qdisc", how, "dev", &dev, "root", "tbf", "rate", "8bit", "burst", "256kb",
+                "latency", "100ms",
+            ])
+            .unwrap();
+        }
+    }
+}
+
+/// The veth end inside namespace `ns` (named vs... or vr...).
+fn dev_in(ns: &str) -> String {
+    let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", "type", "veth"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let name = text.split(':').nth(1).unwrap_or_default().trim();
+    name.split('@').next().unwrap_or_default().to_string()
 }
 
 impl Drop for ShapedLink {
@@ -298,4 +323,41 @@ fn arrivals_with_prefill_add_the_compute_and_the_exposed_transfer() {
         // Alone it is the transfer only.
         assert!((ms(alone, "latency_ns") / 134.2 - 1.0).abs() < 0.15, "{alone}");
     }
+}
+
+/// A link that dies mid-run (still trickling a byte now and then) ends the
+/// sender within the bound it states, the timeout plus 1 s per 10 MB of
+/// what a write had in hand (4 MiB at most), and a second to tell the peer:
+/// not a blocked write's timeout after another (it was twice the timeout).
+#[test]
+fn a_link_that_dies_ends_the_sender_within_the_timeout() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = shaped("d", 65) else { return };
+    let listen = format!("{}:0", link.receiver_ip);
+    let recv = Proc::start(
+        "ip",
+        &["netns", "exec", &link.receiver_ns, RECV, "--listen", &listen, "--timeout", "4s"],
+    );
+    assert!(recv.wait_for("listening on ", secs(10)), "receiver did not start: {}", recv.stderr());
+    let line = recv.stderr().lines().find(|l| l.contains("listening on ")).unwrap().to_string();
+    let addr = line.rsplit("listening on ").next().unwrap().trim().to_string();
+    // 32 MiB layer messages, each several writes: the case that took twice the timeout.
+    let args = ["-m", "llama-3.1-8b", "-p", "8192", "-g", "layer", "-n", "1000", "--timeout", "4s"];
+    let send = Proc::start(
+        "ip",
+        &[&["netns", "exec", &link.sender_ns, SEND, "--connect", &addr][..], &args].concat(),
+    );
+    assert!(send.wait_for("# iterations", secs(30)), "{}", send.stdout());
+    std::thread::sleep(secs(2));
+    link.die();
+    let died = std::time::Instant::now();
+    let s = send.finish(secs(30));
+    let took = died.elapsed();
+    s.expect_code(1);
+    assert!(
+        took < Duration::from_millis(4_000 + 420 + 1_000 + 1_000),
+        "the sender took {took:?}: {}",
+        s.stderr
+    );
+    recv.finish(secs(30)).expect_code(1);
 }

@@ -114,7 +114,7 @@ pub struct FanSlot<'a> {
 
 /// A round may take the idle timeout plus what its bytes need at this rate:
 /// generous, because stalls are caught by the per-read timeout anyway.
-const SLOWEST_DATA_BYTES_PER_SEC: f64 = 10e6;
+pub(crate) const SLOWEST_DATA_BYTES_PER_SEC: f64 = 10e6;
 /// Writing or checking a request's pattern is assumed at least this fast
 /// (measured: 4+ GB/s on two host cores, far more on a GPU).
 const SLOWEST_PATTERN_BYTES_PER_SEC: f64 = 1e9;

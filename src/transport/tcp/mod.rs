@@ -75,7 +75,7 @@ fn expect_header(
 ) -> Result<()> {
     let Round { layout, request, deadline, timeout, .. } = round;
     let mut hdr = [0u8; HEADER];
-    read_full(reader, &mut hdr, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
+    read_full(reader, &mut hdr, deadline, timeout).map_err(|e| data_error(e, "sender", timeout, &what()))?;
     let got = match parse_header(&hdr) {
         Some((key, len)) if key == layout.key(request, index) && len == layout.message_bytes as u64 => {
             return Ok(())
@@ -209,7 +209,7 @@ fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], r
                 iov.push(IoSlice::new(h));
                 iov.push(IoSlice::new(&data[slot.offset..slot.offset + slot.len]));
             }
-            write_all_vectored(stream, &mut iov, deadline).map_err(|e| {
+            write_all_vectored(stream, &mut iov, deadline, timeout).map_err(|e| {
                 let what = format!(
                     "sending message {} of {} of request {request} on tcp stream {first}",
                     batch[0], layout.message_count
@@ -224,28 +224,71 @@ fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], r
     Ok(())
 }
 
+/// Runs one blocking socket call (`call`) with the socket's timeout, set by
+/// `set`, cut to what is left before `deadline` where that is less than
+/// its usual `timeout`: a link that trickles a few bytes per timeout would
+/// otherwise hold a round past its deadline by up to one more timeout.
+/// Far from the deadline (always, on a working link) it costs no syscall.
+fn before_deadline<S, T>(
+    sock: &mut S,
+    (deadline, timeout): (Instant, Duration),
+    set: fn(&S, Option<Duration>) -> std::io::Result<()>,
+    call: impl FnOnce(&mut S) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left >= timeout {
+        return call(sock);
+    }
+    if left.is_zero() {
+        return Err(deadline_passed());
+    }
+    set(sock, Some(left))?;
+    let result = call(sock);
+    set(sock, Some(timeout))?;
+    match result {
+        Err(e) if is_timeout(&e) => Err(deadline_passed()),
+        r => r,
+    }
+}
+
 /// Writes every slice, at most WRITE_BYTES per system call.
 fn write_all_vectored(
     stream: &mut TcpStream,
     mut bufs: &mut [IoSlice],
     deadline: Instant,
+    timeout: Duration,
 ) -> std::io::Result<()> {
+    let mut pace = Pace::new(deadline, timeout);
+    let (mut handed, mut delivered_then) = (0usize, 0usize);
     while !bufs.is_empty() {
+        let deadline = pace.deadline();
         let (mut count, mut bytes) = (0, 0);
         while count < bufs.len() && bytes + bufs[count].len() <= WRITE_BYTES {
             bytes += bufs[count].len();
             count += 1;
         }
-        let written = if count == 0 {
-            // The next slice alone is larger than one write: send a piece of it.
-            let first: &[u8] = &bufs[0];
-            stream.write(&first[..WRITE_BYTES])
-        } else {
-            stream.write_vectored(&bufs[..count])
-        };
+        let written = before_deadline(stream, (deadline, timeout), TcpStream::set_write_timeout, |stream| {
+            if count == 0 {
+                // The next slice alone is larger than one write: send a piece of it.
+                let first: &[u8] = &bufs[0];
+                stream.write(&first[..WRITE_BYTES])
+            } else {
+                stream.write_vectored(&bufs[..count])
+            }
+        });
         match written {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut bufs, n);
+                handed += n;
+                // Bytes that went into the socket's send buffer have not
+                // crossed the link: progress is what left it.
+                if handed - delivered_then >= WRITE_BYTES {
+                    let delivered = handed.saturating_sub(unsent_bytes(stream));
+                    pace.moved(delivered - delivered_then.min(delivered));
+                    delivered_then = delivered.max(delivered_then);
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -370,7 +413,7 @@ fn recv_stream<'b>(
             )
         };
         expect_header(reader, index, round, &what)?;
-        read_full(reader, dst, deadline).map_err(|e| data_error(e, "sender", timeout, &what()))?;
+        read_full(reader, dst, deadline, timeout).map_err(|e| data_error(e, "sender", timeout, &what()))?;
         let ended = Instant::now();
         done.message_done(index, nanos(ended - started), Some(dst))?;
         started = ended;
@@ -382,11 +425,18 @@ fn read_full(
     reader: &mut BufReader<TcpStream>,
     mut dst: &mut [u8],
     deadline: Instant,
+    timeout: Duration,
 ) -> std::io::Result<()> {
+    let mut pace = Pace::new(deadline, timeout);
     while !dst.is_empty() {
-        match reader.read(dst) {
+        let deadline = pace.deadline();
+        let set = |r: &BufReader<TcpStream>, t| r.get_ref().set_read_timeout(t);
+        match before_deadline(reader, (deadline, timeout), set, |r| r.read(dst)) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => dst = &mut dst[n..],
+            Ok(n) => {
+                dst = &mut dst[n..];
+                pace.moved(n);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -397,13 +447,62 @@ fn read_full(
     Ok(())
 }
 
+/// Bytes written to `stream` that the kernel still holds unsent or
+/// unacknowledged (SIOCOUTQ); 0 where it cannot tell.
+fn unsent_bytes(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int through the pointer, on our own socket.
+    match unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) } {
+        0 => n.max(0) as usize,
+        _ => 0,
+    }
+}
+
+/// How long the bytes of a round may take on one stream: every
+/// WRITE_BYTES of them within the timeout plus 1 s per 10 MB (the rule of
+/// the whole request's deadline, which also holds), so a link that
+/// trickles a few bytes per timeout fails after about the timeout, not
+/// after a multiple of it, however large the message.
+struct Pace {
+    request_deadline: Instant,
+    timeout: Duration,
+    piece_deadline: Instant,
+    moved: usize,
+}
+
+impl Pace {
+    fn new(request_deadline: Instant, timeout: Duration) -> Pace {
+        let mut p = Pace { request_deadline, timeout, piece_deadline: Instant::now(), moved: 0 };
+        p.next_piece();
+        p
+    }
+
+    fn next_piece(&mut self) {
+        let piece = Duration::from_secs_f64(WRITE_BYTES as f64 / crate::measure::SLOWEST_DATA_BYTES_PER_SEC);
+        self.piece_deadline = Instant::now() + self.timeout + piece;
+        self.moved = 0;
+    }
+
+    fn deadline(&self) -> Instant {
+        self.request_deadline.min(self.piece_deadline)
+    }
+
+    fn moved(&mut self, n: usize) {
+        self.moved += n;
+        if self.moved >= WRITE_BYTES {
+            self.next_piece();
+        }
+    }
+}
+
 /// Marks the one I/O error that is ours: the round ran out of time.
 #[derive(Debug)]
 struct DeadlinePassed;
 
 impl std::fmt::Display for DeadlinePassed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the request's deadline passed (the timeout plus 1 s per 10 MB)")
+        f.write_str("it took longer than the timeout plus 1 s per 10 MB")
     }
 }
 

@@ -116,7 +116,7 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
             }
             iov.push(IoSlice::new(&data[(i * m).max(start) - start..((i + 1) * m).min(end) - start]));
         }
-        write_all_vectored(sock, &mut iov, deadline).map_err(|e| {
+        write_all_vectored(sock, &mut iov, deadline, timeout).map_err(|e| {
             data_error(e, "receiver", timeout, &format!("sending bytes {start}..{end} of request {request}"))
         })?;
     }
@@ -148,7 +148,7 @@ pub(super) fn recv(
                 slot.copied.wait(deadline, "copying KV onto the GPU")?;
             }
             let upto = message_end.min(end);
-            read_full(reader, &mut slot.mem.as_mut_slice()[pos - start..upto - start], deadline)
+            read_full(reader, &mut slot.mem.as_mut_slice()[pos - start..upto - start], deadline, timeout)
                 .map_err(|e| data_error(e, "sender", timeout, &what()))?;
             pos = upto;
             if pos == end {
