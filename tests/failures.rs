@@ -10,6 +10,7 @@ use std::time::Duration;
 fn silent(stderr: &str, peer: &str) -> bool {
     stderr.contains(&format!("no word from the {peer} at"))
         || stderr.contains(&format!("no progress from the {peer} for 3s"))
+        || stderr.contains(&format!("no progress from the {peer} while"))
 }
 
 /// A receiver and a sender in the middle of a run long enough to be

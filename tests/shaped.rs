@@ -353,7 +353,7 @@ fn a_link_that_dies_ends_the_sender_within_the_timeout() {
     let died = std::time::Instant::now();
     let s = send.finish(secs(30));
     let took = died.elapsed();
-    s.expect_code(1);
+    s.expect_code(1).expect_stderr("no progress from the receiver while sending message");
     assert!(
         took < Duration::from_millis(4_000 + 420 + 1_000 + 1_000),
         "the sender took {took:?}: {}",

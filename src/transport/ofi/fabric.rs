@@ -584,9 +584,10 @@ impl Drop for Endpoint {
 }
 
 /// Ends the process when a libfabric call has not returned within `limit`.
-/// A provider can spin forever inside a call: shm's completion queue read
-/// waits on a lock in memory it shares with the peer, and a peer stopped
-/// while holding it never lets go. No deadline of ours can interrupt that
+/// A provider can spin forever inside a call: shm's completion queue read,
+/// and its posting calls (fi_writemsg, fi_tsend), wait on a lock in memory
+/// it shares with the peer, and a peer stopped while holding it never lets
+/// go. Every call that can wait on the peer runs under `enter`. No deadline of ours can interrupt that
 /// call, so a thread of our own ends the run, with the reason, without the
 /// exit handlers (libfabric's own would wait on the same lock).
 pub struct Watchdog {
@@ -624,8 +625,9 @@ impl Watchdog {
             let since = entered.load(Relaxed);
             if since != 0 && now_ms().saturating_sub(since) > limit.as_millis() as u64 {
                 eprintln!(
-                    "kvxfer: error: libfabric has not returned from reading its completion queue for {} s ({what}): \
-                     the peer has stopped while holding state it shares with this process; giving up",
+                    "kvxfer: error: libfabric has not returned from a call (posting an operation or reading its \
+                     completion queue) for {} s ({what}): the peer has stopped while holding state it shares with this \
+                     process; giving up",
                     limit.as_secs()
                 );
                 remove_shm_file(shm_file.as_ref());

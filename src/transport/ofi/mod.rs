@@ -237,7 +237,11 @@ impl Side {
         peer: &mut dyn PeerLink,
         post: &dyn Fn(&Endpoint) -> Result<bool>,
     ) -> Result<()> {
-        while !post(&self.ep)? {
+        // A post can wait on the peer too (shm: on state it shares): under the watchdog.
+        while !{
+            let _inside = self.watchdog.enter();
+            post(&self.ep)?
+        } {
             let got = self.poll(clock, peer)?;
             self.early.extend(got);
         }
@@ -323,6 +327,7 @@ impl Side {
             (self.data.desc, self.peer, self.remote_base + d.offset(them) as u64, self.remote_key);
         let ctx = self.context(i);
         let ep = &self.ep;
+        let _inside = self.watchdog.enter();
         let posted = match self.op {
             OfiOp::Write => ep.write(local, bytes, desc, peer, remote, key, ctx),
             OfiOp::Read => ep.read(local, bytes, desc, peer, remote, key, ctx),

@@ -517,9 +517,10 @@ fn data_error(e: std::io::Error, peer: &str, timeout: Duration, doing: &str) -> 
     let timeout = humantime::format_duration(timeout);
     match e.kind() {
         _ if is_timeout(&e) => Error::run(format!("no progress from the {peer} for {timeout} while {doing}")),
-        _ if e.get_ref().is_some_and(|inner| inner.is::<DeadlinePassed>()) => {
-            Error::run(format!("{doing}: {e}"))
-        }
+        _ if e.get_ref().is_some_and(|inner| inner.is::<DeadlinePassed>()) => Error::run(format!(
+            "no progress from the {peer} while {doing}: each 4 MiB, and the whole request, must cross within the \
+             timeout ({timeout}) plus 1 s per 10 MB"
+        )),
         std::io::ErrorKind::UnexpectedEof => {
             Error::connection_lost(format!("the {peer} closed the data connection while {doing}"))
         }
