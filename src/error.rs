@@ -13,6 +13,8 @@ pub enum ErrorKind {
     Integrity,
     /// A run completed but missed a deployment gate (reserved for `--min-gbps`).
     Gate,
+    /// SIGINT, SIGTERM or SIGHUP stopped the run (see `signals`).
+    Interrupted,
 }
 
 impl ErrorKind {
@@ -22,6 +24,8 @@ impl ErrorKind {
             ErrorKind::Usage => 2,
             ErrorKind::Integrity => 3,
             ErrorKind::Gate => 4,
+            // 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP, as a shell reports them.
+            ErrorKind::Interrupted => 128 + crate::signals::received().unwrap_or(libc::SIGINT),
         }
     }
 }
@@ -67,6 +71,11 @@ impl Error {
     }
     pub fn integrity(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Integrity, message)
+    }
+    /// The operator's signal stopped the run here.
+    pub fn interrupted(sig: i32) -> Self {
+        let host = gethostname::gethostname().to_string_lossy().into_owned();
+        Self::new(ErrorKind::Interrupted, format!("interrupted on {host} ({})", crate::signals::name(sig)))
     }
     pub fn exit_code(&self) -> i32 {
         self.kind.exit_code()

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod report;
 pub mod schedule;
 pub mod session;
+pub mod signals;
 pub mod size;
 pub mod transport;
 pub mod units;

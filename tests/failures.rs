@@ -221,3 +221,38 @@ fn a_run_that_fails_partway_tells_what_it_verified() {
     s.expect_code(1);
     assert!(s.stdout.contains("nothing verified here: the receiver checks the bytes"), "{}", s.stdout);
 }
+
+/// SIGINT, SIGTERM and SIGHUP stop a run the way a failure does, at once:
+/// the side that got the signal keeps every point measured (table and
+/// JSON, outcome "interrupted") and exits 128 + the signal; its peer is
+/// told who was interrupted, and why, and exits 1.
+#[test]
+fn a_signal_stops_the_run_and_both_sides_say_so() {
+    for (sig, name, code, stopped) in [
+        (libc::SIGINT, "SIGINT", 130, "sender"),
+        (libc::SIGTERM, "SIGTERM", 143, "receiver"),
+        (libc::SIGHUP, "SIGHUP", 129, "sender"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (sj, rj) = (dir.path().join("s.json"), dir.path().join("r.json"));
+        let (recv, addr) = receiver("127.0.0.1:0", &["--json", rj.to_str().unwrap()]);
+        let args =
+            ["--connect", &addr, "-p", "64,8192", "-g", "layer", "-n", "300", "--json", sj.to_str().unwrap()];
+        let send = Proc::start(SEND, &args);
+        // The first point (64 tokens) ends before the signal, the second (1 GiB requests) runs long.
+        assert!(send.wait_for("      64 ", secs(60)), "{}", send.stdout());
+        let (signalled, peer) = if stopped == "sender" { (send, recv) } else { (recv, send) };
+        signalled.signal(sig);
+        let at = std::time::Instant::now();
+        let (json_of, peer_name) = if stopped == "sender" { (&sj, "receiver") } else { (&rj, "sender") };
+        let f = signalled.finish(secs(10));
+        assert!(at.elapsed() < secs(2), "{name}: the {stopped} took {:?}", at.elapsed());
+        f.expect_code(code).expect_stderr("interrupted on ").expect_stderr(&format!("({name})"));
+        assert!(f.stdout.contains("# outcome    interrupted"), "{}", f.stdout);
+        let p = peer.finish(secs(10));
+        p.expect_code(1).expect_stderr(&format!("the {stopped} stopped the run: interrupted on "));
+        let r = json(json_of);
+        assert_eq!(r["outcome"], "interrupted", "{name} {peer_name}");
+        assert!(!r["points"].as_array().unwrap().is_empty(), "the points measured are kept");
+    }
+}

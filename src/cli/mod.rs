@@ -90,6 +90,7 @@ pub fn main_kvxfer() -> ! {
         Some("kvxfer-recv") => main_recv(),
         _ => {}
     }
+    crate::signals::install();
     exit_with(
         "kvxfer",
         match Kvxfer::parse().command {
@@ -106,10 +107,12 @@ pub fn main_kvxfer() -> ! {
 }
 
 pub fn main_send() -> ! {
+    crate::signals::install();
     exit_with("kvxfer-send", send(&SendCli::parse().args))
 }
 
 pub fn main_recv() -> ! {
+    crate::signals::install();
     exit_with("kvxfer-recv", recv(&RecvCli::parse().args))
 }
 

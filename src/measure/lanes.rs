@@ -104,6 +104,7 @@ impl<'c> Mailbox<'c> {
     }
 
     fn check(&self) -> Result<()> {
+        crate::signals::check()?;
         match self.failed.load(Relaxed) {
             true => Err(self.stopped()),
             false => Ok(()),

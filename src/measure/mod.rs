@@ -147,6 +147,7 @@ pub fn run_sender(
         // Under --on-full wait, what any request may wait for room, once per point.
         let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
         for it in 0..plan.requests_in(&point) {
+            crate::signals::check()?;
             let request = plan.key_id(&point, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
@@ -334,6 +335,7 @@ pub fn run_receiver(
             .filter(|_| plan.prefill.is_some())
             .map(|l| load::LoadTally::new(l, hold_ns, buffer));
         for it in 0..plan.requests_in(&point) {
+            crate::signals::check()?;
             let request = plan.key_id(&point, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
@@ -600,6 +602,7 @@ fn wait_until_by(arrival: Instant, watch: &mut dyn FnMut() -> Result<()>) -> Res
     // would read as queueing. Spinning lanes would starve each other.
     const SPIN: Duration = Duration::from_micros(30);
     loop {
+        crate::signals::check()?;
         let left = arrival.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Ok(());

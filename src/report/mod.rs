@@ -125,6 +125,7 @@ impl RunReport {
         self.verified_bytes = self.points.iter().map(|p| p.verified_bytes).sum::<u64>() + self.unfinished.0;
         self.wrong_bytes = self.points.iter().map(|p| p.wrong_bytes).sum::<u64>() + self.unfinished.1;
         self.outcome = match error {
+            Some(e) if e.kind == crate::error::ErrorKind::Interrupted => "interrupted".into(),
             Some(e) => format!("error: {e}"),
             None if self.wrong_bytes > 0 => "wrong bytes".into(),
             None => "ok".into(),

@@ -91,6 +91,7 @@ impl Control {
     /// stayed silent for the timeout (a stopped process answers nothing).
     /// Other messages (the peer may be a request ahead) wait for `recv`.
     pub fn watch(&mut self, doing: &str) -> Result<()> {
+        crate::signals::check()?;
         let now = Instant::now();
         if now.duration_since(self.last_ping) >= HEARTBEAT.min(self.timeout / 4) {
             self.last_ping = now;
@@ -262,10 +263,12 @@ impl Control {
     ) -> Result<()> {
         let mut done = 0;
         while done < buf.len() {
+            crate::signals::check()?;
             let Some(left) = net::remaining(deadline) else {
                 return Err(self.silent(awaiting, began.elapsed()));
             };
-            self.reader.get_ref().set_read_timeout(Some(left))?;
+            // In slices, so that an operator's signal stops a long wait promptly.
+            self.reader.get_ref().set_read_timeout(Some(left.min(SIGNAL_LATENCY)))?;
             match self.reader.read(&mut buf[done..]) {
                 Ok(0) => {
                     return Err(Error::connection_lost(format!(
@@ -301,6 +304,10 @@ impl Control {
         ))
     }
 }
+
+/// The longest a wait on the control connection goes without looking for
+/// an operator's signal (`signals`).
+const SIGNAL_LATENCY: Duration = Duration::from_millis(100);
 
 pub fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)

@@ -187,6 +187,7 @@ pub trait Ready: Sync {
         while !self.ready(index)? {
             spins += 1;
             if spins.is_multiple_of(256) {
+                crate::signals::check()?;
                 if Instant::now() > deadline {
                     return Err(Error::run(format!(
                         "message {index} was not computed before the request's deadline"

@@ -261,6 +261,7 @@ fn write_all_vectored(
     let mut pace = Pace::new(deadline, timeout);
     let (mut handed, mut delivered_then) = (0usize, 0usize);
     while !bufs.is_empty() {
+        interruption()?;
         let deadline = pace.deadline();
         let (mut count, mut bytes) = (0, 0);
         while count < bufs.len() && bytes + bufs[count].len() <= WRITE_BYTES {
@@ -429,6 +430,7 @@ fn read_full(
 ) -> std::io::Result<()> {
     let mut pace = Pace::new(deadline, timeout);
     while !dst.is_empty() {
+        interruption()?;
         let deadline = pace.deadline();
         let set = |r: &BufReader<TcpStream>, t| r.get_ref().set_read_timeout(t);
         match before_deadline(reader, (deadline, timeout), set, |r| r.read(dst)) {
@@ -496,6 +498,15 @@ impl Pace {
     }
 }
 
+/// An operator's signal, as an I/O error for the data loops (`data_error`
+/// turns it back into `Error::interrupted`).
+fn interruption() -> std::io::Result<()> {
+    match crate::signals::received() {
+        None => Ok(()),
+        Some(_) => Err(std::io::ErrorKind::Interrupted.into()),
+    }
+}
+
 /// Marks the one I/O error that is ours: the round ran out of time.
 #[derive(Debug)]
 struct DeadlinePassed;
@@ -514,6 +525,9 @@ fn deadline_passed() -> std::io::Error {
 
 /// A data-path I/O failure, worded for the operator.
 fn data_error(e: std::io::Error, peer: &str, timeout: Duration, doing: &str) -> Error {
+    if let Some(sig) = crate::signals::received() {
+        return Error::interrupted(sig);
+    }
     let timeout = humantime::format_duration(timeout);
     match e.kind() {
         _ if is_timeout(&e) => Error::run(format!("no progress from the {peer} for {timeout} while {doing}")),
