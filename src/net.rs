@@ -82,8 +82,9 @@ pub fn connect_until(
     if let (true, Some(l)) = (addrs.is_empty(), local) {
         return Err(Error::usage(format!("--bind {l}: the {peer}'s address has none of that IP version")));
     }
-    let mut last_err = None;
+    let (mut last_err, began, mut told) = (None, Instant::now(), false);
     loop {
+        crate::signals::check()?;
         for &addr in &addrs {
             let Some(left) = remaining(deadline) else {
                 break;
@@ -102,6 +103,15 @@ pub fn connect_until(
         if remaining(deadline).is_none() {
             let (addr, e) = last_err.expect("at least one attempt");
             return Err(Error::run(format!("no {peer} at {addr} before the deadline: {e}")));
+        }
+        // Launch order does not matter, but silence would: say once what is awaited.
+        if let (false, true, Some((addr, e))) = (told, began.elapsed() >= Duration::from_secs(1), &last_err) {
+            let left = Duration::from_secs(remaining(deadline).map_or(0, |d| d.as_secs_f64().round() as u64));
+            eprintln!(
+                "kvxfer: no {peer} at {addr} yet ({e}); trying again for {} (--timeout)",
+                humantime::format_duration(left)
+            );
+            told = true;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

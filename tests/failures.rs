@@ -171,6 +171,10 @@ fn a_receiver_that_never_comes_is_given_up() {
     let f = run(SEND, &["--connect", &format!("127.0.0.1:{port}"), "--timeout", "1s"], secs(15));
     f.expect_code(1).expect_stderr("no receiver at 127.0.0.1");
     assert!(f.elapsed < secs(8));
+    // While it retries, it says once what it waits for.
+    let f = run(SEND, &["--connect", &format!("127.0.0.1:{port}"), "--timeout", "3s"], secs(15));
+    f.expect_code(1).expect_stderr(&format!("no receiver at 127.0.0.1:{port} yet (Connection refused"));
+    assert_eq!(f.stderr.matches("yet (").count(), 1, "{}", f.stderr);
 }
 
 #[test]

@@ -176,7 +176,8 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     };
     writeln!(
         out,
-        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = 1e9 bytes/s",
+        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = 1e9 bytes/s; a percentile \
+         its count cannot support shows - (p90 needs 10 requests, p99 100, p99.9 1000)",
         r.plan.iterations, r.plan.warmup
     )?;
     writeln!(
@@ -262,12 +263,15 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
         fmt_bytes(p.message_bytes as u64),
         fmt_bytes(p.request_bytes as u64),
         fmt_ns(l.p50 as f64),
-        fmt_ns(l.p90 as f64),
-        fmt_ns(l.p99 as f64),
-        fmt_ns(l.p999 as f64),
+        percentile(l.count, 0.9, l.p90),
+        percentile(l.count, 0.99, l.p99),
+        percentile(l.count, 0.999, l.p999),
         fmt_ns(l.max as f64),
         message_ns(p.message_ns.count, p.message_ns.p50),
-        message_ns(p.message_ns.count, p.message_ns.p99),
+        match p.message_ns.count {
+            0 => "-".into(),
+            n => percentile(n, 0.99, p.message_ns.p99),
+        },
         p.gbps,
         peak,
         wrong
@@ -421,6 +425,15 @@ fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()>
         )?;
     }
     Ok(())
+}
+
+/// Percentile `q` of `count` samples, or "-" where fewer than 1/(1-q)
+/// samples leave it no different from the maximum (hyperfine's honesty).
+fn percentile(count: u64, q: f64, ns: u64) -> String {
+    match count as f64 * (1.0 - q) >= 1.0 - 1e-9 {
+        true => fmt_ns(ns as f64),
+        false => "-".into(),
+    }
 }
 
 /// A fan's aggregate rows have no message times of their own.
