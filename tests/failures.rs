@@ -241,9 +241,9 @@ fn a_signal_stops_the_run_and_both_sides_say_so() {
         let (sj, rj) = (dir.path().join("s.json"), dir.path().join("r.json"));
         let (recv, addr) = receiver("127.0.0.1:0", &["--json", rj.to_str().unwrap()]);
         let args =
-            ["--connect", &addr, "-p", "64,8192", "-g", "layer", "-n", "300", "--json", sj.to_str().unwrap()];
+            ["--connect", &addr, "-p", "64,1024", "-g", "layer", "-n", "300", "--json", sj.to_str().unwrap()];
         let send = Proc::start(SEND, &args);
-        // The first point (64 tokens) ends before the signal, the second (1 GiB requests) runs long.
+        // The first point (64 tokens) ends before the signal, the second (128 MiB requests) runs long.
         assert!(send.wait_for("      64 ", secs(60)), "{}", send.stdout());
         let (signalled, peer) = if stopped == "sender" { (send, recv) } else { (recv, send) };
         signalled.signal(sig);

@@ -61,6 +61,10 @@ pub fn fill(region: &mut [u8], layout: &RequestLayout, request: u64) {
     }
     let fill_share = |share: Vec<(usize, usize, &mut [u8])>| {
         for (index, offset, bytes) in share {
+            // An operator's signal stops the run: the pattern need not be finished.
+            if crate::signals::received().is_some() {
+                return;
+            }
             let start = layout.pattern_start(index) + offset as u64;
             pattern::fill_at(bytes, layout.seed(request, index), start);
         }
@@ -111,6 +115,9 @@ pub fn verify(region: &[u8], layout: &RequestLayout, request: u64) -> Check {
     let check_share = |share: Share| {
         let mut check = Check::default();
         for (index, offset, r) in share {
+            if crate::signals::received().is_some() {
+                break;
+            }
             let len = r.len() as u64;
             let start = layout.pattern_start(index) + offset as u64;
             let m = pattern::verify_at(&region[r], layout.seed(request, index), start);
