@@ -62,6 +62,8 @@ fn list_models_names_every_preset() {
     for m in ["llama-3.1-405b", "qwen3-235b-a22b", "mistral-7b", "deepseek-v3"] {
         assert!(f.stdout.contains(m), "{m}");
     }
+    // And the other names they answer to.
+    assert!(f.stdout.contains("(also deepseek-r1, deepseek-v3.1)"), "{}", f.stdout);
 }
 
 #[test]

@@ -133,7 +133,17 @@ fn plan(a: &PlanArgs) -> Result<()> {
     if a.list_models {
         for name in presets::names() {
             let shape = crate::kv::KvShape::new(presets::lookup(name)?, 1, 16)?;
-            writeln!(out, "{:<18} {:>9} B/token  {}", name, shape.bytes_per_token(), shape.model.describe())?;
+            let also = match presets::aliases(name) {
+                [] => String::new(),
+                names => format!(" (also {})", names.join(", ")),
+            };
+            writeln!(
+                out,
+                "{:<18} {:>9} B/token  {}{also}",
+                name,
+                shape.bytes_per_token(),
+                shape.model.describe()
+            )?;
         }
         return Ok(());
     }

@@ -208,6 +208,11 @@ pub fn names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }
 
+/// The other names a preset answers to (deepseek-v3: deepseek-r1, ...).
+pub fn aliases(name: &str) -> &'static [&'static str] {
+    PRESETS.iter().find(|p| p.name == name).map_or(&[], |p| p.aliases)
+}
+
 /// vLLM's default tokens per block: 16 for FlashAttention on CUDA, 64 for the
 /// Hopper MLA backends (FlashMLA forces a multiple of 64).
 pub fn default_block_size(attention: &Attention) -> u32 {
