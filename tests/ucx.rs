@@ -46,6 +46,9 @@ fn put_get_and_send_move_every_byte_in_both_error_modes() {
             let driver = if op == "get" { "receiver_transport" } else { "sender_transport" };
             assert!(send[driver]["details"]["ucx_endpoint"].as_str().unwrap().contains("lane[0]"), "{send}");
             assert!(out.stdout.contains(&format!("error mode {mode}")), "{}", out.stdout);
+            // Peer error handling keeps shared memory out: the report says what would let it in.
+            let hint = "--ucx-err-mode none lets UCX use shared memory";
+            assert_eq!(path.contains(hint), mode == "peer", "{path}");
             assert!(out.stdout.contains("its go travels as a UCX message"), "{}", out.stdout);
         }
     }

@@ -89,6 +89,9 @@ struct Side {
     drives: bool,
     /// UCX's account of the protocol that carried messages of each size.
     protocols: std::collections::BTreeMap<usize, String>,
+    /// `--ucx-err-mode peer`: UCX then leaves out transports that cannot
+    /// report a failed peer, shared memory among them.
+    peer_errors: bool,
 }
 
 pub struct UcxSender(Side);
@@ -247,6 +250,7 @@ impl Side {
             lanes: Lanes::default(),
             drives: false,
             protocols: Default::default(),
+            peer_errors: spec.ucx_err_mode == UcxErrMode::Peer,
         };
         side.info.details.insert("ucx_library".into(), ucp.path.clone());
         side.info.details.insert("ucx_version".into(), ucp.version.clone());
@@ -335,6 +339,12 @@ impl Side {
             }
             for (words, sizes) in by_protocol {
                 path += &format!("; UCX ran {words} for {}", sizes.join(", "));
+            }
+            // On one host, peer error handling is what keeps shared memory out.
+            let over_sockets = path.contains("tcp/") || path.contains("emulated");
+            if self.peer_errors && over_sockets && self.node.mem() == MemType::Host {
+                path +=
+                    "; --ucx-err-mode none lets UCX use shared memory, which peer error handling rules out";
             }
             info.path = Some(path);
         }
