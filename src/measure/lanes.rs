@@ -506,11 +506,7 @@ impl LaneContext<'_, '_> {
         }
         sink.check_complete()?;
         let request_ns = timing.elapsed_ns.unwrap_or(host_ns).max(1);
-        let check = match plan.verify {
-            VerifyMode::After => l.buf.verify(layout, request)?,
-            VerifyMode::Inline => sink.take_check(),
-            VerifyMode::Off => Check::default(),
-        };
+        let check = sink.found(plan.verify, l.buf, layout)?;
         let mut g = self.gathered.lock().unwrap_or_else(|e| e.into_inner());
         if it == 0 && lane == 0 {
             g.first_request_ns = request_ns;

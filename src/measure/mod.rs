@@ -186,9 +186,11 @@ pub fn run_sender(
                 let (a, b) = (layout.slot(Side::Sender, 0), layout.slot(Side::Sender, 1));
                 buf.copy_within(a.offset, b.offset, a.len)?;
             }
-            let stale = point.turns.as_ref().and_then(|t| t.turn_one_partial_block(&plan.shape));
-            if let (true, Some(Fault::StaleBlock), Some(stale)) = (second_turn, cfg.fault, stale) {
-                buf.fill(&stale, request)?;
+            if second_turn && cfg.fault == Some(Fault::StaleBlock) {
+                if let Some(stale) = point.turns.as_ref().and_then(|t| t.turn_one_partial_block(&plan.shape))
+                {
+                    buf.fill(&stale, request)?;
+                }
             }
             let on_wire = match cfg.fault {
                 Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
@@ -464,11 +466,7 @@ pub fn run_receiver(
                 Some((c, r)) => (&c.checks[r.moving], c.generated[r.moving].as_ref()),
                 None => (layout, None),
             };
-            let mut found = match plan.verify {
-                VerifyMode::After => buf.verify(checked, request)?,
-                VerifyMode::Inline => sink.take_check(),
-                VerifyMode::Off => integrity::Check::default(),
-            };
+            let mut found = sink.found(plan.verify, buf, checked)?;
             if let (Some(first), Some((c, turn))) = (&mut found.first, point.turn_named(plan.warmup, it)) {
                 *first = format!("conversation {c}, turn {turn}: {first}");
             }
@@ -751,6 +749,17 @@ impl<'a> RoundSink<'a> {
     fn record_into(&self, h: &mut Histogram<u64>) {
         for l in &self.latencies {
             h.saturating_record(l.load(Relaxed).max(1));
+        }
+    }
+
+    /// What this round's check found: `layout` (what the receiver holds
+    /// now) checked in `buf` after it (`--verify after`), the messages as
+    /// they came (`inline`), or nothing (`off`).
+    fn found(&mut self, verify: VerifyMode, buf: &Buffer, layout: &RequestLayout) -> Result<Check> {
+        match verify {
+            VerifyMode::After => buf.verify(layout, self.request),
+            VerifyMode::Inline => Ok(self.take_check()),
+            VerifyMode::Off => Ok(Check::default()),
         }
     }
 

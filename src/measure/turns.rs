@@ -171,11 +171,7 @@ pub(super) fn pull_back(
     let timing = back.recv(buf, layout, request, deadline, &mut link, &sink)?;
     let host_ns = nanos(timing.landed.unwrap_or_else(Instant::now) - t0);
     sink.check_complete()?;
-    let found = match verify {
-        VerifyMode::After => buf.verify(layout, request)?,
-        VerifyMode::Inline => sink.take_check(),
-        VerifyMode::Off => Check::default(),
-    };
+    let found = sink.found(verify, buf, layout)?;
     let ns = timing.elapsed_ns.unwrap_or(host_ns).max(1);
     ctrl.send(&Msg::Pulled {
         request,

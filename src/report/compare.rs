@@ -246,60 +246,45 @@ fn added_ttft_markdown(series: &[Series]) -> String {
 
 /// Conversations, a row per turn of each point of each series (None
 /// without conversations): what the turn moved both ways and its times.
+/// Each row names its columns, so the header cannot drift from the rows.
 pub fn turns_csv(series: &[Series]) -> Result<Option<String>> {
+    let rows: Vec<Vec<(&str, String)>> = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(move |p| (s, p)))
+        .filter_map(|(s, p)| p.conversation.as_ref().map(|c| (s, p, c)))
+        .flat_map(|(s, p, c)| {
+            c.turns.iter().map(move |t| {
+                vec![
+                    ("series", s.label.clone()),
+                    ("multi_turn", c.mode.to_string()),
+                    ("granularity", p.granularity.to_string()),
+                    ("conversations", c.conversations.to_string()),
+                    ("turn", t.turn.to_string()),
+                    ("prompt_tokens", t.prompt_tokens.to_string()),
+                    ("moved_tokens", t.moved_tokens.to_string()),
+                    ("bytes", t.bytes.to_string()),
+                    ("back_tokens", t.back_tokens.to_string()),
+                    ("back_bytes", t.back_bytes.to_string()),
+                    ("cumulative_bytes", t.cumulative_bytes.to_string()),
+                    ("messages", t.messages.to_string()),
+                    ("transfer_count", t.transfer_ns.count.to_string()),
+                    ("transfer_p50_ns", t.transfer_ns.p50.to_string()),
+                    ("transfer_p99_ns", t.transfer_ns.p99.to_string()),
+                    ("back_p50_ns", t.back_ns.p50.to_string()),
+                    ("back_p99_ns", t.back_ns.p99.to_string()),
+                ]
+            })
+        })
+        .collect();
+    let Some(first) = rows.first() else { return Ok(None) };
     let fail = |e: ::csv::Error| Error::run(e.to_string());
     let mut w = ::csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "series",
-        "multi_turn",
-        "granularity",
-        "conversations",
-        "turn",
-        "prompt_tokens",
-        "moved_tokens",
-        "bytes",
-        "back_tokens",
-        "back_bytes",
-        "cumulative_bytes",
-        "messages",
-        "transfer_count",
-        "transfer_p50_ns",
-        "transfer_p99_ns",
-        "back_p50_ns",
-        "back_p99_ns",
-    ])
-    .map_err(fail)?;
-    let mut any = false;
-    for s in series {
-        for p in &s.points {
-            let Some(c) = &p.conversation else { continue };
-            any = true;
-            for t in &c.turns {
-                w.write_record([
-                    s.label.clone(),
-                    c.mode.to_string(),
-                    p.granularity.to_string(),
-                    c.conversations.to_string(),
-                    t.turn.to_string(),
-                    t.prompt_tokens.to_string(),
-                    t.moved_tokens.to_string(),
-                    t.bytes.to_string(),
-                    t.back_tokens.to_string(),
-                    t.back_bytes.to_string(),
-                    t.cumulative_bytes.to_string(),
-                    t.messages.to_string(),
-                    t.transfer_ns.count.to_string(),
-                    t.transfer_ns.p50.to_string(),
-                    t.transfer_ns.p99.to_string(),
-                    t.back_ns.p50.to_string(),
-                    t.back_ns.p99.to_string(),
-                ])
-                .map_err(fail)?;
-            }
-        }
+    w.write_record(first.iter().map(|(k, _)| k)).map_err(fail)?;
+    for row in &rows {
+        w.write_record(row.iter().map(|(_, v)| v)).map_err(fail)?;
     }
     let bytes = w.into_inner().map_err(|e| Error::run(e.to_string()))?;
-    Ok(any.then(|| String::from_utf8(bytes).expect("CSV of UTF-8 fields")))
+    Ok(Some(String::from_utf8(bytes).expect("CSV of UTF-8 fields")))
 }
 
 /// The merged table, as CSV with raw units; `gbps_vs_baseline` is empty

@@ -587,9 +587,10 @@ impl Drop for Endpoint {
 /// A provider can spin forever inside a call: shm's completion queue read,
 /// and its posting calls (fi_writemsg, fi_tsend), wait on a lock in memory
 /// it shares with the peer, and a peer stopped while holding it never lets
-/// go. Every call that can wait on the peer runs under `enter`. No deadline of ours can interrupt that
-/// call, so a thread of our own ends the run, with the reason, without the
-/// exit handlers (libfabric's own would wait on the same lock).
+/// go. Every call that can wait on the peer runs under `enter`. No deadline
+/// of ours can interrupt that call, so a thread of our own ends the run,
+/// with the reason, without the exit handlers (libfabric's own would wait
+/// on the same lock).
 pub struct Watchdog {
     entered_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }

@@ -286,7 +286,7 @@ fn write_all_vectored(
                 // crossed the link: progress is what left it.
                 if handed - delivered_then >= WRITE_BYTES {
                     let delivered = handed.saturating_sub(unsent_bytes(stream));
-                    pace.moved(delivered - delivered_then.min(delivered));
+                    pace.moved(delivered.saturating_sub(delivered_then));
                     delivered_then = delivered.max(delivered_then);
                 }
             }

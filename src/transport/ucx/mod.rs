@@ -340,9 +340,9 @@ impl Side {
             for (words, sizes) in by_protocol {
                 path += &format!("; UCX ran {words} for {}", sizes.join(", "));
             }
-            // On one host, peer error handling is what keeps shared memory out.
-            let over_sockets = path.contains("tcp/") || path.contains("emulated");
-            if self.peer_errors && over_sockets && self.node.mem() == MemType::Host {
+            // Over loopback (both sides on one host), peer error handling is
+            // what keeps shared memory out; between hosts there is none to use.
+            if self.peer_errors && path.contains("tcp/lo") && self.node.mem() == MemType::Host {
                 path +=
                     "; --ucx-err-mode none lets UCX use shared memory, which peer error handling rules out";
             }
