@@ -104,7 +104,10 @@ impl Check {
             verified_bytes: bytes,
             wrong_bytes: m.wrong_bytes,
             first: m.first.map(|(off, want, got)| {
-                format!("{} byte {off}: expected {want:#04x}, found {got:#04x}", layout.key(request, index))
+                format!(
+                    "{} byte {off}: expected {want:#04x}, found {got:#04x}",
+                    layout.name(request, index, off)
+                )
             }),
         }
     }
@@ -280,6 +283,76 @@ mod tests {
         assert_eq!((c.wrong_bytes, c.verified_bytes), (0, l.total_bytes() as u64));
         // The sender's own buffer, read with the receiver's table, is wrong.
         assert!(verify(&sent, &l, 4).wrong_bytes > l.total_bytes() as u64 / 2);
+    }
+
+    /// P x D over a perfect wire: every pair's pieces from its prefill
+    /// rank's blocks into its decode rank's; together a decode rank's
+    /// pairs fill every byte of its blocks once, and each checks whole. A
+    /// prefill rank that reads a head off (the test fault) is named.
+    #[test]
+    fn each_decode_rank_gets_its_heads_from_its_prefill_ranks() {
+        use crate::plan::tp::{KvLayout, TpTopology};
+        let model = presets::lookup("llama-3.1-8b").unwrap();
+        let shape = KvShape::new(model.clone(), 1, 16).unwrap();
+        for (p, d) in [(2, 1), (1, 2), (2, 4), (4, 16), (2, 2)] {
+            for layout in [KvLayout::Hnd, KvLayout::Nhd, KvLayout::BlocksFirst] {
+                let t = TpTopology { prefill_tp: p, decode_tp: d, layout };
+                for dr in 0..d {
+                    let mut covered: Option<Vec<u8>> = None;
+                    for pr in t.sources(&model, dr) {
+                        let cut = t.cut(&model, 16, pr, dr).unwrap();
+                        let l = RequestLayout::in_pool(
+                            &shape,
+                            40,
+                            crate::plan::BlockTable::Random { seed: 5 },
+                            4,
+                            true,
+                        )
+                        .with_cut(cut.clone());
+                        let mut sent = vec![0u8; l.buffer_bytes()];
+                        fill(&mut sent, &l, 9);
+                        let received = covered.get_or_insert_with(|| vec![0u8; l.buffer_bytes()]);
+                        for i in 0..l.message_count {
+                            let (a, b) = (l.slot(Side::Sender, i), l.slot(Side::Receiver, i));
+                            assert!(
+                                received[b.offset..b.offset + b.len].iter().all(|&x| x == 0),
+                                "{t} {pr}->{dr}: overlap"
+                            );
+                            received[b.offset..b.offset + b.len]
+                                .copy_from_slice(&sent[a.offset..a.offset + a.len]);
+                        }
+                        let c = verify(received, &l, 9);
+                        assert_eq!(
+                            (c.wrong_bytes, c.verified_bytes),
+                            (0, l.total_bytes() as u64),
+                            "{t} {pr}->{dr}"
+                        );
+                        // The test fault: message 0's first head read from beside it.
+                        let Some((from, to, len)) = l.neighbour_head() else { continue };
+                        sent.copy_within(from..from + len, to);
+                        let mut got = vec![0u8; l.buffer_bytes()];
+                        for i in 0..l.message_count {
+                            let (a, b) = (l.slot(Side::Sender, i), l.slot(Side::Receiver, i));
+                            got[b.offset..b.offset + b.len]
+                                .copy_from_slice(&sent[a.offset..a.offset + a.len]);
+                        }
+                        let c = verify(&got, &l, 9);
+                        let named = c.first.unwrap_or_default();
+                        assert!(
+                            c.wrong_bytes > 0
+                                && named.contains(&format!("decode rank {dr}, from prefill rank {pr}")),
+                            "{t}: {named}"
+                        );
+                        assert!(named.contains(" head "), "{named}");
+                        assert!(named.starts_with("r9/L0/K/b"), "{named}");
+                    }
+                    // The decode rank's blocks of the request: 3 of 4 pool blocks, all written.
+                    let written = covered.unwrap().iter().filter(|&&x| x != 0).count();
+                    let block = (8 / d).max(1) as usize * 16 * 256;
+                    assert_eq!(written, 32 * 2 * 3 * block, "{t} decode rank {dr}");
+                }
+            }
+        }
     }
 
     /// Bytes that match by chance between two random patterns (~1/128 each).

@@ -6,6 +6,7 @@
 
 pub mod blocks;
 pub mod prefill;
+pub mod tp;
 pub mod turns;
 
 use crate::error::{Error, Result};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use blocks::{BlockTable, Descriptor, Side};
 pub use prefill::{Overlap, Prefill};
+pub use tp::{KvLayout, TpTopology};
 
 /// How a request's KV is cut into messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -92,6 +94,9 @@ pub struct TransferKey {
     pub layer: Option<u32>,
     pub part: Part,
     pub block: Option<u32>,
+    /// The token row of a block's slice cut into one piece per token (NHD
+    /// under different TP, see tp.rs).
+    pub token: Option<u16>,
 }
 
 impl TransferKey {
@@ -100,12 +105,14 @@ impl TransferKey {
 
     /// Seed of the integrity pattern of this message.
     pub fn seed(&self) -> u64 {
-        pattern::seed_of(&[
+        let mut parts = vec![
             self.request,
             self.layer.unwrap_or(Self::NONE) as u64,
             self.part as u64,
             self.block.unwrap_or(Self::NONE) as u64,
-        ])
+        ];
+        parts.extend(self.token.map(u64::from));
+        pattern::seed_of(&parts)
     }
 
     pub fn to_wire(&self) -> [u8; Self::WIRE_LEN] {
@@ -114,6 +121,7 @@ impl TransferKey {
         b[8..12].copy_from_slice(&self.layer.unwrap_or(Self::NONE).to_le_bytes());
         b[12..16].copy_from_slice(&self.block.unwrap_or(Self::NONE).to_le_bytes());
         b[16] = self.part as u8;
+        b[18..20].copy_from_slice(&self.token.unwrap_or(u16::MAX).to_le_bytes());
         b
     }
 
@@ -124,7 +132,8 @@ impl TransferKey {
             request: u64::from_le_bytes(b[0..8].try_into().unwrap()),
             layer: opt(u32::from_le_bytes(b[8..12].try_into().unwrap())),
             block: opt(u32::from_le_bytes(b[12..16].try_into().unwrap())),
-            part: Part::from_u8(b[16]).filter(|_| b[17..20] == [0, 0, 0])?,
+            part: Part::from_u8(b[16]).filter(|_| b[17] == 0)?,
+            token: Some(u16::from_le_bytes([b[18], b[19]])).filter(|t| *t != u16::MAX),
         })
     }
 }
@@ -143,6 +152,9 @@ impl fmt::Display for TransferKey {
         }
         if let Some(b) = self.block {
             write!(f, "/b{b}")?;
+        }
+        if let Some(t) = self.token {
+            write!(f, "/t{t}")?;
         }
         Ok(())
     }
@@ -201,6 +213,10 @@ pub struct RequestLayout {
     /// conversations under arrivals each hold one; 0 otherwise.
     #[serde(default)]
     pub base: usize,
+    /// Prefill and decode at different TP (tp.rs): each block moves as
+    /// this pair's pieces of it, from and into blocks of each side's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<Box<tp::Cut>>,
 }
 
 impl RequestLayout {
@@ -231,6 +247,45 @@ impl RequestLayout {
             first: 0,
             last_fill: 0,
             base: 0,
+            cut: None,
+        }
+    }
+
+    /// Blocks moved as one pair of a P x D topology cuts them: one message
+    /// per piece of each (layer, K/V) block.
+    pub fn with_cut(mut self, cut: tp::Cut) -> RequestLayout {
+        debug_assert_eq!(self.granularity, Granularity::Block);
+        self.message_count =
+            self.layers as usize * self.tensors_per_layer as usize * self.blocks as usize * cut.pieces.len();
+        self.message_bytes = cut.pieces[0].len;
+        self.cut = Some(Box::new(cut));
+        self
+    }
+
+    /// The test fault `shift-head`: (from, to, len) in the sender's buffer
+    /// that put the head beside message 0's first head in its place, as a
+    /// decode rank reading one head off would get it; None without heads.
+    pub fn neighbour_head(&self) -> Option<(usize, usize, usize)> {
+        let c = self.cut.as_ref()?;
+        let step = c.head_step()?;
+        let at = self.slot(Side::Sender, 0).offset;
+        let block_end = at - c.pieces[0].sender + c.sender_block;
+        let len = c.head_bytes.min(self.message_bytes);
+        let from = if at + step + len <= block_end { at + step } else { at.checked_sub(step)? };
+        Some((from, at, len))
+    }
+
+    /// Messages per block of a tensor: a cut's pieces, or the block.
+    fn pieces(&self) -> usize {
+        self.cut.as_ref().map_or(1, |c| c.pieces.len())
+    }
+
+    /// Bytes of one (layer, K/V) block in `side`'s pool.
+    fn block_bytes(&self, side: Side) -> usize {
+        match (&self.cut, side) {
+            (Some(c), Side::Sender) => c.sender_block,
+            (Some(c), Side::Receiver) => c.receiver_block,
+            (None, _) => self.message_bytes,
         }
     }
 
@@ -282,10 +337,15 @@ impl RequestLayout {
     /// partly filled last block also how many tokens it holds.
     pub fn seed(&self, request: u64, index: usize) -> u64 {
         let seed = self.key(request, index).seed();
+        // Under different TP, which heads a piece holds: a piece read from the wrong ones differs.
+        let seed = match &self.cut {
+            Some(c) => pattern::seed_of(&[seed, c.moved.start as u64, c.moved.count as u64]),
+            None => seed,
+        };
         let blocks = self.blocks as usize;
         match self.last_fill {
             0 => seed,
-            fill if index % blocks == blocks - 1 => pattern::seed_of(&[seed, fill as u64]),
+            fill if (index / self.pieces()) % blocks == blocks - 1 => pattern::seed_of(&[seed, fill as u64]),
             _ => seed,
         }
     }
@@ -332,10 +392,8 @@ impl RequestLayout {
                 }
                 0 => self.total_bytes(),
                 pool => {
-                    self.layers as usize
-                        * self.tensors_per_layer as usize
-                        * pool as usize
-                        * self.message_bytes
+                    let block = self.block_bytes(Side::Sender).max(self.block_bytes(Side::Receiver));
+                    self.layers as usize * self.tensors_per_layer as usize * pool as usize * block
                 }
             }
     }
@@ -345,6 +403,7 @@ impl RequestLayout {
         let alone = self.region_tokens == 0 || (self.first == 0 && self.region_tokens == self.tokens);
         alone
             && self.base == 0
+            && self.cut.is_none()
             && (self.pool_blocks == 0
                 || (self.pool_blocks == self.blocks && self.table == BlockTable::Contiguous))
     }
@@ -361,9 +420,21 @@ impl RequestLayout {
             }
             0 => index * bytes,
             pool => {
-                let tensor = index / blocks; // layer x K/V, in order
-                let block = self.block_id(side, index % blocks) as usize + self.first as usize;
-                (tensor * pool as usize + block) * bytes
+                let (pieces, pool, tensors) = (self.pieces(), pool as usize, self.tensors_per_layer as usize);
+                let (tensor, piece) = (index / pieces / blocks, index % pieces); // layer x K/V, in order
+                let block = self.block_id(side, index / pieces % blocks) as usize + self.first as usize;
+                let place = match self.cut.as_ref().map(|c| c.layout) {
+                    // A block's K and V side by side (FlashInfer).
+                    Some(tp::KvLayout::BlocksFirst) => {
+                        (tensor / tensors * pool + block) * tensors + tensor % tensors
+                    }
+                    _ => tensor * pool + block,
+                };
+                let within = self.cut.as_ref().map_or(0, |c| match side {
+                    Side::Sender => c.pieces[piece].sender,
+                    Side::Receiver => c.pieces[piece].receiver,
+                });
+                place * self.block_bytes(side) + within
             }
         };
         Slot { index, offset: self.base + offset, len: bytes }
@@ -408,21 +479,43 @@ impl RequestLayout {
         let messages = (0..self.message_count).map(|i| {
             (self.slot(Side::Sender, i).offset, self.slot(Side::Receiver, i).offset, self.message_bytes)
         });
-        let per_layer = self.tensors_per_layer as usize * self.blocks as usize;
+        let per_layer = self.tensors_per_layer as usize * self.blocks as usize * self.pieces();
         blocks::descriptors(
             messages,
             (self.coalesce && self.granularity == Granularity::Block).then_some(per_layer),
         )
     }
 
+    /// Names byte `at` of message `index` for an operator: its key, and
+    /// under different TP the head and token it holds and the ranks.
+    pub fn name(&self, request: u64, index: usize, at: u64) -> String {
+        let key = self.key(request, index);
+        let Some(c) = &self.cut else { return key.to_string() };
+        let ranks = format!("decode rank {}, from prefill rank {}", c.decode_rank, c.prefill_rank);
+        let within = c.pieces[index % self.pieces()].receiver + at as usize;
+        match c.head_at(within) {
+            Some((head, token)) => format!("{key} head {head} token {token} ({ranks})"),
+            None => format!("{key} ({ranks})"),
+        }
+    }
+
     pub fn key(&self, request: u64, index: usize) -> TransferKey {
         let whole_layer = if self.mla { Part::Latent } else { Part::KeyValue };
         match self.granularity {
-            Granularity::Request => TransferKey { request, layer: None, part: Part::Whole, block: None },
-            Granularity::Layer => {
-                TransferKey { request, layer: Some(index as u32), part: whole_layer, block: None }
+            Granularity::Request => {
+                TransferKey { request, layer: None, part: Part::Whole, block: None, token: None }
             }
+            Granularity::Layer => TransferKey {
+                request,
+                layer: Some(index as u32),
+                part: whole_layer,
+                block: None,
+                token: None,
+            },
             Granularity::Block => {
+                let pieces = self.pieces();
+                let token = (pieces > 1).then_some((index % pieces) as u16);
+                let index = index / pieces;
                 let per_layer = self.tensors_per_layer as usize * self.blocks as usize;
                 let tensor = (index % per_layer) / self.blocks as usize;
                 let part = match (self.mla, tensor) {
@@ -435,6 +528,7 @@ impl RequestLayout {
                     layer: Some((index / per_layer) as u32),
                     part,
                     block: Some((index % self.blocks as usize) as u32 + self.first),
+                    token,
                 }
             }
         }
@@ -484,6 +578,18 @@ pub struct Plan {
     /// Multi-turn conversations: a point per mode and granularity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation: Option<turns::ConversationPlan>,
+    /// Prefill and decode at different TP, and which pair this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<TpPlan>,
+}
+
+/// A run of P prefill ranks and D decode ranks: the topology all share, and
+/// the (prefill rank, decode rank) of this pair once both sides know it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TpPlan {
+    pub topology: tp::TpTopology,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<(u32, u32)>,
 }
 
 /// Serving load: one point per arrival rate and granularity, `iterations`
@@ -662,6 +768,9 @@ impl Plan {
                 p.layer_ns(&self.shape, tokens)?;
             }
         }
+        if let Some(t) = &self.tp {
+            self.validate_tp(t)?;
+        }
         if let Some(c) = &self.conversation {
             if self.prefill.is_some() {
                 return Err(Error::usage("conversations do not run with emulated prefill yet"));
@@ -747,6 +856,29 @@ impl Plan {
         Ok(())
     }
 
+    /// What a P x D run takes: the topology NixlConnector accepts, blocks
+    /// (the only thing it moves), one request at a time, and a pair
+    /// whose decode rank reads from its prefill rank.
+    fn validate_tp(&self, t: &TpPlan) -> Result<()> {
+        t.topology.validate(&self.shape.model)?;
+        if let Some(g) = self.granularities.iter().find(|g| **g != Granularity::Block) {
+            return Err(Error::usage(format!(
+                "-g {g} with --prefill-tp/--decode-tp: a decode rank's KV is a slice of every block, which \
+                 NixlConnector (the connector that runs different TPs) moves block by block: use -g block"
+            )));
+        }
+        if self.prefill.is_some() || self.load.is_some() || self.conversation.is_some() {
+            return Err(Error::usage(
+                "--prefill-tp/--decode-tp run requests one after another: not with emulated prefill, --arrivals \
+                 or --turns yet",
+            ));
+        }
+        if let Some((p, d)) = t.pair {
+            t.topology.cut(&self.shape.model, self.shape.block_size, p, d)?;
+        }
+        Ok(())
+    }
+
     /// Requests of one phase of a point: warm-ups, then the timed ones
     /// (under load, the point's schedule).
     pub fn phase_len(&self, point: &Point) -> u32 {
@@ -793,9 +925,15 @@ impl Plan {
             }
             return out;
         }
+        let cut = self.cut();
         let layout = |tokens: u32, g: Granularity| match g {
             Granularity::Block => {
-                RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce)
+                let l =
+                    RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce);
+                match &cut {
+                    Some(c) => l.with_cut(c.clone()),
+                    None => l,
+                }
             }
             _ => RequestLayout::new(&self.shape, tokens, g),
         };
@@ -904,6 +1042,23 @@ impl Plan {
         out
     }
 
+    /// This pair's cut of every block, under different TP once the pair is known.
+    pub fn cut(&self) -> Option<tp::Cut> {
+        let t = self.tp.as_ref()?;
+        let (p, d) = t.pair?;
+        t.topology.cut(&self.shape.model, self.shape.block_size, p, d).ok()
+    }
+
+    /// The plan without this pair's ranks: what every pair of one P x D
+    /// run shares (the senders of one decode rank must agree on it).
+    pub fn shared_digest(&self) -> String {
+        let mut shared = self.clone();
+        if let Some(t) = &mut shared.tp {
+            t.pair = None;
+        }
+        shared.digest()
+    }
+
     /// Request ids are unique across the run, so no request can pass for another.
     pub fn request_id(&self, point: usize, iteration: u32) -> u64 {
         ((point as u64) << 32) + iteration as u64
@@ -990,6 +1145,7 @@ mod tests {
             prefill: None,
             load: None,
             conversation: None,
+            tp: None,
         }
     }
 
