@@ -86,6 +86,25 @@ pub fn roles(given: &[Role], size: u32) -> Result<Vec<Role>> {
     Ok(roles)
 }
 
+/// The roles of a P x D run: the P prefill ranks first, then the D
+/// decode ranks (rank P + d is decode rank d).
+pub fn tp_roles(given: &[Role], t: crate::plan::TpTopology, size: u32) -> Result<Vec<Role>> {
+    if !given.is_empty() {
+        return Err(Error::usage(
+            "--roles with --prefill-tp/--decode-tp: the prefill ranks come first, then the decode ranks",
+        ));
+    }
+    if size != t.prefill_tp + t.decode_tp {
+        return Err(Error::usage(format!(
+            "{t} runs {} ranks ({} prefill, then {} decode), not {size}",
+            t.prefill_tp + t.decode_tp,
+            t.prefill_tp,
+            t.decode_tp
+        )));
+    }
+    Ok((0..size).map(|r| if r < t.prefill_tp { Role::Sender } else { Role::Receiver }).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +128,19 @@ mod tests {
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn a_tp_run_puts_prefill_ranks_first() {
+        use crate::plan::{KvLayout, TpTopology};
+        use Role::{Receiver as R, Sender as S};
+        let t = TpTopology { prefill_tp: 2, decode_tp: 4, layout: KvLayout::Hnd };
+        assert_eq!(tp_roles(&[], t, 6).unwrap(), [S, S, R, R, R, R]);
+        assert!(tp_roles(&[], t, 5)
+            .unwrap_err()
+            .message
+            .contains("runs 6 ranks (2 prefill, then 4 decode), not 5"));
+        assert!(tp_roles(&[S, R], t, 2).is_err());
     }
 
     #[test]

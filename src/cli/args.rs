@@ -8,7 +8,9 @@ use crate::kv::{hf_config, presets, Attention, Dtype, KvShape, ModelSpec};
 use crate::link::{self, Link};
 use crate::measure::Fault;
 use crate::memory::{MemoryKind, MemorySpec};
-use crate::plan::{BlockTable, Granularity, Load, Overlap, Plan, Prefill, VerifyMode};
+use crate::plan::{
+    BlockTable, Granularity, KvLayout, Load, Overlap, Plan, Prefill, TpPlan, TpTopology, VerifyMode,
+};
 use crate::report::gate::{Gate, Threshold};
 use crate::schedule::conversation::MultiTurn;
 use crate::schedule::residency::OnFull;
@@ -86,6 +88,7 @@ parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 parser_of!(ofi_op, OfiOp, OfiOp::parse);
 parser_of!(block_table, BlockTable, BlockTable::parse);
 parser_of!(overlap, Overlap, Overlap::parse);
+parser_of!(kv_layout, KvLayout, KvLayout::parse);
 
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -132,6 +135,17 @@ pub struct ModelArgs {
     /// Tokens per paged-attention block [default: 16, 64 for MLA]
     #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
     pub block_size: Option<u32>,
+    /// Prefill's TP when decode's differs: a run of P prefill and D decode ranks, each decode
+    /// rank reading its heads as vLLM's NixlConnector does [default: --tp]
+    #[arg(long, value_name = "P", value_parser = positive_u32, conflicts_with = "tp", allow_hyphen_values = true, help_heading = "Tensor parallelism")]
+    pub prefill_tp: Option<u32>,
+    /// Decode's TP (with --prefill-tp) [default: --tp]
+    #[arg(long, value_name = "D", value_parser = positive_u32, conflicts_with = "tp", allow_hyphen_values = true, help_heading = "Tensor parallelism")]
+    pub decode_tp: Option<u32>,
+    /// KV cache layout on both sides: hnd (NixlConnector's), nhd (a head slice strided), blocks-first
+    /// (FlashInfer: a block's K and V side by side)
+    #[arg(long, value_name = "LAYOUT", value_parser = kv_layout, help_heading = "Tensor parallelism")]
+    pub kv_layout: Option<KvLayout>,
 }
 
 impl ModelArgs {
@@ -182,7 +196,26 @@ impl ModelArgs {
             spec.dtype = d;
         }
         let block = self.block_size.unwrap_or_else(|| presets::default_block_size(&spec.attention));
-        KvShape::new(spec, self.tp, block)
+        match self.topology() {
+            // Each decode rank's share, as its plan's shape; the cut says what moves.
+            Some(t) => {
+                t.validate(&spec)?;
+                KvShape::new(spec, t.decode_tp, block)
+            }
+            None => KvShape::new(spec, self.tp, block),
+        }
+    }
+
+    /// Prefill and decode ranks at their own TP, when any of the flags is given.
+    pub fn topology(&self) -> Option<TpTopology> {
+        if self.prefill_tp.is_none() && self.decode_tp.is_none() && self.kv_layout.is_none() {
+            return None;
+        }
+        Some(TpTopology {
+            prefill_tp: self.prefill_tp.unwrap_or(self.tp),
+            decode_tp: self.decode_tp.unwrap_or(self.tp),
+            layout: self.kv_layout.unwrap_or_default(),
+        })
     }
 
     fn explicit(&self) -> Result<ModelSpec> {
@@ -464,6 +497,7 @@ impl RunArgs {
             prefill: self.prefill()?,
             load: None,
             conversation: None,
+            tp: self.model.topology().map(|topology| TpPlan { topology, pair: None }),
         };
         let mut plan = self.with_load(plan)?;
         let c = &w.conversation;
@@ -631,6 +665,10 @@ pub struct SendArgs {
     /// This host's address to connect from, which picks the NIC; tcp data follows it
     #[arg(long, value_name = "IP")]
     pub bind: Option<std::net::IpAddr>,
+    /// With --prefill-tp/--decode-tp: this sender's prefill rank; --connect names the decode ranks
+    /// that read from it, in order
+    #[arg(long, value_name = "RANK", value_parser = non_negative_u32, allow_hyphen_values = true, help_heading = "Tensor parallelism")]
+    pub prefill_rank: Option<u32>,
     #[command(flatten)]
     pub run: RunArgs,
 }
@@ -667,6 +705,13 @@ pub struct RecvArgs {
     /// all requests started together; reports each pair and the aggregate
     #[arg(long, default_value = "1", value_parser = fan_size, allow_hyphen_values = true)]
     pub senders: u32,
+    /// Refuse a sender that does not send this decode rank's share of a P x D run (the prefill
+    /// ranks that feed it are all served at once, however many)
+    #[arg(long, value_name = "RANK", value_parser = non_negative_u32, allow_hyphen_values = true, help_heading = "Tensor parallelism")]
+    pub decode_rank: Option<u32>,
+    /// Refuse a sender whose KV cache is laid out otherwise (hnd, nhd, blocks-first)
+    #[arg(long, value_name = "LAYOUT", value_parser = kv_layout, help_heading = "Tensor parallelism")]
+    pub kv_layout: Option<KvLayout>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -706,6 +751,27 @@ pub struct PlanArgs {
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub conversation: ConversationArgs,
+}
+
+impl PlanArgs {
+    /// The plan `kvxfer plan` shows: one request of each point, nothing run.
+    pub fn shown(&self, shape: &KvShape, granularities: Vec<Granularity>, tp: Option<TpPlan>) -> Plan {
+        Plan {
+            shape: shape.clone(),
+            prompt_lengths: self.prompt_lengths.clone(),
+            granularities,
+            iterations: 1,
+            warmup: 0,
+            verify: crate::plan::VerifyMode::After,
+            block_table: self.blocks.block_table,
+            pool_blocks: self.blocks.pool_blocks,
+            coalesce: self.blocks.coalesce,
+            prefill: None,
+            load: None,
+            conversation: None,
+            tp,
+        }
+    }
 }
 
 /// Multi-turn conversations: what each turn moves.

@@ -4,7 +4,7 @@
 //! thread with its own buffer and transport; `crate::fan::Fan` lines up
 //! their rounds and sums them into the hub's report.
 
-use super::args::{RecvArgs, SendArgs, MAX_FAN};
+use super::args::{SendArgs, MAX_FAN};
 use super::screen::Screen;
 use super::{sender_side, Outputs, ReceiverSide};
 use crate::env::EnvInfo;
@@ -39,15 +39,16 @@ pub fn receivers(connect: &[String]) -> Result<usize> {
     Ok(connect.len())
 }
 
-/// One sender, several receivers, all fed at once.
-pub fn send_many(a: &SendArgs, plan: Plan, memory: MemorySpec, outputs: Outputs) -> Result<()> {
+/// One sender, several receivers, all fed at once: `plans` has each pair's
+/// (the same, or under different TP each decode rank's share).
+pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Outputs) -> Result<()> {
     let hub = Hub::new(Screen::new(&a.run.output));
     let fan = hub.fan(FanShape::OneToMany, a.connect.len());
     let silent = Screen::silent();
     let pairs = std::thread::scope(|s| {
-        let threads: Vec<_> = (a.connect.iter().enumerate())
-            .map(|(pair, addr)| {
-                let (plan, fan, silent) = (plan.clone(), &fan, &silent);
+        let threads: Vec<_> = (a.connect.iter().zip(plans).enumerate())
+            .map(|(pair, (addr, plan))| {
+                let (fan, silent) = (&fan, &silent);
                 let slot = Some(FanSlot { fan, pair });
                 s.spawn(move || sender_side(addr, a.bind, &a.run, plan, memory, silent, slot))
             })
@@ -57,26 +58,28 @@ pub fn send_many(a: &SendArgs, plan: Plan, memory: MemorySpec, outputs: Outputs)
     hub.conclude(&fan, pairs, outputs)
 }
 
-/// One receiver serving several senders at once. All must propose the
-/// same plan and transport, as their requests run side by side; each is
-/// welcomed only once all have connected.
+/// One receiver serving `n` senders at once (`first` already accepted,
+/// when a P x D decode rank learnt from it how many feed it). All must
+/// propose the same plan and transport, as their requests run side by
+/// side; each is welcomed only once all have connected.
 pub fn receive_many(
     listener: &TcpListener,
-    a: &RecvArgs,
     mut side: ReceiverSide,
     outputs: Outputs,
+    mut first: Option<ReceiverSession>,
+    n: usize,
 ) -> Result<()> {
-    let n = a.senders as usize;
     let env = EnvInfo::collect();
     let mut sessions: Vec<ReceiverSession> = Vec::new();
     for i in 0..n {
-        let joined =
-            session::accept_hello(listener, side.wait, side.timeout, &side.expect).and_then(|mut s| {
-                match sessions.first().and_then(|first| mismatch(&first.hello, &s.hello)) {
-                    Some(why) => Err(session::refuse(&mut s, &why)),
-                    None => Ok(s),
-                }
-            });
+        let accepted = match first.take() {
+            Some(s) => Ok(s),
+            None => session::accept_hello(listener, side.wait, side.timeout, &side.expect),
+        };
+        let joined = accepted.and_then(|mut s| match mismatch(&sessions, &s.hello) {
+            Some(why) => Err(session::refuse(&mut s, &why)),
+            None => Ok(s),
+        });
         match joined {
             Ok(s) => {
                 eprintln!("kvxfer-recv: sender {} of {n} joined from {}", i + 1, s.ctrl.peer_addr);
@@ -89,6 +92,8 @@ pub fn receive_many(
             }
         }
     }
+    // Seats in prefill rank order, under different TP.
+    sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().and_then(|t| t.pair).map(|(p, _)| p));
     let (plan, spec) = (&sessions[0].hello.plan, &sessions[0].hello.transport);
     // Once, here: NCCL's log settings go into the environment before the threads.
     transport::check_library(spec, plan, &side.local)?;
@@ -114,8 +119,21 @@ pub fn receive_many(
 }
 
 /// Why a sender cannot join the others of a many-to-one fan, if it cannot.
-fn mismatch(first: &session::Hello, next: &session::Hello) -> Option<String> {
-    if next.plan_digest != first.plan_digest {
+fn mismatch(joined: &[ReceiverSession], next: &session::Hello) -> Option<String> {
+    let first = &joined.first()?.hello;
+    let pair = |h: &session::Hello| h.plan.tp.as_ref().and_then(|t| t.pair);
+    if let (Some((p, d)), Some((_, first_d))) = (pair(next), pair(first)) {
+        if d != first_d {
+            return Some(format!(
+                "this receiver serves decode rank {first_d}; prefill rank {p} sends decode rank {d}'s share"
+            ));
+        }
+        if joined.iter().any(|s| pair(&s.hello) == Some((p, d))) {
+            return Some(format!("prefill rank {p} has joined already: each prefill rank connects once"));
+        }
+    }
+    // Under different TP each sender's plan names its own pair: the rest must agree.
+    if next.plan.shared_digest() != first.plan.shared_digest() {
         return Some(
             "plan mismatch: the senders of one receiver must propose the same plan (model, prompt lengths, \
              granularities, iterations), as their requests run together"

@@ -8,6 +8,7 @@ mod fan;
 mod mpi_boot;
 mod screen;
 mod size;
+mod tp_plan;
 pub(crate) mod turns;
 
 use crate::env::EnvInfo;
@@ -148,6 +149,14 @@ fn plan(a: &PlanArgs) -> Result<()> {
         return Ok(());
     }
     let shape = a.model.resolve()?;
+    if let Some(t) = a.model.topology() {
+        if a.conversation.turns.is_some() {
+            return Err(Error::usage(
+                "--turns with --prefill-tp/--decode-tp: not yet; show one or the other",
+            ));
+        }
+        return tp_plan::print(a, &shape, t, &mut out);
+    }
     if let Some(c) = turns::conversation(&a.conversation, &shape)? {
         return turns::print(&c, &a.conversation, &shape, &a.granularity, &mut out);
     }
@@ -155,20 +164,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         Some(h) => format!("{h} KV heads per rank"),
         None => "MLA latent, not split by TP".into(),
     };
-    let plan = Plan {
-        shape: shape.clone(),
-        prompt_lengths: a.prompt_lengths.clone(),
-        granularities: a.granularity.clone(),
-        iterations: 1,
-        warmup: 0,
-        verify: crate::plan::VerifyMode::After,
-        block_table: a.blocks.block_table,
-        pool_blocks: a.blocks.pool_blocks,
-        coalesce: a.blocks.coalesce,
-        prefill: None,
-        load: None,
-        conversation: None,
-    };
+    let plan = a.shown(&shape, a.granularity.clone(), None);
     plan.validate()?;
     writeln!(out, "model        {}", shape.model.describe())?;
     writeln!(out, "TP           {} ({heads})", shape.tp)?;
@@ -344,7 +340,8 @@ fn compare(a: &ReportArgs) -> Result<()> {
 /// One receiver, or several at once (a one-to-many fan).
 fn send(a: &SendArgs) -> Result<()> {
     let pairs = fan::receivers(&a.connect)?;
-    let plan = a.run.plan()?;
+    let Some(plans) = pair_plans(a, a.run.plan()?)? else { return Ok(()) };
+    let plan = plans[0].clone();
     a.run.check_gate()?;
     for addr in &a.connect {
         net::resolve(addr)?;
@@ -368,14 +365,70 @@ fn send(a: &SendArgs) -> Result<()> {
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {
-        memory::check_host_budget(pairs as u64 * plan.max_buffer_bytes() as u64, "the sender's buffers")?;
+        let bytes = plans.iter().map(|p| p.max_buffer_bytes() as u64).sum();
+        memory::check_host_budget(bytes, "the sender's buffers")?;
     }
     if pairs > 1 {
-        return fan::send_many(a, plan, memory, outputs);
+        return fan::send_many(a, plans, memory, outputs);
     }
     let screen = Screen::new(&a.run.output);
     let (report, result) = sender_side(&a.connect[0], a.bind, &a.run, plan, memory, &screen, None);
     outputs.conclude(report, result, &screen)
+}
+
+/// The plan of each pair this sender runs, one per `--connect`: under
+/// different TP, this prefill rank's pairs with the decode ranks that read
+/// from it, in order. None for a prefill rank that nobody reads (MLA's
+/// replicated latent is read from one rank of several).
+fn pair_plans(a: &SendArgs, plan: Plan) -> Result<Option<Vec<Plan>>> {
+    let Some(tp) = plan.tp.clone() else {
+        if a.prefill_rank.is_some() {
+            return Err(Error::usage("--prefill-rank needs --prefill-tp/--decode-tp"));
+        }
+        return Ok(Some(vec![plan; a.connect.len()]));
+    };
+    let t = tp.topology;
+    let p = match a.prefill_rank {
+        Some(p) if p < t.prefill_tp => p,
+        Some(p) => {
+            return Err(Error::usage(format!(
+                "--prefill-rank {p} is not a rank of prefill TP {}",
+                t.prefill_tp
+            )))
+        }
+        None if t.prefill_tp == 1 => 0,
+        None => {
+            return Err(Error::usage(format!(
+                "--prefill-rank is needed with prefill TP {}: which of its ranks this sender is",
+                t.prefill_tp
+            )))
+        }
+    };
+    let readers = t.readers(&plan.shape.model, p);
+    if readers.is_empty() {
+        eprintln!(
+            "kvxfer-send: prefill rank {p} of {t}: the decode ranks read the replicated MLA latent from other prefill \
+             ranks (NixlConnector only notifies this one); nothing to send"
+        );
+        return Ok(None);
+    }
+    if readers.len() != a.connect.len() {
+        let ranks: Vec<String> = readers.iter().map(u32::to_string).collect();
+        return Err(Error::usage(format!(
+            "prefill rank {p} of {t} is read by decode rank{} {}: --connect names {} receiver{}; give one per decode \
+             rank, in that order",
+            if readers.len() > 1 { "s" } else { "" },
+            ranks.join(", "),
+            a.connect.len(),
+            if a.connect.len() > 1 { "s" } else { "" }
+        )));
+    }
+    let plans = readers.iter().map(|&d| {
+        let mut pair = plan.clone();
+        pair.tp = Some(crate::plan::TpPlan { topology: t, pair: Some((p, d)) });
+        pair.validate().map(|_| pair)
+    });
+    plans.collect::<Result<Vec<_>>>().map(Some)
 }
 
 /// `kvxfer launch`: this process's role from the launcher's rank; the
@@ -384,7 +437,12 @@ fn send(a: &SendArgs) -> Result<()> {
 /// writes the results; the receiver stays quiet but holds the gate too.
 fn launch(a: &LaunchArgs) -> Result<()> {
     let me = crate::launch::Launch::from_env()?;
-    let roles = crate::launch::roles(&a.roles, me.size).map_err(|e| e.context(me.launcher))?;
+    let topology = a.run.model.topology();
+    let roles = match topology {
+        Some(t) => crate::launch::tp_roles(&a.roles, t, me.size),
+        None => crate::launch::roles(&a.roles, me.size),
+    };
+    let roles = roles.map_err(|e| e.context(me.launcher))?;
     let receivers: Vec<usize> = (0..roles.len()).filter(|r| roles[*r] == Role::Receiver).collect();
     let senders = roles.len() - receivers.len();
     if !a.rendezvous.is_empty() && a.rendezvous.len() != receivers.len() {
@@ -420,7 +478,16 @@ fn launch(a: &LaunchArgs) -> Result<()> {
         true => return Err(Error::usage("--rendezvous HOST:PORT is needed (or build with --features mpi)")),
     };
     let Some(listener) = listener else {
-        return send(&SendArgs { connect: rendezvous, bind: a.bind, run });
+        // Under different TP, prefill rank r feeds the decode ranks that read from it.
+        let (connect, prefill_rank) = match topology {
+            Some(t) => {
+                let model = a.run.model.resolve()?.model;
+                let readers = t.readers(&model, me.rank);
+                (readers.iter().map(|&d| rendezvous[d as usize].clone()).collect(), Some(me.rank))
+            }
+            None => (rendezvous, None),
+        };
+        return send(&SendArgs { connect, bind: a.bind, prefill_rank, run });
     };
     recv_on(
         listener,
@@ -434,7 +501,10 @@ fn launch(a: &LaunchArgs) -> Result<()> {
             nccl_lib: run.transport.nccl_lib.clone(),
             ucx_lib: run.transport.ucx_lib.clone(),
             ofi_lib: run.transport.ofi_lib.clone(),
-            senders: senders as u32,
+            // A decode rank learns from its first sender how many prefill ranks feed it.
+            senders: if topology.is_some() { 1 } else { senders as u32 },
+            decode_rank: topology.map(|_| mine.expect("a receiving rank") as u32),
+            kv_layout: None,
             output: OutputArgs {
                 quiet: true,
                 csv: None,
@@ -459,9 +529,25 @@ fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
     let side = receiver_side(a);
     if a.senders > 1 {
-        return fan::receive_many(&listener, a, side, outputs);
+        return fan::receive_many(&listener, side, outputs, None, a.senders as usize);
     }
-    let (report, result) = side.run(&listener);
+    let mut first = match session::accept_hello(&listener, side.wait, side.timeout, &side.expect) {
+        Ok(s) => s,
+        Err(e) => return outputs.conclude(None, Err(e), &side.screen),
+    };
+    // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
+    let plan = &first.hello.plan;
+    let feeding =
+        plan.tp.as_ref().and_then(|t| t.pair.map(|(_, d)| t.topology.sources(&plan.shape.model, d)));
+    if let Some(ranks) = feeding.filter(|r| r.len() > 1) {
+        eprintln!("kvxfer-recv: prefill ranks {ranks:?} feed this decode rank; serving them at once");
+        return fan::receive_many(&listener, side, outputs, Some(first), ranks.len());
+    }
+    let env = EnvInfo::collect();
+    let (report, result) = match session::welcome(&mut first, &env, None) {
+        Ok(()) => side.serve(first, env, None),
+        Err(e) => (None, Err(e)),
+    };
     outputs.conclude(report, result, &side.screen)
 }
 
@@ -473,6 +559,8 @@ fn receiver_side(a: &RecvArgs) -> ReceiverSide {
             transport: a.expect_transport,
             model: a.expect_model.clone(),
             memory: a.memory.memory,
+            decode_rank: a.decode_rank,
+            kv_layout: a.kv_layout,
         },
         memory: a.memory.spec(),
         local: LocalOptions {
@@ -485,6 +573,15 @@ fn receiver_side(a: &RecvArgs) -> ReceiverSide {
 }
 
 fn pair(a: &PairArgs) -> Result<()> {
+    if let Some(t) = a.run.model.topology() {
+        return Err(Error::usage(format!(
+            "{t} is {} sender and {} receiver processes, not a pair: start them with kvxfer launch (mpirun or srun \
+             with {} ranks) or by hand (kvxfer send --prefill-rank, kvxfer recv --decode-rank; see the README)",
+            t.prefill_tp,
+            t.decode_tp,
+            t.prefill_tp + t.decode_tp
+        )));
+    }
     let plan = a.run.plan()?;
     a.run.check_gate()?;
     let spec = a.run.transport_spec();

@@ -9,6 +9,10 @@ use crate::units::{fmt_bytes, fmt_ns};
 use std::io::Write;
 
 pub fn run(a: &SizeArgs) -> Result<()> {
+    if a.model.topology().is_some() {
+        // The buffer is per decode rank: its share is the one at decode's TP.
+        return Err(Error::usage("kvxfer size sizes one decode rank's buffer: give --tp D, decode's TP"));
+    }
     let shape = a.model.resolve()?;
     let weights = a.mix.clone().unwrap_or_else(|| vec![1.0; a.prompt_lengths.len()]);
     if weights.len() != a.prompt_lengths.len() {

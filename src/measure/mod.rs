@@ -50,6 +50,10 @@ pub enum Fault {
     /// A conversation's second turn re-sends the block that turn 1 left
     /// partly filled as turn 1 sent it (a stale block), at block granularity.
     StaleBlock,
+    /// Under different TP, the first measured request's first piece holds,
+    /// in its first head's place, the head beside it (a decode rank
+    /// reading one head off).
+    ShiftHead,
 }
 
 impl Fault {
@@ -58,6 +62,7 @@ impl Fault {
             "corrupt-byte" => Ok(Fault::CorruptByte),
             "wrong-offset" => Ok(Fault::WrongOffset),
             "stale-block" => Ok(Fault::StaleBlock),
+            "shift-head" => Ok(Fault::ShiftHead),
             "wrong-key" => Ok(Fault::WrongKey),
             "bad-digest" => Ok(Fault::BadDigest),
             "bad-protocol" => Ok(Fault::BadProtocol),
@@ -179,6 +184,11 @@ pub fn run_sender(
                 // The middle byte of the request, where this side keeps it.
                 let (middle, m) = (bytes / 2, layout.message_bytes);
                 buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
+            }
+            if first_measured && cfg.fault == Some(Fault::ShiftHead) {
+                if let Some((from, to, len)) = layout.neighbour_head() {
+                    buf.copy_within(from, to, len)?;
+                }
             }
             let second_turn = it >= plan.warmup
                 && matches!(point.turn_at(plan.warmup, it), Some((_, r)) if r.conversation == 0 && r.moving == 1);
@@ -812,6 +822,7 @@ mod tests {
             prefill: None,
             load: None,
             conversation: None,
+            tp: None,
         }
     }
 

@@ -51,8 +51,22 @@ fn run_label(r: &RunReport) -> String {
             label.push_str(&format!(" group {}", t.nccl_group));
         }
     }
-    if let Some(f) = &r.fan {
-        label.push_str(&format!(" {}", f.label()));
+    match (&r.plan.tp, &r.fan) {
+        // A P x D run: the topology, and whose share the figures are.
+        (Some(tp), fan) => {
+            let t = tp.topology;
+            label.push_str(&format!(" P{}→D{} {}", t.prefill_tp, t.decode_tp, t.layout));
+            let (p, d) = tp.pair.unwrap_or_default();
+            label.push_str(&match fan {
+                Some(f) if f.hub && f.seat.shape == crate::fan::FanShape::ManyToOne => {
+                    format!(" decode rank {d}")
+                }
+                Some(f) if f.hub => format!(" prefill rank {p}"),
+                _ => format!(" prefill rank {p} → decode rank {d}"),
+            });
+        }
+        (None, Some(f)) => label.push_str(&format!(" {}", f.label())),
+        (None, None) => {}
     }
     label
 }

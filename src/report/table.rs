@@ -24,6 +24,28 @@ impl Exporter for Table {
     }
 }
 
+/// Prefill and decode at different TP: the topology, and what each pair of
+/// this report moves per block.
+fn tp_header(r: &RunReport, t: &crate::plan::TpPlan, out: &mut dyn Write) -> Result<()> {
+    let nixl = match (t.topology.layout, t.topology.ratio()) {
+        (crate::plan::KvLayout::Nhd, ratio) if ratio != 1 && r.plan.shape.heads_per_rank().is_some() => {
+            "; NixlConnector refuses NHD here (heads must be contiguous), kvxfer moves the strided pieces"
+        }
+        _ => "",
+    };
+    writeln!(out, "# tp         {}{nixl}", t.topology)?;
+    let pairs: Vec<&RunReport> = match &r.fan {
+        Some(f) if f.hub && !f.pair_reports.is_empty() => f.pair_reports.iter().collect(),
+        _ => vec![r],
+    };
+    for p in pairs {
+        if let (Some(cut), Some((pr, d))) = (p.plan.cut(), p.plan.tp.as_ref().and_then(|t| t.pair)) {
+            writeln!(out, "#            prefill rank {pr} -> decode rank {d}: {}", cut.describe())?;
+        }
+    }
+    Ok(())
+}
+
 pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let shape = &r.plan.shape;
     let heads = match shape.heads_per_rank() {
@@ -43,11 +65,15 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     }
     writeln!(
         out,
-        "# layout     TP {} ({heads}), block {} tokens, {} per token per rank",
+        "# layout     {} {} ({heads}), block {} tokens, {} per token per rank",
+        if r.plan.tp.is_some() { "decode TP" } else { "TP" },
         shape.tp,
         shape.block_size,
         fmt_bytes(r.kv_bytes_per_token)
     )?;
+    if let Some(t) = &r.plan.tp {
+        tp_header(r, t, out)?;
+    }
     writeln!(
         out,
         "# memory     sender: {}; receiver: {}",

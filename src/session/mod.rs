@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 /// Version of the control protocol; peers must speak the same one.
-pub const PROTOCOL: u16 = 5;
+pub const PROTOCOL: u16 = 6;
 const MAGIC: [u8; 4] = *b"KVXF";
 const MAX_FRAME: usize = 64 << 20;
 const STATUS_OK: u16 = 0;
@@ -408,6 +408,10 @@ pub struct Expectations {
     pub model: Option<crate::kv::ModelSpec>,
     /// The receiver's own memory, which the transport must be able to move.
     pub memory: crate::memory::MemoryKind,
+    /// Which decode rank of a P x D run this receiver is (`--decode-rank`).
+    pub decode_rank: Option<u32>,
+    /// How this receiver's KV cache is laid out (`--kv-layout`).
+    pub kv_layout: Option<crate::plan::KvLayout>,
 }
 
 pub struct ReceiverSession {
@@ -527,6 +531,7 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
         .transport
         .check_memory(expect.memory)
         .map_err(|why| format!("this receiver has {} memory: {why}", expect.memory))?;
+    check_tp(&hello.plan, expect)?;
     if let Some(want) = &expect.model {
         let got = &hello.plan.shape.model;
         let differences = want.kv_differences(got);
@@ -540,6 +545,36 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A P x D run's pair: this receiver's decode rank, and a layout as its own.
+fn check_tp(plan: &crate::plan::Plan, expect: &Expectations) -> Result<(), String> {
+    let Some(tp) = &plan.tp else {
+        return match (expect.decode_rank, expect.kv_layout) {
+            (Some(d), _) => Err(format!(
+                "this receiver is decode rank {d} of a P x D run; the sender's plan has no --prefill-tp/--decode-tp"
+            )),
+            _ => Ok(()),
+        };
+    };
+    let Some((p, d)) = tp.pair else {
+        return Err("the sender's plan names prefill and decode TP but not which pair this is".into());
+    };
+    if let Some(mine) = expect.decode_rank.filter(|mine| *mine != d) {
+        return Err(format!(
+            "this receiver is decode rank {mine}; prefill rank {p} sends decode rank {d}'s share ({}): give its \
+             --connect the receivers in decode rank order",
+            tp.topology
+        ));
+    }
+    match expect.kv_layout {
+        Some(mine) if mine != tp.topology.layout => Err(format!(
+            "the sender's KV cache is laid out {}, this receiver's {mine}: NixlConnector refuses different layouts \
+             (\"Heterogeneous TP expects same kv_cache_layout\")",
+            tp.topology.layout
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -562,6 +597,7 @@ mod tests {
             prefill: None,
             load: None,
             conversation: None,
+            tp: None,
         };
         Hello {
             role: Role::Sender,
