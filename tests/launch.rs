@@ -165,3 +165,21 @@ fn mpi_finds_every_receiver_of_a_fan() {
     assert!(stdout.contains("# fan        one-to-many (1→2): 2 receivers"), "{stdout}");
     assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
 }
+
+#[test]
+fn mpirun_starts_prefill_and_decode_at_different_tp() {
+    // Prefill TP 1 into decode TP 2: rank 0 sends each decode rank its heads.
+    let rv = format!("127.0.0.1:{},127.0.0.1:{}", free_port(), free_port());
+    let tp = ["--prefill-tp", "1", "--decode-tp", "2", "--kv-layout", "nhd"];
+    let work = ["-m", "llama-3.1-8b", "-p", "32", "-g", "block", "-n", "2", "--timeout", "20s"];
+    let (stdout, _) = mpirun(3, &[&["--rendezvous", rv.as_str()][..], &tp, &work].concat());
+    assert!(stdout.contains("# tp         prefill TP 1 -> decode TP 2 (nhd, tp_ratio 2)"), "{stdout}");
+    assert!(stdout.contains("prefill rank 0 -> decode rank 1: heads 4..7"), "{stdout}");
+    assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 1, "{stdout}");
+    // Prefill TP 2 into decode TP 1: both prefill ranks into one decode rank.
+    let rv = format!("127.0.0.1:{}", free_port());
+    let tp = ["--prefill-tp", "2", "--decode-tp", "1"];
+    let (stdout, _) = mpirun(3, &[&["--rendezvous", rv.as_str()][..], &tp, &work].concat());
+    assert_eq!(stdout.matches("# integrity  0 wrong bytes").count(), 2, "{stdout}");
+    assert!(stdout.contains("prefill rank 1 -> decode rank 0: heads 4..7"), "{stdout}");
+}
