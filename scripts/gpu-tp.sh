@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prefill and decode at different TP on one GPU: P sender and D receiver
-# processes, all on GPU 0, ucx get (the decode rank reads, as NixlConnector
-# does) over cuda_ipc. Llama-3.1-70B at block granularity, HND and NHD:
+# processes, all on GPU 0, ucx over cuda_ipc. Llama-3.1-70B at block
+# granularity, HND and NHD. NixlConnector reads (get), but UCX 1.22 runs a
+# get of GPU memory on one GPU as software emulation (results/h200/one-gpu:
+# 0.5-0.9 GB/s, ucx_perftest alike), so put by default (UCX_OP=get to
+# compare): the same pieces move, the prefill rank initiating them.
 #   homo-tp1   one pair at TP 1: the whole KV, the bytes of each P x D run
 #   homo-tp2   one pair at TP 2: one decode rank's share of P1->D2
 #   p2d1-*     two prefill ranks into one decode rank (each a whole block
@@ -16,7 +19,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-tp.sh OUT_DIR [kvxfer-send options]}
 shift
 . scripts/one-gpu-env.sh
-COMMON=(-t ucx --ucx-op get -m llama-3.1-70b -g block "$@")
+COMMON=(-t ucx --ucx-op "${UCX_OP:-put}" -m llama-3.1-70b -g block "$@")
 
 # The decode ranks that read prefill rank $1 of P=$2, D=$3 (NixlConnector).
 readers() {
@@ -61,7 +64,7 @@ run homo-tp1 "${COMMON[@]}" --tp 1 -p 1024,8192 -n 10
 run homo-tp2 "${COMMON[@]}" --tp 2 -p 1024,8192 -n 10
 for layout in hnd nhd; do
     n=10
-    [ $layout = nhd ] && n=3 # a piece per token: 16x the operations
+    [ $layout = nhd ] && n=5 # a piece per token: 16x the operations
     tp_run "p2d1-$layout" 2 1 $layout -p 1024,8192 -n $n
     tp_run "p1d2-$layout" 1 2 $layout -p 1024,8192 -n $n
 done
