@@ -13,7 +13,7 @@
 # Needs a CUDA UCX (scripts/fetch-ucx-cuda.sh) and the binaries in
 # KVXFER_BIN (default target/release).
 #
-#   scripts/gpu-tp.sh OUT_DIR [kvxfer-send options added to every run]
+#   [LAYOUTS="hnd nhd"] [UCX_OP=put] scripts/gpu-tp.sh OUT_DIR [kvxfer-send options added to every run]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-tp.sh OUT_DIR [kvxfer-send options]}
@@ -62,7 +62,7 @@ tp_run() { # name P D layout options...
     >"$OUT/plan-p1d2-nhd.txt" 2>&1
 run homo-tp1 "${COMMON[@]}" --tp 1 -p 1024,8192 -n 10
 run homo-tp2 "${COMMON[@]}" --tp 2 -p 1024,8192 -n 10
-for layout in hnd nhd; do
+for layout in ${LAYOUTS:-hnd nhd}; do
     n=10
     [ $layout = nhd ] && n=5 # a piece per token: 16x the operations
     tp_run "p2d1-$layout" 2 1 $layout -p 1024,8192 -n $n
