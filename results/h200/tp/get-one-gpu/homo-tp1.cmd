@@ -1,0 +1,1 @@
+# kvxfer-send -t ucx --ucx-op get -m llama-3.1-70b -g block --tp 1 -p 1024,8192 -n 10

@@ -1,0 +1,1 @@
+# kvxfer-send -t ucx --ucx-op put -m llama-3.1-70b -g block --block-table random --tp 1 -p 1024,8192 -n 10
