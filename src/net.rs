@@ -132,33 +132,38 @@ pub fn listen(s: &str) -> Result<TcpListener> {
     result.map_err(|e| Error::run(format!("cannot listen on {s}: {e}")))
 }
 
-/// Waits for one connection until the deadline.
-pub fn accept_until(
-    listener: &TcpListener,
-    deadline: Instant,
-    peer: &str,
-) -> Result<(TcpStream, SocketAddr)> {
+/// Waits up to `within` for one connection; None if none came.
+pub fn accept_within(listener: &TcpListener, within: Duration) -> Result<Option<(TcpStream, SocketAddr)>> {
     listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + within;
     loop {
         match listener.accept() {
             Ok((s, addr)) => {
                 s.set_nonblocking(false)?;
                 s.set_nodelay(true)?;
-                return Ok((s, addr));
+                return Ok(Some((s, addr)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let Some(left) = remaining(deadline) else {
-                    return Err(Error::run(format!(
-                        "no {peer} connected to {} before the deadline",
-                        listener.local_addr()?
-                    )));
-                };
+                let Some(left) = remaining(deadline) else { return Ok(None) };
                 wait_readable(listener, left.min(Duration::from_millis(500)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::run(format!("accept failed: {e}"))),
         }
     }
+}
+
+/// Waits for one connection until the deadline.
+pub fn accept_until(
+    listener: &TcpListener,
+    deadline: Instant,
+    peer: &str,
+) -> Result<(TcpStream, SocketAddr)> {
+    let within = remaining(deadline).unwrap_or_default();
+    accept_within(listener, within)?.ok_or_else(|| {
+        let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        Error::run(format!("no {peer} connected to {at} before the deadline"))
+    })
 }
 
 fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {

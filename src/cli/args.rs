@@ -712,6 +712,13 @@ pub struct RecvArgs {
     /// Refuse a sender whose KV cache is laid out otherwise (hnd, nhd, blocks-first)
     #[arg(long, value_name = "LAYOUT", value_parser = kv_layout, help_heading = "Tensor parallelism")]
     pub kv_layout: Option<KvLayout>,
+    /// Service mode (iperf3 -s): serve one sender after another until SIGINT or SIGTERM; a
+    /// sender that comes during a run is told the receiver is busy
+    #[arg(long, help_heading = "Service")]
+    pub forever: bool,
+    /// With --forever: write each run's JSON report into DIR, named by time, run and peer
+    #[arg(long, value_name = "DIR", help_heading = "Service")]
+    pub json_dir: Option<PathBuf>,
     #[command(flatten)]
     pub output: OutputArgs,
 }

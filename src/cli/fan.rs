@@ -92,6 +92,7 @@ pub fn receive_many(
             }
         }
     }
+    side.mark_busy(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
     // Seats in prefill rank order, under different TP.
     sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().and_then(|t| t.pair).map(|(p, _)| p));
     let (plan, spec) = (&sessions[0].hello.plan, &sessions[0].hello.transport);

@@ -7,6 +7,7 @@ mod fan;
 #[cfg(feature = "mpi")]
 mod mpi_boot;
 mod screen;
+mod service;
 mod size;
 mod tp_plan;
 pub(crate) mod turns;
@@ -505,6 +506,8 @@ fn launch(a: &LaunchArgs) -> Result<()> {
             senders: if topology.is_some() { 1 } else { senders as u32 },
             decode_rank: topology.map(|_| mine.expect("a receiving rank") as u32),
             kv_layout: None,
+            forever: false,
+            json_dir: None,
             output: OutputArgs {
                 quiet: true,
                 csv: None,
@@ -525,24 +528,44 @@ fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
     if a.memory.memory != MemoryKind::Host {
         gpu::init()?;
     }
+    if a.forever {
+        return service::serve(listener, a);
+    }
+    if a.json_dir.is_some() {
+        return Err(Error::usage("--json-dir is for --forever, which writes one report per run: use --json"));
+    }
     let outputs = Outputs::open(&a.output)?;
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
     let side = receiver_side(a);
     if a.senders > 1 {
         return fan::receive_many(&listener, side, outputs, None, a.senders as usize);
     }
-    let mut first = match session::accept_hello(&listener, side.wait, side.timeout, &side.expect) {
-        Ok(s) => s,
-        Err(e) => return outputs.conclude(None, Err(e), &side.screen),
-    };
+    match session::accept_hello(&listener, side.wait, side.timeout, &side.expect) {
+        Ok(first) => run_from(&listener, side, outputs, first, 1),
+        Err(e) => outputs.conclude(None, Err(e), &side.screen),
+    }
+}
+
+/// One run, from its first sender on: a fan gathers the others first.
+fn run_from(
+    listener: &std::net::TcpListener,
+    side: ReceiverSide,
+    outputs: Outputs,
+    mut first: session::ReceiverSession,
+    senders: usize,
+) -> Result<()> {
+    if senders > 1 {
+        return fan::receive_many(listener, side, outputs, Some(first), senders);
+    }
     // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
     let plan = &first.hello.plan;
     let feeding =
         plan.tp.as_ref().and_then(|t| t.pair.map(|(_, d)| t.topology.sources(&plan.shape.model, d)));
     if let Some(ranks) = feeding.filter(|r| r.len() > 1) {
         eprintln!("kvxfer-recv: prefill ranks {ranks:?} feed this decode rank; serving them at once");
-        return fan::receive_many(&listener, side, outputs, Some(first), ranks.len());
+        return fan::receive_many(listener, side, outputs, Some(first), ranks.len());
     }
+    side.mark_busy(&[first.ctrl.peer_addr]);
     let env = EnvInfo::collect();
     let (report, result) = match session::welcome(&mut first, &env, None) {
         Ok(()) => side.serve(first, env, None),
@@ -569,6 +592,7 @@ fn receiver_side(a: &RecvArgs) -> ReceiverSide {
             ofi_lib: a.ofi_lib.clone(),
         },
         screen: Screen::new(&a.output),
+        busy: None,
     }
 }
 
@@ -631,6 +655,7 @@ fn pair(a: &PairArgs) -> Result<()> {
         memory: recv_memory,
         local: a.run.local(),
         screen: Screen::silent(),
+        busy: None,
     };
     let receiver = std::thread::spawn(move || receiver.run(&listener).1);
     let screen = Screen::new(&a.run.output);
@@ -760,9 +785,18 @@ struct ReceiverSide {
     memory: MemorySpec,
     local: LocalOptions,
     screen: Screen,
+    /// In service mode: whom to tell the senders that come meanwhile.
+    busy: Option<std::sync::Arc<service::Busy>>,
 }
 
 impl ReceiverSide {
+    /// Every sender of the run has joined: later ones hear it is busy.
+    fn mark_busy(&self, peers: &[std::net::SocketAddr]) {
+        if let Some(b) = &self.busy {
+            b.serving(peers);
+        }
+    }
+
     fn run(&self, listener: &std::net::TcpListener) -> (Option<RunReport>, Result<()>) {
         let env = EnvInfo::collect();
         match session::accept_receiver(listener, self.wait, self.timeout, &self.expect, &env) {

@@ -22,6 +22,9 @@ const MAGIC: [u8; 4] = *b"KVXF";
 const MAX_FRAME: usize = 64 << 20;
 const STATUS_OK: u16 = 0;
 const STATUS_VERSION_REFUSED: u16 = 1;
+/// A receiver in service mode that is serving another sender: a Refuse
+/// with who and since when follows.
+const STATUS_BUSY: u16 = 2;
 
 pub struct Control {
     writer: TcpStream,
@@ -365,6 +368,14 @@ pub fn open_sender(
         )));
     }
     let theirs = u16::from_be_bytes([reply[4], reply[5]]);
+    if u16::from_be_bytes([reply[6], reply[7]]) == STATUS_BUSY {
+        // The reason follows as a Refuse, which reading turns into the error.
+        let busy = ctrl.expect("reading why the receiver is busy", Err::<(), Msg>);
+        return Err(Error::run(format!(
+            "the receiver at {addr} is {}",
+            busy.err().map(|e| e.message.replace("the receiver refused the run: ", "")).unwrap_or_default()
+        )));
+    }
     if u16::from_be_bytes([reply[6], reply[7]]) == STATUS_VERSION_REFUSED {
         return Err(Error::run(format!(
             "protocol version mismatch: this sender speaks {protocol}, the receiver at {addr} speaks {theirs}; \
@@ -454,7 +465,8 @@ pub fn refuse(sess: &mut ReceiverSession, reason: &str) -> Error {
     Error::run(format!("refused the sender at {}: {reason}", sess.ctrl.peer_addr))
 }
 
-/// A sender whose version, role and plan this receiver accepts, not yet welcomed.
+/// A sender whose version, role and plan this receiver accepts, not yet
+/// welcomed; connections that are not kvxfer senders are ignored.
 pub fn accept_hello(
     listener: &TcpListener,
     wait_for_sender: Duration,
@@ -464,41 +476,81 @@ pub fn accept_hello(
     let accept_deadline = Instant::now() + wait_for_sender;
     loop {
         let (stream, from) = net::accept_until(listener, accept_deadline, "sender")?;
-        let mut ctrl = Control::new(stream, Role::Sender, timeout)?;
-        let mut pre = [0u8; 8];
-        let deadline = ctrl.deadline();
-        if let Err(e) = ctrl.read_exact_until(&mut pre, deadline, Instant::now(), "waiting for the preamble")
-        {
-            eprintln!("kvxfer-recv: ignoring a connection from {from}: {e}");
-            continue;
+        match greet(stream, from, timeout, expect) {
+            Greeting::Sender(s) => return Ok(*s),
+            Greeting::Stranger(why) => eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}"),
+            Greeting::Refused(e) => return Err(e),
         }
-        if pre[..4] != MAGIC {
-            eprintln!("kvxfer-recv: ignoring a connection from {from}: not a kvxfer sender");
-            continue;
-        }
-        let theirs = u16::from_be_bytes([pre[4], pre[5]]);
-        let status = if theirs == PROTOCOL { STATUS_OK } else { STATUS_VERSION_REFUSED };
-        let mut reply = [0u8; 8];
-        reply[..4].copy_from_slice(&MAGIC);
-        reply[4..6].copy_from_slice(&PROTOCOL.to_be_bytes());
-        reply[6..8].copy_from_slice(&status.to_be_bytes());
-        let _ = ctrl.writer.write_all(&reply);
-        if status != STATUS_OK {
-            return Err(Error::run(format!(
-                "refused the sender at {from}: protocol version mismatch (it speaks {theirs}, this receiver speaks {PROTOCOL}); \
-                 run the same kvxfer version on both sides"
-            )));
-        }
-        let hello = ctrl.expect("waiting for the sender's plan", |m| match m {
-            Msg::Hello(h) => Ok(*h),
-            other => Err(other),
-        })?;
-        let mut sess = ReceiverSession { ctrl, hello };
-        if let Err(reason) = check_hello(&sess.hello, expect) {
-            return Err(refuse(&mut sess, &reason));
-        }
-        return Ok(sess);
     }
+}
+
+/// What a new connection turned out to be.
+pub enum Greeting {
+    /// A sender whose version, role and plan this receiver accepts.
+    Sender(Box<ReceiverSession>),
+    /// Not a kvxfer sender (silent, or other bytes): nothing was said to it.
+    Stranger(String),
+    /// A kvxfer sender refused, and told why.
+    Refused(Error),
+}
+
+/// Reads a connection's preamble and plan.
+pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Expectations) -> Greeting {
+    let mut ctrl = match Control::new(stream, Role::Sender, timeout) {
+        Ok(c) => c,
+        Err(e) => return Greeting::Stranger(e.message),
+    };
+    let mut pre = [0u8; 8];
+    let deadline = ctrl.deadline();
+    if let Err(e) = ctrl.read_exact_until(&mut pre, deadline, Instant::now(), "waiting for the preamble") {
+        return Greeting::Stranger(e.message);
+    }
+    if pre[..4] != MAGIC {
+        return Greeting::Stranger("not a kvxfer sender".into());
+    }
+    let theirs = u16::from_be_bytes([pre[4], pre[5]]);
+    let status = if theirs == PROTOCOL { STATUS_OK } else { STATUS_VERSION_REFUSED };
+    let _ = ctrl.writer.write_all(&preamble_reply(status));
+    if status != STATUS_OK {
+        return Greeting::Refused(Error::run(format!(
+            "refused the sender at {from}: protocol version mismatch (it speaks {theirs}, this receiver speaks \
+             {PROTOCOL}); run the same kvxfer version on both sides"
+        )));
+    }
+    let hello = ctrl.expect("waiting for the sender's plan", |m| match m {
+        Msg::Hello(h) => Ok(*h),
+        other => Err(other),
+    });
+    let mut sess = match hello {
+        Ok(hello) => ReceiverSession { ctrl, hello },
+        Err(e) => return Greeting::Refused(e.context(format!("the sender at {from}"))),
+    };
+    match check_hello(&sess.hello, expect) {
+        Ok(()) => Greeting::Sender(Box::new(sess)),
+        Err(reason) => Greeting::Refused(refuse(&mut sess, &reason)),
+    }
+}
+
+fn preamble_reply(status: u16) -> [u8; 8] {
+    let mut reply = [0u8; 8];
+    reply[..4].copy_from_slice(&MAGIC);
+    reply[4..6].copy_from_slice(&PROTOCOL.to_be_bytes());
+    reply[6..8].copy_from_slice(&status.to_be_bytes());
+    reply
+}
+
+/// Tells a sender that came while another run is served that this
+/// receiver is busy, and why, within `within`.
+pub fn tell_busy(stream: TcpStream, why: &str, within: Duration) {
+    let Ok(mut ctrl) = Control::new(stream, Role::Sender, within) else { return };
+    let mut pre = [0u8; 8];
+    // Its preamble is read first, so that closing does not reset the connection under it.
+    let deadline = Instant::now() + within;
+    if ctrl.read_exact_until(&mut pre, deadline, Instant::now(), "waiting for the preamble").is_err() {
+        return;
+    }
+    let _ = ctrl.writer.write_all(&preamble_reply(STATUS_BUSY));
+    let _ = ctrl.send(&Msg::Refuse { reason: why.to_string() });
 }
 
 fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {

@@ -1,0 +1,217 @@
+//! `kvxfer-recv --forever`: the `iperf3 -s` habit. One sender after
+//! another, each with its own plan and transport; nothing a client does
+//! ends the service (a stranger, a wrong version, a refused plan, a peer
+//! that dies mid-run: each is logged with its address). A sender that
+//! comes while a run is served is told at once who is served and since
+//! when. SIGINT or SIGTERM end it cleanly; so does a GPU left unusable,
+//! with the reason, rather than serving on a broken context.
+
+use super::{receiver_side, run_from, Outputs};
+use crate::cli::args::RecvArgs;
+use crate::error::{Error, Result};
+use crate::memory::MemoryKind;
+use crate::net;
+use crate::session::{self, Greeting};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// Who this receiver is serving, for senders that come meanwhile.
+#[derive(Default)]
+pub struct Busy {
+    serving: Mutex<Option<String>>,
+    stopped: AtomicBool,
+}
+
+impl Busy {
+    /// A run has all its senders: later ones are told it is busy.
+    pub fn serving(&self, peers: &[SocketAddr]) {
+        let who: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
+        let why = format!("busy: serving {} since {}", who.join(", "), utc(SystemTime::now(), false));
+        *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn idle(&self) {
+        *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// How long a busy answer may take: the sender hears within this.
+const BUSY_ANSWER: Duration = Duration::from_secs(1);
+
+/// Takes the connections that come during a run and answers them busy.
+/// It accepts only while a run is served, under the lock the main loop
+/// takes to end it, so it never takes the next run's sender.
+fn answer_busy(listener: TcpListener, busy: Arc<Busy>) {
+    while !busy.stopped.load(Relaxed) {
+        {
+            let serving = busy.serving.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(why) = serving.as_ref() {
+                // The listener is non-blocking (net::accept_within sets it).
+                if let Ok((stream, from)) = listener.accept() {
+                    let why = why.clone();
+                    eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
+                    std::thread::spawn(move || {
+                        let _ = stream.set_nonblocking(false);
+                        session::tell_busy(stream, &why, BUSY_ANSWER)
+                    });
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn serve(listener: TcpListener, a: &RecvArgs) -> Result<()> {
+    if a.output.json.is_some() || a.output.csv.is_some() {
+        return Err(Error::usage(
+            "--forever writes one report per run: give --json-dir DIR instead of --json/--csv",
+        ));
+    }
+    if let Some(dir) = &a.json_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::usage(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    eprintln!("kvxfer-recv: service mode, one sender after another until SIGINT or SIGTERM");
+    eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
+    let busy = Arc::new(Busy::default());
+    // Both threads poll it: one accepts between runs, the other during them.
+    listener.set_nonblocking(true)?;
+    let answering = {
+        let (listener, busy) = (listener.try_clone()?, busy.clone());
+        std::thread::spawn(move || answer_busy(listener, busy))
+    };
+    let ended = serve_runs(&listener, a, &busy);
+    busy.stopped.store(true, Relaxed);
+    let _ = answering.join();
+    ended
+}
+
+fn serve_runs(listener: &TcpListener, a: &RecvArgs, busy: &Arc<Busy>) -> Result<()> {
+    let mut runs = 0u64;
+    loop {
+        if let Some(sig) = crate::signals::received() {
+            eprintln!("kvxfer-recv: {} ends the service after {runs} run(s)", crate::signals::name(sig));
+            return Ok(());
+        }
+        let (stream, from) = match net::accept_within(listener, Duration::from_millis(200)) {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                // Out of descriptors, a connection aborted before it was taken: pass.
+                eprintln!("kvxfer-recv: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
+        let mut side = receiver_side(a);
+        side.busy = Some(busy.clone());
+        let first = match session::greet(stream, from, a.timeout, &side.expect) {
+            Greeting::Sender(s) => *s,
+            Greeting::Stranger(why) => {
+                eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}");
+                continue;
+            }
+            Greeting::Refused(e) => {
+                eprintln!("kvxfer-recv: {e}");
+                continue;
+            }
+        };
+        runs += 1;
+        let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
+        let outputs =
+            Outputs::open(&crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() })?;
+        eprintln!("kvxfer-recv: run {runs}: sender {from}");
+        let result = run_from(listener, side, outputs, first, a.senders as usize);
+        busy.idle();
+        match result {
+            Ok(()) => eprintln!("kvxfer-recv: run {runs} from {from}: done{}", wrote(&json)),
+            Err(e) if crate::signals::received().is_some() => {
+                eprintln!("kvxfer-recv: run {runs} from {from} stopped: {e}");
+            }
+            Err(e) => {
+                eprintln!("kvxfer-recv: run {runs} from {from} failed (exit {}): {e}", e.kind.exit_code());
+                if a.memory.memory != MemoryKind::Host {
+                    usable(a.memory.device).map_err(|why| {
+                        Error::run(format!(
+                            "the service ends: after run {runs}, GPU {} is unusable: {why}",
+                            a.memory.device
+                        ))
+                    })?;
+                }
+            }
+        }
+    }
+}
+
+fn wrote(json: &Option<PathBuf>) -> String {
+    json.as_ref().filter(|p| p.exists()).map(|p| format!("; report in {}", p.display())).unwrap_or_default()
+}
+
+/// One file per run, by time, run number and peer: they sort as they ran.
+fn report_path(dir: &std::path::Path, run: u64, from: SocketAddr) -> PathBuf {
+    let peer = from.to_string().replace(|c: char| !c.is_ascii_alphanumeric() && c != '.', " ");
+    let peer = peer.split_whitespace().collect::<Vec<_>>().join("_");
+    dir.join(format!("{}-run{run}-{peer}.json", utc(SystemTime::now(), true)))
+}
+
+/// Whether the GPU still takes work: a failed transport may have left a
+/// sticky CUDA error in the context, which every later run would inherit.
+fn usable(device: usize) -> std::result::Result<(), String> {
+    let d = crate::gpu::Device::open(device).map_err(|e| e.message)?;
+    let mem = crate::gpu::DeviceMem::new(&d, 4096).map_err(|e| e.message)?;
+    mem.upload(0, &[0xA5; 64]).map_err(|e| e.message)?;
+    let mut back = [0u8; 64];
+    mem.download(0, &mut back).map_err(|e| e.message)?;
+    match back == [0xA5; 64] {
+        true => Ok(()),
+        false => Err("a 64-byte round trip through its memory came back changed".into()),
+    }
+}
+
+/// UTC time as 2026-12-04 08:30:12 UTC, or 20261204T083012Z for file names.
+pub fn utc(t: SystemTime, compact: bool) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rest) = ((secs / 86400) as i64, secs % 86400);
+    let (h, m, s) = (rest / 3600, rest % 3600 / 60, rest % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    match compact {
+        true => format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}Z"),
+        false => format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02} UTC"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_by_hand() {
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(utc(at(0), false), "1970-01-01 00:00:00 UTC");
+        // 2000-02-29 12:34:56 (a leap day of a century leap year).
+        assert_eq!(utc(at(951_827_696), false), "2000-02-29 12:34:56 UTC");
+        // 2026-12-04 08:30:12.
+        assert_eq!(utc(at(1_796_373_012), true), "20261204T083012Z");
+    }
+
+    #[test]
+    fn report_names_sort_by_time_and_name_the_peer() {
+        let p = report_path(std::path::Path::new("d"), 3, "[::1]:4000".parse().unwrap());
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name.ends_with("-run3-1_4000.json"), "{name}");
+        let p = report_path(std::path::Path::new("d"), 1, "10.0.0.2:51000".parse().unwrap());
+        assert!(p.to_str().unwrap().ends_with("-run1-10.0.0.2_51000.json"), "{p:?}");
+    }
+}

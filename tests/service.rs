@@ -1,0 +1,133 @@
+//! `kvxfer-recv --forever`: a receiver that stays up through whatever its
+//! clients do, serves real senders one after another, and tells a sender
+//! that comes during a run that it is busy.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// Connects, writes `bytes`, lingers `hold`, hangs up.
+fn client(addr: &str, bytes: &[u8], hold: Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(bytes).unwrap();
+    std::thread::sleep(hold);
+}
+
+fn service(extra: &[&str]) -> (Proc, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let json_dir = dir.path().join("runs");
+    let mut args = vec!["--forever", "--timeout", "2s", "--json-dir", json_dir.to_str().unwrap(), "-q"];
+    args.extend_from_slice(extra);
+    let (p, addr) = receiver("127.0.0.1:0", &args);
+    (p, addr, dir)
+}
+
+fn reports(dir: &tempfile::TempDir) -> Vec<(String, serde_json::Value)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| (p.file_name().unwrap().to_str().unwrap().to_string(), json(p))).collect()
+}
+
+#[test]
+fn nothing_a_client_does_ends_the_service() {
+    let (svc, addr, dir) = service(&[]);
+    let short = Duration::from_millis(200);
+    client(&addr, &[0x13, 0x37, 0xff, 0x00].repeat(64), short);
+    client(&addr, b"GET / HTTP/1.1\r\nHost: kvxfer\r\n\r\n", short);
+    // kvxfer's magic with a protocol version nobody speaks.
+    client(&addr, &[b"KVXF".as_slice(), &[0, 99, 0, 0]].concat(), short);
+    // Silent past the receiver's 2 s timeout.
+    client(&addr, b"", Duration::from_millis(2500));
+    assert!(svc.wait_for("no word from the sender", secs(10)), "{}", svc.stderr());
+    // A sender killed mid-run.
+    let doomed = Proc::start(SEND, &["-c", &addr, "-p", "4096", "-g", "layer", "-n", "100000", "-q"]);
+    assert!(svc.wait_for("run 1: sender", secs(20)), "{}", svc.stderr());
+    std::thread::sleep(Duration::from_millis(500));
+    doomed.signal(libc::SIGKILL);
+    assert!(svc.wait_for("run 1 from", secs(20)), "{}", svc.stderr());
+    // Then three real senders, one after another.
+    for i in 0..3 {
+        let args = ["-c", addr.as_str(), "-p", "128,1024", "-g", "request,block", "-n", "3", "-q"];
+        run(SEND, &args, secs(60)).expect_code(0);
+        assert!(svc.wait_for(&format!("run {} from", i + 2), secs(10)));
+    }
+    let log = svc.stderr();
+    for said in ["not a kvxfer sender", "protocol version mismatch (it speaks 99", "no word from the sender"]
+    {
+        assert!(log.contains(said), "{said:?} missing:\n{log}");
+    }
+    assert!(log.contains("run 1 from") && log.contains("failed (exit 1)"), "{log}");
+    svc.signal(libc::SIGTERM);
+    let ended = svc.finish(secs(10));
+    ended.expect_code(0).expect_stderr("SIGTERM ends the service after 4 run(s)");
+    // One report per run, in the order they ran; the three real ones clean.
+    let runs = reports(&dir);
+    assert_eq!(runs.len(), 4, "{:?}", runs.iter().map(|r| &r.0).collect::<Vec<_>>());
+    assert!(runs[0].0.contains("-run1-127.0.0.1_"), "{}", runs[0].0);
+    assert_ne!(runs[0].1["outcome"], "ok");
+    for (name, r) in &runs[1..] {
+        assert_sane(r, 4);
+        assert_eq!(r["wrong_bytes"], 0, "{name}");
+    }
+}
+
+#[test]
+fn a_sender_that_comes_during_a_run_hears_it_is_busy_at_once() {
+    let (svc, addr, _dir) = service(&[]);
+    let long = Proc::start(SEND, &["-c", &addr, "-p", "1024", "-n", "100000", "-q"]);
+    assert!(svc.wait_for("run 1: sender", secs(20)), "{}", svc.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let busy = run(SEND, &["-c", &addr, "-p", "64", "-n", "1"], secs(10));
+    let took = began.elapsed();
+    busy.expect_code(1).expect_stderr("is busy: serving 127.0.0.1:");
+    assert!(busy.stderr.contains(" since 20"), "{}", busy.stderr);
+    assert!(took < Duration::from_secs(1), "the busy answer took {took:?}");
+    // The run went on, untouched, until its sender was stopped.
+    assert!(svc.stderr().contains("came during a run"), "{}", svc.stderr());
+    assert!(!svc.stderr().contains("run 1 from"), "{}", svc.stderr());
+    long.signal(libc::SIGINT);
+    long.finish(secs(20));
+    assert!(svc.wait_for("run 1 from", secs(20)), "{}", svc.stderr());
+    // Free again: the next sender is served.
+    run(SEND, &["-c", &addr, "-p", "64", "-n", "2", "-q"], secs(30)).expect_code(0);
+    svc.signal(libc::SIGINT);
+    svc.finish(secs(10)).expect_code(0);
+}
+
+#[test]
+fn service_fans_wait_for_all_their_senders_each_time() {
+    let (svc, addr, dir) = service(&["--senders", "2"]);
+    for _ in 0..2 {
+        let pair: Vec<Proc> =
+            (0..2).map(|_| Proc::start(SEND, &["-c", &addr, "-p", "128", "-n", "2", "-q"])).collect();
+        pair.into_iter().for_each(|p| {
+            p.finish(secs(60)).expect_code(0);
+        });
+    }
+    assert!(svc.wait_for("run 2 from", secs(10)), "{}", svc.stderr());
+    svc.signal(libc::SIGTERM);
+    svc.finish(secs(10)).expect_code(0);
+    let runs = reports(&dir);
+    assert_eq!(runs.len(), 2);
+    for (_, r) in &runs {
+        assert_eq!(r["fan"]["pair_reports"].as_array().unwrap().len(), 2);
+        assert_eq!(r["wrong_bytes"], 0);
+    }
+}
+
+#[test]
+fn service_mode_writes_reports_only_into_a_folder() {
+    for (args, says) in [
+        (&["--forever", "--json", "x.json", "--listen", "127.0.0.1:0"][..], "--json-dir"),
+        (&["--json-dir", "d", "--listen", "127.0.0.1:0"][..], "is for --forever"),
+    ] {
+        run(RECV, args, secs(10)).expect_code(2).expect_stderr(says);
+    }
+}
