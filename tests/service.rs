@@ -36,8 +36,11 @@ fn reports(dir: &tempfile::TempDir) -> Vec<(String, serde_json::Value)> {
 
 #[test]
 fn nothing_a_client_does_ends_the_service() {
-    let (svc, addr, dir) = service(&[]);
+    let (svc, addr, dir) = service(&["--expect-model", "llama-3.1-8b"]);
     let short = Duration::from_millis(200);
+    // A plan the service refuses: the sender hears why, the service goes on.
+    let refused = run(SEND, &["-c", &addr, "-m", "llama-3.1-70b", "-p", "64", "-n", "1"], secs(30));
+    refused.expect_code(1).expect_stderr("refused the run");
     client(&addr, &[0x13, 0x37, 0xff, 0x00].repeat(64), short);
     client(&addr, b"GET / HTTP/1.1\r\nHost: kvxfer\r\n\r\n", short);
     // kvxfer's magic with a protocol version nobody speaks.
