@@ -19,15 +19,6 @@ struct ShapedLink {
     receiver_ip: String,
 }
 
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out =
-        Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    match out.status.success() {
-        true => Ok(()),
-        false => Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
-    }
-}
-
 impl ShapedLink {
     /// `rate` as tc writes it (1gbit); each test its own subnet and names.
     fn new(tag: &str, subnet: u8, rate: &str) -> Result<ShapedLink, String> {

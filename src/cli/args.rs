@@ -89,6 +89,7 @@ parser_of!(ofi_op, OfiOp, OfiOp::parse);
 parser_of!(block_table, BlockTable, BlockTable::parse);
 parser_of!(overlap, Overlap, Overlap::parse);
 parser_of!(kv_layout, KvLayout, KvLayout::parse);
+parser_of!(concurrency, crate::matrix::Concurrency, crate::matrix::Concurrency::parse);
 
 fn on_off(s: &str) -> Result<bool, String> {
     match s {
@@ -723,6 +724,30 @@ pub struct RecvArgs {
     pub output: OutputArgs,
 }
 
+impl RecvArgs {
+    /// The receiving side of a rank that a launcher started with `run`'s
+    /// options: one sender, quiet, its waits bounded by the run's timeout.
+    pub fn for_rank(run: &RunArgs, listen: String) -> RecvArgs {
+        RecvArgs {
+            listen,
+            timeout: run.timeout,
+            wait_for_sender: run.timeout,
+            expect_transport: None,
+            expect_model: None,
+            memory: run.memory.clone(),
+            nccl_lib: run.transport.nccl_lib.clone(),
+            ucx_lib: run.transport.ucx_lib.clone(),
+            ofi_lib: run.transport.ofi_lib.clone(),
+            senders: 1,
+            decode_rank: None,
+            kv_layout: None,
+            forever: false,
+            json_dir: None,
+            output: OutputArgs { quiet: true, ..Default::default() },
+        }
+    }
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct PairArgs {
     /// Loopback address the receiver listens on (port 0: any free port)
@@ -874,6 +899,37 @@ pub struct LaunchArgs {
     pub bind: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `kvxfer matrix`: one rank of the all-pairs matrix.
+#[derive(Args, Clone, Debug)]
+pub struct MatrixArgs {
+    /// Rank 0's HOST:PORT: it listens there, every rank reports to it and takes its pairs from it
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rendezvous: String,
+    /// Pairs of a step run at once: all (each rank sends once and receives once: the fabric loaded
+    /// as serving loads it) or 1 (one pair at a time: each link alone)
+    #[arg(long, value_name = "all|1", default_value = "all", value_parser = concurrency)]
+    pub concurrent_pairs: crate::matrix::Concurrency,
+    /// Flag the pairs below this percent of the median
+    #[arg(long, value_name = "P", default_value = "80", value_parser = percent)]
+    pub outlier_percent: f64,
+    /// Ranks per node, where the launcher does not give each rank's rank on its node: a rank
+    /// takes GPU --device + (rank mod this)
+    #[arg(long, value_name = "N", value_parser = positive_u32)]
+    pub ranks_per_node: Option<u32>,
+    /// Connect and listen on this address, which picks the NIC
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn percent(s: &str) -> Result<f64, String> {
+    match s.trim().trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("{s:?}: give a percentage above 0, at most 100")),
+    }
 }
 
 fn role(s: &str) -> Result<crate::session::Role, String> {

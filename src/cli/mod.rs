@@ -4,6 +4,7 @@
 
 pub mod args;
 mod fan;
+mod matrix;
 #[cfg(feature = "mpi")]
 mod mpi_boot;
 mod screen;
@@ -28,7 +29,9 @@ use crate::report::{self, Exporter, RunReport};
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
-use args::{LaunchArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs};
+use args::{
+    LaunchArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs,
+};
 use clap::{Parser, Subcommand};
 use screen::Screen;
 use std::fs::File;
@@ -59,6 +62,8 @@ enum Command {
     Links,
     /// One rank of a pair started by mpirun or srun: rank 0 sends, rank 1 receives
     Launch(LaunchArgs),
+    /// Every ordered pair of N ranks (mpirun or srun), to find the slow link: rank 0 prints the matrix
+    Matrix(MatrixArgs),
     /// Run the sender and the receiver on this host over loopback
     Pair(PairArgs),
     /// The sender (prefill side); the same as kvxfer-send
@@ -101,6 +106,7 @@ pub fn main_kvxfer() -> ! {
             Command::Report(a) => compare(&a),
             Command::Links => links(),
             Command::Launch(a) => launch(&a),
+            Command::Matrix(a) => matrix::run(&a),
             Command::Pair(a) => pair(&a),
             Command::Send(a) => send(&a),
             Command::Recv(a) => recv(&a),
@@ -295,7 +301,22 @@ fn links() -> Result<()> {
 
 /// `kvxfer report`: the runs merged into one table and a set of plots.
 fn compare(a: &ReportArgs) -> Result<()> {
-    let mut paths = a.runs.clone();
+    // `kvxfer matrix` JSONs are drawn as heatmaps; the rest are runs.
+    let (matrices, runs): (Vec<PathBuf>, Vec<PathBuf>) =
+        a.runs.iter().cloned().partition(|p| matrix::is_matrix(p));
+    if !matrices.is_empty() {
+        std::fs::create_dir_all(&a.out)
+            .map_err(|e| Error::usage(format!("cannot create {}: {e}", a.out.display())))?;
+        for path in &matrices {
+            for f in matrix::draw(path, &a.out)? {
+                println!("wrote {}", f.display());
+            }
+        }
+        if runs.is_empty() && a.baseline.is_none() {
+            return Ok(());
+        }
+    }
+    let mut paths = runs;
     if let Some(b) = a.baseline.as_ref().filter(|b| !paths.contains(b)) {
         paths.insert(0, b.clone());
     }
@@ -493,21 +514,10 @@ fn launch(a: &LaunchArgs) -> Result<()> {
     recv_on(
         listener,
         &RecvArgs {
-            listen: rendezvous[mine.expect("a receiving rank")].clone(),
-            timeout: run.timeout,
-            wait_for_sender: run.timeout,
-            expect_transport: None,
-            expect_model: None,
-            memory: run.memory.clone(),
-            nccl_lib: run.transport.nccl_lib.clone(),
-            ucx_lib: run.transport.ucx_lib.clone(),
-            ofi_lib: run.transport.ofi_lib.clone(),
             // A decode rank learns from its first sender how many prefill ranks feed it.
             senders: if topology.is_some() { 1 } else { senders as u32 },
             decode_rank: topology.map(|_| mine.expect("a receiving rank") as u32),
-            kv_layout: None,
-            forever: false,
-            json_dir: None,
+            // The gate holds on this side too.
             output: OutputArgs {
                 quiet: true,
                 csv: None,
@@ -515,6 +525,7 @@ fn launch(a: &LaunchArgs) -> Result<()> {
                 json_stream: false,
                 ..run.output.clone()
             },
+            ..RecvArgs::for_rank(&run, rendezvous[mine.expect("a receiving rank")].clone())
         },
     )
 }

@@ -29,7 +29,7 @@ impl Busy {
     /// A run has all its senders: later ones are told it is busy.
     pub fn serving(&self, peers: &[SocketAddr]) {
         let who: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
-        let why = format!("busy: serving {} since {}", who.join(", "), utc(SystemTime::now(), false));
+        let why = format!("{} {} since {}", session::BUSY, who.join(", "), utc(SystemTime::now(), false));
         *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
@@ -65,6 +65,12 @@ fn answer_busy(listener: TcpListener, busy: Arc<Busy>) {
 }
 
 pub fn serve(listener: TcpListener, a: &RecvArgs) -> Result<()> {
+    serve_until(listener, a, &AtomicBool::new(false), true)
+}
+
+/// The service, until a signal or until `stop` is set (between runs);
+/// `log_runs`: a line as each run begins and ends (failures are always told).
+pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, log_runs: bool) -> Result<()> {
     if a.output.json.is_some() || a.output.csv.is_some() {
         return Err(Error::usage(
             "--forever writes one report per run: give --json-dir DIR instead of --json/--csv",
@@ -74,8 +80,10 @@ pub fn serve(listener: TcpListener, a: &RecvArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::usage(format!("cannot create {}: {e}", dir.display())))?;
     }
-    eprintln!("kvxfer-recv: service mode, one sender after another until SIGINT or SIGTERM");
-    eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
+    if log_runs {
+        eprintln!("kvxfer-recv: service mode, one sender after another until SIGINT or SIGTERM");
+        eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
+    }
     let busy = Arc::new(Busy::default());
     // Both threads poll it: one accepts between runs, the other during them.
     listener.set_nonblocking(true)?;
@@ -83,15 +91,24 @@ pub fn serve(listener: TcpListener, a: &RecvArgs) -> Result<()> {
         let (listener, busy) = (listener.try_clone()?, busy.clone());
         std::thread::spawn(move || answer_busy(listener, busy))
     };
-    let ended = serve_runs(&listener, a, &busy);
+    let ended = serve_runs(&listener, a, &busy, stop, log_runs);
     busy.stopped.store(true, Relaxed);
     let _ = answering.join();
     ended
 }
 
-fn serve_runs(listener: &TcpListener, a: &RecvArgs, busy: &Arc<Busy>) -> Result<()> {
+fn serve_runs(
+    listener: &TcpListener,
+    a: &RecvArgs,
+    busy: &Arc<Busy>,
+    stop: &AtomicBool,
+    log_runs: bool,
+) -> Result<()> {
     let mut runs = 0u64;
     loop {
+        if stop.load(Relaxed) {
+            return Ok(());
+        }
         if let Some(sig) = crate::signals::received() {
             eprintln!("kvxfer-recv: {} ends the service after {runs} run(s)", crate::signals::name(sig));
             return Ok(());
@@ -123,11 +140,14 @@ fn serve_runs(listener: &TcpListener, a: &RecvArgs, busy: &Arc<Busy>) -> Result<
         let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
         let outputs =
             Outputs::open(&crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() })?;
-        eprintln!("kvxfer-recv: run {runs}: sender {from}");
+        if log_runs {
+            eprintln!("kvxfer-recv: run {runs}: sender {from}");
+        }
         let result = run_from(listener, side, outputs, first, a.senders as usize);
         busy.idle();
         match result {
-            Ok(()) => eprintln!("kvxfer-recv: run {runs} from {from}: done{}", wrote(&json)),
+            Ok(()) if log_runs => eprintln!("kvxfer-recv: run {runs} from {from}: done{}", wrote(&json)),
+            Ok(()) => {}
             Err(e) if crate::signals::received().is_some() => {
                 eprintln!("kvxfer-recv: run {runs} from {from} stopped: {e}");
             }

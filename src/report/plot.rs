@@ -706,3 +706,104 @@ pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
     }
     Ok(files)
 }
+
+/// An all-pairs matrix's figures as a heatmap: rows send, columns
+/// receive, each cell's GB/s written in it; darker is faster, a failed
+/// pair grey with an x, an outlier framed in red.
+struct Heatmap<'a> {
+    names: &'a [String],
+    grid: &'a crate::matrix::Grid,
+}
+
+impl Figure for Heatmap<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<()>
+    where
+        DB::ErrorType: 'static,
+    {
+        let n = self.names.len();
+        let top = self.grid.cells.iter().filter_map(|c| c.gbps).fold(0.0, f64::max);
+        let median = self.grid.median_gbps.map(|m| format!("{m:.2} GB/s")).unwrap_or_else(|| "-".into());
+        let title = format!("{}: GB/s, rows send, columns receive (median {median})", self.grid.label);
+        let names = self.names;
+        let label = move |v: &f64| {
+            let i = v.floor() as usize;
+            if v.fract() > 0.4 && v.fract() < 0.6 && i < n {
+                names[i].clone()
+            } else {
+                String::new()
+            }
+        };
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, ("sans-serif", 24))
+            .margin(20)
+            .x_label_area_size(50)
+            .y_label_area_size(160)
+            .build_cartesian_2d(0f64..n as f64, n as f64..0f64)
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(4 * n + 1)
+            .y_labels(4 * n + 1)
+            .x_label_formatter(&label)
+            .y_label_formatter(&label)
+            .x_desc("receiving rank (decode)")
+            .y_desc("sending rank (prefill)")
+            .label_style(("sans-serif", 16))
+            .draw()
+            .map_err(plot_error)?;
+        for i in 0..n {
+            for j in 0..n {
+                let cell = self.grid.cells.iter().find(|c| c.from == i && c.to == j);
+                let (fill, text) = match cell.and_then(|c| c.gbps) {
+                    _ if i == j => (RGBColor(235, 235, 235), String::new()),
+                    Some(g) => {
+                        // White to Okabe-Ito blue with the figure.
+                        let t = if top > 0.0 { g / top } else { 0.0 };
+                        let mix = |w: u8, b: u8| (w as f64 + (b as f64 - w as f64) * t).round() as u8;
+                        (RGBColor(mix(255, 0), mix(255, 114), mix(255, 178)), format!("{g:.2}"))
+                    }
+                    None => (RGBColor(170, 170, 170), "x".into()),
+                };
+                let (x, y) = (j as f64, i as f64);
+                chart
+                    .draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], fill.filled())))
+                    .map_err(plot_error)?;
+                if self.grid.outliers.iter().any(|o| o.from == i && o.to == j) {
+                    let frame =
+                        Rectangle::new([(x + 0.03, y + 0.03), (x + 0.97, y + 0.97)], RED.stroke_width(4));
+                    chart.draw_series(std::iter::once(frame)).map_err(plot_error)?;
+                }
+                let ink = if cell.and_then(|c| c.gbps).is_some_and(|g| top > 0.0 && g / top > 0.55) {
+                    WHITE
+                } else {
+                    BLACK
+                };
+                let style =
+                    ("sans-serif", 18).into_font().color(&ink).pos(plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Center,
+                    ));
+                chart
+                    .draw_series(std::iter::once(Text::new(text, (x + 0.5, y + 0.5), style)))
+                    .map_err(plot_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One heatmap per point of a matrix: `matrix-NAME-TOKENS-GRANULARITY`.
+pub fn heatmaps(
+    dir: &Path,
+    name: &str,
+    names: &[String],
+    grids: &[crate::matrix::Grid],
+) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for grid in grids {
+        let point: String = grid.label.replace(" tokens, ", "-");
+        files.extend(both(dir, &format!("matrix-{name}-{point}"), &Heatmap { names, grid })?);
+    }
+    Ok(files)
+}

@@ -25,6 +25,13 @@ const STATUS_VERSION_REFUSED: u16 = 1;
 /// A receiver in service mode that is serving another sender: a Refuse
 /// with who and since when follows.
 const STATUS_BUSY: u16 = 2;
+/// How the reason of a busy answer begins.
+pub const BUSY: &str = "busy: serving";
+
+/// Whether a sender's error is a service-mode receiver saying it is busy.
+pub fn is_busy(e: &Error) -> bool {
+    e.message.contains(&format!(" is {BUSY} "))
+}
 
 pub struct Control {
     writer: TcpStream,

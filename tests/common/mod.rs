@@ -71,13 +71,20 @@ fn collect(mut src: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> Joi
 
 impl Proc {
     pub fn start(bin: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(bin)
-            .args(args)
+        let mut cmd = Command::new(bin);
+        cmd.args(args);
+        Proc::spawn(cmd)
+    }
+
+    /// Starts a command prepared by the caller (environment, wrapper).
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let what = format!("{cmd:?}");
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let stdout = Arc::new(Mutex::new(String::new()));
         let stderr = Arc::new(Mutex::new(String::new()));
         let readers = vec![
@@ -207,5 +214,15 @@ pub fn assert_sane(report: &Value, points: usize) {
         let implied = bytes as f64 / l["mean"].as_f64().unwrap();
         assert!((implied - gbps).abs() / gbps < 1e-6);
         assert!(!p["request_histogram"].as_str().unwrap().is_empty());
+    }
+}
+
+/// Runs a system command (ip, tc); its stderr as the error.
+pub fn sh(args: &[&str]) -> Result<(), String> {
+    let out =
+        Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
     }
 }
