@@ -72,9 +72,11 @@ impl Grid {
                 .filter_map(|c| c.gbps.map(|g| (c, g)))
                 .filter(|(_, g)| *g < m * percent / 100.0)
                 .map(|(c, g)| Outlier { from: c.from, to: c.to, gbps: g, percent_of_median: 100.0 * g / m })
-                .collect(),
+                .collect::<Vec<_>>(),
             _ => Vec::new(),
         };
+        let mut outliers = outliers;
+        outliers.sort_by_key(|o| (o.from, o.to));
         Grid { label, cells, median_gbps: median, outliers }
     }
 
