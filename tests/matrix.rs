@@ -240,3 +240,34 @@ fn a_matrix_needs_two_ranks_and_a_launcher() {
     }
     Proc::spawn(cmd).finish(secs(10)).expect_code(2).expect_stderr("SLURM_PROCID");
 }
+
+#[test]
+fn hosts_in_service_mode_make_a_matrix_without_a_launcher() {
+    let _serial = one_at_a_time();
+    let services: Vec<(Proc, String)> = (0..3)
+        .map(|_| receiver("127.0.0.1:0", &["--forever", "--matrix", "--timeout", "10s", "-q"]))
+        .collect();
+    let hosts: Vec<&str> = services.iter().map(|(_, a)| a.as_str()).collect();
+    let hosts = hosts.join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("m.json");
+    let args = ["matrix", "--hosts", &hosts, "-p", "128", "-g", "layer", "-n", "2", "--timeout", "10s"];
+    let out = run(KVXFER, &[&args[..], &["--json", json_path.to_str().unwrap()]].concat(), secs(120));
+    out.expect_code(0);
+    let cells = figures(&json(&json_path));
+    assert_eq!(cells.len(), 6);
+    assert!(cells.iter().all(|(_, g)| g.is_some_and(|g| g > 0.0)), "{cells:?}");
+    // The services served each other and are still up; one without --matrix says so.
+    for (svc, _) in &services {
+        assert_eq!(svc.stderr().matches(": done").count(), 2, "{}", svc.stderr());
+    }
+    let (plain, addr) = receiver("127.0.0.1:0", &["--forever", "--timeout", "10s", "-q"]);
+    let mixed = format!("{},{addr}", services[0].1);
+    let out = run(KVXFER, &["matrix", "--hosts", &mixed, "-p", "64", "-n", "1", "--timeout", "5s"], secs(60));
+    out.expect_code(1).expect_stderr("start it with kvxfer-recv --forever --matrix");
+    drop(plain);
+    for (svc, _) in services {
+        svc.signal(libc::SIGTERM);
+        svc.finish(secs(10)).expect_code(0);
+    }
+}

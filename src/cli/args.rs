@@ -720,6 +720,9 @@ pub struct RecvArgs {
     /// With --forever: write each run's JSON report into DIR, named by time, run and peer
     #[arg(long, value_name = "DIR", help_heading = "Service")]
     pub json_dir: Option<PathBuf>,
+    /// With --forever: also send, when `kvxfer matrix --hosts` asks, to the other hosts it names
+    #[arg(long, requires = "forever", help_heading = "Service")]
+    pub matrix: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -743,6 +746,7 @@ impl RecvArgs {
             kv_layout: None,
             forever: false,
             json_dir: None,
+            matrix: false,
             output: OutputArgs { quiet: true, ..Default::default() },
         }
     }
@@ -905,8 +909,12 @@ pub struct LaunchArgs {
 #[derive(Args, Clone, Debug)]
 pub struct MatrixArgs {
     /// Rank 0's HOST:PORT: it listens there, every rank reports to it and takes its pairs from it
-    #[arg(long, value_name = "HOST:PORT")]
-    pub rendezvous: String,
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "hosts", conflicts_with = "hosts")]
+    pub rendezvous: Option<String>,
+    /// Without a launcher: the hosts, each running `kvxfer-recv --forever --matrix`, that send to
+    /// and receive from each other (HOST or HOST:PORT, port 7477 by default)
+    #[arg(long, value_name = "HOST[:PORT],...", value_delimiter = ',')]
+    pub hosts: Vec<String>,
     /// Pairs of a step run at once: all (each rank sends once and receives once: the fabric loaded
     /// as serving loads it) or 1 (one pair at a time: each link alone)
     #[arg(long, value_name = "all|1", default_value = "all", value_parser = concurrency)]

@@ -15,6 +15,7 @@ use crate::matrix::{self, Cell, Grid};
 use crate::memory::MemoryKind;
 use crate::net;
 use crate::plan::Granularity;
+use crate::session;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,10 +32,12 @@ enum Line {
         host: String,
         receiver: String,
     },
-    /// Rank 0 to a rank: send to this receiver.
+    /// Rank 0 to a rank: send to this receiver; `options`: the matrix's
+    /// own command line, for a service that has none (--hosts).
     Send {
         to: String,
         peer: usize,
+        options: Vec<String>,
     },
     /// What that pair measured.
     Result(Box<PairResult>),
@@ -134,6 +137,10 @@ fn write_line(w: &Mutex<TcpStream>, line: &Line) -> std::io::Result<()> {
 }
 
 pub fn run(a: &MatrixArgs) -> Result<()> {
+    if !a.hosts.is_empty() {
+        return run_hosts(a);
+    }
+    let rendezvous = a.rendezvous.clone().expect("clap requires --rendezvous without --hosts");
     let me = Launch::from_env()?;
     let n = me.size as usize;
     if n < 2 {
@@ -145,7 +152,7 @@ pub fn run(a: &MatrixArgs) -> Result<()> {
     a.run.plan()?;
     let coordinating = match me.rank {
         0 => {
-            let port = net::split_host_port(&a.rendezvous)?.1;
+            let port = net::split_host_port(&rendezvous)?.1;
             Some(net::listen(&format!("[::]:{port}"))?)
         }
         _ => None,
@@ -154,7 +161,11 @@ pub fn run(a: &MatrixArgs) -> Result<()> {
         let (a, me) = (a.clone(), me.clone());
         std::thread::spawn(move || work(&a, &me))
     };
-    let coordinated = coordinating.map(|l| coordinate(a, l, n));
+    let coordinated = coordinating.map(|l| {
+        let (links, ranks) = gather(a, l, n)?;
+        let gone = missing(&ranks, a.run.timeout);
+        drive(a, links, ranks, gone)
+    });
     let worked = working.join().unwrap_or_else(|_| Err(Error::run("the worker thread panicked")));
     match coordinated {
         // Rank 0's verdict is the job's; its own worker's trouble shows in the matrix.
@@ -189,22 +200,14 @@ fn work(a: &MatrixArgs, me: &Launch) -> Result<()> {
     };
     let result = (|| {
         let deadline = Instant::now() + run.timeout;
-        let stream = net::connect_until(&net::resolve(&a.rendezvous)?, deadline, "matrix rank 0", a.bind)?;
+        let rendezvous = a.rendezvous.as_deref().unwrap_or_default();
+        let stream = net::connect_until(&net::resolve(rendezvous)?, deadline, "matrix rank 0", a.bind)?;
         // The address rank 0 was reached from is the one the others can reach.
         let receiver = SocketAddr::new(stream.local_addr()?.ip(), port).to_string();
         let mut link = Link::new(stream, run.timeout)?;
         let host = crate::env::EnvInfo::collect().hostname;
         link.send(&Line::Hello { rank: me.rank as usize, host, receiver })?;
-        loop {
-            match link.recv().map_err(|e| e.context("rank 0"))? {
-                Line::Send { to, peer } => {
-                    let measured = pair(&run, &plan, a.bind, me.rank as usize, peer, &to);
-                    link.send(&Line::Result(Box::new(measured)))?;
-                }
-                Line::Quit => return Ok(()),
-                _ => {}
-            }
-        }
+        take_pairs(&mut link, Some((&run, &plan)), a.bind, me.rank as usize).map_err(|e| e.context("rank 0"))
     })();
     stop.store(true, Relaxed);
     let received = receiving.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
@@ -232,7 +235,7 @@ fn pair(
             _ => break (report, result),
         }
     };
-    let mut out = PairResult { from, to, points: Vec::new(), wrong_bytes: 0, error: None, gate: None };
+    let mut out = PairResult::none(from, to);
     if let Some(mut r) = report {
         r.close(result.as_ref().err());
         out.wrong_bytes = r.wrong_bytes;
@@ -255,8 +258,59 @@ fn pair(
     out
 }
 
-/// Rank 0: gathers the ranks, runs the steps, reports.
-fn coordinate(a: &MatrixArgs, listener: TcpListener, n: usize) -> Result<()> {
+/// Sends each pair this rank is told to, until told to stop. `own`: the
+/// rank's options, under a launcher; a service takes the matrix's own.
+fn take_pairs(
+    link: &mut Link,
+    own: Option<(&crate::cli::args::RunArgs, &crate::plan::Plan)>,
+    bind: Option<std::net::IpAddr>,
+    me: usize,
+) -> Result<()> {
+    loop {
+        match link.recv()? {
+            Line::Send { to, peer, options } => {
+                let measured = match own {
+                    Some((run, plan)) => pair(run, plan, bind, me, peer, &to),
+                    None => match options_of(&options) {
+                        Ok((m, plan)) => pair(&m.run, &plan, m.bind, me, peer, &to),
+                        Err(e) => PairResult { error: Some(e.message), ..PairResult::none(me, peer) },
+                    },
+                };
+                link.send(&Line::Result(Box::new(measured)))?;
+            }
+            Line::Quit => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// The matrix's options, as its command line gave them.
+fn options_of(options: &[String]) -> Result<(MatrixArgs, crate::plan::Plan)> {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        matrix: MatrixArgs,
+    }
+    let cli = <Cli as clap::Parser>::try_parse_from(
+        std::iter::once("kvxfer-matrix".to_string()).chain(options.iter().cloned()),
+    )
+    .map_err(|e| Error::usage(format!("the matrix's options do not parse here: {e}")))?;
+    let plan = cli.matrix.run.plan()?;
+    Ok((cli.matrix, plan))
+}
+
+impl PairResult {
+    fn none(from: usize, to: usize) -> PairResult {
+        PairResult { from, to, points: Vec::new(), wrong_bytes: 0, error: None, gate: None }
+    }
+}
+
+/// Each rank's line to rank 0 and what it said of itself, by rank; None
+/// where a rank did not join.
+type Joined = (Vec<Option<Link>>, Vec<Option<Rank>>);
+
+/// Rank 0 under a launcher: waits for every rank to report.
+fn gather(a: &MatrixArgs, listener: TcpListener, n: usize) -> Result<Joined> {
     let timeout = a.run.timeout;
     let mut links: Vec<Option<Link>> = (0..n).map(|_| None).collect();
     let mut ranks: Vec<Option<Rank>> = vec![None; n];
@@ -278,21 +332,29 @@ fn coordinate(a: &MatrixArgs, listener: TcpListener, n: usize) -> Result<()> {
             Err(e) => eprintln!("kvxfer-matrix: {e}"),
         }
     }
-    let mut gone: Vec<Option<String>> = ranks
-        .iter()
-        .enumerate()
-        .map(|(i, r)| r.is_none().then(|| format!("rank {i} did not join within {timeout:?} (--timeout)")))
-        .collect();
+    Ok((links, ranks))
+}
+
+/// Why each rank that did not join is missing.
+fn missing(ranks: &[Option<Rank>], timeout: Duration) -> Vec<Option<String>> {
+    let why = |i| format!("rank {i} did not join within {timeout:?} (--timeout)");
+    ranks.iter().enumerate().map(|(i, r)| r.is_none().then(|| why(i))).collect()
+}
+
+/// Runs the steps over the ranks that joined (`gone`: why each other is
+/// missing); reports.
+fn drive(
+    a: &MatrixArgs,
+    mut links: Vec<Option<Link>>,
+    ranks: Vec<Option<Rank>>,
+    mut gone: Vec<Option<String>>,
+) -> Result<()> {
+    let n = ranks.len();
+    // A service (--hosts) takes the matrix's options from here; ranks have their own.
+    let options: Vec<String> = std::env::args().skip_while(|w| w != "matrix").skip(1).collect();
     let steps = matrix::steps(n, a.concurrent_pairs);
     let mut results: Vec<PairResult> = Vec::new();
-    let failed = |from, to, why: String| PairResult {
-        from,
-        to,
-        points: Vec::new(),
-        wrong_bytes: 0,
-        error: Some(why),
-        gate: None,
-    };
+    let failed = |from, to, why: String| PairResult { error: Some(why), ..PairResult::none(from, to) };
     for (k, step) in steps.iter().enumerate() {
         let mut started = Vec::new();
         for &(i, j) in step {
@@ -301,7 +363,8 @@ fn coordinate(a: &MatrixArgs, listener: TcpListener, n: usize) -> Result<()> {
                 continue;
             }
             let to = ranks[j].as_ref().expect("joined").receiver.clone();
-            match links[i].as_ref().expect("joined").send(&Line::Send { to, peer: j }) {
+            let send = Line::Send { to, peer: j, options: options.clone() };
+            match links[i].as_ref().expect("joined").send(&send) {
                 Ok(()) => started.push((i, j)),
                 Err(e) => {
                     gone[i] = Some(format!("rank {i} was lost: {e}"));
@@ -312,7 +375,7 @@ fn coordinate(a: &MatrixArgs, listener: TcpListener, n: usize) -> Result<()> {
         for (i, j) in started {
             let answer = loop {
                 match links[i].as_mut().expect("joined").recv() {
-                    Ok(Line::Result(r)) => break Ok(*r),
+                    Ok(Line::Result(r)) => break Ok(PairResult { from: i, to: j, ..*r }),
                     Ok(_) => continue,
                     Err(e) => break Err(e),
                 }
@@ -528,4 +591,100 @@ pub fn draw(path: &std::path::Path, out: &std::path::Path) -> Result<Vec<std::pa
         print!("{}", g.table(&names));
     }
     crate::report::plot::heatmaps(out, &stem, &names, &grids)
+}
+
+/// `kvxfer matrix --hosts a,b,c`: no launcher; each host's service
+/// (`kvxfer-recv --forever --matrix`) receives, and sends when asked.
+fn run_hosts(a: &MatrixArgs) -> Result<()> {
+    if a.hosts.len() < 2 {
+        return Err(Error::usage(format!("--hosts names {} host: a matrix needs at least 2", a.hosts.len())));
+    }
+    a.run.check_gate()?;
+    a.run.plan()?;
+    let (mut links, mut ranks, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, host) in a.hosts.iter().enumerate() {
+        let addr = match net::split_host_port(host) {
+            Ok(_) => host.clone(),
+            Err(_) => format!("{host}:7477"),
+        };
+        match open_service(&addr, a) {
+            Ok((link, name)) => {
+                eprintln!("kvxfer-matrix: rank {i} is {addr} ({name})");
+                links.push(Some(link));
+                ranks.push(Some(Rank { rank: i, host: name, receiver: addr }));
+                gone.push(None);
+            }
+            Err(e) => {
+                eprintln!("kvxfer-matrix: rank {i} ({addr}): {e}");
+                links.push(None);
+                ranks.push(None);
+                gone.push(Some(format!("rank {i} ({addr}): {e}")));
+            }
+        }
+    }
+    drive(a, links, ranks, gone)
+}
+
+/// Asks a host's service to take matrix work; its line and host name.
+fn open_service(addr: &str, a: &MatrixArgs) -> Result<(Link, String)> {
+    let timeout = a.run.timeout;
+    let mut stream = net::connect_until(&net::resolve(addr)?, Instant::now() + timeout, "service", a.bind)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(&session::preamble(session::MATRIX_MAGIC, session::STATUS_OK))?;
+    let mut reply = [0u8; 8];
+    std::io::Read::read_exact(&mut stream, &mut reply)
+        .map_err(|e| Error::run(format!("{addr} did not answer as a kvxfer service: {e}")))?;
+    let status = u16::from_be_bytes([reply[6], reply[7]]);
+    match (reply[..4] == session::MATRIX_MAGIC, status) {
+        (true, session::STATUS_OK) => {}
+        (true, session::STATUS_NO_MATRIX) => {
+            return Err(Error::run(format!(
+                "{addr} is a kvxfer service that does not send for a matrix: start it with kvxfer-recv --forever --matrix"
+            )))
+        }
+        (true, _) => {
+            return Err(Error::run(format!(
+                "{addr} speaks protocol {}, this kvxfer {}: run the same version everywhere",
+                u16::from_be_bytes([reply[4], reply[5]]),
+                session::PROTOCOL
+            )))
+        }
+        (false, _) => return Err(Error::run(format!("{addr} is not a kvxfer service in --forever mode"))),
+    }
+    let mut link = Link::new(stream, timeout)?;
+    match link.recv()? {
+        Line::Hello { host, .. } => Ok((link, host)),
+        other => Err(Error::run(format!("{addr} did not introduce itself: {other:?}"))),
+    }
+}
+
+/// A service's side of `kvxfer matrix --hosts`: answers, introduces
+/// itself, then sends each pair it is told to.
+pub fn serve_hosts_matrix(
+    mut stream: TcpStream,
+    from: SocketAddr,
+    version: u16,
+    allowed: bool,
+    timeout: Duration,
+) {
+    let status = match (allowed, version == session::PROTOCOL) {
+        (false, _) => session::STATUS_NO_MATRIX,
+        (true, false) => session::STATUS_VERSION_REFUSED,
+        (true, true) => session::STATUS_OK,
+    };
+    let _ = stream.write_all(&session::preamble(session::MATRIX_MAGIC, status));
+    if status != session::STATUS_OK {
+        eprintln!("kvxfer-recv: refused matrix work from {from} (status {status}: --matrix not given or another version)");
+        return;
+    }
+    eprintln!("kvxfer-recv: sending for the matrix at {from}");
+    let served = Link::new(stream, timeout).and_then(|mut link| {
+        let host = crate::env::EnvInfo::collect().hostname;
+        link.send(&Line::Hello { rank: 0, host, receiver: String::new() })?;
+        take_pairs(&mut link, None, None, 0)
+    });
+    match served {
+        Ok(()) => eprintln!("kvxfer-recv: the matrix at {from} is done"),
+        Err(e) => eprintln!("kvxfer-recv: the matrix at {from} ended: {e}"),
+    }
 }

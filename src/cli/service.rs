@@ -135,6 +135,14 @@ fn serve_runs(
                 eprintln!("kvxfer-recv: {e}");
                 continue;
             }
+            Greeting::Matrix(stream, version) => {
+                // Its pairs run beside this service's own runs, as under mpirun.
+                let (allowed, timeout) = (a.matrix, a.timeout);
+                std::thread::spawn(move || {
+                    super::matrix::serve_hosts_matrix(stream, from, version, allowed, timeout)
+                });
+                continue;
+            }
         };
         runs += 1;
         let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));

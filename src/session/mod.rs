@@ -19,12 +19,17 @@ use std::time::{Duration, Instant};
 /// Version of the control protocol; peers must speak the same one.
 pub const PROTOCOL: u16 = 6;
 const MAGIC: [u8; 4] = *b"KVXF";
+/// What `kvxfer matrix --hosts` opens its connection to a service with:
+/// it asks the service to send, on its behalf, to the other hosts.
+pub const MATRIX_MAGIC: [u8; 4] = *b"KVXM";
 const MAX_FRAME: usize = 64 << 20;
-const STATUS_OK: u16 = 0;
-const STATUS_VERSION_REFUSED: u16 = 1;
+pub const STATUS_OK: u16 = 0;
+pub const STATUS_VERSION_REFUSED: u16 = 1;
 /// A receiver in service mode that is serving another sender: a Refuse
 /// with who and since when follows.
 const STATUS_BUSY: u16 = 2;
+/// A service asked for matrix work that was not started with --matrix.
+pub const STATUS_NO_MATRIX: u16 = 3;
 /// How the reason of a busy answer begins.
 pub const BUSY: &str = "busy: serving";
 
@@ -53,6 +58,12 @@ pub struct Control {
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
 impl Control {
+    /// The socket, for another protocol once the preamble is read (nothing
+    /// more has come: the peer waits for an answer).
+    pub fn into_stream(self) -> TcpStream {
+        self.writer
+    }
+
     fn new(stream: TcpStream, peer_role: Role, timeout: Duration) -> Result<Control> {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(timeout))?;
@@ -487,6 +498,9 @@ pub fn accept_hello(
             Greeting::Sender(s) => return Ok(*s),
             Greeting::Stranger(why) => eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}"),
             Greeting::Refused(e) => return Err(e),
+            Greeting::Matrix(..) => {
+                eprintln!("kvxfer-recv: ignoring matrix work from {from}: only kvxfer-recv --forever --matrix takes it")
+            }
         }
     }
 }
@@ -499,6 +513,9 @@ pub enum Greeting {
     Stranger(String),
     /// A kvxfer sender refused, and told why.
     Refused(Error),
+    /// `kvxfer matrix --hosts` asking this service to send for it; its
+    /// preamble read, not yet answered.
+    Matrix(TcpStream, u16),
 }
 
 /// Reads a connection's preamble and plan.
@@ -512,10 +529,13 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
     if let Err(e) = ctrl.read_exact_until(&mut pre, deadline, Instant::now(), "waiting for the preamble") {
         return Greeting::Stranger(e.message);
     }
+    let theirs = u16::from_be_bytes([pre[4], pre[5]]);
+    if pre[..4] == MATRIX_MAGIC {
+        return Greeting::Matrix(ctrl.into_stream(), theirs);
+    }
     if pre[..4] != MAGIC {
         return Greeting::Stranger("not a kvxfer sender".into());
     }
-    let theirs = u16::from_be_bytes([pre[4], pre[5]]);
     let status = if theirs == PROTOCOL { STATUS_OK } else { STATUS_VERSION_REFUSED };
     let _ = ctrl.writer.write_all(&preamble_reply(status));
     if status != STATUS_OK {
@@ -539,8 +559,13 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
 }
 
 fn preamble_reply(status: u16) -> [u8; 8] {
+    preamble(MAGIC, status)
+}
+
+/// The 8 bytes that open a conversation: magic, protocol, status.
+pub fn preamble(magic: [u8; 4], status: u16) -> [u8; 8] {
     let mut reply = [0u8; 8];
-    reply[..4].copy_from_slice(&MAGIC);
+    reply[..4].copy_from_slice(&magic);
     reply[4..6].copy_from_slice(&PROTOCOL.to_be_bytes());
     reply[6..8].copy_from_slice(&status.to_be_bytes());
     reply
