@@ -257,10 +257,17 @@ fn hosts_in_service_mode_make_a_matrix_without_a_launcher() {
     let cells = figures(&json(&json_path));
     assert_eq!(cells.len(), 6);
     assert!(cells.iter().all(|(_, g)| g.is_some_and(|g| g > 0.0)), "{cells:?}");
-    // The services served each other and are still up; one without --matrix says so.
+    // The services served each other and are still up; one pair at a time, again.
     for (svc, _) in &services {
         assert_eq!(svc.stderr().matches(": done").count(), 2, "{}", svc.stderr());
     }
+    let one =
+        ["matrix", "--hosts", &hosts, "--concurrent-pairs", "1", "-p", "64", "-n", "1", "--timeout", "10s"];
+    let out = run(KVXFER, &one, secs(120));
+    out.expect_code(0);
+    assert!(out.stderr.contains("step 6/6: 2 -> 1"), "{}", out.stderr);
+    assert!(out.stdout.contains("pairs of a step: one at a time"), "{}", out.stdout);
+    // One without --matrix says so.
     let (plain, addr) = receiver("127.0.0.1:0", &["--forever", "--timeout", "10s", "-q"]);
     let mixed = format!("{},{addr}", services[0].1);
     let out = run(KVXFER, &["matrix", "--hosts", &mixed, "-p", "64", "-n", "1", "--timeout", "5s"], secs(60));
