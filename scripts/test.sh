@@ -20,8 +20,11 @@ missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# scripts/fetch-ofi-cuda.sh downloads a wheel with pip (Debian: python3-pip).
+# scripts/fetch-ofi-cuda.sh downloads a wheel with pip (Debian: python3-pip);
+# scripts/build-wheel.sh and the wheel's test make virtual environments
+# (Debian: python3-venv).
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     SUDO=""
@@ -40,3 +43,18 @@ scripts/fetch-ofi-cuda.sh >/dev/null
 KVXFER_OFI_LIB="$PWD/.cache/ofi-cuda/libfabric.so.1" cargo test --locked --test ofi
 # With MPI bootstrapping: mpirun finds the rendezvous by itself.
 cargo test --locked --features mpi --test launch
+# The wheel (scripts/build-wheel.sh), installed into a fresh virtual
+# environment and run from there with no Rust on the PATH.
+wheel=$(scripts/build-wheel.sh .cache/wheel-dist | tail -1)
+venv=$(mktemp -d)
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q "$wheel"
+env -i PATH="$venv/bin:/usr/bin:/bin" HOME="$venv" VENV="$venv" sh -c '
+    set -e
+    ! command -v cargo >/dev/null
+    [ "$(command -v kvxfer)" = "$VENV/bin/kvxfer" ]
+    kvxfer --version
+    kvxfer pair -p 128 -n 2
+    kvxfer-recv --version && kvxfer-send --version
+'
+rm -rf "$venv"
