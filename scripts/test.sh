@@ -55,6 +55,7 @@ env -i PATH="$venv/bin:/usr/bin:/bin" HOME="$venv" VENV="$venv" sh -c '
     [ "$(command -v kvxfer)" = "$VENV/bin/kvxfer" ]
     kvxfer --version
     kvxfer pair -p 128 -n 2
+    kvxfer doctor
     kvxfer-recv --version && kvxfer-send --version
 '
 rm -rf "$venv"

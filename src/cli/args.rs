@@ -693,15 +693,8 @@ pub struct RecvArgs {
     pub expect_model: Option<ModelSpec>,
     #[command(flatten)]
     pub memory: MemoryArgs,
-    /// The NCCL library to load [default: libnccl.so.2, then libnccl.so]
-    #[arg(long, value_name = "PATH")]
-    pub nccl_lib: Option<String>,
-    /// The UCP library to load [default: libucp.so.0]
-    #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB")]
-    pub ucx_lib: Option<String>,
-    /// The libfabric library to load [default: libfabric.so.1]
-    #[arg(long, value_name = "PATH", env = "KVXFER_OFI_LIB")]
-    pub ofi_lib: Option<String>,
+    #[command(flatten)]
+    pub libraries: LibraryArgs,
     /// Serve this many senders at once (many-to-one): each its own buffer,
     /// all requests started together; reports each pair and the aggregate
     #[arg(long, default_value = "1", value_parser = fan_size, allow_hyphen_values = true)]
@@ -738,9 +731,11 @@ impl RecvArgs {
             expect_transport: None,
             expect_model: None,
             memory: run.memory.clone(),
-            nccl_lib: run.transport.nccl_lib.clone(),
-            ucx_lib: run.transport.ucx_lib.clone(),
-            ofi_lib: run.transport.ofi_lib.clone(),
+            libraries: LibraryArgs {
+                nccl_lib: run.transport.nccl_lib.clone(),
+                ucx_lib: run.transport.ucx_lib.clone(),
+                ofi_lib: run.transport.ofi_lib.clone(),
+            },
             senders: 1,
             decode_rank: None,
             kv_layout: None,
@@ -903,6 +898,40 @@ pub struct LaunchArgs {
     pub bind: Option<std::net::IpAddr>,
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// `kvxfer doctor`: what this node has and which runs will work.
+#[derive(Args, Clone, Debug)]
+pub struct DoctorArgs {
+    /// Also write the findings as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub libraries: LibraryArgs,
+}
+
+/// The transport libraries a receiver or `kvxfer doctor` loads.
+#[derive(Args, Clone, Debug)]
+pub struct LibraryArgs {
+    /// The NCCL library to load [default: libnccl.so.2, then libnccl.so]
+    #[arg(long, value_name = "PATH")]
+    pub nccl_lib: Option<String>,
+    /// The UCP library to load [default: libucp.so.0]
+    #[arg(long, value_name = "PATH", env = "KVXFER_UCX_LIB")]
+    pub ucx_lib: Option<String>,
+    /// The libfabric library to load [default: libfabric.so.1]
+    #[arg(long, value_name = "PATH", env = "KVXFER_OFI_LIB")]
+    pub ofi_lib: Option<String>,
+}
+
+impl LibraryArgs {
+    pub fn local(&self) -> crate::transport::LocalOptions {
+        crate::transport::LocalOptions {
+            nccl_lib: self.nccl_lib.clone(),
+            ucx_lib: self.ucx_lib.clone(),
+            ofi_lib: self.ofi_lib.clone(),
+        }
+    }
 }
 
 /// `kvxfer matrix`: one rank of the all-pairs matrix.

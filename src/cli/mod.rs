@@ -3,6 +3,7 @@
 //! this host over loopback).
 
 pub mod args;
+mod doctor;
 mod fan;
 mod matrix;
 #[cfg(feature = "mpi")]
@@ -30,7 +31,8 @@ use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
 use args::{
-    LaunchArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs, SendArgs, SizeArgs,
+    DoctorArgs, LaunchArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs,
+    SendArgs, SizeArgs,
 };
 use clap::{Parser, Subcommand};
 use screen::Screen;
@@ -60,6 +62,8 @@ enum Command {
     Report(ReportArgs),
     /// The links kvxfer can find on this host: GPUs' PCIe, NVLinks between them, NICs, RDMA ports
     Links,
+    /// What this node has (GPUs, driver, NCCL, UCX, libfabric, NICs, RDMA, MPI) and which runs will work
+    Doctor(DoctorArgs),
     /// One rank of a pair started by mpirun or srun: rank 0 sends, rank 1 receives
     Launch(LaunchArgs),
     /// Every ordered pair of N ranks (mpirun or srun), to find the slow link: rank 0 prints the matrix
@@ -105,6 +109,7 @@ pub fn main_kvxfer() -> ! {
             Command::Size(a) => size::run(&a),
             Command::Report(a) => compare(&a),
             Command::Links => links(),
+            Command::Doctor(a) => doctor::run(&a),
             Command::Launch(a) => launch(&a),
             Command::Matrix(a) => matrix::run(&a),
             Command::Pair(a) => pair(&a),
@@ -253,48 +258,13 @@ fn plan(a: &PlanArgs) -> Result<()> {
 
 /// `kvxfer links`: what `--link` would be found as, for each kind of pair.
 fn links() -> Result<()> {
-    let sysfs = link::detect::Sysfs::system();
+    // The probes of `kvxfer doctor`, shown alone.
     let mut out = std::io::stdout().lock();
-    let show = |out: &mut dyn Write, what: &str, l: &link::Link| {
-        writeln!(out, "{what:<24} {:>9.2} GB/s  {}  ({})", l.peak_gbps, l.name, l.source)
-    };
-    let gpus: Vec<std::sync::Arc<gpu::Device>> = match gpu::init().and_then(|_| gpu::device_count()) {
-        Ok(n) => (0..n).filter_map(|i| gpu::Device::open(i).ok()).collect(),
-        Err(e) => {
-            writeln!(out, "GPUs: none ({e})")?;
-            Vec::new()
+    let mut have = doctor::Have::new();
+    for section in [doctor::gpus(&mut have), doctor::network()] {
+        for f in section.findings {
+            writeln!(out, "{:<24} {}  ({})", f.what, f.found, f.source)?;
         }
-    };
-    for g in &gpus {
-        match sysfs.pcie(&g.pci_bus_id) {
-            Some(l) => show(&mut out, &format!("GPU {} PCIe", g.ordinal), &l)?,
-            None => writeln!(out, "GPU {} PCIe: not in sysfs ({})", g.ordinal, g.pci_bus_id)?,
-        }
-        match link::nvml::memory_copy(&g.pci_bus_id) {
-            Some(l) => show(&mut out, &format!("GPU {} memory (copy)", g.ordinal), &l)?,
-            None => writeln!(out, "GPU {} memory: NVML gives no memory clock or bus width", g.ordinal)?,
-        }
-    }
-    for a in &gpus {
-        for b in gpus.iter().filter(|b| b.ordinal > a.ordinal) {
-            match link::nvml::between(&a.pci_bus_id, &b.pci_bus_id) {
-                Some(l) => show(&mut out, &format!("GPU {} <-> GPU {}", a.ordinal, b.ordinal), &l)?,
-                None => writeln!(out, "GPU {} <-> GPU {}: no NVLink found (NVML)", a.ordinal, b.ordinal)?,
-            }
-        }
-    }
-    let (nics, ports) = (sysfs.interfaces(), sysfs.rdma_ports());
-    for l in &nics {
-        show(&mut out, "network interface", l)?;
-    }
-    for l in &ports {
-        show(&mut out, "RDMA port", l)?;
-    }
-    if nics.is_empty() && ports.is_empty() {
-        writeln!(
-            out,
-            "network: no interface reports a speed (/sys/class/net/*/speed), no RDMA port is active"
-        )?;
     }
     Ok(())
 }
@@ -597,11 +567,7 @@ fn receiver_side(a: &RecvArgs) -> ReceiverSide {
             kv_layout: a.kv_layout,
         },
         memory: a.memory.spec(),
-        local: LocalOptions {
-            nccl_lib: a.nccl_lib.clone(),
-            ucx_lib: a.ucx_lib.clone(),
-            ofi_lib: a.ofi_lib.clone(),
-        },
+        local: a.libraries.local(),
         screen: Screen::new(&a.output),
         busy: None,
     }

@@ -35,6 +35,15 @@ pub fn init() -> Result<()> {
     .map_err(Error::run)
 }
 
+/// The CUDA driver's version, as "13.0".
+pub fn driver_version() -> Result<String> {
+    init()?;
+    let mut v = 0;
+    // SAFETY: one int written by the initialized driver.
+    unsafe { sys::cuDriverGetVersion(&mut v) }.result().map_err(cuda("asking the driver's version"))?;
+    Ok(format!("{}.{}", v / 1000, v % 1000 / 10))
+}
+
 pub fn device_count() -> Result<usize> {
     init()?;
     Ok(result::device::get_count().map_err(cuda("counting devices"))? as usize)

@@ -249,6 +249,26 @@ impl Endpoint {
         }
     }
 
+    /// The providers that offer what `want` asks (provider left open), by
+    /// name, as a run would find them: the same fi_getinfo hints.
+    pub fn offered(ofi: &Ofi, want: &Wanted) -> Vec<String> {
+        let Ok(info) = Self::getinfo(ofi, want) else { return Vec::new() };
+        let mut names = Vec::new();
+        // SAFETY: a valid list from fi_getinfo, walked once and freed once.
+        unsafe {
+            let mut at = info;
+            while !at.is_null() {
+                let name = text((*(*at).fabric_attr).prov_name);
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                at = (*at).next;
+            }
+            (ofi.freeinfo)(info);
+        }
+        names
+    }
+
     fn chosen(info: *mut sys::fi_info, want: &Wanted) -> Chosen {
         // SAFETY: a valid fi_info from fi_getinfo.
         unsafe {

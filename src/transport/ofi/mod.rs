@@ -782,6 +782,26 @@ pub fn check_library(lib: Option<&str>) -> Result<()> {
     Ofi::open(lib).map(drop)
 }
 
+/// The providers of reliable tagged endpoints (`kvxfer doctor`), each with
+/// whether it offers RMA (write, read) and GPU memory (FI_HMEM), asked
+/// with the hints a run uses.
+pub fn providers(lib: Option<&str>) -> Result<Vec<(String, bool, bool)>> {
+    let ofi = Ofi::open(lib)?;
+    let want = |rma, hmem| fabric::Wanted {
+        provider: None,
+        rma,
+        hmem,
+        delivery_complete: false,
+        send_after_write: false,
+    };
+    let (rma, hmem) = (
+        fabric::Endpoint::offered(ofi, &want(true, false)),
+        fabric::Endpoint::offered(ofi, &want(false, true)),
+    );
+    let all = fabric::Endpoint::offered(ofi, &want(false, false));
+    Ok(all.into_iter().map(|p| (p.clone(), rma.contains(&p), hmem.contains(&p))).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
