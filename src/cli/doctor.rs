@@ -204,7 +204,7 @@ fn ucx(a: &DoctorArgs, have: &mut Have) -> Section {
             let cuda = match have.ucx_cuda {
                 true => "yes (libuct_cuda: cuda_copy, cuda_ipc): GPU memory works".to_string(),
                 false => {
-                    "no: this UCX refuses GPU memory (Debian's libucx0 has none); scripts/fetch-ucx-cuda.sh \
+                    "no: this UCX refuses GPU memory (distributions' packages, such as Debian's libucx0, have none); scripts/fetch-ucx-cuda.sh \
                           fetches one, or use the cluster's CUDA UCX"
                         .to_string()
                 }

@@ -1,0 +1,1 @@
+# kvxfer-recv --listen 127.0.0.1:7477 --memory gpu --device 0 -q & kvxfer-send -c 127.0.0.1:7477 -t ucx --memory gpu --device 0 -m llama-3.1-8b -p 1024,8192 -g layer -n 10 (both from the wheel, KVXFER_UCX_LIB=.cache/ucx-cu13/libucx/lib/libucp.so.0)
