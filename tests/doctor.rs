@@ -44,6 +44,9 @@ fn doctor_finds_debians_ucx_and_libfabric_and_says_what_runs() {
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{s}");
     assert!(s.contains("library                UCX 1."), "{s}");
     assert!(s.contains("CUDA modules           no: this UCX refuses GPU memory"), "{s}");
+    // What UCX itself found once set up as a run sets it up.
+    let transports = s.lines().find(|l| l.starts_with("  transports ")).unwrap_or_else(|| panic!("{s}"));
+    assert!(transports.contains("tcp/lo") && transports.contains("self/memory"), "{transports}");
     assert!(s.contains("library                libfabric 1."), "{s}");
     assert!(s.contains("provider tcp;ofi_rxm   tagged, RMA (write, read)"), "{s}");
     assert!(s.contains("provider shm "), "{s}");

@@ -200,27 +200,25 @@ fn ucx(a: &DoctorArgs, have: &mut Have) -> Section {
             let modules: Vec<String> = std::fs::read_dir(&dir)
                 .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
                 .unwrap_or_default();
-            have.ucx_cuda = modules.iter().any(|m| m.starts_with("libuct_cuda.so"));
-            let cuda = match have.ucx_cuda {
-                true => "yes (libuct_cuda: cuda_copy, cuda_ipc): GPU memory works".to_string(),
-                false => {
-                    "no: this UCX refuses GPU memory (distributions' packages, such as Debian's libucx0, have none); scripts/fetch-ucx-cuda.sh \
-                          fetches one, or use the cluster's CUDA UCX"
-                        .to_string()
-                }
+            let present = modules.iter().any(|m| m.starts_with("libuct_cuda.so"));
+            // What UCX itself finds, set up as a run sets it up (host memory).
+            let resources = crate::transport::ucx::ucp::context_resources(a.libraries.ucx_lib.as_deref());
+            let loaded_cuda = resources.as_ref().is_ok_and(|r| r.iter().any(|t| t.starts_with("cuda")));
+            have.ucx_cuda = present;
+            let cuda = match (present, loaded_cuda) {
+                (true, true) => "yes, loaded (cuda_copy, cuda_ipc): GPU memory works".to_string(),
+                (true, false) => "present (libuct_cuda), not loaded: no GPU or driver here for them".to_string(),
+                (false, _) => "no: this UCX refuses GPU memory (distributions' packages, such as Debian's libucx0, \
+                               have none); scripts/fetch-ucx-cuda.sh fetches one, or use the cluster's CUDA UCX"
+                    .to_string(),
             };
             f.push(finding("CUDA modules", cuda, dir.display().to_string()));
-            let mut names: Vec<String> = modules
-                .iter()
-                .filter_map(|m| m.strip_prefix("libuct_")?.split(".so").next().map(str::to_string))
-                .collect();
-            names.sort();
-            names.dedup();
-            f.push(finding(
-                "transport modules",
-                format!("{} (self, tcp, sysv, posix built in)", names.join(", ")),
-                dir.display().to_string(),
-            ));
+            let found = match resources {
+                Ok(r) if !r.is_empty() => r.join(", "),
+                Ok(_) => "none reported".into(),
+                Err(e) => format!("UCX did not set up: {}", e.message),
+            };
+            f.push(finding("transports", found, "ucp_context_print_info, after ucp_init as a run does"));
         }
         Err(e) => {
             f.push(finding("library", e.message.clone(), "dlopen, as -t ucx loads it"));

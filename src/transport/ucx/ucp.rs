@@ -590,21 +590,16 @@ impl Node {
         if self.ep.is_null() {
             return String::new();
         }
-        let (mut buf, mut len) = (std::ptr::null_mut::<libc::c_char>(), 0usize);
-        // SAFETY: open_memstream gives a FILE writing into a malloc'd buffer,
-        // valid after fclose until freed.
-        unsafe {
-            let f = libc::open_memstream(&mut buf, &mut len);
-            if f.is_null() {
-                return String::new();
-            }
-            self.ucp.lib.ucp_ep_print_info(self.ep, f as *mut sys::FILE);
-            libc::fclose(f);
-            let text =
-                String::from_utf8_lossy(std::slice::from_raw_parts(buf as *const u8, len)).into_owned();
-            libc::free(buf as *mut c_void);
-            text
-        }
+        // SAFETY: a live endpoint, printed into the stream given.
+        printed(|f| unsafe { self.ucp.lib.ucp_ep_print_info(self.ep, f) })
+    }
+
+    /// What `ucp_context_print_info` says of the context: the memory
+    /// domains and the transport resources (transport/device) it found.
+    pub fn context_report(&self) -> String {
+        let Ok(print) = self.ucp.lib.ucp_context_print_info.as_ref() else { return String::new() };
+        // SAFETY: a live context, printed into the stream given.
+        printed(|f| unsafe { print(self.context, f) })
     }
 
     /// Closes the endpoint without waiting on a peer that may be gone.
@@ -656,5 +651,61 @@ impl Drop for Node {
             }
             self.ucp.lib.ucp_cleanup(self.context);
         }
+    }
+}
+
+/// What a UCX print function writes, as text.
+fn printed(print: impl FnOnce(*mut sys::FILE)) -> String {
+    let (mut buf, mut len) = (std::ptr::null_mut::<libc::c_char>(), 0usize);
+    // SAFETY: open_memstream gives a FILE writing into a malloc'd buffer,
+    // valid after fclose until freed.
+    unsafe {
+        let f = libc::open_memstream(&mut buf, &mut len);
+        if f.is_null() {
+            return String::new();
+        }
+        print(f as *mut sys::FILE);
+        libc::fclose(f);
+        let text = String::from_utf8_lossy(std::slice::from_raw_parts(buf as *const u8, len)).into_owned();
+        libc::free(buf as *mut c_void);
+        text
+    }
+}
+
+/// The transports/devices of a `ucp_context_print_info` report, from its
+/// "resource N : md M dev D flags -- tcp/lo" lines.
+pub fn resources(report: &str) -> Vec<String> {
+    let mut out: Vec<String> = report
+        .lines()
+        .filter(|l| l.contains("resource"))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .filter(|r| r.contains('/'))
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The resources UCX finds when it sets up as a run does (a context and
+/// worker over a small host buffer): what `kvxfer doctor` reports.
+pub fn context_resources(path: Option<&str>) -> Result<Vec<String>> {
+    let ucp = Ucp::open(path)?;
+    let mut buf = vec![0u8; 4096];
+    let node = Node::new(ucp, buf.as_mut_ptr() as *mut c_void, buf.len(), MemType::Host, "doctor")?;
+    let found = resources(&node.context_report());
+    drop(node);
+    drop(buf);
+    Ok(found)
+}
+
+#[cfg(test)]
+mod resource_tests {
+    #[test]
+    fn resources_from_a_context_report() {
+        let report = "#\n# UCP context\n#\n#            md 0  :  self\n#            md 1  :  tcp\n\
+                      #      resource 0  :  md 0  dev 0  flags -- self/memory\n\
+                      #      resource 1  :  md 1  dev 1  flags -- tcp/lo\n\
+                      #      resource 2  :  md 1  dev 2  flags -- tcp/eth0\n\
+                      #      resource 3  :  md 4  dev 4  flags -- cuda_copy/cuda\n";
+        assert_eq!(super::resources(report), ["self/memory", "tcp/lo", "tcp/eth0", "cuda_copy/cuda"]);
     }
 }
