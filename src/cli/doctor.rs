@@ -43,6 +43,10 @@ fn finding(what: impl Into<String>, found: impl Into<String>, source: impl Into<
 /// What the probes found that the verdicts turn on.
 pub struct Have {
     gpus: usize,
+    /// Held to the end, as a run holds its GPU: releasing a primary context
+    /// leaves it current on this thread, and UCX's CUDA module, set up
+    /// later, would use it (cuCtxSetFlags on a released context crashes).
+    devices: Vec<std::sync::Arc<gpu::Device>>,
     gpu_error: Option<String>,
     nccl: Result<String, String>,
     ucx: Result<String, String>,
@@ -58,6 +62,7 @@ impl Have {
         let none = || Err("not probed".to_string());
         Have {
             gpus: 0,
+            devices: Vec::new(),
             gpu_error: None,
             nccl: none(),
             ucx: none(),
@@ -154,6 +159,7 @@ fn gpu_links(have: &mut Have) -> Vec<Finding> {
         }
     };
     have.gpus = devices.len();
+    have.devices = devices.clone();
     if devices.is_empty() {
         have.gpu_error = Some("the driver sees no GPU".into());
     }
