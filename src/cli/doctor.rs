@@ -164,7 +164,9 @@ fn gpu_links(have: &mut Have) -> Vec<Finding> {
         have.gpu_error = Some("the driver sees no GPU".into());
     }
     for g in &devices {
-        f.push(finding(format!("GPU {}", g.ordinal), g.describe(), "CUDA driver"));
+        let memory =
+            g.total_memory().map(|b| format!(", {}", crate::units::fmt_bytes(b as u64))).unwrap_or_default();
+        f.push(finding(format!("GPU {}", g.ordinal), format!("{}{memory}", g.describe()), "CUDA driver"));
         match sysfs.pcie(&g.pci_bus_id) {
             Some(l) => f.push(show(format!("GPU {} PCIe", g.ordinal), &l)),
             None => f.push(finding(format!("GPU {} PCIe", g.ordinal), "not in sysfs", &g.pci_bus_id)),

@@ -102,6 +102,12 @@ impl Device {
         format!("GPU {} ({}, {})", self.ordinal, self.name, self.pci_bus_id)
     }
 
+    /// Its memory, in bytes.
+    pub fn total_memory(&self) -> Result<usize> {
+        // SAFETY: dev came from cuDeviceGet in `open`.
+        unsafe { result::device::total_mem(self.dev) }.map_err(cuda("asking the device's memory"))
+    }
+
     /// One of the device's attributes (multiprocessors, L2 size, ...).
     pub fn attribute(&self, which: sys::CUdevice_attribute) -> Result<i32> {
         // SAFETY: dev came from cuDeviceGet in `open`.
