@@ -80,8 +80,12 @@ impl Grid {
         Grid { label, cells, median_gbps: median, outliers }
     }
 
-    fn cell(&self, from: usize, to: usize) -> Option<&Cell> {
+    pub fn cell(&self, from: usize, to: usize) -> Option<&Cell> {
         self.cells.iter().find(|c| c.from == from && c.to == to)
+    }
+
+    pub fn is_outlier(&self, from: usize, to: usize) -> bool {
+        self.outliers.iter().any(|o| o.from == from && o.to == to)
     }
 
     /// The N x N table: rows send, columns receive; "x" where a pair has no
@@ -102,8 +106,7 @@ impl Grid {
                 let text = match self.cell(i, j) {
                     _ if i == j => "-".to_string(),
                     Some(Cell { gbps: Some(g), .. }) => {
-                        let flag =
-                            if self.outliers.iter().any(|o| o.from == i && o.to == j) { "*" } else { "" };
+                        let flag = if self.is_outlier(i, j) { "*" } else { "" };
                         format!("{g:.2}{flag}")
                     }
                     Some(_) => "x".to_string(),

@@ -42,7 +42,6 @@ fn finding(what: impl Into<String>, found: impl Into<String>, source: impl Into<
 
 /// What the probes found that the verdicts turn on.
 pub struct Have {
-    gpus: usize,
     /// Held to the end, as a run holds its GPU: releasing a primary context
     /// leaves it current on this thread, and UCX's CUDA module, set up
     /// later, would use it (cuCtxSetFlags on a released context crashes).
@@ -61,7 +60,6 @@ impl Have {
     pub fn new() -> Have {
         let none = || Err("not probed".to_string());
         Have {
-            gpus: 0,
             devices: Vec::new(),
             gpu_error: None,
             nccl: none(),
@@ -158,7 +156,6 @@ fn gpu_links(have: &mut Have) -> Vec<Finding> {
             return vec![finding("GPUs", e.message, "cuDeviceGetCount")];
         }
     };
-    have.gpus = devices.len();
     have.devices = devices.clone();
     if devices.is_empty() {
         have.gpu_error = Some("the driver sees no GPU".into());
@@ -362,7 +359,7 @@ fn verdicts(h: &Have) -> Vec<Verdict> {
         (Ok(_), false) => Ok(()),
     };
     // One GPU is enough for a rank of a pair across hosts (NCCL refuses two ranks on one GPU).
-    let nccl = match (lib(&h.nccl), h.gpus) {
+    let nccl = match (lib(&h.nccl), h.devices.len()) {
         (Err(e), _) => Err(e),
         (Ok(()), 0) => Err("no GPU here".into()),
         (Ok(()), _) => Ok(()),

@@ -71,6 +71,13 @@ struct Rank {
     receiver: String,
 }
 
+impl Rank {
+    /// How the tables and heatmaps name it: "3 gpu-node-7".
+    fn name(&self) -> String {
+        format!("{} {}", self.rank, self.host)
+    }
+}
+
 /// One rank's line to another: a heartbeat each second from a thread, and
 /// reads that give up after `timeout` of silence.
 struct Link {
@@ -440,13 +447,14 @@ fn conclude(a: &MatrixArgs, ranks: &[Rank], results: Vec<PairResult>) -> Result<
             Grid::new(label(tokens, g), cells, a.outlier_percent)
         })
         .collect();
-    let names: Vec<String> = ranks.iter().map(|r| format!("{} {}", r.rank, r.host)).collect();
+    let names: Vec<String> = ranks.iter().map(Rank::name).collect();
     let mut out = String::new();
     let spec = a.run.transport_spec();
+    let model = a.run.model.resolve().map(|s| s.model.name).unwrap_or_default();
     out += &format!(
         "# kvxfer matrix: {} ranks, {} over {}, {} memory; pairs of a step: {}\n",
         ranks.len(),
-        a.run.model.resolve().map(|s| s.model.name).unwrap_or_default(),
+        model,
         spec.kind,
         a.run.memory.memory,
         match a.concurrent_pairs {
@@ -481,7 +489,7 @@ fn conclude(a: &MatrixArgs, ranks: &[Rank], results: Vec<PairResult>) -> Result<
     let doc = serde_json::json!({
         "kind": "kvxfer-matrix",
         "build": crate::env::BuildInfo::current(),
-        "model": a.run.model.resolve().map(|s| s.model.name).unwrap_or_default(),
+        "model": model,
         "transport": spec,
         "memory": a.run.memory.memory,
         "concurrent_pairs": a.concurrent_pairs,
@@ -584,7 +592,7 @@ pub fn draw(path: &std::path::Path, out: &std::path::Path) -> Result<Vec<std::pa
     let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let ranks: Vec<Rank> = serde_json::from_value(doc["ranks"].clone()).map_err(|e| bad(e.to_string()))?;
     let grids: Vec<Grid> = serde_json::from_value(doc["grids"].clone()).map_err(|e| bad(e.to_string()))?;
-    let names: Vec<String> = ranks.iter().map(|r| format!("{} {}", r.rank, r.host)).collect();
+    let names: Vec<String> = ranks.iter().map(Rank::name).collect();
     let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     for g in &grids {
         println!("# {} ({}): GB/s, rows send, columns receive", g.label, path.display());

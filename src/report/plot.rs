@@ -754,7 +754,7 @@ impl Figure for Heatmap<'_> {
             .map_err(plot_error)?;
         for i in 0..n {
             for j in 0..n {
-                let cell = self.grid.cells.iter().find(|c| c.from == i && c.to == j);
+                let cell = self.grid.cell(i, j);
                 let (fill, text) = match cell.and_then(|c| c.gbps) {
                     _ if i == j => (RGBColor(235, 235, 235), String::new()),
                     Some(g) => {
@@ -769,7 +769,7 @@ impl Figure for Heatmap<'_> {
                 chart
                     .draw_series(std::iter::once(Rectangle::new([(x, y), (x + 1.0, y + 1.0)], fill.filled())))
                     .map_err(plot_error)?;
-                if self.grid.outliers.iter().any(|o| o.from == i && o.to == j) {
+                if self.grid.is_outlier(i, j) {
                     let frame =
                         Rectangle::new([(x + 0.03, y + 0.03), (x + 0.97, y + 0.97)], RED.stroke_width(4));
                     chart.draw_series(std::iter::once(frame)).map_err(plot_error)?;

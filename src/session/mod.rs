@@ -498,8 +498,10 @@ pub fn accept_hello(
             Greeting::Sender(s) => return Ok(*s),
             Greeting::Stranger(why) => eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}"),
             Greeting::Refused(e) => return Err(e),
-            Greeting::Matrix(..) => {
-                eprintln!("kvxfer-recv: ignoring matrix work from {from}: only kvxfer-recv --forever --matrix takes it")
+            Greeting::Matrix(mut stream, _) => {
+                // Told, so that the matrix names this host and the fix.
+                let _ = stream.write_all(&preamble(MATRIX_MAGIC, STATUS_NO_MATRIX));
+                eprintln!("kvxfer-recv: refused matrix work from {from}: only kvxfer-recv --forever --matrix takes it")
             }
         }
     }
