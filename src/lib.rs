@@ -18,6 +18,7 @@ pub mod gpu;
 pub mod kv;
 pub mod launch;
 pub mod link;
+pub mod logging;
 pub mod matrix;
 pub mod measure;
 pub mod memory;

@@ -260,3 +260,85 @@ fn a_signal_stops_the_run_and_both_sides_say_so() {
         assert!(!r["points"].as_array().unwrap().is_empty(), "the points measured are kept");
     }
 }
+
+/// The last `-v` step a side logged before `by` (UTC seconds of the day;
+/// later lines are its teardown after the error).
+fn last_step(stderr: &str, by: f64) -> &str {
+    let second_of_day = |l: &str| -> Option<f64> {
+        let t = l.split('T').nth(1)?.split('Z').next()?;
+        let mut f = t.split(':').map(|x| x.parse::<f64>().ok());
+        Some(f.next()?? * 3600.0 + f.next()?? * 60.0 + f.next()??)
+    };
+    stderr
+        .lines()
+        .rfind(|l| l.contains(" DEBUG ") && second_of_day(l).is_some_and(|t| t < by))
+        .unwrap_or_else(|| panic!("no -v log before {by}:\n{stderr}"))
+}
+
+/// Now, in UTC seconds of the day, as `-v` stamps its lines.
+fn now_of_day() -> f64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    now.as_secs_f64() % 86400.0
+}
+
+#[test]
+fn with_v_the_last_step_logged_names_where_a_silent_sender_stalled() {
+    use std::io::Write;
+    // A sender that opens with a good preamble, then says nothing.
+    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "2s", "-v"]);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let mut pre = *b"KVXF\0\0\0\0";
+    pre[4..6].copy_from_slice(&6u16.to_be_bytes());
+    s.write_all(&pre).unwrap();
+    let silent_from = now_of_day();
+    let f = recv.finish(secs(20));
+    f.expect_code(1).expect_stderr("while waiting for the sender's plan");
+    let step = last_step(&f.stderr, silent_from + 1.0);
+    assert!(step.contains("recv: waiting for the sender's plan (nothing yet after"), "{}", f.stderr);
+    // Timestamped, and each step before it too.
+    assert!(step.starts_with("20") && step.contains('T') && step.contains("Z DEBUG"), "{step}");
+    for s in ["accepted a connection from", "waiting for the preamble from"] {
+        assert!(f.stderr.contains(s), "{s}: {}", f.stderr);
+    }
+}
+
+#[test]
+fn with_v_the_last_step_logged_names_the_request_a_stopped_sender_left() {
+    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s", "-v"]);
+    let long = ["-p", "1024", "-g", "block", "-n", "2000", "--timeout", "3s", "-v"];
+    let send = Proc::start(SEND, &[&["--connect", addr.as_str()][..], &long[..]].concat());
+    assert!(send.wait_for("request 5: sent in", secs(20)), "run did not start: {}", send.stderr());
+    send.signal(libc::SIGSTOP);
+    let stopped = now_of_day();
+    let f = recv.finish(secs(20));
+    assert_ne!(f.code, Some(0));
+    let error = f.stderr.lines().find(|l| l.starts_with("kvxfer-recv: error:")).expect("an error line");
+    // Within the 3 s timeout, before the receiver gives up and tears down.
+    let step = last_step(&f.stderr, stopped + 1.5);
+    // The error and the last step name the same request.
+    let request = |l: &str| {
+        l.split("request ").nth(1).map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>())
+    };
+    assert!(request(error).is_some(), "{error}");
+    assert_eq!(request(step), request(error), "last step {step:?}, error {error:?}");
+    // The protocol steps of one request, in order, on both sides.
+    for s in ["sent ready (point 0, request 5)", "received go (point 0, request 5)", "request 5: sending"] {
+        assert!(send.stderr().contains(s), "{s}: {}", send.stderr());
+    }
+    for s in ["received ready (point 0, request 5)", "request 5: receiving", "request 5: all "] {
+        assert!(f.stderr.contains(s), "{s}: {}", f.stderr);
+    }
+    send.signal(libc::SIGCONT);
+}
+
+#[test]
+fn without_v_nothing_is_logged_and_vv_adds_each_message() {
+    let quiet = run(KVXFER, &["pair", "-p", "128", "-g", "layer", "-n", "1", "-w", "0"], secs(60));
+    quiet.expect_code(0);
+    assert!(!quiet.stderr.contains("DEBUG") && !quiet.stderr.contains("TRACE"), "{}", quiet.stderr);
+    let vv = run(KVXFER, &["pair", "-p", "128", "-g", "layer", "-n", "1", "-w", "0", "-vv"], secs(60));
+    vv.expect_code(0);
+    // 32 layer messages of the one request.
+    assert_eq!(vv.stderr.matches("TRACE recv: request 0: message ").count(), 32, "{}", vv.stderr);
+    assert!(vv.stderr.contains("DEBUG send{"), "{}", vv.stderr);
+}

@@ -50,6 +50,9 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVXFER_GIT_
 pub struct Kvxfer {
     #[command(subcommand)]
     command: Command,
+    /// Log every protocol step with timestamps on stderr (-vv: every message too)
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +85,9 @@ enum Command {
 pub struct SendCli {
     #[command(flatten)]
     args: SendArgs,
+    /// Log every protocol step with timestamps on stderr (-vv: every message too)
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 /// The receiver (decode side): adopts the sender's plan, receives, checks and times the KV.
@@ -90,6 +96,9 @@ pub struct SendCli {
 pub struct RecvCli {
     #[command(flatten)]
     args: RecvArgs,
+    /// Log every protocol step with timestamps on stderr (-vv: every message too)
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 pub fn main_kvxfer() -> ! {
@@ -102,9 +111,11 @@ pub fn main_kvxfer() -> ! {
         _ => {}
     }
     crate::signals::install();
+    let cli = Kvxfer::parse();
+    crate::logging::init(cli.verbose);
     exit_with(
         "kvxfer",
-        match Kvxfer::parse().command {
+        match cli.command {
             Command::Plan(a) => plan(&a),
             Command::Size(a) => size::run(&a),
             Command::Report(a) => compare(&a),
@@ -121,12 +132,16 @@ pub fn main_kvxfer() -> ! {
 
 pub fn main_send() -> ! {
     crate::signals::install();
-    exit_with("kvxfer-send", send(&SendCli::parse().args))
+    let cli = SendCli::parse();
+    crate::logging::init(cli.verbose);
+    exit_with("kvxfer-send", send(&cli.args))
 }
 
 pub fn main_recv() -> ! {
     crate::signals::install();
-    exit_with("kvxfer-recv", recv(&RecvCli::parse().args))
+    let cli = RecvCli::parse();
+    crate::logging::init(cli.verbose);
+    exit_with("kvxfer-recv", recv(&cli.args))
 }
 
 fn exit_with(program: &str, result: Result<()>) -> ! {
@@ -506,6 +521,7 @@ fn recv(a: &RecvArgs) -> Result<()> {
 
 /// The receiver, on a socket already listening.
 fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
+    let _side = tracing::debug_span!("recv").entered();
     if a.memory.memory != MemoryKind::Host {
         gpu::init()?;
     }
@@ -656,6 +672,7 @@ fn sender_side(
     screen: &Screen,
     fan: Option<FanSlot>,
 ) -> (Option<RunReport>, Result<()>) {
+    let _side = tracing::debug_span!("send", to = addr).entered();
     let spec = run.transport_spec();
     let hello = Hello {
         role: if run.fault == Some(Fault::WrongRole) { Role::Receiver } else { Role::Sender },
@@ -775,6 +792,7 @@ impl ReceiverSide {
     }
 
     fn run(&self, listener: &std::net::TcpListener) -> (Option<RunReport>, Result<()>) {
+        let _side = tracing::debug_span!("recv").entered();
         let env = EnvInfo::collect();
         match session::accept_receiver(listener, self.wait, self.timeout, &self.expect, &env) {
             Ok(sess) => self.serve(sess, env, None),

@@ -18,7 +18,8 @@ pub struct Screen {
 
 impl Screen {
     pub fn new(a: &OutputArgs) -> Screen {
-        let progress = !a.quiet && std::io::stderr().is_terminal();
+        // -v's log lines go to stderr too, so the bar stays off then.
+        let progress = !a.quiet && std::io::stderr().is_terminal() && !crate::logging::enabled();
         let bar = match progress {
             true => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             false => ProgressBar::hidden(),

@@ -230,6 +230,7 @@ pub fn run_sender(
                 ready.go();
             }
             let sending = Instant::now();
+            tracing::debug!("request {request}: sending {bytes} bytes");
             transport.send(
                 buf,
                 layout,
@@ -238,6 +239,7 @@ pub fn run_sender(
                 &mut RequestLink { ctrl, go: None, request, fan, computes: false },
                 ready,
             )?;
+            tracing::debug!("request {request}: sent in {:.1?}", sending.elapsed());
             if let Some(c) = &computing {
                 let (began, ended) = c.finish(deadline)?;
                 ctrl.send(&Msg::Computed { request, began, ended })?;
@@ -409,6 +411,7 @@ pub fn run_receiver(
                 None => Instant::now(),
             };
             let go_mono = compute::mono_ns();
+            tracing::debug!("request {request}: receiving {bytes} bytes");
             let go = (!transport.go_in_band()).then_some(Msg::Go { point: p, request });
             let timing = transport.recv(
                 buf,
@@ -424,6 +427,10 @@ pub fn run_receiver(
             let landed = timing.landed.unwrap_or(now);
             let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
             let host_ns = nanos(landed.saturating_duration_since(t0));
+            tracing::debug!(
+                "request {request}: all {bytes} bytes in, {:.1?} from the go",
+                Duration::from_nanos(host_ns)
+            );
             if let (Some(l), Some((at_ns, hold_ns))) = (phase_load, arrival) {
                 // --on-full spill: what did not fit goes to the pool, and the
                 // KV is in place once it is there.
@@ -787,6 +794,7 @@ impl Completions for RoundSink<'_> {
         })?;
         slot.store(latency_ns, Relaxed);
         self.arrived.fetch_add(1, Relaxed);
+        tracing::trace!("request {}: message {index} in, {latency_ns} ns", self.request);
         if self.inline {
             let bytes = data
                 .ok_or_else(|| Error::usage("--verify inline needs the receiver's buffer in host memory"))?;

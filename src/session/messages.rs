@@ -154,6 +154,25 @@ pub enum Msg {
 }
 
 impl Msg {
+    /// The name with the request it is about, for `-v`'s log.
+    pub fn brief(&self) -> String {
+        match self {
+            Msg::Ready { point, request } | Msg::Go { point, request } => {
+                format!("{} (point {point}, request {request})", self.name())
+            }
+            Msg::LaneReady { lane, request } | Msg::LaneGo { lane, request } => {
+                format!("{} (lane {lane}, request {request})", self.name())
+            }
+            Msg::Checked { request }
+            | Msg::Computed { request, .. }
+            | Msg::Pulled { request, .. }
+            | Msg::Took { request, .. } => format!("{} (request {request})", self.name()),
+            Msg::PointDone { result } => format!("{} (point {})", self.name(), result.point),
+            Msg::Abort { reason, .. } | Msg::Refuse { reason } => format!("{} ({reason})", self.name()),
+            _ => self.name().to_string(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Msg::Hello(_) => "hello",

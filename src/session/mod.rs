@@ -48,6 +48,8 @@ pub struct Control {
     pub timeout: Duration,
     /// When the peer was last heard from, and when we last pinged it.
     last_heard: Instant,
+    /// Heartbeat periods of silence already logged (-v).
+    missed_logged: u32,
     last_ping: Instant,
     /// Messages that arrived while a transport was watching, for `recv`.
     pending: std::collections::VecDeque<Msg>,
@@ -75,6 +77,7 @@ impl Control {
             peer_role,
             timeout,
             last_heard: Instant::now(),
+            missed_logged: 0,
             last_ping: Instant::now(),
             pending: Default::default(),
         })
@@ -85,6 +88,12 @@ impl Control {
     }
 
     pub fn send(&mut self, msg: &Msg) -> Result<()> {
+        match msg {
+            Msg::Ping | Msg::Pong | Msg::Probe { .. } | Msg::ProbeReply { .. } => {
+                tracing::trace!("sent {} to the {}", msg.name(), self.peer_role)
+            }
+            _ => tracing::debug!("sent {} to the {}", msg.brief(), self.peer_role),
+        }
         let body = serde_json::to_vec(msg).expect("control messages serialize");
         let mut frame = Vec::with_capacity(4 + body.len());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -124,8 +133,17 @@ impl Control {
                 self.pending.push_back(other);
             }
         }
-        if self.last_heard.elapsed() > self.timeout {
-            return Err(self.silent(&format!("{doing} (it answers no heartbeat)"), self.last_heard.elapsed()));
+        let quiet = self.last_heard.elapsed();
+        let missed = (quiet.as_millis() / HEARTBEAT.as_millis()) as u32;
+        if missed >= 2 && missed > self.missed_logged {
+            self.missed_logged = missed;
+            tracing::debug!(
+                "no word from the {} for {quiet:.1?} while {doing} (heartbeats missed)",
+                self.peer_role
+            );
+        }
+        if quiet > self.timeout {
+            return Err(self.silent(&format!("{doing} (it answers no heartbeat)"), quiet));
         }
         Ok(())
     }
@@ -191,6 +209,7 @@ impl Control {
         let mut body = vec![0u8; len];
         self.read_exact_until(&mut body, deadline, began, awaiting)?;
         self.last_heard = Instant::now();
+        self.missed_logged = 0;
         let msg: Msg = serde_json::from_slice(&body).map_err(|e| {
             Error::run(format!(
                 "protocol error: unreadable control message from the {} while {awaiting}: {e}",
@@ -207,7 +226,15 @@ impl Control {
                 Err(Error::run(format!("the {} refused the run: {reason}", self.peer_role))
                     .reported_by_peer())
             }
-            m => Ok(m),
+            m => {
+                match m {
+                    Msg::Ping | Msg::Pong | Msg::Probe { .. } | Msg::ProbeReply { .. } => {
+                        tracing::trace!("{} from the {}", m.name(), self.peer_role)
+                    }
+                    _ => tracing::debug!("received {} from the {}", m.brief(), self.peer_role),
+                }
+                Ok(m)
+            }
         }
     }
 
@@ -283,6 +310,7 @@ impl Control {
         awaiting: &str,
     ) -> Result<()> {
         let mut done = 0;
+        let mut told = false;
         while done < buf.len() {
             crate::signals::check()?;
             let Some(left) = net::remaining(deadline) else {
@@ -299,7 +327,13 @@ impl Control {
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => {}
+                Err(e) if is_timeout(&e) => {
+                    // Quick steps show as sent and received; a wait is named once it lasts.
+                    if !told {
+                        told = true;
+                        tracing::debug!("{awaiting} (nothing yet after {:.0?})", began.elapsed());
+                    }
+                }
                 Err(e) => return Err(self.io_error(e, awaiting)),
             }
         }
@@ -370,15 +404,26 @@ pub fn open_sender(
 ) -> Result<SenderSession> {
     let addrs = net::resolve(addr)?;
     let deadline = Instant::now() + timeout;
+    tracing::debug!("connecting to the receiver at {addr}");
     let stream = net::connect_until(&addrs, deadline, "receiver", bind)?;
     let mut ctrl = Control::new(stream, Role::Receiver, timeout)?;
+    tracing::debug!(
+        "connected to {} from {}; sending the preamble (protocol {protocol})",
+        ctrl.peer_addr,
+        ctrl.local_addr
+    );
 
     let mut pre = [0u8; 8];
     pre[..4].copy_from_slice(&MAGIC);
     pre[4..6].copy_from_slice(&protocol.to_be_bytes());
     ctrl.writer.write_all(&pre).map_err(|e| ctrl.io_error(e, "sending the preamble"))?;
     let mut reply = [0u8; 8];
+    tracing::debug!("waiting for the handshake");
     ctrl.read_exact_until(&mut reply, deadline, Instant::now(), "waiting for the handshake")?;
+    tracing::debug!(
+        "the receiver answered the preamble (status {})",
+        u16::from_be_bytes([reply[6], reply[7]])
+    );
     if reply[..4] != MAGIC {
         return Err(Error::run(format!(
             "{addr} is not a kvxfer receiver (it answered {:?})",
@@ -420,6 +465,7 @@ pub fn open_sender(
         samples.push(t.elapsed().as_nanos() as u64);
     }
     samples.sort_unstable();
+    tracing::debug!("plan accepted; control round trip {} us at best", samples[0] / 1000);
     Ok(SenderSession {
         ctrl,
         hello,
@@ -493,7 +539,9 @@ pub fn accept_hello(
 ) -> Result<ReceiverSession> {
     let accept_deadline = Instant::now() + wait_for_sender;
     loop {
+        tracing::debug!("waiting for a sender on {}", listener.local_addr()?);
         let (stream, from) = net::accept_until(listener, accept_deadline, "sender")?;
+        tracing::debug!("accepted a connection from {from}");
         match greet(stream, from, timeout, expect) {
             Greeting::Sender(s) => return Ok(*s),
             Greeting::Stranger(why) => eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}"),
@@ -528,6 +576,7 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
     };
     let mut pre = [0u8; 8];
     let deadline = ctrl.deadline();
+    tracing::debug!("waiting for the preamble from {from}");
     if let Err(e) = ctrl.read_exact_until(&mut pre, deadline, Instant::now(), "waiting for the preamble") {
         return Greeting::Stranger(e.message);
     }
@@ -555,7 +604,16 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
         Err(e) => return Greeting::Refused(e.context(format!("the sender at {from}"))),
     };
     match check_hello(&sess.hello, expect) {
-        Ok(()) => Greeting::Sender(Box::new(sess)),
+        Ok(()) => {
+            let h = &sess.hello;
+            tracing::debug!(
+                "plan adopted from {from}: {} over {}, digest {}",
+                h.plan.shape.model.name,
+                h.transport.kind,
+                h.plan_digest
+            );
+            Greeting::Sender(Box::new(sess))
+        }
         Err(reason) => Greeting::Refused(refuse(&mut sess, &reason)),
     }
 }

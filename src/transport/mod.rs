@@ -284,6 +284,8 @@ pub struct Setup<'a> {
 
 impl Setup<'_> {
     pub fn send(&mut self, data: serde_json::Value) -> Result<()> {
+        let keys = data.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "));
+        tracing::debug!("transport setup: sending {}", keys.unwrap_or_default());
         self.ctrl.send(&Msg::Setup { data })
     }
 

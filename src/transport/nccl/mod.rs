@@ -78,6 +78,7 @@ impl NcclSender {
         prepare_environment();
         let nccl = Nccl::open(lib)?;
         let id = nccl.unique_id()?;
+        tracing::debug!("NCCL {} loaded from {}; sending its unique id", nccl.version, nccl.path);
         setup.send(serde_json::json!({
             "unique_id": hex(&id.internal),
             "nccl_version": nccl.version,
@@ -101,6 +102,7 @@ impl NcclReceiver {
             })?;
         let mut id = UniqueId { internal: [0; 128] };
         id.internal.copy_from_slice(&bytes);
+        tracing::debug!("NCCL unique id received; joining the communicator");
         let side = Side::start(nccl, id, RECEIVER_RANK, spec, buf, &mut setup)?;
         let start = Event::new(&side.device)?;
         let spans = (0..MAX_SPANS).map(|_| Event::new(&side.device)).collect::<Result<_>>()?;
@@ -190,7 +192,9 @@ impl Side {
         };
         let connected = Event::new(&side.device)?;
         connected.record(&side.stream)?;
+        tracing::debug!("NCCL communicator joined; opening its connections to the peer");
         side.wait(&connected, deadline, &mut SetupWatch { setup, what: "opening the NCCL connections" })?;
+        tracing::debug!("NCCL connections open");
         side.info = side.describe(began.elapsed());
         Ok(side)
     }
@@ -313,6 +317,7 @@ impl Side {
 
 impl Drop for Side {
     fn drop(&mut self) {
+        tracing::debug!("teardown: aborting the NCCL communicator");
         let _ = self.device.bind();
         // Abort rather than destroy: it never waits on a peer that is gone.
         // SAFETY: the side, and with it the communicator, ends here.

@@ -111,12 +111,21 @@ impl Side {
             None => (buf.host_slice().expect("host memory").as_ptr() as *mut u8, Iface::Host),
         };
         let mut ep = open_endpoint(ofi, spec, iface != Iface::Host)?;
+        tracing::debug!(
+            "libfabric {} ({}): provider {} chosen, fabric {}, domain {}",
+            ofi.version,
+            ofi.path,
+            ep.chosen.provider,
+            ep.chosen.fabric,
+            ep.chosen.domain
+        );
         if let Some(d) = buf.device() {
             d.bind()?;
         }
         let data = ep.register(base, buf.len().max(1), iface, DATA_KEY)?;
         let mut signals = Box::new([0u64; 2]);
         let signal_region = ep.register(signals.as_mut_ptr() as *mut u8, 16, Iface::Host, SIGNAL_KEY)?;
+        tracing::debug!("libfabric memory registered: {} bytes ({iface:?}) and the signal words", buf.len());
         let virt = ep.virtual_addresses();
         setup.send(serde_json::json!({
             "libfabric": ofi.version,
@@ -139,6 +148,7 @@ impl Side {
         let peer = ep.insert(&theirs["name"].as_str().and_then(unhex).ok_or_else(|| bad("name"))?)?;
         let remote_base = theirs["base"].as_u64().ok_or_else(|| bad("base"))?;
         let remote_key = theirs["key"].as_u64().ok_or_else(|| bad("key"))?;
+        tracing::debug!("libfabric peer address inserted, its key {remote_key:#x}");
         let provider_name = ep.chosen.provider.clone();
         let mut info = TransportInfo::default();
         let c = &ep.chosen;
@@ -626,6 +636,10 @@ impl Side {
 
 impl Drop for Side {
     fn drop(&mut self) {
+        tracing::debug!(
+            "teardown: libfabric endpoint {}",
+            if self.failed { "left to the exit (a failed run)" } else { "closed" }
+        );
         match self.failed {
             // SAFETY: dropped once, here, and never used after.
             false => unsafe { std::mem::ManuallyDrop::drop(&mut self.ep) },

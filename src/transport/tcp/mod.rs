@@ -145,6 +145,7 @@ impl TcpSender {
             let mut stream: TcpStream = sock.into();
             stream.set_write_timeout(Some(timeout))?;
             stream.write_all(&hello_bytes(setup.cookie, idx))?;
+            tracing::debug!("tcp data stream {idx} connected to {addr}");
             streams.push(stream);
         }
         setup.recv("waiting for the receiver to accept the tcp data streams")?;
@@ -331,7 +332,10 @@ impl TcpReceiver {
                 && u64::from_le_bytes(hello[..8].try_into().unwrap()) == setup.cookie;
             let idx = u32::from_le_bytes(hello[8..].try_into().unwrap()) as usize;
             match slots.get_mut(idx) {
-                Some(slot @ None) if ok => *slot = Some(s),
+                Some(slot @ None) if ok => {
+                    tracing::debug!("tcp data stream {idx} accepted from {from}");
+                    *slot = Some(s)
+                }
                 _ => eprintln!("kvxfer-recv: ignoring a stray data connection from {from}"),
             }
         }

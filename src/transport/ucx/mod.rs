@@ -222,6 +222,12 @@ impl Side {
             None => (buf.host_slice().expect("host memory").as_ptr() as *mut c_void, MemType::Host),
         };
         let mut node = Node::new(ucp, base, buf.len(), mem, if sender { "receiver" } else { "sender" })?;
+        tracing::debug!(
+            "UCX {} ({}): worker open, {} bytes mapped ({mem:?})",
+            ucp.version,
+            ucp.path,
+            buf.len()
+        );
         setup.send(serde_json::json!({
             "ucx_version": ucp.version,
             "worker_address": hex(&node.address()?),
@@ -236,6 +242,7 @@ impl Side {
         };
         node.connect(&field("worker_address")?, spec.ucx_err_mode == UcxErrMode::Peer)?;
         node.use_remote_key(&field("rkey")?)?;
+        tracing::debug!("UCX endpoint to the peer's worker connected, its rkey unpacked");
         let remote_base =
             theirs["base"].as_u64().ok_or_else(|| Error::run("protocol error: no buffer address"))?;
         let peer_version = theirs["ucx_version"].as_str().unwrap_or("?").to_string();
@@ -280,6 +287,7 @@ impl Side {
                 w.finish_op(node, node.signal(hello)?, &what)?;
             }
         }
+        tracing::debug!("UCX endpoints wired up (a signal each way); warm-up round");
         let len = buf_len.clamp(1, WARM_UP_BYTES);
         let one = [Descriptor { first: 0, count: 1, sender: 0, receiver: 0, len }];
         let mut ignore = |_: usize, _: u64| Ok(());
@@ -415,6 +423,7 @@ impl Side {
         }
         let go = node.recv_signal(tag::make(tag::GO, 0, 0), tag::KIND)?;
         w.finish(node, go, true, &going)?;
+        tracing::debug!("request {request}: go received; posting {count} operations");
         ready.go();
         let mut window = Window::new(node, limit, &mut self.posted_at);
         let mut ignore = |_: usize, _: u64, _: Option<(Tag, usize)>| Ok(());
@@ -437,6 +446,7 @@ impl Side {
         if op == UcxOp::Put {
             // The flush completes once every put has landed at the peer.
             w.finish_op(node, node.flush()?, &what)?;
+            tracing::debug!("request {request}: {count} puts flushed");
         }
         while window.outstanding > 0 {
             window.reap(&doing, &mut ignore)?;
@@ -444,6 +454,7 @@ impl Side {
         }
         if op == UcxOp::Put {
             w.finish_op(node, node.signal(tag::make(tag::DONE, request, count))?, &what)?;
+            tracing::debug!("request {request}: done signalled");
         }
         Ok(())
     }

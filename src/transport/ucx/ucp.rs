@@ -635,8 +635,10 @@ impl Drop for Node {
         // a cma endpoint whose peer was killed mid-round): the process is
         // about to exit with the error, and the system reclaims it all.
         if self.failed {
+            tracing::debug!("teardown: UCX worker left to the exit (a failed run)");
             return;
         }
+        tracing::debug!("teardown: closing the UCX endpoint and worker");
         // SAFETY: each handle is released once, in the reverse order of creation.
         unsafe {
             if !self.rkey.is_null() {
