@@ -17,7 +17,8 @@
 //! request and writes the next one's pattern; isolated puts rewrite the
 //! source only) --pattern (kvxfer's own pattern kernels between signalled
 //! puts: the target checks the last put's bytes, the driver fills its
-//! source; the wrong bytes found are printed).
+//! source; the wrong bytes found are printed) --err-mode peer (UCX's peer
+//! error mode, as NIXL and kvxfer's default; default none).
 //!
 //! Per size, four loops, each after 3 untimed iterations:
 //!   window     puts back to back, 32 in flight, one flush at the end: the
@@ -58,6 +59,9 @@ struct Opts {
     touch: bool,
     rewrite: bool,
     pattern: bool,
+    /// UCP_ERR_HANDLING_MODE_PEER, as NIXL's UCX backend and kvxfer's
+    /// default: it drops lanes that cannot report a failed peer.
+    peer_mode: bool,
 }
 
 fn opts(args: &[String]) -> Opts {
@@ -74,6 +78,7 @@ fn opts(args: &[String]) -> Opts {
         touch: args.iter().any(|a| a == "--touch"),
         rewrite: args.iter().any(|a| a == "--rewrite"),
         pattern: args.iter().any(|a| a == "--pattern"),
+        peer_mode: value("--err-mode").is_some_and(|m| m == "peer"),
     }
 }
 
@@ -207,7 +212,7 @@ fn connect(o: &Opts, mem: &Memory, len: usize, s: &mut TcpStream) -> (Node, u64)
     send_blob(s, &node.packed_rkey().expect("rkey"));
     send_blob(s, &node.base().to_le_bytes());
     let (addr, rkey, base) = (recv_blob(s), recv_blob(s), recv_blob(s));
-    node.connect(&addr, false).expect("endpoint");
+    node.connect(&addr, o.peer_mode).expect("endpoint");
     node.use_remote_key(&rkey).expect("rkey");
     let remote = u64::from_le_bytes(base.try_into().expect("8 bytes"));
     // A tag each way, so both endpoints are wired up before any timing.
