@@ -22,7 +22,7 @@ fi
 cargo build --release --quiet
 KVXFER=target/release/kvxfer
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"; pkill -f "iperf3 -s -1 -p $PORT" 2>/dev/null || true' EXIT
+trap 'rm -rf "$WORK"' EXIT
 
 # Llama-3.1-8B at 512, 2048 and 8192 tokens: one message of 64 MiB, 256 MiB, 1 GiB.
 KV_CMD=("$KVXFER" pair -m llama-3.1-8b -p 512,2048,8192 -g request -n 10 -w 2 -q)
@@ -32,7 +32,9 @@ iperf() { # extra client args...; prints receiver GB/s
     local server=$!
     sleep 0.5
     iperf3 -c 127.0.0.1 -p $PORT -t $SECS -J "$@" >"$WORK/iperf.json"
-    wait $server || true
+    # A one-off server exits after its client; one whose client failed is ended here.
+    kill $server 2>/dev/null
+    wait $server 2>/dev/null || true
     python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]/8e9)' "$WORK/iperf.json"
 }
 

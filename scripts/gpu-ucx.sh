@@ -102,7 +102,7 @@ if [[ " $PARTS " == *" checks "* ]]; then
     KVXFER_TIMEOUT=5s scripts/two-gpus.sh "$OUT/check-kill" -t ucx --ucx-op put -p 131072 -g block \
         -n 1000 -w 1 &
     sleep 8
-    pkill -9 -f "kvxfer-send --connect" && echo "killed the sender at $(date +%s.%N)"
+    kill -9 "$(cat "$OUT/check-kill.send.pid")" && echo "killed the sender at $(date +%s.%N)"
     wait
     echo "receiver finished at $(date +%s.%N) (see check-kill.recv.txt)"
 fi

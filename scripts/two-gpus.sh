@@ -6,7 +6,8 @@
 #   scripts/two-gpus.sh OUT_PREFIX [kvxfer-send options ...]
 #   e.g. scripts/two-gpus.sh results/x/nccl-8b -t nccl -m llama-3.1-8b -p 128,8192 -g all
 #
-# Writes OUT_PREFIX.txt/.json/.csv (sender) and OUT_PREFIX.recv.txt/.recv.json.
+# Writes OUT_PREFIX.txt/.json/.csv (sender) and OUT_PREFIX.recv.txt/.recv.json;
+# OUT_PREFIX.send.pid holds the sender's PID while it runs.
 # Environment: KVXFER_BIN (folder of the binaries; default target/release),
 # SEND_GPU=0, RECV_GPU=1, SEND_MEMORY=gpu, RECV_MEMORY=gpu, KVXFER_TIMEOUT=60s.
 # NCCL_* variables pass through to both sides; NVLink multicast stays off.
@@ -35,8 +36,15 @@ if [ -z "$addr" ]; then
     exit 1
 fi
 "$BIN/kvxfer-send" --connect "$addr" --memory "${SEND_MEMORY:-gpu}" --device "${SEND_GPU:-0}" \
-    --timeout "$timeout" --json "$prefix.json" --csv "$prefix.csv" "$@" >"$prefix.txt" 2>&1
+    --timeout "$timeout" --json "$prefix.json" --csv "$prefix.csv" "$@" >"$prefix.txt" 2>&1 &
+send=$!
+# Its PID, for a caller that stops or kills it mid-run; Ctrl-C reaches both
+# sides (a script's background jobs ignore SIGINT otherwise).
+echo $send >"$prefix.send.pid"
+trap 'kill -INT $send $recv 2>/dev/null' INT TERM
+wait $send
 send_rc=$?
+rm -f "$prefix.send.pid"
 wait $recv
 recv_rc=$?
 cat "$prefix.recv.err" >>"$prefix.recv.txt" && rm -f "$prefix.recv.err"

@@ -104,8 +104,11 @@ pub fn connect_until(
             let (addr, e) = last_err.expect("at least one attempt");
             return Err(Error::run(format!("no {peer} at {addr} before the deadline: {e}")));
         }
-        // Launch order does not matter, but silence would: say once what is awaited.
-        if let (false, true, Some((addr, e))) = (told, began.elapsed() >= Duration::from_secs(1), &last_err) {
+        // Launch order does not matter, but silence would: say once what is
+        // awaited, after a moment in which a receiver started with it comes up.
+        if let (false, true, Some((addr, e))) =
+            (told, began.elapsed() >= Duration::from_millis(200), &last_err)
+        {
             let left = Duration::from_secs(remaining(deadline).map_or(0, |d| d.as_secs_f64().round() as u64));
             eprintln!(
                 "kvxfer: no {peer} at {addr} yet ({e}); trying again for {} (--timeout)",

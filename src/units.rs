@@ -32,11 +32,23 @@ pub fn parse_token_count(s: &str) -> Result<u32> {
 
 /// A comma-separated list of token counts, kept in the order given.
 pub fn parse_token_list(s: &str) -> Result<Vec<u32>> {
-    let items: Vec<&str> = s.split(',').filter(|p| !p.trim().is_empty()).collect();
-    if items.is_empty() {
-        return Err(Error::usage("the list of prompt lengths is empty"));
+    list_items(s, "the list of prompt lengths")?.into_iter().map(parse_token_count).collect()
+}
+
+/// The items of a comma-separated list; an empty list or an empty item
+/// (`1k,,2k`, a trailing comma) is refused, as a typo would be.
+pub fn list_items<'a>(s: &'a str, what: &str) -> Result<Vec<&'a str>> {
+    if s.trim().is_empty() {
+        return Err(Error::usage(format!("{what} is empty")));
     }
-    items.into_iter().map(parse_token_count).collect()
+    let items: Vec<&str> = s.split(',').map(str::trim).collect();
+    match items.iter().position(|i| i.is_empty()) {
+        Some(at) => Err(Error::usage(format!(
+            "{what} '{s}' has an empty item (item {}): remove the extra comma",
+            at + 1
+        ))),
+        None => Ok(items),
+    }
 }
 
 /// A positive integer with a name for the error message.

@@ -121,6 +121,11 @@ fn bad_values_are_refused_clearly() {
         (SEND, &["--connect", "10.0.0.1:0"], "port 0"),
         (RECV, &["--listen", "1.2.3:x"], "malformed address"),
         (RECV, &["--wait-for-sender", "0"], "above zero"),
+        (KVXFER, &["plan", "-p", "1k,,2k"], "'1k,,2k' has an empty item (item 2)"),
+        (KVXFER, &["pair", "-g", "layer,"], "has an empty item (item 2)"),
+        (KVXFER, &["pair", "--arrivals", "poisson:5,,10"], "has an empty item"),
+        (KVXFER, &["size", "--mix", "1,,2"], "has an empty item"),
+        (KVXFER, &["pair", "--bogus"], "unexpected argument '--bogus'"),
     ];
     for (bin, args, needle) in cases {
         let f = run(bin, args, secs(10));
@@ -128,7 +133,105 @@ fn bad_values_are_refused_clearly() {
         assert!(f.stderr.contains(needle), "{bin} {args:?}: stderr lacks {needle:?}:\n{}", f.stderr);
         assert!(!f.stderr.contains("panicked"), "{bin} {args:?} panicked:\n{}", f.stderr);
         assert!(f.rows().is_empty(), "{bin} {args:?} measured something");
+        // One style: clap's refusals read as kvxfer's own.
+        let name = std::path::Path::new(bin).file_name().unwrap().to_str().unwrap();
+        assert!(f.stderr.starts_with(&format!("{name}: error: ")), "{bin} {args:?}:\n{}", f.stderr);
     }
+}
+
+/// The column titles of a run's table (its `#    gran` line).
+fn title_line(stdout: &str) -> &str {
+    stdout.lines().find(|l| l.starts_with('#') && l.contains(" gran ")).expect("a title line")
+}
+
+fn titles(stdout: &str) -> Vec<String> {
+    let line = title_line(stdout).trim_start_matches('#');
+    let line = line.replace("msg size", "msg_size").replace("msg p", "msg_p").replace("mean ± σ", "mean±σ");
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// A row's cell under the title `name` (columns are right-aligned to it).
+fn cell(stdout: &str, row: &str, name: &str) -> String {
+    let titles = title_line(stdout);
+    let titles: Vec<char> = titles.chars().collect();
+    let name: Vec<char> = format!(" {name}").chars().collect();
+    let at = titles.windows(name.len()).position(|w| w == name.as_slice()).expect("a column") + 1;
+    let end = at + name.len() - 1;
+    // The cell starts where the column before it ends.
+    let start = titles[..at].iter().rposition(|c| *c != ' ').map_or(0, |i| i + 1);
+    let chars: Vec<char> = row.chars().collect();
+    chars[start.min(chars.len())..end.min(chars.len())].iter().collect::<String>().trim().to_string()
+}
+
+#[test]
+fn the_table_fits_100_columns_and_wide_shows_every_figure() {
+    // Two layers of one KV head: 100 requests are quick.
+    let tiny = ["-m", "llama-3.1-8b", "--layers", "2", "--kv-heads", "1", "-p", "16", "-g", "layer"];
+    let f = run(KVXFER, &[&["pair"][..], &tiny[..], &["-n", "100", "-w", "0"]].concat(), secs(60));
+    f.expect_code(0);
+    assert_eq!(
+        titles(&f.stdout),
+        ["gran", "prompt", "n", "request", "p50", "p99", "max", "GB/s", "%peak", "wrong"]
+    );
+    let rows = f.rows();
+    assert_eq!(rows.len(), 1, "{}", f.stdout);
+    assert!(rows.iter().all(|r| r.chars().count() <= 100), "{}", f.stdout);
+    // 100 requests support p99: a figure, not -.
+    assert_eq!(cell(&f.stdout, &rows[0], "n"), "100", "{}", rows[0]);
+    assert!(cell(&f.stdout, &rows[0], "p99").ends_with('s'), "p99 is measured: {}", f.stdout);
+    // --wide: every figure; with 100 requests p99.9 is still -.
+    let w = run(KVXFER, &[&["pair"][..], &tiny[..], &["-n", "100", "-w", "0", "--wide"]].concat(), secs(60));
+    w.expect_code(0);
+    assert_eq!(
+        titles(&w.stdout),
+        [
+            "gran", "prompt", "n", "msgs", "msg_size", "request", "mean±σ", "min", "p50", "p90", "p99",
+            "p99.9", "max", "msg_p50", "msg_p99", "GB/s", "%peak", "wrong"
+        ]
+    );
+    let row = &w.rows()[0];
+    assert_eq!(cell(&w.stdout, row, "p99.9"), "-", "{}", w.stdout);
+    assert!(cell(&w.stdout, row, "p99").ends_with('s'), "{}", w.stdout);
+    assert!(row.contains(" ± "), "{row}");
+    // 3 requests: p99 is not a figure.
+    let few = run(KVXFER, &[&["pair"][..], &tiny[..], &["-n", "3", "-w", "0"]].concat(), secs(60));
+    assert_eq!(cell(&few.stdout, &few.rows()[0], "n"), "3", "{}", few.stdout);
+    assert_eq!(cell(&few.stdout, &few.rows()[0], "p99"), "-", "{}", few.stdout);
+}
+
+#[test]
+fn a_sender_waiting_for_its_receiver_says_so_within_a_second() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let send = Proc::start(SEND, &["--connect", &format!("127.0.0.1:{port}"), "--timeout", "5s"]);
+    let notice = format!("no receiver at 127.0.0.1:{port} yet (Connection refused");
+    assert!(send.wait_for(&notice, secs(1)), "no notice within 1 s: {}", send.stderr());
+    send.finish(secs(15)).expect_code(1);
+}
+
+/// The README's sample run: its header lines, label by label, and its column
+/// titles are what the binary prints today.
+#[test]
+fn the_readme_sample_output_matches_the_binary() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("$ kvxfer pair").expect("a sample run in the README");
+    let sample = &readme[start..start + readme[start..].find("```").unwrap()];
+    // The label of each # line that opens a section ("# model", "# cold start").
+    let labels = |text: &str| -> Vec<String> {
+        text.lines()
+            // "# spread" lines depend on the run's own times.
+            .filter(|l| l.starts_with("# ") && !l.starts_with("#  ") && !l.starts_with("# kvxfer "))
+            .filter(|l| !l.starts_with("# spread "))
+            .map(|l| match l[2..].split_whitespace().next().unwrap() {
+                "cold" => "cold start".to_string(),
+                word => word.to_string(),
+            })
+            .collect()
+    };
+    let f = run(KVXFER, &["pair", "-p", "128", "-g", "all", "-n", "2", "-w", "0"], secs(60));
+    f.expect_code(0);
+    assert_eq!(labels(sample), labels(&f.stdout), "README sample:\n{sample}\nbinary:\n{}", f.stdout);
+    assert_eq!(titles(sample), titles(&f.stdout));
+    assert!(sample.lines().nth(1).unwrap().starts_with("# kvxfer "), "{sample}");
 }
 
 #[test]

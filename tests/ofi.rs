@@ -77,6 +77,21 @@ fn pair_runs_ofi_in_one_process_one_at_a_time_and_inline() {
 }
 
 #[test]
+fn pair_over_the_tcp_provider_stays_on_loopback() {
+    let _serial = one_at_a_time();
+    // The provider is asked for the control connection's interface first:
+    // pair's 127.0.0.1, whatever fabric it would list first.
+    let f = run(
+        KVXFER,
+        &["pair", "-t", "ofi", "--ofi-provider", "tcp", "-p", "64", "-n", "1", "-w", "0"],
+        secs(60),
+    );
+    f.expect_code(0);
+    let transport = f.stdout.lines().find(|l| l.starts_with("# transport")).expect("a transport line");
+    assert!(transport.contains("fabric 127.") && transport.contains("domain lo"), "{}", f.stdout);
+}
+
+#[test]
 fn a_required_provider_passes_or_fails_the_run() {
     let _serial = one_at_a_time();
     let (send, _, _) =

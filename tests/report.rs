@@ -18,6 +18,14 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
     (be(16), be(20))
 }
 
+/// The text elements of an SVG (titles, tick labels, legend), in order.
+fn svg_texts(svg: &str) -> Vec<String> {
+    svg.split("<text")
+        .skip(1)
+        .filter_map(|t| Some(t.split_once('>')?.1.split_once("</text>")?.0.trim().to_string()))
+        .collect()
+}
+
 #[test]
 fn report_merges_runs_into_series_a_table_and_plots() {
     let dir = tempfile::tempdir().unwrap();
@@ -58,11 +66,34 @@ fn report_merges_runs_into_series_a_table_and_plots() {
     for text in ["theoretical peak: nvlink4, 450 GB/s", "ucx put · request", "tcp · block", "log scale"] {
         assert!(bw.contains(text), "bandwidth.svg lacks {text:?}");
     }
+    // Ticks at the prompt lengths measured, written as operators write them.
+    let labels = svg_texts(&bw);
+    let x: Vec<&str> = ["128", "512", "1k", "2k", "8k", "32k", "128k"].to_vec();
+    assert!(x.iter().all(|t| labels.contains(&t.to_string())), "{labels:?}");
+    // None where nothing was measured.
+    assert!(!labels.iter().any(|l| l == "4k" || l == "16k" || l == "10000"), "{labels:?}");
+    let latency = svg_texts(&std::fs::read_to_string(out.join("latency.svg")).unwrap());
+    assert!(x.iter().all(|t| latency.contains(&t.to_string())), "{latency:?}");
+    // Times in human units: "1 ms", "100 ms", never a bare 1000000.
+    assert!(latency.iter().any(|l| l == "1 ms") && latency.iter().any(|l| l == "100 ms"), "{latency:?}");
+    assert!(!latency.iter().any(|l| l.chars().all(|c| c.is_ascii_digit()) && l.len() > 4), "{latency:?}");
     let h = std::fs::read_to_string(out.join("histogram-8192.svg")).unwrap();
     assert!(
         h.contains("nccl P2P/CUMEM group 32 · layer") && h.contains("tcp · request"),
         "one bar set per series"
     );
+    // One x range for all panels: the same time ticks under each caption.
+    let mut panels: Vec<Vec<String>> = Vec::new();
+    for t in svg_texts(&h) {
+        let number = t.split(' ').next().is_some_and(|n| n.parse::<f64>().is_ok());
+        match (t.contains(": p50 "), number && [" us", " ms", " s"].iter().any(|u| t.ends_with(u))) {
+            (true, _) => panels.push(Vec::new()),
+            (false, true) => panels.last_mut().expect("a caption first").push(t),
+            _ => {}
+        }
+    }
+    assert_eq!(panels.len(), 4, "{panels:?}");
+    assert!(panels.iter().all(|p| *p == panels[0]) && panels[0].len() >= 2, "{panels:?}");
     // Only NCCL measured 131072 tokens: its histogram holds nothing else.
     let h = std::fs::read_to_string(out.join("histogram-131072.svg")).unwrap();
     assert!(

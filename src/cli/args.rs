@@ -421,6 +421,10 @@ pub struct OutputArgs {
     /// No table on stdout, no progress bar
     #[arg(long, short = 'q', help_heading = "Output")]
     pub quiet: bool,
+    /// Every figure in the table (messages, p90, p99.9, mean ± σ, min; about
+    /// 190 columns) where the terminal is that wide; the default fits 100
+    #[arg(long, help_heading = "Output")]
+    pub wide: bool,
     /// Instead of the table, one JSON line per point as it completes, and one for the outcome
     #[arg(long, help_heading = "Output")]
     pub json_stream: bool,
@@ -829,7 +833,8 @@ fn expected_model(s: &str) -> Result<ModelSpec, String> {
 }
 
 fn multi_turn_list(s: &str) -> Result<Vec<MultiTurn>, String> {
-    s.split(',').map(|m| MultiTurn::parse(m.trim()).map_err(|e| e.message)).collect()
+    let items = units::list_items(s, "--multi-turn").map_err(|e| e.message)?;
+    items.into_iter().map(|m| MultiTurn::parse(m).map_err(|e| e.message)).collect()
 }
 
 #[derive(Args, Clone, Debug)]
@@ -858,7 +863,9 @@ pub struct SizeArgs {
 }
 
 fn weight_list(s: &str) -> Result<Vec<f64>, String> {
-    s.split(',')
+    units::list_items(s, "--mix")
+        .map_err(|e| e.message)?
+        .into_iter()
         .map(|w| match w.trim().parse::<f64>() {
             Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
             _ => Err(format!("'{w}' is not a positive weight")),

@@ -111,7 +111,7 @@ pub fn main_kvxfer() -> ! {
         _ => {}
     }
     crate::signals::install();
-    let cli = Kvxfer::parse();
+    let cli: Kvxfer = parse_args("kvxfer");
     crate::logging::init(cli.verbose);
     exit_with(
         "kvxfer",
@@ -132,21 +132,40 @@ pub fn main_kvxfer() -> ! {
 
 pub fn main_send() -> ! {
     crate::signals::install();
-    let cli = SendCli::parse();
+    let cli: SendCli = parse_args("kvxfer-send");
     crate::logging::init(cli.verbose);
     exit_with("kvxfer-send", send(&cli.args))
 }
 
 pub fn main_recv() -> ! {
     crate::signals::install();
-    let cli = RecvCli::parse();
+    let cli: RecvCli = parse_args("kvxfer-recv");
     crate::logging::init(cli.verbose);
     exit_with("kvxfer-recv", recv(&cli.args))
 }
 
+/// The command line, or the exit: help and version as clap prints them, a
+/// bad argument as every other error is printed ("PROGRAM: error: ...",
+/// exit 2), with clap's usage and hint after it.
+fn parse_args<T: Parser>(program: &str) -> T {
+    match T::try_parse() {
+        Ok(t) => t,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("{program}: error: {text}");
+            std::process::exit(Error::usage("").exit_code())
+        }
+    }
+}
+
 fn exit_with(program: &str, result: Result<()>) -> ! {
+    let broken_pipe = std::io::Error::from_raw_os_error(libc::EPIPE).to_string();
     let code = match result {
         Ok(()) => 0,
+        // Stdout closed early (`kvxfer plan | head`): stop quietly, as a filter does.
+        Err(e) if e.message == broken_pipe => 0,
         Err(e) => {
             eprintln!("{program}: error: {e}");
             e.exit_code()
@@ -909,6 +928,7 @@ impl measure::RunEvents for Shown<'_> {
         if point == 0 && iteration == 0 {
             self.screen.first_request(self.report, bytes, ns);
         }
+        self.screen.request(point, iteration, bytes, ns);
     }
 
     fn checked(&mut self, verified_bytes: u64, wrong_bytes: u64) {

@@ -1,6 +1,7 @@
 //! What a run shows while it goes: the table on stdout (or, with
 //! `--json-stream`, one JSON line per point and one for the outcome), and a
-//! progress bar on stderr where stderr is a terminal.
+//! progress bar on stderr where stderr is a terminal: the request in
+//! progress, its GB/s and an ETA for the whole sweep.
 
 use super::args::OutputArgs;
 use crate::error::Result;
@@ -8,12 +9,34 @@ use crate::measure::PointResult;
 use crate::report::{table, RunReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 use std::time::Duration;
 
 pub struct Screen {
     table: bool,
     json_stream: bool,
+    layout: table::Layout,
     bar: ProgressBar,
+    /// Each point's name, requests and bytes (warm-ups included): the bar
+    /// counts bytes, so its ETA weighs a large point as it will take.
+    points: Mutex<Vec<PointWork>>,
+}
+
+struct PointWork {
+    name: String,
+    requests: u32,
+    bytes: u64,
+}
+
+/// The width of the terminal on stdout, if it is one.
+fn terminal_width() -> Option<usize> {
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut size = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCGWINSZ fills the one winsize given.
+    let rc = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) };
+    (rc == 0 && size.ws_col > 0).then_some(size.ws_col as usize)
 }
 
 impl Screen {
@@ -24,23 +47,48 @@ impl Screen {
             true => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             false => ProgressBar::hidden(),
         };
-        Screen { table: !a.quiet && !a.json_stream, json_stream: a.json_stream, bar }
+        Screen {
+            table: !a.quiet && !a.json_stream,
+            json_stream: a.json_stream,
+            layout: table::Layout::choose(a.wide, terminal_width()),
+            bar,
+            points: Mutex::default(),
+        }
     }
 
     /// Shows nothing (the receiver thread of `kvxfer pair`).
     pub fn silent() -> Screen {
-        Screen { table: false, json_stream: false, bar: ProgressBar::hidden() }
+        Screen {
+            table: false,
+            json_stream: false,
+            layout: table::Layout::NARROW,
+            bar: ProgressBar::hidden(),
+            points: Mutex::default(),
+        }
     }
 
     pub fn header(&self, report: &RunReport) -> Result<()> {
         if self.table {
-            table::header(report, &mut std::io::stdout().lock())?;
+            table::header(report, self.layout, &mut std::io::stdout().lock())?;
         }
-        self.bar.set_length(report.plan.points().len() as u64);
+        let plan = &report.plan;
+        let points: Vec<PointWork> = plan
+            .points()
+            .iter()
+            .map(|p| PointWork {
+                name: format!("{} {}", p.layout.granularity, p.layout.tokens),
+                requests: plan.requests_in(p),
+                bytes: plan.requests_in(p) as u64 * p.layout.total_bytes() as u64,
+            })
+            .collect();
+        self.bar.set_length(points.iter().map(|p| p.bytes).sum::<u64>().max(1));
+        *self.points.lock().expect("not poisoned") = points;
         self.bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} points {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} [{bar:24}] {percent:>3}% ETA {eta} {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
         );
         self.bar.enable_steady_tick(Duration::from_millis(200));
         Ok(())
@@ -50,7 +98,7 @@ impl Screen {
         self.bar.suspend(|| {
             let mut out = std::io::stdout().lock();
             if self.table {
-                let _ = table::row(report, p, &mut out);
+                let _ = table::row(report, p, self.layout, &mut out);
             }
             if self.json_stream {
                 let line = serde_json::json!({ "model": report.model, "transport": report.transport.kind, "point": p });
@@ -58,8 +106,29 @@ impl Screen {
                 let _ = out.flush();
             }
         });
-        self.bar.inc(1);
-        self.bar.set_message(format!("last: {} {}, {:.1} GB/s", p.granularity, p.prompt_tokens, p.gbps));
+        // Where requests did not report themselves (lanes), the point's end moves the bar.
+        let points = self.points.lock().expect("not poisoned");
+        self.bar.set_position(points.iter().take(p.point + 1).map(|p| p.bytes).sum());
+        self.bar.set_message(format!("last: {} {}, {:.2} GB/s", p.granularity, p.prompt_tokens, p.gbps));
+    }
+
+    /// A request done: the bar moves by its bytes and shows its rate.
+    pub fn request(&self, point: usize, iteration: u32, bytes: usize, ns: u64) {
+        if self.bar.is_hidden() {
+            return;
+        }
+        let points = self.points.lock().expect("not poisoned");
+        let Some(p) = points.get(point) else { return };
+        self.bar.inc(bytes as u64);
+        self.bar.set_message(format!(
+            "point {}/{} ({}): request {}/{} {:.2} GB/s",
+            point + 1,
+            points.len(),
+            p.name,
+            iteration + 1,
+            p.requests,
+            crate::units::gbps(bytes as u64, ns as f64)
+        ));
     }
 
     /// After the run's first request: where the rate says the sweep will
@@ -78,7 +147,7 @@ impl Screen {
         self.bar.finish_and_clear();
         let mut out = std::io::stdout().lock();
         if self.table {
-            table::footer(report, &mut out)?;
+            table::footer(report, self.layout, &mut out)?;
         }
         if self.json_stream {
             let line = serde_json::json!({

@@ -18,6 +18,9 @@ pub struct LatencySummary {
     pub count: u64,
     pub min: u64,
     pub mean: f64,
+    /// Standard deviation (0 in reports older than it).
+    #[serde(default)]
+    pub stdev: f64,
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
@@ -34,6 +37,7 @@ impl LatencySummary {
             count: h.len(),
             min: h.min(),
             mean: h.mean(),
+            stdev: h.stdev(),
             p50: h.value_at_quantile(0.50),
             p90: h.value_at_quantile(0.90),
             p99: h.value_at_quantile(0.99),

@@ -39,7 +39,7 @@ impl Granularity {
 
     pub fn parse_list(s: &str) -> Result<Vec<Granularity>> {
         let mut out = Vec::new();
-        for item in s.split(',').filter(|p| !p.trim().is_empty()) {
+        for item in crate::units::list_items(s, "the list of granularities")? {
             let g = if item.trim() == "all" {
                 Granularity::ALL.to_vec()
             } else {

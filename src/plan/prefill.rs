@@ -48,7 +48,7 @@ impl Prefill {
     /// `--prefill-ms TOKENS:MS,...`: every pair's time zero or more.
     pub fn parse_ms(s: &str) -> Result<PrefillTime> {
         let mut pairs = Vec::new();
-        for item in s.split(',') {
+        for item in crate::units::list_items(s, "--prefill-ms")? {
             let (tokens, ms) = item.split_once(':').ok_or_else(|| {
                 Error::usage(format!("--prefill-ms wants TOKENS:MS pairs (1024:35,8k:410), got '{item}'"))
             })?;

@@ -44,6 +44,7 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("count", l.count.to_string()),
             ("min", l.min.to_string()),
             ("mean", format!("{:.1}", l.mean)),
+            ("stdev", format!("{:.1}", l.stdev)),
             ("p50", l.p50.to_string()),
             ("p90", l.p90.to_string()),
             ("p99", l.p99.to_string()),

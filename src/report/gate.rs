@@ -19,7 +19,7 @@ pub struct Threshold {
 impl Threshold {
     pub fn parse(s: &str) -> Result<Threshold> {
         let mut t = Threshold::default();
-        for item in s.split(',').map(str::trim) {
+        for item in units::list_items(s, "the gate's list")? {
             let value = |v: &str| match v.parse::<f64>() {
                 Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
                 _ => Err(Error::usage(format!("'{v}' is not a positive number (in '{s}')"))),

@@ -7,6 +7,7 @@
 use super::compare::Series;
 use crate::error::{Error, Result};
 use crate::measure::stats::decode_histogram;
+use plotters::coord::combinators::{BindKeyPoints, WithKeyPoints};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -58,6 +59,57 @@ fn number(v: &f64) -> String {
         true => format!("{v:.0}"),
         false => format!("{}", (v * 1000.0).round() / 1000.0),
     }
+}
+
+/// A prompt length as an operator writes it: 1k, 8k, 128k, or 128, 1000.
+fn tokens_label(v: &f64) -> String {
+    let t = v.round() as u64;
+    match t >= 1024 && t.is_multiple_of(1024) {
+        true => format!("{}k", t / 1024),
+        false => number(v),
+    }
+}
+
+/// A time given in microseconds, in the unit that reads best: 500 us, 2 ms, 1.5 s.
+fn human_us(v: &f64) -> String {
+    match *v {
+        v if v >= 1e6 => format!("{} s", number(&(v / 1e6))),
+        v if v >= 1e3 => format!("{} ms", number(&(v / 1e3))),
+        0.0 => "0".into(),
+        v => format!("{} us", number(&v)),
+    }
+}
+
+/// The values an axis is ticked at: each distinct one measured, in order.
+fn ticks(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut t: Vec<f64> = values.collect();
+    t.sort_by(f64::total_cmp);
+    t.dedup();
+    t
+}
+
+/// Series `i`'s marker shape, in pixels around its point: circle, triangle,
+/// square, diamond, triangle down, pentagon, so that series stay apart in
+/// grey print and for colour-blind readers.
+fn marker_shape(i: usize, (dx, dy): (i32, i32)) -> Vec<(i32, i32)> {
+    let polygon = |n: usize, r: f64, turn: f64| -> Vec<(i32, i32)> {
+        (0..n)
+            .map(|k| {
+                let a = turn + std::f64::consts::TAU * k as f64 / n as f64;
+                ((r * a.cos()).round() as i32, (r * a.sin()).round() as i32)
+            })
+            .collect()
+    };
+    let up = -std::f64::consts::FRAC_PI_2;
+    let shape = match i % 6 {
+        0 => polygon(12, 5.5, 0.0),
+        1 => polygon(3, 7.5, up),
+        2 => polygon(4, 7.0, std::f64::consts::FRAC_PI_4),
+        3 => polygon(4, 7.0, 0.0),
+        4 => polygon(3, 7.5, -up),
+        _ => polygon(5, 7.0, up),
+    };
+    shape.into_iter().map(|(x, y)| (x + dx, y + dy)).collect()
 }
 
 fn color(i: usize) -> RGBColor {
@@ -115,7 +167,7 @@ impl Figure for Bandwidth<'_> {
             .margin(16)
             .x_label_area_size(56)
             .y_label_area_size(80)
-            .build_cartesian_2d((x.0..x.1).log_scale(), range.clone())
+            .build_cartesian_2d((x.0..x.1).log_scale().with_key_points(prompt_ticks(series)), range.clone())
             .map_err(plot_error)?;
         let y_desc = match log {
             true => "GB/s (1e9 bytes/s, log scale), mean over requests",
@@ -126,7 +178,7 @@ impl Figure for Bandwidth<'_> {
             .configure_mesh()
             .x_desc("prompt length (tokens, log scale)")
             .y_desc(y_desc)
-            .x_label_formatter(&number)
+            .x_label_formatter(&tokens_label)
             .y_label_formatter(&fmt)
             .y_labels(if log { decades + 1 } else { 10 })
             .label_style(("sans-serif", 16))
@@ -149,8 +201,14 @@ impl Figure for Bandwidth<'_> {
                 .draw_series(LineSeries::new(pts.clone(), c.stroke_width(3)))
                 .map_err(plot_error)?
                 .label(s.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
-            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 5, c.filled()))).map_err(plot_error)?;
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (24, 0)], c.stroke_width(3))
+                        + Polygon::new(marker_shape(i, (12, 0)), c.filled())
+                });
+            let markers =
+                pts.iter().map(|&p| EmptyElement::at(p) + Polygon::new(marker_shape(i, (0, 0)), c.filled()));
+            chart.draw_series(markers).map_err(plot_error)?;
         }
         let lines: Vec<Vec<(f64, f64)>> = series
             .iter()
@@ -178,12 +236,10 @@ impl Figure for Latency<'_> {
         let (lo, hi) = all.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let mut chart = log_log(
             root,
-            "Request latency by prompt length: p50 solid, p99 dashed, max ×",
+            "Request latency by prompt length: p50 solid with markers, p99 dashed, max ×",
             (x.0, x.1, lo / 2.0, hi * 2.0),
-            (
-                "prompt length (tokens, log scale)",
-                "request latency, receiver's go to last byte (us, log scale)",
-            ),
+            ("prompt length (tokens, log scale)", "request latency, receiver's go to last byte (log scale)"),
+            (prompt_ticks(series), &tokens_label, &human_us),
         )?;
         for (i, s) in series.iter().enumerate() {
             let c = color(i);
@@ -194,7 +250,15 @@ impl Figure for Latency<'_> {
                 .draw_series(LineSeries::new(line(|p| p.request_ns.p50), c.stroke_width(3)))
                 .map_err(plot_error)?
                 .label(s.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+                .legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (24, 0)], c.stroke_width(3))
+                        + Polygon::new(marker_shape(i, (12, 0)), c.filled())
+                });
+            let markers = line(|p| p.request_ns.p50)
+                .into_iter()
+                .map(move |p| EmptyElement::at(p) + Polygon::new(marker_shape(i, (0, 0)), c.filled()));
+            chart.draw_series(markers).map_err(plot_error)?;
             chart
                 .draw_series(DashedLineSeries::new(line(|p| p.request_ns.p99), 8, 5, c.stroke_width(2)))
                 .map_err(plot_error)?;
@@ -256,7 +320,7 @@ fn emptiest_corner(
 }
 
 /// The request-latency histograms of one prompt length: a panel per
-/// series, each over its own range (series may differ 100x), 30 bins.
+/// series, all over one range so that panels compare at a glance, 30 bins.
 struct HistogramAt<'a> {
     series: &'a [Series],
     tokens: u32,
@@ -276,24 +340,32 @@ impl Figure for HistogramAt<'_> {
             .filter_map(|(i, s)| s.points.iter().find(|p| p.prompt_tokens == self.tokens).map(|p| (i, s, p)))
             .collect();
         let title = format!(
-            "Request latency histograms, {} tokens: x in us, y the fraction of timed requests",
+            "Request latency histograms, {} tokens: x the request latency (one log range for all), y the \
+             fraction of timed requests",
             self.tokens
         );
-        let body = root.titled(&title, ("sans-serif", 26)).map_err(plot_error)?;
+        let body = root.titled(&title, ("sans-serif", 24)).map_err(plot_error)?;
         let panels = body.split_evenly((found.len().max(1), 1));
-        for ((i, s, p), panel) in found.into_iter().zip(panels.iter()) {
+        // Each panel's recorded values (us, count), then the range they share.
+        let mut recorded = Vec::new();
+        for (_, _, p) in &found {
             let h = decode_histogram(&p.request_histogram)?;
             let values: Vec<(f64, u64)> =
                 h.iter_recorded().map(|v| (v.value_iterated_to() as f64 / 1e3, v.count_at_value())).collect();
-            let (lo, hi) = values.iter().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v.0), hi.max(v.0)));
-            let (lo, hi) = if lo > hi { (0.0, 1.0) } else { (lo, hi.max(lo * 1.001)) };
-            let pad = (hi - lo) * 0.08;
-            let (a, b) = (lo - pad, hi + pad);
-            let width = (b - a) / BINS as f64;
+            recorded.push(values);
+        }
+        let (lo, hi) =
+            recorded.iter().flatten().fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v.0), hi.max(v.0)));
+        let (lo, hi) = if lo > hi { (1.0, 10.0) } else { (lo.max(1e-3), hi.max(lo * 1.001)) };
+        // Log bins: series 100x apart keep their shapes on the one range.
+        let (a, b) = (lo / 1.15, hi * 1.15);
+        let bin_of = |us: f64| (((us / a).ln() / (b / a).ln() * BINS as f64) as usize).min(BINS - 1);
+        let edge = |k: usize| a * (b / a).powf(k as f64 / BINS as f64);
+        for (((i, s, p), values), panel) in found.into_iter().zip(recorded).zip(panels.iter()) {
             let total = values.iter().map(|v| v.1).sum::<u64>().max(1) as f64;
             let mut frac = vec![0.0; BINS];
             for &(us, n) in &values {
-                frac[(((us - a) / width) as usize).min(BINS - 1)] += n as f64 / total;
+                frac[bin_of(us.max(a))] += n as f64 / total;
             }
             let c = color(i);
             let mut chart = ChartBuilder::on(panel)
@@ -309,22 +381,23 @@ impl Figure for HistogramAt<'_> {
                 .margin(6)
                 .x_label_area_size(30)
                 .y_label_area_size(60)
-                .build_cartesian_2d(a..b, 0f64..frac.iter().copied().fold(0.0, f64::max) * 1.2)
+                .build_cartesian_2d((a..b).log_scale(), 0f64..frac.iter().copied().fold(0.0, f64::max) * 1.2)
                 .map_err(plot_error)?;
             chart
                 .configure_mesh()
-                .x_desc(if panels.len() <= 2 { "request latency (us)" } else { "" })
-                .x_label_formatter(&number)
+                .x_desc(if panels.len() <= 2 { "request latency (log scale)" } else { "" })
+                .x_label_formatter(&human_us)
                 .y_labels(3)
                 .label_style(("sans-serif", 13))
                 .axis_desc_style(("sans-serif", 15))
                 .draw()
                 .map_err(plot_error)?;
             chart
-                .draw_series(frac.iter().enumerate().filter(|(_, f)| **f > 0.0).map(|(k, f)| {
-                    let x0 = a + k as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width, *f)], c.mix(0.7).filled())
-                }))
+                .draw_series(
+                    frac.iter().enumerate().filter(|(_, f)| **f > 0.0).map(|(k, f)| {
+                        Rectangle::new([(edge(k), 0.0), (edge(k + 1), *f)], c.mix(0.7).filled())
+                    }),
+                )
                 .map_err(plot_error)?;
         }
         Ok(())
@@ -476,7 +549,16 @@ impl Figure for LoadLatency<'_> {
             root,
             "Latency under load: arrival to last byte, p50 solid, p99 dashed, × saturated",
             (xlo / 1.5, xhi * 1.5, ylo / 2.0, yhi * 2.0),
-            ("offered load (requests per second, log scale)", "latency (ms, log scale)"),
+            ("offered load (requests per second, log scale)", "latency, arrival to last byte (log scale)"),
+            (
+                ticks(lines.iter().flat_map(|(_, _, l)| l.iter().map(|f| f.offered_qps))),
+                &|qps: &f64| match *qps {
+                    q if q >= 100.0 => format!("{q:.0}/s"),
+                    q if q >= 10.0 => format!("{q:.1}/s"),
+                    q => format!("{q:.2}/s"),
+                },
+                &|ms: &f64| human_us(&(ms * 1e3)),
+            ),
         )?;
         for (i, label, l) in &lines {
             let c = color(*i);
@@ -557,14 +639,22 @@ impl Figure for Resident<'_> {
     }
 }
 
-type LogLog = Cartesian2d<LogCoord<f64>, LogCoord<f64>>;
+type LogLog = Cartesian2d<WithKeyPoints<LogCoord<f64>>, LogCoord<f64>>;
 
-/// A chart with both axes on log scales over `(x0, x1, y0, y1)`, its mesh drawn.
+/// An x axis's ticks and labels, and the y axis's labels.
+type Axes<'f> = (Vec<f64>, &'f dyn Fn(&f64) -> String, &'f dyn Fn(&f64) -> String);
+
+/// The prompt lengths measured by any series: where the x axis is ticked.
+fn prompt_ticks(series: &[Series]) -> Vec<f64> {
+    ticks(series.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens as f64)))
+}
+
 fn log_log<'a, DB: DrawingBackend>(
     root: &'a DrawingArea<DB, Shift>,
     caption: &str,
     (x0, x1, y0, y1): (f64, f64, f64, f64),
     (x_desc, y_desc): (&str, &str),
+    (x_ticks, x_label, y_label): Axes,
 ) -> Result<ChartContext<'a, DB, LogLog>>
 where
     DB::ErrorType: 'static,
@@ -574,14 +664,14 @@ where
         .margin(16)
         .x_label_area_size(56)
         .y_label_area_size(90)
-        .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+        .build_cartesian_2d((x0..x1).log_scale().with_key_points(x_ticks), (y0..y1).log_scale())
         .map_err(plot_error)?;
     chart
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc(y_desc)
-        .x_label_formatter(&number)
-        .y_label_formatter(&number)
+        .x_label_formatter(x_label)
+        .y_label_formatter(y_label)
         .label_style(("sans-serif", 16))
         .axis_desc_style(("sans-serif", 18))
         .draw()

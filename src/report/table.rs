@@ -12,16 +12,99 @@ use crate::session::Role;
 use crate::units::{fmt_bytes, fmt_ns};
 use std::io::Write;
 
-pub struct Table;
+pub struct Table {
+    pub layout: Layout,
+}
 
 impl Exporter for Table {
     fn export(&self, report: &RunReport, out: &mut dyn Write) -> Result<()> {
-        header(report, out)?;
+        header(report, self.layout, out)?;
         for p in &report.points {
-            row(report, p, out)?;
+            row(report, p, self.layout, out)?;
         }
-        footer(report, out)
+        footer(report, self.layout, out)
     }
+}
+
+/// How the table is laid out: its columns, and the width its `#` lines are
+/// wrapped to (a terminal's; None leaves them whole, for files and grep).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub columns: Columns,
+    pub wrap: Option<usize>,
+}
+
+impl Layout {
+    /// `--wide` where it fits, on a terminal `terminal` columns wide (None:
+    /// not a terminal): a terminal narrower than the wide table gets the
+    /// narrow one, and `#` lines wrapped to its width.
+    pub fn choose(wide: bool, terminal: Option<usize>) -> Layout {
+        let columns = match (wide, terminal) {
+            (true, Some(w)) if w < WIDE_WIDTH => Columns::Narrow,
+            (true, _) => Columns::Wide,
+            (false, _) => Columns::Narrow,
+        };
+        Layout { columns, wrap: terminal.map(|w| w.max(60)) }
+    }
+
+    pub const NARROW: Layout = Layout { columns: Columns::Narrow, wrap: None };
+}
+
+/// Which figures a row shows. CSV and JSON keep every figure either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Columns {
+    /// Fits 100 columns: gran, prompt, n, request, p50, p99, max, GB/s,
+    /// %peak, wrong.
+    Narrow,
+    /// Every figure (`--wide`): messages, their sizes and times, p90, p99.9,
+    /// mean ± σ and min too; about 190 columns.
+    Wide,
+}
+
+/// The narrow table's width, and the least a terminal needs for the wide one.
+pub const NARROW_WIDTH: usize = 100;
+pub const WIDE_WIDTH: usize = 192;
+
+/// Writes `text` with each `#` line longer than `wrap` wrapped.
+fn write_lines(out: &mut dyn Write, text: &[u8], wrap: Option<usize>) -> Result<()> {
+    for line in String::from_utf8_lossy(text).lines() {
+        match wrap.filter(|_| line.starts_with('#')) {
+            Some(width) => wrap_comment(line, width).iter().try_for_each(|l| writeln!(out, "{l}"))?,
+            None => writeln!(out, "{line}")?,
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// A `#` line cut at spaces into lines of at most `width` characters (a
+/// word longer than that stands alone), continuations indented under the
+/// text after the label.
+fn wrap_comment(line: &str, width: usize) -> Vec<String> {
+    const INDENT: &str = "#            ";
+    if line.chars().count() <= width {
+        return vec![line.to_string()];
+    }
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in line.split(' ') {
+        let len = current.chars().count();
+        if len > INDENT.len() && !word.is_empty() && len + 1 + word.chars().count() > width {
+            lines.push(current.trim_end().to_string());
+            current = INDENT.to_string();
+        }
+        match current.as_str() {
+            "" => current.push_str(word),
+            INDENT if word.is_empty() => {}
+            INDENT => current.push_str(word),
+            _ => {
+                current.push(' ');
+                current.push_str(word);
+            }
+        }
+    }
+    lines.push(current.trim_end().to_string());
+    lines
 }
 
 /// Prefill and decode at different TP: the topology, and what each pair of
@@ -46,7 +129,13 @@ fn tp_header(r: &RunReport, t: &crate::plan::TpPlan, out: &mut dyn Write) -> Res
     Ok(())
 }
 
-pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
+pub fn header(r: &RunReport, layout: Layout, out: &mut dyn Write) -> Result<()> {
+    let mut text = Vec::new();
+    header_lines(r, layout.columns, &mut text)?;
+    write_lines(out, &text, layout.wrap)
+}
+
+fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<()> {
     let shape = &r.plan.shape;
     let heads = match shape.heads_per_rank() {
         Some(h) => format!("{h} KV heads per rank"),
@@ -200,32 +289,51 @@ pub fn header(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         VerifyMode::Inline => "every byte, inside the timed region",
         VerifyMode::Off => "off",
     };
+    let columns_note = match columns {
+        Columns::Narrow => {
+            "n = timed requests; a percentile its count cannot support shows - (p99 needs 100); \
+                            --wide adds messages, p90, p99.9, mean ± σ and min"
+        }
+        Columns::Wide => {
+            "n = timed requests; a percentile its count cannot support shows - (p90 needs 10, p99 \
+                          100, p99.9 1000)"
+        }
+    };
     writeln!(
         out,
-        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = 1e9 bytes/s; a percentile \
-         its count cannot support shows - (p90 needs 10 requests, p99 100, p99.9 1000)",
+        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = 1e9 bytes/s; {columns_note}",
         r.plan.iterations, r.plan.warmup
     )?;
-    writeln!(
-        out,
-        "#{:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8} {:>7} {:>6}",
-        "gran",
-        "prompt",
-        "msgs",
-        "msg size",
-        "request",
-        "p50",
-        "p90",
-        "p99",
-        "p99.9",
-        "max",
-        "msg p50",
-        "msg p99",
-        "GB/s",
-        "%peak",
-        "wrong"
-    )?;
-    out.flush()?;
+    match columns {
+        Columns::Narrow => writeln!(
+            out,
+            "#{:>8} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9} {:>6} {:>6}",
+            "gran", "prompt", "n", "request", "p50", "p99", "max", "GB/s", "%peak", "wrong"
+        )?,
+        Columns::Wide => writeln!(
+            out,
+            "#{:>8} {:>8} {:>5} {:>8} {:>10} {:>10} {:>21} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} \
+             {:>10} {:>8} {:>7} {:>6}",
+            "gran",
+            "prompt",
+            "n",
+            "msgs",
+            "msg size",
+            "request",
+            "mean ± σ",
+            "min",
+            "p50",
+            "p90",
+            "p99",
+            "p99.9",
+            "max",
+            "msg p50",
+            "msg p99",
+            "GB/s",
+            "%peak",
+            "wrong"
+        )?,
+    }
     Ok(())
 }
 
@@ -271,7 +379,13 @@ fn fan_header(f: &crate::fan::FanRun, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
+pub fn row(r: &RunReport, p: &PointResult, layout: Layout, out: &mut dyn Write) -> Result<()> {
+    let mut text = Vec::new();
+    row_lines(r, p, layout.columns, &mut text)?;
+    write_lines(out, &text, layout.wrap)
+}
+
+fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Write) -> Result<()> {
     let l = &p.request_ns;
     // Above 100% the peak is wrong, not the figure: marked, and said below the table.
     let peak = match p.percent_of_peak {
@@ -280,28 +394,48 @@ pub fn row(r: &RunReport, p: &PointResult, out: &mut dyn Write) -> Result<()> {
         None => "-".into(),
     };
     let wrong = if r.plan.verify == VerifyMode::Off { "-".into() } else { p.wrong_bytes.to_string() };
-    writeln!(
-        out,
-        " {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8.2} {:>7} {:>6}",
-        p.granularity.to_string(),
-        p.prompt_tokens,
-        p.messages,
-        fmt_bytes(p.message_bytes as u64),
-        fmt_bytes(p.request_bytes as u64),
-        fmt_ns(l.p50 as f64),
-        percentile(l.count, 0.9, l.p90),
-        percentile(l.count, 0.99, l.p99),
-        percentile(l.count, 0.999, l.p999),
-        fmt_ns(l.max as f64),
-        message_ns(p.message_ns.count, p.message_ns.p50),
-        match p.message_ns.count {
-            0 => "-".into(),
-            n => percentile(n, 0.99, p.message_ns.p99),
-        },
-        p.gbps,
-        peak,
-        wrong
-    )?;
+    match columns {
+        Columns::Narrow => writeln!(
+            out,
+            " {:>8} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9.2} {:>6} {:>6}",
+            p.granularity.to_string(),
+            p.prompt_tokens,
+            l.count,
+            fmt_bytes(p.request_bytes as u64),
+            fmt_ns(l.p50 as f64),
+            percentile(l.count, 0.99, l.p99),
+            fmt_ns(l.max as f64),
+            p.gbps,
+            peak,
+            wrong
+        )?,
+        Columns::Wide => writeln!(
+            out,
+            " {:>8} {:>8} {:>5} {:>8} {:>10} {:>10} {:>21} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} \
+             {:>8.2} {:>7} {:>6}",
+            p.granularity.to_string(),
+            p.prompt_tokens,
+            l.count,
+            p.messages,
+            fmt_bytes(p.message_bytes as u64),
+            fmt_bytes(p.request_bytes as u64),
+            format!("{} ± {}", fmt_ns(l.mean), fmt_ns(l.stdev)),
+            fmt_ns(l.min as f64),
+            fmt_ns(l.p50 as f64),
+            percentile(l.count, 0.9, l.p90),
+            percentile(l.count, 0.99, l.p99),
+            percentile(l.count, 0.999, l.p999),
+            fmt_ns(l.max as f64),
+            message_ns(p.message_ns.count, p.message_ns.p50),
+            match p.message_ns.count {
+                0 => "-".into(),
+                n => percentile(n, 0.99, p.message_ns.p99),
+            },
+            p.gbps,
+            peak,
+            wrong
+        )?,
+    }
     if let Some(f) = &p.load {
         load_line(f, out)?;
     }
@@ -462,6 +596,13 @@ fn percentile(count: u64, q: f64, ns: u64) -> String {
     }
 }
 
+/// Whether a point's request times spread too wide for its median to speak
+/// for it (as hyperfine warns of outliers): σ over a quarter of the mean, or
+/// a maximum over three medians, among at least 5 requests.
+pub fn wide_spread(l: &crate::measure::stats::LatencySummary) -> bool {
+    l.count >= 5 && (l.stdev > 0.25 * l.mean || l.max as f64 > 3.0 * l.p50 as f64)
+}
+
 /// A fan's aggregate rows have no message times of their own.
 fn message_ns(count: u64, ns: u64) -> String {
     match count {
@@ -470,7 +611,13 @@ fn message_ns(count: u64, ns: u64) -> String {
     }
 }
 
-pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
+pub fn footer(r: &RunReport, layout: Layout, out: &mut dyn Write) -> Result<()> {
+    let mut text = Vec::new();
+    footer_lines(r, &mut text)?;
+    write_lines(out, &text, layout.wrap)
+}
+
+fn footer_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let verdict = match (r.plan.verify, r.wrong_bytes) {
         (VerifyMode::Off, _) => "not verified (--verify off)".to_string(),
         // The receiver checks; a sender learns what it found as each point ends.
@@ -487,6 +634,18 @@ pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     };
     if let Some(f) = r.points.iter().find_map(|p| p.prefill.as_ref()) {
         writeln!(out, "# prefill    computed by {}", f.compute)?;
+    }
+    for p in r.points.iter().filter(|p| wide_spread(&p.request_ns)) {
+        let l = &p.request_ns;
+        writeln!(
+            out,
+            "# spread     {} {}: σ {:.0}% of the mean, max {:.1}x p50: outliers (another process on the host or \
+             GPU, a cold path); more -n and -w narrow it",
+            p.granularity,
+            p.prompt_tokens,
+            100.0 * l.stdev / l.mean.max(1e-9),
+            l.max as f64 / (l.p50.max(1)) as f64
+        )?;
     }
     writeln!(out, "# integrity  {verdict}")?;
     if let Some(g) = &r.gate {
@@ -516,4 +675,56 @@ pub fn footer(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comment_lines_wrap_at_spaces_under_their_label() {
+        let line = "# timing     request = receiver's go to its last byte, one control hop included; control round trip";
+        let lines = wrap_comment(line, 60);
+        assert_eq!(
+            lines,
+            [
+                "# timing     request = receiver's go to its last byte, one",
+                "#            control hop included; control round trip"
+            ]
+        );
+        assert!(lines.iter().all(|l| l.chars().count() <= 60));
+        // The words, in order, nothing lost.
+        let words =
+            |s: &str| s.split_whitespace().filter(|w| *w != "#").map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(words(&lines.join(" ")), words(line));
+        // Short lines and a word longer than the width stay whole.
+        assert_eq!(wrap_comment("# short", 60), ["# short"]);
+        let long = format!("# path       {}", "x".repeat(80));
+        assert_eq!(wrap_comment(&long, 60), std::slice::from_ref(&long));
+    }
+
+    #[test]
+    fn wide_is_chosen_only_where_it_fits() {
+        assert_eq!(Layout::choose(false, None), Layout { columns: Columns::Narrow, wrap: None });
+        assert_eq!(Layout::choose(true, None), Layout { columns: Columns::Wide, wrap: None });
+        assert_eq!(Layout::choose(true, Some(WIDE_WIDTH - 1)).columns, Columns::Narrow);
+        assert_eq!(Layout::choose(true, Some(WIDE_WIDTH)).columns, Columns::Wide);
+        assert_eq!(Layout::choose(false, Some(80)).wrap, Some(80));
+    }
+
+    #[test]
+    fn a_wide_spread_needs_five_requests_and_a_long_tail_or_a_large_sigma() {
+        let l = |count, mean: f64, stdev: f64, p50, max| crate::measure::stats::LatencySummary {
+            count,
+            mean,
+            stdev,
+            p50,
+            max,
+            ..Default::default()
+        };
+        assert!(!wide_spread(&l(20, 100.0, 5.0, 100, 120)));
+        assert!(wide_spread(&l(20, 100.0, 30.0, 100, 120)));
+        assert!(wide_spread(&l(20, 100.0, 5.0, 100, 301)));
+        assert!(!wide_spread(&l(4, 100.0, 50.0, 100, 900)));
+    }
 }

@@ -36,8 +36,8 @@ impl Arrivals {
                 return Err(Error::usage(format!("--arrivals: unknown kind '{other}' (poisson or fixed)")))
             }
         };
-        rates
-            .split(',')
+        crate::units::list_items(rates, "--arrivals' rates")?
+            .into_iter()
             .map(|r| match r.trim().parse::<f64>() {
                 Ok(qps) if qps.is_finite() && qps > 0.0 => Ok(make(qps)),
                 _ => {
@@ -66,8 +66,8 @@ impl std::fmt::Display for Arrivals {
 
 /// `--prompt-mix 1k:60,8k:30,32k:10`: prompt lengths and their weights.
 pub fn parse_mix(s: &str) -> Result<Vec<(u32, f64)>> {
-    let mix = s
-        .split(',')
+    let mix = crate::units::list_items(s, "--prompt-mix")?
+        .into_iter()
         .map(|item| {
             let (tokens, weight) = item
                 .split_once(':')

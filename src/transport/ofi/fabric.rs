@@ -28,6 +28,16 @@ pub struct Wanted<'a> {
     pub delivery_complete: bool,
     /// Ask for sends ordered after earlier writes (FI_ORDER_SAW).
     pub send_after_write: bool,
+    /// The address the control connection left from: a provider that moves
+    /// data over IP (tcp, sockets) is asked for that interface first, so
+    /// that the data takes the control connection's way (loopback for
+    /// `kvxfer pair`), as kvxfer's own tcp transport does.
+    pub source: Option<std::net::IpAddr>,
+}
+
+/// Providers whose endpoints are IP sockets on some interface.
+fn over_ip(provider: &str) -> bool {
+    provider.split(';').any(|p| p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("sockets"))
 }
 
 /// What fi_getinfo chose.
@@ -103,7 +113,17 @@ macro_rules! op {
 
 impl Endpoint {
     pub fn open(ofi: &'static Ofi, want: &Wanted) -> Result<Endpoint> {
-        let info = Self::getinfo(ofi, want)?;
+        let mut info = Self::getinfo(ofi, want, None)?;
+        // SAFETY: a valid fi_info from fi_getinfo; replaced by another only
+        // after it is freed.
+        unsafe {
+            if let Some(ip) = want.source.filter(|_| over_ip(&text((*(*info).fabric_attr).prov_name))) {
+                if let Ok(on_ip) = Self::getinfo(ofi, want, Some(ip)) {
+                    (ofi.freeinfo)(info);
+                    info = on_ip;
+                }
+            }
+        }
         let mut e = Endpoint {
             ofi,
             chosen: Self::chosen(info, want),
@@ -189,7 +209,10 @@ impl Endpoint {
         Ok(e)
     }
 
-    fn getinfo(ofi: &Ofi, want: &Wanted) -> Result<*mut sys::fi_info> {
+    /// The providers' offers for `want`; with `source`, only those bound to
+    /// that local address (FI_SOURCE).
+    fn getinfo(ofi: &Ofi, want: &Wanted, source: Option<std::net::IpAddr>) -> Result<*mut sys::fi_info> {
+        let node = source.map(|ip| CString::new(ip.to_string()).expect("an address has no NUL"));
         // SAFETY: fi_dupinfo(NULL) is fi_allocinfo; the hints are freed below,
         // their strings allocated with malloc as fi_freeinfo expects.
         unsafe {
@@ -228,7 +251,11 @@ impl Endpoint {
                 (*(*hints).fabric_attr).prov_name = libc::strdup(c.as_ptr());
             }
             let mut info = null_mut();
-            let rc = (ofi.getinfo)(API, std::ptr::null(), std::ptr::null(), 0, hints, &mut info);
+            let (node_ptr, flags) = match &node {
+                Some(n) => (n.as_ptr(), sys::FI_SOURCE),
+                None => (std::ptr::null(), 0),
+            };
+            let rc = (ofi.getinfo)(API, node_ptr, std::ptr::null(), flags, hints, &mut info);
             (ofi.freeinfo)(hints);
             if rc != 0 || info.is_null() {
                 let what = match (want.provider, want.hmem) {
@@ -252,7 +279,7 @@ impl Endpoint {
     /// The providers that offer what `want` asks (provider left open), by
     /// name, as a run would find them: the same fi_getinfo hints.
     pub fn offered(ofi: &Ofi, want: &Wanted) -> Vec<String> {
-        let Ok(info) = Self::getinfo(ofi, want) else { return Vec::new() };
+        let Ok(info) = Self::getinfo(ofi, want, None) else { return Vec::new() };
         let mut names = Vec::new();
         // SAFETY: a valid list from fi_getinfo, walked once and freed once.
         unsafe {

@@ -110,7 +110,7 @@ impl Side {
             Some(m) => (m.ptr as *mut u8, Iface::Cuda(m.device.ordinal as i32)),
             None => (buf.host_slice().expect("host memory").as_ptr() as *mut u8, Iface::Host),
         };
-        let mut ep = open_endpoint(ofi, spec, iface != Iface::Host)?;
+        let mut ep = open_endpoint(ofi, spec, iface != Iface::Host, setup.ctrl.local_addr.ip())?;
         tracing::debug!(
             "libfabric {} ({}): provider {} chosen, fabric {}, domain {}",
             ofi.version,
@@ -696,13 +696,19 @@ fn provider_is(chosen: &str, want: &str) -> bool {
 /// The endpoint, with writes that complete at the target where the provider
 /// offers it, else with sends ordered after writes; a provider with neither
 /// cannot tell the receiver when written data is there.
-fn open_endpoint(ofi: &'static Ofi, spec: &TransportSpec, hmem: bool) -> Result<Endpoint> {
+fn open_endpoint(
+    ofi: &'static Ofi,
+    spec: &TransportSpec,
+    hmem: bool,
+    source: std::net::IpAddr,
+) -> Result<Endpoint> {
     let want = |delivery_complete, send_after_write| Wanted {
         provider: spec.ofi_provider.as_deref(),
         rma: spec.ofi_op != OfiOp::Send,
         hmem,
         delivery_complete,
         send_after_write,
+        source: Some(source),
     };
     if spec.ofi_op != OfiOp::Write {
         return Endpoint::open(ofi, &want(false, false));
@@ -807,6 +813,7 @@ pub fn providers(lib: Option<&str>) -> Result<Vec<(String, bool, bool)>> {
         hmem,
         delivery_complete: false,
         send_after_write: false,
+        source: None,
     };
     let (rma, hmem) = (
         fabric::Endpoint::offered(ofi, &want(true, false)),
