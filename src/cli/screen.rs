@@ -85,7 +85,7 @@ impl Screen {
         *self.points.lock().expect("not poisoned") = points;
         self.bar.set_style(
             ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} [{bar:24}] {percent:>3}% ETA {eta} {msg}",
+                "{spinner} {elapsed_precise} [{bar:20}] {percent:>3}% ETA {eta} {msg}",
             )
             .expect("a valid template")
             .progress_chars("=> "),
@@ -121,7 +121,8 @@ impl Screen {
         let Some(p) = points.get(point) else { return };
         self.bar.inc(bytes as u64);
         self.bar.set_message(format!(
-            "point {}/{} ({}): request {}/{} {:.2} GB/s",
+            // Short enough for an 80-column terminal beside the bar.
+            "{}/{} {} req {}/{} {:.2} GB/s",
             point + 1,
             points.len(),
             p.name,
