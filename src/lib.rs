@@ -15,6 +15,7 @@ pub mod env;
 pub mod error;
 pub mod fan;
 pub mod gpu;
+pub mod hold;
 pub mod kv;
 pub mod launch;
 pub mod link;

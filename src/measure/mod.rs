@@ -230,6 +230,7 @@ pub fn run_sender(
                 ready.go();
             }
             let sending = Instant::now();
+            crate::hold::at("transfer", p == 1 && it == plan.warmup)?;
             tracing::debug!("request {request}: sending {bytes} bytes");
             transport.send(
                 buf,
@@ -404,6 +405,7 @@ pub fn run_receiver(
                 None => arrive(&plan, &point, it, phase_load.as_mut(), bytes, ctrl, request)?,
             };
             sink.begin(request);
+            sink.hold_here = p == 1 && it == plan.warmup;
             let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
                 + if computes { prefill_allowance(&point) } else { Duration::ZERO };
             let t0 = match fan {
@@ -483,6 +485,7 @@ pub fn run_receiver(
                 Some((c, r)) => (&c.checks[r.moving], c.generated[r.moving].as_ref()),
                 None => (layout, None),
             };
+            crate::hold::at("verify", p == 1 && it == plan.warmup)?;
             let mut found = sink.found(plan.verify, buf, checked)?;
             if let (Some(first), Some((c, turn))) = (&mut found.first, point.turn_named(plan.warmup, it)) {
                 *first = format!("conversation {c}, turn {turn}: {first}");
@@ -731,6 +734,8 @@ struct RoundSink<'a> {
     arrived: AtomicUsize,
     verified: AtomicU64,
     wrong: Mutex<Check>,
+    /// The fault matrix's request: hold at its first message (`hold`).
+    hold_here: bool,
 }
 
 impl<'a> RoundSink<'a> {
@@ -743,6 +748,7 @@ impl<'a> RoundSink<'a> {
             arrived: AtomicUsize::new(0),
             verified: AtomicU64::new(0),
             wrong: Mutex::new(Check::default()),
+            hold_here: false,
         }
     }
 
@@ -795,6 +801,7 @@ impl Completions for RoundSink<'_> {
         slot.store(latency_ns, Relaxed);
         self.arrived.fetch_add(1, Relaxed);
         tracing::trace!("request {}: message {index} in, {latency_ns} ns", self.request);
+        crate::hold::at("transfer", index == 0 && self.hold_here)?;
         if self.inline {
             let bytes = data
                 .ok_or_else(|| Error::usage("--verify inline needs the receiver's buffer in host memory"))?;

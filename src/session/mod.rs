@@ -446,6 +446,11 @@ pub fn open_sender(
         )));
     }
 
+    // Interrupted here, the receiver is told why, as it would be later on.
+    if let Err(e) = crate::hold::at("handshake", true).and_then(|_| crate::signals::check()) {
+        ctrl.abort(&e);
+        return Err(e);
+    }
     ctrl.send(&Msg::Hello(Box::new(hello.clone())))?;
     let awaiting =
         "waiting for the receiver to accept the plan (one that serves several senders answers once all \
@@ -512,6 +517,10 @@ pub fn accept_receiver(
 /// seat in a fan if it has one; answers its round-trip probes.
 pub fn welcome(sess: &mut ReceiverSession, own_env: &EnvInfo, seat: Option<crate::fan::Seat>) -> Result<()> {
     let ctrl = &mut sess.ctrl;
+    if let Err(e) = crate::hold::at("handshake", true).and_then(|_| crate::signals::check()) {
+        ctrl.abort(&e);
+        return Err(e);
+    }
     ctrl.send(&Msg::Welcome { env: Box::new(own_env.clone()), seat })?;
     for _ in 0..PINGS {
         let seq = ctrl.expect("answering the control round-trip probe", |m| match m {

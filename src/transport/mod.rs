@@ -346,6 +346,7 @@ pub fn open_sender(
     local: &LocalOptions,
 ) -> Result<Box<dyn SendSide>> {
     spec.check_memory(buf.kind()).map_err(Error::usage)?;
+    crate::hold::at("setup", true)?;
     Ok(match spec.kind {
         TransportKind::Tcp => Box::new(tcp::TcpSender::connect(spec, setup, buf)?),
         TransportKind::Nccl => {
@@ -363,6 +364,7 @@ pub fn open_receiver(
     local: &LocalOptions,
 ) -> Result<Box<dyn RecvSide>> {
     spec.check_memory(buf.kind()).map_err(Error::usage)?;
+    crate::hold::at("setup", true)?;
     Ok(match spec.kind {
         TransportKind::Tcp => Box::new(tcp::TcpReceiver::accept(spec, setup, buf)?),
         TransportKind::Nccl => {

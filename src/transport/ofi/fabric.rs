@@ -256,6 +256,9 @@ impl Endpoint {
                 None => (std::ptr::null(), 0),
             };
             let rc = (ofi.getinfo)(API, node_ptr, std::ptr::null(), flags, hints, &mut info);
+            // Providers set up at their first fi_getinfo, and shm may take
+            // SIGINT and SIGTERM again: kvxfer's handlers go back (lib.rs).
+            crate::signals::install();
             (ofi.freeinfo)(hints);
             if rc != 0 || info.is_null() {
                 let what = match (want.provider, want.hmem) {

@@ -85,6 +85,11 @@ impl Ofi {
         let c_path = CString::new(path).map_err(|_| Error::usage("--ofi-lib: a path without NUL bytes"))?;
         // SAFETY: dlopen with a valid C string; the handle is never closed.
         let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        // Its shm provider takes SIGINT and SIGTERM as it loads (and again
+        // at fi_getinfo, see fabric.rs), to unlink its files and exit(1):
+        // kvxfer's handlers go back, so that a signal ends the run as on
+        // every transport, told to the peer, with exit 128 + the signal.
+        crate::signals::install();
         if handle.is_null() {
             // SAFETY: dlerror returns a message for the failed dlopen, or null.
             let why = unsafe { libc::dlerror() };
@@ -93,7 +98,8 @@ impl Ofi {
             } else {
                 unsafe { CStr::from_ptr(why) }.to_string_lossy()
             };
-            return Err(Error::usage(format!(
+            // Exit 1, as a missing UCX or NCCL: the node lacks it, the command is fine.
+            return Err(Error::run(format!(
                 "cannot load libfabric ({path}): {why}; install it (Debian: apt-get install libfabric1) or give \
                  --ofi-lib PATH (AWS: /opt/amazon/efa/lib/libfabric.so.1)"
             )));
