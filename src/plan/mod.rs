@@ -724,6 +724,10 @@ impl Point {
 
 impl Plan {
     pub fn validate(&self) -> Result<()> {
+        // A plan read off the wire skipped the shape's constructor: check it
+        // again, or a TP of 0 would divide by zero below.
+        let s = &self.shape;
+        KvShape::new(s.model.clone(), s.tp, s.block_size)?;
         if self.prompt_lengths.is_empty() {
             return Err(Error::usage("no prompt lengths given"));
         }
@@ -1147,6 +1151,18 @@ mod tests {
             conversation: None,
             tp: None,
         }
+    }
+
+    /// A plan read off the wire has its shape checked again (the fuzz test
+    /// found a TP of 0 dividing by zero in the receiver).
+    #[test]
+    fn a_received_plan_with_an_impossible_shape_is_refused() {
+        for (tp, block) in [(0, 16), (1, 0), (3, 16)] {
+            let mut p = plan("llama-3.1-8b", &[128]);
+            (p.shape.tp, p.shape.block_size) = (tp, block);
+            assert!(p.validate().is_err(), "tp {tp}, block {block}");
+        }
+        assert!(plan("llama-3.1-8b", &[128]).validate().is_ok());
     }
 
     /// Under load with emulated prefill a point runs its schedule twice:
