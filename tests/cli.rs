@@ -110,7 +110,7 @@ fn bad_values_are_refused_clearly() {
         (
             KVXFER,
             &["pair", "-t", "ucx", "-p", "20000k", "-g", "block", "-m", "llama-3.1-405b"],
-            "ucx numbers at most",
+            "more than the 16777216 messages a request may have",
         ),
         (KVXFER, &["pair", "--json", "/nonexistent/dir/r.json"], "cannot write /nonexistent/dir/r.json"),
         (KVXFER, &["pair", "--listen", "localhost:0"], "must be an IP address"),

@@ -89,6 +89,47 @@ fn with_hello(capture: &[u8], hello: &Value) -> Vec<u8> {
     out
 }
 
+/// Sets the hello's digest to its (mutated) plan's, as a sender of another
+/// build would send it; false where the plan does not parse or validate.
+fn redigest(hello: &mut Value) -> bool {
+    let Ok(plan) = serde_json::from_value::<kvxfer::plan::Plan>(hello["plan"].clone()) else { return false };
+    if plan.validate().is_err() {
+        return false;
+    }
+    hello["plan_digest"] = Value::from(plan.digest());
+    true
+}
+
+/// Hellos that crashed or overloaded the receiver before the fixes the
+/// fuzzing prompted (found with matched digests): each is now refused.
+fn hostile(capture: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let patches = [
+        ("/transport/streams", Value::from(0)),
+        ("/transport/streams", Value::from(u32::MAX)),
+        ("/transport/in_flight", Value::from(0)),
+        ("/plan/shape/tp", Value::from(0)),
+        ("/plan/shape/model/layers", Value::from(u32::MAX)),
+        ("/plan/shape/model/attention/head_dim", Value::from(u32::MAX)),
+        ("/plan/prompt_lengths", serde_json::json!([u32::MAX])),
+        ("/plan/pool_blocks", Value::from(u32::MAX)),
+    ];
+    patches
+        .into_iter()
+        .map(|(path, v)| {
+            let mut hello = hello_of(capture);
+            hello["plan"]["granularities"] = serde_json::json!(["block"]);
+            *hello.pointer_mut(path).unwrap_or_else(|| panic!("{path} in the hello")) = v.clone();
+            // The digest a sender would send for it: of the plan as it stands.
+            if let Ok(plan) = serde_json::from_value::<kvxfer::plan::Plan>(hello["plan"].clone()) {
+                if plan.validate().is_ok() {
+                    hello["plan_digest"] = Value::from(plan.digest());
+                }
+            }
+            (format!("{path} = {v}"), with_hello(capture, &hello))
+        })
+        .collect()
+}
+
 /// Every path to a number, string or bool in `v`.
 fn leaves(v: &Value, path: Vec<String>, out: &mut Vec<Vec<String>>) {
     match v {
@@ -158,7 +199,11 @@ fn mutate(rng: &mut Rng, capture: &[u8], i: usize) -> (String, Vec<u8>) {
             ];
             let value = values[rng.below(values.len())].clone();
             *leaf_mut(&mut hello, &path) = value.clone();
-            (format!("{} = {value}", path.join(".")), with_hello(capture, &hello))
+            // Half the time as a sender whose build derives the plan this way:
+            // the digest matches, and the plan goes past that check.
+            let redigested = i % 7 == 5 && redigest(&mut hello);
+            let how = if redigested { ", digest matched" } else { "" };
+            (format!("{} = {value}{how}", path.join(".")), with_hello(capture, &hello))
         }
         _ => {
             let mut hello = hello_of(capture);
@@ -188,8 +233,14 @@ fn a_mutated_handshake_never_crashes_hangs_or_stops_the_receiver() {
     let pid = service.child.id();
     let mut rng = Rng(seed.max(1));
     let started = Instant::now();
-    for i in 0..cases {
-        let (what, bytes) = mutate(&mut rng, &capture, i);
+    let hostile = hostile(&capture);
+    let count = hostile.len();
+    let mut cases_in_order = hostile.into_iter();
+    for i in 0..cases + count {
+        let (what, bytes) = match cases_in_order.next() {
+            Some(h) => h,
+            None => mutate(&mut rng, &capture, i - count),
+        };
         let case = format!("seed {seed} case {i} ({what})");
         let mut s = match TcpStream::connect(&addr) {
             Ok(s) => s,
@@ -218,7 +269,7 @@ fn a_mutated_handshake_never_crashes_hangs_or_stops_the_receiver() {
             panic!("{case}: the service ended ({status}):\n{}", service.stderr());
         }
         // Now and then, and at the end, a real sender is still served.
-        if i % 100 == 99 || i + 1 == cases {
+        if i % 100 == 99 || i + 1 == cases + count {
             let f = run(SEND, &[&["--connect", &addr][..], &SMALL[..]].concat(), secs(60));
             assert_eq!(f.code, Some(0), "{case}: a real sender after it failed:\n{}", f.stderr);
         }
@@ -229,6 +280,12 @@ fn a_mutated_handshake_never_crashes_hangs_or_stops_the_receiver() {
     let f = service.finish(secs(15));
     f.expect_code(0);
     assert!(!f.stderr.contains("panicked"), "{}", f.stderr);
+    // The hostile hellos: each refused with its reason.
+    for why in
+        ["invalid transport: 0 tcp streams", "invalid transport: 4294967295 tcp streams", "invalid plan"]
+    {
+        assert!(f.stderr.contains(why), "{why}: {}", f.stderr);
+    }
     // Lengths over the limit are refused from the length alone, unallocated.
     if cases >= 30 {
         for len in [1u64 << 31, u32::MAX as u64, MAX_FRAME + 1] {

@@ -64,8 +64,8 @@ fn fan_size(s: &str) -> Result<u32, String> {
 
 fn stream_count(s: &str) -> Result<u32, String> {
     match positive_u32(s)? {
-        n if n <= 64 => Ok(n),
-        n => Err(format!("{n} streams is more than the 64 allowed")),
+        n if n <= crate::transport::MAX_STREAMS => Ok(n),
+        n => Err(format!("{n} streams is more than the {} allowed", crate::transport::MAX_STREAMS)),
     }
 }
 

@@ -72,6 +72,10 @@ pub enum Attention {
     Mla { kv_lora_rank: u32, qk_rope_head_dim: u32 },
 }
 
+/// The most layers, heads, head size, latent rank, TP or block size kvxfer
+/// takes: far above any model, and a token's bytes then stay below 2^53.
+pub const MOST_DIM: u32 = 1 << 16;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelSpec {
     pub name: String,
@@ -95,6 +99,20 @@ impl ModelSpec {
             |what: &str| Err(Error::usage(format!("model '{}': {what} must be at least 1", self.name)));
         if self.layers == 0 {
             return zero("layers");
+        }
+        // Far above any model, low enough that a token's bytes fit a u64
+        // (a model read off the wire or from a config is checked here).
+        let dims = match self.attention {
+            Attention::Gqa { kv_heads, head_dim } => [self.layers, kv_heads, head_dim],
+            Attention::Mla { kv_lora_rank, qk_rope_head_dim } => {
+                [self.layers, kv_lora_rank, qk_rope_head_dim]
+            }
+        };
+        if let Some(d) = dims.iter().find(|d| **d > MOST_DIM) {
+            return Err(Error::usage(format!(
+                "model '{}': {d} is more than kvxfer takes for layers, heads or head sizes ({MOST_DIM})",
+                self.name
+            )));
         }
         match self.attention {
             Attention::Gqa { kv_heads, head_dim } => {
@@ -209,6 +227,9 @@ impl KvShape {
         }
         if block_size == 0 {
             return Err(Error::usage("--block-size must be at least 1"));
+        }
+        if block_size > MOST_DIM || tp > MOST_DIM {
+            return Err(Error::usage(format!("--tp {tp} or --block-size {block_size}: at most {MOST_DIM}")));
         }
         if let Attention::Gqa { kv_heads, .. } = model.attention {
             // vLLM requires one to divide the other: heads split evenly, or

@@ -722,7 +722,43 @@ impl Point {
     }
 }
 
+/// A request's bytes at most (1 PiB: no GPU holds a KV cache near it).
+pub const MOST_REQUEST_BYTES: u64 = 1 << 50;
+/// A request's messages at most: 2^24, above Llama-3.1-405B's blocks at 1M
+/// tokens (16.5M).
+pub const MOST_MESSAGES: u64 = 1 << 24;
+
 impl Plan {
+    /// Each request's bytes and messages and the block pool, counted in
+    /// u128 before anything multiplies them in u64 or walks them (a plan
+    /// read off the wire is checked here before its digest is derived).
+    fn check_sizes(&self) -> Result<()> {
+        let s = &self.shape;
+        let per_token = s.bytes_per_token() as u128;
+        let per_block = s.model.layers as u128 * s.tensors_per_layer() as u128;
+        for &tokens in &self.prompt_lengths {
+            let bytes = tokens as u128 * per_token;
+            if bytes > MOST_REQUEST_BYTES as u128 {
+                return Err(Error::usage(format!(
+                    "a {tokens}-token request of {} is {bytes} bytes, more than the {MOST_REQUEST_BYTES} kvxfer moves",
+                    s.model.name
+                )));
+            }
+            let blocks = per_block * s.blocks_for(tokens) as u128;
+            if self.granularities.contains(&Granularity::Block) && blocks > MOST_MESSAGES as u128 {
+                return Err(Error::usage(format!(
+                    "a {tokens}-token request of {} is {blocks} blocks, more than the {MOST_MESSAGES} messages a \
+                     request may have",
+                    s.model.name
+                )));
+            }
+        }
+        if let Some(pool) = self.pool_blocks.filter(|p| *p as u64 > MOST_MESSAGES) {
+            return Err(Error::usage(format!("--pool-blocks {pool}: at most {MOST_MESSAGES}")));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<()> {
         // A plan read off the wire skipped the shape's constructor: check it
         // again, or a TP of 0 would divide by zero below.
@@ -737,6 +773,7 @@ impl Plan {
         if self.granularities.is_empty() {
             return Err(Error::usage("no granularity given"));
         }
+        self.check_sizes()?;
         if self.iterations == 0 {
             return Err(Error::usage("--iterations must be at least 1"));
         }
@@ -1163,6 +1200,21 @@ mod tests {
             assert!(p.validate().is_err(), "tp {tp}, block {block}");
         }
         assert!(plan("llama-3.1-8b", &[128]).validate().is_ok());
+        // Sizes no GPU holds, or past what a digest may walk, before any u64 wraps.
+        let mut p = plan("llama-3.1-405b", &[1 << 20]);
+        assert!(p.validate().is_ok(), "405B at 1M tokens, 16.5M blocks, is a plan");
+        p.prompt_lengths = vec![1 << 21];
+        let e = p.validate().unwrap_err().message;
+        assert!(e.contains("messages a request may have"), "{e}");
+        p.prompt_lengths = vec![u32::MAX];
+        let e = p.validate().unwrap_err().message;
+        assert!(e.contains("more than the 1125899906842624 kvxfer moves"), "{e}");
+        let mut p = plan("llama-3.1-8b", &[128]);
+        p.pool_blocks = Some(u32::MAX);
+        assert!(p.validate().is_err());
+        p.pool_blocks = None;
+        p.shape.model.layers = u32::MAX;
+        assert!(p.validate().unwrap_err().message.contains("more than kvxfer takes"));
     }
 
     /// Under load with emulated prefill a point runs its schedule twice:

@@ -662,6 +662,7 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
         ));
     }
     hello.plan.validate().map_err(|e| format!("invalid plan: {e}"))?;
+    hello.transport.validate().map_err(|e| format!("invalid transport: {e}"))?;
     let digest = hello.plan.digest();
     if digest != hello.plan_digest {
         return Err(format!(

@@ -74,6 +74,8 @@ pub struct TransportSpec {
 }
 
 pub const DEFAULT_IN_FLIGHT: u32 = 32;
+/// tcp data connections of one pair, at most.
+pub const MAX_STREAMS: u32 = 64;
 
 fn default_in_flight() -> u32 {
     DEFAULT_IN_FLIGHT
@@ -83,6 +85,14 @@ impl TransportSpec {
     /// Refuses requirements the chosen transport cannot check: silently
     /// ignoring `--require-transport` would pass the gate it is meant to be.
     pub fn validate(&self) -> Result<()> {
+        // The command line bounds these; a spec read off the wire is checked
+        // again (0 streams indexed past the end, 2^32 of them sized a table).
+        if !(1..=MAX_STREAMS).contains(&self.streams) {
+            return Err(Error::usage(format!("{} tcp streams: from 1 to {MAX_STREAMS}", self.streams)));
+        }
+        if self.in_flight == 0 || self.nccl_group == 0 {
+            return Err(Error::usage("operations in flight and messages per NCCL group must be at least 1"));
+        }
         if self.kind != TransportKind::Ucx && !self.require_transport.is_empty() {
             return Err(Error::usage(format!(
                 "--require-transport names UCX transports; it needs -t ucx, not -t {}",
