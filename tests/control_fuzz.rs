@@ -37,10 +37,10 @@ impl Rng {
     }
 }
 
-/// What a real sender writes on its control connection, up to and with its
-/// plan (the preamble, then the hello frame), recorded by a proxy between
-/// it and a real receiver.
-fn capture() -> Vec<u8> {
+/// What a real sender writes on its control connection, recorded by a proxy
+/// between it and a real receiver: up to and with its plan (the preamble,
+/// then the hello frame), and all it wrote after (probes, setup, requests).
+fn capture() -> (Vec<u8>, Vec<u8>) {
     let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "5s"]);
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
     let proxy_addr = proxy.local_addr().unwrap().to_string();
@@ -73,7 +73,7 @@ fn capture() -> Vec<u8> {
     let len = u32::from_le_bytes(seen[8..12].try_into().unwrap()) as usize;
     let hello: Value = serde_json::from_slice(&seen[12..12 + len]).expect("the hello frame is JSON");
     assert_eq!(hello["type"], "hello", "{hello}");
-    seen[..12 + len].to_vec()
+    (seen[..12 + len].to_vec(), seen[12 + len..].to_vec())
 }
 
 /// The hello frame's JSON, and a whole handshake made from another one.
@@ -225,7 +225,7 @@ fn a_mutated_handshake_never_crashes_hangs_or_stops_the_receiver() {
     let cases: usize = std::env::var("KVXFER_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let seed: u64 =
         std::env::var("KVXFER_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x6b76_7866);
-    let capture = capture();
+    let (capture, after) = capture();
     let mut service = Proc::start(RECV, &["--listen", "127.0.0.1:0", "--forever", "--timeout", "1s"]);
     assert!(service.wait_for("listening on ", secs(10)), "{}", service.stderr());
     let line = service.stderr().lines().find(|l| l.contains("listening on ")).unwrap().to_string();
@@ -237,10 +237,16 @@ fn a_mutated_handshake_never_crashes_hangs_or_stops_the_receiver() {
     let count = hostile.len();
     let mut cases_in_order = hostile.into_iter();
     for i in 0..cases + count {
-        let (what, bytes) = match cases_in_order.next() {
+        let (mut what, mut bytes) = match cases_in_order.next() {
             Some(h) => h,
             None => mutate(&mut rng, &capture, i - count),
         };
+        // Every other case goes on as the sender did (its probes, then its
+        // transport setup): an accepted hello takes the receiver further.
+        if i % 2 == 1 {
+            bytes.extend_from_slice(&after);
+            what += ", then the sender's later frames";
+        }
         let case = format!("seed {seed} case {i} ({what})");
         let mut s = match TcpStream::connect(&addr) {
             Ok(s) => s,
