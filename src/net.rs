@@ -162,11 +162,29 @@ pub fn accept_until(
     deadline: Instant,
     peer: &str,
 ) -> Result<(TcpStream, SocketAddr)> {
-    let within = remaining(deadline).unwrap_or_default();
-    accept_within(listener, within)?.ok_or_else(|| {
-        let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        Error::run(format!("no {peer} connected to {at} before the deadline"))
-    })
+    accept_watching(listener, deadline, peer, &mut || Ok(()))
+}
+
+/// Waits for one connection until the deadline, calling `watch` every
+/// 100 ms between tries: it ends the wait early with its error (a peer that
+/// aborted on the control connection).
+pub fn accept_watching(
+    listener: &TcpListener,
+    deadline: Instant,
+    peer: &str,
+    watch: &mut dyn FnMut() -> Result<()>,
+) -> Result<(TcpStream, SocketAddr)> {
+    loop {
+        let slice = remaining(deadline).unwrap_or_default().min(Duration::from_millis(100));
+        if let Some(c) = accept_within(listener, slice)? {
+            return Ok(c);
+        }
+        watch()?;
+        if remaining(deadline).is_none() {
+            let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            return Err(Error::run(format!("no {peer} connected to {at} before the deadline")));
+        }
+    }
 }
 
 fn wait_readable(fd: &impl AsRawFd, timeout: Duration) {

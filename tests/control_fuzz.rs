@@ -119,12 +119,8 @@ fn hostile(capture: &[u8]) -> Vec<(String, Vec<u8>)> {
             let mut hello = hello_of(capture);
             hello["plan"]["granularities"] = serde_json::json!(["block"]);
             *hello.pointer_mut(path).unwrap_or_else(|| panic!("{path} in the hello")) = v.clone();
-            // The digest a sender would send for it: of the plan as it stands.
-            if let Ok(plan) = serde_json::from_value::<kvxfer::plan::Plan>(hello["plan"].clone()) {
-                if plan.validate().is_ok() {
-                    hello["plan_digest"] = Value::from(plan.digest());
-                }
-            }
+            // The digest a sender would send for it, where one can be derived.
+            redigest(&mut hello);
             (format!("{path} = {v}"), with_hello(capture, &hello))
         })
         .collect()

@@ -409,6 +409,15 @@ pub struct TransportArgs {
     pub socket_buffer: Option<u64>,
 }
 
+/// `-v`: every protocol step logged (src/logging.rs); one definition for
+/// the three binaries' command lines.
+#[derive(Args, Clone, Debug, Default)]
+pub struct LogArgs {
+    /// Log every protocol step with timestamps on stderr (-vv: every message too)
+    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
 /// Where results go besides the table.
 #[derive(Args, Clone, Debug, Default)]
 pub struct OutputArgs {

@@ -31,8 +31,8 @@ use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind};
 use crate::units::fmt_bytes;
 use args::{
-    DoctorArgs, LaunchArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs, RunArgs,
-    SendArgs, SizeArgs,
+    DoctorArgs, LaunchArgs, LogArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs,
+    RunArgs, SendArgs, SizeArgs,
 };
 use clap::{Parser, Subcommand};
 use screen::Screen;
@@ -50,9 +50,8 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KVXFER_GIT_
 pub struct Kvxfer {
     #[command(subcommand)]
     command: Command,
-    /// Log every protocol step with timestamps on stderr (-vv: every message too)
-    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,9 +84,8 @@ enum Command {
 pub struct SendCli {
     #[command(flatten)]
     args: SendArgs,
-    /// Log every protocol step with timestamps on stderr (-vv: every message too)
-    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 /// The receiver (decode side): adopts the sender's plan, receives, checks and times the KV.
@@ -96,9 +94,8 @@ pub struct SendCli {
 pub struct RecvCli {
     #[command(flatten)]
     args: RecvArgs,
-    /// Log every protocol step with timestamps on stderr (-vv: every message too)
-    #[arg(long, short = 'v', action = clap::ArgAction::Count, global = true)]
-    verbose: u8,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 pub fn main_kvxfer() -> ! {
@@ -112,7 +109,7 @@ pub fn main_kvxfer() -> ! {
     }
     crate::signals::install();
     let cli: Kvxfer = parse_args("kvxfer");
-    crate::logging::init(cli.verbose);
+    crate::logging::init(cli.log.verbose);
     exit_with(
         "kvxfer",
         match cli.command {
@@ -133,14 +130,14 @@ pub fn main_kvxfer() -> ! {
 pub fn main_send() -> ! {
     crate::signals::install();
     let cli: SendCli = parse_args("kvxfer-send");
-    crate::logging::init(cli.verbose);
+    crate::logging::init(cli.log.verbose);
     exit_with("kvxfer-send", send(&cli.args))
 }
 
 pub fn main_recv() -> ! {
     crate::signals::install();
     let cli: RecvCli = parse_args("kvxfer-recv");
-    crate::logging::init(cli.verbose);
+    crate::logging::init(cli.log.verbose);
     exit_with("kvxfer-recv", recv(&cli.args))
 }
 

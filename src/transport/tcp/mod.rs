@@ -325,21 +325,10 @@ impl TcpReceiver {
         let n = spec.streams as usize;
         let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
         while slots.iter().any(Option::is_none) {
-            // In slices, watching the control connection: a sender that
-            // aborts (or is interrupted) here is heard at once.
-            let (mut s, from) = loop {
-                let slice = net::remaining(deadline).unwrap_or_default().min(Duration::from_millis(100));
-                if let Some(c) = net::accept_within(&listener, slice)? {
-                    break c;
-                }
-                setup.ctrl.watch("waiting for the sender's tcp data streams")?;
-                if net::remaining(deadline).is_none() {
-                    return Err(Error::run(format!(
-                        "no sender data stream connected to {} before the deadline",
-                        listener.local_addr()?
-                    )));
-                }
-            };
+            // Watching the control connection: a sender that aborts (or is
+            // interrupted) here is heard at once.
+            let mut watch = || setup.ctrl.watch("waiting for the sender's tcp data streams");
+            let (mut s, from) = net::accept_watching(&listener, deadline, "sender data stream", &mut watch)?;
             s.set_read_timeout(Some(timeout))?;
             let mut hello = [0u8; 12];
             let ok = s.read_exact(&mut hello).is_ok()
