@@ -410,9 +410,12 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
 
 /// Requests in flight at once (four lanes) hold their room in the decode
 /// buffer from their go, before any has landed: four of 128 MiB that
-/// arrive together at a 320 MiB buffer, released at their last byte. The
-/// first two fit, the third's last 16 tensors of 4 MiB spill, and all 32 of
-/// the fourth. One at a time, each is gone before the next: nothing spills.
+/// arrive together at a 320 MiB buffer. The first two fit, the third's last
+/// 16 tensors of 4 MiB spill, and all 32 of the fourth. With four lanes
+/// decode holds each request 3 s after its last byte, so a lane that a
+/// loaded machine wakes late still finds the first two there (released at
+/// the last byte, a late lane found the first request gone: CI, 2 cores).
+/// One at a time and no hold, each is gone before the next: nothing spills.
 #[test]
 fn requests_in_flight_share_the_decode_buffer() {
     let dir = tempfile::tempdir().unwrap();
@@ -421,6 +424,7 @@ fn requests_in_flight_share_the_decode_buffer() {
     let j = dir.path().join("lanes.json");
     let arrivals = format!("--arrivals=trace:{}", trace.display());
     let with = |lanes: &str, on_full: &str| {
+        let hold = if lanes == "1" { "0" } else { "3000" };
         let args = [
             "pair",
             "-m",
@@ -436,6 +440,8 @@ fn requests_in_flight_share_the_decode_buffer() {
             on_full,
             "--concurrency",
             lanes,
+            "--decode-hold",
+            hold,
             "--json",
             j.to_str().unwrap(),
         ];
@@ -459,6 +465,8 @@ fn requests_in_flight_share_the_decode_buffer() {
     let b = &l["decode_buffer"];
     assert_eq!(l["resident"]["peak_bytes"], 256u64 << 20, "{}", l["resident"]);
     assert_eq!((&b["waited_requests"], &b["spilled_tensors"]), (&2.into(), &0.into()), "{b}");
+    // Each waited out a 3 s hold, less the time its lane took to ask.
+    assert!(b["wait_ns"]["min"].as_u64().unwrap() > 2_000_000_000, "{b}");
 }
 
 /// A decode buffer below the load's peak: P2pNccl-style spills, counted by
