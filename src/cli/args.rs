@@ -875,7 +875,7 @@ fn weight_list(s: &str) -> Result<Vec<f64>, String> {
     units::list_items(s, "--mix")
         .map_err(|e| e.message)?
         .into_iter()
-        .map(|w| match w.trim().parse::<f64>() {
+        .map(|w| match w.parse::<f64>() {
             Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
             _ => Err(format!("'{w}' is not a positive weight")),
         })

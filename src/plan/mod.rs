@@ -40,19 +40,12 @@ impl Granularity {
     pub fn parse_list(s: &str) -> Result<Vec<Granularity>> {
         let mut out = Vec::new();
         for item in crate::units::list_items(s, "the list of granularities")? {
-            let g = if item.trim() == "all" {
-                Granularity::ALL.to_vec()
-            } else {
-                vec![Granularity::parse(item)?]
-            };
+            let g = if item == "all" { Granularity::ALL.to_vec() } else { vec![Granularity::parse(item)?] };
             for g in g {
                 if !out.contains(&g) {
                     out.push(g);
                 }
             }
-        }
-        if out.is_empty() {
-            return Err(Error::usage("the list of granularities is empty"));
         }
         Ok(out)
     }

@@ -649,6 +649,8 @@ fn prompt_ticks(series: &[Series]) -> Vec<f64> {
     ticks(series.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens as f64)))
 }
 
+/// A chart with both axes on log scales over `(x0, x1, y0, y1)`, the x axis
+/// ticked and both labelled as `Axes` says, its mesh drawn.
 fn log_log<'a, DB: DrawingBackend>(
     root: &'a DrawingArea<DB, Shift>,
     caption: &str,

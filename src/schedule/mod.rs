@@ -38,7 +38,7 @@ impl Arrivals {
         };
         crate::units::list_items(rates, "--arrivals' rates")?
             .into_iter()
-            .map(|r| match r.trim().parse::<f64>() {
+            .map(|r| match r.parse::<f64>() {
                 Ok(qps) if qps.is_finite() && qps > 0.0 => Ok(make(qps)),
                 _ => {
                     Err(Error::usage(format!("--arrivals: '{r}' is not a rate above 0 requests per second")))

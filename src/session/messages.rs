@@ -154,6 +154,11 @@ pub enum Msg {
 }
 
 impl Msg {
+    /// Heartbeats and round-trip probes: logged only at -vv.
+    pub fn is_chatter(&self) -> bool {
+        matches!(self, Msg::Ping | Msg::Pong | Msg::Probe { .. } | Msg::ProbeReply { .. })
+    }
+
     /// The name with the request it is about, for `-v`'s log.
     pub fn brief(&self) -> String {
         match self {

@@ -88,11 +88,9 @@ impl Control {
     }
 
     pub fn send(&mut self, msg: &Msg) -> Result<()> {
-        match msg {
-            Msg::Ping | Msg::Pong | Msg::Probe { .. } | Msg::ProbeReply { .. } => {
-                tracing::trace!("sent {} to the {}", msg.name(), self.peer_role)
-            }
-            _ => tracing::debug!("sent {} to the {}", msg.brief(), self.peer_role),
+        match msg.is_chatter() {
+            true => tracing::trace!("sent {} to the {}", msg.name(), self.peer_role),
+            false => tracing::debug!("sent {} to the {}", msg.brief(), self.peer_role),
         }
         let body = serde_json::to_vec(msg).expect("control messages serialize");
         let mut frame = Vec::with_capacity(4 + body.len());
@@ -227,11 +225,9 @@ impl Control {
                     .reported_by_peer())
             }
             m => {
-                match m {
-                    Msg::Ping | Msg::Pong | Msg::Probe { .. } | Msg::ProbeReply { .. } => {
-                        tracing::trace!("{} from the {}", m.name(), self.peer_role)
-                    }
-                    _ => tracing::debug!("received {} from the {}", m.brief(), self.peer_role),
+                match m.is_chatter() {
+                    true => tracing::trace!("{} from the {}", m.name(), self.peer_role),
+                    false => tracing::debug!("received {} from the {}", m.brief(), self.peer_role),
                 }
                 Ok(m)
             }
