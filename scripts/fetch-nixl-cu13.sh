@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Packs the parts of NVIDIA's NIXL that scripts/gpu-nixl.sh needs into one
-# small archive, DEST (default .whl/nixl-cu13-1.5.1-min.tar.xz), which fits a
-# GPU machine's 64 MiB carry where the 59 MB nixl-cu13 wheel does not: its
-# Python package, libnixl, the UCX and LIBFABRIC plugins and every library
-# they load (the UCX inside, with its CUDA modules), found by following
+# Packs the parts of NVIDIA's NIXL that scripts/gpu-nixl.sh and
+# scripts/gpu-nixl-transport.sh need into one small archive, DEST (default
+# .whl/nixl-cu13-1.5.1-min.tar.xz), which fits a GPU machine's 64 MiB carry
+# where the 59 MB nixl-cu13 wheel does not: its Python package, libnixl and
+# its C API (with the wheel's METADATA, for the version), the UCX and
+# LIBFABRIC plugins and every library they load (the UCX inside, with its
+# CUDA modules), found by following
 # NEEDED entries. Plus Debian's libhwloc.so.15 (the LIBFABRIC plugin needs
 # it; the wheel does not bundle it) in extra/. nixl 0.6.1's own UCX (1.19)
 # cannot handle CUDA 13 (it asserts in ucp_mm on GPU memory), hence cu13.
@@ -41,6 +43,10 @@ def needed(path):
 start = [os.path.join(root, "nixl_cu13", f) for f in os.listdir(os.path.join(root, "nixl_cu13"))]
 plugins = os.path.join(root, ".nixl_cu13.mesonpy.libs", "plugins")
 start += [os.path.join(plugins, f"libplugin_{p}.so") for p in ("UCX", "LIBFABRIC")]
+# kvxfer's -t nixl loads the C API; the dist-info tells it the version.
+start.append(os.path.join(root, ".nixl_cu13.mesonpy.libs", "libnixl_capi.so"))
+info = [d for d in os.listdir(root) if d.endswith(".dist-info")][0]
+start.append(os.path.join(root, info, "METADATA"))
 ucx = os.path.join(root, "nixl_cu13.libs", "ucx")
 start += [os.path.join(ucx, f) for f in os.listdir(ucx) if re.match(r"lib(uct_cuda|ucm_cuda|uct_cma)\.so\.0\.0\.0$", f)]
 start += [os.path.join(root, "extra", f) for f in os.listdir(os.path.join(root, "extra"))]

@@ -36,6 +36,10 @@ fi
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo clippy --all-targets --locked --features mpi -- -D warnings
+# The nixl tests load NVIDIA's NIXL from PyPI's nixl-cu13 wheel (its C
+# API, libnixl and the UCX backend with its own UCX), host memory only.
+KVXFER_NIXL_LIB="$(scripts/fetch-nixl.sh)"
+export KVXFER_NIXL_LIB
 cargo test --locked
 # The ofi tests again over libfabric 2.x (2.3.0 from PyPI's nixl wheel):
 # kvxfer drives 1.17 to 2.x, and both must move every byte.

@@ -370,6 +370,7 @@ mod tests {
             prefill: None,
             load: None,
             conversation: None,
+            nixl: None,
         }
     }
 

@@ -105,7 +105,7 @@ fn bad_values_are_refused_clearly() {
         (KVXFER, &["pair", "--ucx-op", "steal"], "unknown UCX operation"),
         (KVXFER, &["pair", "--ucx-err-mode", "panic"], "unknown UCX error mode"),
         (KVXFER, &["pair", "--in-flight", "0"], "at least 1"),
-        (KVXFER, &["pair", "--require-transport", "cuda_ipc"], "it needs -t ucx, not -t tcp"),
+        (KVXFER, &["pair", "--require-transport", "cuda_ipc"], "it needs -t ucx or -t nixl, not -t tcp"),
         (SEND, &["--connect", "127.0.0.1:9", "-t", "nccl", "--require-transport", "rc"], "it needs -t ucx"),
         (
             KVXFER,

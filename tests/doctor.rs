@@ -36,6 +36,7 @@ fn doctor_finds_debians_ucx_and_libfabric_and_says_what_runs() {
         "== NCCL",
         "== UCX",
         "== libfabric",
+        "== NIXL",
         "== network",
         "== launchers",
     ];
@@ -62,9 +63,12 @@ fn doctor_finds_debians_ucx_and_libfabric_and_says_what_runs() {
     let doc = json(&json_path);
     let names: Vec<&str> =
         doc["sections"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["kvxfer", "machine", "GPUs", "NCCL", "UCX", "libfabric", "network", "launchers"]);
+    assert_eq!(
+        names,
+        ["kvxfer", "machine", "GPUs", "NCCL", "UCX", "libfabric", "NIXL", "network", "launchers"]
+    );
     let can = doc["can_run"].as_array().unwrap();
-    assert_eq!(can.len(), 8);
+    assert_eq!(can.len(), 10);
     assert!(can.iter().any(|v| v["transport"] == "tcp" && v["memory"] == "host" && v["runs"] == true));
 }
 

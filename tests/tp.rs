@@ -45,10 +45,15 @@ struct TpRun {
 fn tp_run(prefill: u32, decode: u32, mla: bool, args: &[&str], fault_on: Option<u32>) -> TpRun {
     let dir = tempfile::tempdir().unwrap();
     let rjson = |d: u32| dir.path().join(format!("decode{d}.json"));
+    // The library a sender loads, its receivers load too.
+    let lib: Vec<&str> =
+        args.windows(2).find(|w| w[0] == "--nixl-lib").map(|w| w.to_vec()).unwrap_or_default();
     let receivers: Vec<(Proc, String)> = (0..decode)
         .map(|d| {
             let (rank, json) = (d.to_string(), rjson(d));
-            receiver("127.0.0.1:0", &["--decode-rank", &rank, "--json", json.to_str().unwrap()])
+            let mut a = vec!["--decode-rank", &rank, "--json", json.to_str().unwrap()];
+            a.extend(&lib);
+            receiver("127.0.0.1:0", &a)
         })
         .collect();
     let (p, d) = (prefill.to_string(), decode.to_string());
@@ -146,6 +151,19 @@ fn ofi_write_and_read_move_each_decode_ranks_heads() {
     let _serial = one_at_a_time();
     for op in ["write", "read"] {
         every_topology(&["-t", "ofi", "--ofi-provider", "tcp", "--ofi-op", op]);
+    }
+}
+
+/// NixlConnector's own pattern over NIXL's UCX backend: each decode rank
+/// reads (or is written) its heads of every block from its prefill ranks.
+#[test]
+fn nixl_read_and_write_move_each_decode_ranks_heads() {
+    let _serial = one_at_a_time();
+    let lib = nixl_lib();
+    for op in ["read", "write"] {
+        for (p, d) in [(2, 1), (1, 2)] {
+            llama(p, d, "hnd", &["-t", "nixl", "--nixl-op", op, "--nixl-lib", &lib]);
+        }
     }
 }
 

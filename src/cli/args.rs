@@ -14,6 +14,7 @@ use crate::plan::{
 use crate::report::gate::{Gate, Threshold};
 use crate::schedule::conversation::MultiTurn;
 use crate::schedule::residency::OnFull;
+use crate::transport::nixl::NixlOp;
 use crate::transport::ofi::OfiOp;
 use crate::transport::ucx::{UcxErrMode, UcxOp};
 use crate::transport::{LocalOptions, TransportKind, TransportSpec};
@@ -86,6 +87,7 @@ parser_of!(ucx_op, UcxOp, UcxOp::parse);
 parser_of!(threshold, Threshold, Threshold::parse);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 parser_of!(ofi_op, OfiOp, OfiOp::parse);
+parser_of!(nixl_op, NixlOp, NixlOp::parse);
 parser_of!(block_table, BlockTable, BlockTable::parse);
 parser_of!(overlap, Overlap, Overlap::parse);
 parser_of!(kv_layout, KvLayout, KvLayout::parse);
@@ -365,7 +367,7 @@ pub struct BlockArgs {
 /// How the bytes travel.
 #[derive(Args, Clone, Debug)]
 pub struct TransportArgs {
-    /// Transport: tcp, nccl, ucx or ofi (libfabric)
+    /// Transport: tcp, nccl, ucx, ofi (libfabric) or nixl
     #[arg(long, short = 't', default_value = "tcp", value_parser = transport_kind, help_heading = "Transport")]
     pub transport: TransportKind,
     /// UCX operation: put (push, like Mooncake), get (pull, like NixlConnector) or send (tagged)
@@ -395,6 +397,21 @@ pub struct TransportArgs {
     /// The libfabric library to load [default: libfabric.so.1]
     #[arg(long, value_name = "PATH", env = "KVXFER_OFI_LIB", help_heading = "Transport")]
     pub ofi_lib: Option<String>,
+    /// NIXL operation: read (decode pulls, NixlConnector) or write (prefill pushes, NixlPushConnector)
+    #[arg(long, default_value = "read", value_parser = nixl_op, help_heading = "Transport")]
+    pub nixl_op: NixlOp,
+    /// NIXL backend plugin: UCX, LIBFABRIC, or any other NIXL lists (kvxfer doctor shows them)
+    #[arg(long, value_name = "NAME", default_value = crate::transport::nixl::DEFAULT_BACKEND, help_heading = "Transport")]
+    pub nixl_backend: String,
+    /// NIXL backend's num_threads [default: 4 for UCX, as NixlConnector; the backend's own otherwise]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024), help_heading = "Transport")]
+    pub nixl_threads: Option<u32>,
+    /// A NIXL backend parameter, KEY=VALUE (e.g. engine_config=TLS=^cuda_ipc); repeatable
+    #[arg(long, value_name = "KEY=VALUE", help_heading = "Transport")]
+    pub nixl_param: Vec<String>,
+    /// NIXL's C API library [default: libnixl_capi.so, then a pip-installed nixl-cu13 or nixl-cu12]
+    #[arg(long, value_name = "PATH", env = "KVXFER_NIXL_LIB", help_heading = "Transport")]
+    pub nixl_lib: Option<String>,
     /// Messages per ncclGroupStart/End (nccl; 1 = one call per message, as P2pNcclConnector)
     #[arg(long, default_value = "1", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Transport")]
     pub nccl_group: u32,
@@ -627,7 +644,14 @@ impl RunArgs {
         let t = &self.transport;
         let pulls = matches!(t.transport, TransportKind::Ucx if t.ucx_op == UcxOp::Get)
             || matches!(t.transport, TransportKind::Ofi if t.ofi_op == OfiOp::Read);
-        let overlap = w.overlap.unwrap_or(if pulls { Overlap::None } else { Overlap::Layer });
+        let whole = t.transport == TransportKind::Nixl;
+        let overlap = w.overlap.unwrap_or(if pulls || whole { Overlap::None } else { Overlap::Layer });
+        if whole && overlap == Overlap::Layer {
+            return Err(Error::usage(
+                "--overlap layer: NIXL moves a request in one transfer once its prefill has ended, as NixlConnector \
+                 (read) and NixlPushConnector (write) do; use --overlap none",
+            ));
+        }
         if pulls && overlap == Overlap::Layer {
             return Err(Error::usage(
                 "--overlap layer: the decode side pulls (ucx get, ofi read) once prefill has ended, as NixlConnector \
@@ -658,6 +682,11 @@ impl RunArgs {
             ofi_op: self.transport.ofi_op,
             ofi_provider: self.transport.ofi_provider.clone(),
             require_provider: self.transport.require_provider.clone(),
+            nixl_op: self.transport.nixl_op,
+            nixl_backend: self.transport.nixl_backend.clone(),
+            nixl_threads: self.transport.nixl_threads,
+            nixl_params: self.transport.nixl_param.clone(),
+            nixl_fault: self.fault == Some(Fault::NeighbourBlock),
         }
     }
 
@@ -666,6 +695,7 @@ impl RunArgs {
             nccl_lib: self.transport.nccl_lib.clone(),
             ucx_lib: self.transport.ucx_lib.clone(),
             ofi_lib: self.transport.ofi_lib.clone(),
+            nixl_lib: self.transport.nixl_lib.clone(),
         }
     }
 }
@@ -748,6 +778,7 @@ impl RecvArgs {
                 nccl_lib: run.transport.nccl_lib.clone(),
                 ucx_lib: run.transport.ucx_lib.clone(),
                 ofi_lib: run.transport.ofi_lib.clone(),
+                nixl_lib: run.transport.nixl_lib.clone(),
             },
             senders: 1,
             decode_rank: None,
@@ -938,6 +969,9 @@ pub struct LibraryArgs {
     /// The libfabric library to load [default: libfabric.so.1]
     #[arg(long, value_name = "PATH", env = "KVXFER_OFI_LIB")]
     pub ofi_lib: Option<String>,
+    /// NIXL's C API library [default: libnixl_capi.so, then a pip-installed nixl-cu13 or nixl-cu12]
+    #[arg(long, value_name = "PATH", env = "KVXFER_NIXL_LIB")]
+    pub nixl_lib: Option<String>,
 }
 
 impl LibraryArgs {
@@ -946,6 +980,7 @@ impl LibraryArgs {
             nccl_lib: self.nccl_lib.clone(),
             ucx_lib: self.ucx_lib.clone(),
             ofi_lib: self.ofi_lib.clone(),
+            nixl_lib: self.nixl_lib.clone(),
         }
     }
 }

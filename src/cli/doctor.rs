@@ -54,6 +54,10 @@ pub struct Have {
     ofi_rma: Vec<String>,
     ofi_hmem: Vec<String>,
     ofi_cuda: bool,
+    /// NIXL: the library, and whether its UCX backend moves host and GPU memory here.
+    nixl: Result<String, String>,
+    nixl_host: Result<(), String>,
+    nixl_gpu: Result<(), String>,
 }
 
 impl Have {
@@ -69,6 +73,9 @@ impl Have {
             ofi_rma: Vec::new(),
             ofi_hmem: Vec::new(),
             ofi_cuda: false,
+            nixl: none(),
+            nixl_host: Err("not probed".into()),
+            nixl_gpu: Err("not probed".into()),
         }
     }
 }
@@ -85,6 +92,7 @@ pub fn run(a: &DoctorArgs) -> Result<()> {
         nccl(a, &mut have),
         ucx(a, &mut have),
         ofi(a, &mut have),
+        nixl(a, &mut have),
         network(),
         launchers(),
     ];
@@ -289,6 +297,64 @@ fn ofi(a: &DoctorArgs, have: &mut Have) -> Section {
     Section { name: "libfabric", findings: f }
 }
 
+fn nixl(a: &DoctorArgs, have: &mut Have) -> Section {
+    let mut f = Vec::new();
+    let source = "dlopen, as -t nixl loads it";
+    let probe = match crate::transport::nixl::lib::Nixl::open(a.libraries.nixl_lib.as_deref()) {
+        Ok(n) => {
+            have.nixl = Ok(n.describe());
+            f.push(finding("library", n.describe(), source));
+            f.push(finding(
+                "plugins",
+                n.plugin_dir().display().to_string(),
+                "NIXL_PLUGIN_DIR, else plugins/ beside libnixl.so",
+            ));
+            crate::transport::nixl::probe(n)
+        }
+        Err(e) => {
+            f.push(finding("library", e.message.clone(), source));
+            have.nixl = Err(e.message.clone());
+            have.nixl_host = Err(e.message.clone());
+            have.nixl_gpu = Err(e.message);
+            return Section { name: "NIXL", findings: f };
+        }
+    };
+    match probe {
+        Ok(plugins) => {
+            for p in &plugins {
+                f.push(finding(
+                    format!("backend {}", p.name),
+                    p.describe(),
+                    "loaded here; UCX, LIBFABRIC: created as a run does",
+                ));
+            }
+            let ucx = plugins.iter().find(|p| p.name == "UCX");
+            have.nixl_host = match ucx {
+                Some(p) if p.created == Some(true) => Ok(()),
+                Some(p) => Err(format!("NIXL's UCX backend does not work here: {}", p.describe())),
+                None => Err("NIXL has no UCX plugin".into()),
+            };
+            have.nixl_gpu = match (ucx, &have.nixl_host) {
+                (_, Err(e)) => Err(e.clone()),
+                (Some(p), Ok(())) if !p.memory.iter().any(|m| m == "VRAM") => {
+                    Err("NIXL's UCX backend takes no VRAM".into())
+                }
+                (Some(p), Ok(())) => match &p.cuda {
+                    Some(why) => Err(format!("NIXL's UCX has no working CUDA module: {why}")),
+                    None => Ok(()),
+                },
+                (None, Ok(())) => Err("NIXL has no UCX plugin".into()),
+            };
+        }
+        Err(e) => {
+            f.push(finding("backends", e.message.clone(), "a probe agent"));
+            have.nixl_host = Err(e.message.clone());
+            have.nixl_gpu = Err(e.message);
+        }
+    }
+    Section { name: "NIXL", findings: f }
+}
+
 pub fn network() -> Section {
     let sysfs = link::detect::Sysfs::system();
     let (nics, ports) = (sysfs.interfaces(), sysfs.rdma_ports());
@@ -378,6 +444,8 @@ fn verdicts(h: &Have) -> Vec<Verdict> {
         v("ucx", "gpu", both(gpu.clone(), ucx_cuda)),
         v("ofi", "host", ofi_host),
         v("ofi", "gpu", both(gpu.clone(), ofi_gpu)),
+        v("nixl", "host", h.nixl_host.clone()),
+        v("nixl", "gpu", both(gpu.clone(), h.nixl_gpu.clone())),
         v("nccl", "gpu", both(gpu, nccl)),
     ]
 }

@@ -169,6 +169,17 @@ fn exit_with(program: &str, result: Result<()>) -> ! {
         }
     };
     let _ = std::io::stdout().flush();
+    if crate::transport::nixl::lib::loaded() {
+        // NIXL's bundled libnl-route crashes in its destructor at exit
+        // (rtnl_tc_unregister, seen with nixl-cu13 1.5.1): end without
+        // running the libraries' destructors, everything written.
+        let _ = std::io::stderr().flush();
+        // SAFETY: flushes C's streams, then ends the process.
+        unsafe {
+            libc::fflush(std::ptr::null_mut());
+            libc::_exit(code)
+        }
+    }
     std::process::exit(code)
 }
 
@@ -769,9 +780,10 @@ fn sender_side(
             measure::run_sender(&mut sess, pair, &mut bufs[0], &cfg, fan, shown)?;
         }
         // What the transport used, now that data has moved.
-        let last = side_info(transports[0].info(), &bufs[0], setup_time);
+        let last = side_info(every_lane(transports.iter().map(|t| t.info())), &bufs[0], setup_time);
         report.receiver_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Sender)?;
         report.sender_transport = last;
+        report.attach_nixl();
         Ok(())
     })();
     let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
@@ -888,10 +900,11 @@ impl ReceiverSide {
                 let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
                 measure::run_receiver(&mut sess, pair, &mut bufs[0], &cfg, peak.as_ref(), fan, &mut shown)?;
             }
-            let mut last = side_info(transports[0].info(), &bufs[0], setup_time);
+            let mut last = side_info(every_lane(transports.iter().map(|t| t.info())), &bufs[0], setup_time);
             last.detected_link = setup_info.detected_link;
             report.sender_transport = exchange_info(&mut sess.ctrl, last.clone(), Role::Receiver)?;
             report.receiver_transport = last;
+            report.attach_nixl();
             Ok(())
         })();
         let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
@@ -903,6 +916,17 @@ impl ReceiverSide {
 /// Whether both sides' buffers are on the same GPU of one host.
 fn one_gpu(sender: &EnvInfo, receiver: &EnvInfo, send: &TransportInfo, recv: &TransportInfo) -> bool {
     sender.hostname == receiver.hostname && send.gpu_bus_id.is_some() && send.gpu_bus_id == recv.gpu_bus_id
+}
+
+/// The first lane's transport details, with every lane's NIXL records.
+fn every_lane(mut infos: impl Iterator<Item = TransportInfo>) -> TransportInfo {
+    let mut first = infos.next().unwrap_or_default();
+    for info in infos {
+        if let (Some(mine), Some(theirs)) = (&mut first.nixl, info.nixl) {
+            mine.absorb(theirs);
+        }
+    }
+    first
 }
 
 /// A side's transport details, with its buffer and setup time.

@@ -54,6 +54,10 @@ pub enum Fault {
     /// in its first head's place, the head beside it (a decode rank
     /// reading one head off).
     ShiftHead,
+    /// nixl: each request's first descriptor points at the block beside
+    /// its own on the prefill side (a wrong block id, the LIBFABRIC
+    /// backend's zeros in the wrong place).
+    NeighbourBlock,
 }
 
 impl Fault {
@@ -63,6 +67,7 @@ impl Fault {
             "wrong-offset" => Ok(Fault::WrongOffset),
             "stale-block" => Ok(Fault::StaleBlock),
             "shift-head" => Ok(Fault::ShiftHead),
+            "neighbour-block" | "neighbor-block" => Ok(Fault::NeighbourBlock),
             "wrong-key" => Ok(Fault::WrongKey),
             "bad-digest" => Ok(Fault::BadDigest),
             "bad-protocol" => Ok(Fault::BadProtocol),
@@ -721,6 +726,7 @@ fn point_result(
         prefill: None,
         load: None,
         conversation: None,
+        nixl: None,
     })
 }
 
@@ -820,25 +826,12 @@ impl Completions for RoundSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kv::{presets, KvShape};
     use crate::plan::Granularity;
 
     fn plan(verify: VerifyMode) -> Plan {
-        Plan {
-            shape: KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap(),
-            prompt_lengths: vec![128],
-            granularities: vec![Granularity::Request],
-            iterations: 1,
-            warmup: 0,
-            verify,
-            block_table: Default::default(),
-            pool_blocks: None,
-            coalesce: true,
-            prefill: None,
-            load: None,
-            conversation: None,
-            tp: None,
-        }
+        let mut p = crate::plan::sample_plan("llama-3.1-8b", &[128]);
+        (p.granularities, p.iterations, p.warmup, p.verify) = (vec![Granularity::Request], 1, 0, verify);
+        p
     }
 
     #[test]

@@ -92,6 +92,9 @@ pub struct PointResult {
     /// Multi-turn conversations: each turn's bytes and times, the mode against full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation: Option<super::turns::ConversationFigures>,
+    /// NIXL: where each request's time went (transport::nixl::figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nixl: Option<crate::transport::nixl::NixlFigures>,
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {

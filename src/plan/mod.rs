@@ -479,6 +479,57 @@ impl RequestLayout {
         )
     }
 
+    /// Every place in `side`'s buffer where a message of this layout's
+    /// geometry can sit: for blocks, every block (and piece of a block) of
+    /// every tensor of the pool, as NixlConnector prepares its descriptor
+    /// lists once over all blocks; otherwise the request's own messages.
+    /// `desc_index` finds a message in it.
+    pub fn desc_space(&self, side: Side) -> DescSpace {
+        let pieces: Vec<usize> = match &self.cut {
+            Some(c) => {
+                c.pieces.iter().map(|p| if side == Side::Sender { p.sender } else { p.receiver }).collect()
+            }
+            None => vec![0],
+        };
+        match self.pool_blocks {
+            0 => {
+                let (first, second) =
+                    (self.slot(side, 0).offset, self.slot(side, 1.min(self.message_count - 1)));
+                DescSpace {
+                    base: first,
+                    stride: (second.offset - first).max(self.message_bytes),
+                    places: self.message_count,
+                    pieces: vec![0],
+                    len: self.message_bytes,
+                }
+            }
+            pool => DescSpace {
+                base: self.base,
+                stride: self.block_bytes(side),
+                places: self.layers as usize * self.tensors_per_layer as usize * pool as usize,
+                pieces,
+                len: self.message_bytes,
+            },
+        }
+    }
+
+    /// Where message `index` is in `side`'s `desc_space`.
+    pub fn desc_index(&self, side: Side, index: usize) -> usize {
+        match self.pool_blocks {
+            0 => index,
+            _ => {
+                let pieces = self.pieces();
+                let piece = index % pieces;
+                let within = self.cut.as_ref().map_or(0, |c| match side {
+                    Side::Sender => c.pieces[piece].sender,
+                    Side::Receiver => c.pieces[piece].receiver,
+                });
+                let place = (self.slot(side, index).offset - self.base - within) / self.block_bytes(side);
+                place * pieces + piece
+            }
+        }
+    }
+
     /// Names byte `at` of message `index` for an operator: its key, and
     /// under different TP the head and token it holds and the ranks.
     pub fn name(&self, request: u64, index: usize, at: u64) -> String {
@@ -525,6 +576,30 @@ impl RequestLayout {
                 }
             }
         }
+    }
+}
+
+/// Places spaced `stride` bytes apart from `base`, each holding messages
+/// of `len` bytes at the offsets `pieces`: descriptor `place * pieces.len()
+/// + piece` lies at `base + place * stride + pieces[piece]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DescSpace {
+    pub base: usize,
+    pub stride: usize,
+    pub places: usize,
+    pub pieces: Vec<usize>,
+    pub len: usize,
+}
+
+impl DescSpace {
+    pub fn count(&self) -> usize {
+        self.places * self.pieces.len()
+    }
+
+    /// Offset of descriptor `i` in the buffer.
+    pub fn offset(&self, i: usize) -> usize {
+        let n = self.pieces.len();
+        self.base + (i / n) * self.stride + self.pieces[i % n]
     }
 }
 
@@ -1158,29 +1233,36 @@ impl Plan {
 /// Bump when the way a plan is cut into messages changes.
 const LAYOUT_REVISION: u64 = 3;
 
+/// A plan of a preset model at TP 1 for unit tests: every granularity,
+/// 3 timed requests and 1 warm-up, nothing else.
+#[cfg(test)]
+pub(crate) fn sample_plan(model: &str, tokens: &[u32]) -> Plan {
+    let m = crate::kv::presets::lookup(model).unwrap();
+    let bs = crate::kv::presets::default_block_size(&m.attention);
+    Plan {
+        shape: KvShape::new(m, 1, bs).unwrap(),
+        prompt_lengths: tokens.to_vec(),
+        granularities: Granularity::ALL.to_vec(),
+        iterations: 3,
+        warmup: 1,
+        verify: VerifyMode::After,
+        block_table: BlockTable::Contiguous,
+        pool_blocks: None,
+        coalesce: true,
+        prefill: None,
+        load: None,
+        conversation: None,
+        tp: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kv::presets;
 
     fn plan(model: &str, tokens: &[u32]) -> Plan {
-        let m = presets::lookup(model).unwrap();
-        let bs = presets::default_block_size(&m.attention);
-        Plan {
-            shape: KvShape::new(m, 1, bs).unwrap(),
-            prompt_lengths: tokens.to_vec(),
-            granularities: Granularity::ALL.to_vec(),
-            iterations: 3,
-            warmup: 1,
-            verify: VerifyMode::After,
-            block_table: BlockTable::Contiguous,
-            pool_blocks: None,
-            coalesce: true,
-            prefill: None,
-            load: None,
-            conversation: None,
-            tp: None,
-        }
+        sample_plan(model, tokens)
     }
 
     /// A plan read off the wire has its shape checked again (the fuzz test
@@ -1329,5 +1411,55 @@ mod tests {
             vec![Granularity::Layer, Granularity::Block]
         );
         assert!(Granularity::parse_list("page").is_err());
+    }
+
+    /// NIXL's prepared lists hold every place a message can sit; each
+    /// message of every kind of layout is found in them at its own offset.
+    #[test]
+    fn every_message_has_its_place_in_the_descriptor_space() {
+        use tp::{KvLayout, TpTopology};
+        let m = presets::lookup("llama-3.1-8b").unwrap();
+        let shape = KvShape::new(m.clone(), 1, 16).unwrap();
+        let mut layouts = vec![
+            RequestLayout::new(&shape, 100, Granularity::Request),
+            RequestLayout::new(&shape, 100, Granularity::Layer),
+            RequestLayout::in_pool(&shape, 100, BlockTable::Contiguous, 9, true),
+            RequestLayout::in_pool(&shape, 100, BlockTable::Random { seed: 3 }, 40, false),
+            RequestLayout::span(&shape, Granularity::Layer, 32, 80, 128),
+            RequestLayout::span(&shape, Granularity::Block, 32, 80, 128),
+        ];
+        for (p, d, layout) in [(2, 1, KvLayout::Hnd), (1, 2, KvLayout::Nhd), (2, 4, KvLayout::BlocksFirst)] {
+            let t = TpTopology { prefill_tp: p, decode_tp: d, layout };
+            let cut = t.cut(&m, 16, 0, 0).unwrap();
+            layouts.push(
+                RequestLayout::in_pool(&shape, 100, BlockTable::Random { seed: 5 }, 12, true).with_cut(cut),
+            );
+        }
+        for l in &layouts {
+            for side in [Side::Sender, Side::Receiver] {
+                let space = l.desc_space(side);
+                let mut seen = std::collections::HashSet::new();
+                for i in 0..l.message_count {
+                    let d = l.desc_index(side, i);
+                    assert!(d < space.count(), "{:?} {side:?} message {i}", l.granularity);
+                    assert_eq!(
+                        space.offset(d),
+                        l.slot(side, i).offset,
+                        "{:?} {side:?} message {i}",
+                        l.granularity
+                    );
+                    assert!(seen.insert(d), "two messages at one descriptor");
+                    assert_eq!(space.len, l.message_bytes);
+                }
+                // Every descriptor lies inside the side's buffer.
+                let last = space.offset(space.count() - 1) + space.len;
+                assert!(
+                    last <= l.buffer_bytes(),
+                    "{:?} {side:?}: {last} > {}",
+                    l.granularity,
+                    l.buffer_bytes()
+                );
+            }
+        }
     }
 }

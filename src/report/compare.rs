@@ -33,6 +33,7 @@ fn run_label(r: &RunReport) -> String {
     let mut label = match t.kind {
         TransportKind::Tcp if t.streams > 1 => format!("tcp x{}", t.streams),
         TransportKind::Ucx => format!("ucx {}", t.ucx_op),
+        TransportKind::Nixl => format!("nixl {} {}", t.nixl_backend, t.nixl_op),
         TransportKind::Ofi => {
             // "ofi write tcp;ofi_rxm": the provider is what tells two ofi runs apart.
             let provider = r.sender_transport.details.get("ofi_provider").or(t.ofi_provider.as_ref());
@@ -193,6 +194,32 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
     }
     md.push_str(&added_ttft_markdown(series));
     md.push_str(&load_markdown(series));
+    md.push_str(&nixl_markdown(series));
+    md
+}
+
+/// The NIXL points: where each request's time went (empty without them),
+/// so that a gap to raw UCX or libfabric reads as the step that grew.
+fn nixl_markdown(series: &[Series]) -> String {
+    let mut md = String::new();
+    for s in series {
+        for p in &s.points {
+            let Some(n) = &p.nixl else { continue };
+            if md.is_empty() {
+                md.push_str(
+                    "\nNIXL steps (p50): descriptor ids, make_xfer_req, post_xfer_req, post to DONE, DONE to the \
+                     peer's notification; NIXL's own telemetry; descriptors given and left after NIXL merged them\n\n\
+                     | series | prompt | ids | make | post | to DONE | notified | NIXL post | NIXL transfer | descriptors |\n\
+                     |---|---|---|---|---|---|---|---|---|---|\n",
+                );
+            }
+            let steps = n.p50s().join(" | ");
+            md.push_str(&format!(
+                "| {} | {} | {steps} | {} → {} |\n",
+                s.label, p.prompt_tokens, n.descriptors, n.merged_descriptors
+            ));
+        }
+    }
     md
 }
 

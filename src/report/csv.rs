@@ -4,11 +4,17 @@
 use super::{Exporter, RunReport};
 use crate::error::{Error, Result};
 use crate::measure::load::LoadFigures;
+use crate::measure::stats::LatencySummary;
 use crate::measure::ttft::PrefillFigures;
 use crate::measure::PointResult;
+use crate::transport::nixl::NixlFigures;
 use std::io::Write;
 
 pub struct Csv;
+
+/// A NIXL step's column name and where its figures are.
+type NixlStep = (&'static str, fn(&NixlFigures) -> Option<&LatencySummary>);
+type Quantile = (&'static str, fn(&LatencySummary) -> u64);
 
 /// One row: every column's name with its value, so the header cannot drift
 /// from the rows.
@@ -155,6 +161,33 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    // NIXL: where each request's time went; empty on other transports.
+    let n = p.nixl.as_ref();
+    let t = &report.transport;
+    let nixl = n.is_some();
+    cols.push(("nixl_backend".into(), if nixl { t.nixl_backend.clone() } else { String::new() }));
+    cols.push(("nixl_op".into(), if nixl { t.nixl_op.to_string() } else { String::new() }));
+    cols.push(("nixl_descriptors".into(), n.map(|n| n.descriptors.to_string()).unwrap_or_default()));
+    cols.push((
+        "nixl_merged_descriptors".into(),
+        n.map(|n| n.merged_descriptors.to_string()).unwrap_or_default(),
+    ));
+    let steps: [NixlStep; 7] = [
+        ("ids", |n| Some(&n.ids_ns)),
+        ("make", |n| Some(&n.make_ns)),
+        ("post", |n| Some(&n.post_ns)),
+        ("transfer", |n| Some(&n.transfer_ns)),
+        ("notified", |n| n.notified_ns.as_ref()),
+        ("telemetry_post", |n| Some(&n.nixl_post_ns)),
+        ("telemetry_xfer", |n| Some(&n.nixl_xfer_ns)),
+    ];
+    for (step, get) in steps {
+        let quantiles: [Quantile; 2] = [("p50", |l| l.p50), ("p99", |l| l.p99)];
+        for (q, value) in quantiles {
+            let v = n.and_then(get).map(|l| value(l).to_string()).unwrap_or_default();
+            cols.push((format!("nixl_{step}_{q}_ns"), v));
+        }
+    }
     cols
 }
 

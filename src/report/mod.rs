@@ -93,6 +93,22 @@ impl CeilingExceeded {
 }
 
 impl RunReport {
+    /// NIXL: both sides' records of each request become each point's
+    /// figures, and leave the transport details (they would only repeat them).
+    pub fn attach_nixl(&mut self) {
+        let (Some(s), Some(r)) = (self.sender_transport.nixl.take(), self.receiver_transport.nixl.take())
+        else {
+            return;
+        };
+        let (initiator, target) = if s.initiator { (&s, &r) } else { (&r, &s) };
+        let one_host = self.sender.hostname == self.receiver.hostname;
+        for (point, f) in crate::transport::nixl::figures::figures(&self.plan, initiator, target, one_host) {
+            if let Some(p) = self.points.iter_mut().find(|p| p.point == point) {
+                p.nixl = Some(f);
+            }
+        }
+    }
+
     pub fn new(written_by: Role, hello: &Hello, receiver: EnvInfo) -> RunReport {
         RunReport {
             schema: SCHEMA,

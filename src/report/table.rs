@@ -659,6 +659,7 @@ fn footer_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             writeln!(out, "# path       {side}: {path}")?;
         }
     }
+    nixl_lines(r, out)?;
     let setup =
         |i: &crate::transport::TransportInfo| i.setup_ns.map(|n| fmt_ns(n as f64)).unwrap_or("?".into());
     if let Some(first) = r.points.first() {
@@ -674,6 +675,42 @@ fn footer_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "# outcome    {}", r.outcome)?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// NIXL: each point's steps (p50s), and each side's setup.
+fn nixl_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
+    for p in &r.points {
+        let Some(n) = &p.nixl else { continue };
+        let [ids, make, post, done, notified, nixl_post, nixl_xfer] = n.p50s();
+        writeln!(
+            out,
+            "# nixl       {} {}: p50 of {}: ids {ids}, make {make}, post {post}, post to DONE {done}, notified \
+             +{notified}; NIXL's telemetry: post {nixl_post}, transfer {nixl_xfer}; {} descriptors, {} after NIXL \
+             merged them",
+            p.granularity, p.prompt_tokens, n.requests, n.descriptors, n.merged_descriptors
+        )?;
+    }
+    if r.transport.kind != crate::transport::TransportKind::Nixl {
+        return Ok(());
+    }
+    for (side, info) in [("sender", &r.sender_transport), ("receiver", &r.receiver_transport)] {
+        let step =
+            |k: &str| info.details.get(&format!("nixl_setup_{k}_ns")).and_then(|v| v.parse::<f64>().ok());
+        let parts: Vec<String> = [
+            ("agent", "agent"),
+            ("backend", "backend"),
+            ("register", "registration"),
+            ("metadata", "metadata exchange"),
+            ("first_transfer", "first transfer"),
+        ]
+        .iter()
+        .filter_map(|(k, words)| step(k).map(|ns| format!("{words} {}", fmt_ns(ns))))
+        .collect();
+        if !parts.is_empty() {
+            writeln!(out, "# nixl setup {side}: {}", parts.join(", "))?;
+        }
+    }
     Ok(())
 }
 

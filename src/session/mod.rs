@@ -734,21 +734,8 @@ mod tests {
     use crate::transport::{TransportKind, TransportSpec};
 
     fn hello(kind: TransportKind, streams: u32) -> Hello {
-        let plan = crate::plan::Plan {
-            shape: crate::kv::KvShape::new(crate::kv::presets::lookup("qwen3-8b").unwrap(), 1, 16).unwrap(),
-            prompt_lengths: vec![64],
-            granularities: vec![crate::plan::Granularity::Layer],
-            iterations: 1,
-            warmup: 0,
-            verify: crate::plan::VerifyMode::After,
-            block_table: Default::default(),
-            pool_blocks: None,
-            coalesce: true,
-            prefill: None,
-            load: None,
-            conversation: None,
-            tp: None,
-        };
+        let mut plan = crate::plan::sample_plan("qwen3-8b", &[64]);
+        (plan.granularities, plan.iterations, plan.warmup) = (vec![crate::plan::Granularity::Layer], 1, 0);
         Hello {
             role: Role::Sender,
             env: EnvInfo::collect(),
@@ -766,6 +753,11 @@ mod tests {
                 ofi_op: Default::default(),
                 ofi_provider: None,
                 require_provider: None,
+                nixl_op: Default::default(),
+                nixl_backend: crate::transport::nixl::DEFAULT_BACKEND.into(),
+                nixl_threads: None,
+                nixl_params: Vec::new(),
+                nixl_fault: false,
             },
             link: None,
             cookie: 1,

@@ -11,6 +11,7 @@
 //! (ports, ids, memory keys) travels over the control connection.
 
 pub mod nccl;
+pub mod nixl;
 pub mod ofi;
 mod tag;
 pub mod tcp;
@@ -31,6 +32,7 @@ pub enum TransportKind {
     Nccl,
     Ucx,
     Ofi,
+    Nixl,
 }
 
 crate::words::named_by_words!(TransportKind, "transport", {
@@ -38,6 +40,7 @@ crate::words::named_by_words!(TransportKind, "transport", {
     Nccl => "nccl",
     Ucx => "ucx",
     Ofi => "ofi" | "libfabric",
+    Nixl => "nixl",
 });
 
 /// The sender's choice of transport and its knobs; the receiver adopts it.
@@ -71,6 +74,25 @@ pub struct TransportSpec {
     /// The provider libfabric must have chosen, or the run fails (ofi).
     #[serde(default)]
     pub require_provider: Option<String>,
+    /// READ (NixlConnector) or WRITE (NixlPushConnector) (nixl).
+    #[serde(default)]
+    pub nixl_op: nixl::NixlOp,
+    /// The NIXL backend plugin: UCX, LIBFABRIC, ... (nixl).
+    #[serde(default = "default_nixl_backend")]
+    pub nixl_backend: String,
+    /// The backend's `num_threads`; None is NixlConnector's (4 for UCX) (nixl).
+    #[serde(default)]
+    pub nixl_threads: Option<u32>,
+    /// Backend parameters, KEY=VALUE (nixl).
+    #[serde(default)]
+    pub nixl_params: Vec<String>,
+    /// Test fault: a request's first descriptor points at the block beside its own (nixl).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nixl_fault: bool,
+}
+
+fn default_nixl_backend() -> String {
+    nixl::DEFAULT_BACKEND.to_string()
 }
 
 pub const DEFAULT_IN_FLIGHT: u32 = 32;
@@ -93,11 +115,44 @@ impl TransportSpec {
         if self.in_flight == 0 || self.nccl_group == 0 {
             return Err(Error::usage("operations in flight and messages per NCCL group must be at least 1"));
         }
-        if self.kind != TransportKind::Ucx && !self.require_transport.is_empty() {
+        let ucx = self.kind == TransportKind::Ucx
+            || (self.kind == TransportKind::Nixl && self.nixl_backend == "UCX");
+        if !ucx && !self.require_transport.is_empty() {
+            return Err(Error::usage(match self.kind {
+                TransportKind::Nixl => format!(
+                    "--require-transport names UCX transports; NIXL's backend {} is not UCX",
+                    self.nixl_backend
+                ),
+                kind => format!(
+                    "--require-transport names UCX transports; it needs -t ucx or -t nixl, not -t {kind}"
+                ),
+            }));
+        }
+        let nixl_default = self.nixl_op == nixl::NixlOp::default()
+            && self.nixl_backend == nixl::DEFAULT_BACKEND
+            && self.nixl_threads.is_none()
+            && self.nixl_params.is_empty();
+        if self.kind != TransportKind::Nixl && !nixl_default {
             return Err(Error::usage(format!(
-                "--require-transport names UCX transports; it needs -t ucx, not -t {}",
+                "--nixl-op, --nixl-backend, --nixl-threads and --nixl-param set NIXL up; they need -t nixl, not -t {}",
                 self.kind
             )));
+        }
+        if self.nixl_fault && self.kind != TransportKind::Nixl {
+            return Err(Error::usage(format!(
+                "--fault neighbour-block is NIXL's: it needs -t nixl, not -t {}",
+                self.kind
+            )));
+        }
+        if self.nixl_backend.is_empty() || self.nixl_backend.len() > 64 || self.nixl_params.len() > 64 {
+            return Err(Error::usage(
+                "a NIXL backend is named by 1 to 64 characters, with at most 64 parameters",
+            ));
+        }
+        if let Some(p) =
+            self.nixl_params.iter().find(|p| !p.contains('=') || p.starts_with('=') || p.len() > 4096)
+        {
+            return Err(Error::usage(format!("--nixl-param '{p}': give KEY=VALUE")));
         }
         if self.kind != TransportKind::Ofi && (self.ofi_provider.is_some() || self.require_provider.is_some())
         {
@@ -114,7 +169,7 @@ impl TransportSpec {
     pub fn check_memory(&self, memory: MemoryKind) -> Result<(), String> {
         match (self.kind, memory) {
             (TransportKind::Nccl, MemoryKind::Gpu)
-            | (TransportKind::Ucx | TransportKind::Ofi, _)
+            | (TransportKind::Ucx | TransportKind::Ofi | TransportKind::Nixl, _)
             | (TransportKind::Tcp, MemoryKind::Host | MemoryKind::Pinned) => Ok(()),
             (TransportKind::Nccl, m) => Err(format!(
                 "transport nccl moves GPU memory, not {m} memory: use --memory gpu on both sides"
@@ -137,6 +192,8 @@ pub struct LocalOptions {
     pub ucx_lib: Option<String>,
     /// libfabric to open (`--ofi-lib`).
     pub ofi_lib: Option<String>,
+    /// NIXL's C API library to open (`--nixl-lib`).
+    pub nixl_lib: Option<String>,
 }
 
 /// What the transport really did, for the report ("transport truth").
@@ -156,6 +213,9 @@ pub struct TransportInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detected_link: Option<crate::link::Link>,
     pub details: BTreeMap<String, String>,
+    /// NIXL: each request's steps, until they become the points' figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nixl: Option<nixl::NixlRecords>,
 }
 
 /// How the receiver's transport timed a round, when it knows better than the
@@ -346,6 +406,7 @@ pub fn check_library(spec: &TransportSpec, plan: &crate::plan::Plan, local: &Loc
             tag::check_messages(plan.max_messages(), "ofi")?;
             ofi::check_library(local.ofi_lib.as_deref())
         }
+        TransportKind::Nixl => nixl::check_library(local.nixl_lib.as_deref()),
     }
 }
 
@@ -364,6 +425,9 @@ pub fn open_sender(
         }
         TransportKind::Ucx => Box::new(ucx::UcxSender::connect(spec, setup, buf, local.ucx_lib.as_deref())?),
         TransportKind::Ofi => Box::new(ofi::OfiSender::connect(spec, setup, buf, local.ofi_lib.as_deref())?),
+        TransportKind::Nixl => {
+            Box::new(nixl::NixlSender::connect(spec, setup, buf, local.nixl_lib.as_deref())?)
+        }
     })
 }
 
@@ -382,6 +446,9 @@ pub fn open_receiver(
         }
         TransportKind::Ucx => Box::new(ucx::UcxReceiver::accept(spec, setup, buf, local.ucx_lib.as_deref())?),
         TransportKind::Ofi => Box::new(ofi::OfiReceiver::accept(spec, setup, buf, local.ofi_lib.as_deref())?),
+        TransportKind::Nixl => {
+            Box::new(nixl::NixlReceiver::accept(spec, setup, buf, local.nixl_lib.as_deref())?)
+        }
     })
 }
 

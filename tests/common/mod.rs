@@ -226,3 +226,21 @@ pub fn sh(args: &[&str]) -> Result<(), String> {
         false => Err(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())),
     }
 }
+
+/// NIXL's C API for the tests that run `-t nixl`: KVXFER_NIXL_LIB, else
+/// the one scripts/fetch-nixl.sh unpacked under .cache (scripts/test.sh
+/// runs it first). None is a failure that names the fix, not a skip.
+pub fn nixl_lib() -> String {
+    if let Ok(p) = std::env::var("KVXFER_NIXL_LIB") {
+        return p;
+    }
+    let cache = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache");
+    std::fs::read_dir(&cache)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join(".nixl_cu13.mesonpy.libs/libnixl_capi.so"))
+        .find(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .expect("no NIXL for the nixl tests: run scripts/fetch-nixl.sh (scripts/test.sh does), or set KVXFER_NIXL_LIB")
+}
