@@ -169,18 +169,16 @@ fn exit_with(program: &str, result: Result<()>) -> ! {
         }
     };
     let _ = std::io::stdout().flush();
-    if crate::transport::nixl::lib::loaded() {
-        // NIXL's bundled libnl-route crashes in its destructor at exit
-        // (rtnl_tc_unregister, seen with nixl-cu13 1.5.1): end without
-        // running the libraries' destructors, everything written.
-        let _ = std::io::stderr().flush();
-        // SAFETY: flushes C's streams, then ends the process.
-        unsafe {
-            libc::fflush(std::ptr::null_mut());
-            libc::_exit(code)
-        }
+    let _ = std::io::stderr().flush();
+    // The libraries a run loads do not all survive their own destructors:
+    // the libnl-route bundled with NIXL's UCX (nixl-cu13 1.5.1, also loaded
+    // by -t ucx on that UCX) crashes in rtnl_tc_unregister at exit. kvxfer
+    // needs none of them, so it ends without them, everything written.
+    // SAFETY: flushes C's streams, then ends the process.
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::_exit(code)
     }
-    std::process::exit(code)
 }
 
 fn plan(a: &PlanArgs) -> Result<()> {

@@ -60,7 +60,6 @@ impl Nixl {
         }
         let nixl: &'static Nixl = Box::leak(Box::new(Self::load(path)?));
         loaded.push((key, nixl));
-        LOADED_ANY.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(nixl)
     }
 
@@ -218,14 +217,6 @@ pub fn with_fix(why: String) -> String {
         Some(fix) => format!("{why} (fix: {fix})"),
         None => why,
     }
-}
-
-static LOADED_ANY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether this process has loaded NIXL (and so must end without running
-/// its libraries' destructors: see cli::exit_with).
-pub fn loaded() -> bool {
-    LOADED_ANY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Turns a C API status into a result, naming what was done.
