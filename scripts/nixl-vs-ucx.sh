@@ -3,7 +3,8 @@
 # bundles), same plans, two processes on this host: kvxfer -t nixl
 # (--nixl-op write and read, as NixlPushConnector and NixlConnector) beside
 # -t ucx put and get in error mode peer (NIXL's UCX backend's mode), with
-# UCX's defaults and with the UCX settings NIXL's backend makes.
+# UCX's defaults and with the UCX settings NIXL's backend makes, and NIXL
+# with and without its progress thread.
 # ROUNDS rounds, each running every series once in turn, so that a slow
 # spell of a small shared machine falls on all of them; the summary takes
 # each point's median over the rounds, with NIXL's steps (p50) beside.
@@ -30,15 +31,18 @@ declare -A series=(
     [ucx-put]="-t ucx --ucx-op put --ucx-err-mode peer"
     [ucx-put-nixl-config]="-t ucx --ucx-op put --ucx-err-mode peer"
     [nixl-write]="-t nixl --nixl-op write"
+    [nixl-write-no-progress-thread]="-t nixl --nixl-op write --nixl-progress-thread off"
     [ucx-get]="-t ucx --ucx-op get --ucx-err-mode peer"
     [ucx-get-nixl-config]="-t ucx --ucx-op get --ucx-err-mode peer"
     [nixl-read]="-t nixl --nixl-op read"
+    [nixl-read-no-progress-thread]="-t nixl --nixl-op read --nixl-progress-thread off"
 )
 # What NIXL's UCX backend sets in its UCX context that moves data
 # differently (src/plugins/ucx/ucx_utils.cpp, nixlUcxContext): with UCX
 # 1.23 a rendezvous threshold of inf keeps cma for RMA in error mode peer.
 NIXL_CONFIG="UCX_RNDV_THRESH=inf UCX_MAX_RMA_RAILS=2"
-order=(ucx-put ucx-put-nixl-config nixl-write ucx-get ucx-get-nixl-config nixl-read)
+order=(ucx-put ucx-put-nixl-config nixl-write nixl-write-no-progress-thread
+       ucx-get ucx-get-nixl-config nixl-read nixl-read-no-progress-thread)
 { "${KVXFER_BIN:-$here/../target/release}/kvxfer" --version; uname -a; nproc
   echo "NIXL: $KVXFER_NIXL_LIB"; echo "UCX: $KVXFER_UCX_LIB"; echo "workload: ${workload[*]}"; } >"$out/machine.txt"
 for round in $(seq "${ROUNDS:-3}"); do
@@ -70,15 +74,15 @@ print("|---" * (len(points) + 1) + "|")
 for s in order:
     cells = [f"{med(gbps[s][k]):.2f} ({', '.join(f'{x:.2f}' for x in gbps[s][k])})" for k in points]
     print(f"| {s} | " + " | ".join(cells) + " |")
-pairs = [(n, r) for n, r in (("nixl-write", "ucx-put"), ("nixl-write", "ucx-put-nixl-config"),
-                              ("nixl-read", "ucx-get"), ("nixl-read", "ucx-get-nixl-config"))]
+pairs = [(f"nixl-{op}{pt}", f"ucx-{raw}{cfg}") for op, raw in (("write", "put"), ("read", "get"))
+         for pt in ("", "-no-progress-thread") for cfg in ("", "-nixl-config")]
 for nixl, raw in pairs:
     print(f"| {nixl} / {raw} | " + " | ".join(f"{med(gbps[nixl][k]) / med(gbps[raw][k]):.2f}" for k in points) + " |")
 print("\nNIXL's steps, p50 in us (median over rounds)\n")
 names = ["ids_ns", "make_ns", "post_ns", "transfer_ns", "notified_ns", "nixl_post_ns", "nixl_xfer_ns"]
 print("| series | point | " + " | ".join(n[:-3] for n in names) + " |")
 print("|---" * (len(names) + 2) + "|")
-for s in ("nixl-write", "nixl-read"):
+for s in [s for s in order if s.startswith("nixl")]:
     for k in points:
         st = steps.get(s, {}).get(k, {})
         cells = [f"{med(st[n]) / 1e3:.1f}" if n in st else "-" for n in names]

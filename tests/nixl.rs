@@ -174,6 +174,23 @@ fn arrivals_in_flight_and_conversations_move_every_byte() {
     }
 }
 
+/// Without NIXL's progress thread the side that waits drives NIXL itself:
+/// every byte still moves, and the report says how NIXL ran.
+#[test]
+fn without_the_progress_thread_every_byte_moves() {
+    let _serial = one_at_a_time();
+    for op in ["read", "write"] {
+        let r = nixl_run(
+            &["--nixl-op", op, "--nixl-progress-thread", "off", "-p", "300", "-g", "block", "-n", "3"],
+            0,
+        );
+        assert_sane(&r.recv, 1);
+        for side in ["sender_transport", "receiver_transport"] {
+            assert_eq!(r.recv[side]["details"]["nixl_progress_thread"], "false", "{}", r.recv[side]);
+        }
+    }
+}
+
 #[test]
 fn a_descriptor_at_the_neighbour_block_fails_the_run_naming_the_block() {
     let _serial = one_at_a_time();

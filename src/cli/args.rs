@@ -409,6 +409,9 @@ pub struct TransportArgs {
     /// A NIXL backend parameter, KEY=VALUE (e.g. engine_config=TLS=^cuda_ipc); repeatable
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Transport")]
     pub nixl_param: Vec<String>,
+    /// NIXL's progress thread in each agent (on, as vLLM runs it; off shows what it costs a host short of cores)
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set, help_heading = "Transport")]
+    pub nixl_progress_thread: bool,
     /// NIXL's C API library [default: libnixl_capi.so, then a pip-installed nixl-cu13 or nixl-cu12]
     #[arg(long, value_name = "PATH", env = "KVXFER_NIXL_LIB", help_heading = "Transport")]
     pub nixl_lib: Option<String>,
@@ -686,6 +689,7 @@ impl RunArgs {
             nixl_backend: self.transport.nixl_backend.clone(),
             nixl_threads: self.transport.nixl_threads,
             nixl_params: self.transport.nixl_param.clone(),
+            nixl_progress_thread: self.transport.nixl_progress_thread,
             nixl_fault: self.fault == Some(Fault::NeighbourBlock),
         }
     }

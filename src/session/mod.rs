@@ -757,6 +757,7 @@ mod tests {
                 nixl_backend: crate::transport::nixl::DEFAULT_BACKEND.into(),
                 nixl_threads: None,
                 nixl_params: Vec::new(),
+                nixl_progress_thread: true,
                 nixl_fault: false,
             },
             link: None,

@@ -86,9 +86,16 @@ pub struct TransportSpec {
     /// Backend parameters, KEY=VALUE (nixl).
     #[serde(default)]
     pub nixl_params: Vec<String>,
+    /// NIXL's progress thread in each agent (nixl; on, as vLLM runs it).
+    #[serde(default = "default_true")]
+    pub nixl_progress_thread: bool,
     /// Test fault: a request's first descriptor points at the block beside its own (nixl).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub nixl_fault: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_nixl_backend() -> String {
@@ -131,10 +138,12 @@ impl TransportSpec {
         let nixl_default = self.nixl_op == nixl::NixlOp::default()
             && self.nixl_backend == nixl::DEFAULT_BACKEND
             && self.nixl_threads.is_none()
-            && self.nixl_params.is_empty();
+            && self.nixl_params.is_empty()
+            && self.nixl_progress_thread;
         if self.kind != TransportKind::Nixl && !nixl_default {
             return Err(Error::usage(format!(
-                "--nixl-op, --nixl-backend, --nixl-threads and --nixl-param set NIXL up; they need -t nixl, not -t {}",
+                "--nixl-op, --nixl-backend, --nixl-threads, --nixl-param and --nixl-progress-thread set NIXL up; they \
+                 need -t nixl, not -t {}",
                 self.kind
             )));
         }

@@ -97,12 +97,13 @@ fn c_string(s: &str, what: &str) -> Result<CString> {
 
 impl Agent {
     /// An agent as vLLM's NixlConnector configures it: NIXL's progress
-    /// thread on, no listener (metadata travels over kvxfer's control
-    /// connection, as over vLLM's side channel), telemetry captured.
-    pub fn new(nixl: &'static Nixl, name: &str) -> Result<Agent> {
+    /// thread on (unless `progress_thread` is false), no listener (metadata
+    /// travels over kvxfer's control connection, as over vLLM's side
+    /// channel), telemetry captured.
+    pub fn new(nixl: &'static Nixl, name: &str, progress_thread: bool) -> Result<Agent> {
         let c_name = c_string(name, "agent name")?;
         let config = sys::nixl_capi_agent_config_t {
-            enable_prog_thread: true,
+            enable_prog_thread: progress_thread,
             enable_listen_thread: false,
             listen_port: 0,
             thread_sync: sys::nixl_capi_thread_sync_t::NIXL_CAPI_THREAD_SYNC_NONE,

@@ -196,7 +196,7 @@ impl Side {
         let backend = spec.nixl_backend.clone();
         let name = agent_name(sender);
         let t = Instant::now();
-        let mut agent = Agent::new(nixl, &name)?;
+        let mut agent = Agent::new(nixl, &name, spec.nixl_progress_thread)?;
         let agent_ns = since(t);
         let plugins = agent.plugins()?;
         if !plugins.contains(&backend) {
@@ -284,6 +284,7 @@ impl Side {
         d.insert("nixl_backend".into(), side.backend.clone());
         d.insert("nixl_plugin_dir".into(), nixl.plugin_dir().display().to_string());
         d.insert("nixl_agent".into(), name);
+        d.insert("nixl_progress_thread".into(), spec.nixl_progress_thread.to_string());
         d.insert(
             "nixl_backend_params".into(),
             used.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
@@ -798,7 +799,7 @@ impl PluginProbe {
 /// not), the memory it takes, and for UCX and LIBFABRIC whether a backend
 /// can be created here.
 pub fn probe(nixl: &'static Nixl) -> Result<Vec<PluginProbe>> {
-    let lister = Agent::new(nixl, &agent_name(false))?;
+    let lister = Agent::new(nixl, &agent_name(false), true)?;
     let mut out = Vec::new();
     for name in lister.plugins()? {
         let mut p = PluginProbe {
@@ -816,7 +817,7 @@ pub fn probe(nixl: &'static Nixl) -> Result<Vec<PluginProbe>> {
             }
         }
         if p.load_error.is_none() && (name == "UCX" || name == "LIBFABRIC") {
-            let mut agent = Agent::new(nixl, &agent_name(false))?;
+            let mut agent = Agent::new(nixl, &agent_name(false), true)?;
             match agent.create_backend(&name, &[]) {
                 Ok(_) => p.created = Some(true),
                 Err(e) => (p.created, p.create_error) = (Some(false), Some(e.message)),
