@@ -414,6 +414,12 @@ impl Side {
                     self.agent.unprep(p);
                 }
             }
+            if space.count() > i32::MAX as usize {
+                return Err(Error::usage(format!(
+                    "{} descriptors in a pool: NIXL indexes them with 32-bit ints",
+                    space.count()
+                )));
+            }
             let t = Instant::now();
             let (base, mem, dev) = match local {
                 true => (self.base, self.mem, self.device),
@@ -449,8 +455,7 @@ impl Side {
     /// beside its own.
     fn indices(&self, layout: &RequestLayout) -> Result<(Vec<i32>, Vec<i32>)> {
         let (mine, theirs) = self.buffer_sides();
-        let ids =
-            |side| (0..layout.message_count).map(|i| layout.desc_index(side, i) as i32).collect::<Vec<_>>();
+        let ids = |side| layout.desc_indices(side).into_iter().map(|d| d as i32).collect::<Vec<_>>();
         let (mut local, mut remote) = (ids(mine), ids(theirs));
         if self.fault {
             let source = if mine == BufSide::Sender { &mut local } else { &mut remote };

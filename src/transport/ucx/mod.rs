@@ -352,7 +352,8 @@ impl Side {
             // what keeps shared memory out; between hosts there is none to use.
             if self.peer_errors && path.contains("tcp/lo") && self.node.mem() == MemType::Host {
                 path +=
-                    "; --ucx-err-mode none lets UCX use shared memory, which peer error handling rules out";
+                    "; --ucx-err-mode none lets UCX use shared memory, which peer error handling rules out (UCX 1.23 \
+                     keeps cma with UCX_RNDV_THRESH=inf, as NIXL sets it)";
             }
             info.path = Some(path);
         }
