@@ -196,6 +196,11 @@ impl Nixl {
 pub fn with_fix(why: String) -> String {
     let fix = [
         (
+            "version `FABRIC_",
+            "a libfabric of that ABI or newer on LD_LIBRARY_PATH (FABRIC_1.10: newer than 2.3, the newest CUDA \
+             build on PyPI; on AWS the EFA installer's)",
+        ),
+        (
             "libcudart.so.13",
             "pip install 'nvidia-cuda-runtime>=13,<14' and put its nvidia/cu13/lib on LD_LIBRARY_PATH",
         ),
@@ -317,6 +322,15 @@ mod tests {
         assert_eq!(super::wheel_version(&libs.join(super::DEFAULT_LIB)).as_deref(), Some("1.5.1"));
         let elsewhere = tempfile::tempdir().unwrap();
         assert_eq!(super::wheel_version(&elsewhere.path().join("lib/libnixl_capi.so")), None);
+    }
+
+    #[test]
+    fn a_plugin_that_does_not_load_is_told_its_fix() {
+        let abi = super::with_fix("libfabric.so.1: version `FABRIC_1.10' not found (required by x)".into());
+        assert!(abi.contains("(fix: a libfabric of that ABI or newer"), "{abi}");
+        let cudart = super::with_fix("libcudart.so.13: cannot open shared object file".into());
+        assert!(cudart.ends_with("put its nvidia/cu13/lib on LD_LIBRARY_PATH)"), "{cudart}");
+        assert_eq!(super::with_fix("something else".into()), "something else");
     }
 
     #[test]

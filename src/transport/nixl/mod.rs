@@ -328,7 +328,10 @@ impl Side {
     /// The protocols UCX printed for this side's transfers so far.
     fn protocols(&self) -> Vec<proto::Row> {
         match &self.capture {
-            Some(c) => proto::parse(&c.text(), &self.agent.name, self.op == NixlOp::Read),
+            Some(c) => proto::of_memory(
+                proto::parse(&c.text(), &self.agent.name, self.op == NixlOp::Read),
+                self.mem == Mem::Vram,
+            ),
             None => Vec::new(),
         }
     }

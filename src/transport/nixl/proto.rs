@@ -95,6 +95,19 @@ pub fn parse(text: &str, agent: &str, read: bool) -> Vec<Row> {
     rows
 }
 
+/// The rows of operations on this side's memory: NIXL's UCX also moves
+/// host memory of its own (notifications), and UCX names the memory in the
+/// operation ("from host memory to host", "... cuda ..."). All of them
+/// where none names it.
+pub fn of_memory(rows: Vec<Row>, gpu: bool) -> Vec<Row> {
+    let mine: Vec<Row> = rows.iter().filter(|r| r.operation.contains("cuda") == gpu).cloned().collect();
+    if mine.is_empty() {
+        rows
+    } else {
+        mine
+    }
+}
+
 /// One line for the report: each protocol with its transports and range.
 pub fn path(rows: &[Row], read: bool) -> String {
     let op = if read { "read" } else { "write" };
@@ -377,6 +390,22 @@ mod tests {
         };
         assert!(require(&[rc], true, &["rc".into()]).is_ok());
         assert!(path(&[], true).contains("did not say"));
+    }
+
+    #[test]
+    fn the_rows_of_the_sides_memory_are_kept() {
+        let row = |op: &str, config: &str| Row {
+            operation: op.into(),
+            range: "0..inf".into(),
+            protocol: "zero-copy".into(),
+            config: config.into(),
+        };
+        let host = row("remote memory write by ucp_put* from host memory to host", "cma/memory");
+        let gpu = row("remote memory write by ucp_put* from cuda/GPU0 memory to cuda", "cuda_ipc/cuda");
+        let both = vec![host.clone(), gpu.clone()];
+        assert_eq!(of_memory(both.clone(), true), [gpu]);
+        assert_eq!(of_memory(both, false), std::slice::from_ref(&host));
+        assert_eq!(of_memory(vec![host.clone()], true), [host], "none of GPU memory: all kept");
     }
 
     #[test]

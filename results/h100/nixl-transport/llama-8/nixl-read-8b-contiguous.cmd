@@ -1,0 +1,1 @@
+# kvxfer-send -t nixl --nixl-op read -m llama-3.1-8b -g block -p 1024 -n 5 -w 1
