@@ -404,7 +404,7 @@ pub struct TransportArgs {
     #[arg(long, value_name = "NAME", default_value = crate::transport::nixl::DEFAULT_BACKEND, help_heading = "Transport")]
     pub nixl_backend: String,
     /// NIXL backend's num_threads [default: 4 for UCX, as NixlConnector; the backend's own otherwise]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1024), help_heading = "Transport")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=crate::transport::MAX_NIXL_THREADS as i64), help_heading = "Transport")]
     pub nixl_threads: Option<u32>,
     /// A NIXL backend parameter, KEY=VALUE (e.g. engine_config=TLS=^cuda_ipc); repeatable
     #[arg(long, value_name = "KEY=VALUE", help_heading = "Transport")]

@@ -105,6 +105,8 @@ fn default_nixl_backend() -> String {
 pub const DEFAULT_IN_FLIGHT: u32 = 32;
 /// tcp data connections of one pair, at most.
 pub const MAX_STREAMS: u32 = 64;
+/// NIXL backend worker threads, at most.
+pub const MAX_NIXL_THREADS: u32 = 1024;
 
 fn default_in_flight() -> u32 {
     DEFAULT_IN_FLIGHT
@@ -157,6 +159,10 @@ impl TransportSpec {
             return Err(Error::usage(
                 "a NIXL backend is named by 1 to 64 characters, with at most 64 parameters",
             ));
+        }
+        // The command line bounds it; a spec read off the wire is checked again.
+        if self.nixl_threads.is_some_and(|n| n > MAX_NIXL_THREADS) {
+            return Err(Error::usage(format!("--nixl-threads: from 0 to {MAX_NIXL_THREADS}")));
         }
         if let Some(p) =
             self.nixl_params.iter().find(|p| !p.contains('=') || p.starts_with('=') || p.len() > 4096)

@@ -8,8 +8,9 @@
 //!   the backend prepares the transfer);
 //! - post: `post_xfer_req` (the backend starts every descriptor);
 //! - transfer: from the post's return to `get_xfer_status` saying DONE;
-//! - notified: from DONE on the initiator to the notification arriving at
-//!   the target (one host only, where both clocks are CLOCK_MONOTONIC);
+//! - notified: from DONE on the initiator to the target seeing the
+//!   notification, which it polls for while it waits (one host only,
+//!   where both clocks are CLOCK_MONOTONIC);
 //! - NIXL's own post and transfer durations (`get_xfer_telemetry`).
 
 use crate::measure::stats::{self, LatencySummary};

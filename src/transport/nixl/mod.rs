@@ -407,15 +407,16 @@ impl Side {
     /// prepared the first time it is seen (outside any request's clock).
     fn prepare(&mut self, layout: &RequestLayout) -> Result<(Prepped, Prepped)> {
         let (mine, theirs) = self.buffer_sides();
+        // Room for both before either is taken: a list handed out stays valid.
+        if self.prepped.len() + 2 > MAX_PREPPED {
+            for (_, p) in self.prepped.drain() {
+                self.agent.unprep(p);
+            }
+        }
         let mut get = |local: bool, side: BufSide| -> Result<Prepped> {
             let space = layout.desc_space(side);
             if let Some(p) = self.prepped.get(&(local, space.clone())) {
                 return Ok(*p);
-            }
-            if self.prepped.len() >= MAX_PREPPED {
-                for (_, p) in self.prepped.drain() {
-                    self.agent.unprep(p);
-                }
             }
             if space.count() > i32::MAX as usize {
                 return Err(Error::usage(format!(
