@@ -191,6 +191,48 @@ fn without_the_progress_thread_every_byte_moves() {
     }
 }
 
+/// A prefill side killed mid-run, held where it has the go of a request:
+/// the decode side ends at once, exit 1, naming the sender, its report kept.
+#[test]
+fn a_killed_sender_is_named_by_the_receiver_at_once() {
+    let _serial = one_at_a_time();
+    let lib = nixl_lib();
+    for op in ["read", "write"] {
+        let dir = tempfile::tempdir().unwrap();
+        let rj = dir.path().join("recv.json");
+        let mut cmd = std::process::Command::new(RECV);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--timeout",
+            "2s",
+            "--nixl-lib",
+            &lib,
+            "--json",
+            rj.to_str().unwrap(),
+        ]);
+        let recv = Proc::spawn(cmd);
+        assert!(recv.wait_for("listening on ", secs(10)), "{}", recv.stderr());
+        let addr = recv.stderr().rsplit("listening on ").next().unwrap().trim().to_string();
+        let mut cmd = std::process::Command::new(SEND);
+        cmd.args(["--connect", &addr, "-t", "nixl", "--nixl-op", op, "--nixl-lib", &lib, "--timeout", "2s"]);
+        cmd.args(["-p", "64,128", "-g", "block", "-n", "2"]).env("KVXFER_HOLD_AT", "transfer");
+        let send = Proc::spawn(cmd);
+        assert!(send.wait_for("holding at transfer", secs(60)), "{op}: {}", send.stderr());
+        let killed = std::time::Instant::now();
+        send.signal(libc::SIGKILL);
+        let r = recv.finish(secs(20));
+        assert!(killed.elapsed() < secs(8), "{op}: the receiver took {:?}\n{}", killed.elapsed(), r.stderr);
+        r.expect_code(1);
+        let error = r.stderr.lines().find(|l| l.contains(": error: ")).unwrap_or_default();
+        assert!(error.contains("sender"), "{op}: {}", r.stderr);
+        assert!(!r.stderr.contains("panicked") && !r.stderr.contains("Fatal"), "{op}: {}", r.stderr);
+        let report = json(&rj);
+        assert_eq!(report["points"].as_array().unwrap().len(), 1, "{op}: the first point is kept");
+        assert!(report["outcome"].as_str().unwrap().starts_with("error"), "{op}: {}", report["outcome"]);
+    }
+}
+
 #[test]
 fn a_descriptor_at_the_neighbour_block_fails_the_run_naming_the_block() {
     let _serial = one_at_a_time();

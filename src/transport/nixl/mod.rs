@@ -512,7 +512,12 @@ impl Side {
         let done_at = mono_ns();
         let telemetry = self.agent.telemetry(&x).unwrap_or_default();
         self.agent.release(x);
-        let (post_ns, transfer_ns) = result.map_err(|e| e.context(format!("request {request}")))?;
+        // A transfer NIXL failed is most often a peer that has gone: the
+        // control connection names that better than NIXL's status does.
+        let (post_ns, transfer_ns) = result.map_err(|e| match w.peer.watch() {
+            Err(lost) => lost,
+            Ok(()) => e.context(format!("request {request}")),
+        })?;
         Ok(Record {
             request,
             round: id.round,
