@@ -94,6 +94,18 @@ pub fn meminfo_kib(field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The first file mapped into this process that `matches` (a loaded
+/// library's real path, where dlopen was given a bare soname), from
+/// /proc/self/maps.
+pub fn mapped_file(matches: impl Fn(&std::path::Path) -> bool) -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .map(std::path::Path::new)
+        .find(|p| matches(p))
+        .map(std::path::Path::to_path_buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

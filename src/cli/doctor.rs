@@ -451,11 +451,7 @@ fn verdicts(h: &Have) -> Vec<Verdict> {
 }
 
 /// The file a loaded library really is (its name given to dlopen may be a
-/// bare soname), from this process's memory map.
+/// bare soname).
 fn loaded(stem: &str) -> Option<std::path::PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| std::path::Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with(stem)))
-        .map(std::path::PathBuf::from)
+    crate::env::mapped_file(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(stem)))
 }

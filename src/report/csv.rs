@@ -161,7 +161,13 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
-    // NIXL: where each request's time went; empty on other transports.
+    cols.extend(nixl_columns(report, p));
+    cols
+}
+
+/// NIXL: where each request's time went; empty on other transports.
+fn nixl_columns(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
+    let mut cols = Vec::new();
     let n = p.nixl.as_ref();
     let t = &report.transport;
     let nixl = n.is_some();

@@ -176,17 +176,24 @@ impl Nixl {
         if !file.is_file() {
             return Some(format!("{} is not there", file.display()));
         }
-        // SAFETY: loading a plugin NIXL would load itself; the handle is kept.
-        match unsafe { libloading::Library::new(&file) } {
-            Ok(lib) => {
-                std::mem::forget(lib);
-                None
-            }
-            Err(e) => {
-                crate::signals::install();
-                let why = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or(e.to_string());
-                Some(with_fix(why))
-            }
+        load_error(&file)
+    }
+}
+
+/// Why `file` does not load, in the dynamic loader's words with the fix,
+/// if it does not; loaded, it stays (NIXL would load it itself).
+pub fn load_error(file: &Path) -> Option<String> {
+    // SAFETY: a library NIXL loads itself; the handle is kept.
+    let loaded = unsafe { libloading::Library::new(file) };
+    // Its libraries (libfabric's shm) may take SIGINT and SIGTERM as they load.
+    crate::signals::install();
+    match loaded {
+        Ok(lib) => {
+            std::mem::forget(lib);
+            None
+        }
+        Err(e) => {
+            Some(with_fix(std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or(e.to_string())))
         }
     }
 }

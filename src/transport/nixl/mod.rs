@@ -85,6 +85,9 @@ pub const DEFAULT_BACKEND: &str = "UCX";
 const UCX_THREADS: u32 = 4;
 /// How often a waiting side looks at the control connection.
 const WATCH_EVERY: Duration = Duration::from_millis(5);
+/// How long a failed transfer waits for the control connection to say the
+/// peer has gone.
+const PEER_LOSS_GRACE: Duration = Duration::from_millis(500);
 /// The setup's transfer, which wires up the connection.
 const WARM_UP_BYTES: usize = 32 << 20;
 /// Prepared lists kept at once; conversations at layer granularity make
@@ -173,6 +176,23 @@ impl<'a> Waiter<'a> {
     }
 }
 
+/// The control connection's word that the peer has gone, if it comes
+/// within a moment: a round NIXL failed is most often a peer that has
+/// gone, which NIXL's UCX can see before the socket's reset has been read,
+/// and which the control connection names better than NIXL's status does.
+fn peer_lost(peer: &mut dyn PeerLink) -> Option<Error> {
+    let until = Instant::now() + PEER_LOSS_GRACE;
+    loop {
+        if let Err(lost) = peer.watch() {
+            return Some(lost);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+}
+
 /// A step's duration from `t` to now, in ns.
 fn since(t: Instant) -> u64 {
     super::nanos(t.elapsed())
@@ -198,15 +218,7 @@ impl Side {
         let t = Instant::now();
         let mut agent = Agent::new(nixl, &name, spec.nixl_progress_thread)?;
         let agent_ns = since(t);
-        let plugins = agent.plugins()?;
-        if !plugins.contains(&backend) {
-            return Err(Error::usage(format!(
-                "{} has no backend plugin '{backend}': it has {} (in {})",
-                nixl.describe(),
-                plugins.join(", "),
-                nixl.plugin_dir().display()
-            )));
-        }
+        has_plugin(nixl, &agent, &backend)?;
         // UCX prints its protocol tables where the initiator's transfers select them.
         let ucx = backend == "UCX";
         let capture = (ucx && initiator).then(proto::Capture::begin);
@@ -235,20 +247,13 @@ impl Side {
             backend: backend.clone(),
             nixl: nixl.version.clone().unwrap_or_default(),
         };
-        setup.send(serde_json::to_value(&mine).expect("setup data serialises"))?;
         tracing::debug!(
             "NIXL agent {name}: backend {backend}, {} bytes of {} registered",
             buf.len(),
             mem.name()
         );
-        let theirs = setup.recv("waiting for the peer's NIXL agent metadata")?;
-        let theirs: SetupData = serde_json::from_value(theirs)
-            .map_err(|e| Error::run(format!("protocol error: bad NIXL setup from the peer: {e}")))?;
-        let md =
-            unhex(&theirs.metadata).ok_or_else(|| Error::run("protocol error: NIXL metadata is not hex"))?;
-        let peer = agent.load_remote_md(&md)?;
+        let (peer, theirs) = exchange_metadata(&agent, &mut setup, &mine)?;
         let metadata_ns = since(t);
-        tracing::debug!("NIXL: the peer's agent {peer} loaded ({} bytes of metadata)", md.len());
         let remote_mem = if theirs.memory == "VRAM" { Mem::Vram } else { Mem::Dram };
         let mut side = Side {
             agent,
@@ -277,32 +282,45 @@ impl Side {
         side.warm_up(&mut setup, buf.len(), &used)?;
         let warm_up_ns = since(t);
         side.rows = side.protocols();
-        let d = &mut side.info.details;
-        d.insert("nixl_library".into(), nixl.path.clone());
-        d.insert("nixl_version".into(), nixl.version.clone().unwrap_or_else(|| "?".into()));
-        d.insert("peer_nixl_version".into(), theirs.nixl);
-        d.insert("nixl_backend".into(), side.backend.clone());
-        d.insert("nixl_plugin_dir".into(), nixl.plugin_dir().display().to_string());
-        d.insert("nixl_agent".into(), name);
-        d.insert("nixl_progress_thread".into(), spec.nixl_progress_thread.to_string());
-        d.insert(
-            "nixl_backend_params".into(),
-            used.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-        );
-        for (part, ns) in [
+        let steps = [
             ("agent", agent_ns),
             ("backend", backend_ns),
             ("register", register_ns),
             ("metadata", metadata_ns),
             ("first_transfer", warm_up_ns),
-        ] {
-            d.insert(format!("nixl_setup_{part}_ns"), ns.to_string());
+        ];
+        side.note_setup(nixl, spec, &name, theirs.nixl, &used, &steps);
+        side.describe(spec, began.elapsed())?;
+        Ok(side)
+    }
+
+    /// The report's details of the setup: the library, the backend and
+    /// its parameters, each setup step's time, and UCX_ and NIXL_ variables.
+    fn note_setup(
+        &mut self,
+        nixl: &Nixl,
+        spec: &TransportSpec,
+        name: &str,
+        peer_version: String,
+        params: &[(String, String)],
+        steps: &[(&str, u64)],
+    ) {
+        let d = &mut self.info.details;
+        d.insert("nixl_library".into(), nixl.path.clone());
+        d.insert("nixl_version".into(), nixl.version.clone().unwrap_or_else(|| "?".into()));
+        d.insert("peer_nixl_version".into(), peer_version);
+        d.insert("nixl_backend".into(), self.backend.clone());
+        d.insert("nixl_plugin_dir".into(), nixl.plugin_dir().display().to_string());
+        d.insert("nixl_agent".into(), name.to_string());
+        d.insert("nixl_progress_thread".into(), spec.nixl_progress_thread.to_string());
+        let params: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        d.insert("nixl_backend_params".into(), params.join(","));
+        for (step, ns) in steps {
+            d.insert(format!("nixl_setup_{step}_ns"), ns.to_string());
         }
         for (k, v) in std::env::vars().filter(|(k, _)| k.starts_with("UCX_") || k.starts_with("NIXL_")) {
             d.insert(k, v);
         }
-        side.describe(spec, began.elapsed())?;
-        Ok(side)
     }
 
     fn describe(&mut self, spec: &TransportSpec, setup: Duration) -> Result<()> {
@@ -512,12 +530,7 @@ impl Side {
         let done_at = mono_ns();
         let telemetry = self.agent.telemetry(&x).unwrap_or_default();
         self.agent.release(x);
-        // A transfer NIXL failed is most often a peer that has gone: the
-        // control connection names that better than NIXL's status does.
-        let (post_ns, transfer_ns) = result.map_err(|e| match w.peer.watch() {
-            Err(lost) => lost,
-            Ok(()) => e.context(format!("request {request}")),
-        })?;
+        let (post_ns, transfer_ns) = result.map_err(|e| e.context(format!("request {request}")))?;
         Ok(Record {
             request,
             round: id.round,
@@ -540,6 +553,76 @@ impl Side {
             "UCX" => format!("NIXL UCX {}", proto::path(rows, self.op == NixlOp::Read)),
             other => format!("NIXL {other} {} (NIXL does not say which provider or path)", self.op),
         }
+    }
+
+    /// The prefill side's round: its notifications, and WRITE's transfer.
+    fn send_round(
+        &mut self,
+        layout: &RequestLayout,
+        id: Round,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+        ready: &dyn Ready,
+    ) -> Result<()> {
+        let request = id.request;
+        let going = || format!("waiting for the receiver's go for request {request}");
+        let what = || format!("sending request {request} over NIXL");
+        let lists = if self.initiator { Some(self.prepare(layout)?) } else { None };
+        let mut w = Waiter::new(deadline, peer);
+        let last = layout.message_count.saturating_sub(1);
+        if self.op == NixlOp::Read {
+            if ready.computes() {
+                // Decode reads once prefill has ended: go, compute, then say so.
+                self.wait_notification(&id.go(), &mut w, &going)?;
+                ready.go();
+                while !ready.ready(last)? {
+                    w.tick(&what)?;
+                }
+                self.agent.notify(&self.peer, &id.computed())?;
+            }
+            // Prefill frees its blocks when decode's notification comes.
+            let notified_at = self.wait_notification(&id.done(), &mut w, &what)?;
+            self.record(Record { request: id.request, round: id.round, notified_at, ..Default::default() });
+            return Ok(());
+        }
+        // Push: decode asks for the request, prefill writes it whole once computed.
+        self.wait_notification(&id.go(), &mut w, &going)?;
+        ready.go();
+        while !ready.ready(last)? {
+            w.tick(&what)?;
+        }
+        let record = self.transfer(layout, id, &mut w, lists.expect("the initiator's lists"))?;
+        self.record(record);
+        Ok(())
+    }
+
+    /// The decode side's round: READ's transfer, or WRITE's go and wait.
+    fn recv_round(
+        &mut self,
+        layout: &RequestLayout,
+        id: Round,
+        deadline: Instant,
+        peer: &mut dyn PeerLink,
+        computes: bool,
+        lists: Option<(Prepped, Prepped)>,
+    ) -> Result<Record> {
+        let request = id.request;
+        let what = || format!("receiving request {request} over NIXL");
+        let mut w = Waiter::new(deadline, peer);
+        Ok(match self.op {
+            NixlOp::Read => {
+                if computes {
+                    self.agent.notify(&self.peer, &id.go())?;
+                    self.wait_notification(&id.computed(), &mut w, &what)?;
+                }
+                self.transfer(layout, id, &mut w, lists.expect("the initiator's lists"))?
+            }
+            NixlOp::Write => {
+                self.agent.notify(&self.peer, &id.go())?;
+                let notified_at = self.wait_notification(&id.done(), &mut w, &what)?;
+                Record { request: id.request, round: id.round, notified_at, ..Default::default() }
+            }
+        })
     }
 
     /// The next round's names, for a request.
@@ -606,6 +689,33 @@ impl Round {
     fn computed(self) -> Vec<u8> {
         format!("computed:{}.{}", self.request, self.round).into_bytes()
     }
+}
+
+/// Fails, naming the plugins NIXL has, where it has none for `backend`.
+fn has_plugin(nixl: &Nixl, agent: &Agent, backend: &str) -> Result<()> {
+    let plugins = agent.plugins()?;
+    if !plugins.iter().any(|p| p == backend) {
+        return Err(Error::usage(format!(
+            "{} has no backend plugin '{backend}': it has {} (in {})",
+            nixl.describe(),
+            plugins.join(", "),
+            nixl.plugin_dir().display()
+        )));
+    }
+    Ok(())
+}
+
+/// Sends this side's agent metadata and buffer over the control connection
+/// (vLLM's side channel) and loads the peer's: its agent's name and setup.
+fn exchange_metadata(agent: &Agent, setup: &mut Setup, mine: &SetupData) -> Result<(String, SetupData)> {
+    setup.send(serde_json::to_value(mine).expect("setup data serialises"))?;
+    let theirs = setup.recv("waiting for the peer's NIXL agent metadata")?;
+    let theirs: SetupData = serde_json::from_value(theirs)
+        .map_err(|e| Error::run(format!("protocol error: bad NIXL setup from the peer: {e}")))?;
+    let md = unhex(&theirs.metadata).ok_or_else(|| Error::run("protocol error: NIXL metadata is not hex"))?;
+    let peer = agent.load_remote_md(&md)?;
+    tracing::debug!("NIXL: the peer's agent {peer} loaded ({} bytes of metadata)", md.len());
+    Ok((peer, theirs))
 }
 
 /// Agent names are unique in the process and across a pair's two sides.
@@ -681,35 +791,7 @@ impl SendSide for NixlSender {
         let s = &mut self.0;
         s.bind()?;
         let id = s.next_round(request);
-        let going = || format!("waiting for the receiver's go for request {request}");
-        let what = || format!("sending request {request} over NIXL");
-        let lists = if s.initiator { Some(s.prepare(layout)?) } else { None };
-        let mut w = Waiter::new(deadline, peer);
-        let last = layout.message_count.saturating_sub(1);
-        if s.op == NixlOp::Read {
-            if ready.computes() {
-                // Decode reads once prefill has ended: go, compute, then say so.
-                s.wait_notification(&id.go(), &mut w, &going)?;
-                ready.go();
-                while !ready.ready(last)? {
-                    w.tick(&what)?;
-                }
-                s.agent.notify(&s.peer, &id.computed())?;
-            }
-            // Prefill frees its blocks when decode's notification comes.
-            let notified_at = s.wait_notification(&id.done(), &mut w, &what)?;
-            s.record(Record { request, round: id.round, notified_at, ..Default::default() });
-            return Ok(());
-        }
-        // Push: decode asks for the request, prefill writes it whole once computed.
-        s.wait_notification(&id.go(), &mut w, &going)?;
-        ready.go();
-        while !ready.ready(last)? {
-            w.tick(&what)?;
-        }
-        let record = s.transfer(layout, id, &mut w, lists.expect("the initiator's lists"))?;
-        s.record(record);
-        Ok(())
+        s.send_round(layout, id, deadline, &mut *peer, ready).map_err(|e| peer_lost(peer).unwrap_or(e))
     }
 }
 
@@ -742,22 +824,9 @@ impl RecvSide for NixlReceiver {
         let computes = peer.computes();
         super::host_timed_round(buf, layout, done, |arrived, landed| {
             let t0 = Instant::now();
-            let what = || format!("receiving request {request} over NIXL");
-            let mut w = Waiter::new(deadline, peer);
-            let record = match s.op {
-                NixlOp::Read => {
-                    if computes {
-                        s.agent.notify(&s.peer, &id.go())?;
-                        s.wait_notification(&id.computed(), &mut w, &what)?;
-                    }
-                    s.transfer(layout, id, &mut w, lists.expect("the initiator's lists"))?
-                }
-                NixlOp::Write => {
-                    s.agent.notify(&s.peer, &id.go())?;
-                    let notified_at = s.wait_notification(&id.done(), &mut w, &what)?;
-                    Record { request, round: id.round, notified_at, ..Default::default() }
-                }
-            };
+            let record = s
+                .recv_round(layout, id, deadline, &mut *peer, computes, lists)
+                .map_err(|e| peer_lost(peer).unwrap_or(e))?;
             s.record(record);
             // One-sided: the messages are known to be here only now.
             landed.set(Some(Instant::now()));
@@ -848,28 +917,16 @@ pub fn probe(nixl: &'static Nixl) -> Result<Vec<PluginProbe>> {
 /// Why the CUDA module of the UCX that NIXL loaded does not load, if it
 /// does not: it sits in ucx/ beside that libucp.
 fn ucx_cuda_module_error() -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let ucp = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| {
-        std::path::Path::new(p).file_name().is_some_and(|n| {
-            let n = n.to_string_lossy();
-            n.starts_with("libucp-") || n.starts_with("libucp.so")
-        }) && p.contains("nixl")
+    let ucp = crate::env::mapped_file(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        (name.starts_with("libucp-") || name.starts_with("libucp.so")) && p.to_string_lossy().contains("nixl")
     })?;
-    let dir = std::path::Path::new(ucp).parent()?.join("ucx");
+    let dir = ucp.parent()?.join("ucx");
     let module = std::fs::read_dir(&dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("libuct_cuda.so")));
     let Some(module) = module else { return Some(format!("{} has no libuct_cuda", dir.display())) };
-    // SAFETY: loading the module UCX would load; kept loaded.
-    match unsafe { libloading::Library::new(&module) } {
-        Ok(lib) => {
-            std::mem::forget(lib);
-            None
-        }
-        Err(e) => {
-            Some(lib::with_fix(std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or(e.to_string())))
-        }
-    }
+    lib::load_error(&module)
 }
