@@ -27,12 +27,18 @@ pub struct PromptSizing {
     pub tokens: u32,
     /// Fraction of requests with this prompt length.
     pub share: f64,
-    /// KV bytes of one request on one rank.
+    /// KV bytes of one request on one rank (a hybrid model's as vLLM's
+    /// hybrid KV cache manager keeps them, unless it is off).
     pub request_bytes: u64,
-    /// One (request, layer) tensor as P2pNccl sends it.
+    /// A hybrid model's request with every layer counted as full attention
+    /// (HMA off); None where every layer is.
+    pub request_bytes_in_full: Option<u64>,
+    /// The largest (request, layer) tensor as P2pNccl sends it.
     pub layer_tensor_bytes: u64,
-    /// The same in the pinned pool, rounded up to a power of two.
+    /// That tensor in the pinned pool, rounded up to a power of two.
     pub pooled_layer_bytes: u64,
+    /// The request in the pinned pool: each layer's tensor rounded up.
+    pub pooled_request_bytes: u64,
     /// One request in LMCache's buffer: whole 256-token chunks.
     pub lmcache_bytes: u64,
     /// Time to move the request over the measured fabric, if given.
@@ -68,6 +74,8 @@ pub struct Sizing {
     pub prompts: Vec<PromptSizing>,
     /// `concurrent` requests of the longest prompt: never spills.
     pub kv_buffer_size: u64,
+    /// The same with every layer in full (a hybrid model under HMA off).
+    pub kv_buffer_size_in_full: Option<u64>,
     /// `concurrent` requests of the mix's mean size: spills on long bursts.
     pub kv_buffer_size_mean: u64,
     /// The pinned pool that holds `concurrent` spilled requests of the longest prompt.
@@ -78,17 +86,27 @@ pub struct Sizing {
 
 pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[PointResult]>) -> Sizing {
     let total: f64 = mix.iter().map(|(_, w)| w).sum();
-    let layers = shape.model.layers as u64;
     let prompts: Vec<PromptSizing> = mix
         .iter()
         .map(|&(tokens, weight)| {
-            let layer_tensor_bytes = tokens as u64 * shape.layer_bytes_per_token();
+            // Each layer's tensor: a full layer's every token, a window's
+            // kept blocks, a state layer's state.
+            let per_layer: Vec<u64> =
+                (0..shape.model.layers).map(|l| shape.layer_request_bytes(l, tokens)).collect();
+            let layer_tensor_bytes = per_layer.iter().copied().max().unwrap_or(0);
+            let hybrid = shape.model.is_hybrid() && shape.hma;
             PromptSizing {
                 tokens,
                 share: weight / total,
-                request_bytes: layer_tensor_bytes * layers,
+                request_bytes: per_layer.iter().sum(),
+                request_bytes_in_full: hybrid.then(|| tokens as u64 * shape.bytes_per_token()),
                 layer_tensor_bytes,
                 pooled_layer_bytes: layer_tensor_bytes.next_power_of_two(),
+                pooled_request_bytes: per_layer
+                    .iter()
+                    .filter(|b| **b > 0)
+                    .map(|b| b.next_power_of_two())
+                    .sum(),
                 lmcache_bytes: tokens.div_ceil(LMCACHE_CHUNK_TOKENS) as u64
                     * LMCACHE_CHUNK_TOKENS as u64
                     * shape.bytes_per_token(),
@@ -99,10 +117,12 @@ pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[
     let n = concurrent as u64;
     let longest = prompts.iter().max_by_key(|p| p.request_bytes).expect("a non-empty mix");
     let mean = prompts.iter().map(|p| p.share * p.request_bytes as f64).sum::<f64>();
-    let pinned_pool_bytes = n * layers * longest.pooled_layer_bytes;
+    let pinned_pool_bytes = n * longest.pooled_request_bytes;
+    let in_full = prompts.iter().filter_map(|p| p.request_bytes_in_full).max();
     Sizing {
         concurrent,
         kv_buffer_size: n * longest.request_bytes,
+        kv_buffer_size_in_full: in_full.map(|b| n * b),
         kv_buffer_size_mean: (n as f64 * mean).ceil() as u64,
         pinned_pool_bytes,
         mem_pool_size_gb: pinned_pool_bytes.div_ceil(GIB),
@@ -173,6 +193,23 @@ mod tests {
         let cfg = s.p2p_nccl_consumer_config();
         assert_eq!(cfg["kv_buffer_size"], "17179869184");
         assert_eq!(cfg["kv_connector_extra_config"]["mem_pool_size_gb"], 16);
+    }
+
+    /// gpt-oss-120b at 32k tokens, blocks of 64, by hand: 18 full layers x
+    /// 32768 tokens x 2048 bytes = 1,207,959,552; 18 sliding layers keep
+    /// tokens 32640.. (blocks 510, 511: 128 tokens) x 2048 = 4,718,592.
+    #[test]
+    fn a_hybrid_model_needs_the_buffer_of_what_hma_keeps() {
+        let m = presets::lookup("gpt-oss-120b").unwrap();
+        let s = size(&KvShape::new(m.clone(), 1, 64).unwrap(), &[(32768, 1.0)], 2, None);
+        assert_eq!(s.prompts[0].request_bytes, 1_207_959_552 + 4_718_592);
+        assert_eq!(s.prompts[0].request_bytes_in_full, Some(36 * 32768 * 2048));
+        assert_eq!(s.kv_buffer_size, 2 * 1_212_678_144);
+        assert_eq!(s.kv_buffer_size_in_full, Some(2 * 2_415_919_104));
+        // Pinned pool: 18 x 64 MiB + 18 x 256 KiB (already powers of two), x 2.
+        assert_eq!(s.pinned_pool_bytes, 2 * (18 * (64 << 20) + 18 * (256 << 10)));
+        let off = size(&KvShape::new(m, 1, 64).unwrap().with_hma(false).unwrap(), &[(32768, 1.0)], 2, None);
+        assert_eq!((off.kv_buffer_size, off.kv_buffer_size_in_full), (2 * 2_415_919_104, None));
     }
 
     #[test]

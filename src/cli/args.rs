@@ -135,9 +135,15 @@ pub struct ModelArgs {
     /// Tensor parallelism: one rank's share of the KV is transferred
     #[arg(long, default_value = "1", value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
     pub tp: u32,
-    /// Tokens per paged-attention block [default: 16, 64 for MLA]
+    /// Tokens per paged-attention block [default: 64, vLLM 0.34.0's; raised for models with state
+    /// layers until a page holds a state, as vLLM does]
     #[arg(long, value_parser = positive_u32, allow_hyphen_values = true, help_heading = "Model")]
     pub block_size: Option<u32>,
+    /// vLLM's hybrid KV cache manager: sliding-window and chunked layers move only the blocks they
+    /// still attend to, state layers their state once (on, vLLM's default); off moves every
+    /// attention layer in full (--disable-hybrid-kv-cache-manager)
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set, help_heading = "Model")]
+    pub hma: bool,
     /// Prefill's TP when decode's differs: a run of P prefill and D decode ranks, each decode
     /// rank reading its heads as vLLM's NixlConnector does [default: --tp]
     #[arg(long, value_name = "P", value_parser = positive_u32, conflicts_with = "tp", allow_hyphen_values = true, help_heading = "Tensor parallelism")]
@@ -198,15 +204,18 @@ impl ModelArgs {
         if let Some(d) = self.dtype {
             spec.dtype = d;
         }
-        let block = self.block_size.unwrap_or_else(|| presets::default_block_size(&spec.attention));
-        match self.topology() {
+        let tp = self.topology().map_or(self.tp, |t| t.decode_tp);
+        spec.validate()?;
+        let block = crate::kv::vllm_block_size(&spec, tp, self.block_size)?;
+        let shape = match self.topology() {
             // Each decode rank's share, as its plan's shape; the cut says what moves.
             Some(t) => {
                 t.validate(&spec)?;
                 KvShape::new(spec, t.decode_tp, block)
             }
             None => KvShape::new(spec, self.tp, block),
-        }
+        }?;
+        shape.with_hma(self.hma)
     }
 
     /// Prefill and decode ranks at their own TP, when any of the flags is given.
@@ -246,6 +255,9 @@ impl ModelArgs {
             compute: None,
             compute_missing: Some("hidden_size (a model given by its KV shape alone)".into()),
             max_context: None,
+            layer_kinds: Vec::new(),
+            state: None,
+            indexer_dim: None,
         })
     }
 }

@@ -5,6 +5,7 @@
 pub mod args;
 mod doctor;
 mod fan;
+mod groups;
 mod matrix;
 #[cfg(feature = "mpi")]
 mod mpi_boot;
@@ -185,7 +186,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if a.list_models {
         for name in presets::names() {
-            let shape = crate::kv::KvShape::new(presets::lookup(name)?, 1, 16)?;
+            let shape = crate::kv::KvShape::new(presets::lookup(name)?, 1, 64)?;
             let also = match presets::aliases(name) {
                 [] => String::new(),
                 names => format!(" (also {})", names.join(", ")),
@@ -223,12 +224,13 @@ fn plan(a: &PlanArgs) -> Result<()> {
     writeln!(out, "block size   {} tokens", shape.block_size)?;
     writeln!(
         out,
-        "KV per token {} bytes ({}) per rank = {} layers x {} bytes",
+        "KV per token {} bytes ({}) per rank = {} attention layers x {} bytes",
         shape.bytes_per_token(),
         fmt_bytes(shape.bytes_per_token()),
-        shape.model.layers,
+        (0..shape.model.layers).filter(|&l| shape.model.layer_kind(l).is_attention()).count(),
         shape.layer_bytes_per_token()
     )?;
+    groups::print(&shape, &plan.prompt_lengths, &mut out)?;
     if a.granularity.contains(&crate::plan::Granularity::Block) {
         writeln!(
             out,
@@ -284,6 +286,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         let doc = serde_json::json!({
             "shape": shape,
             "kv_bytes_per_token": shape.bytes_per_token(),
+            "layer_groups": groups::json(&shape, &plan.prompt_lengths),
             "block_table": plan.block_table,
             "pool_blocks": plan.pool(),
             "coalesce": plan.coalesce,

@@ -66,6 +66,14 @@ fn print(
     let gb = |b: u64| format!("{b} ({})", fmt_bytes(b));
     writeln!(out, "model        {}", shape.model.describe())?;
     writeln!(out, "per rank     TP {}: {} of KV per token", shape.tp, fmt_bytes(shape.bytes_per_token()))?;
+    if shape.model.is_hybrid() {
+        let hma = if shape.hma {
+            "on: windows, chunks and states as vLLM keeps them"
+        } else {
+            "off: every layer in full"
+        };
+        writeln!(out, "hybrid KV    {hma} ({} tokens a block)", shape.block_size)?;
+    }
     writeln!(out, "concurrency  {} requests received and not yet consumed on one decode GPU", s.concurrent)?;
     writeln!(out)?;
     writeln!(
@@ -109,6 +117,13 @@ fn print(
         gb(s.kv_buffer_size),
         s.concurrent
     )?;
+    if let Some(full) = s.kv_buffer_size_in_full {
+        writeln!(
+            out,
+            "                    {} with vLLM's hybrid KV cache manager off (--hma off: every layer in full)",
+            gb(full)
+        )?;
+    }
     writeln!(
         out,
         "                    {} would hold {} requests of the mix's mean size; bursts of long prompts then spill",

@@ -79,19 +79,13 @@ impl PatternKernels {
     /// The pattern of `request` into every message of `mem`'s request, on
     /// the sender (where its layout puts each message).
     pub fn fill(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<()> {
-        let words = self.prepare(mem, layout, request, Side::Sender)?;
-        let (mut buf, mut seeds, mut offsets, mut starts) =
-            (mem.ptr, self.seeds.ptr, self.offsets.ptr, self.starts.ptr);
-        let (mut per, mut total) = ((layout.message_bytes / 8) as u64, words);
-        let mut args: [*mut c_void; 6] = [
-            (&mut buf as *mut u64).cast(),
-            (&mut seeds as *mut u64).cast(),
-            (&mut offsets as *mut u64).cast(),
-            (&mut starts as *mut u64).cast(),
-            (&mut per as *mut u64).cast(),
-            (&mut total as *mut u64).cast(),
-        ];
-        self.launch(self.fill, words, &mut args)?;
+        self.prepare(mem, layout, request, Side::Sender)?;
+        // One launch per run of messages of one size (one for most layouts).
+        for run in runs(layout) {
+            let mut a = self.run_args(mem, run);
+            let mut args: [*mut c_void; 6] = std::array::from_fn(|i| (&mut a[i] as *mut u64).cast());
+            self.launch(self.fill, a[5], &mut args)?;
+        }
         self.stream.wait(self.deadline(layout), "writing the integrity pattern")
     }
 
@@ -107,35 +101,23 @@ impl PatternKernels {
     /// Counts the bytes of `mem`'s request that differ from the pattern, on
     /// the receiver (where its layout puts each message).
     pub fn verify(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64) -> Result<Check> {
-        let words = self.prepare(mem, layout, request, Side::Receiver)?;
-        let mut init = [0u8; 16];
-        init[8..].copy_from_slice(&u64::MAX.to_le_bytes());
-        self.counters.upload(0, &init)?;
-        let (mut buf, mut seeds, mut offsets, mut starts) =
-            (mem.ptr, self.seeds.ptr, self.offsets.ptr, self.starts.ptr);
-        let (mut per, mut total) = ((layout.message_bytes / 8) as u64, words);
-        let (mut wrong, mut first) = (self.counters.ptr, self.counters.ptr + 8);
-        let mut args: [*mut c_void; 8] = [
-            (&mut buf as *mut u64).cast(),
-            (&mut seeds as *mut u64).cast(),
-            (&mut offsets as *mut u64).cast(),
-            (&mut starts as *mut u64).cast(),
-            (&mut per as *mut u64).cast(),
-            (&mut total as *mut u64).cast(),
-            (&mut wrong as *mut u64).cast(),
-            (&mut first as *mut u64).cast(),
-        ];
-        self.launch(self.verify, words, &mut args)?;
-        self.stream.wait(self.deadline(layout), "checking the integrity pattern")?;
-        let mut out = [0u8; 16];
-        self.counters.download(0, &mut out)?;
-        let wrong_bytes = u64::from_le_bytes(out[..8].try_into().unwrap());
-        let first = u64::from_le_bytes(out[8..].try_into().unwrap());
+        self.prepare(mem, layout, request, Side::Receiver)?;
+        let runs = runs(layout);
+        let (wrong_bytes, _) = self.verify_runs(mem, layout, &runs)?;
         let mut check = Check { verified_bytes: layout.total_bytes() as u64, wrong_bytes, first: None };
         if wrong_bytes > 0 {
+            // The first run with a wrong byte, and that byte in it (the
+            // kernel counts it from its run's start).
+            let mut at = None;
+            for run in &runs {
+                if let (1.., first) = self.verify_runs(mem, layout, std::slice::from_ref(run))? {
+                    at = Some((run.0 + first as usize / run.2, first as usize % run.2));
+                    break;
+                }
+            }
+            let (index, offset) =
+                at.ok_or_else(|| Error::run("internal error: a wrong byte not found again"))?;
             // Name the first wrong byte as the host check does: key, offset, bytes.
-            let index = first as usize / layout.message_bytes;
-            let offset = first as usize % layout.message_bytes;
             let mut found = [0u8; 1];
             mem.download(layout.slot(Side::Receiver, index).offset + offset, &mut found)?;
             let (mut expected, start) = ([0u8; 1], layout.pattern_start(index));
@@ -149,6 +131,41 @@ impl PatternKernels {
         Ok(check)
     }
 
+    /// The kernels' first arguments for one run of messages (see `runs`):
+    /// buffer, seeds, offsets and starts from the run's first message,
+    /// words per message, words in all.
+    fn run_args(&self, mem: &DeviceMem, (first, count, bytes): (usize, usize, usize)) -> [u64; 6] {
+        let at = 8 * first as u64;
+        let per = (bytes / 8) as u64;
+        [mem.ptr, self.seeds.ptr + at, self.offsets.ptr + at, self.starts.ptr + at, per, count as u64 * per]
+    }
+
+    /// Counts the wrong bytes of `runs` (see `runs`): (wrong bytes, the
+    /// first wrong byte counted from its run's start, for one run).
+    fn verify_runs(
+        &self,
+        mem: &DeviceMem,
+        layout: &RequestLayout,
+        runs: &[(usize, usize, usize)],
+    ) -> Result<(u64, u64)> {
+        let mut init = [0u8; 16];
+        init[8..].copy_from_slice(&u64::MAX.to_le_bytes());
+        self.counters.upload(0, &init)?;
+        for &run in runs {
+            let a = self.run_args(mem, run);
+            let mut a = [a[0], a[1], a[2], a[3], a[4], a[5], self.counters.ptr, self.counters.ptr + 8];
+            let mut args: [*mut c_void; 8] = std::array::from_fn(|i| (&mut a[i] as *mut u64).cast());
+            self.launch(self.verify, a[5], &mut args)?;
+        }
+        self.stream.wait(self.deadline(layout), "checking the integrity pattern")?;
+        let mut out = [0u8; 16];
+        self.counters.download(0, &mut out)?;
+        Ok((
+            u64::from_le_bytes(out[..8].try_into().unwrap()),
+            u64::from_le_bytes(out[8..].try_into().unwrap()),
+        ))
+    }
+
     /// Uploads the request's seeds and `side`'s message offsets; returns
     /// the request's length in words.
     fn prepare(&self, mem: &DeviceMem, layout: &RequestLayout, request: u64, side: Side) -> Result<u64> {
@@ -158,11 +175,12 @@ impl PatternKernels {
                 "a conversation's turn starts its messages inside an 8-byte word: use host or pinned memory",
             ));
         }
-        if !layout.message_bytes.is_multiple_of(8) {
+        if let Some(i) = (0..layout.message_count).find(|&i| !layout.message_len(i).is_multiple_of(8)) {
             return Err(Error::usage(format!(
-                "GPU buffers need messages of a whole number of 8-byte words; these are {} bytes \
+                "GPU buffers need messages of a whole number of 8-byte words; {} is {} bytes \
                  (use --memory host or pinned for this shape)",
-                layout.message_bytes
+                layout.key(0, i),
+                layout.message_len(i)
             )));
         }
         if layout.buffer_bytes() > mem.len || 8 * layout.message_count > self.seeds.len {
@@ -244,6 +262,21 @@ impl Drop for PatternKernels {
     }
 }
 
+/// The layout's messages as runs of consecutive messages of one size:
+/// (first message, messages, bytes each). One run unless the model's
+/// layers move unlike one another (a hybrid model, an indexer cache).
+fn runs(layout: &RequestLayout) -> Vec<(usize, usize, usize)> {
+    let mut out: Vec<(usize, usize, usize)> = Vec::new();
+    for i in 0..layout.message_count {
+        let len = layout.message_len(i);
+        match out.last_mut() {
+            Some(r) if r.2 == len => r.1 += 1,
+            _ => out.push((i, 1, len)),
+        }
+    }
+    out
+}
+
 /// Eight 512-byte messages: two layers, K and V, two blocks.
 fn tiny_layout() -> RequestLayout {
     let shape = KvShape::new(tiny_layout_model(), 1, 4).expect("valid shape");
@@ -259,6 +292,9 @@ fn tiny_layout_model() -> ModelSpec {
         compute: None,
         compute_missing: None,
         max_context: None,
+        layer_kinds: Vec::new(),
+        state: None,
+        indexer_dim: None,
     }
 }
 

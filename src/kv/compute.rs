@@ -108,7 +108,25 @@ impl ComputeShape {
 
     /// FLOPs of causal attention over `tokens`, per layer.
     pub fn attention_flops(&self, tokens: u32) -> f64 {
-        let pairs = tokens as f64 * (tokens as f64 + 1.0) / 2.0;
+        self.attention_flops_of(super::LayerKind::Full, tokens)
+    }
+
+    /// FLOPs of a layer of `kind`'s attention over `tokens`: a sliding
+    /// window's query i sees min(i + 1, W) keys, a chunk's its own chunk so far.
+    pub fn attention_flops_of(&self, kind: super::LayerKind, tokens: u32) -> f64 {
+        let n = tokens as f64;
+        let triangle = |k: f64| k * (k + 1.0) / 2.0;
+        let pairs = match kind {
+            super::LayerKind::SlidingWindow { window } if tokens > window => {
+                let w = window as f64;
+                triangle(w) + (n - w) * w
+            }
+            super::LayerKind::ChunkedLocal { chunk } => {
+                let (whole, rest) = ((tokens / chunk) as f64, (tokens % chunk) as f64);
+                whole * triangle(chunk as f64) + triangle(rest)
+            }
+            _ => triangle(n),
+        };
         let (heads, qk, v) = match self.projections {
             Projections::Gqa { heads, head_dim, .. } => (heads, head_dim, head_dim),
             Projections::Mla { heads, qk_nope_head_dim, qk_rope_head_dim, v_head_dim, .. } => {
@@ -118,9 +136,14 @@ impl ComputeShape {
         pairs * heads as f64 * 2.0 * (qk + v) as f64
     }
 
-    /// FLOPs of layer `layer`'s prefill of a prompt of `tokens`.
+    /// FLOPs of layer `layer`'s prefill of a prompt of `tokens`, full attention.
     pub fn layer_flops(&self, layer: u32, tokens: u32) -> f64 {
-        2.0 * self.active_weights(layer) * tokens as f64 + self.attention_flops(tokens)
+        self.layer_flops_of(layer, super::LayerKind::Full, tokens)
+    }
+
+    /// The same for a layer of `kind` (windowed attention counts its window).
+    pub fn layer_flops_of(&self, layer: u32, kind: super::LayerKind, tokens: u32) -> f64 {
+        2.0 * self.active_weights(layer) * tokens as f64 + self.attention_flops_of(kind, tokens)
     }
 }
 
@@ -176,6 +199,27 @@ mod tests {
         // 1000 tokens, per layer: 2 x 222,822,400 x 1000 = 445,644,800,000
         // plus 500,500 pairs x 64 x 512 = 16,400,384,000.
         close(c.layer_flops(5, 1000), 462_045_184_000.0);
+    }
+
+    #[test]
+    fn windows_and_chunks_count_the_pairs_they_see() {
+        let c = lookup("llama-3.1-8b").unwrap().compute.unwrap();
+        let per_pair = 32.0 * 2.0 * 256.0;
+        // Window 4 over 10 tokens: 1 + 2 + 3 + 4 + 6 x 4 = 34 pairs.
+        assert_eq!(
+            c.attention_flops_of(crate::kv::LayerKind::SlidingWindow { window: 4 }, 10),
+            34.0 * per_pair
+        );
+        // Chunks of 4 over 10 tokens: 10 + 10 + 3 = 23 pairs.
+        assert_eq!(
+            c.attention_flops_of(crate::kv::LayerKind::ChunkedLocal { chunk: 4 }, 10),
+            23.0 * per_pair
+        );
+        // A window longer than the prompt is full attention: 55 pairs.
+        assert_eq!(
+            c.attention_flops_of(crate::kv::LayerKind::SlidingWindow { window: 64 }, 10),
+            55.0 * per_pair
+        );
     }
 
     #[test]

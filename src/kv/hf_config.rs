@@ -1,6 +1,7 @@
 //! Reads the fields of a Hugging Face `config.json` that size the KV cache.
 
 use super::compute::{ComputeShape, Ffn, Projections};
+use super::hf_hybrid;
 use super::{Attention, Dtype, ModelSpec};
 use crate::error::{Error, Result};
 use serde_json::Value;
@@ -121,7 +122,19 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         .iter()
         .find_map(|k| cfg.get(*k).or_else(|| root.get(*k)).and_then(Value::as_u64))
         .and_then(|n| u32::try_from(n).ok());
-    let spec = ModelSpec { name, layers, attention, dtype, compute, compute_missing, max_context };
+    let hybrid = hf_hybrid::read(cfg, layers, dtype, &attention)?;
+    let spec = ModelSpec {
+        name,
+        layers: hybrid.layers,
+        attention,
+        dtype,
+        compute,
+        compute_missing,
+        max_context,
+        layer_kinds: hybrid.kinds,
+        state: hybrid.state,
+        indexer_dim: hybrid.indexer_dim,
+    };
     spec.validate()?;
     Ok(spec)
 }

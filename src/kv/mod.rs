@@ -8,14 +8,17 @@
 
 pub mod compute;
 pub mod hf_config;
+mod hf_hybrid;
+pub mod hybrid;
 pub mod pattern;
 pub mod presets;
 
 use crate::error::{Error, Result};
+pub use hybrid::{LayerKind, StateBytes, StateKind, StateSpec};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Dtype {
     Fp32,
@@ -91,6 +94,17 @@ pub struct ModelSpec {
     /// The longest context the model takes (max_position_embeddings), where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_context: Option<u32>,
+    /// Each layer's kind, where not every layer is full attention (hybrid
+    /// models); empty: all full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_kinds: Vec<LayerKind>,
+    /// The shape of the `State` layers' recurrent state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StateSpec>,
+    /// DeepSeek-V3.2's indexer: index_head_dim, its fp8 key cache kept per
+    /// token beside each MLA layer's latent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexer_dim: Option<u32>,
 }
 
 impl ModelSpec {
@@ -142,7 +156,61 @@ impl ModelSpec {
                 let _ = qk_rope_head_dim; // zero rope dims are legal
             }
         }
+        self.validate_layers()
+    }
+
+    /// The hybrid parts: one kind per layer, a state shape where state
+    /// layers are, an indexer only beside MLA.
+    fn validate_layers(&self) -> Result<()> {
+        let name = &self.name;
+        if !self.layer_kinds.is_empty() && self.layer_kinds.len() != self.layers as usize {
+            return Err(Error::usage(format!(
+                "model '{name}': {} layer kinds for {} layers",
+                self.layer_kinds.len(),
+                self.layers
+            )));
+        }
+        for kind in &self.layer_kinds {
+            match *kind {
+                LayerKind::SlidingWindow { window: 0 } | LayerKind::ChunkedLocal { chunk: 0 } => {
+                    return Err(Error::usage(format!("model '{name}': a window or chunk of 0 tokens")))
+                }
+                LayerKind::State if self.state.is_none() => {
+                    return Err(Error::usage(format!("model '{name}': state layers without a state shape")))
+                }
+                _ => {}
+            }
+        }
+        if let Some(state) = &self.state {
+            state.validate(name)?;
+        }
+        if self.indexer_dim.is_some_and(|d| d == 0 || d > MOST_DIM || d % 128 != 0) {
+            return Err(Error::usage(format!(
+                "model '{name}': index_head_dim must be a positive multiple of 128 (its fp8 scales are per 128)"
+            )));
+        }
+        if self.indexer_dim.is_some() && !matches!(self.attention, Attention::Mla { .. }) {
+            return Err(Error::usage(format!("model '{name}': an indexer cache goes with MLA only")));
+        }
         Ok(())
+    }
+
+    pub fn attention_is_mla(&self) -> bool {
+        matches!(self.attention, Attention::Mla { .. })
+    }
+
+    /// Layer `l`'s kind.
+    pub fn layer_kind(&self, l: u32) -> LayerKind {
+        self.layer_kinds.get(l as usize).copied().unwrap_or(LayerKind::Full)
+    }
+
+    /// Whether any layer is other than full attention.
+    pub fn is_hybrid(&self) -> bool {
+        self.layer_kinds.iter().any(|k| *k != LayerKind::Full)
+    }
+
+    pub fn has_state(&self) -> bool {
+        self.layer_kinds.contains(&LayerKind::State)
     }
 
     /// The shape the prefill estimate needs, or an error naming what is missing.
@@ -184,11 +252,21 @@ impl ModelSpec {
         if self.dtype != other.dtype {
             out.push(format!("{}, not {}", other.dtype, self.dtype));
         }
+        if self.layer_kinds != other.layer_kinds || self.state != other.state {
+            out.push(format!(
+                "layers {}, not {}",
+                hybrid::describe_kinds(&other.layer_kinds),
+                hybrid::describe_kinds(&self.layer_kinds)
+            ));
+        }
+        if self.indexer_dim != other.indexer_dim {
+            out.push(format!("indexer {:?}, not {:?}", other.indexer_dim, self.indexer_dim));
+        }
         out
     }
 
     pub fn describe(&self) -> String {
-        match self.attention {
+        let kind = match self.attention {
             Attention::Gqa { kv_heads, head_dim } => format!(
                 "{}: GQA, {} layers, {} KV heads, head_dim {}, {}",
                 self.name, self.layers, kv_heads, head_dim, self.dtype
@@ -197,7 +275,15 @@ impl ModelSpec {
                 "{}: MLA, {} layers, latent {} + rope {}, {}",
                 self.name, self.layers, kv_lora_rank, qk_rope_head_dim, self.dtype
             ),
+        };
+        let mut out = kind;
+        if self.is_hybrid() {
+            out += &format!(" ({})", hybrid::describe_kinds(&self.layer_kinds));
         }
+        if let Some(d) = self.indexer_dim {
+            out += &format!(", indexer {d}");
+        }
+        out
     }
 }
 
@@ -217,6 +303,45 @@ pub struct KvShape {
     pub tp: u32,
     /// Tokens per paged-attention block (vLLM `block_size`).
     pub block_size: u32,
+    /// vLLM's hybrid KV cache manager: windowed and chunked layers move
+    /// only the blocks they still attend to (its default); off, every
+    /// attention layer moves in full (`--disable-hybrid-kv-cache-manager`).
+    #[serde(default = "hma_default")]
+    pub hma: bool,
+}
+
+fn hma_default() -> bool {
+    true
+}
+
+/// vLLM's tokens per block when none is asked for: CacheConfig's
+/// DEFAULT_BLOCK_SIZE (64 in vLLM 0.34.0, `config/cache.py`), raised for a
+/// model with state layers until one attention page holds a state
+/// (`platforms/interface.py` `_align_hybrid_block_size`, with a smallest
+/// kernel block of 16, FlashAttention's and FlashInfer's).
+pub fn vllm_block_size(model: &ModelSpec, tp: u32, asked: Option<u32>) -> Result<u32> {
+    let block = asked.unwrap_or(DEFAULT_BLOCK_SIZE);
+    let Some(state) = model.state.filter(|_| model.has_state()) else { return Ok(block) };
+    let probe = KvShape { model: model.clone(), tp, block_size: 1, hma: true };
+    let page_per_token = probe.attention_tensors().iter().map(|t| t.1).sum::<u64>();
+    let state_page = state.bytes(tp)?.total();
+    let align = block.max(16) as u64;
+    let aligned = align * state_page.div_ceil(align * page_per_token.max(1));
+    Ok(u32::try_from(aligned).unwrap_or(u32::MAX).max(block))
+}
+
+/// vLLM 0.34.0's CacheConfig.DEFAULT_BLOCK_SIZE: the version kvxfer's defaults follow.
+pub const DEFAULT_BLOCK_SIZE: u32 = 64;
+pub const VLLM_VERSION: &str = "0.34.0";
+
+/// What one tensor of an attention layer is: K, V, an MLA latent, or
+/// DeepSeek-V3.2's indexer keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    Key,
+    Value,
+    Latent,
+    Index,
 }
 
 impl KvShape {
@@ -242,7 +367,146 @@ impl KvShape {
                 )));
             }
         }
-        Ok(KvShape { model, tp, block_size })
+        if let Some(state) = &model.state {
+            state.bytes(tp)?;
+        }
+        Ok(KvShape { model, tp, block_size, hma: true })
+    }
+
+    /// With vLLM's hybrid KV cache manager on or off. Off, state layers
+    /// cannot move: NixlConnector asserts HMA for them.
+    pub fn with_hma(mut self, on: bool) -> Result<KvShape> {
+        if !on && self.model.has_state() {
+            return Err(Error::usage(format!(
+                "--hma off: {} has state layers ({}), and vLLM moves them only with its hybrid KV cache manager \
+                 (NixlConnector asserts it)",
+                self.model.name,
+                hybrid::describe_kinds(&self.model.layer_kinds)
+            )));
+        }
+        self.hma = on;
+        Ok(self)
+    }
+
+    /// Layer `l` as it moves: its own kind with HMA on, full attention for
+    /// every attention layer with it off.
+    pub fn moving_kind(&self, l: u32) -> LayerKind {
+        match self.model.layer_kind(l) {
+            LayerKind::State => LayerKind::State,
+            _ if !self.hma => LayerKind::Full,
+            k => k,
+        }
+    }
+
+    /// Layer `l`'s attention as prefill computes it: its own kind whatever
+    /// HMA does (a window is a window in the kernel).
+    pub fn moving_kind_for_compute(&self, l: u32) -> LayerKind {
+        self.model.layer_kind(l)
+    }
+
+    /// Whether every layer moves alike, as K and V (or one latent) of
+    /// every token: then messages of one size tile a request. Hybrid
+    /// models under HMA and indexer caches do not.
+    pub fn is_uniform(&self) -> bool {
+        self.model.indexer_dim.is_none()
+            && (0..self.model.layers).all(|l| self.moving_kind(l) == LayerKind::Full)
+    }
+
+    /// Each tensor of an attention layer, with its bytes per token on this rank.
+    pub fn attention_tensors(&self) -> Vec<(TensorKind, u64)> {
+        let t = self.tensor_bytes_per_token();
+        let mut out = match self.model.attention {
+            Attention::Gqa { .. } => vec![(TensorKind::Key, t), (TensorKind::Value, t)],
+            Attention::Mla { .. } => vec![(TensorKind::Latent, t)],
+        };
+        if let Some(d) = self.model.indexer_dim {
+            // fp8 keys and one fp32 scale per 128 (deepseek_v2.py DeepseekV32IndexerCache).
+            out.push((TensorKind::Index, d as u64 + d as u64 / 128 * 4));
+        }
+        out
+    }
+
+    /// One rank's state of a state layer.
+    pub fn state_bytes(&self) -> Option<StateBytes> {
+        self.model.state.as_ref().map(|s| s.bytes(self.tp).expect("checked in KvShape::new"))
+    }
+
+    /// Prompt tokens whose KV moves: a Mamba model's prefill stops one
+    /// short (decode recomputes the last from the state before it).
+    pub fn moved_tokens(&self, prompt: u32) -> u32 {
+        if self.model.has_state() && prompt > 1 {
+            prompt - 1
+        } else {
+            prompt
+        }
+    }
+
+    /// The bytes layer `l` moves for a `prompt`-token request: whole
+    /// blocks' worth of tokens for windowed and chunked layers under HMA,
+    /// the state once for a state layer.
+    pub fn layer_request_bytes(&self, l: u32, prompt: u32) -> u64 {
+        let tokens = self.moved_tokens(prompt);
+        let per_token: u64 = self.attention_tensors().iter().map(|t| t.1).sum();
+        match self.moving_kind(l) {
+            LayerKind::State => self.state_bytes().map_or(0, |s| s.total()),
+            LayerKind::Full => tokens as u64 * per_token,
+            k => self.kept_tokens(k, tokens) as u64 * per_token,
+        }
+    }
+
+    /// Tokens of a windowed or chunked layer in the blocks it moves: from
+    /// its first kept block to the prompt's end.
+    pub fn kept_tokens(&self, kind: LayerKind, tokens: u32) -> u32 {
+        let (first, count) = kind.moved_blocks(tokens, self.block_size);
+        if count == 0 {
+            return 0;
+        }
+        tokens - first * self.block_size
+    }
+
+    /// The bytes a `prompt`-token request moves, every layer as it moves.
+    pub fn request_bytes(&self, prompt: u32) -> u64 {
+        (0..self.model.layers).map(|l| self.layer_request_bytes(l, prompt)).sum()
+    }
+
+    /// The same moved as blocks, as NixlConnector moves them: a partly
+    /// filled last block travels whole.
+    pub fn request_block_bytes(&self, prompt: u32) -> u64 {
+        (0..self.model.layers).map(|l| self.layer_block_bytes(l, prompt)).sum()
+    }
+
+    /// Layer `l`'s blocks (or state) for a `prompt`-token request.
+    pub fn layer_block_bytes(&self, l: u32, prompt: u32) -> u64 {
+        let tokens = self.moved_tokens(prompt);
+        match self.moving_kind(l) {
+            LayerKind::State => self.state_bytes().map_or(0, |s| s.total()),
+            k => k.moved_blocks(tokens, self.block_size).1 as u64 * self.attention_block_bytes(),
+        }
+    }
+
+    /// One block of every tensor of an attention layer.
+    pub fn attention_block_bytes(&self) -> u64 {
+        self.attention_tensors().iter().map(|t| t.1 * self.block_size as u64).sum()
+    }
+
+    /// Each kind of layer as it moves (vLLM's KV cache groups), in order of
+    /// first appearance: (kind, layers, bytes a `prompt`-token request moves in blocks).
+    pub fn groups(&self, prompt: u32) -> Vec<(LayerKind, u32, u64)> {
+        let mut out: Vec<(LayerKind, u32, u64)> = Vec::new();
+        for l in 0..self.model.layers {
+            let (kind, bytes) = (self.moving_kind(l), self.layer_block_bytes(l, prompt));
+            match out.iter_mut().find(|g| g.0 == kind) {
+                Some(g) => (g.1, g.2) = (g.1 + 1, g.2 + bytes),
+                None => out.push((kind, 1, bytes)),
+            }
+        }
+        out
+    }
+
+    /// What counting every layer as full attention gives (kvxfer before
+    /// hybrid models; vLLM with HMA off for a model without state layers).
+    pub fn all_full_block_bytes(&self, prompt: u32) -> u64 {
+        self.model.layers as u64 * self.blocks_for(prompt) as u64 * self.attention_block_bytes()
     }
 
     /// Separately transferred tensors per layer: K and V, or one MLA latent.
@@ -278,14 +542,17 @@ impl KvShape {
         }
     }
 
-    /// Bytes of one token of one layer on this rank (K and V together for GQA).
+    /// Bytes of one token of one full-attention layer on this rank (K and
+    /// V together for GQA; an indexer's keys beside an MLA latent).
     pub fn layer_bytes_per_token(&self) -> u64 {
-        self.tensors_per_layer() as u64 * self.tensor_bytes_per_token()
+        self.attention_tensors().iter().map(|t| t.1).sum()
     }
 
-    /// Bytes of one token across all layers on this rank.
+    /// Bytes of one token across all attention layers on this rank, each
+    /// in full: what a request moves per token without HMA.
     pub fn bytes_per_token(&self) -> u64 {
-        self.model.layers as u64 * self.layer_bytes_per_token()
+        let attention = (0..self.model.layers).filter(|&l| self.model.layer_kind(l).is_attention()).count();
+        attention as u64 * self.layer_bytes_per_token()
     }
 
     pub fn blocks_for(&self, tokens: u32) -> u32 {
@@ -311,6 +578,9 @@ mod tests {
             compute: None,
             compute_missing: None,
             max_context: None,
+            layer_kinds: Vec::new(),
+            state: None,
+            indexer_dim: None,
         }
     }
 
@@ -337,6 +607,9 @@ mod tests {
             compute: None,
             compute_missing: None,
             max_context: None,
+            layer_kinds: Vec::new(),
+            state: None,
+            indexer_dim: None,
         };
         let s1 = KvShape::new(m.clone(), 1, 64).unwrap();
         let s8 = KvShape::new(m.clone(), 8, 64).unwrap();

@@ -3,7 +3,7 @@
 //! num_attention_heads; kv_lora_rank and qk_rope_head_dim for MLA).
 
 use super::compute::{ComputeShape, Ffn, Projections};
-use super::{Attention, Dtype, ModelSpec};
+use super::{Attention, Dtype, LayerKind, ModelSpec, StateKind, StateSpec};
 use crate::error::{Error, Result};
 
 struct Preset {
@@ -16,7 +16,83 @@ struct Preset {
     compute: Option<(u32, u32, Ffn)>,
     /// max_position_embeddings (config.json).
     max_context: u32,
+    /// Hybrid models: layer `l`'s kind (None: every layer full attention).
+    kinds: Option<fn(u32) -> LayerKind>,
+    state: Option<StateSpec>,
+    /// DeepSeek-V3.2's index_head_dim.
+    indexer_dim: Option<u32>,
 }
+
+const FULL: Option<fn(u32) -> LayerKind> = None;
+
+/// gpt-oss: `layer_types` alternates, sliding first (vLLM gpt_oss.py:
+/// `sliding_window if layer_idx % 2 == 0`), 128 tokens.
+fn gpt_oss_layer(l: u32) -> LayerKind {
+    if l.is_multiple_of(2) {
+        LayerKind::SlidingWindow { window: 128 }
+    } else {
+        LayerKind::Full
+    }
+}
+
+/// Gemma-3: five sliding layers of 1024 tokens, then one global
+/// (sliding_window_pattern 6; vLLM gemma3.py reads `layer_types`).
+fn gemma3_layer(l: u32) -> LayerKind {
+    if (l + 1).is_multiple_of(6) {
+        LayerKind::Full
+    } else {
+        LayerKind::SlidingWindow { window: 1024 }
+    }
+}
+
+/// Llama-4: every fourth layer is NoPE and global, the rest chunked over
+/// 8192 tokens (no_rope_layers; vLLM llama4.py: chunked where the layer
+/// uses RoPE and attention_chunk_size is set).
+fn llama4_layer(l: u32) -> LayerKind {
+    if (l + 1).is_multiple_of(4) {
+        LayerKind::Full
+    } else {
+        LayerKind::ChunkedLocal { chunk: 8192 }
+    }
+}
+
+/// Qwen3-Next: full attention every fourth layer (full_attention_interval
+/// 4), gated delta net between (vLLM qwen3_next.py `layer_types`).
+fn qwen3_next_layer(l: u32) -> LayerKind {
+    if (l + 1).is_multiple_of(4) {
+        LayerKind::Full
+    } else {
+        LayerKind::State
+    }
+}
+
+/// NVIDIA-Nemotron-Nano-9B-v2's hybrid_override_pattern (56 layers); its
+/// cache layers only count ('M' Mamba2, '*' attention; MLP layers '-'
+/// hold no cache; vLLM nemotron_h.py indexes the pattern per layer).
+const NEMOTRON_NANO_9B_V2: &str = "M-M-M-MM-M-M-M*-M-M-M*-M-M-M-M*-M-M-M-M*-M-MM-M-M-M-M-M-";
+
+fn nemotron_h_layer(l: u32) -> LayerKind {
+    match NEMOTRON_NANO_9B_V2.chars().filter(|c| *c != '-').nth(l as usize) {
+        Some('*') => LayerKind::Full,
+        _ => LayerKind::State,
+    }
+}
+
+const QWEN3_NEXT_STATE: StateSpec = StateSpec {
+    kind: StateKind::GatedDeltaNet { k_heads: 16, v_heads: 32, k_dim: 128, v_dim: 128 },
+    conv_kernel: 4,
+    conv_dtype: Dtype::Bf16,
+    ssm_dtype: Dtype::Bf16,
+};
+
+const NEMOTRON_NANO_STATE: StateSpec = StateSpec {
+    // mamba_num_heads 128 x mamba_head_dim 80 (nemotron_h.py: intermediate = heads x head_dim).
+    kind: StateKind::Mamba2 { intermediate: 10240, n_groups: 8, state_size: 128, heads: 128, head_dim: 80 },
+    conv_kernel: 4,
+    conv_dtype: Dtype::Bf16,
+    // vLLM's NemotronHForCausalLMConfig: float32 unless the config says.
+    ssm_dtype: Dtype::Fp32,
+};
 
 const fn gqa(kv_heads: u32, head_dim: u32) -> Attention {
     Attention::Gqa { kv_heads, head_dim }
@@ -47,6 +123,22 @@ const fn moe(
     ))
 }
 
+/// DeepSeek-V3's (and V3.2's) prefill shape: 256 routed experts of 2048
+/// (8 a token), 1 shared, the first 3 layers dense (first_k_dense_replace)
+/// with intermediate 18432.
+const DEEPSEEK_V3_COMPUTE: Option<(u32, u32, Ffn)> = Some((
+    7168,
+    128,
+    Ffn::Moe {
+        experts: 256,
+        per_token: 8,
+        expert_intermediate: 2048,
+        shared: 1,
+        dense_layers: 3,
+        dense_intermediate: 18432,
+    },
+));
+
 const DEEPSEEK_MLA: Attention = Attention::Mla { kv_lora_rank: 512, qk_rope_head_dim: 64 };
 
 const PRESETS: &[Preset] = &[
@@ -57,6 +149,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(4096, 32, 14336),
         max_context: 131_072,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "llama-3.1-70b",
@@ -65,6 +160,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(8192, 64, 28672),
         max_context: 131_072,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "llama-3.1-405b",
@@ -73,6 +171,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(16384, 128, 53248),
         max_context: 131_072,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "qwen2.5-7b",
@@ -81,6 +182,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(4, 128),
         compute: dense(3584, 28, 18944),
         max_context: 32_768,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "qwen2.5-72b",
@@ -89,6 +193,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(8192, 64, 29568),
         max_context: 32_768,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "qwen3-8b",
@@ -97,6 +204,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(4096, 32, 12288),
         max_context: 40_960,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "qwen3-32b",
@@ -105,6 +215,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(5120, 64, 25600),
         max_context: 40_960,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "qwen3-235b-a22b",
@@ -113,6 +226,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(4, 128),
         compute: moe(4096, 64, 128, 8, 1536),
         max_context: 40_960,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "mistral-7b",
@@ -121,6 +237,9 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: dense(4096, 32, 14336),
         max_context: 32_768,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "mixtral-8x7b",
@@ -129,38 +248,126 @@ const PRESETS: &[Preset] = &[
         attention: gqa(8, 128),
         compute: moe(4096, 32, 8, 2, 14336),
         max_context: 32_768,
-    },
-    // Half of gpt-oss's layers use a 128-token sliding window; this counts every
-    // layer in full, the upper bound a connector moves without hybrid-KV trimming.
-    // Its prefill (windowed attention, sinks) is not modelled: --prefill-ms.
-    Preset {
-        name: "gpt-oss-120b",
-        aliases: &[],
-        layers: 36,
-        attention: gqa(8, 64),
-        compute: None,
-        max_context: 131_072,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
     },
     Preset {
         name: "deepseek-v3",
         aliases: &["deepseek-r1", "deepseek-v3.1"],
         layers: 61,
         attention: DEEPSEEK_MLA,
-        // 256 routed experts of 2048 (8 a token), 1 shared, the first 3
-        // layers dense (first_k_dense_replace) with intermediate 18432.
+        compute: DEEPSEEK_V3_COMPUTE,
+        max_context: 163_840,
+        kinds: FULL,
+        state: None,
+        indexer_dim: None,
+    },
+    // Hybrid models (issue 35). Shapes from each model's config.json; layer
+    // patterns as vLLM 0.34.0's model files read them (see each fn above).
+    Preset {
+        name: "gpt-oss-120b",
+        aliases: &[],
+        layers: 36,
+        attention: gqa(8, 64),
+        compute: moe(2880, 64, 128, 4, 2880),
+        max_context: 131_072,
+        kinds: Some(gpt_oss_layer),
+        state: None,
+        indexer_dim: None,
+    },
+    Preset {
+        name: "gpt-oss-20b",
+        aliases: &[],
+        layers: 24,
+        attention: gqa(8, 64),
+        compute: moe(2880, 64, 32, 4, 2880),
+        max_context: 131_072,
+        kinds: Some(gpt_oss_layer),
+        state: None,
+        indexer_dim: None,
+    },
+    Preset {
+        name: "gemma-3-27b",
+        aliases: &["gemma-3-27b-it"],
+        layers: 62,
+        attention: gqa(16, 128),
+        compute: dense(5376, 32, 21504),
+        max_context: 131_072,
+        kinds: Some(gemma3_layer),
+        state: None,
+        indexer_dim: None,
+    },
+    Preset {
+        name: "llama-4-scout",
+        aliases: &["llama-4-scout-17b-16e", "llama-4-scout-17b-16e-instruct"],
+        layers: 48,
+        attention: gqa(8, 128),
+        // 16 experts of 8192, one a token, and a shared expert as wide.
         compute: Some((
-            7168,
-            128,
+            5120,
+            40,
             Ffn::Moe {
-                experts: 256,
-                per_token: 8,
-                expert_intermediate: 2048,
+                experts: 16,
+                per_token: 1,
+                expert_intermediate: 8192,
                 shared: 1,
-                dense_layers: 3,
-                dense_intermediate: 18432,
+                dense_layers: 0,
+                dense_intermediate: 0,
             },
         )),
+        max_context: 10_485_760,
+        kinds: Some(llama4_layer),
+        state: None,
+        indexer_dim: None,
+    },
+    Preset {
+        name: "llama-4-maverick",
+        aliases: &["llama-4-maverick-17b-128e", "llama-4-maverick-17b-128e-instruct"],
+        layers: 48,
+        attention: gqa(8, 128),
+        // MoE every other layer (interleave_moe_layer_step 2) is not
+        // modelled: --prefill-ms.
+        compute: None,
+        max_context: 1_048_576,
+        kinds: Some(llama4_layer),
+        state: None,
+        indexer_dim: None,
+    },
+    Preset {
+        name: "qwen3-next-80b-a3b",
+        aliases: &["qwen3-next-80b-a3b-instruct", "qwen3-next-80b-a3b-thinking", "qwen3-next"],
+        layers: 48,
+        attention: gqa(2, 256),
+        // Gated delta net compute is not modelled: --prefill-ms.
+        compute: None,
+        max_context: 262_144,
+        kinds: Some(qwen3_next_layer),
+        state: Some(QWEN3_NEXT_STATE),
+        indexer_dim: None,
+    },
+    Preset {
+        name: "nemotron-nano-9b-v2",
+        aliases: &["nvidia-nemotron-nano-9b-v2"],
+        // 56 layers, of which 27 Mamba2 and 4 attention hold a cache.
+        layers: 31,
+        attention: gqa(8, 128),
+        compute: None,
+        max_context: 131_072,
+        kinds: Some(nemotron_h_layer),
+        state: Some(NEMOTRON_NANO_STATE),
+        indexer_dim: None,
+    },
+    Preset {
+        name: "deepseek-v3.2",
+        aliases: &["deepseek-v3.2-exp"],
+        layers: 61,
+        attention: DEEPSEEK_MLA,
+        compute: DEEPSEEK_V3_COMPUTE,
         max_context: 163_840,
+        kinds: FULL,
+        state: None,
+        indexer_dim: Some(128),
     },
 ];
 
@@ -194,6 +401,9 @@ pub fn lookup(name: &str) -> Result<ModelSpec> {
             }),
             compute_missing: None,
             max_context: Some(p.max_context),
+            layer_kinds: p.kinds.map(|k| (0..p.layers).map(k).collect()).unwrap_or_default(),
+            state: p.state,
+            indexer_dim: p.indexer_dim,
         })
         .ok_or_else(|| {
             Error::usage(format!(
@@ -211,15 +421,6 @@ pub fn names() -> Vec<&'static str> {
 /// The other names a preset answers to (deepseek-v3: deepseek-r1, ...).
 pub fn aliases(name: &str) -> &'static [&'static str] {
     PRESETS.iter().find(|p| p.name == name).map_or(&[], |p| p.aliases)
-}
-
-/// vLLM's default tokens per block: 16 for FlashAttention on CUDA, 64 for the
-/// Hopper MLA backends (FlashMLA forces a multiple of 64).
-pub fn default_block_size(attention: &Attention) -> u32 {
-    match attention {
-        Attention::Gqa { .. } => 16,
-        Attention::Mla { .. } => 64,
-    }
 }
 
 #[cfg(test)]
@@ -246,8 +447,16 @@ mod tests {
             ("qwen3-235b-a22b", 192_512),
             ("mistral-7b", 131_072),
             ("mixtral-8x7b", 131_072),
-            ("gpt-oss-120b", 73_728),
             ("deepseek-v3", 70_272),
+            // Hybrid models: every attention layer in full (HMA off), by hand.
+            ("gpt-oss-120b", 73_728),        // 36 x 2 x 8 x 64 x 2
+            ("gpt-oss-20b", 49_152),         // 24 x 2 x 8 x 64 x 2
+            ("gemma-3-27b", 507_904),        // 62 x 2 x 16 x 128 x 2
+            ("llama-4-scout", 196_608),      // 48 x 2 x 8 x 128 x 2
+            ("llama-4-maverick", 196_608),   // the same attention
+            ("qwen3-next-80b-a3b", 24_576),  // 12 attention layers x 2 x 2 x 256 x 2
+            ("nemotron-nano-9b-v2", 16_384), // 4 attention layers x 2 x 8 x 128 x 2
+            ("deepseek-v3.2", 78_324),       // 61 x (576 x 2 + indexer 128 + 4)
         ];
         assert_eq!(expected.len(), PRESETS.len(), "pin every preset");
         for (name, bytes) in expected {

@@ -22,16 +22,15 @@ type Share = Vec<(usize, usize, Range<usize>)>;
 /// The request's bytes (its messages in order) cut into thread shares of
 /// `per` bytes, each piece placed where `side`'s layout puts its message.
 fn shares(layout: &RequestLayout, side: Side, per: usize) -> Vec<Share> {
-    let m = layout.message_bytes;
     let mut out: Vec<Share> = vec![Vec::new(); layout.total_bytes().div_ceil(per).max(1)];
     for slot in layout.slots(side) {
-        let mut pos = slot.index * m; // in the request
-        let end = pos + m;
+        let start = layout.message_start(slot.index); // in the request
+        let (mut pos, end) = (start, start + slot.len);
         while pos < end {
             let k = pos / per;
             let upto = end.min((k + 1) * per);
-            let at = slot.offset + (pos - slot.index * m);
-            out[k].push((slot.index, pos - slot.index * m, at..at + (upto - pos)));
+            let at = slot.offset + (pos - start);
+            out[k].push((slot.index, pos - start, at..at + (upto - pos)));
             pos = upto;
         }
     }

@@ -268,8 +268,12 @@ pub fn run_sender(
                         }
                         let first_measured = p == 0 && it == plan.warmup;
                         if first_measured && fault == Some(Fault::CorruptByte) {
-                            let (middle, m) = (bytes / 2, layout.message_bytes);
-                            l.buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
+                            l.buf.flip_byte(layout.byte_place(Side::Sender, bytes / 2))?;
+                        }
+                        if first_measured && fault == Some(Fault::MisplacedState) {
+                            if let Some((from, to, len)) = layout.misplaced_state() {
+                                l.buf.copy_within(from, to, len)?;
+                            }
                         }
                         let on_wire = match fault {
                             Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,

@@ -58,6 +58,10 @@ pub enum Fault {
     /// its own on the prefill side (a wrong block id, the LIBFABRIC
     /// backend's zeros in the wrong place).
     NeighbourBlock,
+    /// A hybrid model: the first measured request's first state region (or,
+    /// without state layers, its first sliding-window or chunked block)
+    /// holds the bytes of the message after it (a region put in the wrong place).
+    MisplacedState,
 }
 
 impl Fault {
@@ -72,6 +76,7 @@ impl Fault {
             "bad-digest" => Ok(Fault::BadDigest),
             "bad-protocol" => Ok(Fault::BadProtocol),
             "wrong-role" => Ok(Fault::WrongRole),
+            "misplaced-state" => Ok(Fault::MisplacedState),
             other => Err(Error::usage(format!("unknown fault '{other}'"))),
         }
     }
@@ -187,8 +192,12 @@ pub fn run_sender(
             let first_measured = p == 0 && it == plan.warmup;
             if first_measured && cfg.fault == Some(Fault::CorruptByte) {
                 // The middle byte of the request, where this side keeps it.
-                let (middle, m) = (bytes / 2, layout.message_bytes);
-                buf.flip_byte(layout.slot(Side::Sender, middle / m).offset + middle % m)?;
+                buf.flip_byte(layout.byte_place(Side::Sender, bytes / 2))?;
+            }
+            if first_measured && cfg.fault == Some(Fault::MisplacedState) {
+                if let Some((from, to, len)) = layout.misplaced_state() {
+                    buf.copy_within(from, to, len)?;
+                }
             }
             if first_measured && cfg.fault == Some(Fault::ShiftHead) {
                 if let Some((from, to, len)) = layout.neighbour_head() {

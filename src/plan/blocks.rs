@@ -104,17 +104,17 @@ impl Descriptor {
 }
 
 /// The descriptors of messages given by (sender offset, receiver offset,
-/// length), in order; with `coalesce_within` Some(n), each merged into the
-/// one before when it follows it in memory on both sides and both lie in
-/// the same run of n messages (one layer's: a layer moves once computed).
+/// length), in order; with `coalesce_within` Some(run), each merged into
+/// the one before when it follows it in memory on both sides and both lie
+/// in the same run (`run(index)`: a layer's, as a layer moves once computed).
 pub fn descriptors(
     messages: impl Iterator<Item = (usize, usize, usize)>,
-    coalesce_within: Option<usize>,
+    coalesce_within: Option<&dyn Fn(usize) -> usize>,
 ) -> Vec<Descriptor> {
     let mut out: Vec<Descriptor> = Vec::new();
     for (i, (sender, receiver, len)) in messages.enumerate() {
         if let Some(d) = out.last_mut().filter(|d| {
-            coalesce_within.is_some_and(|n| d.first / n == i / n)
+            coalesce_within.is_some_and(|run| run(d.first) == run(i))
                 && d.sender + d.len == sender
                 && d.receiver + d.len == receiver
         }) {
@@ -165,7 +165,7 @@ mod tests {
         // Three 10-byte messages adjacent on both sides, then one adjacent
         // on the sender only, then one adjacent on both again.
         let msgs = [(0, 100, 10), (10, 110, 10), (20, 120, 10), (30, 200, 10), (40, 210, 10)];
-        let d = descriptors(msgs.iter().copied(), Some(usize::MAX));
+        let d = descriptors(msgs.iter().copied(), Some(&|_| 0));
         assert_eq!(
             d,
             vec![
@@ -174,7 +174,7 @@ mod tests {
             ]
         );
         // Runs of two messages (layers): no descriptor crosses from one to the next.
-        let in_twos = descriptors(msgs.iter().copied(), Some(2));
+        let in_twos = descriptors(msgs.iter().copied(), Some(&|i| i / 2));
         assert_eq!(
             in_twos.iter().map(|d| (d.first, d.count)).collect::<Vec<_>>(),
             vec![(0, 2), (2, 1), (3, 1), (4, 1)]

@@ -9,7 +9,7 @@
 //! then the time from the last layer's end to the decode side holding the
 //! last byte.
 
-use super::{Granularity, RequestLayout};
+use super::RequestLayout;
 use crate::error::{Error, Result};
 use crate::kv::KvShape;
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,10 @@ impl Prefill {
             PrefillTime::Tflops(tf) => {
                 let c = shape.model.compute_shape()?;
                 Ok((0..layers)
-                    .map(|l| (c.layer_flops(l, tokens) / (tf * 1e12) * 1e9).round() as u64)
+                    .map(|l| {
+                        (c.layer_flops_of(l, shape.moving_kind_for_compute(l), tokens) / (tf * 1e12) * 1e9)
+                            .round() as u64
+                    })
                     .collect())
             }
         }
@@ -93,17 +96,14 @@ impl Prefill {
 /// The layer whose compute must end before message `index` may move: its
 /// own for layers and blocks, the last for a whole request.
 pub fn layer_of(layout: &RequestLayout, index: usize) -> usize {
-    match layout.granularity {
-        Granularity::Request => layout.layers as usize - 1,
-        Granularity::Layer => index,
-        Granularity::Block => index / (layout.tensors_per_layer as usize * layout.blocks as usize),
-    }
+    layout.layer_of(index)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kv::presets::lookup;
+    use crate::plan::Granularity;
 
     fn shape(model: &str) -> KvShape {
         KvShape::new(lookup(model).unwrap(), 1, 16).unwrap()
@@ -132,9 +132,9 @@ mod tests {
         for bad in ["0", "-3", "nan", "x", "inf"] {
             assert!(Prefill::parse_tflops(bad).is_err(), "{bad}");
         }
-        let no_shape = p.layer_ns(&shape("gpt-oss-120b"), 1024).unwrap_err();
+        let no_shape = p.layer_ns(&shape("qwen3-next-80b-a3b"), 1024).unwrap_err();
         assert!(
-            no_shape.message.contains("--prefill-tflops needs the shape of model 'gpt-oss-120b'"),
+            no_shape.message.contains("--prefill-tflops needs the shape of model 'qwen3-next-80b-a3b'"),
             "{no_shape}"
         );
     }

@@ -155,7 +155,7 @@ impl TpTopology {
             Attention::Gqa { kv_heads, head_dim } => (kv_heads, head_dim as u64 * model.dtype.bytes()),
             Attention::Mla { .. } => {
                 // One latent per token, alike on every rank.
-                let shape = crate::kv::KvShape { model: model.clone(), tp: 1, block_size };
+                let shape = crate::kv::KvShape { model: model.clone(), tp: 1, block_size, hma: true };
                 let block = shape.block_bytes() as usize;
                 let whole = Piece { sender: 0, receiver: 0, len: block };
                 return Ok(Cut {

@@ -227,8 +227,11 @@ impl TurnMoves {
     /// them the prefill of the whole prompt less that of the context before.
     pub fn decode_prefill_flops(&self, mode: MultiTurn, shape: &KvShape) -> Option<f64> {
         let c = shape.model.compute.as_ref()?;
-        let total =
-            |tokens: u64| -> f64 { (0..shape.model.layers).map(|l| c.layer_flops(l, tokens as u32)).sum() };
+        let total = |tokens: u64| -> f64 {
+            (0..shape.model.layers)
+                .map(|l| c.layer_flops_of(l, shape.moving_kind_for_compute(l), tokens as u32))
+                .sum()
+        };
         (mode == MultiTurn::DDirect && self.turn.turn > 1)
             .then(|| total(self.turn.prompt_tokens) - total(self.turn.before_tokens))
     }
@@ -309,7 +312,9 @@ mod tests {
         // Turn 2's 100 tokens attend to 200: more than a first 100, less than 200 from scratch.
         let cost = |m: &TurnMoves| m.decode_prefill_flops(MultiTurn::DDirect, &shape).unwrap();
         let c = shape.model.compute.as_ref().unwrap();
-        let scratch = |n: u32| -> f64 { (0..shape.model.layers).map(|l| c.layer_flops(l, n)).sum() };
+        let scratch = |n: u32| -> f64 {
+            (0..shape.model.layers).map(|l| c.layer_flops_of(l, shape.moving_kind_for_compute(l), n)).sum()
+        };
         assert!(cost(&d[1]) > scratch(100) && cost(&d[1]) < scratch(200));
         assert!(cost(&d[2]) > cost(&d[1]));
     }

@@ -473,7 +473,7 @@ pub fn key_mismatch(index: usize, layout: &RequestLayout, request: u64, got: &st
         "message {index} of {} of request {request}: expected {} ({} bytes), received {got}",
         layout.message_count,
         layout.key(request, index),
-        layout.message_bytes
+        layout.message_len(index)
     ))
 }
 

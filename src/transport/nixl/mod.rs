@@ -448,7 +448,7 @@ impl Side {
                 false => (self.remote_base, self.remote_mem, self.remote_device),
             };
             let descs: Vec<agent::Desc> =
-                (0..space.count()).map(|i| (base + space.offset(i), space.len, dev)).collect();
+                (0..space.count()).map(|i| (base + space.offset(i), space.len_of(i), dev)).collect();
             let peer = self.peer.clone();
             let p = self.agent.prep((!local).then_some(peer.as_str()), mem, &descs)?;
             tracing::debug!(
@@ -482,7 +482,7 @@ impl Side {
         if self.fault {
             let source = if mine == BufSide::Sender { &mut local } else { &mut remote };
             let space = layout.desc_space(BufSide::Sender);
-            let step = space.pieces.len();
+            let step = space.step();
             if space.count() <= step {
                 return Err(Error::usage("--fault neighbour-block needs a pool of more than one block"));
             }

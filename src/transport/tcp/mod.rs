@@ -77,7 +77,7 @@ fn expect_header(
     let mut hdr = [0u8; HEADER];
     read_full(reader, &mut hdr, deadline, timeout).map_err(|e| data_error(e, "sender", timeout, &what()))?;
     let got = match parse_header(&hdr) {
-        Some((key, len)) if key == layout.key(request, index) && len == layout.message_bytes as u64 => {
+        Some((key, len)) if key == layout.key(request, index) && len == layout.message_len(index) as u64 => {
             return Ok(())
         }
         Some((key, len)) => format!("{key} ({len} bytes)"),
@@ -194,9 +194,9 @@ fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], r
     let mut index = first;
     while index < layout.message_count {
         ready.wait(index, deadline)?;
-        headers.push(header(&layout.key(request, index), layout.message_bytes));
+        headers.push(header(&layout.key(request, index), layout.message_len(index)));
         batch.push(index);
-        batch_bytes += HEADER + layout.message_bytes;
+        batch_bytes += HEADER + layout.message_len(index);
         index += step;
         // A batch also ends where the next message is not computed yet.
         if batch.len() == BATCH_MESSAGES

@@ -54,11 +54,16 @@ fn pieces(layout: &RequestLayout, side: Side, start: usize, end: usize) -> Vec<(
     if layout.tiled() {
         return vec![(start, 0, end - start)];
     }
-    let m = layout.message_bytes;
     let mut out: Vec<(usize, usize, usize)> = Vec::new();
-    for i in start / m..end.div_ceil(m) {
-        let (lo, hi) = ((i * m).max(start), ((i + 1) * m).min(end));
-        let at = layout.slot(side, i).offset + (lo - i * m);
+    let mut i = layout.message_at(start);
+    while i < layout.message_count && layout.message_start(i) < end {
+        let (from, len) = (layout.message_start(i), layout.message_len(i));
+        let (lo, hi) = (from.max(start), (from + len).min(end));
+        let at = layout.slot(side, i).offset + (lo - from);
+        i += 1;
+        if lo >= hi {
+            continue;
+        }
         match out.last_mut() {
             Some(p) if p.0 + p.2 == at => p.2 += hi - lo,
             _ => out.push((at, lo - start, hi - lo)),
@@ -70,7 +75,6 @@ fn pieces(layout: &RequestLayout, side: Side, start: usize, end: usize) -> Vec<(
 pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, round: Round) -> Result<()> {
     let Round { layout, request, deadline, timeout, ready } = round;
     let total = layout.total_bytes();
-    let m = layout.message_bytes;
     let chunks = total.div_ceil(CHUNK);
     let copy_out = |st: &mut Staging, c: usize| -> Result<()> {
         let (start, end) = chunk(c, total);
@@ -93,7 +97,7 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
     let mut issued = 0;
     for c in 0..chunks {
         while issued < chunks.min(c + DEPTH) {
-            let last_message = (chunk(issued, total).1 - 1) / m;
+            let last_message = layout.message_at(chunk(issued, total).1 - 1);
             if issued > c && !ready.ready(last_message)? {
                 break;
             }
@@ -106,15 +110,21 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
         slot.copied.wait(deadline, "copying KV off the GPU for the socket")?;
         let data = &slot.mem.as_slice()[..end - start];
         // Messages overlapping this chunk; a header goes with a message's first byte.
-        let messages = start / m..=(end - 1) / m;
-        let headers: Vec<Option<[u8; HEADER]>> =
-            messages.clone().map(|i| (i * m >= start).then(|| header(&layout.key(request, i), m))).collect();
+        let messages = layout.message_at(start)..=layout.message_at(end - 1);
+        let headers: Vec<Option<[u8; HEADER]>> = messages
+            .clone()
+            .map(|i| {
+                let first_byte_here = layout.message_start(i) >= start;
+                first_byte_here.then(|| header(&layout.key(request, i), layout.message_len(i)))
+            })
+            .collect();
         let mut iov = Vec::with_capacity(2 * headers.len());
         for (i, h) in messages.zip(&headers) {
             if let Some(h) = h {
                 iov.push(IoSlice::new(h));
             }
-            iov.push(IoSlice::new(&data[(i * m).max(start) - start..((i + 1) * m).min(end) - start]));
+            let (from, len) = (layout.message_start(i), layout.message_len(i));
+            iov.push(IoSlice::new(&data[from.max(start) - start..(from + len).min(end) - start]));
         }
         write_all_vectored(sock, &mut iov, deadline, timeout).map_err(|e| {
             data_error(e, "receiver", timeout, &format!("sending bytes {start}..{end} of request {request}"))
@@ -133,12 +143,11 @@ pub(super) fn recv(
 ) -> Result<()> {
     let Round { layout, request, deadline, timeout, .. } = round;
     let total = layout.total_bytes();
-    let m = layout.message_bytes;
     let mut pos = 0;
     for index in 0..layout.message_count {
         let what = || format!("waiting for message {index} of {} of request {request}", layout.message_count);
         expect_header(reader, index, round, &what)?;
-        let message_end = pos + m;
+        let message_end = pos + layout.message_len(index);
         while pos < message_end {
             let c = pos / CHUNK;
             let (start, end) = chunk(c, total);

@@ -1,0 +1,300 @@
+//! Requests of models whose layers do not all move alike: hybrid models under
+//! vLLM's hybrid KV cache manager (a window's last blocks, a chunk's, a
+//! state once) and DeepSeek-V3.2's indexer keys beside its latents. Their
+//! messages differ in size, so each is listed: its key, length and place
+//! on each side.
+//!
+//! Places follow vLLM's pools: per attention layer one region per tensor of
+//! `pool` blocks, a request's blocks where its group's block table puts
+//! them (each group its own table, as vLLM's KV cache groups have); per
+//! state layer `STATE_SLOTS` pages of conv sub-projections then SSM state,
+//! the request in one slot. Whole requests and layers tile the buffer.
+
+use super::{BlockTable, Granularity, Part, Side};
+use crate::kv::{KvShape, LayerKind, TensorKind};
+use std::sync::Arc;
+
+/// State pages per state layer in a pool: a request's state is one page,
+/// placed by the table among these (vLLM's pool holds one per running request).
+pub const STATE_SLOTS: u32 = 4;
+
+/// One message: what it carries and where it lies on each side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msg {
+    /// The layer's kind as it moves: its group.
+    pub kind: LayerKind,
+    pub layer: u32,
+    pub part: Part,
+    pub block: Option<u32>,
+    pub len: usize,
+    /// Offsets in the sender's and the receiver's buffer.
+    pub at: [usize; 2],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Irregular {
+    pub msgs: Vec<Msg>,
+    /// Where each message starts in the request's bytes taken in order,
+    /// and (last) their total.
+    pub starts: Vec<usize>,
+    /// Bytes of each side's buffer the request spans (its pools, for blocks).
+    pub buffer: usize,
+    /// Every place a message of this geometry can sit, as (offset, bytes):
+    /// for blocks every block of every tensor of the pool and every state
+    /// region of every slot, as NixlConnector prepares its descriptor
+    /// lists; otherwise the request's own messages. Alike on both sides.
+    pub places: Arc<Vec<(usize, usize)>>,
+    /// A fingerprint of `places`, to find prepared lists by.
+    pub places_digest: u64,
+    /// Each message's place on the sender's and the receiver's side.
+    pub desc: Vec<[usize; 2]>,
+}
+
+impl Irregular {
+    fn new(msgs: Vec<Msg>, buffer: usize, places: Vec<(usize, usize)>, desc: Vec<[usize; 2]>) -> Irregular {
+        let mut words = vec![places.len() as u64];
+        words.extend(places.iter().flat_map(|p| [p.0 as u64, p.1 as u64]));
+        let places_digest = crate::kv::pattern::seed_of(&words);
+        let mut starts = Vec::with_capacity(msgs.len() + 1);
+        let mut at = 0;
+        for m in &msgs {
+            starts.push(at);
+            at += m.len;
+        }
+        starts.push(at);
+        Irregular { msgs, starts, buffer, places: Arc::new(places), places_digest, desc }
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        *self.starts.last().unwrap_or(&0)
+    }
+
+    pub fn largest(&self) -> usize {
+        self.msgs.iter().map(|m| m.len).max().unwrap_or(0)
+    }
+
+    /// The message holding byte `at` of the request taken in order.
+    pub fn message_at(&self, at: usize) -> usize {
+        self.starts.partition_point(|&s| s <= at).saturating_sub(1).min(self.msgs.len().saturating_sub(1))
+    }
+}
+
+fn part_of(t: TensorKind) -> Part {
+    match t {
+        TensorKind::Key => Part::Key,
+        TensorKind::Value => Part::Value,
+        TensorKind::Latent => Part::Latent,
+        TensorKind::Index => Part::Index,
+    }
+}
+
+const CONV_PARTS: [Part; 3] = [Part::Conv0, Part::Conv1, Part::Conv2];
+
+/// A group's own table: a random table drawn with a seed of its kind, so
+/// that two groups' blocks of one request sit apart, as vLLM's groups' do.
+fn group_table(table: BlockTable, kind: LayerKind) -> BlockTable {
+    match table {
+        BlockTable::Contiguous => table,
+        BlockTable::Random { seed } => {
+            let k = match kind {
+                LayerKind::Full => 0,
+                LayerKind::SlidingWindow { window } => 1 + window as u64,
+                LayerKind::ChunkedLocal { chunk } => (1 << 32) + chunk as u64,
+                LayerKind::State => 1 << 40,
+            };
+            BlockTable::Random { seed: crate::kv::pattern::seed_of(&[seed, k]) }
+        }
+    }
+}
+
+/// The messages of a `prompt`-token request at `granularity`; blocks in
+/// pools of `pool` blocks per tensor placed by `table`.
+pub fn build(
+    shape: &KvShape,
+    prompt: u32,
+    granularity: Granularity,
+    table: BlockTable,
+    pool: u32,
+) -> Irregular {
+    let layers = shape.model.layers;
+    let whole_layer = if shape.model.attention_is_mla() { Part::Latent } else { Part::KeyValue };
+    let mut msgs = Vec::new();
+    let (mut places, mut desc) = (Vec::new(), Vec::new());
+    let mut at = 0usize;
+    match granularity {
+        Granularity::Request => {
+            let len = shape.request_bytes(prompt) as usize;
+            msgs.push(Msg {
+                kind: LayerKind::Full,
+                layer: layers - 1,
+                part: Part::Whole,
+                block: None,
+                len,
+                at: [0, 0],
+            });
+            at = len;
+        }
+        Granularity::Layer => {
+            for l in 0..layers {
+                let len = shape.layer_request_bytes(l, prompt) as usize;
+                if len == 0 {
+                    continue; // a chunk that has just begun: nothing to move
+                }
+                let part = if shape.moving_kind(l) == LayerKind::State { Part::State } else { whole_layer };
+                msgs.push(Msg { kind: shape.moving_kind(l), layer: l, part, block: None, len, at: [at, at] });
+                at += len;
+            }
+        }
+        Granularity::Block => {
+            let tokens = shape.moved_tokens(prompt);
+            let (block, all) = (shape.block_size, shape.blocks_for(tokens));
+            let pool = pool.max(all);
+            let tensors = shape.attention_tensors();
+            let state = shape.state_bytes();
+            let mut ids_of = std::collections::HashMap::new();
+            for l in 0..layers {
+                let kind = shape.moving_kind(l);
+                let ids = ids_of.entry(kind).or_insert_with(|| {
+                    let t = group_table(table, kind);
+                    match kind {
+                        LayerKind::State => {
+                            [t.ids(Side::Sender, 1, STATE_SLOTS), t.ids(Side::Receiver, 1, STATE_SLOTS)]
+                        }
+                        _ => [t.ids(Side::Sender, all, pool), t.ids(Side::Receiver, all, pool)],
+                    }
+                });
+                if kind == LayerKind::State {
+                    let state = state.as_ref().expect("a state layer has a state shape");
+                    let page = state.total() as usize;
+                    let regions = state.regions();
+                    let first = places.len();
+                    for slot in 0..STATE_SLOTS as usize {
+                        places.extend(
+                            regions.iter().map(|&(off, len)| (at + slot * page + off as usize, len as usize)),
+                        );
+                    }
+                    for (r, &(offset, len)) in regions.iter().enumerate() {
+                        desc.push([0, 1].map(|s| first + ids[s][0] as usize * regions.len() + r));
+                        let part = if r < state.conv.len() { CONV_PARTS[r] } else { Part::Ssm };
+                        let place = |s: usize| at + ids[s][0] as usize * page + offset as usize;
+                        msgs.push(Msg {
+                            kind,
+                            layer: l,
+                            part,
+                            block: None,
+                            len: len as usize,
+                            at: [place(0), place(1)],
+                        });
+                    }
+                    at += STATE_SLOTS as usize * page;
+                    continue;
+                }
+                let (first, count) = match kind {
+                    LayerKind::Full => (0, all),
+                    k => k.moved_blocks(tokens, block),
+                };
+                for &(t, per_token) in &tensors {
+                    let block_bytes = (block as u64 * per_token) as usize;
+                    let region = places.len();
+                    places.extend((0..pool as usize).map(|id| (at + id * block_bytes, block_bytes)));
+                    for b in first..first + count {
+                        desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize));
+                        let place = |s: usize| at + ids[s][b as usize] as usize * block_bytes;
+                        msgs.push(Msg {
+                            kind,
+                            layer: l,
+                            part: part_of(t),
+                            block: Some(b),
+                            len: block_bytes,
+                            at: [place(0), place(1)],
+                        });
+                    }
+                    at += pool as usize * block_bytes;
+                }
+            }
+        }
+    }
+    if granularity != Granularity::Block {
+        // The request's own messages are the places (as for a pool of one).
+        places = msgs.iter().map(|m| (m.at[0], m.len)).collect();
+        desc = (0..msgs.len()).map(|i| [i, i]).collect();
+    }
+    Irregular::new(msgs, at, places, desc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::presets::lookup;
+
+    fn shape(model: &str) -> KvShape {
+        let m = lookup(model).unwrap();
+        let block = crate::kv::vllm_block_size(&m, 1, None).unwrap();
+        KvShape::new(m, 1, block).unwrap()
+    }
+
+    /// No two messages overlap on either side, and each lies in the buffer.
+    fn apart(x: &Irregular) {
+        for side in 0..2 {
+            let mut spans: Vec<(usize, usize)> = x.msgs.iter().map(|m| (m.at[side], m.len)).collect();
+            spans.sort_unstable();
+            for w in spans.windows(2) {
+                assert!(w[0].0 + w[0].1 <= w[1].0, "overlap on side {side}: {w:?}");
+            }
+            let last = spans.last().unwrap();
+            assert!(last.0 + last.1 <= x.buffer);
+            // Each message is at its descriptor's place.
+            for (m, d) in x.msgs.iter().zip(&x.desc) {
+                assert_eq!(x.places[d[side]], (m.at[side], m.len));
+            }
+        }
+    }
+
+    #[test]
+    fn every_granularity_moves_the_same_bytes() {
+        for model in ["gpt-oss-120b", "qwen3-next-80b-a3b", "deepseek-v3.2", "llama-4-scout"] {
+            let s = shape(model);
+            for tokens in [1, 100, 1000, 9000] {
+                for g in Granularity::ALL {
+                    let want = match g {
+                        Granularity::Block => s.request_block_bytes(tokens),
+                        _ => s.request_bytes(tokens),
+                    } as usize;
+                    for table in [BlockTable::Contiguous, BlockTable::Random { seed: 5 }] {
+                        let x = build(&s, tokens, g, table, s.blocks_for(tokens) + 3);
+                        assert_eq!(x.total_bytes(), want, "{model} {tokens} {g} {table}");
+                        apart(&x);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_window_moves_its_last_blocks_and_a_state_its_regions() {
+        let s = shape("gpt-oss-120b");
+        let x = build(&s, 1000, Granularity::Block, BlockTable::Contiguous, 17);
+        // Layer 0 slides over 128 tokens in blocks of 64: blocks 13..16 of 16
+        // (skip 873 tokens = 13 blocks), K then V; layer 1 moves all 16.
+        let l0: Vec<_> = x.msgs.iter().filter(|m| m.layer == 0).map(|m| (m.part, m.block.unwrap())).collect();
+        assert_eq!(
+            l0,
+            vec![
+                (Part::Key, 13),
+                (Part::Key, 14),
+                (Part::Key, 15),
+                (Part::Value, 13),
+                (Part::Value, 14),
+                (Part::Value, 15)
+            ]
+        );
+        assert_eq!(x.msgs.iter().filter(|m| m.layer == 1).count(), 32);
+        let q = shape("qwen3-next-80b-a3b");
+        let y = build(&q, 1000, Granularity::Block, BlockTable::Contiguous, 3);
+        let l0: Vec<_> = y.msgs.iter().filter(|m| m.layer == 0).map(|m| (m.part, m.len)).collect();
+        assert_eq!(
+            l0,
+            vec![(Part::Conv0, 12_288), (Part::Conv1, 12_288), (Part::Conv2, 24_576), (Part::Ssm, 1_048_576)]
+        );
+    }
+}
