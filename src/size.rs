@@ -94,7 +94,8 @@ pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[
             let per_layer: Vec<u64> =
                 (0..shape.model.layers).map(|l| shape.layer_request_bytes(l, tokens)).collect();
             let layer_tensor_bytes = per_layer.iter().copied().max().unwrap_or(0);
-            let hybrid = shape.model.is_hybrid() && shape.hma;
+            // vLLM moves state layers only under HMA: no "off" to compare with.
+            let hybrid = shape.model.is_hybrid() && shape.hma && !shape.model.has_state();
             PromptSizing {
                 tokens,
                 share: weight / total,

@@ -165,7 +165,7 @@ impl ModelArgs {
             return Err(Error::usage("give either --kv-heads/--head-dim (GQA) or --kv-lora-rank/--qk-rope-head-dim (MLA), not both"));
         }
         let mut spec = if let Some(path) = &self.model_config {
-            hf_config::read(path)?
+            hf_config::read(path, self.dtype)?
         } else if let Some(name) = &self.model {
             presets::lookup(name)?
         } else if self.layers.is_some() || gqa_given || mla_given {

@@ -17,35 +17,35 @@ pub fn print(shape: &KvShape, prompts: &[u32], out: &mut dyn Write) -> Result<()
         (true, false) => "--hma off: every attention layer in full",
     };
     writeln!(out, "layer groups {hma}; a request's bytes as NixlConnector moves them (whole blocks)")?;
-    write!(out, "{:<26} {:>6}  {:<34}", "group", "layers", "moves")?;
+    write!(out, "{:<26} {:>6}  {:<40}", "group", "layers", "moves")?;
     for p in prompts {
         write!(out, " {:>11}", format!("{p} tok"))?;
     }
     writeln!(out)?;
     let first = prompts.first().copied().unwrap_or(1);
     for (kind, layers, _) in shape.groups(first) {
-        write!(out, "{:<26} {:>6}  {:<34}", kind.to_string(), layers, moves(shape, kind))?;
+        write!(out, "{:<26} {:>6}  {:<40}", kind.to_string(), layers, moves(shape, kind))?;
         for &p in prompts {
             let bytes = shape.groups(p).iter().find(|g| g.0 == kind).map_or(0, |g| g.2);
             write!(out, " {:>11}", fmt_bytes(bytes))?;
         }
         writeln!(out)?;
     }
-    write!(out, "{:<26} {:>6}  {:<34}", "a request", shape.model.layers, "")?;
+    write!(out, "{:<26} {:>6}  {:<40}", "a request", shape.model.layers, "")?;
     for &p in prompts {
         write!(out, " {:>11}", fmt_bytes(shape.request_block_bytes(p)))?;
     }
     writeln!(out)?;
     write!(
         out,
-        "{:<26} {:>6}  {:<34}",
+        "{:<26} {:>6}  {:<40}",
         "every layer in full", shape.model.layers, "as if all were full attention"
     )?;
     for &p in prompts {
         write!(out, " {:>11}", fmt_bytes(shape.all_full_block_bytes(p)))?;
     }
     writeln!(out)?;
-    write!(out, "{:<26} {:>6}  {:<34}", "ratio", "", "a request / every layer in full")?;
+    write!(out, "{:<26} {:>6}  {:<40}", "ratio", "", "a request / every layer in full")?;
     for &p in prompts {
         let ratio = shape.request_block_bytes(p) as f64 / shape.all_full_block_bytes(p).max(1) as f64;
         write!(out, " {:>11}", format!("{ratio:.3}"))?;

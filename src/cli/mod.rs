@@ -202,6 +202,7 @@ fn plan(a: &PlanArgs) -> Result<()> {
         return Ok(());
     }
     let shape = a.model.resolve()?;
+    crate::plan::not_yet_for_hybrid(&shape, a.conversation.turns.is_some(), a.model.topology().is_some())?;
     if let Some(t) = a.model.topology() {
         if a.conversation.turns.is_some() {
             return Err(Error::usage(

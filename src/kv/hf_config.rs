@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
 
-pub fn read(path: &Path) -> Result<ModelSpec> {
+/// The model of `path`; `dtype` (--dtype) stands for a config that names none
+/// (gpt-oss's, quantized, leaves torch_dtype out).
+pub fn read(path: &Path, dtype: Option<Dtype>) -> Result<ModelSpec> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::usage(format!("cannot read model config {}: {e}", path.display())))?;
     let fallback_name = path
@@ -16,10 +18,20 @@ pub fn read(path: &Path) -> Result<ModelSpec> {
         .map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "custom".to_string());
-    parse(&text, &fallback_name).map_err(|e| e.context(format!("model config {}", path.display())))
+    parse_with(&text, &fallback_name, dtype)
+        .map_err(|e| e.context(format!("model config {}", path.display())))
 }
 
 pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
+    parse_with(text, fallback_name, None)
+}
+
+#[cfg(test)]
+pub(crate) fn parse_for_tests(text: &str, dtype: Dtype) -> Result<ModelSpec> {
+    parse_with(text, "x", Some(dtype))
+}
+
+fn parse_with(text: &str, fallback_name: &str, dtype_given: Option<Dtype>) -> Result<ModelSpec> {
     let root: Value = serde_json::from_str(text).map_err(|e| Error::usage(format!("not valid JSON: {e}")))?;
     if !root.is_object() {
         return Err(Error::usage("not a JSON object"));
@@ -102,9 +114,12 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
     // transformers >= 4.56 writes "dtype"; older configs "torch_dtype".
     let dtype_name = ["torch_dtype", "dtype"]
         .iter()
-        .find_map(|k| cfg.get(*k).or_else(|| root.get(*k)).and_then(Value::as_str))
-        .ok_or_else(|| Error::usage("missing field 'torch_dtype' (or 'dtype'); pass --dtype"))?;
-    let dtype = Dtype::parse(dtype_name)?;
+        .find_map(|k| cfg.get(*k).or_else(|| root.get(*k)).and_then(Value::as_str));
+    let dtype = match (dtype_name, dtype_given) {
+        (_, Some(d)) => d,
+        (Some(name), None) => Dtype::parse(name)?,
+        (None, None) => return Err(Error::usage("missing field 'torch_dtype' (or 'dtype'); pass --dtype")),
+    };
 
     // The model's own name where the config gives one, its architecture's else, the folder's last.
     let name = ["_name_or_path", "name_or_path", "model_type"]
@@ -122,7 +137,12 @@ pub fn parse(text: &str, fallback_name: &str) -> Result<ModelSpec> {
         .iter()
         .find_map(|k| cfg.get(*k).or_else(|| root.get(*k)).and_then(Value::as_u64))
         .and_then(|n| u32::try_from(n).ok());
-    let hybrid = hf_hybrid::read(cfg, layers, dtype, &attention)?;
+    // State follows the model's dtype (vLLM's mamba_cache_dtype "auto"), not the KV cache's.
+    let model_dtype = match dtype_name {
+        Some(name) => Dtype::parse(name)?,
+        None => dtype,
+    };
+    let hybrid = hf_hybrid::read(cfg, layers, model_dtype, &attention)?;
     let spec = ModelSpec {
         name,
         layers: hybrid.layers,

@@ -568,6 +568,7 @@ impl KvShape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::presets;
 
     fn gqa(layers: u32, kv_heads: u32, head_dim: u32) -> ModelSpec {
         ModelSpec {
@@ -619,6 +620,27 @@ mod tests {
         let packed = KvShape::new(ModelSpec { dtype: Dtype::Fp8DsMla, ..m }, 1, 64).unwrap();
         assert_eq!(packed.layer_bytes_per_token(), 656);
         assert_eq!(packed.bytes_per_token(), 40_016);
+    }
+
+    /// vLLM's _align_hybrid_block_size, by hand: 64 x cdiv(state page,
+    /// 64 x attention page per token); a smaller asked size aligns to itself.
+    #[test]
+    fn a_state_model_raises_the_block_until_a_page_holds_its_state() {
+        let q = presets::lookup("qwen3-next-80b-a3b").unwrap();
+        // TP 1: 2 KV heads x 256 x 2 x 2 = 2048 B a token; state 1,097,728 B: 64 x 9.
+        assert_eq!(vllm_block_size(&q, 1, None).unwrap(), 576);
+        // TP 4: one (replicated) KV head, 1024 B; state / 4 = 274,432 B: 64 x 5.
+        assert_eq!(vllm_block_size(&q, 4, None).unwrap(), 320);
+        // --block-size 16: 16 x cdiv(1,097,728, 16 x 2048) = 16 x 34.
+        assert_eq!(vllm_block_size(&q, 1, Some(16)).unwrap(), 544);
+        assert_eq!(vllm_block_size(&presets::lookup("nemotron-nano-9b-v2").unwrap(), 1, None).unwrap(), 1344);
+        // Models without state keep the asked size or vLLM 0.34.0's 64.
+        let g = presets::lookup("gpt-oss-120b").unwrap();
+        assert_eq!(
+            (vllm_block_size(&g, 1, None).unwrap(), vllm_block_size(&g, 1, Some(16)).unwrap()),
+            (64, 16)
+        );
+        assert!(KvShape::new(q, 1, 576).unwrap().with_hma(false).is_err());
     }
 
     #[test]

@@ -464,6 +464,65 @@ mod tests {
         }
     }
 
+    /// What NixlConnector moves for a request of each hybrid preset at
+    /// TP 1 with vLLM's hybrid KV cache manager, whole blocks, by hand
+    /// from vLLM 0.34.0's rules (kv/hybrid.rs): 1k, 32k and 128k tokens.
+    #[test]
+    fn hybrid_presets_move_what_vllm_moves() {
+        let moved = |name: &str, tokens: u32| {
+            let m = lookup(name).unwrap();
+            let block = crate::kv::vllm_block_size(&m, 1, None).unwrap();
+            KvShape::new(m, 1, block).unwrap().request_block_bytes(tokens)
+        };
+        // gpt-oss-120b: blocks of 64 x 2048 B = 131,072 B per layer. Full
+        // layers (18) move cdiv(N, 64) blocks; windowed ones (18) keep
+        // blocks from (N - 127) / 64 on: 2 at each length here.
+        // 1k: 18 x 16 + 18 x 2 blocks; 32k: 18 x 512 + 36; 128k: 18 x 2048 + 36.
+        assert_eq!(moved("gpt-oss-120b", 1024), (18 * 16 + 36) * 131_072); // 42,467,328
+        assert_eq!(moved("gpt-oss-120b", 32768), (18 * 512 + 36) * 131_072); // 1,212,678,144
+        assert_eq!(moved("gpt-oss-120b", 131_072), (18 * 2048 + 36) * 131_072); // 4,836,556,800
+                                                                                // gpt-oss-20b: 12 full and 12 windowed layers.
+        assert_eq!(moved("gpt-oss-20b", 1024), (12 * 16 + 24) * 131_072);
+        assert_eq!(moved("gpt-oss-20b", 32768), (12 * 512 + 24) * 131_072);
+        assert_eq!(moved("gpt-oss-20b", 131_072), (12 * 2048 + 24) * 131_072);
+        // gemma-3-27b: 2 x 16 x 128 x 2 = 8192 B a token, 524,288 B a block;
+        // 10 full layers, 52 with 1024-token windows: 16 blocks each (N -
+        // 1023 skipped: 0, 496 and 2032 whole blocks).
+        assert_eq!(moved("gemma-3-27b", 1024), (10 * 16 + 52 * 16) * 524_288); // all 62 in full
+        assert_eq!(moved("gemma-3-27b", 32768), (10 * 512 + 52 * 16) * 524_288);
+        assert_eq!(moved("gemma-3-27b", 131_072), (10 * 2048 + 52 * 16) * 524_288);
+        // llama-4 (scout and maverick alike): 4096 B a token, 262,144 a
+        // block; 12 global layers; 36 chunked over 8192, whose current
+        // chunk is empty when N is a multiple of 8192 (32k, 128k).
+        for name in ["llama-4-scout", "llama-4-maverick"] {
+            assert_eq!(moved(name, 1024), 48 * 16 * 262_144);
+            assert_eq!(moved(name, 32768), 12 * 512 * 262_144);
+            assert_eq!(moved(name, 131_072), 12 * 2048 * 262_144);
+            // 10,000 tokens: chunk 1 holds 8192..10000: blocks 128..157 (29).
+            assert_eq!(moved(name, 10_000), (12 * 157 + 36 * 29) * 262_144);
+        }
+        // qwen3-next-80b-a3b: blocks of 576 tokens (the attention page
+        // raised to hold a 1,097,728-byte state: 64 x cdiv(1,097,728, 64 x
+        // 2048)), 1,179,648 B; prefill stops at N - 1; 12 full layers
+        // move cdiv(N - 1, 576) blocks, 36 gated-delta-net layers their
+        // state: 36 x 1,097,728 = 39,518,208.
+        assert_eq!(moved("qwen3-next-80b-a3b", 1024), 12 * 2 * 1_179_648 + 39_518_208);
+        assert_eq!(moved("qwen3-next-80b-a3b", 32768), 12 * 57 * 1_179_648 + 39_518_208);
+        assert_eq!(moved("qwen3-next-80b-a3b", 131_072), 12 * 228 * 1_179_648 + 39_518_208);
+        // nemotron-nano-9b-v2: Mamba2 state (10240 + 2 x 8 x 128) x 3 x 2
+        // conv + 128 x 80 x 128 x 4 SSM = 5,316,608 B; blocks of 64 x
+        // cdiv(5,316,608, 64 x 4096) = 1344 tokens, 5,505,024 B; 4
+        // attention layers, 27 Mamba2.
+        assert_eq!(moved("nemotron-nano-9b-v2", 1024), 4 * 5_505_024 + 27 * 5_316_608);
+        assert_eq!(moved("nemotron-nano-9b-v2", 32768), 4 * 25 * 5_505_024 + 27 * 5_316_608);
+        assert_eq!(moved("nemotron-nano-9b-v2", 131_072), 4 * 98 * 5_505_024 + 27 * 5_316_608);
+        // deepseek-v3.2: 61 MLA layers of (512 + 64) x 2 latent + 128 + 4
+        // indexer bytes a token, blocks of 64: 82,176 B.
+        assert_eq!(moved("deepseek-v3.2", 1024), 61 * 16 * 82_176);
+        assert_eq!(moved("deepseek-v3.2", 32768), 61 * 512 * 82_176);
+        assert_eq!(moved("deepseek-v3.2", 131_072), 61 * 2048 * 82_176);
+    }
+
     #[test]
     fn totals_match_the_landscape_table() {
         // Llama-3.1-70B, 32K tokens: 10 GiB; Qwen3-32B 8K: 2 GiB; DeepSeek 1K: 68.6 MiB.

@@ -1052,36 +1052,14 @@ pub const MOST_REQUEST_BYTES: u64 = 1 << 50;
 pub const MOST_MESSAGES: u64 = 1 << 24;
 
 impl Plan {
+    /// What a hybrid model does not run with yet (`not_yet_for_hybrid`).
+    fn check_hybrid(&self) -> Result<()> {
+        not_yet_for_hybrid(&self.shape, self.conversation.is_some(), self.tp.is_some())
+    }
+
     /// Each request's bytes and messages and the block pool, counted in
     /// u128 before anything multiplies them in u64 or walks them (a plan
     /// read off the wire is checked here before its digest is derived).
-    /// What a model whose layers move unlike one another does not run
-    /// with yet: its messages differ in size, and conversations and P x D
-    /// cuts are laid out for messages of one size.
-    fn check_hybrid(&self) -> Result<()> {
-        let s = &self.shape;
-        if s.is_uniform() {
-            return Ok(());
-        }
-        let what = if s.model.is_hybrid() && s.hma {
-            format!("{} under vLLM's hybrid KV cache manager", s.model.name)
-        } else {
-            format!("{} (its indexer cache)", s.model.name)
-        };
-        let off = if s.model.has_state() || s.model.indexer_dim.is_some() { "" } else { ", or --hma off" };
-        if self.conversation.is_some() {
-            return Err(Error::usage(format!(
-                "multi-turn conversations of {what} are not built yet: run its turns one request at a time{off}"
-            )));
-        }
-        if self.tp.is_some() {
-            return Err(Error::usage(format!(
-                "prefill and decode at different TP for {what} are not built yet: run one TP{off}"
-            )));
-        }
-        Ok(())
-    }
-
     fn check_sizes(&self) -> Result<()> {
         let s = &self.shape;
         let per_token = s.bytes_per_token() as u128;
@@ -1511,6 +1489,32 @@ impl Plan {
         }
         format!("{:016x}", pattern::seed_of(&parts))
     }
+}
+
+/// What a model whose layers move unlike one another does not run with
+/// yet: conversations (`conversation`) and P x D cuts (`tp`) are laid out
+/// for messages of one size.
+pub fn not_yet_for_hybrid(s: &KvShape, conversation: bool, tp: bool) -> Result<()> {
+    if s.is_uniform() {
+        return Ok(());
+    }
+    let what = if s.model.is_hybrid() && s.hma {
+        format!("{} under vLLM's hybrid KV cache manager", s.model.name)
+    } else {
+        format!("{} (its indexer cache)", s.model.name)
+    };
+    let off = if s.model.has_state() || s.model.indexer_dim.is_some() { "" } else { ", or --hma off" };
+    if conversation {
+        return Err(Error::usage(format!(
+            "multi-turn conversations of {what} are not built yet: run its turns one request at a time{off}"
+        )));
+    }
+    if tp {
+        return Err(Error::usage(format!(
+            "prefill and decode at different TP for {what} are not built yet: run one TP{off}"
+        )));
+    }
+    Ok(())
 }
 
 /// Bump when the way a plan is cut into messages changes.

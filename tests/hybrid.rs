@@ -1,0 +1,183 @@
+//! Hybrid models end to end: gpt-oss-120b (sliding windows) and
+//! qwen3-next-80b-a3b (gated-delta-net state) moved over tcp and ucx in
+//! layer and block messages, contiguous and random tables, as vLLM's
+//! hybrid KV cache manager keeps them: the bytes by hand, every byte checked,
+//! a misplaced state named by its group, and configs that contradict
+//! themselves refused naming the key.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+/// `kvxfer pair` to the end; its JSON report.
+fn pair(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.json");
+    let mut all = vec!["pair", "--json", path.to_str().unwrap(), "-n", "2", "-w", "1"];
+    all.extend_from_slice(args);
+    run(KVXFER, &all, secs(240)).expect_code(0);
+    json(&path)
+}
+
+/// (granularity, prompt) -> request bytes of a report's points.
+fn bytes(r: &Value) -> Vec<(String, u64, u64)> {
+    r["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["granularity"].as_str().unwrap().to_string(),
+                p["prompt_tokens"].as_u64().unwrap(),
+                p["request_bytes"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tcp_and_ucx_move_what_the_hybrid_manager_keeps_with_every_byte_checked() {
+    // gpt-oss-120b, blocks of 64, 2048 B a token a layer (131,072 a block):
+    // 100 tokens: 2 blocks in every layer (the window keeps them all);
+    // layers carry 100 tokens each. 700 tokens: full layers 11 blocks,
+    // windowed ones keep blocks 8..10 (573 tokens skipped); layers: full
+    // 700 tokens, windowed 700 - 512 = 188.
+    let oss = [
+        ("layer".to_string(), 100, 36 * 100 * 2048),
+        ("layer".to_string(), 700, 18 * 700 * 2048 + 18 * 188 * 2048),
+        ("block".to_string(), 100, 36 * 2 * 131_072),
+        ("block".to_string(), 700, (18 * 11 + 18 * 3) * 131_072),
+    ];
+    // qwen3-next-80b-a3b: prefill stops at N - 1; 12 attention layers of
+    // 2048 B a token, blocks of 576 (1,179,648 B); 36 states of 1,097,728 B.
+    let state = 36 * 1_097_728;
+    let qwen = [
+        ("layer".to_string(), 100, 12 * 99 * 2048 + state),
+        ("layer".to_string(), 700, 12 * 699 * 2048 + state),
+        ("block".to_string(), 100, 12 * 1_179_648 + state),
+        ("block".to_string(), 700, 12 * 2 * 1_179_648 + state),
+    ];
+    for transport in ["tcp", "ucx"] {
+        for (model, want) in [("gpt-oss-120b", &oss), ("qwen3-next-80b-a3b", &qwen)] {
+            for table in ["contiguous", "random:3"] {
+                let r = pair(&[
+                    "-t",
+                    transport,
+                    "--model",
+                    model,
+                    "-p",
+                    "100,700",
+                    "-g",
+                    "layer,block",
+                    "--block-table",
+                    table,
+                ]);
+                let what = format!("{transport} {model} {table}");
+                assert_eq!(r["outcome"], "ok", "{what}");
+                assert_eq!(r["wrong_bytes"], 0, "{what}");
+                assert_eq!(bytes(&r), want.to_vec(), "{what}");
+                for p in r["points"].as_array().unwrap() {
+                    // Every byte of every request, warm-up included.
+                    assert_eq!(
+                        p["verified_bytes"].as_u64().unwrap(),
+                        3 * p["request_bytes"].as_u64().unwrap(),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_misplaced_state_or_window_block_is_named_by_its_group_and_exits_3() {
+    let r = run(
+        KVXFER,
+        &[
+            "pair",
+            "--model",
+            "qwen3-next-80b-a3b",
+            "-p",
+            "300",
+            "-g",
+            "block",
+            "-n",
+            "2",
+            "--fault",
+            "misplaced-state",
+        ],
+        secs(120),
+    );
+    r.expect_code(3).expect_stderr("/L0/conv0 (state layer)");
+    let r = run(
+        KVXFER,
+        &[
+            "pair",
+            "-t",
+            "ucx",
+            "--model",
+            "gpt-oss-120b",
+            "-p",
+            "300",
+            "-g",
+            "layer",
+            "-n",
+            "2",
+            "--fault",
+            "misplaced-state",
+        ],
+        secs(120),
+    );
+    r.expect_code(3).expect_stderr("/L0 (sliding window 128 layer)");
+}
+
+#[test]
+fn plan_and_size_show_each_group_and_what_hma_saves() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let r = run(
+        KVXFER,
+        &["plan", "--model", "gpt-oss-120b", "-p", "32k", "-g", "block", "--json", path.to_str().unwrap()],
+        secs(30),
+    );
+    r.expect_code(0);
+    assert!(r.stdout.contains("sliding window 128             18"), "{}", r.stdout);
+    assert!(r.stdout.contains("0.502"), "{}", r.stdout);
+    let groups = &json(&path)["layer_groups"];
+    // 18 x 512 + 18 x 2 blocks of 131,072 B, and 36 x 512 in full.
+    assert_eq!(groups["request_bytes"][0], 1_212_678_144u64);
+    assert_eq!(groups["every_layer_in_full_bytes"][0], 2_415_919_104u64);
+    let r = run(KVXFER, &["size", "--model", "gpt-oss-120b", "-p", "32k", "--concurrent", "2"], secs(30));
+    r.expect_code(0);
+    // 2 x (18 x 32768 + 18 x 128) x 2048, and 2 x 36 x 32768 x 2048 with HMA off.
+    assert!(r.stdout.contains("kv_buffer_size    2425356288"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("4831838208 (4.50 GiB) with vLLM's hybrid KV cache manager off"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn inputs_a_hybrid_model_cannot_take_are_refused_naming_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.json");
+    std::fs::write(
+        &cfg,
+        r#"{"num_hidden_layers": 4, "num_key_value_heads": 8, "head_dim": 64, "torch_dtype": "bfloat16",
+           "sliding_window": 128, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"]}"#,
+    )
+    .unwrap();
+    run(KVXFER, &["plan", "--model-config", cfg.to_str().unwrap()], secs(30))
+        .expect_code(2)
+        .expect_stderr("'layer_types': has 3 entries for 4 layers");
+    run(KVXFER, &["plan", "--model", "qwen3-next-80b-a3b", "--hma", "off"], secs(30))
+        .expect_code(2)
+        .expect_stderr("NixlConnector asserts it");
+    run(KVXFER, &["plan", "--model", "gpt-oss-120b", "--turns", "2", "--turn-tokens", "64:16"], secs(30))
+        .expect_code(2)
+        .expect_stderr("not built yet");
+    // HMA off: every layer in full, as before hybrid models.
+    let r = pair(&["--model", "gpt-oss-120b", "--hma", "off", "-p", "100", "-g", "layer"]);
+    assert_eq!(bytes(&r), vec![("layer".to_string(), 100, 36 * 100 * 2048)]);
+}
