@@ -9,7 +9,9 @@ use serde_json::Value;
 fn plan_json(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let j = dir.path().join("plan.json");
-    let base = ["plan", "-m", "llama-3.1-8b", "-g", "block", "--json", j.to_str().unwrap()];
+    // Blocks of 16 tokens (vLLM's default before 0.34's 64): the arithmetic below.
+    let base =
+        ["plan", "-m", "llama-3.1-8b", "--block-size", "16", "-g", "block", "--json", j.to_str().unwrap()];
     run(KVXFER, &[&base[..], args].concat(), secs(30)).expect_code(0);
     json(&j)
 }
@@ -55,8 +57,20 @@ fn descriptors_are_counted_as_vllm_and_nixl_would_place_and_merge_them() {
 
 #[test]
 fn random_tables_move_every_byte_over_tcp_and_ucx() {
-    let table =
-        ["-g", "block", "--block-table", "random:7", "--pool-blocks", "300", "-p", "100,1024", "-n", "2"];
+    let table = [
+        "-g",
+        "block",
+        "--block-size",
+        "16",
+        "--block-table",
+        "random:7",
+        "--pool-blocks",
+        "300",
+        "-p",
+        "100,1024",
+        "-n",
+        "2",
+    ];
     for transport in [
         &["-t", "tcp"][..],
         &["-t", "ucx", "--ucx-op", "put"],
@@ -85,7 +99,11 @@ fn random_tables_move_every_byte_over_tcp_and_ucx() {
 
 #[test]
 fn block_tables_that_cannot_be_are_refused() {
-    let f = run(KVXFER, &["pair", "-g", "block", "-p", "1024", "--pool-blocks", "10"], secs(30));
+    let f = run(
+        KVXFER,
+        &["pair", "-g", "block", "--block-size", "16", "-p", "1024", "--pool-blocks", "10"],
+        secs(30),
+    );
     f.expect_code(2).expect_stderr("--pool-blocks 10 cannot hold the 64 blocks of a 1024-token request");
     let f = run(KVXFER, &["pair", "-g", "block", "--block-table", "scattered"], secs(30));
     f.expect_code(2).expect_stderr("unknown --block-table 'scattered'");

@@ -14,11 +14,12 @@ fn plan_prints_the_kv_arithmetic() {
     f.expect_code(0);
     let out = &f.stdout;
     assert!(out.contains("131072 bytes (128 KiB) per rank"), "{out}");
-    // 8K tokens: 1 GiB as 1 message, 32 layers of 32 MiB, 32768 blocks of 32 KiB.
+    // 8K tokens: 1 GiB as 1 message, 32 layers of 32 MiB, 8192 blocks of
+    // 128 KiB (64 tokens, vLLM 0.34.0's default block, x 32 layers x K, V).
     for row in [
         "8192  request         1        1 GiB",
         "8192    layer        32       32 MiB",
-        "8192    block     32768       32 KiB",
+        "8192    block      8192      128 KiB",
     ] {
         assert!(out.contains(row), "missing {row:?} in\n{out}");
     }
@@ -301,7 +302,7 @@ fn bad_prefill_options_exit_2_naming_what_is_wrong() {
         &["--prefill-ms", "1024:-5"],
         &["--prefill-tflops", "0"],
         &["--overlap", "layer"],
-        &["--prefill-tflops", "500", "-m", "gpt-oss-120b", "-p", "1024"],
+        &["--prefill-tflops", "500", "-m", "llama-4-maverick", "-p", "1024"],
         &["--prefill-ms", "1024:10", "-p", "2048"],
         &["--prefill-ms", "1024:10", "-p", "1024", "-t", "ucx", "--ucx-op", "get", "--overlap", "layer"],
         &["--prefill-ms", "1024:10", "--prefill-tflops", "3"],
@@ -310,7 +311,7 @@ fn bad_prefill_options_exit_2_naming_what_is_wrong() {
         "'-5' is not a time of 0 ms or more",
         "a rate above 0 TFLOP/s",
         "--overlap needs an emulated prefill",
-        "needs the shape of model 'gpt-oss-120b'",
+        "needs the shape of model 'llama-4-maverick'",
         "no time for the 2048-token prompt",
         "use --overlap none",
         "cannot be used with",
@@ -529,7 +530,20 @@ fn plan_shows_what_each_turn_of_a_conversation_moves() {
     let modes = "full,delta,bidirectional,d-direct";
     let f = run(
         KVXFER,
-        &["plan", "-m", "llama-3.1-8b", "--turns", "10", "--turn-tokens", "100", "--multi-turn", modes],
+        // The seed's 16-token blocks (vLLM's default then).
+        &[
+            "plan",
+            "-m",
+            "llama-3.1-8b",
+            "--block-size",
+            "16",
+            "--turns",
+            "10",
+            "--turn-tokens",
+            "100",
+            "--multi-turn",
+            modes,
+        ],
         secs(10),
     );
     f.expect_code(0);

@@ -8,7 +8,9 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-const CONVERSATION: &[&str] = &["-m", "llama-3.1-8b", "--turns", "5", "--turn-tokens", "100:20", "-n", "2"];
+/// Blocks of 16 tokens (vLLM's default before 0.34's 64): the blocks named below.
+const CONVERSATION: &[&str] =
+    &["-m", "llama-3.1-8b", "--block-size", "16", "--turns", "5", "--turn-tokens", "100:20", "-n", "2"];
 const MIB: u64 = 1 << 20;
 
 fn turns(point: &Value, what: &str) -> Vec<u64> {
@@ -191,6 +193,8 @@ fn a_stale_partial_block_fails_the_run_and_is_named() {
                 "pair",
                 "-m",
                 "llama-3.1-8b",
+                "--block-size",
+                "16",
                 "--turns",
                 "3",
                 "--turn-tokens",

@@ -17,6 +17,8 @@ fn sweep_over_prompt_lengths_and_all_granularities() {
             &addr,
             "-m",
             "qwen2.5-7b",
+            "--block-size",
+            "16",
             "-p",
             "100,1024,3000",
             "-g",

@@ -107,7 +107,20 @@ fn assert_clean(run: &TpRun, decode: u32, share: u64, iterations: u64) {
 }
 
 fn llama(prefill: u32, decode: u32, layout: &str, transport: &[&str]) {
-    let mut args = vec!["-m", "llama-3.1-8b", "--kv-layout", layout, "-p", "32", "-g", "block", "-n", "2"];
+    let mut args = vec![
+        "-m",
+        "llama-3.1-8b",
+        "--block-size",
+        "16",
+        "--kv-layout",
+        layout,
+        "-p",
+        "32",
+        "-g",
+        "block",
+        "-n",
+        "2",
+    ];
     args.extend_from_slice(transport);
     let run = tp_run(prefill, decode, false, &args, None);
     // 32 tokens are two whole blocks of 16; each decode rank holds 8/D heads.
@@ -170,7 +183,7 @@ fn nixl_read_and_write_move_each_decode_ranks_heads() {
 #[test]
 fn a_head_at_the_wrong_offset_fails_the_run_naming_it() {
     let _serial = one_at_a_time();
-    let args = ["-m", "llama-3.1-8b", "-p", "32", "-g", "block", "-n", "2"];
+    let args = ["-m", "llama-3.1-8b", "--block-size", "16", "-p", "32", "-g", "block", "-n", "2"];
     for (p, d, layout) in [(2, 1, "hnd"), (1, 2, "nhd")] {
         let mut args = args.to_vec();
         args.extend(["--kv-layout", layout]);
@@ -189,7 +202,7 @@ fn a_head_at_the_wrong_offset_fails_the_run_naming_it() {
 #[test]
 fn what_nixl_connector_refuses_is_refused() {
     let _serial = one_at_a_time();
-    let llama = ["-m", "llama-3.1-8b", "-p", "32", "-g", "block", "-n", "1"];
+    let llama = ["-m", "llama-3.1-8b", "--block-size", "16", "-p", "32", "-g", "block", "-n", "1"];
     // Different layouts on the two sides: refused at the handshake.
     let (recv, addr) = receiver("127.0.0.1:0", &["--kv-layout", "nhd"]);
     let args = [
@@ -214,10 +227,13 @@ fn what_nixl_connector_refuses_is_refused() {
     // Replicated prefill KV read by fewer decode ranks; layer granularity; a pair.
     for (args, says) in [
         (
-            &["plan", "-m", "llama-3.1-8b", "--prefill-tp", "16", "--decode-tp", "8"][..],
+            &["plan", "-m", "llama-3.1-8b", "--block-size", "16", "--prefill-tp", "16", "--decode-tp", "8"][..],
             "NixlConnector refuses",
         ),
-        (&["plan", "-m", "llama-3.1-8b", "--prefill-tp", "2", "--decode-tp", "3"][..], "power of two"),
+        (
+            &["plan", "-m", "llama-3.1-8b", "--block-size", "16", "--prefill-tp", "2", "--decode-tp", "3"][..],
+            "power of two",
+        ),
         (&["plan", "-m", "deepseek-v3", "--prefill-tp", "2", "--kv-layout", "nhd"][..], "MLA latent"),
         (&["pair", "--prefill-tp", "2", "--decode-tp", "1", "-n", "1"][..], "not a pair"),
     ] {
@@ -241,6 +257,8 @@ fn plan_shows_each_decode_ranks_prefill_ranks_and_descriptors() {
         "plan",
         "-m",
         "llama-3.1-8b",
+        "--block-size",
+        "16",
         "--prefill-tp",
         "2",
         "--decode-tp",
@@ -274,6 +292,8 @@ fn plan_shows_each_decode_ranks_prefill_ranks_and_descriptors() {
             "plan",
             "-m",
             "llama-3.1-8b",
+            "--block-size",
+            "16",
             "--prefill-tp",
             "4",
             "--decode-tp",

@@ -1,0 +1,1 @@
+# kvxfer-send -t ucx --ucx-op put -m gpt-oss-120b --hma on --block-table random:1 -p 32768 -g block -n 20 -w 2
