@@ -174,10 +174,70 @@ fn inputs_a_hybrid_model_cannot_take_are_refused_naming_why() {
     run(KVXFER, &["plan", "--model", "qwen3-next-80b-a3b", "--hma", "off"], secs(30))
         .expect_code(2)
         .expect_stderr("NixlConnector asserts it");
-    run(KVXFER, &["plan", "--model", "gpt-oss-120b", "--turns", "2", "--turn-tokens", "64:16"], secs(30))
-        .expect_code(2)
-        .expect_stderr("not built yet");
+    run(
+        KVXFER,
+        &["plan", "--model", "qwen3-next-80b-a3b", "--turns", "2", "--turn-tokens", "64:16"],
+        secs(30),
+    )
+    .expect_code(2)
+    .expect_stderr("not built yet");
+    run(
+        KVXFER,
+        &["pair", "-m", "gpt-oss-120b", "-g", "request", "--turns", "2", "--turn-tokens", "64:16"],
+        secs(30),
+    )
+    .expect_code(2)
+    .expect_stderr("use -g layer or block");
+    run(
+        KVXFER,
+        &["plan", "-m", "gpt-oss-120b", "--prefill-tp", "2", "--decode-tp", "1", "-g", "block"],
+        secs(30),
+    )
+    .expect_code(2)
+    .expect_stderr("not built yet");
     // HMA off: every layer in full, as before hybrid models.
     let r = pair(&["--model", "gpt-oss-120b", "--hma", "off", "-p", "100", "-g", "layer"]);
     assert_eq!(bytes(&r), vec![("layer".to_string(), 100, 36 * 100 * 2048)]);
+}
+
+/// gpt-oss-120b in conversations: each turn's windowed layers move what
+/// their window holds when the turn's prompt ends, every mode's bytes are
+/// `kvxfer plan`'s, and the receiver finds every byte decode holds in place.
+#[test]
+fn conversations_move_each_window_as_it_slides() {
+    let turns = ["--turns", "4", "--turn-tokens", "100:20", "-m", "gpt-oss-120b"];
+    for g in ["layer", "block"] {
+        let f = run(
+            KVXFER,
+            &[&["plan", "-g", g, "--multi-turn", "full,delta,bidirectional"][..], &turns].concat(),
+            secs(30),
+        );
+        f.expect_code(0);
+        let total = f.stdout.lines().find(|l| l.starts_with("total")).unwrap().to_string();
+        for (mode, at) in [("full", 0), ("delta", 1), ("bidirectional", 2)] {
+            let r = pair(&[&["-g", g, "--multi-turn", mode][..], &turns].concat());
+            assert_eq!(r["wrong_bytes"], 0, "{g} {mode}");
+            let p = &r["points"][0];
+            let bytes = p["request_bytes"].as_u64().unwrap();
+            // The plan's total for the mode, in the binary's own units.
+            let cell: Vec<&str> = total.split_whitespace().collect();
+            let planned = format!("{} {}", cell[1 + 3 * at], cell[2 + 3 * at]);
+            assert_eq!(fmt(bytes), planned, "{g} {mode}: {total}");
+        }
+    }
+    // By hand, blocks, full: turn 2's prompt of 220 tokens ends in block 3;
+    // the windowed layers skipped tokens 0..93, so block 0, and move 1..3:
+    // (18 x 4 + 18 x 3) x 131,072 = 16,515,072 B (15.75 MiB).
+    let r = pair(&[&["-g", "block", "--multi-turn", "full"][..], &turns].concat());
+    assert_eq!(r["points"][0]["conversation"]["turns"][1]["bytes"], 16_515_072u64);
+}
+
+/// The binary's own way of writing bytes (units::fmt_bytes), for the plan's cells.
+fn fmt(b: u64) -> String {
+    let mib = b as f64 / (1u64 << 20) as f64;
+    if mib == mib.trunc() {
+        format!("{mib:.0} MiB")
+    } else {
+        format!("{mib:.2} MiB")
+    }
 }

@@ -83,7 +83,8 @@ pub fn print(
             let m = &per_mode[t];
             let cell = match m.back {
                 Some(b) => {
-                    format!("{} + {}", fmt_bytes(b.bytes(shape)), fmt_bytes(m.bytes(shape) - b.bytes(shape)))
+                    let back = b.bytes_ending(shape, m.turn.before_tokens);
+                    format!("{} + {}", fmt_bytes(back), fmt_bytes(m.bytes(shape) - back))
                 }
                 None => fmt_bytes(m.bytes(shape)),
             };

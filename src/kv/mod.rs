@@ -464,6 +464,25 @@ impl KvShape {
         tokens - first * self.block_size
     }
 
+    /// Tokens `from..to` of KV that ends at `end`, every attention layer
+    /// as it holds them then (a window's, a chunk's tokens from its first
+    /// kept block); a state layer's state where it is not empty.
+    pub fn span_bytes(&self, from: u32, to: u32, end: u32) -> u64 {
+        let per_token: u64 = self.attention_tensors().iter().map(|t| t.1).sum();
+        (0..self.model.layers)
+            .map(|l| match self.moving_kind(l) {
+                LayerKind::State => self.state_bytes().map_or(0, |s| s.total()) * (to > from) as u64,
+                k => {
+                    let kept = match k {
+                        LayerKind::Full => 0,
+                        k => k.moved_blocks(end, self.block_size).0 * self.block_size,
+                    };
+                    to.saturating_sub(from.max(kept)) as u64 * per_token
+                }
+            })
+            .sum()
+    }
+
     /// The bytes a `prompt`-token request moves, every layer as it moves.
     pub fn request_bytes(&self, prompt: u32) -> u64 {
         (0..self.model.layers).map(|l| self.layer_request_bytes(l, prompt)).sum()

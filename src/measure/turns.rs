@@ -97,10 +97,14 @@ impl TurnsTally {
                 let mean = |f: &dyn Fn(&ConversationTurns) -> u64| {
                     reach.iter().map(|c| f(c)).sum::<u64>() / reach.len().max(1) as u64
                 };
-                let span = |f: fn(&TurnMoves) -> Option<Span>, bytes: bool| {
-                    mean(&|c| f(&c.moves[t]).map_or(0, |s| if bytes { s.bytes(shape) } else { s.tokens() }))
+                let span =
+                    |f: fn(&TurnMoves) -> Option<Span>| mean(&|c| f(&c.moves[t]).map_or(0, |s| s.tokens()));
+                // The bytes the turn's layouts move (a hybrid model's layers each their own).
+                let moved = |f: fn(&ConversationTurns, usize) -> u64| {
+                    mean(&|c| c.moving.iter().position(|&i| i == t).map_or(0, |k| f(c, k)))
                 };
-                let (bytes, back_bytes) = (span(|m| m.forward, true), span(|m| m.back, true));
+                let bytes = moved(|c, k| c.layouts[k].total_bytes() as u64);
+                let back_bytes = moved(|c, k| c.backs[k].as_ref().map_or(0, |b| b.total_bytes() as u64));
                 cumulative += bytes + back_bytes;
                 let messages = mean(&|c| match c.moving.iter().position(|&i| i == t) {
                     Some(k) => c.layouts[k].message_count as u64,
@@ -109,9 +113,9 @@ impl TurnsTally {
                 TurnFigures {
                     turn: t as u32 + 1,
                     prompt_tokens: mean(&|c| c.moves[t].turn.prompt_tokens),
-                    moved_tokens: span(|m| m.forward, false),
+                    moved_tokens: span(|m| m.forward),
                     bytes,
-                    back_tokens: span(|m| m.back, false),
+                    back_tokens: span(|m| m.back),
                     back_bytes,
                     cumulative_bytes: cumulative,
                     messages: messages as usize,
@@ -125,7 +129,7 @@ impl TurnsTally {
             .conversations
             .iter()
             .flat_map(|c| conversation::moves(&turns_of(c), MultiTurn::Full, g, shape.block_size))
-            .map(|m| m.forward.map_or(0, |s| s.bytes(shape)))
+            .map(|m| m.forward.map_or(0, |s| s.bytes_ending(shape, m.turn.prompt_tokens)))
             .sum();
         let flops: Vec<f64> = turns
             .conversations

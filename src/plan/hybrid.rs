@@ -29,6 +29,9 @@ pub struct Msg {
     pub len: usize,
     /// Offsets in the sender's and the receiver's buffer.
     pub at: [usize; 2],
+    /// Where the message starts in its pattern: a turn's layer message
+    /// continues the pattern of its tokens' positions.
+    pub pattern_start: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -107,23 +110,57 @@ fn group_table(table: BlockTable, kind: LayerKind) -> BlockTable {
     }
 }
 
-/// The messages of a `prompt`-token request at `granularity`; blocks in
-/// pools of `pool` blocks per tensor placed by `table`.
+/// Which tokens a layout moves: `from..to` of KV that ends at `end` (what
+/// each layer keeps is what it keeps at `end`), in a conversation's region
+/// laid out for `region` tokens; `region` 0: a request alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub from: u32,
+    pub to: u32,
+    pub end: u32,
+    pub region: u32,
+}
+
+impl Extent {
+    /// A `prompt`-token request alone: the tokens prefill computed.
+    pub fn request(shape: &KvShape, prompt: u32) -> Extent {
+        let tokens = shape.moved_tokens(prompt);
+        Extent { from: 0, to: tokens, end: tokens, region: 0 }
+    }
+
+    /// Tokens of layer `kind` this extent moves: from..to less what the
+    /// layer no longer holds at `end` (its skipped whole blocks).
+    fn tokens_of(&self, kind: LayerKind, block: u32) -> (u32, u32) {
+        let kept = match kind {
+            LayerKind::Full | LayerKind::State => 0,
+            k => k.moved_blocks(self.end, block).0 * block,
+        };
+        let from = self.from.max(kept);
+        (from, self.to.max(from))
+    }
+}
+
+/// The messages of `extent` at `granularity`; blocks in pools of `pool`
+/// blocks per tensor placed by `table` (a conversation's region: its own
+/// blocks in order).
 pub fn build(
     shape: &KvShape,
-    prompt: u32,
+    extent: Extent,
     granularity: Granularity,
     table: BlockTable,
     pool: u32,
 ) -> Irregular {
     let layers = shape.model.layers;
     let whole_layer = if shape.model.attention_is_mla() { Part::Latent } else { Part::KeyValue };
+    let per_token: u64 = shape.attention_tensors().iter().map(|t| t.1).sum();
+    let state = shape.state_bytes();
+    let state_page = state.as_ref().map_or(0, |s| s.total() as usize);
     let mut msgs = Vec::new();
     let (mut places, mut desc) = (Vec::new(), Vec::new());
     let mut at = 0usize;
     match granularity {
         Granularity::Request => {
-            let len = shape.request_bytes(prompt) as usize;
+            let len = (0..layers).map(|l| layer_bytes(shape, extent, l, per_token)).sum::<u64>() as usize;
             msgs.push(Msg {
                 kind: LayerKind::Full,
                 layer: layers - 1,
@@ -131,31 +168,54 @@ pub fn build(
                 block: None,
                 len,
                 at: [0, 0],
+                pattern_start: 0,
             });
             at = len;
         }
         Granularity::Layer => {
             for l in 0..layers {
-                let len = shape.layer_request_bytes(l, prompt) as usize;
-                if len == 0 {
-                    continue; // a chunk that has just begun: nothing to move
+                let kind = shape.moving_kind(l);
+                let len = layer_bytes(shape, extent, l, per_token) as usize;
+                // A region keeps every layer's tokens in place: [layer][token].
+                let (region_bytes, offset, pattern_start) = match (kind, extent.region) {
+                    (_, 0) => (len, 0, 0),
+                    (LayerKind::State, _) => (state_page, 0, 0),
+                    (k, region) => {
+                        let from = extent.tokens_of(k, shape.block_size).0 as u64 * per_token;
+                        (region as usize * per_token as usize, from as usize, from)
+                    }
+                };
+                if len > 0 {
+                    // Nothing where a chunk has just begun.
+                    let part = if kind == LayerKind::State { Part::State } else { whole_layer };
+                    let place = at + offset;
+                    msgs.push(Msg {
+                        kind,
+                        layer: l,
+                        part,
+                        block: None,
+                        len,
+                        at: [place, place],
+                        pattern_start,
+                    });
                 }
-                let part = if shape.moving_kind(l) == LayerKind::State { Part::State } else { whole_layer };
-                msgs.push(Msg { kind: shape.moving_kind(l), layer: l, part, block: None, len, at: [at, at] });
-                at += len;
+                at += region_bytes;
             }
         }
         Granularity::Block => {
-            let tokens = shape.moved_tokens(prompt);
-            let (block, all) = (shape.block_size, shape.blocks_for(tokens));
+            let block = shape.block_size;
+            let (span, all) = match extent.region {
+                // A region: its blocks in order; `from` and `to` on block boundaries.
+                0 => (false, shape.blocks_for(extent.end)),
+                region => (true, shape.blocks_for(region)),
+            };
             let pool = pool.max(all);
             let tensors = shape.attention_tensors();
-            let state = shape.state_bytes();
             let mut ids_of = std::collections::HashMap::new();
             for l in 0..layers {
                 let kind = shape.moving_kind(l);
                 let ids = ids_of.entry(kind).or_insert_with(|| {
-                    let t = group_table(table, kind);
+                    let t = if span { BlockTable::Contiguous } else { group_table(table, kind) };
                     match kind {
                         LayerKind::State => {
                             [t.ids(Side::Sender, 1, STATE_SLOTS), t.ids(Side::Receiver, 1, STATE_SLOTS)]
@@ -165,18 +225,19 @@ pub fn build(
                 });
                 if kind == LayerKind::State {
                     let state = state.as_ref().expect("a state layer has a state shape");
-                    let page = state.total() as usize;
                     let regions = state.regions();
                     let first = places.len();
                     for slot in 0..STATE_SLOTS as usize {
                         places.extend(
-                            regions.iter().map(|&(off, len)| (at + slot * page + off as usize, len as usize)),
+                            regions
+                                .iter()
+                                .map(|&(off, len)| (at + slot * state_page + off as usize, len as usize)),
                         );
                     }
                     for (r, &(offset, len)) in regions.iter().enumerate() {
                         desc.push([0, 1].map(|s| first + ids[s][0] as usize * regions.len() + r));
                         let part = if r < state.conv.len() { CONV_PARTS[r] } else { Part::Ssm };
-                        let place = |s: usize| at + ids[s][0] as usize * page + offset as usize;
+                        let place = |s: usize| at + ids[s][0] as usize * state_page + offset as usize;
                         msgs.push(Msg {
                             kind,
                             layer: l,
@@ -184,20 +245,19 @@ pub fn build(
                             block: None,
                             len: len as usize,
                             at: [place(0), place(1)],
+                            pattern_start: 0,
                         });
                     }
-                    at += STATE_SLOTS as usize * page;
+                    at += STATE_SLOTS as usize * state_page;
                     continue;
                 }
-                let (first, count) = match kind {
-                    LayerKind::Full => (0, all),
-                    k => k.moved_blocks(tokens, block),
-                };
+                let (lo, hi) = extent.tokens_of(kind, block);
+                let blocks = lo / block..hi.div_ceil(block);
                 for &(t, per_token) in &tensors {
                     let block_bytes = (block as u64 * per_token) as usize;
                     let region = places.len();
                     places.extend((0..pool as usize).map(|id| (at + id * block_bytes, block_bytes)));
-                    for b in first..first + count {
+                    for b in blocks.clone() {
                         desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize));
                         let place = |s: usize| at + ids[s][b as usize] as usize * block_bytes;
                         msgs.push(Msg {
@@ -207,6 +267,7 @@ pub fn build(
                             block: Some(b),
                             len: block_bytes,
                             at: [place(0), place(1)],
+                            pattern_start: 0,
                         });
                     }
                     at += pool as usize * block_bytes;
@@ -220,6 +281,17 @@ pub fn build(
         desc = (0..msgs.len()).map(|i| [i, i]).collect();
     }
     Irregular::new(msgs, at, places, desc)
+}
+
+/// Bytes layer `l` moves of `extent` in tokens (layer and request messages).
+fn layer_bytes(shape: &KvShape, extent: Extent, l: u32, per_token: u64) -> u64 {
+    match shape.moving_kind(l) {
+        LayerKind::State => shape.state_bytes().map_or(0, |s| s.total()),
+        k => {
+            let (lo, hi) = extent.tokens_of(k, shape.block_size);
+            (hi - lo) as u64 * per_token
+        }
+    }
 }
 
 #[cfg(test)]
@@ -261,7 +333,7 @@ mod tests {
                         _ => s.request_bytes(tokens),
                     } as usize;
                     for table in [BlockTable::Contiguous, BlockTable::Random { seed: 5 }] {
-                        let x = build(&s, tokens, g, table, s.blocks_for(tokens) + 3);
+                        let x = build(&s, Extent::request(&s, tokens), g, table, s.blocks_for(tokens) + 3);
                         assert_eq!(x.total_bytes(), want, "{model} {tokens} {g} {table}");
                         apart(&x);
                     }
@@ -273,7 +345,7 @@ mod tests {
     #[test]
     fn a_window_moves_its_last_blocks_and_a_state_its_regions() {
         let s = shape("gpt-oss-120b");
-        let x = build(&s, 1000, Granularity::Block, BlockTable::Contiguous, 17);
+        let x = build(&s, Extent::request(&s, 1000), Granularity::Block, BlockTable::Contiguous, 17);
         // Layer 0 slides over 128 tokens in blocks of 64: blocks 13..16 of 16
         // (skip 873 tokens = 13 blocks), K then V; layer 1 moves all 16.
         let l0: Vec<_> = x.msgs.iter().filter(|m| m.layer == 0).map(|m| (m.part, m.block.unwrap())).collect();
@@ -290,7 +362,7 @@ mod tests {
         );
         assert_eq!(x.msgs.iter().filter(|m| m.layer == 1).count(), 32);
         let q = shape("qwen3-next-80b-a3b");
-        let y = build(&q, 1000, Granularity::Block, BlockTable::Contiguous, 3);
+        let y = build(&q, Extent::request(&q, 1000), Granularity::Block, BlockTable::Contiguous, 3);
         let l0: Vec<_> = y.msgs.iter().filter(|m| m.layer == 0).map(|m| (m.part, m.len)).collect();
         assert_eq!(
             l0,

@@ -242,7 +242,15 @@ impl RequestLayout {
     pub fn new(shape: &KvShape, tokens: u32, granularity: Granularity) -> RequestLayout {
         if !shape.is_uniform() {
             let pool = shape.blocks_for(shape.moved_tokens(tokens));
-            return RequestLayout::irregular(shape, tokens, granularity, BlockTable::Contiguous, pool, false);
+            return RequestLayout::irregular(
+                shape,
+                tokens,
+                granularity,
+                BlockTable::Contiguous,
+                pool,
+                false,
+                None,
+            );
         }
         let layers = shape.model.layers;
         let tensors = shape.tensors_per_layer();
@@ -294,8 +302,10 @@ impl RequestLayout {
         table: BlockTable,
         pool_blocks: u32,
         coalesce: bool,
+        extent: Option<hybrid::Extent>,
     ) -> RequestLayout {
-        let x = hybrid::build(shape, tokens, granularity, table, pool_blocks);
+        let extent = extent.unwrap_or_else(|| hybrid::Extent::request(shape, tokens));
+        let x = hybrid::build(shape, extent, granularity, table, pool_blocks);
         let block = granularity == Granularity::Block;
         RequestLayout {
             tensors_per_layer: shape.attention_tensors().len() as u32,
@@ -443,6 +453,44 @@ impl RequestLayout {
         l
     }
 
+    /// `span` of KV that ends at token `end` (`filled_to`). A hybrid
+    /// model's layers move what each still holds at `end`: a window's
+    /// blocks, the current chunk's.
+    pub fn span_to(
+        shape: &KvShape,
+        granularity: Granularity,
+        from: u32,
+        to: u32,
+        region_tokens: u32,
+        end: u32,
+    ) -> RequestLayout {
+        if shape.is_uniform() {
+            return RequestLayout::span(shape, granularity, from, to, region_tokens)
+                .filled_to(shape.block_size, end);
+        }
+        let block = shape.block_size;
+        let extent = hybrid::Extent { from, to, end, region: region_tokens };
+        let region_blocks = shape.blocks_for(region_tokens);
+        let mut l = RequestLayout::irregular(
+            shape,
+            to - from,
+            granularity,
+            BlockTable::Contiguous,
+            region_blocks,
+            true,
+            Some(extent),
+        );
+        l.region_tokens = region_tokens;
+        l.first = if granularity == Granularity::Block { from / block } else { from };
+        if granularity == Granularity::Block {
+            l.blocks = to.div_ceil(block) - from / block;
+            let fill = end % block;
+            // The block that holds token end - 1 follows how full it is.
+            l.last_fill = if end > 0 && (from..to).contains(&(end - 1)) { fill } else { 0 };
+        }
+        l
+    }
+
     /// A block span whose KV ends at token `end` inside its last block:
     /// that block's pattern follows how full it is (`last_fill`).
     pub fn filled_to(mut self, block_size: u32, end: u32) -> RequestLayout {
@@ -458,6 +506,15 @@ impl RequestLayout {
     /// partly filled last block also how many tokens it holds.
     pub fn seed(&self, request: u64, index: usize) -> u64 {
         let seed = self.key(request, index).seed();
+        if let Some(m) = self.irregular.as_ref().map(|x| &x.msgs[index]) {
+            // A turn's partly filled last block (the one holding token first + ...).
+            let last = (self.first + self.blocks).saturating_sub(1);
+            return match (self.last_fill, m.block) {
+                (0, _) | (_, None) => seed,
+                (fill, Some(b)) if b == last => pattern::seed_of(&[seed, fill as u64]),
+                _ => seed,
+            };
+        }
         // Under different TP, which heads a piece holds: a piece read from the wrong ones differs.
         let seed = match &self.cut {
             Some(c) => pattern::seed_of(&[seed, c.moved.start as u64, c.moved.count as u64]),
@@ -473,7 +530,10 @@ impl RequestLayout {
 
     /// Where in its pattern message `index` starts: a turn's layer or
     /// request message continues the pattern of its tokens' positions.
-    pub fn pattern_start(&self, _index: usize) -> u64 {
+    pub fn pattern_start(&self, index: usize) -> u64 {
+        if let Some(x) = &self.irregular {
+            return x.msgs[index].pattern_start;
+        }
         match (self.region_tokens, self.granularity) {
             (0, _) | (_, Granularity::Block) => 0,
             _ => self.first as u64 * (self.message_bytes as u64 / self.tokens.max(1) as u64),
@@ -490,7 +550,15 @@ impl RequestLayout {
         coalesce: bool,
     ) -> RequestLayout {
         if !shape.is_uniform() {
-            return RequestLayout::irregular(shape, tokens, Granularity::Block, table, pool_blocks, coalesce);
+            return RequestLayout::irregular(
+                shape,
+                tokens,
+                Granularity::Block,
+                table,
+                pool_blocks,
+                coalesce,
+                None,
+            );
         }
         let mut l = RequestLayout::new(shape, tokens, Granularity::Block);
         let ids = (
@@ -1052,9 +1120,22 @@ pub const MOST_REQUEST_BYTES: u64 = 1 << 50;
 pub const MOST_MESSAGES: u64 = 1 << 24;
 
 impl Plan {
-    /// What a hybrid model does not run with yet (`not_yet_for_hybrid`).
+    /// What a hybrid model does not run with yet (`not_yet_for_hybrid`);
+    /// a turn's request message would hold each layer's tokens from a
+    /// point of its own.
     fn check_hybrid(&self) -> Result<()> {
-        not_yet_for_hybrid(&self.shape, self.conversation.is_some(), self.tp.is_some())
+        not_yet_for_hybrid(&self.shape, self.conversation.is_some(), self.tp.is_some())?;
+        if self.conversation.is_some()
+            && !self.shape.is_uniform()
+            && self.granularities.contains(&Granularity::Request)
+        {
+            return Err(Error::usage(format!(
+                "turns of {} in request messages are not built yet: its windowed layers keep tokens from points \
+                 of their own; use -g layer or block",
+                self.shape.model.name
+            )));
+        }
+        Ok(())
     }
 
     /// Each request's bytes and messages and the block pool, counted in
@@ -1504,7 +1585,7 @@ pub fn not_yet_for_hybrid(s: &KvShape, conversation: bool, tp: bool) -> Result<(
         format!("{} (its indexer cache)", s.model.name)
     };
     let off = if s.model.has_state() || s.model.indexer_dim.is_some() { "" } else { ", or --hma off" };
-    if conversation {
+    if conversation && (s.model.has_state() || s.model.indexer_dim.is_some()) {
         return Err(Error::usage(format!(
             "multi-turn conversations of {what} are not built yet: run its turns one request at a time{off}"
         )));

@@ -53,8 +53,7 @@ impl ConversationTurns {
         let moving: Vec<usize> = (0..moves.len()).filter(|&t| moves[t].forward.is_some()).collect();
         // Each span's KV ends at `end`: a partly filled last block follows it.
         let span = |from: u64, to: u64, end: u64| {
-            let mut l =
-                RequestLayout::span(shape, g, from as u32, to as u32, region).filled_to(block, end as u32);
+            let mut l = RequestLayout::span_to(shape, g, from as u32, to as u32, region, end as u32);
             l.base = base;
             l
         };
@@ -112,7 +111,7 @@ impl PointTurns {
     ) -> PointTurns {
         let block = shape.block_size;
         let tokens = turns.iter().map(|t| conversation::region_tokens(t, block)).max().unwrap_or(0) as u32;
-        let region = RequestLayout::span(shape, g, 0, tokens, tokens);
+        let region = RequestLayout::span_to(shape, g, 0, tokens, tokens, tokens);
         let (slots, regions) = regions_in_order(turns.len(), order);
         let conversations: Vec<ConversationTurns> = turns
             .iter()
@@ -176,8 +175,7 @@ impl PointTurns {
         let from = end / block * block;
         let tokens = self.region.region_tokens;
         (c.layouts[0].granularity == Granularity::Block && end % block != 0).then(|| {
-            let mut l = RequestLayout::span(shape, Granularity::Block, from, from + block, tokens)
-                .filled_to(block, end);
+            let mut l = RequestLayout::span_to(shape, Granularity::Block, from, from + block, tokens, end);
             l.base = c.layouts[0].base;
             l
         })

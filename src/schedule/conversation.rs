@@ -206,6 +206,12 @@ impl Span {
     pub fn bytes(&self, shape: &KvShape) -> u64 {
         self.tokens() * shape.bytes_per_token()
     }
+
+    /// The bytes of a span of KV that ends at `end`: a hybrid model's
+    /// windowed and chunked layers move only what they hold then.
+    pub fn bytes_ending(&self, shape: &KvShape, end: u64) -> u64 {
+        shape.span_bytes(self.from as u32, self.to as u32, end as u32)
+    }
 }
 
 /// What one turn moves: prefill to decode, and decode back to prefill.
@@ -219,7 +225,8 @@ pub struct TurnMoves {
 impl TurnMoves {
     /// Bytes over the link in both directions.
     pub fn bytes(&self, shape: &KvShape) -> u64 {
-        [self.forward, self.back].iter().flatten().map(|s| s.bytes(shape)).sum()
+        let forward = self.forward.map_or(0, |s| s.bytes_ending(shape, self.turn.prompt_tokens));
+        forward + self.back.map_or(0, |s| s.bytes_ending(shape, self.turn.before_tokens))
     }
 
     /// With `d-direct`, the FLOPs the decode side spends prefilling the
