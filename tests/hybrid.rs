@@ -171,16 +171,21 @@ fn inputs_a_hybrid_model_cannot_take_are_refused_naming_why() {
     run(KVXFER, &["plan", "--model-config", cfg.to_str().unwrap()], secs(30))
         .expect_code(2)
         .expect_stderr("'layer_types': has 3 entries for 4 layers");
-    run(KVXFER, &["plan", "--model", "qwen3-next-80b-a3b", "--hma", "off"], secs(30))
-        .expect_code(2)
-        .expect_stderr("NixlConnector asserts it");
     run(
         KVXFER,
-        &["plan", "--model", "qwen3-next-80b-a3b", "--turns", "2", "--turn-tokens", "64:16"],
+        &["plan", "-m", "deepseek-v3.2", "--prefill-tp", "2", "--decode-tp", "1", "-g", "block"],
         secs(30),
     )
     .expect_code(2)
     .expect_stderr("not built yet");
+    // Qwen3-Next's 2 KV heads: at TP 4 a page holds a state in 320 tokens, at TP 2 in 640.
+    run(
+        KVXFER,
+        &["plan", "-m", "qwen3-next-80b-a3b", "--prefill-tp", "2", "--decode-tp", "4", "-g", "block"],
+        secs(30),
+    )
+    .expect_code(2)
+    .expect_stderr("blocks of 640 tokens, decode at TP 4 in blocks of 320");
     run(
         KVXFER,
         &["pair", "-m", "gpt-oss-120b", "-g", "request", "--turns", "2", "--turn-tokens", "64:16"],
@@ -188,13 +193,6 @@ fn inputs_a_hybrid_model_cannot_take_are_refused_naming_why() {
     )
     .expect_code(2)
     .expect_stderr("use -g layer or block");
-    run(
-        KVXFER,
-        &["plan", "-m", "gpt-oss-120b", "--prefill-tp", "2", "--decode-tp", "1", "-g", "block"],
-        secs(30),
-    )
-    .expect_code(2)
-    .expect_stderr("not built yet");
     // HMA off: every layer in full, as before hybrid models.
     let r = pair(&["--model", "gpt-oss-120b", "--hma", "off", "-p", "100", "-g", "layer"]);
     assert_eq!(bytes(&r), vec![("layer".to_string(), 100, 36 * 100 * 2048)]);

@@ -314,3 +314,35 @@ fn plan_shows_each_decode_ranks_prefill_ranks_and_descriptors() {
         assert_eq!(p["messages"], 4 * 32 * 2);
     }
 }
+
+/// Hybrid models between prefill and decode at different TP: each decode
+/// rank gets its heads of every block a window or the full context keeps
+/// (gpt-oss-120b, HND and NHD) and its slice of every gated-delta-net state
+/// (qwen3-next-80b-a3b: decode's conv and SSM slices of prefill's, or
+/// prefill ranks' whole states into their parts of decode's), every byte
+/// checked, over tcp, ucx and nixl.
+#[test]
+fn hybrid_models_move_each_decode_ranks_heads_and_state_slices() {
+    let _serial = one_at_a_time();
+    let lib = nixl_lib();
+    let nixl = ["-t", "nixl", "--nixl-op", "read", "--nixl-lib", &lib];
+    for transport in [&["-t", "tcp"][..], &["-t", "ucx"], &nixl] {
+        for (p, d, layout) in [(2, 1, "nhd"), (1, 2, "hnd"), (2, 4, "hnd")] {
+            let mut args =
+                vec!["-m", "gpt-oss-120b", "--kv-layout", layout, "-p", "300", "-g", "block", "-n", "2"];
+            args.extend_from_slice(transport);
+            let run = tp_run(p, d, false, &args, None);
+            // 300 tokens, blocks of 64 x 2048 B: 18 full layers x 5 blocks and 18 windowed
+            // ones x 3 (tokens 173.. kept: blocks 2-4), split over the decode ranks' heads.
+            assert_clean(&run, d, (18 * 5 + 18 * 3) * 131_072 / d as u64, 2);
+        }
+        for (p, d) in [(1, 2), (2, 1)] {
+            let mut args = vec!["-m", "qwen3-next-80b-a3b", "-p", "300", "-g", "block", "-n", "2"];
+            args.extend_from_slice(transport);
+            let run = tp_run(p, d, false, &args, None);
+            // 299 tokens in one block of 576 x 2048 B in 12 layers, 36 states of
+            // 1,097,728 B; each decode rank's share of the heads.
+            assert_clean(&run, d, (12 * 1_179_648 + 36 * 1_097_728) / d as u64, 2);
+        }
+    }
+}

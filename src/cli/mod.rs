@@ -204,6 +204,9 @@ fn plan(a: &PlanArgs) -> Result<()> {
     let shape = a.model.resolve()?;
     crate::plan::not_yet_for_hybrid(&shape, a.conversation.turns.is_some(), a.model.topology().is_some())?;
     if let Some(t) = a.model.topology() {
+        crate::plan::hybrid_topology(&shape, &t)?;
+    }
+    if let Some(t) = a.model.topology() {
         if a.conversation.turns.is_some() {
             return Err(Error::usage(
                 "--turns with --prefill-tp/--decode-tp: not yet; show one or the other",

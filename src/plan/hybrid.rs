@@ -10,13 +10,17 @@
 //! state layer `STATE_SLOTS` pages of conv sub-projections then SSM state,
 //! the request in one slot. Whole requests and layers tile the buffer.
 
+use super::tp::Cut;
 use super::{BlockTable, Granularity, Part, Side};
-use crate::kv::{KvShape, LayerKind, TensorKind};
+use crate::kv::{KvShape, LayerKind, StateBytes, TensorKind};
 use std::sync::Arc;
 
 /// State pages per state layer in a pool: a request's state is one page,
 /// placed by the table among these (vLLM's pool holds one per running request).
 pub const STATE_SLOTS: u32 = 4;
+
+/// Each side's places, listed: (offset, bytes).
+type SidePlaces = [Vec<(usize, usize)>; 2];
 
 /// One message: what it carries and where it lies on each side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,8 @@ pub struct Msg {
     /// Where the message starts in its pattern: a turn's layer message
     /// continues the pattern of its tokens' positions.
     pub pattern_start: u64,
+    /// Under different TP in NHD, the token row of the block's piece.
+    pub token: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,22 +48,31 @@ pub struct Irregular {
     pub starts: Vec<usize>,
     /// Bytes of each side's buffer the request spans (its pools, for blocks).
     pub buffer: usize,
-    /// Every place a message of this geometry can sit, as (offset, bytes):
-    /// for blocks every block of every tensor of the pool and every state
-    /// region of every slot, as NixlConnector prepares its descriptor
-    /// lists; otherwise the request's own messages. Alike on both sides.
-    pub places: Arc<Vec<(usize, usize)>>,
-    /// A fingerprint of `places`, to find prepared lists by.
-    pub places_digest: u64,
+    /// Every place a message of this geometry can sit on each side, as
+    /// (offset, bytes): for blocks every block (or piece of one) of every
+    /// tensor of the pool and every state region of every slot, as
+    /// NixlConnector prepares its descriptor lists; otherwise the request's
+    /// own messages.
+    pub places: [Arc<Vec<(usize, usize)>>; 2],
+    /// A fingerprint of each side's `places`, to find prepared lists by.
+    pub places_digest: [u64; 2],
     /// Each message's place on the sender's and the receiver's side.
     pub desc: Vec<[usize; 2]>,
 }
 
 impl Irregular {
-    fn new(msgs: Vec<Msg>, buffer: usize, places: Vec<(usize, usize)>, desc: Vec<[usize; 2]>) -> Irregular {
-        let mut words = vec![places.len() as u64];
-        words.extend(places.iter().flat_map(|p| [p.0 as u64, p.1 as u64]));
-        let places_digest = crate::kv::pattern::seed_of(&words);
+    fn new(
+        msgs: Vec<Msg>,
+        buffer: usize,
+        places: [Vec<(usize, usize)>; 2],
+        desc: Vec<[usize; 2]>,
+    ) -> Irregular {
+        let places_digest = [0, 1].map(|s| {
+            let mut words = vec![places[s].len() as u64];
+            words.extend(places[s].iter().flat_map(|p| [p.0 as u64, p.1 as u64]));
+            crate::kv::pattern::seed_of(&words)
+        });
+        let places = places.map(Arc::new);
         let mut starts = Vec::with_capacity(msgs.len() + 1);
         let mut at = 0;
         for m in &msgs {
@@ -65,7 +80,7 @@ impl Irregular {
             at += m.len;
         }
         starts.push(at);
-        Irregular { msgs, starts, buffer, places: Arc::new(places), places_digest, desc }
+        Irregular { msgs, starts, buffer, places, places_digest, desc }
     }
 
     pub fn total_bytes(&self) -> usize {
@@ -149,6 +164,7 @@ pub fn build(
     granularity: Granularity,
     table: BlockTable,
     pool: u32,
+    tp: Option<&PairCut>,
 ) -> Irregular {
     let layers = shape.model.layers;
     let whole_layer = if shape.model.attention_is_mla() { Part::Latent } else { Part::KeyValue };
@@ -156,7 +172,7 @@ pub fn build(
     let state = shape.state_bytes();
     let state_page = state.as_ref().map_or(0, |s| s.total() as usize);
     let mut msgs = Vec::new();
-    let (mut places, mut desc) = (Vec::new(), Vec::new());
+    let (mut places, mut desc): (SidePlaces, Vec<[usize; 2]>) = ([Vec::new(), Vec::new()], Vec::new());
     let mut at = 0usize;
     match granularity {
         Granularity::Request => {
@@ -169,6 +185,7 @@ pub fn build(
                 len,
                 at: [0, 0],
                 pattern_start: 0,
+                token: None,
             });
             at = len;
         }
@@ -197,6 +214,7 @@ pub fn build(
                         len,
                         at: [place, place],
                         pattern_start,
+                        token: None,
                     });
                 }
                 at += region_bytes;
@@ -212,6 +230,7 @@ pub fn build(
             let pool = pool.max(all);
             let tensors = shape.attention_tensors();
             let mut ids_of = std::collections::HashMap::new();
+            let mut side_at = [0usize; 2];
             for l in 0..layers {
                 let kind = shape.moving_kind(l);
                 let ids = ids_of.entry(kind).or_insert_with(|| {
@@ -223,64 +242,136 @@ pub fn build(
                         _ => [t.ids(Side::Sender, all, pool), t.ids(Side::Receiver, all, pool)],
                     }
                 });
+                // Each piece of a block or state page: (offset on each side, bytes).
                 if kind == LayerKind::State {
-                    let state = state.as_ref().expect("a state layer has a state shape");
-                    let regions = state.regions();
-                    let first = places.len();
-                    for slot in 0..STATE_SLOTS as usize {
-                        places.extend(
-                            regions
-                                .iter()
-                                .map(|&(off, len)| (at + slot * state_page + off as usize, len as usize)),
-                        );
+                    let d = state.as_ref().expect("a state layer has a state shape");
+                    let pieces = state_pieces(d, tp);
+                    let layer_parts: Vec<Part> = (0..pieces.len())
+                        .map(|r| if r < d.conv.len() { CONV_PARTS[r] } else { Part::Ssm })
+                        .collect();
+                    let pages = [tp.map_or(state_page, |t| t.sender_state.total() as usize), state_page];
+                    let first = places[0].len();
+                    for (s, place) in places.iter_mut().enumerate() {
+                        for slot in 0..STATE_SLOTS as usize {
+                            place.extend(
+                                pieces.iter().map(|(o, len)| (side_at[s] + slot * pages[s] + o[s], *len)),
+                            );
+                        }
                     }
-                    for (r, &(offset, len)) in regions.iter().enumerate() {
-                        desc.push([0, 1].map(|s| first + ids[s][0] as usize * regions.len() + r));
-                        let part = if r < state.conv.len() { CONV_PARTS[r] } else { Part::Ssm };
-                        let place = |s: usize| at + ids[s][0] as usize * state_page + offset as usize;
+                    for (r, (offset, len)) in pieces.iter().enumerate() {
+                        desc.push([0, 1].map(|s| first + ids[s][0] as usize * pieces.len() + r));
+                        let at = [0, 1].map(|s| side_at[s] + ids[s][0] as usize * pages[s] + offset[s]);
                         msgs.push(Msg {
                             kind,
                             layer: l,
-                            part,
+                            part: layer_parts[r],
                             block: None,
-                            len: len as usize,
-                            at: [place(0), place(1)],
+                            len: *len,
+                            at,
                             pattern_start: 0,
+                            token: None,
                         });
                     }
-                    at += STATE_SLOTS as usize * state_page;
+                    for (s, a) in side_at.iter_mut().enumerate() {
+                        *a += STATE_SLOTS as usize * pages[s];
+                    }
                     continue;
                 }
                 let (lo, hi) = extent.tokens_of(kind, block);
                 let blocks = lo / block..hi.div_ceil(block);
                 for &(t, per_token) in &tensors {
                     let block_bytes = (block as u64 * per_token) as usize;
-                    let region = places.len();
-                    places.extend((0..pool as usize).map(|id| (at + id * block_bytes, block_bytes)));
-                    for b in blocks.clone() {
-                        desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize));
-                        let place = |s: usize| at + ids[s][b as usize] as usize * block_bytes;
-                        msgs.push(Msg {
-                            kind,
-                            layer: l,
-                            part: part_of(t),
-                            block: Some(b),
-                            len: block_bytes,
-                            at: [place(0), place(1)],
-                            pattern_start: 0,
-                        });
+                    // A block's pieces under different TP (the cut's), or the block.
+                    let (side_block, cut_pieces): ([usize; 2], Vec<([usize; 2], usize)>) = match tp {
+                        Some(t) => (
+                            [t.cut.sender_block, t.cut.receiver_block],
+                            t.cut.pieces.iter().map(|p| ([p.sender, p.receiver], p.len)).collect(),
+                        ),
+                        None => ([block_bytes; 2], vec![([0, 0], block_bytes)]),
+                    };
+                    let n = cut_pieces.len();
+                    let region = places[0].len();
+                    for (s, place) in places.iter_mut().enumerate() {
+                        for id in 0..pool as usize {
+                            place.extend(
+                                cut_pieces
+                                    .iter()
+                                    .map(|(o, len)| (side_at[s] + id * side_block[s] + o[s], *len)),
+                            );
+                        }
                     }
-                    at += pool as usize * block_bytes;
+                    for b in blocks.clone() {
+                        for (k, (o, len)) in cut_pieces.iter().enumerate() {
+                            desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize * n + k));
+                            let at = [0, 1]
+                                .map(|s| side_at[s] + ids[s][b as usize] as usize * side_block[s] + o[s]);
+                            msgs.push(Msg {
+                                kind,
+                                layer: l,
+                                part: part_of(t),
+                                block: Some(b),
+                                len: *len,
+                                at,
+                                pattern_start: 0,
+                                token: (n > 1).then_some(k as u16),
+                            });
+                        }
+                    }
+                    for (s, a) in side_at.iter_mut().enumerate() {
+                        *a += pool as usize * side_block[s];
+                    }
                 }
             }
+            at = side_at[0].max(side_at[1]);
         }
     }
     if granularity != Granularity::Block {
         // The request's own messages are the places (as for a pool of one).
-        places = msgs.iter().map(|m| (m.at[0], m.len)).collect();
+        places = [0, 1].map(|s| msgs.iter().map(|m| (m.at[s], m.len)).collect());
         desc = (0..msgs.len()).map(|i| [i, i]).collect();
     }
     Irregular::new(msgs, at, places, desc)
+}
+
+/// Prefill and decode at different TP (tp.rs): this pair's cut of every
+/// attention block, and the prefill rank's state, of which decode reads its
+/// slice (D >= P) or into which it reads the whole (P > D; `source` is
+/// this prefill rank among decode's sources).
+#[derive(Clone, Debug)]
+pub struct PairCut {
+    pub cut: Cut,
+    pub ratio: i64,
+    pub source: usize,
+    pub sender_state: StateBytes,
+}
+
+/// Each state region of a page as (offset on each side, bytes): alike
+/// without a cut; under different TP as NixlConnector's Mamba transfer
+/// reads them (base_worker.py `_build_mamba_remote`, and for P > D its
+/// local handles split per source rank).
+fn state_pieces(decode: &StateBytes, tp: Option<&PairCut>) -> Vec<([usize; 2], usize)> {
+    let regions = decode.regions();
+    let Some(t) = tp else {
+        return regions.iter().map(|&(o, len)| ([o as usize; 2], len as usize)).collect();
+    };
+    let sender = t.sender_state.regions();
+    regions
+        .iter()
+        .zip(&sender)
+        .map(|(&(d_off, d_len), &(p_off, p_len))| {
+            let (d_off, d_len, p_off, p_len) =
+                (d_off as usize, d_len as usize, p_off as usize, p_len as usize);
+            match t.ratio {
+                // Decode's slice of the prefill rank's region.
+                r if r >= 1 => {
+                    let local = t.cut.decode_rank as usize % r as usize;
+                    ([p_off + local * d_len, d_off], d_len)
+                }
+                // The prefill rank's whole region into its part of decode's.
+                _ => ([p_off, d_off + t.source * p_len], p_len),
+            }
+        })
+        .collect()
 }
 
 /// Bytes layer `l` moves of `extent` in tokens (layer and request messages).
@@ -317,7 +408,7 @@ mod tests {
             assert!(last.0 + last.1 <= x.buffer);
             // Each message is at its descriptor's place.
             for (m, d) in x.msgs.iter().zip(&x.desc) {
-                assert_eq!(x.places[d[side]], (m.at[side], m.len));
+                assert_eq!(x.places[side][d[side]], (m.at[side], m.len));
             }
         }
     }
@@ -333,7 +424,8 @@ mod tests {
                         _ => s.request_bytes(tokens),
                     } as usize;
                     for table in [BlockTable::Contiguous, BlockTable::Random { seed: 5 }] {
-                        let x = build(&s, Extent::request(&s, tokens), g, table, s.blocks_for(tokens) + 3);
+                        let x =
+                            build(&s, Extent::request(&s, tokens), g, table, s.blocks_for(tokens) + 3, None);
                         assert_eq!(x.total_bytes(), want, "{model} {tokens} {g} {table}");
                         apart(&x);
                     }
@@ -345,7 +437,7 @@ mod tests {
     #[test]
     fn a_window_moves_its_last_blocks_and_a_state_its_regions() {
         let s = shape("gpt-oss-120b");
-        let x = build(&s, Extent::request(&s, 1000), Granularity::Block, BlockTable::Contiguous, 17);
+        let x = build(&s, Extent::request(&s, 1000), Granularity::Block, BlockTable::Contiguous, 17, None);
         // Layer 0 slides over 128 tokens in blocks of 64: blocks 13..16 of 16
         // (skip 873 tokens = 13 blocks), K then V; layer 1 moves all 16.
         let l0: Vec<_> = x.msgs.iter().filter(|m| m.layer == 0).map(|m| (m.part, m.block.unwrap())).collect();
@@ -362,7 +454,7 @@ mod tests {
         );
         assert_eq!(x.msgs.iter().filter(|m| m.layer == 1).count(), 32);
         let q = shape("qwen3-next-80b-a3b");
-        let y = build(&q, Extent::request(&q, 1000), Granularity::Block, BlockTable::Contiguous, 3);
+        let y = build(&q, Extent::request(&q, 1000), Granularity::Block, BlockTable::Contiguous, 3, None);
         let l0: Vec<_> = y.msgs.iter().filter(|m| m.layer == 0).map(|m| (m.part, m.len)).collect();
         assert_eq!(
             l0,

@@ -249,7 +249,7 @@ impl RequestLayout {
                 BlockTable::Contiguous,
                 pool,
                 false,
-                None,
+                Irregular::Request,
             );
         }
         let layers = shape.model.layers;
@@ -302,10 +302,14 @@ impl RequestLayout {
         table: BlockTable,
         pool_blocks: u32,
         coalesce: bool,
-        extent: Option<hybrid::Extent>,
+        of: Irregular,
     ) -> RequestLayout {
-        let extent = extent.unwrap_or_else(|| hybrid::Extent::request(shape, tokens));
-        let x = hybrid::build(shape, extent, granularity, table, pool_blocks);
+        let (extent, pair) = match of {
+            Irregular::Request => (hybrid::Extent::request(shape, tokens), None),
+            Irregular::Span(e) => (e, None),
+            Irregular::Pair(p) => (hybrid::Extent::request(shape, tokens), Some(p)),
+        };
+        let x = hybrid::build(shape, extent, granularity, table, pool_blocks, pair.as_ref());
         let block = granularity == Granularity::Block;
         RequestLayout {
             tensors_per_layer: shape.attention_tensors().len() as u32,
@@ -316,8 +320,24 @@ impl RequestLayout {
             table,
             coalesce,
             irregular: Some(Arc::new(x)),
+            cut: pair.map(|p| Box::new(p.cut)),
             ..RequestLayout::uniform(shape, tokens, granularity, 0, 0)
         }
+    }
+
+    /// A hybrid model's request between one pair of a P x D run: each
+    /// attention block in the pair's pieces, its state slice.
+    fn irregular_pair(shape: &KvShape, tokens: u32, plan: &Plan, pair: hybrid::PairCut) -> RequestLayout {
+        let pool = plan.pool();
+        RequestLayout::irregular(
+            shape,
+            tokens,
+            Granularity::Block,
+            plan.block_table,
+            pool,
+            plan.coalesce,
+            Irregular::Pair(pair),
+        )
     }
 
     /// Whether messages differ in size (a hybrid model, an indexer cache).
@@ -397,6 +417,9 @@ impl RequestLayout {
     /// that put the head beside message 0's first head in its place, as a
     /// decode rank reading one head off would get it; None without heads.
     pub fn neighbour_head(&self) -> Option<(usize, usize, usize)> {
+        if self.irregular.is_some() {
+            return None;
+        }
         let c = self.cut.as_ref()?;
         let step = c.head_step()?;
         let at = self.slot(Side::Sender, 0).offset;
@@ -478,7 +501,7 @@ impl RequestLayout {
             BlockTable::Contiguous,
             region_blocks,
             true,
-            Some(extent),
+            Irregular::Span(extent),
         );
         l.region_tokens = region_tokens;
         l.first = if granularity == Granularity::Block { from / block } else { from };
@@ -506,8 +529,13 @@ impl RequestLayout {
     /// partly filled last block also how many tokens it holds.
     pub fn seed(&self, request: u64, index: usize) -> u64 {
         let seed = self.key(request, index).seed();
+        // Under different TP, which heads a piece holds: a piece read from the wrong ones differs.
+        let seed = match &self.cut {
+            Some(c) => pattern::seed_of(&[seed, c.moved.start as u64, c.moved.count as u64]),
+            None => seed,
+        };
         if let Some(m) = self.irregular.as_ref().map(|x| &x.msgs[index]) {
-            // A turn's partly filled last block (the one holding token first + ...).
+            // A turn's partly filled last block.
             let last = (self.first + self.blocks).saturating_sub(1);
             return match (self.last_fill, m.block) {
                 (0, _) | (_, None) => seed,
@@ -515,11 +543,6 @@ impl RequestLayout {
                 _ => seed,
             };
         }
-        // Under different TP, which heads a piece holds: a piece read from the wrong ones differs.
-        let seed = match &self.cut {
-            Some(c) => pattern::seed_of(&[seed, c.moved.start as u64, c.moved.count as u64]),
-            None => seed,
-        };
         let blocks = self.blocks as usize;
         match self.last_fill {
             0 => seed,
@@ -557,7 +580,7 @@ impl RequestLayout {
                 table,
                 pool_blocks,
                 coalesce,
-                None,
+                Irregular::Request,
             );
         }
         let mut l = RequestLayout::new(shape, tokens, Granularity::Block);
@@ -702,10 +725,10 @@ impl RequestLayout {
             return DescSpace {
                 base: self.base,
                 stride: 0,
-                places: x.places.len(),
+                places: x.places[side as usize].len(),
                 pieces: vec![0],
                 len: 0,
-                listed: Some((x.places_digest, x.places.clone())),
+                listed: Some((x.places_digest[side as usize], x.places[side as usize].clone())),
             };
         }
         let pieces: Vec<usize> = match &self.cut {
@@ -801,9 +824,12 @@ impl RequestLayout {
         let key = self.key(request, index);
         if let Some(m) = self.irregular.as_ref().map(|x| &x.msgs[index]) {
             // Which group: a state region, a window's or a chunk's block.
+            let ranks = self.cut.as_ref().map_or(String::new(), |c| {
+                format!(", decode rank {}, from prefill rank {}", c.decode_rank, c.prefill_rank)
+            });
             return match m.part {
                 Part::Whole => key.to_string(),
-                _ => format!("{key} ({} layer)", m.kind),
+                _ => format!("{key} ({} layer{ranks})", m.kind),
             };
         }
         let Some(c) = &self.cut else { return key.to_string() };
@@ -819,7 +845,7 @@ impl RequestLayout {
         if let Some(x) = &self.irregular {
             let m = &x.msgs[index];
             let layer = (m.part != Part::Whole).then_some(m.layer);
-            return TransferKey { request, layer, part: m.part, block: m.block, token: None };
+            return TransferKey { request, layer, part: m.part, block: m.block, token: m.token };
         }
         let whole_layer = if self.mla { Part::Latent } else { Part::KeyValue };
         match self.granularity {
@@ -869,6 +895,14 @@ pub struct DescSpace {
     /// Places of many sizes (hybrid.rs): (offset from `base`, bytes) each,
     /// with a fingerprint that stands for them in comparisons.
     pub listed: Option<(u64, Places)>,
+}
+
+/// What an irregular layout (hybrid.rs) moves: a request alone, a span of
+/// a conversation's region, or a request between one pair of a P x D run.
+enum Irregular {
+    Request,
+    Span(hybrid::Extent),
+    Pair(hybrid::PairCut),
 }
 
 /// Places listed one by one: (offset, bytes) each.
@@ -1125,6 +1159,9 @@ impl Plan {
     /// point of its own.
     fn check_hybrid(&self) -> Result<()> {
         not_yet_for_hybrid(&self.shape, self.conversation.is_some(), self.tp.is_some())?;
+        if let Some(t) = &self.tp {
+            hybrid_topology(&self.shape, &t.topology)?;
+        }
         if self.conversation.is_some()
             && !self.shape.is_uniform()
             && self.granularities.contains(&Granularity::Request)
@@ -1378,14 +1415,16 @@ impl Plan {
         }
         let cut = self.cut();
         let layout = |tokens: u32, g: Granularity| match g {
-            Granularity::Block => {
-                let l =
-                    RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce);
-                match &cut {
-                    Some(c) => l.with_cut(c.clone()),
-                    None => l,
+            Granularity::Block => match (&cut, self.pair_cut()) {
+                (_, Some(pair)) => RequestLayout::irregular_pair(&self.shape, tokens, self, pair),
+                (Some(c), None) => {
+                    RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce)
+                        .with_cut(c.clone())
                 }
-            }
+                (None, None) => {
+                    RequestLayout::in_pool(&self.shape, tokens, self.block_table, self.pool(), self.coalesce)
+                }
+            },
             _ => RequestLayout::new(&self.shape, tokens, g),
         };
         for &g in &self.granularities {
@@ -1500,6 +1539,27 @@ impl Plan {
         t.topology.cut(&self.shape.model, self.shape.block_size, p, d).ok()
     }
 
+    /// This pair's cut of a hybrid model (its messages listed one by one):
+    /// the attention blocks' pieces and the prefill rank's state.
+    fn pair_cut(&self) -> Option<hybrid::PairCut> {
+        if self.shape.is_uniform() {
+            return None;
+        }
+        let t = self.tp.as_ref()?;
+        let (p, d) = t.pair?;
+        let sources = t.topology.sources(&self.shape.model, d);
+        let sender_state = match &self.shape.model.state {
+            Some(s) => s.bytes(t.topology.prefill_tp).ok()?,
+            None => crate::kv::StateBytes { conv: Vec::new(), ssm: 0 },
+        };
+        Some(hybrid::PairCut {
+            cut: self.cut()?,
+            ratio: t.topology.ratio(),
+            source: sources.iter().position(|&x| x == p)?,
+            sender_state,
+        })
+    }
+
     /// The plan without this pair's ranks: what every pair of one P x D
     /// run shares (the senders of one decode rank must agree on it).
     pub fn shared_digest(&self) -> String {
@@ -1590,9 +1650,36 @@ pub fn not_yet_for_hybrid(s: &KvShape, conversation: bool, tp: bool) -> Result<(
             "multi-turn conversations of {what} are not built yet: run its turns one request at a time{off}"
         )));
     }
-    if tp {
+    if tp && s.model.indexer_dim.is_some() {
         return Err(Error::usage(format!(
             "prefill and decode at different TP for {what} are not built yet: run one TP{off}"
+        )));
+    }
+    Ok(())
+}
+
+/// A hybrid model at different prefill and decode TP: what NixlConnector
+/// cannot pair. A state model's attention block is raised per rank to hold
+/// a state, so the two TPs may pick different block sizes, which vLLM
+/// refuses for head-sharded reads ("heterogeneous block sizes are not
+/// supported"; kvxfer does not model its block-size ratio either); and the
+/// blocks-first layout is not cut for hybrid layers.
+pub fn hybrid_topology(s: &KvShape, t: &tp::TpTopology) -> Result<()> {
+    if s.is_uniform() {
+        return Ok(());
+    }
+    if t.layout == tp::KvLayout::BlocksFirst {
+        return Err(Error::usage(format!(
+            "--kv-layout blocks-first for {}: not built for hybrid models; use hnd or nhd",
+            s.model.name
+        )));
+    }
+    let prefill_block = crate::kv::vllm_block_size(&s.model, t.prefill_tp, Some(s.block_size))?;
+    if prefill_block != s.block_size {
+        return Err(Error::usage(format!(
+            "{}: prefill at TP {} holds its state in blocks of {prefill_block} tokens, decode at TP {} in blocks \
+             of {}: NixlConnector does not pair different block sizes for head-sharded reads",
+            s.model.name, t.prefill_tp, t.decode_tp, s.block_size
         )));
     }
     Ok(())
