@@ -186,14 +186,23 @@ fn plan(a: &PlanArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if a.list_models {
         for name in presets::names() {
-            let shape = crate::kv::KvShape::new(presets::lookup(name)?, 1, 64)?;
+            let model = presets::lookup(name)?;
+            let block = crate::kv::vllm_block_size(&model, 1, None)?;
+            let shape = crate::kv::KvShape::new(model, 1, block)?;
             let also = match presets::aliases(name) {
                 [] => String::new(),
                 names => format!(" (also {})", names.join(", ")),
             };
+            // A hybrid model's bytes per token depend on the prompt: say them at 32k.
+            let hma = match shape.model.is_hybrid() {
+                true => {
+                    format!("; with HMA {} B/token at 32k tokens", shape.request_block_bytes(32768) / 32768)
+                }
+                false => String::new(),
+            };
             writeln!(
                 out,
-                "{:<18} {:>9} B/token  {}{also}",
+                "{:<18} {:>9} B/token  {}{also}{hma}",
                 name,
                 shape.bytes_per_token(),
                 shape.model.describe()
