@@ -307,6 +307,22 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
+/// What a fan of several senders into one receiver does not run yet: the
+/// fan's lockstep rounds know no schedule, prefill or turns (issue 36's
+/// one engine is to run them all).
+pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
+    let what = if plan.prefill.is_some() {
+        "emulated prefill"
+    } else if plan.load.is_some() {
+        "--arrivals"
+    } else if plan.conversation.is_some() {
+        "--turns"
+    } else {
+        return Ok(());
+    };
+    Err(Error::usage(format!("{what} runs one pair at a time, not in a fan of several senders")))
+}
+
 pub fn run_receiver(
     sess: &mut ReceiverSession,
     transports: Transports<'_, dyn RecvSide, dyn SendSide>,
@@ -325,16 +341,8 @@ pub fn run_receiver(
     let Transports { to_decode: transport, mut back } = transports;
     let plan = sess.hello.plan.clone();
     let copier = cfg.copier(&plan, transport.gpu_copier());
-    if fan.is_some() && plan.prefill.is_some() {
-        return Err(Error::usage(
-            "emulated prefill runs one pair at a time, not in a fan of several senders",
-        ));
-    }
-    if fan.is_some() && plan.load.is_some() {
-        return Err(Error::usage("--arrivals runs one pair at a time, not in a fan of several senders"));
-    }
-    if fan.is_some() && plan.conversation.is_some() {
-        return Err(Error::usage("--turns runs one pair at a time, not in a fan of several senders"));
+    if fan.is_some() {
+        not_in_a_fan(&plan)?;
     }
     let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     let ctrl = &mut sess.ctrl;
