@@ -101,8 +101,11 @@ pub fn connect_until(
             }
         }
         if remaining(deadline).is_none() {
-            let (addr, e) = last_err.expect("at least one attempt");
-            return Err(Error::run(format!("no {peer} at {addr} before the deadline: {e}")));
+            // A deadline that passed before the first attempt ended leaves no error to name.
+            return Err(match &last_err {
+                Some((addr, e)) => Error::run(format!("no {peer} at {addr} before the deadline: {e}")),
+                None => Error::run(format!("no {peer} before the deadline")),
+            });
         }
         // Launch order does not matter, but silence would: say once what is
         // awaited, after a moment in which a receiver started with it comes up.

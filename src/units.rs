@@ -95,19 +95,40 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     Ok(bytes.round() as u64)
 }
 
-/// A duration: "10s", "500ms", "2m" (humantime), or a bare number of seconds.
+/// The shortest and longest durations a flag takes: a deadline shorter than
+/// a millisecond can only fail, one past 30 days is no deadline, and
+/// deadlines must stay far from where `Instant` arithmetic overflows.
+pub const SHORTEST: Duration = Duration::from_millis(1);
+pub const LONGEST: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A duration: "10s", "500ms", "2m" (humantime), or a bare number of
+/// seconds; from 1 ms to 30 days.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let t = s.trim();
     if t.starts_with('-') {
         return Err(Error::usage(format!("duration '{s}' is negative")));
     }
+    let range = "it takes 1 ms to 30 days";
     let d = match t.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > LONGEST.as_secs_f64() => {
+            return Err(Error::usage(format!("duration '{s}' is past 30 days: {range}")))
+        }
         Ok(secs) if secs.is_finite() => Duration::from_secs_f64(secs),
-        _ => humantime::parse_duration(t)
-            .map_err(|_| Error::usage(format!("'{s}' is not a duration (try 30, 30s or 500ms)")))?,
+        _ => humantime::parse_duration(t).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => {
+                Error::usage(format!("duration '{s}' is past 30 days: {range}"))
+            }
+            _ => Error::usage(format!("'{s}' is not a duration (try 30, 30s or 500ms)")),
+        })?,
     };
     if d.is_zero() {
-        return Err(Error::usage(format!("duration '{s}' must be above zero")));
+        return Err(Error::usage(format!("duration '{s}' must be above zero: {range}")));
+    }
+    if d < SHORTEST {
+        return Err(Error::usage(format!("duration '{s}' is under 1 ms: {range}")));
+    }
+    if d > LONGEST {
+        return Err(Error::usage(format!("duration '{s}' is past 30 days: {range}")));
     }
     Ok(d)
 }
@@ -188,6 +209,22 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
         assert!(parse_duration("0").is_err());
+        // Bounded: no Duration overflow, no deadline that can only fail.
+        for (bad, says) in [
+            ("1e30", "past 30 days"),
+            ("18446744073709551616", "past 30 days"),
+            ("99999999999999999999999s", "past 30 days"),
+            ("31days", "past 30 days"),
+            ("1ns", "under 1 ms"),
+            ("0.0000001", "under 1 ms"),
+            ("nan", "not a duration"),
+            ("inf", "not a duration"),
+        ] {
+            let e = parse_duration(bad).unwrap_err().message;
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        assert_eq!(parse_duration("30days").unwrap(), LONGEST);
+        assert_eq!(parse_duration("1ms").unwrap(), SHORTEST);
         assert!(parse_duration("-3").is_err());
         assert!(parse_duration("soon").is_err());
         assert_eq!(fmt_ns(1500.0), "1.5 us");

@@ -575,3 +575,48 @@ fn plan_shows_what_each_turn_of_a_conversation_moves() {
         run(KVXFER, &all, secs(10)).expect_code(2).expect_stderr(needle);
     }
 }
+
+/// Numbers past what kvxfer takes exit 2 naming the flag and its range:
+/// before, `--timeout 1e30` panicked in Duration arithmetic and
+/// `--arrivals fixed:1e-300` waited forever (issue 37's fault matrix).
+#[test]
+fn numbers_out_of_range_exit_2_naming_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.csv");
+    std::fs::write(&trace, "1e12,64\n").unwrap();
+    let trace = format!("trace:{}", trace.display());
+    for (args, says) in [
+        (&["pair", "--timeout", "1e30"][..], "past 30 days"),
+        (&["pair", "--timeout", "18446744073709551616"], "past 30 days"),
+        (&["pair", "--timeout", "1ns"], "under 1 ms"),
+        (&["pair", "--arrivals", "poisson:10", "--duration", "1e30"], "past 30 days"),
+        (&["pair", "--arrivals", "fixed:1e-300"], "outside what kvxfer takes"),
+        (&["pair", "--arrivals", "poisson:1e30"], "outside what kvxfer takes"),
+        (&["pair", "-p", "64", "--prefill-ms", "64:1e30"], "past an hour"),
+        (&["pair", "--arrivals", &trace], "past 30 days, the longest trace"),
+    ] {
+        let f = run(KVXFER, args, secs(20));
+        f.expect_code(2).expect_stderr(says);
+    }
+    run(RECV, &["--wait-for-sender", "1e30"], secs(20)).expect_code(2).expect_stderr("past 30 days");
+}
+
+/// Outputs that collide or cannot be files are refused before the run:
+/// `--json X --csv X` exited 0 with the CSV overwritten, `--json FIFO` hung.
+#[test]
+fn outputs_that_collide_or_are_no_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("r.out"), dir.path().join(".").join("r.out"));
+    let f = run(
+        KVXFER,
+        &["pair", "-p", "64", "--json", a.to_str().unwrap(), "--csv", b.to_str().unwrap()],
+        secs(20),
+    );
+    f.expect_code(2).expect_stderr("--csv and --json both name");
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let f = run(KVXFER, &["pair", "-p", "64", "--json", fifo.to_str().unwrap()], secs(20));
+    f.expect_code(2).expect_stderr("it is a FIFO");
+    let f = run(RECV, &["--csv", dir.path().to_str().unwrap()], secs(20));
+    f.expect_code(2).expect_stderr("it is a folder");
+}

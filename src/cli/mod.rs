@@ -1019,13 +1019,47 @@ struct Outputs {
     gate: Gate,
 }
 
+/// Whether two output paths name one file: the same folder (resolved) and name.
+fn same_place(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let place = |p: &std::path::Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+        (dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()), p.file_name().map(|n| n.to_owned()))
+    };
+    a == b || place(a) == place(b)
+}
+
+/// An output that is a FIFO or a folder: opening the one waits for a
+/// reader that may never come, writing the other cannot work.
+fn refuse_special(path: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::metadata(path) else { return Ok(()) };
+    let kind = meta.file_type();
+    let what = if kind.is_fifo() {
+        "a FIFO (opening it waits for a reader)"
+    } else if kind.is_dir() {
+        "a folder"
+    } else {
+        return Ok(());
+    };
+    Err(Error::usage(format!("cannot write {}: it is {what}; give a file", path.display())))
+}
+
 impl Outputs {
     fn open(a: &OutputArgs) -> Result<Outputs> {
         let mut files = Vec::new();
+        if let (Some(csv), Some(json)) = (&a.csv, &a.json) {
+            if same_place(csv, json) {
+                return Err(Error::usage(format!(
+                    "--csv and --json both name {}: one would overwrite the other",
+                    json.display()
+                )));
+            }
+        }
         let wanted: [(&Option<PathBuf>, Box<dyn Exporter>); 2] =
             [(&a.csv, Box::new(report::csv::Csv)), (&a.json, Box::new(report::json::Json))];
         for (path, exporter) in wanted {
             if let Some(path) = path {
+                refuse_special(path)?;
                 let f = File::create(path)
                     .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
                 files.push((path.clone(), f, exporter));

@@ -53,10 +53,16 @@ impl Prefill {
                 Error::usage(format!("--prefill-ms wants TOKENS:MS pairs (1024:35,8k:410), got '{item}'"))
             })?;
             let tokens = crate::units::parse_token_count(tokens)?;
-            let ms: f64 =
-                ms.trim().parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(|| {
-                    Error::usage(format!("--prefill-ms {tokens}: '{ms}' is not a time of 0 ms or more"))
-                })?;
+            let raw = ms.trim();
+            let ms: f64 = raw.parse().ok().filter(|v: &f64| v.is_finite() && *v >= 0.0).ok_or_else(|| {
+                Error::usage(format!("--prefill-ms {tokens}: '{raw}' is not a time of 0 ms or more"))
+            })?;
+            // A prefill of an hour is past any model's; past it, only a hang.
+            if ms > 3_600_000.0 {
+                return Err(Error::usage(format!(
+                    "--prefill-ms {tokens}: {raw} ms is past an hour, the longest prefill kvxfer emulates"
+                )));
+            }
             pairs.push((tokens, ms));
         }
         Ok(PrefillTime::PerPrompt(pairs))

@@ -39,7 +39,12 @@ impl Arrivals {
         crate::units::list_items(rates, "--arrivals' rates")?
             .into_iter()
             .map(|r| match r.parse::<f64>() {
-                Ok(qps) if qps.is_finite() && qps > 0.0 => Ok(make(qps)),
+                Ok(qps) if qps.is_finite() && (RATES.0..=RATES.1).contains(&qps) => Ok(make(qps)),
+                Ok(qps) if qps.is_finite() && qps > 0.0 => Err(Error::usage(format!(
+                    "--arrivals: {r} requests per second is outside what kvxfer takes: {:.6} (one a quarter \
+                     hour) to {:.0}",
+                    RATES.0, RATES.1
+                ))),
                 _ => {
                     Err(Error::usage(format!("--arrivals: '{r}' is not a rate above 0 requests per second")))
                 }
@@ -157,6 +162,13 @@ fn draw(rng: &mut SplitMix64, mix: &[(u32, f64)], total: f64, at: f64) -> Arriva
     Arrival { at_ns: at.round() as u64, tokens, output_tokens: None, turn: None }
 }
 
+/// The latest arrival a trace may name: 30 days, in ms (the longest wait kvxfer takes).
+pub const MOST_TRACE_MS: f64 = 30.0 * 24.0 * 3600e3;
+
+/// Arrival rates kvxfer takes, per second: one request a quarter hour to
+/// ten million a second.
+pub const RATES: (f64, f64) = (1.0 / 900.0, 1e7);
+
 /// A trace: CSV lines `arrival_ms,prompt_tokens[,output_tokens]` in time
 /// order (a header line is allowed, `#` starts a comment), or, for
 /// conversations, `arrival_ms,prompt_tokens,output_tokens,conversation,turn`
@@ -167,6 +179,7 @@ pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
     let mut out: Vec<Arrival> = Vec::new();
     // Per conversation, as first named: its id, last turn and context after it.
     let mut conversations: Vec<(String, u32, u64)> = Vec::new();
+    let mut named: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() || (out.is_empty() && line.starts_with(|c: char| c.is_ascii_alphabetic())) {
@@ -182,7 +195,10 @@ pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
             ));
         }
         let ms = match fields[0].parse::<f64>() {
-            Ok(ms) if ms.is_finite() && ms >= 0.0 => ms,
+            Ok(ms) if ms.is_finite() && (0.0..=MOST_TRACE_MS).contains(&ms) => ms,
+            Ok(ms) if ms.is_finite() && ms > MOST_TRACE_MS => {
+                return Err(bad(format!("{} ms is past 30 days, the longest trace kvxfer runs", fields[0])))
+            }
             _ => return Err(bad(format!("'{}' is not a time of 0 ms or more", fields[0]))),
         };
         let count = |f: &str, name: &str, least: u32| match f.parse::<u32>() {
@@ -208,13 +224,12 @@ pub fn parse_trace(text: &str, what: &str) -> Result<Vec<Arrival>> {
             false => None,
             true => {
                 let (id, turn) = (fields[3], count(fields[4], "turn number from 1", 1)?);
-                let c = match conversations.iter().position(|c| c.0 == id) {
-                    Some(c) => c,
-                    None => {
-                        conversations.push((id.to_string(), 0, 0));
-                        conversations.len() - 1
-                    }
-                };
+                // Found by name in a map: a million-line trace parses in linear time.
+                let next = conversations.len();
+                let c = *named.entry(id.to_string()).or_insert(next);
+                if c == next {
+                    conversations.push((id.to_string(), 0, 0));
+                }
                 let (_, last, context) = &mut conversations[c];
                 if turn != *last + 1 {
                     return Err(bad(format!(
