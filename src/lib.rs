@@ -16,6 +16,7 @@ pub mod error;
 pub mod fan;
 pub mod gpu;
 pub mod hold;
+pub mod input;
 pub mod kv;
 pub mod launch;
 pub mod link;

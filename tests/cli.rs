@@ -78,7 +78,11 @@ fn bad_values_are_refused_clearly() {
         (KVXFER, &["plan", "-p", "0"], "zero"),
         (KVXFER, &["plan", "-p", "12x"], "not a token count"),
         (KVXFER, &["plan", "-m", "llama-9"], "unknown model 'llama-9'"),
-        (KVXFER, &["plan", "--model-config", "/nonexistent/config.json"], "cannot read model config"),
+        (
+            KVXFER,
+            &["plan", "--model-config", "/nonexistent/config.json"],
+            "--model-config: cannot read /nonexistent/config.json",
+        ),
         (KVXFER, &["plan", "--model-config", incomplete], "missing field 'num_hidden_layers'"),
         (KVXFER, &["plan", "--layers", "4"], "--kv-heads is needed"),
         (KVXFER, &["plan", "--tp", "3"], "does not fit 8 KV heads"),
@@ -391,7 +395,7 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
     let f = run(KVXFER, &["pair", &arrivals], secs(10));
     f.expect_code(2).expect_stderr("line 2: 'abc' is not a positive prompt length");
     let f = run(KVXFER, &["pair", "--arrivals", "trace:/nonexistent.csv"], secs(10));
-    f.expect_code(2).expect_stderr("cannot read it");
+    f.expect_code(2).expect_stderr("trace:/nonexistent.csv: cannot read /nonexistent.csv");
     let f = run(KVXFER, &["pair", "--arrivals", "fixed:1", "--duration", "100ms"], secs(10));
     f.expect_code(0);
     let f = run(KVXFER, &["pair", "--arrivals", "poisson:0.001", "--duration", "1ms"], secs(10));
@@ -619,4 +623,18 @@ fn outputs_that_collide_or_are_no_files_are_refused() {
     f.expect_code(2).expect_stderr("it is a FIFO");
     let f = run(RECV, &["--csv", dir.path().to_str().unwrap()], secs(20));
     f.expect_code(2).expect_stderr("it is a folder");
+    // Inputs too: a device, a FIFO and a folder as every file kvxfer reads.
+    let fifo_s = fifo.to_str().unwrap();
+    for input in ["/dev/zero", fifo_s, dir.path().to_str().unwrap()] {
+        let trace = format!("trace:{input}");
+        for args in [
+            &["pair", "--arrivals", &trace][..],
+            &["plan", "--model-config", input],
+            &["report", "--out", dir.path().to_str().unwrap(), input],
+            &["size", "--model", "llama-3.1-8b", "--run", input],
+        ] {
+            let f = run(KVXFER, args, secs(20));
+            f.expect_code(2).expect_stderr("give a file");
+        }
+    }
 }

@@ -576,8 +576,8 @@ impl RunArgs {
         let Some(arrivals) = &l.arrivals else { return Ok(plan) };
         let trace = match arrivals.strip_prefix("trace:") {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| Error::usage(format!("--arrivals trace:{path}: cannot read it: {e}")))?;
+                let what = format!("--arrivals trace:{path}");
+                let text = crate::input::read_text(path.as_ref(), &what, crate::input::MOST_BYTES)?;
                 crate::schedule::parse_trace(&text, path)?
             }
             None => Vec::new(),

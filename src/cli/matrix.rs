@@ -581,14 +581,14 @@ fn csv(ranks: &[Rank], grids: &[Grid], results: &[PairResult]) -> String {
 
 /// Whether a JSON file is a `kvxfer matrix` report.
 pub fn is_matrix(path: &std::path::Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(path) else { return false };
+    let Ok(text) = crate::input::read_text(path, "a report", crate::input::MOST_BYTES) else { return false };
     serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v["kind"] == "kvxfer-matrix")
 }
 
 /// A matrix report's heatmaps, and its tables printed again.
 pub fn draw(path: &std::path::Path, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     let bad = |e: String| Error::usage(format!("{}: {e}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let text = crate::input::read_text(path, "a matrix report", crate::input::MOST_BYTES)?;
     let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let ranks: Vec<Rank> = serde_json::from_value(doc["ranks"].clone()).map_err(|e| bad(e.to_string()))?;
     let grids: Vec<Grid> = serde_json::from_value(doc["grids"].clone()).map_err(|e| bad(e.to_string()))?;

@@ -10,8 +10,8 @@ use std::path::Path;
 /// The model of `path`; `dtype` (--dtype) stands for a config that names none
 /// (gpt-oss's, quantized, leaves torch_dtype out).
 pub fn read(path: &Path, dtype: Option<Dtype>) -> Result<ModelSpec> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::usage(format!("cannot read model config {}: {e}", path.display())))?;
+    // A config.json is kilobytes; 16 MiB is past any.
+    let text = crate::input::read_text(path, "--model-config", 16 << 20)?;
     let fallback_name = path
         .parent()
         .and_then(|p| p.file_name())

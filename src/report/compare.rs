@@ -20,8 +20,7 @@ pub struct Series {
 }
 
 pub fn load(path: &Path) -> Result<RunReport> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display())))?;
+    let text = crate::input::read_text(path, "a report", crate::input::MOST_BYTES)?;
     serde_json::from_str(&text)
         .map_err(|e| Error::usage(format!("{} is not a kvxfer --json report: {e}", path.display())))
 }

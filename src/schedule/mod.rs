@@ -41,8 +41,8 @@ impl Arrivals {
             .map(|r| match r.parse::<f64>() {
                 Ok(qps) if qps.is_finite() && (RATES.0..=RATES.1).contains(&qps) => Ok(make(qps)),
                 Ok(qps) if qps.is_finite() && qps > 0.0 => Err(Error::usage(format!(
-                    "--arrivals: {r} requests per second is outside what kvxfer takes: {:.6} (one a quarter \
-                     hour) to {:.0}",
+                    "--arrivals: {r} requests per second is outside what kvxfer takes: {} (one in 10,000 s) to \
+                     {:.0}",
                     RATES.0, RATES.1
                 ))),
                 _ => {
@@ -165,9 +165,9 @@ fn draw(rng: &mut SplitMix64, mix: &[(u32, f64)], total: f64, at: f64) -> Arriva
 /// The latest arrival a trace may name: 30 days, in ms (the longest wait kvxfer takes).
 pub const MOST_TRACE_MS: f64 = 30.0 * 24.0 * 3600e3;
 
-/// Arrival rates kvxfer takes, per second: one request a quarter hour to
-/// ten million a second.
-pub const RATES: (f64, f64) = (1.0 / 900.0, 1e7);
+/// Arrival rates kvxfer takes, per second: one request in 10,000 s to ten
+/// million a second.
+pub const RATES: (f64, f64) = (1e-4, 1e7);
 
 /// A trace: CSV lines `arrival_ms,prompt_tokens[,output_tokens]` in time
 /// order (a header line is allowed, `#` starts a comment), or, for
