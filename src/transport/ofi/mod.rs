@@ -609,7 +609,8 @@ impl Side {
         self.info.path = Some(format!("{op} by {}: {wire}; {memory}", c.provider));
         if let Some(want) = &spec.require_provider {
             if !provider_is(&c.provider, want) {
-                return Err(Error::usage(format!(
+                // Found while running, as --require-transport's: exit 1, not bad input's 2.
+                return Err(Error::run(format!(
                     "--require-provider {want}: libfabric chose provider {} ({})",
                     c.provider, c.fabric
                 )));
