@@ -170,7 +170,7 @@ pub fn accept_until(
 
 /// Waits for one connection until the deadline, calling `watch` every
 /// 100 ms between tries: it ends the wait early with its error (a peer that
-/// aborted on the control connection).
+/// aborted on the control connection), as a signal does.
 pub fn accept_watching(
     listener: &TcpListener,
     deadline: Instant,
@@ -182,6 +182,8 @@ pub fn accept_watching(
         if let Some(c) = accept_within(listener, slice)? {
             return Ok(c);
         }
+        // The first SIGINT, SIGTERM or SIGHUP ends the wait (it was ignored here).
+        crate::signals::check()?;
         watch()?;
         if remaining(deadline).is_none() {
             let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();

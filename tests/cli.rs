@@ -638,3 +638,16 @@ fn outputs_that_collide_or_are_no_files_are_refused() {
         }
     }
 }
+
+/// A one-shot receiver waiting for its sender ends at the first Ctrl-C
+/// (it took a second one, and ended without a word).
+#[test]
+fn the_first_signal_ends_a_receiver_waiting_for_its_sender() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let (recv, _) = receiver("127.0.0.1:0", &[]);
+        recv.signal(sig);
+        let f = recv.finish(secs(5));
+        assert!(f.elapsed < secs(3), "took {:?}", f.elapsed);
+        f.expect_code(128 + sig).expect_stderr("interrupted on");
+    }
+}
