@@ -168,8 +168,10 @@ impl Fan {
             }
             let Some(left) = net::remaining(deadline) else {
                 let why = format!(
-                    "{} of {} pairs were ready for request {request} by the deadline",
-                    b.waiting, self.pairs
+                    "{} of {} pairs were ready for {request_named} by the deadline",
+                    b.waiting,
+                    self.pairs,
+                    request_named = crate::plan::Req(request)
                 );
                 b.failed = Some(why.clone());
                 self.turn.notify_all();
@@ -338,7 +340,7 @@ mod tests {
         let (fan, _) = fan(FanShape::OneToMany, 2);
         let t = Instant::now();
         let e = fan.start(7, t + Duration::from_millis(200)).unwrap_err();
-        assert!(e.message.contains("1 of 2 pairs were ready for request 7"), "{e}");
+        assert!(e.message.contains("1 of 2 pairs were ready for point 1, request 8"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(2));
     }
 

@@ -141,7 +141,11 @@ fn wrong_keys_and_bytes_are_caught_for_every_operation() {
         pair("corrupt-byte").expect_code(3).expect_stderr("1 wrong bytes");
         let f = pair("wrong-key");
         f.expect_code(3);
-        assert!(f.stderr.contains("request 2") || f.stderr.contains("request 1000000009"), "{}", f.stderr);
+        assert!(
+            f.stderr.contains("point 1, request 3") || f.stderr.contains("request 1000000010"),
+            "{}",
+            f.stderr
+        );
     }
 }
 

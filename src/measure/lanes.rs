@@ -285,7 +285,7 @@ pub fn run_sender(
                         if l.transport.go_in_band() {
                             deadline += by.saturating_duration_since(Instant::now());
                         } else {
-                            mail.expect(by, &format!("waiting for the receiver's go for request {request}"), |m| {
+                            mail.expect(by, &format!("waiting for the receiver's go for {request_named}", request_named = crate::plan::Req(request)), |m| {
                                 matches!(m, Msg::LaneGo { lane: l, request: r } if *l == lane as u32 && *r == request)
                             })?;
                         }
@@ -441,7 +441,10 @@ impl LaneContext<'_, '_> {
         let by = Instant::now() + per_request(self.timeout, bytes);
         self.mail.expect(
             by,
-            &format!("waiting for the sender to prepare request {request}"),
+            &format!(
+                "waiting for the sender to prepare {request_named}",
+                request_named = crate::plan::Req(request)
+            ),
             |m| matches!(m, Msg::LaneReady { lane: l, request: r } if *l == lane && *r == request),
         )?;
         Ok(())
@@ -476,8 +479,9 @@ impl LaneContext<'_, '_> {
                         waited = true;
                         if waiting.elapsed() > self.timeout {
                             return Err(Error::run(format!(
-                                "request {request} found no room in the decode buffer for --timeout {}",
-                                humantime::format_duration(self.timeout)
+                                "{request_named} found no room in the decode buffer for --timeout {}",
+                                humantime::format_duration(self.timeout),
+                                request_named = crate::plan::Req(request)
                             )));
                         }
                         let poll = Instant::now() + Duration::from_millis(1);

@@ -235,12 +235,17 @@ pub fn run_sender(
             if transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
-                ctrl.expect_by(by, &format!("waiting for the receiver's go for request {request}"), |m| {
-                    match m {
+                ctrl.expect_by(
+                    by,
+                    &format!(
+                        "waiting for the receiver's go for {request_named}",
+                        request_named = crate::plan::Req(request)
+                    ),
+                    |m| match m {
                         Msg::Go { point, request: r } if point == p && r == request => Ok(()),
                         other => Err(other),
-                    }
-                })?;
+                    },
+                )?;
                 ready.go();
             }
             let sending = Instant::now();
@@ -262,25 +267,34 @@ pub fn run_sender(
                 events.request(p, it, bytes, sending.elapsed().as_nanos() as u64);
             }
             if let Some(f) = fan {
-                let ns =
-                    ctrl.expect_by(deadline, &format!("waiting for the time of request {request}"), |m| {
-                        match m {
-                            Msg::Took { request: r, ns } if r == request => Ok(ns),
-                            other => Err(other),
-                        }
-                    })?;
+                let ns = ctrl.expect_by(
+                    deadline,
+                    &format!(
+                        "waiting for the time of {request_named}",
+                        request_named = crate::plan::Req(request)
+                    ),
+                    |m| match m {
+                        Msg::Took { request: r, ns } if r == request => Ok(ns),
+                        other => Err(other),
+                    },
+                )?;
                 f.fan.finish(f.pair, plan.measured(&point, it), start, ns);
             }
             if copier == Some(Role::Sender) {
                 // The next pattern waits for the receiver's check: then this
                 // side's context is the last to have run on the GPU.
                 let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
-                ctrl.expect_by(by, &format!("waiting for the receiver to check request {request}"), |m| {
-                    match m {
+                ctrl.expect_by(
+                    by,
+                    &format!(
+                        "waiting for the receiver to check {request_named}",
+                        request_named = crate::plan::Req(request)
+                    ),
+                    |m| match m {
                         Msg::Checked { request: r } if r == request => Ok(()),
                         other => Err(other),
-                    }
-                })?;
+                    },
+                )?;
             }
         }
         let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
@@ -411,7 +425,10 @@ pub fn run_receiver(
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
             ctrl.expect_by(
                 by,
-                &format!("waiting for the sender to prepare request {request}"),
+                &format!(
+                    "waiting for the sender to prepare {request_named}",
+                    request_named = crate::plan::Req(request)
+                ),
                 |m| match m {
                     Msg::Ready { point, request: r } if point == p && r == request => Ok(()),
                     other => Err(other),
@@ -469,7 +486,10 @@ pub fn run_receiver(
                 // Sent once the sender's compute has ended, after its last message.
                 let c = ctrl.expect_by(
                     deadline,
-                    &format!("waiting for the compute of request {request}"),
+                    &format!(
+                        "waiting for the compute of {request_named}",
+                        request_named = crate::plan::Req(request)
+                    ),
                     |m| match m {
                         Msg::Computed { request: r, began, ended } if r == request => {
                             Ok(ttft::Computed { began, ended })
@@ -632,7 +652,12 @@ fn spill_to_pool(
 /// Waits for a request's arrival, answering the peer meanwhile (a sender
 /// that dies during a long gap is noticed).
 fn wait_until(arrival: Instant, ctrl: &mut Control, request: u64) -> Result<()> {
-    wait_until_by(arrival, &mut || ctrl.watch(&format!("waiting for request {request} to arrive")))
+    wait_until_by(arrival, &mut || {
+        ctrl.watch(&format!(
+            "waiting for {request_named} to arrive",
+            request_named = crate::plan::Req(request)
+        ))
+    })
 }
 
 /// Waits until `arrival`, calling `watch` every few milliseconds.
@@ -785,8 +810,9 @@ impl<'a> RoundSink<'a> {
         let arrived = self.arrived.load(Relaxed);
         if arrived != self.layout.message_count {
             return Err(Error::run(format!(
-                "the transport reported {arrived} of {} messages of request {}",
-                self.layout.message_count, self.request
+                "the transport reported {arrived} of {} messages of {}",
+                self.layout.message_count,
+                crate::plan::Req(self.request)
             )));
         }
         Ok(())

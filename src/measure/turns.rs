@@ -162,10 +162,17 @@ pub(super) fn pull_back(
 ) -> Result<()> {
     let bytes = layout.total_bytes();
     let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
-    ctrl.expect_by(by, &format!("waiting for decode to offer request {request}'s KV back"), |m| match m {
-        Msg::Ready { point: p, request: r } if p == point && r == request => Ok(()),
-        other => Err(other),
-    })?;
+    ctrl.expect_by(
+        by,
+        &format!(
+            "waiting for decode to offer {request_named}'s KV back",
+            request_named = crate::plan::Req(request)
+        ),
+        |m| match m {
+            Msg::Ready { point: p, request: r } if p == point && r == request => Ok(()),
+            other => Err(other),
+        },
+    )?;
     let mut sink = RoundSink::new(layout, verify == VerifyMode::Inline);
     sink.begin(request);
     let deadline = allowance(ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
@@ -203,21 +210,33 @@ pub(super) fn send_back(
     if back.go_in_band() {
         deadline += by.saturating_duration_since(Instant::now());
     } else {
-        ctrl.expect_by(by, &format!("waiting for prefill's go to send request {request}'s KV back"), |m| {
-            match m {
+        ctrl.expect_by(
+            by,
+            &format!(
+                "waiting for prefill's go to send {request_named}'s KV back",
+                request_named = crate::plan::Req(request)
+            ),
+            |m| match m {
                 Msg::Go { point: p, request: r } if p == point && r == request => Ok(()),
                 other => Err(other),
-            }
-        })?;
+            },
+        )?;
     }
     let mut link = RequestLink { ctrl, go: None, request, fan: None, computes: false };
     back.send(buf, layout, request, deadline, &mut link, &AtOnce)?;
     // Prefill checks what it pulled before it answers.
     let by = deadline + Duration::from_secs_f64(bytes as f64 / SLOWEST_PATTERN_BYTES_PER_SEC);
-    ctrl.expect_by(by, &format!("waiting for prefill to check request {request}'s KV back"), |m| match m {
-        Msg::Pulled { request: r, ns, verified_bytes, wrong_bytes, first } if r == request => {
-            Ok((ns, Check { verified_bytes, wrong_bytes, first }))
-        }
-        other => Err(other),
-    })
+    ctrl.expect_by(
+        by,
+        &format!(
+            "waiting for prefill to check {request_named}'s KV back",
+            request_named = crate::plan::Req(request)
+        ),
+        |m| match m {
+            Msg::Pulled { request: r, ns, verified_bytes, wrong_bytes, first } if r == request => {
+                Ok((ns, Check { verified_bytes, wrong_bytes, first }))
+            }
+            other => Err(other),
+        },
+    )
 }

@@ -1685,6 +1685,18 @@ pub fn hybrid_topology(s: &KvShape, t: &tp::TpTopology) -> Result<()> {
     Ok(())
 }
 
+/// A request's id as the operator reads it: "point 2, request 26" (points in
+/// the table's order, requests from 1 in each point, warm-ups first), not
+/// the id that keys its bytes (the point in its upper 32 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Req(pub u64);
+
+impl fmt::Display for Req {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "point {}, request {}", (self.0 >> 32) + 1, (self.0 & 0xffff_ffff) + 1)
+    }
+}
+
 /// Bump when the way a plan is cut into messages changes.
 const LAYOUT_REVISION: u64 = 4;
 
@@ -1815,6 +1827,14 @@ mod tests {
         let block = &p.points()[2].layout;
         assert_eq!(block.blocks, 7); // ceil(100 / 16)
         assert_eq!(block.total_bytes(), 7 * 16 * 131_072);
+    }
+
+    /// Errors name a request as the operator counts it, not by its id.
+    #[test]
+    fn requests_are_named_by_point_and_number() {
+        let p = plan("llama-3.1-8b", &[32]);
+        assert_eq!(Req(p.request_id(1, 25)).to_string(), "point 2, request 26");
+        assert_eq!(Req(p.request_id(0, 0)).to_string(), "point 1, request 1");
     }
 
     #[test]

@@ -470,10 +470,11 @@ pub fn open_receiver(
 /// The error for a message that arrived under the wrong key or size.
 pub fn key_mismatch(index: usize, layout: &RequestLayout, request: u64, got: &str) -> Error {
     Error::integrity(format!(
-        "message {index} of {} of request {request}: expected {} ({} bytes), received {got}",
+        "message {index} of {} of {request_named}: expected {} ({} bytes), received {got}",
         layout.message_count,
         layout.key(request, index),
-        layout.message_len(index)
+        layout.message_len(index),
+        request_named = crate::plan::Req(request)
     ))
 }
 

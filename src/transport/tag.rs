@@ -31,7 +31,12 @@ pub fn index(t: Tag) -> usize {
 /// The peer's signal names another request than this side's.
 pub fn check_request(got: u64, expected: u64, did: &str) -> Result<()> {
     if got != expected & 0xffff_ffff {
-        return Err(Error::integrity(format!("the peer {did} request {got}, expected request {expected}")));
+        // A tag holds the id's low half: the request in its point.
+        let got = crate::plan::Req(expected & !0xffff_ffff | got);
+        return Err(Error::integrity(format!(
+            "the peer {did} {got}, expected {}",
+            crate::plan::Req(expected)
+        )));
     }
     Ok(())
 }

@@ -404,7 +404,10 @@ impl Side {
     ) -> Result<()> {
         let count = ops.len();
         self.begin(count);
-        let clock = &mut Clock::new(deadline, format!("sending request {request} over libfabric"));
+        let clock = &mut Clock::new(
+            deadline,
+            format!("sending {request_named} over libfabric", request_named = crate::plan::Req(request)),
+        );
         if self.op == OfiOp::Read {
             if ready.computes() {
                 // The decode side reads once told that prefill has ended.
@@ -458,7 +461,10 @@ impl Side {
             |k: usize, ns: u64| (ops[k].first..ops[k].first + ops[k].count).try_for_each(|m| arrived(m, ns));
         self.begin(count);
         let t0 = Instant::now();
-        let clock = &mut Clock::new(deadline, format!("receiving request {request} over libfabric"));
+        let clock = &mut Clock::new(
+            deadline,
+            format!("receiving {request_named} over libfabric", request_named = crate::plan::Req(request)),
+        );
         if self.op == OfiOp::Read && peer.computes() {
             // Pull after prefill: go, then read once the sender says it has ended.
             self.signal_in(tag::COMPUTED, clock, peer)?;
@@ -474,8 +480,9 @@ impl Side {
                 check_request(tag::request(t), request, "wrote")?;
                 if tag::index(t) != count {
                     return Err(Error::integrity(format!(
-                        "the sender wrote {} operations of request {request}, expected {count}",
-                        tag::index(t)
+                        "the sender wrote {} operations of {request_named}, expected {count}",
+                        tag::index(t),
+                        request_named = crate::plan::Req(request)
                     )));
                 }
                 // shm ran the writes' copies here, on this side's GPU.
@@ -508,11 +515,12 @@ impl Side {
                 self.move_all(ops, RECEIVE, go, clock, peer, &AtOnce, &mut |i, ns, f| {
                     if f.tag != tag::make(tag::DATA, request, i) || f.len != ops[i].len {
                         return Err(Error::integrity(format!(
-                            "operation {i} of {count} of request {request} ({} bytes): received request {} operation {} ({} bytes)",
+                            "operation {i} of {count} of {request_named} ({} bytes): received {} operation {} ({} bytes)",
                             ops[i].len,
-                            tag::request(f.tag),
+                            crate::plan::Req(tag::request(f.tag)),
                             tag::index(f.tag),
-                            f.len
+                            f.len,
+                            request_named = crate::plan::Req(request)
                         )));
                     }
                     // Where shm's copies may still run, a message is here only once they have landed.

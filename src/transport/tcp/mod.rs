@@ -212,8 +212,10 @@ fn send_stream(stream: &mut TcpStream, first: usize, step: usize, data: &[u8], r
             }
             write_all_vectored(stream, &mut iov, deadline, timeout).map_err(|e| {
                 let what = format!(
-                    "sending message {} of {} of request {request} on tcp stream {first}",
-                    batch[0], layout.message_count
+                    "sending message {} of {} of {request_named} on tcp stream {first}",
+                    batch[0],
+                    layout.message_count,
+                    request_named = crate::plan::Req(request)
                 );
                 data_error(e, "receiver", timeout, &what)
             })?;
@@ -416,8 +418,9 @@ fn recv_stream<'b>(
     for (index, dst) in slots {
         let what = || {
             format!(
-                "waiting for message {index} of {} of request {request} on tcp stream {stream}",
-                layout.message_count
+                "waiting for message {index} of {} of {request_named} on tcp stream {stream}",
+                layout.message_count,
+                request_named = crate::plan::Req(request)
             )
         };
         expect_header(reader, index, round, &what)?;

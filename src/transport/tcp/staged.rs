@@ -127,7 +127,15 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
             iov.push(IoSlice::new(&data[from.max(start) - start..(from + len).min(end) - start]));
         }
         write_all_vectored(sock, &mut iov, deadline, timeout).map_err(|e| {
-            data_error(e, "receiver", timeout, &format!("sending bytes {start}..{end} of request {request}"))
+            data_error(
+                e,
+                "receiver",
+                timeout,
+                &format!(
+                    "sending bytes {start}..{end} of {request_named}",
+                    request_named = crate::plan::Req(request)
+                ),
+            )
         })?;
     }
     Ok(())
@@ -145,7 +153,13 @@ pub(super) fn recv(
     let total = layout.total_bytes();
     let mut pos = 0;
     for index in 0..layout.message_count {
-        let what = || format!("waiting for message {index} of {} of request {request}", layout.message_count);
+        let what = || {
+            format!(
+                "waiting for message {index} of {} of {request_named}",
+                layout.message_count,
+                request_named = crate::plan::Req(request)
+            )
+        };
         expect_header(reader, index, round, &what)?;
         let message_end = pos + layout.message_len(index);
         while pos < message_end {

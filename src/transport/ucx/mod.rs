@@ -402,9 +402,14 @@ impl Side {
         let count = ops.len();
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
-        let what = || format!("sending request {request} over UCX");
+        let what = || format!("sending {request_named} over UCX", request_named = crate::plan::Req(request));
         let mut w = Waiter::new(deadline, peer);
-        let going = || format!("waiting for the receiver's go for request {request}");
+        let going = || {
+            format!(
+                "waiting for the receiver's go for {request_named}",
+                request_named = crate::plan::Req(request)
+            )
+        };
         if op.receiver_drives() {
             // get: serve the receiver's reads until it says done.
             let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
@@ -478,7 +483,8 @@ impl Side {
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
         let t0 = Instant::now();
-        let what = || format!("receiving request {request} over UCX");
+        let what =
+            || format!("receiving {request_named} over UCX", request_named = crate::plan::Req(request));
         let doing = what();
         let computes = peer.computes();
         let mut w = Waiter::new(deadline, peer);
@@ -496,8 +502,9 @@ impl Side {
             check_request(tag::request(t), request, "wrote")?;
             if tag::index(t) != count {
                 return Err(Error::integrity(format!(
-                    "the sender put {} operations of request {request}, expected {count}",
-                    tag::index(t)
+                    "the sender put {} operations of {request_named}, expected {count}",
+                    tag::index(t),
+                    request_named = crate::plan::Req(request)
                 )));
             }
             // One-sided: the messages are known to be here only now.
@@ -509,11 +516,15 @@ impl Side {
         let mut check = |i: usize, ns: u64, info: Option<(Tag, usize)>| {
             if let (UcxOp::Send, Some((t, len))) = (op, info) {
                 if t != tag::make(tag::DATA, request, i) || len != ops[i].len {
-                    let got =
-                        format!("request {} operation {} ({len} bytes)", tag::request(t), tag::index(t));
+                    let got = format!(
+                        "{} operation {} ({len} bytes)",
+                        crate::plan::Req(tag::request(t)),
+                        tag::index(t)
+                    );
                     return Err(Error::integrity(format!(
-                        "operation {i} of {count} of request {request} ({} bytes): received {got}",
-                        ops[i].len
+                        "operation {i} of {count} of {request_named} ({} bytes): received {got}",
+                        ops[i].len,
+                        request_named = crate::plan::Req(request)
                     )));
                 }
             }
