@@ -285,7 +285,7 @@ pub fn run_sender(
                         if l.transport.go_in_band() {
                             deadline += by.saturating_duration_since(Instant::now());
                         } else {
-                            mail.expect(by, &format!("waiting for the receiver's go for {request_named}", request_named = crate::plan::Req(request)), |m| {
+                            mail.expect(by, &format!("waiting for the receiver's go for {}", crate::plan::Req(request)), |m| {
                                 matches!(m, Msg::LaneGo { lane: l, request: r } if *l == lane as u32 && *r == request)
                             })?;
                         }
@@ -441,10 +441,7 @@ impl LaneContext<'_, '_> {
         let by = Instant::now() + per_request(self.timeout, bytes);
         self.mail.expect(
             by,
-            &format!(
-                "waiting for the sender to prepare {request_named}",
-                request_named = crate::plan::Req(request)
-            ),
+            &format!("waiting for the sender to prepare {}", crate::plan::Req(request)),
             |m| matches!(m, Msg::LaneReady { lane: l, request: r } if *l == lane && *r == request),
         )?;
         Ok(())

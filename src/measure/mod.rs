@@ -237,10 +237,7 @@ pub fn run_sender(
             } else {
                 ctrl.expect_by(
                     by,
-                    &format!(
-                        "waiting for the receiver's go for {request_named}",
-                        request_named = crate::plan::Req(request)
-                    ),
+                    &format!("waiting for the receiver's go for {}", crate::plan::Req(request)),
                     |m| match m {
                         Msg::Go { point, request: r } if point == p && r == request => Ok(()),
                         other => Err(other),
@@ -269,10 +266,7 @@ pub fn run_sender(
             if let Some(f) = fan {
                 let ns = ctrl.expect_by(
                     deadline,
-                    &format!(
-                        "waiting for the time of {request_named}",
-                        request_named = crate::plan::Req(request)
-                    ),
+                    &format!("waiting for the time of {}", crate::plan::Req(request)),
                     |m| match m {
                         Msg::Took { request: r, ns } if r == request => Ok(ns),
                         other => Err(other),
@@ -286,10 +280,7 @@ pub fn run_sender(
                 let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
                 ctrl.expect_by(
                     by,
-                    &format!(
-                        "waiting for the receiver to check {request_named}",
-                        request_named = crate::plan::Req(request)
-                    ),
+                    &format!("waiting for the receiver to check {}", crate::plan::Req(request)),
                     |m| match m {
                         Msg::Checked { request: r } if r == request => Ok(()),
                         other => Err(other),
@@ -425,10 +416,7 @@ pub fn run_receiver(
             let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
             ctrl.expect_by(
                 by,
-                &format!(
-                    "waiting for the sender to prepare {request_named}",
-                    request_named = crate::plan::Req(request)
-                ),
+                &format!("waiting for the sender to prepare {}", crate::plan::Req(request)),
                 |m| match m {
                     Msg::Ready { point, request: r } if point == p && r == request => Ok(()),
                     other => Err(other),
@@ -486,10 +474,7 @@ pub fn run_receiver(
                 // Sent once the sender's compute has ended, after its last message.
                 let c = ctrl.expect_by(
                     deadline,
-                    &format!(
-                        "waiting for the compute of {request_named}",
-                        request_named = crate::plan::Req(request)
-                    ),
+                    &format!("waiting for the compute of {}", crate::plan::Req(request)),
                     |m| match m {
                         Msg::Computed { request: r, began, ended } if r == request => {
                             Ok(ttft::Computed { began, ended })
@@ -653,10 +638,7 @@ fn spill_to_pool(
 /// that dies during a long gap is noticed).
 fn wait_until(arrival: Instant, ctrl: &mut Control, request: u64) -> Result<()> {
     wait_until_by(arrival, &mut || {
-        ctrl.watch(&format!(
-            "waiting for {request_named} to arrive",
-            request_named = crate::plan::Req(request)
-        ))
+        ctrl.watch(&format!("waiting for {} to arrive", crate::plan::Req(request)))
     })
 }
 

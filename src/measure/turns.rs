@@ -164,10 +164,7 @@ pub(super) fn pull_back(
     let by = allowance(ctrl.timeout, bytes, SLOWEST_PATTERN_BYTES_PER_SEC);
     ctrl.expect_by(
         by,
-        &format!(
-            "waiting for decode to offer {request_named}'s KV back",
-            request_named = crate::plan::Req(request)
-        ),
+        &format!("waiting for decode to offer {}'s KV back", crate::plan::Req(request)),
         |m| match m {
             Msg::Ready { point: p, request: r } if p == point && r == request => Ok(()),
             other => Err(other),
@@ -212,10 +209,7 @@ pub(super) fn send_back(
     } else {
         ctrl.expect_by(
             by,
-            &format!(
-                "waiting for prefill's go to send {request_named}'s KV back",
-                request_named = crate::plan::Req(request)
-            ),
+            &format!("waiting for prefill's go to send {}'s KV back", crate::plan::Req(request)),
             |m| match m {
                 Msg::Go { point: p, request: r } if p == point && r == request => Ok(()),
                 other => Err(other),
@@ -228,10 +222,7 @@ pub(super) fn send_back(
     let by = deadline + Duration::from_secs_f64(bytes as f64 / SLOWEST_PATTERN_BYTES_PER_SEC);
     ctrl.expect_by(
         by,
-        &format!(
-            "waiting for prefill to check {request_named}'s KV back",
-            request_named = crate::plan::Req(request)
-        ),
+        &format!("waiting for prefill to check {}'s KV back", crate::plan::Req(request)),
         |m| match m {
             Msg::Pulled { request: r, ns, verified_bytes, wrong_bytes, first } if r == request => {
                 Ok((ns, Check { verified_bytes, wrong_bytes, first }))

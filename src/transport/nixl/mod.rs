@@ -536,8 +536,8 @@ impl Side {
         let done_at = mono_ns();
         let telemetry = self.agent.telemetry(&x).unwrap_or_default();
         self.agent.release(x);
-        let (post_ns, transfer_ns) = result
-            .map_err(|e| e.context(format!("{request_named}", request_named = crate::plan::Req(request))))?;
+        let (post_ns, transfer_ns) =
+            result.map_err(|e| e.context(format!("{}", crate::plan::Req(request))))?;
         Ok(Record {
             request,
             round: id.round,
@@ -572,13 +572,8 @@ impl Side {
         ready: &dyn Ready,
     ) -> Result<()> {
         let request = id.request;
-        let going = || {
-            format!(
-                "waiting for the receiver's go for {request_named}",
-                request_named = crate::plan::Req(request)
-            )
-        };
-        let what = || format!("sending {request_named} over NIXL", request_named = crate::plan::Req(request));
+        let going = || format!("waiting for the receiver's go for {}", crate::plan::Req(request));
+        let what = || format!("sending {} over NIXL", crate::plan::Req(request));
         let lists = if self.initiator { Some(self.prepare(layout)?) } else { None };
         let mut w = Waiter::new(deadline, peer);
         let last = layout.message_count.saturating_sub(1);
@@ -619,8 +614,7 @@ impl Side {
         lists: Option<(Prepped, Prepped)>,
     ) -> Result<Record> {
         let request = id.request;
-        let what =
-            || format!("receiving {request_named} over NIXL", request_named = crate::plan::Req(request));
+        let what = || format!("receiving {} over NIXL", crate::plan::Req(request));
         let mut w = Waiter::new(deadline, peer);
         Ok(match self.op {
             NixlOp::Read => {

@@ -404,10 +404,8 @@ impl Side {
     ) -> Result<()> {
         let count = ops.len();
         self.begin(count);
-        let clock = &mut Clock::new(
-            deadline,
-            format!("sending {request_named} over libfabric", request_named = crate::plan::Req(request)),
-        );
+        let clock =
+            &mut Clock::new(deadline, format!("sending {} over libfabric", crate::plan::Req(request)));
         if self.op == OfiOp::Read {
             if ready.computes() {
                 // The decode side reads once told that prefill has ended.
@@ -461,10 +459,8 @@ impl Side {
             |k: usize, ns: u64| (ops[k].first..ops[k].first + ops[k].count).try_for_each(|m| arrived(m, ns));
         self.begin(count);
         let t0 = Instant::now();
-        let clock = &mut Clock::new(
-            deadline,
-            format!("receiving {request_named} over libfabric", request_named = crate::plan::Req(request)),
-        );
+        let clock =
+            &mut Clock::new(deadline, format!("receiving {} over libfabric", crate::plan::Req(request)));
         if self.op == OfiOp::Read && peer.computes() {
             // Pull after prefill: go, then read once the sender says it has ended.
             self.signal_in(tag::COMPUTED, clock, peer)?;

@@ -131,10 +131,7 @@ pub(super) fn send(sock: &mut TcpStream, mem: &DeviceMem, st: &mut Staging, roun
                 e,
                 "receiver",
                 timeout,
-                &format!(
-                    "sending bytes {start}..{end} of {request_named}",
-                    request_named = crate::plan::Req(request)
-                ),
+                &format!("sending bytes {start}..{end} of {}", crate::plan::Req(request)),
             )
         })?;
     }

@@ -402,14 +402,9 @@ impl Side {
         let count = ops.len();
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
-        let what = || format!("sending {request_named} over UCX", request_named = crate::plan::Req(request));
+        let what = || format!("sending {} over UCX", crate::plan::Req(request));
         let mut w = Waiter::new(deadline, peer);
-        let going = || {
-            format!(
-                "waiting for the receiver's go for {request_named}",
-                request_named = crate::plan::Req(request)
-            )
-        };
+        let going = || format!("waiting for the receiver's go for {}", crate::plan::Req(request));
         if op.receiver_drives() {
             // get: serve the receiver's reads until it says done.
             let done = node.recv_signal(tag::make(tag::DONE, 0, 0), tag::KIND)?;
@@ -483,8 +478,7 @@ impl Side {
         let (op, remote_base, limit) = (self.op, self.remote_base, self.in_flight);
         let (node, protocols) = (&self.node, &mut self.protocols);
         let t0 = Instant::now();
-        let what =
-            || format!("receiving {request_named} over UCX", request_named = crate::plan::Req(request));
+        let what = || format!("receiving {} over UCX", crate::plan::Req(request));
         let doing = what();
         let computes = peer.computes();
         let mut w = Waiter::new(deadline, peer);
