@@ -104,6 +104,21 @@ fn a_sender_that_comes_during_a_run_hears_it_is_busy_at_once() {
     svc.finish(secs(10)).expect_code(0);
 }
 
+/// A one-shot receiver tells a second sender it is busy too (the second
+/// got "connection reset" once the first run ended), and its run goes on.
+#[test]
+fn a_second_sender_to_a_one_shot_receiver_hears_it_is_busy() {
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let long = Proc::start(SEND, &["-c", &addr, "-p", "1024", "-n", "100000", "-q"]);
+    // The run's header: the first sender is being served.
+    assert!(recv.wait_for("# model", secs(20)), "{}", recv.stderr());
+    let busy = run(SEND, &["-c", &addr, "-p", "64", "-n", "1"], secs(10));
+    busy.expect_code(1).expect_stderr("is busy: serving 127.0.0.1:");
+    long.signal(libc::SIGINT);
+    long.finish(secs(20)).expect_code(130);
+    recv.finish(secs(20)).expect_code(1).expect_stderr("the sender stopped the run: interrupted");
+}
+
 #[test]
 fn service_fans_wait_for_all_their_senders_each_time() {
     let (svc, addr, dir) = service(&["--senders", "2"]);

@@ -604,6 +604,11 @@ fn run_from(
         return fan::receive_many(listener, side, outputs, Some(first), ranks.len());
     }
     side.mark_busy(&[first.ctrl.peer_addr]);
+    // One-shot: a second sender hears "busy" while this one is served.
+    let _busy = match side.busy {
+        None => Some(service::BusyWhile::serving(listener, &[first.ctrl.peer_addr])?),
+        Some(_) => None,
+    };
     let env = EnvInfo::collect();
     let (report, result) = match session::welcome(&mut first, &env, None) {
         Ok(()) => side.serve(first, env, None),

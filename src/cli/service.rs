@@ -64,6 +64,36 @@ fn answer_busy(listener: TcpListener, busy: Arc<Busy>) {
     }
 }
 
+/// A one-shot receiver's run: senders that come meanwhile hear it is busy
+/// (they got "connection reset" when it ended), until this is dropped.
+pub struct BusyWhile {
+    busy: Arc<Busy>,
+    answering: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BusyWhile {
+    pub fn serving(listener: &TcpListener, peers: &[SocketAddr]) -> Result<BusyWhile> {
+        let busy = Arc::new(Busy::default());
+        busy.serving(peers);
+        let listener = listener.try_clone()?;
+        listener.set_nonblocking(true)?;
+        let answering = {
+            let busy = busy.clone();
+            std::thread::spawn(move || answer_busy(listener, busy))
+        };
+        Ok(BusyWhile { busy, answering: Some(answering) })
+    }
+}
+
+impl Drop for BusyWhile {
+    fn drop(&mut self) {
+        self.busy.stopped.store(true, Relaxed);
+        if let Some(t) = self.answering.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 pub fn serve(listener: TcpListener, a: &RecvArgs) -> Result<()> {
     serve_until(listener, a, &AtomicBool::new(false), true)
 }
