@@ -22,6 +22,13 @@ pub const STATE_SLOTS: u32 = 4;
 /// Each side's places, listed: (offset, bytes).
 type SidePlaces = [Vec<(usize, usize)>; 2];
 
+/// What `build` lists: the messages, each side's places, each message's place.
+struct Listing {
+    msgs: Vec<Msg>,
+    places: SidePlaces,
+    desc: Vec<[usize; 2]>,
+}
+
 /// One message: what it carries and where it lies on each side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Msg {
@@ -221,108 +228,9 @@ pub fn build(
             }
         }
         Granularity::Block => {
-            let block = shape.block_size;
-            let (span, all) = match extent.region {
-                // A region: its blocks in order; `from` and `to` on block boundaries.
-                0 => (false, shape.blocks_for(extent.end)),
-                region => (true, shape.blocks_for(region)),
-            };
-            let pool = pool.max(all);
-            let tensors = shape.attention_tensors();
-            let mut ids_of = std::collections::HashMap::new();
-            let mut side_at = [0usize; 2];
-            for l in 0..layers {
-                let kind = shape.moving_kind(l);
-                let ids = ids_of.entry(kind).or_insert_with(|| {
-                    let t = if span { BlockTable::Contiguous } else { group_table(table, kind) };
-                    match kind {
-                        LayerKind::State => {
-                            [t.ids(Side::Sender, 1, STATE_SLOTS), t.ids(Side::Receiver, 1, STATE_SLOTS)]
-                        }
-                        _ => [t.ids(Side::Sender, all, pool), t.ids(Side::Receiver, all, pool)],
-                    }
-                });
-                // Each piece of a block or state page: (offset on each side, bytes).
-                if kind == LayerKind::State {
-                    let d = state.as_ref().expect("a state layer has a state shape");
-                    let pieces = state_pieces(d, tp);
-                    let layer_parts: Vec<Part> = (0..pieces.len())
-                        .map(|r| if r < d.conv.len() { CONV_PARTS[r] } else { Part::Ssm })
-                        .collect();
-                    let pages = [tp.map_or(state_page, |t| t.sender_state.total() as usize), state_page];
-                    let first = places[0].len();
-                    for (s, place) in places.iter_mut().enumerate() {
-                        for slot in 0..STATE_SLOTS as usize {
-                            place.extend(
-                                pieces.iter().map(|(o, len)| (side_at[s] + slot * pages[s] + o[s], *len)),
-                            );
-                        }
-                    }
-                    for (r, (offset, len)) in pieces.iter().enumerate() {
-                        desc.push([0, 1].map(|s| first + ids[s][0] as usize * pieces.len() + r));
-                        let at = [0, 1].map(|s| side_at[s] + ids[s][0] as usize * pages[s] + offset[s]);
-                        msgs.push(Msg {
-                            kind,
-                            layer: l,
-                            part: layer_parts[r],
-                            block: None,
-                            len: *len,
-                            at,
-                            pattern_start: 0,
-                            token: None,
-                        });
-                    }
-                    for (s, a) in side_at.iter_mut().enumerate() {
-                        *a += STATE_SLOTS as usize * pages[s];
-                    }
-                    continue;
-                }
-                let (lo, hi) = extent.tokens_of(kind, block);
-                let blocks = lo / block..hi.div_ceil(block);
-                for &(t, per_token) in &tensors {
-                    let block_bytes = (block as u64 * per_token) as usize;
-                    // A block's pieces under different TP (the cut's), or the block.
-                    let (side_block, cut_pieces): ([usize; 2], Vec<([usize; 2], usize)>) = match tp {
-                        Some(t) => (
-                            [t.cut.sender_block, t.cut.receiver_block],
-                            t.cut.pieces.iter().map(|p| ([p.sender, p.receiver], p.len)).collect(),
-                        ),
-                        None => ([block_bytes; 2], vec![([0, 0], block_bytes)]),
-                    };
-                    let n = cut_pieces.len();
-                    let region = places[0].len();
-                    for (s, place) in places.iter_mut().enumerate() {
-                        for id in 0..pool as usize {
-                            place.extend(
-                                cut_pieces
-                                    .iter()
-                                    .map(|(o, len)| (side_at[s] + id * side_block[s] + o[s], *len)),
-                            );
-                        }
-                    }
-                    for b in blocks.clone() {
-                        for (k, (o, len)) in cut_pieces.iter().enumerate() {
-                            desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize * n + k));
-                            let at = [0, 1]
-                                .map(|s| side_at[s] + ids[s][b as usize] as usize * side_block[s] + o[s]);
-                            msgs.push(Msg {
-                                kind,
-                                layer: l,
-                                part: part_of(t),
-                                block: Some(b),
-                                len: *len,
-                                at,
-                                pattern_start: 0,
-                                token: (n > 1).then_some(k as u16),
-                            });
-                        }
-                    }
-                    for (s, a) in side_at.iter_mut().enumerate() {
-                        *a += pool as usize * side_block[s];
-                    }
-                }
-            }
-            at = side_at[0].max(side_at[1]);
+            let mut out = Listing { msgs, places, desc };
+            at = blocks(shape, extent, (table, pool), tp, &mut out);
+            (msgs, places, desc) = (out.msgs, out.places, out.desc);
         }
     }
     if granularity != Granularity::Block {
@@ -331,6 +239,118 @@ pub fn build(
         desc = (0..msgs.len()).map(|i| [i, i]).collect();
     }
     Irregular::new(msgs, at, places, desc)
+}
+
+/// The blocks of `extent` (see `build`): each layer's pool regions in
+/// order, a state layer's slots; the messages, each side's places and
+/// each message's place are added to; returns the bytes a side spans.
+fn blocks(
+    shape: &KvShape,
+    extent: Extent,
+    (table, pool): (BlockTable, u32),
+    tp: Option<&PairCut>,
+    out: &mut Listing,
+) -> usize {
+    let Listing { msgs, places, desc } = out;
+    let layers = shape.model.layers;
+    let state = shape.state_bytes();
+    let state_page = state.as_ref().map_or(0, |s| s.total() as usize);
+    let block = shape.block_size;
+    let (span, all) = match extent.region {
+        // A region: its blocks in order; `from` and `to` on block boundaries.
+        0 => (false, shape.blocks_for(extent.end)),
+        region => (true, shape.blocks_for(region)),
+    };
+    let pool = pool.max(all);
+    let tensors = shape.attention_tensors();
+    let mut ids_of = std::collections::HashMap::new();
+    let mut side_at = [0usize; 2];
+    for l in 0..layers {
+        let kind = shape.moving_kind(l);
+        let ids = ids_of.entry(kind).or_insert_with(|| {
+            let t = if span { BlockTable::Contiguous } else { group_table(table, kind) };
+            match kind {
+                LayerKind::State => {
+                    [t.ids(Side::Sender, 1, STATE_SLOTS), t.ids(Side::Receiver, 1, STATE_SLOTS)]
+                }
+                _ => [t.ids(Side::Sender, all, pool), t.ids(Side::Receiver, all, pool)],
+            }
+        });
+        // Each piece of a block or state page: (offset on each side, bytes).
+        if kind == LayerKind::State {
+            let d = state.as_ref().expect("a state layer has a state shape");
+            let pieces = state_pieces(d, tp);
+            let layer_parts: Vec<Part> =
+                (0..pieces.len()).map(|r| if r < d.conv.len() { CONV_PARTS[r] } else { Part::Ssm }).collect();
+            let pages = [tp.map_or(state_page, |t| t.sender_state.total() as usize), state_page];
+            let first = places[0].len();
+            for (s, place) in places.iter_mut().enumerate() {
+                for slot in 0..STATE_SLOTS as usize {
+                    place.extend(pieces.iter().map(|(o, len)| (side_at[s] + slot * pages[s] + o[s], *len)));
+                }
+            }
+            for (r, (offset, len)) in pieces.iter().enumerate() {
+                desc.push([0, 1].map(|s| first + ids[s][0] as usize * pieces.len() + r));
+                let at = [0, 1].map(|s| side_at[s] + ids[s][0] as usize * pages[s] + offset[s]);
+                msgs.push(Msg {
+                    kind,
+                    layer: l,
+                    part: layer_parts[r],
+                    block: None,
+                    len: *len,
+                    at,
+                    pattern_start: 0,
+                    token: None,
+                });
+            }
+            for (s, a) in side_at.iter_mut().enumerate() {
+                *a += STATE_SLOTS as usize * pages[s];
+            }
+            continue;
+        }
+        let (lo, hi) = extent.tokens_of(kind, block);
+        let blocks = lo / block..hi.div_ceil(block);
+        for &(t, per_token) in &tensors {
+            let block_bytes = (block as u64 * per_token) as usize;
+            // A block's pieces under different TP (the cut's), or the block.
+            let (side_block, cut_pieces): ([usize; 2], Vec<([usize; 2], usize)>) = match tp {
+                Some(t) => (
+                    [t.cut.sender_block, t.cut.receiver_block],
+                    t.cut.pieces.iter().map(|p| ([p.sender, p.receiver], p.len)).collect(),
+                ),
+                None => ([block_bytes; 2], vec![([0, 0], block_bytes)]),
+            };
+            let n = cut_pieces.len();
+            let region = places[0].len();
+            for (s, place) in places.iter_mut().enumerate() {
+                for id in 0..pool as usize {
+                    place.extend(
+                        cut_pieces.iter().map(|(o, len)| (side_at[s] + id * side_block[s] + o[s], *len)),
+                    );
+                }
+            }
+            for b in blocks.clone() {
+                for (k, (o, len)) in cut_pieces.iter().enumerate() {
+                    desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize * n + k));
+                    let at = [0, 1].map(|s| side_at[s] + ids[s][b as usize] as usize * side_block[s] + o[s]);
+                    msgs.push(Msg {
+                        kind,
+                        layer: l,
+                        part: part_of(t),
+                        block: Some(b),
+                        len: *len,
+                        at,
+                        pattern_start: 0,
+                        token: (n > 1).then_some(k as u16),
+                    });
+                }
+            }
+            for (s, a) in side_at.iter_mut().enumerate() {
+                *a += pool as usize * side_block[s];
+            }
+        }
+    }
+    side_at[0].max(side_at[1])
 }
 
 /// Prefill and decode at different TP (tp.rs): this pair's cut of every
