@@ -27,12 +27,14 @@ pub struct PromptSizing {
     pub tokens: u32,
     /// Fraction of requests with this prompt length.
     pub share: f64,
-    /// KV bytes of one request on one rank (a hybrid model's as vLLM's
-    /// hybrid KV cache manager keeps them, unless it is off).
+    /// KV bytes of one request on one rank, as the connectors sized here
+    /// hold it: every attention layer in full (they do not support vLLM's
+    /// hybrid KV cache manager).
     pub request_bytes: u64,
-    /// A hybrid model's request with every layer counted as full attention
-    /// (HMA off); None where every layer is.
-    pub request_bytes_in_full: Option<u64>,
+    /// A hybrid model's request as vLLM's hybrid KV cache manager keeps it
+    /// (a window's blocks, a state), what a connector that supports it
+    /// holds (NixlConnector, Mooncake); None for other models.
+    pub request_bytes_hma: Option<u64>,
     /// The largest (request, layer) tensor as P2pNccl sends it.
     pub layer_tensor_bytes: u64,
     /// That tensor in the pinned pool, rounded up to a power of two.
@@ -74,8 +76,12 @@ pub struct Sizing {
     pub prompts: Vec<PromptSizing>,
     /// `concurrent` requests of the longest prompt: never spills.
     pub kv_buffer_size: u64,
-    /// The same with every layer in full (a hybrid model under HMA off).
-    pub kv_buffer_size_in_full: Option<u64>,
+    /// `concurrent` requests of the longest prompt as the hybrid KV cache
+    /// manager keeps them (a hybrid model).
+    pub hma_bytes: Option<u64>,
+    /// State layers: vLLM refuses to start these connectors without the
+    /// hybrid KV cache manager, which they do not support.
+    pub needs_hma: bool,
     /// `concurrent` requests of the mix's mean size: spills on long bursts.
     pub kv_buffer_size_mean: u64,
     /// The pinned pool that holds `concurrent` spilled requests of the longest prompt.
@@ -86,21 +92,29 @@ pub struct Sizing {
 
 pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[PointResult]>) -> Sizing {
     let total: f64 = mix.iter().map(|(_, w)| w).sum();
+    // P2pNcclConnector and LMCache do not support vLLM's hybrid KV cache
+    // manager, and vLLM turns it off for them (config/vllm.py: "Turning off
+    // hybrid kv cache manager because `--kv-transfer-config` selects a KV
+    // connector that does not support it"): every attention layer counts in
+    // full. A state model cannot run without it; its figures stay HMA's.
+    let hybrid = shape.model.is_hybrid() && shape.hma;
+    let connector = match shape.clone().with_hma(false) {
+        Ok(off) if hybrid => off,
+        _ => shape.clone(),
+    };
     let prompts: Vec<PromptSizing> = mix
         .iter()
         .map(|&(tokens, weight)| {
             // Each layer's tensor: a full layer's every token, a window's
             // kept blocks, a state layer's state.
             let per_layer: Vec<u64> =
-                (0..shape.model.layers).map(|l| shape.layer_request_bytes(l, tokens)).collect();
+                (0..connector.model.layers).map(|l| connector.layer_request_bytes(l, tokens)).collect();
             let layer_tensor_bytes = per_layer.iter().copied().max().unwrap_or(0);
-            // vLLM moves state layers only under HMA: no "off" to compare with.
-            let hybrid = shape.model.is_hybrid() && shape.hma && !shape.model.has_state();
             PromptSizing {
                 tokens,
                 share: weight / total,
                 request_bytes: per_layer.iter().sum(),
-                request_bytes_in_full: hybrid.then(|| tokens as u64 * shape.bytes_per_token()),
+                request_bytes_hma: hybrid.then(|| shape.request_bytes(tokens)),
                 layer_tensor_bytes,
                 pooled_layer_bytes: layer_tensor_bytes.next_power_of_two(),
                 pooled_request_bytes: per_layer
@@ -119,11 +133,12 @@ pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[
     let longest = prompts.iter().max_by_key(|p| p.request_bytes).expect("a non-empty mix");
     let mean = prompts.iter().map(|p| p.share * p.request_bytes as f64).sum::<f64>();
     let pinned_pool_bytes = n * longest.pooled_request_bytes;
-    let in_full = prompts.iter().filter_map(|p| p.request_bytes_in_full).max();
+    let hma = prompts.iter().filter_map(|p| p.request_bytes_hma).max();
     Sizing {
         concurrent,
         kv_buffer_size: n * longest.request_bytes,
-        kv_buffer_size_in_full: in_full.map(|b| n * b),
+        hma_bytes: hma.map(|b| n * b),
+        needs_hma: shape.model.has_state(),
         kv_buffer_size_mean: (n as f64 * mean).ceil() as u64,
         pinned_pool_bytes,
         mem_pool_size_gb: pinned_pool_bytes.div_ceil(GIB),
@@ -196,21 +211,26 @@ mod tests {
         assert_eq!(cfg["kv_connector_extra_config"]["mem_pool_size_gb"], 16);
     }
 
-    /// gpt-oss-120b at 32k tokens, blocks of 64, by hand: 18 full layers x
-    /// 32768 tokens x 2048 bytes = 1,207,959,552; 18 sliding layers keep
+    /// gpt-oss-120b at 32k tokens, blocks of 64, by hand. P2pNccl and
+    /// LMCache run with vLLM's hybrid KV cache manager off: 36 layers x
+    /// 32768 tokens x 2048 bytes = 2,415,919,104. With it (NixlConnector):
+    /// 18 full layers, 1,207,959,552, and 18 sliding layers that keep
     /// tokens 32640.. (blocks 510, 511: 128 tokens) x 2048 = 4,718,592.
     #[test]
-    fn a_hybrid_model_needs_the_buffer_of_what_hma_keeps() {
+    fn a_hybrid_model_is_sized_in_full_for_connectors_without_hma() {
         let m = presets::lookup("gpt-oss-120b").unwrap();
         let s = size(&KvShape::new(m.clone(), 1, 64).unwrap(), &[(32768, 1.0)], 2, None);
-        assert_eq!(s.prompts[0].request_bytes, 1_207_959_552 + 4_718_592);
-        assert_eq!(s.prompts[0].request_bytes_in_full, Some(36 * 32768 * 2048));
-        assert_eq!(s.kv_buffer_size, 2 * 1_212_678_144);
-        assert_eq!(s.kv_buffer_size_in_full, Some(2 * 2_415_919_104));
-        // Pinned pool: 18 x 64 MiB + 18 x 256 KiB (already powers of two), x 2.
-        assert_eq!(s.pinned_pool_bytes, 2 * (18 * (64 << 20) + 18 * (256 << 10)));
+        assert_eq!(s.prompts[0].request_bytes, 36 * 32768 * 2048);
+        assert_eq!(s.prompts[0].request_bytes_hma, Some(1_207_959_552 + 4_718_592));
+        assert_eq!((s.kv_buffer_size, s.hma_bytes), (2 * 2_415_919_104, Some(2 * 1_212_678_144)));
+        // Pinned pool: 36 x 64 MiB (already powers of two), x 2.
+        assert_eq!(s.pinned_pool_bytes, 2 * 36 * (64 << 20));
+        assert!(!s.needs_hma);
         let off = size(&KvShape::new(m, 1, 64).unwrap().with_hma(false).unwrap(), &[(32768, 1.0)], 2, None);
-        assert_eq!((off.kv_buffer_size, off.kv_buffer_size_in_full), (2 * 2_415_919_104, None));
+        assert_eq!((off.kv_buffer_size, off.hma_bytes), (2 * 2_415_919_104, None));
+        // Qwen3-Next's state layers need it: vLLM would not start these connectors.
+        let q = presets::lookup("qwen3-next-80b-a3b").unwrap();
+        assert!(size(&KvShape::new(q, 1, 576).unwrap(), &[(1024, 1.0)], 1, None).needs_hma);
     }
 
     #[test]

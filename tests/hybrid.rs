@@ -149,13 +149,15 @@ fn plan_and_size_show_each_group_and_what_hma_saves() {
     assert_eq!(groups["every_layer_in_full_bytes"][0], 2_415_919_104u64);
     let r = run(KVXFER, &["size", "--model", "gpt-oss-120b", "-p", "32k", "--concurrent", "2"], secs(30));
     r.expect_code(0);
-    // 2 x (18 x 32768 + 18 x 128) x 2048, and 2 x 36 x 32768 x 2048 with HMA off.
-    assert!(r.stdout.contains("kv_buffer_size    2425356288"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains("4831838208 (4.50 GiB) with vLLM's hybrid KV cache manager off"),
-        "{}",
-        r.stdout
-    );
+    // P2pNccl runs without vLLM's hybrid KV cache manager: 2 x 36 x 32768 x
+    // 2048; with it (NixlConnector) 2 x (18 x 32768 + 18 x 128) x 2048.
+    assert!(r.stdout.contains("kv_buffer_size    4831838208 (4.50 GiB)"), "{}", r.stdout);
+    let hma = "(2425356288 (2.26 GiB) of them as vLLM's hybrid KV cache manager keeps";
+    assert!(r.stdout.contains(hma), "{}", r.stdout);
+    assert!(r.stdout.contains("so vLLM turns it off for them"), "{}", r.stdout);
+    let r = run(KVXFER, &["size", "--model", "qwen3-next-80b-a3b", "-p", "32k"], secs(30));
+    r.expect_code(0);
+    assert!(r.stdout.contains("vLLM refuses to start them with this model"), "{}", r.stdout);
 }
 
 #[test]

@@ -66,13 +66,19 @@ fn print(
     let gb = |b: u64| format!("{b} ({})", fmt_bytes(b));
     writeln!(out, "model        {}", shape.model.describe())?;
     writeln!(out, "per rank     TP {}: {} of KV per token", shape.tp, fmt_bytes(shape.bytes_per_token()))?;
-    if shape.model.is_hybrid() {
-        let hma = if shape.hma {
-            "on: windows, chunks and states as vLLM keeps them"
-        } else {
-            "off: every layer in full"
-        };
-        writeln!(out, "hybrid KV    {hma} ({} tokens a block)", shape.block_size)?;
+    if shape.model.is_hybrid() && s.needs_hma {
+        writeln!(
+            out,
+            "hybrid KV    its state layers need vLLM's hybrid KV cache manager, which P2pNcclConnector and LMCache \
+             do not support: vLLM refuses to start them with this model. The figures below are what the manager \
+             keeps, for a connector that supports it (NixlConnector, Mooncake)"
+        )?;
+    } else if shape.model.is_hybrid() && shape.hma {
+        writeln!(
+            out,
+            "hybrid KV    P2pNcclConnector and LMCache do not support vLLM's hybrid KV cache manager, so vLLM turns it \
+             off for them: every attention layer counts in full below"
+        )?;
     }
     writeln!(out, "concurrency  {} requests received and not yet consumed on one decode GPU", s.concurrent)?;
     writeln!(out)?;
@@ -117,11 +123,12 @@ fn print(
         gb(s.kv_buffer_size),
         s.concurrent
     )?;
-    if let Some(full) = s.kv_buffer_size_in_full {
+    if let Some(hma) = s.hma_bytes.filter(|_| !s.needs_hma) {
         writeln!(
             out,
-            "                    {} with vLLM's hybrid KV cache manager off (--hma off: every layer in full)",
-            gb(full)
+            "                    ({} of them as vLLM's hybrid KV cache manager keeps them, in a connector that \
+             supports it: NixlConnector, Mooncake)",
+            gb(hma)
         )?;
     }
     writeln!(
