@@ -9,20 +9,44 @@ use std::path::Path;
 /// The largest trace or report kvxfer reads: a million-line trace is 25 MB.
 pub const MOST_BYTES: u64 = 1 << 30;
 
+/// What a path is where it is not a regular file (outputs are checked too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotAFile {
+    Folder,
+    Fifo,
+    Device,
+    Other,
+}
+
+impl std::fmt::Display for NotAFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotAFile::Folder => "a folder",
+            NotAFile::Fifo => "a FIFO",
+            NotAFile::Device => "a device",
+            NotAFile::Other => "not a regular file",
+        })
+    }
+}
+
+pub fn not_a_file(meta: &std::fs::Metadata) -> Option<NotAFile> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    Some(match () {
+        _ if kind.is_file() => return None,
+        _ if kind.is_dir() => NotAFile::Folder,
+        _ if kind.is_fifo() => NotAFile::Fifo,
+        _ if kind.is_char_device() || kind.is_block_device() => NotAFile::Device,
+        _ => NotAFile::Other,
+    })
+}
+
 /// The text of `path`, which `what` names in errors ("--arrivals trace:X").
 pub fn read_text(path: &Path, what: &str, most: u64) -> Result<String> {
-    use std::os::unix::fs::FileTypeExt;
     let cannot = |why: String| Error::usage(format!("{what}: cannot read {}: {why}", path.display()));
     // Look before opening: opening a FIFO waits for a writer.
     let meta = std::fs::metadata(path).map_err(|e| cannot(e.to_string()))?;
-    let kind = meta.file_type();
-    if !kind.is_file() {
-        let is = match () {
-            _ if kind.is_dir() => "a folder",
-            _ if kind.is_fifo() => "a FIFO",
-            _ if kind.is_char_device() || kind.is_block_device() => "a device",
-            _ => "not a regular file",
-        };
+    if let Some(is) = not_a_file(&meta) {
         return Err(cannot(format!("it is {is}; give a file")));
     }
     if meta.len() > most {

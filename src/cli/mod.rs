@@ -1036,15 +1036,11 @@ fn same_place(a: &std::path::Path, b: &std::path::Path) -> bool {
 /// An output that is a FIFO or a folder: opening the one waits for a
 /// reader that may never come, writing the other cannot work.
 fn refuse_special(path: &std::path::Path) -> Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = std::fs::metadata(path) else { return Ok(()) };
-    let kind = meta.file_type();
-    let what = if kind.is_fifo() {
-        "a FIFO (opening it waits for a reader)"
-    } else if kind.is_dir() {
-        "a folder"
-    } else {
-        return Ok(());
+    // Devices stay writable: --json /dev/null is a way to drop a report.
+    let what = match std::fs::metadata(path).ok().as_ref().and_then(crate::input::not_a_file) {
+        Some(crate::input::NotAFile::Fifo) => "a FIFO (opening it waits for a reader)",
+        Some(crate::input::NotAFile::Folder) => "a folder",
+        _ => return Ok(()),
     };
     Err(Error::usage(format!("cannot write {}: it is {what}; give a file", path.display())))
 }

@@ -68,6 +68,16 @@ impl LayerKind {
         (all - count, count)
     }
 
+    /// The first token of the first block this layer still holds when KV
+    /// ends at `end` (0 for full attention and state; `end` or past it
+    /// where it holds none, as a chunk that has just begun).
+    pub fn kept_from(self, end: u32, block: u32) -> u32 {
+        match self {
+            LayerKind::Full | LayerKind::State => 0,
+            k => k.moved_blocks(end, block).0 * block,
+        }
+    }
+
     pub fn label(self) -> String {
         match self {
             LayerKind::Full => "full attention".into(),

@@ -398,12 +398,6 @@ impl KvShape {
         }
     }
 
-    /// Layer `l`'s attention as prefill computes it: its own kind whatever
-    /// HMA does (a window is a window in the kernel).
-    pub fn moving_kind_for_compute(&self, l: u32) -> LayerKind {
-        self.model.layer_kind(l)
-    }
-
     /// Whether every layer moves alike, as K and V (or one latent) of
     /// every token: then messages of one size tile a request. Hybrid
     /// models under HMA and indexer caches do not.
@@ -446,41 +440,25 @@ impl KvShape {
     /// the state once for a state layer.
     pub fn layer_request_bytes(&self, l: u32, prompt: u32) -> u64 {
         let tokens = self.moved_tokens(prompt);
-        let per_token: u64 = self.attention_tensors().iter().map(|t| t.1).sum();
+        self.layer_span_bytes(l, 0, tokens, tokens)
+    }
+
+    /// Tokens `from..to` of layer `l`'s KV that ends at `end`, as the layer
+    /// holds them then (a window's, a chunk's tokens from its first kept
+    /// block); a state layer's state where the span is not empty.
+    pub fn layer_span_bytes(&self, l: u32, from: u32, to: u32, end: u32) -> u64 {
         match self.moving_kind(l) {
-            LayerKind::State => self.state_bytes().map_or(0, |s| s.total()),
-            LayerKind::Full => tokens as u64 * per_token,
-            k => self.kept_tokens(k, tokens) as u64 * per_token,
+            LayerKind::State => self.state_bytes().map_or(0, |s| s.total()) * (to > from) as u64,
+            k => {
+                let from = from.max(k.kept_from(end, self.block_size));
+                to.saturating_sub(from) as u64 * self.layer_bytes_per_token()
+            }
         }
     }
 
-    /// Tokens of a windowed or chunked layer in the blocks it moves: from
-    /// its first kept block to the prompt's end.
-    pub fn kept_tokens(&self, kind: LayerKind, tokens: u32) -> u32 {
-        let (first, count) = kind.moved_blocks(tokens, self.block_size);
-        if count == 0 {
-            return 0;
-        }
-        tokens - first * self.block_size
-    }
-
-    /// Tokens `from..to` of KV that ends at `end`, every attention layer
-    /// as it holds them then (a window's, a chunk's tokens from its first
-    /// kept block); a state layer's state where it is not empty.
+    /// `layer_span_bytes` of every layer.
     pub fn span_bytes(&self, from: u32, to: u32, end: u32) -> u64 {
-        let per_token: u64 = self.attention_tensors().iter().map(|t| t.1).sum();
-        (0..self.model.layers)
-            .map(|l| match self.moving_kind(l) {
-                LayerKind::State => self.state_bytes().map_or(0, |s| s.total()) * (to > from) as u64,
-                k => {
-                    let kept = match k {
-                        LayerKind::Full => 0,
-                        k => k.moved_blocks(end, self.block_size).0 * self.block_size,
-                    };
-                    to.saturating_sub(from.max(kept)) as u64 * per_token
-                }
-            })
-            .sum()
+        (0..self.model.layers).map(|l| self.layer_span_bytes(l, from, to, end)).sum()
     }
 
     /// The bytes a `prompt`-token request moves, every layer as it moves.

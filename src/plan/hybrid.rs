@@ -153,11 +153,7 @@ impl Extent {
     /// Tokens of layer `kind` this extent moves: from..to less what the
     /// layer no longer holds at `end` (its skipped whole blocks).
     fn tokens_of(&self, kind: LayerKind, block: u32) -> (u32, u32) {
-        let kept = match kind {
-            LayerKind::Full | LayerKind::State => 0,
-            k => k.moved_blocks(self.end, block).0 * block,
-        };
-        let from = self.from.max(kept);
+        let from = self.from.max(kind.kept_from(self.end, block));
         (from, self.to.max(from))
     }
 }
@@ -183,23 +179,14 @@ pub fn build(
     let mut at = 0usize;
     match granularity {
         Granularity::Request => {
-            let len = (0..layers).map(|l| layer_bytes(shape, extent, l, per_token)).sum::<u64>() as usize;
-            msgs.push(Msg {
-                kind: LayerKind::Full,
-                layer: layers - 1,
-                part: Part::Whole,
-                block: None,
-                len,
-                at: [0, 0],
-                pattern_start: 0,
-                token: None,
-            });
+            let len = shape.span_bytes(extent.from, extent.to, extent.end) as usize;
+            msgs.push(Msg { len, ..of(LayerKind::Full, layers - 1) });
             at = len;
         }
         Granularity::Layer => {
             for l in 0..layers {
                 let kind = shape.moving_kind(l);
-                let len = layer_bytes(shape, extent, l, per_token) as usize;
+                let len = shape.layer_span_bytes(l, extent.from, extent.to, extent.end) as usize;
                 // A region keeps every layer's tokens in place: [layer][token].
                 let (region_bytes, offset, pattern_start) = match (kind, extent.region) {
                     (_, 0) => (len, 0, 0),
@@ -213,16 +200,7 @@ pub fn build(
                     // Nothing where a chunk has just begun.
                     let part = if kind == LayerKind::State { Part::State } else { whole_layer };
                     let place = at + offset;
-                    msgs.push(Msg {
-                        kind,
-                        layer: l,
-                        part,
-                        block: None,
-                        len,
-                        at: [place, place],
-                        pattern_start,
-                        token: None,
-                    });
+                    msgs.push(Msg { part, len, at: [place, place], pattern_start, ..of(kind, l) });
                 }
                 at += region_bytes;
             }
@@ -251,7 +229,6 @@ fn blocks(
     tp: Option<&PairCut>,
     out: &mut Listing,
 ) -> usize {
-    let Listing { msgs, places, desc } = out;
     let layers = shape.model.layers;
     let state = shape.state_bytes();
     let state_page = state.as_ref().map_or(0, |s| s.total() as usize);
@@ -276,81 +253,86 @@ fn blocks(
                 _ => [t.ids(Side::Sender, all, pool), t.ids(Side::Receiver, all, pool)],
             }
         });
-        // Each piece of a block or state page: (offset on each side, bytes).
+        let slot = |k: usize| [ids[0][k] as usize, ids[1][k] as usize];
         if kind == LayerKind::State {
+            // One page per slot: each conv sub-projection and the SSM its own region of it.
             let d = state.as_ref().expect("a state layer has a state shape");
             let pieces = state_pieces(d, tp);
-            let layer_parts: Vec<Part> =
-                (0..pieces.len()).map(|r| if r < d.conv.len() { CONV_PARTS[r] } else { Part::Ssm }).collect();
             let pages = [tp.map_or(state_page, |t| t.sender_state.total() as usize), state_page];
-            let first = places[0].len();
-            for (s, place) in places.iter_mut().enumerate() {
-                for slot in 0..STATE_SLOTS as usize {
-                    place.extend(pieces.iter().map(|(o, len)| (side_at[s] + slot * pages[s] + o[s], *len)));
-                }
-            }
-            for (r, (offset, len)) in pieces.iter().enumerate() {
-                desc.push([0, 1].map(|s| first + ids[s][0] as usize * pieces.len() + r));
-                let at = [0, 1].map(|s| side_at[s] + ids[s][0] as usize * pages[s] + offset[s]);
-                msgs.push(Msg {
-                    kind,
-                    layer: l,
-                    part: layer_parts[r],
-                    block: None,
-                    len: *len,
-                    at,
-                    pattern_start: 0,
-                    token: None,
-                });
-            }
-            for (s, a) in side_at.iter_mut().enumerate() {
-                *a += STATE_SLOTS as usize * pages[s];
-            }
+            let part = |r: usize| if r < d.conv.len() { CONV_PARTS[r] } else { Part::Ssm };
+            let region = Region { slots: STATE_SLOTS as usize, stride: pages, pieces: &pieces };
+            region.list(out, &mut side_at, &[slot(0)], |_, r| Msg { part: part(r), ..of(kind, l) });
             continue;
         }
         let (lo, hi) = extent.tokens_of(kind, block);
-        let blocks = lo / block..hi.div_ceil(block);
+        let blocks: Vec<u32> = (lo / block..hi.div_ceil(block)).collect();
+        let moved: Vec<[usize; 2]> = blocks.iter().map(|&b| slot(b as usize)).collect();
         for &(t, per_token) in &tensors {
             let block_bytes = (block as u64 * per_token) as usize;
             // A block's pieces under different TP (the cut's), or the block.
-            let (side_block, cut_pieces): ([usize; 2], Vec<([usize; 2], usize)>) = match tp {
+            let (stride, pieces): ([usize; 2], Vec<([usize; 2], usize)>) = match tp {
                 Some(t) => (
                     [t.cut.sender_block, t.cut.receiver_block],
                     t.cut.pieces.iter().map(|p| ([p.sender, p.receiver], p.len)).collect(),
                 ),
                 None => ([block_bytes; 2], vec![([0, 0], block_bytes)]),
             };
-            let n = cut_pieces.len();
-            let region = places[0].len();
-            for (s, place) in places.iter_mut().enumerate() {
-                for id in 0..pool as usize {
-                    place.extend(
-                        cut_pieces.iter().map(|(o, len)| (side_at[s] + id * side_block[s] + o[s], *len)),
-                    );
-                }
-            }
-            for b in blocks.clone() {
-                for (k, (o, len)) in cut_pieces.iter().enumerate() {
-                    desc.push([0, 1].map(|s| region + ids[s][b as usize] as usize * n + k));
-                    let at = [0, 1].map(|s| side_at[s] + ids[s][b as usize] as usize * side_block[s] + o[s]);
-                    msgs.push(Msg {
-                        kind,
-                        layer: l,
-                        part: part_of(t),
-                        block: Some(b),
-                        len: *len,
-                        at,
-                        pattern_start: 0,
-                        token: (n > 1).then_some(k as u16),
-                    });
-                }
-            }
-            for (s, a) in side_at.iter_mut().enumerate() {
-                *a += pool as usize * side_block[s];
-            }
+            let n = pieces.len();
+            let region = Region { slots: pool as usize, stride, pieces: &pieces };
+            region.list(out, &mut side_at, &moved, |i, k| Msg {
+                part: part_of(t),
+                block: Some(blocks[i]),
+                token: (n > 1).then_some(k as u16),
+                ..of(kind, l)
+            });
         }
     }
     side_at[0].max(side_at[1])
+}
+
+/// A message of layer `l` of `kind`, its part, place and size to be set.
+fn of(kind: LayerKind, layer: u32) -> Msg {
+    Msg { kind, layer, part: Part::Whole, block: None, len: 0, at: [0, 0], pattern_start: 0, token: None }
+}
+
+/// One region of a layer's pool on each side: `slots` blocks or pages,
+/// `stride` bytes apart, each cut into `pieces` (offset on each side, bytes).
+struct Region<'a> {
+    slots: usize,
+    stride: [usize; 2],
+    pieces: &'a [([usize; 2], usize)],
+}
+
+impl Region<'_> {
+    /// Lists every place of the region, and a message per piece of each
+    /// slot in `moved` (its slot on each side), named by `name(item, piece)`;
+    /// moves `side_at` past the region.
+    fn list(
+        &self,
+        out: &mut Listing,
+        side_at: &mut [usize; 2],
+        moved: &[[usize; 2]],
+        name: impl Fn(usize, usize) -> Msg,
+    ) {
+        let (first, n) = (out.places[0].len(), self.pieces.len());
+        for (s, place) in out.places.iter_mut().enumerate() {
+            for slot in 0..self.slots {
+                place.extend(
+                    self.pieces.iter().map(|(o, len)| (side_at[s] + slot * self.stride[s] + o[s], *len)),
+                );
+            }
+        }
+        for (i, slots) in moved.iter().enumerate() {
+            for (k, (o, len)) in self.pieces.iter().enumerate() {
+                out.desc.push([0, 1].map(|s| first + slots[s] * n + k));
+                let at = [0, 1].map(|s| side_at[s] + slots[s] * self.stride[s] + o[s]);
+                out.msgs.push(Msg { len: *len, at, ..name(i, k) });
+            }
+        }
+        for (s, a) in side_at.iter_mut().enumerate() {
+            *a += self.slots * self.stride[s];
+        }
+    }
 }
 
 /// Prefill and decode at different TP (tp.rs): this pair's cut of every
@@ -392,17 +374,6 @@ fn state_pieces(decode: &StateBytes, tp: Option<&PairCut>) -> Vec<([usize; 2], u
             }
         })
         .collect()
-}
-
-/// Bytes layer `l` moves of `extent` in tokens (layer and request messages).
-fn layer_bytes(shape: &KvShape, extent: Extent, l: u32, per_token: u64) -> u64 {
-    match shape.moving_kind(l) {
-        LayerKind::State => shape.state_bytes().map_or(0, |s| s.total()),
-        k => {
-            let (lo, hi) = extent.tokens_of(k, shape.block_size);
-            (hi - lo) as u64 * per_token
-        }
-    }
 }
 
 #[cfg(test)]

@@ -90,8 +90,8 @@ impl Prefill {
                 let c = shape.model.compute_shape()?;
                 Ok((0..layers)
                     .map(|l| {
-                        (c.layer_flops_of(l, shape.moving_kind_for_compute(l), tokens) / (tf * 1e12) * 1e9)
-                            .round() as u64
+                        (c.layer_flops_of(l, shape.model.layer_kind(l), tokens) / (tf * 1e12) * 1e9).round()
+                            as u64
                     })
                     .collect())
             }

@@ -236,7 +236,7 @@ impl TurnMoves {
         let c = shape.model.compute.as_ref()?;
         let total = |tokens: u64| -> f64 {
             (0..shape.model.layers)
-                .map(|l| c.layer_flops_of(l, shape.moving_kind_for_compute(l), tokens as u32))
+                .map(|l| c.layer_flops_of(l, shape.model.layer_kind(l), tokens as u32))
                 .sum()
         };
         (mode == MultiTurn::DDirect && self.turn.turn > 1)
@@ -320,7 +320,7 @@ mod tests {
         let cost = |m: &TurnMoves| m.decode_prefill_flops(MultiTurn::DDirect, &shape).unwrap();
         let c = shape.model.compute.as_ref().unwrap();
         let scratch = |n: u32| -> f64 {
-            (0..shape.model.layers).map(|l| c.layer_flops_of(l, shape.moving_kind_for_compute(l), n)).sum()
+            (0..shape.model.layers).map(|l| c.layer_flops_of(l, shape.model.layer_kind(l), n)).sum()
         };
         assert!(cost(&d[1]) > scratch(100) && cost(&d[1]) < scratch(200));
         assert!(cost(&d[2]) > cost(&d[1]));
