@@ -2,11 +2,9 @@
 # GPU checks of hybrid layouts' other paths: tcp staged through pinned memory, and the GPU
 # pattern check naming a misplaced state region (exit 3).
 set -uo pipefail
-OUT=$1; mkdir -p $OUT
-SITE=/tmp/nixl; mkdir -p $SITE && tar -C $SITE -xJf .whl/nixl-cu13-1.5.1-min.tar.xz
-CUDART=$(dirname "$(python3 -c "import glob, site; print(sorted(glob.glob(site.getsitepackages()[0] + '/nvidia/**/libcudart.so.13', recursive=True))[0])")")
-export LD_LIBRARY_PATH=$SITE/extra:$CUDART:${LD_LIBRARY_PATH:-}
-export KVXFER_UCX_LIB=$(ls $SITE/nixl_cu13.libs/libucp-*.so* | head -1)
+OUT=$(realpath -m "${1:?usage: gpu-hybrid-checks.sh OUT_DIR}"); mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+. scripts/nixl-site.sh
 export KVXFER_BIN=$PWD/carry/bin SEND_GPU=0 RECV_GPU=0 KVXFER_TIMEOUT=120s NCCL_NVLS_ENABLE=0
 run() { local name=$1; shift; echo "# kvxfer-send $*" > $OUT/$name.cmd; timeout 300 scripts/two-gpus.sh $OUT/$name "$@"; echo "   $name: exit $?"; }
 run tcp-staged-qwen3-next -t tcp -m qwen3-next-80b-a3b -p 8192,32768 -g layer,block -n 10 -w 2

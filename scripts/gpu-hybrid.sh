@@ -14,12 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: gpu-hybrid.sh OUT_DIR}
 BIN=$(cd "${KVXFER_BIN:-target/release}" && pwd)
-SITE=/tmp/nixl
-mkdir -p "$SITE" && tar -C "$SITE" -xJf "${NIXL_ARCHIVE:-.whl/nixl-cu13-1.5.1-min.tar.xz}" || exit 1
-CUDART=$(dirname "$(python3 -c "import glob, site; print(sorted(glob.glob(site.getsitepackages()[0] + '/nvidia/**/libcudart.so.13', recursive=True))[0])")")
-export LD_LIBRARY_PATH=$SITE/extra:$CUDART:${LD_LIBRARY_PATH:-}
-export KVXFER_NIXL_LIB=$SITE/.nixl_cu13.mesonpy.libs/libnixl_capi.so
-export KVXFER_UCX_LIB=$(ls "$SITE"/nixl_cu13.libs/libucp-*.so* | head -1)
+. scripts/nixl-site.sh
 export KVXFER_BIN=$BIN NCCL_NVLS_ENABLE=0 SEND_GPU=0 RECV_GPU=0 KVXFER_TIMEOUT=120s
 mkdir -p "$OUT"
 failed=0

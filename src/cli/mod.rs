@@ -185,30 +185,7 @@ fn exit_with(program: &str, result: Result<()>) -> ! {
 fn plan(a: &PlanArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if a.list_models {
-        for name in presets::names() {
-            let model = presets::lookup(name)?;
-            let block = crate::kv::vllm_block_size(&model, 1, None)?;
-            let shape = crate::kv::KvShape::new(model, 1, block)?;
-            let also = match presets::aliases(name) {
-                [] => String::new(),
-                names => format!(" (also {})", names.join(", ")),
-            };
-            // A hybrid model's bytes per token depend on the prompt: say them at 32k.
-            let hma = match shape.model.is_hybrid() {
-                true => {
-                    format!("; with HMA {} B/token at 32k tokens", shape.request_block_bytes(32768) / 32768)
-                }
-                false => String::new(),
-            };
-            writeln!(
-                out,
-                "{:<18} {:>9} B/token  {}{also}{hma}",
-                name,
-                shape.bytes_per_token(),
-                shape.model.describe()
-            )?;
-        }
-        return Ok(());
+        return list_models(&mut out);
     }
     let shape = a.model.resolve()?;
     crate::plan::not_yet_for_hybrid(&shape, a.conversation.turns.is_some(), a.model.topology().is_some())?;
@@ -308,6 +285,34 @@ fn plan(a: &PlanArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
         std::fs::write(path, text + "\n")
             .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// `kvxfer plan --list-models`: each preset, its bytes per token, its aliases.
+fn list_models(out: &mut dyn Write) -> Result<()> {
+    for name in presets::names() {
+        let model = presets::lookup(name)?;
+        let block = crate::kv::vllm_block_size(&model, 1, None)?;
+        let shape = crate::kv::KvShape::new(model, 1, block)?;
+        let also = match presets::aliases(name) {
+            [] => String::new(),
+            names => format!(" (also {})", names.join(", ")),
+        };
+        // A hybrid model's bytes per token depend on the prompt: say them at 32k.
+        let hma = match shape.model.is_hybrid() {
+            true => {
+                format!("; with HMA {} B/token at 32k tokens", shape.request_block_bytes(32768) / 32768)
+            }
+            false => String::new(),
+        };
+        writeln!(
+            out,
+            "{:<18} {:>9} B/token  {}{also}{hma}",
+            name,
+            shape.bytes_per_token(),
+            shape.model.describe()
+        )?;
     }
     Ok(())
 }

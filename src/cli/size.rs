@@ -66,20 +66,7 @@ fn print(
     let gb = |b: u64| format!("{b} ({})", fmt_bytes(b));
     writeln!(out, "model        {}", shape.model.describe())?;
     writeln!(out, "per rank     TP {}: {} of KV per token", shape.tp, fmt_bytes(shape.bytes_per_token()))?;
-    if shape.model.is_hybrid() && s.needs_hma {
-        writeln!(
-            out,
-            "hybrid KV    its state layers need vLLM's hybrid KV cache manager, which P2pNcclConnector and LMCache \
-             do not support: vLLM refuses to start them with this model. The figures below are what the manager \
-             keeps, for a connector that supports it (NixlConnector, Mooncake)"
-        )?;
-    } else if shape.model.is_hybrid() && shape.hma {
-        writeln!(
-            out,
-            "hybrid KV    P2pNcclConnector and LMCache do not support vLLM's hybrid KV cache manager, so vLLM turns it \
-             off for them: every attention layer counts in full below"
-        )?;
-    }
+    hybrid_note(out, shape, s)?;
     writeln!(out, "concurrency  {} requests received and not yet consumed on one decode GPU", s.concurrent)?;
     writeln!(out)?;
     writeln!(
@@ -264,6 +251,26 @@ fn measured_load(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
             fmt_bytes(l.resident.p99_bytes),
             if l.saturated { ", SATURATED" } else { "" },
             spill
+        )?;
+    }
+    Ok(())
+}
+
+/// For a hybrid model: why the connectors sized here count every layer in
+/// full, or, with state layers, cannot run it.
+fn hybrid_note(out: &mut dyn Write, shape: &crate::kv::KvShape, s: &Sizing) -> Result<()> {
+    if shape.model.is_hybrid() && s.needs_hma {
+        writeln!(
+            out,
+            "hybrid KV    its state layers need vLLM's hybrid KV cache manager, which P2pNcclConnector and LMCache \
+             do not support: vLLM refuses to start them with this model. The figures below are what the manager \
+             keeps, for a connector that supports it (NixlConnector, Mooncake)"
+        )?;
+    } else if shape.model.is_hybrid() && shape.hma {
+        writeln!(
+            out,
+            "hybrid KV    P2pNcclConnector and LMCache do not support vLLM's hybrid KV cache manager, so vLLM turns it \
+             off for them: every attention layer counts in full below"
         )?;
     }
     Ok(())

@@ -53,6 +53,30 @@ fn strings<'a>(cfg: &'a Value, key: &str) -> Result<Option<Vec<&'a str>>> {
 }
 
 pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Result<Hybrid> {
+    let kinds = kinds_of(cfg, layers)?;
+    let has_state = kinds.iter().flatten().any(|k| *k == LayerKind::State);
+    let state = if has_state { Some(state_spec(cfg, dtype)?) } else { None };
+    let kinds: Vec<LayerKind> = kinds.into_iter().flatten().collect();
+    if kinds.is_empty() {
+        return Err(Error::usage("no layer holds a KV cache or a state"));
+    }
+    let indexer_dim = match positive(cfg, "index_head_dim")? {
+        Some(d) if !matches!(attention, Attention::Mla { .. }) => {
+            return Err(bad(
+                "index_head_dim",
+                format!("{d}: an indexer cache goes with MLA (kv_lora_rank) only"),
+            ))
+        }
+        d => d,
+    };
+    let layers = kinds.len() as u32;
+    let kinds = if kinds.iter().all(|k| *k == LayerKind::Full) { Vec::new() } else { kinds };
+    Ok(Hybrid { layers, kinds, state, indexer_dim })
+}
+
+/// Each of the config's `layers` layers' kind, None for a layer that holds
+/// no cache, from the first key of the module's list the config has.
+fn kinds_of(cfg: &Value, layers: u32) -> Result<Vec<Option<LayerKind>>> {
     let count_is = |key: &str, n: usize| -> Result<()> {
         if n != layers as usize {
             return Err(bad(key, format!("has {n} entries for {layers} layers (num_hidden_layers)")));
@@ -61,7 +85,6 @@ pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Re
     };
     let window = || need(cfg, "sliding_window", "the layers named sliding need their window");
     let mut kinds: Vec<Option<LayerKind>> = vec![Some(LayerKind::Full); layers as usize];
-    let mut has_state = false;
     if let Some(types) = strings(cfg, "layer_types")? {
         count_is("layer_types", types.len())?;
         for (k, t) in kinds.iter_mut().zip(&types) {
@@ -71,10 +94,7 @@ pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Re
                 "chunked_attention" => LayerKind::ChunkedLocal {
                     chunk: need(cfg, "attention_chunk_size", "the layers named chunked need their chunk")?,
                 },
-                "linear_attention" | "mamba" => {
-                    has_state = true;
-                    LayerKind::State
-                }
+                "linear_attention" | "mamba" => LayerKind::State,
                 other => {
                     return Err(bad(
                         "layer_types",
@@ -91,10 +111,7 @@ pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Re
         for (k, t) in kinds.iter_mut().zip(&pattern) {
             *k = match *t {
                 "attention" => Some(LayerKind::Full),
-                "mamba" => {
-                    has_state = true;
-                    Some(LayerKind::State)
-                }
+                "mamba" => Some(LayerKind::State),
                 _ => None,
             };
         }
@@ -106,10 +123,7 @@ pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Re
         for (k, c) in kinds.iter_mut().zip(pattern.chars()) {
             *k = match c {
                 '*' => Some(LayerKind::Full),
-                'M' => {
-                    has_state = true;
-                    Some(LayerKind::State)
-                }
+                'M' => Some(LayerKind::State),
                 _ => None, // MLP ('-') and MoE ('E') layers hold no cache
             };
         }
@@ -121,7 +135,6 @@ pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Re
             }
         }
     } else if let Some(every) = positive(cfg, "full_attention_interval")? {
-        has_state = true;
         for (i, k) in kinds.iter_mut().enumerate() {
             if !(i as u32 + 1).is_multiple_of(every) {
                 *k = Some(LayerKind::State);
@@ -148,23 +161,7 @@ pub fn read(cfg: &Value, layers: u32, dtype: Dtype, attention: &Attention) -> Re
         let w = window()?;
         kinds.iter_mut().for_each(|k| *k = Some(LayerKind::SlidingWindow { window: w }));
     }
-    let state = if has_state { Some(state_spec(cfg, dtype)?) } else { None };
-    let kinds: Vec<LayerKind> = kinds.into_iter().flatten().collect();
-    if kinds.is_empty() {
-        return Err(Error::usage("no layer holds a KV cache or a state"));
-    }
-    let indexer_dim = match positive(cfg, "index_head_dim")? {
-        Some(d) if !matches!(attention, Attention::Mla { .. }) => {
-            return Err(bad(
-                "index_head_dim",
-                format!("{d}: an indexer cache goes with MLA (kv_lora_rank) only"),
-            ))
-        }
-        d => d,
-    };
-    let layers = kinds.len() as u32;
-    let kinds = if kinds.iter().all(|k| *k == LayerKind::Full) { Vec::new() } else { kinds };
-    Ok(Hybrid { layers, kinds, state, indexer_dim })
+    Ok(kinds)
 }
 
 /// `sliding_window_pattern`, or where a config leaves it out the default
