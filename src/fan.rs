@@ -6,12 +6,15 @@
 //! and every pair's own request times, merged, give the incast tail.
 
 use crate::error::{Error, Result};
+use crate::measure::lanes::{SharedDecode, SharedFigures};
+use crate::measure::load::LoadFigures;
 use crate::measure::stats::{self, LatencySummary, PointResult};
 use crate::net;
 use crate::report::RunReport;
+use crate::schedule::residency::Residency;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +98,10 @@ pub struct Fan {
     tally: Mutex<Tally>,
     joined: Mutex<Vec<Option<RunReport>>>,
     on_aggregate: OnAggregate,
+    /// Under load, at a many-to-one hub: the decode instance the pairs feed.
+    pub decode: OnceLock<SharedDecode>,
+    /// The pairs carry shares of each request (P x D), not requests of their own.
+    pub shares: bool,
 }
 
 #[derive(Default)]
@@ -122,6 +129,8 @@ impl Fan {
             shape,
             pairs,
             on_aggregate,
+            decode: OnceLock::new(),
+            shares: false,
             joined: Mutex::new(vec![None; pairs]),
             sync: Mutex::new(Barrier::default()),
             turn: Condvar::new(),
@@ -240,7 +249,12 @@ impl Fan {
             return;
         }
         let results: Vec<PointResult> = t.results.iter_mut().map(|r| r.take().expect("all in")).collect();
-        let point = aggregate(&results, &t.spans, t.first_span_ns);
+        let shared = self.decode.get().and_then(|d| d.take(result.point));
+        let mut point = aggregate(&results, &t.spans, t.first_span_ns, shared);
+        if point.load.is_some() && !self.shares {
+            // Each pair's requests are its own: the row names one request.
+            point.request_bytes = results[0].request_bytes;
+        }
         t.spans.reset();
         t.rounds_in_point = 0;
         drop(t);
@@ -254,8 +268,15 @@ fn stopped(why: &str) -> Error {
     Error::run(format!("stopped with the other pairs: {why}"))
 }
 
-/// One point of all pairs together: the bytes of all, over the round spans.
-pub fn aggregate(results: &[PointResult], spans: &Histogram<u64>, first_span_ns: u64) -> PointResult {
+/// One point of all pairs together: the bytes of all, over the round spans;
+/// under load (no rounds), the decode instance's figures where the pairs
+/// shared one, else the pairs' load merged.
+pub fn aggregate(
+    results: &[PointResult],
+    spans: &Histogram<u64>,
+    first_span_ns: u64,
+    shared: Option<SharedFigures>,
+) -> PointResult {
     let mut agg = results[0].clone();
     let bytes: usize = results.iter().map(|r| r.request_bytes).sum();
     let mut merged = stats::new_histogram();
@@ -267,6 +288,8 @@ pub fn aggregate(results: &[PointResult], spans: &Histogram<u64>, first_span_ns:
     agg.messages = results.iter().map(|r| r.messages).sum();
     agg.operations = results.iter().map(|r| r.operations).sum();
     agg.request_bytes = bytes;
+    // Rounds in lockstep give spans; under load each pair's requests are its own.
+    let spans = if spans.is_empty() { &merged } else { spans };
     agg.request_ns = LatencySummary::of(spans);
     agg.request_histogram = stats::encode_histogram(spans);
     agg.gbps = crate::units::gbps(bytes as u64, agg.request_ns.mean);
@@ -286,7 +309,92 @@ pub fn aggregate(results: &[PointResult], spans: &Histogram<u64>, first_span_ns:
         pair_gbps: results.iter().map(|r| r.gbps).collect(),
         pair_request_ns: LatencySummary::of(&merged),
     });
+    match shared {
+        Some(s) => {
+            // A P x D rank's request is its pairs' shares: timed once, whole.
+            agg.request_ns = LatencySummary::of(&s.transfer_ns);
+            agg.request_histogram = stats::encode_histogram(&s.transfer_ns);
+            (agg.gbps, agg.gbps_p50) = (s.gbps, s.gbps);
+            agg.load = Some(s.load);
+        }
+        None if results.iter().all(|r| r.load.is_some()) => {
+            let loads: Vec<&LoadFigures> = results.iter().filter_map(|r| r.load.as_ref()).collect();
+            agg.gbps = results.iter().map(|r| r.gbps).sum();
+            agg.gbps_p50 = agg.gbps;
+            agg.load = Some(merge_load(&loads));
+        }
+        None => agg.load = None,
+    }
     agg
+}
+
+/// Independent pairs' load figures as one (a one-to-many hub: each decode
+/// instance its own buffer): rates and counts summed, queueing and latency
+/// from the merged histograms; what the decode instances hold, each pair's
+/// peak summed (at most what they held at once).
+fn merge_load(loads: &[&LoadFigures]) -> LoadFigures {
+    let mut agg = loads[0].clone();
+    let merged = |each: fn(&LoadFigures) -> &str| {
+        let mut h = stats::new_histogram();
+        for l in loads {
+            if let Ok(one) = stats::decode_histogram(each(l)) {
+                h.add(&one).expect("same bounds");
+            }
+        }
+        h
+    };
+    let (queue, latency) = (merged(|l| &l.queue_histogram), merged(|l| &l.latency_histogram));
+    agg.queue_ns = LatencySummary::of(&queue);
+    agg.queue_histogram = stats::encode_histogram(&queue);
+    agg.latency_ns = LatencySummary::of(&latency);
+    agg.latency_histogram = stats::encode_histogram(&latency);
+    let sum = |each: fn(&LoadFigures) -> f64| loads.iter().map(|l| each(l)).sum::<f64>();
+    agg.offered_qps = sum(|l| l.offered_qps);
+    agg.achieved_qps = sum(|l| l.achieved_qps);
+    agg.offered_gbps = sum(|l| l.offered_gbps);
+    agg.achieved_gbps = sum(|l| l.achieved_gbps);
+    agg.saturated = loads.iter().any(|l| l.saturated);
+    agg.queue_growth_ns = loads.iter().map(|l| l.queue_growth_ns).fold(f64::MIN, f64::max);
+    agg.prompts = Vec::new();
+    for (tokens, n) in loads.iter().flat_map(|l| l.prompts.iter()) {
+        match agg.prompts.iter_mut().find(|p| p.0 == *tokens) {
+            Some(p) => p.1 += n,
+            None => agg.prompts.push((*tokens, *n)),
+        }
+    }
+    agg.prompts.sort_unstable();
+    agg.resident = sum_residency(loads.iter().map(|l| &l.resident));
+    agg.prefill_resident = sum_residency(loads.iter().map(|l| &l.prefill_resident));
+    agg.decode_buffer = None;
+    agg
+}
+
+/// What several pairs held together, on one clock (each pair's point
+/// starts with the hub's): their series summed step by step, the peak
+/// of the sum; the mean summed, the p99 at most the pairs' summed.
+fn sum_residency<'a>(each: impl Iterator<Item = &'a Residency> + Clone) -> Residency {
+    let mut steps: Vec<(u64, usize, u64)> = Vec::new();
+    for (i, r) in each.clone().enumerate() {
+        steps.extend(r.series.iter().map(|&(t, bytes)| (t, i, bytes)));
+    }
+    steps.sort_unstable();
+    let mut level = vec![0u64; each.clone().count()];
+    let mut series: Vec<(u64, u64)> = Vec::new();
+    for (t, i, bytes) in steps {
+        level[i] = bytes;
+        let total = level.iter().sum();
+        match series.last_mut() {
+            Some(last) if last.0 == t => last.1 = total,
+            _ => series.push((t, total)),
+        }
+    }
+    let peak_bytes = series.iter().map(|s| s.1).max().unwrap_or(0);
+    Residency {
+        peak_bytes,
+        p99_bytes: each.clone().map(|r| r.p99_bytes).sum::<u64>().min(peak_bytes),
+        mean_bytes: each.map(|r| r.mean_bytes).sum(),
+        series,
+    }
 }
 
 #[cfg(test)]

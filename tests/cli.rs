@@ -400,8 +400,6 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
     f.expect_code(0);
     let f = run(KVXFER, &["pair", "--arrivals", "poisson:0.001", "--duration", "1ms"], secs(10));
     f.expect_code(2).expect_stderr("no request arrives in --duration");
-    let f = run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:10", "--arrivals", "fixed:5"], secs(10));
-    f.expect_code(2).expect_stderr("--arrivals runs one pair at a time");
     let f = run(KVXFER, &["pair", "--arrivals", "fixed:5", "--tpot", "3"], secs(10));
     f.expect_code(2).expect_stderr("--tpot needs --output-tokens");
     // 128 MiB a millisecond is past loopback: the queue outgrows --timeout, and the run says so.

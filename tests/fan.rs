@@ -133,22 +133,6 @@ fn senders_of_one_receiver_must_share_a_plan() {
     recv.finish(secs(10)).expect_code(1);
 }
 
-/// A 2->1 fan under arrivals with lanes in flight ran every lane and the
-/// hub counted none of it ("integrity nothing verified", exit 0). Until
-/// one engine runs fans under arrivals, the hub refuses it and says why.
-#[test]
-fn a_fan_under_arrivals_is_refused_not_run_uncounted() {
-    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "-q"]);
-    let load = ["--prompt-mix", "128:50,1024:50", "--arrivals", "poisson:10", "--requests", "4", "-q"];
-    let first = Proc::start(SEND, &[&["--connect", &addr][..], &load].concat());
-    assert!(recv.wait_for("sender 1 of 2 joined", secs(20)), "{}", recv.stderr());
-    let second = run(SEND, &[&["--connect", &addr][..], &load].concat(), secs(30));
-    let why = "--arrivals runs one pair at a time, not in a fan of several senders";
-    second.expect_code(2).expect_stderr(why);
-    first.finish(secs(20)).expect_code(2).expect_stderr(why);
-    recv.finish(secs(10)).expect_code(2).expect_stderr(why);
-}
-
 #[test]
 fn one_receiver_named_twice_is_refused() {
     let f = run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:9"], secs(10));

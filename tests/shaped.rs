@@ -362,3 +362,44 @@ fn a_link_that_dies_ends_the_sender_within_the_timeout() {
     );
     recv.finish(secs(30)).expect_code(1);
 }
+
+/// Two prefill instances into one decode instance over the 1 Gbit/s link,
+/// each offering 6 requests a second of 16 MiB (Llama-3.1-8B at 128
+/// tokens, 0.1 GB/s each): together 0.2 GB/s, above the link's 0.125.
+/// The hub's aggregate saturates at the link, not at twice it.
+#[test]
+fn a_fan_of_two_under_arrivals_saturates_at_the_link_not_twice_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = shaped("f", 66) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("hub.json");
+    let listen = format!("{}:0", link.receiver_ip);
+    let hub_args =
+        ["netns", "exec", &link.receiver_ns, RECV, "--listen", &listen, "--senders", "2", "--json"];
+    let recv = Proc::start("ip", &[&hub_args[..], &[j.to_str().unwrap()]].concat());
+    assert!(recv.wait_for("listening on ", secs(10)), "receiver did not start: {}", recv.stderr());
+    let line = recv.stderr().lines().find(|l| l.contains("listening on ")).unwrap().to_string();
+    let addr = line.rsplit("listening on ").next().unwrap().trim().to_string();
+    let args = ["-m", "llama-3.1-8b", "-p", "128", "--arrivals", "fixed:6", "-n", "10", "-w", "1", "-q"];
+    let senders: Vec<Proc> = (0..2)
+        .map(|_| {
+            let to = ["netns", "exec", &link.sender_ns, SEND, "--connect", &addr];
+            Proc::start("ip", &[&to[..], &args].concat())
+        })
+        .collect();
+    for s in senders {
+        s.finish(secs(120)).expect_code(0);
+    }
+    recv.finish(secs(20)).expect_code(0);
+    let l = json(&j)["points"][0]["load"].clone();
+    let f = |k: &str| l[k].as_f64().unwrap();
+    eprintln!("offered {} GB/s, achieved {} GB/s", f("offered_gbps"), f("achieved_gbps"));
+    assert!((f("offered_gbps") / 0.2013 - 1.0).abs() < 0.1, "{l}");
+    assert!(
+        (f("achieved_gbps") / 0.125 - 1.0).abs() < 0.1,
+        "achieved {} GB/s on a 1 Gbit/s link",
+        f("achieved_gbps")
+    );
+    assert!(l["saturated"] == true, "{l}");
+    assert_eq!(l["latency_ns"]["count"], 20);
+}

@@ -11,6 +11,7 @@ use crate::env::EnvInfo;
 use crate::error::{Error, Result};
 use crate::fan::{Fan, FanRun, FanShape, Seat};
 use crate::link::{self, Link};
+use crate::measure::lanes::SharedDecode;
 use crate::measure::{FanSlot, PointResult};
 use crate::memory::{self, MemorySpec};
 use crate::plan::Plan;
@@ -43,7 +44,8 @@ pub fn receivers(connect: &[String]) -> Result<usize> {
 /// (the same, or under different TP each decode rank's share).
 pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Outputs) -> Result<()> {
     let hub = Hub::new(Screen::new(&a.run.output));
-    let fan = hub.fan(FanShape::OneToMany, a.connect.len());
+    let mut fan = hub.fan(FanShape::OneToMany, a.connect.len());
+    fan.shares = plans[0].tp.is_some();
     let silent = Screen::silent();
     let pairs = std::thread::scope(|s| {
         let threads: Vec<_> = (a.connect.iter().zip(plans).enumerate())
@@ -103,7 +105,11 @@ pub fn receive_many(
         memory::check_host_budget(bytes, "the receiver's buffers, one per sender")?;
     }
     let hub = Hub::new(std::mem::replace(&mut side.screen, Screen::silent()));
-    let fan = hub.fan(FanShape::ManyToOne, n);
+    let mut fan = hub.fan(FanShape::ManyToOne, n);
+    fan.shares = plan.tp.is_some();
+    if plan.load.is_some() {
+        let _ = fan.decode.set(SharedDecode::new(n * plan.lanes()));
+    }
     for (i, s) in sessions.iter_mut().enumerate() {
         session::welcome(s, &env, Some(fan.seat(i)))?;
     }

@@ -410,9 +410,6 @@ fn send(a: &SendArgs) -> Result<()> {
     if pairs > 1 && plan.prefill.is_some() {
         return Err(Error::usage("emulated prefill runs one pair at a time, not a fan of several receivers"));
     }
-    if pairs > 1 && plan.load.is_some() {
-        return Err(Error::usage("--arrivals runs one pair at a time, not a fan of several receivers"));
-    }
     if plan.conversation.is_some() && a.connect.len() > 1 {
         return Err(Error::usage("--turns runs one pair at a time, not a fan of several receivers"));
     }
@@ -743,6 +740,10 @@ fn sender_side(
         Ok(s) => s,
         Err(e) => return (None, Err(e)),
     };
+    // A many-to-one hub seated this sender; a one-to-many hub seats its pairs.
+    if let Some(seat) = sess.seat.or(sess.hello.seat) {
+        sess.hello.plan.seat(seat.index);
+    }
     let mut report = RunReport::new(Role::Sender, &sess.hello, sess.receiver_env.clone());
     report.control_rtt = Some(sess.rtt.clone());
     if let Some(seat) = sess.seat {
@@ -794,11 +795,11 @@ fn sender_side(
             ),
         };
         let shown = &mut Shown { report: &mut report, screen };
-        if bufs.len() > 1 {
+        if measure::on_lanes(&sess.hello.plan, sess.seat.or(sess.hello.seat).is_some()) {
             let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
                 .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::SendSide, buf })
                 .collect();
-            measure::lanes::run_sender(&mut sess, &mut lanes, run.fault, shown)?;
+            measure::lanes::run_sender(&mut sess, &mut lanes, run.fault, fan, shown)?;
         } else {
             let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
             measure::run_sender(&mut sess, pair, &mut bufs[0], &cfg, fan, shown)?;
@@ -860,6 +861,10 @@ impl ReceiverSide {
         env: EnvInfo,
         fan: Option<FanSlot>,
     ) -> (Option<RunReport>, Result<()>) {
+        let seat = fan.map(|f| f.fan.seat(f.pair)).or(sess.hello.seat);
+        if let Some(seat) = seat {
+            sess.hello.plan.seat(seat.index);
+        }
         let mut report = RunReport::new(Role::Receiver, &sess.hello, env);
         if let Some(f) = fan {
             report.fan = Some(FanRun { seat: f.fan.seat(f.pair), hub: false, pair_reports: Vec::new() });
@@ -919,11 +924,11 @@ impl ReceiverSide {
                 // The lanes below would run, and the hub would count none of it.
                 measure::not_in_a_fan(&sess.hello.plan)?;
             }
-            if bufs.len() > 1 {
+            if measure::on_lanes(&sess.hello.plan, seat.is_some()) {
                 let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
                     .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::RecvSide, buf })
                     .collect();
-                measure::lanes::run_receiver(&mut sess, &mut lanes, peak.as_ref(), &mut shown)?;
+                measure::lanes::run_receiver(&mut sess, &mut lanes, peak.as_ref(), fan, &mut shown)?;
             } else {
                 let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
                 measure::run_receiver(&mut sess, pair, &mut bufs[0], &cfg, peak.as_ref(), fan, &mut shown)?;

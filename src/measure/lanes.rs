@@ -15,13 +15,14 @@
 //! answers its heartbeats; lanes pick their own messages.
 
 use super::integrity::Check;
-use super::load::{Admit, LoadTally};
+use super::load::{Admit, Landing, LoadFigures, LoadTally};
 use super::stats::{self, PointResult};
 use super::{
-    allowance, check_behind, point_result, spill_to_pool, wait_until_by, Fault, RoundSink, RunEvents,
-    SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
+    allowance, check_behind, point_result, spill_to_pool, wait_until_by, FanSlot, Fault, RoundSink,
+    RunEvents, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
+use crate::fan::Fan;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
 use crate::plan::{Plan, Point, Side, VerifyMode};
@@ -29,8 +30,9 @@ use crate::schedule::residency::OnFull;
 use crate::session::{Control, Msg, ReceiverSession, SenderSession};
 use crate::transport::{nanos, AtOnce, PeerLink, RecvSide, SendSide};
 use hdrhistogram::Histogram;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// One lane of one side: its transport and its buffer.
@@ -50,12 +52,15 @@ struct Mailbox<'c> {
     /// The lanes are done: the reader stops.
     done: AtomicBool,
     timeout: Duration,
+    /// The hub's fan, whose other pairs' failures stop this one.
+    fan: Option<&'c Fan>,
 }
 
 impl<'c> Mailbox<'c> {
-    fn new(ctrl: &'c mut Control) -> Self {
+    fn new(ctrl: &'c mut Control, fan: Option<&'c Fan>) -> Self {
         let timeout = ctrl.timeout;
         Mailbox {
+            fan,
             ctrl: Mutex::new(ctrl),
             arrived: Condvar::new(),
             failed: AtomicBool::new(false),
@@ -105,6 +110,9 @@ impl<'c> Mailbox<'c> {
 
     fn check(&self) -> Result<()> {
         crate::signals::check()?;
+        if let Some(f) = self.fan {
+            f.check()?;
+        }
         match self.failed.load(Relaxed) {
             true => Err(self.stopped()),
             false => Ok(()),
@@ -221,6 +229,58 @@ impl Gate {
     }
 }
 
+/// The decode instance that the pairs of a many-to-one hub feed under
+/// load (N prefill instances into one decode, or a P x D decode rank's
+/// prefill ranks): one clock for all their lanes, one decode buffer that
+/// admits every pair's requests, one tally of them all.
+pub struct SharedDecode {
+    /// Every pair's lanes together.
+    lanes: usize,
+    points: Mutex<HashMap<usize, Arc<SharedPoint>>>,
+}
+
+struct SharedPoint {
+    gate: Gate,
+    tally: Mutex<LoadTally>,
+}
+
+/// What the hub's aggregate of a load point takes from the shared tally.
+pub struct SharedFigures {
+    pub load: LoadFigures,
+    /// Bytes over the time some pair's request was on the wire.
+    pub gbps: f64,
+    /// Each request's transfer, its pieces (a P x D rank's pairs) joined.
+    pub transfer_ns: Histogram<u64>,
+}
+
+impl SharedDecode {
+    pub fn new(lanes: usize) -> Self {
+        SharedDecode { lanes, points: Mutex::new(HashMap::new()) }
+    }
+
+    /// Point `p`'s shared state; the first pair to reach it makes it.
+    fn point(&self, p: usize, make: impl FnOnce() -> LoadTally) -> Arc<SharedPoint> {
+        let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
+        points
+            .entry(p)
+            .or_insert_with(|| {
+                Arc::new(SharedPoint { gate: Gate::new(self.lanes), tally: Mutex::new(make()) })
+            })
+            .clone()
+    }
+
+    /// Point `p`'s figures over every pair, once all are done with it.
+    pub fn take(&self, p: usize) -> Option<SharedFigures> {
+        let point = self.points.lock().unwrap_or_else(|e| e.into_inner()).remove(&p)?;
+        let tally = point.tally.lock().unwrap_or_else(|e| e.into_inner());
+        Some(SharedFigures {
+            load: tally.figures(),
+            gbps: tally.transfer_gbps(),
+            transfer_ns: tally.transfer_ns(),
+        })
+    }
+}
+
 /// What any one request may take, data and pattern, at the slowest rates.
 fn per_request(timeout: Duration, bytes: usize) -> Duration {
     let at = |rate: f64| Duration::from_secs_f64(bytes as f64 / rate);
@@ -231,6 +291,7 @@ pub fn run_sender(
     sess: &mut SenderSession,
     lanes: &mut [Lane<'_, dyn SendSide>],
     fault: Option<Fault>,
+    fan: Option<FanSlot>,
     events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
@@ -243,7 +304,7 @@ pub fn run_sender(
         // Between two of a lane's requests: the one before it, its checks, its wait for room.
         let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
         let take_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1) + longest_wait;
-        let mail = Mailbox::new(ctrl);
+        let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
         let work: Vec<_> = lanes
             .iter_mut()
             .zip(filled.iter_mut())
@@ -307,6 +368,9 @@ pub fn run_sender(
             Msg::PointDone { result } => Ok(*result),
             other => Err(other),
         })?;
+        if let Some(f) = fan {
+            f.fan.point_done(f.pair, &result);
+        }
         events.point(&result);
         results.push(result);
     }
@@ -326,12 +390,11 @@ pub fn run_receiver(
     sess: &mut ReceiverSession,
     lanes: &mut [Lane<'_, dyn RecvSide>],
     link: Option<&Link>,
+    fan: Option<FanSlot>,
     events: &mut dyn RunEvents,
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
     let load = plan.load.clone().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
-    let ctrl = &mut sess.ctrl;
-    let timeout = ctrl.timeout;
     // Each lane's pinned pool comes before the first request (see run_receiver).
     let mut pools: Vec<Option<SpillPool>> = Vec::new();
     for l in lanes.iter() {
@@ -343,76 +406,78 @@ pub fn run_receiver(
     let mut results = Vec::new();
     super::precise_sleeps();
     for point in plan.points() {
-        let p = point.index;
-        let point_load =
-            point.load.as_ref().ok_or_else(|| Error::run("internal error: a point without load"))?;
-        let tally = Mutex::new(LoadTally::new(point_load, load.decode_hold_ns, load.decode_buffer));
-        let gathered = Mutex::new(PointTally {
-            requests: stats::new_histogram(),
-            messages: stats::new_histogram(),
-            check: Check::default(),
-            first_request_ns: 0,
-        });
-        let (next, gate) = (AtomicU32::new(0), Gate::new(lanes.len()));
-        let warmups_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1);
-        let mail = Mailbox::new(ctrl);
-        let work: Vec<_> = lanes
-            .iter_mut()
-            .zip(pools.iter_mut())
-            .enumerate()
-            .map(|(lane, (l, pool))| {
-                let ctx = LaneContext {
-                    lane: lane as u32,
-                    plan: &plan,
-                    point: &point,
-                    mail: &mail,
-                    tally: &tally,
-                    gathered: &gathered,
-                    timeout,
-                };
-                let (next, gate) = (&next, &gate);
-                move || -> Result<()> {
-                    let (n, warmup) = (point_load.schedule.len() as u32, ctx.plan.warmup);
-                    for it in 0..warmup {
-                        ctx.take(it, Duration::ZERO)?;
-                        ctx.request(l, pool, it, None)?;
-                    }
-                    // The lane's first timed request is prepared before the
-                    // clock starts, as every later one is before its arrival.
-                    let mut k = next.fetch_add(1, Relaxed);
-                    if k < n {
-                        let arrives = Duration::from_nanos(point_load.schedule[k as usize].at_ns);
-                        ctx.take(warmup + k, warmups_within + arrives)?;
-                    }
-                    let start = gate.pass(ctx.mail, Instant::now() + warmups_within)?;
-                    ctx.tally().set_start(start);
-                    let first = k;
-                    while k < n {
-                        if k != first {
-                            let arrives = start + Duration::from_nanos(point_load.schedule[k as usize].at_ns);
-                            ctx.take(warmup + k, arrives.saturating_duration_since(Instant::now()))?;
-                        }
-                        ctx.request(l, pool, warmup + k, Some(start))?;
-                        k = next.fetch_add(1, Relaxed);
-                    }
-                    ctx.mail.send(&Msg::Take { lane: ctx.lane, point: p, it: None, in_ns: 0 })
-                }
-            })
-            .collect();
-        mail.run(work)?;
-        let g = gathered.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut result =
-            point_result(&point, &plan, &g.requests, &g.messages, g.first_request_ns, g.check, link)?;
-        let l = tally.into_inner().unwrap_or_else(|e| e.into_inner());
-        (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
+        let mut result = receive_point(&mut sess.ctrl, &plan, &point, lanes, &mut pools, fan)?;
         result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);
-        result.load = Some(l.figures());
-        ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
+        sess.ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
+        if let Some(f) = fan {
+            f.fan.point_done(f.pair, &result);
+        }
         events.point(&result);
         results.push(result);
     }
-    ctrl.send(&Msg::Finish)?;
+    sess.ctrl.send(&Msg::Finish)?;
     Ok(results)
+}
+
+/// One load point on every lane: its figures, as this pair saw them.
+fn receive_point(
+    ctrl: &mut Control,
+    plan: &Plan,
+    point: &Point,
+    lanes: &mut [Lane<'_, dyn RecvSide>],
+    pools: &mut [Option<SpillPool>],
+    fan: Option<FanSlot>,
+) -> Result<PointResult> {
+    let p = point.index;
+    let load = plan.load.as_ref().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
+    let point_load = point.load.as_ref().ok_or_else(|| Error::run("internal error: a point without load"))?;
+    let tally = |buffer| LoadTally::new(point_load, load.decode_hold_ns, buffer);
+    // At a hub, the decode instance's clock, buffer and tally are every pair's.
+    let shared = fan.and_then(|f| f.fan.decode.get().map(|d| (f, d.point(p, || tally(load.decode_buffer)))));
+    let own = Mutex::new(tally(if shared.is_some() { None } else { load.decode_buffer }));
+    let gathered = Mutex::new(PointTally {
+        requests: stats::new_histogram(),
+        messages: stats::new_histogram(),
+        check: Check::default(),
+        first_request_ns: 0,
+    });
+    let (next, own_gate) = (AtomicU32::new(0), Gate::new(lanes.len()));
+    let timeout = ctrl.timeout;
+    let warmups_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1);
+    let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
+    let gate = shared.as_ref().map_or(&own_gate, |(_, s)| &s.gate);
+    // The pairs of a P x D decode rank carry shares of one stream of requests.
+    let key_base = match (shared.as_ref(), &plan.tp) {
+        (Some((f, _)), None) => (f.pair as u64) << 32,
+        _ => 0,
+    };
+    let work: Vec<_> = lanes
+        .iter_mut()
+        .zip(pools.iter_mut())
+        .enumerate()
+        .map(|(lane, (l, pool))| {
+            let ctx = LaneContext {
+                lane: lane as u32,
+                plan,
+                point,
+                mail: &mail,
+                admits: shared.as_ref().map_or(&own, |(_, s)| &s.tally),
+                own: shared.as_ref().map(|_| &own),
+                key_base,
+                gathered: &gathered,
+                timeout,
+            };
+            let next = &next;
+            move || ctx.run(l, pool, next, gate, warmups_within)
+        })
+        .collect();
+    mail.run(work)?;
+    let g = gathered.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut result = point_result(point, plan, &g.requests, &g.messages, g.first_request_ns, g.check, None)?;
+    let l = own.into_inner().unwrap_or_else(|e| e.into_inner());
+    (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
+    result.load = Some(l.figures());
+    Ok(result)
 }
 
 /// What a receiving lane shares with the others during a point.
@@ -421,14 +486,60 @@ struct LaneContext<'a, 'c> {
     plan: &'a Plan,
     point: &'a Point,
     mail: &'a Mailbox<'c>,
-    tally: &'a Mutex<LoadTally>,
+    /// The tally that admits requests to the decode buffer: this pair's,
+    /// or at a hub the decode instance's.
+    admits: &'a Mutex<LoadTally>,
+    /// At a hub, this pair's own tally besides (its figures for its sender).
+    own: Option<&'a Mutex<LoadTally>>,
+    /// Added to a request's number for its key in the shared tally.
+    key_base: u64,
     gathered: &'a Mutex<PointTally>,
     timeout: Duration,
 }
 
 impl LaneContext<'_, '_> {
     fn tally(&self) -> std::sync::MutexGuard<'_, LoadTally> {
-        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+        self.admits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lane's requests of the point: its warm-ups, then timed ones in
+    /// arrival order as it is free, from the clock that `gate` starts.
+    fn run(
+        &self,
+        l: &mut Lane<'_, dyn RecvSide>,
+        pool: &mut Option<SpillPool>,
+        next: &AtomicU32,
+        gate: &Gate,
+        warmups_within: Duration,
+    ) -> Result<()> {
+        let point_load = self.point.load.as_ref().expect("a load point");
+        let (n, warmup) = (point_load.schedule.len() as u32, self.plan.warmup);
+        let arrives = |k: u32| Duration::from_nanos(point_load.schedule[k as usize].at_ns);
+        for it in 0..warmup {
+            self.take(it, Duration::ZERO)?;
+            self.request(l, pool, it, None)?;
+        }
+        // The lane's first timed request is prepared before the clock
+        // starts, as every later one is before its arrival.
+        let mut k = next.fetch_add(1, Relaxed);
+        if k < n {
+            self.take(warmup + k, warmups_within + arrives(k))?;
+        }
+        let start = gate.pass(self.mail, Instant::now() + warmups_within)?;
+        self.tally().set_start(start);
+        if let Some(own) = self.own {
+            own.lock().unwrap_or_else(|e| e.into_inner()).set_start(start);
+        }
+        let first = k;
+        while k < n {
+            if k != first {
+                let at = start + arrives(k);
+                self.take(warmup + k, at.saturating_duration_since(Instant::now()))?;
+            }
+            self.request(l, pool, warmup + k, Some(start))?;
+            k = next.fetch_add(1, Relaxed);
+        }
+        self.mail.send(&Msg::Take { lane: self.lane, point: self.point.index, it: None, in_ns: 0 })
     }
 
     /// Hands request `it` to the sender's lane, which writes its pattern;
@@ -505,9 +616,22 @@ impl LaneContext<'_, '_> {
         if let Some((a, _)) = arrival {
             let note = |n, store, load| self.tally().spilled(n, store, load);
             let (in_place, in_pool) = spill_to_pool(l.buf, pool.as_mut(), &spills, landed, deadline, note)?;
-            let hold = plan.load.as_ref().map_or(0, |ld| ld.hold_ns(a));
-            let tokens = layout.tokens;
-            self.tally().landed(ticket, a.at_ns, t0, in_place, bytes as u64, tokens, hold, in_pool);
+            let hold_ns = plan.load.as_ref().map_or(0, |ld| ld.hold_ns(a));
+            let landing = |ticket| Landing {
+                ticket,
+                key: self.key_base + it as u64,
+                at_ns: a.at_ns,
+                go: t0,
+                landed: in_place,
+                bytes: bytes as u64,
+                tokens: layout.tokens,
+                hold_ns,
+                in_pool,
+            };
+            self.tally().landed(landing(ticket));
+            if let Some(own) = self.own {
+                own.lock().unwrap_or_else(|e| e.into_inner()).landed(landing(None));
+            }
         }
         sink.check_complete()?;
         let request_ns = timing.elapsed_ns.unwrap_or(host_ns).max(1);

@@ -30,6 +30,10 @@ pub struct LoadFigures {
     pub prompts: Vec<(u32, u32)>,
     /// From arrival to the request's go.
     pub queue_ns: LatencySummary,
+    /// The queueing histogram, HdrHistogram V2 + DEFLATE, base64 (a fan's
+    /// hub merges its pairs').
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub queue_histogram: String,
     /// Mean queueing delay of the last half of the requests less that of the
     /// first half: near zero when the link keeps up, large when a queue builds.
     pub queue_growth_ns: f64,
@@ -84,13 +88,37 @@ pub enum Admit {
     Wait(Option<Instant>),
 }
 
+/// A timed request's (arrival, go, last byte) in ns from the point's
+/// start, its bytes and its prompt's tokens.
+type Instants = (u64, u64, u64, u64, u32);
+
+/// One timed request that landed (`LoadTally::landed`).
+pub struct Landing {
+    /// Its room in the decode buffer, from `LoadTally::admit`.
+    pub ticket: Option<u64>,
+    /// Which request it is: the pieces of one request (the pairs of a P x D
+    /// decode rank each carry a share) have the same key and count once.
+    pub key: u64,
+    /// Its arrival, in ns from the point's start.
+    pub at_ns: u64,
+    pub go: Instant,
+    /// When its last byte was in place (and spilled, if it spilled).
+    pub landed: Instant,
+    pub bytes: u64,
+    pub tokens: u32,
+    /// How long decode holds it after its last byte.
+    pub hold_ns: u64,
+    /// Its bytes in the pinned pool.
+    pub in_pool: u64,
+}
+
 /// The receiver's account of one load point's timed requests.
 pub struct LoadTally {
     arrivals: Arrivals,
     decode_hold_ns: u64,
     start: Option<Instant>,
-    queue: Histogram<u64>,
-    latency: Histogram<u64>,
+    /// Each request's key (see `Landing::key`).
+    keys: Vec<u64>,
     /// (arrival, go, last byte) ns from the start, bytes, tokens; per request.
     requests: Vec<(u64, u64, u64, u64, u32)>,
     /// How long decode holds each request's KV after its last byte.
@@ -116,8 +144,7 @@ impl LoadTally {
             arrivals: load.arrivals,
             decode_hold_ns,
             start: None,
-            queue: stats::new_histogram(),
-            latency: stats::new_histogram(),
+            keys: Vec::with_capacity(load.schedule.len()),
             requests: Vec::with_capacity(load.schedule.len()),
             holds: Vec::with_capacity(load.schedule.len()),
             buffer: buffer.map(|(cap, on_full)| (DecodeBuffer::new(cap), on_full)),
@@ -166,23 +193,12 @@ impl LoadTally {
         *self.start.get_or_insert_with(Instant::now) + Duration::from_nanos(at_ns)
     }
 
-    /// A timed request: arrived `at_ns` after the start, went at `go`, was
-    /// whole (and spilled, if it spilled) at `landed`, and is held
-    /// `hold_ns` after that, `in_pool` of its bytes in the pool.
-    #[allow(clippy::too_many_arguments)]
-    pub fn request(
-        &mut self,
-        at_ns: u64,
-        go: Instant,
-        landed: Instant,
-        bytes: u64,
-        tokens: u32,
-        hold_ns: u64,
-        in_pool: u64,
-    ) {
-        let now = self.since_start(go);
-        let ticket = self.buffer.as_mut().map(|(b, _)| b.reserve(now, bytes - in_pool));
-        self.landed(ticket, at_ns, go, landed, bytes, tokens, hold_ns, in_pool);
+    /// A timed request of a lane that admits as it goes (one lane): takes
+    /// its room in the decode buffer at its go, then lands; see `landed`.
+    pub fn request(&mut self, landing: Landing) {
+        let now = self.since_start(landing.go);
+        let ticket = self.buffer.as_mut().map(|(b, _)| b.reserve(now, landing.bytes - landing.in_pool));
+        self.landed(Landing { ticket, ..landing });
     }
 
     /// The point's clock starts now (requests in flight at once: set before
@@ -209,31 +225,19 @@ impl LoadTally {
         Admit::Go { ticket, spills }
     }
 
-    /// Requests in flight at once: an admitted request landed; see `request`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn landed(
-        &mut self,
-        ticket: Option<u64>,
-        at_ns: u64,
-        go: Instant,
-        landed: Instant,
-        bytes: u64,
-        tokens: u32,
-        hold_ns: u64,
-        in_pool: u64,
-    ) {
-        let until = self.since_start(landed) + hold_ns;
-        if let (Some((b, _)), Some(id)) = (&mut self.buffer, ticket) {
-            b.release(id, until, bytes - in_pool, in_pool);
+    /// An admitted request landed: its room is released after its hold.
+    pub fn landed(&mut self, l: Landing) {
+        let until = self.since_start(l.landed) + l.hold_ns;
+        if let (Some((b, _)), Some(id)) = (&mut self.buffer, l.ticket) {
+            b.release(id, until, l.bytes - l.in_pool, l.in_pool);
         }
-        self.holds.push(hold_ns);
-        self.pooled.push(in_pool);
+        self.holds.push(l.hold_ns);
+        self.pooled.push(l.in_pool);
         let start = self.start.expect("arrival() came first");
         let since = |t: Instant| super::nanos(t.saturating_duration_since(start));
-        let (go, landed) = (since(go).max(at_ns), since(landed).max(at_ns));
-        self.queue.saturating_record((go - at_ns).max(1));
-        self.latency.saturating_record((landed - at_ns).max(1));
-        self.requests.push((at_ns, go, landed, bytes, tokens));
+        let (go, landed) = (since(l.go).max(l.at_ns), since(l.landed).max(l.at_ns));
+        self.keys.push(l.key);
+        self.requests.push((l.at_ns, go, landed, l.bytes, l.tokens));
     }
 
     /// Bytes over the time the wire was busy (some request between its go
@@ -244,33 +248,67 @@ impl LoadTally {
         bytes as f64 / busy_ns(self.requests.iter().map(|r| (r.1, r.2))).max(1) as f64
     }
 
-    pub fn figures(&self) -> LoadFigures {
+    /// The requests in arrival order, each request's pieces (same key) as
+    /// one: from the first piece's go to the last's last byte, their bytes
+    /// summed; with each request's hold.
+    fn joined(&self) -> (Vec<Instants>, Vec<u64>) {
+        let mut by_key: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        let (mut requests, mut holds): (Vec<Instants>, Vec<u64>) = (Vec::new(), Vec::new());
+        for (i, r) in self.requests.iter().enumerate() {
+            if let Some(&j) = by_key.get(&self.keys[i]) {
+                let was = &mut requests[j];
+                (was.1, was.2, was.3) = (was.1.min(r.1), was.2.max(r.2), was.3 + r.3);
+                holds[j] = holds[j].max(self.holds[i]);
+                continue;
+            }
+            by_key.insert(self.keys[i], requests.len());
+            requests.push(*r);
+            holds.push(self.holds[i]);
+        }
         // In arrival order: requests in flight at once land out of it.
-        let mut order: Vec<usize> = (0..self.requests.len()).collect();
-        order.sort_by_key(|&i| (self.requests[i].0, self.requests[i].1));
-        let requests: Vec<_> = order.iter().map(|&i| self.requests[i]).collect();
-        let holds: Vec<_> = order.iter().map(|&i| self.holds[i]).collect();
-        let pooled: Vec<_> = order.iter().map(|&i| self.pooled[i]).collect();
-        let mut f =
-            figures(self.arrivals, self.decode_hold_ns, &requests, &holds, &self.queue, &self.latency);
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by_key(|&i| (requests[i].0, requests[i].1));
+        (order.iter().map(|&i| requests[i]).collect(), order.iter().map(|&i| holds[i]).collect())
+    }
+
+    /// Each request's transfer, go to last byte (pieces joined).
+    pub fn transfer_ns(&self) -> Histogram<u64> {
+        let mut h = stats::new_histogram();
+        for r in self.joined().0 {
+            h.saturating_record((r.2 - r.1).max(1));
+        }
+        h
+    }
+
+    pub fn figures(&self) -> LoadFigures {
+        let (requests, holds) = self.joined();
+        let mut f = figures(self.arrivals, self.decode_hold_ns, &requests, &holds);
+        // What decode holds, piece by piece (each took its own room): from
+        // its go to its last byte and hold; the pool what spilled, from then.
+        let each = || self.requests.iter().zip(&self.holds).zip(&self.pooled);
+        let held = |less: fn(u64) -> u64| -> Vec<Held> {
+            each()
+                .map(|((r, hold), pool)| Held {
+                    from_ns: r.1,
+                    until_ns: r.2 + hold,
+                    bytes: r.3 - less(*pool),
+                })
+                .collect()
+        };
+        f.resident = residency::residency(&held(|_| 0));
         let Some((b, on_full)) = &self.buffer else { return f };
-        // The buffer holds what did not spill; the pool what did, from its spill to the release.
-        let each = || requests.iter().zip(&holds).zip(&pooled);
-        let in_buffer: Vec<Held> = each()
-            .map(|((r, hold), pool)| Held { from_ns: r.1, until_ns: r.2 + hold, bytes: r.3 - pool })
-            .collect();
         let in_pool: Vec<Held> = each()
             .filter(|(_, pool)| **pool > 0)
             .map(|((r, hold), pool)| Held { from_ns: r.2, until_ns: r.2 + hold, bytes: *pool })
             .collect();
         let demand_peak_bytes = f.resident.peak_bytes;
-        f.resident = residency::residency(&in_buffer);
+        f.resident = residency::residency(&held(|pool| pool));
         let summary = |h: &Option<Histogram<u64>>| h.as_ref().map(LatencySummary::of).unwrap_or_default();
         f.decode_buffer = Some(BufferFigures {
             capacity_bytes: b.capacity,
             on_full: *on_full,
             spilled_tensors: self.spills.tensors,
-            spilled_bytes: pooled.iter().sum(),
+            spilled_bytes: self.pooled.iter().sum(),
             spilled_requests: self.spills.requests,
             spill_store_ns: summary(&self.spills.store),
             spill_load_ns: summary(&self.spills.load),
@@ -304,9 +342,12 @@ fn figures(
     decode_hold_ns: u64,
     requests: &[(u64, u64, u64, u64, u32)],
     holds: &[u64],
-    queue: &Histogram<u64>,
-    latency: &Histogram<u64>,
 ) -> LoadFigures {
+    let (mut queue, mut latency) = (stats::new_histogram(), stats::new_histogram());
+    for r in requests {
+        queue.saturating_record((r.1 - r.0).max(1));
+        latency.saturating_record((r.2 - r.0).max(1));
+    }
     let n = requests.len() as f64;
     let bytes: u64 = requests.iter().map(|r| r.3).sum();
     let last_arrival = requests.iter().map(|r| r.0).max().unwrap_or(0) as f64;
@@ -345,10 +386,11 @@ fn figures(
         achieved_gbps: bytes as f64 / last_byte,
         saturated: achieved_qps < 0.9 * offered_qps,
         prompts,
-        queue_ns: LatencySummary::of(queue),
+        queue_ns: LatencySummary::of(&queue),
+        queue_histogram: stats::encode_histogram(&queue),
         queue_growth_ns: mean_queue(&requests[half..]) - mean_queue(&requests[..half]),
-        latency_ns: LatencySummary::of(latency),
-        latency_histogram: stats::encode_histogram(latency),
+        latency_ns: LatencySummary::of(&latency),
+        latency_histogram: stats::encode_histogram(&latency),
         decode_hold_ns,
         resident: residency::residency(&held),
         decode_buffer: None,
@@ -367,12 +409,7 @@ mod tests {
     }
 
     fn run(requests: &[(u64, u64, u64, u64, u32)], qps: f64, hold: u64) -> LoadFigures {
-        let (mut q, mut l) = (stats::new_histogram(), stats::new_histogram());
-        for r in requests {
-            q.saturating_record((r.1 - r.0).max(1));
-            l.saturating_record((r.2 - r.0).max(1));
-        }
-        figures(Arrivals::Fixed { qps }, hold, requests, &vec![hold; requests.len()], &q, &l)
+        figures(Arrivals::Fixed { qps }, hold, requests, &vec![hold; requests.len()])
     }
 
     /// 10 requests of 1 MB every 100 ms, each 40 ms on the wire: no queue.

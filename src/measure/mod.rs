@@ -312,20 +312,24 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
-/// What a fan of several senders into one receiver does not run yet: the
-/// fan's lockstep rounds know no schedule, prefill or turns (issue 36's
-/// one engine is to run them all).
+/// What a fan does not run yet: its lockstep rounds know no emulated
+/// prefill or turns (issue 36's one engine is to run them all).
 pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
     let what = if plan.prefill.is_some() {
         "emulated prefill"
-    } else if plan.load.is_some() {
-        "--arrivals"
     } else if plan.conversation.is_some() {
         "--turns"
     } else {
         return Ok(());
     };
     Err(Error::usage(format!("{what} runs one pair at a time, not in a fan of several senders")))
+}
+
+/// Whether a side runs its requests on lanes (`lanes`): several requests
+/// in flight, or any load in a fan, whose pairs each keep their own
+/// arrivals (many-to-one: into one decode instance, `lanes::SharedDecode`).
+pub fn on_lanes(plan: &Plan, in_a_fan: bool) -> bool {
+    plan.lanes() > 1 || (in_a_fan && plan.load.is_some())
 }
 
 pub fn run_receiver(
@@ -467,7 +471,19 @@ pub fn run_receiver(
                 let note = |n, store, load| l.spilled(n, store, load);
                 let (in_place, in_pool) =
                     spill_to_pool(buf, spill_pool.as_mut(), &ranges, landed, deadline, note)?;
-                l.request(at_ns, t0, in_place, bytes as u64, layout.tokens, hold_ns, in_pool);
+                let (key, go, landed, tokens) = (it as u64, t0, in_place, layout.tokens);
+                let bytes = bytes as u64;
+                l.request(load::Landing {
+                    ticket: None,
+                    key,
+                    at_ns,
+                    go,
+                    landed,
+                    bytes,
+                    tokens,
+                    hold_ns,
+                    in_pool,
+                });
             }
             sink.check_complete()?;
             if computes {

@@ -1355,10 +1355,10 @@ impl Plan {
                  NixlConnector (the connector that runs different TPs) moves block by block: use -g block"
             )));
         }
-        if self.prefill.is_some() || self.load.is_some() || self.conversation.is_some() {
+        if self.prefill.is_some() || self.conversation.is_some() {
             return Err(Error::usage(
-                "--prefill-tp/--decode-tp run requests one after another: not with emulated prefill, --arrivals \
-                 or --turns yet",
+                "--prefill-tp/--decode-tp run with --arrivals or back to back: not with emulated prefill or \
+                 --turns yet",
             ));
         }
         if let Some((p, d)) = t.pair {
@@ -1596,6 +1596,18 @@ impl Plan {
     pub fn moves_back(&self) -> bool {
         let bidirectional = MultiTurn::Bidirectional;
         self.conversation.as_ref().is_some_and(|c| c.modes.contains(&bidirectional))
+    }
+
+    /// Pair `index` of a fan under `--arrivals`: separate prefill (or
+    /// decode) instances draw arrivals of their own, so each pair's seed is
+    /// its own; the ranks of one P x D instance carry shares of one stream
+    /// of requests and keep the plan's. A trace is every pair's.
+    pub fn seat(&mut self, index: u32) {
+        if let (Some(l), None) = (&mut self.load, &self.tp) {
+            if index > 0 {
+                l.seed = pattern::seed_of(&[l.seed, index as u64]);
+            }
+        }
     }
 
     /// Lanes a side opens: requests in flight at once under load.

@@ -150,7 +150,7 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
     )?;
     writeln!(out, "# model      {}", r.model)?;
     if let Some(f) = &r.fan {
-        fan_header(f, out)?;
+        fan_header(f, r.plan.load.is_some(), r.plan.tp.is_some(), out)?;
     }
     writeln!(
         out,
@@ -338,7 +338,7 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
 }
 
 /// What a fan's figures mean, and who its pairs are.
-fn fan_header(f: &crate::fan::FanRun, out: &mut dyn Write) -> Result<()> {
+fn fan_header(f: &crate::fan::FanRun, loaded: bool, tp: bool, out: &mut dyn Write) -> Result<()> {
     let s = &f.seat;
     let (many, one) = match s.shape {
         crate::fan::FanShape::ManyToOne => ("senders", "receiver"),
@@ -356,18 +356,49 @@ fn fan_header(f: &crate::fan::FanRun, out: &mut dyn Write) -> Result<()> {
         )?;
         return Ok(());
     }
-    writeln!(
-        out,
-        "# fan        {} ({}): {} {many}, one buffer each, every request started on all pairs together",
-        s.shape,
-        s.arrow(),
-        s.pairs
-    )?;
-    writeln!(
-        out,
-        "#            request = first start to the last pair's last byte; GB/s = all pairs' bytes over it"
-    )?;
-    writeln!(out, "#            under each row: each pair's own GB/s and request times (the incast tail)")?;
+    if loaded {
+        let streams = match (s.shape, tp) {
+            (_, true) => "the ranks carry shares of one stream of requests (one seed)",
+            (crate::fan::FanShape::ManyToOne, false) => {
+                "each sender its own arrivals (its own seed), into one decode"
+            }
+            (crate::fan::FanShape::OneToMany, false) => "each receiver its own arrivals (its own seed)",
+        };
+        writeln!(
+            out,
+            "# fan        {} ({}): {} {many}, one buffer per lane each; {streams}",
+            s.shape,
+            s.arrow(),
+            s.pairs
+        )?;
+        let rows = match s.shape {
+            crate::fan::FanShape::ManyToOne => {
+                "the row: every pair's requests on one clock, one decode buffer; GB/s = all bytes over the time \
+                 some request was on the wire"
+            }
+            crate::fan::FanShape::OneToMany => {
+                "the row: the pairs' requests together (GB/s and rates summed; decode peaks summed step by step)"
+            }
+        };
+        writeln!(out, "#            {rows}")?;
+        writeln!(out, "#            under each row: each pair's own GB/s and request times")?;
+    } else {
+        writeln!(
+            out,
+            "# fan        {} ({}): {} {many}, one buffer each, every request started on all pairs together",
+            s.shape,
+            s.arrow(),
+            s.pairs
+        )?;
+        writeln!(
+            out,
+            "#            request = first start to the last pair's last byte; GB/s = all pairs' bytes over it"
+        )?;
+        writeln!(
+            out,
+            "#            under each row: each pair's own GB/s and request times (the incast tail)"
+        )?;
+    }
     for (i, pair) in f.pair_reports.iter().enumerate() {
         let (peer, via) = match s.shape {
             crate::fan::FanShape::ManyToOne => (&pair.sender, &pair.sender_transport),

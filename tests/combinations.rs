@@ -1,0 +1,248 @@
+//! Features together, as a deployment runs them: fans and P x D ranks
+//! under arrivals, with a decode buffer. Each case runs real processes at a
+//! tiny size over tcp and ucx, and checks requests, bytes and what the
+//! decode side held against values worked out by hand.
+//!
+//! Llama-3.1-8B moves 128 KiB a token (32 layers x K and V x 8 heads x 128
+//! x 2 bytes): a 16-token request is 2 MiB, a 64-token one 8 MiB.
+
+mod common;
+use common::*;
+use serde_json::Value;
+
+const KIB128: u64 = 128 << 10;
+const TRANSPORTS: [&str; 2] = ["tcp", "ucx"];
+
+fn path(dir: &tempfile::TempDir, name: &str) -> String {
+    dir.path().join(name).to_str().unwrap().to_string()
+}
+
+/// Timed bytes of a load point: its prompts' counts times their sizes.
+fn timed_bytes(load: &Value) -> u64 {
+    let prompts = load["prompts"].as_array().unwrap();
+    prompts.iter().map(|p| p[0].as_u64().unwrap() * p[1].as_u64().unwrap() * KIB128).sum()
+}
+
+fn requests(load: &Value) -> u64 {
+    load["prompts"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum()
+}
+
+/// Two prefill instances, each with its own Poisson arrivals, into one
+/// decode instance whose 8 MiB buffer waits for room: one 8 MiB request or
+/// four 2 MiB ones at a time, across both senders. Each is held 100 ms
+/// after its last byte, so the 40 requests a second of the two together
+/// (about 20 MiB held) cannot all fit and some wait.
+#[test]
+fn two_senders_under_poisson_arrivals_share_one_decode_buffer() {
+    for transport in TRANSPORTS {
+        let dir = tempfile::tempdir().unwrap();
+        let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "--json", &path(&dir, "hub.json")]);
+        let load = [
+            "-t",
+            transport,
+            "-m",
+            "llama-3.1-8b",
+            "-g",
+            "request",
+            "--prompt-mix",
+            "16:50,64:50",
+            "--arrivals",
+            "poisson:20",
+            "-n",
+            "8",
+            "-w",
+            "1",
+            "--concurrency",
+            "2",
+            "--decode-buffer",
+            "8MiB",
+            "--on-full",
+            "wait",
+            "--decode-hold",
+            "100",
+            "-q",
+        ];
+        let senders: Vec<Proc> = (0..2)
+            .map(|i| {
+                let json = path(&dir, &format!("s{i}.json"));
+                Proc::start(
+                    SEND,
+                    &[&["--connect", addr.as_str(), "--json", json.as_str()][..], &load].concat(),
+                )
+            })
+            .collect();
+        for s in senders {
+            s.finish(secs(120)).expect_code(0);
+        }
+        let out = recv.finish(secs(20));
+        out.expect_code(0);
+        let hub = json(&dir.path().join("hub.json"));
+        assert_eq!(
+            (hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()),
+            (Some("ok"), Some(0)),
+            "{transport}"
+        );
+        let agg = &hub["points"][0];
+        let l = &agg["load"];
+        let pairs: Vec<&Value> = hub["fan"]["pair_reports"].as_array().unwrap().iter().collect();
+        let own: Vec<&Value> = pairs.iter().map(|r| &r["points"][0]).collect();
+        // Every request of both senders, counted once at the hub.
+        assert_eq!(requests(l), 16, "{transport}: {l}");
+        assert_eq!(l["latency_ns"]["count"], 16);
+        assert_eq!(agg["request_ns"]["count"], 16);
+        assert_eq!(timed_bytes(l), own.iter().map(|p| timed_bytes(&p["load"])).sum::<u64>());
+        // Each pair checked its timed requests and one warm-up on each of its 2 lanes.
+        for p in &own {
+            let extra = p["verified_bytes"].as_u64().unwrap() - timed_bytes(&p["load"]);
+            assert!(
+                [2 * 16 * KIB128, 2 * 64 * KIB128].contains(&extra),
+                "{transport}: warm-ups of {extra} bytes"
+            );
+        }
+        let verified: u64 = own.iter().map(|p| p["verified_bytes"].as_u64().unwrap()).sum();
+        assert_eq!(agg["verified_bytes"].as_u64().unwrap(), verified);
+        // Arrivals of their own: the senders' seeds differ.
+        let seeds: Vec<&Value> = pairs.iter().map(|r| &r["plan"]["load"]["seed"]).collect();
+        assert_ne!(seeds[0], seeds[1], "{transport}");
+        // One buffer for both: never past 8 MiB together, and some waited.
+        let b = &l["decode_buffer"];
+        assert!(l["resident"]["peak_bytes"].as_u64().unwrap() <= 8 << 20, "{transport}: {}", l["resident"]);
+        assert!(b["waited_requests"].as_u64().unwrap() > 0, "{transport}: {b}");
+        assert!(out.stdout.contains("each sender its own arrivals"), "{}", out.stdout);
+        assert!(out.stdout.contains("0 wrong bytes"), "{}", out.stdout);
+    }
+}
+
+/// Prefill at TP 2 into decode at TP 1 under arrivals: the two prefill
+/// ranks carry the halves (4 of 8 KV heads) of one stream of requests,
+/// and the decode rank counts each request once, whole.
+#[test]
+fn p2_to_d1_under_arrivals_counts_each_request_once() {
+    for transport in TRANSPORTS {
+        let dir = tempfile::tempdir().unwrap();
+        let (recv, addr) = receiver("127.0.0.1:0", &["--json", &path(&dir, "d0.json")]);
+        let ranks: Vec<Proc> = (0..2)
+            .map(|p| {
+                let rank = p.to_string();
+                let args = [
+                    "--connect",
+                    &addr,
+                    "-t",
+                    transport,
+                    "-m",
+                    "llama-3.1-8b",
+                    "--prefill-tp",
+                    "2",
+                    "--decode-tp",
+                    "1",
+                    "--prefill-rank",
+                    &rank,
+                    "-g",
+                    "block",
+                    "--block-size",
+                    "16",
+                    "--prompt-mix",
+                    "16:50,64:50",
+                    "--arrivals",
+                    "poisson:20",
+                    "-n",
+                    "6",
+                    "-w",
+                    "1",
+                    "--concurrency",
+                    "2",
+                    "-q",
+                ];
+                Proc::start(SEND, &args)
+            })
+            .collect();
+        for r in ranks {
+            r.finish(secs(120)).expect_code(0);
+        }
+        recv.finish(secs(20)).expect_code(0);
+        let hub = json(&dir.path().join("d0.json"));
+        assert_eq!(
+            (hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()),
+            (Some("ok"), Some(0)),
+            "{transport}"
+        );
+        let agg = &hub["points"][0];
+        let own: Vec<&Value> =
+            hub["fan"]["pair_reports"].as_array().unwrap().iter().map(|r| &r["points"][0]).collect();
+        // Six requests, each made of two shares: counted once, whole.
+        assert_eq!(requests(&agg["load"]), 6, "{transport}");
+        assert_eq!(agg["request_ns"]["count"], 6);
+        assert_eq!(agg["load"]["latency_ns"]["count"], 6);
+        assert_eq!(agg["request_bytes"].as_u64().unwrap(), 64 * KIB128);
+        for p in &own {
+            assert_eq!(p["request_bytes"].as_u64().unwrap(), 64 * KIB128 / 2, "{transport}");
+            // The same stream on both ranks.
+            assert_eq!(p["load"]["prompts"], agg["load"]["prompts"]);
+        }
+        // Each rank checked its half of the timed requests and of one warm-up a lane.
+        for p in &own {
+            let extra = p["verified_bytes"].as_u64().unwrap() - timed_bytes(&p["load"]) / 2;
+            assert!([16 * KIB128, 64 * KIB128].contains(&extra), "{transport}: warm-ups of {extra} bytes");
+        }
+        let verified: u64 = own.iter().map(|p| p["verified_bytes"].as_u64().unwrap()).sum();
+        assert_eq!(agg["verified_bytes"].as_u64().unwrap(), verified);
+    }
+}
+
+/// One prefill instance feeding two decode instances, each pair its own
+/// arrivals: the sender's row is both together.
+#[test]
+fn one_sender_under_arrivals_into_two_receivers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r0, a0) = receiver("127.0.0.1:0", &["-q"]);
+    let (r1, a1) = receiver("127.0.0.1:0", &["-q"]);
+    let connect = format!("{a0},{a1}");
+    let args = [
+        "--connect",
+        &connect,
+        "-m",
+        "llama-3.1-8b",
+        "--prompt-mix",
+        "16:50,64:50",
+        "--arrivals",
+        "poisson:20",
+        "-n",
+        "5",
+        "-w",
+        "1",
+        "--concurrency",
+        "2",
+        "--json",
+        &path(&dir, "hub.json"),
+    ];
+    let out = run(SEND, &args, secs(120));
+    out.expect_code(0);
+    r0.finish(secs(20)).expect_code(0);
+    r1.finish(secs(20)).expect_code(0);
+    let hub = json(&dir.path().join("hub.json"));
+    let agg = &hub["points"][0];
+    let own: Vec<&Value> =
+        hub["fan"]["pair_reports"].as_array().unwrap().iter().map(|r| &r["points"][0]).collect();
+    assert_eq!(requests(&agg["load"]), 10);
+    assert_eq!(agg["load"]["latency_ns"]["count"], 10);
+    assert_eq!(agg["load"]["queue_ns"]["count"], 10);
+    let sum = |k: &str| own.iter().map(|p| p["load"][k].as_f64().unwrap()).sum::<f64>();
+    assert!((agg["load"]["offered_qps"].as_f64().unwrap() - sum("offered_qps")).abs() < 1e-6);
+    assert_eq!(agg["request_bytes"].as_u64().unwrap(), 64 * KIB128);
+    assert!(out.stdout.contains("each receiver its own arrivals"), "{}", out.stdout);
+}
+
+/// What a fan does not run yet is refused with its reason, never run and
+/// left uncounted.
+#[test]
+fn what_a_fan_does_not_run_yet_is_refused() {
+    let f =
+        run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:10", "-p", "128", "--prefill-ms", "128:5"], secs(10));
+    f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time");
+    let f = run(
+        SEND,
+        &["--connect", "127.0.0.1:9,127.0.0.1:10", "--turns", "2", "--turn-tokens", "64"],
+        secs(10),
+    );
+    f.expect_code(2).expect_stderr("--turns runs one pair at a time");
+}
