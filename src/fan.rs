@@ -366,6 +366,7 @@ fn merge_load(loads: &[&LoadFigures]) -> LoadFigures {
     agg.resident = sum_residency(loads.iter().map(|l| &l.resident));
     agg.prefill_resident = sum_residency(loads.iter().map(|l| &l.prefill_resident));
     agg.decode_buffer = None;
+    agg.queue_theory = None;
     agg
 }
 

@@ -113,7 +113,8 @@ fn pair_across(link: &ShapedLink, args: &[&str]) -> Value {
     let send = run("ip", &send_args, secs(180));
     send.expect_code(0);
     recv.finish(secs(10)).expect_code(0);
-    assert!(send.stdout.contains("0 wrong bytes"), "{}", send.stdout);
+    let checked = !args.windows(2).any(|w| w == ["--verify", "off"]);
+    assert!(!checked || send.stdout.contains("0 wrong bytes"), "{}", send.stdout);
     json(&j)
 }
 
@@ -402,4 +403,48 @@ fn a_fan_of_two_under_arrivals_saturates_at_the_link_not_twice_it() {
     );
     assert!(l["saturated"] == true, "{l}");
     assert_eq!(l["latency_ns"]["count"], 20);
+}
+
+/// Queueing against theory, on the 1 Gbit/s link: one lane, Poisson
+/// arrivals of equal requests (Llama-3.1-8B at 8 tokens, 1 MiB, about 8.2
+/// ms on the wire) at about half the link, nothing written or checked
+/// between requests. The mean queueing delay is within 5% of what an ideal
+/// server gives on the same arrivals and service times: what the engine
+/// does between requests (control messages, its bookkeeping) is not hidden
+/// in the queue. Against M/G/1 (Pollaczek-Khinchine) it is within 15%: a
+/// sample of 1000 Poisson arrivals is itself up to 12% from M/G/1's mean
+/// (`cargo run --release --example pk_sample`).
+#[test]
+fn queueing_on_one_lane_agrees_with_pollaczek_khinchine() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = shaped("q", 67) else { return };
+    let args = [
+        "-m",
+        "llama-3.1-8b",
+        "-p",
+        "8",
+        "-g",
+        "request",
+        "--arrivals",
+        "poisson:60",
+        "--seed",
+        "1",
+        "-n",
+        "1000",
+        "-w",
+        "1",
+        "--concurrency",
+        "1",
+        "--verify",
+        "off",
+    ];
+    let r = pair_across(&link, &args);
+    let t = &r["points"][0]["load"]["queue_theory"];
+    let f = |k: &str| t[k].as_f64().unwrap();
+    eprintln!("queueing: {t}");
+    assert!((0.4..0.6).contains(&f("rho")), "{t}");
+    assert!((f("mean_ns") / f("ideal_ns") - 1.0).abs() < 0.05, "{t}");
+    assert!((f("mean_ns") / f("mg1_ns") - 1.0).abs() < 0.15, "{t}");
+    // Between requests: well under the 8.2 ms each takes (25-40 us on the 2-core build VM).
+    assert!(f("between_ns") < 500e3, "{t}");
 }

@@ -431,10 +431,11 @@ fn receive_point(
     let p = point.index;
     let load = plan.load.as_ref().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
     let point_load = point.load.as_ref().ok_or_else(|| Error::run("internal error: a point without load"))?;
-    let tally = |buffer| LoadTally::new(point_load, load.decode_hold_ns, buffer);
+    let tally = |buffer, lanes| LoadTally::new(point_load, load.decode_hold_ns, buffer).servers(lanes);
     // At a hub, the decode instance's clock, buffer and tally are every pair's.
-    let shared = fan.and_then(|f| f.fan.decode.get().map(|d| (f, d.point(p, || tally(load.decode_buffer)))));
-    let own = Mutex::new(tally(if shared.is_some() { None } else { load.decode_buffer }));
+    let shared =
+        fan.and_then(|f| f.fan.decode.get().map(|d| (f, d.point(p, || tally(load.decode_buffer, d.lanes)))));
+    let own = Mutex::new(tally(if shared.is_some() { None } else { load.decode_buffer }, lanes.len()));
     let gathered = Mutex::new(PointTally {
         requests: stats::new_histogram(),
         messages: stats::new_histogram(),

@@ -34,6 +34,10 @@ pub struct LoadFigures {
     /// hub merges its pairs').
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub queue_histogram: String,
+    /// One server (one lane, one pair): the mean queueing delay that
+    /// queueing theory gives from this run's own service times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_theory: Option<QueueTheory>,
     /// Mean queueing delay of the last half of the requests less that of the
     /// first half: near zero when the link keeps up, large when a queue builds.
     pub queue_growth_ns: f64,
@@ -53,6 +57,61 @@ pub struct LoadFigures {
     /// or read by a pull). Under saturation, this is where the queue sits.
     #[serde(default)]
     pub prefill_resident: Residency,
+}
+
+/// The mean queueing delay of one server that does nothing but serve, to
+/// hold the engine's own against: what it adds between requests (control
+/// messages, checks, its own bookkeeping) shows as queueing above these.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueueTheory {
+    /// The run's mean queueing delay (arrival to go).
+    pub mean_ns: f64,
+    /// Offered load: arrival rate times the mean service time (go to last byte).
+    pub rho: f64,
+    /// Poisson arrivals below saturation: M/G/1's mean wait
+    /// (Pollaczek-Khinchine), lambda E[S^2] / (2 (1 - rho)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mg1_ns: Option<f64>,
+    /// An ideal server on these very arrivals and service times (Lindley:
+    /// each starts at its arrival or when the one before it ends).
+    pub ideal_ns: f64,
+    /// What the engine takes between requests: from a request's last byte
+    /// to the go of the next, over the requests that had arrived by then
+    /// (an ideal server's is 0). None when no request queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub between_ns: Option<f64>,
+}
+
+impl QueueTheory {
+    /// From requests' (arrival, go, last byte) in arrival order, at the
+    /// schedule's rate `qps`; None for fewer than two requests.
+    pub fn of(requests: &[(u64, u64, u64)], qps: f64, poisson: bool) -> Option<QueueTheory> {
+        if requests.len() < 2 {
+            return None;
+        }
+        let n = requests.len() as f64;
+        let service: Vec<f64> = requests.iter().map(|r| r.2.saturating_sub(r.1) as f64).collect();
+        let mean_s = service.iter().sum::<f64>() / n;
+        let mean_s2 = service.iter().map(|s| s * s).sum::<f64>() / n;
+        let lambda = qps / 1e9;
+        let rho = lambda * mean_s;
+        let mg1_ns = (poisson && rho < 1.0).then(|| lambda * mean_s2 / (2.0 * (1.0 - rho)));
+        let (mut free_at, mut waited) = (0.0f64, 0.0);
+        for (r, s) in requests.iter().zip(&service) {
+            let at = r.0 as f64;
+            let start = at.max(free_at);
+            waited += start - at;
+            free_at = start + s;
+        }
+        let mean_ns = requests.iter().map(|r| r.1.saturating_sub(r.0) as f64).sum::<f64>() / n;
+        let gaps: Vec<f64> = requests
+            .windows(2)
+            .filter(|w| w[1].0 <= w[0].2)
+            .map(|w| w[1].1.saturating_sub(w[0].2) as f64)
+            .collect();
+        let between_ns = (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64);
+        Some(QueueTheory { mean_ns, rho, mg1_ns, ideal_ns: waited / n, between_ns })
+    }
 }
 
 /// A decode buffer under load.
@@ -119,6 +178,9 @@ pub struct LoadTally {
     start: Option<Instant>,
     /// Each request's key (see `Landing::key`).
     keys: Vec<u64>,
+    /// Requests that may be on the wire at once (lanes): with one, the
+    /// figures hold the queueing delay against theory's.
+    servers: usize,
     /// (arrival, go, last byte) ns from the start, bytes, tokens; per request.
     requests: Vec<(u64, u64, u64, u64, u32)>,
     /// How long decode holds each request's KV after its last byte.
@@ -145,12 +207,19 @@ impl LoadTally {
             decode_hold_ns,
             start: None,
             keys: Vec::with_capacity(load.schedule.len()),
+            servers: 1,
             requests: Vec::with_capacity(load.schedule.len()),
             holds: Vec::with_capacity(load.schedule.len()),
             buffer: buffer.map(|(cap, on_full)| (DecodeBuffer::new(cap), on_full)),
             pooled: Vec::with_capacity(load.schedule.len()),
             spills: Spills::default(),
         }
+    }
+
+    /// `n` requests may be on the wire at once (lanes, or a hub's pairs).
+    pub fn servers(mut self, n: usize) -> Self {
+        self.servers = n;
+        self
     }
 
     fn since_start(&self, t: Instant) -> u64 {
@@ -283,6 +352,11 @@ impl LoadTally {
     pub fn figures(&self) -> LoadFigures {
         let (requests, holds) = self.joined();
         let mut f = figures(self.arrivals, self.decode_hold_ns, &requests, &holds);
+        if self.servers == 1 {
+            let instants: Vec<(u64, u64, u64)> = requests.iter().map(|r| (r.0, r.1, r.2)).collect();
+            let poisson = matches!(self.arrivals, Arrivals::Poisson { .. });
+            f.queue_theory = QueueTheory::of(&instants, f.offered_qps, poisson);
+        }
         // What decode holds, piece by piece (each took its own room): from
         // its go to its last byte and hold; the pool what spilled, from then.
         let each = || self.requests.iter().zip(&self.holds).zip(&self.pooled);
@@ -388,6 +462,7 @@ fn figures(
         prompts,
         queue_ns: LatencySummary::of(&queue),
         queue_histogram: stats::encode_histogram(&queue),
+        queue_theory: None,
         queue_growth_ns: mean_queue(&requests[half..]) - mean_queue(&requests[..half]),
         latency_ns: LatencySummary::of(&latency),
         latency_histogram: stats::encode_histogram(&latency),
@@ -430,6 +505,30 @@ mod tests {
         assert_eq!(f.resident.peak_bytes, 1_000_000);
         assert_eq!(f.prefill_resident.peak_bytes, 1_000_000);
         assert_eq!(f.prompts, vec![(128, 10)]);
+    }
+
+    /// Three requests 10 ms apart. Each 15 ms: an ideal server starts the
+    /// second at 15 (5 ms after its arrival), the third at 30 (10 after),
+    /// and at 100/s rho is 1.5: no M/G/1 value. Each 5 ms: nobody waits,
+    /// rho 0.5, and M/G/1 gives lambda E[S^2] / (2 (1 - rho)) = 2.5 ms.
+    #[test]
+    fn queueing_theory_from_the_runs_own_service_times() {
+        let ms = 1_000_000u64;
+        let late = [(0, 0, 15 * ms), (10 * ms, 17 * ms, 32 * ms), (20 * ms, 33 * ms, 48 * ms)];
+        let t = QueueTheory::of(&late, 100.0, true).unwrap();
+        // Each queued and went 2 ms, then 1 ms, after the last byte before it.
+        assert_eq!(t.between_ns, Some(1.5 * ms as f64));
+        assert!((t.ideal_ns - 5.0 * ms as f64).abs() < 1e-6, "{t:?}");
+        // The run itself: 0, 7 and 13 ms.
+        assert!((t.mean_ns - 20.0 / 3.0 * ms as f64).abs() < 1e-3, "{t:?}");
+        assert!((t.rho - 1.5).abs() < 1e-9 && t.mg1_ns.is_none(), "{t:?}");
+        let quick = [(0, 0, 5 * ms), (10 * ms, 10 * ms, 15 * ms), (20 * ms, 20 * ms, 25 * ms)];
+        let t = QueueTheory::of(&quick, 100.0, true).unwrap();
+        assert_eq!((t.ideal_ns, t.mean_ns, t.between_ns), (0.0, 0.0, None));
+        assert!((t.mg1_ns.unwrap() - 2.5 * ms as f64).abs() < 1.0, "{t:?}");
+        // Fixed arrivals are not Poisson: no M/G/1 value, the ideal server still.
+        assert!(QueueTheory::of(&quick, 100.0, false).unwrap().mg1_ns.is_none());
+        assert!(QueueTheory::of(&quick[..1], 100.0, true).is_none());
     }
 
     #[test]

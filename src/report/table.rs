@@ -596,6 +596,24 @@ fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()>
         fmt_bytes(f.resident.p99_bytes),
         fmt_bytes(f.prefill_resident.peak_bytes)
     )?;
+    if let Some(t) = &f.queue_theory {
+        let mg1 = match t.mg1_ns {
+            Some(ns) => format!("M/G/1 (Pollaczek-Khinchine) {}, ", fmt_ns(ns)),
+            None => String::new(),
+        };
+        let between = match t.between_ns {
+            Some(ns) => format!("; last byte to the next queued request's go {}", fmt_ns(ns)),
+            None => String::new(),
+        };
+        writeln!(
+            out,
+            "#   queue mean {} at rho {:.2}: {mg1}an ideal server on these arrivals {} (from this run's service \
+             times){between}",
+            fmt_ns(t.mean_ns),
+            t.rho,
+            fmt_ns(t.ideal_ns)
+        )?;
+    }
     if let Some(b) = &f.decode_buffer {
         writeln!(
             out,

@@ -53,6 +53,9 @@ pub struct Control {
     last_ping: Instant,
     /// Messages that arrived while a transport was watching, for `recv`.
     pending: std::collections::VecDeque<Msg>,
+    /// The read timeout the socket has, so that a read sets it only when
+    /// it changes (a system call per read was most of a message's cost).
+    read_timeout: Option<Duration>,
 }
 
 /// How often `watch` pings the peer, at most; never less than four pings per
@@ -80,6 +83,7 @@ impl Control {
             missed_logged: 0,
             last_ping: Instant::now(),
             pending: Default::default(),
+            read_timeout: None,
         })
     }
 
@@ -313,7 +317,11 @@ impl Control {
                 return Err(self.silent(awaiting, began.elapsed()));
             };
             // In slices, so that an operator's signal stops a long wait promptly.
-            self.reader.get_ref().set_read_timeout(Some(left.min(SIGNAL_LATENCY)))?;
+            let slice = Some(left.min(SIGNAL_LATENCY));
+            if self.reader.buffer().is_empty() && self.read_timeout != slice {
+                self.reader.get_ref().set_read_timeout(slice)?;
+                self.read_timeout = slice;
+            }
             match self.reader.read(&mut buf[done..]) {
                 Ok(0) => {
                     return Err(Error::connection_lost(format!(
