@@ -22,7 +22,7 @@ OUT=${1:?usage: gpu-combinations.sh OUT_DIR}
 pack() { tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"; }
 { nvidia-smi; uname -a; "$BIN/kvxfer" --version; } >"$OUT/machine.txt" 2>&1
 UCX_PUT=(-t ucx --ucx-op put --ucx-err-mode none)
-QUEUE=(-m llama-3.1-8b -p 8192 -g layer -w 5 --concurrency 1 --arrivals "poisson:${QUEUE_RATES:-250,400,550}" -n 2000)
+QUEUE=(-m llama-3.1-8b -p 8192 -g layer -w 5 --concurrency 1 --arrivals "poisson:${QUEUE_RATES:-250,400,550}" -n 5000)
 run queue-after "${UCX_PUT[@]}" "${QUEUE[@]}"
 pack
 run queue-off "${UCX_PUT[@]}" "${QUEUE[@]}" --verify off

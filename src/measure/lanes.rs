@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::fan::Fan;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
-use crate::plan::{Plan, Point, Side, VerifyMode};
+use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::schedule::residency::OnFull;
 use crate::session::{Control, Msg, ReceiverSession, SenderSession};
 use crate::transport::{nanos, AtOnce, PeerLink, RecvSide, SendSide};
@@ -310,52 +310,15 @@ pub fn run_sender(
             .zip(filled.iter_mut())
             .enumerate()
             .map(|(lane, (l, filled))| {
-                let (mail, plan, point) = (&mail, &plan, &point);
-                move || -> Result<Vec<(u32, usize, u64)>> {
-                    let mut sent = Vec::new();
-                    loop {
-                        let take = mail.expect(
-                            Instant::now() + take_within,
-                            &format!("waiting for lane {lane}'s next request of point {p}"),
-                            |m| matches!(m, Msg::Take { lane: l, point, .. } if *l == lane as u32 && *point == p),
-                        )?;
-                        let Msg::Take { it: Some(it), in_ns, .. } = take else { return Ok(sent) };
-                        let request = plan.request_id(p, it);
-                        let layout = point.layout_at(plan.warmup, it);
-                        let bytes = layout.total_bytes();
-                        if plan.verify != VerifyMode::Off || !*filled {
-                            l.buf.fill(layout, request)?;
-                            *filled = true;
-                        }
-                        let first_measured = p == 0 && it == plan.warmup;
-                        if first_measured && fault == Some(Fault::CorruptByte) {
-                            l.buf.flip_byte(layout.byte_place(Side::Sender, bytes / 2))?;
-                        }
-                        if first_measured && fault == Some(Fault::MisplacedState) {
-                            if let Some((from, to, len)) = layout.misplaced_state() {
-                                l.buf.copy_within(from, to, len)?;
-                            }
-                        }
-                        let on_wire = match fault {
-                            Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
-                            _ => request,
-                        };
-                        mail.send(&Msg::LaneReady { lane: lane as u32, request })?;
-                        let by = Instant::now() + Duration::from_nanos(in_ns) + per_request(timeout, bytes) + longest_wait;
-                        let mut deadline = allowance(timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
-                        if l.transport.go_in_band() {
-                            deadline += by.saturating_duration_since(Instant::now());
-                        } else {
-                            mail.expect(by, &format!("waiting for the receiver's go for {}", crate::plan::Req(request)), |m| {
-                                matches!(m, Msg::LaneGo { lane: l, request: r } if *l == lane as u32 && *r == request)
-                            })?;
-                        }
-                        let sending = Instant::now();
-                        let mut link = LaneLink { mail, go: None };
-                        l.transport.send(&*l.buf, layout, on_wire, deadline, &mut link, &AtOnce)?;
-                        sent.push((it, bytes, nanos(sending.elapsed())));
-                    }
-                }
+                let s = SendingLane {
+                    lane: lane as u32,
+                    plan: &plan,
+                    point: &point,
+                    mail: &mail,
+                    fault,
+                    timeout,
+                };
+                move || s.run(l, filled, take_within, longest_wait)
             })
             .collect();
         let sent = mail.run(work)?;
@@ -376,6 +339,86 @@ pub fn run_sender(
     }
     super::expect_finish(ctrl)?;
     Ok(results)
+}
+
+/// A sending lane's share of a point.
+struct SendingLane<'a, 'c> {
+    lane: u32,
+    plan: &'a Plan,
+    point: &'a Point,
+    mail: &'a Mailbox<'c>,
+    fault: Option<Fault>,
+    timeout: Duration,
+}
+
+impl SendingLane<'_, '_> {
+    /// The requests the receiver hands this lane, until it says none is
+    /// left; each one's (request, bytes, ns on the wire).
+    fn run(
+        &self,
+        l: &mut Lane<'_, dyn SendSide>,
+        filled: &mut bool,
+        take_within: Duration,
+        longest_wait: Duration,
+    ) -> Result<Vec<(u32, usize, u64)>> {
+        let (plan, point, p, lane) = (self.plan, self.point, self.point.index, self.lane);
+        let mut sent = Vec::new();
+        loop {
+            let take = self.mail.expect(
+                Instant::now() + take_within,
+                &format!("waiting for lane {lane}'s next request of point {p}"),
+                |m| matches!(m, Msg::Take { lane: l, point, .. } if *l == lane && *point == p),
+            )?;
+            let Msg::Take { it: Some(it), in_ns, .. } = take else { return Ok(sent) };
+            let request = plan.request_id(p, it);
+            let layout = point.layout_at(plan.warmup, it);
+            let bytes = layout.total_bytes();
+            let on_wire = self.write(l.buf, filled, it, request)?;
+            self.mail.send(&Msg::LaneReady { lane, request })?;
+            let by = Instant::now()
+                + Duration::from_nanos(in_ns)
+                + per_request(self.timeout, bytes)
+                + longest_wait;
+            let mut deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            if l.transport.go_in_band() {
+                deadline += by.saturating_duration_since(Instant::now());
+            } else {
+                let awaiting = format!("waiting for the receiver's go for {}", crate::plan::Req(request));
+                self.mail.expect(
+                    by,
+                    &awaiting,
+                    |m| matches!(m, Msg::LaneGo { lane: l, request: r } if *l == lane && *r == request),
+                )?;
+            }
+            let sending = Instant::now();
+            let mut link = LaneLink { mail: self.mail, go: None };
+            l.transport.send(&*l.buf, layout, on_wire, deadline, &mut link, &AtOnce)?;
+            sent.push((it, bytes, nanos(sending.elapsed())));
+        }
+    }
+
+    /// Writes request `it`'s pattern (once, with checks off) and what the
+    /// fault matrix breaks in it; returns the key it goes under.
+    fn write(&self, buf: &mut Buffer, filled: &mut bool, it: u32, request: u64) -> Result<u64> {
+        let layout = self.point.layout_at(self.plan.warmup, it);
+        if self.plan.verify != VerifyMode::Off || !*filled {
+            buf.fill(layout, request)?;
+            *filled = true;
+        }
+        let first_measured = self.point.index == 0 && it == self.plan.warmup;
+        if first_measured && self.fault == Some(Fault::CorruptByte) {
+            buf.flip_byte(layout.byte_place(Side::Sender, layout.total_bytes() / 2))?;
+        }
+        if first_measured && self.fault == Some(Fault::MisplacedState) {
+            if let Some((from, to, len)) = layout.misplaced_state() {
+                buf.copy_within(from, to, len)?;
+            }
+        }
+        Ok(match self.fault {
+            Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
+            _ => request,
+        })
+    }
 }
 
 /// What the lanes of a receiver gather over one point.
@@ -559,6 +602,35 @@ impl LaneContext<'_, '_> {
         Ok(())
     }
 
+    /// Waits for request `it`'s arrival, then (--on-full wait) until it
+    /// fits: the room is taken at once, as another lane may be deciding too.
+    fn admit(&self, it: u32, layout: &RequestLayout, arrived: Instant) -> Result<Admit> {
+        wait_until_by(arrived, &mut || self.mail.check())?;
+        check_behind(self.plan, self.point, it, arrived, self.timeout)?;
+        let (waiting, mut waited) = (Instant::now(), false);
+        let admitted = loop {
+            match self.tally().admit(Instant::now(), layout) {
+                Admit::Wait(until) => {
+                    waited = true;
+                    if waiting.elapsed() > self.timeout {
+                        return Err(Error::run(format!(
+                            "{} found no room in the decode buffer for --timeout {}",
+                            crate::plan::Req(self.plan.request_id(self.point.index, it)),
+                            humantime::format_duration(self.timeout),
+                        )));
+                    }
+                    let poll = Instant::now() + Duration::from_millis(1);
+                    wait_until_by(until.map_or(poll, |u| u.min(poll)), &mut || self.mail.check())?;
+                }
+                go => break go,
+            }
+        };
+        if waited {
+            self.tally().waited(nanos(waiting.elapsed()));
+        }
+        Ok(admitted)
+    }
+
     /// One request on this lane, taken already: a warm-up (no start), or a
     /// timed one that goes at its arrival from `start`, once it fits.
     fn request(
@@ -576,33 +648,10 @@ impl LaneContext<'_, '_> {
             (Some(s), Some(a)) => Some((a, s + Duration::from_nanos(a.at_ns))),
             _ => None,
         };
-        let mut admitted = Admit::Go { ticket: None, spills: Vec::new() };
-        if let Some((_, arrived)) = arrival {
-            wait_until_by(arrived, &mut || self.mail.check())?;
-            check_behind(plan, point, it, arrived, self.timeout)?;
-            // --on-full wait: the request goes once it fits; the room is taken at once.
-            let (waiting, mut waited) = (Instant::now(), false);
-            admitted = loop {
-                match self.tally().admit(Instant::now(), layout) {
-                    Admit::Wait(until) => {
-                        waited = true;
-                        if waiting.elapsed() > self.timeout {
-                            return Err(Error::run(format!(
-                                "{request_named} found no room in the decode buffer for --timeout {}",
-                                humantime::format_duration(self.timeout),
-                                request_named = crate::plan::Req(request)
-                            )));
-                        }
-                        let poll = Instant::now() + Duration::from_millis(1);
-                        wait_until_by(until.map_or(poll, |u| u.min(poll)), &mut || self.mail.check())?;
-                    }
-                    go => break go,
-                }
-            };
-            if waited {
-                self.tally().waited(nanos(waiting.elapsed()));
-            }
-        }
+        let admitted = match arrival {
+            Some((_, arrived)) => self.admit(it, layout, arrived)?,
+            None => Admit::Go { ticket: None, spills: Vec::new() },
+        };
         let Admit::Go { ticket, spills } = admitted else { unreachable!("admitted") };
         let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
         sink.begin(request);
