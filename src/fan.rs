@@ -9,11 +9,13 @@ use crate::error::{Error, Result};
 use crate::measure::lanes::{SharedDecode, SharedFigures};
 use crate::measure::load::LoadFigures;
 use crate::measure::stats::{self, LatencySummary, PointResult};
+use crate::measure::turns::{ConversationFigures, TurnFigures};
 use crate::net;
 use crate::report::RunReport;
 use crate::schedule::residency::Residency;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -120,6 +122,8 @@ struct Tally {
     rounds_in_point: u32,
     first_span_ns: u64,
     spans: Histogram<u64>,
+    /// Conversations: each turn's rounds apart, by turn number.
+    turn_spans: BTreeMap<u32, Histogram<u64>>,
     results: Vec<Option<PointResult>>,
 }
 
@@ -139,6 +143,7 @@ impl Fan {
                 rounds_in_point: 0,
                 first_span_ns: 0,
                 spans: stats::new_histogram(),
+                turn_spans: BTreeMap::new(),
                 results: vec![None; pairs],
             }),
         }
@@ -221,8 +226,9 @@ impl Fan {
     }
 
     /// Pair `pair` finished a round it started at `start`, in `ns` as its
-    /// receiver timed it. The round's span is taken once all pairs are in.
-    pub fn finish(&self, pair: usize, timed: bool, start: Instant, ns: u64) {
+    /// receiver timed it (a conversation's turn `turn`). The round's span is
+    /// taken once all pairs are in.
+    pub fn finish(&self, pair: usize, timed: bool, start: Instant, ns: u64, turn: Option<u32>) {
         let mut t = self.tally();
         t.round[pair] = Some((start, start + std::time::Duration::from_nanos(ns)));
         if t.round.iter().any(Option::is_none) {
@@ -238,6 +244,9 @@ impl Fan {
         t.rounds_in_point += 1;
         if timed {
             t.spans.saturating_record(span.max(1));
+            if let Some(turn) = turn {
+                t.turn_spans.entry(turn).or_insert_with(stats::new_histogram).saturating_record(span.max(1));
+            }
         }
     }
 
@@ -251,6 +260,8 @@ impl Fan {
         let results: Vec<PointResult> = t.results.iter_mut().map(|r| r.take().expect("all in")).collect();
         let shared = self.decode.get().and_then(|d| d.take(result.point));
         let mut point = aggregate(&results, &t.spans, t.first_span_ns, shared);
+        aggregate_turns(&mut point, &results, &t.turn_spans);
+        t.turn_spans.clear();
         if point.load.is_some() && !self.shares {
             // Each pair's requests are its own: the row names one request.
             point.request_bytes = results[0].request_bytes;
@@ -326,6 +337,37 @@ pub fn aggregate(
         None => agg.load = None,
     }
     agg
+}
+
+/// A fan of conversations: every pair's bytes over each turn's rounds
+/// (first start to the last pair's last byte), and each turn's way back
+/// as the slowest pair took it (it runs before the round starts).
+fn aggregate_turns(
+    agg: &mut PointResult,
+    results: &[PointResult],
+    turn_spans: &BTreeMap<u32, Histogram<u64>>,
+) {
+    let Some(mut f) = agg.conversation.clone() else { return };
+    let pairs: Vec<&ConversationFigures> = results.iter().filter_map(|r| r.conversation.as_ref()).collect();
+    let sum = |each: fn(&ConversationFigures) -> u64| pairs.iter().map(|c| each(c)).sum::<u64>();
+    (f.bytes, f.full_bytes) = (sum(|c| c.bytes), sum(|c| c.full_bytes));
+    f.regions = pairs.iter().map(|c| c.regions).sum();
+    for (i, turn) in f.turns.iter_mut().enumerate() {
+        let each: Vec<&TurnFigures> = pairs.iter().filter_map(|c| c.turns.get(i)).collect();
+        turn.bytes = each.iter().map(|t| t.bytes).sum();
+        turn.back_bytes = each.iter().map(|t| t.back_bytes).sum();
+        turn.cumulative_bytes = each.iter().map(|t| t.cumulative_bytes).sum();
+        turn.messages = each.iter().map(|t| t.messages).sum();
+        if let Some(h) = turn_spans.get(&turn.turn) {
+            turn.transfer_ns = LatencySummary::of(h);
+        }
+        let slowest_back = each.iter().max_by(|a, b| a.back_ns.mean.total_cmp(&b.back_ns.mean));
+        turn.back_ns = slowest_back.map(|t| t.back_ns.clone()).unwrap_or_default();
+    }
+    let mean_ns: f64 = f.turns.iter().map(|t| t.transfer_ns.mean + t.back_ns.mean).sum();
+    agg.request_bytes = f.bytes as usize;
+    agg.gbps = crate::units::gbps(f.bytes, mean_ns);
+    agg.conversation = Some(f);
 }
 
 /// Independent pairs' load figures as one (a one-to-many hub: each decode
@@ -493,8 +535,8 @@ mod tests {
         for (timed, a, b) in
             [(false, 5_000, 5_000), (true, 1_000_000, 2_000_000), (true, 1_000_000, 1_000_000)]
         {
-            fan.finish(0, timed, t0, a);
-            fan.finish(1, timed, t0 + Duration::from_micros(1), b);
+            fan.finish(0, timed, t0, a, None);
+            fan.finish(1, timed, t0 + Duration::from_micros(1), b, None);
         }
         fan.point_done(0, &result(1_000_000, &[1_000_000, 1_000_000]));
         assert!(out.lock().unwrap().is_empty());
@@ -511,8 +553,8 @@ mod tests {
         assert_eq!(f.pair_request_ns.count, 4);
         assert!(f.pair_request_ns.max >= 1_999_000);
         // A second point starts from a clean tally.
-        fan.finish(0, false, t0, 7);
-        fan.finish(1, false, t0, 9);
+        fan.finish(0, false, t0, 7, None);
+        fan.finish(1, false, t0, 9, None);
         fan.point_done(0, &result(1, &[1]));
         fan.point_done(1, &result(1, &[1]));
         assert_eq!(out.lock().unwrap().pop().unwrap().first_request_ns, 9);

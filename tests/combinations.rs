@@ -232,17 +232,87 @@ fn one_sender_under_arrivals_into_two_receivers() {
     assert!(out.stdout.contains("each receiver its own arrivals"), "{}", out.stdout);
 }
 
+/// Conversations into two decode instances at once, every turn's rounds
+/// started on both pairs together (full, delta, bidirectional and
+/// d-direct, one point each): the sender's row holds both pairs' bytes
+/// over each turn's rounds, which last at least as long as either
+/// pair's own transfer of that turn.
+#[test]
+fn conversations_in_a_one_to_two_fan() {
+    for transport in TRANSPORTS {
+        let dir = tempfile::tempdir().unwrap();
+        let (r0, a0) = receiver("127.0.0.1:0", &["-q"]);
+        let (r1, a1) = receiver("127.0.0.1:0", &["-q"]);
+        let connect = format!("{a0},{a1}");
+        let hub_json = path(&dir, "hub.json");
+        let args = [
+            "--connect",
+            &connect,
+            "-t",
+            transport,
+            "-m",
+            "llama-3.1-8b",
+            "--block-size",
+            "16",
+            "--turns",
+            "3",
+            "--turn-tokens",
+            "64:16",
+            "-n",
+            "3",
+            "--json",
+            &hub_json,
+            "-q",
+        ];
+        run(SEND, &args, secs(120)).expect_code(0);
+        r0.finish(secs(20)).expect_code(0);
+        r1.finish(secs(20)).expect_code(0);
+        let hub = json(&dir.path().join("hub.json"));
+        assert_eq!(
+            (hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()),
+            (Some("ok"), Some(0)),
+            "{transport}"
+        );
+        let pairs: Vec<&Value> = hub["fan"]["pair_reports"].as_array().unwrap().iter().collect();
+        for (i, agg) in hub["points"].as_array().unwrap().iter().enumerate() {
+            let c = &agg["conversation"];
+            let own: Vec<&Value> = pairs.iter().map(|r| &r["points"][i]["conversation"]).collect();
+            let sum = |v: &[&Value], k: &str| v.iter().map(|x| x[k].as_u64().unwrap()).sum::<u64>();
+            assert_eq!(c["bytes"].as_u64().unwrap(), sum(&own, "bytes"), "{transport} point {i}");
+            assert_eq!(agg["request_bytes"], c["bytes"]);
+            for (t, turn) in c["turns"].as_array().unwrap().iter().enumerate() {
+                let theirs: Vec<&Value> = own.iter().map(|o| &o["turns"][t]).collect();
+                assert_eq!(turn["bytes"].as_u64().unwrap(), sum(&theirs, "bytes"), "{transport} point {i}");
+                let count = turn["transfer_ns"]["count"].as_u64().unwrap();
+                if turn["bytes"].as_u64().unwrap() == 0 {
+                    continue;
+                }
+                // Three conversations, each turn one round on both pairs.
+                assert_eq!(count, 3, "{transport} point {i} turn {t}: {turn}");
+                let span = turn["transfer_ns"]["mean"].as_f64().unwrap();
+                for o in &theirs {
+                    let alone = o["transfer_ns"]["mean"].as_f64().unwrap();
+                    assert!(
+                        span >= 0.999 * alone,
+                        "{transport} point {i} turn {t}: round {span} < pair {alone}"
+                    );
+                }
+            }
+            let gbps = agg["gbps"].as_f64().unwrap();
+            let pair_sum: f64 = pairs.iter().map(|r| r["points"][i]["gbps"].as_f64().unwrap()).sum();
+            assert!(gbps > 0.0 && gbps <= 1.001 * pair_sum, "{transport} point {i}: {gbps} vs {pair_sum}");
+        }
+    }
+}
+
 /// What a fan does not run yet is refused with its reason, never run and
 /// left uncounted.
 #[test]
 fn what_a_fan_does_not_run_yet_is_refused() {
-    let f =
-        run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:10", "-p", "128", "--prefill-ms", "128:5"], secs(10));
-    f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time");
-    let f = run(
-        SEND,
-        &["--connect", "127.0.0.1:9,127.0.0.1:10", "--turns", "2", "--turn-tokens", "64"],
-        secs(10),
-    );
-    f.expect_code(2).expect_stderr("--turns runs one pair at a time");
+    let two = ["--connect", "127.0.0.1:9,127.0.0.1:10"];
+    let f = run(SEND, &[&two[..], &["-p", "128", "--prefill-ms", "128:5"]].concat(), secs(10));
+    f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time, not in a fan");
+    let turns = ["--turns", "2", "--turn-tokens", "64", "--arrivals", "poisson:5"];
+    let f = run(SEND, &[&two[..], &turns].concat(), secs(10));
+    f.expect_code(2).expect_stderr("--turns under --arrivals runs one pair at a time, not in a fan");
 }

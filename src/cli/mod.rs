@@ -407,11 +407,8 @@ fn send(a: &SendArgs) -> Result<()> {
     if !matches!(memory.kind, MemoryKind::Host) {
         gpu::init()?;
     }
-    if pairs > 1 && plan.prefill.is_some() {
-        return Err(Error::usage("emulated prefill runs one pair at a time, not a fan of several receivers"));
-    }
-    if plan.conversation.is_some() && a.connect.len() > 1 {
-        return Err(Error::usage("--turns runs one pair at a time, not a fan of several receivers"));
+    if pairs > 1 {
+        measure::not_in_a_fan(&plan)?;
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {

@@ -150,17 +150,17 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
-/// What a fan does not run yet: its lockstep rounds know no emulated
-/// prefill or turns (issue 36's one engine is to run them all).
+/// What a fan does not run yet: emulated prefill, and conversations under
+/// arrivals (lanes know no turns; issue 36's one engine is to run them).
 pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
     let what = if plan.prefill.is_some() {
         "emulated prefill"
-    } else if plan.conversation.is_some() {
-        "--turns"
+    } else if plan.conversation.is_some() && plan.load.is_some() {
+        "--turns under --arrivals"
     } else {
         return Ok(());
     };
-    Err(Error::usage(format!("{what} runs one pair at a time, not in a fan of several senders")))
+    Err(Error::usage(format!("{what} runs one pair at a time, not in a fan")))
 }
 
 /// Whether a side runs its requests on lanes (`lanes`): several requests

@@ -318,7 +318,8 @@ impl Receiver<'_> {
             self.ctrl.send(&Msg::Took { request, ns: request_ns })?;
         }
         if let Some(f) = self.fan {
-            f.fan.finish(f.pair, plan.measured(point, it), got.t0, request_ns);
+            let turn = point.turn_named(plan.warmup, it).map(|(_, turn)| turn);
+            f.fan.finish(f.pair, plan.measured(point, it), got.t0, request_ns, turn);
         }
         events.request(point.index, it, bytes, request_ns);
         if it == 0 {

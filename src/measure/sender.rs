@@ -255,7 +255,8 @@ impl Sender<'_> {
                 Msg::Took { request: r, ns } if r == request => Ok(ns),
                 other => Err(other),
             })?;
-            f.fan.finish(f.pair, self.plan.measured(point, it), start, ns);
+            let turn = point.turn_named(self.plan.warmup, it).map(|(_, turn)| turn);
+            f.fan.finish(f.pair, self.plan.measured(point, it), start, ns, turn);
         }
         if self.copier == Some(Role::Sender) {
             // Then this side's context is the last to have run on the GPU.
