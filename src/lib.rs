@@ -27,6 +27,7 @@ pub mod memory;
 pub mod net;
 pub mod plan;
 pub mod report;
+pub mod run;
 pub mod schedule;
 pub mod session;
 pub mod signals;

@@ -5,8 +5,7 @@
 //! their rounds and sums them into the hub's report.
 
 use super::args::{SendArgs, MAX_FAN};
-use super::screen::Screen;
-use super::{sender_side, Outputs, ReceiverSide};
+use super::{sender_options, Outputs};
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
 use crate::fan::{Fan, FanRun, FanShape, Seat};
@@ -15,7 +14,9 @@ use crate::measure::lanes::SharedDecode;
 use crate::measure::{FanSlot, PointResult};
 use crate::memory::{self, MemorySpec};
 use crate::plan::Plan;
+use crate::report::screen::Screen;
 use crate::report::RunReport;
+use crate::run::{sender_side, ReceiverSide};
 use crate::session::{self, ReceiverSession};
 use crate::transport;
 use std::net::TcpListener;
@@ -43,7 +44,7 @@ pub fn receivers(connect: &[String]) -> Result<usize> {
 /// One sender, several receivers, all fed at once: `plans` has each pair's
 /// (the same, or under different TP each decode rank's share).
 pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Outputs) -> Result<()> {
-    let hub = Hub::new(Screen::new(&a.run.output));
+    let hub = Hub::new(super::screen_for(&a.run.output));
     let mut fan = hub.fan(FanShape::OneToMany, a.connect.len());
     fan.shares = plans[0].tp.is_some();
     let silent = Screen::silent();
@@ -52,7 +53,8 @@ pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Ou
             .map(|(pair, (addr, plan))| {
                 let (fan, silent) = (&fan, &silent);
                 let slot = Some(FanSlot { fan, pair });
-                s.spawn(move || sender_side(addr, a.bind, &a.run, plan, memory, silent, slot))
+                let options = sender_options(&a.run);
+                s.spawn(move || sender_side(addr, a.bind, &options, plan, memory, silent, slot))
             })
             .collect();
         threads.into_iter().map(joined).collect()

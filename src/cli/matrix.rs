@@ -7,7 +7,7 @@
 //! heartbeat each second, so a rank that dies or hangs is noticed within
 //! --timeout, never waited on forever.
 
-use super::{sender_side, service, Screen};
+use super::{sender_options, service};
 use crate::cli::args::{MatrixArgs, RecvArgs};
 use crate::error::{Error, ErrorKind, Result};
 use crate::launch::Launch;
@@ -15,6 +15,8 @@ use crate::matrix::{self, Cell, Grid};
 use crate::memory::MemoryKind;
 use crate::net;
 use crate::plan::Granularity;
+use crate::report::screen::Screen;
+use crate::run::sender_side;
 use crate::session;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -234,7 +236,8 @@ fn pair(
     // The receiver may still be closing the last step's run when its sender is done.
     let until = Instant::now() + run.timeout;
     let (report, result) = loop {
-        let (report, result) = sender_side(addr, bind, run, plan.clone(), run.memory.spec(), &screen, None);
+        let (report, result) =
+            sender_side(addr, bind, &sender_options(run), plan.clone(), run.memory.spec(), &screen, None);
         match &result {
             Err(e) if crate::session::is_busy(e) && Instant::now() < until => {
                 std::thread::sleep(Duration::from_millis(50))

@@ -38,6 +38,12 @@ impl Busy {
     }
 }
 
+impl crate::run::Serving for Busy {
+    fn serving(&self, peers: &[SocketAddr]) {
+        Busy::serving(self, peers)
+    }
+}
+
 /// How long a busy answer may take: the sender hears within this.
 const BUSY_ANSWER: Duration = Duration::from_secs(1);
 

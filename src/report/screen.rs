@@ -3,10 +3,9 @@
 //! progress bar on stderr where stderr is a terminal: the request in
 //! progress, its GB/s and an ETA for the whole sweep.
 
-use super::args::OutputArgs;
+use super::{table, RunReport};
 use crate::error::Result;
 use crate::measure::PointResult;
-use crate::report::{table, RunReport};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -40,17 +39,19 @@ fn terminal_width() -> Option<usize> {
 }
 
 impl Screen {
-    pub fn new(a: &OutputArgs) -> Screen {
+    /// `quiet`: nothing but errors; `json_stream`: JSON lines instead of
+    /// the table; `wide`: every column.
+    pub fn new(quiet: bool, json_stream: bool, wide: bool) -> Screen {
         // -v's log lines go to stderr too, so the bar stays off then.
-        let progress = !a.quiet && std::io::stderr().is_terminal() && !crate::logging::enabled();
+        let progress = !quiet && std::io::stderr().is_terminal() && !crate::logging::enabled();
         let bar = match progress {
             true => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
             false => ProgressBar::hidden(),
         };
         Screen {
-            table: !a.quiet && !a.json_stream,
-            json_stream: a.json_stream,
-            layout: table::Layout::choose(a.wide, terminal_width()),
+            table: !quiet && !json_stream,
+            json_stream,
+            layout: table::Layout::choose(wide, terminal_width()),
             bar,
             points: Mutex::default(),
         }
