@@ -23,14 +23,14 @@ pack() { tar czf "$OUT.tgz" -C "$(dirname "$OUT")" "$(basename "$OUT")"; }
 { nvidia-smi; uname -a; "$BIN/kvxfer" --version; } >"$OUT/machine.txt" 2>&1
 UCX_PUT=(-t ucx --ucx-op put --ucx-err-mode none)
 QUEUE=(-m llama-3.1-8b -p 8192 -g layer -w 5 --concurrency 1 --arrivals "poisson:${QUEUE_RATES:-250,400,550}" -n 5000)
-run queue-after "${UCX_PUT[@]}" "${QUEUE[@]}"
-pack
-run queue-off "${UCX_PUT[@]}" "${QUEUE[@]}" --verify off
-pack
+ONLY=${ONLY:-queue-after queue-off fan2to1 p2d1}
+wanted() { [[ " $ONLY " == *" $1 "* ]]; }
+wanted queue-after && run queue-after "${UCX_PUT[@]}" "${QUEUE[@]}" && pack
+wanted queue-off && run queue-off "${UCX_PUT[@]}" "${QUEUE[@]}" --verify off && pack
 
 MIX=(-m llama-3.1-8b --prompt-mix 1k:50,8k:50 --arrivals poisson:100,200 -n 300 -w 2 --decode-buffer 4GiB
     --on-full wait --decode-hold 20)
-hub() { # name, then each sender's extra options separated by --
+hub() { # name, then each sender's extra options (one word list each); HUB_ARGS the receiver's
     local name=$1 t0=$(date +%s) pids=()
     shift
     "$BIN/kvxfer-recv" --listen 127.0.0.1:0 --memory gpu --device 0 --timeout 120s --wait-for-sender 60s \
@@ -55,9 +55,10 @@ hub() { # name, then each sender's extra options separated by --
     for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
     echo "   $name: $(($(date +%s) - t0)) s, failures so far $failed"
 }
-HUB_ARGS=(--senders 2) hub fan2to1 "-g layer" "-g layer"
-pack
-HUB_ARGS=() hub p2d1 "-g block --prefill-tp 2 --decode-tp 1 --prefill-rank 0" \
+HUB_ARGS=(--senders 2)
+wanted fan2to1 && hub fan2to1 "-g layer" "-g layer" && pack
+HUB_ARGS=()
+wanted p2d1 && hub p2d1 "-g block --prefill-tp 2 --decode-tp 1 --prefill-rank 0" \
     "-g block --prefill-tp 2 --decode-tp 1 --prefill-rank 1"
 echo "gpu-combinations.sh: $failed failed"
 pack

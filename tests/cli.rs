@@ -649,3 +649,36 @@ fn the_first_signal_ends_a_receiver_waiting_for_its_sender() {
         f.expect_code(128 + sig).expect_stderr("interrupted on");
     }
 }
+
+/// One lane under load with checks after each request: checking 1 MiB and
+/// writing the next takes about as long as moving it over loopback, and
+/// that time sits in the queue. The run measures it (last byte to the next
+/// waiting request's go) and says the queue is partly kvxfer's own.
+#[test]
+fn a_queue_that_kvxfer_itself_fills_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("r.json");
+    let args = [
+        "pair",
+        "-m",
+        "llama-3.1-8b",
+        "-p",
+        "8",
+        "-g",
+        "request",
+        "--arrivals",
+        "poisson:2000",
+        "-n",
+        "300",
+        "--concurrency",
+        "1",
+        "--json",
+        j.to_str().unwrap(),
+    ];
+    let f = run(KVXFER, &args, secs(120));
+    f.expect_code(0);
+    let t = &json(&j)["points"][0]["load"]["queue_theory"];
+    let (between, service) = (t["between_ns"].as_f64().unwrap(), t["service_ns"].as_f64().unwrap());
+    assert!(between >= 0.1 * service, "{t}");
+    assert!(f.stdout.contains("NOTE: kvxfer's own work between requests"), "{}", f.stdout);
+}

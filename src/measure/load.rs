@@ -75,6 +75,9 @@ pub struct QueueTheory {
     /// An ideal server on these very arrivals and service times (Lindley:
     /// each starts at its arrival or when the one before it ends).
     pub ideal_ns: f64,
+    /// The mean service time (go to last byte).
+    #[serde(default)]
+    pub service_ns: f64,
     /// What the engine takes between requests: from a request's last byte
     /// to the go of the next, over the requests that had arrived by then
     /// (an ideal server's is 0). None when no request queued.
@@ -83,6 +86,13 @@ pub struct QueueTheory {
 }
 
 impl QueueTheory {
+    /// Whether what the engine does between requests (checking the last
+    /// one, writing the next) is a tenth of a request's time or more: then
+    /// the queue is partly kvxfer's own, not the link's.
+    pub fn harness_bound(&self) -> bool {
+        self.between_ns.is_some_and(|b| b >= 0.1 * self.service_ns)
+    }
+
     /// From requests' (arrival, go, last byte) in arrival order, at the
     /// schedule's rate `qps`; None for fewer than two requests.
     pub fn of(requests: &[(u64, u64, u64)], qps: f64, poisson: bool) -> Option<QueueTheory> {
@@ -110,7 +120,7 @@ impl QueueTheory {
             .map(|w| w[1].1.saturating_sub(w[0].2) as f64)
             .collect();
         let between_ns = (!gaps.is_empty()).then(|| gaps.iter().sum::<f64>() / gaps.len() as f64);
-        Some(QueueTheory { mean_ns, rho, mg1_ns, ideal_ns: waited / n, between_ns })
+        Some(QueueTheory { mean_ns, rho, mg1_ns, ideal_ns: waited / n, service_ns: mean_s, between_ns })
     }
 }
 
@@ -516,8 +526,10 @@ mod tests {
         let ms = 1_000_000u64;
         let late = [(0, 0, 15 * ms), (10 * ms, 17 * ms, 32 * ms), (20 * ms, 33 * ms, 48 * ms)];
         let t = QueueTheory::of(&late, 100.0, true).unwrap();
-        // Each queued and went 2 ms, then 1 ms, after the last byte before it.
+        // Each queued and went 2 ms, then 1 ms, after the last byte before it:
+        // a tenth of a 15 ms request, so the queue is partly the engine's.
         assert_eq!(t.between_ns, Some(1.5 * ms as f64));
+        assert!(t.service_ns == 15.0 * ms as f64 && t.harness_bound());
         assert!((t.ideal_ns - 5.0 * ms as f64).abs() < 1e-6, "{t:?}");
         // The run itself: 0, 7 and 13 ms.
         assert!((t.mean_ns - 20.0 / 3.0 * ms as f64).abs() < 1e-3, "{t:?}");
@@ -525,6 +537,7 @@ mod tests {
         let quick = [(0, 0, 5 * ms), (10 * ms, 10 * ms, 15 * ms), (20 * ms, 20 * ms, 25 * ms)];
         let t = QueueTheory::of(&quick, 100.0, true).unwrap();
         assert_eq!((t.ideal_ns, t.mean_ns, t.between_ns), (0.0, 0.0, None));
+        assert!(!t.harness_bound());
         assert!((t.mg1_ns.unwrap() - 2.5 * ms as f64).abs() < 1.0, "{t:?}");
         // Fixed arrivals are not Poisson: no M/G/1 value, the ideal server still.
         assert!(QueueTheory::of(&quick, 100.0, false).unwrap().mg1_ns.is_none());

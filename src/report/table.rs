@@ -613,6 +613,17 @@ fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()>
             t.rho,
             fmt_ns(t.ideal_ns)
         )?;
+        if let (true, Some(between)) = (t.harness_bound(), t.between_ns) {
+            writeln!(
+                out,
+                "#   NOTE: kvxfer's own work between requests ({}, {:.0}% of a request's {}: checking the last, \
+                 writing the next) is in this queue; --verify inline or off, or --concurrency 2 or more, keeps it \
+                 out",
+                fmt_ns(between),
+                100.0 * between / t.service_ns.max(1.0),
+                fmt_ns(t.service_ns)
+            )?;
+        }
     }
     if let Some(b) = &f.decode_buffer {
         writeln!(
