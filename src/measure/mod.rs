@@ -253,7 +253,10 @@ fn wait_until_by(arrival: Instant, watch: &mut dyn FnMut() -> Result<()>) -> Res
     // Sleep in slices, then spin the last stretch: a sleep overshoots by
     // the timer slack (50 us unless set: see `precise_sleeps`), which
     // would read as queueing. Spinning lanes would starve each other.
+    // Watching the peer reads what it sent (the next request's ready, a
+    // ping): microseconds that must not fall just before the arrival.
     const SPIN: Duration = Duration::from_micros(30);
+    const WATCH_BEFORE: Duration = Duration::from_millis(2);
     loop {
         crate::signals::check()?;
         let left = arrival.saturating_duration_since(Instant::now());
@@ -261,8 +264,10 @@ fn wait_until_by(arrival: Instant, watch: &mut dyn FnMut() -> Result<()>) -> Res
             return Ok(());
         }
         if left > SPIN {
+            if left > WATCH_BEFORE {
+                watch()?;
+            }
             std::thread::sleep((left - SPIN).min(Duration::from_millis(10)));
-            watch()?;
         } else {
             std::hint::spin_loop();
         }

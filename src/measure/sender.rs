@@ -211,14 +211,6 @@ impl Sender<'_> {
         if self.announced != Some(request) {
             self.ctrl.send(&Msg::Ready { point: p, request })?;
         }
-        // Nothing is written between requests: the next is ready now, and
-        // says so ahead of this one's bytes (on a shared link the word would
-        // otherwise come after them, and the receiver wait for it).
-        if self.early_ready && it + 1 < plan.requests_in(point) {
-            let next = plan.key_id(point, it + 1);
-            self.ctrl.send(&Msg::Ready { point: p, request: next })?;
-            self.announced = Some(next);
-        }
         // The receiver may still be checking the previous request, or
         // under load waiting for this one's arrival.
         let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(point));
@@ -235,6 +227,16 @@ impl Sender<'_> {
             other => Err(other),
         })?;
         ready.go();
+        // Nothing is written between requests: the next is ready now, and
+        // says so ahead of this one's bytes (on a shared link the word
+        // would otherwise come after them). Not where the go comes in band
+        // (ucx): saying it before this request has gone cost one H100 more
+        // queueing than it saved (results/h100/combinations).
+        if self.early_ready && it + 1 < plan.requests_in(point) {
+            let next = plan.key_id(point, it + 1);
+            self.ctrl.send(&Msg::Ready { point: p, request: next })?;
+            self.announced = Some(next);
+        }
         Ok(())
     }
 
