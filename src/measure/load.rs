@@ -329,44 +329,35 @@ impl LoadTally {
 
     /// The requests in arrival order, each request's pieces (same key) as
     /// one: from the first piece's go to the last's last byte, their bytes
-    /// summed; with each request's hold.
-    fn joined(&self) -> (Vec<Instants>, Vec<u64>) {
+    /// summed.
+    fn joined(&self) -> Vec<Instants> {
         let mut by_key: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
-        let (mut requests, mut holds): (Vec<Instants>, Vec<u64>) = (Vec::new(), Vec::new());
-        for (i, r) in self.requests.iter().enumerate() {
-            if let Some(&j) = by_key.get(&self.keys[i]) {
+        let mut requests: Vec<Instants> = Vec::new();
+        for (r, key) in self.requests.iter().zip(&self.keys) {
+            if let Some(&j) = by_key.get(key) {
                 let was = &mut requests[j];
                 (was.1, was.2, was.3) = (was.1.min(r.1), was.2.max(r.2), was.3 + r.3);
-                holds[j] = holds[j].max(self.holds[i]);
                 continue;
             }
-            by_key.insert(self.keys[i], requests.len());
+            by_key.insert(*key, requests.len());
             requests.push(*r);
-            holds.push(self.holds[i]);
         }
         // In arrival order: requests in flight at once land out of it.
-        let mut order: Vec<usize> = (0..requests.len()).collect();
-        order.sort_by_key(|&i| (requests[i].0, requests[i].1));
-        (order.iter().map(|&i| requests[i]).collect(), order.iter().map(|&i| holds[i]).collect())
+        requests.sort_by_key(|r| (r.0, r.1));
+        requests
     }
 
     /// Each request's transfer, go to last byte (pieces joined).
     pub fn transfer_ns(&self) -> Histogram<u64> {
         let mut h = stats::new_histogram();
-        for r in self.joined().0 {
+        for r in self.joined() {
             h.saturating_record((r.2 - r.1).max(1));
         }
         h
     }
 
     pub fn figures(&self) -> LoadFigures {
-        let (requests, holds) = self.joined();
-        let mut f = figures(self.arrivals, self.decode_hold_ns, &requests, &holds);
-        if self.servers == 1 {
-            let instants: Vec<(u64, u64, u64)> = requests.iter().map(|r| (r.0, r.1, r.2)).collect();
-            let poisson = matches!(self.arrivals, Arrivals::Poisson { .. });
-            f.queue_theory = QueueTheory::of(&instants, f.offered_qps, poisson);
-        }
+        let requests = self.joined();
         // What decode holds, piece by piece (each took its own room): from
         // its go to its last byte and hold; the pool what spilled, from then.
         let each = || self.requests.iter().zip(&self.holds).zip(&self.pooled);
@@ -379,7 +370,12 @@ impl LoadTally {
                 })
                 .collect()
         };
-        f.resident = residency::residency(&held(|_| 0));
+        let mut f = figures(self.arrivals, self.decode_hold_ns, &requests, &held(|_| 0));
+        if self.servers == 1 {
+            let instants: Vec<(u64, u64, u64)> = requests.iter().map(|r| (r.0, r.1, r.2)).collect();
+            let poisson = matches!(self.arrivals, Arrivals::Poisson { .. });
+            f.queue_theory = QueueTheory::of(&instants, f.offered_qps, poisson);
+        }
         let Some((b, on_full)) = &self.buffer else { return f };
         let in_pool: Vec<Held> = each()
             .filter(|(_, pool)| **pool > 0)
@@ -421,12 +417,9 @@ fn busy_ns(intervals: impl Iterator<Item = (u64, u64)>) -> u64 {
 }
 
 /// The figures of a load point from its requests' instants (pure).
-fn figures(
-    arrivals: Arrivals,
-    decode_hold_ns: u64,
-    requests: &[(u64, u64, u64, u64, u32)],
-    holds: &[u64],
-) -> LoadFigures {
+/// `held`: what the decode side held, each piece from its go to its last
+/// byte and hold.
+fn figures(arrivals: Arrivals, decode_hold_ns: u64, requests: &[Instants], held: &[Held]) -> LoadFigures {
     let (mut queue, mut latency) = (stats::new_histogram(), stats::new_histogram());
     for r in requests {
         queue.saturating_record((r.1 - r.0).max(1));
@@ -457,11 +450,6 @@ fn figures(
         }
     }
     prompts.sort_unstable();
-    let held: Vec<Held> = requests
-        .iter()
-        .zip(holds)
-        .map(|(r, hold)| Held { from_ns: r.1, until_ns: r.2 + hold, bytes: r.3 })
-        .collect();
     LoadFigures {
         arrivals,
         offered_qps,
@@ -477,7 +465,7 @@ fn figures(
         latency_ns: LatencySummary::of(&latency),
         latency_histogram: stats::encode_histogram(&latency),
         decode_hold_ns,
-        resident: residency::residency(&held),
+        resident: residency::residency(held),
         decode_buffer: None,
         prefill_resident: residency::residency(
             &requests.iter().map(|r| Held { from_ns: r.0, until_ns: r.2, bytes: r.3 }).collect::<Vec<_>>(),
@@ -494,7 +482,9 @@ mod tests {
     }
 
     fn run(requests: &[(u64, u64, u64, u64, u32)], qps: f64, hold: u64) -> LoadFigures {
-        figures(Arrivals::Fixed { qps }, hold, requests, &vec![hold; requests.len()])
+        let held: Vec<Held> =
+            requests.iter().map(|r| Held { from_ns: r.1, until_ns: r.2 + hold, bytes: r.3 }).collect();
+        figures(Arrivals::Fixed { qps }, hold, requests, &held)
     }
 
     /// 10 requests of 1 MB every 100 ms, each 40 ms on the wire: no queue.
