@@ -327,6 +327,14 @@ pub fn aggregate(
             agg.request_histogram = stats::encode_histogram(&s.transfer_ns);
             (agg.gbps, agg.gbps_p50) = (s.gbps, s.gbps);
             agg.load = Some(s.load);
+            // What computes and its time alone are each pair's own (pair 0's here).
+            agg.prefill = s.prefill.map(|mut f| {
+                if let Some(own) = &results[0].prefill {
+                    (f.compute, f.clock, f.alone_ns) =
+                        (own.compute.clone(), own.clock.clone(), own.alone_ns.clone());
+                }
+                f
+            });
         }
         None if results.iter().all(|r| r.load.is_some()) => {
             let loads: Vec<&LoadFigures> = results.iter().filter_map(|r| r.load.as_ref()).collect();

@@ -327,7 +327,7 @@ fn bad_prefill_options_exit_2_naming_what_is_wrong() {
     }
     let f =
         run(SEND, &["--connect", "127.0.0.1:9,127.0.0.1:10", "--prefill-ms", "128:1", "-p", "128"], secs(10));
-    f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time");
+    f.expect_code(2).expect_stderr("feeds several decode instances (or ranks) runs one pair at a time");
 }
 
 #[test]
@@ -343,12 +343,8 @@ fn bad_load_options_exit_2_naming_what_is_wrong() {
         (&["--decode-hold", "5"], "--arrivals"),
         (&["--arrivals", "fixed:5", "--decode-hold", "-1"], "is not a time of 0 ms or more"),
         (
-            &["--arrivals", "fixed:5", "--prefill-ms", "128:5,1k:9", "--prompt-mix", "128:1,1k:1"],
-            "--arrivals with emulated prefill takes one prompt length",
-        ),
-        (
-            &["--arrivals", "fixed:5", "--prefill-ms", "128:5", "-p", "128", "--concurrency", "2"],
-            "moves one request at a time: --concurrency 1, not 2",
+            &["--arrivals", "fixed:5", "--prefill-ms", "128:5", "--prompt-mix", "128:1,1k:1"],
+            "--prefill-ms gives no time for the 1024-token prompt",
         ),
         (&["--arrivals", "fixed:5", "--concurrency", "0"], "value must be at least 1"),
         (

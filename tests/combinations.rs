@@ -113,59 +113,65 @@ fn two_senders_under_poisson_arrivals_share_one_decode_buffer() {
     }
 }
 
+/// A prefill rank of Llama-3.1-8B at TP 2 feeding decode at TP 1 over
+/// `transport`, blocks of 16 tokens, under Poisson arrivals of a 16/64 mix
+/// on two lanes; `extra` adds to it.
+fn p2_rank(addr: &str, transport: &str, rank: u32, extra: &[&str]) -> Proc {
+    let rank = rank.to_string();
+    let args = [
+        "--connect",
+        addr,
+        "-t",
+        transport,
+        "-m",
+        "llama-3.1-8b",
+        "--prefill-tp",
+        "2",
+        "--decode-tp",
+        "1",
+        "--prefill-rank",
+        &rank,
+        "-g",
+        "block",
+        "--block-size",
+        "16",
+        "--prompt-mix",
+        "16:50,64:50",
+        "--arrivals",
+        "poisson:20",
+        "-n",
+        "6",
+        "-w",
+        "1",
+        "--concurrency",
+        "2",
+        "-q",
+    ];
+    Proc::start(SEND, &[&args[..], extra].concat())
+}
+
+/// Both prefill ranks (`p2_rank`) into one decode rank: its report, its
+/// run checked whole.
+fn p2_to_d1(transport: &str, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, addr) = receiver("127.0.0.1:0", &["--json", &path(&dir, "d0.json")]);
+    let ranks: Vec<Proc> = (0..2).map(|p| p2_rank(&addr, transport, p, extra)).collect();
+    for r in ranks {
+        r.finish(secs(120)).expect_code(0);
+    }
+    recv.finish(secs(20)).expect_code(0);
+    let hub = json(&dir.path().join("d0.json"));
+    assert_eq!((hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()), (Some("ok"), Some(0)), "{transport}");
+    hub
+}
+
 /// Prefill at TP 2 into decode at TP 1 under arrivals: the two prefill
 /// ranks carry the halves (4 of 8 KV heads) of one stream of requests,
 /// and the decode rank counts each request once, whole.
 #[test]
 fn p2_to_d1_under_arrivals_counts_each_request_once() {
     for transport in TRANSPORTS {
-        let dir = tempfile::tempdir().unwrap();
-        let (recv, addr) = receiver("127.0.0.1:0", &["--json", &path(&dir, "d0.json")]);
-        let ranks: Vec<Proc> = (0..2)
-            .map(|p| {
-                let rank = p.to_string();
-                let args = [
-                    "--connect",
-                    &addr,
-                    "-t",
-                    transport,
-                    "-m",
-                    "llama-3.1-8b",
-                    "--prefill-tp",
-                    "2",
-                    "--decode-tp",
-                    "1",
-                    "--prefill-rank",
-                    &rank,
-                    "-g",
-                    "block",
-                    "--block-size",
-                    "16",
-                    "--prompt-mix",
-                    "16:50,64:50",
-                    "--arrivals",
-                    "poisson:20",
-                    "-n",
-                    "6",
-                    "-w",
-                    "1",
-                    "--concurrency",
-                    "2",
-                    "-q",
-                ];
-                Proc::start(SEND, &args)
-            })
-            .collect();
-        for r in ranks {
-            r.finish(secs(120)).expect_code(0);
-        }
-        recv.finish(secs(20)).expect_code(0);
-        let hub = json(&dir.path().join("d0.json"));
-        assert_eq!(
-            (hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()),
-            (Some("ok"), Some(0)),
-            "{transport}"
-        );
+        let hub = p2_to_d1(transport, &[]);
         let agg = &hub["points"][0];
         let own: Vec<&Value> =
             hub["fan"]["pair_reports"].as_array().unwrap().iter().map(|r| &r["points"][0]).collect();
@@ -186,6 +192,130 @@ fn p2_to_d1_under_arrivals_counts_each_request_once() {
         }
         let verified: u64 = own.iter().map(|p| p["verified_bytes"].as_u64().unwrap()).sum();
         assert_eq!(agg["verified_bytes"].as_u64().unwrap(), verified);
+    }
+}
+
+/// Prefill at TP 2 into decode at TP 1 under arrivals, each prefill rank
+/// computing its requests layer by layer as they go: the decode rank joins
+/// a request's two shares into one added TTFT, from the later rank's last
+/// layer to the last share's last byte.
+#[test]
+fn p2_to_d1_under_arrivals_with_emulated_prefill_counts_each_request_s_ttft_once() {
+    for transport in TRANSPORTS {
+        let hub = p2_to_d1(transport, &["--prefill-ms", "16:4,64:16", "--overlap", "layer"]);
+        let agg = &hub["points"][0];
+        let f = &agg["prefill"];
+        // Six requests, each two shares: one added TTFT each, and the same schedule again with prefill.
+        assert_eq!(f["added_ns"]["count"], 6, "{transport}: {f}");
+        assert_eq!(f["under_load"]["latency_ns"]["count"], 6);
+        assert_eq!(f["under_load"]["prompts"], agg["load"]["prompts"]);
+        // A request's TTFT is its compute and what the transfer added: never below the compute.
+        assert!(f["ttft_ns"]["min"].as_u64() >= f["during_ns"]["min"].as_u64(), "{f}");
+        // Each length computes its own layers: 4 ms for 16 tokens, 16 ms for 64.
+        for p in f["by_prompt"].as_array().into_iter().flatten() {
+            let want = match p["tokens"].as_u64() {
+                Some(16) => 4_000_000,
+                Some(64) => 16_000_000,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(p["asked_ns"].as_u64(), Some(want));
+            assert!(p["during_ns"]["min"].as_u64().unwrap() >= want * 99 / 100, "{p}");
+        }
+        for r in hub["fan"]["pair_reports"].as_array().unwrap() {
+            let p = &r["points"][0];
+            // Each rank's own account: every request's share, both phases checked.
+            assert_eq!(p["prefill"]["added_ns"]["count"], 6, "{transport}");
+            let extra = p["verified_bytes"].as_u64().unwrap() - timed_bytes(&p["load"]);
+            assert!(
+                [2 * 16 * KIB128, 2 * 64 * KIB128].contains(&extra),
+                "{transport}: warm-ups of {extra} bytes"
+            );
+        }
+    }
+}
+
+/// One pair, four requests in flight, a mix of two prompt lengths, and
+/// emulated prefill without overlap: each request computes its own
+/// length's layers, one after another on the prefill instance, and the
+/// figures hold each length apart.
+#[test]
+fn prefill_with_a_prompt_mix_on_four_lanes() {
+    for transport in TRANSPORTS {
+        let dir = tempfile::tempdir().unwrap();
+        let (recv, addr) = receiver("127.0.0.1:0", &["-q"]);
+        let json_path = path(&dir, "s.json");
+        let args = [
+            "--connect",
+            &addr,
+            "-t",
+            transport,
+            "-m",
+            "llama-3.1-8b",
+            "-g",
+            "layer",
+            "--prompt-mix",
+            "16:50,64:50",
+            "--prefill-ms",
+            "16:4,64:16",
+            "--overlap",
+            "none",
+            "--arrivals",
+            "poisson:40",
+            "-n",
+            "12",
+            "-w",
+            "1",
+            "--concurrency",
+            "4",
+            "--json",
+            &json_path,
+            "-q",
+        ];
+        let out = Proc::start(SEND, &args).finish(secs(120));
+        out.expect_code(0);
+        recv.finish(secs(20)).expect_code(0);
+        let r = json(&dir.path().join("s.json"));
+        assert_eq!((r["outcome"].as_str(), r["wrong_bytes"].as_u64()), (Some("ok"), Some(0)), "{transport}");
+        let point = &r["points"][0];
+        let (f, l) = (&point["prefill"], &point["load"]);
+        assert_eq!(f["added_ns"]["count"], 12, "{transport}: {f}");
+        assert_eq!(f["under_load"]["latency_ns"]["count"], 12);
+        // Both phases checked: twice the timed bytes, and a warm-up on each lane twice.
+        let extra = point["verified_bytes"].as_u64().unwrap() - 2 * timed_bytes(l);
+        assert!(
+            [8 * 16 * KIB128, 8 * 64 * KIB128].contains(&extra),
+            "{transport}: warm-ups of {extra} bytes"
+        );
+        let by: Vec<(u64, u64, u64)> = f["by_prompt"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                (
+                    p["tokens"].as_u64().unwrap(),
+                    p["asked_ns"].as_u64().unwrap(),
+                    p["added_ns"]["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        let prompts: Vec<(u64, u64)> = l["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_u64().unwrap(), p[1].as_u64().unwrap()))
+            .collect();
+        if prompts.len() == 2 {
+            let asked = |t| if t == 16 { 4_000_000 } else { 16_000_000 };
+            let want: Vec<(u64, u64, u64)> = prompts.iter().map(|&(t, n)| (t, asked(t), n)).collect();
+            assert_eq!(by, want, "{transport}");
+        }
+        // Without overlap nothing moves before the last layer: TTFT is compute and the whole transfer.
+        for p in f["by_prompt"].as_array().into_iter().flatten() {
+            assert!(
+                p["during_ns"]["min"].as_u64().unwrap() >= p["asked_ns"].as_u64().unwrap() * 99 / 100,
+                "{p}"
+            );
+        }
     }
 }
 
@@ -311,8 +441,17 @@ fn conversations_in_a_one_to_two_fan() {
 fn what_a_fan_does_not_run_yet_is_refused() {
     let two = ["--connect", "127.0.0.1:9,127.0.0.1:10"];
     let f = run(SEND, &[&two[..], &["-p", "128", "--prefill-ms", "128:5"]].concat(), secs(10));
-    f.expect_code(2).expect_stderr("emulated prefill runs one pair at a time, not in a fan");
+    f.expect_code(2)
+        .expect_stderr("one prefill instance (or rank) feeds several decode instances (or ranks)");
     let turns = ["--turns", "2", "--turn-tokens", "64", "--arrivals", "poisson:5"];
     let f = run(SEND, &[&two[..], &turns].concat(), secs(10));
     f.expect_code(2).expect_stderr("--turns under --arrivals runs one pair at a time, not in a fan");
+    // A many-to-one hub runs prefill on lanes, under arrivals only.
+    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "-q"]);
+    let lockstep = ["--connect", addr.as_str(), "-p", "16", "-n", "2", "--prefill-ms", "16:1", "-q"];
+    let senders: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &lockstep)).collect();
+    recv.finish(secs(30)).expect_code(2).expect_stderr("emulated prefill in a fan without --arrivals");
+    for s in senders {
+        assert_ne!(s.finish(secs(30)).code, Some(0));
+    }
 }

@@ -404,7 +404,7 @@ fn send(a: &SendArgs) -> Result<()> {
         gpu::init()?;
     }
     if pairs > 1 {
-        measure::not_in_a_fan(&plan)?;
+        measure::not_in_a_fan(&plan, crate::fan::FanShape::OneToMany)?;
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {

@@ -12,7 +12,9 @@ use crate::plan::prefill::layer_of;
 use crate::plan::{Overlap, RequestLayout};
 use crate::session::Control;
 use crate::transport::Ready;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::OnceLock;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,18 +27,26 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A request's layers, computed one after another.
+/// One request's run of layers, as the compute numbers them.
+pub type Job = u64;
+
+/// A prefill instance's compute: requests' layers, one request after
+/// another in the order they were started (a prefill GPU computes one
+/// request at a time; a request started while another computes waits).
 pub trait Compute: Send + Sync {
-    /// Starts computing layers of `layer_ns` each, now.
-    fn start(&self, layer_ns: &[u64]);
-    /// Layers finished so far, the first ones.
-    fn finished(&self) -> Result<usize>;
-    /// Waits until `layers` are finished or `until` passes; returns the
-    /// layers finished.
-    fn wait_finished(&self, layers: usize, until: Instant) -> Result<usize>;
-    /// When the last started run began and ended (CLOCK_MONOTONIC ns),
-    /// known once every layer counts as finished.
-    fn span(&self) -> Option<(u64, u64)>;
+    /// Queues a request's layers of `layer_ns` each; they start now, or
+    /// once the runs started before them have ended.
+    fn start(&self, layer_ns: &[u64]) -> Job;
+    /// Layers of `job` finished so far, the first ones.
+    fn finished(&self, job: Job) -> Result<usize>;
+    /// Waits until `layers` of `job` are finished or `until` passes;
+    /// returns the layers finished.
+    fn wait_finished(&self, job: Job, layers: usize, until: Instant) -> Result<usize>;
+    /// When `job` began and ended (CLOCK_MONOTONIC ns), known once every
+    /// layer counts as finished.
+    fn span(&self, job: Job) -> Option<(u64, u64)>;
+    /// The job's figures are read: the compute forgets it.
+    fn forget(&self, job: Job);
     /// After a run alone: see `Layers::retune`.
     fn retune(&self, _asked_ns: u64, _took_ns: u64) -> bool {
         false
@@ -104,23 +114,36 @@ impl Layers for BusyWait {
     }
 }
 
-/// A `Compute` whose layers run on a worker thread, so the sending thread
-/// stays free to move what they have made.
+/// A `Compute` whose layers run on a worker thread, so the sending threads
+/// stay free to move what they have made.
 pub struct LayerWorker {
     shared: Arc<Shared>,
 }
 
+/// What the worker and the requests' threads share, under one lock.
+#[derive(Default)]
+struct Jobs {
+    next: Job,
+    /// Started and not yet begun, in order.
+    queue: VecDeque<(Job, Vec<u64>)>,
+    /// Every job not forgotten: its layers finished, span and failure.
+    progress: HashMap<Job, Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    finished: usize,
+    span: Option<(u64, u64)>,
+    failed: Option<Error>,
+}
+
 struct Shared {
-    job: Mutex<Option<Vec<u64>>>,
+    jobs: Mutex<Jobs>,
+    /// Told when a job is queued, and on quitting.
     wake: Condvar,
-    /// Told after each layer, under `job`'s lock.
+    /// Told after each layer, and when a run fails.
     layer_done: Condvar,
-    finished: AtomicUsize,
-    began: AtomicU64,
-    ended: AtomicU64,
     quit: AtomicBool,
-    /// What stopped the last run, if anything did.
-    failed: Mutex<Option<Error>>,
     /// Waiters sleep (the layers use a core) or spin.
     sleep: bool,
     layers: Mutex<Box<dyn Layers>>,
@@ -130,14 +153,10 @@ impl LayerWorker {
     pub fn new(layers: Box<dyn Layers>) -> LayerWorker {
         let shared = Arc::new(Shared {
             sleep: layers.uses_a_core(),
-            job: Mutex::new(None),
+            jobs: Mutex::new(Jobs::default()),
             wake: Condvar::new(),
             layer_done: Condvar::new(),
-            finished: AtomicUsize::new(0),
-            began: AtomicU64::new(0),
-            ended: AtomicU64::new(0),
             quit: AtomicBool::new(false),
-            failed: Mutex::new(None),
             layers: Mutex::new(layers),
         });
         let worker = shared.clone();
@@ -156,83 +175,90 @@ fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     fn serve(&self) {
         loop {
-            let layer_ns = {
-                let mut job = lock(&self.job);
-                while job.is_none() && !self.quit.load(SeqCst) {
-                    job = self.wake.wait(job).unwrap_or_else(|e| e.into_inner());
+            let (job, layer_ns) = {
+                let mut jobs = lock(&self.jobs);
+                while jobs.queue.is_empty() && !self.quit.load(SeqCst) {
+                    jobs = self.wake.wait(jobs).unwrap_or_else(|e| e.into_inner());
                 }
-                match job.take() {
-                    Some(layer_ns) => layer_ns,
-                    None => return,
+                match jobs.queue.pop_front() {
+                    Some(next) if !self.quit.load(SeqCst) => next,
+                    _ => return,
                 }
             };
             let mut layers = lock(&self.layers);
             let run = layers.run(&layer_ns, &self.quit, &mut |span| {
-                if let Some((began, ended)) = span {
-                    // Before the count, so that a finished run has its span.
-                    self.began.store(began, SeqCst);
-                    self.ended.store(ended, SeqCst);
+                let mut jobs = lock(&self.jobs);
+                if let Some(p) = jobs.progress.get_mut(&job) {
+                    // With the count, so that a finished run has its span.
+                    p.span = span.or(p.span);
+                    p.finished += 1;
                 }
-                let _held = lock(&self.job);
-                self.finished.fetch_add(1, SeqCst);
                 self.layer_done.notify_all();
             });
             if let Err(e) = run {
-                *lock(&self.failed) = Some(e);
-                let _held = lock(&self.job);
+                if let Some(p) = lock(&self.jobs).progress.get_mut(&job) {
+                    p.failed = Some(e);
+                }
                 self.layer_done.notify_all();
             }
         }
     }
 
-    fn check(&self) -> Result<()> {
-        match &*lock(&self.failed) {
-            Some(e) => Err(Error::run(format!("the emulated prefill failed: {}", e.message))),
-            None => Ok(()),
+    /// Layers of `job` finished, or what stopped it.
+    fn finished(jobs: &Jobs, job: Job) -> Result<usize> {
+        match jobs.progress.get(&job) {
+            Some(Progress { failed: Some(e), .. }) => {
+                Err(Error::run(format!("the emulated prefill failed: {}", e.message)))
+            }
+            Some(p) => Ok(p.finished),
+            None => Err(Error::run("internal error: a prefill job read after it was forgotten")),
         }
     }
 }
 
 impl Compute for LayerWorker {
-    fn start(&self, layer_ns: &[u64]) {
-        self.shared.finished.store(0, SeqCst);
-        self.shared.ended.store(0, SeqCst);
-        *lock(&self.shared.failed) = None;
-        *lock(&self.shared.job) = Some(layer_ns.to_vec());
+    fn start(&self, layer_ns: &[u64]) -> Job {
+        let mut jobs = lock(&self.shared.jobs);
+        let job = jobs.next;
+        jobs.next += 1;
+        jobs.progress.insert(job, Progress::default());
+        jobs.queue.push_back((job, layer_ns.to_vec()));
         self.shared.wake.notify_one();
+        job
     }
 
-    fn finished(&self) -> Result<usize> {
-        self.shared.check()?;
-        Ok(self.shared.finished.load(SeqCst))
+    fn finished(&self, job: Job) -> Result<usize> {
+        Shared::finished(&lock(&self.shared.jobs), job)
     }
 
-    fn wait_finished(&self, layers: usize, until: Instant) -> Result<usize> {
+    fn wait_finished(&self, job: Job, layers: usize, until: Instant) -> Result<usize> {
         if !self.shared.sleep {
             loop {
-                let done = self.finished()?;
+                let done = self.finished(job)?;
                 if done >= layers || Instant::now() >= until {
                     return Ok(done);
                 }
                 std::hint::spin_loop();
             }
         }
-        let mut held = lock(&self.shared.job);
+        let mut jobs = lock(&self.shared.jobs);
         loop {
-            self.shared.check()?;
-            let done = self.shared.finished.load(SeqCst);
+            let done = Shared::finished(&jobs, job)?;
             let now = Instant::now();
             if done >= layers || now >= until {
                 return Ok(done);
             }
-            held =
-                self.shared.layer_done.wait_timeout(held, until - now).unwrap_or_else(|e| e.into_inner()).0;
+            jobs =
+                self.shared.layer_done.wait_timeout(jobs, until - now).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 
-    fn span(&self) -> Option<(u64, u64)> {
-        let ended = self.shared.ended.load(SeqCst);
-        (ended != 0).then(|| (self.shared.began.load(SeqCst), ended))
+    fn span(&self, job: Job) -> Option<(u64, u64)> {
+        lock(&self.shared.jobs).progress.get(&job).and_then(|p| p.span)
+    }
+
+    fn forget(&self, job: Job) {
+        lock(&self.shared.jobs).progress.remove(&job);
     }
 
     fn retune(&self, asked_ns: u64, took_ns: u64) -> bool {
@@ -247,7 +273,7 @@ impl Compute for LayerWorker {
 impl Drop for LayerWorker {
     fn drop(&mut self) {
         self.shared.quit.store(true, SeqCst);
-        let _held = lock(&self.shared.job);
+        let _held = lock(&self.shared.jobs);
         self.shared.wake.notify_one();
     }
 }
@@ -288,18 +314,22 @@ pub fn alone(compute: &dyn Compute, layer_ns: &[u64], ctrl: &mut Control) -> Res
     let once = |ctrl: &mut Control| -> Result<u64> {
         let deadline =
             Instant::now() + Duration::from_nanos(asked.saturating_mul(3)) + Duration::from_secs(1);
-        compute.start(layer_ns);
-        loop {
-            if compute.wait_finished(layer_ns.len(), Instant::now() + WAIT_SLICE)? == layer_ns.len() {
-                if let Some(span) = compute.span() {
-                    return Ok(span.1 - span.0);
+        let job = compute.start(layer_ns);
+        let took = loop {
+            if compute.wait_finished(job, layer_ns.len(), Instant::now() + WAIT_SLICE)? == layer_ns.len() {
+                if let Some(span) = compute.span(job) {
+                    break Ok(span.1 - span.0);
                 }
             }
-            ctrl.watch("timing the emulated prefill alone")?;
-            if Instant::now() > deadline {
-                return Err(Error::run("the emulated prefill, alone, outlasted three times its asked time"));
+            if let Err(e) = ctrl.watch("timing the emulated prefill alone") {
+                break Err(e);
             }
-        }
+            if Instant::now() > deadline {
+                break Err(Error::run("the emulated prefill, alone, outlasted three times its asked time"));
+            }
+        };
+        compute.forget(job);
+        took
     };
     for _ in 0..TUNING_RUNS {
         if !compute.retune(asked, once(ctrl)?) {
@@ -326,33 +356,50 @@ fn drifted(runs: &[u64], asked: u64) -> Option<u64> {
 
 /// One request's readiness: the transport may move message i once the
 /// layer it needs has been computed (or, without overlap, all of them).
+/// Its compute starts at the go, behind any the instance computes already.
 pub struct Computing<'a> {
     pub compute: &'a dyn Compute,
     pub layout: &'a RequestLayout,
-    pub layer_ns: &'a [u64],
+    pub layer_ns: Vec<u64>,
     pub overlap: Overlap,
-    started: AtomicBool,
+    /// Requests that may be computing ahead of this one (lanes of the instance).
+    ahead: u32,
+    job: OnceLock<Job>,
 }
 
 impl<'a> Computing<'a> {
     pub fn new(
         compute: &'a dyn Compute,
         layout: &'a RequestLayout,
-        layer_ns: &'a [u64],
+        layer_ns: Vec<u64>,
         overlap: Overlap,
     ) -> Self {
-        Computing { compute, layout, layer_ns, overlap, started: AtomicBool::new(false) }
+        Computing { compute, layout, layer_ns, overlap, ahead: 0, job: OnceLock::new() }
+    }
+
+    /// Up to `ahead` other requests of the instance may compute before this one.
+    pub fn behind(mut self, ahead: u32) -> Self {
+        self.ahead = ahead;
+        self
     }
 
     /// What the compute may take beyond the transfer: three times the
-    /// asked time (a GPU kernel slows under a transfer), and a second.
+    /// asked time (a GPU kernel slows under a transfer), and a second, for
+    /// this request and each that may compute ahead of it.
     pub fn allowance(&self) -> Duration {
-        Duration::from_nanos(self.layer_ns.iter().sum::<u64>().saturating_mul(3)) + Duration::from_secs(1)
+        let own = Duration::from_nanos(self.layer_ns.iter().sum::<u64>().saturating_mul(3))
+            + Duration::from_secs(1);
+        own * (self.ahead + 1)
+    }
+
+    fn job(&self) -> Job {
+        *self.job.get_or_init(|| self.compute.start(&self.layer_ns))
     }
 
     /// Waits, never past `deadline`, until `layers` layers are computed.
     fn wait_layers(&self, layers: usize, deadline: Instant) -> Result<()> {
-        while self.compute.wait_finished(layers, (Instant::now() + WAIT_SLICE).min(deadline))? < layers {
+        let job = self.job();
+        while self.compute.wait_finished(job, layers, (Instant::now() + WAIT_SLICE).min(deadline))? < layers {
             if Instant::now() >= deadline {
                 return Err(Error::run(format!(
                     "the emulated prefill did not finish layer {} before the deadline",
@@ -373,9 +420,18 @@ impl<'a> Computing<'a> {
 
     /// Waits for the whole prefill; returns its (begin, end).
     pub fn finish(&self, deadline: Instant) -> Result<(u64, u64)> {
-        self.go();
         self.wait_layers(self.layer_ns.len(), deadline)?;
-        self.compute.span().ok_or_else(|| Error::run("internal error: a finished prefill without its span"))
+        self.compute
+            .span(self.job())
+            .ok_or_else(|| Error::run("internal error: a finished prefill without its span"))
+    }
+}
+
+impl Drop for Computing<'_> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.get() {
+            self.compute.forget(*job);
+        }
     }
 }
 
@@ -385,13 +441,11 @@ impl Ready for Computing<'_> {
     }
 
     fn go(&self) {
-        if !self.started.swap(true, SeqCst) {
-            self.compute.start(self.layer_ns);
-        }
+        self.job();
     }
 
     fn ready(&self, message: usize) -> Result<bool> {
-        Ok(self.compute.finished()? >= self.layers_for(message))
+        Ok(self.compute.finished(self.job())? >= self.layers_for(message))
     }
 
     fn wait(&self, message: usize, deadline: Instant) -> Result<()> {
@@ -421,7 +475,7 @@ mod tests {
         let layout = RequestLayout::new(&shape, 64, Granularity::Layer);
         let compute = LayerWorker::new(Box::new(BusyWait));
         let layer_ns = vec![2_000_000u64; 32]; // 64 ms in all
-        let ready = Computing::new(&compute, &layout, &layer_ns, Overlap::Layer);
+        let ready = Computing::new(&compute, &layout, layer_ns.clone(), Overlap::Layer);
         let t0 = Instant::now();
         ready.go();
         ready.wait(0, t0 + Duration::from_secs(5)).unwrap();
@@ -433,15 +487,41 @@ mod tests {
         let (began, ended) = ready.finish(t0 + Duration::from_secs(5)).unwrap();
         assert!(ended - began >= 64_000_000, "{}", ended - began);
         // Without overlap, the first message waits for every layer.
-        let ready = Computing::new(&compute, &layout, &layer_ns, Overlap::None);
+        let ready = Computing::new(&compute, &layout, layer_ns.clone(), Overlap::None);
         let t0 = Instant::now();
         ready.go();
         ready.wait(0, t0 + Duration::from_secs(5)).unwrap();
         assert!(t0.elapsed() >= Duration::from_millis(64), "{:?}", t0.elapsed());
         // A deadline ends a wait.
-        let ready = Computing::new(&compute, &layout, &layer_ns, Overlap::None);
+        let ready = Computing::new(&compute, &layout, layer_ns.clone(), Overlap::None);
         ready.go();
         let e = ready.wait(31, Instant::now() + Duration::from_millis(5)).unwrap_err();
         assert!(e.message.contains("did not finish layer 31"), "{e}");
+    }
+
+    #[test]
+    fn an_instance_computes_one_request_after_another() {
+        let shape = KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
+        let layout = RequestLayout::new(&shape, 64, Granularity::Layer);
+        let compute = LayerWorker::new(Box::new(BusyWait));
+        let layer_ns = vec![1_000_000u64; 32]; // 32 ms each
+        let first = Computing::new(&compute, &layout, layer_ns.clone(), Overlap::Layer);
+        let second = Computing::new(&compute, &layout, layer_ns.clone(), Overlap::Layer).behind(1);
+        assert_eq!(second.allowance(), first.allowance() * 2);
+        let t0 = Instant::now();
+        first.go();
+        second.go();
+        // The second's first layer comes after the first's last.
+        second.wait(0, t0 + Duration::from_secs(5)).unwrap();
+        assert!(t0.elapsed() >= Duration::from_millis(33), "{:?}", t0.elapsed());
+        let (a, b) = (
+            first.finish(t0 + Duration::from_secs(5)).unwrap(),
+            second.finish(t0 + Duration::from_secs(5)).unwrap(),
+        );
+        assert!(b.0 >= a.1, "{a:?} then {b:?}");
+        assert!(b.1 - b.0 >= 32_000_000 && b.1 - b.0 < 60_000_000, "{b:?}");
+        // Read and dropped: forgotten.
+        drop((first, second));
+        assert!(lock(&compute.shared.jobs).progress.is_empty());
     }
 }

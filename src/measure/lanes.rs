@@ -14,21 +14,25 @@
 //! all have. One thread reads the control connection for all lanes and
 //! answers its heartbeats; lanes pick their own messages.
 
+use super::compute::{self, Compute, Computing};
 use super::integrity::Check;
 use super::load::{Admit, Landing, LoadFigures, LoadTally};
 use super::stats::{self, PointResult};
+use super::ttft::{Computed, PrefillFigures, TtftTally};
 use super::{
     allowance, check_behind, point_result, spill_to_pool, wait_until_by, FanSlot, Fault, RoundSink,
     RunEvents, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
 use crate::fan::Fan;
+use crate::kv::KvShape;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
+use crate::plan::Prefill;
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::schedule::residency::OnFull;
 use crate::session::{Control, Msg, ReceiverSession, SenderSession};
-use crate::transport::{nanos, AtOnce, PeerLink, RecvSide, SendSide};
+use crate::transport::{nanos, AtOnce, PeerLink, Ready, RecvSide, SendSide};
 use hdrhistogram::Histogram;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -236,12 +240,40 @@ impl Gate {
 pub struct SharedDecode {
     /// Every pair's lanes together.
     lanes: usize,
-    points: Mutex<HashMap<usize, Arc<SharedPoint>>>,
+    /// Each point's phases (the second with emulated prefill) by (point, computes).
+    points: Mutex<HashMap<(usize, bool), Arc<SharedPoint>>>,
 }
 
 struct SharedPoint {
     gate: Gate,
     tally: Mutex<LoadTally>,
+    /// Every pair's added TTFT (a P x D request's shares joined), and in
+    /// the first phase each length's transfer alone.
+    ttft: Mutex<TtftTally>,
+    /// With emulated prefill: what its figures take from the plan.
+    prefill: Option<PrefillOfPoint>,
+}
+
+/// What a point's prefill figures take from the plan.
+#[derive(Clone)]
+struct PrefillOfPoint {
+    prefill: Prefill,
+    shape: KvShape,
+    /// The longest prompt's layers.
+    layer_ns: Vec<u64>,
+}
+
+impl PrefillOfPoint {
+    fn of(plan: &Plan, point: &Point) -> Option<Self> {
+        let (prefill, layer_ns) = (plan.prefill.clone()?, point.prefill_ns.clone()?);
+        Some(PrefillOfPoint { prefill, shape: plan.shape.clone(), layer_ns })
+    }
+
+    /// The added TTFT's figures, against the transfer alone's p50.
+    fn figures(&self, ttft: &TtftTally, alone_p50_ns: u64) -> PrefillFigures {
+        let layer_ns_of = |tokens| self.prefill.layer_ns(&self.shape, tokens).unwrap_or_default();
+        ttft.figures(self.prefill.overlap, &self.layer_ns, alone_p50_ns, &layer_ns_of)
+    }
 }
 
 /// What the hub's aggregate of a load point takes from the shared tally.
@@ -251,6 +283,9 @@ pub struct SharedFigures {
     pub gbps: f64,
     /// Each request's transfer, its pieces (a P x D rank's pairs) joined.
     pub transfer_ns: Histogram<u64>,
+    /// With emulated prefill: every pair's added TTFT, and the load of the
+    /// phase that computed (what computes and its time alone are each pair's).
+    pub prefill: Option<PrefillFigures>,
 }
 
 impl SharedDecode {
@@ -258,26 +293,32 @@ impl SharedDecode {
         SharedDecode { lanes, points: Mutex::new(HashMap::new()) }
     }
 
-    /// Point `p`'s shared state; the first pair to reach it makes it.
-    fn point(&self, p: usize, make: impl FnOnce() -> LoadTally) -> Arc<SharedPoint> {
+    /// Point `p`'s shared state in the phase that `computes` or not; the
+    /// first pair to reach it makes it.
+    fn point(&self, p: usize, computes: bool, make: impl FnOnce(usize) -> SharedPoint) -> Arc<SharedPoint> {
         let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
-        points
-            .entry(p)
-            .or_insert_with(|| {
-                Arc::new(SharedPoint { gate: Gate::new(self.lanes), tally: Mutex::new(make()) })
-            })
-            .clone()
+        points.entry((p, computes)).or_insert_with(|| Arc::new(make(self.lanes))).clone()
     }
 
     /// Point `p`'s figures over every pair, once all are done with it.
     pub fn take(&self, p: usize) -> Option<SharedFigures> {
-        let point = self.points.lock().unwrap_or_else(|e| e.into_inner()).remove(&p)?;
-        let tally = point.tally.lock().unwrap_or_else(|e| e.into_inner());
-        Some(SharedFigures {
-            load: tally.figures(),
-            gbps: tally.transfer_gbps(),
-            transfer_ns: tally.transfer_ns(),
-        })
+        let mut points = self.points.lock().unwrap_or_else(|e| e.into_inner());
+        let (alone, computing) = (points.remove(&(p, false))?, points.remove(&(p, true)));
+        drop(points);
+        let tally = alone.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let transfer_ns = tally.transfer_ns();
+        let prefill = match (computing, &alone.prefill) {
+            (Some(c), Some(of)) => {
+                let mut ttft = TtftTally::new(true);
+                ttft.merge(&alone.ttft.lock().unwrap_or_else(|e| e.into_inner()));
+                ttft.merge(&c.ttft.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut f = of.figures(&ttft, transfer_ns.value_at_quantile(0.5));
+                f.under_load = Some(Box::new(c.tally.lock().unwrap_or_else(|e| e.into_inner()).figures()));
+                Some(f)
+            }
+            _ => None,
+        };
+        Some(SharedFigures { load: tally.figures(), gbps: tally.transfer_gbps(), transfer_ns, prefill })
     }
 }
 
@@ -299,32 +340,24 @@ pub fn run_sender(
     let timeout = ctrl.timeout;
     let mut results = Vec::new();
     let mut filled = vec![false; lanes.len()];
+    // One prefill instance: its lanes' requests compute one after another.
+    let compute: Option<Arc<dyn Compute>> = match (&plan.prefill, lanes.first()) {
+        (Some(_), Some(l)) => Some(Arc::from(compute::for_buffer(l.buf)?)),
+        _ => None,
+    };
     for point in plan.points() {
         let p = point.index;
-        // Between two of a lane's requests: the one before it, its checks, its wait for room.
-        let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(&point));
-        let take_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1) + longest_wait;
-        let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
-        let work: Vec<_> = lanes
-            .iter_mut()
-            .zip(filled.iter_mut())
-            .enumerate()
-            .map(|(lane, (l, filled))| {
-                let s = SendingLane {
-                    lane: lane as u32,
-                    plan: &plan,
-                    point: &point,
-                    mail: &mail,
-                    fault,
-                    timeout,
-                };
-                move || s.run(l, filled, take_within, longest_wait)
-            })
-            .collect();
-        let sent = mail.run(work)?;
+        let sent = send_phase(ctrl, &plan, &point, lanes, &mut filled, None, fault, fan)?;
         // The first lane's first request: the run's cold start.
         if let Some(&(it, bytes, ns)) = sent.first().and_then(|s| s.first()) {
             events.request(p, it, bytes, ns);
+        }
+        // Emulated prefill: the compute alone, then the point again with it.
+        if let (Some(c), Some(alone_ns)) = (compute.as_deref(), &point.prefill_ns) {
+            let runs_ns = compute::alone(c, alone_ns, ctrl)?;
+            let (compute, control_rtt_ns) = (c.describe(), sess.rtt.min_ns);
+            ctrl.send(&Msg::ComputeAlone { point: p, runs_ns, compute, control_rtt_ns })?;
+            send_phase(ctrl, &plan, &point, lanes, &mut filled, Some(c), fault, fan)?;
         }
         let by = Instant::now() + per_request(timeout, plan.max_request_bytes());
         let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
@@ -341,6 +374,41 @@ pub fn run_sender(
     Ok(results)
 }
 
+/// One phase of a point on every sending lane (with `compute`, the
+/// second: each request's prefill computed as it goes); each lane's
+/// requests' (iteration, bytes, ns on the wire).
+#[allow(clippy::too_many_arguments)]
+fn send_phase(
+    ctrl: &mut Control,
+    plan: &Plan,
+    point: &Point,
+    lanes: &mut [Lane<'_, dyn SendSide>],
+    filled: &mut [bool],
+    compute: Option<&dyn Compute>,
+    fault: Option<Fault>,
+    fan: Option<FanSlot>,
+) -> Result<Vec<Vec<(u32, usize, u64)>>> {
+    let timeout = ctrl.timeout;
+    let ahead = lanes.len() as u32 - 1;
+    // Between two of a lane's requests: the one before it, its checks, its wait for room.
+    let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(point));
+    let computing = compute.map_or(Duration::ZERO, |_| super::prefill_allowance(point) * (ahead + 1));
+    let take_within =
+        per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1) + longest_wait + computing;
+    let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
+    let work: Vec<_> = lanes
+        .iter_mut()
+        .zip(filled.iter_mut())
+        .enumerate()
+        .map(|(lane, (l, filled))| {
+            let s =
+                SendingLane { lane: lane as u32, plan, point, mail: &mail, fault, timeout, compute, ahead };
+            move || s.run(l, filled, take_within, longest_wait)
+        })
+        .collect();
+    mail.run(work)
+}
+
 /// A sending lane's share of a point.
 struct SendingLane<'a, 'c> {
     lane: u32,
@@ -349,6 +417,10 @@ struct SendingLane<'a, 'c> {
     mail: &'a Mailbox<'c>,
     fault: Option<Fault>,
     timeout: Duration,
+    /// The prefill instance's compute, in the phase that computes.
+    compute: Option<&'a dyn Compute>,
+    /// The other lanes, whose requests may compute ahead of this one's.
+    ahead: u32,
 }
 
 impl SendingLane<'_, '_> {
@@ -373,13 +445,16 @@ impl SendingLane<'_, '_> {
             let request = plan.request_id(p, it);
             let layout = point.layout_at(plan.warmup, it);
             let bytes = layout.total_bytes();
+            let computing = self.computing(it, layout);
+            let ready: &dyn Ready = computing.as_ref().map_or(&AtOnce, |c| c);
             let on_wire = self.write(l.buf, filled, it, request)?;
             self.mail.send(&Msg::LaneReady { lane, request })?;
             let by = Instant::now()
                 + Duration::from_nanos(in_ns)
                 + per_request(self.timeout, bytes)
                 + longest_wait;
-            let mut deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
+            let mut deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
+                + computing.as_ref().map_or(Duration::ZERO, |c| c.allowance());
             if l.transport.go_in_band() {
                 deadline += by.saturating_duration_since(Instant::now());
             } else {
@@ -389,12 +464,28 @@ impl SendingLane<'_, '_> {
                     &awaiting,
                     |m| matches!(m, Msg::LaneGo { lane: l, request: r } if *l == lane && *r == request),
                 )?;
+                ready.go();
             }
             let sending = Instant::now();
             let mut link = LaneLink { mail: self.mail, go: None };
-            l.transport.send(&*l.buf, layout, on_wire, deadline, &mut link, &AtOnce)?;
+            l.transport.send(&*l.buf, layout, on_wire, deadline, &mut link, ready)?;
             sent.push((it, bytes, nanos(sending.elapsed())));
+            if let Some(c) = &computing {
+                let (began, ended) = c.finish(deadline)?;
+                self.mail.send(&Msg::Computed { request, began, ended })?;
+            }
         }
+    }
+
+    /// In the phase that computes, request `it`'s prefill: its own prompt
+    /// length's layers, behind what the instance's other lanes compute.
+    fn computing<'l>(&self, it: u32, layout: &'l RequestLayout) -> Option<Computing<'l>>
+    where
+        Self: 'l,
+    {
+        let (c, prefill) = (self.compute?, self.plan.prefill.as_ref()?);
+        let layer_ns = self.plan.layer_ns_at(self.point, it)?;
+        Some(Computing::new(c, layout, layer_ns, prefill.overlap).behind(self.ahead))
     }
 
     /// Writes request `it`'s pattern (once, with checks off) and what the
@@ -438,6 +529,7 @@ pub fn run_receiver(
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
     let load = plan.load.clone().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
+    let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
     // Each lane's pinned pool comes before the first request (see run_receiver).
     let mut pools: Vec<Option<SpillPool>> = Vec::new();
     for l in lanes.iter() {
@@ -449,8 +541,34 @@ pub fn run_receiver(
     let mut results = Vec::new();
     super::precise_sleeps();
     for point in plan.points() {
-        let mut result = receive_point(&mut sess.ctrl, &plan, &point, lanes, &mut pools, fan)?;
+        let mut phase = Phase {
+            plan: &plan,
+            point: &point,
+            computes: false,
+            ttft: Mutex::new(TtftTally::new(same_host)),
+        };
+        let (mut g, l) = phase.receive(&mut sess.ctrl, lanes, &mut pools, fan)?;
+        // Emulated prefill: the compute alone, then the point again with it.
+        let computing = match plan.prefill.is_some() {
+            true => {
+                let (runs, what, rtt) = super::expect_compute_alone(&mut sess.ctrl, &point)?;
+                phase.ttft.get_mut().unwrap_or_else(|e| e.into_inner()).alone(&runs, what, rtt);
+                phase.computes = true;
+                let (g1, l1) = phase.receive(&mut sess.ctrl, lanes, &mut pools, fan)?;
+                g.check.merge(g1.check);
+                Some(l1)
+            }
+            false => None,
+        };
+        let mut result =
+            point_result(&point, &plan, &g.requests, &g.messages, g.first_request_ns, g.check, None)?;
+        (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
         result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);
+        result.load = Some(l.figures());
+        if let Some(l1) = computing {
+            let ttft = phase.ttft.into_inner().unwrap_or_else(|e| e.into_inner());
+            result.prefill = prefill_figures(&plan, &point, &ttft, result.request_ns.p50, &l1);
+        }
         sess.ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
         if let Some(f) = fan {
             f.fan.point_done(f.pair, &result);
@@ -462,66 +580,104 @@ pub fn run_receiver(
     Ok(results)
 }
 
-/// One load point on every lane: its figures, as this pair saw them.
-fn receive_point(
-    ctrl: &mut Control,
+/// A point's prefill figures: the added TTFT, and the load of the phase
+/// that computed (`computing`).
+fn prefill_figures(
     plan: &Plan,
     point: &Point,
-    lanes: &mut [Lane<'_, dyn RecvSide>],
-    pools: &mut [Option<SpillPool>],
-    fan: Option<FanSlot>,
-) -> Result<PointResult> {
-    let p = point.index;
-    let load = plan.load.as_ref().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
-    let point_load = point.load.as_ref().ok_or_else(|| Error::run("internal error: a point without load"))?;
-    let tally = |buffer, lanes| LoadTally::new(point_load, load.decode_hold_ns, buffer).servers(lanes);
-    // At a hub, the decode instance's clock, buffer and tally are every pair's.
-    let shared =
-        fan.and_then(|f| f.fan.decode.get().map(|d| (f, d.point(p, || tally(load.decode_buffer, d.lanes)))));
-    let own = Mutex::new(tally(if shared.is_some() { None } else { load.decode_buffer }, lanes.len()));
-    let gathered = Mutex::new(PointTally {
-        requests: stats::new_histogram(),
-        messages: stats::new_histogram(),
-        check: Check::default(),
-        first_request_ns: 0,
-    });
-    let (next, own_gate) = (AtomicU32::new(0), Gate::new(lanes.len()));
-    let timeout = ctrl.timeout;
-    let warmups_within = per_request(timeout, plan.max_request_bytes()) * (plan.warmup + 1);
-    let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
-    let gate = shared.as_ref().map_or(&own_gate, |(_, s)| &s.gate);
-    // The pairs of a P x D decode rank carry shares of one stream of requests.
-    let key_base = match (shared.as_ref(), &plan.tp) {
-        (Some((f, _)), None) => (f.pair as u64) << 32,
-        _ => 0,
-    };
-    let work: Vec<_> = lanes
-        .iter_mut()
-        .zip(pools.iter_mut())
-        .enumerate()
-        .map(|(lane, (l, pool))| {
-            let ctx = LaneContext {
-                lane: lane as u32,
-                plan,
-                point,
-                mail: &mail,
-                admits: shared.as_ref().map_or(&own, |(_, s)| &s.tally),
-                own: shared.as_ref().map(|_| &own),
-                key_base,
-                gathered: &gathered,
-                timeout,
+    ttft: &TtftTally,
+    alone_p50_ns: u64,
+    computing: &LoadTally,
+) -> Option<PrefillFigures> {
+    let mut f = PrefillOfPoint::of(plan, point)?.figures(ttft, alone_p50_ns);
+    f.under_load = Some(Box::new(computing.figures()));
+    Some(f)
+}
+
+/// One phase of a load point: the transfer alone, or with emulated
+/// prefill (the same schedule again, each request computed as it goes).
+struct Phase<'a> {
+    plan: &'a Plan,
+    point: &'a Point,
+    computes: bool,
+    /// This pair's added TTFT, and in the first phase each length's transfer alone.
+    ttft: Mutex<TtftTally>,
+}
+
+impl Phase<'_> {
+    /// The phase on every lane: what this pair gathered, and its load tally.
+    fn receive(
+        &self,
+        ctrl: &mut Control,
+        lanes: &mut [Lane<'_, dyn RecvSide>],
+        pools: &mut [Option<SpillPool>],
+        fan: Option<FanSlot>,
+    ) -> Result<(PointTally, LoadTally)> {
+        let (plan, point) = (self.plan, self.point);
+        let p = point.index;
+        let load = plan.load.as_ref().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
+        let point_load =
+            point.load.as_ref().ok_or_else(|| Error::run("internal error: a point without load"))?;
+        let tally = |buffer, lanes| LoadTally::new(point_load, load.decode_hold_ns, buffer).servers(lanes);
+        // At a hub, the decode instance's clock, buffer and tallies are every pair's.
+        let shared = fan.and_then(|f| {
+            let make = |lanes| SharedPoint {
+                gate: Gate::new(lanes),
+                tally: Mutex::new(tally(load.decode_buffer, lanes)),
+                ttft: Mutex::new(TtftTally::new(true)),
+                prefill: PrefillOfPoint::of(plan, point),
             };
-            let next = &next;
-            move || ctx.run(l, pool, next, gate, warmups_within)
-        })
-        .collect();
-    mail.run(work)?;
-    let g = gathered.into_inner().unwrap_or_else(|e| e.into_inner());
-    let mut result = point_result(point, plan, &g.requests, &g.messages, g.first_request_ns, g.check, None)?;
-    let l = own.into_inner().unwrap_or_else(|e| e.into_inner());
-    (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
-    result.load = Some(l.figures());
-    Ok(result)
+            f.fan.decode.get().map(|d| (f, d, d.point(p, self.computes, make)))
+        });
+        let own = Mutex::new(tally(if shared.is_some() { None } else { load.decode_buffer }, lanes.len()));
+        let gathered = Mutex::new(PointTally {
+            requests: stats::new_histogram(),
+            messages: stats::new_histogram(),
+            check: Check::default(),
+            first_request_ns: 0,
+        });
+        let (next, own_gate) = (AtomicU32::new(0), Gate::new(lanes.len()));
+        let timeout = ctrl.timeout;
+        let computing =
+            if self.computes { super::prefill_allowance(point) * lanes.len() as u32 } else { Duration::ZERO };
+        let warmups_within = (per_request(timeout, plan.max_request_bytes()) + computing) * (plan.warmup + 1);
+        let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
+        let gate = shared.as_ref().map_or(&own_gate, |(_, _, s)| &s.gate);
+        // The pairs of a P x D decode rank carry shares of one stream of requests.
+        let (key_base, shares) = match (shared.as_ref(), &plan.tp) {
+            (Some((f, _, _)), None) => ((f.pair as u64) << 32, 1),
+            (Some((f, _, _)), Some(_)) => (0, f.fan.pairs),
+            (None, _) => (0, 1),
+        };
+        let work: Vec<_> = lanes
+            .iter_mut()
+            .zip(pools.iter_mut())
+            .enumerate()
+            .map(|(lane, (l, pool))| {
+                let ctx = LaneContext {
+                    lane: lane as u32,
+                    plan,
+                    point,
+                    mail: &mail,
+                    admits: shared.as_ref().map_or(&own, |(_, _, s)| &s.tally),
+                    own: shared.as_ref().map(|_| &own),
+                    key_base,
+                    shares,
+                    gathered: &gathered,
+                    timeout,
+                    first_it: if self.computes { plan.phase_len(point) } else { 0 },
+                    ttft: &self.ttft,
+                    shared_ttft: shared.as_ref().map(|(_, _, s)| &s.ttft),
+                    computing,
+                };
+                let next = &next;
+                move || ctx.run(l, pool, next, gate, warmups_within)
+            })
+            .collect();
+        mail.run(work)?;
+        let g = gathered.into_inner().unwrap_or_else(|e| e.into_inner());
+        Ok((g, own.into_inner().unwrap_or_else(|e| e.into_inner())))
+    }
 }
 
 /// What a receiving lane shares with the others during a point.
@@ -537,8 +693,18 @@ struct LaneContext<'a, 'c> {
     own: Option<&'a Mutex<LoadTally>>,
     /// Added to a request's number for its key in the shared tally.
     key_base: u64,
+    /// The pairs that carry a share of each request (P x D), else 1.
+    shares: usize,
     gathered: &'a Mutex<PointTally>,
     timeout: Duration,
+    /// The phase's first iteration: 0, or with emulated prefill the second
+    /// phase's (the same schedule again, each request computed as it goes).
+    first_it: u32,
+    /// This pair's added TTFT; at a hub, the decode instance's besides.
+    ttft: &'a Mutex<TtftTally>,
+    shared_ttft: Option<&'a Mutex<TtftTally>>,
+    /// What the phase's computes may add to a request's wait.
+    computing: Duration,
 }
 
 impl LaneContext<'_, '_> {
@@ -559,7 +725,8 @@ impl LaneContext<'_, '_> {
         let point_load = self.point.load.as_ref().expect("a load point");
         let (n, warmup) = (point_load.schedule.len() as u32, self.plan.warmup);
         let arrives = |k: u32| Duration::from_nanos(point_load.schedule[k as usize].at_ns);
-        for it in 0..warmup {
+        let first = self.first_it;
+        for it in first..first + warmup {
             self.take(it, Duration::ZERO)?;
             self.request(l, pool, it, None)?;
         }
@@ -567,20 +734,20 @@ impl LaneContext<'_, '_> {
         // starts, as every later one is before its arrival.
         let mut k = next.fetch_add(1, Relaxed);
         if k < n {
-            self.take(warmup + k, warmups_within + arrives(k))?;
+            self.take(first + warmup + k, warmups_within + arrives(k))?;
         }
         let start = gate.pass(self.mail, Instant::now() + warmups_within)?;
         self.tally().set_start(start);
         if let Some(own) = self.own {
             own.lock().unwrap_or_else(|e| e.into_inner()).set_start(start);
         }
-        let first = k;
+        let first_k = k;
         while k < n {
-            if k != first {
+            if k != first_k {
                 let at = start + arrives(k);
-                self.take(warmup + k, at.saturating_duration_since(Instant::now()))?;
+                self.take(first + warmup + k, at.saturating_duration_since(Instant::now()))?;
             }
-            self.request(l, pool, warmup + k, Some(start))?;
+            self.request(l, pool, first + warmup + k, Some(start))?;
             k = next.fetch_add(1, Relaxed);
         }
         self.mail.send(&Msg::Take { lane: self.lane, point: self.point.index, it: None, in_ns: 0 })
@@ -593,7 +760,7 @@ impl LaneContext<'_, '_> {
         let request = self.plan.request_id(p, it);
         let bytes = self.point.layout_at(self.plan.warmup, it).total_bytes();
         self.mail.send(&Msg::Take { lane, point: p, it: Some(it), in_ns: nanos(within) })?;
-        let by = Instant::now() + per_request(self.timeout, bytes);
+        let by = Instant::now() + per_request(self.timeout, bytes) + self.computing;
         self.mail.expect(
             by,
             &format!("waiting for the sender to prepare {}", crate::plan::Req(request)),
@@ -631,6 +798,50 @@ impl LaneContext<'_, '_> {
         Ok(admitted)
     }
 
+    /// With emulated prefill, a request's account: in the first phase its
+    /// transfer alone, in the second the sender's compute (sent once it has
+    /// ended), which gives its added TTFT; this pair's and, at a hub, the
+    /// decode instance's (a P x D request's shares joined).
+    fn prefill_account(
+        &self,
+        it: u32,
+        tokens: u32,
+        (go, last): (u64, u64),
+        computes: bool,
+        deadline: Instant,
+    ) -> Result<()> {
+        let (plan, measured) = (self.plan, self.plan.measured(self.point, it));
+        let request = plan.request_id(self.point.index, it);
+        fn lock(t: &Mutex<TtftTally>) -> std::sync::MutexGuard<'_, TtftTally> {
+            t.lock().unwrap_or_else(|e| e.into_inner())
+        }
+        let c = match computes {
+            true => {
+                let awaiting = format!("waiting for the compute of {}", crate::plan::Req(request));
+                let m = self.mail.expect(
+                    deadline,
+                    &awaiting,
+                    |m| matches!(m, Msg::Computed { request: r, .. } if *r == request),
+                )?;
+                let Msg::Computed { began, ended, .. } = m else { unreachable!("picked") };
+                let c = Computed { began, ended };
+                lock(self.ttft).request(tokens, go, last, c, measured);
+                Some(lock(self.ttft).place(go, c))
+            }
+            false => {
+                if measured {
+                    lock(self.ttft).transfer_alone(tokens, last.saturating_sub(go));
+                }
+                None
+            }
+        };
+        if let Some(shared) = self.shared_ttft {
+            let key = self.key_base + (it % plan.phase_len(self.point)) as u64;
+            lock(shared).share(key, self.shares, tokens, go, last, c, measured);
+        }
+        Ok(())
+    }
+
     /// One request on this lane, taken already: a warm-up (no start), or a
     /// timed one that goes at its arrival from `start`, once it fits.
     fn request(
@@ -655,13 +866,16 @@ impl LaneContext<'_, '_> {
         let Admit::Go { ticket, spills } = admitted else { unreachable!("admitted") };
         let mut sink = RoundSink::new(layout, plan.verify == VerifyMode::Inline);
         sink.begin(request);
-        let deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC);
-        let t0 = Instant::now();
+        let computes = plan.computes(point, it);
+        let deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
+            + if computes { self.computing } else { Duration::ZERO };
+        let (t0, go_mono) = (Instant::now(), compute::mono_ns());
         let go = (!l.transport.go_in_band()).then_some(Msg::LaneGo { lane, request });
         let mut link = LaneLink { mail: self.mail, go };
         let timing = l.transport.recv(l.buf, layout, request, deadline, &mut link, &sink)?;
         let now = Instant::now();
         let landed = timing.landed.unwrap_or(now);
+        let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
         let host_ns = nanos(landed.saturating_duration_since(t0));
         if let Some((a, _)) = arrival {
             let note = |n, store, load| self.tally().spilled(n, store, load);
@@ -685,6 +899,9 @@ impl LaneContext<'_, '_> {
         }
         sink.check_complete()?;
         let request_ns = timing.elapsed_ns.unwrap_or(host_ns).max(1);
+        if plan.prefill.is_some() {
+            self.prefill_account(it, layout.tokens, (go_mono, last_mono), computes, deadline)?;
+        }
         let check = sink.found(plan.verify, l.buf, layout)?;
         let mut g = self.gathered.lock().unwrap_or_else(|e| e.into_inner());
         if it == 0 && lane == 0 {

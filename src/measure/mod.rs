@@ -150,17 +150,21 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
-/// What a fan does not run yet: emulated prefill, and conversations under
-/// arrivals (lanes know no turns; issue 36's one engine is to run them).
-pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
-    let what = if plan.prefill.is_some() {
-        "emulated prefill"
-    } else if plan.conversation.is_some() && plan.load.is_some() {
-        "--turns under --arrivals"
-    } else {
-        return Ok(());
+/// What a fan does not run yet, at a hub of `shape`: conversations under
+/// arrivals (lanes know no turns); emulated prefill where one prefill
+/// instance feeds several decode instances or ranks (each request would
+/// have to compute once for all of them), or without --arrivals (fan
+/// rounds in lockstep keep no prefill phase).
+pub fn not_in_a_fan(plan: &Plan, shape: crate::fan::FanShape) -> Result<()> {
+    let what = match (&plan.prefill, &plan.load, shape) {
+        (Some(_), _, crate::fan::FanShape::OneToMany) => {
+            "emulated prefill where one prefill instance (or rank) feeds several decode instances (or ranks)"
+        }
+        (Some(_), None, _) => "emulated prefill in a fan without --arrivals",
+        _ if plan.conversation.is_some() && plan.load.is_some() => "--turns under --arrivals",
+        _ => return Ok(()),
     };
-    Err(Error::usage(format!("{what} runs one pair at a time, not in a fan")))
+    Err(Error::usage(format!("{what} runs one pair at a time, not in a fan (yet)")))
 }
 
 /// Whether a side runs its requests on lanes (`lanes`): several requests
@@ -212,7 +216,7 @@ fn check_behind(plan: &Plan, point: &Point, it: u32, arrived: Instant, timeout: 
         "the receiver fell behind the arrivals ({}): request {} of point {} arrived {} ago, more than --timeout \
          {}{lanes}: the link does not carry this rate (lower it, or raise --timeout)",
         point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
-        it - plan.warmup,
+        it % plan.phase_len(point) - plan.warmup,
         point.index,
         crate::units::fmt_ns(behind.as_nanos() as f64),
         humantime::format_duration(timeout)
@@ -291,6 +295,20 @@ struct RequestLink<'a> {
     fan: Option<FanSlot<'a>>,
     /// The sender computes this request's KV as it goes.
     computes: bool,
+}
+
+/// The sender's compute alone, timed before a point's computing requests:
+/// its runs, what computes, and the control round trip.
+fn expect_compute_alone(ctrl: &mut Control, point: &Point) -> Result<(Vec<u64>, String, u64)> {
+    let p = point.index;
+    let by = allowance(ctrl.timeout, 0, 1.0) + prefill_allowance(point) * compute::MOST_RUNS_ALONE as u32;
+    let awaiting = format!("waiting for the sender's compute alone at point {p}");
+    ctrl.expect_by(by, &awaiting, |m| match m {
+        Msg::ComputeAlone { point, runs_ns, compute, control_rtt_ns } if point == p => {
+            Ok((runs_ns, compute, control_rtt_ns))
+        }
+        other => Err(other),
+    })
 }
 
 /// What a computing request may take beyond its transfer: its prefill,

@@ -37,7 +37,7 @@ pub fn run_receiver(
     let Transports { to_decode, back } = transports;
     let plan = sess.hello.plan.clone();
     if fan.is_some() {
-        not_in_a_fan(&plan)?;
+        not_in_a_fan(&plan, crate::fan::FanShape::ManyToOne)?;
     }
     // A spoke of a sender's one-to-many fan tells it each request's time.
     let report_times = sess.hello.seat.is_some();
@@ -191,16 +191,7 @@ impl Receiver<'_> {
 
     /// The sender's compute alone, timed before a point's computing requests.
     fn compute_alone(&mut self, point: &Point, ttft: &mut TtftTally) -> Result<()> {
-        let p = point.index;
-        let by =
-            allowance(self.ctrl.timeout, 0, 1.0) + prefill_allowance(point) * compute::MOST_RUNS_ALONE as u32;
-        let awaiting = format!("waiting for the sender's compute alone at point {p}");
-        let (runs, what, rtt) = self.ctrl.expect_by(by, &awaiting, |m| match m {
-            Msg::ComputeAlone { point, runs_ns, compute, control_rtt_ns } if point == p => {
-                Ok((runs_ns, compute, control_rtt_ns))
-            }
-            other => Err(other),
-        })?;
+        let (runs, what, rtt) = super::expect_compute_alone(self.ctrl, point)?;
         ttft.alone(&runs, what, rtt);
         Ok(())
     }
@@ -291,7 +282,8 @@ impl Receiver<'_> {
             Msg::Computed { request: r, began, ended } if r == request => Ok(Computed { began, ended }),
             other => Err(other),
         })?;
-        ttft.request(got.go_mono, got.last_mono, c, self.plan.measured(point, it));
+        let tokens = point.layout_at(self.plan.warmup, it).tokens;
+        ttft.request(tokens, got.go_mono, got.last_mono, c, self.plan.measured(point, it));
         Ok(())
     }
 
@@ -328,6 +320,9 @@ impl Receiver<'_> {
         if it >= plan.warmup {
             t.requests.saturating_record(request_ns);
             sink.record_into(&mut t.messages);
+            if plan.prefill.is_some() {
+                t.ttft.transfer_alone(point.layout_at(plan.warmup, it).tokens, request_ns);
+            }
             if let (Some(turns), Some((_, turn))) = (&mut t.turns, point.turn_named(plan.warmup, it)) {
                 turns.turn(turn, request_ns);
             }
@@ -421,7 +416,8 @@ impl PointTally {
             result.load = Some(l.figures());
         }
         if let (Some(prefill), Some(layer_ns)) = (&plan.prefill, &point.prefill_ns) {
-            let mut f = self.ttft.figures(prefill.overlap, layer_ns, result.request_ns.p50);
+            let layer_ns_of = |tokens| prefill.layer_ns(&plan.shape, tokens).unwrap_or_default();
+            let mut f = self.ttft.figures(prefill.overlap, layer_ns, result.request_ns.p50, &layer_ns_of);
             f.under_load = self.load_computing.map(|l| Box::new(l.figures()));
             result.prefill = Some(f);
         }

@@ -143,17 +143,18 @@ impl Sender<'_> {
         compute: Option<&'c dyn Compute>,
     ) -> Result<Option<Computing<'c>>> {
         let plan = self.plan;
-        let (Some(c), Some(layer_ns), Some(prefill)) = (compute, &point.prefill_ns, &plan.prefill) else {
+        let (Some(c), Some(alone_ns), Some(prefill)) = (compute, &point.prefill_ns, &plan.prefill) else {
             return Ok(None);
         };
         if !plan.computes(point, it) {
             return Ok(None);
         }
         if it == plan.phase_len(point) {
-            let runs_ns = compute::alone(c, layer_ns, self.ctrl)?;
+            let runs_ns = compute::alone(c, alone_ns, self.ctrl)?;
             let (compute, control_rtt_ns) = (c.describe(), self.rtt_ns);
             self.ctrl.send(&Msg::ComputeAlone { point: point.index, runs_ns, compute, control_rtt_ns })?;
         }
+        let layer_ns = plan.layer_ns_at(point, it).unwrap_or_else(|| alone_ns.clone());
         Ok(Some(Computing::new(c, layout, layer_ns, prefill.overlap)))
     }
 

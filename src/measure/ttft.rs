@@ -12,6 +12,7 @@ use super::stats::{self, LatencySummary};
 use crate::plan::Overlap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 
 /// A point's figures with emulated prefill.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,11 +41,47 @@ pub struct PrefillFigures {
     /// transfer, or more when layers are made faster than they move
     /// (see `pipeline_bound`).
     pub lower_bound_ns: u64,
+    /// Under a mix of prompt lengths, each length's own figures (the
+    /// fields above then hold every request's added TTFT together, and the
+    /// asked time, compute alone, bound and share of the longest prompt,
+    /// whose compute alone is timed). Empty with one length.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_prompt: Vec<PromptPrefill>,
     /// Under --arrivals: the second phase's load figures, each request's
     /// prefill computed from its go, so latency (arrival to the decode side
     /// holding the last byte) is queueing, prefill and the added TTFT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub under_load: Option<Box<super::load::LoadFigures>>,
+}
+
+/// One prompt length's share of a mix's prefill figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PromptPrefill {
+    pub tokens: u32,
+    pub asked_ns: u64,
+    pub during_ns: LatencySummary,
+    pub added_ns: LatencySummary,
+    /// This length's transfer without compute (the first phase), p50.
+    pub transfer_alone_p50_ns: u64,
+    pub exposed_share: f64,
+    pub lower_bound_ns: u64,
+}
+
+/// One prompt length's requests in a tally.
+struct PromptTally {
+    transfer: Histogram<u64>,
+    during: Histogram<u64>,
+    added: Histogram<u64>,
+}
+
+impl PromptTally {
+    fn new() -> Self {
+        PromptTally {
+            transfer: stats::new_histogram(),
+            during: stats::new_histogram(),
+            added: stats::new_histogram(),
+        }
+    }
 }
 
 /// The sender's account of one request's compute, CLOCK_MONOTONIC ns.
@@ -64,6 +101,9 @@ pub struct TtftTally {
     during: Histogram<u64>,
     ttft: Histogram<u64>,
     added: Histogram<u64>,
+    by_tokens: BTreeMap<u32, PromptTally>,
+    /// Requests some of whose shares are in: (shares, first go, last byte, compute).
+    pending: HashMap<u64, (usize, u64, u64, Option<Computed>)>,
 }
 
 impl TtftTally {
@@ -76,6 +116,86 @@ impl TtftTally {
             during: stats::new_histogram(),
             ttft: stats::new_histogram(),
             added: stats::new_histogram(),
+            by_tokens: BTreeMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// A measured request of `tokens` moved in `ns` without compute (the first phase).
+    pub fn transfer_alone(&mut self, tokens: u32, ns: u64) {
+        self.prompt(tokens).transfer.saturating_record(ns.max(1));
+    }
+
+    fn prompt(&mut self, tokens: u32) -> &mut PromptTally {
+        self.by_tokens.entry(tokens).or_insert_with(PromptTally::new)
+    }
+
+    /// Another tally's requests (a lane's, a pair's) into this one.
+    pub fn merge(&mut self, other: &TtftTally) {
+        if self.compute.is_empty() {
+            (self.compute, self.one_way_ns) = (other.compute.clone(), other.one_way_ns);
+        }
+        let add = |a: &mut Histogram<u64>, b: &Histogram<u64>| {
+            let _ = a.add(b);
+        };
+        add(&mut self.alone, &other.alone);
+        add(&mut self.during, &other.during);
+        add(&mut self.ttft, &other.ttft);
+        add(&mut self.added, &other.added);
+        for (tokens, o) in &other.by_tokens {
+            let mine = self.prompt(*tokens);
+            add(&mut mine.transfer, &o.transfer);
+            add(&mut mine.during, &o.during);
+            add(&mut mine.added, &o.added);
+        }
+    }
+
+    /// A share of request `key` (a P x D decode rank reads one from each
+    /// of its prefill ranks), its compute `c` on this tally's clock (see
+    /// `place`), or none in the phase without compute: once all `shares`
+    /// are in, the request counts whole, from its first share's go to its
+    /// last share's last byte, and its added TTFT from the later rank's
+    /// last layer.
+    #[allow(clippy::too_many_arguments)]
+    pub fn share(
+        &mut self,
+        key: u64,
+        shares: usize,
+        tokens: u32,
+        go: u64,
+        last: u64,
+        c: Option<Computed>,
+        measured: bool,
+    ) {
+        let joined = self.pending.entry(key).or_insert((0, go, last, c));
+        joined.0 += 1;
+        joined.1 = joined.1.min(go);
+        joined.2 = joined.2.max(last);
+        if let (Some(j), Some(c)) = (&mut joined.3, c) {
+            *j = Computed { began: j.began.min(c.began), ended: j.ended.max(c.ended) };
+        }
+        if joined.0 < shares {
+            return;
+        }
+        let (_, go, last, c) = self.pending.remove(&key).expect("just joined");
+        match c {
+            Some(c) => {
+                self.request(tokens, go, last, c, measured);
+            }
+            None if measured => self.transfer_alone(tokens, last.saturating_sub(go)),
+            None => {}
+        }
+    }
+
+    /// The sender's compute `c` of a request whose go was at `go`, on
+    /// this side's clock (see `request`).
+    pub fn place(&self, go: u64, c: Computed) -> Computed {
+        match self.same_host {
+            true => c,
+            false => {
+                let began = go + self.one_way_ns;
+                Computed { began, ended: began + c.ended.saturating_sub(c.began) }
+            }
         }
     }
 
@@ -87,9 +207,10 @@ impl TtftTally {
         }
     }
 
-    /// The added TTFT of a request the receiver said go for at `go` and
-    /// held whole at `last` (its CLOCK_MONOTONIC ns); records it when `measured`.
-    pub fn request(&mut self, go: u64, last: u64, c: Computed, measured: bool) -> u64 {
+    /// The added TTFT of a request of `tokens` the receiver said go for at
+    /// `go` and held whole at `last` (its CLOCK_MONOTONIC ns); records it
+    /// when `measured`.
+    pub fn request(&mut self, tokens: u32, go: u64, last: u64, c: Computed, measured: bool) -> u64 {
         let compute = c.ended.saturating_sub(c.began);
         let ended_here = match self.same_host {
             true => c.ended,
@@ -100,14 +221,53 @@ impl TtftTally {
             self.during.saturating_record(compute.max(1));
             self.added.saturating_record(added.max(1));
             self.ttft.saturating_record((compute + added).max(1));
+            let p = self.prompt(tokens);
+            p.during.saturating_record(compute.max(1));
+            p.added.saturating_record(added.max(1));
         }
         added
     }
 
     /// The point's figures; `alone_p50_ns` is the transfer alone, `layer_ns`
-    /// each layer's asked compute.
-    pub fn figures(&self, overlap: Overlap, layer_ns: &[u64], alone_p50_ns: u64) -> PrefillFigures {
+    /// each layer's asked compute (the longest prompt's, under a mix), and
+    /// `layer_ns_of` a prompt length's.
+    pub fn figures(
+        &self,
+        overlap: Overlap,
+        layer_ns: &[u64],
+        alone_p50_ns: u64,
+        layer_ns_of: &dyn Fn(u32) -> Vec<u64>,
+    ) -> PrefillFigures {
         let added_ns = LatencySummary::of(&self.added);
+        let bound = |transfer_ns: u64, layer_ns: &[u64]| match overlap {
+            Overlap::Layer => pipeline_bound(transfer_ns, layer_ns),
+            Overlap::None => transfer_ns,
+        };
+        let by_prompt: Vec<PromptPrefill> = match self.by_tokens.len() {
+            0 | 1 => Vec::new(),
+            _ => self
+                .by_tokens
+                .iter()
+                .map(|(&tokens, p)| {
+                    let (layers, transfer) = (layer_ns_of(tokens), p.transfer.value_at_quantile(0.5));
+                    let added_ns = LatencySummary::of(&p.added);
+                    PromptPrefill {
+                        tokens,
+                        asked_ns: layers.iter().sum(),
+                        during_ns: LatencySummary::of(&p.during),
+                        exposed_share: added_ns.p50 as f64 / transfer.max(1) as f64,
+                        added_ns,
+                        transfer_alone_p50_ns: transfer,
+                        lower_bound_ns: bound(transfer, &layers),
+                    }
+                })
+                .collect(),
+        };
+        // Under a mix, the longest prompt's share and bound, as its compute alone.
+        let (alone_p50_ns, exposed_p50) = match by_prompt.last() {
+            Some(p) => (p.transfer_alone_p50_ns, p.added_ns.p50),
+            None => (alone_p50_ns, added_ns.p50),
+        };
         PrefillFigures {
             overlap,
             compute: self.compute.clone(),
@@ -122,13 +282,11 @@ impl TtftTally {
             alone_ns: LatencySummary::of(&self.alone),
             during_ns: LatencySummary::of(&self.during),
             ttft_ns: LatencySummary::of(&self.ttft),
-            exposed_share: added_ns.p50 as f64 / alone_p50_ns.max(1) as f64,
+            exposed_share: exposed_p50 as f64 / alone_p50_ns.max(1) as f64,
             added_ns,
             added_histogram: stats::encode_histogram(&self.added),
-            lower_bound_ns: match overlap {
-                Overlap::Layer => pipeline_bound(alone_p50_ns, layer_ns),
-                Overlap::None => alone_p50_ns,
-            },
+            lower_bound_ns: bound(alone_p50_ns, layer_ns),
+            by_prompt,
             under_load: None,
         }
     }
@@ -163,20 +321,56 @@ mod tests {
         let mut one = TtftTally::new(true);
         one.alone(&[2_000_000, 2_010_000, 1_990_000], "busy".into(), 1_000_000);
         let c = Computed { began: 1_000, ended: 2_001_000 };
-        assert_eq!(one.request(500, 2_035_000, c, true), 34_000);
+        assert_eq!(one.request(64, 500, 2_035_000, c, true), 34_000);
         // Two hosts: compute began half a round trip after the go.
         let mut two = TtftTally::new(false);
         two.alone(&[], "busy".into(), 1_000_000);
         let c = Computed { began: 77, ended: 2_000_077 }; // the sender's clock
-        assert_eq!(two.request(10_000_000, 12_534_000, c, true), 34_000);
+        assert_eq!(two.request(64, 10_000_000, 12_534_000, c, true), 34_000);
         // A warm-up is not recorded; a clock that disagrees gives 0, not a wrap.
-        assert_eq!(two.request(10_000_000, 10_000_000, c, false), 0);
-        let f = one.figures(Overlap::Layer, &[62_500; 32], 1_088_000);
+        assert_eq!(two.request(64, 10_000_000, 10_000_000, c, false), 0);
+        let f = one.figures(Overlap::Layer, &[62_500; 32], 1_088_000, &|_| vec![62_500; 32]);
         assert_eq!((f.alone_ns.count, f.added_ns.count, f.during_ns.count), (3, 1, 1));
         assert_eq!(f.lower_bound_ns, 34_000);
         assert!((f.exposed_share - 34.0 / 1088.0).abs() < 0.001, "{}", f.exposed_share);
         assert!((f.ttft_ns.p50 as f64 - 2_034_000.0).abs() < 3_000.0, "{}", f.ttft_ns.p50);
-        assert_eq!(one.figures(Overlap::None, &[0; 32], 1_088_000).lower_bound_ns, 1_088_000);
+        assert_eq!(
+            one.figures(Overlap::None, &[0; 32], 1_088_000, &|_| vec![0; 32]).lower_bound_ns,
+            1_088_000
+        );
+        assert!(f.by_prompt.is_empty());
+    }
+
+    #[test]
+    fn a_mix_has_each_prompt_length_s_figures() {
+        let mut t = TtftTally::new(true);
+        // 1k: 1 ms alone, 0.1 ms added; 8k: 8 ms alone, 2 ms added.
+        for _ in 0..3 {
+            t.transfer_alone(1024, 1_000_000);
+            t.transfer_alone(8192, 8_000_000);
+            t.request(1024, 0, 10_100_000, Computed { began: 0, ended: 10_000_000 }, true);
+            t.request(8192, 0, 82_000_000, Computed { began: 0, ended: 80_000_000 }, true);
+        }
+        let of = |tokens: u32| vec![tokens as u64 * 10_000 / 32; 32];
+        let f = t.figures(Overlap::None, &of(8192), 4_000_000, &of);
+        let p: Vec<(u32, u64, u64, u64)> = f
+            .by_prompt
+            .iter()
+            .map(|p| (p.tokens, p.asked_ns, p.transfer_alone_p50_ns, p.lower_bound_ns))
+            .collect();
+        let close = |a: u64, b: u64| (a as f64 - b as f64).abs() <= b as f64 * 0.002;
+        assert_eq!((p[0].0, p[0].1, p[1].0, p[1].1), (1024, 10_240_000, 8192, 81_920_000));
+        assert!(close(p[0].2, 1_000_000) && close(p[1].2, 8_000_000), "{p:?}");
+        assert_eq!((p[0].3, p[1].3), (p[0].2, p[1].2), "without overlap the bound is the transfer");
+        assert!((f.by_prompt[1].exposed_share - 0.25).abs() < 0.01, "{}", f.by_prompt[1].exposed_share);
+        // The row's share is the longest's, not the mix's p50 over the given transfer.
+        assert!((f.exposed_share - 0.25).abs() < 0.01, "{}", f.exposed_share);
+        assert_eq!(f.added_ns.count, 6);
+        // Merged tallies keep every length.
+        let mut m = TtftTally::new(true);
+        m.merge(&t);
+        m.merge(&t);
+        assert_eq!(m.figures(Overlap::None, &of(8192), 1, &of).by_prompt[0].added_ns.count, 6);
     }
 
     #[test]

@@ -1282,18 +1282,6 @@ impl Plan {
             }
         }
         if let Some(l) = &self.load {
-            if self.prefill.is_some() && l.concurrency > 1 {
-                return Err(Error::usage(format!(
-                    "--arrivals with emulated prefill moves one request at a time: --concurrency 1, not {}",
-                    l.concurrency
-                )));
-            }
-            if self.prefill.is_some() && l.mix.len() > 1 {
-                return Err(Error::usage(
-                    "--arrivals with emulated prefill takes one prompt length (its compute alone is timed \
-                     once per point): drop --prompt-mix, or give one length",
-                ));
-            }
             if !(1..=MAX_CONCURRENCY).contains(&l.concurrency) {
                 return Err(Error::usage(format!(
                     "--concurrency {} is not a number of requests from 1 to {MAX_CONCURRENCY}",
@@ -1355,10 +1343,15 @@ impl Plan {
                  NixlConnector (the connector that runs different TPs) moves block by block: use -g block"
             )));
         }
-        if self.prefill.is_some() || self.conversation.is_some() {
+        if self.conversation.is_some() {
             return Err(Error::usage(
-                "--prefill-tp/--decode-tp run with --arrivals or back to back: not with emulated prefill or \
-                 --turns yet",
+                "--prefill-tp/--decode-tp run with --arrivals or back to back: not with --turns yet",
+            ));
+        }
+        if self.prefill.is_some() && self.load.is_none() {
+            return Err(Error::usage(
+                "--prefill-tp/--decode-tp with emulated prefill run under --arrivals (a decode rank's prefill \
+                 ranks' requests on lanes)",
             ));
         }
         if let Some((p, d)) = t.pair {
@@ -1382,6 +1375,13 @@ impl Plan {
     /// prefill (the transfer alone, then with the compute).
     pub fn requests_in(&self, point: &Point) -> u32 {
         self.phase_len(point) * if self.prefill.is_some() { 2 } else { 1 }
+    }
+
+    /// With emulated prefill, the compute time of each layer of request
+    /// `iteration`: its own prompt length's (under a mix, not the longest's).
+    pub fn layer_ns_at(&self, point: &Point, iteration: u32) -> Option<Vec<u64>> {
+        let tokens = point.layout_at(self.warmup, iteration).tokens;
+        self.prefill.as_ref()?.layer_ns(&self.shape, tokens).ok()
     }
 
     /// Whether request `iteration` of a point computes its KV as it goes:
@@ -1811,13 +1811,19 @@ mod tests {
             (None, Some(0), Some(300_000_000), None, Some(0), Some(300_000_000))
         );
         assert_eq!(point.prefill_ns.as_ref().map(|l| l.iter().sum::<u64>()), Some(20_000_000));
-        // Several in flight, or a mix of lengths, are not composed with it yet.
+        // Several in flight, and a mix of lengths, each computing its own layers.
         p.load.as_mut().unwrap().concurrency = 2;
-        assert!(p.validate().unwrap_err().message.contains("--concurrency 1"));
-        p.load.as_mut().unwrap().concurrency = 1;
         p.load.as_mut().unwrap().mix.push((1024, 1.0));
         p.prompt_lengths.push(1024);
-        assert!(p.validate().unwrap_err().message.contains("one prompt length"));
+        p.validate().unwrap();
+        let point = &p.points()[0];
+        let mut asked: Vec<(u32, u64)> = (0..p.requests_in(point))
+            .filter(|&it| p.computes(point, it))
+            .map(|it| (point.layout_at(p.warmup, it).tokens, p.layer_ns_at(point, it).unwrap().iter().sum()))
+            .collect();
+        asked.sort_unstable();
+        asked.dedup();
+        assert_eq!(asked, [(128, 20_000_000), (1024, 200_000_000)]);
     }
 
     #[test]

@@ -268,17 +268,44 @@ fn added_ttft_markdown(series: &[Series]) -> String {
                      |---|---|---|---|---|---|---|---|\n",
                 );
             }
-            md.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {:.1}% |\n",
-                s.label,
-                p.prompt_tokens,
-                fmt_ns(f.during_ns.p50 as f64),
-                fmt_ns(f.added_ns.p50 as f64),
-                fmt_ns(f.added_ns.p99 as f64),
-                fmt_ns(f.lower_bound_ns as f64),
-                fmt_ns(p.request_ns.p50 as f64),
-                100.0 * f.exposed_share
-            ));
+            // (prompt, prefill, added p50, added p99, bound, transfer alone, exposed): a mix's a row per length.
+            let rows: Vec<(String, u64, u64, u64, u64, u64, f64)> = match f.by_prompt.is_empty() {
+                true => vec![(
+                    p.prompt_tokens.to_string(),
+                    f.during_ns.p50,
+                    f.added_ns.p50,
+                    f.added_ns.p99,
+                    f.lower_bound_ns,
+                    p.request_ns.p50,
+                    f.exposed_share,
+                )],
+                false => f
+                    .by_prompt
+                    .iter()
+                    .map(|q| {
+                        let (a, b) = (&q.during_ns, &q.added_ns);
+                        let tokens = format!("{} of a mix", q.tokens);
+                        (
+                            tokens,
+                            a.p50,
+                            b.p50,
+                            b.p99,
+                            q.lower_bound_ns,
+                            q.transfer_alone_p50_ns,
+                            q.exposed_share,
+                        )
+                    })
+                    .collect(),
+            };
+            for (prompt, during, added, added99, bound, alone, share) in rows {
+                let ns = |v: u64| fmt_ns(v as f64);
+                let (l, d, a, a99, b, t) =
+                    (&s.label, ns(during), ns(added), ns(added99), ns(bound), ns(alone));
+                md.push_str(&format!(
+                    "| {l} | {prompt} | {d} | {a} | {a99} | {b} | {t} | {:.1}% |\n",
+                    100.0 * share
+                ));
+            }
         }
     }
     md

@@ -497,8 +497,22 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
 /// A point's figures with emulated prefill, under its row.
 fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
     let (a, ms) = (&f.added_ns, |ns: u64| fmt_ns(ns as f64));
-    writeln!(
-        out,
+    if let Some(longest) = f.by_prompt.last() {
+        writeln!(
+            out,
+            "#   prefill of the mix's longest prompt ({} tokens) {} asked, {} alone | every request: added TTFT \
+             p50 {} p99 {} max {} | TTFT p50 {}",
+            longest.tokens,
+            ms(f.asked_ns),
+            ms(f.alone_ns.p50),
+            ms(a.p50),
+            ms(a.p99),
+            ms(a.max),
+            ms(f.ttft_ns.p50)
+        )?;
+    } else {
+        writeln!(
+            out,
         "#   prefill {} asked, {} alone, {} during | added TTFT p50 {} p99 {} max {} ({:.1}% of the transfer, \
          bound {}) | TTFT p50 {}",
         ms(f.asked_ns),
@@ -510,7 +524,25 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
         100.0 * f.exposed_share,
         ms(f.lower_bound_ns),
         ms(f.ttft_ns.p50)
-    )?;
+        )?;
+    }
+    // A mix: the line above is over every request; each length's own follows.
+    for p in &f.by_prompt {
+        writeln!(
+            out,
+            "#     {} tokens: prefill {} asked, {} during | added TTFT p50 {} p99 {} ({:.1}% of its transfer {}, \
+             bound {}) | {} requests",
+            p.tokens,
+            ms(p.asked_ns),
+            ms(p.during_ns.p50),
+            ms(p.added_ns.p50),
+            ms(p.added_ns.p99),
+            100.0 * p.exposed_share,
+            ms(p.transfer_alone_p50_ns),
+            ms(p.lower_bound_ns),
+            p.added_ns.count
+        )?;
+    }
     if let Some(l) = &f.under_load {
         load_line_as("with prefill, ", l, out)?;
     }
