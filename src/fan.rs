@@ -6,6 +6,7 @@
 //! and every pair's own request times, merged, give the incast tail.
 
 use crate::error::{Error, Result};
+use crate::measure::compute::SharedCompute;
 use crate::measure::lanes::{SharedDecode, SharedFigures};
 use crate::measure::load::LoadFigures;
 use crate::measure::stats::{self, LatencySummary, PointResult};
@@ -104,6 +105,11 @@ pub struct Fan {
     pub decode: OnceLock<SharedDecode>,
     /// The pairs carry shares of each request (P x D), not requests of their own.
     pub shares: bool,
+    /// P x D: the prefill instances among the pairs, each its own requests.
+    pub instances: usize,
+    /// At a one-to-many hub with emulated prefill: the prefill instance's
+    /// (or rank's) compute, which every pair's requests share.
+    pub compute: OnceLock<SharedCompute>,
 }
 
 #[derive(Default)]
@@ -135,6 +141,8 @@ impl Fan {
             on_aggregate,
             decode: OnceLock::new(),
             shares: false,
+            instances: 1,
+            compute: OnceLock::new(),
             joined: Mutex::new(vec![None; pairs]),
             sync: Mutex::new(Barrier::default()),
             turn: Condvar::new(),
@@ -266,6 +274,16 @@ impl Fan {
             // Each pair's requests are its own: the row names one request.
             point.request_bytes = results[0].request_bytes;
         }
+        // A request is the shares of one prefill instance.
+        point.request_bytes /= self.instances.max(1);
+        if let (true, FanShape::OneToMany, Some(l)) = (self.shares, self.shape, point.load.as_mut()) {
+            // A prefill rank's pairs carry shares of one stream: its requests
+            // count once, done when their slowest share is.
+            let loads: Vec<&LoadFigures> = results.iter().filter_map(|r| r.load.as_ref()).collect();
+            l.prompts = loads[0].prompts.clone();
+            l.offered_qps = loads[0].offered_qps;
+            l.achieved_qps = loads.iter().map(|x| x.achieved_qps).fold(f64::MAX, f64::min);
+        }
         t.spans.reset();
         t.rounds_in_point = 0;
         drop(t);
@@ -341,6 +359,9 @@ pub fn aggregate(
             agg.gbps = results.iter().map(|r| r.gbps).sum();
             agg.gbps_p50 = agg.gbps;
             agg.load = Some(merge_load(&loads));
+            // Each receiver's added TTFT is its own (the pairs' reports); one
+            // request's, over receivers that each hold a share, no process sees.
+            agg.prefill = None;
         }
         None => agg.load = None,
     }

@@ -13,6 +13,25 @@ use serde_json::Value;
 const KIB128: u64 = 128 << 10;
 const TRANSPORTS: [&str; 2] = ["tcp", "ucx"];
 
+/// P x D cases: blocks of 16 tokens, six requests of a 16/64-token mix
+/// arriving by Poisson at 20/s, one warm-up, two lanes.
+const BLOCKS_UNDER_LOAD: [&str; 14] = [
+    "-g",
+    "block",
+    "--block-size",
+    "16",
+    "--prompt-mix",
+    "16:50,64:50",
+    "--arrivals",
+    "poisson:20",
+    "-n",
+    "6",
+    "-w",
+    "1",
+    "--concurrency",
+    "2",
+];
+
 fn path(dir: &tempfile::TempDir, name: &str) -> String {
     dir.path().join(name).to_str().unwrap().to_string()
 }
@@ -131,23 +150,9 @@ fn p2_rank(addr: &str, transport: &str, rank: u32, extra: &[&str]) -> Proc {
         "1",
         "--prefill-rank",
         &rank,
-        "-g",
-        "block",
-        "--block-size",
-        "16",
-        "--prompt-mix",
-        "16:50,64:50",
-        "--arrivals",
-        "poisson:20",
-        "-n",
-        "6",
-        "-w",
-        "1",
-        "--concurrency",
-        "2",
         "-q",
     ];
-    Proc::start(SEND, &[&args[..], extra].concat())
+    Proc::start(SEND, &[&args[..], &BLOCKS_UNDER_LOAD, extra].concat())
 }
 
 /// Both prefill ranks (`p2_rank`) into one decode rank: its report, its
@@ -319,6 +324,114 @@ fn prefill_with_a_prompt_mix_on_four_lanes() {
     }
 }
 
+/// The deployment at a tiny size: two prefill instances at TP 2
+/// feed one decode instance at TP 4, each instance with its own Poisson
+/// arrivals of a 16/64-token mix, emulated prefill with layer overlap, and a
+/// decode buffer that waits for room. Each prefill rank feeds two decode
+/// ranks (a quarter of the KV heads each) and computes each request once for
+/// both; each decode rank serves one prefill rank of each instance.
+#[test]
+fn two_prefill_instances_at_tp2_feed_one_decode_instance_at_tp4() {
+    for transport in TRANSPORTS {
+        let dir = tempfile::tempdir().unwrap();
+        let decode: Vec<(Proc, String)> = (0..4)
+            .map(|d| {
+                let (rank, json) = (d.to_string(), path(&dir, &format!("d{d}.json")));
+                receiver("127.0.0.1:0", &["--decode-rank", &rank, "--json", &json, "-q"])
+            })
+            .collect();
+        let prefill: Vec<Proc> = (0..2)
+            .flat_map(|i| (0..2).map(move |p| (i, p)))
+            .map(|(i, p)| {
+                let connect = format!("{},{}", decode[2 * p].1, decode[2 * p + 1].1);
+                let (instance, rank) = (i.to_string(), p.to_string());
+                let json = path(&dir, &format!("p{i}-{p}.json"));
+                let args = [
+                    "--connect",
+                    &connect,
+                    "-t",
+                    transport,
+                    "-m",
+                    "llama-3.1-8b",
+                    "--prefill-tp",
+                    "2",
+                    "--decode-tp",
+                    "4",
+                    "--prefill-instances",
+                    "2",
+                    "--prefill-instance",
+                    &instance,
+                    "--prefill-rank",
+                    &rank,
+                    "--prefill-ms",
+                    "16:4,64:16",
+                    "--overlap",
+                    "layer",
+                    "--decode-buffer",
+                    "4MiB",
+                    "--on-full",
+                    "wait",
+                    "--decode-hold",
+                    "50",
+                    "--json",
+                    &json,
+                    "-q",
+                ];
+                Proc::start(SEND, &[&args[..], &BLOCKS_UNDER_LOAD].concat())
+            })
+            .collect();
+        for p in prefill {
+            p.finish(secs(120)).expect_code(0);
+        }
+        for (d, _) in decode {
+            d.finish(secs(20)).expect_code(0);
+        }
+        let report = |name: &str| json(&dir.path().join(name));
+        let instance_prompts: Vec<Value> =
+            (0..2).map(|i| report(&format!("p{i}-0.json"))["points"][0]["load"]["prompts"].clone()).collect();
+        // The ranks of an instance share its requests; the instances' differ.
+        for (i, prompts) in instance_prompts.iter().enumerate() {
+            assert_eq!(&report(&format!("p{i}-1.json"))["points"][0]["load"]["prompts"], prompts);
+        }
+        let seeds: Vec<Value> =
+            (0..2).map(|i| report(&format!("p{i}-0.json"))["plan"]["load"]["seed"].clone()).collect();
+        assert_ne!(seeds[0], seeds[1], "{transport}");
+        for d in 0..4 {
+            let r = report(&format!("d{d}.json"));
+            assert_eq!(
+                (r["outcome"].as_str(), r["wrong_bytes"].as_u64()),
+                (Some("ok"), Some(0)),
+                "{transport} d{d}"
+            );
+            let agg = &r["points"][0];
+            let (l, f) = (&agg["load"], &agg["prefill"]);
+            // Both instances' six requests, each a quarter of its KV: 2 MiB of a 64-token one.
+            assert_eq!(requests(l), 12, "{transport} d{d}: {l}");
+            let mut counts = std::collections::BTreeMap::new();
+            for pr in instance_prompts.iter().flat_map(|p| p.as_array().unwrap()) {
+                *counts.entry(pr[0].as_u64().unwrap()).or_insert(0) += pr[1].as_u64().unwrap();
+            }
+            let got: std::collections::BTreeMap<u64, u64> = l["prompts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| (p[0].as_u64().unwrap(), p[1].as_u64().unwrap()))
+                .collect();
+            assert_eq!(got, counts, "{transport} d{d}");
+            assert_eq!(agg["request_bytes"].as_u64().unwrap(), 64 * KIB128 / 4, "{transport} d{d}");
+            // Each request's added TTFT once, in both phases' loads.
+            assert_eq!(f["added_ns"]["count"], 12, "{transport} d{d}: {f}");
+            assert_eq!(f["under_load"]["latency_ns"]["count"], 12);
+            // One buffer for the rank: never past its 4 MiB.
+            assert!(
+                l["resident"]["peak_bytes"].as_u64().unwrap() <= 4 << 20,
+                "{transport} d{d}: {}",
+                l["resident"]
+            );
+        }
+    }
+}
+
 /// One prefill instance feeding two decode instances, each pair its own
 /// arrivals: the sender's row is both together.
 #[test]
@@ -435,14 +548,61 @@ fn conversations_in_a_one_to_two_fan() {
     }
 }
 
+/// One prefill instance feeding two decode instances under arrivals, with
+/// emulated prefill: one compute for both pairs, timed alone once for both
+/// (each receiver gets the same runs), every request computed as it goes.
+#[test]
+fn one_prefill_instance_into_two_decode_instances_computes_for_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let rx: Vec<(Proc, String)> = (0..2)
+        .map(|r| receiver("127.0.0.1:0", &["--json", &path(&dir, &format!("r{r}.json")), "-q"]))
+        .collect();
+    let connect = format!("{},{}", rx[0].1, rx[1].1);
+    let args = [
+        "--connect",
+        &connect,
+        "-m",
+        "llama-3.1-8b",
+        "-g",
+        "layer",
+        "-p",
+        "16",
+        "--prefill-ms",
+        "16:3",
+        "--arrivals",
+        "poisson:30",
+        "-n",
+        "6",
+        "-w",
+        "1",
+        "--concurrency",
+        "2",
+        "-q",
+    ];
+    run(SEND, &args, secs(60)).expect_code(0);
+    let reports: Vec<Value> = rx
+        .into_iter()
+        .enumerate()
+        .map(|(r, (p, _))| {
+            p.finish(secs(20)).expect_code(0);
+            json(&dir.path().join(format!("r{r}.json")))
+        })
+        .collect();
+    let f: Vec<&Value> = reports.iter().map(|r| &r["points"][0]["prefill"]).collect();
+    for one in &f {
+        assert_eq!(one["added_ns"]["count"], 6, "{one}");
+        assert!(one["during_ns"]["min"].as_u64().unwrap() >= 2_970_000, "{one}");
+    }
+    assert_eq!(f[0]["alone_ns"], f[1]["alone_ns"], "timed alone once, for both");
+}
+
 /// What a fan does not run yet is refused with its reason, never run and
 /// left uncounted.
 #[test]
 fn what_a_fan_does_not_run_yet_is_refused() {
     let two = ["--connect", "127.0.0.1:9,127.0.0.1:10"];
     let f = run(SEND, &[&two[..], &["-p", "128", "--prefill-ms", "128:5"]].concat(), secs(10));
-    f.expect_code(2)
-        .expect_stderr("one prefill instance (or rank) feeds several decode instances (or ranks)");
+    f.expect_code(2).expect_stderr("emulated prefill in a fan without --arrivals runs one pair at a time");
     let turns = ["--turns", "2", "--turn-tokens", "64", "--arrivals", "poisson:5"];
     let f = run(SEND, &[&two[..], &turns].concat(), secs(10));
     f.expect_code(2).expect_stderr("--turns under --arrivals runs one pair at a time, not in a fan");

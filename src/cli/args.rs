@@ -543,7 +543,7 @@ impl RunArgs {
             prefill: self.prefill()?,
             load: None,
             conversation: None,
-            tp: self.model.topology().map(|topology| TpPlan { topology, pair: None }),
+            tp: self.model.topology().map(TpPlan::new),
         };
         let mut plan = self.with_load(plan)?;
         let c = &w.conversation;
@@ -729,6 +729,13 @@ pub struct SendArgs {
     /// that read from it, in order
     #[arg(long, value_name = "RANK", value_parser = non_negative_u32, allow_hyphen_values = true, help_heading = "Tensor parallelism")]
     pub prefill_rank: Option<u32>,
+    /// With --prefill-tp/--decode-tp under --arrivals: the prefill instances (each of prefill TP
+    /// ranks, its own arrivals) that feed the decode instance
+    #[arg(long, value_name = "N", default_value_t = 1, help_heading = "Tensor parallelism")]
+    pub prefill_instances: u32,
+    /// Which of the --prefill-instances this sender's rank belongs to, from 0
+    #[arg(long, value_name = "I", default_value_t = 0, help_heading = "Tensor parallelism")]
+    pub prefill_instance: u32,
     #[command(flatten)]
     pub run: RunArgs,
 }

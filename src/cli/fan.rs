@@ -10,6 +10,7 @@ use crate::env::EnvInfo;
 use crate::error::{Error, Result};
 use crate::fan::{Fan, FanRun, FanShape, Seat};
 use crate::link::{self, Link};
+use crate::measure::compute::SharedCompute;
 use crate::measure::lanes::SharedDecode;
 use crate::measure::{FanSlot, PointResult};
 use crate::memory::{self, MemorySpec};
@@ -47,6 +48,10 @@ pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Ou
     let hub = Hub::new(super::screen_for(&a.run.output));
     let mut fan = hub.fan(FanShape::OneToMany, a.connect.len());
     fan.shares = plans[0].tp.is_some();
+    if plans[0].prefill.is_some() {
+        let shares = if fan.shares { a.connect.len() } else { 1 };
+        let _ = fan.compute.set(SharedCompute::new(shares));
+    }
     let silent = Screen::silent();
     let pairs = std::thread::scope(|s| {
         let threads: Vec<_> = (a.connect.iter().zip(plans).enumerate())
@@ -98,7 +103,7 @@ pub fn receive_many(
     }
     side.mark_busy(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
     // Seats in prefill rank order, under different TP.
-    sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().and_then(|t| t.pair).map(|(p, _)| p));
+    sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().map(|t| (t.instance, t.pair.map(|(p, _)| p))));
     let (plan, spec) = (&sessions[0].hello.plan, &sessions[0].hello.transport);
     // Once, here: NCCL's log settings go into the environment before the threads.
     transport::check_library(spec, plan, &side.local)?;
@@ -109,6 +114,7 @@ pub fn receive_many(
     let hub = Hub::new(std::mem::replace(&mut side.screen, Screen::silent()));
     let mut fan = hub.fan(FanShape::ManyToOne, n);
     fan.shares = plan.tp.is_some();
+    fan.instances = plan.tp.as_ref().map_or(1, |t| t.instances as usize);
     if plan.load.is_some() {
         let _ = fan.decode.set(SharedDecode::new(n * plan.lanes()));
     }
@@ -131,14 +137,18 @@ pub fn receive_many(
 fn mismatch(joined: &[ReceiverSession], next: &session::Hello) -> Option<String> {
     let first = &joined.first()?.hello;
     let pair = |h: &session::Hello| h.plan.tp.as_ref().and_then(|t| t.pair);
+    let instance = |h: &session::Hello| h.plan.tp.as_ref().map_or(0, |t| t.instance);
     if let (Some((p, d)), Some((_, first_d))) = (pair(next), pair(first)) {
         if d != first_d {
             return Some(format!(
                 "this receiver serves decode rank {first_d}; prefill rank {p} sends decode rank {d}'s share"
             ));
         }
-        if joined.iter().any(|s| pair(&s.hello) == Some((p, d))) {
-            return Some(format!("prefill rank {p} has joined already: each prefill rank connects once"));
+        if joined.iter().any(|s| pair(&s.hello) == Some((p, d)) && instance(&s.hello) == instance(next)) {
+            return Some(format!(
+                "prefill rank {p} of instance {} has joined already: each prefill rank connects once",
+                instance(next)
+            ));
         }
     }
     // Under different TP each sender's plan names its own pair: the rest must agree.

@@ -404,7 +404,7 @@ fn send(a: &SendArgs) -> Result<()> {
         gpu::init()?;
     }
     if pairs > 1 {
-        measure::not_in_a_fan(&plan, crate::fan::FanShape::OneToMany)?;
+        measure::not_in_a_fan(&plan)?;
     }
     let outputs = Outputs::open(&a.run.output)?;
     if memory.kind.on_host() {
@@ -426,8 +426,10 @@ fn send(a: &SendArgs) -> Result<()> {
 /// replicated latent is read from one rank of several).
 fn pair_plans(a: &SendArgs, plan: Plan) -> Result<Option<Vec<Plan>>> {
     let Some(tp) = plan.tp.clone() else {
-        if a.prefill_rank.is_some() {
-            return Err(Error::usage("--prefill-rank needs --prefill-tp/--decode-tp"));
+        if a.prefill_rank.is_some() || a.prefill_instances != 1 || a.prefill_instance != 0 {
+            return Err(Error::usage(
+                "--prefill-rank and --prefill-instance(s) need --prefill-tp/--decode-tp",
+            ));
         }
         return Ok(Some(vec![plan; a.connect.len()]));
     };
@@ -469,7 +471,8 @@ fn pair_plans(a: &SendArgs, plan: Plan) -> Result<Option<Vec<Plan>>> {
     }
     let plans = readers.iter().map(|&d| {
         let mut pair = plan.clone();
-        pair.tp = Some(crate::plan::TpPlan { topology: t, pair: Some((p, d)) });
+        let (instances, instance) = (a.prefill_instances, a.prefill_instance);
+        pair.tp = Some(crate::plan::TpPlan { topology: t, pair: Some((p, d)), instances, instance });
         pair.validate().map(|_| pair)
     });
     plans.collect::<Result<Vec<_>>>().map(Some)
@@ -531,7 +534,14 @@ fn launch(a: &LaunchArgs) -> Result<()> {
             }
             None => (rendezvous, None),
         };
-        return send(&SendArgs { connect, bind: a.bind, prefill_rank, run });
+        return send(&SendArgs {
+            connect,
+            bind: a.bind,
+            prefill_rank,
+            prefill_instances: 1,
+            prefill_instance: 0,
+            run,
+        });
     };
     recv_on(
         listener,
@@ -593,11 +603,16 @@ fn run_from(
     }
     // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
     let plan = &first.hello.plan;
-    let feeding =
-        plan.tp.as_ref().and_then(|t| t.pair.map(|(_, d)| t.topology.sources(&plan.shape.model, d)));
-    if let Some(ranks) = feeding.filter(|r| r.len() > 1) {
-        eprintln!("kvxfer-recv: prefill ranks {ranks:?} feed this decode rank; serving them at once");
-        return fan::receive_many(listener, side, outputs, Some(first), ranks.len());
+    let feeding = plan.tp.as_ref().and_then(|t| {
+        t.pair.map(|(_, d)| {
+            (t.topology.sources(&plan.shape.model, d), t.senders_of(&plan.shape.model, d), t.instances)
+        })
+    });
+    if let Some((ranks, senders, instances)) = feeding.filter(|f| f.1 > 1) {
+        let of =
+            if instances > 1 { format!(" of each of {instances} prefill instances") } else { String::new() };
+        eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
+        return fan::receive_many(listener, side, outputs, Some(first), senders);
     }
     side.mark_busy(&[first.ctrl.peer_addr]);
     // One-shot: a second sender hears "busy" while this one is served.

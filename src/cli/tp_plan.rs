@@ -11,7 +11,7 @@ use std::io::Write;
 
 pub fn print(a: &PlanArgs, shape: &KvShape, topology: TpTopology, out: &mut dyn Write) -> Result<()> {
     let model = &shape.model;
-    let base = a.shown(shape, vec![Granularity::Block], Some(TpPlan { topology, pair: None }));
+    let base = a.shown(shape, vec![Granularity::Block], Some(TpPlan::new(topology)));
     base.validate()?;
     writeln!(out, "model        {}", model.describe())?;
     writeln!(out, "TP           {topology}")?;
@@ -43,7 +43,7 @@ pub fn print(a: &PlanArgs, shape: &KvShape, topology: TpTopology, out: &mut dyn 
     for d in 0..topology.decode_tp {
         for p in topology.sources(model, d) {
             let mut pair = base.clone();
-            pair.tp = Some(TpPlan { topology, pair: Some((p, d)) });
+            pair.tp = Some(TpPlan { pair: Some((p, d)), ..TpPlan::new(topology) });
             pair.validate()?;
             let cut = pair
                 .cut()

@@ -354,6 +354,95 @@ fn drifted(runs: &[u64], asked: u64) -> Option<u64> {
     ((median as f64 / asked as f64 - 1.0).abs() > MOST_DRIFT).then_some(median)
 }
 
+/// One prefill instance (or rank) that feeds several receivers: one
+/// compute for all its pairs, each request computed once for the pairs
+/// that carry a share of it (P x D), its compute alone timed once a point.
+pub struct SharedCompute {
+    compute: OnceLock<Arc<dyn Compute>>,
+    /// Pairs that carry a share of each request (P x D), else 1.
+    shares: usize,
+    /// By request key: its job and the shares done with it.
+    jobs: Mutex<HashMap<u64, (Job, usize)>>,
+    /// By point: its runs alone, once timed (None while being timed).
+    alone: Mutex<HashMap<usize, Option<Vec<u64>>>>,
+    timed: Condvar,
+}
+
+impl SharedCompute {
+    pub fn new(shares: usize) -> Self {
+        SharedCompute {
+            compute: OnceLock::new(),
+            shares,
+            jobs: Mutex::new(HashMap::new()),
+            alone: Mutex::new(HashMap::new()),
+            timed: Condvar::new(),
+        }
+    }
+
+    /// The instance's compute; the first pair makes it for its buffer.
+    pub fn compute(&self, buf: &Buffer) -> Result<Arc<dyn Compute>> {
+        if let Some(c) = self.compute.get() {
+            return Ok(c.clone());
+        }
+        let made: Arc<dyn Compute> = Arc::from(for_buffer(buf)?);
+        Ok(self.compute.get_or_init(|| made).clone())
+    }
+
+    /// Request `key`'s job: started by the first share to go.
+    fn job(&self, key: u64, start: impl FnOnce() -> Job) -> Job {
+        lock(&self.jobs).entry(key).or_insert_with(|| (start(), 0)).0
+    }
+
+    /// A share is done with request `key`: the last forgets its job.
+    fn release(&self, key: u64, compute: &dyn Compute) {
+        let mut jobs = lock(&self.jobs);
+        let Some(entry) = jobs.get_mut(&key) else { return };
+        entry.1 += 1;
+        if entry.1 >= self.shares {
+            compute.forget(entry.0);
+            jobs.remove(&key);
+        }
+    }
+
+    /// Point `p`'s runs alone: the first pair times them (`time`), the
+    /// others wait for its runs, answering their peers meanwhile.
+    pub fn alone(
+        &self,
+        p: usize,
+        ctrl: &mut Control,
+        time: impl FnOnce(&mut Control) -> Result<Vec<u64>>,
+    ) -> Result<Vec<u64>> {
+        let mut alone = lock(&self.alone);
+        if let std::collections::hash_map::Entry::Vacant(e) = alone.entry(p) {
+            e.insert(None);
+            drop(alone);
+            let runs = time(ctrl);
+            let mut alone = lock(&self.alone);
+            match &runs {
+                Ok(r) => alone.insert(p, Some(r.clone())),
+                Err(_) => alone.remove(&p),
+            };
+            self.timed.notify_all();
+            return runs;
+        }
+        loop {
+            match alone.get(&p) {
+                Some(Some(runs)) => return Ok(runs.clone()),
+                // The pair that timed it failed: this one times it.
+                None => {
+                    drop(alone);
+                    return self.alone(p, ctrl, time);
+                }
+                Some(None) => {}
+            }
+            alone = self.timed.wait_timeout(alone, WAIT_SLICE).unwrap_or_else(|e| e.into_inner()).0;
+            drop(alone);
+            ctrl.watch("waiting for the emulated prefill to be timed alone")?;
+            alone = lock(&self.alone);
+        }
+    }
+}
+
 /// One request's readiness: the transport may move message i once the
 /// layer it needs has been computed (or, without overlap, all of them).
 /// Its compute starts at the go, behind any the instance computes already.
@@ -364,6 +453,8 @@ pub struct Computing<'a> {
     pub overlap: Overlap,
     /// Requests that may be computing ahead of this one (lanes of the instance).
     ahead: u32,
+    /// An instance that feeds several receivers: its requests by key.
+    shared: Option<(&'a SharedCompute, u64)>,
     job: OnceLock<Job>,
 }
 
@@ -374,7 +465,7 @@ impl<'a> Computing<'a> {
         layer_ns: Vec<u64>,
         overlap: Overlap,
     ) -> Self {
-        Computing { compute, layout, layer_ns, overlap, ahead: 0, job: OnceLock::new() }
+        Computing { compute, layout, layer_ns, overlap, ahead: 0, shared: None, job: OnceLock::new() }
     }
 
     /// Up to `ahead` other requests of the instance may compute before this one.
@@ -392,8 +483,21 @@ impl<'a> Computing<'a> {
         own * (self.ahead + 1)
     }
 
+    /// Request `key` of an instance that feeds several receivers: computed
+    /// once, for every share of it.
+    pub fn keyed(mut self, shared: &'a SharedCompute, key: u64) -> Self {
+        self.shared = Some((shared, key));
+        self
+    }
+
     fn job(&self) -> Job {
-        *self.job.get_or_init(|| self.compute.start(&self.layer_ns))
+        *self.job.get_or_init(|| {
+            let start = || self.compute.start(&self.layer_ns);
+            match self.shared {
+                Some((s, key)) => s.job(key, start),
+                None => start(),
+            }
+        })
     }
 
     /// Waits, never past `deadline`, until `layers` layers are computed.
@@ -429,8 +533,10 @@ impl<'a> Computing<'a> {
 
 impl Drop for Computing<'_> {
     fn drop(&mut self) {
-        if let Some(job) = self.job.get() {
-            self.compute.forget(*job);
+        match (self.job.get(), self.shared) {
+            (Some(_), Some((s, key))) => s.release(key, self.compute),
+            (Some(job), None) => self.compute.forget(*job),
+            (None, _) => {}
         }
     }
 }

@@ -14,7 +14,7 @@
 //! all have. One thread reads the control connection for all lanes and
 //! answers its heartbeats; lanes pick their own messages.
 
-use super::compute::{self, Compute, Computing};
+use super::compute::{self, Compute, Computing, SharedCompute};
 use super::integrity::Check;
 use super::load::{Admit, Landing, LoadFigures, LoadTally};
 use super::stats::{self, PointResult};
@@ -340,10 +340,18 @@ pub fn run_sender(
     let timeout = ctrl.timeout;
     let mut results = Vec::new();
     let mut filled = vec![false; lanes.len()];
-    // One prefill instance: its lanes' requests compute one after another.
-    let compute: Option<Arc<dyn Compute>> = match (&plan.prefill, lanes.first()) {
-        (Some(_), Some(l)) => Some(Arc::from(compute::for_buffer(l.buf)?)),
+    // One prefill instance: its lanes' requests (at a one-to-many hub,
+    // every pair's) compute one after another.
+    let shared = fan.and_then(|f| f.fan.compute.get());
+    let compute: Option<Arc<dyn Compute>> = match (&plan.prefill, lanes.first(), shared) {
+        (Some(_), Some(l), Some(s)) => Some(s.compute(l.buf)?),
+        (Some(_), Some(l), None) => Some(Arc::from(compute::for_buffer(l.buf)?)),
         _ => None,
+    };
+    // Keys of the shared compute: a P x D request's shares are one request.
+    let key_base = match (fan, &plan.tp) {
+        (Some(f), None) => (f.pair as u64) << 40,
+        _ => 0,
     };
     for point in plan.points() {
         let p = point.index;
@@ -354,10 +362,15 @@ pub fn run_sender(
         }
         // Emulated prefill: the compute alone, then the point again with it.
         if let (Some(c), Some(alone_ns)) = (compute.as_deref(), &point.prefill_ns) {
-            let runs_ns = compute::alone(c, alone_ns, ctrl)?;
+            let time = |ctrl: &mut Control| compute::alone(c, alone_ns, ctrl);
+            let runs_ns = match shared {
+                Some(s) => s.alone(p, ctrl, time)?,
+                None => time(ctrl)?,
+            };
             let (compute, control_rtt_ns) = (c.describe(), sess.rtt.min_ns);
             ctrl.send(&Msg::ComputeAlone { point: p, runs_ns, compute, control_rtt_ns })?;
-            send_phase(ctrl, &plan, &point, lanes, &mut filled, Some(c), fault, fan)?;
+            let computing = Instance { compute: c, shared: shared.map(|s| (s, key_base)) };
+            send_phase(ctrl, &plan, &point, lanes, &mut filled, Some(computing), fault, fan)?;
         }
         let by = Instant::now() + per_request(timeout, plan.max_request_bytes());
         let result = ctrl.expect_by(by, &format!("waiting for the results of point {p}"), |m| match m {
@@ -374,6 +387,14 @@ pub fn run_sender(
     Ok(results)
 }
 
+/// The prefill instance's compute as a sender's lanes use it: at a
+/// one-to-many hub shared, each request by its key (added to `key_base`).
+#[derive(Clone, Copy)]
+struct Instance<'a> {
+    compute: &'a dyn Compute,
+    shared: Option<(&'a SharedCompute, u64)>,
+}
+
 /// One phase of a point on every sending lane (with `compute`, the
 /// second: each request's prefill computed as it goes); each lane's
 /// requests' (iteration, bytes, ns on the wire).
@@ -384,12 +405,14 @@ fn send_phase(
     point: &Point,
     lanes: &mut [Lane<'_, dyn SendSide>],
     filled: &mut [bool],
-    compute: Option<&dyn Compute>,
+    compute: Option<Instance>,
     fault: Option<Fault>,
     fan: Option<FanSlot>,
 ) -> Result<Vec<Vec<(u32, usize, u64)>>> {
     let timeout = ctrl.timeout;
-    let ahead = lanes.len() as u32 - 1;
+    // Every lane of the instance (at a one-to-many hub, of every pair) may compute ahead.
+    let pairs = compute.and_then(|c| c.shared).and(fan).map_or(1, |f| f.fan.pairs as u32);
+    let ahead = lanes.len() as u32 * pairs - 1;
     // Between two of a lane's requests: the one before it, its checks, its wait for room.
     let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(point));
     let computing = compute.map_or(Duration::ZERO, |_| super::prefill_allowance(point) * (ahead + 1));
@@ -418,7 +441,7 @@ struct SendingLane<'a, 'c> {
     fault: Option<Fault>,
     timeout: Duration,
     /// The prefill instance's compute, in the phase that computes.
-    compute: Option<&'a dyn Compute>,
+    compute: Option<Instance<'a>>,
     /// The other lanes, whose requests may compute ahead of this one's.
     ahead: u32,
 }
@@ -485,7 +508,15 @@ impl SendingLane<'_, '_> {
     {
         let (c, prefill) = (self.compute?, self.plan.prefill.as_ref()?);
         let layer_ns = self.plan.layer_ns_at(self.point, it)?;
-        Some(Computing::new(c, layout, layer_ns, prefill.overlap).behind(self.ahead))
+        let computing = Computing::new(c.compute, layout, layer_ns, prefill.overlap).behind(self.ahead);
+        Some(match c.shared {
+            Some((s, key_base)) => {
+                // Each lane runs the warm-ups: a warm-up's shares are those of the same lane.
+                let lane = if self.plan.measured(self.point, it) { 0 } else { (self.lane as u64 + 1) << 56 };
+                computing.keyed(s, key_base + lane + self.plan.request_id(self.point.index, it))
+            }
+            None => computing,
+        })
     }
 
     /// Writes request `it`'s pattern (once, with checks off) and what the
@@ -530,6 +561,9 @@ pub fn run_receiver(
     let plan = sess.hello.plan.clone();
     let load = plan.load.clone().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
     let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
+    // The prefill instance's lanes, whose computes may go ahead of a request's:
+    // a sender that feeds several receivers computes for all of them.
+    let computing_lanes = lanes.len() * sess.hello.seat.map_or(1, |s| s.pairs as usize);
     // Each lane's pinned pool comes before the first request (see run_receiver).
     let mut pools: Vec<Option<SpillPool>> = Vec::new();
     for l in lanes.iter() {
@@ -546,6 +580,7 @@ pub fn run_receiver(
             point: &point,
             computes: false,
             ttft: Mutex::new(TtftTally::new(same_host)),
+            computing_lanes: computing_lanes as u32,
         };
         let (mut g, l) = phase.receive(&mut sess.ctrl, lanes, &mut pools, fan)?;
         // Emulated prefill: the compute alone, then the point again with it.
@@ -602,6 +637,8 @@ struct Phase<'a> {
     computes: bool,
     /// This pair's added TTFT, and in the first phase each length's transfer alone.
     ttft: Mutex<TtftTally>,
+    /// Requests the prefill instance may compute at once, one after another.
+    computing_lanes: u32,
 }
 
 impl Phase<'_> {
@@ -638,15 +675,18 @@ impl Phase<'_> {
         });
         let (next, own_gate) = (AtomicU32::new(0), Gate::new(lanes.len()));
         let timeout = ctrl.timeout;
-        let computing =
-            if self.computes { super::prefill_allowance(point) * lanes.len() as u32 } else { Duration::ZERO };
+        let computing = if self.computes {
+            super::prefill_allowance(point) * self.computing_lanes
+        } else {
+            Duration::ZERO
+        };
         let warmups_within = (per_request(timeout, plan.max_request_bytes()) + computing) * (plan.warmup + 1);
         let mail = Mailbox::new(ctrl, fan.map(|f| f.fan));
         let gate = shared.as_ref().map_or(&own_gate, |(_, _, s)| &s.gate);
         // The pairs of a P x D decode rank carry shares of one stream of requests.
         let (key_base, shares) = match (shared.as_ref(), &plan.tp) {
             (Some((f, _, _)), None) => ((f.pair as u64) << 32, 1),
-            (Some((f, _, _)), Some(_)) => (0, f.fan.pairs),
+            (Some((f, _, _)), Some(t)) => ((t.instance as u64) << 32, f.fan.pairs / t.instances as usize),
             (None, _) => (0, 1),
         };
         let work: Vec<_> = lanes

@@ -150,17 +150,12 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
-/// What a fan does not run yet, at a hub of `shape`: conversations under
-/// arrivals (lanes know no turns); emulated prefill where one prefill
-/// instance feeds several decode instances or ranks (each request would
-/// have to compute once for all of them), or without --arrivals (fan
-/// rounds in lockstep keep no prefill phase).
-pub fn not_in_a_fan(plan: &Plan, shape: crate::fan::FanShape) -> Result<()> {
-    let what = match (&plan.prefill, &plan.load, shape) {
-        (Some(_), _, crate::fan::FanShape::OneToMany) => {
-            "emulated prefill where one prefill instance (or rank) feeds several decode instances (or ranks)"
-        }
-        (Some(_), None, _) => "emulated prefill in a fan without --arrivals",
+/// What a fan does not run yet: conversations under arrivals (lanes know
+/// no turns), and emulated prefill without --arrivals (fan rounds in
+/// lockstep keep no prefill phase; under arrivals each pair runs lanes).
+pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
+    let what = match (&plan.prefill, &plan.load) {
+        (Some(_), None) => "emulated prefill in a fan without --arrivals",
         _ if plan.conversation.is_some() && plan.load.is_some() => "--turns under --arrivals",
         _ => return Ok(()),
     };

@@ -37,7 +37,7 @@ pub fn run_receiver(
     let Transports { to_decode, back } = transports;
     let plan = sess.hello.plan.clone();
     if fan.is_some() {
-        not_in_a_fan(&plan, crate::fan::FanShape::ManyToOne)?;
+        not_in_a_fan(&plan)?;
     }
     // A spoke of a sender's one-to-many fan tells it each request's time.
     let report_times = sess.hello.seat.is_some();

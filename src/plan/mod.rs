@@ -1015,6 +1015,35 @@ pub struct TpPlan {
     pub topology: tp::TpTopology,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair: Option<(u32, u32)>,
+    /// Prefill instances (each `topology.prefill_tp` ranks) that feed the
+    /// decode instance, each with its own arrivals; this sender's is `instance`.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub instances: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub instance: u32,
+}
+
+impl TpPlan {
+    pub fn new(topology: tp::TpTopology) -> TpPlan {
+        TpPlan { topology, pair: None, instances: 1, instance: 0 }
+    }
+
+    /// The senders a decode rank serves: its prefill ranks in every instance.
+    pub fn senders_of(&self, model: &crate::kv::ModelSpec, decode_rank: u32) -> usize {
+        self.topology.sources(model, decode_rank).len() * self.instances as usize
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Serving load: one point per arrival rate and granularity, `iterations`
@@ -1357,6 +1386,18 @@ impl Plan {
         if let Some((p, d)) = t.pair {
             t.topology.cut(&self.shape.model, self.shape.block_size, p, d)?;
         }
+        if !(1..=16).contains(&t.instances) || t.instance >= t.instances {
+            return Err(Error::usage(format!(
+                "--prefill-instance {} of --prefill-instances {}: instances run from 1 to 16, and this sender's is \
+                 one of them, from 0",
+                t.instance, t.instances
+            )));
+        }
+        if t.instances > 1 && self.load.is_none() {
+            return Err(Error::usage(
+                "--prefill-instances above 1 run under --arrivals: each instance brings its own requests",
+            ));
+        }
         Ok(())
     }
 
@@ -1565,7 +1606,7 @@ impl Plan {
     pub fn shared_digest(&self) -> String {
         let mut shared = self.clone();
         if let Some(t) = &mut shared.tp {
-            t.pair = None;
+            (t.pair, t.instance) = (None, 0);
         }
         shared.digest()
     }
@@ -1603,10 +1644,13 @@ impl Plan {
     /// its own; the ranks of one P x D instance carry shares of one stream
     /// of requests and keep the plan's. A trace is every pair's.
     pub fn seat(&mut self, index: u32) {
-        if let (Some(l), None) = (&mut self.load, &self.tp) {
-            if index > 0 {
-                l.seed = pattern::seed_of(&[l.seed, index as u64]);
-            }
+        // Under TP the ranks of an instance share its arrivals; instances differ.
+        let index = match &self.tp {
+            None => index as u64,
+            Some(t) => t.instance as u64 * (1 << 32),
+        };
+        if let (Some(l), true) = (&mut self.load, index > 0) {
+            l.seed = pattern::seed_of(&[l.seed, index]);
         }
     }
 

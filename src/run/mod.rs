@@ -254,7 +254,7 @@ impl ReceiverSide {
             let mut shown = Shown { report: &mut report, screen: &self.screen };
             if fan.is_some() {
                 // The lanes below would run, and the hub would count none of it.
-                measure::not_in_a_fan(&sess.hello.plan, crate::fan::FanShape::ManyToOne)?;
+                measure::not_in_a_fan(&sess.hello.plan)?;
             }
             if measure::on_lanes(&sess.hello.plan, seat.is_some()) {
                 let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
