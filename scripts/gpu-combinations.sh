@@ -69,8 +69,10 @@ wanted p2d1 && hub p2d1 "-g block --prefill-tp 2 --decode-tp 1 --prefill-rank 0"
 DEPLOY=(-m llama-3.1-8b -g block --prompt-mix 1k:50,8k:50 --arrivals "poisson:${DEPLOY_RATE:-1.5}" -n "${DEPLOY_N:-30}"
     -w 1 --concurrency 2 --prefill-ms 1k:30,8k:300 --overlap layer --decode-buffer 2GiB --on-full wait
     --decode-hold 20)
+# shellcheck disable=SC2206
+DEPLOY+=(${DEPLOY_EXTRA:-})
 deploy() {
-    local name=deploy t0=$(date +%s) pids=() addrs=()
+    local name=${DEPLOY_NAME:-deploy} t0=$(date +%s) pids=() addrs=()
     for d in 0 1 2 3; do
         "$BIN/kvxfer-recv" --decode-rank $d --listen 127.0.0.1:0 --memory gpu --device 0 --timeout 120s \
             --wait-for-sender 60s --json "$OUT/$name.d$d.json" >"$OUT/$name.d$d.txt" 2>"$OUT/$name.d$d.err" &
