@@ -39,8 +39,10 @@ pub struct PrefillKernel {
     /// The calibrated line: a layer of r rounds takes overhead + r * per_round.
     ns_per_round: f64,
     overhead_ns: f64,
-    /// The point's tuning on top of the line.
-    scale: f64,
+    /// Tuning on top of the line, by the layer length it was tuned on:
+    /// a line calibrated off (a GPU shared with other processes) is off by
+    /// different factors at different lengths.
+    scales: Vec<(u64, f64)>,
     start: Event,
     ends: Vec<Event>,
 }
@@ -90,7 +92,7 @@ impl PrefillKernel {
             multiprocessors,
             ns_per_round: 0.0,
             overhead_ns: 0.0,
-            scale: 1.0,
+            scales: Vec::new(),
             start: Event::new(device)?,
             ends: Vec::new(),
             device: device.clone(),
@@ -167,8 +169,15 @@ impl PrefillKernel {
 
     /// Rounds for a layer of `ns` on the tuned line.
     fn rounds_for(&self, ns: u64) -> u32 {
-        let r = (ns as f64 - self.overhead_ns).max(0.0) / self.ns_per_round * self.scale;
+        let r = (ns as f64 - self.overhead_ns).max(0.0) / self.ns_per_round * self.scale_for(ns);
         r.round().clamp(1.0, u32::MAX as f64) as u32
+    }
+
+    /// The tuning of the length nearest `ns` (by ratio), none before any.
+    fn scale_for(&self, ns: u64) -> f64 {
+        let distance = |tuned: u64| (ns.max(1) as f64 / tuned.max(1) as f64).ln().abs();
+        let nearest = self.scales.iter().min_by(|a, b| distance(a.0).total_cmp(&distance(b.0)));
+        nearest.map_or(1.0, |s| s.1)
     }
 
     fn flops_per_round(&self) -> f64 {
@@ -224,12 +233,21 @@ impl Layers for PrefillKernel {
         Ok(())
     }
 
-    fn retune(&mut self, asked_ns: u64, took_ns: u64) -> bool {
+    fn retune(&mut self, layer_ns: &[u64], took_ns: u64) -> bool {
+        let asked_ns: u64 = layer_ns.iter().sum();
         if asked_ns == 0 || took_ns == 0 {
             return false;
         }
+        // Keyed by the median layer: a run's layers are of one length, or near it.
+        let mut sorted = layer_ns.to_vec();
+        sorted.sort_unstable();
+        let key = sorted[sorted.len() / 2];
         let ratio = asked_ns as f64 / took_ns as f64;
-        self.scale *= ratio;
+        let scale = self.scale_for(key) * ratio;
+        match self.scales.iter_mut().find(|s| s.0 == key) {
+            Some(s) => s.1 = scale,
+            None => self.scales.push((key, scale)),
+        }
         (ratio - 1.0).abs() > 0.01
     }
 

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::prefill::PrefillKernel;
 use crate::memory::Buffer;
 use crate::plan::prefill::layer_of;
-use crate::plan::{Overlap, RequestLayout};
+use crate::plan::{Overlap, Plan, Point, RequestLayout};
 use crate::session::Control;
 use crate::transport::Ready;
 use std::collections::{HashMap, VecDeque};
@@ -47,8 +47,8 @@ pub trait Compute: Send + Sync {
     fn span(&self, job: Job) -> Option<(u64, u64)>;
     /// The job's figures are read: the compute forgets it.
     fn forget(&self, job: Job);
-    /// After a run alone: see `Layers::retune`.
-    fn retune(&self, _asked_ns: u64, _took_ns: u64) -> bool {
+    /// After a run alone of `layer_ns`: see `Layers::retune`.
+    fn retune(&self, _layer_ns: &[u64], _took_ns: u64) -> bool {
         false
     }
     /// What computes, for the report.
@@ -66,9 +66,10 @@ pub trait Layers: Send {
         quit: &AtomicBool,
         layer_done: &mut dyn FnMut(Option<(u64, u64)>),
     ) -> Result<()>;
-    /// Told that a run alone of `asked_ns` took `took_ns`; adjusts itself
-    /// and says whether another run alone should check the adjustment.
-    fn retune(&mut self, _asked_ns: u64, _took_ns: u64) -> bool {
+    /// Told that a run alone of `layer_ns` took `took_ns`; adjusts itself
+    /// for layers of that length and says whether another run alone should
+    /// check the adjustment.
+    fn retune(&mut self, _layer_ns: &[u64], _took_ns: u64) -> bool {
         false
     }
     /// Whether the layers keep a core of the sender busy: then a waiter
@@ -261,8 +262,8 @@ impl Compute for LayerWorker {
         lock(&self.shared.jobs).progress.remove(&job);
     }
 
-    fn retune(&self, asked_ns: u64, took_ns: u64) -> bool {
-        lock(&self.shared.layers).retune(asked_ns, took_ns)
+    fn retune(&self, layer_ns: &[u64], took_ns: u64) -> bool {
+        lock(&self.shared.layers).retune(layer_ns, took_ns)
     }
 
     fn describe(&self) -> String {
@@ -332,7 +333,7 @@ pub fn alone(compute: &dyn Compute, layer_ns: &[u64], ctrl: &mut Control) -> Res
         took
     };
     for _ in 0..TUNING_RUNS {
-        if !compute.retune(asked, once(ctrl)?) {
+        if !compute.retune(layer_ns, once(ctrl)?) {
             break;
         }
     }
@@ -340,10 +341,34 @@ pub fn alone(compute: &dyn Compute, layer_ns: &[u64], ctrl: &mut Control) -> Res
     loop {
         let runs = (0..ALONE_RUNS).map(|_| once(ctrl)).collect::<Result<Vec<u64>>>()?;
         match drifted(&runs, asked) {
-            Some(median) if !retimed && compute.retune(asked, median) => retimed = true,
+            Some(median) if !retimed && compute.retune(layer_ns, median) => retimed = true,
             _ => return Ok(runs),
         }
     }
+}
+
+/// A point's compute alone: each shorter prompt length of a mix tunes the
+/// compute on its own layers first (a GPU kernel's tuning holds for layers
+/// of one length), then the longest's runs are timed and returned.
+pub fn alone_for_point(
+    compute: &dyn Compute,
+    plan: &Plan,
+    point: &Point,
+    ctrl: &mut Control,
+) -> Result<Vec<u64>> {
+    let longest = point.prefill_ns.as_deref().unwrap_or_default();
+    let mut others: Vec<Vec<u64>> = match (&plan.prefill, &point.load) {
+        (Some(p), Some(l)) => {
+            l.layouts.iter().filter_map(|x| p.layer_ns(&plan.shape, x.tokens).ok()).collect()
+        }
+        _ => Vec::new(),
+    };
+    others.retain(|l| l.as_slice() != longest);
+    others.dedup();
+    for layer_ns in &others {
+        alone(compute, layer_ns, ctrl)?;
+    }
+    alone(compute, longest, ctrl)
 }
 
 /// The runs' median where it strays from `asked` by more than `MOST_DRIFT`.

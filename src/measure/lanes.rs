@@ -361,8 +361,8 @@ pub fn run_sender(
             events.request(p, it, bytes, ns);
         }
         // Emulated prefill: the compute alone, then the point again with it.
-        if let (Some(c), Some(alone_ns)) = (compute.as_deref(), &point.prefill_ns) {
-            let time = |ctrl: &mut Control| compute::alone(c, alone_ns, ctrl);
+        if let (Some(c), Some(_)) = (compute.as_deref(), &point.prefill_ns) {
+            let time = |ctrl: &mut Control| compute::alone_for_point(c, &plan, &point, ctrl);
             let runs_ns = match shared {
                 Some(s) => s.alone(p, ctrl, time)?,
                 None => time(ctrl)?,

@@ -150,7 +150,7 @@ impl Sender<'_> {
             return Ok(None);
         }
         if it == plan.phase_len(point) {
-            let runs_ns = compute::alone(c, alone_ns, self.ctrl)?;
+            let runs_ns = compute::alone_for_point(c, plan, point, self.ctrl)?;
             let (compute, control_rtt_ns) = (c.describe(), self.rtt_ns);
             self.ctrl.send(&Msg::ComputeAlone { point: point.index, runs_ns, compute, control_rtt_ns })?;
         }
