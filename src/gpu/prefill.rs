@@ -169,7 +169,9 @@ impl PrefillKernel {
 
     /// Rounds for a layer of `ns` on the tuned line.
     fn rounds_for(&self, ns: u64) -> u32 {
-        let r = (ns as f64 - self.overhead_ns).max(0.0) / self.ns_per_round * self.scale_for(ns);
+        // The tuning scales the time asked of the line, launch overhead included,
+        // so a layer shorter than a wrongly calibrated overhead can still be reached.
+        let r = (ns as f64 * self.scale_for(ns) - self.overhead_ns).max(0.0) / self.ns_per_round;
         r.round().clamp(1.0, u32::MAX as f64) as u32
     }
 

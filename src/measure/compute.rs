@@ -347,9 +347,10 @@ pub fn alone(compute: &dyn Compute, layer_ns: &[u64], ctrl: &mut Control) -> Res
     }
 }
 
-/// A point's compute alone: each shorter prompt length of a mix tunes the
-/// compute on its own layers first (a GPU kernel's tuning holds for layers
-/// of one length), then the longest's runs are timed and returned.
+/// A point's compute alone: the longest prompt's runs, timed and returned;
+/// then each shorter length of a mix tunes the compute on its own layers (a
+/// GPU kernel's tuning holds for layers of one length; a shorter length's
+/// starts from the longest's).
 pub fn alone_for_point(
     compute: &dyn Compute,
     plan: &Plan,
@@ -365,10 +366,11 @@ pub fn alone_for_point(
     };
     others.retain(|l| l.as_slice() != longest);
     others.dedup();
-    for layer_ns in &others {
+    let runs = alone(compute, longest, ctrl)?;
+    for layer_ns in others.iter().rev() {
         alone(compute, layer_ns, ctrl)?;
     }
-    alone(compute, longest, ctrl)
+    Ok(runs)
 }
 
 /// The runs' median where it strays from `asked` by more than `MOST_DRIFT`.
