@@ -1,0 +1,2 @@
+kvxfer-send --connect 127.0.0.1:36599 --memory gpu --device 0 -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b --prompt-mix 1k:50,8k:50 --arrivals poisson:20,50 -n 300 -w 2 --decode-buffer 4GiB --on-full wait --decode-hold 20 -g layer
+kvxfer-send --connect 127.0.0.1:36599 --memory gpu --device 0 -t ucx --ucx-op put --ucx-err-mode none -m llama-3.1-8b --prompt-mix 1k:50,8k:50 --arrivals poisson:20,50 -n 300 -w 2 --decode-buffer 4GiB --on-full wait --decode-hold 20 -g layer
