@@ -184,9 +184,13 @@ fn nixl_read_and_write_move_each_decode_ranks_heads() {
 fn a_head_at_the_wrong_offset_fails_the_run_naming_it() {
     let _serial = one_at_a_time();
     let args = ["-m", "llama-3.1-8b", "--block-size", "16", "-p", "32", "-g", "block", "-n", "2"];
-    for (p, d, layout) in [(2, 1, "hnd"), (1, 2, "nhd")] {
+    // Under arrivals too: requests then go on lanes, which write through the same faults.
+    for (p, d, layout, load) in [(2, 1, "hnd", false), (1, 2, "nhd", false), (2, 1, "hnd", true)] {
         let mut args = args.to_vec();
         args.extend(["--kv-layout", layout]);
+        if load {
+            args.extend(["--arrivals", "fixed:50", "--concurrency", "2"]);
+        }
         let run = tp_run(p, d, false, &args, Some(0));
         let faulted = &run.decode[0];
         faulted.expect_code(3);

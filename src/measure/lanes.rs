@@ -20,8 +20,8 @@ use super::load::{Admit, Landing, LoadFigures, LoadTally};
 use super::stats::{self, PointResult};
 use super::ttft::{Computed, PrefillFigures, TtftTally};
 use super::{
-    allowance, check_behind, point_result, spill_to_pool, wait_until_by, FanSlot, Fault, RoundSink,
-    RunEvents, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
+    allowance, check_behind, point_result, spill_to_pool, wait_until_by, write_request, FanSlot, Fault,
+    RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
 use crate::fan::Fan;
@@ -29,7 +29,7 @@ use crate::kv::KvShape;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
 use crate::plan::Prefill;
-use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
+use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
 use crate::schedule::residency::OnFull;
 use crate::session::{Control, Msg, ReceiverSession, SenderSession};
 use crate::transport::{nanos, AtOnce, PeerLink, Ready, RecvSide, SendSide};
@@ -470,7 +470,7 @@ impl SendingLane<'_, '_> {
             let bytes = layout.total_bytes();
             let computing = self.computing(it, layout);
             let ready: &dyn Ready = computing.as_ref().map_or(&AtOnce, |c| c);
-            let on_wire = self.write(l.buf, filled, it, request)?;
+            let on_wire = write_request(plan, point, it, l.buf, filled, self.fault)?;
             self.mail.send(&Msg::LaneReady { lane, request })?;
             let by = Instant::now()
                 + Duration::from_nanos(in_ns)
@@ -516,29 +516,6 @@ impl SendingLane<'_, '_> {
                 computing.keyed(s, key_base + lane + self.plan.request_id(self.point.index, it))
             }
             None => computing,
-        })
-    }
-
-    /// Writes request `it`'s pattern (once, with checks off) and what the
-    /// fault matrix breaks in it; returns the key it goes under.
-    fn write(&self, buf: &mut Buffer, filled: &mut bool, it: u32, request: u64) -> Result<u64> {
-        let layout = self.point.layout_at(self.plan.warmup, it);
-        if self.plan.verify != VerifyMode::Off || !*filled {
-            buf.fill(layout, request)?;
-            *filled = true;
-        }
-        let first_measured = self.point.index == 0 && it == self.plan.warmup;
-        if first_measured && self.fault == Some(Fault::CorruptByte) {
-            buf.flip_byte(layout.byte_place(Side::Sender, layout.total_bytes() / 2))?;
-        }
-        if first_measured && self.fault == Some(Fault::MisplacedState) {
-            if let Some((from, to, len)) = layout.misplaced_state() {
-                buf.copy_within(from, to, len)?;
-            }
-        }
-        Ok(match self.fault {
-            Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
-            _ => request,
         })
     }
 }

@@ -21,7 +21,7 @@ use crate::fan::Fan;
 use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
-use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
+use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg};
 use crate::transport::{nanos, Completions, GpuCopier, PeerLink};
 use hdrhistogram::Histogram;
@@ -167,6 +167,54 @@ pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
 /// arrivals (many-to-one: into one decode instance, `lanes::SharedDecode`).
 pub fn on_lanes(plan: &Plan, in_a_fan: bool) -> bool {
     plan.lanes() > 1 || (in_a_fan && plan.load.is_some())
+}
+
+/// Writes request `it`'s pattern into `buf` (with checks off only once:
+/// `filled` says whether it was) and what the fault matrix breaks in it;
+/// returns the key it goes under. Both engines write through it, so every
+/// fault reaches every engine.
+fn write_request(
+    plan: &Plan,
+    point: &Point,
+    it: u32,
+    buf: &mut Buffer,
+    filled: &mut bool,
+    fault: Option<Fault>,
+) -> Result<u64> {
+    let layout = point.layout_at(plan.warmup, it);
+    let request = plan.key_id(point, it);
+    if plan.verify != VerifyMode::Off || !*filled {
+        buf.fill(layout, request)?;
+        *filled = true;
+    }
+    let first_measured = point.index == 0 && it == plan.warmup;
+    let moved = match fault {
+        Some(Fault::MisplacedState) if first_measured => layout.misplaced_state(),
+        Some(Fault::ShiftHead) if first_measured => layout.neighbour_head(),
+        _ => None,
+    };
+    if let Some((from, to, len)) = moved {
+        buf.copy_within(from, to, len)?;
+    }
+    if first_measured && fault == Some(Fault::CorruptByte) {
+        // The middle byte of the request, where this side keeps it.
+        buf.flip_byte(layout.byte_place(Side::Sender, layout.total_bytes() / 2))?;
+    }
+    let second_turn = it >= plan.warmup
+        && matches!(point.turn_at(plan.warmup, it), Some((_, r)) if r.conversation == 0 && r.moving == 1);
+    if second_turn && fault == Some(Fault::WrongOffset) && layout.message_count > 1 {
+        let (a, b) = (layout.slot(Side::Sender, 0), layout.slot(Side::Sender, 1));
+        buf.copy_within(a.offset, b.offset, a.len)?;
+    }
+    if second_turn && fault == Some(Fault::StaleBlock) {
+        if let Some(stale) = point.turns.as_ref().and_then(|t| t.turn_one_partial_block(&plan.shape)) {
+            buf.fill(&stale, request)?;
+        }
+    }
+    Ok(match fault {
+        Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
+        _ => request,
+    })
 }
 
 /// Under load, waits for request `it`'s arrival, and with `--on-full

@@ -8,12 +8,12 @@
 
 use super::compute::{self, Compute, Computing};
 use super::{
-    allowance, expect_finish, turns, FanSlot, Fault, PointResult, RequestLink, RunConfig, RunEvents,
+    allowance, expect_finish, turns, write_request, FanSlot, PointResult, RequestLink, RunConfig, RunEvents,
     Transports, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::Result;
 use crate::memory::Buffer;
-use crate::plan::{Plan, Point, Req, RequestLayout, Side, VerifyMode};
+use crate::plan::{Plan, Point, Req, RequestLayout, VerifyMode};
 use crate::session::{Control, Msg, Role, SenderSession};
 use crate::transport::{AtOnce, GpuCopier, Ready, RecvSide, SendSide};
 use std::sync::Arc;
@@ -54,6 +54,7 @@ pub fn run_sender(
         rtt_ns,
         early_ready,
         announced: None,
+        filled: false,
     };
     let mut results = Vec::new();
     for point in plan.points() {
@@ -84,6 +85,8 @@ struct Sender<'a> {
     early_ready: bool,
     /// The request already said ready for.
     announced: Option<u64>,
+    /// A pattern is in the buffer (with checks off it is written once).
+    filled: bool,
 }
 
 impl Sender<'_> {
@@ -109,7 +112,7 @@ impl Sender<'_> {
         if let (Some(back), Some(b)) = (self.back.as_deref_mut(), point.back_at(plan.warmup, it)) {
             turns::pull_back(self.ctrl, back, self.buf, b, (p, request), plan.verify)?;
         }
-        let on_wire = self.write(point, it, layout, request)?;
+        let on_wire = write_request(self.plan, point, it, self.buf, &mut self.filled, self.cfg.fault)?;
         let mut deadline = allowance(self.ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
             + computing.as_ref().map_or(Duration::ZERO, |c| c.allowance());
         let start = match self.fan {
@@ -156,44 +159,6 @@ impl Sender<'_> {
         }
         let layer_ns = plan.layer_ns_at(point, it).unwrap_or_else(|| alone_ns.clone());
         Ok(Some(Computing::new(c, layout, layer_ns, prefill.overlap)))
-    }
-
-    /// Writes request `it`'s pattern (and what the fault matrix breaks in
-    /// it); returns the key it goes under.
-    fn write(&mut self, point: &Point, it: u32, layout: &RequestLayout, request: u64) -> Result<u64> {
-        let (plan, buf, fault) = (self.plan, &mut *self.buf, self.cfg.fault);
-        // With checks off the pattern is written once, so the bytes are never zeros.
-        if plan.verify != VerifyMode::Off || it == 0 {
-            buf.fill(layout, request)?;
-        }
-        let first_measured = point.index == 0 && it == plan.warmup;
-        let moved = match fault {
-            Some(Fault::MisplacedState) if first_measured => layout.misplaced_state(),
-            Some(Fault::ShiftHead) if first_measured => layout.neighbour_head(),
-            _ => None,
-        };
-        if let Some((from, to, len)) = moved {
-            buf.copy_within(from, to, len)?;
-        }
-        if first_measured && fault == Some(Fault::CorruptByte) {
-            // The middle byte of the request, where this side keeps it.
-            buf.flip_byte(layout.byte_place(Side::Sender, layout.total_bytes() / 2))?;
-        }
-        let second_turn = it >= plan.warmup
-            && matches!(point.turn_at(plan.warmup, it), Some((_, r)) if r.conversation == 0 && r.moving == 1);
-        if second_turn && fault == Some(Fault::WrongOffset) && layout.message_count > 1 {
-            let (a, b) = (layout.slot(Side::Sender, 0), layout.slot(Side::Sender, 1));
-            buf.copy_within(a.offset, b.offset, a.len)?;
-        }
-        if second_turn && fault == Some(Fault::StaleBlock) {
-            if let Some(stale) = point.turns.as_ref().and_then(|t| t.turn_one_partial_block(&plan.shape)) {
-                buf.fill(&stale, request)?;
-            }
-        }
-        Ok(match fault {
-            Some(Fault::WrongKey) if first_measured => request + 1_000_000_007,
-            _ => request,
-        })
     }
 
     /// Says ready (unless said early) and waits for the receiver's go; a
