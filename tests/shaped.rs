@@ -317,6 +317,57 @@ fn arrivals_with_prefill_add_the_compute_and_the_exposed_transfer() {
     }
 }
 
+/// Prefill without overlap, then the transfer: 100 ms of compute, then
+/// 16 MiB (about 134 ms on the wire), arriving every 167 ms. One lane
+/// serves a request in 234 ms, so each waits 67 ms longer than the one
+/// before it (about 470 ms for the eighth); with two lanes the next
+/// request computes while the last one moves, the link is free again
+/// before its compute ends, and nobody waits.
+#[test]
+fn a_second_lane_computes_the_next_prefill_while_the_last_one_moves() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(link) = shaped("w", 68) else { return };
+    let with = |lanes: &str| {
+        let args = [
+            "-m",
+            "llama-3.1-8b",
+            "-p",
+            "128",
+            "-g",
+            "layer",
+            "-n",
+            "8",
+            "-w",
+            "1",
+            "--arrivals",
+            "fixed:6",
+            "--prefill-ms",
+            "128:100",
+            "--overlap",
+            "none",
+            "--concurrency",
+            lanes,
+        ];
+        pair_across(&link, &args)["points"][0]["prefill"]["under_load"].clone()
+    };
+    let ms = |v: &Value, k: &str, q: &str| v[k][q].as_f64().unwrap() / 1e6;
+    let (one, two) = (with("1"), with("2"));
+    for (lanes, l) in [(1, &one), (2, &two)] {
+        eprintln!(
+            "{lanes} lane(s): queue p50 {} ms max {} ms, latency p50 {} ms",
+            ms(l, "queue_ns", "p50"),
+            ms(l, "queue_ns", "max"),
+            ms(l, "latency_ns", "p50")
+        );
+        assert_eq!(l["latency_ns"]["count"], 8, "{l}");
+    }
+    assert!(ms(&one, "queue_ns", "max") > 300.0, "one lane: {one}");
+    assert!(ms(&two, "queue_ns", "max") < 30.0, "two lanes: {two}");
+    // Two lanes: each request is its compute and its whole transfer.
+    let latency = ms(&two, "latency_ns", "p50");
+    assert!(latency > 100.0 + 134.2 * 0.8 && latency < 100.0 + 134.2 * 1.2 + 15.0, "{two}");
+}
+
 /// A link that dies mid-run (still trickling a byte now and then) ends the
 /// sender within the bound it states, the timeout plus 1 s per 10 MB of
 /// what a write had in hand (4 MiB at most), and a second to tell the peer:
