@@ -1,0 +1,75 @@
+//! `kvxfer pair`: both sides on this host over loopback.
+
+use super::*;
+
+pub(super) fn pair(a: &PairArgs) -> Result<()> {
+    if let Some(t) = a.run.model.topology() {
+        return Err(Error::usage(format!(
+            "{t} is {} sender and {} receiver processes, not a pair: start them with kvxfer launch (mpirun or srun \
+             with {} ranks) or by hand (kvxfer send --prefill-rank, kvxfer recv --decode-rank; see the README)",
+            t.prefill_tp,
+            t.decode_tp,
+            t.prefill_tp + t.decode_tp
+        )));
+    }
+    let plan = a.run.plan()?;
+    a.run.check_gate()?;
+    let spec = a.run.transport_spec();
+    let send_memory = a.run.memory.spec();
+    let recv_kind = a.recv_memory.unwrap_or(send_memory.kind);
+    spec.validate()?;
+    for kind in [send_memory.kind, recv_kind] {
+        spec.check_memory(kind).map_err(Error::usage)?;
+    }
+    // Before a second thread exists: NCCL's log settings live in the environment.
+    transport::check_library(&spec, &plan, &a.run.local())?;
+    if [send_memory.kind, recv_kind].iter().any(|k| *k != MemoryKind::Host) {
+        gpu::init()?;
+    }
+    let recv_memory = MemorySpec {
+        kind: recv_kind,
+        device: match a.recv_device {
+            Some(d) => d,
+            // The next GPU, so that the two sides sit on two devices.
+            None if recv_kind != MemoryKind::Host => (send_memory.device + 1) % gpu::device_count()?.max(1),
+            None => send_memory.device,
+        },
+    };
+    if spec.kind == TransportKind::Nccl && send_memory.device == recv_memory.device {
+        return Err(Error::usage(format!(
+            "both sides are on GPU {}: NCCL needs one GPU per rank (--device, --recv-device)",
+            send_memory.device
+        )));
+    }
+    let outputs = Outputs::open(&a.run.output)?;
+    let host_sides = [send_memory, recv_memory].iter().filter(|m| m.kind.on_host()).count() as u64;
+    if host_sides > 0 {
+        let what = "the host buffers of this pair";
+        memory::check_host_budget(host_sides * plan.max_buffer_bytes() as u64, what)?;
+    }
+    let listener = net::listen(&a.listen)?;
+    let bound = listener.local_addr()?;
+    let ip = match bound.ip() {
+        IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let receiver = ReceiverSide {
+        wait: a.run.timeout,
+        timeout: a.run.timeout,
+        expect: Expectations { memory: recv_memory.kind, ..Default::default() },
+        memory: recv_memory,
+        local: a.run.local(),
+        screen: Screen::silent(),
+        busy: None,
+    };
+    let receiver = std::thread::spawn(move || receiver.run(&listener).1);
+    let screen = screen_for(&a.run.output);
+    let addr = SocketAddr::new(ip, bound.port()).to_string();
+    let (report, result) =
+        sender_side(&addr, None, &sender_options(&a.run), plan, send_memory, &screen, None);
+    let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
+    // The sender's error already carries the receiver's reason when it had one.
+    let result = result.and(received);
+    outputs.conclude(report, result, &screen)
+}

@@ -1,0 +1,87 @@
+//! `kvxfer recv` (`kvxfer-recv`): the receiver, decode's side; a P x D decode rank serves every sender that feeds it.
+
+use super::*;
+
+pub(super) fn recv(a: &RecvArgs) -> Result<()> {
+    recv_on(net::listen(&a.listen)?, a)
+}
+
+/// The receiver, on a socket already listening.
+pub(super) fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<()> {
+    let _side = tracing::debug_span!("recv").entered();
+    if a.memory.memory != MemoryKind::Host {
+        gpu::init()?;
+    }
+    if a.forever {
+        return service::serve(listener, a);
+    }
+    if a.json_dir.is_some() {
+        return Err(Error::usage("--json-dir is for --forever, which writes one report per run: use --json"));
+    }
+    let outputs = Outputs::open(&a.output)?;
+    eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
+    let side = receiver_side(a);
+    if a.senders > 1 {
+        return fan::receive_many(&listener, side, outputs, None, a.senders as usize);
+    }
+    match session::accept_hello(&listener, side.wait, side.timeout, &side.expect) {
+        Ok(first) => run_from(&listener, side, outputs, first, 1),
+        Err(e) => outputs.conclude(None, Err(e), &side.screen),
+    }
+}
+
+/// One run, from its first sender on: a fan gathers the others first.
+pub(super) fn run_from(
+    listener: &std::net::TcpListener,
+    side: ReceiverSide,
+    outputs: Outputs,
+    mut first: session::ReceiverSession,
+    senders: usize,
+) -> Result<()> {
+    if senders > 1 {
+        return fan::receive_many(listener, side, outputs, Some(first), senders);
+    }
+    // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
+    let plan = &first.hello.plan;
+    let feeding = plan.tp.as_ref().and_then(|t| {
+        t.pair.map(|(_, d)| {
+            (t.topology.sources(&plan.shape.model, d), t.senders_of(&plan.shape.model, d), t.instances)
+        })
+    });
+    if let Some((ranks, senders, instances)) = feeding.filter(|f| f.1 > 1) {
+        let of =
+            if instances > 1 { format!(" of each of {instances} prefill instances") } else { String::new() };
+        eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
+        return fan::receive_many(listener, side, outputs, Some(first), senders);
+    }
+    side.mark_busy(&[first.ctrl.peer_addr]);
+    // One-shot: a second sender hears "busy" while this one is served.
+    let _busy = match side.busy {
+        None => Some(service::BusyWhile::serving(listener, &[first.ctrl.peer_addr])?),
+        Some(_) => None,
+    };
+    let env = EnvInfo::collect();
+    let (report, result) = match session::welcome(&mut first, &env, None) {
+        Ok(()) => side.serve(first, env, None),
+        Err(e) => (None, Err(e)),
+    };
+    outputs.conclude(report, result, &side.screen)
+}
+
+pub(super) fn receiver_side(a: &RecvArgs) -> ReceiverSide {
+    ReceiverSide {
+        wait: a.wait_for_sender,
+        timeout: a.timeout,
+        expect: Expectations {
+            transport: a.expect_transport,
+            model: a.expect_model.clone(),
+            memory: a.memory.memory,
+            decode_rank: a.decode_rank,
+            kv_layout: a.kv_layout,
+        },
+        memory: a.memory.spec(),
+        local: a.libraries.local(),
+        screen: screen_for(&a.output),
+        busy: None,
+    }
+}
