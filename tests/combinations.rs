@@ -248,7 +248,7 @@ fn prefill_with_a_prompt_mix_on_four_lanes() {
     for transport in TRANSPORTS {
         let dir = tempfile::tempdir().unwrap();
         let (recv, addr) = receiver("127.0.0.1:0", &["-q"]);
-        let json_path = path(&dir, "s.json");
+        let (json_path, csv_path) = (path(&dir, "s.json"), path(&dir, "s.csv"));
         let args = [
             "--connect",
             &addr,
@@ -274,6 +274,8 @@ fn prefill_with_a_prompt_mix_on_four_lanes() {
             "4",
             "--json",
             &json_path,
+            "--csv",
+            &csv_path,
             "-q",
         ];
         let out = Proc::start(SEND, &args).finish(secs(120));
@@ -309,11 +311,24 @@ fn prefill_with_a_prompt_mix_on_four_lanes() {
             .iter()
             .map(|p| (p[0].as_u64().unwrap(), p[1].as_u64().unwrap()))
             .collect();
-        if prompts.len() == 2 {
-            let asked = |t| if t == 16 { 4_000_000 } else { 16_000_000 };
-            let want: Vec<(u64, u64, u64)> = prompts.iter().map(|&(t, n)| (t, asked(t), n)).collect();
-            assert_eq!(by, want, "{transport}");
-        }
+        // The CSV names the prompt its prefill columns describe, and holds each length's.
+        let csv = std::fs::read_to_string(&csv_path).unwrap();
+        let (header, row) = (csv.lines().next().unwrap(), csv.lines().nth(1).unwrap());
+        let column = |name: &str| {
+            let i = header.split(',').position(|h| h == name).unwrap_or_else(|| panic!("no {name}"));
+            row.split(',').nth(i).unwrap().to_string()
+        };
+        assert_eq!(column("prefill_of_tokens"), "64");
+        // Seed 1 draws both lengths.
+        assert_eq!(prompts.len(), 2, "{transport}: {prompts:?}");
+        let asked = |t| if t == 16 { 4_000_000 } else { 16_000_000 };
+        let want: Vec<(u64, u64, u64)> = prompts.iter().map(|&(t, n)| (t, asked(t), n)).collect();
+        assert_eq!(by, want, "{transport}");
+        let by_csv: Vec<String> = column("prefill_by_prompt")
+            .split(';')
+            .map(|e| e.split(':').take(2).collect::<Vec<_>>().join(":"))
+            .collect();
+        assert_eq!(by_csv, ["16:4000000", "64:16000000"], "{transport}");
         // Without overlap nothing moves before the last layer: TTFT is compute and the whole transfer.
         for p in f["by_prompt"].as_array().into_iter().flatten() {
             assert!(

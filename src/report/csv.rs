@@ -99,6 +99,24 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
             ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
             ("ttft_p50_ns", ns(|f| f.ttft_ns.p50)),
+            // Under a mix the asked time, compute alone, share and bound above are its longest prompt's.
+            (
+                "prefill_of_tokens",
+                f.map(|f| f.by_prompt.last().map_or(p.prompt_tokens, |b| b.tokens).to_string())
+                    .unwrap_or_default(),
+            ),
+            // A mix's lengths: TOKENS:ASKED_NS:DURING_P50_NS:ADDED_P50_NS:ADDED_P99_NS, ';' between.
+            (
+                "prefill_by_prompt",
+                f.map(|f| {
+                    let each = |b: &crate::measure::ttft::PromptPrefill| {
+                        let (d, a) = (&b.during_ns, &b.added_ns);
+                        format!("{}:{}:{}:{}:{}", b.tokens, b.asked_ns, d.p50, a.p50, a.p99)
+                    };
+                    f.by_prompt.iter().map(each).collect::<Vec<_>>().join(";")
+                })
+                .unwrap_or_default(),
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
