@@ -46,20 +46,7 @@ pub fn sender_side(
 ) -> (Option<RunReport>, Result<()>) {
     let _side = tracing::debug_span!("send", to = addr).entered();
     let spec = run.spec.clone();
-    let hello = Hello {
-        role: if run.fault == Some(Fault::WrongRole) { Role::Receiver } else { Role::Sender },
-        env: EnvInfo::collect(),
-        plan_digest: match run.fault {
-            Some(Fault::BadDigest) => "0".repeat(16),
-            _ => plan.digest(),
-        },
-        plan,
-        transport: spec.clone(),
-        link: run.link.clone(),
-        cookie: random_cookie(),
-        seat: fan.map(|f| f.fan.seat(f.pair)),
-    };
-    let protocol = if run.fault == Some(Fault::BadProtocol) { 999 } else { PROTOCOL };
+    let (hello, protocol) = sender_hello(run, plan, fan);
     let mut sess = match session::open_sender(addr, bind, hello, run.timeout, protocol) {
         Ok(s) => s,
         Err(e) => return (None, Err(e)),
@@ -138,6 +125,25 @@ pub fn sender_side(
     let result = result.map_err(|e| fail(fan, &mut sess.ctrl, e));
     drop((back, transports, bufs));
     (Some(report), result)
+}
+
+/// What the sender proposes, and the protocol it speaks (the fault matrix
+/// breaks either on purpose).
+fn sender_hello(run: &SenderOptions, plan: Plan, fan: Option<FanSlot>) -> (Hello, u16) {
+    let hello = Hello {
+        role: if run.fault == Some(Fault::WrongRole) { Role::Receiver } else { Role::Sender },
+        env: EnvInfo::collect(),
+        plan_digest: match run.fault {
+            Some(Fault::BadDigest) => "0".repeat(16),
+            _ => plan.digest(),
+        },
+        plan,
+        transport: run.spec.clone(),
+        link: run.link.clone(),
+        cookie: random_cookie(),
+        seat: fan.map(|f| f.fan.seat(f.pair)),
+    };
+    (hello, if run.fault == Some(Fault::BadProtocol) { 999 } else { PROTOCOL })
 }
 
 /// Ends a failed pair: the other pairs of its fan stop, the peer is told.
