@@ -18,17 +18,15 @@ use super::compute::{self, Compute, Computing, SharedCompute};
 use super::integrity::Check;
 use super::load::{Admit, Landing, LoadFigures, LoadTally};
 use super::stats::{self, PointResult};
-use super::ttft::{Computed, PrefillFigures, TtftTally};
+use super::ttft::{Computed, PrefillFigures, PrefillOfPoint, TtftTally};
 use super::{
     allowance, check_behind, point_result, spill_to_pool, wait_until_by, write_request, FanSlot, Fault,
     RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
 use crate::fan::Fan;
-use crate::kv::KvShape;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
-use crate::plan::Prefill;
 use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
 use crate::schedule::residency::OnFull;
 use crate::session::{Control, Msg, ReceiverSession, SenderSession};
@@ -252,28 +250,6 @@ struct SharedPoint {
     ttft: Mutex<TtftTally>,
     /// With emulated prefill: what its figures take from the plan.
     prefill: Option<PrefillOfPoint>,
-}
-
-/// What a point's prefill figures take from the plan.
-#[derive(Clone)]
-struct PrefillOfPoint {
-    prefill: Prefill,
-    shape: KvShape,
-    /// The longest prompt's layers.
-    layer_ns: Vec<u64>,
-}
-
-impl PrefillOfPoint {
-    fn of(plan: &Plan, point: &Point) -> Option<Self> {
-        let (prefill, layer_ns) = (plan.prefill.clone()?, point.prefill_ns.clone()?);
-        Some(PrefillOfPoint { prefill, shape: plan.shape.clone(), layer_ns })
-    }
-
-    /// The added TTFT's figures, against the transfer alone's p50.
-    fn figures(&self, ttft: &TtftTally, alone_p50_ns: u64) -> PrefillFigures {
-        let layer_ns_of = |tokens| self.prefill.layer_ns(&self.shape, tokens).unwrap_or_default();
-        ttft.figures(self.prefill.overlap, &self.layer_ns, alone_p50_ns, &layer_ns_of)
-    }
 }
 
 /// What the hub's aggregate of a load point takes from the shared tally.
@@ -537,7 +513,7 @@ pub fn run_receiver(
 ) -> Result<Vec<PointResult>> {
     let plan = sess.hello.plan.clone();
     let load = plan.load.clone().ok_or_else(|| Error::run("internal error: lanes without a load"))?;
-    let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
+    let same_host = super::same_host(sess);
     // The prefill instance's lanes, whose computes may go ahead of a request's:
     // a sender that feeds several receivers computes for all of them.
     let computing_lanes = lanes.len() * sess.hello.seat.map_or(1, |s| s.pairs as usize);

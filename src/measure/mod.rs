@@ -22,7 +22,7 @@ use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
-use crate::session::{Control, Msg};
+use crate::session::{Control, Msg, ReceiverSession};
 use crate::transport::{nanos, Completions, GpuCopier, PeerLink};
 use hdrhistogram::Histogram;
 use integrity::Check;
@@ -352,6 +352,12 @@ fn expect_compute_alone(ctrl: &mut Control, point: &Point) -> Result<(Vec<u64>, 
         }
         other => Err(other),
     })
+}
+
+/// Whether the sender runs on this host (the same boot): then the two
+/// sides' CLOCK_MONOTONIC instants compare directly.
+fn same_host(sess: &ReceiverSession) -> bool {
+    sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id()
 }
 
 /// What a computing request may take beyond its transfer: its prefill,

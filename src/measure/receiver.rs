@@ -8,7 +8,7 @@
 
 use super::integrity::Check;
 use super::load::{Landing, LoadTally};
-use super::ttft::{Computed, TtftTally};
+use super::ttft::{Computed, PrefillOfPoint, TtftTally};
 use super::turns::{self, TurnsTally};
 use super::{
     allowance, arrive, compute, not_in_a_fan, point_result, prefill_allowance, spill_to_pool, stats, FanSlot,
@@ -41,7 +41,7 @@ pub fn run_receiver(
     }
     // A spoke of a sender's one-to-many fan tells it each request's time.
     let report_times = sess.hello.seat.is_some();
-    let same_host = sess.hello.env.boot_id.is_some() && sess.hello.env.boot_id == crate::env::boot_id();
+    let same_host = super::same_host(sess);
     super::precise_sleeps();
     // The pinned pool comes before the first request: pinning gigabytes
     // takes about a second, which no request should wait for.
@@ -415,9 +415,8 @@ impl PointTally {
             result.percent_of_peak = peak(result.gbps);
             result.load = Some(l.figures());
         }
-        if let (Some(prefill), Some(layer_ns)) = (&plan.prefill, &point.prefill_ns) {
-            let layer_ns_of = |tokens| prefill.layer_ns(&plan.shape, tokens).unwrap_or_default();
-            let mut f = self.ttft.figures(prefill.overlap, layer_ns, result.request_ns.p50, &layer_ns_of);
+        if let Some(of) = PrefillOfPoint::of(plan, point) {
+            let mut f = of.figures(&self.ttft, result.request_ns.p50);
             f.under_load = self.load_computing.map(|l| Box::new(l.figures()));
             result.prefill = Some(f);
         }

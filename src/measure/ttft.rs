@@ -9,7 +9,8 @@
 //! plus half the control round trip.
 
 use super::stats::{self, LatencySummary};
-use crate::plan::Overlap;
+use crate::kv::KvShape;
+use crate::plan::{Overlap, Plan, Point, Prefill};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -289,6 +290,29 @@ impl TtftTally {
             by_prompt,
             under_load: None,
         }
+    }
+}
+
+/// What a point's prefill figures take from the plan (both engines, and a
+/// hub's decode instance, compute them through it).
+#[derive(Clone)]
+pub struct PrefillOfPoint {
+    prefill: Prefill,
+    shape: KvShape,
+    /// The longest prompt's layers.
+    layer_ns: Vec<u64>,
+}
+
+impl PrefillOfPoint {
+    pub fn of(plan: &Plan, point: &Point) -> Option<Self> {
+        let (prefill, layer_ns) = (plan.prefill.clone()?, point.prefill_ns.clone()?);
+        Some(PrefillOfPoint { prefill, shape: plan.shape.clone(), layer_ns })
+    }
+
+    /// The added TTFT's figures, against the transfer alone's p50.
+    pub fn figures(&self, ttft: &TtftTally, alone_p50_ns: u64) -> PrefillFigures {
+        let layer_ns_of = |tokens| self.prefill.layer_ns(&self.shape, tokens).unwrap_or_default();
+        ttft.figures(self.prefill.overlap, &self.layer_ns, alone_p50_ns, &layer_ns_of)
     }
 }
 
