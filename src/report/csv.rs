@@ -84,42 +84,7 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
-    // Emulated prefill: empty without it.
-    let f = p.prefill.as_ref();
-    let ns = |get: fn(&PrefillFigures) -> u64| f.map(|f| get(f).to_string()).unwrap_or_default();
-    cols.extend(
-        [
-            ("prefill_overlap", f.map(|f| f.overlap.to_string()).unwrap_or_default()),
-            ("prefill_asked_ns", ns(|f| f.asked_ns)),
-            ("prefill_alone_p50_ns", ns(|f| f.alone_ns.p50)),
-            ("prefill_during_p50_ns", ns(|f| f.during_ns.p50)),
-            ("added_ttft_p50_ns", ns(|f| f.added_ns.p50)),
-            ("added_ttft_p99_ns", ns(|f| f.added_ns.p99)),
-            ("added_ttft_max_ns", ns(|f| f.added_ns.max)),
-            ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
-            ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
-            ("ttft_p50_ns", ns(|f| f.ttft_ns.p50)),
-            // Under a mix the asked time, compute alone, share and bound above are its longest prompt's.
-            (
-                "prefill_of_tokens",
-                f.map(|f| f.by_prompt.last().map_or(p.prompt_tokens, |b| b.tokens).to_string())
-                    .unwrap_or_default(),
-            ),
-            // A mix's lengths: TOKENS:ASKED_NS:DURING_P50_NS:ADDED_P50_NS:ADDED_P99_NS, ';' between.
-            (
-                "prefill_by_prompt",
-                f.map(|f| {
-                    let each = |b: &crate::measure::ttft::PromptPrefill| {
-                        let (d, a) = (&b.during_ns, &b.added_ns);
-                        format!("{}:{}:{}:{}:{}", b.tokens, b.asked_ns, d.p50, a.p50, a.p99)
-                    };
-                    f.by_prompt.iter().map(each).collect::<Vec<_>>().join(";")
-                })
-                .unwrap_or_default(),
-            ),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
+    cols.extend(prefill_columns(p));
     // Serving load: empty without it.
     let l = p.load.as_ref();
     let num = |get: fn(&LoadFigures) -> String| l.map(get).unwrap_or_default();
@@ -181,6 +146,44 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
     );
     cols.extend(nixl_columns(report, p));
     cols
+}
+
+/// Emulated prefill's columns: empty without it.
+fn prefill_columns(p: &PointResult) -> Vec<(String, String)> {
+    let f = p.prefill.as_ref();
+    let ns = |get: fn(&PrefillFigures) -> u64| f.map(|f| get(f).to_string()).unwrap_or_default();
+    [
+        ("prefill_overlap", f.map(|f| f.overlap.to_string()).unwrap_or_default()),
+        ("prefill_asked_ns", ns(|f| f.asked_ns)),
+        ("prefill_alone_p50_ns", ns(|f| f.alone_ns.p50)),
+        ("prefill_during_p50_ns", ns(|f| f.during_ns.p50)),
+        ("added_ttft_p50_ns", ns(|f| f.added_ns.p50)),
+        ("added_ttft_p99_ns", ns(|f| f.added_ns.p99)),
+        ("added_ttft_max_ns", ns(|f| f.added_ns.max)),
+        ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
+        ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
+        ("ttft_p50_ns", ns(|f| f.ttft_ns.p50)),
+        // Under a mix the asked time, compute alone, share and bound above are its longest prompt's.
+        (
+            "prefill_of_tokens",
+            f.map(|f| f.by_prompt.last().map_or(p.prompt_tokens, |b| b.tokens).to_string())
+                .unwrap_or_default(),
+        ),
+        // A mix's lengths: TOKENS:ASKED_NS:DURING_P50_NS:ADDED_P50_NS:ADDED_P99_NS, ';' between.
+        (
+            "prefill_by_prompt",
+            f.map(|f| {
+                let each = |b: &crate::measure::ttft::PromptPrefill| {
+                    let (d, a) = (&b.during_ns, &b.added_ns);
+                    format!("{}:{}:{}:{}:{}", b.tokens, b.asked_ns, d.p50, a.p50, a.p99)
+                };
+                f.by_prompt.iter().map(each).collect::<Vec<_>>().join(";")
+            })
+            .unwrap_or_default(),
+        ),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into()
 }
 
 /// NIXL: where each request's time went; empty on other transports.
