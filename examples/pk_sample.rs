@@ -9,7 +9,7 @@
 //!
 //!   cargo run --release --example pk_sample
 
-use kvxfer::measure::load::QueueTheory;
+use kvxfer::figures::load::QueueTheory;
 use kvxfer::schedule::{schedule, Arrivals, Bound};
 
 fn main() {

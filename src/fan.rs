@@ -6,86 +6,21 @@
 //! and every pair's own request times, merged, give the incast tail.
 
 use crate::error::{Error, Result};
+use crate::figures::conversation::{ConversationFigures, TurnFigures};
+use crate::figures::load::LoadFigures;
+use crate::figures::FanFigures;
+use crate::figures::{self, LatencySummary, PointResult};
 use crate::measure::compute::SharedCompute;
 use crate::measure::lanes::{SharedDecode, SharedFigures};
-use crate::measure::load::LoadFigures;
-use crate::measure::stats::{self, LatencySummary, PointResult};
-use crate::measure::turns::{ConversationFigures, TurnFigures};
+use crate::measure::{FanSlot, Pairs};
 use crate::net;
 use crate::report::RunReport;
 use crate::schedule::residency::Residency;
+use crate::topology::{FanShape, Seat};
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FanShape {
-    /// N senders, one receiver: incast on the decode side.
-    ManyToOne,
-    /// One sender, N receivers.
-    OneToMany,
-}
-
-impl std::fmt::Display for FanShape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            FanShape::ManyToOne => "many-to-one",
-            FanShape::OneToMany => "one-to-many",
-        })
-    }
-}
-
-/// A pair's place in a fan, told to its peer (the spoke) at the handshake.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Seat {
-    pub shape: FanShape,
-    pub pairs: u32,
-    /// This pair's number, from 0.
-    pub index: u32,
-}
-
-impl Seat {
-    /// "2→1" or "1→2".
-    pub fn arrow(&self) -> String {
-        match self.shape {
-            FanShape::ManyToOne => format!("{}→1", self.pairs),
-            FanShape::OneToMany => format!("1→{}", self.pairs),
-        }
-    }
-}
-
-/// What a report says about its fan: on the hub, the pairs' own reports
-/// (its points are the aggregate); on a spoke, its seat.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FanRun {
-    pub seat: Seat,
-    /// The hub wrote this report; the seat's index is then meaningless.
-    pub hub: bool,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pair_reports: Vec<RunReport>,
-}
-
-impl FanRun {
-    /// "2→1" on the hub (its figures are the aggregate), "2→1 pair 0" on a spoke.
-    pub fn label(&self) -> String {
-        match self.hub {
-            true => self.seat.arrow(),
-            false => format!("{} pair {}", self.seat.arrow(), self.seat.index),
-        }
-    }
-}
-
-/// An aggregate point's figures about the pairs within it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FanFigures {
-    /// Each pair's own GB/s (its bytes over its mean request time), by pair.
-    pub pair_gbps: Vec<f64>,
-    /// Every pair's request times merged: the tail an incast adds.
-    pub pair_request_ns: LatencySummary,
-}
 
 /// Called with each aggregate point, from the thread of the pair that
 /// finished it last, with the pairs' reports as they stood after setup.
@@ -150,7 +85,7 @@ impl Fan {
                 round: vec![None; pairs],
                 rounds_in_point: 0,
                 first_span_ns: 0,
-                spans: stats::new_histogram(),
+                spans: figures::new_histogram(),
                 turn_spans: BTreeMap::new(),
                 results: vec![None; pairs],
             }),
@@ -169,9 +104,36 @@ impl Fan {
         self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Pair `pair` failed: the others stop at their next round.
+    pub fn fail(&self, pair: usize, err: &Error) {
+        let mut b = self.barrier();
+        if b.failed.is_none() {
+            b.failed = Some(format!("pair {pair} failed: {err}"));
+            b.first_failed = Some(pair);
+        }
+        self.turn.notify_all();
+    }
+
+    /// The pair whose failure stopped the others, if one did.
+    pub fn first_failed(&self) -> Option<usize> {
+        self.barrier().first_failed
+    }
+
+    /// Pair `pair` is set up and about to measure; its report so far.
+    pub fn joined(&self, pair: usize, report: &RunReport) {
+        self.joined.lock().unwrap_or_else(|p| p.into_inner())[pair] = Some(report.clone());
+    }
+}
+
+/// What one pair's engine asks of its hub (measure::Pairs).
+impl Pairs for Fan {
+    fn pairs(&self) -> usize {
+        self.pairs
+    }
+
     /// Waits until every pair is ready to start `request`, by `deadline`;
     /// returns when this pair may start. A failed pair fails everyone here.
-    pub fn start(&self, request: u64, deadline: Instant) -> Result<Instant> {
+    fn start(&self, request: u64, deadline: Instant) -> Result<Instant> {
         let mut b = self.barrier();
         if let Some(why) = &b.failed {
             return Err(stopped(why));
@@ -204,39 +166,19 @@ impl Fan {
         Ok(Instant::now())
     }
 
-    /// Pair `pair` failed: the others stop at their next round.
-    pub fn fail(&self, pair: usize, err: &Error) {
-        let mut b = self.barrier();
-        if b.failed.is_none() {
-            b.failed = Some(format!("pair {pair} failed: {err}"));
-            b.first_failed = Some(pair);
-        }
-        self.turn.notify_all();
-    }
-
     /// Fails once another pair has: called while a transfer waits, so a
     /// pair stops mid-request rather than at its next round.
-    pub fn check(&self) -> Result<()> {
+    fn check(&self) -> Result<()> {
         match &self.barrier().failed {
             Some(why) => Err(stopped(why)),
             None => Ok(()),
         }
     }
 
-    /// The pair whose failure stopped the others, if one did.
-    pub fn first_failed(&self) -> Option<usize> {
-        self.barrier().first_failed
-    }
-
-    /// Pair `pair` is set up and about to measure; its report so far.
-    pub fn joined(&self, pair: usize, report: &RunReport) {
-        self.joined.lock().unwrap_or_else(|p| p.into_inner())[pair] = Some(report.clone());
-    }
-
     /// Pair `pair` finished a round it started at `start`, in `ns` as its
     /// receiver timed it (a conversation's turn `turn`). The round's span is
     /// taken once all pairs are in.
-    pub fn finish(&self, pair: usize, timed: bool, start: Instant, ns: u64, turn: Option<u32>) {
+    fn finish(&self, pair: usize, timed: bool, start: Instant, ns: u64, turn: Option<u32>) {
         let mut t = self.tally();
         t.round[pair] = Some((start, start + std::time::Duration::from_nanos(ns)));
         if t.round.iter().any(Option::is_none) {
@@ -253,13 +195,16 @@ impl Fan {
         if timed {
             t.spans.saturating_record(span.max(1));
             if let Some(turn) = turn {
-                t.turn_spans.entry(turn).or_insert_with(stats::new_histogram).saturating_record(span.max(1));
+                t.turn_spans
+                    .entry(turn)
+                    .or_insert_with(figures::new_histogram)
+                    .saturating_record(span.max(1));
             }
         }
     }
 
     /// Pair `pair` finished a sweep point; once all have, the aggregate goes out.
-    pub fn point_done(&self, pair: usize, result: &PointResult) {
+    fn point_done(&self, pair: usize, result: &PointResult) {
         let mut t = self.tally();
         t.results[pair] = Some(result.clone());
         if t.results.iter().any(Option::is_none) {
@@ -291,6 +236,28 @@ impl Fan {
             self.joined.lock().unwrap_or_else(|p| p.into_inner()).iter().flatten().cloned().collect();
         (self.on_aggregate)(point, &joined);
     }
+
+    fn decode(&self) -> Option<&SharedDecode> {
+        self.decode.get()
+    }
+
+    fn compute(&self) -> Option<&SharedCompute> {
+        self.compute.get()
+    }
+}
+
+/// A pair's place at this hub, as its side's runner holds it.
+#[derive(Clone, Copy)]
+pub struct Slot<'a> {
+    pub fan: &'a Fan,
+    pub pair: usize,
+}
+
+impl<'a> Slot<'a> {
+    /// The same place, as the engine sees it.
+    pub fn engine(self) -> FanSlot<'a> {
+        FanSlot { fan: self.fan, pair: self.pair }
+    }
 }
 
 fn stopped(why: &str) -> Error {
@@ -308,9 +275,9 @@ pub fn aggregate(
 ) -> PointResult {
     let mut agg = results[0].clone();
     let bytes: usize = results.iter().map(|r| r.request_bytes).sum();
-    let mut merged = stats::new_histogram();
+    let mut merged = figures::new_histogram();
     for r in results {
-        if let Ok(h) = stats::decode_histogram(&r.request_histogram) {
+        if let Ok(h) = figures::decode_histogram(&r.request_histogram) {
             merged.add(&h).expect("same bounds");
         }
     }
@@ -320,7 +287,7 @@ pub fn aggregate(
     // Rounds in lockstep give spans; under load each pair's requests are its own.
     let spans = if spans.is_empty() { &merged } else { spans };
     agg.request_ns = LatencySummary::of(spans);
-    agg.request_histogram = stats::encode_histogram(spans);
+    agg.request_histogram = figures::encode_histogram(spans);
     agg.gbps = crate::units::gbps(bytes as u64, agg.request_ns.mean);
     agg.gbps_p50 = crate::units::gbps(bytes as u64, agg.request_ns.p50 as f64);
     // Against the fan's own ceiling, which the hub knows (link::fan_ceiling).
@@ -342,7 +309,7 @@ pub fn aggregate(
         Some(s) => {
             // A P x D rank's request is its pairs' shares: timed once, whole.
             agg.request_ns = LatencySummary::of(&s.transfer_ns);
-            agg.request_histogram = stats::encode_histogram(&s.transfer_ns);
+            agg.request_histogram = figures::encode_histogram(&s.transfer_ns);
             (agg.gbps, agg.gbps_p50) = (s.gbps, s.gbps);
             agg.load = Some(s.load);
             // What computes and its time alone are each pair's own (pair 0's here).
@@ -406,9 +373,9 @@ fn aggregate_turns(
 fn merge_load(loads: &[&LoadFigures]) -> LoadFigures {
     let mut agg = loads[0].clone();
     let merged = |each: fn(&LoadFigures) -> &str| {
-        let mut h = stats::new_histogram();
+        let mut h = figures::new_histogram();
         for l in loads {
-            if let Ok(one) = stats::decode_histogram(each(l)) {
+            if let Ok(one) = figures::decode_histogram(each(l)) {
                 h.add(&one).expect("same bounds");
             }
         }
@@ -416,9 +383,9 @@ fn merge_load(loads: &[&LoadFigures]) -> LoadFigures {
     };
     let (queue, latency) = (merged(|l| &l.queue_histogram), merged(|l| &l.latency_histogram));
     agg.queue_ns = LatencySummary::of(&queue);
-    agg.queue_histogram = stats::encode_histogram(&queue);
+    agg.queue_histogram = figures::encode_histogram(&queue);
     agg.latency_ns = LatencySummary::of(&latency);
-    agg.latency_histogram = stats::encode_histogram(&latency);
+    agg.latency_histogram = figures::encode_histogram(&latency);
     let sum = |each: fn(&LoadFigures) -> f64| loads.iter().map(|l| each(l)).sum::<f64>();
     agg.offered_qps = sum(|l| l.offered_qps);
     agg.achieved_qps = sum(|l| l.achieved_qps);
@@ -525,7 +492,7 @@ mod tests {
     }
 
     fn result(bytes: usize, ns: &[u64]) -> PointResult {
-        let mut h = stats::new_histogram();
+        let mut h = figures::new_histogram();
         ns.iter().for_each(|v| h.record(*v).unwrap());
         let s = LatencySummary::of(&h);
         PointResult {
@@ -547,7 +514,7 @@ mod tests {
             verified_bytes: bytes as u64,
             wrong_bytes: 0,
             first_wrong: None,
-            request_histogram: stats::encode_histogram(&h),
+            request_histogram: figures::encode_histogram(&h),
             fan: None,
             prefill: None,
             load: None,

@@ -11,12 +11,15 @@
 //! - `cli`: the commands that string these together
 
 pub mod cli;
+pub mod clock;
 pub mod env;
 pub mod error;
 pub mod fan;
+pub mod figures;
 pub mod gpu;
 pub mod hold;
 pub mod input;
+pub mod integrity;
 pub mod kv;
 pub mod launch;
 pub mod link;
@@ -32,6 +35,7 @@ pub mod schedule;
 pub mod session;
 pub mod signals;
 pub mod size;
+pub mod topology;
 pub mod transport;
 pub mod units;
 mod words;

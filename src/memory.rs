@@ -5,7 +5,7 @@
 use crate::env::meminfo_kib;
 use crate::error::{Error, Result};
 use crate::gpu::{pattern::PatternKernels, Device, DeviceMem, PinnedMem};
-use crate::measure::integrity::{self, Check};
+use crate::integrity::{self, Check};
 use crate::plan::RequestLayout;
 use crate::units::fmt_bytes;
 use serde::{Deserialize, Serialize};

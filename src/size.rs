@@ -12,8 +12,8 @@
 //! All figures are per rank: with tensor parallelism each decode GPU holds
 //! its share of the heads (MLA: the whole latent).
 
+use crate::figures::PointResult;
 use crate::kv::KvShape;
-use crate::measure::PointResult;
 use crate::plan::Granularity;
 use serde::Serialize;
 

@@ -8,17 +8,20 @@ use super::args::{SendArgs, MAX_FAN};
 use super::{sender_options, Outputs};
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
-use crate::fan::{Fan, FanRun, FanShape, Seat};
+use crate::fan::Fan;
+use crate::fan::Slot;
+use crate::figures::PointResult;
 use crate::link::{self, Link};
 use crate::measure::compute::SharedCompute;
 use crate::measure::lanes::SharedDecode;
-use crate::measure::{FanSlot, PointResult};
 use crate::memory::{self, MemorySpec};
 use crate::plan::Plan;
 use crate::report::screen::Screen;
+use crate::report::FanRun;
 use crate::report::RunReport;
 use crate::run::{sender_side, ReceiverSide};
 use crate::session::{self, ReceiverSession};
+use crate::topology::{FanShape, Seat};
 use crate::transport;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -57,7 +60,7 @@ pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Ou
         let threads: Vec<_> = (a.connect.iter().zip(plans).enumerate())
             .map(|(pair, (addr, plan))| {
                 let (fan, silent) = (&fan, &silent);
-                let slot = Some(FanSlot { fan, pair });
+                let slot = Some(Slot { fan, pair });
                 let options = sender_options(&a.run);
                 s.spawn(move || sender_side(addr, a.bind, &options, plan, memory, silent, slot))
             })
@@ -125,7 +128,7 @@ pub fn receive_many(
         let threads: Vec<_> = (sessions.into_iter().enumerate())
             .map(|(pair, sess)| {
                 let (side, fan, env) = (&side, &fan, env.clone());
-                s.spawn(move || side.serve(sess, env, Some(FanSlot { fan, pair })))
+                s.spawn(move || side.serve(sess, env, Some(Slot { fan, pair })))
             })
             .collect();
         threads.into_iter().map(joined).collect()

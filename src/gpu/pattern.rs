@@ -5,8 +5,8 @@
 
 use super::{Device, DeviceMem, Stream};
 use crate::error::{Error, Result};
+use crate::integrity::Check;
 use crate::kv::{pattern, Attention, Dtype, KvShape, ModelSpec};
-use crate::measure::integrity::Check;
 use crate::plan::{Granularity, RequestLayout, Side};
 use cudarc::driver::{result, sys};
 use std::ffi::{c_void, CString};
@@ -229,7 +229,7 @@ impl PatternKernels {
         self.fill(scratch, &layout, 7)?;
         let mut host = vec![0u8; bytes];
         scratch.download(0, &mut host)?;
-        let on_host = crate::measure::integrity::verify(&host, &layout, 7);
+        let on_host = crate::integrity::verify(&host, &layout, 7);
         if on_host.wrong_bytes != 0 {
             return fail(format!("the GPU wrote {} bytes the host does not expect", on_host.wrong_bytes));
         }
@@ -246,7 +246,7 @@ impl PatternKernels {
         self.fill(scratch, &turn, 7)?;
         let mut host = vec![0u8; turn.buffer_bytes()];
         scratch.download(0, &mut host)?;
-        let on_host = crate::measure::integrity::verify(&host, &turn, 7);
+        let on_host = crate::integrity::verify(&host, &turn, 7);
         if on_host.wrong_bytes != 0 || self.verify(scratch, &turn, 7)?.wrong_bytes != 0 {
             return fail(format!("a later turn's {} bytes the host does not expect", on_host.wrong_bytes));
         }

@@ -6,8 +6,8 @@
 //! transfer leaves it.
 
 use super::{Device, DeviceMem, Event, Stream};
+use crate::clock::mono_ns;
 use crate::error::{Error, Result};
-use crate::measure::compute::{mono_ns, Layers};
 use cudarc::driver::{result, sys};
 use std::ffi::{c_void, CString};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -175,8 +175,12 @@ impl PrefillKernel {
     }
 }
 
-impl Layers for PrefillKernel {
-    fn run(
+/// What the engine's prefill worker runs (measure::compute::Layers).
+impl PrefillKernel {
+    /// Runs `layer_ns`' layers back to back, calling `layer_done` as each
+    /// ends, in order, with the run's (begin, end) in CLOCK_MONOTONIC ns on
+    /// the last. Returns early once `quit` is set.
+    pub fn run_layers(
         &mut self,
         layer_ns: &[u64],
         quit: &AtomicBool,
@@ -219,15 +223,13 @@ impl Layers for PrefillKernel {
         Ok(())
     }
 
-    fn retune(&mut self, layer_ns: &[u64], took_ns: u64) -> bool {
+    /// Told that a run alone of `layer_ns` took `took_ns`: retunes that
+    /// length, and says whether another run alone should check it.
+    pub fn retune(&mut self, layer_ns: &[u64], took_ns: u64) -> bool {
         self.tuning.retune(layer_ns, took_ns)
     }
 
-    fn uses_a_core(&self) -> bool {
-        false
-    }
-
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let per_ms = 1e6 / self.tuning.ns_per_round;
         format!(
             "a calibrated kernel on {} ({} multiprocessors, {} blocks of {THREADS}): bf16 mma.sync and HBM reads, \

@@ -18,14 +18,7 @@ use std::sync::OnceLock;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Nanoseconds of CLOCK_MONOTONIC: the same clock for every process of a
-/// host, so two sides on one host compare their instants directly.
-pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+use crate::clock::mono_ns;
 
 /// One request's run of layers, as the compute numbers them.
 pub type Job = u64;
@@ -77,6 +70,31 @@ pub trait Layers: Send {
     /// spins, and sees a layer end without a thread wake-up's delay.
     fn uses_a_core(&self) -> bool;
     fn describe(&self) -> String;
+}
+
+/// The GPU's layers: a calibrated kernel (gpu::prefill), which keeps no
+/// core busy.
+impl Layers for PrefillKernel {
+    fn run(
+        &mut self,
+        layer_ns: &[u64],
+        quit: &AtomicBool,
+        layer_done: &mut dyn FnMut(Option<(u64, u64)>),
+    ) -> Result<()> {
+        self.run_layers(layer_ns, quit, layer_done)
+    }
+
+    fn retune(&mut self, layer_ns: &[u64], took_ns: u64) -> bool {
+        PrefillKernel::retune(self, layer_ns, took_ns)
+    }
+
+    fn uses_a_core(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        PrefillKernel::describe(self)
+    }
 }
 
 /// Layers as timed busy waits: one core kept busy, as a prefill keeps its

@@ -15,16 +15,18 @@
 //! answers its heartbeats; lanes pick their own messages.
 
 use super::compute::{self, Compute, Computing, SharedCompute};
-use super::integrity::Check;
-use super::load::{Admit, Landing, LoadFigures, LoadTally};
-use super::stats::{self, PointResult};
-use super::ttft::{Computed, PrefillFigures, PrefillOfPoint, TtftTally};
+use super::load::{Admit, Landing, LoadTally};
+use super::ttft::{Computed, PrefillOfPoint, TtftTally};
+use super::Pairs;
 use super::{
     allowance, check_behind, point_result, spill_to_pool, wait_until_by, write_request, FanSlot, Fault,
     RoundSink, RunEvents, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::{Error, Result};
-use crate::fan::Fan;
+use crate::figures::load::LoadFigures;
+use crate::figures::prefill::PrefillFigures;
+use crate::figures::{self, PointResult};
+use crate::integrity::Check;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
 use crate::plan::{Plan, Point, RequestLayout, VerifyMode};
@@ -55,11 +57,11 @@ struct Mailbox<'c> {
     done: AtomicBool,
     timeout: Duration,
     /// The hub's fan, whose other pairs' failures stop this one.
-    fan: Option<&'c Fan>,
+    fan: Option<&'c dyn Pairs>,
 }
 
 impl<'c> Mailbox<'c> {
-    fn new(ctrl: &'c mut Control, fan: Option<&'c Fan>) -> Self {
+    fn new(ctrl: &'c mut Control, fan: Option<&'c dyn Pairs>) -> Self {
         let timeout = ctrl.timeout;
         Mailbox {
             fan,
@@ -318,7 +320,7 @@ pub fn run_sender(
     let mut filled = vec![false; lanes.len()];
     // One prefill instance: its lanes' requests (at a one-to-many hub,
     // every pair's) compute one after another.
-    let shared = fan.and_then(|f| f.fan.compute.get());
+    let shared = fan.and_then(|f| f.fan.compute());
     let compute: Option<Arc<dyn Compute>> = match (&plan.prefill, lanes.first(), shared) {
         (Some(_), Some(l), Some(s)) => Some(s.compute(l.buf)?),
         (Some(_), Some(l), None) => Some(Arc::from(compute::for_buffer(l.buf)?)),
@@ -387,7 +389,7 @@ fn send_phase(
 ) -> Result<Vec<Vec<(u32, usize, u64)>>> {
     let timeout = ctrl.timeout;
     // Every lane of the instance (at a one-to-many hub, of every pair) may compute ahead.
-    let pairs = compute.and_then(|c| c.shared).and(fan).map_or(1, |f| f.fan.pairs as u32);
+    let pairs = compute.and_then(|c| c.shared).and(fan).map_or(1, |f| f.fan.pairs() as u32);
     let ahead = lanes.len() as u32 * pairs - 1;
     // Between two of a lane's requests: the one before it, its checks, its wait for room.
     let longest_wait = plan.load.as_ref().map_or(Duration::ZERO, |l| l.longest_wait(point));
@@ -617,12 +619,12 @@ impl Phase<'_> {
                 ttft: Mutex::new(TtftTally::new(true)),
                 prefill: PrefillOfPoint::of(plan, point),
             };
-            f.fan.decode.get().map(|d| (f, d, d.point(p, self.computes, make)))
+            f.fan.decode().map(|d| (f, d, d.point(p, self.computes, make)))
         });
         let own = Mutex::new(tally(if shared.is_some() { None } else { load.decode_buffer }, lanes.len()));
         let gathered = Mutex::new(PointTally {
-            requests: stats::new_histogram(),
-            messages: stats::new_histogram(),
+            requests: figures::new_histogram(),
+            messages: figures::new_histogram(),
             check: Check::default(),
             first_request_ns: 0,
         });
@@ -639,7 +641,7 @@ impl Phase<'_> {
         // The pairs of a P x D decode rank carry shares of one stream of requests.
         let (key_base, shares) = match (shared.as_ref(), &plan.tp) {
             (Some((f, _, _)), None) => ((f.pair as u64) << 32, 1),
-            (Some((f, _, _)), Some(t)) => ((t.instance as u64) << 32, f.fan.pairs / t.instances as usize),
+            (Some((f, _, _)), Some(t)) => ((t.instance as u64) << 32, f.fan.pairs() / t.instances as usize),
             (None, _) => (0, 1),
         };
         let work: Vec<_> = lanes
@@ -862,13 +864,13 @@ impl LaneContext<'_, '_> {
         let computes = plan.computes(point, it);
         let deadline = allowance(self.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
             + if computes { self.computing } else { Duration::ZERO };
-        let (t0, go_mono) = (Instant::now(), compute::mono_ns());
+        let (t0, go_mono) = (Instant::now(), crate::clock::mono_ns());
         let go = (!l.transport.go_in_band()).then_some(Msg::LaneGo { lane, request });
         let mut link = LaneLink { mail: self.mail, go };
         let timing = l.transport.recv(l.buf, layout, request, deadline, &mut link, &sink)?;
         let now = Instant::now();
         let landed = timing.landed.unwrap_or(now);
-        let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
+        let last_mono = crate::clock::mono_ns().saturating_sub(nanos(now - landed));
         let host_ns = nanos(landed.saturating_duration_since(t0));
         if let Some((a, _)) = arrival {
             let note = |n, store, load| self.tally().spilled(n, store, load);

@@ -7,28 +7,28 @@
 //! flight at once (`--concurrency` above 1), `lanes` runs them instead.
 
 pub mod compute;
-pub mod integrity;
 pub mod lanes;
 pub mod load;
 mod receiver;
 mod sender;
-pub mod stats;
 pub mod ttft;
 pub mod turns;
 
 use crate::error::{Error, Result};
-use crate::fan::Fan;
+use crate::figures;
+use crate::figures::{LatencySummary, PointResult};
+use crate::integrity::Check;
 use crate::kv::pattern;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
 use crate::plan::{Plan, Point, RequestLayout, Side, VerifyMode};
 use crate::session::{Control, Msg, ReceiverSession};
 use crate::transport::{nanos, Completions, GpuCopier, PeerLink};
+use compute::SharedCompute;
 use hdrhistogram::Histogram;
-use integrity::Check;
+use lanes::SharedDecode;
 pub use receiver::run_receiver;
 pub use sender::run_sender;
-pub use stats::{LatencySummary, PointResult};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -123,16 +123,37 @@ pub struct Transports<'a, ToDecode: ?Sized, Back: ?Sized> {
     pub back: Option<&'a mut Back>,
 }
 
+/// The pairs a hub runs at once, as one pair's engine sees them (fan.rs,
+/// above the engine, runs them): rounds that start together, the other
+/// pairs' failures, each point's result for the aggregate, and what the
+/// pairs share.
+pub trait Pairs: Sync {
+    /// How many pairs run at this hub.
+    fn pairs(&self) -> usize;
+    /// Waits for every pair to reach this round (request `request`), until
+    /// `deadline`; returns the round's start.
+    fn start(&self, request: u64, deadline: Instant) -> Result<Instant>;
+    /// Pair `pair` finished a round it started at `start`, in `ns` as its
+    /// receiver timed it (a conversation's turn `turn`).
+    fn finish(&self, pair: usize, timed: bool, start: Instant, ns: u64, turn: Option<u32>);
+    /// Pair `pair` finished a sweep point.
+    fn point_done(&self, pair: usize, result: &PointResult);
+    /// Fails once another pair has.
+    fn check(&self) -> Result<()>;
+    /// Under load at a many-to-one hub: the decode instance the pairs feed.
+    fn decode(&self) -> Option<&SharedDecode>;
+    /// At a one-to-many hub with emulated prefill: the compute the pairs share.
+    fn compute(&self) -> Option<&SharedCompute>;
+}
+
 /// This pair's place at a fan's hub: its rounds wait for the other pairs'.
 #[derive(Clone, Copy)]
 pub struct FanSlot<'a> {
-    pub fan: &'a Fan,
+    pub fan: &'a dyn Pairs,
     pub pair: usize,
 }
 
-/// A round may take the idle timeout plus what its bytes need at this rate:
-/// generous, because stalls are caught by the per-read timeout anyway.
-pub(crate) const SLOWEST_DATA_BYTES_PER_SEC: f64 = 10e6;
+pub(crate) use crate::transport::SLOWEST_DATA_BYTES_PER_SEC;
 /// Writing or checking a request's pattern is assumed at least this fast
 /// (measured: 4+ GB/s on two host cores, far more on a GPU).
 const SLOWEST_PATTERN_BYTES_PER_SEC: f64 = 1e9;
@@ -423,7 +444,7 @@ fn point_result(
         verified_bytes: check.verified_bytes,
         wrong_bytes: check.wrong_bytes,
         first_wrong: check.first,
-        request_histogram: stats::encode_histogram(requests),
+        request_histogram: figures::encode_histogram(requests),
         fan: None,
         prefill: None,
         load: None,

@@ -6,16 +6,17 @@
 //! stops its clock, then records and checks the bytes outside the timed
 //! region. Each point ends with its figures, sent to the sender.
 
-use super::integrity::Check;
 use super::load::{Landing, LoadTally};
 use super::ttft::{Computed, PrefillOfPoint, TtftTally};
 use super::turns::{self, TurnsTally};
 use super::{
-    allowance, arrive, compute, not_in_a_fan, point_result, prefill_allowance, spill_to_pool, stats, FanSlot,
-    PointResult, RequestLink, RoundSink, RunConfig, RunEvents, Transports, SLOWEST_DATA_BYTES_PER_SEC,
+    allowance, arrive, not_in_a_fan, point_result, prefill_allowance, spill_to_pool, FanSlot, PointResult,
+    RequestLink, RoundSink, RunConfig, RunEvents, Transports, SLOWEST_DATA_BYTES_PER_SEC,
     SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::Result;
+use crate::figures;
+use crate::integrity::Check;
 use crate::link::Link;
 use crate::memory::{Buffer, SpillPool};
 use crate::plan::{Plan, Point, Req, RequestLayout, VerifyMode};
@@ -228,7 +229,7 @@ impl Receiver<'_> {
             Some(f) => f.fan.start(request, deadline)?,
             None => Instant::now(),
         };
-        let go_mono = compute::mono_ns();
+        let go_mono = crate::clock::mono_ns();
         tracing::debug!("request {request}: receiving {bytes} bytes");
         let go = (!self.transport.go_in_band()).then_some(Msg::Go { point: point.index, request });
         let mut link = RequestLink { ctrl: self.ctrl, go, request, fan: self.fan, computes };
@@ -237,7 +238,7 @@ impl Receiver<'_> {
         // message's completion: the request ended then.
         let now = Instant::now();
         let landed = timing.landed.unwrap_or(now);
-        let last_mono = compute::mono_ns().saturating_sub(nanos(now - landed));
+        let last_mono = crate::clock::mono_ns().saturating_sub(nanos(now - landed));
         let host_ns = nanos(landed.saturating_duration_since(t0));
         tracing::debug!(
             "request {request}: all {bytes} bytes in, {:.1?} from the go",
@@ -372,8 +373,8 @@ impl PointTally {
         let buffer = plan.load.as_ref().and_then(|l| l.decode_buffer);
         let load = || point.load.as_ref().map(|l| LoadTally::new(l, hold_ns, buffer));
         PointTally {
-            requests: stats::new_histogram(),
-            messages: stats::new_histogram(),
+            requests: figures::new_histogram(),
+            messages: figures::new_histogram(),
             check: Check::default(),
             first_request_ns: 0,
             ttft: TtftTally::new(same_host),

@@ -8,65 +8,12 @@
 //! compute is placed on the receiver's clock from when the receiver said go
 //! plus half the control round trip.
 
-use super::stats::{self, LatencySummary};
+use crate::figures::prefill::{PrefillFigures, PromptPrefill};
+use crate::figures::{self, LatencySummary};
 use crate::kv::KvShape;
 use crate::plan::{Overlap, Plan, Point, Prefill};
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-
-/// A point's figures with emulated prefill.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PrefillFigures {
-    pub overlap: Overlap,
-    /// What computed the layers (a kernel, a busy wait).
-    pub compute: String,
-    /// How the two sides' instants were compared.
-    pub clock: String,
-    /// The prefill asked for: every layer's time, summed.
-    pub asked_ns: u64,
-    /// The compute alone, before the point's requests.
-    pub alone_ns: LatencySummary,
-    /// The compute while the requests moved.
-    pub during_ns: LatencySummary,
-    /// Time-to-first-token as far as KV goes: compute plus added, per request.
-    pub ttft_ns: LatencySummary,
-    /// From the last layer's end to the decode side holding the last byte.
-    pub added_ns: LatencySummary,
-    /// The added-TTFT histogram, HdrHistogram V2 + DEFLATE, base64.
-    pub added_histogram: String,
-    /// Added TTFT over the transfer alone (p50s): the share not hidden.
-    pub exposed_share: f64,
-    /// The least any pipeline could add at the transfer's p50 rate alone:
-    /// the whole transfer (none); with layer overlap, the last layer's own
-    /// transfer, or more when layers are made faster than they move
-    /// (see `pipeline_bound`).
-    pub lower_bound_ns: u64,
-    /// Under a mix of prompt lengths, each length's own figures (the
-    /// fields above then hold every request's added TTFT together, and the
-    /// asked time, compute alone, bound and share of the longest prompt,
-    /// whose compute alone is timed). Empty with one length.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub by_prompt: Vec<PromptPrefill>,
-    /// Under --arrivals: the second phase's load figures, each request's
-    /// prefill computed from its go, so latency (arrival to the decode side
-    /// holding the last byte) is queueing, prefill and the added TTFT.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub under_load: Option<Box<super::load::LoadFigures>>,
-}
-
-/// One prompt length's share of a mix's prefill figures.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PromptPrefill {
-    pub tokens: u32,
-    pub asked_ns: u64,
-    pub during_ns: LatencySummary,
-    pub added_ns: LatencySummary,
-    /// This length's transfer without compute (the first phase), p50.
-    pub transfer_alone_p50_ns: u64,
-    pub exposed_share: f64,
-    pub lower_bound_ns: u64,
-}
 
 /// One prompt length's requests in a tally.
 struct PromptTally {
@@ -78,9 +25,9 @@ struct PromptTally {
 impl PromptTally {
     fn new() -> Self {
         PromptTally {
-            transfer: stats::new_histogram(),
-            during: stats::new_histogram(),
-            added: stats::new_histogram(),
+            transfer: figures::new_histogram(),
+            during: figures::new_histogram(),
+            added: figures::new_histogram(),
         }
     }
 }
@@ -113,10 +60,10 @@ impl TtftTally {
             same_host,
             compute: String::new(),
             one_way_ns: 0,
-            alone: stats::new_histogram(),
-            during: stats::new_histogram(),
-            ttft: stats::new_histogram(),
-            added: stats::new_histogram(),
+            alone: figures::new_histogram(),
+            during: figures::new_histogram(),
+            ttft: figures::new_histogram(),
+            added: figures::new_histogram(),
             by_tokens: BTreeMap::new(),
             pending: HashMap::new(),
         }
@@ -285,7 +232,7 @@ impl TtftTally {
             ttft_ns: LatencySummary::of(&self.ttft),
             exposed_share: exposed_p50 as f64 / alone_p50_ns.max(1) as f64,
             added_ns,
-            added_histogram: stats::encode_histogram(&self.added),
+            added_histogram: figures::encode_histogram(&self.added),
             lower_bound_ns: bound(alone_p50_ns, layer_ns),
             by_prompt,
             under_load: None,

@@ -4,10 +4,11 @@
 //! bidirectional mode, the round that brings a conversation's KV back
 //! from decode to prefill before a later turn.
 
-use super::integrity::Check;
-use super::stats::{self, LatencySummary};
 use super::{allowance, RequestLink, RoundSink, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC};
 use crate::error::Result;
+use crate::figures::conversation::{ConversationFigures, TurnFigures};
+use crate::figures::{self, LatencySummary};
+use crate::integrity::Check;
 use crate::kv::KvShape;
 use crate::memory::Buffer;
 use crate::plan::turns::{ConversationTurns, PointTurns};
@@ -16,51 +17,7 @@ use crate::schedule::conversation::{self, MultiTurn, Span, Turn, TurnMoves};
 use crate::session::{Control, Msg};
 use crate::transport::{nanos, AtOnce, RecvSide, SendSide};
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
-
-/// A conversation point's figures.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ConversationFigures {
-    pub mode: MultiTurn,
-    pub conversations: u32,
-    pub turns: Vec<TurnFigures>,
-    /// Bytes a conversation moves (both directions), and what `full` would:
-    /// the mean over the point's conversations, which differ only in a trace.
-    pub bytes: u64,
-    pub full_bytes: u64,
-    /// Regions each side held (conversations in progress at once) and one's bytes.
-    #[serde(default)]
-    pub regions: u32,
-    #[serde(default)]
-    pub region_bytes: u64,
-    /// d-direct: FLOPs decode spends prefilling the later turns itself, where known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decode_prefill_flops: Option<f64>,
-}
-
-/// One turn, over the point's conversations.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TurnFigures {
-    pub turn: u32,
-    pub prompt_tokens: u64,
-    /// Tokens' KV moved (whole blocks where the mode moves blocks) and bytes; 0 where nothing moves.
-    pub moved_tokens: u64,
-    pub bytes: u64,
-    /// Bidirectional: the tokens' KV decode first sent back, and its bytes.
-    #[serde(default)]
-    pub back_tokens: u64,
-    #[serde(default)]
-    pub back_bytes: u64,
-    /// Both directions, this turn and every one before.
-    pub cumulative_bytes: u64,
-    pub messages: usize,
-    /// Each conversation's transfer of the turn, go to last byte; empty where nothing moves.
-    pub transfer_ns: LatencySummary,
-    /// The KV back to prefill, as prefill timed it; empty where none came back.
-    #[serde(default)]
-    pub back_ns: LatencySummary,
-}
 
 /// The receiver's account of a conversation point's timed turns, by turn number.
 pub struct TurnsTally {
@@ -70,7 +27,7 @@ pub struct TurnsTally {
 
 impl TurnsTally {
     pub fn new(turns: &PointTurns) -> Self {
-        let each = || (0..turns.most_turns()).map(|_| stats::new_histogram()).collect();
+        let each = || (0..turns.most_turns()).map(|_| figures::new_histogram()).collect();
         TurnsTally { per_turn: each(), back: each() }
     }
 

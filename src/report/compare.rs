@@ -4,8 +4,8 @@
 
 use super::RunReport;
 use crate::error::{Error, Result};
-use crate::measure::ttft::PrefillFigures;
-use crate::measure::PointResult;
+use crate::figures::prefill::PrefillFigures;
+use crate::figures::PointResult;
 use crate::plan::Granularity;
 use crate::transport::TransportKind;
 use crate::units::fmt_ns;
@@ -58,7 +58,7 @@ fn run_label(r: &RunReport) -> String {
             label.push_str(&format!(" P{}→D{} {}", t.prefill_tp, t.decode_tp, t.layout));
             let (p, d) = tp.pair.unwrap_or_default();
             label.push_str(&match fan {
-                Some(f) if f.hub && f.seat.shape == crate::fan::FanShape::ManyToOne => {
+                Some(f) if f.hub && f.seat.shape == crate::topology::FanShape::ManyToOne => {
                     format!(" decode rank {d}")
                 }
                 Some(f) if f.hub => format!(" prefill rank {p}"),

@@ -3,11 +3,11 @@
 
 use super::{Exporter, RunReport};
 use crate::error::{Error, Result};
-use crate::measure::load::LoadFigures;
-use crate::measure::stats::LatencySummary;
-use crate::measure::ttft::PrefillFigures;
-use crate::measure::PointResult;
-use crate::transport::nixl::NixlFigures;
+use crate::figures::load::LoadFigures;
+use crate::figures::nixl::NixlFigures;
+use crate::figures::prefill::PrefillFigures;
+use crate::figures::LatencySummary;
+use crate::figures::PointResult;
 use std::io::Write;
 
 pub struct Csv;
@@ -173,7 +173,7 @@ fn prefill_columns(p: &PointResult) -> Vec<(String, String)> {
         (
             "prefill_by_prompt",
             f.map(|f| {
-                let each = |b: &crate::measure::ttft::PromptPrefill| {
+                let each = |b: &crate::figures::prefill::PromptPrefill| {
                     let (d, a) = (&b.during_ns, &b.added_ns);
                     format!("{}:{}:{}:{}:{}", b.tokens, b.asked_ns, d.p50, a.p50, a.p99)
                 };

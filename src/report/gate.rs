@@ -4,7 +4,7 @@
 
 use super::RunReport;
 use crate::error::{Error, ErrorKind, Result};
-use crate::measure::PointResult;
+use crate::figures::PointResult;
 use crate::units;
 use serde::{Deserialize, Serialize};
 

@@ -11,16 +11,38 @@ pub mod table;
 
 use crate::env::EnvInfo;
 use crate::error::Result;
+use crate::figures::PointResult;
 use crate::link::Link;
-use crate::measure::PointResult;
 use crate::plan::Plan;
 use crate::session::{ControlRtt, Hello, Role};
+use crate::topology::Seat;
 use crate::transport::{TransportInfo, TransportSpec};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 
 /// Bump when a field changes meaning or disappears.
 pub const SCHEMA: u32 = 1;
+
+/// What a report says about its fan: on the hub, the pairs' own reports
+/// (its points are the aggregate); on a spoke, its seat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FanRun {
+    pub seat: Seat,
+    /// The hub wrote this report; the seat's index is then meaningless.
+    pub hub: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pair_reports: Vec<RunReport>,
+}
+
+impl FanRun {
+    /// "2→1" on the hub (its figures are the aggregate), "2→1 pair 0" on a spoke.
+    pub fn label(&self) -> String {
+        match self.hub {
+            true => self.seat.arrow(),
+            false => format!("{} pair {}", self.seat.arrow(), self.seat.index),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunReport {
@@ -54,7 +76,7 @@ pub struct RunReport {
     pub gate: Option<gate::GateVerdict>,
     /// One of N pairs run together (many-to-one, one-to-many), or their hub.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fan: Option<crate::fan::FanRun>,
+    pub fan: Option<FanRun>,
     /// Points measured above 100% of the link's peak: the peak is wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ceiling_exceeded: Option<CeilingExceeded>,
@@ -103,7 +125,7 @@ impl RunReport {
         };
         let (initiator, target) = if s.initiator { (&s, &r) } else { (&r, &s) };
         let one_host = self.sender.hostname == self.receiver.hostname;
-        for (point, f) in crate::transport::nixl::figures::figures(&self.plan, initiator, target, one_host) {
+        for (point, f) in crate::figures::nixl::figures(&self.plan, initiator, target, one_host) {
             if let Some(p) = self.points.iter_mut().find(|p| p.point == point) {
                 p.nixl = Some(f);
             }
@@ -132,7 +154,7 @@ impl RunReport {
             unfinished: (0, 0),
             outcome: "running".into(),
             gate: None,
-            fan: hello.seat.map(|seat| crate::fan::FanRun { seat, hub: false, pair_reports: Vec::new() }),
+            fan: hello.seat.map(|seat| FanRun { seat, hub: false, pair_reports: Vec::new() }),
             ceiling_exceeded: None,
         }
     }

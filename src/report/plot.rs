@@ -6,7 +6,7 @@
 
 use super::compare::Series;
 use crate::error::{Error, Result};
-use crate::measure::stats::decode_histogram;
+use crate::figures::decode_histogram;
 use plotters::coord::combinators::{BindKeyPoints, WithKeyPoints};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -243,7 +243,7 @@ impl Figure for Latency<'_> {
         )?;
         for (i, s) in series.iter().enumerate() {
             let c = color(i);
-            let line = |f: fn(&crate::measure::PointResult) -> u64| -> Vec<(f64, f64)> {
+            let line = |f: fn(&crate::figures::PointResult) -> u64| -> Vec<(f64, f64)> {
                 s.points.iter().map(|p| (p.prompt_tokens as f64, us(f(p)))).collect()
             };
             chart
@@ -272,8 +272,8 @@ impl Figure for Latency<'_> {
             .iter()
             .flat_map(|s| {
                 [
-                    |p: &crate::measure::PointResult| p.request_ns.p50,
-                    |p: &crate::measure::PointResult| p.request_ns.max,
+                    |p: &crate::figures::PointResult| p.request_ns.p50,
+                    |p: &crate::figures::PointResult| p.request_ns.max,
                 ]
                 .map(|f| s.points.iter().map(|p| (p.prompt_tokens as f64, us(f(p)).log10())).collect())
             })
@@ -333,7 +333,7 @@ impl Figure for HistogramAt<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let found: Vec<(usize, &Series, &crate::measure::PointResult)> = self
+        let found: Vec<(usize, &Series, &crate::figures::PointResult)> = self
             .series
             .iter()
             .enumerate()
@@ -448,7 +448,7 @@ impl Figure for Ttft<'_> {
         let panels = grid.split_evenly((tokens.len().div_ceil(cols).max(1), cols));
         let ms = |ns: u64| ns as f64 / 1e6;
         for (t, panel) in tokens.iter().zip(panels.iter()) {
-            let bars: Vec<(usize, &crate::measure::ttft::PrefillFigures)> = with
+            let bars: Vec<(usize, &crate::figures::prefill::PrefillFigures)> = with
                 .iter()
                 .enumerate()
                 .filter_map(|(k, (_, s))| {
@@ -511,7 +511,7 @@ struct LoadLatency<'a>(&'a [Series]);
 impl<'a> LoadLatency<'a> {
     /// A line per series (colour, label, points by offered rate), and one
     /// more where its arrivals also ran with emulated prefill.
-    fn lines(&self) -> Vec<(usize, String, Vec<&'a crate::measure::load::LoadFigures>)> {
+    fn lines(&self) -> Vec<(usize, String, Vec<&'a crate::figures::load::LoadFigures>)> {
         let n = self.0.len();
         let mut lines = Vec::new();
         for (i, s) in self.0.iter().enumerate() {
@@ -699,14 +699,14 @@ where
 }
 
 /// What a panel of `Turns` plots of a turn (None: nothing to plot).
-type TurnValue = Box<dyn Fn(&crate::measure::turns::TurnFigures) -> Option<f64>>;
+type TurnValue = Box<dyn Fn(&crate::figures::conversation::TurnFigures) -> Option<f64>>;
 
 /// Conversations: per mode (a line for each point of each series), the
 /// bytes each turn moved and its transfer's median, against the turn.
 struct Turns<'a>(&'a [Series]);
 
 impl<'a> Turns<'a> {
-    fn lines(&self) -> Vec<(String, &'a crate::measure::turns::ConversationFigures)> {
+    fn lines(&self) -> Vec<(String, &'a crate::figures::conversation::ConversationFigures)> {
         let each = self.0.iter().flat_map(|s| s.points.iter().map(move |p| (s, p)));
         each.filter_map(|(s, p)| {
             let c = p.conversation.as_ref()?;

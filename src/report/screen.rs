@@ -5,7 +5,7 @@
 
 use super::{table, RunReport};
 use crate::error::Result;
-use crate::measure::PointResult;
+use crate::figures::PointResult;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;

@@ -3,9 +3,9 @@
 
 use super::{Exporter, RunReport};
 use crate::error::Result;
-use crate::measure::load::LoadFigures;
-use crate::measure::ttft::PrefillFigures;
-use crate::measure::PointResult;
+use crate::figures::load::LoadFigures;
+use crate::figures::prefill::PrefillFigures;
+use crate::figures::PointResult;
 use crate::plan::prefill::PrefillTime;
 use crate::plan::{Overlap, VerifyMode};
 use crate::session::Role;
@@ -338,11 +338,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
 }
 
 /// What a fan's figures mean, and who its pairs are.
-fn fan_header(f: &crate::fan::FanRun, loaded: bool, tp: bool, out: &mut dyn Write) -> Result<()> {
+fn fan_header(f: &super::FanRun, loaded: bool, tp: bool, out: &mut dyn Write) -> Result<()> {
     let s = &f.seat;
     let (many, one) = match s.shape {
-        crate::fan::FanShape::ManyToOne => ("senders", "receiver"),
-        crate::fan::FanShape::OneToMany => ("receivers", "sender"),
+        crate::topology::FanShape::ManyToOne => ("senders", "receiver"),
+        crate::topology::FanShape::OneToMany => ("receivers", "sender"),
     };
     if !f.hub {
         writeln!(
@@ -359,10 +359,10 @@ fn fan_header(f: &crate::fan::FanRun, loaded: bool, tp: bool, out: &mut dyn Writ
     if loaded {
         let streams = match (s.shape, tp) {
             (_, true) => "the ranks carry shares of one stream of requests (one seed)",
-            (crate::fan::FanShape::ManyToOne, false) => {
+            (crate::topology::FanShape::ManyToOne, false) => {
                 "each sender its own arrivals (its own seed), into one decode"
             }
-            (crate::fan::FanShape::OneToMany, false) => "each receiver its own arrivals (its own seed)",
+            (crate::topology::FanShape::OneToMany, false) => "each receiver its own arrivals (its own seed)",
         };
         writeln!(
             out,
@@ -372,11 +372,11 @@ fn fan_header(f: &crate::fan::FanRun, loaded: bool, tp: bool, out: &mut dyn Writ
             s.pairs
         )?;
         let rows = match s.shape {
-            crate::fan::FanShape::ManyToOne => {
+            crate::topology::FanShape::ManyToOne => {
                 "the row: every pair's requests on one clock, one decode buffer; GB/s = all bytes over the time \
                  some request was on the wire"
             }
-            crate::fan::FanShape::OneToMany => {
+            crate::topology::FanShape::OneToMany => {
                 "the row: the pairs' requests together (GB/s and rates summed; decode peaks summed step by step)"
             }
         };
@@ -401,8 +401,8 @@ fn fan_header(f: &crate::fan::FanRun, loaded: bool, tp: bool, out: &mut dyn Writ
     }
     for (i, pair) in f.pair_reports.iter().enumerate() {
         let (peer, via) = match s.shape {
-            crate::fan::FanShape::ManyToOne => (&pair.sender, &pair.sender_transport),
-            crate::fan::FanShape::OneToMany => (&pair.receiver, &pair.receiver_transport),
+            crate::topology::FanShape::ManyToOne => (&pair.sender, &pair.sender_transport),
+            crate::topology::FanShape::OneToMany => (&pair.receiver, &pair.receiver_transport),
         };
         let who = &many[..many.len() - 1];
         writeln!(out, "# pair {i:<6}{who} on {} (pid {}): {}", peer.hostname, peer.pid, via.memory)?;
@@ -551,7 +551,10 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
 
 /// A conversation point's mode and turns, under its row: per turn the
 /// tokens' KV moved and the transfer's median.
-fn conversation_line(c: &crate::measure::turns::ConversationFigures, out: &mut dyn Write) -> Result<()> {
+fn conversation_line(
+    c: &crate::figures::conversation::ConversationFigures,
+    out: &mut dyn Write,
+) -> Result<()> {
     let turns: Vec<String> = c
         .turns
         .iter()
@@ -691,7 +694,7 @@ fn percentile(count: u64, q: f64, ns: u64) -> String {
 /// Whether a point's request times spread too wide for its median to speak
 /// for it (as hyperfine warns of outliers): σ over a quarter of the mean, or
 /// a maximum over three medians, among at least 5 requests.
-pub fn wide_spread(l: &crate::measure::stats::LatencySummary) -> bool {
+pub fn wide_spread(l: &crate::figures::LatencySummary) -> bool {
     l.count >= 5 && (l.stdev > 0.25 * l.mean || l.max as f64 > 3.0 * l.p50 as f64)
 }
 
@@ -843,7 +846,7 @@ mod tests {
 
     #[test]
     fn a_wide_spread_needs_five_requests_and_a_long_tail_or_a_large_sigma() {
-        let l = |count, mean: f64, stdev: f64, p50, max| crate::measure::stats::LatencySummary {
+        let l = |count, mean: f64, stdev: f64, p50, max| crate::figures::LatencySummary {
             count,
             mean,
             stdev,

@@ -6,13 +6,14 @@
 
 use crate::env::EnvInfo;
 use crate::error::{Error, Result};
-use crate::fan::FanRun;
+use crate::fan::Slot;
 use crate::link;
 use crate::measure::lanes::Lane;
-use crate::measure::{self, FanSlot, Fault, RunConfig, Transports};
+use crate::measure::{self, Fault, RunConfig, Transports};
 use crate::memory::{Buffer, MemorySpec};
 use crate::plan::Plan;
 use crate::report::screen::Screen;
+use crate::report::FanRun;
 use crate::report::RunReport;
 use crate::session::{self, Control, Expectations, Hello, Msg, Role, PROTOCOL};
 use crate::transport::{self, LocalOptions, Setup, TransportInfo, TransportKind, TransportSpec};
@@ -42,7 +43,7 @@ pub fn sender_side(
     plan: Plan,
     memory: MemorySpec,
     screen: &Screen,
-    fan: Option<FanSlot>,
+    fan: Option<Slot>,
 ) -> (Option<RunReport>, Result<()>) {
     let _side = tracing::debug_span!("send", to = addr).entered();
     let spec = run.spec.clone();
@@ -110,10 +111,10 @@ pub fn sender_side(
             let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
                 .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::SendSide, buf })
                 .collect();
-            measure::lanes::run_sender(&mut sess, &mut lanes, run.fault, fan, shown)?;
+            measure::lanes::run_sender(&mut sess, &mut lanes, run.fault, fan.map(Slot::engine), shown)?;
         } else {
             let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
-            measure::run_sender(&mut sess, pair, &mut bufs[0], &cfg, fan, shown)?;
+            measure::run_sender(&mut sess, pair, &mut bufs[0], &cfg, fan.map(Slot::engine), shown)?;
         }
         // What the transport used, now that data has moved.
         let last = side_info(every_lane(transports.iter().map(|t| t.info())), &bufs[0], setup_time);
@@ -129,7 +130,7 @@ pub fn sender_side(
 
 /// What the sender proposes, and the protocol it speaks (the fault matrix
 /// breaks either on purpose).
-fn sender_hello(run: &SenderOptions, plan: Plan, fan: Option<FanSlot>) -> (Hello, u16) {
+fn sender_hello(run: &SenderOptions, plan: Plan, fan: Option<Slot>) -> (Hello, u16) {
     let hello = Hello {
         role: if run.fault == Some(Fault::WrongRole) { Role::Receiver } else { Role::Sender },
         env: EnvInfo::collect(),
@@ -147,7 +148,7 @@ fn sender_hello(run: &SenderOptions, plan: Plan, fan: Option<FanSlot>) -> (Hello
 }
 
 /// Ends a failed pair: the other pairs of its fan stop, the peer is told.
-fn fail(fan: Option<FanSlot>, ctrl: &mut Control, e: Error) -> Error {
+fn fail(fan: Option<Slot>, ctrl: &mut Control, e: Error) -> Error {
     if let Some(f) = fan {
         f.fan.fail(f.pair, &e);
     }
@@ -197,7 +198,7 @@ impl ReceiverSide {
         &self,
         mut sess: session::ReceiverSession,
         env: EnvInfo,
-        fan: Option<FanSlot>,
+        fan: Option<Slot>,
     ) -> (Option<RunReport>, Result<()>) {
         let seat = fan.map(|f| f.fan.seat(f.pair)).or(sess.hello.seat);
         if let Some(seat) = seat {
@@ -266,10 +267,24 @@ impl ReceiverSide {
                 let mut lanes: Vec<_> = (transports.iter_mut().zip(bufs.iter_mut()))
                     .map(|(t, buf)| Lane { transport: t.as_mut() as &mut dyn transport::RecvSide, buf })
                     .collect();
-                measure::lanes::run_receiver(&mut sess, &mut lanes, peak.as_ref(), fan, &mut shown)?;
+                measure::lanes::run_receiver(
+                    &mut sess,
+                    &mut lanes,
+                    peak.as_ref(),
+                    fan.map(Slot::engine),
+                    &mut shown,
+                )?;
             } else {
                 let pair = Transports { to_decode: transports[0].as_mut(), back: back.as_deref_mut() };
-                measure::run_receiver(&mut sess, pair, &mut bufs[0], &cfg, peak.as_ref(), fan, &mut shown)?;
+                measure::run_receiver(
+                    &mut sess,
+                    pair,
+                    &mut bufs[0],
+                    &cfg,
+                    peak.as_ref(),
+                    fan.map(Slot::engine),
+                    &mut shown,
+                )?;
             }
             let mut last = side_info(every_lane(transports.iter().map(|t| t.info())), &bufs[0], setup_time);
             last.detected_link = setup_info.detected_link;
@@ -328,7 +343,7 @@ impl measure::RunEvents for Shown<'_> {
         (u.0, u.1) = (u.0 + verified_bytes, u.1 + wrong_bytes);
     }
 
-    fn point(&mut self, p: &measure::PointResult) {
+    fn point(&mut self, p: &crate::figures::PointResult) {
         self.screen.point(self.report, p);
         self.report.points.push(p.clone());
         self.report.unfinished = (0, 0);

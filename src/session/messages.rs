@@ -1,29 +1,12 @@
 //! What travels on the control connection, after the fixed preamble.
 
 use crate::env::EnvInfo;
+use crate::figures::PointResult;
 use crate::link::Link;
-use crate::measure::PointResult;
 use crate::plan::Plan;
+pub use crate::topology::Role;
 use crate::transport::{TransportInfo, TransportSpec};
 use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Prefill side: owns the plan, writes the KV.
-    Sender,
-    /// Decode side: adopts the plan, receives and checks the KV.
-    Receiver,
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Sender => "sender",
-            Role::Receiver => "receiver",
-        })
-    }
-}
 
 /// The sender's proposal: the receiver adopts all of it or refuses.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -39,7 +22,7 @@ pub struct Hello {
     /// One pair of a sender's one-to-many fan: the receiver then reports
     /// each request's time back, for the sender's aggregate.
     #[serde(default)]
-    pub seat: Option<crate::fan::Seat>,
+    pub seat: Option<crate::topology::Seat>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -50,7 +33,7 @@ pub enum Msg {
         env: Box<EnvInfo>,
         /// One pair of the receiver's many-to-one fan.
         #[serde(default)]
-        seat: Option<crate::fan::Seat>,
+        seat: Option<crate::topology::Seat>,
     },
     Refuse {
         reason: String,

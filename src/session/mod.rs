@@ -62,6 +62,40 @@ pub struct Control {
 /// timeout, so that a short timeout cannot outrun the heartbeat.
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
+/// A transport's setup exchange travels as `Msg::Setup`.
+impl crate::transport::SetupChannel for Control {
+    fn send_setup(&mut self, data: serde_json::Value) -> Result<()> {
+        self.send(&Msg::Setup { data })
+    }
+
+    fn recv_setup(&mut self, awaiting: &str) -> Result<serde_json::Value> {
+        self.expect(awaiting, |m| match m {
+            Msg::Setup { data } => Ok(data),
+            other => Err(other),
+        })
+    }
+
+    fn watch(&mut self, doing: &str) -> Result<()> {
+        Control::watch(self, doing)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn peer_role(&self) -> Role {
+        self.peer_role
+    }
+}
+
 impl Control {
     /// The socket, for another protocol once the preamble is read (nothing
     /// more has come: the peer waits for an answer).
@@ -331,7 +365,7 @@ impl Control {
                 }
                 Ok(n) => done += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if is_timeout(&e) => {
+                Err(e) if net::is_timeout(&e) => {
                     // Quick steps show as sent and received; a wait is named once it lasts.
                     if !told {
                         told = true;
@@ -354,7 +388,7 @@ impl Control {
     }
 
     fn io_error(&self, e: std::io::Error, doing: &str) -> Error {
-        if is_timeout(&e) {
+        if net::is_timeout(&e) {
             return self.silent(doing, self.timeout);
         }
         Error::connection_lost(format!(
@@ -367,10 +401,6 @@ impl Control {
 /// The longest a wait on the control connection goes without looking for
 /// an operator's signal (`signals`).
 const SIGNAL_LATENCY: Duration = Duration::from_millis(100);
-
-pub fn is_timeout(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-}
 
 fn kind_of_code(code: i32) -> ErrorKind {
     [ErrorKind::Usage, ErrorKind::Integrity, ErrorKind::Gate]
@@ -396,7 +426,7 @@ pub struct SenderSession {
     pub receiver_env: EnvInfo,
     pub rtt: ControlRtt,
     /// This pair's place in the receiver's many-to-one fan, if it serves several.
-    pub seat: Option<crate::fan::Seat>,
+    pub seat: Option<crate::topology::Seat>,
 }
 
 pub fn open_sender(
@@ -519,7 +549,11 @@ pub fn accept_receiver(
 
 /// Adopts the plan of a sender whose hello was accepted, telling it its
 /// seat in a fan if it has one; answers its round-trip probes.
-pub fn welcome(sess: &mut ReceiverSession, own_env: &EnvInfo, seat: Option<crate::fan::Seat>) -> Result<()> {
+pub fn welcome(
+    sess: &mut ReceiverSession,
+    own_env: &EnvInfo,
+    seat: Option<crate::topology::Seat>,
+) -> Result<()> {
     let ctrl = &mut sess.ctrl;
     if let Err(e) = crate::hold::at("handshake", true).and_then(|_| crate::signals::check()) {
         ctrl.abort(&e);

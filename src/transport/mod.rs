@@ -20,7 +20,6 @@ pub mod ucx;
 use crate::error::{Error, Result};
 use crate::memory::{Buffer, MemoryKind};
 use crate::plan::RequestLayout;
-use crate::session::{Control, Msg};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -103,6 +102,9 @@ fn default_nixl_backend() -> String {
 }
 
 pub const DEFAULT_IN_FLIGHT: u32 = 32;
+/// A round may take the idle timeout plus what its bytes need at this rate:
+/// generous, because stalls are caught by the per-read timeout anyway.
+pub const SLOWEST_DATA_BYTES_PER_SEC: f64 = 10e6;
 /// tcp data connections of one pair, at most.
 pub const MAX_STREAMS: u32 = 64;
 /// NIXL backend worker threads, at most.
@@ -310,7 +312,7 @@ pub trait PeerLink {
 /// The side whose CUDA context runs a round's copies over GPU memory, where
 /// one side alone does (`SendSide::gpu_copier`); on one GPU the engine has
 /// it use the GPU last before each round (see measure::RunConfig).
-pub type GpuCopier = Option<crate::session::Role>;
+pub type GpuCopier = Option<crate::topology::Role>;
 
 pub trait SendSide: Send {
     fn info(&self) -> TransportInfo;
@@ -361,9 +363,24 @@ pub trait RecvSide: Send {
     ) -> Result<RoundTiming>;
 }
 
+/// What a transport's setup needs of the control connection (the session
+/// gives it): its opaque setup data each way, and a watch on the peer.
+pub trait SetupChannel {
+    fn send_setup(&mut self, data: serde_json::Value) -> Result<()>;
+    fn recv_setup(&mut self, awaiting: &str) -> Result<serde_json::Value>;
+    /// Fails once the peer has gone, aborted or fallen silent (see `PeerLink::watch`).
+    fn watch(&mut self, doing: &str) -> Result<()>;
+    /// The idle timeout both sides run under.
+    fn timeout(&self) -> std::time::Duration;
+    /// Where the peer's control connection comes from, and this side's end of it.
+    fn peer_addr(&self) -> std::net::SocketAddr;
+    fn local_addr(&self) -> std::net::SocketAddr;
+    fn peer_role(&self) -> crate::topology::Role;
+}
+
 /// The control connection lent to a transport for its setup exchange.
 pub struct Setup<'a> {
-    pub ctrl: &'a mut Control,
+    pub ctrl: &'a mut dyn SetupChannel,
     pub cookie: u64,
 }
 
@@ -371,14 +388,11 @@ impl Setup<'_> {
     pub fn send(&mut self, data: serde_json::Value) -> Result<()> {
         let keys = data.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>().join(", "));
         tracing::debug!("transport setup: sending {}", keys.unwrap_or_default());
-        self.ctrl.send(&Msg::Setup { data })
+        self.ctrl.send_setup(data)
     }
 
     pub fn recv(&mut self, awaiting: &str) -> Result<serde_json::Value> {
-        self.ctrl.expect(awaiting, |m| match m {
-            Msg::Setup { data } => Ok(data),
-            other => Err(other),
-        })
+        self.ctrl.recv_setup(awaiting)
     }
 }
 

@@ -137,7 +137,7 @@ impl Side {
         setup: &mut Setup,
     ) -> Result<Side> {
         let began = Instant::now();
-        let timeout = setup.ctrl.timeout;
+        let timeout = setup.ctrl.timeout();
         let mem = buf.gpu_mem().ok_or_else(|| {
             Error::usage(format!(
                 "transport nccl moves GPU memory; this side has {}: use --memory gpu",

@@ -26,7 +26,6 @@
 //! (a notification). Each request's steps are timed (`figures`).
 
 mod agent;
-pub mod figures;
 pub mod lib;
 pub mod proto;
 #[allow(clippy::all)]
@@ -36,12 +35,12 @@ use super::{
     hex, unhex, Completions, GpuCopier, PeerLink, Ready, RecvSide, RoundTiming, SendSide, Setup, SetupWatch,
     TransportInfo, TransportSpec,
 };
+use crate::clock::mono_ns;
 use crate::error::{Error, Result};
-use crate::measure::compute::mono_ns;
+pub use crate::figures::nixl::{NixlFigures, NixlRecords, Record};
 use crate::memory::Buffer;
 use crate::plan::{DescSpace, RequestLayout, Side as BufSide};
 use agent::{Agent, Mem, Prepped, State, XferOp};
-pub use figures::{NixlFigures, NixlRecords, Record};
 use lib::Nixl;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -359,7 +358,7 @@ impl Side {
     /// before anything is timed, on every thread of the backend (a batch
     /// of `split_batch_size` descriptors per thread).
     fn warm_up(&mut self, setup: &mut Setup, buf_len: usize, params: &[(String, String)]) -> Result<()> {
-        let deadline = Instant::now() + setup.ctrl.timeout;
+        let deadline = Instant::now() + setup.ctrl.timeout();
         let mut watch = SetupWatch { setup, what: "wiring up NIXL" };
         let what = || "moving NIXL's first transfer".to_string();
         if !self.initiator {
@@ -661,7 +660,7 @@ impl Side {
 
     /// Over GPU memory the initiator's side runs the copies (cuda_ipc).
     fn gpu_copier(&self) -> GpuCopier {
-        use crate::session::Role;
+        use crate::topology::Role;
         (self.mem == Mem::Vram).then_some(match self.op {
             NixlOp::Read => Role::Receiver,
             NixlOp::Write => Role::Sender,

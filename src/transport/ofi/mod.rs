@@ -81,7 +81,7 @@ struct Side {
     /// Completions read while doing something else, for the next wait.
     early: Vec<Finished>,
     info: TransportInfo,
-    peer_role: crate::session::Role,
+    peer_role: crate::topology::Role,
     /// Where libfabric copies GPU memory itself (shm's CUDA IPC protocol),
     /// the GPU whose legacy stream holds the copy: its cudaMemcpy between
     /// device buffers returns, and the operation completes, before the
@@ -110,7 +110,7 @@ impl Side {
             Some(m) => (m.ptr as *mut u8, Iface::Cuda(m.device.ordinal as i32)),
             None => (buf.host_slice().expect("host memory").as_ptr() as *mut u8, Iface::Host),
         };
-        let mut ep = open_endpoint(ofi, spec, iface != Iface::Host, setup.ctrl.local_addr.ip())?;
+        let mut ep = open_endpoint(ofi, spec, iface != Iface::Host, setup.ctrl.local_addr().ip())?;
         tracing::debug!(
             "libfabric {} ({}): provider {} chosen, fabric {}, domain {}",
             ofi.version,
@@ -173,13 +173,17 @@ impl Side {
         let copies_itself = provider_is(&ep.chosen.provider, "shm") && iface != Iface::Host;
         Ok(Side {
             fence: buf.device().filter(|_| copies_itself).cloned(),
-            peer_role: setup.ctrl.peer_role,
+            peer_role: setup.ctrl.peer_role(),
             ep: std::mem::ManuallyDrop::new(ep),
             failed: false,
             // Past the peer's heartbeat timeout, a call still inside libfabric is stuck.
             watchdog: Watchdog::start(
-                setup.ctrl.timeout + Duration::from_secs(2),
-                format!("provider {provider_name}, the {} at {}", setup.ctrl.peer_role, setup.ctrl.peer_addr),
+                setup.ctrl.timeout() + Duration::from_secs(2),
+                format!(
+                    "provider {provider_name}, the {} at {}",
+                    setup.ctrl.peer_role(),
+                    setup.ctrl.peer_addr()
+                ),
                 shm_file.clone(),
             ),
             shm_file,
@@ -327,8 +331,8 @@ impl Side {
     /// queue is full for now.
     fn post(&mut self, i: usize, d: Descriptor, request: u64) -> Result<bool> {
         let (me, them) = match self.peer_role {
-            crate::session::Role::Receiver => (End::Sender, End::Receiver),
-            crate::session::Role::Sender => (End::Receiver, End::Sender),
+            crate::topology::Role::Receiver => (End::Sender, End::Receiver),
+            crate::topology::Role::Sender => (End::Receiver, End::Sender),
         };
         let bytes = d.len;
         // SAFETY: the descriptor lies within the registered buffer (the layout's pool).
@@ -536,7 +540,7 @@ impl Side {
     /// receiver's for write and send, the sender's for read. A NIC's RDMA
     /// runs in no CUDA context.
     fn gpu_copier(&self) -> GpuCopier {
-        use crate::session::Role;
+        use crate::topology::Role;
         self.fence.as_ref().map(|_| match self.op {
             OfiOp::Read => Role::Sender,
             OfiOp::Write | OfiOp::Send => Role::Receiver,
@@ -557,7 +561,7 @@ impl Side {
     fn hello(&mut self, setup: &mut Setup, sender: bool) -> Result<()> {
         self.begin(0);
         let clock =
-            &mut Clock::new(Instant::now() + setup.ctrl.timeout, "opening the libfabric connection".into());
+            &mut Clock::new(Instant::now() + setup.ctrl.timeout(), "opening the libfabric connection".into());
         let watch = &mut SetupWatch { setup, what: "opening the libfabric connection" };
         let hello = tag::make(tag::HELLO, 0, 0);
         self.signal_in(tag::HELLO, clock, watch)?;

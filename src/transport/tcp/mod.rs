@@ -19,8 +19,8 @@ use super::{
 use crate::error::{Error, Result};
 use crate::memory::Buffer;
 use crate::net;
+use crate::net::is_timeout;
 use crate::plan::{RequestLayout, Side, TransferKey};
-use crate::session::is_timeout;
 use crate::units::fmt_bytes;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use std::io::{BufReader, IoSlice, Read, Write};
@@ -131,14 +131,14 @@ impl TcpSender {
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .ok_or_else(|| Error::run(format!("protocol error: bad tcp setup from the receiver: {offer}")))?;
-        let addr = SocketAddr::new(setup.ctrl.peer_addr.ip(), port);
-        let timeout = setup.ctrl.timeout;
+        let addr = SocketAddr::new(setup.ctrl.peer_addr().ip(), port);
+        let timeout = setup.ctrl.timeout();
         let deadline = Instant::now() + timeout;
         let mut streams = Vec::new();
         for idx in 0..spec.streams {
             let sock = new_socket(addr, spec.socket_buffer)?;
             // The data leaves through the interface the control connection took.
-            sock.bind(&SocketAddr::new(setup.ctrl.local_addr.ip(), 0).into())?;
+            sock.bind(&SocketAddr::new(setup.ctrl.local_addr().ip(), 0).into())?;
             let left = net::remaining(deadline).unwrap_or(Duration::from_millis(1));
             sock.connect_timeout(&addr.into(), left)
                 .map_err(|e| Error::run(format!("cannot open tcp data stream {idx} to {addr}: {e}")))?;
@@ -313,7 +313,7 @@ pub struct TcpReceiver {
 impl TcpReceiver {
     pub fn accept(spec: &TransportSpec, mut setup: Setup, buf: &Buffer) -> Result<TcpReceiver> {
         let staging = staging_for(buf, spec)?;
-        let local = SocketAddr::new(setup.ctrl.local_addr.ip(), 0);
+        let local = SocketAddr::new(setup.ctrl.local_addr().ip(), 0);
         let sock = new_socket(local, spec.socket_buffer)?;
         sock.set_reuse_address(true)?;
         sock.bind(&local.into())?;
@@ -322,7 +322,7 @@ impl TcpReceiver {
         let port = listener.local_addr()?.port();
         setup.send(serde_json::json!({ "port": port }))?;
 
-        let timeout = setup.ctrl.timeout;
+        let timeout = setup.ctrl.timeout();
         let deadline = Instant::now() + timeout;
         let n = spec.streams as usize;
         let mut slots: Vec<Option<TcpStream>> = (0..n).map(|_| None).collect();
@@ -491,7 +491,7 @@ impl Pace {
     }
 
     fn next_piece(&mut self) {
-        let piece = Duration::from_secs_f64(WRITE_BYTES as f64 / crate::measure::SLOWEST_DATA_BYTES_PER_SEC);
+        let piece = Duration::from_secs_f64(WRITE_BYTES as f64 / super::SLOWEST_DATA_BYTES_PER_SEC);
         self.piece_deadline = Instant::now() + self.timeout + piece;
         self.moved = 0;
     }

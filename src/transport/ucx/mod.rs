@@ -271,7 +271,7 @@ impl Side {
     /// Both endpoints carry a signal each way, then the side that drives the
     /// data moves one warm-up round; its lanes are then settled.
     fn warm_up(&mut self, setup: &mut Setup, sender: bool, buf_len: usize) -> Result<()> {
-        let deadline = Instant::now() + setup.ctrl.timeout;
+        let deadline = Instant::now() + setup.ctrl.timeout();
         let what = || "wiring up the UCX endpoints".to_string();
         let mut watch = SetupWatch { setup, what: "wiring up the UCX endpoints" };
         {
@@ -367,7 +367,7 @@ impl Side {
     /// tagged send (UCX 1.22's rendezvous over cuda_ipc is a "flushed write
     /// to remote"), the receiver for get.
     fn gpu_copier(&self) -> GpuCopier {
-        use crate::session::Role;
+        use crate::topology::Role;
         (self.node.mem() == MemType::Cuda).then_some(match self.op {
             UcxOp::Put | UcxOp::Send => Role::Sender,
             UcxOp::Get => Role::Receiver,

@@ -1,4 +1,11 @@
-//! Latency histograms and the figures reported for each sweep point.
+//! What a run reports, as plain data: latency histograms and the figures
+//! of each sweep point. The engine (measure) gathers them, the session
+//! carries them, report prints them; nothing here measures.
+
+pub mod conversation;
+pub mod load;
+pub mod nixl;
+pub mod prefill;
 
 use crate::error::{Error, Result};
 use crate::plan::Granularity;
@@ -82,19 +89,28 @@ pub struct PointResult {
     pub request_histogram: String,
     /// On a fan's hub, where this point is all pairs together: each pair's own figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fan: Option<crate::fan::FanFigures>,
+    pub fan: Option<FanFigures>,
     /// With emulated prefill: what the transfer adds to time-to-first-token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefill: Option<super::ttft::PrefillFigures>,
+    pub prefill: Option<prefill::PrefillFigures>,
     /// Under serving load: queueing, latency from arrival, resident bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load: Option<super::load::LoadFigures>,
+    pub load: Option<load::LoadFigures>,
     /// Multi-turn conversations: each turn's bytes and times, the mode against full.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conversation: Option<super::turns::ConversationFigures>,
+    pub conversation: Option<conversation::ConversationFigures>,
     /// NIXL: where each request's time went (transport::nixl::figures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nixl: Option<crate::transport::nixl::NixlFigures>,
+    pub nixl: Option<nixl::NixlFigures>,
+}
+
+/// An aggregate point's figures about the pairs within it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FanFigures {
+    /// Each pair's own GB/s (its bytes over its mean request time), by pair.
+    pub pair_gbps: Vec<f64>,
+    /// Every pair's request times merged: the tail an incast adds.
+    pub pair_request_ns: LatencySummary,
 }
 
 pub fn encode_histogram(h: &Histogram<u64>) -> String {

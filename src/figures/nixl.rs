@@ -13,7 +13,7 @@
 //!   where both clocks are CLOCK_MONOTONIC);
 //! - NIXL's own post and transfer durations (`get_xfer_telemetry`).
 
-use crate::measure::stats::{self, LatencySummary};
+use super::{self as figures, LatencySummary};
 use crate::plan::Plan;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -177,16 +177,16 @@ fn of(rs: &[(Record, Option<u64>)]) -> NixlFigures {
     let mut histograms = BTreeMap::new();
     let mut summaries = Vec::new();
     for (name, get) in steps {
-        let mut h = stats::new_histogram();
+        let mut h = figures::new_histogram();
         rs.iter().for_each(|(r, _)| h.saturating_record(get(r).max(1)));
         summaries.push(LatencySummary::of(&h));
-        histograms.insert(name.to_string(), stats::encode_histogram(&h));
+        histograms.insert(name.to_string(), figures::encode_histogram(&h));
     }
     let notified: Vec<u64> = rs.iter().filter_map(|(_, n)| *n).collect();
     let notified_ns = (!notified.is_empty()).then(|| {
-        let mut h = stats::new_histogram();
+        let mut h = figures::new_histogram();
         notified.iter().for_each(|n| h.saturating_record((*n).max(1)));
-        histograms.insert("notified".to_string(), stats::encode_histogram(&h));
+        histograms.insert("notified".to_string(), figures::encode_histogram(&h));
         LatencySummary::of(&h)
     });
     let mut merged: Vec<u64> = rs.iter().map(|(r, _)| r.merged).collect();
