@@ -8,17 +8,19 @@
 use crate::error::{Error, Result};
 use crate::figures::conversation::{ConversationFigures, TurnFigures};
 use crate::figures::load::LoadFigures;
+use crate::figures::prefill::PrefillFigures;
 use crate::figures::FanFigures;
 use crate::figures::{self, LatencySummary, PointResult};
 use crate::measure::compute::SharedCompute;
 use crate::measure::lanes::{SharedDecode, SharedFigures};
+use crate::measure::ttft::{PrefillOfPoint, Share, TtftTally};
 use crate::measure::{FanSlot, Pairs};
 use crate::net;
 use crate::report::RunReport;
 use crate::schedule::residency::Residency;
 use crate::topology::{FanShape, Seat};
 use hdrhistogram::Histogram;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -45,6 +47,10 @@ pub struct Fan {
     /// At a one-to-many hub with emulated prefill: the prefill instance's
     /// (or rank's) compute, which every pair's requests share.
     pub compute: OnceLock<SharedCompute>,
+    /// At a many-to-one hub in lockstep with emulated prefill: by point,
+    /// every pair's added TTFT (each pair its own prefill instance).
+    /// At a P x D decode rank, each request's shares joined.
+    prefill: Mutex<HashMap<usize, (Option<PrefillOfPoint>, TtftTally)>>,
 }
 
 #[derive(Default)]
@@ -78,6 +84,7 @@ impl Fan {
             shares: false,
             instances: 1,
             compute: OnceLock::new(),
+            prefill: Mutex::new(HashMap::new()),
             joined: Mutex::new(vec![None; pairs]),
             sync: Mutex::new(Barrier::default()),
             turn: Condvar::new(),
@@ -122,6 +129,23 @@ impl Fan {
     /// Pair `pair` is set up and about to measure; its report so far.
     pub fn joined(&self, pair: usize, report: &RunReport) {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())[pair] = Some(report.clone());
+    }
+}
+
+impl Fan {
+    /// In lockstep, a point's prefill figures: at a many-to-one hub every
+    /// pair's requests (each pair its own prefill instance; at a P x D
+    /// decode rank each request's shares joined); none at a one-to-many
+    /// hub, whose receivers each hold their own (the pairs' reports).
+    fn lockstep_prefill(&self, point: &PointResult) -> Option<PrefillFigures> {
+        let (of, ttft) = self.prefill.lock().unwrap_or_else(|p| p.into_inner()).remove(&point.point)?;
+        let of = of?;
+        // A P x D request's transfer is the round (its shares); else a pair's own.
+        let alone_p50 = match (self.shares, &point.fan) {
+            (false, Some(f)) => f.pair_request_ns.p50,
+            _ => point.request_ns.p50,
+        };
+        Some(of.figures(&ttft, alone_p50))
     }
 }
 
@@ -215,6 +239,9 @@ impl Pairs for Fan {
         let mut point = aggregate(&results, &t.spans, t.first_span_ns, shared);
         aggregate_turns(&mut point, &results, &t.turn_spans);
         t.turn_spans.clear();
+        if point.load.is_none() {
+            point.prefill = self.lockstep_prefill(&point);
+        }
         if point.load.is_some() && !self.shares {
             // Each pair's requests are its own: the row names one request.
             point.request_bytes = results[0].request_bytes;
@@ -243,6 +270,20 @@ impl Pairs for Fan {
 
     fn compute(&self) -> Option<&SharedCompute> {
         self.compute.get()
+    }
+
+    fn prefill_done(&self, point: usize, of: &PrefillOfPoint, tally: &TtftTally) {
+        let mut prefill = self.prefill.lock().unwrap_or_else(|p| p.into_inner());
+        let (each, all) = prefill.entry(point).or_insert_with(|| (None, TtftTally::new(true)));
+        *each = Some(of.clone());
+        if !self.shares {
+            all.merge(tally);
+        }
+    }
+
+    fn prefill_share(&self, point: usize, share: Share) {
+        let mut prefill = self.prefill.lock().unwrap_or_else(|p| p.into_inner());
+        prefill.entry(point).or_insert_with(|| (None, TtftTally::new(true))).1.share(share);
     }
 }
 

@@ -568,14 +568,7 @@ fn conversations_in_a_one_to_two_fan() {
 /// (each receiver gets the same runs), every request computed as it goes.
 #[test]
 fn one_prefill_instance_into_two_decode_instances_computes_for_both() {
-    let dir = tempfile::tempdir().unwrap();
-    let rx: Vec<(Proc, String)> = (0..2)
-        .map(|r| receiver("127.0.0.1:0", &["--json", &path(&dir, &format!("r{r}.json")), "-q"]))
-        .collect();
-    let connect = format!("{},{}", rx[0].1, rx[1].1);
     let args = [
-        "--connect",
-        &connect,
         "-m",
         "llama-3.1-8b",
         "-g",
@@ -594,7 +587,25 @@ fn one_prefill_instance_into_two_decode_instances_computes_for_both() {
         "2",
         "-q",
     ];
-    run(SEND, &args, secs(60)).expect_code(0);
+    let (receivers, _) = one_into_two(&args);
+    let f: Vec<&Value> = receivers.iter().map(|r| &r["points"][0]["prefill"]).collect();
+    for one in &f {
+        computed(one, 6, "receiver");
+    }
+    assert_eq!(f[0]["alone_ns"], f[1]["alone_ns"], "timed alone once, for both");
+}
+
+/// One sender into two receivers, each with its JSON report: the
+/// receivers' reports and the sender's.
+fn one_into_two(args: &[&str]) -> (Vec<Value>, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let rx: Vec<(Proc, String)> = (0..2)
+        .map(|r| receiver("127.0.0.1:0", &["--json", &path(&dir, &format!("r{r}.json")), "-q"]))
+        .collect();
+    let connect = format!("{},{}", rx[0].1, rx[1].1);
+    let hub = path(&dir, "hub.json");
+    run(SEND, &[&["--connect", connect.as_str(), "--json", hub.as_str()][..], args].concat(), secs(60))
+        .expect_code(0);
     let reports: Vec<Value> = rx
         .into_iter()
         .enumerate()
@@ -603,12 +614,7 @@ fn one_prefill_instance_into_two_decode_instances_computes_for_both() {
             json(&dir.path().join(format!("r{r}.json")))
         })
         .collect();
-    let f: Vec<&Value> = reports.iter().map(|r| &r["points"][0]["prefill"]).collect();
-    for one in &f {
-        assert_eq!(one["added_ns"]["count"], 6, "{one}");
-        assert!(one["during_ns"]["min"].as_u64().unwrap() >= 2_970_000, "{one}");
-    }
-    assert_eq!(f[0]["alone_ns"], f[1]["alone_ns"], "timed alone once, for both");
+    (reports, json(&dir.path().join("hub.json")))
 }
 
 /// What a fan does not run yet is refused with its reason, never run and
@@ -616,17 +622,91 @@ fn one_prefill_instance_into_two_decode_instances_computes_for_both() {
 #[test]
 fn what_a_fan_does_not_run_yet_is_refused() {
     let two = ["--connect", "127.0.0.1:9,127.0.0.1:10"];
-    let f = run(SEND, &[&two[..], &["-p", "128", "--prefill-ms", "128:5"]].concat(), secs(10));
-    f.expect_code(2).expect_stderr("emulated prefill in a fan without --arrivals runs one pair at a time");
     let turns = ["--turns", "2", "--turn-tokens", "64", "--arrivals", "poisson:5"];
     let f = run(SEND, &[&two[..], &turns].concat(), secs(10));
     f.expect_code(2).expect_stderr("--turns under --arrivals runs one pair at a time, not in a fan");
-    // A many-to-one hub runs prefill on lanes, under arrivals only.
-    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "-q"]);
-    let lockstep = ["--connect", addr.as_str(), "-p", "16", "-n", "2", "--prefill-ms", "16:1", "-q"];
-    let senders: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &lockstep)).collect();
-    recv.finish(secs(30)).expect_code(2).expect_stderr("emulated prefill in a fan without --arrivals");
+}
+
+/// Back to back (fan rounds in lockstep), each request's prefill computed
+/// layer by layer as it goes: 16 tokens of Llama-3.1-8B asked 3 ms, four
+/// timed requests and a warm-up a pair.
+const LOCKSTEP_PREFILL: [&str; 12] =
+    ["-m", "llama-3.1-8b", "-p", "16", "-n", "4", "-w", "1", "--prefill-ms", "16:3", "--overlap", "layer"];
+
+/// A point's prefill figures hold `n` requests, each computed at least
+/// the asked 3 ms (1% for the clock), and a TTFT never below its compute.
+fn computed(f: &Value, n: u64, what: &str) {
+    assert_eq!(f["added_ns"]["count"], n, "{what}: {f}");
+    assert!(f["during_ns"]["min"].as_u64().unwrap() >= 2_970_000, "{what}: {f}");
+    assert!(f["ttft_ns"]["min"].as_u64() >= f["during_ns"]["min"].as_u64(), "{what}: {f}");
+}
+
+/// Two prefill instances into one decode instance in lockstep: the hub's
+/// row holds every pair's requests' added TTFT (eight), each pair's report
+/// its own four.
+#[test]
+fn two_senders_in_lockstep_with_emulated_prefill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "--json", &path(&dir, "hub.json"), "-q"]);
+    let args = [&["--connect", addr.as_str(), "-q"][..], &LOCKSTEP_PREFILL].concat();
+    let senders: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &args)).collect();
     for s in senders {
-        assert_ne!(s.finish(secs(30)).code, Some(0));
+        s.finish(secs(60)).expect_code(0);
+    }
+    recv.finish(secs(20)).expect_code(0);
+    let hub = json(&dir.path().join("hub.json"));
+    let agg = &hub["points"][0];
+    assert_eq!((hub["outcome"].as_str(), agg["wrong_bytes"].as_u64()), (Some("ok"), Some(0)));
+    // Four rounds of two requests (the first phase), and every request's added TTFT.
+    assert_eq!(agg["request_ns"]["count"], 4);
+    computed(&agg["prefill"], 8, "hub");
+    for r in hub["fan"]["pair_reports"].as_array().unwrap() {
+        computed(&r["points"][0]["prefill"], 4, "pair");
+    }
+}
+
+/// One prefill instance into two decode instances in lockstep: one
+/// compute for both pairs, timed alone once (each receiver gets the same
+/// runs), each receiver's report its own requests' added TTFT; the
+/// sender's row, whose requests no single process sees land, holds none.
+#[test]
+fn one_sender_in_lockstep_with_emulated_prefill_computes_for_both() {
+    let (receivers, hub) = one_into_two(&[&["-q"][..], &LOCKSTEP_PREFILL].concat());
+    let f: Vec<&Value> = receivers.iter().map(|r| &r["points"][0]["prefill"]).collect();
+    for one in &f {
+        computed(one, 4, "receiver");
+    }
+    assert_eq!(f[0]["alone_ns"], f[1]["alone_ns"], "timed alone once, for both");
+    let agg = &hub["points"][0];
+    assert!(agg["prefill"].is_null(), "{}", agg["prefill"]);
+    assert_eq!(agg["request_ns"]["count"], 4);
+}
+
+/// Prefill at TP 2 into decode at TP 1 in lockstep, each prefill rank
+/// computing as its share goes: the decode rank joins a request's two
+/// shares into one added TTFT (four, not eight); each rank's report holds
+/// its own shares'.
+#[test]
+fn p2_to_d1_in_lockstep_with_emulated_prefill_counts_each_request_s_ttft_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, addr) = receiver("127.0.0.1:0", &["--json", &path(&dir, "d0.json")]);
+    let ranks: Vec<Proc> = (0..2)
+        .map(|p| {
+            let rank = p.to_string();
+            let tp = ["--prefill-tp", "2", "--decode-tp", "1", "--prefill-rank", &rank, "-g", "block"];
+            let more = ["--block-size", "16", "--connect", addr.as_str(), "-q"];
+            Proc::start(SEND, &[&tp[..], &more, &LOCKSTEP_PREFILL].concat())
+        })
+        .collect();
+    for r in ranks {
+        r.finish(secs(60)).expect_code(0);
+    }
+    recv.finish(secs(20)).expect_code(0);
+    let hub = json(&dir.path().join("d0.json"));
+    let agg = &hub["points"][0];
+    assert_eq!((hub["outcome"].as_str(), agg["wrong_bytes"].as_u64()), (Some("ok"), Some(0)));
+    computed(&agg["prefill"], 4, "decode rank");
+    for r in hub["fan"]["pair_reports"].as_array().unwrap() {
+        computed(&r["points"][0]["prefill"], 4, "share");
     }
 }

@@ -16,7 +16,7 @@
 
 use super::compute::{self, Compute, Computing, SharedCompute};
 use super::load::{Admit, Landing, LoadTally};
-use super::ttft::{Computed, PrefillOfPoint, TtftTally};
+use super::ttft::{Computed, PrefillOfPoint, Share, TtftTally};
 use super::Pairs;
 use super::{
     allowance, check_behind, point_result, spill_to_pool, wait_until_by, write_request, FanSlot, Fault,
@@ -832,7 +832,8 @@ impl LaneContext<'_, '_> {
         };
         if let Some(shared) = self.shared_ttft {
             let key = self.key_base + (it % plan.phase_len(self.point)) as u64;
-            lock(shared).share(key, self.shares, tokens, go, last, c, measured);
+            let shares = self.shares;
+            lock(shared).share(Share { key, shares, tokens, go, last, computed: c, measured });
         }
         Ok(())
     }

@@ -144,6 +144,13 @@ pub trait Pairs: Sync {
     fn decode(&self) -> Option<&SharedDecode>;
     /// At a one-to-many hub with emulated prefill: the compute the pairs share.
     fn compute(&self) -> Option<&SharedCompute>;
+    /// At a many-to-one hub in lockstep, with emulated prefill: a pair's
+    /// account of point `point`'s requests (before its `point_done`), for
+    /// the added TTFT of every pair's requests together.
+    fn prefill_done(&self, point: usize, of: &ttft::PrefillOfPoint, tally: &ttft::TtftTally);
+    /// The same at a P x D decode rank, whose pairs carry shares of each
+    /// request: each share as it lands, to be joined into its request.
+    fn prefill_share(&self, point: usize, share: ttft::Share);
 }
 
 /// This pair's place at a fan's hub: its rounds wait for the other pairs'.
@@ -171,16 +178,13 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
-/// What a fan does not run yet: conversations under arrivals (lanes know
-/// no turns), and emulated prefill without --arrivals (fan rounds in
-/// lockstep keep no prefill phase; under arrivals each pair runs lanes).
+/// What a fan does not run yet: conversations under arrivals (a fan under
+/// load runs lanes, which know no turns).
 pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
-    let what = match (&plan.prefill, &plan.load) {
-        (Some(_), None) => "emulated prefill in a fan without --arrivals",
-        _ if plan.conversation.is_some() && plan.load.is_some() => "--turns under --arrivals",
-        _ => return Ok(()),
-    };
-    Err(Error::usage(format!("{what} runs one pair at a time, not in a fan (yet)")))
+    if plan.conversation.is_some() && plan.load.is_some() {
+        return Err(Error::usage("--turns under --arrivals runs one pair at a time, not in a fan (yet)"));
+    }
+    Ok(())
 }
 
 /// Whether a side runs its requests on lanes (`lanes`): several requests

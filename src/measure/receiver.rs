@@ -7,7 +7,7 @@
 //! region. Each point ends with its figures, sent to the sender.
 
 use super::load::{Landing, LoadTally};
-use super::ttft::{Computed, PrefillOfPoint, TtftTally};
+use super::ttft::{Computed, PrefillOfPoint, Share, TtftTally};
 use super::turns::{self, TurnsTally};
 use super::{
     allowance, arrive, not_in_a_fan, point_result, prefill_allowance, spill_to_pool, FanSlot, PointResult,
@@ -70,6 +70,9 @@ pub fn run_receiver(
         let mut tally = PointTally::new(&plan, &point, same_host);
         for it in 0..plan.requests_in(&point) {
             r.request(&point, it, &mut tally, events)?;
+        }
+        if let (Some(f), Some(of)) = (fan, PrefillOfPoint::of(&plan, &point)) {
+            f.fan.prefill_done(point.index, &of, &tally.ttft);
         }
         let result = tally.result(&plan, &point, link)?;
         r.ctrl.send(&Msg::PointDone { result: Box::new(result.clone()) })?;
@@ -285,7 +288,26 @@ impl Receiver<'_> {
         })?;
         let tokens = point.layout_at(self.plan.warmup, it).tokens;
         ttft.request(tokens, got.go_mono, got.last_mono, c, self.plan.measured(point, it));
+        self.share_with_hub(point, it, got, Some(ttft.place(got.go_mono, c)));
         Ok(())
+    }
+
+    /// A P x D decode rank in lockstep, with emulated prefill: this pair's
+    /// share of the request, for the hub to join with the other ranks'.
+    fn share_with_hub(&self, point: &Point, it: u32, got: &Received, computed: Option<Computed>) {
+        let (Some(f), Some(t), Some(_)) = (self.fan, &self.plan.tp, &self.plan.prefill) else { return };
+        f.fan.prefill_share(
+            point.index,
+            Share {
+                key: ((t.instance as u64) << 32) + (it % self.plan.phase_len(point)) as u64,
+                shares: f.fan.pairs() / t.instances.max(1) as usize,
+                tokens: point.layout_at(self.plan.warmup, it).tokens,
+                go: got.go_mono,
+                last: got.last_mono,
+                computed,
+                measured: self.plan.measured(point, it),
+            },
+        );
     }
 
     /// A request's time, into the point's figures (and a fan's rounds).
@@ -313,6 +335,7 @@ impl Receiver<'_> {
         if let Some(f) = self.fan {
             let turn = point.turn_named(plan.warmup, it).map(|(_, turn)| turn);
             f.fan.finish(f.pair, plan.measured(point, it), got.t0, request_ns, turn);
+            self.share_with_hub(point, it, got, None);
         }
         events.request(point.index, it, bytes, request_ns);
         if it == 0 {

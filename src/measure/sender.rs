@@ -29,9 +29,13 @@ pub fn run_sender(
 ) -> Result<Vec<PointResult>> {
     let Transports { to_decode, back } = transports;
     let plan = sess.hello.plan.clone();
-    let compute: Option<Arc<dyn Compute>> = match &plan.prefill {
-        Some(_) => Some(Arc::from(compute::for_buffer(buf)?)),
-        None => None,
+    // One prefill instance: at a one-to-many hub, its pairs' requests
+    // compute one after another on one compute (a P x D request once).
+    let shared = fan.and_then(|f| f.fan.compute());
+    let compute: Option<Arc<dyn Compute>> = match (&plan.prefill, shared) {
+        (Some(_), Some(s)) => Some(s.compute(buf)?),
+        (Some(_), None) => Some(Arc::from(compute::for_buffer(buf)?)),
+        (None, _) => None,
     };
     let copier = cfg.copier(&plan, to_decode.gpu_copier());
     // Requests that differ in nothing the sender writes between them.
@@ -89,7 +93,7 @@ struct Sender<'a> {
     filled: bool,
 }
 
-impl Sender<'_> {
+impl<'a> Sender<'a> {
     /// Request `it` of `point`, from its compute (if any) to its last word.
     fn request(
         &mut self,
@@ -144,7 +148,10 @@ impl Sender<'_> {
         it: u32,
         layout: &'c RequestLayout,
         compute: Option<&'c dyn Compute>,
-    ) -> Result<Option<Computing<'c>>> {
+    ) -> Result<Option<Computing<'c>>>
+    where
+        'a: 'c,
+    {
         let plan = self.plan;
         let (Some(c), Some(alone_ns), Some(prefill)) = (compute, &point.prefill_ns, &plan.prefill) else {
             return Ok(None);
@@ -152,13 +159,29 @@ impl Sender<'_> {
         if !plan.computes(point, it) {
             return Ok(None);
         }
+        let shared = self.fan.and_then(|f| Some((f, f.fan.compute()?)));
         if it == plan.phase_len(point) {
-            let runs_ns = compute::alone_for_point(c, plan, point, self.ctrl)?;
+            let time = |ctrl: &mut Control| compute::alone_for_point(c, plan, point, ctrl);
+            let runs_ns = match shared {
+                Some((_, s)) => s.alone(point.index, self.ctrl, time)?,
+                None => time(self.ctrl)?,
+            };
             let (compute, control_rtt_ns) = (c.describe(), self.rtt_ns);
             self.ctrl.send(&Msg::ComputeAlone { point: point.index, runs_ns, compute, control_rtt_ns })?;
         }
         let layer_ns = plan.layer_ns_at(point, it).unwrap_or_else(|| alone_ns.clone());
-        Ok(Some(Computing::new(c, layout, layer_ns, prefill.overlap)))
+        let computing = Computing::new(c, layout, layer_ns, prefill.overlap);
+        Ok(Some(match shared {
+            // The hub's pairs go in lockstep: a round's requests compute
+            // one after another, each once (a P x D request's shares share it).
+            Some((f, s)) => {
+                let key_base = if plan.tp.is_none() { (f.pair as u64) << 40 } else { 0 };
+                computing
+                    .behind(f.fan.pairs() as u32 - 1)
+                    .keyed(s, key_base + plan.request_id(point.index, it))
+            }
+            None => computing,
+        }))
     }
 
     /// Says ready (unless said early) and waits for the receiver's go; a
@@ -217,7 +240,8 @@ impl Sender<'_> {
         start: Instant,
         deadline: Instant,
     ) -> Result<()> {
-        if let Some(f) = self.fan {
+        // A computing request's time is the receiver's own (its added TTFT).
+        if let Some(f) = self.fan.filter(|_| !self.plan.computes(point, it)) {
             let awaiting = format!("waiting for the time of {}", Req(request));
             let ns = self.ctrl.expect_by(deadline, &awaiting, |m| match m {
                 Msg::Took { request: r, ns } if r == request => Ok(ns),

@@ -39,6 +39,21 @@ pub struct Computed {
     pub ended: u64,
 }
 
+/// One share of request `key`: a P x D decode rank reads one from each of
+/// its prefill ranks (`shares` of them), from its go to its last byte, with
+/// its rank's compute on the tally's clock (see `TtftTally::place`), or
+/// none in the phase without compute.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub key: u64,
+    pub shares: usize,
+    pub tokens: u32,
+    pub go: u64,
+    pub last: u64,
+    pub computed: Option<Computed>,
+    pub measured: bool,
+}
+
 /// The receiver's tally of a point's computing requests.
 pub struct TtftTally {
     same_host: bool,
@@ -98,23 +113,11 @@ impl TtftTally {
         }
     }
 
-    /// A share of request `key` (a P x D decode rank reads one from each
-    /// of its prefill ranks), its compute `c` on this tally's clock (see
-    /// `place`), or none in the phase without compute: once all `shares`
-    /// are in, the request counts whole, from its first share's go to its
-    /// last share's last byte, and its added TTFT from the later rank's
-    /// last layer.
-    #[allow(clippy::too_many_arguments)]
-    pub fn share(
-        &mut self,
-        key: u64,
-        shares: usize,
-        tokens: u32,
-        go: u64,
-        last: u64,
-        c: Option<Computed>,
-        measured: bool,
-    ) {
+    /// A share of a request (see `Share`): once all its shares are in, the
+    /// request counts whole, from its first share's go to its last share's
+    /// last byte, and its added TTFT from the later rank's last layer.
+    pub fn share(&mut self, s: Share) {
+        let Share { key, shares, tokens, go, last, computed: c, measured } = s;
         let joined = self.pending.entry(key).or_insert((0, go, last, c));
         joined.0 += 1;
         joined.1 = joined.1.min(go);

@@ -1377,12 +1377,6 @@ impl Plan {
                 "--prefill-tp/--decode-tp run with --arrivals or back to back: not with --turns yet",
             ));
         }
-        if self.prefill.is_some() && self.load.is_none() {
-            return Err(Error::usage(
-                "--prefill-tp/--decode-tp with emulated prefill run under --arrivals (a decode rank's prefill \
-                 ranks' requests on lanes)",
-            ));
-        }
         if let Some((p, d)) = t.pair {
             t.topology.cut(&self.shape.model, self.shape.block_size, p, d)?;
         }
