@@ -335,7 +335,11 @@ pub fn aggregate(
     agg.percent_of_peak = None;
     // Message times are each pair's own; the pairs' figures below say more.
     agg.message_ns = LatencySummary::default();
-    agg.first_request_ns = first_span_ns;
+    // Under load no rounds: the slowest pair's first request.
+    agg.first_request_ns = match first_span_ns {
+        0 => results.iter().map(|r| r.first_request_ns).max().unwrap_or(0),
+        ns => ns,
+    };
     agg.verified_bytes = results.iter().map(|r| r.verified_bytes).sum();
     agg.wrong_bytes = results.iter().map(|r| r.wrong_bytes).sum();
     agg.first_wrong = results
@@ -386,6 +390,10 @@ fn aggregate_turns(
 ) {
     let Some(mut f) = agg.conversation.clone() else { return };
     let pairs: Vec<&ConversationFigures> = results.iter().filter_map(|r| r.conversation.as_ref()).collect();
+    if agg.load.is_some() {
+        agg.conversation = Some(turns_apart(f, &pairs));
+        return;
+    }
     let sum = |each: fn(&ConversationFigures) -> u64| pairs.iter().map(|c| each(c)).sum::<u64>();
     (f.bytes, f.full_bytes) = (sum(|c| c.bytes), sum(|c| c.full_bytes));
     f.regions = pairs.iter().map(|c| c.regions).sum();
@@ -405,6 +413,34 @@ fn aggregate_turns(
     agg.request_bytes = f.bytes as usize;
     agg.gbps = crate::units::gbps(f.bytes, mean_ns);
     agg.conversation = Some(f);
+}
+
+/// A fan of conversations under arrivals, each pair's its own: a turn's
+/// bytes are a conversation's (the pairs' mean), its transfers every
+/// pair's conversations' merged, its way back the slowest pair's; the
+/// row's rate stays the pairs' summed (`aggregate`).
+fn turns_apart(mut f: ConversationFigures, pairs: &[&ConversationFigures]) -> ConversationFigures {
+    let n = pairs.len().max(1) as u64;
+    let mean = |each: &dyn Fn(&ConversationFigures) -> u64| pairs.iter().map(|c| each(c)).sum::<u64>() / n;
+    (f.bytes, f.full_bytes) = (mean(&|c| c.bytes), mean(&|c| c.full_bytes));
+    f.conversations = pairs.iter().map(|c| c.conversations).sum();
+    f.regions = pairs.iter().map(|c| c.regions).sum();
+    for (i, turn) in f.turns.iter_mut().enumerate() {
+        let each: Vec<&TurnFigures> = pairs.iter().filter_map(|c| c.turns.get(i)).collect();
+        let k = each.len().max(1) as u64;
+        turn.bytes = each.iter().map(|t| t.bytes).sum::<u64>() / k;
+        turn.back_bytes = each.iter().map(|t| t.back_bytes).sum::<u64>() / k;
+        turn.cumulative_bytes = each.iter().map(|t| t.cumulative_bytes).sum::<u64>() / k;
+        let mut merged = figures::new_histogram();
+        for h in each.iter().filter_map(|t| figures::decode_histogram(&t.transfer_histogram).ok()) {
+            merged.add(&h).expect("same bounds");
+        }
+        turn.transfer_ns = LatencySummary::of(&merged);
+        turn.transfer_histogram = figures::encode_histogram(&merged);
+        let slowest_back = each.iter().max_by(|a, b| a.back_ns.mean.total_cmp(&b.back_ns.mean));
+        turn.back_ns = slowest_back.map(|t| t.back_ns.clone()).unwrap_or_default();
+    }
+    f
 }
 
 /// Independent pairs' load figures as one (a one-to-many hub: each decode

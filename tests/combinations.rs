@@ -617,14 +617,70 @@ fn one_into_two(args: &[&str]) -> (Vec<Value>, Value) {
     (reports, json(&dir.path().join("hub.json")))
 }
 
-/// What a fan does not run yet is refused with its reason, never run and
-/// left uncounted.
+/// Conversations under Poisson arrivals: three conversations of three
+/// turns a pair, full and delta.
+const TURNS_UNDER_LOAD: [&str; 16] = [
+    "-m",
+    "llama-3.1-8b",
+    "--block-size",
+    "16",
+    "--turns",
+    "3",
+    "--turn-tokens",
+    "64:16",
+    "--multi-turn",
+    "full,delta",
+    "-n",
+    "3",
+    "--arrivals",
+    "poisson:20",
+    "--seed",
+    "3",
+];
+
+/// A fan's row of conversations under arrivals, each pair's its own: every
+/// pair's nine turns counted, each turn's transfers every pair's, its
+/// bytes a conversation's, 0 wrong bytes.
+fn turns_apart(hub: &Value, what: &str) {
+    assert_eq!((hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()), (Some("ok"), Some(0)), "{what}");
+    let pairs: Vec<&Value> = hub["fan"]["pair_reports"].as_array().unwrap().iter().collect();
+    assert_eq!(pairs.len(), 2, "{what}");
+    for (i, agg) in hub["points"].as_array().unwrap().iter().enumerate() {
+        // Three conversations of three turns a pair, each turn its own arrival.
+        assert_eq!(agg["load"]["latency_ns"]["count"], 18, "{what} point {i}");
+        let c = &agg["conversation"];
+        assert_eq!(c["conversations"], 6, "{what} point {i}");
+        for (t, turn) in c["turns"].as_array().unwrap().iter().enumerate() {
+            let theirs: Vec<&Value> =
+                pairs.iter().map(|r| &r["points"][i]["conversation"]["turns"][t]).collect();
+            assert_eq!(turn["bytes"], theirs[0]["bytes"], "{what} point {i} turn {t}: a conversation's");
+            let count: u64 = theirs.iter().map(|o| o["transfer_ns"]["count"].as_u64().unwrap()).sum();
+            assert_eq!(turn["transfer_ns"]["count"].as_u64(), Some(count), "{what} point {i} turn {t}");
+        }
+    }
+}
+
+/// Conversations under arrivals in a fan, each pair its own arrivals and
+/// conversations: two prefill instances into one decode instance, and one
+/// into two.
 #[test]
-fn what_a_fan_does_not_run_yet_is_refused() {
-    let two = ["--connect", "127.0.0.1:9,127.0.0.1:10"];
-    let turns = ["--turns", "2", "--turn-tokens", "64", "--arrivals", "poisson:5"];
-    let f = run(SEND, &[&two[..], &turns].concat(), secs(10));
-    f.expect_code(2).expect_stderr("--turns under --arrivals runs one pair at a time, not in a fan");
+fn conversations_under_arrivals_in_fans() {
+    turns_apart(&two_into_one(&TURNS_UNDER_LOAD), "2->1");
+    let (_, hub) = one_into_two(&[&["-q"][..], &TURNS_UNDER_LOAD].concat());
+    turns_apart(&hub, "1->2");
+}
+
+/// Two senders, each with `args`, into one receiver: the receiver's report.
+fn two_into_one(args: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "--json", &path(&dir, "hub.json"), "-q"]);
+    let args = [&["--connect", addr.as_str(), "-q"][..], args].concat();
+    let senders: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &args)).collect();
+    for s in senders {
+        s.finish(secs(60)).expect_code(0);
+    }
+    recv.finish(secs(20)).expect_code(0);
+    json(&dir.path().join("hub.json"))
 }
 
 /// Back to back (fan rounds in lockstep), each request's prefill computed
@@ -646,15 +702,7 @@ fn computed(f: &Value, n: u64, what: &str) {
 /// its own four.
 #[test]
 fn two_senders_in_lockstep_with_emulated_prefill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "--json", &path(&dir, "hub.json"), "-q"]);
-    let args = [&["--connect", addr.as_str(), "-q"][..], &LOCKSTEP_PREFILL].concat();
-    let senders: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &args)).collect();
-    for s in senders {
-        s.finish(secs(60)).expect_code(0);
-    }
-    recv.finish(secs(20)).expect_code(0);
-    let hub = json(&dir.path().join("hub.json"));
+    let hub = two_into_one(&LOCKSTEP_PREFILL);
     let agg = &hub["points"][0];
     assert_eq!((hub["outcome"].as_str(), agg["wrong_bytes"].as_u64()), (Some("ok"), Some(0)));
     // Four rounds of two requests (the first phase), and every request's added TTFT.

@@ -35,7 +35,6 @@ use crate::env::EnvInfo;
 use crate::error::{Error, Result};
 use crate::gpu;
 use crate::kv::presets;
-use crate::measure;
 use crate::memory::{self, MemoryKind, MemorySpec};
 use crate::net;
 use crate::plan::Plan;

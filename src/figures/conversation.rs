@@ -42,6 +42,10 @@ pub struct TurnFigures {
     pub messages: usize,
     /// Each conversation's transfer of the turn, go to last byte; empty where nothing moves.
     pub transfer_ns: LatencySummary,
+    /// Its histogram, HdrHistogram V2 + DEFLATE, base64 (a fan's hub
+    /// under arrivals merges its pairs').
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub transfer_histogram: String,
     /// The KV back to prefill, as prefill timed it; empty where none came back.
     #[serde(default)]
     pub back_ns: LatencySummary,

@@ -160,6 +160,12 @@ pub struct FanSlot<'a> {
     pub pair: usize,
 }
 
+/// The fan whose rounds a pair starts with the others': back to back, in
+/// lockstep; under arrivals each pair's requests go at their own times.
+fn in_lockstep<'a>(fan: Option<FanSlot<'a>>, plan: &Plan) -> Option<FanSlot<'a>> {
+    fan.filter(|_| plan.load.is_none())
+}
+
 pub(crate) use crate::transport::SLOWEST_DATA_BYTES_PER_SEC;
 /// Writing or checking a request's pattern is assumed at least this fast
 /// (measured: 4+ GB/s on two host cores, far more on a GPU).
@@ -178,20 +184,13 @@ fn expect_finish(ctrl: &mut Control) -> Result<()> {
     })
 }
 
-/// What a fan does not run yet: conversations under arrivals (a fan under
-/// load runs lanes, which know no turns).
-pub fn not_in_a_fan(plan: &Plan) -> Result<()> {
-    if plan.conversation.is_some() && plan.load.is_some() {
-        return Err(Error::usage("--turns under --arrivals runs one pair at a time, not in a fan (yet)"));
-    }
-    Ok(())
-}
-
 /// Whether a side runs its requests on lanes (`lanes`): several requests
 /// in flight, or any load in a fan, whose pairs each keep their own
 /// arrivals (many-to-one: into one decode instance, `lanes::SharedDecode`).
+/// Conversations under arrivals go one turn at a time on one lane, each
+/// pair's its own: the one-lane engine, its rounds apart.
 pub fn on_lanes(plan: &Plan, in_a_fan: bool) -> bool {
-    plan.lanes() > 1 || (in_a_fan && plan.load.is_some())
+    plan.lanes() > 1 || (in_a_fan && plan.load.is_some() && plan.conversation.is_none())
 }
 
 /// Writes request `it`'s pattern into `buf` (with checks off only once:

@@ -10,7 +10,7 @@ use super::load::{Landing, LoadTally};
 use super::ttft::{Computed, PrefillOfPoint, Share, TtftTally};
 use super::turns::{self, TurnsTally};
 use super::{
-    allowance, arrive, not_in_a_fan, point_result, prefill_allowance, spill_to_pool, FanSlot, PointResult,
+    allowance, arrive, in_lockstep, point_result, prefill_allowance, spill_to_pool, FanSlot, PointResult,
     RequestLink, RoundSink, RunConfig, RunEvents, Transports, SLOWEST_DATA_BYTES_PER_SEC,
     SLOWEST_PATTERN_BYTES_PER_SEC,
 };
@@ -37,11 +37,9 @@ pub fn run_receiver(
 ) -> Result<Vec<PointResult>> {
     let Transports { to_decode, back } = transports;
     let plan = sess.hello.plan.clone();
-    if fan.is_some() {
-        not_in_a_fan(&plan)?;
-    }
     // A spoke of a sender's one-to-many fan tells it each request's time.
-    let report_times = sess.hello.seat.is_some();
+    // (In lockstep: under arrivals the rounds are apart.)
+    let report_times = sess.hello.seat.is_some() && plan.load.is_none();
     let same_host = super::same_host(sess);
     super::precise_sleeps();
     // The pinned pool comes before the first request: pinning gigabytes
@@ -228,7 +226,7 @@ impl Receiver<'_> {
         let bytes = layout.total_bytes();
         let deadline = allowance(self.ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
             + if computes { prefill_allowance(point) } else { Duration::ZERO };
-        let t0 = match self.fan {
+        let t0 = match in_lockstep(self.fan, self.plan) {
             Some(f) => f.fan.start(request, deadline)?,
             None => Instant::now(),
         };
@@ -332,7 +330,7 @@ impl Receiver<'_> {
         if self.report_times {
             self.ctrl.send(&Msg::Took { request, ns: request_ns })?;
         }
-        if let Some(f) = self.fan {
+        if let Some(f) = in_lockstep(self.fan, plan) {
             let turn = point.turn_named(plan.warmup, it).map(|(_, turn)| turn);
             f.fan.finish(f.pair, plan.measured(point, it), got.t0, request_ns, turn);
             self.share_with_hub(point, it, got, None);

@@ -8,8 +8,8 @@
 
 use super::compute::{self, Compute, Computing};
 use super::{
-    allowance, expect_finish, turns, write_request, FanSlot, PointResult, RequestLink, RunConfig, RunEvents,
-    Transports, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
+    allowance, expect_finish, in_lockstep, turns, write_request, FanSlot, PointResult, RequestLink,
+    RunConfig, RunEvents, Transports, SLOWEST_DATA_BYTES_PER_SEC, SLOWEST_PATTERN_BYTES_PER_SEC,
 };
 use crate::error::Result;
 use crate::memory::Buffer;
@@ -119,7 +119,7 @@ impl<'a> Sender<'a> {
         let on_wire = write_request(self.plan, point, it, self.buf, &mut self.filled, self.cfg.fault)?;
         let mut deadline = allowance(self.ctrl.timeout, bytes, SLOWEST_DATA_BYTES_PER_SEC)
             + computing.as_ref().map_or(Duration::ZERO, |c| c.allowance());
-        let start = match self.fan {
+        let start = match in_lockstep(self.fan, plan) {
             Some(f) => f.fan.start(request, deadline)?,
             None => Instant::now(),
         };
@@ -241,7 +241,7 @@ impl<'a> Sender<'a> {
         deadline: Instant,
     ) -> Result<()> {
         // A computing request's time is the receiver's own (its added TTFT).
-        if let Some(f) = self.fan.filter(|_| !self.plan.computes(point, it)) {
+        if let Some(f) = in_lockstep(self.fan, self.plan).filter(|_| !self.plan.computes(point, it)) {
             let awaiting = format!("waiting for the time of {}", Req(request));
             let ns = self.ctrl.expect_by(deadline, &awaiting, |m| match m {
                 Msg::Took { request: r, ns } if r == request => Ok(ns),

@@ -77,6 +77,7 @@ impl TurnsTally {
                     cumulative_bytes: cumulative,
                     messages: messages as usize,
                     transfer_ns: LatencySummary::of(&self.per_turn[t]),
+                    transfer_histogram: figures::encode_histogram(&self.per_turn[t]),
                     back_ns: LatencySummary::of(&self.back[t]),
                 }
             })

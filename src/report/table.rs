@@ -150,7 +150,7 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
     )?;
     writeln!(out, "# model      {}", r.model)?;
     if let Some(f) = &r.fan {
-        fan_header(f, r.plan.load.is_some(), r.plan.tp.is_some(), out)?;
+        fan_header(f, &r.plan, out)?;
     }
     writeln!(
         out,
@@ -338,7 +338,8 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
 }
 
 /// What a fan's figures mean, and who its pairs are.
-fn fan_header(f: &super::FanRun, loaded: bool, tp: bool, out: &mut dyn Write) -> Result<()> {
+fn fan_header(f: &super::FanRun, plan: &crate::plan::Plan, out: &mut dyn Write) -> Result<()> {
+    let (loaded, tp, turns) = (plan.load.is_some(), plan.tp.is_some(), plan.conversation.is_some());
     let s = &f.seat;
     let (many, one) = match s.shape {
         crate::topology::FanShape::ManyToOne => ("senders", "receiver"),
@@ -372,6 +373,11 @@ fn fan_header(f: &super::FanRun, loaded: bool, tp: bool, out: &mut dyn Write) ->
             s.pairs
         )?;
         let rows = match s.shape {
+            // Conversations under arrivals go one turn at a time on each pair's own lane.
+            _ if turns => {
+                "the row: every pair's turns together (GB/s and rates summed; a turn's bytes a conversation's, \
+                 its times every pair's)"
+            }
             crate::topology::FanShape::ManyToOne => {
                 "the row: every pair's requests on one clock, one decode buffer; GB/s = all bytes over the time \
                  some request was on the wire"
