@@ -1,0 +1,1 @@
+# kvxfer pair --layers 1 --kv-heads 1 --head-dim 64 -p 16 -g request --arrivals fixed:2000,5000,10000 -n 5000 -w 100 --concurrency 4 --json harness-c4-6c1c16a.json --csv harness-c4-6c1c16a.csv   (kvxfer (6c1c16a7c572), release build)
