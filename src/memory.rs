@@ -329,7 +329,7 @@ pub fn check_host_budget(bytes: u64, what: &str) -> Result<()> {
     let (total, avail) = (total * 1024, avail * 1024);
     if bytes > total {
         return Err(Error::usage(format!(
-            "{what} need {} of host memory, more than this machine's {}; use shorter prompt lengths or a smaller model",
+            "{what} need {} of host memory, more than this machine's {}; use shorter prompt lengths, a smaller model or fewer lanes (--concurrency)",
             fmt_bytes(bytes),
             fmt_bytes(total)
         )));

@@ -327,6 +327,48 @@ fn bad_prefill_options_exit_2_naming_what_is_wrong() {
     }
 }
 
+/// The memory check before anything is allocated counts every lane of
+/// both sides: one buffer of a quarter of this machine's memory passes a
+/// count of one buffer a side (half of it), but four lanes a side take
+/// twice the machine, and the run exits 2 at once (it was OOM-killed).
+#[test]
+fn the_memory_check_counts_every_lane() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Llama-3.1-405B moves 504 KiB a token.
+    let tokens = (kib * 1024 / 4).div_ceil(516_096);
+    if tokens > 131_072 {
+        eprintln!("skipped: a quarter of this machine's memory is past the model's context");
+        return;
+    }
+    let p = tokens.to_string();
+    let args = [
+        "pair",
+        "-m",
+        "llama-3.1-405b",
+        "-p",
+        &p,
+        "--arrivals",
+        "poisson:1",
+        "-n",
+        "1",
+        "--concurrency",
+        "4",
+    ];
+    let started = std::time::Instant::now();
+    let out = run(KVXFER, &args, secs(20));
+    out.expect_code(2).expect_stderr("more than this machine's").expect_stderr("one per lane");
+    assert!(started.elapsed() < secs(10), "refused before allocating");
+}
+
 #[test]
 fn bad_load_options_exit_2_naming_what_is_wrong() {
     let cases: &[(&[&str], &str)] = &[

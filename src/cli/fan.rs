@@ -110,10 +110,11 @@ pub fn receive_many(
     let (plan, spec) = (&sessions[0].hello.plan, &sessions[0].hello.transport);
     // Once, here: NCCL's log settings go into the environment before the threads.
     transport::check_library(spec, plan, &side.local)?;
-    if side.memory.kind.on_host() {
-        let bytes = n as u64 * plan.max_buffer_bytes() as u64;
-        memory::check_host_budget(bytes, "the receiver's buffers, one per sender")?;
-    }
+    let bytes = n as u64 * plan.host_bytes(true, side.memory.kind.on_host());
+    memory::check_host_budget(
+        bytes,
+        "the receiver's buffers (one per lane and sender, and a spill pool each)",
+    )?;
     let hub = Hub::new(std::mem::replace(&mut side.screen, Screen::silent()));
     let mut fan = hub.fan(FanShape::ManyToOne, n);
     fan.shares = plan.tp.is_some();

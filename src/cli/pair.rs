@@ -42,11 +42,12 @@ pub(super) fn pair(a: &PairArgs) -> Result<()> {
         )));
     }
     let outputs = Outputs::open(&a.run.output)?;
-    let host_sides = [send_memory, recv_memory].iter().filter(|m| m.kind.on_host()).count() as u64;
-    if host_sides > 0 {
-        let what = "the host buffers of this pair";
-        memory::check_host_budget(host_sides * plan.max_buffer_bytes() as u64, what)?;
-    }
+    let bytes = plan.host_bytes(false, send_memory.kind.on_host())
+        + plan.host_bytes(true, recv_memory.kind.on_host());
+    memory::check_host_budget(
+        bytes,
+        "the host buffers of this pair (one per lane and side, and a spill pool)",
+    )?;
     let listener = net::listen(&a.listen)?;
     let bound = listener.local_addr()?;
     let ip = match bound.ip() {

@@ -54,6 +54,13 @@ pub(super) fn run_from(
         eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
         return fan::receive_many(listener, side, outputs, Some(first), senders);
     }
+    let bytes = first.hello.plan.host_bytes(true, side.memory.kind.on_host());
+    if let Err(e) =
+        memory::check_host_budget(bytes, "the receiver's buffers (one per lane, and a spill pool)")
+    {
+        let refused = session::refuse(&mut first, &e.message);
+        return outputs.conclude(None, Err(Error::usage(refused.message)), &side.screen);
+    }
     side.mark_busy(&[first.ctrl.peer_addr]);
     // One-shot: a second sender hears "busy" while this one is served.
     let _busy = match side.busy {

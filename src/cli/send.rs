@@ -20,10 +20,8 @@ pub(super) fn send(a: &SendArgs) -> Result<()> {
         gpu::init()?;
     }
     let outputs = Outputs::open(&a.run.output)?;
-    if memory.kind.on_host() {
-        let bytes = plans.iter().map(|p| p.max_buffer_bytes() as u64).sum();
-        memory::check_host_budget(bytes, "the sender's buffers")?;
-    }
+    let bytes = plans.iter().map(|p| p.host_bytes(false, memory.kind.on_host())).sum();
+    memory::check_host_budget(bytes, "the sender's buffers (one per lane and receiver)")?;
     if pairs > 1 {
         return fan::send_many(a, plans, memory, outputs);
     }

@@ -1627,6 +1627,17 @@ impl Plan {
         self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
     }
 
+    /// The host memory one side of a pair takes: a buffer per lane where
+    /// its buffers are in host memory (`buffers_on_host`), and on the
+    /// receiver the pinned pool that `--on-full spill` copies into, which
+    /// is host memory whatever the buffers are.
+    pub fn host_bytes(&self, receiver: bool, buffers_on_host: bool) -> u64 {
+        let buffers = if buffers_on_host { self.lanes() as u64 * self.max_buffer_bytes() as u64 } else { 0 };
+        let spills = self.load.as_ref().is_some_and(|l| matches!(l.decode_buffer, Some((_, OnFull::Spill))));
+        let pool = if receiver && spills { self.max_request_bytes() as u64 } else { 0 };
+        buffers + pool
+    }
+
     /// Whether decode sends KV back to prefill (`--multi-turn bidirectional`).
     pub fn moves_back(&self) -> bool {
         let bidirectional = MultiTurn::Bidirectional;
