@@ -334,8 +334,8 @@ pub fn run_sender(
     for point in plan.points() {
         let p = point.index;
         let sent = send_phase(ctrl, &plan, &point, lanes, &mut filled, None, fault, fan)?;
-        // The first lane's first request: the run's cold start.
-        if let Some(&(it, bytes, ns)) = sent.first().and_then(|s| s.first()) {
+        // The first lane's first two requests: the run's cold start, and a warm one.
+        for &(it, bytes, ns) in sent.first().into_iter().flatten().take(2) {
             events.request(p, it, bytes, ns);
         }
         // Emulated prefill: the compute alone, then the point again with it.

@@ -133,14 +133,14 @@ impl Screen {
         ));
     }
 
-    /// After the run's first request: where the rate says the sweep will
-    /// be long, or far below the link, the user hears so at once (and can
-    /// stop it) rather than after the first point.
-    pub fn first_request(&self, report: &RunReport, bytes: usize, ns: u64) {
+    /// After the run's first warm request (its second): where the rate
+    /// says the sweep will be long, or far below the link, the user hears
+    /// so at once (and can stop it) rather than after the first point.
+    pub fn warm_request(&self, report: &RunReport, bytes: usize, ns: u64) {
         if !self.table && !self.json_stream {
             return;
         }
-        if let Some(text) = first_request_notice(report, bytes, ns) {
+        if let Some(text) = warm_request_notice(report, bytes, ns) {
             self.bar.suspend(|| eprintln!("{text}"));
         }
     }
@@ -169,9 +169,10 @@ const LONG_SWEEP: Duration = Duration::from_secs(60);
 /// A first request below this share of the link's peak is announced.
 const FAR_BELOW_PEAK_PERCENT: f64 = 1.0;
 
-/// What to say after the first request, if anything: its rate, the sweep's
-/// length at that rate, the share of the peak, and the path that carried it.
-fn first_request_notice(report: &RunReport, bytes: usize, ns: u64) -> Option<String> {
+/// What to say after the first warm request, if anything: its rate, the
+/// sweep's length at that rate, the share of the peak, and the path that
+/// carried it.
+fn warm_request_notice(report: &RunReport, bytes: usize, ns: u64) -> Option<String> {
     let gbps = crate::units::gbps(bytes as u64, ns.max(1) as f64);
     let plan = &report.plan;
     let total: u64 = plan
@@ -186,12 +187,16 @@ fn first_request_notice(report: &RunReport, bytes: usize, ns: u64) -> Option<Str
         return None;
     }
     let mut text = format!(
-        "kvxfer: the first request moved {} in {} ({gbps:.2} GB/s",
+        "kvxfer: the first warm request moved {} in {} ({gbps:.2} GB/s",
         crate::units::fmt_bytes(bytes as u64),
         crate::units::fmt_ns(ns as f64)
     );
     if let Some((l, pct)) = share {
-        text += &format!(", {pct:.2}% of {} at {:.0} GB/s", l.name, l.peak_gbps);
+        text += &format!(", {pct:.2}% of {}", l.name);
+        // A link given as a number is named by it already ("5 GB/s").
+        if !l.name.contains("GB/s") {
+            text += &format!(" at {:.0} GB/s", l.peak_gbps);
+        }
     }
     text += &format!(
         "); at this rate the whole sweep takes about {}",
@@ -223,22 +228,26 @@ mod tests {
         let bytes = 64 << 20;
         // At 90% of the link, this short sweep says nothing.
         let quick = (bytes as f64 / (0.9 * link.peak_gbps)) as u64;
-        assert_eq!(first_request_notice(&r, bytes, quick), None);
+        assert_eq!(warm_request_notice(&r, bytes, quick), None);
         // At 0.5%: the rate, the share, the path, how to stop.
         let slow = (bytes as f64 / (0.005 * link.peak_gbps)) as u64;
         r.receiver_transport.path =
             Some("get over cuda_ipc/cuda (rma_bw); UCX ran software emulation".into());
-        let text = first_request_notice(&r, bytes, slow).expect("a notice");
+        let text = warm_request_notice(&r, bytes, slow).expect("a notice");
         assert!(text.contains("0.50% of"), "{text}");
         assert!(text.contains("software emulation"), "{text}");
         assert!(text.ends_with("Ctrl-C stops it."), "{text}");
+        // A link given as a number is named once, not "of 5 GB/s at 5 GB/s".
+        r.link = Some(crate::link::parse("5").expect("a number is a link"));
+        let text = warm_request_notice(&r, bytes, (bytes as f64 / 0.05) as u64).expect("a notice");
+        assert!(text.contains("1.00% of 5 GB/s)"), "{text}");
         // No link: only a long sweep is announced.
         r.link = None;
         let total: u64 = r.plan.points().iter().map(|p| p.layout.total_bytes() as u64).sum::<u64>()
             * (r.plan.warmup + r.plan.iterations) as u64;
         let two_minutes = 120e9 * bytes as f64 / total as f64;
-        let text = first_request_notice(&r, bytes, two_minutes as u64).expect("a notice");
+        let text = warm_request_notice(&r, bytes, two_minutes as u64).expect("a notice");
         assert!(text.contains("takes about 2m"), "{text}");
-        assert_eq!(first_request_notice(&r, bytes, (two_minutes / 4.0) as u64), None);
+        assert_eq!(warm_request_notice(&r, bytes, (two_minutes / 4.0) as u64), None);
     }
 }
