@@ -670,6 +670,23 @@ fn conversations_under_arrivals_in_fans() {
     turns_apart(&hub, "1->2");
 }
 
+/// What a fan does not run yet is refused with its reason on every side,
+/// never run and left uncounted: conversations under arrivals into one
+/// decode buffer from several senders (each pair's turns go on its own lane).
+#[test]
+fn what_a_fan_does_not_run_yet_is_refused() {
+    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2", "-q"]);
+    let args =
+        [&["--connect", addr.as_str(), "-q", "--decode-buffer", "64MiB"][..], &TURNS_UNDER_LOAD].concat();
+    let senders: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &args)).collect();
+    recv.finish(secs(30)).expect_code(2).expect_stderr("one buffer across their turns is not built yet");
+    for s in senders {
+        let s = s.finish(secs(30));
+        assert_ne!(s.code, Some(0));
+        s.expect_stderr("one buffer across their turns is not built yet");
+    }
+}
+
 /// Two senders, each with `args`, into one receiver: the receiver's report.
 fn two_into_one(args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();

@@ -131,6 +131,56 @@ fn conversations_take_turns_under_arrivals_each_in_a_region_of_its_own() {
     }
 }
 
+/// Under arrivals with a decode buffer, each turn's KV takes room in the
+/// buffer from its go until its hold ends, as a request's does (the
+/// connector's buffer, which decode empties into its own cache). Delta
+/// turns of 64 input and 16 output tokens in 16-token blocks each move the
+/// 64 new tokens' 4 blocks, 8 MiB (decode writes its output's KV itself,
+/// and each context ends on a block); held 200 ms at 40 turns a second,
+/// several are held at once. A buffer of 8 MiB that waits never holds
+/// more, and turns wait for room; one of 4 MiB that spills sends tensors
+/// to the pool; every byte is still checked where the turn put it.
+#[test]
+fn conversations_under_arrivals_take_room_in_a_decode_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("turns.json");
+    let base = [
+        &["pair", "-m", "llama-3.1-8b", "--block-size", "16", "--turns", "3", "--turn-tokens", "64:16"][..],
+        &[
+            "--multi-turn",
+            "delta",
+            "-n",
+            "4",
+            "--arrivals",
+            "poisson:40",
+            "--seed",
+            "2",
+            "--decode-hold",
+            "200",
+        ],
+        &["-q", "--json", j.to_str().unwrap()],
+    ]
+    .concat();
+    let point = |extra: &[&str]| -> Value {
+        run(KVXFER, &[&base[..], extra].concat(), secs(120)).expect_code(0);
+        let r = json(&j);
+        assert_eq!((r["outcome"].as_str(), r["wrong_bytes"].as_u64()), (Some("ok"), Some(0)));
+        r["points"][0].clone()
+    };
+    let free = point(&[]);
+    assert_eq!(turns(&free, "bytes"), [8 * MIB; 3]);
+    assert!(free["load"]["resident"]["peak_bytes"].as_u64().unwrap() > 8 * MIB, "{}", free["load"]);
+    let wait = point(&["--decode-buffer", "8MiB", "--on-full", "wait"]);
+    let l = &wait["load"];
+    assert_eq!(l["latency_ns"]["count"], 12);
+    assert!(l["resident"]["peak_bytes"].as_u64().unwrap() <= 8 * MIB, "{l}");
+    assert!(l["decode_buffer"]["waited_requests"].as_u64().unwrap() > 0, "{l}");
+    let spill = point(&["--decode-buffer", "4MiB", "--on-full", "spill"]);
+    let l = &spill["load"];
+    assert!(l["resident"]["peak_bytes"].as_u64().unwrap() <= 4 * MIB, "{l}");
+    assert!(l["decode_buffer"]["spilled_tensors"].as_u64().unwrap() > 0, "{l}");
+}
+
 /// A trace of conversations: each turn at its time, in its conversation's
 /// region (two in progress at once, a third later in a freed one), its
 /// whole prompt given; a turn out of order is refused.

@@ -108,6 +108,14 @@ pub fn receive_many(
     // Seats in prefill rank order, under different TP.
     sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().map(|t| (t.instance, t.pair.map(|(p, _)| p))));
     let (plan, spec) = (&sessions[0].hello.plan, &sessions[0].hello.transport);
+    let buffered = plan.load.as_ref().is_some_and(|l| l.decode_buffer.is_some());
+    if plan.conversation.is_some() && buffered {
+        // Each pair's turns go on its own lane: a buffer each would be n of them.
+        let why = "--decode-buffer with conversations into one receiver from several senders: one buffer \
+                   across their turns is not built yet; run each pair alone, or without --decode-buffer";
+        sessions.iter_mut().for_each(|s| drop(session::refuse(s, why)));
+        return Err(Error::usage(why));
+    }
     // Once, here: NCCL's log settings go into the environment before the threads.
     transport::check_library(spec, plan, &side.local)?;
     let bytes = n as u64 * plan.host_bytes(true, side.memory.kind.on_host());

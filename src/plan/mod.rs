@@ -1293,10 +1293,10 @@ impl Plan {
                 return Err(Error::usage("conversations do not run with emulated prefill yet"));
             }
             if let Some(l) = &self.load {
-                if l.concurrency != 1 || l.decode_buffer.is_some() || l.duration_ns.is_some() {
+                if l.concurrency != 1 || l.duration_ns.is_some() {
                     return Err(Error::usage(
                         "conversations under --arrivals go one turn at a time (--concurrency 1: each \
-                         conversation's KV stays in one lane's region), without --decode-buffer or --duration",
+                         conversation's KV stays in one lane's region), without --duration",
                     ));
                 }
                 if c.conversation.is_none() == l.trace.is_empty() {
@@ -1624,7 +1624,15 @@ impl Plan {
     }
 
     pub fn max_request_bytes(&self) -> usize {
-        self.points().iter().map(|p| p.layout.total_bytes()).max().unwrap_or(0)
+        let largest = |p: &Point| match &p.turns {
+            // A conversation point's requests are the turns that move.
+            Some(t) => {
+                let moved = t.conversations.iter().flat_map(|c| c.layouts.iter());
+                moved.map(RequestLayout::total_bytes).max().unwrap_or(0)
+            }
+            None => p.layout.total_bytes(),
+        };
+        self.points().iter().map(largest).max().unwrap_or(0)
     }
 
     /// The host memory one side of a pair takes: a buffer per lane where
