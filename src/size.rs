@@ -52,7 +52,8 @@ pub struct PromptSizing {
 pub struct Measured {
     pub granularity: Granularity,
     pub p50_ns: u64,
-    pub p99_ns: u64,
+    /// None below 100 requests: the few largest are no tail.
+    pub p99_ns: Option<u64>,
     pub gbps: f64,
     /// With emulated prefill: what the transfer added to time-to-first-token.
     pub added: Option<AddedTtft>,
@@ -65,7 +66,7 @@ pub struct AddedTtft {
     /// The prefill's compute during the run, p50.
     pub prefill_p50_ns: u64,
     pub p50_ns: u64,
-    pub p99_ns: u64,
+    pub p99_ns: Option<u64>,
     /// The least any pipeline could add (see measure::ttft).
     pub lower_bound_ns: u64,
 }
@@ -154,13 +155,13 @@ fn measured(points: &[PointResult], tokens: u32) -> Option<Measured> {
         points.iter().find(|p| p.prompt_tokens == tokens && p.granularity == *g).map(|p| Measured {
             granularity: p.granularity,
             p50_ns: p.request_ns.p50,
-            p99_ns: p.request_ns.p99,
+            p99_ns: p.request_ns.p99_supported(),
             gbps: p.gbps,
             added: p.prefill.as_ref().map(|f| AddedTtft {
                 overlap: f.overlap,
                 prefill_p50_ns: f.during_ns.p50,
                 p50_ns: f.added_ns.p50,
-                p99_ns: f.added_ns.p99,
+                p99_ns: f.added_ns.p99_supported(),
                 lower_bound_ns: f.lower_bound_ns,
             }),
         })

@@ -220,3 +220,50 @@ fn bind_picks_the_sending_address_for_control_and_data() {
     let v6 = run(SEND, &["--connect", "127.0.0.1:9", "--bind", "::1", "-p", "64", "-n", "1"], secs(20));
     v6.expect_code(2).expect_stderr("none of that IP version");
 }
+
+/// One rule for tails: a p99 needs 100 requests and a p99.9 1000, in the
+/// table, its lines and `kvxfer report`'s tables alike; below that they
+/// show `-` (with 20 requests the "p99" was the largest of them).
+#[test]
+fn a_tail_its_sample_cannot_support_shows_a_dash_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = |n: &str| -> (String, String) {
+        let j = dir.path().join(format!("n{n}.json"));
+        let args = ["pair", "-p", "16", "-g", "request", "--arrivals", "fixed:500", "-n", n, "-w", "1"];
+        let more = ["--prefill-ms", "16:1", "--json", j.to_str().unwrap()];
+        let out = run(KVXFER, &[&args[..], &more].concat(), secs(60));
+        out.expect_code(0);
+        let report = dir.path().join(format!("report{n}"));
+        run(KVXFER, &["report", "-o", report.to_str().unwrap(), j.to_str().unwrap()], secs(60))
+            .expect_code(0);
+        (out.stdout, std::fs::read_to_string(report.join("summary.md")).unwrap())
+    };
+    let (few, md) = lines("20");
+    let load = few.lines().find(|l| l.starts_with("#   fixed 500/s")).unwrap();
+    assert!(load.contains("| queue p50 ") && load.contains(" p99 - max "), "{load}");
+    assert!(load.contains(" p99 - p99.9 - max "), "{load}");
+    let prefill = few.lines().find(|l| l.starts_with("#   prefill ")).unwrap();
+    assert!(prefill.contains(" p99 - max "), "{prefill}");
+    // Every p99 column of the report's tables: the request's, the added TTFT's, the queue's and latency's.
+    let cells =
+        |l: &str| -> Vec<String> { l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect() };
+    let mut checked = 0;
+    let mut columns: Vec<usize> = Vec::new();
+    for l in md.lines() {
+        if l.starts_with("| series") {
+            columns =
+                (cells(l).iter().enumerate()).filter(|(_, c)| c.contains("p99")).map(|(i, _)| i).collect();
+        } else if l.starts_with("| tcp") {
+            let row = cells(l);
+            for &i in &columns {
+                assert_eq!(row[i], "-", "column {i} of {l}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 4, "{md}");
+    let (many, _) = lines("150");
+    let load = many.lines().find(|l| l.starts_with("#   fixed 500/s")).unwrap();
+    assert!(!load.contains(" p99 - "), "150 requests give a p99: {load}");
+    assert!(load.contains(" p99.9 - max "), "but no p99.9: {load}");
+}

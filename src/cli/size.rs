@@ -76,7 +76,7 @@ fn print(
     )?;
     for p in &s.prompts {
         let (p50, p99) = match &p.transfer {
-            Some(m) => (fmt_ns(m.p50_ns as f64), fmt_ns(m.p99_ns as f64)),
+            Some(m) => (fmt_ns(m.p50_ns as f64), crate::report::table::tail(m.p99_ns)),
             None => ("-".into(), "-".into()),
         };
         writeln!(
@@ -187,7 +187,7 @@ fn added_ttft(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
                  {} granularity)",
                 p.tokens,
                 fmt_ns(a.p50_ns as f64),
-                fmt_ns(a.p99_ns as f64),
+                crate::report::table::tail(a.p99_ns),
                 fmt_ns(a.prefill_p50_ns as f64),
                 fmt_ns(a.lower_bound_ns as f64),
                 fmt_ns(m.p50_ns as f64),
@@ -198,7 +198,7 @@ fn added_ttft(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
                 "  {:>8} tokens: {} median, {} p99 ({} granularity, {:.1} GB/s)",
                 p.tokens,
                 fmt_ns(m.p50_ns as f64),
-                fmt_ns(m.p99_ns as f64),
+                crate::report::table::tail(m.p99_ns),
                 m.granularity,
                 m.gbps
             )?,

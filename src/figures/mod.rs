@@ -36,6 +36,17 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
+    /// The p99 where its count supports one (100 values or more), else None:
+    /// below that it is one of the few largest values, not a tail.
+    pub fn p99_supported(&self) -> Option<u64> {
+        (self.count >= 100).then_some(self.p99)
+    }
+
+    /// The p99.9 from 1000 values or more.
+    pub fn p999_supported(&self) -> Option<u64> {
+        (self.count >= 1000).then_some(self.p999)
+    }
+
     pub fn of(h: &Histogram<u64>) -> LatencySummary {
         if h.is_empty() {
             return LatencySummary::default();

@@ -179,7 +179,7 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
                 p.gbps,
                 p.percent_of_peak.map(|x| format!("{x:.1}")).unwrap_or("-".into()),
                 fmt_ns(p.request_ns.p50 as f64),
-                fmt_ns(p.request_ns.p99 as f64),
+                super::table::tail(p.request_ns.p99_supported()),
                 fmt_ns(p.request_ns.max as f64),
             ));
             if let Some(b) = baseline {
@@ -243,15 +243,27 @@ fn load_markdown(series: &[Series]) -> String {
                 l.achieved_qps,
                 if l.saturated { " (saturated)" } else { "" },
                 fmt_ns(l.queue_ns.p50 as f64),
-                fmt_ns(l.queue_ns.p99 as f64),
+                super::table::tail(l.queue_ns.p99_supported()),
                 fmt_ns(l.latency_ns.p50 as f64),
-                fmt_ns(l.latency_ns.p99 as f64),
+                super::table::tail(l.latency_ns.p99_supported()),
                 crate::units::fmt_bytes(l.resident.peak_bytes),
                 crate::units::fmt_bytes(l.prefill_resident.peak_bytes)
             ));
         }
     }
     md
+}
+
+/// One row of the added-TTFT table: a prompt length's p50s, its p99 where
+/// supported, the least possible, the transfer alone and the exposed share.
+struct AddedRow {
+    prompt: String,
+    during: u64,
+    added: u64,
+    added99: Option<u64>,
+    bound: u64,
+    alone: u64,
+    share: f64,
 }
 
 /// The points with emulated prefill: what their transfer added to
@@ -268,42 +280,43 @@ fn added_ttft_markdown(series: &[Series]) -> String {
                      |---|---|---|---|---|---|---|---|\n",
                 );
             }
-            // (prompt, prefill, added p50, added p99, bound, transfer alone, exposed): a mix's a row per length.
-            let rows: Vec<(String, u64, u64, u64, u64, u64, f64)> = match f.by_prompt.is_empty() {
-                true => vec![(
-                    p.prompt_tokens.to_string(),
-                    f.during_ns.p50,
-                    f.added_ns.p50,
-                    f.added_ns.p99,
-                    f.lower_bound_ns,
-                    p.request_ns.p50,
-                    f.exposed_share,
-                )],
-                false => f
-                    .by_prompt
-                    .iter()
-                    .map(|q| {
-                        let (a, b) = (&q.during_ns, &q.added_ns);
-                        let tokens = format!("{} of a mix", q.tokens);
-                        (
-                            tokens,
-                            a.p50,
-                            b.p50,
-                            b.p99,
-                            q.lower_bound_ns,
-                            q.transfer_alone_p50_ns,
-                            q.exposed_share,
-                        )
+            // A mix's a row per length.
+            let rows: Vec<AddedRow> = match f.by_prompt.is_empty() {
+                true => vec![AddedRow {
+                    prompt: p.prompt_tokens.to_string(),
+                    during: f.during_ns.p50,
+                    added: f.added_ns.p50,
+                    added99: f.added_ns.p99_supported(),
+                    bound: f.lower_bound_ns,
+                    alone: p.request_ns.p50,
+                    share: f.exposed_share,
+                }],
+                false => (f.by_prompt.iter())
+                    .map(|q| AddedRow {
+                        prompt: format!("{} of a mix", q.tokens),
+                        during: q.during_ns.p50,
+                        added: q.added_ns.p50,
+                        added99: q.added_ns.p99_supported(),
+                        bound: q.lower_bound_ns,
+                        alone: q.transfer_alone_p50_ns,
+                        share: q.exposed_share,
                     })
                     .collect(),
             };
-            for (prompt, during, added, added99, bound, alone, share) in rows {
+            for r in rows {
                 let ns = |v: u64| fmt_ns(v as f64);
-                let (l, d, a, a99, b, t) =
-                    (&s.label, ns(during), ns(added), ns(added99), ns(bound), ns(alone));
+                let (l, d, a, a99, b, t) = (
+                    &s.label,
+                    ns(r.during),
+                    ns(r.added),
+                    super::table::tail(r.added99),
+                    ns(r.bound),
+                    ns(r.alone),
+                );
                 md.push_str(&format!(
-                    "| {l} | {prompt} | {d} | {a} | {a99} | {b} | {t} | {:.1}% |\n",
-                    100.0 * share
+                    "| {l} | {} | {d} | {a} | {a99} | {b} | {t} | {:.1}% |\n",
+                    r.prompt,
+                    100.0 * r.share
                 ));
             }
         }

@@ -236,7 +236,7 @@ impl Figure for Latency<'_> {
         let (lo, hi) = all.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
         let mut chart = log_log(
             root,
-            "Request latency by prompt length: p50 solid with markers, p99 dashed, max ×",
+            "Request latency by prompt length: p50 solid with markers, p99 dashed (from 100 requests), max ×",
             (x.0, x.1, lo / 2.0, hi * 2.0),
             ("prompt length (tokens, log scale)", "request latency, receiver's go to last byte (log scale)"),
             (prompt_ticks(series), &tokens_label, &human_us),
@@ -259,9 +259,11 @@ impl Figure for Latency<'_> {
                 .into_iter()
                 .map(move |p| EmptyElement::at(p) + Polygon::new(marker_shape(i, (0, 0)), c.filled()));
             chart.draw_series(markers).map_err(plot_error)?;
-            chart
-                .draw_series(DashedLineSeries::new(line(|p| p.request_ns.p99), 8, 5, c.stroke_width(2)))
-                .map_err(plot_error)?;
+            // A p99 only where 100 requests or more support it.
+            let p99: Vec<(f64, f64)> = (s.points.iter())
+                .filter_map(|p| Some((p.prompt_tokens as f64, us(p.request_ns.p99_supported()?))))
+                .collect();
+            chart.draw_series(DashedLineSeries::new(p99, 8, 5, c.stroke_width(2))).map_err(plot_error)?;
             chart
                 .draw_series(
                     line(|p| p.request_ns.max).into_iter().map(move |p| Cross::new(p, 6, c.stroke_width(2))),
@@ -374,7 +376,7 @@ impl Figure for HistogramAt<'_> {
                         "{}: p50 {}, p99 {}",
                         s.label,
                         crate::units::fmt_ns(p.request_ns.p50 as f64),
-                        crate::units::fmt_ns(p.request_ns.p99 as f64)
+                        super::table::tail(p.request_ns.p99_supported())
                     ),
                     ("sans-serif", 16),
                 )
@@ -547,7 +549,7 @@ impl Figure for LoadLatency<'_> {
         });
         let mut chart = log_log(
             root,
-            "Latency under load: arrival to last byte, p50 solid, p99 dashed, × saturated",
+            "Latency under load: arrival to last byte, p50 solid, p99 dashed (from 100 requests), × saturated",
             (xlo / 1.5, xhi * 1.5, ylo / 2.0, yhi * 2.0),
             ("offered load (requests per second, log scale)", "latency, arrival to last byte (log scale)"),
             (
@@ -563,7 +565,8 @@ impl Figure for LoadLatency<'_> {
         for (i, label, l) in &lines {
             let c = color(*i);
             let p50: Vec<(f64, f64)> = l.iter().map(|f| (f.offered_qps, ms(f.latency_ns.p50))).collect();
-            let p99: Vec<(f64, f64)> = l.iter().map(|f| (f.offered_qps, ms(f.latency_ns.p99))).collect();
+            let p99: Vec<(f64, f64)> =
+                l.iter().filter_map(|f| Some((f.offered_qps, ms(f.latency_ns.p99_supported()?)))).collect();
             chart
                 .draw_series(LineSeries::new(p50.clone(), c.stroke_width(3)))
                 .map_err(plot_error)?

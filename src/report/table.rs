@@ -492,7 +492,7 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
             each.join(" "),
             100.0 * lo / hi.max(1e-12),
             fmt_ns(l.p50 as f64),
-            fmt_ns(l.p99 as f64),
+            tail(l.p99_supported()),
             fmt_ns(l.max as f64)
         )?;
     }
@@ -512,7 +512,7 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
             ms(f.asked_ns),
             ms(f.alone_ns.p50),
             ms(a.p50),
-            ms(a.p99),
+            tail(a.p99_supported()),
             ms(a.max),
             ms(f.ttft_ns.p50)
         )?;
@@ -525,7 +525,7 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
         ms(f.alone_ns.p50),
         ms(f.during_ns.p50),
         ms(a.p50),
-        ms(a.p99),
+        tail(a.p99_supported()),
         ms(a.max),
         100.0 * f.exposed_share,
         ms(f.lower_bound_ns),
@@ -542,7 +542,7 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
             ms(p.asked_ns),
             ms(p.during_ns.p50),
             ms(p.added_ns.p50),
-            ms(p.added_ns.p99),
+            tail(p.added_ns.p99_supported()),
             100.0 * p.exposed_share,
             ms(p.transfer_alone_p50_ns),
             ms(p.lower_bound_ns),
@@ -626,12 +626,12 @@ fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()>
         f.achieved_gbps,
         if f.saturated { " SATURATED" } else { "" },
         ns(q.p50),
-        ns(q.p99),
+        tail(q.p99_supported()),
         ns(q.max),
         fmt_ns(f.queue_growth_ns.max(0.0)),
         ns(l.p50),
-        ns(l.p99),
-        ns(l.p999),
+        tail(l.p99_supported()),
+        tail(l.p999_supported()),
         ns(l.max),
         fmt_bytes(f.resident.peak_bytes),
         fmt_bytes(f.resident.p99_bytes),
@@ -690,6 +690,11 @@ fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()>
 
 /// Percentile `q` of `count` samples, or "-" where fewer than 1/(1-q)
 /// samples leave it no different from the maximum (hyperfine's honesty).
+/// A tail its sample supports (`LatencySummary::p99_supported`), or -.
+pub fn tail(ns: Option<u64>) -> String {
+    ns.map_or_else(|| "-".into(), |ns| fmt_ns(ns as f64))
+}
+
 fn percentile(count: u64, q: f64, ns: u64) -> String {
     match count as f64 * (1.0 - q) >= 1.0 - 1e-9 {
         true => fmt_ns(ns as f64),
