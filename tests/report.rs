@@ -253,3 +253,25 @@ fn report_refuses_what_is_not_a_run() {
     let f = run(KVXFER, &["report", "/nonexistent.json", "--out", out.to_str().unwrap()], secs(10));
     f.expect_code(2).expect_stderr("cannot read /nonexistent.json");
 }
+
+/// Runs of different models or TP are not merged into one table unless
+/// asked: the refusal names each run's model and TP; with --allow-mixed
+/// every series names its own.
+#[test]
+fn report_refuses_runs_of_different_models_or_tp_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = "tests/fixtures/reports/vm-tcp-loopback.json";
+    let mut other = json(std::path::Path::new(one));
+    other["plan"]["shape"]["tp"] = 2.into();
+    let two = dir.path().join("tp2.json");
+    std::fs::write(&two, other.to_string()).unwrap();
+    let out = dir.path().join("report");
+    let args = ["report", one, two.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let f = run(KVXFER, &args, secs(60));
+    f.expect_code(2).expect_stderr("llama-3.1-8b at TP 1").expect_stderr("tp2: llama-3.1-8b at TP 2");
+    assert!(!out.exists(), "nothing written");
+    let f = run(KVXFER, &[&args[..], &["--allow-mixed"]].concat(), secs(60));
+    f.expect_code(0);
+    assert!(f.stdout.contains("| tcp · request · llama-3.1-8b at TP 1 | 128 |"), "{}", f.stdout);
+    assert!(f.stdout.contains("| tcp · request · llama-3.1-8b at TP 2 | 128 |"), "{}", f.stdout);
+}

@@ -949,6 +949,10 @@ pub struct ReportArgs {
     /// if not among them)
     #[arg(long, value_name = "RUN.json")]
     pub baseline: Option<PathBuf>,
+    /// Merge runs of different models or TP into one table and plot (each
+    /// series then names its model and TP); refused without it
+    #[arg(long)]
+    pub allow_mixed: bool,
 }
 
 #[derive(Args, Clone, Debug)]

@@ -30,6 +30,7 @@ pub(super) fn compare(a: &ReportArgs) -> Result<()> {
             report::compare::load(p).map(|r| (name, r))
         })
         .collect::<Result<Vec<_>>>()?;
+    report::compare::check_comparable(&runs, a.allow_mixed)?;
     let baseline = a.baseline.as_ref().map(|b| {
         let i = paths.iter().position(|p| p == b).expect("the baseline is among the runs");
         report::compare::Baseline::of(&runs[i].0, &runs[i].1)

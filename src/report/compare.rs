@@ -25,6 +25,33 @@ pub fn load(path: &Path) -> Result<RunReport> {
         .map_err(|e| Error::usage(format!("{} is not a kvxfer --json report: {e}", path.display())))
 }
 
+/// The KV a run moved: its model and TP (P x D: each side's).
+pub fn kv_of(r: &RunReport) -> String {
+    let s = &r.plan.shape;
+    match &r.plan.tp {
+        Some(t) => format!(
+            "{} at prefill TP {} -> decode TP {}",
+            s.model.name, t.topology.prefill_tp, t.topology.decode_tp
+        ),
+        None => format!("{} at TP {}", s.model.name, s.tp),
+    }
+}
+
+/// Runs of different models or TP in one table would compare KV of
+/// different sizes as if it were one: refused, naming each, unless asked.
+pub fn check_comparable(runs: &[(String, RunReport)], allow_mixed: bool) -> Result<()> {
+    let first = kv_of(&runs[0].1);
+    if allow_mixed || runs.iter().all(|(_, r)| kv_of(r) == first) {
+        return Ok(());
+    }
+    let each: Vec<String> = runs.iter().map(|(name, r)| format!("{name}: {}", kv_of(r))).collect();
+    Err(Error::usage(format!(
+        "the runs moved the KV of different models or TP ({}); compare runs of one, or pass --allow-mixed to \
+         merge them (each series then names its model and TP)",
+        each.join("; ")
+    )))
+}
+
 /// What distinguishes a run: its transport, the path NCCL took, and the
 /// knobs that change what goes on the wire.
 fn run_label(r: &RunReport) -> String {
@@ -75,6 +102,8 @@ fn run_label(r: &RunReport) -> String {
 /// name added where two would otherwise read the same.
 pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
     let mut out: Vec<Series> = Vec::new();
+    // Runs of different models or TP (--allow-mixed): each label names its own.
+    let mixed = runs.iter().any(|(_, r)| kv_of(r) != kv_of(&runs[0].1));
     for (name, r) in runs {
         let mut grans: Vec<Granularity> = Vec::new();
         for p in &r.points {
@@ -94,7 +123,8 @@ pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
                 let each: Vec<String> = l.mix.iter().map(|(t, w)| format!("{t}:{w}")).collect();
                 format!(" · mix {}", each.join(","))
             });
-            let overlap = overlap + &mix.unwrap_or_default();
+            let kv = if mixed { format!(" · {}", kv_of(r)) } else { String::new() };
+            let overlap = overlap + &mix.unwrap_or_default() + &kv;
             out.push(Series {
                 label: format!("{} · {g}{overlap} ({name})", run_label(r)),
                 peak: r.link.as_ref().map(|l| (l.name.clone(), l.peak_gbps)),
