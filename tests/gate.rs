@@ -20,6 +20,13 @@ fn a_run_above_its_floors_passes_and_says_so() {
     let report = json(&j);
     assert_eq!(report["gate"]["passed"], true);
     assert_eq!(report["gate"]["checks"], 4);
+    // The record keeps each floor with the figure it was held against.
+    let checked = report["gate"]["checked"].as_array().unwrap();
+    assert_eq!(checked.len(), 4);
+    let at_1k = checked.iter().find(|c| c["flag"] == "--min-gbps" && c["prompt_tokens"] == 1024).unwrap();
+    assert_eq!(at_1k["floor"], 0.002);
+    assert_eq!(at_1k["measured"], report["points"][1]["gbps"]);
+    assert!(checked.iter().all(|c| c["passed"] == true), "{checked:?}");
 }
 
 #[test]
@@ -36,6 +43,11 @@ fn a_point_below_its_floor_fails_the_run_with_exit_4() {
     // The figures are kept: a failed gate is a verdict, not a lost run.
     let report = json(&j);
     assert_eq!(report["gate"]["passed"], false);
+    let checked = report["gate"]["checked"].as_array().unwrap();
+    assert_eq!(
+        (checked.len(), checked[0]["passed"].as_bool(), checked[0]["floor"].as_f64()),
+        (1, Some(false), Some(1e5))
+    );
     assert_eq!(report["outcome"], "ok");
     assert_eq!(report["points"].as_array().unwrap().len(), 2);
 }

@@ -59,6 +59,21 @@ pub struct GateVerdict {
     /// Point checks made (a point counts once per floor that applies).
     pub checks: usize,
     pub failures: Vec<String>,
+    /// Each check: the floor and what the point measured against it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked: Vec<GateCheck>,
+}
+
+/// One floor checked on one point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateCheck {
+    pub flag: String,
+    pub granularity: crate::plan::Granularity,
+    pub prompt_tokens: u32,
+    pub floor: f64,
+    /// None where there was nothing to compare (no peak).
+    pub measured: Option<f64>,
+    pub passed: bool,
 }
 
 impl GateVerdict {
@@ -83,7 +98,7 @@ impl Gate {
 
     pub fn judge(&self, report: &RunReport) -> GateVerdict {
         let mut checks = 0;
-        let mut failures = Vec::new();
+        let (mut failures, mut checked) = (Vec::new(), Vec::new());
         let measured = |t: u32| report.points.iter().any(|p| p.prompt_tokens == t);
         let floors: [Floor; 2] = [
             ("--min-gbps", &self.min_gbps, |p| Some(p.gbps), "GB/s"),
@@ -100,6 +115,7 @@ impl Gate {
                 checks += 1;
                 let what = format!("{} {} tokens", p.granularity, p.prompt_tokens);
                 let wrong_peak = p.percent_of_peak.is_some_and(|v| v > 100.0);
+                let failed = failures.len();
                 match value(p) {
                     None => failures.push(format!("{what}: no peak to compare with ({flag} needs --link)")),
                     // A share of a peak the run exceeded says nothing.
@@ -109,9 +125,17 @@ impl Gate {
                     Some(v) if v < floor => failures.push(format!("{what}: {v:.1} {unit} < {flag} {floor}")),
                     Some(_) => {}
                 }
+                checked.push(GateCheck {
+                    flag: flag.to_string(),
+                    granularity: p.granularity,
+                    prompt_tokens: p.prompt_tokens,
+                    floor,
+                    measured: value(p),
+                    passed: failures.len() == failed,
+                });
             }
         }
-        GateVerdict { passed: failures.is_empty(), checks, failures }
+        GateVerdict { passed: failures.is_empty(), checks, failures, checked }
     }
 }
 

@@ -299,9 +299,14 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
                           100, p99.9 1000)"
         }
     };
+    // GB/s is no median: say which figure it is.
+    let gbps = match r.plan.load {
+        Some(_) => "all bytes over the time some request was on the wire",
+        None => "a request's bytes over the mean request time",
+    };
     writeln!(
         out,
-        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = 1e9 bytes/s; {columns_note}",
+        "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = {gbps}, 1e9 bytes/s; {columns_note}",
         r.plan.iterations, r.plan.warmup
     )?;
     match columns {
