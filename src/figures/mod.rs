@@ -36,6 +36,11 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
+    /// The p90 where its count supports one (10 values or more), else None.
+    pub fn p90_supported(&self) -> Option<u64> {
+        (self.count >= 10).then_some(self.p90)
+    }
+
     /// The p99 where its count supports one (100 values or more), else None:
     /// below that it is one of the few largest values, not a tail.
     pub fn p99_supported(&self) -> Option<u64> {

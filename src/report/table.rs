@@ -445,7 +445,7 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
             l.count,
             fmt_bytes(p.request_bytes as u64),
             fmt_ns(l.p50 as f64),
-            percentile(l.count, 0.99, l.p99),
+            tail(l.p99_supported()),
             fmt_ns(l.max as f64),
             p.gbps,
             peak,
@@ -464,15 +464,12 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
             format!("{} ± {}", fmt_ns(l.mean), fmt_ns(l.stdev)),
             fmt_ns(l.min as f64),
             fmt_ns(l.p50 as f64),
-            percentile(l.count, 0.9, l.p90),
-            percentile(l.count, 0.99, l.p99),
-            percentile(l.count, 0.999, l.p999),
+            tail(l.p90_supported()),
+            tail(l.p99_supported()),
+            tail(l.p999_supported()),
             fmt_ns(l.max as f64),
             message_ns(p.message_ns.count, p.message_ns.p50),
-            match p.message_ns.count {
-                0 => "-".into(),
-                n => percentile(n, 0.99, p.message_ns.p99),
-            },
+            tail(p.message_ns.p99_supported()),
             p.gbps,
             peak,
             wrong
@@ -693,18 +690,11 @@ fn load_line_as(label: &str, f: &LoadFigures, out: &mut dyn Write) -> Result<()>
     Ok(())
 }
 
-/// Percentile `q` of `count` samples, or "-" where fewer than 1/(1-q)
-/// samples leave it no different from the maximum (hyperfine's honesty).
-/// A tail its sample supports (`LatencySummary::p99_supported`), or -.
+/// A tail its sample supports (`LatencySummary::p99_supported`), or "-"
+/// where fewer than 1/(1-q) samples leave it no different from the maximum
+/// (hyperfine's honesty).
 pub fn tail(ns: Option<u64>) -> String {
     ns.map_or_else(|| "-".into(), |ns| fmt_ns(ns as f64))
-}
-
-fn percentile(count: u64, q: f64, ns: u64) -> String {
-    match count as f64 * (1.0 - q) >= 1.0 - 1e-9 {
-        true => fmt_ns(ns as f64),
-        false => "-".into(),
-    }
 }
 
 /// Whether a point's request times spread too wide for its median to speak
