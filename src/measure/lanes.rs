@@ -641,7 +641,7 @@ impl Phase<'_> {
         // The pairs of a P x D decode rank carry shares of one stream of requests.
         let (key_base, shares) = match (shared.as_ref(), &plan.tp) {
             (Some((f, _, _)), None) => ((f.pair as u64) << 32, 1),
-            (Some((f, _, _)), Some(t)) => ((t.instance as u64) << 32, f.fan.pairs() / t.instances as usize),
+            (Some((f, _, _)), Some(t)) => Share::of_instance(t, f.fan.pairs()),
             (None, _) => (0, 1),
         };
         let work: Vec<_> = lanes

@@ -294,11 +294,12 @@ impl Receiver<'_> {
     /// share of the request, for the hub to join with the other ranks'.
     fn share_with_hub(&self, point: &Point, it: u32, got: &Received, computed: Option<Computed>) {
         let (Some(f), Some(t), Some(_)) = (self.fan, &self.plan.tp, &self.plan.prefill) else { return };
+        let (key_base, shares) = Share::of_instance(t, f.fan.pairs());
         f.fan.prefill_share(
             point.index,
             Share {
-                key: ((t.instance as u64) << 32) + (it % self.plan.phase_len(point)) as u64,
-                shares: f.fan.pairs() / t.instances.max(1) as usize,
+                key: key_base + (it % self.plan.phase_len(point)) as u64,
+                shares,
                 tokens: point.layout_at(self.plan.warmup, it).tokens,
                 go: got.go_mono,
                 last: got.last_mono,

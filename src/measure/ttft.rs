@@ -54,6 +54,15 @@ pub struct Share {
     pub measured: bool,
 }
 
+impl Share {
+    /// At a P x D decode rank fed by `pairs` prefill ranks: the key base of
+    /// its prefill instance's requests (each instance its own), and how
+    /// many shares make one of them.
+    pub fn of_instance(t: &crate::plan::TpPlan, pairs: usize) -> (u64, usize) {
+        ((t.instance as u64) << 32, pairs / t.instances.max(1) as usize)
+    }
+}
+
 /// The receiver's tally of a point's computing requests.
 pub struct TtftTally {
     same_host: bool,
