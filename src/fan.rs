@@ -130,9 +130,7 @@ impl Fan {
     pub fn joined(&self, pair: usize, report: &RunReport) {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())[pair] = Some(report.clone());
     }
-}
 
-impl Fan {
     /// In lockstep, a point's prefill figures: at a many-to-one hub every
     /// pair's requests (each pair its own prefill instance; at a P x D
     /// decode rank each request's shares joined); none at a one-to-many
