@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::figures::conversation::{ConversationFigures, TurnFigures};
-use crate::figures::load::LoadFigures;
+use crate::figures::load::{LoadFigures, PromptLoad};
 use crate::figures::prefill::PrefillFigures;
 use crate::figures::FanFigures;
 use crate::figures::{self, LatencySummary, PointResult};
@@ -250,10 +250,16 @@ impl Pairs for Fan {
             // A prefill rank's pairs carry shares of one stream: its requests
             // count once, done when their slowest share is.
             let loads: Vec<&LoadFigures> = results.iter().filter_map(|r| r.load.as_ref()).collect();
-            l.prompts = loads[0].prompts.clone();
+            // Each length's requests and times are pair 0's shares, its bytes every pair's.
+            l.by_prompt = loads[0].by_prompt.clone();
+            for mine in &mut l.by_prompt {
+                let shares = loads.iter().flat_map(|x| &x.by_prompt).filter(|p| p.tokens == mine.tokens);
+                mine.bytes = shares.map(|p| p.bytes).sum();
+            }
             l.offered_qps = loads[0].offered_qps;
             l.achieved_qps = loads.iter().map(|x| x.achieved_qps).fold(f64::MAX, f64::min);
         }
+        point.name_by_prompts();
         t.spans.reset();
         t.rounds_in_point = 0;
         drop(t);
@@ -468,14 +474,7 @@ fn merge_load(loads: &[&LoadFigures]) -> LoadFigures {
     agg.achieved_gbps = sum(|l| l.achieved_gbps);
     agg.saturated = loads.iter().any(|l| l.saturated);
     agg.queue_growth_ns = loads.iter().map(|l| l.queue_growth_ns).fold(f64::MIN, f64::max);
-    agg.prompts = Vec::new();
-    for (tokens, n) in loads.iter().flat_map(|l| l.prompts.iter()) {
-        match agg.prompts.iter_mut().find(|p| p.0 == *tokens) {
-            Some(p) => p.1 += n,
-            None => agg.prompts.push((*tokens, *n)),
-        }
-    }
-    agg.prompts.sort_unstable();
+    agg.by_prompt = PromptLoad::merge(loads.iter().map(|l| l.by_prompt.as_slice()));
     agg.resident = sum_residency(loads.iter().map(|l| &l.resident));
     agg.prefill_resident = sum_residency(loads.iter().map(|l| &l.prefill_resident));
     agg.decode_buffer = None;

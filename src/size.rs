@@ -55,6 +55,9 @@ pub struct Measured {
     /// None below 100 requests: the few largest are no tail.
     pub p99_ns: Option<u64>,
     pub gbps: f64,
+    /// From a load point: its arrivals (the transfer shared the link with
+    /// the requests in flight then, a mix's other lengths among them).
+    pub under_load: Option<String>,
     /// With emulated prefill: what the transfer added to time-to-first-token.
     pub added: Option<AddedTtft>,
 }
@@ -150,20 +153,26 @@ pub fn size(shape: &KvShape, mix: &[(u32, f64)], concurrent: u32, run: Option<&[
 
 /// A run's figures for a prompt length, preferring per-layer messages (as
 /// P2pNccl sends them), then whole requests, then blocks.
+/// A mix's lengths each count as their own point (`PointResult::per_length`).
 fn measured(points: &[PointResult], tokens: u32) -> Option<Measured> {
+    let lengths: Vec<(&PointResult, PointResult)> =
+        points.iter().flat_map(|of| of.per_length().into_iter().map(move |p| (of, p))).collect();
     [Granularity::Layer, Granularity::Request, Granularity::Block].iter().find_map(|g| {
-        points.iter().find(|p| p.prompt_tokens == tokens && p.granularity == *g).map(|p| Measured {
-            granularity: p.granularity,
-            p50_ns: p.request_ns.p50,
-            p99_ns: p.request_ns.p99_supported(),
-            gbps: p.gbps,
-            added: p.prefill.as_ref().map(|f| AddedTtft {
-                overlap: f.overlap,
-                prefill_p50_ns: f.during_ns.p50,
-                p50_ns: f.added_ns.p50,
-                p99_ns: f.added_ns.p99_supported(),
-                lower_bound_ns: f.lower_bound_ns,
-            }),
+        lengths.iter().find(|(_, p)| p.prompt_tokens == tokens && p.granularity == *g).map(|(of, p)| {
+            Measured {
+                granularity: p.granularity,
+                p50_ns: p.request_ns.p50,
+                p99_ns: p.request_ns.p99_supported(),
+                gbps: p.gbps,
+                under_load: of.load.as_ref().map(|l| l.arrivals.to_string()),
+                added: p.prefill.as_ref().map(|f| AddedTtft {
+                    overlap: f.overlap,
+                    prefill_p50_ns: f.during_ns.p50,
+                    p50_ns: f.added_ns.p50,
+                    p99_ns: f.added_ns.p99_supported(),
+                    lower_bound_ns: f.lower_bound_ns,
+                }),
+            }
         })
     })
 }

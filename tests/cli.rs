@@ -421,7 +421,10 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
     f.expect_code(0);
     let l = &json(&j)["points"][0]["load"];
     assert_eq!(l["arrivals"]["trace"]["qps"], 20.0, "{l}");
-    assert_eq!(l["prompts"], serde_json::json!([[16, 2], [128, 2]]));
+    let each: Vec<(u64, u64)> = (l["by_prompt"].as_array().unwrap().iter())
+        .map(|b| (b["tokens"].as_u64().unwrap(), b["requests"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(each, vec![(16, 2), (128, 2)], "{l}");
     assert_eq!(l["latency_ns"]["count"], 4);
     assert_eq!(l["resident"]["peak_bytes"], 2u64 * (2 << 20) + 2 * (16 << 20), "{}", l["resident"]);
     assert!(f.stdout.contains("trace 20.00/s: offered"), "{}", f.stdout);
@@ -444,6 +447,61 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
         secs(30),
     );
     f.expect_code(1).expect_stderr("the receiver fell behind the arrivals (fixed 1000/s)");
+}
+
+/// A load point of a prompt mix reports each length on its own (issue 38):
+/// its count and bytes as the seeded draw gives them, its own times, in
+/// the JSON, the CSV, the table and `size --run`, and the gate judges a
+/// floor named for a length on that length. The row is the mix, never
+/// named by its longest length.
+#[test]
+fn a_mixed_load_point_reports_each_prompt_length() {
+    use kvxfer::schedule::{schedule, Arrivals, Bound};
+    let dir = tempfile::tempdir().unwrap();
+    let (j, c) = (dir.path().join("mix.json"), dir.path().join("mix.csv"));
+    let (js, cs) = (j.to_str().unwrap(), c.to_str().unwrap());
+    let mix = ["--prompt-mix", "16:3,128:1"];
+    let args = ["pair", "-m", "llama-3.1-8b", "--arrivals", "poisson:50", "-n", "40", "--seed", "7"];
+    let gate = ["--min-gbps", "0.001,128:0.002", "--json", js, "--csv", cs];
+    let f = run(KVXFER, &[&args[..], &mix, &gate].concat(), secs(60));
+    f.expect_code(0);
+    let drawn = schedule(Arrivals::Poisson { qps: 50.0 }, &[(16, 3.0), (128, 1.0)], Bound::Requests(40), 7);
+    let count = |t: u32| drawn.iter().filter(|a| a.tokens == t).count() as u64;
+    assert!(count(16) > 0 && count(128) > 0, "the seed draws both lengths");
+    let per_token = 128 * 1024; // llama-3.1-8b at TP 1
+    let r = json(&j);
+    let p = &r["points"][0];
+    assert_eq!(p["prompt_tokens"], 0, "a mix is not named by its longest length");
+    assert_eq!(p["request_bytes"], (count(16) * 16 + count(128) * 128) * per_token / 40);
+    let by = p["load"]["by_prompt"].as_array().unwrap();
+    assert_eq!(by.len(), 2);
+    for (b, t) in by.iter().zip([16u32, 128]) {
+        assert_eq!(b["tokens"], t);
+        assert_eq!(b["requests"], count(t));
+        assert_eq!(b["bytes"], count(t) * t as u64 * per_token);
+        assert_eq!(b["transfer_ns"]["count"], count(t));
+        assert_eq!(b["latency_ns"]["count"], count(t));
+        let line = format!("#  of mix {t:>7} {:>5} ", count(t));
+        assert!(f.stdout.contains(&line), "no line {line:?} in\n{}", f.stdout);
+    }
+    assert!(f.stdout.contains("    layer     mix    40 "), "{}", f.stdout);
+    let csv = std::fs::read_to_string(&c).unwrap();
+    assert!(csv.contains(&format!(",16:{}:{}:", count(16), count(16) * 16 * per_token)), "{csv}");
+    // The gate: the floor for all on the mix as a whole, 128's on 128's own.
+    let checked: Vec<(u64, f64)> = (r["gate"]["checked"].as_array().unwrap().iter())
+        .map(|c| (c["prompt_tokens"].as_u64().unwrap(), c["floor"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(checked, vec![(0, 0.001), (128, 0.002)], "{}", r["gate"]);
+    // size --run: each length's own transfer time, not the mix's.
+    let s = run(KVXFER, &[&["size", "-m", "llama-3.1-8b", "--run", js][..], &mix].concat(), secs(10));
+    s.expect_code(0);
+    for (b, t) in by.iter().zip([16u32, 128]) {
+        let p50 = kvxfer::units::fmt_ns(b["transfer_ns"]["p50"].as_u64().unwrap() as f64);
+        let line = format!("{t:>8} tokens: {p50} median, - p99 (layer granularity");
+        assert!(s.stdout.contains(&line), "no {line:?} in\n{}", s.stdout);
+    }
+    assert!(s.stdout.contains("under poisson 50/s arrivals: not alone"), "{}", s.stdout);
+    assert!(!s.stdout.contains("not in the run"), "{}", s.stdout);
 }
 
 /// Requests in flight at once (four lanes) hold their room in the decode

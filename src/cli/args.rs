@@ -910,6 +910,9 @@ pub struct SizeArgs {
     /// Share of each prompt length, comma-separated, one per length [default: equal]
     #[arg(long, value_name = "LIST", value_parser = weight_list, allow_hyphen_values = true)]
     pub mix: Option<::std::vec::Vec<f64>>,
+    /// The traffic as kvxfer-send spells it: TOKENS:WEIGHT,... (instead of -p and --mix)
+    #[arg(long, value_name = "MIX", conflicts_with_all = ["prompt_lengths", "mix"], allow_hyphen_values = true)]
+    pub prompt_mix: Option<String>,
     /// Requests whose KV sits received and not yet consumed on one decode GPU at
     /// once (bursts reach vLLM's --max-num-seqs)
     #[arg(long, default_value = "8", value_parser = positive_u32, allow_hyphen_values = true)]

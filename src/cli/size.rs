@@ -14,16 +14,22 @@ pub fn run(a: &SizeArgs) -> Result<()> {
         return Err(Error::usage("kvxfer size sizes one decode rank's buffer: give --tp D, decode's TP"));
     }
     let shape = a.model.resolve()?;
-    let weights = a.mix.clone().unwrap_or_else(|| vec![1.0; a.prompt_lengths.len()]);
-    if weights.len() != a.prompt_lengths.len() {
-        return Err(Error::usage(format!(
-            "--mix gives {} shares for {} prompt lengths",
-            weights.len(),
-            a.prompt_lengths.len()
-        )));
-    }
+    let mix = match &a.prompt_mix {
+        // The spelling of kvxfer-send and pair.
+        Some(m) => crate::schedule::parse_mix(m)?,
+        None => {
+            let weights = a.mix.clone().unwrap_or_else(|| vec![1.0; a.prompt_lengths.len()]);
+            if weights.len() != a.prompt_lengths.len() {
+                return Err(Error::usage(format!(
+                    "--mix gives {} shares for {} prompt lengths",
+                    weights.len(),
+                    a.prompt_lengths.len()
+                )));
+            }
+            a.prompt_lengths.iter().copied().zip(weights).collect()
+        }
+    };
     let report = a.run.as_ref().map(|p| read_run(p, shape.bytes_per_token())).transpose()?;
-    let mix: Vec<(u32, f64)> = a.prompt_lengths.iter().copied().zip(weights).collect();
     let s = size::size(&shape, &mix, a.concurrent, report.as_ref().map(|r| &r.points[..]));
     print(&mut std::io::stdout().lock(), a, &shape, &s, report.as_ref())?;
     if let Some(path) = &a.json {
@@ -174,8 +180,8 @@ fn added_ttft(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
         )?,
         None => writeln!(
             out,
-            "Added time to first token, from the run ({}, {}): the transfer of one request alone, after \
-             prefill (no emulated prefill in the run: --prefill-tflops or --prefill-ms measures the overlap)",
+            "Added time to first token, from the run ({}, {}): each request's transfer, after prefill \
+             (no emulated prefill in the run: --prefill-tflops or --prefill-ms measures the overlap)",
             r.transport.kind, r.started_at
         )?,
     }
@@ -195,12 +201,13 @@ fn added_ttft(out: &mut dyn Write, r: &RunReport, s: &Sizing) -> Result<()> {
             )?,
             (Some(m), None) => writeln!(
                 out,
-                "  {:>8} tokens: {} median, {} p99 ({} granularity, {:.1} GB/s)",
+                "  {:>8} tokens: {} median, {} p99 ({} granularity, {:.1} GB/s{})",
                 p.tokens,
                 fmt_ns(m.p50_ns as f64),
                 crate::report::table::tail(m.p99_ns),
                 m.granularity,
-                m.gbps
+                m.gbps,
+                m.under_load.as_ref().map(|a| format!(", under {a} arrivals: not alone")).unwrap_or_default()
             )?,
             (None, _) => writeln!(out, "  {:>8} tokens: not in the run", p.tokens)?,
         }

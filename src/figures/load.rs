@@ -2,9 +2,10 @@
 //! theory, what the decode side holds and its buffer (measure::load
 //! gathers them).
 
-use super::LatencySummary;
+use super::{decode_histogram, encode_histogram, new_histogram, LatencySummary};
 use crate::schedule::residency::{OnFull, Residency};
 use crate::schedule::Arrivals;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 /// A load point's figures.
@@ -19,8 +20,10 @@ pub struct LoadFigures {
     pub achieved_gbps: f64,
     /// The link could not keep up: achieved below 90% of offered.
     pub saturated: bool,
-    /// Requests per prompt length: (tokens, count).
-    pub prompts: Vec<(u32, u32)>,
+    /// Each prompt length's own figures, shortest first (one entry without
+    /// a mix): the row's times are the whole mix's, never its longest's.
+    #[serde(default)]
+    pub by_prompt: Vec<PromptLoad>,
     /// From arrival to the request's go.
     pub queue_ns: LatencySummary,
     /// The queueing histogram, HdrHistogram V2 + DEFLATE, base64 (a fan's
@@ -50,6 +53,70 @@ pub struct LoadFigures {
     /// or read by a pull). Under saturation, this is where the queue sits.
     #[serde(default)]
     pub prefill_resident: Residency,
+}
+
+/// One prompt length's requests within a load point.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptLoad {
+    pub tokens: u32,
+    pub requests: u64,
+    /// Their bytes, summed (a P x D decode rank's: its shares of them).
+    pub bytes: u64,
+    /// Each request's transfer, from its go to its last byte.
+    pub transfer_ns: LatencySummary,
+    pub transfer_histogram: String,
+    /// From arrival to go.
+    pub queue_ns: LatencySummary,
+    pub queue_histogram: String,
+    /// From arrival to the decode side holding the last byte.
+    pub latency_ns: LatencySummary,
+    pub latency_histogram: String,
+}
+
+impl PromptLoad {
+    /// One request's bytes.
+    pub fn request_bytes(&self) -> u64 {
+        self.bytes / self.requests.max(1)
+    }
+
+    /// A request's bytes over this length's mean transfer time (sharing the
+    /// link with the mix's other requests in flight), GB/s.
+    pub fn gbps(&self) -> f64 {
+        crate::units::gbps(self.request_bytes(), self.transfer_ns.mean)
+    }
+
+    /// Independent pairs' lengths as one: counts and bytes summed, times
+    /// from the merged histograms; shortest first.
+    pub fn merge<'a>(each: impl Iterator<Item = &'a [PromptLoad]>) -> Vec<PromptLoad> {
+        let mut merged: Vec<(PromptLoad, [Histogram<u64>; 3])> = Vec::new();
+        for p in each.flatten() {
+            let at = match merged.iter().position(|m| m.0.tokens == p.tokens) {
+                Some(at) => at,
+                None => {
+                    let empty = PromptLoad { tokens: p.tokens, ..PromptLoad::default() };
+                    merged.push((empty, [new_histogram(), new_histogram(), new_histogram()]));
+                    merged.len() - 1
+                }
+            };
+            let (m, hs) = &mut merged[at];
+            (m.requests, m.bytes) = (m.requests + p.requests, m.bytes + p.bytes);
+            for (h, text) in
+                hs.iter_mut().zip([&p.transfer_histogram, &p.queue_histogram, &p.latency_histogram])
+            {
+                if let Ok(one) = decode_histogram(text) {
+                    h.add(&one).expect("same bounds");
+                }
+            }
+        }
+        merged.sort_by_key(|m| m.0.tokens);
+        let done = |(mut m, [t, q, l]): (PromptLoad, [Histogram<u64>; 3])| {
+            (m.transfer_ns, m.transfer_histogram) = (LatencySummary::of(&t), encode_histogram(&t));
+            (m.queue_ns, m.queue_histogram) = (LatencySummary::of(&q), encode_histogram(&q));
+            (m.latency_ns, m.latency_histogram) = (LatencySummary::of(&l), encode_histogram(&l));
+            m
+        };
+        merged.into_iter().map(done).collect()
+    }
 }
 
 /// The mean queueing delay of one server that does nothing but serve, to

@@ -75,6 +75,9 @@ impl LatencySummary {
 pub struct PointResult {
     pub point: usize,
     pub granularity: Granularity,
+    /// The requests' prompt length; 0 for a load point whose requests had
+    /// several (a mix: each length's figures are in `load.by_prompt`, and
+    /// `request_bytes` is the mean request's).
     pub prompt_tokens: u32,
     pub messages: usize,
     /// Operations per request: messages, or for blocks the descriptors
@@ -118,6 +121,70 @@ pub struct PointResult {
     /// NIXL: where each request's time went (transport::nixl::figures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nixl: Option<nixl::NixlFigures>,
+}
+
+impl PointResult {
+    /// A load point whose requests had several prompt lengths.
+    pub fn is_mix(&self) -> bool {
+        self.load.as_ref().is_some_and(|l| l.by_prompt.len() > 1)
+    }
+
+    /// The prompt column: the length, or "mix".
+    pub fn prompt_label(&self) -> String {
+        match self.is_mix() {
+            true => "mix".into(),
+            false => self.prompt_tokens.to_string(),
+        }
+    }
+
+    /// A load point is named by the prompt lengths its requests had, never
+    /// by the longest the plan allows: one length, that length and its
+    /// request's bytes; several, prompt 0 and the mean request's bytes.
+    /// (A conversation's point is named by its turns instead.)
+    pub fn name_by_prompts(&mut self) {
+        let Some(l) = self.load.as_ref().filter(|_| self.conversation.is_none()) else { return };
+        let requests: u64 = l.by_prompt.iter().map(|p| p.requests).sum();
+        let bytes: u64 = l.by_prompt.iter().map(|p| p.bytes).sum();
+        if requests == 0 {
+            return;
+        }
+        self.prompt_tokens = match l.by_prompt.as_slice() {
+            [one] => one.tokens,
+            _ => 0,
+        };
+        self.request_bytes = (bytes / requests) as usize;
+    }
+
+    /// The point as one point per prompt length, for what reads points by
+    /// length (size, the gate, plots, comparisons): itself without a mix;
+    /// under a mix, each length with its own count, bytes, transfer times
+    /// and rate (sharing the link with the others), and its own added TTFT
+    /// with emulated prefill. The mix's load figures stay with the mix.
+    pub fn per_length(&self) -> Vec<PointResult> {
+        let Some(l) = self.load.as_ref().filter(|_| self.is_mix()) else { return vec![self.clone()] };
+        let each = |p: &load::PromptLoad| {
+            let mut one = self.clone();
+            one.prompt_tokens = p.tokens;
+            one.request_bytes = p.request_bytes() as usize;
+            // Blocks keep their size and grow in number; layers and whole
+            // requests keep their number and grow in size.
+            match self.granularity {
+                Granularity::Block => one.messages = one.request_bytes.div_ceil(self.message_bytes.max(1)),
+                _ => one.message_bytes = one.request_bytes / self.messages.max(1),
+            }
+            one.operations = one.operations.min(one.messages);
+            one.request_ns = p.transfer_ns.clone();
+            one.request_histogram = p.transfer_histogram.clone();
+            one.gbps = p.gbps();
+            one.gbps_p50 = crate::units::gbps(p.request_bytes(), p.transfer_ns.p50 as f64);
+            one.percent_of_peak =
+                self.percent_of_peak.filter(|_| self.gbps > 0.0).map(|v| v * one.gbps / self.gbps);
+            (one.load, one.fan) = (None, None);
+            one.prefill = self.prefill.as_ref().and_then(|f| f.of_length(p.tokens));
+            one
+        };
+        l.by_prompt.iter().map(each).collect()
+    }
 }
 
 /// An aggregate point's figures about the pairs within it.

@@ -46,6 +46,28 @@ pub struct PrefillFigures {
     pub under_load: Option<Box<LoadFigures>>,
 }
 
+impl PrefillFigures {
+    /// One length's own figures under a mix (`PointResult::per_length`);
+    /// None for a length the mix did not time.
+    pub fn of_length(&self, tokens: u32) -> Option<PrefillFigures> {
+        let b = self.by_prompt.iter().find(|b| b.tokens == tokens)?;
+        Some(PrefillFigures {
+            asked_ns: b.asked_ns,
+            during_ns: b.during_ns.clone(),
+            added_ns: b.added_ns.clone(),
+            exposed_share: b.exposed_share,
+            lower_bound_ns: b.lower_bound_ns,
+            // The whole mix's alone, TTFT and histogram: not this length's.
+            alone_ns: LatencySummary::default(),
+            ttft_ns: LatencySummary::default(),
+            added_histogram: String::new(),
+            by_prompt: Vec::new(),
+            under_load: None,
+            ..self.clone()
+        })
+    }
+}
+
 /// One prompt length's share of a mix's prefill figures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PromptPrefill {

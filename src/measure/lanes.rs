@@ -555,6 +555,7 @@ pub fn run_receiver(
         (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
         result.percent_of_peak = link.map(|k| 100.0 * result.gbps / k.peak_gbps);
         result.load = Some(l.figures());
+        result.name_by_prompts();
         if let Some(l1) = computing {
             let ttft = phase.ttft.into_inner().unwrap_or_else(|e| e.into_inner());
             result.prefill = prefill_figures(&plan, &point, &ttft, result.request_ns.p50, &l1);

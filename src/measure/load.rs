@@ -6,7 +6,7 @@
 //! (arrival, go, last byte) come the queueing delay, the latency a user
 //! sees, the achieved rate and what the decode side holds.
 
-use crate::figures::load::{BufferFigures, LoadFigures, QueueTheory};
+use crate::figures::load::{BufferFigures, LoadFigures, PromptLoad, QueueTheory};
 use crate::figures::{self, LatencySummary};
 use crate::plan::{PointLoad, RequestLayout, Side};
 use crate::schedule::residency::{self, DecodeBuffer, Held, OnFull};
@@ -282,6 +282,38 @@ fn busy_ns(intervals: impl Iterator<Item = (u64, u64)>) -> u64 {
     busy
 }
 
+/// Each prompt length's requests' figures, shortest first.
+fn by_prompt(requests: &[Instants]) -> Vec<PromptLoad> {
+    let mut lengths: Vec<u32> = requests.iter().map(|r| r.4).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let histogram = |of: &[&Instants], ns: fn(&Instants) -> u64| {
+        let mut h = figures::new_histogram();
+        for r in of {
+            h.saturating_record(ns(r).max(1));
+        }
+        (LatencySummary::of(&h), figures::encode_histogram(&h))
+    };
+    let prompt = |tokens: u32| {
+        let of: Vec<&Instants> = requests.iter().filter(|r| r.4 == tokens).collect();
+        let (transfer_ns, transfer_histogram) = histogram(&of, |r| r.2 - r.1);
+        let (queue_ns, queue_histogram) = histogram(&of, |r| r.1 - r.0);
+        let (latency_ns, latency_histogram) = histogram(&of, |r| r.2 - r.0);
+        PromptLoad {
+            tokens,
+            requests: of.len() as u64,
+            bytes: of.iter().map(|r| r.3).sum(),
+            transfer_ns,
+            transfer_histogram,
+            queue_ns,
+            queue_histogram,
+            latency_ns,
+            latency_histogram,
+        }
+    };
+    lengths.into_iter().map(prompt).collect()
+}
+
 /// The figures of a load point from its requests' instants (pure).
 /// `held`: what the decode side held, each piece from its go to its last
 /// byte and hold.
@@ -308,14 +340,6 @@ fn figures(arrivals: Arrivals, decode_hold_ns: u64, requests: &[Instants], held:
     let mean_queue = |rs: &[(u64, u64, u64, u64, u32)]| {
         rs.iter().map(|r| (r.1 - r.0) as f64).sum::<f64>() / rs.len().max(1) as f64
     };
-    let mut prompts: Vec<(u32, u32)> = Vec::new();
-    for r in requests {
-        match prompts.iter_mut().find(|p| p.0 == r.4) {
-            Some(p) => p.1 += 1,
-            None => prompts.push((r.4, 1)),
-        }
-    }
-    prompts.sort_unstable();
     LoadFigures {
         arrivals,
         offered_qps,
@@ -323,7 +347,7 @@ fn figures(arrivals: Arrivals, decode_hold_ns: u64, requests: &[Instants], held:
         offered_gbps: offered_qps * mean_bytes / 1e9,
         achieved_gbps: bytes as f64 / last_byte,
         saturated: achieved_qps < 0.9 * offered_qps,
-        prompts,
+        by_prompt: by_prompt(requests),
         queue_ns: LatencySummary::of(&queue),
         queue_histogram: figures::encode_histogram(&queue),
         queue_theory: None,
@@ -370,7 +394,7 @@ mod tests {
         // Held 70 ms of every 100: never two at once.
         assert_eq!(f.resident.peak_bytes, 1_000_000);
         assert_eq!(f.prefill_resident.peak_bytes, 1_000_000);
-        assert_eq!(f.prompts, vec![(128, 10)]);
+        assert_eq!(f.by_prompt.iter().map(|p| (p.tokens, p.requests)).collect::<Vec<_>>(), vec![(128, 10)]);
     }
 
     /// Three requests 10 ms apart. Each 15 ms: an ideal server starts the
@@ -425,5 +449,31 @@ mod tests {
         // On the prefill side, from arrival: at 180 ms the last arrives
         // while request 4 is on the wire until 200: requests 4..=9, 6 MB.
         assert_eq!(f.prefill_resident.peak_bytes, 6_000_000);
+    }
+
+    /// A mix: each length's own count, bytes and times; the short ones are
+    /// not reported under the long one's name.
+    #[test]
+    fn a_mix_reports_each_prompt_length_on_its_own() {
+        let ms = 1_000_000u64;
+        // Short (1 MB, 10 ms) at 0, 100, 200 ms; long (8 MB, 80 ms) at 50 ms,
+        // which delays the short one at 100 ms by 30 ms.
+        let rs = [
+            (0, 0, 10 * ms, 1_000_000, 1024),
+            (50 * ms, 50 * ms, 130 * ms, 8_000_000, 8192),
+            (100 * ms, 130 * ms, 140 * ms, 1_000_000, 1024),
+            (200 * ms, 200 * ms, 210 * ms, 1_000_000, 1024),
+        ];
+        let f = run(&rs, 10.0, 0);
+        let each: Vec<_> = f.by_prompt.iter().map(|p| (p.tokens, p.requests, p.bytes)).collect();
+        assert_eq!(each, vec![(1024, 3, 3_000_000), (8192, 1, 8_000_000)]);
+        let (short, long) = (&f.by_prompt[0], &f.by_prompt[1]);
+        assert!(close(short.transfer_ns.p50, 10 * ms) && close(long.transfer_ns.p50, 80 * ms));
+        assert!(close(short.queue_ns.max, 30 * ms) && close(short.latency_ns.max, 40 * ms));
+        assert_eq!(short.request_bytes(), 1_000_000);
+        // 1 MB over 10 ms; 8 MB over 80 ms.
+        assert!((short.gbps() - 0.1).abs() < 1e-3 && (long.gbps() - 0.1).abs() < 1e-3, "{}", short.gbps());
+        let back = figures::decode_histogram(&short.transfer_histogram).unwrap();
+        assert_eq!(back.len(), 3);
     }
 }

@@ -437,6 +437,7 @@ impl PointTally {
             (result.gbps, result.gbps_p50) = (l.transfer_gbps(), l.transfer_gbps());
             result.percent_of_peak = peak(result.gbps);
             result.load = Some(l.figures());
+            result.name_by_prompts();
         }
         if let Some(of) = PrefillOfPoint::of(plan, point) {
             let mut f = of.figures(&self.ttft, result.request_ns.p50);

@@ -162,6 +162,34 @@ pub fn series(runs: &[(String, RunReport)]) -> Vec<Series> {
     merged
 }
 
+/// The series with each mix's lengths as points of their own, for what
+/// reads points by prompt length (plots against it), sorted by length; a
+/// series of several arrival rates splits into one per rate, so that no
+/// line joins one rate's point to another's.
+pub fn by_length(series: &[Series]) -> Vec<Series> {
+    let mut out = Vec::new();
+    for s in series {
+        let rate = |p: &PointResult| p.load.as_ref().map(|l| l.arrivals.to_string());
+        let mut rates: Vec<Option<String>> = Vec::new();
+        for r in s.points.iter().map(rate) {
+            if !rates.contains(&r) {
+                rates.push(r);
+            }
+        }
+        for r in &rates {
+            let mut points: Vec<PointResult> =
+                s.points.iter().filter(|p| rate(p) == *r).flat_map(|p| p.per_length()).collect();
+            points.sort_by_key(|p| p.prompt_tokens);
+            let label = match (r, rates.len()) {
+                (Some(r), 2..) => format!("{} · {r}", s.label),
+                _ => s.label.clone(),
+            };
+            out.push(Series { label, peak: s.peak.clone(), points });
+        }
+    }
+    out
+}
+
 /// The run the others are compared with (`report --baseline`): each point's
 /// GB/s over the baseline's at the same granularity, prompt length and
 /// request size, so that transports, builds or clusters read as ratios.
@@ -173,7 +201,8 @@ pub struct Baseline {
 impl Baseline {
     /// `name`: the report's file name, which tells apart runs of one label.
     pub fn of(name: &str, run: &RunReport) -> Baseline {
-        Baseline { label: format!("{} ({name})", run_label(run)), points: run.points.clone() }
+        let points = run.points.iter().flat_map(rows).map(|(_, _, p)| p).collect();
+        Baseline { label: format!("{} ({name})", run_label(run)), points }
     }
 
     /// GB/s of `p` over the baseline's matching point, if it has one.
@@ -185,6 +214,18 @@ impl Baseline {
         })?;
         (base.gbps > 0.0).then(|| p.gbps / base.gbps)
     }
+}
+
+/// A point's rows in a table, each with its prompt label and whether it
+/// is a length of a mix: the point, and under a mix each of its lengths
+/// after it (`PointResult::per_length`).
+fn rows(p: &PointResult) -> Vec<(String, bool, PointResult)> {
+    let mut rows = vec![(p.prompt_label(), false, p.clone())];
+    if p.is_mix() {
+        let each = |one: PointResult| (format!("{} of mix", one.prompt_tokens), true, one);
+        rows.extend(p.per_length().into_iter().map(each));
+    }
+    rows
 }
 
 /// The merged table, as Markdown; with a baseline, a column of ratios to it.
@@ -199,11 +240,12 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
     md.push_str(&rule);
     md.push('\n');
     for s in series {
-        for p in &s.points {
+        for (prompt, _, p) in s.points.iter().flat_map(rows) {
+            let p = &p;
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
                 s.label,
-                p.prompt_tokens,
+                prompt,
                 p.messages,
                 crate::units::fmt_bytes(p.request_bytes as u64),
                 p.gbps,
@@ -404,6 +446,7 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
     w.write_record([
         "series",
         "prompt_tokens",
+        "of_mix",
         "messages",
         "request_bytes",
         "gbps",
@@ -419,12 +462,14 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
     ])
     .map_err(|e| Error::run(e.to_string()))?;
     for s in series {
-        for p in &s.points {
+        for (_, of_mix, p) in s.points.iter().flat_map(rows) {
+            let p = &p;
             let prefill = |f: fn(&PrefillFigures) -> u64| p.prefill.as_ref().map(f).map(|ns| ns.to_string());
             let prefill = |f| prefill(f).unwrap_or_default();
             w.write_record([
                 s.label.clone(),
                 p.prompt_tokens.to_string(),
+                of_mix.to_string(),
                 p.messages.to_string(),
                 p.request_bytes.to_string(),
                 format!("{:.4}", p.gbps),

@@ -122,6 +122,7 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    cols.push(("load_by_prompt".into(), by_prompt_column(l)));
     // Conversations: the mode, and a conversation's bytes against full's.
     let c = p.conversation.as_ref();
     cols.extend(
@@ -146,6 +147,17 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
     );
     cols.extend(nixl_columns(report, p));
     cols
+}
+
+/// A load point's lengths (a mix's row has prompt_tokens 0 and the mean
+/// request's bytes): TOKENS:REQUESTS:BYTES:TRANSFER_P50_NS:TRANSFER_P99_NS:
+/// LATENCY_P50_NS:LATENCY_P99_NS, ';' between; empty without load.
+fn by_prompt_column(l: Option<&LoadFigures>) -> String {
+    let each = |b: &crate::figures::load::PromptLoad| {
+        let (t, l) = (&b.transfer_ns, &b.latency_ns);
+        format!("{}:{}:{}:{}:{}:{}:{}", b.tokens, b.requests, b.bytes, t.p50, t.p99, l.p50, l.p99)
+    };
+    l.map(|l| l.by_prompt.iter().map(each).collect::<Vec<_>>().join(";")).unwrap_or_default()
 }
 
 /// Emulated prefill's columns: empty without it.

@@ -38,7 +38,29 @@ impl Threshold {
     }
 
     fn for_tokens(&self, tokens: u32) -> Option<f64> {
-        self.at.iter().find(|(t, _)| *t == tokens).map(|(_, v)| *v).or(self.all)
+        self.exactly(tokens).or(self.all)
+    }
+
+    fn exactly(&self, tokens: u32) -> Option<f64> {
+        self.at.iter().find(|(t, _)| *t == tokens).map(|(_, v)| *v)
+    }
+
+    /// The points a floor judges, each with its floor: a point of one
+    /// prompt length by that length's floor; a mix as a whole by the floor
+    /// for all lengths, and each of its lengths by a floor named for it.
+    fn judged(&self, points: &[PointResult]) -> Vec<(PointResult, f64)> {
+        let mut judged = Vec::new();
+        for p in points {
+            if !p.is_mix() {
+                judged.extend(self.for_tokens(p.prompt_tokens).map(|floor| (p.clone(), floor)));
+                continue;
+            }
+            judged.extend(self.all.map(|floor| (p.clone(), floor)));
+            for one in p.per_length() {
+                judged.extend(self.exactly(one.prompt_tokens).map(|floor| (one, floor)));
+            }
+        }
+        judged
     }
 }
 
@@ -99,7 +121,8 @@ impl Gate {
     pub fn judge(&self, report: &RunReport) -> GateVerdict {
         let mut checks = 0;
         let (mut failures, mut checked) = (Vec::new(), Vec::new());
-        let measured = |t: u32| report.points.iter().any(|p| p.prompt_tokens == t);
+        let lengths: Vec<PointResult> = report.points.iter().flat_map(|p| p.per_length()).collect();
+        let measured = |t: u32| lengths.iter().any(|p| p.prompt_tokens == t);
         let floors: [Floor; 2] = [
             ("--min-gbps", &self.min_gbps, |p| Some(p.gbps), "GB/s"),
             ("--min-percent-of-peak", &self.min_percent_of_peak, |p| p.percent_of_peak, "% of peak"),
@@ -110,13 +133,15 @@ impl Gate {
             for (t, _) in threshold.at.iter().filter(|(t, _)| !measured(*t)) {
                 failures.push(format!("{flag} names {t} tokens, which this run did not measure"));
             }
-            for p in &report.points {
-                let Some(floor) = threshold.for_tokens(p.prompt_tokens) else { continue };
+            for (p, floor) in threshold.judged(&report.points) {
                 checks += 1;
-                let what = format!("{} {} tokens", p.granularity, p.prompt_tokens);
+                let what = match p.is_mix() {
+                    true => format!("{} mix of prompt lengths", p.granularity),
+                    false => format!("{} {} tokens", p.granularity, p.prompt_tokens),
+                };
                 let wrong_peak = p.percent_of_peak.is_some_and(|v| v > 100.0);
                 let failed = failures.len();
-                match value(p) {
+                match value(&p) {
                     None => failures.push(format!("{what}: no peak to compare with ({flag} needs --link)")),
                     // A share of a peak the run exceeded says nothing.
                     Some(_) if wrong_peak && unit == "% of peak" => failures.push(format!(
@@ -130,7 +155,7 @@ impl Gate {
                     granularity: p.granularity,
                     prompt_tokens: p.prompt_tokens,
                     floor,
-                    measured: value(p),
+                    measured: value(&p),
                     passed: failures.len() == failed,
                 });
             }

@@ -100,7 +100,7 @@ impl CeilingExceeded {
         let link = link?;
         let max = above.iter().filter_map(|p| p.percent_of_peak).fold(f64::NAN, f64::max);
         (!above.is_empty()).then(|| CeilingExceeded {
-            points: above.iter().map(|p| format!("{} {}", p.granularity, p.prompt_tokens)).collect(),
+            points: above.iter().map(|p| format!("{} {}", p.granularity, p.prompt_label())).collect(),
             max_percent_of_peak: max,
             note: format!(
                 "{} of {} points measured above the peak of {} ({:.2} GB/s), up to {max:.1}%: that peak is not this \

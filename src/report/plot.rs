@@ -780,15 +780,19 @@ impl Figure for Turns<'_> {
 
 /// Every plot of a report into `dir`; returns the files written.
 pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
-    let mut files = both(dir, "bandwidth", &Bandwidth(series))?;
-    files.extend(both(dir, "latency", &Latency(series))?);
-    let mut tokens: Vec<u32> = series.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens)).collect();
+    // Plots against prompt length take a mix's lengths one by one; those
+    // against the rate take the mix whole.
+    let lengths = &super::compare::by_length(series);
+    let mut files = both(dir, "bandwidth", &Bandwidth(lengths))?;
+    files.extend(both(dir, "latency", &Latency(lengths))?);
+    let mut tokens: Vec<u32> =
+        lengths.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens)).collect();
     tokens.sort_unstable();
     tokens.dedup();
     for t in tokens {
-        files.extend(both(dir, &format!("histogram-{t}"), &HistogramAt { series, tokens: t })?);
+        files.extend(both(dir, &format!("histogram-{t}"), &HistogramAt { series: lengths, tokens: t })?);
     }
-    let ttft = Ttft(series);
+    let ttft = Ttft(lengths);
     if !ttft.tokens().is_empty() {
         files.extend(both(dir, "ttft", &ttft)?);
     }

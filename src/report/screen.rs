@@ -110,7 +110,7 @@ impl Screen {
         // Where requests did not report themselves (lanes), the point's end moves the bar.
         let points = self.points.lock().expect("not poisoned");
         self.bar.set_position(points.iter().take(p.point + 1).map(|p| p.bytes).sum());
-        self.bar.set_message(format!("last: {} {}, {:.2} GB/s", p.granularity, p.prompt_tokens, p.gbps));
+        self.bar.set_message(format!("last: {} {}, {:.2} GB/s", p.granularity, p.prompt_label(), p.gbps));
     }
 
     /// A request done: the bar moves by its bytes and shows its rate.

@@ -427,7 +427,8 @@ pub fn row(r: &RunReport, p: &PointResult, layout: Layout, out: &mut dyn Write) 
     write_lines(out, &text, layout.wrap)
 }
 
-fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Write) -> Result<()> {
+/// A row's columns after its first (`first`, 9 characters wide).
+fn point_columns(first: &str, prompt: &str, p: &PointResult, wrong: &str, columns: Columns) -> String {
     let l = &p.request_ns;
     // Above 100% the peak is wrong, not the figure: marked, and said below the table.
     let peak = match p.percent_of_peak {
@@ -435,13 +436,10 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
         Some(v) => format!("{v:.1}"),
         None => "-".into(),
     };
-    let wrong = if r.plan.verify == VerifyMode::Off { "-".into() } else { p.wrong_bytes.to_string() };
     match columns {
-        Columns::Narrow => writeln!(
-            out,
-            " {:>8} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9.2} {:>6} {:>6}",
-            p.granularity.to_string(),
-            p.prompt_tokens,
+        Columns::Narrow => format!(
+            "{first} {:>7} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9.2} {:>6} {:>6}",
+            prompt,
             l.count,
             fmt_bytes(p.request_bytes as u64),
             fmt_ns(l.p50 as f64),
@@ -450,13 +448,11 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
             p.gbps,
             peak,
             wrong
-        )?,
-        Columns::Wide => writeln!(
-            out,
-            " {:>8} {:>8} {:>5} {:>8} {:>10} {:>10} {:>21} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} \
+        ),
+        Columns::Wide => format!(
+            "{first} {:>8} {:>5} {:>8} {:>10} {:>10} {:>21} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} \
              {:>8.2} {:>7} {:>6}",
-            p.granularity.to_string(),
-            p.prompt_tokens,
+            prompt,
             l.count,
             p.messages,
             fmt_bytes(p.message_bytes as u64),
@@ -473,7 +469,20 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
             p.gbps,
             peak,
             wrong
-        )?,
+        ),
+    }
+}
+
+fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Write) -> Result<()> {
+    let wrong = if r.plan.verify == VerifyMode::Off { "-".into() } else { p.wrong_bytes.to_string() };
+    let first = format!(" {:>8}", p.granularity.to_string());
+    writeln!(out, "{}", point_columns(&first, &p.prompt_label(), p, &wrong, columns))?;
+    if p.is_mix() {
+        // Each length of the mix on its own line in the same columns (its
+        // bytes checked with the whole row's).
+        for one in p.per_length() {
+            writeln!(out, "{}", point_columns("#  of mix", &one.prompt_label(), &one, "-", columns))?;
+        }
     }
     if let Some(f) = &p.load {
         load_line(f, out)?;
@@ -736,7 +745,9 @@ fn footer_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if let Some(f) = r.points.iter().find_map(|p| p.prefill.as_ref()) {
         writeln!(out, "# prefill    computed by {}", f.compute)?;
     }
-    for p in r.points.iter().filter(|p| wide_spread(&p.request_ns)) {
+    // A mix spreads by its lengths: each is judged on its own.
+    let lengths: Vec<PointResult> = r.points.iter().flat_map(|p| p.per_length()).collect();
+    for p in lengths.iter().filter(|p| wide_spread(&p.request_ns)) {
         let l = &p.request_ns;
         writeln!(
             out,
