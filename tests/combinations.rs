@@ -36,14 +36,24 @@ fn path(dir: &tempfile::TempDir, name: &str) -> String {
     dir.path().join(name).to_str().unwrap().to_string()
 }
 
+/// A load point's requests per prompt length: (tokens, count).
+fn counts(load: &Value) -> Vec<(u64, u64)> {
+    let each = load["by_prompt"].as_array().unwrap().iter();
+    each.map(|p| (p["tokens"].as_u64().unwrap(), p["requests"].as_u64().unwrap())).collect()
+}
+
 /// Timed bytes of a load point: its prompts' counts times their sizes.
 fn timed_bytes(load: &Value) -> u64 {
-    let prompts = load["prompts"].as_array().unwrap();
-    prompts.iter().map(|p| p[0].as_u64().unwrap() * p[1].as_u64().unwrap() * KIB128).sum()
+    counts(load).iter().map(|(t, n)| t * n * KIB128).sum()
 }
 
 fn requests(load: &Value) -> u64 {
-    load["prompts"].as_array().unwrap().iter().map(|p| p[1].as_u64().unwrap()).sum()
+    counts(load).iter().map(|(_, n)| n).sum()
+}
+
+/// The mean request of a mix (a point of several lengths is named by it).
+fn mean_request_bytes(load: &Value) -> u64 {
+    timed_bytes(load) / requests(load)
 }
 
 /// Two prefill instances, each with its own Poisson arrivals, into one
@@ -184,11 +194,15 @@ fn p2_to_d1_under_arrivals_counts_each_request_once() {
         assert_eq!(requests(&agg["load"]), 6, "{transport}");
         assert_eq!(agg["request_ns"]["count"], 6);
         assert_eq!(agg["load"]["latency_ns"]["count"], 6);
-        assert_eq!(agg["request_bytes"].as_u64().unwrap(), 64 * KIB128);
+        assert_eq!(agg["request_bytes"].as_u64().unwrap(), mean_request_bytes(&agg["load"]));
         for p in &own {
-            assert_eq!(p["request_bytes"].as_u64().unwrap(), 64 * KIB128 / 2, "{transport}");
+            assert_eq!(
+                p["request_bytes"].as_u64().unwrap(),
+                mean_request_bytes(&agg["load"]) / 2,
+                "{transport}"
+            );
             // The same stream on both ranks.
-            assert_eq!(p["load"]["prompts"], agg["load"]["prompts"]);
+            assert_eq!(counts(&p["load"]), counts(&agg["load"]));
         }
         // Each rank checked its half of the timed requests and of one warm-up a lane.
         for p in &own {
@@ -213,7 +227,7 @@ fn p2_to_d1_under_arrivals_with_emulated_prefill_counts_each_request_s_ttft_once
         // Six requests, each two shares: one added TTFT each, and the same schedule again with prefill.
         assert_eq!(f["added_ns"]["count"], 6, "{transport}: {f}");
         assert_eq!(f["under_load"]["latency_ns"]["count"], 6);
-        assert_eq!(f["under_load"]["prompts"], agg["load"]["prompts"]);
+        assert_eq!(counts(&f["under_load"]), counts(&agg["load"]));
         // A request's TTFT is its compute and what the transfer added: never below the compute.
         assert!(f["ttft_ns"]["min"].as_u64() >= f["during_ns"]["min"].as_u64(), "{f}");
         // Each length computes its own layers: 4 ms for 16 tokens, 16 ms for 64.
@@ -305,12 +319,7 @@ fn prefill_with_a_prompt_mix_on_four_lanes() {
                 )
             })
             .collect();
-        let prompts: Vec<(u64, u64)> = l["prompts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p[0].as_u64().unwrap(), p[1].as_u64().unwrap()))
-            .collect();
+        let prompts: Vec<(u64, u64)> = counts(l);
         // The CSV names the prompt its prefill columns describe, and holds each length's.
         let csv = std::fs::read_to_string(&csv_path).unwrap();
         let (header, row) = (csv.lines().next().unwrap(), csv.lines().nth(1).unwrap());
@@ -402,11 +411,11 @@ fn two_prefill_instances_at_tp2_feed_one_decode_instance_at_tp4() {
             d.finish(secs(20)).expect_code(0);
         }
         let report = |name: &str| json(&dir.path().join(name));
-        let instance_prompts: Vec<Value> =
-            (0..2).map(|i| report(&format!("p{i}-0.json"))["points"][0]["load"]["prompts"].clone()).collect();
+        let instance_prompts: Vec<Vec<(u64, u64)>> =
+            (0..2).map(|i| counts(&report(&format!("p{i}-0.json"))["points"][0]["load"])).collect();
         // The ranks of an instance share its requests; the instances' differ.
         for (i, prompts) in instance_prompts.iter().enumerate() {
-            assert_eq!(&report(&format!("p{i}-1.json"))["points"][0]["load"]["prompts"], prompts);
+            assert_eq!(&counts(&report(&format!("p{i}-1.json"))["points"][0]["load"]), prompts);
         }
         let seeds: Vec<Value> =
             (0..2).map(|i| report(&format!("p{i}-0.json"))["plan"]["load"]["seed"].clone()).collect();
@@ -422,18 +431,14 @@ fn two_prefill_instances_at_tp2_feed_one_decode_instance_at_tp4() {
             let (l, f) = (&agg["load"], &agg["prefill"]);
             // Both instances' six requests, each a quarter of its KV: 2 MiB of a 64-token one.
             assert_eq!(requests(l), 12, "{transport} d{d}: {l}");
-            let mut counts = std::collections::BTreeMap::new();
-            for pr in instance_prompts.iter().flat_map(|p| p.as_array().unwrap()) {
-                *counts.entry(pr[0].as_u64().unwrap()).or_insert(0) += pr[1].as_u64().unwrap();
+            let mut drawn = std::collections::BTreeMap::new();
+            for (tokens, n) in instance_prompts.iter().flatten() {
+                *drawn.entry(*tokens).or_insert(0) += n;
             }
-            let got: std::collections::BTreeMap<u64, u64> = l["prompts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| (p[0].as_u64().unwrap(), p[1].as_u64().unwrap()))
-                .collect();
-            assert_eq!(got, counts, "{transport} d{d}");
-            assert_eq!(agg["request_bytes"].as_u64().unwrap(), 64 * KIB128 / 4, "{transport} d{d}");
+            let got: std::collections::BTreeMap<u64, u64> = counts(l).into_iter().collect();
+            assert_eq!(got, drawn, "{transport} d{d}");
+            // A quarter of the mean request.
+            assert_eq!(agg["request_bytes"].as_u64().unwrap(), mean_request_bytes(l) / 4, "{transport} d{d}");
             // Each request's added TTFT once, in both phases' loads.
             assert_eq!(f["added_ns"]["count"], 12, "{transport} d{d}: {f}");
             assert_eq!(f["under_load"]["latency_ns"]["count"], 12);
@@ -486,7 +491,7 @@ fn one_sender_under_arrivals_into_two_receivers() {
     assert_eq!(agg["load"]["queue_ns"]["count"], 10);
     let sum = |k: &str| own.iter().map(|p| p["load"][k].as_f64().unwrap()).sum::<f64>();
     assert!((agg["load"]["offered_qps"].as_f64().unwrap() - sum("offered_qps")).abs() < 1e-6);
-    assert_eq!(agg["request_bytes"].as_u64().unwrap(), 64 * KIB128);
+    assert_eq!(agg["request_bytes"].as_u64().unwrap(), mean_request_bytes(&agg["load"]));
     assert!(out.stdout.contains("each receiver its own arrivals"), "{}", out.stdout);
 }
 

@@ -138,11 +138,11 @@ fn report_of_prefill_runs_adds_the_ttft_table_and_plot() {
         .lines()
         .next()
         .unwrap()
-        .ends_with("prefill_during_p50_ns,added_ttft_p50_ns,added_ttft_p99_ns,added_ttft_bound_ns"));
+        .ends_with("prefill_during_p50_ns,added_ttft_p50_ns,added_ttft_p99_ns,added_ttft_bound_ns,of_mix"));
     let first = csv.lines().nth(1).unwrap();
     assert!(
         first.ends_with(&format!(
-            "{},{},{},{}",
+            "{},{},{},{},false",
             p["during_ns"]["p50"], p["added_ns"]["p50"], p["added_ns"]["p99"], p["lower_bound_ns"]
         )),
         "{first}"

@@ -124,16 +124,19 @@ pub struct PointResult {
 }
 
 impl PointResult {
-    /// A load point whose requests had several prompt lengths.
+    /// A load point whose requests had several prompt lengths (a
+    /// conversation's turns are its own figures, not a mix).
     pub fn is_mix(&self) -> bool {
-        self.load.as_ref().is_some_and(|l| l.by_prompt.len() > 1)
+        self.conversation.is_none() && self.load.as_ref().is_some_and(|l| l.by_prompt.len() > 1)
     }
 
-    /// The prompt column: the length, or "mix".
+    /// The prompt column: the length, "mix", or a conversation's turns
+    /// ("5-turn"; its prompt_tokens are its last turn's, its whole context).
     pub fn prompt_label(&self) -> String {
-        match self.is_mix() {
-            true => "mix".into(),
-            false => self.prompt_tokens.to_string(),
+        match &self.conversation {
+            Some(c) => format!("{}-turn", c.turns.len()),
+            None if self.is_mix() => "mix".into(),
+            None => self.prompt_tokens.to_string(),
         }
     }
 

@@ -446,7 +446,6 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
     w.write_record([
         "series",
         "prompt_tokens",
-        "of_mix",
         "messages",
         "request_bytes",
         "gbps",
@@ -459,6 +458,7 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
         "added_ttft_p50_ns",
         "added_ttft_p99_ns",
         "added_ttft_bound_ns",
+        "of_mix",
     ])
     .map_err(|e| Error::run(e.to_string()))?;
     for s in series {
@@ -469,7 +469,6 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
             w.write_record([
                 s.label.clone(),
                 p.prompt_tokens.to_string(),
-                of_mix.to_string(),
                 p.messages.to_string(),
                 p.request_bytes.to_string(),
                 format!("{:.4}", p.gbps),
@@ -482,6 +481,7 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
                 prefill(|f| f.added_ns.p50),
                 prefill(|f| f.added_ns.p99),
                 prefill(|f| f.lower_bound_ns),
+                of_mix.to_string(),
             ])
             .map_err(|e| Error::run(e.to_string()))?;
         }

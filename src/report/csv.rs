@@ -122,7 +122,6 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
-    cols.push(("load_by_prompt".into(), by_prompt_column(l)));
     // Conversations: the mode, and a conversation's bytes against full's.
     let c = p.conversation.as_ref();
     cols.extend(
@@ -146,6 +145,8 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v)),
     );
     cols.extend(nixl_columns(report, p));
+    // Columns added later go last, so that files read by position keep theirs.
+    cols.push(("load_by_prompt".into(), by_prompt_column(p.load.as_ref())));
     cols
 }
 

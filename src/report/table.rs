@@ -754,7 +754,7 @@ fn footer_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
             "# spread     {} {}: σ {:.0}% of the mean, max {:.1}x p50: outliers (another process on the host or \
              GPU, a cold path); more -n and -w narrow it",
             p.granularity,
-            p.prompt_tokens,
+            p.prompt_label(),
             100.0 * l.stdev / l.mean.max(1e-9),
             l.max as f64 / (l.p50.max(1)) as f64
         )?;
