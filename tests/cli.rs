@@ -275,7 +275,7 @@ fn size_takes_transfer_times_from_a_run_of_the_same_shape_only() {
     assert!(f.stdout.contains("Added time to first token, from the run (tcp"), "{}", f.stdout);
     assert!(f.stdout.contains("1024 tokens: ") && f.stdout.contains("(layer granularity"), "{}", f.stdout);
     assert!(f.stdout.contains("8192 tokens: not in the run"), "{}", f.stdout);
-    assert!(f.stdout.contains("the transfer of one request alone"), "{}", f.stdout);
+    assert!(f.stdout.contains("each request's transfer, after prefill"), "{}", f.stdout);
     // A run with emulated prefill: the added TTFT it measured, and the prefill under it.
     let p = dir.path().join("prefill.json");
     let args = ["pair", "-p", "128", "-n", "2", "--prefill-ms", "128:20", "--overlap", "layer", "--json"];
@@ -489,7 +489,7 @@ fn a_mixed_load_point_reports_each_prompt_length() {
     assert!(csv.contains(&format!(",16:{}:{}:", count(16), count(16) * 16 * per_token)), "{csv}");
     // The gate: the floor for all on the mix as a whole, 128's on 128's own.
     let checked: Vec<(u64, f64)> = (r["gate"]["checked"].as_array().unwrap().iter())
-        .map(|c| (c["prompt_tokens"].as_u64().unwrap(), c["floor"].as_f64().unwrap()))
+        .map(|c| (c["prompt_tokens"].as_u64().unwrap(), c["limit"].as_f64().unwrap()))
         .collect();
     assert_eq!(checked, vec![(0, 0.001), (128, 0.002)], "{}", r["gate"]);
     // size --run: each length's own transfer time, not the mix's.

@@ -85,6 +85,7 @@ parser_of!(fault, Fault, Fault::parse);
 parser_of!(memory_kind, MemoryKind, MemoryKind::parse);
 parser_of!(ucx_op, UcxOp, UcxOp::parse);
 parser_of!(threshold, Threshold, Threshold::parse);
+parser_of!(time_threshold, Threshold, Threshold::parse_times);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 parser_of!(ofi_op, OfiOp, OfiOp::parse);
 parser_of!(nixl_op, NixlOp, NixlOp::parse);
@@ -476,11 +477,24 @@ pub struct OutputArgs {
     /// Fail (exit 4) if a point reaches less of the link's peak (--link), in percent
     #[arg(long, value_name = "[TOKENS:]PERCENT,...", value_parser = threshold, help_heading = "Gate")]
     pub min_percent_of_peak: Option<Threshold>,
+    /// Fail (exit 4) if a point's request p99 (the table's) is longer: for all
+    /// prompt lengths and/or TOKENS:TIME (e.g. 20ms or 8k:40ms); needs -n 100 or more
+    #[arg(long, value_name = "[TOKENS:]TIME,...", value_parser = time_threshold, help_heading = "Gate")]
+    pub max_p99: Option<Threshold>,
+    /// Fail (exit 4) if what the transfer adds to time-to-first-token, p99, is
+    /// longer (with --prefill-tflops or --prefill-ms; -n 100 or more)
+    #[arg(long, value_name = "[TOKENS:]TIME,...", value_parser = time_threshold, help_heading = "Gate")]
+    pub max_added_ttft: Option<Threshold>,
 }
 
 impl OutputArgs {
     pub fn gate(&self) -> Gate {
-        Gate { min_gbps: self.min_gbps.clone(), min_percent_of_peak: self.min_percent_of_peak.clone() }
+        Gate {
+            min_gbps: self.min_gbps.clone(),
+            min_percent_of_peak: self.min_percent_of_peak.clone(),
+            max_p99: self.max_p99.clone(),
+            max_added_ttft: self.max_added_ttft.clone(),
+        }
     }
 }
 
@@ -676,12 +690,11 @@ impl RunArgs {
         Ok(Some(Prefill { time, overlap }))
     }
 
-    /// A floor in percent of a peak nobody gave could never be checked.
-    pub fn check_gate(&self) -> Result<()> {
-        if self.output.min_percent_of_peak.is_some() && self.link.is_none() {
-            return Err(Error::usage("--min-percent-of-peak needs the peak: give --link PRESET or GB/s"));
-        }
-        Ok(())
+    /// A gate this plan cannot satisfy is refused before anything runs (a
+    /// percentage with no peak, a floor for a length not measured, a p99
+    /// from too few requests).
+    pub fn check_gate(&self, plan: &Plan) -> Result<()> {
+        self.output.gate().needs().check(plan, self.link.is_some()).map_err(Error::usage)
     }
 
     pub fn transport_spec(&self) -> TransportSpec {

@@ -157,8 +157,7 @@ pub fn run(a: &MatrixArgs) -> Result<()> {
             "kvxfer matrix needs at least 2 ranks, not {n}: every pair is two"
         )));
     }
-    a.run.check_gate()?;
-    a.run.plan()?;
+    a.run.check_gate(&a.run.plan()?)?;
     let coordinating = match me.rank {
         0 => {
             let port = net::split_host_port(&rendezvous)?.1;
@@ -610,8 +609,7 @@ fn run_hosts(a: &MatrixArgs) -> Result<()> {
     if a.hosts.len() < 2 {
         return Err(Error::usage(format!("--hosts names {} host: a matrix needs at least 2", a.hosts.len())));
     }
-    a.run.check_gate()?;
-    a.run.plan()?;
+    a.run.check_gate(&a.run.plan()?)?;
     let (mut links, mut ranks, mut gone) = (Vec::new(), Vec::new(), Vec::new());
     for (i, host) in a.hosts.iter().enumerate() {
         let addr = match net::split_host_port(host) {

@@ -13,7 +13,7 @@ pub(super) fn pair(a: &PairArgs) -> Result<()> {
         )));
     }
     let plan = a.run.plan()?;
-    a.run.check_gate()?;
+    a.run.check_gate(&plan)?;
     let spec = a.run.transport_spec();
     let send_memory = a.run.memory.spec();
     let recv_kind = a.recv_memory.unwrap_or(send_memory.kind);

@@ -85,6 +85,7 @@ pub(super) fn receiver_side(a: &RecvArgs) -> ReceiverSide {
             memory: a.memory.memory,
             decode_rank: a.decode_rank,
             kv_layout: a.kv_layout,
+            gate: a.output.gate().needs(),
         },
         memory: a.memory.spec(),
         local: a.libraries.local(),

@@ -7,7 +7,7 @@ pub(super) fn send(a: &SendArgs) -> Result<()> {
     let pairs = fan::receivers(&a.connect)?;
     let Some(plans) = pair_plans(a, a.run.plan()?)? else { return Ok(()) };
     let plan = plans[0].clone();
-    a.run.check_gate()?;
+    a.run.check_gate(&plan)?;
     for addr in &a.connect {
         net::resolve(addr)?;
     }

@@ -5,6 +5,7 @@
 //! table puts them in its KV cache pool (blocks.rs).
 
 pub mod blocks;
+pub mod gate;
 pub mod hybrid;
 pub mod prefill;
 pub mod tp;

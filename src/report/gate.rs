@@ -1,10 +1,13 @@
-//! The deployment gate: `--min-gbps` and `--min-percent-of-peak` turn a run
-//! into a pass or a fail (exit 4) with one verdict line, for CI pipelines
-//! that validate a fabric before deploying on it.
+//! The deployment gate: floors (`--min-gbps`, `--min-percent-of-peak`) and
+//! ceilings (`--max-p99`, `--max-added-ttft`) turn a run into a pass or a
+//! fail (exit 4) with one verdict line, for CI pipelines that validate a
+//! fabric before deploying on it. What the plan must give for them to be
+//! judged is checked before anything runs (plan::gate).
 
 use super::RunReport;
 use crate::error::{Error, ErrorKind, Result};
 use crate::figures::PointResult;
+use crate::plan::gate::GateNeeds;
 use crate::units;
 use serde::{Deserialize, Serialize};
 
@@ -17,13 +20,27 @@ pub struct Threshold {
 }
 
 impl Threshold {
+    /// Positive numbers (GB/s, percent).
     pub fn parse(s: &str) -> Result<Threshold> {
+        Threshold::parse_with(s, |v| match v.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(Error::usage(format!("'{v}' is not a positive number (in '{s}')"))),
+        })
+    }
+
+    /// Times ("50ms", "800us", "1.5s"), held in ns: above zero, at most an hour.
+    pub fn parse_times(s: &str) -> Result<Threshold> {
+        Threshold::parse_with(s, |v| match humantime::parse_duration(v.trim()) {
+            Ok(d) if !d.is_zero() && d.as_secs() <= 3600 => Ok(d.as_nanos() as f64),
+            _ => Err(Error::usage(format!(
+                "'{v}' is not a time above zero and within an hour, like 50ms (in '{s}')"
+            ))),
+        })
+    }
+
+    fn parse_with(s: &str, value: impl Fn(&str) -> Result<f64>) -> Result<Threshold> {
         let mut t = Threshold::default();
         for item in units::list_items(s, "the gate's list")? {
-            let value = |v: &str| match v.parse::<f64>() {
-                Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-                _ => Err(Error::usage(format!("'{v}' is not a positive number (in '{s}')"))),
-            };
             match item.split_once(':') {
                 Some((tokens, v)) => t.at.push((units::parse_token_count(tokens)?, value(v)?)),
                 None if t.all.is_none() => t.all = Some(value(item)?),
@@ -64,14 +81,33 @@ impl Threshold {
     }
 }
 
-/// A flag, its threshold, the figure of a point it applies to, and its unit.
-type Floor<'a> = (&'static str, &'a Option<Threshold>, fn(&PointResult) -> Option<f64>, &'static str);
+/// One gate flag: its limits, and the figure of a point it judges (or why
+/// that point has none).
+struct Limit<'a> {
+    flag: &'static str,
+    threshold: &'a Threshold,
+    figure: fn(&PointResult) -> std::result::Result<f64, String>,
+    /// A ceiling (--max-*), not a floor.
+    ceiling: bool,
+    show: fn(f64) -> String,
+}
 
-/// The floors a run must clear.
+/// The limits a run must keep.
 #[derive(Clone, Debug, Default)]
 pub struct Gate {
     pub min_gbps: Option<Threshold>,
     pub min_percent_of_peak: Option<Threshold>,
+    /// Ceilings on each point's request p99 (the table's p99), ns.
+    pub max_p99: Option<Threshold>,
+    /// Ceilings on what the transfer adds to time-to-first-token, p99, ns.
+    pub max_added_ttft: Option<Threshold>,
+}
+
+/// A point's tail, where its count supports one.
+fn p99(l: &crate::figures::LatencySummary) -> std::result::Result<f64, String> {
+    l.p99_supported().map(|ns| ns as f64).ok_or_else(|| {
+        format!("{} requests give no p99 (it takes {})", l.count, crate::plan::gate::TAIL_REQUESTS)
+    })
 }
 
 /// What the gate found, kept in the JSON report.
@@ -92,8 +128,10 @@ pub struct GateCheck {
     pub flag: String,
     pub granularity: crate::plan::Granularity,
     pub prompt_tokens: u32,
-    pub floor: f64,
-    /// None where there was nothing to compare (no peak).
+    /// The floor, or for a --max-* flag the ceiling (times in ns).
+    #[serde(alias = "floor")]
+    pub limit: f64,
+    /// None where there was nothing to compare (no peak, too few requests).
     pub measured: Option<f64>,
     pub passed: bool,
 }
@@ -102,7 +140,7 @@ impl GateVerdict {
     /// The verdict line of the table.
     pub fn line(&self) -> String {
         match self.passed {
-            true => format!("PASS: {} checks, none below its floor", self.checks),
+            true => format!("PASS: {} checks, each within its limit", self.checks),
             false => format!("FAIL: {}", self.failures.join("; ")),
         }
     }
@@ -115,7 +153,40 @@ impl GateVerdict {
 
 impl Gate {
     pub fn is_empty(&self) -> bool {
-        self.min_gbps.is_none() && self.min_percent_of_peak.is_none()
+        self.limits().is_empty()
+    }
+
+    /// The flags given, each with how it judges a point.
+    fn limits(&self) -> Vec<Limit<'_>> {
+        let gbps = |v: f64| format!("{v:.1} GB/s");
+        let time = |ns: f64| crate::units::fmt_ns(ns);
+        let all: [(&'static str, &Option<Threshold>, Figure, bool, Show); 4] = [
+            ("--min-gbps", &self.min_gbps, |p| Ok(p.gbps), false, gbps),
+            ("--min-percent-of-peak", &self.min_percent_of_peak, percent_of_peak, false, |v| {
+                format!("{v:.1}% of peak")
+            }),
+            ("--max-p99", &self.max_p99, |p| p99(&p.request_ns), true, time),
+            ("--max-added-ttft", &self.max_added_ttft, added_ttft_p99, true, time),
+        ];
+        all.into_iter()
+            .filter_map(|(flag, t, figure, ceiling, show)| {
+                t.as_ref().map(|threshold| Limit { flag, threshold, figure, ceiling, show })
+            })
+            .collect()
+    }
+
+    /// What the plan must give for this gate to be judged (checked before
+    /// anything runs).
+    pub fn needs(&self) -> GateNeeds {
+        let limits = self.limits();
+        let named = limits.iter().map(|l| (l.flag, l.threshold.at.iter().map(|a| a.0).collect())).collect();
+        let given = |flag: &str| limits.iter().find(|l| l.flag == flag).map(|l| l.flag);
+        GateNeeds {
+            named,
+            peak: given("--min-percent-of-peak"),
+            tails: ["--max-p99", "--max-added-ttft"].into_iter().filter_map(given).collect(),
+            prefill: given("--max-added-ttft"),
+        }
     }
 
     pub fn judge(&self, report: &RunReport) -> GateVerdict {
@@ -123,44 +194,64 @@ impl Gate {
         let (mut failures, mut checked) = (Vec::new(), Vec::new());
         let lengths: Vec<PointResult> = report.points.iter().flat_map(|p| p.per_length()).collect();
         let measured = |t: u32| lengths.iter().any(|p| p.prompt_tokens == t);
-        let floors: [Floor; 2] = [
-            ("--min-gbps", &self.min_gbps, |p| Some(p.gbps), "GB/s"),
-            ("--min-percent-of-peak", &self.min_percent_of_peak, |p| p.percent_of_peak, "% of peak"),
-        ];
-        for (flag, threshold, value, unit) in floors {
-            let Some(threshold) = threshold else { continue };
-            // A floor for a prompt length the run never measured would pass unseen.
+        for limit in self.limits() {
+            let (flag, threshold) = (limit.flag, limit.threshold);
+            // A limit for a prompt length the run never measured would pass unseen.
             for (t, _) in threshold.at.iter().filter(|(t, _)| !measured(*t)) {
                 failures.push(format!("{flag} names {t} tokens, which this run did not measure"));
             }
-            for (p, floor) in threshold.judged(&report.points) {
+            for (p, bound) in threshold.judged(&report.points) {
                 checks += 1;
-                let what = match p.is_mix() {
-                    true => format!("{} mix of prompt lengths", p.granularity),
-                    false => format!("{} {} tokens", p.granularity, p.prompt_tokens),
+                let what = match (p.is_mix(), &p.conversation) {
+                    (true, _) => format!("{} mix of prompt lengths", p.granularity),
+                    (_, Some(_)) => format!("{} {} conversation", p.granularity, p.prompt_label()),
+                    _ => format!("{} {} tokens", p.granularity, p.prompt_tokens),
                 };
-                let wrong_peak = p.percent_of_peak.is_some_and(|v| v > 100.0);
-                let failed = failures.len();
-                match value(&p) {
-                    None => failures.push(format!("{what}: no peak to compare with ({flag} needs --link)")),
-                    // A share of a peak the run exceeded says nothing.
-                    Some(_) if wrong_peak && unit == "% of peak" => failures.push(format!(
-                        "{what}: above 100% of the peak, which is wrong: {flag} cannot judge it"
-                    )),
-                    Some(v) if v < floor => failures.push(format!("{what}: {v:.1} {unit} < {flag} {floor}")),
-                    Some(_) => {}
-                }
+                let figure = (limit.figure)(&p);
+                let show = limit.show;
+                let failed = match &figure {
+                    Err(why) => Some(format!("{what}: {why}: {flag} cannot judge it")),
+                    Ok(v) if limit.ceiling && *v > bound => {
+                        Some(format!("{what}: {} > {flag} {}", show(*v), show(bound)))
+                    }
+                    Ok(v) if !limit.ceiling && *v < bound => {
+                        Some(format!("{what}: {} < {flag} {}", show(*v), show(bound)))
+                    }
+                    Ok(_) => None,
+                };
                 checked.push(GateCheck {
                     flag: flag.to_string(),
                     granularity: p.granularity,
                     prompt_tokens: p.prompt_tokens,
-                    floor,
-                    measured: value(&p),
-                    passed: failures.len() == failed,
+                    limit: bound,
+                    measured: figure.ok(),
+                    passed: failed.is_none(),
                 });
+                failures.extend(failed);
             }
         }
         GateVerdict { passed: failures.is_empty(), checks, failures, checked }
+    }
+}
+
+type Figure = fn(&PointResult) -> std::result::Result<f64, String>;
+type Show = fn(f64) -> String;
+
+/// A share of a peak: none without one, and none that says anything above
+/// 100% (the peak is wrong, not the figure).
+fn percent_of_peak(p: &PointResult) -> std::result::Result<f64, String> {
+    match p.percent_of_peak {
+        None => Err("no peak to compare with (the sender's --link gives it)".into()),
+        Some(v) if v > 100.0 => Err("above 100% of the peak, which is wrong".into()),
+        Some(v) => Ok(v),
+    }
+}
+
+/// What the transfer added to time-to-first-token, p99.
+fn added_ttft_p99(p: &PointResult) -> std::result::Result<f64, String> {
+    match &p.prefill {
+        None => Err("no emulated prefill".into()),
+        Some(f) => p99(&f.added_ns),
     }
 }
 

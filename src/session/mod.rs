@@ -526,6 +526,8 @@ pub struct Expectations {
     pub decode_rank: Option<u32>,
     /// How this receiver's KV cache is laid out (`--kv-layout`).
     pub kv_layout: Option<crate::plan::KvLayout>,
+    /// What this receiver's gate needs of the plan (judged after the run).
+    pub gate: crate::plan::gate::GateNeeds,
 }
 
 pub struct ReceiverSession {
@@ -724,6 +726,11 @@ fn check_hello(hello: &Hello, expect: &Expectations) -> Result<(), String> {
         .check_memory(expect.memory)
         .map_err(|why| format!("this receiver has {} memory: {why}", expect.memory))?;
     check_tp(&hello.plan, expect)?;
+    // The receiver's gate, refused now rather than after the sweep.
+    expect
+        .gate
+        .check(&hello.plan, hello.link.is_some())
+        .map_err(|why| format!("this receiver's gate: {why}"))?;
     if let Some(want) = &expect.model {
         let got = &hello.plan.shape.model;
         let differences = want.kv_differences(got);
