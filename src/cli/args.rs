@@ -952,6 +952,24 @@ fn weight_list(s: &str) -> Result<Vec<f64>, String> {
         .collect()
 }
 
+/// `kvxfer compare`: its own options first, then the run's.
+#[derive(Args, Clone, Debug)]
+pub struct CompareArgs {
+    /// The candidates, comma-separated (tcp,ucx,ofi,nccl,nixl; one may repeat, to see the noise)
+    #[arg(long, short = 't', value_name = "LIST", value_delimiter = ',', required = true, value_parser = transport_kind)]
+    pub transport: Vec<TransportKind>,
+    /// Rounds: every candidate runs once a round, in turn (6 or more give a 95% interval)
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// Write the comparison (each round's figures, medians, intervals, ratios) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// The run's options, as kvxfer pair takes them (or kvxfer-send's, with
+    /// --connect to a kvxfer-recv --forever elsewhere), after compare's own
+    #[arg(value_name = "RUN OPTIONS", trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<String>,
+}
+
 #[derive(Args, Clone, Debug)]
 pub struct ReportArgs {
     /// kvxfer --json reports to merge (transports, clusters, builds)

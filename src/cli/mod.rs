@@ -16,6 +16,7 @@ mod outputs;
 mod pair;
 mod plan;
 mod recv;
+mod rounds;
 mod send;
 mod service;
 mod size;
@@ -46,8 +47,8 @@ use crate::session::{self, Expectations, Role};
 use crate::transport::{self, TransportKind};
 use crate::units::fmt_bytes;
 use args::{
-    DoctorArgs, LaunchArgs, LogArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs, ReportArgs,
-    RunArgs, SendArgs, SizeArgs,
+    CompareArgs, DoctorArgs, LaunchArgs, LogArgs, MatrixArgs, OutputArgs, PairArgs, PlanArgs, RecvArgs,
+    ReportArgs, RunArgs, SendArgs, SizeArgs,
 };
 use clap::{Parser, Subcommand};
 use std::fs::File;
@@ -75,6 +76,8 @@ enum Command {
     Size(SizeArgs),
     /// Merge --json reports into one table and plots: bandwidth and latency by prompt length, histograms
     Report(ReportArgs),
+    /// Transports in alternation over rounds, each point's median with its interval and the ratios
+    Compare(CompareArgs),
     /// The links kvxfer can find on this host: GPUs' PCIe, NVLinks between them, NICs, RDMA ports
     Links,
     /// What this node has (GPUs, driver, NCCL, UCX, libfabric, NICs, RDMA, MPI) and which runs will work
@@ -129,6 +132,7 @@ pub fn main_kvxfer() -> ! {
             Command::Plan(a) => plan(&a),
             Command::Size(a) => size::run(&a),
             Command::Report(a) => compare(&a),
+            Command::Compare(a) => rounds::compare_rounds(&a),
             Command::Links => links(),
             Command::Doctor(a) => doctor::run(&a),
             Command::Launch(a) => launch(&a),

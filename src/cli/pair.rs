@@ -3,6 +3,17 @@
 use super::*;
 
 pub(super) fn pair(a: &PairArgs) -> Result<()> {
+    let outputs = Outputs::open(&a.run.output)?;
+    let screen = screen_for(&a.run.output);
+    // A check that fails before anything runs leaves no report files behind.
+    let (report, result) = pair_run(a, &screen).unwrap_or_else(|e| (None, Err(e)));
+    outputs.conclude(report, result, &screen)
+}
+
+/// One pair's run: its checks (an error before anything runs), then the
+/// run's report and how it ended. `kvxfer compare` runs one per round and
+/// candidate.
+pub(super) fn pair_run(a: &PairArgs, screen: &Screen) -> Result<(Option<RunReport>, Result<()>)> {
     if let Some(t) = a.run.model.topology() {
         return Err(Error::usage(format!(
             "{t} is {} sender and {} receiver processes, not a pair: start them with kvxfer launch (mpirun or srun \
@@ -41,7 +52,6 @@ pub(super) fn pair(a: &PairArgs) -> Result<()> {
             send_memory.device
         )));
     }
-    let outputs = Outputs::open(&a.run.output)?;
     let bytes = plan.host_bytes(false, send_memory.kind.on_host())
         + plan.host_bytes(true, recv_memory.kind.on_host());
     memory::check_host_budget(
@@ -65,12 +75,9 @@ pub(super) fn pair(a: &PairArgs) -> Result<()> {
         busy: None,
     };
     let receiver = std::thread::spawn(move || receiver.run(&listener).1);
-    let screen = screen_for(&a.run.output);
     let addr = SocketAddr::new(ip, bound.port()).to_string();
-    let (report, result) =
-        sender_side(&addr, None, &sender_options(&a.run), plan, send_memory, &screen, None);
+    let (report, result) = sender_side(&addr, None, &sender_options(&a.run), plan, send_memory, screen, None);
     let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
     // The sender's error already carries the receiver's reason when it had one.
-    let result = result.and(received);
-    outputs.conclude(report, result, &screen)
+    Ok((report, result.and(received)))
 }

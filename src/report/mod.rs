@@ -6,6 +6,7 @@ pub mod csv;
 pub mod gate;
 pub mod json;
 pub mod plot;
+pub mod rounds;
 pub mod screen;
 pub mod table;
 
