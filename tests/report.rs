@@ -39,7 +39,7 @@ fn report_merges_runs_into_series_a_table_and_plots() {
     assert_eq!(rows.len(), 16, "{csv}");
     for (series, points) in [
         ("nccl P2P/CUMEM group 32 · layer", 6),
-        ("ucx put · request", 4),
+        ("ucx put (cuda_ipc) · request", 4),
         ("tcp · request", 3),
         ("tcp · block", 3),
     ] {
@@ -49,8 +49,8 @@ fn report_merges_runs_into_series_a_table_and_plots() {
             "{series}: {csv}"
         );
     }
-    assert!(csv.contains("ucx put · request,2048,1,268435456,388.8"), "{csv}");
-    assert!(f.stdout.contains("| ucx put · request | 2048 |"), "{}", f.stdout);
+    assert!(csv.contains("ucx put (cuda_ipc) · request,2048,1,268435456,388.8"), "{csv}");
+    assert!(f.stdout.contains("| ucx put (cuda_ipc) · request | 2048 |"), "{}", f.stdout);
     // Plots: bandwidth, latency, and a histogram per prompt length measured.
     let mut names = vec!["bandwidth".to_string(), "latency".to_string()];
     for t in [128, 512, 1024, 2048, 8192, 32768, 131072] {
@@ -63,7 +63,9 @@ fn report_merges_runs_into_series_a_table_and_plots() {
         assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{name}");
     }
     let bw = std::fs::read_to_string(out.join("bandwidth.svg")).unwrap();
-    for text in ["theoretical peak: nvlink4, 450 GB/s", "ucx put · request", "tcp · block", "log scale"] {
+    for text in
+        ["theoretical peak: nvlink4, 450 GB/s", "ucx put (cuda_ipc) · request", "tcp · block", "log scale"]
+    {
         assert!(bw.contains(text), "bandwidth.svg lacks {text:?}");
     }
     // Ticks at the prompt lengths measured, written as operators write them.
@@ -125,24 +127,22 @@ fn report_of_prefill_runs_adds_the_ttft_table_and_plot() {
         _ => "-".to_string(),
     };
     let row = format!(
-        "| ucx put · layer · overlap layer | 1024 | {} | {} | {p99} | {} |",
+        "| ucx put (cuda_ipc) · layer · overlap layer | 1024 | {} | {} | {p99} | {} |",
         fmt(&p["during_ns"]["p50"]),
         fmt(&p["added_ns"]["p50"]),
         fmt(&p["lower_bound_ns"])
     );
     assert!(f.stdout.contains("Added TTFT: from the end of the emulated prefill"), "{}", f.stdout);
     assert!(f.stdout.contains(&row), "{row} not in {}", f.stdout);
-    assert!(f.stdout.contains("| ucx put · layer · overlap none | 32768 |"), "{}", f.stdout);
+    assert!(f.stdout.contains("| ucx put (cuda_ipc) · layer · overlap none | 32768 |"), "{}", f.stdout);
     let csv = std::fs::read_to_string(out.join("summary.csv")).unwrap();
-    assert!(csv
-        .lines()
-        .next()
-        .unwrap()
-        .ends_with("prefill_during_p50_ns,added_ttft_p50_ns,added_ttft_p99_ns,added_ttft_bound_ns,of_mix"));
+    assert!(csv.lines().next().unwrap().ends_with(
+        "prefill_during_p50_ns,added_ttft_p50_ns,added_ttft_p99_ns,added_ttft_bound_ns,of_mix,n,stdev_ns"
+    ));
     let first = csv.lines().nth(1).unwrap();
     assert!(
-        first.ends_with(&format!(
-            "{},{},{},{},false",
+        first.contains(&format!(
+            ",{},{},{},{},false,",
             p["during_ns"]["p50"], p["added_ns"]["p50"], p["added_ns"]["p99"], p["lower_bound_ns"]
         )),
         "{first}"
@@ -153,7 +153,7 @@ fn report_of_prefill_runs_adds_the_ttft_table_and_plot() {
     for text in [
         "1024 tokens",
         "32768 tokens",
-        "ucx put · layer · overlap none",
+        "ucx put (cuda_ipc) · layer · overlap none",
         &format!("+{}", fmt(&p["added_ns"]["p50"])),
     ] {
         assert!(svg.contains(text), "ttft.svg lacks {text:?}");
@@ -228,11 +228,11 @@ fn a_baseline_adds_ratios_where_it_measured_the_same_point() {
     assert_eq!(csv.lines().count(), 1 + 16, "{csv}");
     // ucx put and tcp both measured whole requests of 8192 tokens.
     let want = gbps(FIXTURES[1], "request", 8192) / gbps(FIXTURES[2], "request", 8192);
-    let got: f64 = ratio("ucx put · request", 8192).parse().unwrap();
+    let got: f64 = ratio("ucx put (cuda_ipc) · request", 8192).parse().unwrap();
     assert!((got - want).abs() < 1e-3 && got > 50.0, "{got} vs {want}");
     assert_eq!(ratio("tcp · block", 1024), "1.0000");
     // No tcp point of that size or granularity: no ratio.
-    assert_eq!(ratio("ucx put · request", 512), "");
+    assert_eq!(ratio("ucx put (cuda_ipc) · request", 512), "");
     assert_eq!(ratio("nccl P2P/CUMEM group 32 · layer", 8192), "");
     let f = run(
         KVXFER,

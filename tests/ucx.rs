@@ -110,6 +110,12 @@ fn a_required_transport_that_carries_the_data_passes_and_a_missing_one_fails() {
     let recv = recv.finish(secs(20));
     send.expect_code(1).expect_stderr("--require-transport cuda_ipc: UCX chose otherwise: put ");
     recv.expect_code(1).expect_stderr("--require-transport cuda_ipc");
+    // Shared memory asked for under peer error handling: the error names the flag that lets it in.
+    let f =
+        run(KVXFER, &["pair", "-t", "ucx", "-p", "16", "-n", "1", "--require-transport", "cma"], secs(60));
+    if f.code != Some(0) {
+        f.expect_code(1).expect_stderr("--ucx-err-mode none lets it use them");
+    }
 }
 
 #[test]

@@ -53,7 +53,13 @@ pub(super) fn compare(a: &ReportArgs) -> Result<()> {
     if let Some(turns) = report::compare::turns_csv(&series)? {
         files.push(write("turns.csv", turns)?);
     }
-    files.extend(report::plot::all(&a.out, &series)?);
+    // What every run moved, in each plot's corner (mixed runs name theirs in each label).
+    let kv = report::compare::kv_of(&runs[0].1);
+    let stamp = match runs.iter().all(|(_, r)| report::compare::kv_of(r) == kv) {
+        true => format!("KV of {kv}"),
+        false => String::new(),
+    };
+    files.extend(report::plot::all(&a.out, &series, &stamp)?);
     let mut out = std::io::stdout().lock();
     write!(out, "{md}")?;
     writeln!(out)?;

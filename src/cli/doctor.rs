@@ -219,7 +219,10 @@ fn ucx(a: &DoctorArgs, have: &mut Have) -> Section {
             let loaded_cuda = resources.as_ref().is_ok_and(|r| r.iter().any(|t| t.starts_with("cuda")));
             have.ucx_cuda = present;
             let cuda = match (present, loaded_cuda) {
-                (true, true) => "yes, loaded (cuda_copy, cuda_ipc): GPU memory works".to_string(),
+                (true, true) => "yes, loaded (cuda_copy, cuda_ipc): GPU memory works between two processes \
+                                 (kvxfer-send and kvxfer-recv); in one (kvxfer pair) cuda_ipc cannot, and UCX \
+                                 stages through host memory"
+                    .to_string(),
                 (true, false) => "present (libuct_cuda), not loaded: no GPU or driver here for them".to_string(),
                 (false, _) => "no: this UCX refuses GPU memory (distributions' packages, such as Debian's libucx0, \
                                have none); scripts/fetch-ucx-cuda.sh fetches one, or use the cluster's CUDA UCX"

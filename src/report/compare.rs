@@ -52,13 +52,43 @@ pub fn check_comparable(runs: &[(String, RunReport)], allow_mixed: bool) -> Resu
     )))
 }
 
+/// UCX's path in a word or two, for a label: the transports that carried
+/// the data ("cma", "cuda_ipc", "rc_mlx5"), and "emulated" or "staged" when
+/// the operation did not reach the buffer itself. From the path line of
+/// transport::ucx ("put emulated with active messages (...) over tcp/lo
+/// (am ...)"); None for anything else.
+fn ucx_path_word(path: &str) -> Option<String> {
+    let first = path.split(';').next()?;
+    let (how, lanes) = first.split_once(" over ")?;
+    let mut names: Vec<&str> = Vec::new();
+    for lane in lanes.split(", ") {
+        let name = lane.split('/').next().unwrap_or(lane).trim();
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut word = names.join("+");
+    for (said, short) in [(" emulated ", "emulated"), (" staged ", "staged")] {
+        if how.contains(said) || how.ends_with(said.trim_end()) {
+            word.push_str(&format!(", {short}"));
+        }
+    }
+    (!word.is_empty()).then_some(word)
+}
+
 /// What distinguishes a run: its transport, the path NCCL took, and the
 /// knobs that change what goes on the wire.
 fn run_label(r: &RunReport) -> String {
     let t = &r.transport;
     let mut label = match t.kind {
         TransportKind::Tcp if t.streams > 1 => format!("tcp x{}", t.streams),
-        TransportKind::Ucx => format!("ucx {}", t.ucx_op),
+        TransportKind::Ucx => {
+            let path = [&r.sender_transport, &r.receiver_transport].iter().find_map(|i| i.path.clone());
+            match path.as_deref().and_then(ucx_path_word) {
+                Some(via) => format!("ucx {} ({via})", t.ucx_op),
+                None => format!("ucx {}", t.ucx_op),
+            }
+        }
         TransportKind::Nixl => format!("nixl {} {}", t.nixl_backend, t.nixl_op),
         TransportKind::Ofi => {
             // "ofi write tcp;ofi_rxm": the provider is what tells two ofi runs apart.
@@ -230,8 +260,9 @@ fn rows(p: &PointResult) -> Vec<(String, bool, PointResult)> {
 
 /// The merged table, as Markdown; with a baseline, a column of ratios to it.
 pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
-    let mut md = String::from("| series | prompt | messages | request | GB/s | % peak | p50 | p99 | max |");
-    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|");
+    let mut md =
+        String::from("| series | prompt | messages | request | GB/s | % peak | p50 | p99 | max | n | σ |");
+    let mut rule = String::from("|---|---|---|---|---|---|---|---|---|---|---|");
     if let Some(b) = baseline {
         md.push_str(&format!(" vs {} |", b.label));
         rule.push_str("---|");
@@ -243,7 +274,7 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
         for (prompt, _, p) in s.points.iter().flat_map(rows) {
             let p = &p;
             md.push_str(&format!(
-                "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {:.0}% |",
                 s.label,
                 prompt,
                 p.messages,
@@ -253,6 +284,8 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
                 fmt_ns(p.request_ns.p50 as f64),
                 super::table::tail(p.request_ns.p99_supported()),
                 fmt_ns(p.request_ns.max as f64),
+                p.request_ns.count,
+                100.0 * p.request_ns.stdev / p.request_ns.mean.max(1e-9),
             ));
             if let Some(b) = baseline {
                 md.push_str(&format!(
@@ -263,10 +296,36 @@ pub fn markdown(series: &[Series], baseline: Option<&Baseline>) -> String {
             md.push('\n');
         }
     }
+    md.push_str(&spread_markdown(series));
     md.push_str(&added_ttft_markdown(series));
     md.push_str(&load_markdown(series));
     md.push_str(&nixl_markdown(series));
     md
+}
+
+/// The points whose times spread too wide for their median to speak for
+/// them, as each run's table warned (σ is the column above, as % of the mean).
+fn spread_markdown(series: &[Series]) -> String {
+    let mut md = String::new();
+    for s in series {
+        for (prompt, _, p) in s.points.iter().flat_map(rows) {
+            let l = &p.request_ns;
+            if super::table::wide_spread(l) {
+                md.push_str(&format!(
+                    "- {} {prompt}: σ {:.0}% of the mean, max {:.1}x p50\n",
+                    s.label,
+                    100.0 * l.stdev / l.mean.max(1e-9),
+                    l.max as f64 / l.p50.max(1) as f64
+                ));
+            }
+        }
+    }
+    match md.is_empty() {
+        true => md,
+        false => format!(
+            "\nSpread: points whose times a median does not speak for (more -n and -w narrow it)\n\n{md}"
+        ),
+    }
 }
 
 /// The NIXL points: where each request's time went (empty without them),
@@ -459,6 +518,8 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
         "added_ttft_p99_ns",
         "added_ttft_bound_ns",
         "of_mix",
+        "n",
+        "stdev_ns",
     ])
     .map_err(|e| Error::run(e.to_string()))?;
     for s in series {
@@ -482,10 +543,30 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
                 prefill(|f| f.added_ns.p99),
                 prefill(|f| f.lower_bound_ns),
                 of_mix.to_string(),
+                p.request_ns.count.to_string(),
+                format!("{:.1}", p.request_ns.stdev),
             ])
             .map_err(|e| Error::run(e.to_string()))?;
         }
     }
     String::from_utf8(w.into_inner().map_err(|e| Error::run(e.to_string()))?)
         .map_err(|e| Error::run(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ucx_labels_name_the_path_their_data_took() {
+        let emulated =
+            "put emulated with active messages (no RMA lane reaches the buffer) over tcp/lo (am am_bw \
+                        keepalive wireup); --ucx-err-mode none lets UCX use shared memory";
+        assert_eq!(ucx_path_word(emulated).as_deref(), Some("tcp, emulated"));
+        let staged = "get staged through host memory (no lane reaches GPU memory) over cma/memory (rma_bw)";
+        assert_eq!(ucx_path_word(staged).as_deref(), Some("cma, staged"));
+        let direct = "put over cuda_ipc/cuda (rma_bw), rc_mlx5/mlx5_0:1 (rma_bw am)";
+        assert_eq!(ucx_path_word(direct).as_deref(), Some("cuda_ipc+rc_mlx5"));
+        assert_eq!(ucx_path_word("UCX did not describe its lanes"), None);
+    }
 }

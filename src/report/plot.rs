@@ -34,23 +34,43 @@ trait Figure {
         DB::ErrorType: 'static;
 }
 
-/// Draws one figure into `NAME.png` and `NAME.svg` under `dir`; returns the paths.
-fn both(dir: &Path, name: &str, figure: &impl Figure) -> Result<Vec<PathBuf>> {
+/// Draws one figure into `NAME.png` and `NAME.svg` under `dir`; returns the
+/// paths. `stamp`, in the lower left corner, names what every series of it
+/// moved (the model and TP), where one thing was.
+fn both(dir: &Path, name: &str, figure: &impl Figure, stamp: &str) -> Result<Vec<PathBuf>> {
     register_font()?;
     let (png, svg) = (dir.join(format!("{name}.png")), dir.join(format!("{name}.svg")));
     {
         let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         figure.draw(&root)?;
+        draw_stamp(&root, stamp)?;
         root.present().map_err(plot_error)?;
     }
     {
         let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         figure.draw(&root)?;
+        draw_stamp(&root, stamp)?;
         root.present().map_err(plot_error)?;
     }
     Ok(vec![png, svg])
+}
+
+fn draw_stamp<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, stamp: &str) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    if !stamp.is_empty() {
+        let at = (10, SIZE.1 as i32 - 20);
+        root.draw(&Text::new(
+            stamp.to_string(),
+            at,
+            ("sans-serif", 14).into_font().color(&RGBColor(90, 90, 90)),
+        ))
+        .map_err(plot_error)?;
+    }
+    Ok(())
 }
 
 /// Axis labels: whole numbers without decimals, others with a few digits.
@@ -779,29 +799,34 @@ impl Figure for Turns<'_> {
 }
 
 /// Every plot of a report into `dir`; returns the files written.
-pub fn all(dir: &Path, series: &[Series]) -> Result<Vec<PathBuf>> {
+pub fn all(dir: &Path, series: &[Series], stamp: &str) -> Result<Vec<PathBuf>> {
     // Plots against prompt length take a mix's lengths one by one; those
     // against the rate take the mix whole.
     let lengths = &super::compare::by_length(series);
-    let mut files = both(dir, "bandwidth", &Bandwidth(lengths))?;
-    files.extend(both(dir, "latency", &Latency(lengths))?);
+    let mut files = both(dir, "bandwidth", &Bandwidth(lengths), stamp)?;
+    files.extend(both(dir, "latency", &Latency(lengths), stamp)?);
     let mut tokens: Vec<u32> =
         lengths.iter().flat_map(|s| s.points.iter().map(|p| p.prompt_tokens)).collect();
     tokens.sort_unstable();
     tokens.dedup();
     for t in tokens {
-        files.extend(both(dir, &format!("histogram-{t}"), &HistogramAt { series: lengths, tokens: t })?);
+        files.extend(both(
+            dir,
+            &format!("histogram-{t}"),
+            &HistogramAt { series: lengths, tokens: t },
+            stamp,
+        )?);
     }
     let ttft = Ttft(lengths);
     if !ttft.tokens().is_empty() {
-        files.extend(both(dir, "ttft", &ttft)?);
+        files.extend(both(dir, "ttft", &ttft, stamp)?);
     }
     if !Turns(series).lines().is_empty() {
-        files.extend(both(dir, "turns", &Turns(series))?);
+        files.extend(both(dir, "turns", &Turns(series), stamp)?);
     }
     if !LoadLatency(series).lines().is_empty() {
-        files.extend(both(dir, "load-latency", &LoadLatency(series))?);
-        files.extend(both(dir, "resident", &Resident(series))?);
+        files.extend(both(dir, "load-latency", &LoadLatency(series), stamp)?);
+        files.extend(both(dir, "resident", &Resident(series), stamp)?);
     }
     Ok(files)
 }
@@ -902,7 +927,7 @@ pub fn heatmaps(
     let mut files = Vec::new();
     for grid in grids {
         let point: String = grid.label.replace(" tokens, ", "-");
-        files.extend(both(dir, &format!("matrix-{name}-{point}"), &Heatmap { names, grid })?);
+        files.extend(both(dir, &format!("matrix-{name}-{point}"), &Heatmap { names, grid }, "")?);
     }
     Ok(files)
 }

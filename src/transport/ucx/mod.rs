@@ -321,7 +321,20 @@ impl Side {
         );
         self.info.details.insert("ucx_endpoint".into(), report.trim().to_string());
         if drives {
-            lanes.require(self.op, self.node.mem(), &spec.require_transport)?;
+            lanes.require(self.op, self.node.mem(), &spec.require_transport).map_err(|e| {
+                // Peer error handling keeps shared memory out (UCX 1.13): the usual cause on one host.
+                let shared = ["cma", "sysv", "posix", "xpmem", "knem"];
+                match spec.ucx_err_mode == UcxErrMode::Peer
+                    && spec.require_transport.iter().any(|t| shared.contains(&t.as_str()))
+                {
+                    true => Error::run(format!(
+                        "{}; with --ucx-err-mode peer (the default) UCX leaves shared-memory transports out: \
+                         --ucx-err-mode none lets it use them",
+                        e.message
+                    )),
+                    false => e,
+                }
+            })?;
         }
         (self.lanes, self.drives) = (lanes, drives);
         Ok(())
