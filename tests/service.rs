@@ -149,3 +149,37 @@ fn service_mode_writes_reports_only_into_a_folder() {
         run(RECV, args, secs(10)).expect_code(2).expect_stderr(says);
     }
 }
+
+/// Strangers cannot hold a sender up (issue 37): twenty silent connections
+/// and one that sends a byte a second are greeted beside the sender, each
+/// within the handshake deadline, and the sender is served at once. Greeted
+/// one after another, each stranger would have held it up 2 s (here's
+/// --timeout), 40 s in all, past the sender's own 30 s wait.
+#[test]
+fn silent_and_trickling_strangers_do_not_hold_up_a_sender() {
+    let (svc, addr, _dir) = service(&[]);
+    let silent: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    let trickle = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(&addr).unwrap();
+            for b in b"KVXF\0\x01\0\0" {
+                if s.write_all(&[*b]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let send = run(SEND, &["--connect", &addr, "-p", "16", "-n", "2", "-w", "0"], secs(60));
+    send.expect_code(0);
+    assert!(began.elapsed() < Duration::from_secs(10), "served after {:?}", began.elapsed());
+    drop(silent);
+    trickle.join().unwrap();
+    svc.signal(libc::SIGTERM);
+    let f = svc.finish(secs(20));
+    f.expect_code(0);
+    assert!(f.stderr.matches("ignoring a connection from").count() >= 20, "{}", f.stderr);
+}

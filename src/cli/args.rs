@@ -764,6 +764,11 @@ pub struct RecvArgs {
     /// Longest wait for a sender to connect
     #[arg(long, default_value = "10m", value_parser = duration, allow_hyphen_values = true)]
     pub wait_for_sender: Duration,
+    /// Longest a connection may take to say who it is (preamble and plan):
+    /// a silent or slow stranger is dropped after it, and senders behind it
+    /// are not held up (at most --timeout)
+    #[arg(long, default_value = "2s", value_parser = duration, allow_hyphen_values = true)]
+    pub handshake_timeout: Duration,
     /// Refuse a sender that asks for another transport
     #[arg(long, value_name = "NAME", value_parser = transport_kind)]
     pub expect_transport: Option<TransportKind>,
@@ -807,6 +812,7 @@ impl RecvArgs {
             listen,
             timeout: run.timeout,
             wait_for_sender: run.timeout,
+            handshake_timeout: run.timeout,
             expect_transport: None,
             expect_model: None,
             memory: run.memory.clone(),

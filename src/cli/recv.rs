@@ -86,6 +86,7 @@ pub(super) fn receiver_side(a: &RecvArgs) -> ReceiverSide {
             decode_rank: a.decode_rank,
             kv_layout: a.kv_layout,
             gate: a.output.gate().needs(),
+            handshake: a.handshake_timeout,
         },
         memory: a.memory.spec(),
         local: a.libraries.local(),

@@ -11,11 +11,11 @@ use crate::cli::args::RecvArgs;
 use crate::error::{Error, Result};
 use crate::memory::MemoryKind;
 use crate::net;
-use crate::session::{self, Greeting};
-use std::net::{SocketAddr, TcpListener};
+use crate::session::{self, Expectations, Greeting};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Who this receiver is serving, for senders that come meanwhile.
@@ -133,6 +133,75 @@ pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, log_r
     ended
 }
 
+/// Connections greeted at once, at most; past it a new one is closed at
+/// once (and logged), so that a flood costs threads only up to this.
+const GREETERS: usize = 32;
+
+/// Greets each connection on a thread of its own, within the handshake
+/// deadline, so that no stranger (silent, or a byte a second) holds up a
+/// sender behind it; a sender greeted while a run is served is told busy.
+struct Greeters {
+    done: mpsc::Sender<(SocketAddr, Greeting)>,
+    greeted: mpsc::Receiver<(SocketAddr, Greeting)>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Greeters {
+    fn new() -> Greeters {
+        let (done, greeted) = mpsc::channel();
+        Greeters { done, greeted, active: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    fn greet(
+        &self,
+        stream: TcpStream,
+        from: SocketAddr,
+        timeout: Duration,
+        expect: &Expectations,
+        busy: &Arc<Busy>,
+    ) {
+        if self.active.fetch_add(1, Relaxed) >= GREETERS {
+            self.active.fetch_sub(1, Relaxed);
+            eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
+            return;
+        }
+        let (done, active, expect, busy) =
+            (self.done.clone(), self.active.clone(), expect.clone(), busy.clone());
+        std::thread::spawn(move || {
+            let _ = stream.set_nonblocking(false);
+            let greeting = session::greet(stream, from, timeout, &expect);
+            let why = busy.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            match (greeting, why) {
+                (Greeting::Sender(mut s), Some(why)) => {
+                    eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
+                    session::refuse(&mut s, &why);
+                }
+                (greeting, _) => {
+                    let _ = done.send((from, greeting));
+                }
+            }
+            active.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+/// The sender a greeting found, if it found one; the rest is logged (a
+/// matrix request runs beside the service's own runs, as under mpirun).
+fn sender_of(from: SocketAddr, greeting: Greeting, a: &RecvArgs) -> Option<session::ReceiverSession> {
+    match greeting {
+        Greeting::Sender(s) => return Some(*s),
+        Greeting::Stranger(why) => eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}"),
+        Greeting::Refused(e) => eprintln!("kvxfer-recv: {e}"),
+        Greeting::Matrix(stream, version) => {
+            let (allowed, timeout) = (a.matrix, a.timeout);
+            std::thread::spawn(move || {
+                super::matrix::serve_hosts_matrix(stream, from, version, allowed, timeout)
+            });
+        }
+    }
+    None
+}
+
 fn serve_runs(
     listener: &TcpListener,
     a: &RecvArgs,
@@ -141,6 +210,7 @@ fn serve_runs(
     log_runs: bool,
 ) -> Result<()> {
     let mut runs = 0u64;
+    let greeters = Greeters::new();
     loop {
         if stop.load(Relaxed) {
             return Ok(());
@@ -149,37 +219,40 @@ fn serve_runs(
             eprintln!("kvxfer-recv: {} ends the service after {runs} run(s)", crate::signals::name(sig));
             return Ok(());
         }
-        let (stream, from) = match net::accept_within(listener, Duration::from_millis(200)) {
-            Ok(Some(c)) => c,
-            Ok(None) => continue,
+        let mut side = receiver_side(a);
+        side.busy = Some(busy.clone());
+        // A fan's other senders are greeted by the fan itself, from the listener.
+        let concurrent = a.senders == 1;
+        match net::accept_within(listener, Duration::from_millis(if concurrent { 20 } else { 200 })) {
+            Ok(Some((stream, from))) if concurrent => {
+                greeters.greet(stream, from, a.timeout, &side.expect, busy)
+            }
+            Ok(Some((stream, from))) => {
+                let g = session::greet(stream, from, a.timeout, &side.expect);
+                let _ = greeters.done.send((from, g));
+            }
+            Ok(None) => {}
             Err(e) => {
                 // Out of descriptors, a connection aborted before it was taken: pass.
                 eprintln!("kvxfer-recv: {e}");
                 std::thread::sleep(Duration::from_millis(200));
-                continue;
             }
-        };
-        let mut side = receiver_side(a);
-        side.busy = Some(busy.clone());
-        let first = match session::greet(stream, from, a.timeout, &side.expect) {
-            Greeting::Sender(s) => *s,
-            Greeting::Stranger(why) => {
-                eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}");
-                continue;
+        }
+        let Ok((from, greeting)) = greeters.greeted.try_recv() else { continue };
+        let Some(first) = sender_of(from, greeting, a) else { continue };
+        if concurrent {
+            // Busy from now: a sender greeted meanwhile hears so rather than
+            // waiting out this run, and so do those already greeted.
+            busy.serving(&[from]);
+            while let Ok((other, greeting)) = greeters.greeted.try_recv() {
+                if let Some(mut s) = sender_of(other, greeting, a) {
+                    let why =
+                        busy.serving.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+                    eprintln!("kvxfer-recv: {other} came during a run: told it {why}");
+                    session::refuse(&mut s, &why);
+                }
             }
-            Greeting::Refused(e) => {
-                eprintln!("kvxfer-recv: {e}");
-                continue;
-            }
-            Greeting::Matrix(stream, version) => {
-                // Its pairs run beside this service's own runs, as under mpirun.
-                let (allowed, timeout) = (a.matrix, a.timeout);
-                std::thread::spawn(move || {
-                    super::matrix::serve_hosts_matrix(stream, from, version, allowed, timeout)
-                });
-                continue;
-            }
-        };
+        }
         runs += 1;
         let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
         let outputs =

@@ -35,7 +35,8 @@ pub const BUSY: &str = "busy: serving";
 
 /// Whether a sender's error is a service-mode receiver saying it is busy.
 pub fn is_busy(e: &Error) -> bool {
-    e.message.contains(&format!(" is {BUSY} "))
+    // Told before the plan (" is busy: ..."), or after it ("refused the run: busy: ...").
+    e.message.contains(&format!(" is {BUSY} ")) || e.message.contains(&format!("refused the run: {BUSY} "))
 }
 
 pub struct Control {
@@ -528,6 +529,10 @@ pub struct Expectations {
     pub kv_layout: Option<crate::plan::KvLayout>,
     /// What this receiver's gate needs of the plan (judged after the run).
     pub gate: crate::plan::gate::GateNeeds,
+    /// How long a connection may take to say who it is and what it wants
+    /// (preamble and plan), so that a silent or trickling stranger holds
+    /// nobody up for long; zero: the run's timeout.
+    pub handshake: Duration,
 }
 
 pub struct ReceiverSession {
@@ -617,9 +622,15 @@ pub enum Greeting {
     Matrix(TcpStream, u16),
 }
 
-/// Reads a connection's preamble and plan.
+/// Reads a connection's preamble and plan, within the handshake deadline
+/// (`Expectations::handshake`); a sender's session then waits up to
+/// `timeout` at each step.
 pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Expectations) -> Greeting {
-    let mut ctrl = match Control::new(stream, Role::Sender, timeout) {
+    let handshake = match expect.handshake.is_zero() {
+        true => timeout,
+        false => expect.handshake.min(timeout),
+    };
+    let mut ctrl = match Control::new(stream, Role::Sender, handshake) {
         Ok(c) => c,
         Err(e) => return Greeting::Stranger(e.message),
     };
@@ -648,6 +659,7 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
         Msg::Hello(h) => Ok(*h),
         other => Err(other),
     });
+    ctrl.timeout = timeout;
     let mut sess = match hello {
         Ok(hello) => ReceiverSession { ctrl, hello },
         Err(e) => return Greeting::Refused(e.context(format!("the sender at {from}"))),
