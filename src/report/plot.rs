@@ -616,7 +616,8 @@ impl Figure for Resident<'_> {
         let lines = LoadLatency(self.0).lines();
         let body = root
             .titled(
-                "KV held on the decode side over each load point (GiB against seconds)",
+                "KV held on the decode side over each load point (GiB against seconds; dashed: the buffer, dotted: \
+                 the pool)",
                 ("sans-serif", 24),
             )
             .map_err(plot_error)?;
@@ -628,7 +629,13 @@ impl Figure for Resident<'_> {
                 .flat_map(|f| f.resident.series.last())
                 .map(|p| p.0 as f64 / 1e9)
                 .fold(1e-3, f64::max);
-            let yhi = l.iter().map(|f| gib(f.resident.peak_bytes)).fold(1e-6, f64::max);
+            // The buffer's limit and what spilled past it to the pool, where a buffer was set.
+            let top = |f: &crate::figures::load::LoadFigures| {
+                let b = f.decode_buffer.as_ref();
+                let (cap, pool) = b.map_or((0, 0), |b| (b.capacity_bytes, b.pooled.peak_bytes));
+                gib(f.resident.peak_bytes.max(cap).max(pool))
+            };
+            let yhi = l.iter().map(|f| top(f)).fold(1e-6, f64::max);
             let mut chart = ChartBuilder::on(panel)
                 .caption(label.clone(), ("sans-serif", 16))
                 .margin(6)
@@ -643,18 +650,45 @@ impl Figure for Resident<'_> {
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(plot_error)?;
-            for (k, f) in l.iter().enumerate() {
-                let c = color(k);
-                let mut steps = Vec::with_capacity(2 * f.resident.series.len());
-                for w in f.resident.series.windows(2) {
+            let steps = |series: &[(u64, u64)]| {
+                let mut steps = Vec::with_capacity(2 * series.len());
+                for w in series.windows(2) {
                     let (t0, t1, b) = (w[0].0 as f64 / 1e9, w[1].0 as f64 / 1e9, gib(w[0].1));
                     steps.extend([(t0, b), (t1, b)]);
                 }
+                steps
+            };
+            for (k, f) in l.iter().enumerate() {
+                let c = color(k);
                 chart
-                    .draw_series(LineSeries::new(steps, c.stroke_width(2)))
+                    .draw_series(LineSeries::new(steps(&f.resident.series), c.stroke_width(2)))
                     .map_err(plot_error)?
                     .label(f.arrivals.to_string())
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+                let Some(b) = &f.decode_buffer else { continue };
+                let cap = gib(b.capacity_bytes);
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(0.0, cap), (xhi * 1.02, cap)],
+                        10,
+                        6,
+                        c.stroke_width(1),
+                    ))
+                    .map_err(plot_error)?
+                    .label(format!(
+                        "{}: buffer {} ({})",
+                        f.arrivals,
+                        crate::units::fmt_bytes(b.capacity_bytes),
+                        b.on_full
+                    ))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(1)));
+                if b.pooled.peak_bytes > 0 {
+                    chart
+                        .draw_series(DashedLineSeries::new(steps(&b.pooled.series), 3, 3, c.stroke_width(2)))
+                        .map_err(plot_error)?
+                        .label(format!("{}: in the pinned pool (spilled)", f.arrivals))
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+                }
             }
             legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
