@@ -775,3 +775,29 @@ fn a_queue_that_kvxfer_itself_fills_is_named() {
     assert!(between >= 0.1 * service, "{t}");
     assert!(f.stdout.contains("NOTE: kvxfer's own work between requests"), "{}", f.stdout);
 }
+
+/// One rule for tails everywhere (issue 38): a percentile its count cannot
+/// support (p90 from 10, p99 from 100, p99.9 from 1000) is "-" in the
+/// table, empty in the CSV and null in the JSON; from enough, it is there.
+#[test]
+fn tails_are_shown_only_where_their_count_supports_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, c) = (dir.path().join("r.json"), dir.path().join("r.csv"));
+    for (n, p99, p999) in [(10, false, false), (1000, true, true)] {
+        let args = ["pair", "-p", "1", "-n", &n.to_string(), "-w", "1", "--json", j.to_str().unwrap()];
+        let f = run(KVXFER, &[&args[..], &["--csv", c.to_str().unwrap()]].concat(), secs(120));
+        f.expect_code(0);
+        let l = &json(&j)["points"][0]["request_ns"];
+        assert_eq!(l["count"], n);
+        assert!(l["p90"].is_u64(), "{l}");
+        assert_eq!((l["p99"].is_u64(), l["p999"].is_u64()), (p99, p999), "n {n}: {l}");
+        let csv = std::fs::read_to_string(&c).unwrap();
+        let (head, row) = (csv.lines().next().unwrap(), csv.lines().nth(1).unwrap());
+        let cell = |name: &str| row.split(',').nth(head.split(',').position(|h| h == name).unwrap()).unwrap();
+        assert!(!cell("request_ns_p90").is_empty());
+        assert_eq!((!cell("request_ns_p99").is_empty(), !cell("request_ns_p999").is_empty()), (p99, p999));
+        // The narrow table's p99 column: characters 46 to 56 of the row.
+        let table_p99 = f.rows()[0][46..56].trim().to_string();
+        assert_eq!(table_p99 == "-", !p99, "{}", f.stdout);
+    }
+}

@@ -19,8 +19,11 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid histogram bounds")
 }
 
-/// A latency distribution in nanoseconds.
+/// A latency distribution in nanoseconds. In a report a tail its count
+/// cannot support is written null (`SummaryOnWire`), and read back as 0
+/// behind the `*_supported` methods that every output goes through.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(into = "SummaryOnWire", from = "SummaryOnWire")]
 pub struct LatencySummary {
     pub count: u64,
     pub min: u64,
@@ -33,6 +36,55 @@ pub struct LatencySummary {
     pub p99: u64,
     pub p999: u64,
     pub max: u64,
+}
+
+/// `LatencySummary` as reports hold it: p90, p99 and p99.9 only where their
+/// count supports them (10, 100 and 1000 values), else null.
+#[derive(Serialize, Deserialize)]
+struct SummaryOnWire {
+    count: u64,
+    min: u64,
+    mean: f64,
+    #[serde(default)]
+    stdev: f64,
+    p50: u64,
+    p90: Option<u64>,
+    p99: Option<u64>,
+    p999: Option<u64>,
+    max: u64,
+}
+
+impl From<LatencySummary> for SummaryOnWire {
+    fn from(s: LatencySummary) -> Self {
+        let (p90, p99, p999) = (s.p90_supported(), s.p99_supported(), s.p999_supported());
+        SummaryOnWire {
+            count: s.count,
+            min: s.min,
+            mean: s.mean,
+            stdev: s.stdev,
+            p50: s.p50,
+            p90,
+            p99,
+            p999,
+            max: s.max,
+        }
+    }
+}
+
+impl From<SummaryOnWire> for LatencySummary {
+    fn from(w: SummaryOnWire) -> Self {
+        LatencySummary {
+            count: w.count,
+            min: w.min,
+            mean: w.mean,
+            stdev: w.stdev,
+            p50: w.p50,
+            p90: w.p90.unwrap_or(0),
+            p99: w.p99.unwrap_or(0),
+            p999: w.p999.unwrap_or(0),
+            max: w.max,
+        }
+    }
 }
 
 impl LatencySummary {
@@ -231,6 +283,17 @@ mod tests {
         assert!(s.max >= 999_000);
         let back = decode_histogram(&encode_histogram(&h)).unwrap();
         assert_eq!(LatencySummary::of(&back), s);
+        // A report keeps the tails 1000 values support, and none that 10 do not.
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json["p999"].is_u64() && serde_json::from_value::<LatencySummary>(json).unwrap() == s);
+        let mut few = new_histogram();
+        for v in 1..=10u64 {
+            few.record(v).unwrap();
+        }
+        let json = serde_json::to_value(LatencySummary::of(&few)).unwrap();
+        assert!(json["p90"].is_u64() && json["p99"].is_null() && json["p999"].is_null(), "{json}");
+        let read: LatencySummary = serde_json::from_value(json).unwrap();
+        assert_eq!((read.p99_supported(), read.max), (None, 10));
         assert_eq!(LatencySummary::of(&new_histogram()), LatencySummary::default());
     }
 }

@@ -480,9 +480,9 @@ pub fn turns_csv(series: &[Series]) -> Result<Option<String>> {
                     ("messages", t.messages.to_string()),
                     ("transfer_count", t.transfer_ns.count.to_string()),
                     ("transfer_p50_ns", t.transfer_ns.p50.to_string()),
-                    ("transfer_p99_ns", t.transfer_ns.p99.to_string()),
+                    ("transfer_p99_ns", super::csv::cell(t.transfer_ns.p99_supported())),
                     ("back_p50_ns", t.back_ns.p50.to_string()),
-                    ("back_p99_ns", t.back_ns.p99.to_string()),
+                    ("back_p99_ns", super::csv::cell(t.back_ns.p99_supported())),
                 ]
             })
         })
@@ -535,12 +535,12 @@ pub fn csv(series: &[Series], baseline: Option<&Baseline>) -> Result<String> {
                 format!("{:.4}", p.gbps),
                 p.percent_of_peak.map(|x| format!("{x:.2}")).unwrap_or_default(),
                 p.request_ns.p50.to_string(),
-                p.request_ns.p99.to_string(),
+                super::csv::cell(p.request_ns.p99_supported()),
                 p.request_ns.max.to_string(),
                 baseline.and_then(|b| b.ratio(p)).map(|r| format!("{r:.4}")).unwrap_or_default(),
                 prefill(|f| f.during_ns.p50),
                 prefill(|f| f.added_ns.p50),
-                prefill(|f| f.added_ns.p99),
+                p.prefill.as_ref().map(|f| super::csv::cell(f.added_ns.p99_supported())).unwrap_or_default(),
                 prefill(|f| f.lower_bound_ns),
                 of_mix.to_string(),
                 p.request_ns.count.to_string(),

@@ -14,7 +14,7 @@ pub struct Csv;
 
 /// A NIXL step's column name and where its figures are.
 type NixlStep = (&'static str, fn(&NixlFigures) -> Option<&LatencySummary>);
-type Quantile = (&'static str, fn(&LatencySummary) -> u64);
+type Quantile = (&'static str, fn(&LatencySummary) -> Option<u64>);
 
 /// One row: every column's name with its value, so the header cannot drift
 /// from the rows.
@@ -52,9 +52,9 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("mean", format!("{:.1}", l.mean)),
             ("stdev", format!("{:.1}", l.stdev)),
             ("p50", l.p50.to_string()),
-            ("p90", l.p90.to_string()),
-            ("p99", l.p99.to_string()),
-            ("p999", l.p999.to_string()),
+            ("p90", cell(l.p90_supported())),
+            ("p99", cell(l.p99_supported())),
+            ("p999", cell(l.p999_supported())),
             ("max", l.max.to_string()),
         ];
         cols.extend(values.map(|(k, v)| (format!("{prefix}_{k}"), v)));
@@ -79,7 +79,10 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         [
             ("fan", report.fan.as_ref().map(|f| f.label()).unwrap_or_default()),
             ("slowest_pair_gbps", slowest.map(|g| format!("{g:.4}")).unwrap_or_default()),
-            ("pair_request_p99_ns", pairs.map(|f| f.pair_request_ns.p99.to_string()).unwrap_or_default()),
+            (
+                "pair_request_p99_ns",
+                pairs.map(|f| cell(f.pair_request_ns.p99_supported())).unwrap_or_default(),
+            ),
             ("pair_request_max_ns", pairs.map(|f| f.pair_request_ns.max.to_string()).unwrap_or_default()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
@@ -96,9 +99,9 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
             ("achieved_gbps", num(|l| format!("{:.4}", l.achieved_gbps))),
             ("saturated", num(|l| l.saturated.to_string())),
             ("queue_p50_ns", num(|l| l.queue_ns.p50.to_string())),
-            ("queue_p99_ns", num(|l| l.queue_ns.p99.to_string())),
+            ("queue_p99_ns", num(|l| cell(l.queue_ns.p99_supported()))),
             ("latency_p50_ns", num(|l| l.latency_ns.p50.to_string())),
-            ("latency_p99_ns", num(|l| l.latency_ns.p99.to_string())),
+            ("latency_p99_ns", num(|l| cell(l.latency_ns.p99_supported()))),
             ("latency_max_ns", num(|l| l.latency_ns.max.to_string())),
             ("resident_peak_bytes", num(|l| l.resident.peak_bytes.to_string())),
             ("resident_p99_bytes", num(|l| l.resident.p99_bytes.to_string())),
@@ -134,13 +137,13 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
     );
     // Arrivals with emulated prefill: the second phase's queue and latency (TTFT less decode's first step).
     let u = p.prefill.as_ref().and_then(|f| f.under_load.as_deref());
-    let loaded = |get: fn(&LoadFigures) -> u64| u.map(|l| get(l).to_string()).unwrap_or_default();
+    let loaded = |get: fn(&LoadFigures) -> Option<u64>| u.map(|l| cell(get(l))).unwrap_or_default();
     cols.extend(
         [
-            ("prefill_queue_p50_ns", loaded(|l| l.queue_ns.p50)),
-            ("prefill_queue_p99_ns", loaded(|l| l.queue_ns.p99)),
-            ("prefill_latency_p50_ns", loaded(|l| l.latency_ns.p50)),
-            ("prefill_latency_p99_ns", loaded(|l| l.latency_ns.p99)),
+            ("prefill_queue_p50_ns", loaded(|l| Some(l.queue_ns.p50))),
+            ("prefill_queue_p99_ns", loaded(|l| l.queue_ns.p99_supported())),
+            ("prefill_latency_p50_ns", loaded(|l| Some(l.latency_ns.p50))),
+            ("prefill_latency_p99_ns", loaded(|l| l.latency_ns.p99_supported())),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
@@ -156,9 +159,15 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
 fn by_prompt_column(l: Option<&LoadFigures>) -> String {
     let each = |b: &crate::figures::load::PromptLoad| {
         let (t, l) = (&b.transfer_ns, &b.latency_ns);
-        format!("{}:{}:{}:{}:{}:{}:{}", b.tokens, b.requests, b.bytes, t.p50, t.p99, l.p50, l.p99)
+        let (tail, t99, l99) = (cell, t.p99_supported(), l.p99_supported());
+        format!("{}:{}:{}:{}:{}:{}:{}", b.tokens, b.requests, b.bytes, t.p50, tail(t99), l.p50, tail(l99))
     };
     l.map(|l| l.by_prompt.iter().map(each).collect::<Vec<_>>().join(";")).unwrap_or_default()
+}
+
+/// A tail where its count supports one, else empty (`LatencySummary::p99_supported`).
+pub(crate) fn cell(v: Option<u64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
 }
 
 /// Emulated prefill's columns: empty without it.
@@ -171,7 +180,7 @@ fn prefill_columns(p: &PointResult) -> Vec<(String, String)> {
         ("prefill_alone_p50_ns", ns(|f| f.alone_ns.p50)),
         ("prefill_during_p50_ns", ns(|f| f.during_ns.p50)),
         ("added_ttft_p50_ns", ns(|f| f.added_ns.p50)),
-        ("added_ttft_p99_ns", ns(|f| f.added_ns.p99)),
+        ("added_ttft_p99_ns", f.map(|f| cell(f.added_ns.p99_supported())).unwrap_or_default()),
         ("added_ttft_max_ns", ns(|f| f.added_ns.max)),
         ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
         ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
@@ -188,7 +197,7 @@ fn prefill_columns(p: &PointResult) -> Vec<(String, String)> {
             f.map(|f| {
                 let each = |b: &crate::figures::prefill::PromptPrefill| {
                     let (d, a) = (&b.during_ns, &b.added_ns);
-                    format!("{}:{}:{}:{}:{}", b.tokens, b.asked_ns, d.p50, a.p50, a.p99)
+                    format!("{}:{}:{}:{}:{}", b.tokens, b.asked_ns, d.p50, a.p50, cell(a.p99_supported()))
                 };
                 f.by_prompt.iter().map(each).collect::<Vec<_>>().join(";")
             })
@@ -222,9 +231,9 @@ fn nixl_columns(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         ("telemetry_xfer", |n| Some(&n.nixl_xfer_ns)),
     ];
     for (step, get) in steps {
-        let quantiles: [Quantile; 2] = [("p50", |l| l.p50), ("p99", |l| l.p99)];
+        let quantiles: [Quantile; 2] = [("p50", |l| Some(l.p50)), ("p99", |l| l.p99_supported())];
         for (q, value) in quantiles {
-            let v = n.and_then(get).map(|l| value(l).to_string()).unwrap_or_default();
+            let v = n.and_then(get).map(|l| cell(value(l))).unwrap_or_default();
             cols.push((format!("nixl_{step}_{q}_ns"), v));
         }
     }
