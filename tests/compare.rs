@@ -80,7 +80,11 @@ fn compare_options_after_the_run_options_are_refused() {
         (&["compare", "-t", "tcp", "-p", "16", "-t", "ucx"][..], "give the candidates with compare's own -t"),
         (&["compare", "-t", "tcp", "-p", "16", "--json", "x.json"], "compare writes its own --json"),
         (&["compare", "-t", "tcp", "--rounds", "0"], "0 is not in 1..=100"),
-        (&["compare", "-t", "tcp", "--no-such-flag"], "the run's options, with -t tcp"),
+        (&["compare", "-t", "tcp", "-p", "16", "--min-gbps", "1"], "compare holds no gate"),
+        (
+            &["compare", "-t", "tcp", "--no-such-flag"],
+            "the run's options, with -t tcp: unexpected argument '--no-such-flag'",
+        ),
     ] {
         run(KVXFER, args, secs(10)).expect_code(2).expect_stderr(needle);
     }

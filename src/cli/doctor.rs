@@ -221,7 +221,7 @@ fn ucx(a: &DoctorArgs, have: &mut Have) -> Section {
             let cuda = match (present, loaded_cuda) {
                 (true, true) => "yes, loaded (cuda_copy, cuda_ipc): GPU memory works between two processes \
                                  (kvxfer-send and kvxfer-recv); in one (kvxfer pair) cuda_ipc cannot, and UCX \
-                                 stages through host memory"
+                                 goes through host memory (staged, or emulated over tcp)"
                     .to_string(),
                 (true, false) => "present (libuct_cuda), not loaded: no GPU or driver here for them".to_string(),
                 (false, _) => "no: this UCX refuses GPU memory (distributions' packages, such as Debian's libucx0, \

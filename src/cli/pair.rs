@@ -85,17 +85,18 @@ pub(super) fn pair_run(a: &PairArgs, screen: &Screen) -> Result<(Option<RunRepor
     Ok((report, result.and(received)))
 }
 
-/// UCX on GPU memory staged through host memory in a pair: the cause is
-/// the pair itself, whose receiver is a thread of this process, where
-/// UCX's cuda_ipc works only between processes (1,120 GB/s between two
-/// processes on one H100, 0.7 GB/s staged in a pair).
+/// UCX on GPU memory that did not reach it directly in a pair (staged
+/// through host memory, or emulated over tcp/lo): the cause is the pair
+/// itself, whose receiver is a thread of this process, where UCX's
+/// cuda_ipc works only between processes (on one H100, 0.52 GB/s emulated
+/// over tcp/lo in a pair; 1,120 GB/s over cuda_ipc between two processes).
 fn staged_in_one_process(r: &RunReport) {
     let path = [&r.sender_transport, &r.receiver_transport].into_iter().find_map(|t| t.path.as_deref());
-    if r.transport.kind == TransportKind::Ucx
-        && path.is_some_and(|p| p.contains("staged through host memory"))
-    {
+    let gpu = r.sender_transport.gpu_bus_id.is_some();
+    let indirect = path.is_some_and(|p| p.contains("staged through host memory") || p.contains(" emulated "));
+    if r.transport.kind == TransportKind::Ucx && gpu && indirect {
         eprintln!(
-            "kvxfer pair: UCX staged GPU memory through host memory because kvxfer pair runs its receiver as a \
+            "kvxfer pair: UCX did not reach GPU memory directly because kvxfer pair runs its receiver as a \
              thread of this process, and UCX's cuda_ipc works only between processes; run kvxfer-recv and \
              kvxfer-send as two processes (or kvxfer compare --connect to a kvxfer-recv --forever) for the path \
              a deployment takes"

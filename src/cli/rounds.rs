@@ -32,8 +32,12 @@ impl Candidate {
         let mut line = vec!["kvxfer compare".to_string()];
         line.extend(shared.iter().cloned());
         line.extend(["-t".to_string(), transport.to_string(), "-q".to_string()]);
-        let bad =
-            |e: clap::Error| Error::usage(format!("the run's options, with -t {transport}: {}", e.kind()));
+        // clap's first line ("error: unexpected argument '--x' found"), without its "error: ".
+        let bad = |e: clap::Error| {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+            Error::usage(format!("the run's options, with -t {transport}: {first}"))
+        };
         let across = shared.iter().any(|a| a == "-c" || a.starts_with("--connect"));
         Ok(match across {
             true => Candidate::Send(Box::new(SendLine::try_parse_from(&line).map_err(bad)?.args)),
@@ -51,7 +55,20 @@ impl Candidate {
                 if memory.kind != MemoryKind::Host {
                     gpu::init()?;
                 }
-                sender_side(&a.connect[0], a.bind, &sender_options(&a.run), plan, memory, &quiet, None)
+                // The service may still be closing the round before (its
+                // report, its GPU check): busy then, for a moment.
+                let deadline = std::time::Instant::now() + a.run.timeout;
+                loop {
+                    let options = sender_options(&a.run);
+                    let (report, result) =
+                        sender_side(&a.connect[0], a.bind, &options, plan.clone(), memory, &quiet, None);
+                    match result {
+                        Err(e) if session::is_busy(&e) && std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(200));
+                        }
+                        result => break (report, result),
+                    }
+                }
             }
         };
         result?;
@@ -64,6 +81,10 @@ pub(super) fn compare_rounds(a: &CompareArgs) -> Result<()> {
         (&["-t", "--transport"][..], "give the candidates with compare's own -t, before the run's options"),
         (&["--json", "--csv"], "compare writes its own --json, given before the run's options"),
         (&["--forever", "--senders"], "compare runs one pair a round"),
+        (
+            &["--min-gbps", "--min-percent-of-peak", "--max-p99", "--max-added-ttft"],
+            "compare holds no gate: run the transport you choose with it",
+        ),
     ] {
         if let Some(flag) = a.args.iter().find(|arg| taken.iter().any(|t| arg.split('=').next() == Some(*t)))
         {
