@@ -50,23 +50,15 @@ impl Candidate {
         let (report, result) = match self {
             Candidate::Pair(a) => super::pair::pair_run(a, &quiet)?,
             Candidate::Send(a) => {
-                let plan = a.run.plan()?;
-                let memory = a.run.memory.spec();
-                if memory.kind != MemoryKind::Host {
-                    gpu::init()?;
-                }
                 // The service may still be closing the round before (its
                 // report, its GPU check): busy then, for a moment.
                 let deadline = std::time::Instant::now() + a.run.timeout;
                 loop {
-                    let options = sender_options(&a.run);
-                    let (report, result) =
-                        sender_side(&a.connect[0], a.bind, &options, plan.clone(), memory, &quiet, None);
-                    match result {
-                        Err(e) if session::is_busy(&e) && std::time::Instant::now() < deadline => {
+                    match super::send::send_run(a, &quiet)? {
+                        (_, Err(e)) if session::is_busy(&e) && std::time::Instant::now() < deadline => {
                             std::thread::sleep(std::time::Duration::from_millis(200));
                         }
-                        result => break (report, result),
+                        ended => break ended,
                     }
                 }
             }

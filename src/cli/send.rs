@@ -5,9 +5,36 @@ use super::*;
 /// One receiver, or several at once (a one-to-many fan).
 pub(super) fn send(a: &SendArgs) -> Result<()> {
     let pairs = fan::receivers(&a.connect)?;
-    let Some(plans) = pair_plans(a, a.run.plan()?)? else { return Ok(()) };
+    let Some((plans, memory)) = checked(a)? else { return Ok(()) };
+    let outputs = Outputs::open(&a.run.output)?;
+    if pairs > 1 {
+        return fan::send_many(a, plans, memory, outputs);
+    }
+    let screen = screen_for(&a.run.output);
     let plan = plans[0].clone();
-    a.run.check_gate(&plan)?;
+    let (report, result) =
+        sender_side(&a.connect[0], a.bind, &sender_options(&a.run), plan, memory, &screen, None);
+    outputs.conclude(report, result, &screen)
+}
+
+/// One sender's run to its first receiver: its checks (an error before
+/// anything runs), then the run's report and how it ended. `kvxfer
+/// compare --connect` runs one per round and candidate.
+pub(super) fn send_run(a: &SendArgs, screen: &Screen) -> Result<(Option<RunReport>, Result<()>)> {
+    let Some((plans, memory)) = checked(a)? else {
+        return Err(Error::usage("this prefill rank sends to no decode rank: nothing to run"));
+    };
+    let plan = plans[0].clone();
+    Ok(sender_side(&a.connect[0], a.bind, &sender_options(&a.run), plan, memory, screen, None))
+}
+
+/// Everything a sender checks before it connects: each pair's plan and the
+/// gate, the receivers' addresses, the transport and its library, the
+/// memory (and CUDA for GPU memory), and the host memory its buffers take.
+/// None for a prefill rank that nobody reads.
+fn checked(a: &SendArgs) -> Result<Option<(Vec<Plan>, MemorySpec)>> {
+    let Some(plans) = pair_plans(a, a.run.plan()?)? else { return Ok(None) };
+    a.run.check_gate(&plans[0])?;
     for addr in &a.connect {
         net::resolve(addr)?;
     }
@@ -15,20 +42,13 @@ pub(super) fn send(a: &SendArgs) -> Result<()> {
     let spec = a.run.transport_spec();
     spec.validate()?;
     spec.check_memory(memory.kind).map_err(Error::usage)?;
-    transport::check_library(&spec, &plan, &a.run.local())?;
+    transport::check_library(&spec, &plans[0], &a.run.local())?;
     if !matches!(memory.kind, MemoryKind::Host) {
         gpu::init()?;
     }
-    let outputs = Outputs::open(&a.run.output)?;
     let bytes = plans.iter().map(|p| p.host_bytes(false, memory.kind.on_host())).sum();
     memory::check_host_budget(bytes, "the sender's buffers (one per lane and receiver)")?;
-    if pairs > 1 {
-        return fan::send_many(a, plans, memory, outputs);
-    }
-    let screen = screen_for(&a.run.output);
-    let (report, result) =
-        sender_side(&a.connect[0], a.bind, &sender_options(&a.run), plan, memory, &screen, None);
-    outputs.conclude(report, result, &screen)
+    Ok(Some((plans, memory)))
 }
 
 /// The plan of each pair this sender runs, one per `--connect`: under

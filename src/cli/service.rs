@@ -36,6 +36,20 @@ impl Busy {
     fn idle(&self) {
         *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
+
+    /// Who is served and since when, while a run is.
+    fn why(&self) -> Option<String> {
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A sender whose plan was read while a run is served: told so, and
+    /// true; false while none is.
+    fn refuse(&self, sender: &mut session::ReceiverSession) -> bool {
+        let Some(why) = self.why() else { return false };
+        eprintln!("kvxfer-recv: {} came during a run: told it {why}", sender.ctrl.peer_addr);
+        session::refuse(sender, &why);
+        true
+    }
 }
 
 impl crate::run::Serving for Busy {
@@ -169,16 +183,13 @@ impl Greeters {
             (self.done.clone(), self.active.clone(), expect.clone(), busy.clone());
         std::thread::spawn(move || {
             let _ = stream.set_nonblocking(false);
-            let greeting = session::greet(stream, from, timeout, &expect);
-            let why = busy.serving.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match (greeting, why) {
-                (Greeting::Sender(mut s), Some(why)) => {
-                    eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
-                    session::refuse(&mut s, &why);
-                }
-                (greeting, _) => {
-                    let _ = done.send((from, greeting));
-                }
+            let mut greeting = session::greet(stream, from, timeout, &expect);
+            let told_busy = match &mut greeting {
+                Greeting::Sender(s) => busy.refuse(s),
+                _ => false,
+            };
+            if !told_busy {
+                let _ = done.send((from, greeting));
             }
             active.fetch_sub(1, Relaxed);
         });
@@ -211,6 +222,8 @@ fn serve_runs(
 ) -> Result<()> {
     let mut runs = 0u64;
     let greeters = Greeters::new();
+    // What every connection is greeted against (each run's side is built anew).
+    let expect = receiver_side(a).expect;
     loop {
         if stop.load(Relaxed) {
             return Ok(());
@@ -219,16 +232,12 @@ fn serve_runs(
             eprintln!("kvxfer-recv: {} ends the service after {runs} run(s)", crate::signals::name(sig));
             return Ok(());
         }
-        let mut side = receiver_side(a);
-        side.busy = Some(busy.clone());
         // A fan's other senders are greeted by the fan itself, from the listener.
         let concurrent = a.senders == 1;
         match net::accept_within(listener, Duration::from_millis(if concurrent { 20 } else { 200 })) {
-            Ok(Some((stream, from))) if concurrent => {
-                greeters.greet(stream, from, a.timeout, &side.expect, busy)
-            }
+            Ok(Some((stream, from))) if concurrent => greeters.greet(stream, from, a.timeout, &expect, busy),
             Ok(Some((stream, from))) => {
-                let g = session::greet(stream, from, a.timeout, &side.expect);
+                let g = session::greet(stream, from, a.timeout, &expect);
                 let _ = greeters.done.send((from, g));
             }
             Ok(None) => {}
@@ -246,13 +255,12 @@ fn serve_runs(
             busy.serving(&[from]);
             while let Ok((other, greeting)) = greeters.greeted.try_recv() {
                 if let Some(mut s) = sender_of(other, greeting, a) {
-                    let why =
-                        busy.serving.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
-                    eprintln!("kvxfer-recv: {other} came during a run: told it {why}");
-                    session::refuse(&mut s, &why);
+                    busy.refuse(&mut s);
                 }
             }
         }
+        let mut side = receiver_side(a);
+        side.busy = Some(busy.clone());
         runs += 1;
         let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
         let outputs =

@@ -96,7 +96,7 @@ impl LatencySummary {
     /// The p99 where its count supports one (100 values or more), else None:
     /// below that it is one of the few largest values, not a tail.
     pub fn p99_supported(&self) -> Option<u64> {
-        (self.count >= 100).then_some(self.p99)
+        (self.count >= crate::plan::gate::TAIL_REQUESTS as u64).then_some(self.p99)
     }
 
     /// The p99.9 from 1000 values or more.

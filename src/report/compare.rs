@@ -309,14 +309,8 @@ fn spread_markdown(series: &[Series]) -> String {
     let mut md = String::new();
     for s in series {
         for (prompt, _, p) in s.points.iter().flat_map(rows) {
-            let l = &p.request_ns;
-            if super::table::wide_spread(l) {
-                md.push_str(&format!(
-                    "- {} {prompt}: σ {:.0}% of the mean, max {:.1}x p50\n",
-                    s.label,
-                    100.0 * l.stdev / l.mean.max(1e-9),
-                    l.max as f64 / l.p50.max(1) as f64
-                ));
+            if let Some(how) = super::table::spread(&p.request_ns) {
+                md.push_str(&format!("- {} {prompt}: {how}\n", s.label));
             }
         }
     }

@@ -88,43 +88,7 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
         .map(|(k, v)| (k.to_string(), v)),
     );
     cols.extend(prefill_columns(p));
-    // Serving load: empty without it.
-    let l = p.load.as_ref();
-    let num = |get: fn(&LoadFigures) -> String| l.map(get).unwrap_or_default();
-    cols.extend(
-        [
-            ("arrivals", num(|l| l.arrivals.to_string())),
-            ("offered_qps", num(|l| format!("{:.4}", l.offered_qps))),
-            ("achieved_qps", num(|l| format!("{:.4}", l.achieved_qps))),
-            ("achieved_gbps", num(|l| format!("{:.4}", l.achieved_gbps))),
-            ("saturated", num(|l| l.saturated.to_string())),
-            ("queue_p50_ns", num(|l| l.queue_ns.p50.to_string())),
-            ("queue_p99_ns", num(|l| cell(l.queue_ns.p99_supported()))),
-            ("latency_p50_ns", num(|l| l.latency_ns.p50.to_string())),
-            ("latency_p99_ns", num(|l| cell(l.latency_ns.p99_supported()))),
-            ("latency_max_ns", num(|l| l.latency_ns.max.to_string())),
-            ("resident_peak_bytes", num(|l| l.resident.peak_bytes.to_string())),
-            ("resident_p99_bytes", num(|l| l.resident.p99_bytes.to_string())),
-            ("prefill_resident_peak_bytes", num(|l| l.prefill_resident.peak_bytes.to_string())),
-            (
-                "spilled_tensors",
-                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_tensors.to_string())),
-            ),
-            (
-                "spilled_bytes",
-                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_bytes.to_string())),
-            ),
-            (
-                "pool_peak_bytes",
-                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.pooled.peak_bytes.to_string())),
-            ),
-            (
-                "waited_requests",
-                num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.waited_requests.to_string())),
-            ),
-        ]
-        .map(|(k, v)| (k.to_string(), v)),
-    );
+    cols.extend(load_columns(p.load.as_ref()));
     // Conversations: the mode, and a conversation's bytes against full's.
     let c = p.conversation.as_ref();
     cols.extend(
@@ -151,6 +115,44 @@ fn row(report: &RunReport, p: &PointResult) -> Vec<(String, String)> {
     // Columns added later go last, so that files read by position keep theirs.
     cols.push(("load_by_prompt".into(), by_prompt_column(p.load.as_ref())));
     cols
+}
+
+/// Serving load's columns: empty without it.
+fn load_columns(l: Option<&LoadFigures>) -> Vec<(String, String)> {
+    let num = |get: fn(&LoadFigures) -> String| l.map(get).unwrap_or_default();
+    [
+        ("arrivals", num(|l| l.arrivals.to_string())),
+        ("offered_qps", num(|l| format!("{:.4}", l.offered_qps))),
+        ("achieved_qps", num(|l| format!("{:.4}", l.achieved_qps))),
+        ("achieved_gbps", num(|l| format!("{:.4}", l.achieved_gbps))),
+        ("saturated", num(|l| l.saturated.to_string())),
+        ("queue_p50_ns", num(|l| l.queue_ns.p50.to_string())),
+        ("queue_p99_ns", num(|l| cell(l.queue_ns.p99_supported()))),
+        ("latency_p50_ns", num(|l| l.latency_ns.p50.to_string())),
+        ("latency_p99_ns", num(|l| cell(l.latency_ns.p99_supported()))),
+        ("latency_max_ns", num(|l| l.latency_ns.max.to_string())),
+        ("resident_peak_bytes", num(|l| l.resident.peak_bytes.to_string())),
+        ("resident_p99_bytes", num(|l| l.resident.p99_bytes.to_string())),
+        ("prefill_resident_peak_bytes", num(|l| l.prefill_resident.peak_bytes.to_string())),
+        (
+            "spilled_tensors",
+            num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_tensors.to_string())),
+        ),
+        (
+            "spilled_bytes",
+            num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.spilled_bytes.to_string())),
+        ),
+        (
+            "pool_peak_bytes",
+            num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.pooled.peak_bytes.to_string())),
+        ),
+        (
+            "waited_requests",
+            num(|l| l.decode_buffer.as_ref().map_or(String::new(), |b| b.waited_requests.to_string())),
+        ),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec()
 }
 
 /// A load point's lengths (a mix's row has prompt_tokens 0 and the mean

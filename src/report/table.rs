@@ -713,6 +713,18 @@ pub fn wide_spread(l: &crate::figures::LatencySummary) -> bool {
     l.count >= 5 && (l.stdev > 0.25 * l.mean || l.max as f64 > 3.0 * l.p50 as f64)
 }
 
+/// How wide a point's times spread, where too wide (`wide_spread`): "σ 40%
+/// of the mean, max 5.2x p50".
+pub fn spread(l: &crate::figures::LatencySummary) -> Option<String> {
+    wide_spread(l).then(|| {
+        format!(
+            "σ {:.0}% of the mean, max {:.1}x p50",
+            100.0 * l.stdev / l.mean.max(1e-9),
+            l.max as f64 / l.p50.max(1) as f64
+        )
+    })
+}
+
 /// A fan's aggregate rows have no message times of their own.
 fn message_ns(count: u64, ns: u64) -> String {
     match count {
@@ -747,16 +759,14 @@ fn footer_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     }
     // A mix spreads by its lengths: each is judged on its own.
     let lengths: Vec<PointResult> = r.points.iter().flat_map(|p| p.per_length()).collect();
-    for p in lengths.iter().filter(|p| wide_spread(&p.request_ns)) {
-        let l = &p.request_ns;
+    for p in &lengths {
+        let Some(how) = spread(&p.request_ns) else { continue };
         writeln!(
             out,
-            "# spread     {} {}: σ {:.0}% of the mean, max {:.1}x p50: outliers (another process on the host or \
-             GPU, a cold path); more -n and -w narrow it",
+            "# spread     {} {}: {how}: outliers (another process on the host or GPU, a cold path); more -n and -w \
+             narrow it",
             p.granularity,
             p.prompt_label(),
-            100.0 * l.stdev / l.mean.max(1e-9),
-            l.max as f64 / (l.p50.max(1)) as f64
         )?;
     }
     writeln!(out, "# integrity  {verdict}")?;
