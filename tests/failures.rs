@@ -86,6 +86,34 @@ fn killing_the_receiver_ends_the_sender() {
     assert!(!f.stderr.contains("panicked"));
 }
 
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<i32> {
+    let parent = |stat: String| -> Option<u32> {
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(parent) == Some(pid))
+        .collect()
+}
+
+#[test]
+fn a_pair_whose_receiver_process_aborts_says_so() {
+    let args = ["pair", "-p", "1024", "-g", "block", "-n", "2000", "--timeout", "3s"];
+    let pair = Proc::start(KVXFER, &args);
+    assert!(pair.wait_for("# iterations", secs(20)), "run did not start: {}", pair.stderr());
+    let receivers = children_of(pair.child.id());
+    assert_eq!(receivers.len(), 1, "kvxfer pair's receiver is a process of its own");
+    // As a library's abort would end it.
+    unsafe { libc::kill(receivers[0], libc::SIGABRT) };
+    let f = pair.finish(secs(15));
+    f.expect_code(1)
+        .expect_stderr(&format!("the pair's receiver (pid {}) was ended by SIGABRT", receivers[0]));
+    assert!(!f.stderr.contains("panicked"));
+}
+
 #[test]
 fn killing_the_sender_ends_the_receiver() {
     let (recv, send) = running_pair();

@@ -68,30 +68,25 @@ fn many_operations_in_flight_and_one_at_a_time_agree() {
 }
 
 #[test]
-fn pair_runs_ucx_in_one_process_with_inline_checks() {
+fn pair_runs_ucx_between_two_processes_with_inline_checks() {
     let _serial = one_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("pair.json");
+    let args = ["pair", "-t", "ucx", "--ucx-op", "get", "-p", "256", "-g", "layer,block", "-n", "2"];
     let f = run(
         KVXFER,
-        &[
-            "pair",
-            "-t",
-            "ucx",
-            "--ucx-op",
-            "get",
-            "-p",
-            "256",
-            "-g",
-            "layer,block",
-            "-n",
-            "2",
-            "--verify",
-            "inline",
-        ],
+        &[&args[..], &["--verify", "inline", "--json", report.to_str().unwrap()]].concat(),
         secs(60),
     );
     f.expect_code(0);
     assert_eq!(f.rows().len(), 2);
     assert!(f.stdout.contains("0 wrong bytes"), "{}", f.stdout);
+    // The receiver is a process of its own, as in a deployment (UCX's
+    // cuda_ipc, for one, works only between processes).
+    let r = json(&report);
+    let (sender, receiver) = (r["sender"]["pid"].as_u64().unwrap(), r["receiver"]["pid"].as_u64().unwrap());
+    assert_ne!(sender, receiver, "{}", r["receiver"]);
+    assert!(r["receiver"]["command_line"].to_string().contains("\"recv\""), "{}", r["receiver"]);
 }
 
 #[test]

@@ -219,9 +219,9 @@ fn ucx(a: &DoctorArgs, have: &mut Have) -> Section {
             let loaded_cuda = resources.as_ref().is_ok_and(|r| r.iter().any(|t| t.starts_with("cuda")));
             have.ucx_cuda = present;
             let cuda = match (present, loaded_cuda) {
-                (true, true) => "yes, loaded (cuda_copy, cuda_ipc): GPU memory works between two processes \
-                                 (kvxfer-send and kvxfer-recv); in one (kvxfer pair) cuda_ipc cannot, and UCX \
-                                 goes through host memory (staged, or emulated over tcp)"
+                (true, true) => "yes, loaded (cuda_copy, cuda_ipc): on one host GPU memory moves between two \
+                                 processes over cuda_ipc (kvxfer pair's receiver is a process of its own); \
+                                 across hosts it needs an RDMA lane to GPU memory, which only a run shows"
                     .to_string(),
                 (true, false) => "present (libuct_cuda), not loaded: no GPU or driver here for them".to_string(),
                 (false, _) => "no: this UCX refuses GPU memory (distributions' packages, such as Debian's libucx0, \

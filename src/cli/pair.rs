@@ -1,6 +1,11 @@
 //! `kvxfer pair`: both sides on this host over loopback.
 
 use super::*;
+use crate::error::ErrorKind;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub(super) fn pair(a: &PairArgs) -> Result<()> {
     let outputs = Outputs::open(&a.run.output)?;
@@ -32,7 +37,6 @@ pub(super) fn pair_run(a: &PairArgs, screen: &Screen) -> Result<(Option<RunRepor
     for kind in [send_memory.kind, recv_kind] {
         spec.check_memory(kind).map_err(Error::usage)?;
     }
-    // Before a second thread exists: NCCL's log settings live in the environment.
     transport::check_library(&spec, &plan, &a.run.local())?;
     if [send_memory.kind, recv_kind].iter().any(|k| *k != MemoryKind::Host) {
         gpu::init()?;
@@ -58,48 +62,186 @@ pub(super) fn pair_run(a: &PairArgs, screen: &Screen) -> Result<(Option<RunRepor
         bytes,
         "the host buffers of this pair (one per lane and side, and a spill pool)",
     )?;
-    let listener = net::listen(&a.listen)?;
-    let bound = listener.local_addr()?;
-    let ip = match bound.ip() {
+    let receiver = ChildReceiver::start(a, recv_memory)?;
+    let (report, result) = sender_side(
+        &receiver.addr.to_string(),
+        None,
+        &sender_options(&a.run),
+        plan,
+        send_memory,
+        screen,
+        None,
+    );
+    // A sender that failed has the receiver's reason already, when it had one;
+    // a receiver still waiting for it is of no more use.
+    let grace = if result.is_ok() { a.run.timeout } else { Duration::from_secs(1) };
+    let (received, signalled) = receiver.end(grace);
+    // The receiver exits 3 on wrong bytes it counted; the report has them,
+    // and the run's end says so from there.
+    let counted = report.as_ref().is_some_and(|r| r.points.iter().any(|p| p.wrong_bytes > 0));
+    let received =
+        received.or_else(|e| if e.kind == ErrorKind::Integrity && counted { Ok(()) } else { Err(e) });
+    let result = match (result, received) {
+        // A receiver a signal ended (a library's abort, the OOM killer) is
+        // the cause of what the sender saw: lost peer, timeout.
+        (Err(sent), Err(why)) if signalled => {
+            Err(Error::new(sent.kind, format!("{}; {}", sent.message, why.message)))
+        }
+        (result, received) => result.and(received),
+    };
+    Ok((report, result))
+}
+
+/// The receiver of a pair: `kvxfer recv` in a process of its own, as a
+/// deployment runs it. In one process UCX's cuda_ipc cannot reach the other
+/// side's GPU memory (on one H100: 0.52 GB/s emulated over tcp/lo from a
+/// thread, 1,120 GB/s over cuda_ipc between two processes).
+struct ChildReceiver {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    /// What it said on stderr besides its address, read to its end.
+    said: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl ChildReceiver {
+    fn start(a: &PairArgs, memory: MemorySpec) -> Result<ChildReceiver> {
+        let exe = std::env::current_exe()
+            .map_err(|e| Error::run(format!("cannot find this program to start the pair's receiver: {e}")))?;
+        let timeout = humantime::format_duration(a.run.timeout).to_string();
+        let mut cmd = Command::new(&exe);
+        cmd.args(["recv", "--quiet", "--listen", &a.listen, "--memory", &memory.kind.to_string()])
+            .args(["--device", &memory.device.to_string()])
+            .args(["--timeout", &timeout, "--wait-for-sender", &timeout, "--handshake-timeout", &timeout]);
+        // -v and -vv log the receiver's steps too.
+        match tracing::level_filters::LevelFilter::current() {
+            tracing::level_filters::LevelFilter::TRACE => cmd.arg("-vv"),
+            tracing::level_filters::LevelFilter::DEBUG => cmd.arg("-v"),
+            _ => &mut cmd,
+        };
+        let local = a.run.local();
+        for (flag, lib) in [
+            ("--nccl-lib", &local.nccl_lib),
+            ("--ucx-lib", &local.ucx_lib),
+            ("--ofi-lib", &local.ofi_lib),
+            ("--nixl-lib", &local.nixl_lib),
+        ] {
+            if let Some(lib) = lib {
+                cmd.args([flag, lib]);
+            }
+        }
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| {
+                Error::run(format!("cannot start the pair's receiver ({}): {e}", exe.display()))
+            })?;
+        let pid = child.id();
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tell, listening) = std::sync::mpsc::channel();
+        let said = std::thread::spawn(move || {
+            let mut said = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                match line.strip_prefix("kvxfer-recv: listening on ") {
+                    Some(addr) => {
+                        let _ = tell.send(addr.to_string());
+                    }
+                    // The sender's error carries the receiver's own.
+                    None if line.starts_with("kvxfer: error: ") => said.push(line),
+                    None => {
+                        eprintln!("{line}");
+                        said.push(line);
+                    }
+                }
+            }
+            said
+        });
+        let mut receiver = ChildReceiver { child, pid, addr: SocketAddr::from(([127, 0, 0, 1], 0)), said };
+        let bound = match listening.recv_timeout(a.run.timeout) {
+            Ok(addr) => addr.parse::<SocketAddr>().ok(),
+            Err(_) => None,
+        };
+        match bound {
+            Some(bound) => {
+                receiver.addr = SocketAddr::new(loopback_for(bound.ip()), bound.port());
+                Ok(receiver)
+            }
+            None => Err(receiver.end(Duration::from_secs(1)).0.err().unwrap_or_else(|| {
+                Error::run(format!("the pair's receiver (pid {pid}) did not say where it listens"))
+            })),
+        }
+    }
+
+    /// Waits for it to end, at most `grace`, then stops it: its exit as
+    /// this pair's receiving result, and whether a signal ended it.
+    fn end(mut self, grace: Duration) -> (Result<()>, bool) {
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        let said = self.said.join().unwrap_or_default();
+        let last = said.last().map(|l| l.trim_start_matches("kvxfer: error: ").to_string());
+        let pid = self.pid;
+        let (kind, how) = match status {
+            Some(s) if s.success() => return (Ok(()), false),
+            None => (
+                ErrorKind::Run,
+                format!("did not end within {}, and was stopped", humantime::format_duration(grace)),
+            ),
+            Some(s) => match (s.code(), s.signal()) {
+                // Its own error, as it would have said it.
+                (Some(code), _) if last.is_some() => {
+                    return (Err(Error::new(exit_kind(code), last.unwrap_or_default())), false)
+                }
+                (Some(code), _) => (exit_kind(code), format!("exited with status {code}")),
+                (None, Some(sig)) => (ErrorKind::Run, format!("was ended by {}", signal_name(sig))),
+                (None, None) => (ErrorKind::Run, format!("ended: {s}")),
+            },
+        };
+        let signalled = status.is_some_and(|s| s.signal().is_some());
+        let why = match last {
+            Some(l) if signalled => format!(" (the last it wrote: {l})"),
+            Some(l) => format!(": {l}"),
+            None => String::new(),
+        };
+        (Err(Error::new(kind, format!("the pair's receiver (pid {pid}) {how}{why}"))), signalled)
+    }
+}
+
+/// The kind of error a kvxfer exit status stands for (error::ErrorKind::exit_code).
+fn exit_kind(code: i32) -> ErrorKind {
+    match code {
+        2 => ErrorKind::Usage,
+        3 => ErrorKind::Integrity,
+        4 => ErrorKind::Gate,
+        129 | 130 | 143 => ErrorKind::Interrupted,
+        _ => ErrorKind::Run,
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGABRT => "SIGABRT".into(),
+        libc::SIGSEGV => "SIGSEGV".into(),
+        libc::SIGKILL => "SIGKILL (the kernel's OOM killer, or a kill -9)".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGBUS => "SIGBUS".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Where a receiver listening on `ip` is reached from this host.
+fn loopback_for(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V4(v) if v.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v) if v.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,
-    };
-    let receiver = ReceiverSide {
-        wait: a.run.timeout,
-        timeout: a.run.timeout,
-        expect: Expectations { memory: recv_memory.kind, ..Default::default() },
-        memory: recv_memory,
-        local: a.run.local(),
-        screen: Screen::silent(),
-        busy: None,
-    };
-    let receiver = std::thread::spawn(move || receiver.run(&listener).1);
-    let addr = SocketAddr::new(ip, bound.port()).to_string();
-    let (report, result) = sender_side(&addr, None, &sender_options(&a.run), plan, send_memory, screen, None);
-    let received = receiver.join().unwrap_or_else(|_| Err(Error::run("the receiver thread panicked")));
-    if let Some(r) = &report {
-        staged_in_one_process(r);
-    }
-    // The sender's error already carries the receiver's reason when it had one.
-    Ok((report, result.and(received)))
-}
-
-/// UCX on GPU memory that did not reach it directly in a pair (staged
-/// through host memory, or emulated over tcp/lo): the cause is the pair
-/// itself, whose receiver is a thread of this process, where UCX's
-/// cuda_ipc works only between processes (on one H100, 0.52 GB/s emulated
-/// over tcp/lo in a pair; 1,120 GB/s over cuda_ipc between two processes).
-fn staged_in_one_process(r: &RunReport) {
-    let path = [&r.sender_transport, &r.receiver_transport].into_iter().find_map(|t| t.path.as_deref());
-    let gpu = r.sender_transport.gpu_bus_id.is_some();
-    let indirect = path.is_some_and(|p| p.contains("staged through host memory") || p.contains(" emulated "));
-    if r.transport.kind == TransportKind::Ucx && gpu && indirect {
-        eprintln!(
-            "kvxfer pair: UCX did not reach GPU memory directly because kvxfer pair runs its receiver as a \
-             thread of this process, and UCX's cuda_ipc works only between processes; run kvxfer-recv and \
-             kvxfer-send as two processes (or kvxfer compare --connect to a kvxfer-recv --forever) for the path \
-             a deployment takes"
-        );
     }
 }
