@@ -262,7 +262,12 @@ fn a_tail_its_sample_cannot_support_shows_a_dash_everywhere() {
         }
     }
     assert_eq!(checked, 4, "{md}");
+    // The histogram's panel title, too, names its count and gives no p99.
+    let svg = std::fs::read_to_string(dir.path().join("report20/histogram-16.svg")).unwrap();
+    assert!(svg.contains("n 20, p50 ") && svg.contains(", p99 -"), "{svg}");
     let (many, _) = lines("150");
+    let svg = std::fs::read_to_string(dir.path().join("report150/histogram-16.svg")).unwrap();
+    assert!(svg.contains("n 150, p50 ") && !svg.contains(", p99 -"), "{svg}");
     let load = many.lines().find(|l| l.starts_with("#   fixed 500/s")).unwrap();
     assert!(!load.contains(" p99 - "), "150 requests give a p99: {load}");
     assert!(load.contains(" p99.9 - max "), "but no p99.9: {load}");

@@ -43,34 +43,40 @@ fn both(dir: &Path, name: &str, figure: &impl Figure, stamp: &str) -> Result<Vec
     {
         let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        figure.draw(&root)?;
-        draw_stamp(&root, stamp)?;
+        draw_with_stamp(&root, figure, stamp)?;
         root.present().map_err(plot_error)?;
     }
     {
         let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        figure.draw(&root)?;
-        draw_stamp(&root, stamp)?;
+        draw_with_stamp(&root, figure, stamp)?;
         root.present().map_err(plot_error)?;
     }
     Ok(vec![png, svg])
 }
 
-fn draw_stamp<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, stamp: &str) -> Result<()>
+/// The figure above a strip of its own for the stamp, so that the stamp
+/// never prints over a panel's labels.
+fn draw_with_stamp<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    figure: &impl Figure,
+    stamp: &str,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    if !stamp.is_empty() {
-        let at = (10, SIZE.1 as i32 - 20);
-        root.draw(&Text::new(
+    if stamp.is_empty() {
+        return figure.draw(root);
+    }
+    let (body, strip) = root.split_vertically(SIZE.1 - 22);
+    figure.draw(&body)?;
+    strip
+        .draw(&Text::new(
             stamp.to_string(),
-            at,
+            (10, 2),
             ("sans-serif", 14).into_font().color(&RGBColor(90, 90, 90)),
         ))
-        .map_err(plot_error)?;
-    }
-    Ok(())
+        .map_err(plot_error)
 }
 
 /// Axis labels: whole numbers without decimals, others with a few digits.
@@ -100,10 +106,55 @@ fn human_us(v: &f64) -> String {
     }
 }
 
-/// The values an axis is ticked at: each distinct one measured, in order.
+/// The values a log axis is ticked at: the distinct ones measured, in
+/// order, less those that would print over their neighbour (closer than a
+/// tenth of the axis's span, in log terms); the first and last stay.
 fn ticks(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut t: Vec<f64> = values.collect();
+    let mut t: Vec<f64> = values.filter(|v| *v > 0.0).collect();
     t.sort_by(f64::total_cmp);
+    t.dedup();
+    let (Some(&lo), Some(&hi)) = (t.first(), t.last()) else { return t };
+    let gap = (hi / lo).ln() / 10.0;
+    let mut kept: Vec<f64> = Vec::new();
+    for (k, &v) in t.iter().enumerate() {
+        let last = k + 1 == t.len();
+        // The last value displaces a kept neighbour too close to it.
+        while last && kept.len() > 1 && (v / kept[kept.len() - 1]).ln() < gap {
+            kept.pop();
+        }
+        if kept.last().is_none_or(|&prev| last || (v / prev).ln() >= gap) {
+            kept.push(v);
+        }
+    }
+    kept
+}
+
+/// Round ticks of a log axis over `lo..hi`: 1-2-5 per decade where that
+/// gives three or more, finer steps on a narrower axis, and on one narrower
+/// still, four even steps, rounded.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let within = |steps: &[f64]| -> Vec<f64> {
+        let (first, last) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+        (first..=last)
+            .flat_map(|d| steps.iter().map(move |s| s * 10f64.powi(d)))
+            .filter(|v| (lo..=hi).contains(v))
+            .collect()
+    };
+    for steps in [
+        &[1.0][..],
+        &[1.0, 2.0, 5.0],
+        &[1.0, 1.5, 2.0, 3.0, 5.0, 7.0],
+        &[1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+    ] {
+        let t = within(steps);
+        if t.len() >= 3 {
+            return t;
+        }
+    }
+    // Rounded to a unit under a fifth of the span, so that the four differ.
+    let unit = 10f64.powf(((hi - lo) / 5.0).log10().floor());
+    let round = |v: f64| (v / unit).round() * unit;
+    let mut t: Vec<f64> = (1..=4).map(|k| round(lo * (hi / lo).powf(k as f64 / 5.0))).collect();
     t.dedup();
     t
 }
@@ -367,7 +418,10 @@ impl Figure for HistogramAt<'_> {
             self.tokens
         );
         let body = root.titled(&title, ("sans-serif", 24)).map_err(plot_error)?;
-        let panels = body.split_evenly((found.len().max(1), 1));
+        // Four panels a column at most, so that each stays tall enough to read.
+        let n = found.len();
+        let cols = n.div_ceil(4).max(1);
+        let panels = body.split_evenly((n.div_ceil(cols).max(1), cols));
         // Each panel's recorded values (us, count), then the range they share.
         let mut recorded = Vec::new();
         for (_, _, p) in &found {
@@ -381,6 +435,7 @@ impl Figure for HistogramAt<'_> {
         let (lo, hi) = if lo > hi { (1.0, 10.0) } else { (lo.max(1e-3), hi.max(lo * 1.001)) };
         // Log bins: series 100x apart keep their shapes on the one range.
         let (a, b) = (lo / 1.15, hi * 1.15);
+        let x_ticks = log_ticks(a, b);
         let bin_of = |us: f64| (((us / a).ln() / (b / a).ln() * BINS as f64) as usize).min(BINS - 1);
         let edge = |k: usize| a * (b / a).powf(k as f64 / BINS as f64);
         for (((i, s, p), values), panel) in found.into_iter().zip(recorded).zip(panels.iter()) {
@@ -393,21 +448,25 @@ impl Figure for HistogramAt<'_> {
             let mut chart = ChartBuilder::on(panel)
                 .caption(
                     format!(
-                        "{}: p50 {}, p99 {}",
+                        "{}: n {}, p50 {}, p99 {}",
                         s.label,
+                        p.request_ns.count,
                         crate::units::fmt_ns(p.request_ns.p50 as f64),
                         super::table::tail(p.request_ns.p99_supported())
                     ),
                     ("sans-serif", 16),
                 )
                 .margin(6)
-                .x_label_area_size(30)
+                .x_label_area_size(if n <= 2 { 44 } else { 26 })
                 .y_label_area_size(60)
-                .build_cartesian_2d((a..b).log_scale(), 0f64..frac.iter().copied().fold(0.0, f64::max) * 1.2)
+                .build_cartesian_2d(
+                    (a..b).log_scale().with_key_points(x_ticks.clone()),
+                    0f64..frac.iter().copied().fold(0.0, f64::max) * 1.2,
+                )
                 .map_err(plot_error)?;
             chart
                 .configure_mesh()
-                .x_desc(if panels.len() <= 2 { "request latency (log scale)" } else { "" })
+                .x_desc(if n <= 2 { "request latency (log scale)" } else { "" })
                 .x_label_formatter(&human_us)
                 .y_labels(3)
                 .label_style(("sans-serif", 13))
@@ -564,7 +623,8 @@ impl Figure for LoadLatency<'_> {
                 a.min(f.offered_qps),
                 b.max(f.offered_qps),
                 c.min(ms(f.latency_ns.p50)),
-                d.max(ms(f.latency_ns.p99)),
+                // A p99 its count cannot support is not drawn, nor does it set the range.
+                d.max(ms(f.latency_ns.p99_supported().unwrap_or(f.latency_ns.p50))),
             )
         });
         let mut chart = log_log(
@@ -613,84 +673,75 @@ impl Figure for Resident<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let lines = LoadLatency(self.0).lines();
+        // A panel per load point: rates hold the buffer over times 10x apart,
+        // so each gets its own time axis.
+        let points: Vec<(usize, String, &crate::figures::load::LoadFigures)> = LoadLatency(self.0)
+            .lines()
+            .into_iter()
+            .flat_map(|(i, label, l)| l.into_iter().map(move |f| (i, format!("{label} · {}", f.arrivals), f)))
+            .collect();
         let body = root
             .titled(
-                "KV held on the decode side over each load point (GiB against seconds; dashed: the buffer, dotted: \
-                 the pool)",
-                ("sans-serif", 24),
+                "KV held on the decode side over each load point (GiB against seconds; dashed: the buffer's \
+                 size, dotted: spilled to the pool)",
+                ("sans-serif", 22),
             )
             .map_err(plot_error)?;
-        let panels = body.split_evenly((lines.len().max(1), 1));
+        let cols = points.len().div_ceil(4).max(1);
+        let panels = body.split_evenly((points.len().div_ceil(cols).max(1), cols));
         let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-        for ((_, label, l), panel) in lines.iter().zip(panels.iter()) {
-            let xhi = l
-                .iter()
-                .flat_map(|f| f.resident.series.last())
-                .map(|p| p.0 as f64 / 1e9)
-                .fold(1e-3, f64::max);
-            // The buffer's limit and what spilled past it to the pool, where a buffer was set.
-            let top = |f: &crate::figures::load::LoadFigures| {
-                let b = f.decode_buffer.as_ref();
-                let (cap, pool) = b.map_or((0, 0), |b| (b.capacity_bytes, b.pooled.peak_bytes));
-                gib(f.resident.peak_bytes.max(cap).max(pool))
+        let steps = |series: &[(u64, u64)]| {
+            let mut steps = Vec::with_capacity(2 * series.len());
+            for w in series.windows(2) {
+                let (t0, t1, b) = (w[0].0 as f64 / 1e9, w[1].0 as f64 / 1e9, gib(w[0].1));
+                steps.extend([(t0, b), (t1, b)]);
+            }
+            steps
+        };
+        for ((i, label, f), panel) in points.iter().zip(panels.iter()) {
+            let xhi = f.resident.series.last().map_or(1e-3, |p| (p.0 as f64 / 1e9).max(1e-3));
+            let buffer = f.decode_buffer.as_ref();
+            let (cap, pool) = buffer.map_or((0, 0), |b| (b.capacity_bytes, b.pooled.peak_bytes));
+            let yhi = gib(f.resident.peak_bytes.max(cap).max(pool)).max(1e-6);
+            let held = match buffer {
+                Some(b) => format!(
+                    "peak {} of a {} buffer ({})",
+                    crate::units::fmt_bytes(f.resident.peak_bytes),
+                    crate::units::fmt_bytes(b.capacity_bytes),
+                    b.on_full
+                ),
+                None => format!("peak {}", crate::units::fmt_bytes(f.resident.peak_bytes)),
             };
-            let yhi = l.iter().map(|f| top(f)).fold(1e-6, f64::max);
             let mut chart = ChartBuilder::on(panel)
-                .caption(label.clone(), ("sans-serif", 16))
+                .caption(format!("{label}: {held}"), ("sans-serif", 15))
                 .margin(6)
-                .x_label_area_size(30)
-                .y_label_area_size(60)
+                .x_label_area_size(26)
+                .y_label_area_size(56)
                 .build_cartesian_2d(0f64..xhi * 1.02, 0f64..yhi * 1.15)
                 .map_err(plot_error)?;
             chart
                 .configure_mesh()
-                .x_label_formatter(&number)
+                .x_label_formatter(&|t: &f64| format!("{} s", number(t)))
                 .y_label_formatter(&number)
+                .x_labels(6)
+                .y_labels(4)
                 .label_style(("sans-serif", 13))
                 .draw()
                 .map_err(plot_error)?;
-            let steps = |series: &[(u64, u64)]| {
-                let mut steps = Vec::with_capacity(2 * series.len());
-                for w in series.windows(2) {
-                    let (t0, t1, b) = (w[0].0 as f64 / 1e9, w[1].0 as f64 / 1e9, gib(w[0].1));
-                    steps.extend([(t0, b), (t1, b)]);
-                }
-                steps
-            };
-            for (k, f) in l.iter().enumerate() {
-                let c = color(k);
+            let c = color(*i);
+            chart
+                .draw_series(LineSeries::new(steps(&f.resident.series), c.stroke_width(2)))
+                .map_err(plot_error)?;
+            if let Some(b) = buffer {
+                let line = [(0.0, gib(b.capacity_bytes)), (xhi * 1.02, gib(b.capacity_bytes))];
                 chart
-                    .draw_series(LineSeries::new(steps(&f.resident.series), c.stroke_width(2)))
-                    .map_err(plot_error)?
-                    .label(f.arrivals.to_string())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
-                let Some(b) = &f.decode_buffer else { continue };
-                let cap = gib(b.capacity_bytes);
-                chart
-                    .draw_series(DashedLineSeries::new(
-                        [(0.0, cap), (xhi * 1.02, cap)],
-                        10,
-                        6,
-                        c.stroke_width(1),
-                    ))
-                    .map_err(plot_error)?
-                    .label(format!(
-                        "{}: buffer {} ({})",
-                        f.arrivals,
-                        crate::units::fmt_bytes(b.capacity_bytes),
-                        b.on_full
-                    ))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(1)));
+                    .draw_series(DashedLineSeries::new(line, 10, 6, BLACK.stroke_width(1)))
+                    .map_err(plot_error)?;
                 if b.pooled.peak_bytes > 0 {
-                    chart
-                        .draw_series(DashedLineSeries::new(steps(&b.pooled.series), 3, 3, c.stroke_width(2)))
-                        .map_err(plot_error)?
-                        .label(format!("{}: in the pinned pool (spilled)", f.arrivals))
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+                    let spilled = DashedLineSeries::new(steps(&b.pooled.series), 2, 4, c.stroke_width(2));
+                    chart.draw_series(spilled).map_err(plot_error)?;
                 }
             }
-            legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         }
         Ok(())
     }
@@ -964,4 +1015,37 @@ pub fn heatmaps(
         files.extend(both(dir, &format!("matrix-{name}-{point}"), &Heatmap { names, grid }, "")?);
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_drop_a_neighbour_that_would_print_over_another() {
+        // Rates a user might sweep: 9.5/s sits on 10/s over a 1-100/s axis.
+        assert_eq!(
+            ticks([1.0, 2.0, 5.0, 9.5, 10.0, 20.0, 50.0, 100.0].into_iter()),
+            [1.0, 2.0, 5.0, 9.5, 20.0, 50.0, 100.0]
+        );
+        // The last value stays, and displaces a close one before it.
+        assert_eq!(ticks([1.0, 10.0, 95.0, 100.0].into_iter()), [1.0, 10.0, 100.0]);
+        // Far apart, every value is a tick; one value is one tick.
+        assert_eq!(ticks([128.0, 1024.0, 8192.0, 8192.0].into_iter()), [128.0, 1024.0, 8192.0]);
+        assert_eq!(ticks([3.0].into_iter()), [3.0]);
+    }
+
+    #[test]
+    fn log_ticks_give_three_or_more_round_values_on_any_span() {
+        assert_eq!(log_ticks(0.5, 2000.0), [1.0, 10.0, 100.0, 1000.0]);
+        assert_eq!(log_ticks(30.0, 300.0), [50.0, 100.0, 200.0]);
+        assert_eq!(log_ticks(40.0, 70.0), [40.0, 50.0, 60.0, 70.0]);
+        // Narrower than any step: four even values, rounded.
+        assert_eq!(log_ticks(1000.0, 1100.0), [1020.0, 1040.0, 1060.0, 1080.0]);
+        for (lo, hi) in [(1.0, 1.3), (12.0, 19.0), (0.001, 0.0011), (7e5, 9e5)] {
+            let t = log_ticks(lo, hi);
+            assert!(t.len() >= 3, "{lo}..{hi}: {t:?}");
+            assert!(t.iter().all(|v| (lo..=hi).contains(v)), "{lo}..{hi}: {t:?}");
+        }
+    }
 }
