@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # kvxfer compare on one GPU: tcp (staged through pinned memory) against
-# ucx put, 6 rounds, each round's runs in two processes (kvxfer compare's
-# sender to a kvxfer-recv --forever on the same GPU, as a deployment's
-# prefill and decode are two processes); ucx twice, to see the noise. Then
-# ucx in a kvxfer pair (one process), where UCX stages GPU memory through
-# host memory and pair says why.
+# ucx put, 6 rounds; ucx twice, to see the noise. Once against a
+# kvxfer-recv --forever on the same GPU (--connect), once in pair mode,
+# whose receiver is a process of its own: both should take cuda_ipc.
+# Then one ucx pair alone, for its path line.
 # Needs a CUDA build of UCX: scripts/fetch-ucx-cuda.sh (KVXFER_UCX_DIR,
 # default .cache/ucx-cu13).
 #
@@ -29,6 +28,9 @@ echo "rc $?" >>"$OUT/two-processes.txt"
 kill -TERM $service
 wait $service
 echo "service rc $?" >>"$OUT/service.log"
+"$BIN/kvxfer" compare -t tcp,ucx,ucx --rounds 6 --json "$OUT/pair.json" --recv-device 0 "${WORK[@]}" \
+    >"$OUT/pair.txt" 2>"$OUT/pair.err"
+echo "rc $?" >>"$OUT/pair.txt"
 "$BIN/kvxfer" pair -t ucx --memory gpu --device 0 --recv-device 0 -m llama-3.1-8b -p 8k -g layer -n 5 \
     >"$OUT/pair-ucx.txt" 2>&1
 echo "rc $?" >>"$OUT/pair-ucx.txt"
