@@ -50,7 +50,7 @@ impl Victim {
 const VIAS: [(&str, &[&str]); 4] = [
     ("tcp", &["-t", "tcp"]),
     // Error mode none: shared memory on one host (in mode peer UCX itself
-    // aborts a process whose emulated-put peer dies; see the README).
+    // aborts a process whose emulated-put peer dies; see docs/failures.md).
     ("ucx", &["-t", "ucx", "--ucx-err-mode", "none"]),
     ("ofi-tcp", &["-t", "ofi", "--ofi-provider", "tcp"]),
     ("ofi-shm", &["-t", "ofi", "--ofi-provider", "shm"]),

@@ -1,4 +1,4 @@
-//! The modules import downward only (README, "Layout"): a module that
+//! The modules import downward only (docs/layout.md): a module that
 //! names one above it brings the import circle back. Read from the
 //! sources, each file's code before its tests.
 

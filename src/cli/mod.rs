@@ -126,6 +126,14 @@ pub fn main_kvxfer() -> ! {
     crate::signals::install();
     let cli: Kvxfer = parse_args("kvxfer");
     crate::logging::init(cli.log.verbose);
+    if checking_only() {
+        let run = match &cli.command {
+            Command::Pair(a) => Some(&a.run),
+            Command::Send(a) => Some(&a.run),
+            _ => None,
+        };
+        exit_with("kvxfer", check_run(run));
+    }
     exit_with(
         "kvxfer",
         match cli.command {
@@ -148,6 +156,9 @@ pub fn main_send() -> ! {
     crate::signals::install();
     let cli: SendCli = parse_args("kvxfer-send");
     crate::logging::init(cli.log.verbose);
+    if checking_only() {
+        exit_with("kvxfer-send", check_run(Some(&cli.args.run)));
+    }
     exit_with("kvxfer-send", send(&cli.args))
 }
 
@@ -155,7 +166,26 @@ pub fn main_recv() -> ! {
     crate::signals::install();
     let cli: RecvCli = parse_args("kvxfer-recv");
     crate::logging::init(cli.log.verbose);
+    if checking_only() {
+        exit_with("kvxfer-recv", check_run(None));
+    }
     exit_with("kvxfer-recv", recv(&cli.args))
+}
+
+/// KVXFER_CHECK_ARGS=1: check a command line and run nothing (the docs'
+/// commands that need GPUs or other hosts are checked so in CI).
+fn checking_only() -> bool {
+    std::env::var_os("KVXFER_CHECK_ARGS").is_some_and(|v| v == "1")
+}
+
+/// A command line that parsed, checked as far as it can be without running:
+/// a sender's plan and gate.
+fn check_run(run: Option<&RunArgs>) -> Result<()> {
+    if let Some(run) = run {
+        run.check_gate(&run.plan()?)?;
+    }
+    eprintln!("kvxfer: the command line holds (KVXFER_CHECK_ARGS=1: nothing run)");
+    Ok(())
 }
 
 /// The command line, or the exit: help and version as clap prints them, a

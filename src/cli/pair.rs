@@ -22,7 +22,7 @@ pub(super) fn pair_run(a: &PairArgs, screen: &Screen) -> Result<(Option<RunRepor
     if let Some(t) = a.run.model.topology() {
         return Err(Error::usage(format!(
             "{t} is {} sender and {} receiver processes, not a pair: start them with kvxfer launch (mpirun or srun \
-             with {} ranks) or by hand (kvxfer send --prefill-rank, kvxfer recv --decode-rank; see the README)",
+             with {} ranks) or by hand (kvxfer send --prefill-rank, kvxfer recv --decode-rank; see docs/tp.md)",
             t.prefill_tp,
             t.decode_tp,
             t.prefill_tp + t.decode_tp
