@@ -18,6 +18,17 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The kind a kvxfer process's exit status stands for (a child's).
+    pub fn of_exit_code(code: i32) -> ErrorKind {
+        match code {
+            2 => ErrorKind::Usage,
+            3 => ErrorKind::Integrity,
+            4 => ErrorKind::Gate,
+            129 | 130 | 143 => ErrorKind::Interrupted,
+            _ => ErrorKind::Run,
+        }
+    }
+
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::Run => 1,

@@ -86,19 +86,6 @@ fn killing_the_receiver_ends_the_sender() {
     assert!(!f.stderr.contains("panicked"));
 }
 
-/// The processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<i32> {
-    let parent = |stat: String| -> Option<u32> {
-        // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
-        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-    };
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(parent) == Some(pid))
-        .collect()
-}
-
 #[test]
 fn a_pair_whose_receiver_process_aborts_says_so() {
     let args = ["pair", "-p", "1024", "-g", "block", "-n", "2000", "--timeout", "3s"];
@@ -112,6 +99,27 @@ fn a_pair_whose_receiver_process_aborts_says_so() {
     f.expect_code(1)
         .expect_stderr(&format!("the pair's receiver (pid {}) was ended by SIGABRT", receivers[0]));
     assert!(!f.stderr.contains("panicked"));
+}
+
+#[test]
+fn a_receiver_a_library_aborts_keeps_the_points_it_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("recv.json");
+    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s", "--json", j.to_str().unwrap()]);
+    let args = ["--connect", addr.as_str(), "-p", "16,1024", "-g", "block", "-n", "150", "--timeout", "3s"];
+    let send = Proc::start(SEND, &args);
+    assert!(send.wait_for("    block      16 ", secs(30)), "no first point: {}", send.stdout());
+    recv.signal(libc::SIGABRT);
+    assert_ne!(recv.finish(secs(10)).code, Some(0));
+    assert_ne!(send.finish(secs(15)).code, Some(0));
+    // Written whole after each point: the first point, and the run marked unfinished.
+    let r = json(&j);
+    assert_eq!((r["outcome"].as_str(), r["points"].as_array().unwrap().len()), (Some("running"), 1), "{r}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
 }
 
 #[test]

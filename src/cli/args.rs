@@ -800,6 +800,10 @@ pub struct RecvArgs {
     /// With --forever: also send, when `kvxfer matrix --hosts` asks, to the other hosts it names
     #[arg(long, requires = "forever", help_heading = "Service")]
     pub matrix: bool,
+    /// The service's own: serve, in this process, the sender it greeted (its
+    /// control socket on fd 3, its plan on stdin)
+    #[arg(long, hide = true)]
+    pub serve_inherited: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -828,6 +832,7 @@ impl RecvArgs {
             forever: false,
             json_dir: None,
             matrix: false,
+            serve_inherited: false,
             output: OutputArgs { quiet: true, ..Default::default() },
         }
     }

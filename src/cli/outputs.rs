@@ -22,6 +22,7 @@ pub(super) fn sender_options(run: &RunArgs) -> SenderOptions {
 /// at once rather than after an hour of measuring, and filled at the end.
 pub(super) struct Outputs {
     files: Vec<(PathBuf, File, Box<dyn Exporter>)>,
+    json: Option<PathBuf>,
     gate: Gate,
 }
 
@@ -46,7 +47,17 @@ pub(super) fn refuse_special(path: &std::path::Path) -> Result<()> {
     Err(Error::usage(format!("cannot write {}: it is {what}; give a file", path.display())))
 }
 
+fn is_file(path: &std::path::Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
 impl Outputs {
+    /// The JSON report to rewrite as points complete (Screen::keeping):
+    /// a file of its own, not a device.
+    pub(super) fn kept(&self) -> Option<PathBuf> {
+        self.json.clone().filter(|p| is_file(p))
+    }
+
     pub(super) fn open(a: &OutputArgs) -> Result<Outputs> {
         let mut files = Vec::new();
         if let (Some(csv), Some(json)) = (&a.csv, &a.json) {
@@ -67,7 +78,7 @@ impl Outputs {
                 files.push((path.clone(), f, exporter));
             }
         }
-        Ok(Outputs { files, gate: a.gate() })
+        Ok(Outputs { files, json: a.json.clone(), gate: a.gate() })
     }
 
     /// Writes what was measured (even a partial run), prints the verdict and
@@ -90,7 +101,13 @@ impl Outputs {
         }
         screen.footer(&report)?;
         for (path, mut f, exporter) in self.files {
-            exporter.export(&report, &mut f).map_err(|e| e.context(format!("writing {}", path.display())))?;
+            match is_file(&path) {
+                true => report::write_whole(&path, &report, exporter.as_ref())?,
+                // A device (--json /dev/null): written through, never replaced.
+                false => exporter
+                    .export(&report, &mut f)
+                    .map_err(|e| e.context(format!("writing {}", path.display())))?,
+            }
         }
         result?;
         if report.wrong_bytes > 0 {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 pub(super) fn pair(a: &PairArgs) -> Result<()> {
     let outputs = Outputs::open(&a.run.output)?;
-    let screen = screen_for(&a.run.output);
+    let screen = screen_for(&a.run.output).keeping(outputs.kept());
     // A check that fails before anything runs leaves no report files behind.
     let (report, result) = pair_run(a, &screen).unwrap_or_else(|e| (None, Err(e)));
     outputs.conclude(report, result, &screen)
@@ -197,10 +197,10 @@ impl ChildReceiver {
             Some(s) => match (s.code(), s.signal()) {
                 // Its own error, as it would have said it.
                 (Some(code), _) if last.is_some() => {
-                    return (Err(Error::new(exit_kind(code), last.unwrap_or_default())), false)
+                    return (Err(Error::new(ErrorKind::of_exit_code(code), last.unwrap_or_default())), false)
                 }
-                (Some(code), _) => (exit_kind(code), format!("exited with status {code}")),
-                (None, Some(sig)) => (ErrorKind::Run, format!("was ended by {}", signal_name(sig))),
+                (Some(code), _) => (ErrorKind::of_exit_code(code), format!("exited with status {code}")),
+                (None, Some(sig)) => (ErrorKind::Run, format!("was ended by {}", crate::signals::name(sig))),
                 (None, None) => (ErrorKind::Run, format!("ended: {s}")),
             },
         };
@@ -211,29 +211,6 @@ impl ChildReceiver {
             None => String::new(),
         };
         (Err(Error::new(kind, format!("the pair's receiver (pid {pid}) {how}{why}"))), signalled)
-    }
-}
-
-/// The kind of error a kvxfer exit status stands for (error::ErrorKind::exit_code).
-fn exit_kind(code: i32) -> ErrorKind {
-    match code {
-        2 => ErrorKind::Usage,
-        3 => ErrorKind::Integrity,
-        4 => ErrorKind::Gate,
-        129 | 130 | 143 => ErrorKind::Interrupted,
-        _ => ErrorKind::Run,
-    }
-}
-
-fn signal_name(sig: i32) -> String {
-    match sig {
-        libc::SIGABRT => "SIGABRT".into(),
-        libc::SIGSEGV => "SIGSEGV".into(),
-        libc::SIGKILL => "SIGKILL (the kernel's OOM killer, or a kill -9)".into(),
-        libc::SIGTERM => "SIGTERM".into(),
-        libc::SIGINT => "SIGINT".into(),
-        libc::SIGBUS => "SIGBUS".into(),
-        n => format!("signal {n}"),
     }
 }
 

@@ -3,6 +3,12 @@
 use super::*;
 
 pub(super) fn recv(a: &RecvArgs) -> Result<()> {
+    if a.serve_inherited {
+        if a.memory.memory != MemoryKind::Host {
+            gpu::init()?;
+        }
+        return service::serve_inherited(a);
+    }
     recv_on(net::listen(&a.listen)?, a)
 }
 
@@ -20,7 +26,8 @@ pub(super) fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<(
     }
     let outputs = Outputs::open(&a.output)?;
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
-    let side = receiver_side(a);
+    let mut side = receiver_side(a);
+    side.screen = side.screen.keeping(outputs.kept());
     if a.senders > 1 {
         return fan::receive_many(&listener, side, outputs, None, a.senders as usize);
     }
@@ -35,25 +42,33 @@ pub(super) fn run_from(
     listener: &std::net::TcpListener,
     side: ReceiverSide,
     outputs: Outputs,
-    mut first: session::ReceiverSession,
+    first: session::ReceiverSession,
     senders: usize,
 ) -> Result<()> {
     if senders > 1 {
         return fan::receive_many(listener, side, outputs, Some(first), senders);
     }
     // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
-    let plan = &first.hello.plan;
-    let feeding = plan.tp.as_ref().and_then(|t| {
-        t.pair.map(|(_, d)| {
-            (t.topology.sources(&plan.shape.model, d), t.senders_of(&plan.shape.model, d), t.instances)
-        })
-    });
-    if let Some((ranks, senders, instances)) = feeding.filter(|f| f.1 > 1) {
+    if let Some((ranks, senders, instances)) = feeding(&first.hello.plan).filter(|f| f.1 > 1) {
         let of =
             if instances > 1 { format!(" of each of {instances} prefill instances") } else { String::new() };
         eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
         return fan::receive_many(listener, side, outputs, Some(first), senders);
     }
+    // One-shot: a second sender hears "busy" while this one is served.
+    let _busy = match side.busy {
+        None => Some(service::BusyWhile::serving(listener, &[first.ctrl.peer_addr])?),
+        Some(_) => None,
+    };
+    serve_one(side, outputs, first)
+}
+
+/// One sender's run, welcomed and served to its report.
+pub(super) fn serve_one(
+    side: ReceiverSide,
+    outputs: Outputs,
+    mut first: session::ReceiverSession,
+) -> Result<()> {
     let bytes = first.hello.plan.host_bytes(true, side.memory.kind.on_host());
     if let Err(e) =
         memory::check_host_budget(bytes, "the receiver's buffers (one per lane, and a spill pool)")
@@ -62,17 +77,22 @@ pub(super) fn run_from(
         return outputs.conclude(None, Err(Error::usage(refused.message)), &side.screen);
     }
     side.mark_busy(&[first.ctrl.peer_addr]);
-    // One-shot: a second sender hears "busy" while this one is served.
-    let _busy = match side.busy {
-        None => Some(service::BusyWhile::serving(listener, &[first.ctrl.peer_addr])?),
-        Some(_) => None,
-    };
     let env = EnvInfo::collect();
     let (report, result) = match session::welcome(&mut first, &env, None) {
         Ok(()) => side.serve(first, env, None),
         Err(e) => (None, Err(e)),
     };
     outputs.conclude(report, result, &side.screen)
+}
+
+/// A P x D decode rank's feeders: the prefill ranks, how many senders
+/// they are, and the prefill instances.
+pub(super) fn feeding(plan: &Plan) -> Option<(Vec<u32>, usize, u32)> {
+    plan.tp.as_ref().and_then(|t| {
+        t.pair.map(|(_, d)| {
+            (t.topology.sources(&plan.shape.model, d), t.senders_of(&plan.shape.model, d), t.instances)
+        })
+    })
 }
 
 pub(super) fn receiver_side(a: &RecvArgs) -> ReceiverSide {

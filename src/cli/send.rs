@@ -10,7 +10,7 @@ pub(super) fn send(a: &SendArgs) -> Result<()> {
     if pairs > 1 {
         return fan::send_many(a, plans, memory, outputs);
     }
-    let screen = screen_for(&a.run.output);
+    let screen = screen_for(&a.run.output).keeping(outputs.kept());
     let plan = plans[0].clone();
     let (report, result) =
         sender_side(&a.connect[0], a.bind, &sender_options(&a.run), plan, memory, &screen, None);

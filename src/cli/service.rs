@@ -5,15 +5,28 @@
 //! comes while a run is served is told at once who is served and since
 //! when. SIGINT or SIGTERM end it cleanly; so does a GPU left unusable,
 //! with the reason, rather than serving on a broken context.
+//!
+//! Each sender's run goes to a process of its own (kvxfer re-executed with
+//! the service's options, the sender's socket and plan handed over), as
+//! sshd and PostgreSQL serve each client: a transport library that aborts
+//! or leaks on a peer's failure takes that run down, never the service.
+//! The service only accepts, greets, answers busy and reaps runs. (A
+//! many-to-one run, or a P x D decode rank fed by several prefill ranks,
+//! still runs in the service's process: it gathers its senders from the
+//! listener.)
 
-use super::{receiver_side, run_from, Outputs};
+use super::{receiver_side, run_from, serve_one, Outputs};
 use crate::cli::args::RecvArgs;
 use crate::error::{Error, Result};
 use crate::memory::MemoryKind;
 use crate::net;
 use crate::session::{self, Expectations, Greeting};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -263,12 +276,18 @@ fn serve_runs(
         side.busy = Some(busy.clone());
         runs += 1;
         let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
-        let outputs =
-            Outputs::open(&crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() })?;
         if log_runs {
             eprintln!("kvxfer-recv: run {runs}: sender {from}");
         }
-        let result = run_from(listener, side, outputs, first, a.senders as usize);
+        let many = a.senders > 1 || super::recv::feeding(&first.hello.plan).is_some_and(|f| f.1 > 1);
+        let result = match many {
+            false => run_isolated(first, a, json.as_deref()),
+            true => {
+                let outputs =
+                    Outputs::open(&crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() })?;
+                run_from(listener, side, outputs, first, a.senders as usize)
+            }
+        };
         busy.idle();
         match result {
             Ok(()) if log_runs => eprintln!("kvxfer-recv: run {runs} from {from}: done{}", wrote(&json)),
@@ -278,7 +297,8 @@ fn serve_runs(
             }
             Err(e) => {
                 eprintln!("kvxfer-recv: run {runs} from {from} failed (exit {}): {e}", e.kind.exit_code());
-                if a.memory.memory != MemoryKind::Host {
+                // A run of its own process left the service's GPU context as it was.
+                if a.memory.memory != MemoryKind::Host && many {
                     usable(a.memory.device).map_err(|why| {
                         Error::run(format!(
                             "the service ends: after run {runs}, GPU {} is unusable: {why}",
@@ -289,6 +309,107 @@ fn serve_runs(
             }
         }
     }
+}
+
+/// The fd a run's process finds its sender's control socket on.
+const INHERITED_FD: i32 = 3;
+
+/// A plan is a few KiB of JSON (a trace's schedule more): past this, the
+/// service's handover is not one.
+const MAX_HANDOVER: u64 = 256 << 20;
+
+/// A run in a process of its own: kvxfer itself, re-executed with the
+/// service's options, the sender's control socket on fd 3 and its plan on
+/// stdin. Waits for it to end (a signal to the service is passed on to
+/// it); its exit status, or the signal that ended it, is the run's end.
+fn run_isolated(first: session::ReceiverSession, a: &RecvArgs, json: Option<&Path>) -> Result<()> {
+    let (stream, hello) = first.into_parts();
+    let plan = serde_json::to_vec(&hello).expect("a plan serializes");
+    let mut args = std::env::args_os();
+    let me =
+        std::env::current_exe().map_err(|e| Error::run(format!("cannot find this program to run: {e}")))?;
+    let mut cmd = Command::new(me);
+    // Its argv[0] too, so that kvxfer called as kvxfer-recv is that again.
+    cmd.arg0(args.next().unwrap_or_default()).args(args).arg("--serve-inherited");
+    if let Some(json) = json {
+        cmd.arg("--json").arg(json);
+    }
+    let fd = stream.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2
+    // leaves the copy open across exec; on fd 3 already, fcntl clears its
+    // close-on-exec flag.
+    unsafe {
+        cmd.pre_exec(move || {
+            let done = match fd == INHERITED_FD {
+                true => libc::fcntl(fd, libc::F_SETFD, 0),
+                false => libc::dup2(fd, INHERITED_FD),
+            };
+            match done {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            }
+        });
+    }
+    let mut child =
+        cmd.stdin(Stdio::piped()).spawn().map_err(|e| Error::run(format!("cannot start the run: {e}")))?;
+    drop(stream);
+    let handed = child.stdin.take().expect("stdin is piped").write_all(&plan);
+    let status = wait_for_run(&mut child, a.timeout)?;
+    handed.map_err(|e| Error::run(format!("handing the sender's plan to its run: {e}")))?;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => Err(Error::new(
+            crate::error::ErrorKind::of_exit_code(code),
+            format!("its process (pid {}) exited with status {code}, its error above", child.id()),
+        )),
+        (None, sig) => Err(Error::run(format!(
+            "its process (pid {}) was ended by {}",
+            child.id(),
+            crate::signals::name(sig.unwrap_or(0))
+        ))),
+    }
+}
+
+/// Reaps a run's process; a signal to the service is passed on to it, and
+/// one that has not ended within `timeout` of that is killed.
+fn wait_for_run(child: &mut Child, timeout: Duration) -> Result<std::process::ExitStatus> {
+    let mut told: Option<std::time::Instant> = None;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        match (crate::signals::received(), told) {
+            (Some(sig), None) => {
+                // SAFETY: a signal to our own child, whose pid is not yet reaped.
+                unsafe { libc::kill(child.id() as i32, sig) };
+                told = Some(std::time::Instant::now());
+            }
+            (_, Some(at)) if at.elapsed() > timeout => {
+                let _ = child.kill();
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A run of the service in this process (`--serve-inherited`, started by
+/// run_isolated): the sender the service greeted, on fd 3, its plan on stdin.
+pub(super) fn serve_inherited(a: &RecvArgs) -> Result<()> {
+    // SAFETY: run_isolated put the greeted sender's socket on this fd for this process alone.
+    let stream = unsafe { TcpStream::from_raw_fd(INHERITED_FD) };
+    let mut plan = Vec::new();
+    std::io::stdin().take(MAX_HANDOVER).read_to_end(&mut plan)?;
+    let hello = serde_json::from_slice(&plan).map_err(|e| {
+        Error::usage(format!("--serve-inherited is the service's own: no plan on stdin ({e})"))
+    })?;
+    let first = session::ReceiverSession::resume(stream, hello, a.timeout)?;
+    let mut side = receiver_side(a);
+    // The service answers the senders that come meanwhile.
+    side.busy = Some(Arc::new(Busy::default()));
+    let outputs = Outputs::open(&a.output)?;
+    side.screen = side.screen.keeping(outputs.kept());
+    serve_one(side, outputs, first)
 }
 
 fn wrote(json: &Option<PathBuf>) -> String {

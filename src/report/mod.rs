@@ -182,3 +182,22 @@ impl RunReport {
 pub trait Exporter {
     fn export(&self, report: &RunReport, out: &mut dyn Write) -> Result<()>;
 }
+
+/// Writes a report file whole or not at all: into a hidden sibling, then
+/// renamed over `path`, so that a process that dies mid-write, or between
+/// points, leaves its last whole report, never a torn one.
+pub fn write_whole(path: &std::path::Path, report: &RunReport, exporter: &dyn Exporter) -> Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = path.with_file_name(format!(".{name}.partial"));
+    let written = (|| {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        exporter.export(report, &mut f)?;
+        f.flush()?;
+        std::fs::rename(&partial, path)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written.map_err(|e: crate::error::Error| e.context(format!("writing {}", path.display())))
+}

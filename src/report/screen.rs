@@ -19,6 +19,9 @@ pub struct Screen {
     /// Each point's name, requests and bytes (warm-ups included): the bar
     /// counts bytes, so its ETA weighs a large point as it will take.
     points: Mutex<Vec<PointWork>>,
+    /// The JSON report rewritten whole as each point completes, so that a
+    /// process a library aborts keeps what it measured.
+    keep: Option<std::path::PathBuf>,
 }
 
 struct PointWork {
@@ -54,6 +57,21 @@ impl Screen {
             layout: table::Layout::choose(wide, terminal_width()),
             bar,
             points: Mutex::default(),
+            keep: None,
+        }
+    }
+
+    /// Rewrites the JSON report at `path` as each point completes.
+    pub fn keeping(mut self, path: Option<std::path::PathBuf>) -> Screen {
+        self.keep = path;
+        self
+    }
+
+    /// The report so far, into the file kept, if one is (best effort: the
+    /// run's end writes it again, and says so if it cannot).
+    pub fn checkpoint(&self, report: &RunReport) {
+        if let Some(path) = &self.keep {
+            let _ = super::write_whole(path, report, &super::json::Json);
         }
     }
 
@@ -65,6 +83,7 @@ impl Screen {
             layout: table::Layout::NARROW,
             bar: ProgressBar::hidden(),
             points: Mutex::default(),
+            keep: None,
         }
     }
 

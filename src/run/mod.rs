@@ -348,6 +348,7 @@ impl measure::RunEvents for Shown<'_> {
         self.screen.point(self.report, p);
         self.report.points.push(p.clone());
         self.report.unfinished = (0, 0);
+        self.screen.checkpoint(self.report);
     }
 }
 

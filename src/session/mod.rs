@@ -540,6 +540,19 @@ pub struct ReceiverSession {
     pub hello: Hello,
 }
 
+impl ReceiverSession {
+    /// The control socket and the plan, for a process of its own to serve
+    /// (the sender waits for its welcome: nothing more has come).
+    pub fn into_parts(self) -> (TcpStream, Hello) {
+        (self.ctrl.into_stream(), self.hello)
+    }
+
+    /// A sender another process greeted, from its socket and plan.
+    pub fn resume(stream: TcpStream, hello: Hello, timeout: Duration) -> Result<ReceiverSession> {
+        Ok(ReceiverSession { ctrl: Control::new(stream, Role::Sender, timeout)?, hello })
+    }
+}
+
 /// The receiver's half: wait for a sender (ignoring connections that are not
 /// kvxfer at all), check its version, role and plan, and welcome it.
 pub fn accept_receiver(

@@ -243,3 +243,16 @@ pub fn nixl_lib() -> String {
         .map(|p| p.display().to_string())
         .expect("no NIXL for the nixl tests: run scripts/fetch-nixl.sh (scripts/test.sh does), or set KVXFER_NIXL_LIB")
 }
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<i32> {
+    let parent = |stat: String| -> Option<u32> {
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its ')'.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(parent) == Some(pid))
+        .collect()
+}
