@@ -259,6 +259,11 @@ fn hosts_in_service_mode_make_a_matrix_without_a_launcher() {
     assert!(cells.iter().all(|(_, g)| g.is_some_and(|g| g > 0.0)), "{cells:?}");
     // The services served each other and are still up; one pair at a time, again.
     for (svc, _) in &services {
+        // Each run is a process of its own: its end is logged once the service reaps it.
+        let until = std::time::Instant::now() + secs(10);
+        while svc.stderr().matches(": done").count() < 2 && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(svc.stderr().matches(": done").count(), 2, "{}", svc.stderr());
     }
     let one =

@@ -204,7 +204,14 @@ fn work(a: &MatrixArgs, me: &Launch) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let receiving = {
         let stop = stop.clone();
-        std::thread::spawn(move || service::serve_until(listener, &recv_args, &stop, false))
+        std::thread::spawn(move || {
+            service::serve_until(
+                listener,
+                &recv_args,
+                &stop,
+                service::Service { log_runs: false, isolate: false },
+            )
+        })
     };
     let result = (|| {
         let deadline = Instant::now() + run.timeout;

@@ -128,12 +128,23 @@ impl Drop for BusyWhile {
 }
 
 pub fn serve(listener: TcpListener, a: &RecvArgs) -> Result<()> {
-    serve_until(listener, a, &AtomicBool::new(false), true)
+    serve_until(listener, a, &AtomicBool::new(false), Service { log_runs: true, isolate: true })
 }
 
-/// The service, until a signal or until `stop` is set (between runs);
-/// `log_runs`: a line as each run begins and ends (failures are always told).
-pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, log_runs: bool) -> Result<()> {
+/// How a service runs.
+#[derive(Clone, Copy)]
+pub struct Service {
+    /// A line as each run begins and ends (failures are always told).
+    pub log_runs: bool,
+    /// Each run in a process of its own: kvxfer re-executed with this
+    /// process's command line, so only where that is the service's own
+    /// (`kvxfer-recv --forever`; a matrix rank's service runs in-process).
+    pub isolate: bool,
+}
+
+/// The service, until a signal or until `stop` is set (between runs).
+pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, how: Service) -> Result<()> {
+    let log_runs = how.log_runs;
     if a.output.json.is_some() || a.output.csv.is_some() {
         return Err(Error::usage(
             "--forever writes one report per run: give --json-dir DIR instead of --json/--csv",
@@ -154,7 +165,7 @@ pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, log_r
         let (listener, busy) = (listener.try_clone()?, busy.clone());
         std::thread::spawn(move || answer_busy(listener, busy))
     };
-    let ended = serve_runs(&listener, a, &busy, stop, log_runs);
+    let ended = serve_runs(&listener, a, &busy, stop, how);
     busy.stopped.store(true, Relaxed);
     let _ = answering.join();
     ended
@@ -231,8 +242,9 @@ fn serve_runs(
     a: &RecvArgs,
     busy: &Arc<Busy>,
     stop: &AtomicBool,
-    log_runs: bool,
+    how: Service,
 ) -> Result<()> {
+    let log_runs = how.log_runs;
     let mut runs = 0u64;
     let greeters = Greeters::new();
     // What every connection is greeted against (each run's side is built anew).
@@ -280,7 +292,7 @@ fn serve_runs(
             eprintln!("kvxfer-recv: run {runs}: sender {from}");
         }
         let many = a.senders > 1 || super::recv::feeding(&first.hello.plan).is_some_and(|f| f.1 > 1);
-        let result = match many {
+        let result = match many || !how.isolate {
             false => run_isolated(first, a, json.as_deref()),
             true => {
                 let outputs =
@@ -298,7 +310,7 @@ fn serve_runs(
             Err(e) => {
                 eprintln!("kvxfer-recv: run {runs} from {from} failed (exit {}): {e}", e.kind.exit_code());
                 // A run of its own process left the service's GPU context as it was.
-                if a.memory.memory != MemoryKind::Host && many {
+                if a.memory.memory != MemoryKind::Host && (many || !how.isolate) {
                     usable(a.memory.device).map_err(|why| {
                         Error::run(format!(
                             "the service ends: after run {runs}, GPU {} is unusable: {why}",
