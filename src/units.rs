@@ -92,6 +92,10 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     if bytes < 1.0 || !bytes.is_finite() {
         return Err(Error::usage(format!("size '{s}' must be at least 1 byte")));
     }
+    // No buffer, GPU or request of a benchmark is a pebibyte; past it, u64 arithmetic nears its end.
+    if bytes > (1u64 << 50) as f64 {
+        return Err(Error::usage(format!("size '{s}' is past 1 PiB, the most kvxfer takes")));
+    }
     Ok(bytes.round() as u64)
 }
 
@@ -198,6 +202,7 @@ mod tests {
         assert!(parse_bytes("-1").is_err());
         assert!(parse_bytes("0").is_err());
         assert!(parse_bytes("3 parsecs").is_err());
+        assert!(parse_bytes("18446744073709551616").unwrap_err().message.contains("past 1 PiB"));
         assert_eq!(fmt_bytes(16 << 20), "16 MiB");
         assert_eq!(fmt_bytes(1536), "1.50 KiB");
         assert_eq!(fmt_bytes(100), "100 B");

@@ -313,7 +313,7 @@ fn bad_prefill_options_exit_2_naming_what_is_wrong() {
     ];
     let needles = [
         "'-5' is not a time of 0 ms or more",
-        "a rate above 0 TFLOP/s",
+        "a rate above 0 and at most 100000 TFLOP/s",
         "--overlap needs an emulated prefill",
         "needs the shape of model 'llama-4-maverick'",
         "no time for the 2048-token prompt",
@@ -803,4 +803,77 @@ fn tails_are_shown_only_where_their_count_supports_them() {
         let table_p99 = cell(&f.stdout, &f.rows()[0], "p99");
         assert_eq!(table_p99 == "-", !p99, "{}", f.stdout);
     }
+}
+
+/// Every option that takes a value, of every command that runs or plans,
+/// at 0, -1, 1e30, NaN and 2^64 (issue 37): each is taken or refused with
+/// exit 2 before anything runs (KVXFER_CHECK_ARGS=1 checks the options,
+/// and the plan and gate they make; plan and size run), never a panic or
+/// a hang, and none of the three that no number of anything can be
+/// (1e30, NaN, 2^64) is taken by an option that holds a number.
+#[test]
+fn every_option_at_0_minus_1_1e30_nan_and_2_to_the_64() {
+    let commands: [&[&str]; 7] = [
+        &[KVXFER, "pair"],
+        &[SEND, "-c", "127.0.0.1:1"],
+        &[RECV],
+        &[KVXFER, "size"],
+        &[KVXFER, "plan"],
+        &[KVXFER, "matrix", "--hosts", "a,b"],
+        &[KVXFER, "launch", "--rendezvous", "a:1,b:1"],
+    ];
+    // Options whose value is a name, a path or an address: any text is one.
+    let texts = [
+        "listen",
+        "require-transport",
+        "ucx-lib",
+        "ofi-provider",
+        "require-provider",
+        "ofi-lib",
+        "nixl-backend",
+        "nixl-lib",
+        "nccl-lib",
+        "csv",
+        "json",
+        "connect",
+        "json-dir",
+        "hosts",
+        "rendezvous",
+        "run",
+        "model-config",
+        "bind",
+        "nixl-param",
+    ];
+    let mut options = 0;
+    let mut wrong = Vec::new();
+    // Plan and size run: a file they were told to write lands here.
+    let scratch = tempfile::tempdir().unwrap();
+    for command in commands {
+        let help = run(command[0], &[&command[1..], &["--help"]].concat(), secs(10)).stdout;
+        for line in help.lines() {
+            // "  -p, --prompt-lengths <LIST>" or "      --timeout <TIME>"
+            let Some(at) = line.find("--") else { continue };
+            let Some((flag, rest)) = line[at + 2..].split_once(' ') else { continue };
+            if !line.trim_start().starts_with('-') || !rest.starts_with('<') || texts.contains(&flag) {
+                continue;
+            }
+            options += 1;
+            for value in ["0", "-1", "1e30", "NaN", "18446744073709551616"] {
+                let option = format!("--{flag}");
+                let args = [&command[1..], &[option.as_str(), value]].concat();
+                let mut cmd = std::process::Command::new(command[0]);
+                cmd.args(&args).env("KVXFER_CHECK_ARGS", "1").current_dir(scratch.path());
+                let f = Proc::spawn(cmd).finish(secs(20));
+                let number_of_nothing = ["1e30", "NaN", "18446744073709551616"].contains(&value);
+                match f.code {
+                    Some(2) if f.stderr.contains("panicked") => wrong.push(format!("{args:?}: {}", f.stderr)),
+                    Some(2) => {}
+                    Some(0) if !number_of_nothing => {}
+                    code => wrong.push(format!("{args:?}: exit {code:?}: {}", f.stderr)),
+                }
+            }
+        }
+    }
+    assert!(options > 100, "{options} options found in --help");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

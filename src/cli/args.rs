@@ -49,6 +49,14 @@ fn byte_size(s: &str) -> Result<u64, String> {
     units::parse_bytes(s).map_err(|e| e.message)
 }
 
+/// SO_SNDBUF/SO_RCVBUF take an int: 4 KiB to 1 GiB (the kernel caps it lower).
+fn socket_buffer(s: &str) -> Result<u64, String> {
+    match byte_size(s)? {
+        b if (4096..=1 << 30).contains(&b) => Ok(b),
+        _ => Err(format!("socket buffer '{s}' is outside 4 KiB to 1 GiB")),
+    }
+}
+
 fn duration(s: &str) -> Result<Duration, String> {
     units::parse_duration(s).map_err(|e| e.message)
 }
@@ -85,6 +93,7 @@ parser_of!(fault, Fault, Fault::parse);
 parser_of!(memory_kind, MemoryKind, MemoryKind::parse);
 parser_of!(ucx_op, UcxOp, UcxOp::parse);
 parser_of!(threshold, Threshold, Threshold::parse);
+parser_of!(percent_threshold, Threshold, Threshold::parse_percent);
 parser_of!(time_threshold, Threshold, Threshold::parse_times);
 parser_of!(ucx_err_mode, UcxErrMode, UcxErrMode::parse);
 parser_of!(ofi_op, OfiOp, OfiOp::parse);
@@ -438,7 +447,7 @@ pub struct TransportArgs {
     #[arg(long, default_value = "1", value_parser = stream_count, allow_hyphen_values = true, help_heading = "Transport")]
     pub streams: u32,
     /// SO_SNDBUF/SO_RCVBUF for tcp (e.g. 4MiB) [default: kernel autotuning]
-    #[arg(long, value_name = "SIZE", value_parser = byte_size, allow_hyphen_values = true, help_heading = "Transport")]
+    #[arg(long, value_name = "SIZE", value_parser = socket_buffer, allow_hyphen_values = true, help_heading = "Transport")]
     pub socket_buffer: Option<u64>,
 }
 
@@ -475,7 +484,7 @@ pub struct OutputArgs {
     #[arg(long, value_name = "[TOKENS:]GBPS,...", value_parser = threshold, help_heading = "Gate")]
     pub min_gbps: Option<Threshold>,
     /// Fail (exit 4) if a point reaches less of the link's peak (--link), in percent
-    #[arg(long, value_name = "[TOKENS:]PERCENT,...", value_parser = threshold, help_heading = "Gate")]
+    #[arg(long, value_name = "[TOKENS:]PERCENT,...", value_parser = percent_threshold, help_heading = "Gate")]
     pub min_percent_of_peak: Option<Threshold>,
     /// Fail (exit 4) if a point's request p99 (the table's) is longer: for all
     /// prompt lengths and/or TOKENS:TIME (e.g. 20ms or 8k:40ms); needs -n 100 or more

@@ -130,6 +130,11 @@ pub fn main_kvxfer() -> ! {
         let run = match &cli.command {
             Command::Pair(a) => Some(&a.run),
             Command::Send(a) => Some(&a.run),
+            Command::Launch(a) => Some(&a.run),
+            Command::Matrix(a) => Some(&a.run),
+            // They move nothing: checked by running them.
+            Command::Plan(a) => exit_with("kvxfer", plan(a)),
+            Command::Size(a) => exit_with("kvxfer", size::run(a)),
             _ => None,
         };
         exit_with("kvxfer", check_run(run));

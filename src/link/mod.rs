@@ -145,6 +145,10 @@ pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }
 
+/// The fastest link kvxfer takes, in GB/s: 100 TB/s, 50 times NVLink 5's
+/// 1.8 TB/s a GPU. A peak or a floor past it is a typo, not a fabric.
+pub const MAX_GBPS: f64 = 100_000.0;
+
 /// A preset name (pcie5, nvlink4, 100gbe, efa-p5 ...) or a figure in GB/s ("37.5").
 pub fn parse(s: &str) -> Result<Link> {
     let want = s.trim().to_ascii_lowercase();
@@ -153,6 +157,9 @@ pub fn parse(s: &str) -> Result<Link> {
     }
     let number = want.trim_end_matches("gb/s").trim();
     match number.parse::<f64>() {
+        Ok(v) if v > MAX_GBPS => {
+            Err(Error::usage(format!("--link {s}: past {MAX_GBPS} GB/s, the fastest link kvxfer takes")))
+        }
         Ok(v) if v > 0.0 && v.is_finite() => Ok(Link {
             name: format!("{v} GB/s"),
             peak_gbps: v,
@@ -179,6 +186,7 @@ mod tests {
         assert!(parse("warp-drive").is_err());
         assert!(parse("-4").is_err());
         assert!(parse("0").is_err());
+        assert!(parse("1e30").unwrap_err().message.contains("past 100000 GB/s"));
     }
 
     fn link(name: &str, gbps: f64, source: &str) -> Link {

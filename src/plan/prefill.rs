@@ -70,9 +70,12 @@ impl Prefill {
 
     /// `--prefill-tflops TF`: a positive, finite rate.
     pub fn parse_tflops(s: &str) -> Result<PrefillTime> {
+        // An H100 does about 1,000 dense bf16 TFLOP/s: 100 times that is no GPU's.
         match s.trim().parse::<f64>() {
-            Ok(tf) if tf.is_finite() && tf > 0.0 => Ok(PrefillTime::Tflops(tf)),
-            _ => Err(Error::usage(format!("--prefill-tflops wants a rate above 0 TFLOP/s, got '{s}'"))),
+            Ok(tf) if tf.is_finite() && tf > 0.0 && tf <= 100_000.0 => Ok(PrefillTime::Tflops(tf)),
+            _ => Err(Error::usage(format!(
+                "--prefill-tflops wants a rate above 0 and at most 100000 TFLOP/s, got '{s}'"
+            ))),
         }
     }
 

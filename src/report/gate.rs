@@ -20,11 +20,22 @@ pub struct Threshold {
 }
 
 impl Threshold {
-    /// Positive numbers (GB/s, percent).
+    /// GB/s floors: above zero, at most the fastest link kvxfer takes.
     pub fn parse(s: &str) -> Result<Threshold> {
+        Threshold::parse_up_to(s, crate::link::MAX_GBPS, "GB/s")
+    }
+
+    /// Percentages of a peak: above zero, at most 100.
+    pub fn parse_percent(s: &str) -> Result<Threshold> {
+        Threshold::parse_up_to(s, 100.0, "%")
+    }
+
+    fn parse_up_to(s: &str, most: f64, unit: &str) -> Result<Threshold> {
         Threshold::parse_with(s, |v| match v.parse::<f64>() {
-            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-            _ => Err(Error::usage(format!("'{v}' is not a positive number (in '{s}')"))),
+            Ok(x) if x.is_finite() && x > 0.0 && x <= most => Ok(x),
+            _ => Err(Error::usage(format!(
+                "'{v}' is not a number above 0 and at most {most} {unit} (in '{s}')"
+            ))),
         })
     }
 
