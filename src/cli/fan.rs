@@ -83,10 +83,11 @@ pub fn receive_many(
 ) -> Result<()> {
     let env = EnvInfo::collect();
     let mut sessions: Vec<ReceiverSession> = Vec::new();
+    let lobby = session::Lobby::new(side.timeout, &side.expect);
     for i in 0..n {
         let accepted = match first.take() {
             Some(s) => Ok(s),
-            None => session::accept_hello(listener, side.wait, side.timeout, &side.expect),
+            None => lobby.next_sender(listener, side.wait),
         };
         let joined = accepted.and_then(|mut s| match mismatch(&sessions, &s.hello) {
             Some(why) => Err(session::refuse(&mut s, &why)),
@@ -104,6 +105,8 @@ pub fn receive_many(
             }
         }
     }
+    // Closed: a sender it greeted past the n hears busy now, not after the run.
+    drop(lobby);
     side.mark_busy(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
     // Seats in prefill rank order, under different TP.
     sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().map(|t| (t.instance, t.pair.map(|(p, _)| p))));

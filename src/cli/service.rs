@@ -20,7 +20,7 @@ use crate::cli::args::RecvArgs;
 use crate::error::{Error, Result};
 use crate::memory::MemoryKind;
 use crate::net;
-use crate::session::{self, Expectations, Greeting};
+use crate::session::{self, Expectations, Greeting, GREETERS};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -170,10 +170,6 @@ pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, how: 
     let _ = answering.join();
     ended
 }
-
-/// Connections greeted at once, at most; past it a new one is closed at
-/// once (and logged), so that a flood costs threads only up to this.
-const GREETERS: usize = 32;
 
 /// Greets each connection on a thread of its own, within the handshake
 /// deadline, so that no stranger (silent, or a byte a second) holds up a

@@ -14,6 +14,8 @@ pub use messages::{Hello, Msg, Role};
 use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Version of the control protocol; peers must speak the same one.
@@ -604,23 +606,102 @@ pub fn accept_hello(
     timeout: Duration,
     expect: &Expectations,
 ) -> Result<ReceiverSession> {
-    let accept_deadline = Instant::now() + wait_for_sender;
-    loop {
+    Lobby::new(timeout, expect).next_sender(listener, wait_for_sender)
+}
+
+/// Where connections are greeted side by side, each on a thread of its
+/// own (GREETERS at most at once) within the handshake deadline, so that
+/// no stranger, silent or a byte a second, holds up a sender behind it.
+/// Senders greeted and not taken when it closes hear that this receiver is
+/// busy.
+pub struct Lobby {
+    done: std::sync::mpsc::Sender<(SocketAddr, Greeting)>,
+    greeted: std::sync::mpsc::Receiver<(SocketAddr, Greeting)>,
+    active: Arc<AtomicUsize>,
+    timeout: Duration,
+    expect: Expectations,
+}
+
+impl Lobby {
+    pub fn new(timeout: Duration, expect: &Expectations) -> Lobby {
+        let (done, greeted) = std::sync::mpsc::channel();
+        Lobby { done, greeted, active: Arc::new(AtomicUsize::new(0)), timeout, expect: expect.clone() }
+    }
+
+    /// The next sender, within `wait`: strangers are logged, a refused
+    /// sender ends the wait with its reason.
+    pub fn next_sender(&self, listener: &TcpListener, wait: Duration) -> Result<ReceiverSession> {
+        let deadline = Instant::now() + wait;
         tracing::debug!("waiting for a sender on {}", listener.local_addr()?);
-        let (stream, from) = net::accept_until(listener, accept_deadline, "sender")?;
-        tracing::debug!("accepted a connection from {from}");
-        match greet(stream, from, timeout, expect) {
-            Greeting::Sender(s) => return Ok(*s),
-            Greeting::Stranger(why) => eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}"),
-            Greeting::Refused(e) => return Err(e),
-            Greeting::Matrix(mut stream, _) => {
-                // Told, so that the matrix names this host and the fix.
-                let _ = stream.write_all(&preamble(MATRIX_MAGIC, STATUS_NO_MATRIX));
-                eprintln!("kvxfer-recv: refused matrix work from {from}: only kvxfer-recv --forever --matrix takes it")
+        loop {
+            while let Ok((from, greeting)) = self.greeted.try_recv() {
+                match greeting {
+                    Greeting::Sender(s) => return Ok(*s),
+                    Greeting::Stranger(why) => {
+                        eprintln!("kvxfer-recv: ignoring a connection from {from}: {why}")
+                    }
+                    Greeting::Refused(e) => return Err(e),
+                    Greeting::Matrix(mut stream, _) => {
+                        // Told, so that the matrix names this host and the fix.
+                        let _ = stream.write_all(&preamble(MATRIX_MAGIC, STATUS_NO_MATRIX));
+                        eprintln!(
+                            "kvxfer-recv: refused matrix work from {from}: only kvxfer-recv --forever --matrix \
+                             takes it"
+                        )
+                    }
+                }
+            }
+            crate::signals::check()?;
+            let waiting = Instant::now() < deadline;
+            if !waiting && self.active.load(Relaxed) == 0 {
+                let at = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                return Err(Error::run(format!("no sender connected to {at} before the deadline")));
+            }
+            let Some((stream, from)) = net::accept_within(listener, Duration::from_millis(20))? else {
+                continue;
+            };
+            tracing::debug!("accepted a connection from {from}");
+            // Past the wait, a connection is closed: the wait ends once those being greeted are.
+            if waiting {
+                self.greet(stream, from);
+            }
+        }
+    }
+
+    fn greet(&self, stream: TcpStream, from: SocketAddr) {
+        if self.active.fetch_add(1, Relaxed) >= GREETERS {
+            self.active.fetch_sub(1, Relaxed);
+            eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
+            return;
+        }
+        let (done, active, expect, timeout) =
+            (self.done.clone(), self.active.clone(), self.expect.clone(), self.timeout);
+        std::thread::spawn(move || {
+            let greeting = greet(stream, from, timeout, &expect);
+            // Greeted after the lobby closed: the senders it had are served.
+            if let Err(std::sync::mpsc::SendError((_, Greeting::Sender(mut late)))) =
+                done.send((from, greeting))
+            {
+                refuse(&mut late, &format!("{BUSY} other senders"));
+            }
+            active.fetch_sub(1, Relaxed);
+        });
+    }
+}
+
+impl Drop for Lobby {
+    fn drop(&mut self) {
+        for (_, greeting) in self.greeted.try_iter() {
+            if let Greeting::Sender(mut late) = greeting {
+                refuse(&mut late, &format!("{BUSY} other senders"));
             }
         }
     }
 }
+
+/// Connections greeted at once, at most; past it a new one is closed at
+/// once (and logged), so that a flood costs threads only up to this.
+pub const GREETERS: usize = 64;
 
 /// What a new connection turned out to be.
 pub enum Greeting {
