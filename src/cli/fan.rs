@@ -80,10 +80,10 @@ pub fn receive_many(
     outputs: Outputs,
     mut first: Option<ReceiverSession>,
     n: usize,
+    lobby: &session::Lobby,
 ) -> Result<()> {
     let env = EnvInfo::collect();
     let mut sessions: Vec<ReceiverSession> = Vec::new();
-    let lobby = session::Lobby::new(side.timeout, &side.expect);
     for i in 0..n {
         let accepted = match first.take() {
             Some(s) => Ok(s),
@@ -106,7 +106,7 @@ pub fn receive_many(
         }
     }
     // Closed: a sender it greeted past the n hears busy now, not after the run.
-    drop(lobby);
+    lobby.close();
     side.mark_busy(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
     // Seats in prefill rank order, under different TP.
     sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().map(|t| (t.instance, t.pair.map(|(p, _)| p))));

@@ -28,11 +28,14 @@ pub(super) fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<(
     eprintln!("kvxfer-recv: listening on {}", listener.local_addr()?);
     let mut side = receiver_side(a);
     side.screen = side.screen.keeping(outputs.kept());
+    // One lobby for the run: a P x D decode rank learns from its first
+    // sender how many feed it, and the others may be greeted already.
+    let lobby = session::Lobby::new(side.timeout, &side.expect);
     if a.senders > 1 {
-        return fan::receive_many(&listener, side, outputs, None, a.senders as usize);
+        return fan::receive_many(&listener, side, outputs, None, a.senders as usize, &lobby);
     }
-    match session::accept_hello(&listener, side.wait, side.timeout, &side.expect) {
-        Ok(first) => run_from(&listener, side, outputs, first, 1),
+    match lobby.next_sender(&listener, side.wait) {
+        Ok(first) => run_from(&listener, side, outputs, first, 1, &lobby),
         Err(e) => outputs.conclude(None, Err(e), &side.screen),
     }
 }
@@ -44,17 +47,19 @@ pub(super) fn run_from(
     outputs: Outputs,
     first: session::ReceiverSession,
     senders: usize,
+    lobby: &session::Lobby,
 ) -> Result<()> {
     if senders > 1 {
-        return fan::receive_many(listener, side, outputs, Some(first), senders);
+        return fan::receive_many(listener, side, outputs, Some(first), senders, lobby);
     }
     // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
     if let Some((ranks, senders, instances)) = feeding(&first.hello.plan).filter(|f| f.1 > 1) {
         let of =
             if instances > 1 { format!(" of each of {instances} prefill instances") } else { String::new() };
         eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
-        return fan::receive_many(listener, side, outputs, Some(first), senders);
+        return fan::receive_many(listener, side, outputs, Some(first), senders, lobby);
     }
+    lobby.close();
     // One-shot: a second sender hears "busy" while this one is served.
     let _busy = match side.busy {
         None => Some(service::BusyWhile::serving(listener, &[first.ctrl.peer_addr])?),

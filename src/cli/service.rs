@@ -293,7 +293,8 @@ fn serve_runs(
             true => {
                 let outputs =
                     Outputs::open(&crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() })?;
-                run_from(listener, side, outputs, first, a.senders as usize)
+                let lobby = session::Lobby::new(side.timeout, &side.expect);
+                run_from(listener, side, outputs, first, a.senders as usize, &lobby)
             }
         };
         busy.idle();

@@ -618,6 +618,8 @@ pub struct Lobby {
     done: std::sync::mpsc::Sender<(SocketAddr, Greeting)>,
     greeted: std::sync::mpsc::Receiver<(SocketAddr, Greeting)>,
     active: Arc<AtomicUsize>,
+    /// Set once it has what it waits for: later senders hear busy.
+    closed: Arc<std::sync::atomic::AtomicBool>,
     timeout: Duration,
     expect: Expectations,
 }
@@ -625,7 +627,8 @@ pub struct Lobby {
 impl Lobby {
     pub fn new(timeout: Duration, expect: &Expectations) -> Lobby {
         let (done, greeted) = std::sync::mpsc::channel();
-        Lobby { done, greeted, active: Arc::new(AtomicUsize::new(0)), timeout, expect: expect.clone() }
+        let (active, closed) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+        Lobby { done, greeted, active, closed, timeout, expect: expect.clone() }
     }
 
     /// The next sender, within `wait`: strangers are logged, a refused
@@ -674,28 +677,43 @@ impl Lobby {
             eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
             return;
         }
-        let (done, active, expect, timeout) =
-            (self.done.clone(), self.active.clone(), self.expect.clone(), self.timeout);
+        let (done, active, closed) = (self.done.clone(), self.active.clone(), self.closed.clone());
+        let (expect, timeout) = (self.expect.clone(), self.timeout);
+        // -v's lines of the greeting carry the side, as on the thread that waits.
+        let side = tracing::Span::current();
         std::thread::spawn(move || {
-            let greeting = greet(stream, from, timeout, &expect);
-            // Greeted after the lobby closed: the senders it had are served.
-            if let Err(std::sync::mpsc::SendError((_, Greeting::Sender(mut late)))) =
-                done.send((from, greeting))
-            {
-                refuse(&mut late, &format!("{BUSY} other senders"));
+            let _side = side.enter();
+            match greet(stream, from, timeout, &expect) {
+                // Greeted after the lobby closed: the senders it had are served.
+                Greeting::Sender(mut late) if closed.load(Relaxed) => {
+                    refuse(&mut late, &format!("{BUSY} other senders"));
+                }
+                greeting => {
+                    if let Err(std::sync::mpsc::SendError((_, Greeting::Sender(mut late)))) =
+                        done.send((from, greeting))
+                    {
+                        refuse(&mut late, &format!("{BUSY} other senders"));
+                    }
+                }
             }
             active.fetch_sub(1, Relaxed);
         });
     }
-}
 
-impl Drop for Lobby {
-    fn drop(&mut self) {
+    /// It has what it waits for: senders greeted already, and later, hear busy.
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
         for (_, greeting) in self.greeted.try_iter() {
             if let Greeting::Sender(mut late) = greeting {
                 refuse(&mut late, &format!("{BUSY} other senders"));
             }
         }
+    }
+}
+
+impl Drop for Lobby {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
