@@ -29,6 +29,21 @@ impl ErrorKind {
         }
     }
 
+    /// How a kvxfer process this one started ended, where not well: the
+    /// kind its exit stands for, and the words ("exited with status 3",
+    /// "was ended by SIGABRT").
+    pub fn of_child(status: std::process::ExitStatus) -> Option<(ErrorKind, String)> {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(0), _) => None,
+            (Some(code), _) => Some((ErrorKind::of_exit_code(code), format!("exited with status {code}"))),
+            (None, Some(sig)) => {
+                Some((ErrorKind::Run, format!("was ended by {}", crate::signals::name(sig))))
+            }
+            (None, None) => Some((ErrorKind::Run, format!("ended: {status}"))),
+        }
+    }
+
     pub fn exit_code(self) -> i32 {
         match self {
             ErrorKind::Run => 1,

@@ -188,21 +188,17 @@ impl ChildReceiver {
         let said = self.said.join().unwrap_or_default();
         let last = said.last().map(|l| l.trim_start_matches("kvxfer: error: ").to_string());
         let pid = self.pid;
-        let (kind, how) = match status {
-            Some(s) if s.success() => return (Ok(()), false),
+        let (kind, how) = match status.map(|s| (s, ErrorKind::of_child(s))) {
+            Some((_, None)) => return (Ok(()), false),
             None => (
                 ErrorKind::Run,
                 format!("did not end within {}, and was stopped", humantime::format_duration(grace)),
             ),
-            Some(s) => match (s.code(), s.signal()) {
-                // Its own error, as it would have said it.
-                (Some(code), _) if last.is_some() => {
-                    return (Err(Error::new(ErrorKind::of_exit_code(code), last.unwrap_or_default())), false)
-                }
-                (Some(code), _) => (ErrorKind::of_exit_code(code), format!("exited with status {code}")),
-                (None, Some(sig)) => (ErrorKind::Run, format!("was ended by {}", crate::signals::name(sig))),
-                (None, None) => (ErrorKind::Run, format!("ended: {s}")),
-            },
+            // Its own error, as it would have said it.
+            Some((s, Some((kind, _)))) if s.code().is_some() && last.is_some() => {
+                return (Err(Error::new(kind, last.unwrap_or_default())), false)
+            }
+            Some((_, Some(ended))) => ended,
         };
         let signalled = status.is_some_and(|s| s.signal().is_some());
         let why = match last {

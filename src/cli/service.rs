@@ -20,15 +20,15 @@ use crate::cli::args::RecvArgs;
 use crate::error::{Error, Result};
 use crate::memory::MemoryKind;
 use crate::net;
-use crate::session::{self, Expectations, Greeting, GREETERS};
+use crate::session::{self, Greeting};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 /// Who this receiver is serving, for senders that come meanwhile.
@@ -171,51 +171,6 @@ pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, how: 
     ended
 }
 
-/// Greets each connection on a thread of its own, within the handshake
-/// deadline, so that no stranger (silent, or a byte a second) holds up a
-/// sender behind it; a sender greeted while a run is served is told busy.
-struct Greeters {
-    done: mpsc::Sender<(SocketAddr, Greeting)>,
-    greeted: mpsc::Receiver<(SocketAddr, Greeting)>,
-    active: Arc<AtomicUsize>,
-}
-
-impl Greeters {
-    fn new() -> Greeters {
-        let (done, greeted) = mpsc::channel();
-        Greeters { done, greeted, active: Arc::new(AtomicUsize::new(0)) }
-    }
-
-    fn greet(
-        &self,
-        stream: TcpStream,
-        from: SocketAddr,
-        timeout: Duration,
-        expect: &Expectations,
-        busy: &Arc<Busy>,
-    ) {
-        if self.active.fetch_add(1, Relaxed) >= GREETERS {
-            self.active.fetch_sub(1, Relaxed);
-            eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
-            return;
-        }
-        let (done, active, expect, busy) =
-            (self.done.clone(), self.active.clone(), expect.clone(), busy.clone());
-        std::thread::spawn(move || {
-            let _ = stream.set_nonblocking(false);
-            let mut greeting = session::greet(stream, from, timeout, &expect);
-            let told_busy = match &mut greeting {
-                Greeting::Sender(s) => busy.refuse(s),
-                _ => false,
-            };
-            if !told_busy {
-                let _ = done.send((from, greeting));
-            }
-            active.fetch_sub(1, Relaxed);
-        });
-    }
-}
-
 /// The sender a greeting found, if it found one; the rest is logged (a
 /// matrix request runs beside the service's own runs, as under mpirun).
 fn sender_of(from: SocketAddr, greeting: Greeting, a: &RecvArgs) -> Option<session::ReceiverSession> {
@@ -242,9 +197,18 @@ fn serve_runs(
 ) -> Result<()> {
     let log_runs = how.log_runs;
     let mut runs = 0u64;
-    let greeters = Greeters::new();
-    // What every connection is greeted against (each run's side is built anew).
+    // What every connection is greeted against (each run's side is built
+    // anew); a sender greeted while a run is served is told busy.
     let expect = receiver_side(a).expect;
+    let lobby = {
+        let busy = busy.clone();
+        let turn_away = move |from: SocketAddr| {
+            let why = busy.why()?;
+            eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
+            Some(why)
+        };
+        session::Lobby::turning_away(a.timeout, &expect, Arc::new(turn_away))
+    };
     loop {
         if stop.load(Relaxed) {
             return Ok(());
@@ -255,26 +219,28 @@ fn serve_runs(
         }
         // A fan's other senders are greeted by the fan itself, from the listener.
         let concurrent = a.senders == 1;
-        match net::accept_within(listener, Duration::from_millis(if concurrent { 20 } else { 200 })) {
-            Ok(Some((stream, from))) if concurrent => greeters.greet(stream, from, a.timeout, &expect, busy),
-            Ok(Some((stream, from))) => {
-                let g = session::greet(stream, from, a.timeout, &expect);
-                let _ = greeters.done.send((from, g));
-            }
-            Ok(None) => {}
-            Err(e) => {
-                // Out of descriptors, a connection aborted before it was taken: pass.
-                eprintln!("kvxfer-recv: {e}");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-        let Ok((from, greeting)) = greeters.greeted.try_recv() else { continue };
+        let greeted =
+            match net::accept_within(listener, Duration::from_millis(if concurrent { 20 } else { 200 })) {
+                Ok(Some((stream, from))) if concurrent => {
+                    lobby.greet(stream, from);
+                    lobby.greeted()
+                }
+                Ok(Some((stream, from))) => Some((from, session::greet(stream, from, a.timeout, &expect))),
+                Ok(None) => lobby.greeted(),
+                Err(e) => {
+                    // Out of descriptors, a connection aborted before it was taken: pass.
+                    eprintln!("kvxfer-recv: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+            };
+        let Some((from, greeting)) = greeted else { continue };
         let Some(first) = sender_of(from, greeting, a) else { continue };
         if concurrent {
             // Busy from now: a sender greeted meanwhile hears so rather than
             // waiting out this run, and so do those already greeted.
             busy.serving(&[from]);
-            while let Ok((other, greeting)) = greeters.greeted.try_recv() {
+            while let Some((other, greeting)) = lobby.greeted() {
                 if let Some(mut s) = sender_of(other, greeting, a) {
                     busy.refuse(&mut s);
                 }
@@ -365,17 +331,12 @@ fn run_isolated(first: session::ReceiverSession, a: &RecvArgs, json: Option<&Pat
     let handed = child.stdin.take().expect("stdin is piped").write_all(&plan);
     let status = wait_for_run(&mut child, a.timeout)?;
     handed.map_err(|e| Error::run(format!("handing the sender's plan to its run: {e}")))?;
-    match (status.code(), status.signal()) {
-        (Some(0), _) => Ok(()),
-        (Some(code), _) => Err(Error::new(
-            crate::error::ErrorKind::of_exit_code(code),
-            format!("its process (pid {}) exited with status {code}, its error above", child.id()),
-        )),
-        (None, sig) => Err(Error::run(format!(
-            "its process (pid {}) was ended by {}",
-            child.id(),
-            crate::signals::name(sig.unwrap_or(0))
-        ))),
+    match crate::error::ErrorKind::of_child(status) {
+        None => Ok(()),
+        Some((kind, how)) => {
+            let above = if status.code().is_some() { ", its error above" } else { "" };
+            Err(Error::new(kind, format!("its process (pid {}) {how}{above}", child.id())))
+        }
     }
 }
 

@@ -612,23 +612,40 @@ pub fn accept_hello(
 /// Where connections are greeted side by side, each on a thread of its
 /// own (GREETERS at most at once) within the handshake deadline, so that
 /// no stranger, silent or a byte a second, holds up a sender behind it.
-/// Senders greeted and not taken when it closes hear that this receiver is
-/// busy.
+/// Senders greeted and not taken when it closes, or while it is busy,
+/// hear that this receiver is busy.
 pub struct Lobby {
     done: std::sync::mpsc::Sender<(SocketAddr, Greeting)>,
     greeted: std::sync::mpsc::Receiver<(SocketAddr, Greeting)>,
     active: Arc<AtomicUsize>,
     /// Set once it has what it waits for: later senders hear busy.
     closed: Arc<std::sync::atomic::AtomicBool>,
+    /// Why a sender greeted now is turned away, if it is.
+    busy: Arc<TurnAway>,
     timeout: Duration,
     expect: Expectations,
 }
 
+/// Why a sender greeted from an address is turned away, if it is (and
+/// whatever the turning away should log).
+pub type TurnAway = dyn Fn(SocketAddr) -> Option<String> + Send + Sync;
+
 impl Lobby {
     pub fn new(timeout: Duration, expect: &Expectations) -> Lobby {
+        Lobby::turning_away(timeout, expect, Arc::new(|_| None))
+    }
+
+    /// A lobby whose senders `busy` may also turn away (a service's, while
+    /// it serves a run).
+    pub fn turning_away(timeout: Duration, expect: &Expectations, busy: Arc<TurnAway>) -> Lobby {
         let (done, greeted) = std::sync::mpsc::channel();
         let (active, closed) = (Arc::new(AtomicUsize::new(0)), Arc::default());
-        Lobby { done, greeted, active, closed, timeout, expect: expect.clone() }
+        Lobby { done, greeted, active, closed, busy, timeout, expect: expect.clone() }
+    }
+
+    /// A greeting done, if one is (those turned away are not).
+    pub fn greeted(&self) -> Option<(SocketAddr, Greeting)> {
+        self.greeted.try_recv().ok()
     }
 
     /// The next sender, within `wait`: strangers are logged, a refused
@@ -637,7 +654,7 @@ impl Lobby {
         let deadline = Instant::now() + wait;
         tracing::debug!("waiting for a sender on {}", listener.local_addr()?);
         loop {
-            while let Ok((from, greeting)) = self.greeted.try_recv() {
+            while let Some((from, greeting)) = self.greeted() {
                 match greeting {
                     Greeting::Sender(s) => return Ok(*s),
                     Greeting::Stranger(why) => {
@@ -671,24 +688,32 @@ impl Lobby {
         }
     }
 
-    fn greet(&self, stream: TcpStream, from: SocketAddr) {
+    /// Greets a connection on a thread of its own; its greeting comes out
+    /// of `greeted`, or `next_sender`.
+    pub fn greet(&self, stream: TcpStream, from: SocketAddr) {
         if self.active.fetch_add(1, Relaxed) >= GREETERS {
             self.active.fetch_sub(1, Relaxed);
             eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
             return;
         }
-        let (done, active, closed) = (self.done.clone(), self.active.clone(), self.closed.clone());
+        let (done, active, closed, busy) =
+            (self.done.clone(), self.active.clone(), self.closed.clone(), self.busy.clone());
         let (expect, timeout) = (self.expect.clone(), self.timeout);
         // -v's lines of the greeting carry the side, as on the thread that waits.
         let side = tracing::Span::current();
         std::thread::spawn(move || {
             let _side = side.enter();
-            match greet(stream, from, timeout, &expect) {
+            let greeting = greet(stream, from, timeout, &expect);
+            let turned_away = match &greeting {
                 // Greeted after the lobby closed: the senders it had are served.
-                Greeting::Sender(mut late) if closed.load(Relaxed) => {
-                    refuse(&mut late, &format!("{BUSY} other senders"));
-                }
-                greeting => {
+                Greeting::Sender(_) if closed.load(Relaxed) => Some(format!("{BUSY} other senders")),
+                Greeting::Sender(_) => busy(from),
+                _ => None,
+            };
+            match (greeting, turned_away) {
+                (Greeting::Sender(mut sender), Some(why)) => drop(refuse(&mut sender, &why)),
+                (greeting, _) => {
+                    // The lobby gone meanwhile: as closed.
                     if let Err(std::sync::mpsc::SendError((_, Greeting::Sender(mut late)))) =
                         done.send((from, greeting))
                     {
@@ -719,7 +744,7 @@ impl Drop for Lobby {
 
 /// Connections greeted at once, at most; past it a new one is closed at
 /// once (and logged), so that a flood costs threads only up to this.
-pub const GREETERS: usize = 64;
+const GREETERS: usize = 64;
 
 /// What a new connection turned out to be.
 pub enum Greeting {
