@@ -130,13 +130,113 @@ fn service_fans_wait_for_all_their_senders_each_time() {
         });
     }
     assert!(svc.wait_for("run 2 from", secs(10)), "{}", svc.stderr());
+    // A third fan, whose run its library aborts: the service gathered both
+    // senders and handed them to a process of its own, which alone ends.
+    let long = ["-c", addr.as_str(), "-p", "16,1024", "-g", "block", "-n", "150", "--timeout", "3s"];
+    let doomed: Vec<Proc> = (0..2).map(|_| Proc::start(SEND, &long)).collect();
+    assert!(doomed[0].wait_for("    block      16 ", secs(30)), "no first point: {}", doomed[0].stdout());
+    // The hub's point follows its pairs': once it is in the report, abort.
+    let until = Instant::now() + secs(10);
+    while !std::fs::read_dir(dir.path().join("runs")).unwrap().any(|f| {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|r| r["points"].as_array().is_some_and(|p| !p.is_empty()) && r["outcome"] == "running")
+    }) {
+        assert!(Instant::now() < until, "the hub's first point was never written");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = wait_for_children(svc.child.id(), 1);
+    unsafe { libc::kill(run[0], libc::SIGABRT) };
+    doomed.into_iter().for_each(|p| assert_ne!(p.finish(secs(15)).code, Some(0)));
+    assert!(svc.wait_for("run 3 from", secs(10)), "{}", svc.stderr());
+    assert!(svc.stderr().contains(&format!("(pid {}) was ended by SIGABRT", run[0])), "{}", svc.stderr());
+    // Its report keeps the hub's first point, written whole.
+    let aborted = reports(&dir).pop().unwrap().1;
+    assert_eq!(
+        (aborted["outcome"].as_str(), aborted["points"].as_array().unwrap().len()),
+        (Some("running"), 1)
+    );
+    // And the next fan is served.
+    let pair: Vec<Proc> =
+        (0..2).map(|_| Proc::start(SEND, &["-c", &addr, "-p", "128", "-n", "2", "-q"])).collect();
+    pair.into_iter().for_each(|p| {
+        p.finish(secs(60)).expect_code(0);
+    });
+    assert!(svc.wait_for("run 4 from", secs(10)), "{}", svc.stderr());
+    let service_pid = svc.child.id() as u64;
+    svc.signal(libc::SIGTERM);
+    svc.finish(secs(10)).expect_code(0);
+    let runs: Vec<_> = reports(&dir).into_iter().filter(|(_, r)| r["outcome"] == "ok").collect();
+    assert_eq!((reports(&dir).len(), runs.len()), (4, 3));
+    for (_, r) in &runs {
+        assert_eq!(r["fan"]["pair_reports"].as_array().unwrap().len(), 2);
+        assert_eq!(r["wrong_bytes"], 0);
+        // Each run in a process of its own, not the service's.
+        assert_ne!(r["receiver"]["pid"].as_u64(), Some(service_pid));
+    }
+}
+
+/// The service's processes for runs, once there are `n`.
+fn wait_for_children(pid: u32, n: usize) -> Vec<i32> {
+    let until = Instant::now() + secs(10);
+    loop {
+        let runs = children_of(pid);
+        if runs.len() == n || Instant::now() > until {
+            assert_eq!(runs.len(), n, "processes for runs");
+            return runs;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_service_decode_rank_serves_the_prefill_ranks_that_come_together() {
+    // Two prefill ranks (TP 2) feed decode rank 0 (TP 1); they connect at
+    // once, and each greeted beside the other joins its run, twice over.
+    let (svc, addr, dir) = service(&["--decode-rank", "0"]);
+    for _ in 0..2 {
+        let ranks: Vec<Proc> = (0..2)
+            .map(|rank| {
+                let rank = rank.to_string();
+                let args = [
+                    "-c",
+                    &addr,
+                    "--prefill-tp",
+                    "2",
+                    "--decode-tp",
+                    "1",
+                    "--prefill-rank",
+                    &rank,
+                    "-m",
+                    "llama-3.1-8b",
+                    "--block-size",
+                    "16",
+                    "-p",
+                    "64",
+                    "-g",
+                    "block",
+                    "-n",
+                    "3",
+                    "-q",
+                ];
+                Proc::start(SEND, &args)
+            })
+            .collect();
+        ranks.into_iter().for_each(|p| {
+            p.finish(secs(60)).expect_code(0);
+        });
+    }
+    assert!(svc.wait_for("run 2 from", secs(10)), "{}", svc.stderr());
+    assert!(!svc.stderr().contains("told it"), "a prefill rank heard busy: {}", svc.stderr());
+    let service_pid = svc.child.id() as u64;
     svc.signal(libc::SIGTERM);
     svc.finish(secs(10)).expect_code(0);
     let runs = reports(&dir);
     assert_eq!(runs.len(), 2);
     for (_, r) in &runs {
+        assert_eq!(r["outcome"], "ok");
         assert_eq!(r["fan"]["pair_reports"].as_array().unwrap().len(), 2);
-        assert_eq!(r["wrong_bytes"], 0);
+        assert_ne!(r["receiver"]["pid"].as_u64(), Some(service_pid));
     }
 }
 

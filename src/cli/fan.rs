@@ -76,18 +76,32 @@ pub fn send_many(a: &SendArgs, plans: Vec<Plan>, memory: MemorySpec, outputs: Ou
 /// side; each is welcomed only once all have connected.
 pub fn receive_many(
     listener: &TcpListener,
-    mut side: ReceiverSide,
+    side: ReceiverSide,
     outputs: Outputs,
-    mut first: Option<ReceiverSession>,
+    first: Option<ReceiverSession>,
     n: usize,
     lobby: &session::Lobby,
 ) -> Result<()> {
-    let env = EnvInfo::collect();
+    let sessions = gather(listener, side.wait, first, n, lobby)?;
+    // Closed: a sender it greeted past the n hears busy now, not after the run.
+    lobby.close();
+    serve_gathered(side, outputs, sessions)
+}
+
+/// A fan's `n` senders, `first` among them if given, each greeted by
+/// `lobby` within `wait`; one that cannot join fails them all, told why.
+pub fn gather(
+    listener: &TcpListener,
+    wait: std::time::Duration,
+    mut first: Option<ReceiverSession>,
+    n: usize,
+    lobby: &session::Lobby,
+) -> Result<Vec<ReceiverSession>> {
     let mut sessions: Vec<ReceiverSession> = Vec::new();
     for i in 0..n {
         let accepted = match first.take() {
             Some(s) => Ok(s),
-            None => lobby.next_sender(listener, side.wait),
+            None => lobby.next_sender(listener, wait),
         };
         let joined = accepted.and_then(|mut s| match mismatch(&sessions, &s.hello) {
             Some(why) => Err(session::refuse(&mut s, &why)),
@@ -105,8 +119,18 @@ pub fn receive_many(
             }
         }
     }
-    // Closed: a sender it greeted past the n hears busy now, not after the run.
-    lobby.close();
+    Ok(sessions)
+}
+
+/// A fan's senders, all gathered (by `gather`, here or in the service
+/// that handed them over), served at once to the hub's report.
+pub fn serve_gathered(
+    mut side: ReceiverSide,
+    outputs: Outputs,
+    mut sessions: Vec<ReceiverSession>,
+) -> Result<()> {
+    let env = EnvInfo::collect();
+    let n = sessions.len();
     side.mark_busy(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
     // Seats in prefill rank order, under different TP.
     sessions.sort_by_key(|s| s.hello.plan.tp.as_ref().map(|t| (t.instance, t.pair.map(|(p, _)| p))));
@@ -220,6 +244,8 @@ impl Hub {
         p.percent_of_peak = report.link.as_ref().map(|l| 100.0 * p.gbps / l.peak_gbps);
         self.screen.point(report, &p);
         report.points.push(p);
+        // Kept whole after each point, as a pair's: a run its library aborts keeps them.
+        self.screen.checkpoint(report);
     }
 
     /// The hub's report with every pair's own inside, and the run's result:

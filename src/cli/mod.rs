@@ -29,7 +29,7 @@ use links::links;
 use outputs::{screen_for, sender_options, Outputs};
 use pair::pair;
 use plan::plan;
-use recv::{receiver_side, recv, recv_on, run_from, serve_one};
+use recv::{receiver_side, recv, recv_on, serve_one};
 use send::send;
 
 use crate::env::EnvInfo;

@@ -35,28 +35,21 @@ pub(super) fn recv_on(listener: std::net::TcpListener, a: &RecvArgs) -> Result<(
         return fan::receive_many(&listener, side, outputs, None, a.senders as usize, &lobby);
     }
     match lobby.next_sender(&listener, side.wait) {
-        Ok(first) => run_from(&listener, side, outputs, first, 1, &lobby),
+        Ok(first) => run_from(&listener, side, outputs, first, &lobby),
         Err(e) => outputs.conclude(None, Err(e), &side.screen),
     }
 }
 
-/// One run, from its first sender on: a fan gathers the others first.
-pub(super) fn run_from(
+/// A one-shot run, from its first sender on: a P x D decode rank gathers
+/// the other prefill ranks that feed it first.
+fn run_from(
     listener: &std::net::TcpListener,
     side: ReceiverSide,
     outputs: Outputs,
     first: session::ReceiverSession,
-    senders: usize,
     lobby: &session::Lobby,
 ) -> Result<()> {
-    if senders > 1 {
-        return fan::receive_many(listener, side, outputs, Some(first), senders, lobby);
-    }
-    // A decode rank of a P x D run serves every prefill rank that feeds it, at once.
-    if let Some((ranks, senders, instances)) = feeding(&first.hello.plan).filter(|f| f.1 > 1) {
-        let of =
-            if instances > 1 { format!(" of each of {instances} prefill instances") } else { String::new() };
-        eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
+    if let Some(senders) = fed_by(&first.hello.plan) {
         return fan::receive_many(listener, side, outputs, Some(first), senders, lobby);
     }
     lobby.close();
@@ -90,9 +83,18 @@ pub(super) fn serve_one(
     outputs.conclude(report, result, &side.screen)
 }
 
+/// How many senders a P x D decode rank serves at once, where several
+/// prefill ranks feed it (said as it learns so from its first).
+pub(super) fn fed_by(plan: &Plan) -> Option<usize> {
+    let (ranks, senders, instances) = feeding(plan).filter(|f| f.1 > 1)?;
+    let of = if instances > 1 { format!(" of each of {instances} prefill instances") } else { String::new() };
+    eprintln!("kvxfer-recv: prefill ranks {ranks:?}{of} feed this decode rank; serving them at once");
+    Some(senders)
+}
+
 /// A P x D decode rank's feeders: the prefill ranks, how many senders
 /// they are, and the prefill instances.
-pub(super) fn feeding(plan: &Plan) -> Option<(Vec<u32>, usize, u32)> {
+fn feeding(plan: &Plan) -> Option<(Vec<u32>, usize, u32)> {
     plan.tp.as_ref().and_then(|t| {
         t.pair.map(|(_, d)| {
             (t.topology.sources(&plan.shape.model, d), t.senders_of(&plan.shape.model, d), t.instances)

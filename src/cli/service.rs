@@ -10,20 +10,21 @@
 //! the service's options, the sender's socket and plan handed over), as
 //! sshd and PostgreSQL serve each client: a transport library that aborts
 //! or leaks on a peer's failure takes that run down, never the service.
-//! The service only accepts, greets, answers busy and reaps runs. (A
-//! many-to-one run, or a P x D decode rank fed by several prefill ranks,
-//! still runs in the service's process: it gathers its senders from the
-//! listener.)
+//! The service only accepts, greets, answers busy and reaps runs. A fan's
+//! senders, or the prefill ranks that feed a P x D decode rank, are
+//! gathered by the service and handed over together. (A matrix rank's
+//! service runs in its own process: its command line is not the service's.)
 
-use super::{receiver_side, run_from, serve_one, Outputs};
+use super::{receiver_side, serve_one, Outputs};
 use crate::cli::args::RecvArgs;
 use crate::error::{Error, Result};
 use crate::memory::MemoryKind;
 use crate::net;
+use crate::run::ReceiverSide;
 use crate::session::{self, Greeting};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -217,52 +218,53 @@ fn serve_runs(
             eprintln!("kvxfer-recv: {} ends the service after {runs} run(s)", crate::signals::name(sig));
             return Ok(());
         }
-        // A fan's other senders are greeted by the fan itself, from the listener.
-        let concurrent = a.senders == 1;
-        let greeted =
-            match net::accept_within(listener, Duration::from_millis(if concurrent { 20 } else { 200 })) {
-                Ok(Some((stream, from))) if concurrent => {
-                    lobby.greet(stream, from);
-                    lobby.greeted()
-                }
-                Ok(Some((stream, from))) => Some((from, session::greet(stream, from, a.timeout, &expect))),
-                Ok(None) => lobby.greeted(),
-                Err(e) => {
-                    // Out of descriptors, a connection aborted before it was taken: pass.
-                    eprintln!("kvxfer-recv: {e}");
-                    std::thread::sleep(Duration::from_millis(200));
-                    continue;
-                }
-            };
+        let greeted = match net::accept_within(listener, Duration::from_millis(20)) {
+            Ok(Some((stream, from))) => {
+                lobby.greet(stream, from);
+                lobby.greeted()
+            }
+            Ok(None) => lobby.greeted(),
+            Err(e) => {
+                // Out of descriptors, a connection aborted before it was taken: pass.
+                eprintln!("kvxfer-recv: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+        };
         let Some((from, greeting)) = greeted else { continue };
         let Some(first) = sender_of(from, greeting, a) else { continue };
-        if concurrent {
+        runs += 1;
+        if log_runs {
+            eprintln!("kvxfer-recv: run {runs}: sender {from}");
+        }
+        let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
+        // A fan's senders, or the prefill ranks that feed a P x D decode
+        // rank, are gathered here before the run is busy: those greeted
+        // beside the first join it rather than hear busy.
+        let n = super::recv::fed_by(&first.hello.plan).unwrap_or(a.senders as usize);
+        let gathered = match n {
+            1 => Ok(vec![first]),
+            n => super::fan::gather(listener, a.wait_for_sender, Some(first), n, &lobby),
+        };
+        let result = gathered.and_then(|sessions| {
             // Busy from now: a sender greeted meanwhile hears so rather than
             // waiting out this run, and so do those already greeted.
-            busy.serving(&[from]);
+            busy.serving(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
             while let Some((other, greeting)) = lobby.greeted() {
                 if let Some(mut s) = sender_of(other, greeting, a) {
                     busy.refuse(&mut s);
                 }
             }
-        }
-        let mut side = receiver_side(a);
-        side.busy = Some(busy.clone());
-        runs += 1;
-        let json = a.json_dir.as_ref().map(|dir| report_path(dir, runs, from));
-        if log_runs {
-            eprintln!("kvxfer-recv: run {runs}: sender {from}");
-        }
-        let many = a.senders > 1 || super::recv::feeding(&first.hello.plan).is_some_and(|f| f.1 > 1);
-        let result = match many || !how.isolate {
-            false => run_isolated(first, a, json.as_deref()),
-            true => {
-                let outputs =
-                    Outputs::open(&crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() })?;
-                let lobby = session::Lobby::new(side.timeout, &side.expect);
-                run_from(listener, side, outputs, first, a.senders as usize, &lobby)
+            match how.isolate {
+                true => run_isolated(sessions, a, json.as_deref()),
+                false => {
+                    let mut side = receiver_side(a);
+                    side.busy = Some(busy.clone());
+                    let output = crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() };
+                    serve_gathered(side, Outputs::open(&output)?, sessions)
+                }
             }
-        };
+        });
         busy.idle();
         match result {
             Ok(()) if log_runs => eprintln!("kvxfer-recv: run {runs} from {from}: done{}", wrote(&json)),
@@ -273,7 +275,7 @@ fn serve_runs(
             Err(e) => {
                 eprintln!("kvxfer-recv: run {runs} from {from} failed (exit {}): {e}", e.kind.exit_code());
                 // A run of its own process left the service's GPU context as it was.
-                if a.memory.memory != MemoryKind::Host && (many || !how.isolate) {
+                if a.memory.memory != MemoryKind::Host && !how.isolate {
                     usable(a.memory.device).map_err(|why| {
                         Error::run(format!(
                             "the service ends: after run {runs}, GPU {} is unusable: {why}",
@@ -286,20 +288,40 @@ fn serve_runs(
     }
 }
 
-/// The fd a run's process finds its sender's control socket on.
+/// The fd a run's process finds its first sender's control socket on (a
+/// fan's others on the fds after it).
 const INHERITED_FD: i32 = 3;
 
-/// A plan is a few KiB of JSON (a trace's schedule more): past this, the
-/// service's handover is not one.
+/// Senders one run's process takes, at most (a fan's, or the prefill
+/// ranks that feed a P x D decode rank: MAX_FAN or fewer).
+const MOST_INHERITED: usize = 256;
+
+/// Plans are a few KiB of JSON each (a trace's schedule more): past this,
+/// the service's handover is not one.
 const MAX_HANDOVER: u64 = 256 << 20;
 
 /// A run in a process of its own: kvxfer itself, re-executed with the
-/// service's options, the sender's control socket on fd 3 and its plan on
-/// stdin. Waits for it to end (a signal to the service is passed on to
-/// it); its exit status, or the signal that ended it, is the run's end.
-fn run_isolated(first: session::ReceiverSession, a: &RecvArgs, json: Option<&Path>) -> Result<()> {
-    let (stream, hello) = first.into_parts();
-    let plan = serde_json::to_vec(&hello).expect("a plan serializes");
+/// service's options, its senders' control sockets on fds 3, 4, ... and
+/// their plans on stdin. Waits for it to end (a signal to the service is
+/// passed on to it); its exit status, or the signal that ended it, is the
+/// run's end.
+fn run_isolated(senders: Vec<session::ReceiverSession>, a: &RecvArgs, json: Option<&Path>) -> Result<()> {
+    let (streams, hellos): (Vec<TcpStream>, Vec<session::Hello>) =
+        senders.into_iter().map(session::ReceiverSession::into_parts).unzip();
+    let plans = serde_json::to_vec(&hellos).expect("a plan serializes");
+    // Above any fd the child takes them on, so that no dup2 overwrites
+    // another's source; closed on exec, the child keeps only its copies.
+    let above = |s: &TcpStream| -> std::io::Result<OwnedFd> {
+        // SAFETY: a copy of an open socket's fd, owned by what it returns.
+        match unsafe {
+            libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, INHERITED_FD + MOST_INHERITED as i32)
+        } {
+            -1 => Err(std::io::Error::last_os_error()),
+            fd => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        }
+    };
+    let high: Vec<OwnedFd> = streams.iter().map(above).collect::<std::io::Result<_>>()?;
+    let sources: Vec<i32> = high.iter().map(|fd| fd.as_raw_fd()).collect();
     let mut args = std::env::args_os();
     let me =
         std::env::current_exe().map_err(|e| Error::run(format!("cannot find this program to run: {e}")))?;
@@ -309,28 +331,24 @@ fn run_isolated(first: session::ReceiverSession, a: &RecvArgs, json: Option<&Pat
     if let Some(json) = json {
         cmd.arg("--json").arg(json);
     }
-    let fd = stream.as_raw_fd();
     // SAFETY: between fork and exec only async-signal-safe calls: dup2
-    // leaves the copy open across exec; on fd 3 already, fcntl clears its
-    // close-on-exec flag.
+    // leaves each copy open across exec (the sources are above the targets).
     unsafe {
         cmd.pre_exec(move || {
-            let done = match fd == INHERITED_FD {
-                true => libc::fcntl(fd, libc::F_SETFD, 0),
-                false => libc::dup2(fd, INHERITED_FD),
-            };
-            match done {
-                -1 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
+            for (i, &fd) in sources.iter().enumerate() {
+                if libc::dup2(fd, INHERITED_FD + i as i32) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
+            Ok(())
         });
     }
     let mut child =
         cmd.stdin(Stdio::piped()).spawn().map_err(|e| Error::run(format!("cannot start the run: {e}")))?;
-    drop(stream);
-    let handed = child.stdin.take().expect("stdin is piped").write_all(&plan);
+    drop((streams, high));
+    let handed = child.stdin.take().expect("stdin is piped").write_all(&plans);
     let status = wait_for_run(&mut child, a.timeout)?;
-    handed.map_err(|e| Error::run(format!("handing the sender's plan to its run: {e}")))?;
+    handed.map_err(|e| Error::run(format!("handing the senders' plans to their run: {e}")))?;
     match crate::error::ErrorKind::of_child(status) {
         None => Ok(()),
         Some((kind, how)) => {
@@ -364,22 +382,39 @@ fn wait_for_run(child: &mut Child, timeout: Duration) -> Result<std::process::Ex
 }
 
 /// A run of the service in this process (`--serve-inherited`, started by
-/// run_isolated): the sender the service greeted, on fd 3, its plan on stdin.
+/// run_isolated): the senders the service greeted, on fds 3, 4, ..., their
+/// plans on stdin.
 pub(super) fn serve_inherited(a: &RecvArgs) -> Result<()> {
-    // SAFETY: run_isolated put the greeted sender's socket on this fd for this process alone.
-    let stream = unsafe { TcpStream::from_raw_fd(INHERITED_FD) };
-    let mut plan = Vec::new();
-    std::io::stdin().take(MAX_HANDOVER).read_to_end(&mut plan)?;
-    let hello = serde_json::from_slice(&plan).map_err(|e| {
-        Error::usage(format!("--serve-inherited is the service's own: no plan on stdin ({e})"))
-    })?;
-    let first = session::ReceiverSession::resume(stream, hello, a.timeout)?;
+    let mut plans = Vec::new();
+    std::io::stdin().take(MAX_HANDOVER).read_to_end(&mut plans)?;
+    let hellos: Vec<session::Hello> = serde_json::from_slice(&plans)
+        .ok()
+        .filter(|h: &Vec<_>| (1..=MOST_INHERITED).contains(&h.len()))
+        .ok_or_else(|| Error::usage("--serve-inherited is the service's own: no plans on stdin"))?;
+    let sessions = (hellos.into_iter().enumerate())
+        .map(|(i, hello)| {
+            // SAFETY: run_isolated put sender i's socket on this fd for this process alone.
+            let stream = unsafe { TcpStream::from_raw_fd(INHERITED_FD + i as i32) };
+            session::ReceiverSession::resume(stream, hello, a.timeout)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut side = receiver_side(a);
     // The service answers the senders that come meanwhile.
     side.busy = Some(Arc::new(Busy::default()));
-    let outputs = Outputs::open(&a.output)?;
+    serve_gathered(side, Outputs::open(&a.output)?, sessions)
+}
+
+/// A run's senders served in this process: one, or a fan's.
+fn serve_gathered(
+    mut side: ReceiverSide,
+    outputs: Outputs,
+    mut sessions: Vec<session::ReceiverSession>,
+) -> Result<()> {
     side.screen = side.screen.keeping(outputs.kept());
-    serve_one(side, outputs, first)
+    match sessions.len() {
+        1 => serve_one(side, outputs, sessions.pop().expect("one sender")),
+        _ => super::fan::serve_gathered(side, outputs, sessions),
+    }
 }
 
 fn wrote(json: &Option<PathBuf>) -> String {
