@@ -57,20 +57,55 @@ pub fn resolve(s: &str) -> Result<Vec<SocketAddr>> {
 }
 
 /// Connects from `local` (any port; None: the kernel's choice), so that the
-/// connection leaves through that address's interface.
+/// connection leaves through that address's interface. A signal ends the
+/// wait for the peer's answer (`ErrorKind::Interrupted`), as a host that
+/// drops SYNs would otherwise hold it for all of `timeout`.
 pub fn connect_from(
     local: Option<IpAddr>,
     addr: &SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    let Some(ip) = local else {
-        return TcpStream::connect_timeout(addr, timeout);
-    };
     let sock = socket2::Socket::new(socket2::Domain::for_address(*addr), socket2::Type::STREAM, None)?;
-    sock.bind(&SocketAddr::new(ip, 0).into())
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}: {e}")))?;
-    sock.connect_timeout(&(*addr).into(), timeout)?;
+    if let Some(ip) = local {
+        sock.bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind {ip}: {e}")))?;
+    }
+    sock.set_nonblocking(true)?;
+    match sock.connect(&(*addr).into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => answered_within(&sock, timeout)?,
+        Err(e) => return Err(e),
+    }
+    sock.set_nonblocking(false)?;
     Ok(sock.into())
+}
+
+/// Waits for a connect in progress to be answered, a tenth of a second at
+/// a time between looks for a signal.
+fn answered_within(sock: &socket2::Socket, timeout: Duration) -> std::io::Result<()> {
+    let until = Instant::now() + timeout;
+    loop {
+        if crate::signals::received().is_some() {
+            return Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted by a signal"));
+        }
+        let Some(left) = remaining(until) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"));
+        };
+        let mut fd = libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        let slice = left.min(Duration::from_millis(100)).as_millis().max(1) as libc::c_int;
+        // SAFETY: one pollfd, on a socket this function borrows for the call.
+        match unsafe { libc::poll(&mut fd, 1, slice) } {
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => continue,
+            -1 => return Err(std::io::Error::last_os_error()),
+            0 => continue,
+            _ => {
+                return match sock.take_error()? {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Connects to the first address that answers, retrying refusals until the
@@ -99,6 +134,7 @@ pub fn connect_until(
                     s.set_nodelay(true)?;
                     return Ok(s);
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => crate::signals::check()?,
                 Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
                     return Err(Error::usage(format!("--bind: {e} (not an address of this host)")))
                 }

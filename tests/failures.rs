@@ -378,3 +378,80 @@ fn without_v_nothing_is_logged_and_vv_adds_each_message() {
     assert_eq!(vv.stderr.matches("TRACE recv: request 0: message ").count(), 32, "{}", vv.stderr);
     assert!(vv.stderr.contains("DEBUG send{"), "{}", vv.stderr);
 }
+
+/// A listener whose backlog is full: the kernel drops the SYNs of the
+/// next connection, which then hangs in connect (a host that drops them).
+fn syn_dropping_listener() -> (socket2::Socket, Vec<std::net::TcpStream>, String) {
+    let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    l.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    // Backlog 0 holds one or two; past them connects hang.
+    let fill: Vec<_> = (0..3)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
+        .collect();
+    (l, fill, addr.to_string())
+}
+
+/// The first SIGTERM ends each kind of wait, within a second or two, with
+/// 128 + 15 (issue 37): a connect to a host that drops SYNs, a sender and
+/// a receiver waiting for the next arrival, a sender computing a long
+/// emulated prefill, a fan's hub waiting for its second sender, and
+/// `kvxfer pair`, whose receiver (a process of its own) goes with it.
+#[test]
+fn the_first_sigterm_ends_every_kind_of_wait() {
+    let (_listener, _fill, dropping) = syn_dropping_listener();
+    let sparse = ["-p", "16", "-g", "request", "--arrivals", "fixed:0.2", "-n", "3", "-w", "0"];
+    let stop = |_case: &str, p: &Proc, settle: Duration| {
+        std::thread::sleep(settle);
+        p.signal(libc::SIGTERM);
+        std::time::Instant::now()
+    };
+    let ended = |case: &str, p: Proc, at: std::time::Instant| {
+        let f = p.finish(secs(10));
+        eprintln!("{case}: {:?}", at.elapsed());
+        assert!(at.elapsed() < secs(2), "{case}: ended {:?} after SIGTERM\n{}", at.elapsed(), f.stderr);
+        assert_eq!(f.code, Some(143), "{case}\n{}", f.stderr);
+        assert!(f.stderr.contains("SIGTERM"), "{case}: {}", f.stderr);
+    };
+    // A connect the peer's kernel never answers.
+    let send = Proc::start(SEND, &["-c", &dropping, "-p", "16", "-n", "1", "--timeout", "60s"]);
+    let at = stop("connect", &send, Duration::from_millis(700));
+    ended("a connect that hangs", send, at);
+    // Both sides between two arrivals 5 s apart.
+    for signalled in ["sender", "receiver"] {
+        let (recv, addr) = receiver("127.0.0.1:0", &[]);
+        let send = Proc::start(SEND, &[&["-c", addr.as_str()][..], &sparse].concat());
+        assert!(recv.wait_for("kvxfer-recv", secs(10)));
+        let (p, other) = if signalled == "sender" { (send, recv) } else { (recv, send) };
+        let at = stop(signalled, &p, Duration::from_millis(1500));
+        ended(&format!("the {signalled} between arrivals"), p, at);
+        assert_eq!(other.finish(secs(10)).code, Some(1), "the {signalled}'s peer");
+    }
+    // A sender computing a prefill of 20 s a request.
+    let (recv, addr) = receiver("127.0.0.1:0", &[]);
+    let args = ["-c", addr.as_str(), "-p", "16", "-n", "1", "-w", "0", "--prefill-ms", "16:20000"];
+    let send = Proc::start(SEND, &args);
+    let at = stop("prefill", &send, Duration::from_millis(1500));
+    ended("a sender computing its prefill", send, at);
+    let _ = recv.finish(secs(10));
+    // A fan's hub with one sender of two.
+    let (recv, addr) = receiver("127.0.0.1:0", &["--senders", "2"]);
+    let send = Proc::start(SEND, &["-c", &addr, "-p", "16", "-n", "1"]);
+    assert!(recv.wait_for("sender 1 of 2 joined", secs(10)), "{}", recv.stderr());
+    let at = stop("fan", &recv, Duration::ZERO);
+    ended("a hub waiting for its second sender", recv, at);
+    assert_ne!(send.finish(secs(10)).code, Some(0));
+    // kvxfer pair between arrivals: its receiver's process ends with it.
+    let pair = Proc::start(KVXFER, &[&["pair"][..], &sparse].concat());
+    assert!(pair.wait_for("#    gran", secs(10)), "{}", pair.stderr());
+    std::thread::sleep(Duration::from_millis(1000));
+    let receivers = children_of(pair.child.id());
+    let at = stop("pair", &pair, Duration::ZERO);
+    ended("kvxfer pair between arrivals", pair, at);
+    std::thread::sleep(Duration::from_millis(500));
+    for r in receivers {
+        let alive = std::fs::read_to_string(format!("/proc/{r}/stat")).is_ok_and(|s| !s.contains(") Z "));
+        assert!(!alive, "the pair's receiver (pid {r}) outlived it");
+    }
+}
