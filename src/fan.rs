@@ -131,11 +131,12 @@ impl Fan {
         self.joined.lock().unwrap_or_else(|p| p.into_inner())[pair] = Some(report.clone());
     }
 
-    /// In lockstep, a point's prefill figures: at a many-to-one hub every
-    /// pair's requests (each pair its own prefill instance; at a P x D
-    /// decode rank each request's shares joined); none at a one-to-many
-    /// hub, whose receivers each hold their own (the pairs' reports).
-    fn lockstep_prefill(&self, point: &PointResult) -> Option<PrefillFigures> {
+    /// A point's prefill figures merged from its pairs' (in lockstep, or
+    /// conversations under arrivals): at a many-to-one hub every pair's
+    /// requests (each pair its own prefill instance; at a P x D decode rank
+    /// each request's shares joined); none at a one-to-many hub, whose
+    /// receivers each hold their own (the pairs' reports).
+    fn merged_prefill(&self, point: &PointResult) -> Option<PrefillFigures> {
         let (of, ttft) = self.prefill.lock().unwrap_or_else(|p| p.into_inner()).remove(&point.point)?;
         let of = of?;
         // A P x D request's transfer is the round (its shares); else a pair's own.
@@ -237,8 +238,10 @@ impl Pairs for Fan {
         let mut point = aggregate(&results, &t.spans, t.first_span_ns, shared);
         aggregate_turns(&mut point, &results, &t.turn_spans);
         t.turn_spans.clear();
-        if point.load.is_none() {
-            point.prefill = self.lockstep_prefill(&point);
+        // Under arrivals a many-to-one hub's pairs that run conversations
+        // (each on its own lane) merge their added TTFTs as in lockstep.
+        if point.load.is_none() || (point.prefill.is_none() && self.shape == FanShape::ManyToOne) {
+            point.prefill = self.merged_prefill(&point);
         }
         if point.load.is_some() && !self.shares {
             // Each pair's requests are its own: the row names one request.

@@ -780,3 +780,50 @@ fn p2_to_d1_in_lockstep_with_emulated_prefill_counts_each_request_s_ttft_once() 
         computed(&r["points"][0]["prefill"], 4, "share");
     }
 }
+
+/// Conversations with emulated prefill in fans, back to back and under
+/// arrivals: a 2->1 hub's row holds each turn's added TTFT from every
+/// pair (two conversations a pair), each pair's report its own; in a 1->2
+/// fan one compute serves both pairs.
+#[test]
+fn conversations_with_emulated_prefill_in_fans() {
+    let turns = [
+        "-m",
+        "llama-3.1-8b",
+        "--block-size",
+        "16",
+        "--turns",
+        "3",
+        "--turn-tokens",
+        "64:16",
+        "--multi-turn",
+        "delta",
+        "-n",
+        "2",
+        "-w",
+        "1",
+        "--prefill-tflops",
+        "400",
+    ];
+    let per_turn = |p: &Value| -> Vec<(u64, u64)> {
+        let by = p["prefill"]["by_prompt"].as_array().unwrap();
+        by.iter().map(|b| (b["turn"].as_u64().unwrap(), b["added_ns"]["count"].as_u64().unwrap())).collect()
+    };
+    for load in [&[][..], &["--arrivals", "poisson:20", "--seed", "3"][..]] {
+        let hub = two_into_one(&[&turns[..], load].concat());
+        assert_eq!((hub["outcome"].as_str(), hub["wrong_bytes"].as_u64()), (Some("ok"), Some(0)), "{load:?}");
+        assert_eq!(per_turn(&hub["points"][0]), [(1, 4), (2, 4), (3, 4)], "{load:?}");
+        for r in hub["fan"]["pair_reports"].as_array().unwrap() {
+            assert_eq!(per_turn(&r["points"][0]), [(1, 2), (2, 2), (3, 2)], "{load:?}");
+        }
+    }
+    let (receivers, _) = one_into_two(&[&["-q"][..], &turns].concat());
+    for r in &receivers {
+        assert_eq!(r["wrong_bytes"], 0);
+        assert_eq!(per_turn(&r["points"][0]), [(1, 2), (2, 2), (3, 2)]);
+    }
+    assert_eq!(
+        receivers[0]["points"][0]["prefill"]["alone_ns"],
+        receivers[1]["points"][0]["prefill"]["alone_ns"]
+    );
+}

@@ -269,7 +269,7 @@ fn conversations_refuse_what_they_cannot_run() {
             &["--arrivals", "fixed:5", "--concurrency", "4"],
             "conversations under --arrivals go one turn at a time",
         ),
-        (&["--prefill-tflops", "100"], "conversations do not run with emulated prefill yet"),
+        (&["--prefill-ms", "100:10"], "a conversation's turn computes only what prefill has not cached"),
         (
             &["--arrivals", "fixed:5", "--prompt-mix", "1k:1"],
             "a conversation's turns give its prompt lengths",
@@ -283,4 +283,42 @@ fn conversations_refuse_what_they_cannot_run() {
     f.expect_code(2).expect_stderr("--turns must be at least 1");
     let f = run(KVXFER, &["pair", "-m", "qwen3-8b", "--turns", "50", "--turn-tokens", "1k"], secs(10));
     f.expect_code(2).expect_stderr("past the model's 40960");
+}
+
+/// Emulated prefill in conversations: each turn computes its prompt past
+/// the whole blocks prefill has cached (its own earlier prompts; with the
+/// KV sent back, the context before the turn), and the figures come per
+/// turn. Prompts 100, 220, 340, 460, 580; delta computes from 0, 96, 208,
+/// 336, 448 (100, 124, 132, 124, 132 tokens), bidirectional from 0, 112,
+/// 240, 352, 480 (100, 108, 100, 108, 100). Both phases check every byte.
+#[test]
+fn conversations_with_emulated_prefill_compute_what_prefill_has_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("turns.json");
+    let modes = ["--multi-turn", "delta,bidirectional", "--prefill-tflops", "400", "-g", "block"];
+    let args = [&["pair"], CONVERSATION, &modes, &["--json", j.to_str().unwrap()]].concat();
+    let f = run(KVXFER, &args, secs(120));
+    f.expect_code(0);
+    assert!(f.stdout.contains("turn 2, 124 tokens computed"), "{}", f.stdout);
+    let r = json(&j);
+    assert_eq!(r["wrong_bytes"], 0);
+    let each = |p: &Value, what: &str| -> Vec<u64> {
+        let by = p["prefill"]["by_prompt"].as_array().unwrap();
+        by.iter().map(|b| b[what].as_u64().or(b[what]["count"].as_u64()).unwrap()).collect()
+    };
+    let points = r["points"].as_array().unwrap();
+    let (delta, back) = (&points[0], &points[1]);
+    assert_eq!(each(delta, "turn"), [1, 2, 3, 4, 5]);
+    assert_eq!(each(delta, "tokens"), [100, 124, 132, 124, 132]);
+    assert_eq!(each(back, "tokens"), [100, 108, 100, 108, 100]);
+    assert_eq!(each(delta, "added_ns"), [2; 5], "two conversations a mode");
+    // The same tokens later in the context attend to more of it.
+    let asked = each(delta, "asked_ns");
+    assert!(asked[4] > asked[2] && asked[3] > asked[1], "{asked:?}");
+    assert_eq!(asked[0], each(back, "asked_ns")[0], "turn 1 computes its whole prompt either way");
+    // The point's compute alone is its longest turn's.
+    assert_eq!(delta["prefill"]["asked_ns"].as_u64(), asked.iter().max().copied());
+    // A block at the wrong offset is still caught and named.
+    let fault = [&["pair"], CONVERSATION, &modes[..4], &["-g", "block", "--fault", "wrong-offset"]].concat();
+    run(KVXFER, &fault, secs(60)).expect_code(3).expect_stderr("conversation 0, turn 2: r");
 }

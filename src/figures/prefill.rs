@@ -35,8 +35,9 @@ pub struct PrefillFigures {
     pub lower_bound_ns: u64,
     /// Under a mix of prompt lengths, each length's own figures (the
     /// fields above then hold every request's added TTFT together, and the
-    /// asked time, compute alone, bound and share of the longest prompt,
-    /// whose compute alone is timed). Empty with one length.
+    /// asked time, compute alone, bound and share of the longest compute,
+    /// which is timed alone); in a conversation, each turn's. Empty with
+    /// one length.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_prompt: Vec<PromptPrefill>,
     /// Under --arrivals: the second phase's load figures, each request's
@@ -50,7 +51,7 @@ impl PrefillFigures {
     /// One length's own figures under a mix (`PointResult::per_length`);
     /// None for a length the mix did not time.
     pub fn of_length(&self, tokens: u32) -> Option<PrefillFigures> {
-        let b = self.by_prompt.iter().find(|b| b.tokens == tokens)?;
+        let b = self.by_prompt.iter().find(|b| b.tokens == tokens && b.turn.is_none())?;
         Some(PrefillFigures {
             asked_ns: b.asked_ns,
             during_ns: b.during_ns.clone(),
@@ -68,10 +69,14 @@ impl PrefillFigures {
     }
 }
 
-/// One prompt length's share of a mix's prefill figures.
+/// One prompt length's share of a mix's prefill figures, or a
+/// conversation turn's (`turn`; `tokens` then are those its prefill
+/// computes, past what it has cached).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PromptPrefill {
     pub tokens: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
     pub asked_ns: u64,
     pub during_ns: LatencySummary,
     pub added_ns: LatencySummary,

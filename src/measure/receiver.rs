@@ -284,7 +284,7 @@ impl Receiver<'_> {
             Msg::Computed { request: r, began, ended } if r == request => Ok(Computed { began, ended }),
             other => Err(other),
         })?;
-        let tokens = point.layout_at(self.plan.warmup, it).tokens;
+        let tokens = self.plan.prefill_key(point, it);
         ttft.request(tokens, got.go_mono, got.last_mono, c, self.plan.measured(point, it));
         self.share_with_hub(point, it, got, Some(ttft.place(got.go_mono, c)));
         Ok(())
@@ -300,7 +300,7 @@ impl Receiver<'_> {
             Share {
                 key: key_base + (it % self.plan.phase_len(point)) as u64,
                 shares,
-                tokens: point.layout_at(self.plan.warmup, it).tokens,
+                tokens: self.plan.prefill_key(point, it),
                 go: got.go_mono,
                 last: got.last_mono,
                 computed,
@@ -344,7 +344,7 @@ impl Receiver<'_> {
             t.requests.saturating_record(request_ns);
             sink.record_into(&mut t.messages);
             if plan.prefill.is_some() {
-                t.ttft.transfer_alone(point.layout_at(plan.warmup, it).tokens, request_ns);
+                t.ttft.transfer_alone(plan.prefill_key(point, it), request_ns);
             }
             if let (Some(turns), Some((_, turn))) = (&mut t.turns, point.turn_named(plan.warmup, it)) {
                 turns.turn(turn, request_ns);

@@ -189,14 +189,14 @@ impl TtftTally {
     }
 
     /// The point's figures; `alone_p50_ns` is the transfer alone, `layer_ns`
-    /// each layer's asked compute (the longest prompt's, under a mix), and
-    /// `layer_ns_of` a prompt length's.
+    /// each layer's asked compute (the longest's, under a mix or in a
+    /// conversation), and `compute_of` what a key computes (see `Keyed`).
     pub fn figures(
         &self,
         overlap: Overlap,
         layer_ns: &[u64],
         alone_p50_ns: u64,
-        layer_ns_of: &dyn Fn(u32) -> Vec<u64>,
+        compute_of: &dyn Fn(u32) -> Keyed,
     ) -> PrefillFigures {
         let added_ns = LatencySummary::of(&self.added);
         let bound = |transfer_ns: u64, layer_ns: &[u64]| match overlap {
@@ -208,23 +208,24 @@ impl TtftTally {
             _ => self
                 .by_tokens
                 .iter()
-                .map(|(&tokens, p)| {
-                    let (layers, transfer) = (layer_ns_of(tokens), p.transfer.value_at_quantile(0.5));
-                    let added_ns = LatencySummary::of(&p.added);
+                .map(|(&key, p)| {
+                    let (keyed, transfer) = (compute_of(key), p.transfer.value_at_quantile(0.5));
+                    let (added_ns, layers) = (LatencySummary::of(&p.added), &keyed.layer_ns);
                     PromptPrefill {
-                        tokens,
+                        tokens: keyed.tokens,
+                        turn: keyed.turn,
                         asked_ns: layers.iter().sum(),
                         during_ns: LatencySummary::of(&p.during),
                         exposed_share: added_ns.p50 as f64 / transfer.max(1) as f64,
                         added_ns,
                         transfer_alone_p50_ns: transfer,
-                        lower_bound_ns: bound(transfer, &layers),
+                        lower_bound_ns: bound(transfer, layers),
                     }
                 })
                 .collect(),
         };
-        // Under a mix, the longest prompt's share and bound, as its compute alone.
-        let (alone_p50_ns, exposed_p50) = match by_prompt.last() {
+        // Under a mix, the longest compute's share and bound, as its compute alone.
+        let (alone_p50_ns, exposed_p50) = match by_prompt.iter().max_by_key(|p| (p.asked_ns, p.tokens)) {
             Some(p) => (p.transfer_alone_p50_ns, p.added_ns.p50),
             None => (alone_p50_ns, added_ns.p50),
         };
@@ -252,26 +253,56 @@ impl TtftTally {
     }
 }
 
+/// What the requests of one key of a tally compute: a prompt length's
+/// whole prompt, or in a conversation a turn's span past prefill's cache
+/// (keyed by `Plan::prefill_key`).
+pub struct Keyed {
+    pub turn: Option<u32>,
+    pub tokens: u32,
+    pub layer_ns: Vec<u64>,
+}
+
 /// What a point's prefill figures take from the plan (both engines, and a
 /// hub's decode instance, compute them through it).
 #[derive(Clone)]
 pub struct PrefillOfPoint {
     prefill: Prefill,
     shape: KvShape,
-    /// The longest prompt's layers.
+    /// The longest compute's layers.
     layer_ns: Vec<u64>,
+    /// In a conversation, by turn number: the tokens that turn computes
+    /// (of the first conversation that has it) and their layers.
+    turns: BTreeMap<u32, (u32, Vec<u64>)>,
 }
 
 impl PrefillOfPoint {
     pub fn of(plan: &Plan, point: &Point) -> Option<Self> {
         let (prefill, layer_ns) = (plan.prefill.clone()?, point.prefill_ns.clone()?);
-        Some(PrefillOfPoint { prefill, shape: plan.shape.clone(), layer_ns })
+        let mut turns = BTreeMap::new();
+        for c in point.turns.iter().flat_map(|t| &t.conversations) {
+            for (&t, span) in c.moving.iter().zip(&c.computes) {
+                let (from, to) = (span.from as u32, span.to as u32);
+                if let std::collections::btree_map::Entry::Vacant(e) = turns.entry(c.moves[t].turn.turn) {
+                    e.insert((to - from, prefill.layer_ns_span(&plan.shape, from, to).unwrap_or_default()));
+                }
+            }
+        }
+        Some(PrefillOfPoint { prefill, shape: plan.shape.clone(), layer_ns, turns })
     }
 
     /// The added TTFT's figures, against the transfer alone's p50.
     pub fn figures(&self, ttft: &TtftTally, alone_p50_ns: u64) -> PrefillFigures {
-        let layer_ns_of = |tokens| self.prefill.layer_ns(&self.shape, tokens).unwrap_or_default();
-        ttft.figures(self.prefill.overlap, &self.layer_ns, alone_p50_ns, &layer_ns_of)
+        let compute_of = |key| match self.turns.get(&key) {
+            Some((tokens, layer_ns)) => {
+                Keyed { turn: Some(key), tokens: *tokens, layer_ns: layer_ns.clone() }
+            }
+            None => Keyed {
+                turn: None,
+                tokens: key,
+                layer_ns: self.prefill.layer_ns(&self.shape, key).unwrap_or_default(),
+            },
+        };
+        ttft.figures(self.prefill.overlap, &self.layer_ns, alone_p50_ns, &compute_of)
     }
 }
 
@@ -312,15 +343,13 @@ mod tests {
         assert_eq!(two.request(64, 10_000_000, 12_534_000, c, true), 34_000);
         // A warm-up is not recorded; a clock that disagrees gives 0, not a wrap.
         assert_eq!(two.request(64, 10_000_000, 10_000_000, c, false), 0);
-        let f = one.figures(Overlap::Layer, &[62_500; 32], 1_088_000, &|_| vec![62_500; 32]);
+        let prompt = |layer_ns: u64| move |tokens| Keyed { turn: None, tokens, layer_ns: vec![layer_ns; 32] };
+        let f = one.figures(Overlap::Layer, &[62_500; 32], 1_088_000, &prompt(62_500));
         assert_eq!((f.alone_ns.count, f.added_ns.count, f.during_ns.count), (3, 1, 1));
         assert_eq!(f.lower_bound_ns, 34_000);
         assert!((f.exposed_share - 34.0 / 1088.0).abs() < 0.001, "{}", f.exposed_share);
         assert!((f.ttft_ns.p50 as f64 - 2_034_000.0).abs() < 3_000.0, "{}", f.ttft_ns.p50);
-        assert_eq!(
-            one.figures(Overlap::None, &[0; 32], 1_088_000, &|_| vec![0; 32]).lower_bound_ns,
-            1_088_000
-        );
+        assert_eq!(one.figures(Overlap::None, &[0; 32], 1_088_000, &prompt(0)).lower_bound_ns, 1_088_000);
         assert!(f.by_prompt.is_empty());
     }
 
@@ -335,7 +364,8 @@ mod tests {
             t.request(8192, 0, 82_000_000, Computed { began: 0, ended: 80_000_000 }, true);
         }
         let of = |tokens: u32| vec![tokens as u64 * 10_000 / 32; 32];
-        let f = t.figures(Overlap::None, &of(8192), 4_000_000, &of);
+        let keyed = |tokens| Keyed { turn: None, tokens, layer_ns: of(tokens) };
+        let f = t.figures(Overlap::None, &of(8192), 4_000_000, &keyed);
         let p: Vec<(u32, u64, u64, u64)> = f
             .by_prompt
             .iter()
@@ -353,7 +383,7 @@ mod tests {
         let mut m = TtftTally::new(true);
         m.merge(&t);
         m.merge(&t);
-        assert_eq!(m.figures(Overlap::None, &of(8192), 1, &of).by_prompt[0].added_ns.count, 6);
+        assert_eq!(m.figures(Overlap::None, &of(8192), 1, &keyed).by_prompt[0].added_ns.count, 6);
     }
 
     #[test]

@@ -1156,8 +1156,9 @@ impl Point {
         iteration: u32,
     ) -> Option<(&turns::ConversationTurns, turns::TurnRequest)> {
         let t = self.turns.as_ref()?;
+        // With emulated prefill the point runs twice: the second phase's turns are the first's.
+        let iteration = iteration % (warmup + t.requests.len() as u32);
         match iteration.checked_sub(warmup) {
-            // With emulated prefill a conversation point would run twice; it is refused.
             Some(k) => Some(t.at(k)),
             None => Some((&t.conversations[0], turns::TurnRequest { conversation: 0, moving: 0 })),
         }
@@ -1282,6 +1283,10 @@ impl Plan {
             )));
         }
         if let Some(p) = &self.prefill {
+            if self.conversation.is_some() {
+                // Each turn computes what prefill has not cached: a span of the context.
+                p.layer_ns_span(&self.shape, 0, 1)?;
+            }
             for &tokens in &self.prompt_lengths {
                 p.layer_ns(&self.shape, tokens)?;
             }
@@ -1290,9 +1295,6 @@ impl Plan {
             self.validate_tp(t)?;
         }
         if let Some(c) = &self.conversation {
-            if self.prefill.is_some() {
-                return Err(Error::usage("conversations do not run with emulated prefill yet"));
-            }
             if let Some(l) = &self.load {
                 if l.concurrency != 1 || l.duration_ns.is_some() {
                     return Err(Error::usage(
@@ -1415,9 +1417,24 @@ impl Plan {
 
     /// With emulated prefill, the compute time of each layer of request
     /// `iteration`: its own prompt length's (under a mix, not the longest's).
+    /// A conversation's turn computes what prefill has not cached (`turns::computed`).
     pub fn layer_ns_at(&self, point: &Point, iteration: u32) -> Option<Vec<u64>> {
+        let prefill = self.prefill.as_ref()?;
+        if let Some((c, r)) = point.turn_at(self.warmup, iteration) {
+            let span = c.computes[r.moving];
+            return prefill.layer_ns_span(&self.shape, span.from as u32, span.to as u32).ok();
+        }
         let tokens = point.layout_at(self.warmup, iteration).tokens;
-        self.prefill.as_ref()?.layer_ns(&self.shape, tokens).ok()
+        prefill.layer_ns(&self.shape, tokens).ok()
+    }
+
+    /// What a prefill tally keys request `iteration` by: its prompt length,
+    /// or in a conversation its turn number (each turn computes its own span).
+    pub fn prefill_key(&self, point: &Point, iteration: u32) -> u32 {
+        match point.turn_named(self.warmup, iteration) {
+            Some((_, turn)) => turn,
+            None => point.layout_at(self.warmup, iteration).tokens,
+        }
     }
 
     /// Whether request `iteration` of a point computes its KV as it goes:
@@ -1519,7 +1536,7 @@ impl Plan {
         let point = |index: usize, turns: turns::PointTurns, load: Option<PointLoad>| Point {
             index,
             layout: turns.region.clone(),
-            prefill_ns: None,
+            prefill_ns: self.longest_turn_compute(&turns),
             load,
             turns: Some(turns),
         };
@@ -1568,6 +1585,16 @@ impl Plan {
         out
     }
 
+    /// With emulated prefill, the layers of a conversation point's longest
+    /// turn's compute: the one its compute alone is timed at.
+    fn longest_turn_compute(&self, turns: &turns::PointTurns) -> Option<Vec<u64>> {
+        let prefill = self.prefill.as_ref()?;
+        let spans = turns.conversations.iter().flat_map(|c| c.computes.iter());
+        let layers =
+            spans.filter_map(|s| prefill.layer_ns_span(&self.shape, s.from as u32, s.to as u32).ok());
+        layers.max_by_key(|l| l.iter().sum::<u64>())
+    }
+
     /// This pair's cut of every block, under different TP once the pair is known.
     pub fn cut(&self) -> Option<tp::Cut> {
         let t = self.tp.as_ref()?;
@@ -1613,9 +1640,13 @@ impl Plan {
 
     /// The id that keys request `iteration`'s bytes: a conversation's
     /// turns share one (its first request's), as its KV stays in place.
+    /// (With emulated prefill each phase keys its conversations anew, so
+    /// that a turn the second phase misses is not found from the first.)
     pub fn key_id(&self, point: &Point, iteration: u32) -> u64 {
-        match (&point.turns, iteration.checked_sub(self.warmup)) {
-            (Some(t), Some(k)) => self.request_id(point.index, self.warmup + t.at(k).1.conversation),
+        let phase = self.phase_len(point);
+        let (start, within) = (iteration / phase * phase, iteration % phase);
+        match (&point.turns, within.checked_sub(self.warmup)) {
+            (Some(t), Some(k)) => self.request_id(point.index, start + self.warmup + t.at(k).1.conversation),
             _ => self.request_id(point.index, iteration),
         }
     }
@@ -1882,6 +1913,37 @@ mod tests {
         asked.sort_unstable();
         asked.dedup();
         assert_eq!(asked, [(128, 20_000_000), (1024, 200_000_000)]);
+    }
+
+    /// A conversation with emulated prefill runs twice: the second phase's
+    /// turns are the first's, each computing its own span, under keys of
+    /// their own (a turn missing from the second is not found from the first).
+    #[test]
+    fn conversations_with_prefill_run_their_turns_in_both_phases() {
+        let mut p = plan("llama-3.1-8b", &[128]);
+        p.granularities = vec![Granularity::Block];
+        p.iterations = 2;
+        p.warmup = 1;
+        let c = crate::schedule::conversation::Conversation::parse(3, "100:20").unwrap();
+        p.conversation =
+            Some(turns::ConversationPlan { conversation: Some(c), modes: vec![MultiTurn::Delta] });
+        p.prefill =
+            Some(Prefill { time: crate::plan::prefill::PrefillTime::Tflops(400.0), overlap: Overlap::Layer });
+        p.validate().unwrap();
+        let point = &p.points()[0];
+        // 1 warm-up and 2 conversations of 3 turns, twice.
+        assert_eq!((p.phase_len(point), p.requests_in(point)), (7, 14));
+        let named: Vec<_> = (0..14).map(|it| point.turn_named(p.warmup, it)).collect();
+        assert_eq!(named[1..7], named[8..14]);
+        assert_eq!(p.layer_ns_at(point, 2), p.layer_ns_at(point, 9));
+        assert_ne!(p.key_id(point, 2), p.key_id(point, 9));
+        // Turns of one conversation share its key within a phase.
+        assert_eq!(p.key_id(point, 1), p.key_id(point, 2));
+        assert_eq!(p.key_id(point, 8), p.key_id(point, 9));
+        let sum = |it| p.layer_ns_at(point, it).unwrap().iter().sum::<u64>();
+        assert_eq!(point.prefill_ns.as_ref().map(|l| l.iter().sum::<u64>()), (1..7).map(sum).max());
+        // Keyed by turn number for the figures.
+        assert_eq!((1..7).map(|it| p.prefill_key(point, it)).collect::<Vec<_>>(), [1, 2, 3, 1, 2, 3]);
     }
 
     #[test]

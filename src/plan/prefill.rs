@@ -102,6 +102,25 @@ impl Prefill {
     }
 }
 
+impl Prefill {
+    /// Each layer's compute time in ns for tokens `from..to` of a context
+    /// whose earlier tokens are cached: the FLOPs of the whole less those
+    /// of the cached prefix (causal attention's pairs add up by query).
+    pub fn layer_ns_span(&self, shape: &KvShape, from: u32, to: u32) -> Result<Vec<u64>> {
+        let PrefillTime::Tflops(tf) = self.time else {
+            return Err(Error::usage(
+                "--prefill-ms gives whole prompts' times; a conversation's turn computes only what prefill has \
+                 not cached: give --prefill-tflops, which times any span from the model's FLOPs",
+            ));
+        };
+        let c = shape.model.compute_shape()?;
+        let flops = |l: u32, tokens: u32| c.layer_flops_of(l, shape.model.layer_kind(l), tokens);
+        Ok((0..shape.model.layers)
+            .map(|l| ((flops(l, to) - flops(l, from)).max(0.0) / (tf * 1e12) * 1e9).round() as u64)
+            .collect())
+    }
+}
+
 /// The layer whose compute must end before message `index` may move: its
 /// own for layers and blocks, the last for a whole request.
 pub fn layer_of(layout: &RequestLayout, index: usize) -> usize {
@@ -146,6 +165,26 @@ mod tests {
             no_shape.message.contains("--prefill-tflops needs the shape of model 'qwen3-next-80b-a3b'"),
             "{no_shape}"
         );
+    }
+
+    #[test]
+    fn a_span_computes_the_whole_less_its_cached_prefix() {
+        let s = shape("llama-3.1-8b");
+        // 1 ms a layer for 1024 tokens from nothing cached (as above).
+        let p = Prefill { time: PrefillTime::Tflops(455.274921984), overlap: Overlap::Layer };
+        assert_eq!(p.layer_ns_span(&s, 0, 1024).unwrap(), p.layer_ns(&s, 1024).unwrap());
+        // The next 1024 tokens attend to 2048 keys at most: more than the first 1024.
+        let (first, next) = (p.layer_ns_span(&s, 0, 1024).unwrap(), p.layer_ns_span(&s, 1024, 2048).unwrap());
+        let whole = p.layer_ns(&s, 2048).unwrap();
+        assert!(next[0] > first[0]);
+        assert!((first[0] + next[0]).abs_diff(whole[0]) <= 1, "{} + {} vs {}", first[0], next[0], whole[0]);
+        // Weights 2 x 218,103,808 x 1024 = 446,676,598,784, and attention's
+        // pairs 2048 x 2049 / 2 - 1024 x 1025 / 2 = 1,573,376 x 32 heads x 2 x
+        // 256 = 25,778,192,384: 472,454,791,168 FLOPs, 1.0377 ms.
+        assert_eq!(next[0], (472_454_791_168.0 / 455.274921984e12 * 1e9_f64).round() as u64);
+        let per_prompt = Prefill { time: Prefill::parse_ms("1024:64").unwrap(), overlap: Overlap::Layer };
+        let e = per_prompt.layer_ns_span(&s, 0, 1024).unwrap_err();
+        assert!(e.message.contains("give --prefill-tflops"), "{e}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use super::{Granularity, RequestLayout};
 use crate::kv::KvShape;
-use crate::schedule::conversation::{self, Conversation, MultiTurn, Turn, TurnMoves};
+use crate::schedule::conversation::{self, Conversation, MultiTurn, Span, Turn, TurnMoves};
 use serde::{Deserialize, Serialize};
 
 /// The conversations a plan runs and the modes it compares.
@@ -36,6 +36,8 @@ pub struct ConversationTurns {
     pub generated: Vec<Option<RequestLayout>>,
     /// Per turn that moves: what decode first sends back to prefill (bidirectional).
     pub backs: Vec<Option<RequestLayout>>,
+    /// Per turn that moves: the tokens its prefill computes (see `computed`).
+    pub computes: Vec<Span>,
 }
 
 impl ConversationTurns {
@@ -72,8 +74,25 @@ impl ConversationTurns {
             .iter()
             .map(|&t| moves[t].back.map(|s| span(s.from, s.to, moves[t].turn.before_tokens)))
             .collect();
-        ConversationTurns { moves, moving, layouts, checks, generated, backs }
+        let computes = moving.iter().map(|&t| computed(&moves, t, mode, block)).collect();
+        ConversationTurns { moves, moving, layouts, checks, generated, backs, computes }
     }
+}
+
+/// The tokens turn `t`'s prefill computes: its prompt past what prefill's
+/// prefix cache holds, in whole blocks (vLLM's prefix caching, on by
+/// default). Prefill has computed the earlier turns' prompts, not the
+/// tokens decode generated, so it computes those again (full, delta,
+/// d-direct's turn 1), unless decode has sent its KV back (bidirectional).
+fn computed(moves: &[TurnMoves], t: usize, mode: MultiTurn, block: u32) -> Span {
+    let turn = moves[t].turn;
+    let held = match (mode, t) {
+        (_, 0) => 0,
+        (MultiTurn::Bidirectional, _) => turn.before_tokens,
+        _ => moves[t - 1].turn.prompt_tokens,
+    };
+    let block = block as u64;
+    Span { from: held / block * block, to: turn.prompt_tokens }
 }
 
 /// A timed request of a conversation point: a conversation's turn that moves.
@@ -212,6 +231,26 @@ pub fn regions_in_order(n: usize, order: &[(u32, u32)]) -> (Vec<u32>, u32) {
 mod tests {
     use super::*;
     use crate::kv::presets;
+
+    /// 3 turns of 100 in and 20 out, 16-token blocks: prefill computes its
+    /// prompt past the whole blocks it has cached, its own earlier prompt
+    /// (100, then 220), or with the KV sent back the whole context before
+    /// the turn (120, then 240).
+    #[test]
+    fn each_turn_computes_what_prefill_has_not_cached() {
+        let shape = KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
+        let c = Conversation::parse(3, "100:20").unwrap();
+        let spans = |mode| {
+            let t = PointTurns::one_after_another(&shape, c, 1, mode, Granularity::Block);
+            t.conversations[0].computes.iter().map(|s| (s.from, s.to)).collect::<Vec<_>>()
+        };
+        let own_prompts = vec![(0, 100), (96, 220), (208, 340)];
+        assert_eq!(spans(MultiTurn::Full), own_prompts);
+        assert_eq!(spans(MultiTurn::Delta), own_prompts);
+        assert_eq!(spans(MultiTurn::Bidirectional), vec![(0, 100), (112, 220), (240, 340)]);
+        // Decode prefills the later turns itself: only turn 1 goes to prefill.
+        assert_eq!(spans(MultiTurn::DDirect), vec![(0, 100)]);
+    }
 
     /// 2 turns of 100 tokens in delta, 16-token blocks: turn 1 sends blocks
     /// 0-6, the last holding 4 tokens; turn 2 sends blocks 6-12 again from

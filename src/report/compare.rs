@@ -418,7 +418,10 @@ fn added_ttft_markdown(series: &[Series]) -> String {
                 }],
                 false => (f.by_prompt.iter())
                     .map(|q| AddedRow {
-                        prompt: format!("{} of a mix", q.tokens),
+                        prompt: match q.turn {
+                            Some(t) => format!("turn {t} ({} computed)", q.tokens),
+                            None => format!("{} of a mix", q.tokens),
+                        },
                         during: q.during_ns.p50,
                         added: q.added_ns.p50,
                         added99: q.added_ns.p99_supported(),

@@ -187,13 +187,14 @@ fn prefill_columns(p: &PointResult) -> Vec<(String, String)> {
         ("exposed_share", f.map(|f| format!("{:.4}", f.exposed_share)).unwrap_or_default()),
         ("added_ttft_bound_ns", ns(|f| f.lower_bound_ns)),
         ("ttft_p50_ns", ns(|f| f.ttft_ns.p50)),
-        // Under a mix the asked time, compute alone, share and bound above are its longest prompt's.
+        // Under a mix the asked time, compute alone, share and bound above are its
+        // longest compute's (in a conversation, the tokens its longest turn computes).
         (
             "prefill_of_tokens",
-            f.map(|f| f.by_prompt.last().map_or(p.prompt_tokens, |b| b.tokens).to_string())
-                .unwrap_or_default(),
+            f.map(|f| longest(f).map_or(p.prompt_tokens, |b| b.tokens).to_string()).unwrap_or_default(),
         ),
-        // A mix's lengths: TOKENS:ASKED_NS:DURING_P50_NS:ADDED_P50_NS:ADDED_P99_NS, ';' between.
+        // A mix's lengths: TOKENS:ASKED_NS:DURING_P50_NS:ADDED_P50_NS:ADDED_P99_NS, ';'
+        // between (a conversation's turns, in order, TOKENS those each computes).
         (
             "prefill_by_prompt",
             f.map(|f| {
@@ -208,6 +209,11 @@ fn prefill_columns(p: &PointResult) -> Vec<(String, String)> {
     ]
     .map(|(k, v)| (k.to_string(), v))
     .into()
+}
+
+/// The prefill of a mix's longest compute (a conversation's longest turn).
+fn longest(f: &crate::figures::prefill::PrefillFigures) -> Option<&crate::figures::prefill::PromptPrefill> {
+    f.by_prompt.iter().max_by_key(|b| (b.asked_ns, b.tokens))
 }
 
 /// NIXL: where each request's time went; empty on other transports.

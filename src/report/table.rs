@@ -514,12 +514,15 @@ fn row_lines(r: &RunReport, p: &PointResult, columns: Columns, out: &mut dyn Wri
 /// A point's figures with emulated prefill, under its row.
 fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
     let (a, ms) = (&f.added_ns, |ns: u64| fmt_ns(ns as f64));
-    if let Some(longest) = f.by_prompt.last() {
+    if let Some(longest) = f.by_prompt.iter().max_by_key(|p| (p.asked_ns, p.tokens)) {
+        let what = match longest.turn {
+            Some(t) => format!("the longest turn's (turn {t}, {} tokens computed)", longest.tokens),
+            None => format!("the mix's longest prompt ({} tokens)", longest.tokens),
+        };
         writeln!(
             out,
-            "#   prefill of the mix's longest prompt ({} tokens) {} asked, {} alone | every request: added TTFT \
-             p50 {} p99 {} max {} | TTFT p50 {}",
-            longest.tokens,
+            "#   prefill of {what} {} asked, {} alone | every request: added TTFT p50 {} p99 {} max {} | TTFT \
+             p50 {}",
             ms(f.asked_ns),
             ms(f.alone_ns.p50),
             ms(a.p50),
@@ -543,13 +546,17 @@ fn prefill_line(f: &PrefillFigures, out: &mut dyn Write) -> Result<()> {
         ms(f.ttft_ns.p50)
         )?;
     }
-    // A mix: the line above is over every request; each length's own follows.
+    // A mix: the line above is over every request; each length's own
+    // follows (a conversation's: each turn's).
     for p in &f.by_prompt {
+        let what = match p.turn {
+            Some(t) => format!("turn {t}, {} tokens computed", p.tokens),
+            None => format!("{} tokens", p.tokens),
+        };
         writeln!(
             out,
-            "#     {} tokens: prefill {} asked, {} during | added TTFT p50 {} p99 {} ({:.1}% of its transfer {}, \
+            "#     {what}: prefill {} asked, {} during | added TTFT p50 {} p99 {} ({:.1}% of its transfer {}, \
              bound {}) | {} requests",
-            p.tokens,
             ms(p.asked_ns),
             ms(p.during_ns.p50),
             ms(p.added_ns.p50),
