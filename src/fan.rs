@@ -236,7 +236,7 @@ impl Pairs for Fan {
         let results: Vec<PointResult> = t.results.iter_mut().map(|r| r.take().expect("all in")).collect();
         let shared = self.decode.get().and_then(|d| d.take(result.point));
         let mut point = aggregate(&results, &t.spans, t.first_span_ns, shared);
-        aggregate_turns(&mut point, &results, &t.turn_spans);
+        aggregate_turns(&mut point, &results, &t.turn_spans, self.shares);
         t.turn_spans.clear();
         // Under arrivals a many-to-one hub's pairs that run conversations
         // (each on its own lane) merge their added TTFTs as in lockstep.
@@ -394,16 +394,21 @@ fn aggregate_turns(
     agg: &mut PointResult,
     results: &[PointResult],
     turn_spans: &BTreeMap<u32, Histogram<u64>>,
+    shares: bool,
 ) {
     let Some(mut f) = agg.conversation.clone() else { return };
     let pairs: Vec<&ConversationFigures> = results.iter().filter_map(|r| r.conversation.as_ref()).collect();
     if agg.load.is_some() {
-        agg.conversation = Some(turns_apart(f, &pairs));
+        agg.conversation = Some(turns_apart(f, &pairs, shares));
         return;
     }
     let sum = |each: fn(&ConversationFigures) -> u64| pairs.iter().map(|c| each(c)).sum::<u64>();
     (f.bytes, f.full_bytes) = (sum(|c| c.bytes), sum(|c| c.full_bytes));
-    f.regions = pairs.iter().map(|c| c.regions).sum();
+    // P x D pairs carry shares of the same conversations, in the same regions.
+    f.regions = match shares {
+        true => pairs.iter().map(|c| c.regions).max().unwrap_or(0),
+        false => pairs.iter().map(|c| c.regions).sum(),
+    };
     for (i, turn) in f.turns.iter_mut().enumerate() {
         let each: Vec<&TurnFigures> = pairs.iter().filter_map(|c| c.turns.get(i)).collect();
         turn.bytes = each.iter().map(|t| t.bytes).sum();
@@ -425,16 +430,25 @@ fn aggregate_turns(
 /// A fan of conversations under arrivals, each pair's its own: a turn's
 /// bytes are a conversation's (the pairs' mean), its transfers every
 /// pair's conversations' merged, its way back the slowest pair's; the
-/// row's rate stays the pairs' summed (`aggregate`).
-fn turns_apart(mut f: ConversationFigures, pairs: &[&ConversationFigures]) -> ConversationFigures {
-    let n = pairs.len().max(1) as u64;
+/// row's rate stays the pairs' summed (`aggregate`). P x D pairs (`shares`)
+/// carry shares of the same conversations: a conversation's bytes are
+/// theirs summed, counted once.
+fn turns_apart(
+    mut f: ConversationFigures,
+    pairs: &[&ConversationFigures],
+    shares: bool,
+) -> ConversationFigures {
+    let n = if shares { 1 } else { pairs.len().max(1) as u64 };
     let mean = |each: &dyn Fn(&ConversationFigures) -> u64| pairs.iter().map(|c| each(c)).sum::<u64>() / n;
     (f.bytes, f.full_bytes) = (mean(&|c| c.bytes), mean(&|c| c.full_bytes));
-    f.conversations = pairs.iter().map(|c| c.conversations).sum();
-    f.regions = pairs.iter().map(|c| c.regions).sum();
+    let count = |each: fn(&ConversationFigures) -> u32| match shares {
+        true => pairs.iter().map(|c| each(c)).max().unwrap_or(0),
+        false => pairs.iter().map(|c| each(c)).sum(),
+    };
+    (f.conversations, f.regions) = (count(|c| c.conversations), count(|c| c.regions));
     for (i, turn) in f.turns.iter_mut().enumerate() {
         let each: Vec<&TurnFigures> = pairs.iter().filter_map(|c| c.turns.get(i)).collect();
-        let k = each.len().max(1) as u64;
+        let k = if shares { 1 } else { each.len().max(1) as u64 };
         turn.bytes = each.iter().map(|t| t.bytes).sum::<u64>() / k;
         turn.back_bytes = each.iter().map(|t| t.back_bytes).sum::<u64>() / k;
         turn.cumulative_bytes = each.iter().map(|t| t.cumulative_bytes).sum::<u64>() / k;

@@ -350,3 +350,59 @@ fn hybrid_models_move_each_decode_ranks_heads_and_state_slices() {
         }
     }
 }
+
+/// Conversations under different TP, back to back: each turn's delta (or
+/// full prompt, or the KV sent back) moves as each pair cuts its blocks.
+/// 3 turns of 100 in and 20 out, 16-token blocks: full moves 112, 224 and
+/// 352 tokens' blocks, delta 112 each turn. Each decode rank holds 8/D
+/// heads of every block, and checks all it holds after each turn; a head
+/// read from the wrong place fails the run, named.
+#[test]
+fn conversations_move_each_decode_ranks_heads_turn_by_turn() {
+    let _serial = one_at_a_time();
+    let turns = [
+        "-m",
+        "llama-3.1-8b",
+        "--block-size",
+        "16",
+        "--turns",
+        "3",
+        "--turn-tokens",
+        "100:20",
+        "-g",
+        "block",
+        "-n",
+        "2",
+        "--multi-turn",
+        "full,delta,bidirectional",
+    ];
+    for (prefill, decode) in [(2, 1), (1, 2)] {
+        let run = tp_run(prefill, decode, false, &turns, None);
+        for f in run.prefill.iter().chain(&run.decode) {
+            f.expect_code(0);
+        }
+        let share = |tokens: u64| tokens * LLAMA_8B_TOKEN / decode as u64;
+        for r in &run.reports {
+            assert_eq!((r["outcome"].as_str(), r["wrong_bytes"].as_u64()), (Some("ok"), Some(0)));
+            let bytes = |p: usize| -> Vec<u64> {
+                let t = r["points"][p]["conversation"]["turns"].as_array().unwrap();
+                t.iter().map(|t| t["bytes"].as_u64().unwrap()).collect()
+            };
+            assert_eq!(bytes(0), [share(112), share(224), share(352)], "P{prefill} D{decode} full");
+            assert_eq!(bytes(1), [share(112); 3], "P{prefill} D{decode} delta");
+            let back = r["points"][2]["conversation"]["turns"][1]["back_bytes"].as_u64();
+            assert_eq!(back, Some(share(128)), "P{prefill} D{decode}: the context sent back, 8 blocks");
+        }
+    }
+    // Under arrivals each pair would count its share of a turn as a turn: refused, before anything runs.
+    let args =
+        [&["-c", "127.0.0.1:9", "--prefill-tp", "2", "--decode-tp", "1", "--prefill-rank", "0"][..], &turns]
+            .concat();
+    let f = run(SEND, &[&args[..], &["--arrivals", "poisson:5"]].concat(), secs(10));
+    f.expect_code(2).expect_stderr("not yet under --arrivals");
+    let run = tp_run(2, 1, false, &turns, Some(1));
+    assert_eq!(run.decode[0].code, Some(3));
+    run.decode[0]
+        .expect_stderr("conversation 0, turn 1: r")
+        .expect_stderr("(decode rank 0, from prefill rank 1)");
+}

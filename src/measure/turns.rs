@@ -89,6 +89,15 @@ impl TurnsTally {
             .flat_map(|c| conversation::moves(&turns_of(c), MultiTurn::Full, g, shape.block_size))
             .map(|m| m.forward.map_or(0, |s| s.bytes_ending(shape, m.turn.prompt_tokens)))
             .sum();
+        // Under different TP a pair moves its cut of every block: of full's too.
+        let full = match &turns.region.cut {
+            Some(_) => {
+                let t = turns.region.region_tokens;
+                let whole = crate::plan::RequestLayout::span_to(shape, g, 0, t, t, t).total_bytes();
+                (full as u128 * turns.region.total_bytes() as u128 / whole.max(1) as u128) as u64
+            }
+            None => full,
+        };
         let flops: Vec<f64> = turns
             .conversations
             .iter()

@@ -1375,9 +1375,10 @@ impl Plan {
                  NixlConnector (the connector that runs different TPs) moves block by block: use -g block"
             )));
         }
-        if self.conversation.is_some() {
+        if self.conversation.is_some() && self.load.is_some() {
             return Err(Error::usage(
-                "--prefill-tp/--decode-tp run with --arrivals or back to back: not with --turns yet",
+                "--prefill-tp/--decode-tp with --turns run back to back, not yet under --arrivals: a decode \
+                 rank's pairs would each count their share of a turn as a turn",
             ));
         }
         if let Some((p, d)) = t.pair {
@@ -1533,6 +1534,8 @@ impl Plan {
         g: Granularity,
         first: usize,
     ) -> Vec<Point> {
+        // Under different TP, this pair's cut of every block (only where uniform: validated).
+        let cut = self.cut().filter(|_| self.shape.is_uniform());
         let point = |index: usize, turns: turns::PointTurns, load: Option<PointLoad>| Point {
             index,
             layout: turns.region.clone(),
@@ -1544,7 +1547,13 @@ impl Plan {
             let c = cp.conversation.expect("validated: conversations without a trace are --turns");
             return vec![point(
                 first,
-                turns::PointTurns::one_after_another(&self.shape, c, self.iterations, mode, g),
+                turns::PointTurns::one_after_another(
+                    &self.shape,
+                    c,
+                    self.iterations,
+                    (mode, g),
+                    cut.as_ref(),
+                ),
                 None,
             )];
         };
@@ -1553,7 +1562,13 @@ impl Plan {
             let index = first + out.len();
             let (turns, schedule) = match cp.conversation {
                 Some(c) => {
-                    let turns = turns::PointTurns::taking_turns(&self.shape, c, self.iterations, mode, g);
+                    let turns = turns::PointTurns::taking_turns(
+                        &self.shape,
+                        c,
+                        self.iterations,
+                        (mode, g),
+                        cut.as_ref(),
+                    );
                     let seed = load.seed.wrapping_add(index as u64);
                     let bound = Bound::Requests(turns.requests.len() as u32);
                     let mut schedule = crate::schedule::schedule(arrivals, &load.mix, bound, seed);
@@ -1567,7 +1582,8 @@ impl Plan {
                 None => {
                     let conversations = crate::schedule::traced_conversations(&load.trace);
                     let order: Vec<(u32, u32)> = load.trace.iter().filter_map(|a| a.turn).collect();
-                    let turns = turns::PointTurns::new(&self.shape, &conversations, &order, mode, g);
+                    let turns =
+                        turns::PointTurns::new(&self.shape, &conversations, &order, (mode, g), cut.as_ref());
                     // The trace's turns that move in this mode.
                     let moves = |a: &&Arrival| {
                         a.turn.is_some_and(|(c, t)| {

@@ -252,6 +252,19 @@ pub struct Cut {
 }
 
 impl Cut {
+    /// The same pieces the other way: decode's blocks as the sending side's
+    /// (a conversation's KV sent back to prefill, or the tokens decode
+    /// writes itself into its own blocks).
+    pub fn reversed(&self) -> Cut {
+        let mut r = self.clone();
+        (r.sender, r.receiver) = (self.receiver, self.sender);
+        (r.sender_block, r.receiver_block) = (self.receiver_block, self.sender_block);
+        for p in &mut r.pieces {
+            (p.sender, p.receiver) = (p.receiver, p.sender);
+        }
+        r
+    }
+
     /// The (global head, token) of byte `at` of the decode rank's block.
     pub fn head_at(&self, at: usize) -> Option<(u32, u32)> {
         let e = self.head_bytes;

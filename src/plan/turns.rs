@@ -8,6 +8,7 @@
 //! receiver checks everything the decode side holds of that conversation and
 //! writes the KV of the tokens it generated itself, as decode would.
 
+use super::tp::Cut;
 use super::{Granularity, RequestLayout};
 use crate::kv::KvShape;
 use crate::schedule::conversation::{self, Conversation, MultiTurn, Span, Turn, TurnMoves};
@@ -41,24 +42,32 @@ pub struct ConversationTurns {
 }
 
 impl ConversationTurns {
-    /// `turns` in `mode` at `g`, in a region of `region` tokens at byte `base` of each side's buffer.
+    /// `turns` in `mode` at `g`, in a region of `region` tokens at byte
+    /// `base` of each side's buffer; under different TP each block cut as
+    /// this pair moves it (what decode sends back or writes itself, the
+    /// other way).
     fn new(
         shape: &KvShape,
         turns: &[Turn],
         mode: MultiTurn,
         g: Granularity,
-        region: u32,
-        base: usize,
+        at: (u32, usize),
+        cut: Option<&Cut>,
     ) -> Self {
-        let block = shape.block_size;
+        let (block, (region, base)) = (shape.block_size, at);
         let moves = conversation::moves(turns, mode, g, block);
         let moving: Vec<usize> = (0..moves.len()).filter(|&t| moves[t].forward.is_some()).collect();
         // Each span's KV ends at `end`: a partly filled last block follows it.
-        let span = |from: u64, to: u64, end: u64| {
+        let cut_as = |l: RequestLayout, back: bool| match cut {
+            Some(c) => l.with_cut(if back { c.reversed() } else { c.clone() }),
+            None => l,
+        };
+        let span_as = |from: u64, to: u64, end: u64, back: bool| {
             let mut l = RequestLayout::span_to(shape, g, from as u32, to as u32, region, end as u32);
             l.base = base;
-            l
+            cut_as(l, back)
         };
+        let span = |from: u64, to: u64, end: u64| span_as(from, to, end, false);
         let forward = |t: usize| moves[t].forward.expect("a moving turn moves KV to decode");
         let prompt = |t: usize| moves[t].turn.prompt_tokens;
         let layouts = moving.iter().map(|&t| span(forward(t).from, forward(t).to, prompt(t))).collect();
@@ -67,12 +76,13 @@ impl ConversationTurns {
             .iter()
             .map(|&t| {
                 let context = moves[t].turn.context_tokens;
-                conversation::generated(&moves[t].turn, g, block).map(|s| span(s.from, s.to, context))
+                conversation::generated(&moves[t].turn, g, block)
+                    .map(|s| span_as(s.from, s.to, context, true))
             })
             .collect();
         let backs = moving
             .iter()
-            .map(|&t| moves[t].back.map(|s| span(s.from, s.to, moves[t].turn.before_tokens)))
+            .map(|&t| moves[t].back.map(|s| span_as(s.from, s.to, moves[t].turn.before_tokens, true)))
             .collect();
         let computes = moving.iter().map(|&t| computed(&moves, t, mode, block)).collect();
         ConversationTurns { moves, moving, layouts, checks, generated, backs, computes }
@@ -125,18 +135,22 @@ impl PointTurns {
         shape: &KvShape,
         turns: &[Vec<Turn>],
         order: &[(u32, u32)],
-        mode: MultiTurn,
-        g: Granularity,
+        (mode, g): (MultiTurn, Granularity),
+        cut: Option<&Cut>,
     ) -> PointTurns {
         let block = shape.block_size;
         let tokens = turns.iter().map(|t| conversation::region_tokens(t, block)).max().unwrap_or(0) as u32;
-        let region = RequestLayout::span_to(shape, g, 0, tokens, tokens, tokens);
+        let mut region = RequestLayout::span_to(shape, g, 0, tokens, tokens, tokens);
+        if let Some(c) = cut {
+            region = region.with_cut(c.clone());
+        }
         let (slots, regions) = regions_in_order(turns.len(), order);
         let conversations: Vec<ConversationTurns> = turns
             .iter()
             .zip(&slots)
             .map(|(t, &slot)| {
-                ConversationTurns::new(shape, t, mode, g, tokens, slot as usize * region.buffer_bytes())
+                let at = (tokens, slot as usize * region.buffer_bytes());
+                ConversationTurns::new(shape, t, mode, g, at, cut)
             })
             .collect();
         let requests = order
@@ -154,18 +168,24 @@ impl PointTurns {
         shape: &KvShape,
         c: Conversation,
         n: u32,
-        mode: MultiTurn,
-        g: Granularity,
+        (mode, g): (MultiTurn, Granularity),
+        cut: Option<&Cut>,
     ) -> Self {
         let order: Vec<(u32, u32)> = (0..n).flat_map(|k| (1..=c.turns).map(move |t| (k, t))).collect();
-        PointTurns::new(shape, &vec![c.turns(); n as usize], &order, mode, g)
+        PointTurns::new(shape, &vec![c.turns(); n as usize], &order, (mode, g), cut)
     }
 
     /// `n` conversations alike under arrivals, taking turns: every
     /// conversation's turn 1, then every turn 2, ...
-    pub fn taking_turns(shape: &KvShape, c: Conversation, n: u32, mode: MultiTurn, g: Granularity) -> Self {
+    pub fn taking_turns(
+        shape: &KvShape,
+        c: Conversation,
+        n: u32,
+        (mode, g): (MultiTurn, Granularity),
+        cut: Option<&Cut>,
+    ) -> Self {
         let order: Vec<(u32, u32)> = (1..=c.turns).flat_map(|t| (0..n).map(move |k| (k, t))).collect();
-        PointTurns::new(shape, &vec![c.turns(); n as usize], &order, mode, g)
+        PointTurns::new(shape, &vec![c.turns(); n as usize], &order, (mode, g), cut)
     }
 
     /// Timed request `k`: its conversation's turns, and which of those that move it is.
@@ -196,7 +216,10 @@ impl PointTurns {
         (c.layouts[0].granularity == Granularity::Block && end % block != 0).then(|| {
             let mut l = RequestLayout::span_to(shape, Granularity::Block, from, from + block, tokens, end);
             l.base = c.layouts[0].base;
-            l
+            match &c.layouts[0].cut {
+                Some(cut) => l.with_cut((**cut).clone()),
+                None => l,
+            }
         })
     }
 }
@@ -241,7 +264,7 @@ mod tests {
         let shape = KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
         let c = Conversation::parse(3, "100:20").unwrap();
         let spans = |mode| {
-            let t = PointTurns::one_after_another(&shape, c, 1, mode, Granularity::Block);
+            let t = PointTurns::one_after_another(&shape, c, 1, (mode, Granularity::Block), None);
             t.conversations[0].computes.iter().map(|s| (s.from, s.to)).collect::<Vec<_>>()
         };
         let own_prompts = vec![(0, 100), (96, 220), (208, 340)];
@@ -259,7 +282,7 @@ mod tests {
     fn a_partly_filled_block_has_a_pattern_of_its_own_until_it_fills() {
         let shape = KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
         let c = Conversation::parse(2, "100").unwrap();
-        let t = PointTurns::one_after_another(&shape, c, 1, MultiTurn::Delta, Granularity::Block);
+        let t = PointTurns::one_after_another(&shape, c, 1, (MultiTurn::Delta, Granularity::Block), None);
         let one = &t.conversations[0];
         assert_eq!((one.layouts[0].first, one.layouts[0].blocks, one.layouts[0].last_fill), (0, 7, 4));
         assert_eq!((one.layouts[1].first, one.layouts[1].blocks, one.layouts[1].last_fill), (6, 7, 8));
@@ -273,7 +296,7 @@ mod tests {
         let stale = t.turn_one_partial_block(&shape).unwrap();
         assert_eq!(stale.seed(7, 0), turn1.seed(7, 6));
         // Layer messages are token-exact: no block fills up.
-        let layer = PointTurns::one_after_another(&shape, c, 1, MultiTurn::Delta, Granularity::Layer);
+        let layer = PointTurns::one_after_another(&shape, c, 1, (MultiTurn::Delta, Granularity::Layer), None);
         assert!(layer.conversations[0].layouts.iter().all(|l| l.last_fill == 0));
         assert!(layer.turn_one_partial_block(&shape).is_none());
     }
@@ -284,10 +307,10 @@ mod tests {
     fn conversations_in_progress_at_once_each_hold_a_region() {
         let shape = KvShape::new(presets::lookup("llama-3.1-8b").unwrap(), 1, 16).unwrap();
         let c = Conversation::parse(3, "100").unwrap();
-        let apart = PointTurns::one_after_another(&shape, c, 4, MultiTurn::Full, Granularity::Layer);
+        let apart = PointTurns::one_after_another(&shape, c, 4, (MultiTurn::Full, Granularity::Layer), None);
         assert_eq!((apart.regions, apart.requests.len()), (1, 12));
         assert_eq!(apart.requests[4], TurnRequest { conversation: 1, moving: 1 });
-        let together = PointTurns::taking_turns(&shape, c, 4, MultiTurn::Full, Granularity::Layer);
+        let together = PointTurns::taking_turns(&shape, c, 4, (MultiTurn::Full, Granularity::Layer), None);
         assert_eq!((together.regions, together.requests.len()), (4, 12));
         assert_eq!(together.requests[4], TurnRequest { conversation: 0, moving: 1 });
         let region = together.region.buffer_bytes();
@@ -296,7 +319,7 @@ mod tests {
         assert_eq!(bases, vec![0, region, 2 * region, 3 * region]);
         assert_eq!(together.conversations[3].checks[2].buffer_bytes(), 4 * region);
         // d-direct moves turn 1 only: the later turns are no requests.
-        let d = PointTurns::taking_turns(&shape, c, 4, MultiTurn::DDirect, Granularity::Layer);
+        let d = PointTurns::taking_turns(&shape, c, 4, (MultiTurn::DDirect, Granularity::Layer), None);
         assert_eq!(d.requests.len(), 4);
         assert_eq!(d.turn_number(d.requests[3]), 1);
     }
