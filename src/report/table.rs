@@ -136,6 +136,19 @@ pub fn header(r: &RunReport, layout: Layout, out: &mut dyn Write) -> Result<()> 
 }
 
 fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<()> {
+    who_and_what(r, out)?;
+    link_line(r, out)?;
+    timing_lines(r, out)?;
+    blocks_line(r, out)?;
+    prefill_lines(r, out)?;
+    turns_line(r, out)?;
+    load_lines(r, out)?;
+    iterations_line(r, columns, out)?;
+    column_heads(columns, out)
+}
+
+/// The build and hosts, the model, a fan's shape, the layout (and P x D's), memory and transports.
+fn who_and_what(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let shape = &r.plan.shape;
     let heads = match shape.heads_per_rank() {
         Some(h) => format!("{h} KV heads per rank"),
@@ -170,6 +183,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
     )?;
     writeln!(out, "# transport  sender:   {}", r.sender_transport.summary)?;
     writeln!(out, "#            receiver: {}", r.receiver_transport.summary)?;
+    Ok(())
+}
+
+/// The link the %peak column is against, if any.
+fn link_line(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     match &r.link {
         Some(l) => {
             let gbps = (l.peak_gbps * 100.0).round() / 100.0;
@@ -181,6 +199,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
              %peak column"
         )?,
     }
+    Ok(())
+}
+
+/// What a request's time is, and by which clock.
+fn timing_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     let rtt = r
         .control_rtt
         .as_ref()
@@ -199,6 +222,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
             "#            by the host clock: in a fan, GPU events would miss a shared GPU's turns"
         )?;
     }
+    Ok(())
+}
+
+/// How blocks sit in their pools, at block granularity.
+fn blocks_line(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if r.plan.granularities.contains(&crate::plan::Granularity::Block) {
         writeln!(
             out,
@@ -211,6 +239,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
             }
         )?;
     }
+    Ok(())
+}
+
+/// The emulated prefill, if any.
+fn prefill_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if let Some(p) = &r.plan.prefill {
         let time = match &p.time {
             PrefillTime::PerPrompt(pairs) => {
@@ -232,6 +265,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
              under it); added TTFT = last layer's end to the decode side holding the last byte"
         )?;
     }
+    Ok(())
+}
+
+/// The conversations, if any.
+fn turns_line(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if let Some(c) = &r.plan.conversation {
         let (what, how) = match (&c.conversation, &r.plan.load) {
             (Some(c0), None) => (
@@ -257,6 +295,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
              of it and writes its generated tokens' KV itself; a row per mode, the line under it per turn"
         )?;
     }
+    Ok(())
+}
+
+/// The arrivals and the decode side's buffer, under load.
+fn load_lines(r: &RunReport, out: &mut dyn Write) -> Result<()> {
     if let Some(l) = &r.plan.load {
         let mix: Vec<String> = l.mix.iter().map(|(t, w)| format!("{t}:{w}")).collect();
         let hold = match l.decode_hold_ns {
@@ -284,6 +327,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
              the line under it queueing (arrival to go) and latency (arrival to last byte)"
         )?;
     }
+    Ok(())
+}
+
+/// Iterations, checks, what GB/s and n are.
+fn iterations_line(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<()> {
     let verify = match r.plan.verify {
         VerifyMode::After => "every byte, after each timed request",
         VerifyMode::Inline => "every byte, inside the timed region",
@@ -309,6 +357,11 @@ fn header_lines(r: &RunReport, columns: Columns, out: &mut dyn Write) -> Result<
         "# iterations {} timed + {} warm-up per point; verify: {verify}; GB/s = {gbps}, 1e9 bytes/s; {columns_note}",
         r.plan.iterations, r.plan.warmup
     )?;
+    Ok(())
+}
+
+/// The column heads.
+fn column_heads(columns: Columns, out: &mut dyn Write) -> Result<()> {
     match columns {
         Columns::Narrow => writeln!(
             out,
