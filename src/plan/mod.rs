@@ -1255,26 +1255,7 @@ impl Plan {
         if self.iterations == 0 {
             return Err(Error::usage("--iterations must be at least 1"));
         }
-        // Request counts are u32 (and go twice with emulated prefill): none may wrap.
-        let phases = if self.prefill.is_some() { 2 } else { 1 };
-        let conversation_turns =
-            self.conversation.as_ref().and_then(|c| c.conversation).map_or(1, |c| c.turns);
-        let requests = (self.iterations as u64 * conversation_turns as u64 + self.warmup as u64) * phases;
-        // Conversations hold each turn's layouts; a plain point counts in a u32.
-        let most = if conversation_turns > 1 { crate::schedule::MOST_REQUESTS } else { u32::MAX as u64 };
-        if requests > most {
-            return Err(Error::usage(format!(
-                "-n {} and -w {}{} make {requests} requests a point, more than {}",
-                self.iterations,
-                self.warmup,
-                match (conversation_turns, phases) {
-                    (1, 1) => String::new(),
-                    (1, _) => " twice over (emulated prefill)".to_string(),
-                    (t, _) => format!(" in conversations of {t} turns"),
-                },
-                most
-            )));
-        }
+        self.check_request_count()?;
         let largest = self.prompt_lengths.iter().map(|t| self.shape.blocks_for(*t)).max().unwrap_or(0);
         if let Some(pool) = self.pool_blocks.filter(|pool| *pool < largest) {
             return Err(Error::usage(format!(
@@ -1295,71 +1276,106 @@ impl Plan {
             self.validate_tp(t)?;
         }
         if let Some(c) = &self.conversation {
-            if let Some(l) = &self.load {
-                if l.concurrency != 1 || l.duration_ns.is_some() {
-                    return Err(Error::usage(
-                        "conversations under --arrivals go one turn at a time (--concurrency 1: each \
-                         conversation's KV stays in one lane's region), without --duration",
-                    ));
-                }
-                if c.conversation.is_none() == l.trace.is_empty() {
-                    return Err(Error::usage(
-                        "conversations come from --turns and --turn-tokens, or from a trace whose lines \
-                         name conversation and turn, not both",
-                    ));
-                }
-            }
-            if c.modes.is_empty() {
-                return Err(Error::usage("--multi-turn names no mode"));
-            }
+            self.check_conversation(c)?;
         }
         if let Some(l) = &self.load {
-            if !(1..=MAX_CONCURRENCY).contains(&l.concurrency) {
-                return Err(Error::usage(format!(
-                    "--concurrency {} is not a number of requests from 1 to {MAX_CONCURRENCY}",
-                    l.concurrency
-                )));
-            }
-            if l.arrivals.is_empty() || l.mix.iter().map(|m| m.1).sum::<f64>() <= 0.0 {
+            self.check_load(l)?;
+        }
+        Ok(())
+    }
+
+    /// Request counts are u32 (and go twice with emulated prefill): none may wrap.
+    fn check_request_count(&self) -> Result<()> {
+        let phases = if self.prefill.is_some() { 2 } else { 1 };
+        let conversation_turns =
+            self.conversation.as_ref().and_then(|c| c.conversation).map_or(1, |c| c.turns);
+        let requests = (self.iterations as u64 * conversation_turns as u64 + self.warmup as u64) * phases;
+        // Conversations hold each turn's layouts; a plain point counts in a u32.
+        let most = if conversation_turns > 1 { crate::schedule::MOST_REQUESTS } else { u32::MAX as u64 };
+        if requests > most {
+            return Err(Error::usage(format!(
+                "-n {} and -w {}{} make {requests} requests a point, more than {}",
+                self.iterations,
+                self.warmup,
+                match (conversation_turns, phases) {
+                    (1, 1) => String::new(),
+                    (1, _) => " twice over (emulated prefill)".to_string(),
+                    (t, _) => format!(" in conversations of {t} turns"),
+                },
+                most
+            )));
+        }
+        Ok(())
+    }
+
+    /// What conversations take: one turn at a time under arrivals, their turns from one place.
+    fn check_conversation(&self, c: &turns::ConversationPlan) -> Result<()> {
+        if let Some(l) = &self.load {
+            if l.concurrency != 1 || l.duration_ns.is_some() {
                 return Err(Error::usage(
-                    "--arrivals needs a rate and a prompt mix whose weights sum above zero",
+                    "conversations under --arrivals go one turn at a time (--concurrency 1: each \
+                     conversation's KV stays in one lane's region), without --duration",
                 ));
             }
-            if let Some(p) =
-                self.points().iter().find(|p| p.load.as_ref().is_some_and(|l| l.schedule.is_empty()))
-            {
-                return Err(Error::usage(format!(
-                    "no request arrives in --duration at {} (point {}): a longer duration or a higher rate",
-                    p.load.as_ref().map_or(String::new(), |l| l.arrivals.to_string()),
-                    p.index
-                )));
+            if c.conversation.is_none() == l.trace.is_empty() {
+                return Err(Error::usage(
+                    "conversations come from --turns and --turn-tokens, or from a trace whose lines \
+                     name conversation and turn, not both",
+                ));
             }
-            let points = self.points();
-            match l.decode_buffer {
-                Some((cap, OnFull::Spill)) => {
-                    let tensor = points.iter().map(|p| p.layout.message_bytes as u64).max().unwrap_or(0);
-                    if cap < tensor {
-                        return Err(Error::usage(format!(
-                            "--decode-buffer {cap} is smaller than one tensor ({tensor} bytes): nothing would ever fit"
-                        )));
-                    }
+        }
+        if c.modes.is_empty() {
+            return Err(Error::usage("--multi-turn names no mode"));
+        }
+        Ok(())
+    }
+
+    /// A load's lanes, rates, draws and decode buffer.
+    fn check_load(&self, l: &Load) -> Result<()> {
+        if !(1..=MAX_CONCURRENCY).contains(&l.concurrency) {
+            return Err(Error::usage(format!(
+                "--concurrency {} is not a number of requests from 1 to {MAX_CONCURRENCY}",
+                l.concurrency
+            )));
+        }
+        if l.arrivals.is_empty() || l.mix.iter().map(|m| m.1).sum::<f64>() <= 0.0 {
+            return Err(Error::usage(
+                "--arrivals needs a rate and a prompt mix whose weights sum above zero",
+            ));
+        }
+        if let Some(p) = self.points().iter().find(|p| p.load.as_ref().is_some_and(|l| l.schedule.is_empty()))
+        {
+            return Err(Error::usage(format!(
+                "no request arrives in --duration at {} (point {}): a longer duration or a higher rate",
+                p.load.as_ref().map_or(String::new(), |l| l.arrivals.to_string()),
+                p.index
+            )));
+        }
+        let points = self.points();
+        match l.decode_buffer {
+            Some((cap, OnFull::Spill)) => {
+                let tensor = points.iter().map(|p| p.layout.message_bytes as u64).max().unwrap_or(0);
+                if cap < tensor {
+                    return Err(Error::usage(format!(
+                        "--decode-buffer {cap} is smaller than one tensor ({tensor} bytes): nothing would ever fit"
+                    )));
                 }
-                Some((cap, OnFull::Wait)) => {
-                    let request = self.max_request_bytes() as u64;
-                    if cap < request {
-                        return Err(Error::usage(format!(
-                            "--decode-buffer {cap} with --on-full wait is smaller than the largest request ({request} \
-                             bytes), which would wait for ever"
-                        )));
-                    }
+            }
+            Some((cap, OnFull::Wait)) => {
+                let request = self.max_request_bytes() as u64;
+                if cap < request {
+                    return Err(Error::usage(format!(
+                        "--decode-buffer {cap} with --on-full wait is smaller than the largest request ({request} \
+                         bytes), which would wait for ever"
+                    )));
                 }
-                None => {}
             }
-            if let Some((t, _)) = l.mix.iter().find(|(t, _)| !self.prompt_lengths.contains(t)) {
-                return Err(Error::usage(format!(
-                    "internal error: prompt length {t} of the mix is not in the plan"
-                )));
-            }
+            None => {}
+        }
+        if let Some((t, _)) = l.mix.iter().find(|(t, _)| !self.prompt_lengths.contains(t)) {
+            return Err(Error::usage(format!(
+                "internal error: prompt length {t} of the mix is not in the plan"
+            )));
         }
         Ok(())
     }
