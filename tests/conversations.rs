@@ -322,3 +322,47 @@ fn conversations_with_emulated_prefill_compute_what_prefill_has_not_cached() {
     let fault = [&["pair"], CONVERSATION, &modes[..4], &["-g", "block", "--fault", "wrong-offset"]].concat();
     run(KVXFER, &fault, secs(60)).expect_code(3).expect_stderr("conversation 0, turn 2: r");
 }
+
+/// Under `--duration`, as many conversations as the turns that arrive in
+/// it make whole: 20 a second for 1 s are 20 turns, six conversations of
+/// three (18 turns). A trace of conversations keeps its own times.
+#[test]
+fn conversations_under_arrivals_run_for_a_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("d.json");
+    let args = [
+        "pair",
+        "-m",
+        "llama-3.1-8b",
+        "--block-size",
+        "16",
+        "--turns",
+        "3",
+        "--turn-tokens",
+        "64:16",
+        "--multi-turn",
+        "delta",
+        "-g",
+        "block",
+        "--arrivals",
+        "fixed:20",
+        "--duration",
+        "1s",
+        "--json",
+        j.to_str().unwrap(),
+    ];
+    let f = run(KVXFER, &args, secs(60));
+    f.expect_code(0);
+    assert!(f.stdout.contains("as many conversations as the turns arriving in --duration"), "{}", f.stdout);
+    let p = &json(&j)["points"][0];
+    assert_eq!(
+        (p["conversation"]["conversations"].as_u64(), p["load"]["latency_ns"]["count"].as_u64()),
+        (Some(6), Some(18))
+    );
+    assert_eq!(p["wrong_bytes"], 0);
+    let trace = dir.path().join("t.csv");
+    std::fs::write(&trace, "0,100,20,a,1\n5,50,0,b,1\n10,220,20,a,2\n").unwrap();
+    let arrivals = format!("trace:{}", trace.display());
+    let f = run(KVXFER, &["pair", "--arrivals", &arrivals, "--duration", "1s", "-g", "block"], secs(10));
+    f.expect_code(2).expect_stderr("the trace's times bound the run");
+}

@@ -1311,10 +1311,15 @@ impl Plan {
     /// What conversations take: one turn at a time under arrivals, their turns from one place.
     fn check_conversation(&self, c: &turns::ConversationPlan) -> Result<()> {
         if let Some(l) = &self.load {
-            if l.concurrency != 1 || l.duration_ns.is_some() {
+            if l.concurrency != 1 {
                 return Err(Error::usage(
                     "conversations under --arrivals go one turn at a time (--concurrency 1: each \
-                     conversation's KV stays in one lane's region), without --duration",
+                     conversation's KV stays in one lane's region)",
+                ));
+            }
+            if l.duration_ns.is_some() && c.conversation.is_none() {
+                return Err(Error::usage(
+                    "--duration with a trace of conversations: the trace's times bound the run",
                 ));
             }
             if c.conversation.is_none() == l.trace.is_empty() {
@@ -1578,14 +1583,23 @@ impl Plan {
             let index = first + out.len();
             let (turns, schedule) = match cp.conversation {
                 Some(c) => {
+                    let seed = load.seed.wrapping_add(index as u64);
+                    // Under --duration, as many conversations as the turns that arrive in it make whole.
+                    let conversations = match load.duration_ns {
+                        Some(ns) => {
+                            let drawn =
+                                crate::schedule::schedule(arrivals, &load.mix, Bound::Duration(ns), seed);
+                            (drawn.len() as u32 / c.turns.max(1)).max(1)
+                        }
+                        None => self.iterations,
+                    };
                     let turns = turns::PointTurns::taking_turns(
                         &self.shape,
                         c,
-                        self.iterations,
+                        conversations,
                         (mode, g),
                         cut.as_ref(),
                     );
-                    let seed = load.seed.wrapping_add(index as u64);
                     let bound = Bound::Requests(turns.requests.len() as u32);
                     let mut schedule = crate::schedule::schedule(arrivals, &load.mix, bound, seed);
                     for (a, r) in schedule.iter_mut().zip(&turns.requests) {

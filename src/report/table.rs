@@ -276,12 +276,15 @@ fn turns_line(r: &RunReport, out: &mut dyn Write) -> Result<()> {
                 format!("{} turns of {} input and {} output tokens a conversation", c0.turns, c0.input, c0.output),
                 format!("{} conversations a mode, one after another", r.plan.iterations),
             ),
-            (Some(c0), Some(_)) => (
+            (Some(c0), Some(l)) => (
                 format!("{} turns of {} input and {} output tokens a conversation", c0.turns, c0.input, c0.output),
                 format!(
-                    "{} conversations a mode under the arrivals, taking turns (every turn 1, then every turn 2, ...), \
-                     each in a region of its own",
-                    r.plan.iterations
+                    "{} a mode under the arrivals, taking turns (every turn 1, then every turn 2, ...), each in a \
+                     region of its own",
+                    match l.duration_ns {
+                        Some(_) => "as many conversations as the turns arriving in --duration make whole".to_string(),
+                        None => format!("{} conversations", r.plan.iterations),
+                    }
                 ),
             ),
             (None, _) => (
