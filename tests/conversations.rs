@@ -270,6 +270,11 @@ fn conversations_refuse_what_they_cannot_run() {
             "conversations under --arrivals go one turn at a time",
         ),
         (&["--prefill-ms", "100:10"], "a conversation's turn computes only what prefill has not cached"),
+        // Planned in about a second, not laid out for minutes ignoring signals.
+        (
+            &["--arrivals", "poisson:100000", "--duration", "100s"],
+            "conversations of 5 turns a point, more than 100000",
+        ),
         (
             &["--arrivals", "fixed:5", "--prompt-mix", "1k:1"],
             "a conversation's turns give its prompt lengths",

@@ -1178,6 +1178,11 @@ impl Point {
     }
 }
 
+/// Conversations a point at most: each is laid out when planning (0.1 s
+/// for 1,000 on the build VM), and under arrivals each holds a region of
+/// at least a block a layer on both sides, all at once.
+pub const MOST_CONVERSATIONS: u64 = 100_000;
+
 /// A request's bytes at most (1 PiB: no GPU holds a KV cache near it).
 pub const MOST_REQUEST_BYTES: u64 = 1 << 50;
 /// A request's messages at most: 2^24, above Llama-3.1-405B's blocks at 1M
@@ -1308,8 +1313,29 @@ impl Plan {
         Ok(())
     }
 
-    /// What conversations take: one turn at a time under arrivals, their turns from one place.
+    /// What conversations take: one turn at a time under arrivals, their
+    /// turns from one place, and a number of them planning can lay out.
     fn check_conversation(&self, c: &turns::ConversationPlan) -> Result<()> {
+        if let Some(c0) = c.conversation {
+            // Under --duration, about rate x duration turns arrive (plus a few, for Poisson's spread).
+            let duration = self.load.as_ref().and_then(|l| Some((l, l.duration_ns?)));
+            let (conversations, why) = match duration {
+                Some((l, ns)) => {
+                    let qps = l.arrivals.iter().map(|a| a.qps()).fold(0.0, f64::max);
+                    let turns = (qps * ns as f64 / 1e9 * 1.1).ceil();
+                    let d = humantime::format_duration(std::time::Duration::from_nanos(ns));
+                    ((turns / c0.turns.max(1) as f64) as u64, format!("--duration {d} at {qps}/s"))
+                }
+                None => (self.iterations as u64, format!("-n {}", self.iterations)),
+            };
+            if conversations > MOST_CONVERSATIONS {
+                return Err(Error::usage(format!(
+                    "{why} makes about {conversations} conversations of {} turns a point, more than \
+                     {MOST_CONVERSATIONS} (under arrivals each holds a region on both sides at once)",
+                    c0.turns
+                )));
+            }
+        }
         if let Some(l) = &self.load {
             if l.concurrency != 1 {
                 return Err(Error::usage(
