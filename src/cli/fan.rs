@@ -98,7 +98,23 @@ pub fn gather(
     lobby: &session::Lobby,
 ) -> Result<Vec<ReceiverSession>> {
     let mut sessions: Vec<ReceiverSession> = Vec::new();
-    for i in 0..n {
+    loop {
+        // A sender that left while waiting for the others is dropped: the
+        // next one takes its seat, rather than joining a run that would fail.
+        sessions.retain(|s| {
+            let gone = s.ctrl.hung_up();
+            if gone {
+                eprintln!(
+                    "kvxfer-recv: the sender from {} left before the others came: dropped",
+                    s.ctrl.peer_addr
+                );
+            }
+            !gone
+        });
+        if sessions.len() == n {
+            return Ok(sessions);
+        }
+        let i = sessions.len();
         let accepted = match first.take() {
             Some(s) => Ok(s),
             None => lobby.next_sender(listener, wait),
@@ -119,7 +135,6 @@ pub fn gather(
             }
         }
     }
-    Ok(sessions)
 }
 
 /// A fan's senders, all gathered (by `gather`, here or in the service

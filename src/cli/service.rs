@@ -75,27 +75,54 @@ impl crate::run::Serving for Busy {
 /// How long a busy answer may take: the sender hears within this.
 const BUSY_ANSWER: Duration = Duration::from_secs(1);
 
-/// Takes the connections that come during a run and answers them busy.
-/// It accepts only while a run is served, under the lock the main loop
-/// takes to end it, so it never takes the next run's sender.
-fn answer_busy(listener: TcpListener, busy: Arc<Busy>) {
+/// How long a service holds a connection that came during a run before
+/// it answers busy: a sender started as the last one ended (a script's
+/// next run) is served once the run's process is done, not turned away.
+const BUSY_GRACE: Duration = Duration::from_millis(300);
+
+/// Connections a service's busy answerer hands back to be greeted: the
+/// run ended within the grace.
+type HandBack = std::sync::mpsc::Sender<(TcpStream, SocketAddr)>;
+
+/// Takes the connections that come during a run and answers them busy
+/// (a service's after `BUSY_GRACE`, handing back those whose run ended
+/// meanwhile). It accepts only while a run is served, under the lock the
+/// main loop takes to end it, so it never takes the next run's sender.
+fn answer_busy(listener: TcpListener, busy: Arc<Busy>, hand_back: Option<HandBack>) {
     while !busy.stopped.load(Relaxed) {
         {
             let serving = busy.serving.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(why) = serving.as_ref() {
+            if serving.is_some() {
                 // The listener is non-blocking (net::accept_within sets it).
                 if let Ok((stream, from)) = listener.accept() {
-                    let why = why.clone();
-                    eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
+                    let (busy, hand_back) = (busy.clone(), hand_back.clone());
                     std::thread::spawn(move || {
                         let _ = stream.set_nonblocking(false);
-                        session::tell_busy(stream, &why, BUSY_ANSWER)
+                        busy_or_back(stream, from, &busy, hand_back)
                     });
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A connection that came during a run: handed back if the run ends
+/// within the grace (a service's), else told who is served.
+fn busy_or_back(stream: TcpStream, from: SocketAddr, busy: &Busy, hand_back: Option<HandBack>) {
+    if let Some(back) = hand_back {
+        let until = std::time::Instant::now() + BUSY_GRACE;
+        while std::time::Instant::now() < until {
+            if busy.why().is_none() {
+                let _ = back.send((stream, from));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let Some(why) = busy.why() else { return };
+    eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
+    session::tell_busy(stream, &why, BUSY_ANSWER)
 }
 
 /// A one-shot receiver's run: senders that come meanwhile hear it is busy
@@ -113,7 +140,7 @@ impl BusyWhile {
         listener.set_nonblocking(true)?;
         let answering = {
             let busy = busy.clone();
-            std::thread::spawn(move || answer_busy(listener, busy))
+            std::thread::spawn(move || answer_busy(listener, busy, None))
         };
         Ok(BusyWhile { busy, answering: Some(answering) })
     }
@@ -162,11 +189,12 @@ pub fn serve_until(listener: TcpListener, a: &RecvArgs, stop: &AtomicBool, how: 
     let busy = Arc::new(Busy::default());
     // Both threads poll it: one accepts between runs, the other during them.
     listener.set_nonblocking(true)?;
+    let (hand_back, handed_back) = std::sync::mpsc::channel();
     let answering = {
         let (listener, busy) = (listener.try_clone()?, busy.clone());
-        std::thread::spawn(move || answer_busy(listener, busy))
+        std::thread::spawn(move || answer_busy(listener, busy, Some(hand_back)))
     };
-    let ended = serve_runs(&listener, a, &busy, stop, how);
+    let ended = serve_runs(&listener, a, &busy, stop, how, &handed_back);
     busy.stopped.store(true, Relaxed);
     let _ = answering.join();
     ended
@@ -195,6 +223,7 @@ fn serve_runs(
     busy: &Arc<Busy>,
     stop: &AtomicBool,
     how: Service,
+    handed_back: &std::sync::mpsc::Receiver<(TcpStream, SocketAddr)>,
 ) -> Result<()> {
     let log_runs = how.log_runs;
     let mut runs = 0u64;
@@ -204,6 +233,11 @@ fn serve_runs(
     let lobby = {
         let busy = busy.clone();
         let turn_away = move |from: SocketAddr| {
+            // As the busy answerer does: a run about to end is waited for.
+            let until = std::time::Instant::now() + BUSY_GRACE;
+            while busy.why().is_some() && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let why = busy.why()?;
             eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
             Some(why)
@@ -217,6 +251,10 @@ fn serve_runs(
         if let Some(sig) = crate::signals::received() {
             eprintln!("kvxfer-recv: {} ends the service after {runs} run(s)", crate::signals::name(sig));
             return Ok(());
+        }
+        // Those that came as the last run ended, held by the busy answerer.
+        while let Ok((stream, from)) = handed_back.try_recv() {
+            lobby.greet(stream, from);
         }
         let greeted = match net::accept_within(listener, Duration::from_millis(20)) {
             Ok(Some((stream, from))) => {

@@ -100,6 +100,26 @@ impl crate::transport::SetupChannel for Control {
 }
 
 impl Control {
+    /// Whether the peer has hung up: its end closed (or reset) with nothing
+    /// left to read. A look that does not wait; a live peer, silent or
+    /// not, is not hung up.
+    pub fn hung_up(&self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        // SAFETY: a one-byte peek into a local buffer on a socket this Control owns.
+        let n = unsafe {
+            libc::recv(
+                self.writer.as_raw_fd(),
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock)
+    }
+
     /// The socket, for another protocol once the preamble is read (nothing
     /// more has come: the peer waits for an answer).
     pub fn into_stream(self) -> TcpStream {
