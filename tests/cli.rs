@@ -446,7 +446,47 @@ fn a_trace_drives_arrivals_prompts_and_holds() {
         &["pair", "-p", "1024", "--arrivals", "fixed:1000", "-n", "200", "--timeout", "1s"],
         secs(30),
     );
-    f.expect_code(1).expect_stderr("the receiver fell behind the arrivals (fixed 1000/s)");
+    f.expect_code(1).expect_stderr("the receiver fell behind the arrivals (fixed 1000/s): point 1, request ");
+    // Holds past an hour: refused, never an overflow (it panicked at 1e30, or tokens x TPOT past 2^64 ns).
+    for hold in [&["--decode-hold", "1e30"][..], &["--output-tokens", "4294967295", "--tpot", "3600000"]] {
+        let args = [&["pair", "-p", "64", "-n", "3", "--arrivals", "fixed:10"][..], hold].concat();
+        run(KVXFER, &args, secs(10)).expect_code(2).expect_stderr("is past an hour");
+    }
+}
+
+/// What a command writes (a plan's, a size's, doctor's JSON) is refused
+/// on a FIFO, where opening would wait for a reader for ever (exit 2); a
+/// full device fails the write (exit 1, as a report's does); and a run that
+/// ends before it measured anything removes only an empty file it made,
+/// never a device (it had deleted a device node given as --json).
+#[test]
+fn outputs_are_never_a_wait_and_devices_are_never_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("f");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let fifo = fifo.to_str().unwrap();
+    for args in [&["plan", "-p", "64"][..], &["size", "-m", "llama-3.1-8b", "-p", "1k"], &["doctor"]] {
+        let f = run(KVXFER, &[args, &["--json", fifo]].concat(), secs(10));
+        f.expect_code(2).expect_stderr("it is a FIFO");
+    }
+    let f = run(KVXFER, &["compare", "-t", "tcp,tcp", "--rounds", "2", "--json", fifo, "-p", "16"], secs(10));
+    f.expect_code(2).expect_stderr("it is a FIFO");
+    // A device node of /dev/full's and one of /dev/null's, where mknod is allowed (root).
+    let (full, null) = (dir.path().join("full"), dir.path().join("null"));
+    let made = |p: &std::path::Path, minor: &str| {
+        std::process::Command::new("mknod").arg(p).args(["c", "1", minor]).status().is_ok_and(|s| s.success())
+    };
+    if !(made(&full, "7") && made(&null, "3")) {
+        eprintln!("skipping the device rows: mknod is not allowed here");
+        return;
+    }
+    let f = run(KVXFER, &["plan", "-p", "64", "--json", full.to_str().unwrap()], secs(10));
+    f.expect_code(1).expect_stderr("No space left on device");
+    // No receiver at port 9: the run ends before any report.
+    let args = ["-c", "127.0.0.1:9", "--timeout", "1s", "-p", "64", "--json", null.to_str().unwrap()];
+    assert_ne!(run(SEND, &args, secs(20)).code, Some(0));
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::metadata(&null).unwrap().file_type().is_char_device(), "the device node was removed");
 }
 
 /// A load point of a prompt mix reports each length on its own (issue 38):

@@ -43,8 +43,7 @@ pub(super) fn compare(a: &ReportArgs) -> Result<()> {
         .map_err(|e| Error::usage(format!("cannot create {}: {e}", a.out.display())))?;
     let write = |name: &str, text: String| {
         let path = a.out.join(name);
-        std::fs::write(&path, text)
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(&path, text)?;
         Ok::<_, Error>(path)
     };
     let md = report::compare::markdown(&series, baseline.as_ref());

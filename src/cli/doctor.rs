@@ -6,7 +6,7 @@
 //! disagree. A missing library is a finding, never a failure.
 
 use crate::cli::args::DoctorArgs;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu;
 use crate::link;
 use serde::Serialize;
@@ -115,8 +115,7 @@ pub fn run(a: &DoctorArgs) -> Result<()> {
     if let Some(path) = &a.json {
         let doc = serde_json::json!({ "sections": sections, "can_run": verdicts });
         let text = serde_json::to_string_pretty(&doc).expect("the findings serialize") + "\n";
-        std::fs::write(path, text)
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(path, text)?;
     }
     Ok(())
 }

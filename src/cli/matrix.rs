@@ -509,12 +509,10 @@ fn conclude(a: &MatrixArgs, ranks: &[Rank], results: Vec<PairResult>) -> Result<
     });
     if let Some(path) = &a.run.output.json {
         let text = serde_json::to_string_pretty(&doc).expect("the matrix serializes") + "\n";
-        std::fs::write(path, text)
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(path, text)?;
     }
     if let Some(path) = &a.run.output.csv {
-        std::fs::write(path, csv(ranks, &grids, &results))
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(path, csv(ranks, &grids, &results))?;
     }
     let wrong: u64 = results.iter().map(|r| r.wrong_bytes).sum();
     if wrong > 0 {

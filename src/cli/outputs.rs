@@ -37,7 +37,7 @@ pub(super) fn same_place(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 /// An output that is a FIFO or a folder: opening the one waits for a
 /// reader that may never come, writing the other cannot work.
-pub(super) fn refuse_special(path: &std::path::Path) -> Result<()> {
+pub(crate) fn refuse_special(path: &std::path::Path) -> Result<()> {
     // Devices stay writable: --json /dev/null is a way to drop a report.
     let what = match std::fs::metadata(path).ok().as_ref().and_then(crate::input::not_a_file) {
         Some(crate::input::NotAFile::Fifo) => "a FIFO (opening it waits for a reader)",
@@ -45,6 +45,15 @@ pub(super) fn refuse_special(path: &std::path::Path) -> Result<()> {
         _ => return Ok(()),
     };
     Err(Error::usage(format!("cannot write {}: it is {what}; give a file", path.display())))
+}
+
+/// Writes a command's text output (a plan's, a size's, a matrix's JSON):
+/// a FIFO or a folder refused as every output is (exit 2), a device
+/// written through; a failed write is the run's failure (exit 1), as a
+/// report's is.
+pub(crate) fn write_text(path: &std::path::Path, text: impl AsRef<[u8]>) -> Result<()> {
+    refuse_special(path)?;
+    std::fs::write(path, text).map_err(|e| Error::run(format!("cannot write {}: {e}", path.display())))
 }
 
 fn is_file(path: &std::path::Path) -> bool {
@@ -90,8 +99,12 @@ impl Outputs {
         screen: &Screen,
     ) -> Result<()> {
         let Some(mut report) = report else {
+            // Nothing measured: the empty file this run made goes, never a
+            // device or a file that holds something (--json /dev/null).
             for (path, _, _) in &self.files {
-                let _ = std::fs::remove_file(path);
+                if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+                    let _ = std::fs::remove_file(path);
+                }
             }
             return result;
         };

@@ -103,8 +103,7 @@ pub(super) fn plan(a: &PlanArgs) -> Result<()> {
             "points": rows.into_iter().map(|(_, row)| row).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(path, text + "\n")?;
     }
     Ok(())
 }

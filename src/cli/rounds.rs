@@ -69,6 +69,10 @@ impl Candidate {
 }
 
 pub(super) fn compare_rounds(a: &CompareArgs) -> Result<()> {
+    // Before the rounds: an output that cannot be written is refused now, not after them.
+    if let Some(path) = &a.json {
+        crate::cli::outputs::refuse_special(path)?;
+    }
     for (taken, why) in [
         (&["-t", "--transport"][..], "give the candidates with compare's own -t, before the run's options"),
         (&["--json", "--csv"], "compare writes its own --json, given before the run's options"),
@@ -125,8 +129,10 @@ pub(super) fn compare_rounds(a: &CompareArgs) -> Result<()> {
             "run_options": a.args,
             "points": points,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("serializes") + "\n")
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(
+            path,
+            serde_json::to_string_pretty(&doc).expect("serializes") + "\n",
+        )?;
     }
     Ok(())
 }

@@ -40,8 +40,10 @@ pub fn run(a: &SizeArgs) -> Result<()> {
             "sizing": s,
             "p2p_nccl_kv_transfer_config": s.p2p_nccl_consumer_config(),
         });
-        std::fs::write(path, serde_json::to_string_pretty(&doc).expect("serializes") + "\n")
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(
+            path,
+            serde_json::to_string_pretty(&doc).expect("serializes") + "\n",
+        )?;
     }
     Ok(())
 }

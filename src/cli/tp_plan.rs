@@ -101,8 +101,7 @@ pub fn print(a: &PlanArgs, shape: &KvShape, topology: TpTopology, out: &mut dyn 
             "pairs": rows,
         });
         let text = serde_json::to_string_pretty(&doc).expect("plan serializes");
-        std::fs::write(path, text + "\n")
-            .map_err(|e| Error::usage(format!("cannot write {}: {e}", path.display())))?;
+        crate::cli::outputs::write_text(path, text + "\n")?;
     }
     Ok(())
 }

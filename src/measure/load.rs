@@ -172,7 +172,7 @@ impl LoadTally {
 
     /// An admitted request landed: its room is released after its hold.
     pub fn landed(&mut self, l: Landing) {
-        let until = self.since_start(l.landed) + l.hold_ns;
+        let until = self.since_start(l.landed).saturating_add(l.hold_ns);
         if let (Some((b, _)), Some(id)) = (&mut self.buffer, l.ticket) {
             b.release(id, until, l.bytes - l.in_pool, l.in_pool);
         }

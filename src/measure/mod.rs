@@ -280,11 +280,10 @@ fn check_behind(plan: &Plan, point: &Point, it: u32, arrived: Instant, timeout: 
         n => format!(", with {n} requests in flight"),
     };
     Err(Error::run(format!(
-        "the receiver fell behind the arrivals ({}): request {} of point {} arrived {} ago, more than --timeout \
-         {}{lanes}: the link does not carry this rate (lower it, or raise --timeout)",
+        "the receiver fell behind the arrivals ({}): {} arrived {} ago, more than --timeout {}{lanes}: the link \
+         does not carry this rate (lower it, or raise --timeout)",
         point.load.as_ref().map_or(String::new(), |pl| pl.arrivals.to_string()),
-        it % plan.phase_len(point) - plan.warmup,
-        point.index,
+        crate::plan::Req(plan.request_id(point.index, it % plan.phase_len(point))),
         crate::units::fmt_ns(behind.as_nanos() as f64),
         humantime::format_duration(timeout)
     )))
@@ -407,7 +406,7 @@ impl PeerLink for RequestLink<'_> {
         if let Some(f) = self.fan {
             f.fan.check()?;
         }
-        self.ctrl.watch(&format!("moving request {}", self.request))
+        self.ctrl.watch(&format!("moving {}", crate::plan::Req(self.request)))
     }
 }
 

@@ -1090,7 +1090,9 @@ impl Load {
     /// wait): every earlier request's hold, for the sender's patience.
     pub fn longest_wait(&self, point: &Point) -> std::time::Duration {
         let holds = match (self.decode_buffer, &point.load) {
-            (Some((_, OnFull::Wait)), Some(l)) => l.schedule.iter().map(|a| self.hold_ns(a)).sum(),
+            (Some((_, OnFull::Wait)), Some(l)) => {
+                l.schedule.iter().fold(0u64, |t, a| t.saturating_add(self.hold_ns(a)))
+            }
             _ => 0,
         };
         std::time::Duration::from_nanos(holds)
@@ -1099,7 +1101,7 @@ impl Load {
     /// How long decode holds a request's KV after its last byte.
     pub fn hold_ns(&self, a: &Arrival) -> u64 {
         match (a.output_tokens, self.tpot_ns) {
-            (Some(n), Some(tpot)) => n as u64 * tpot,
+            (Some(n), Some(tpot)) => (n as u64).saturating_mul(tpot),
             _ => self.decode_hold_ns,
         }
     }
@@ -1177,6 +1179,9 @@ impl Point {
         l.schedule.get(iteration.checked_sub(warmup)? as usize)
     }
 }
+
+/// A request's decode hold at most: an hour.
+pub const MOST_HOLD_NS: u64 = 3_600_000_000_000;
 
 /// Conversations a point at most: each is laid out when planning (0.1 s
 /// for 1,000 on the build VM), and under arrivals each holds a region of
@@ -1361,8 +1366,17 @@ impl Plan {
         Ok(())
     }
 
-    /// A load's lanes, rates, draws and decode buffer.
+    /// A load's lanes, rates, draws, holds and decode buffer.
     fn check_load(&self, l: &Load) -> Result<()> {
+        // A decode of an hour is past any request's; past it, only a hang.
+        let longest = l.trace.iter().map(|a| l.hold_ns(a)).fold(l.decode_hold_ns, u64::max);
+        if longest > MOST_HOLD_NS {
+            return Err(Error::usage(format!(
+                "a decode hold of {:.0} s (--decode-hold, or output tokens x --tpot) is past an hour, the longest \
+                 kvxfer emulates",
+                longest as f64 / 1e9
+            )));
+        }
         if !(1..=MAX_CONCURRENCY).contains(&l.concurrency) {
             return Err(Error::usage(format!(
                 "--concurrency {} is not a number of requests from 1 to {MAX_CONCURRENCY}",
