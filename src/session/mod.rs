@@ -806,11 +806,13 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
     }
     let status = if theirs == PROTOCOL { STATUS_OK } else { STATUS_VERSION_REFUSED };
     let _ = ctrl.writer.write_all(&preamble_reply(status));
+    // Told, and not served: a receiver goes on waiting for its sender
+    // (anyone could send these bytes, and end it otherwise).
     if status != STATUS_OK {
-        return Greeting::Refused(Error::run(format!(
-            "refused the sender at {from}: protocol version mismatch (it speaks {theirs}, this receiver speaks \
-             {PROTOCOL}); run the same kvxfer version on both sides"
-        )));
+        return Greeting::Stranger(format!(
+            "refused: protocol version mismatch (it speaks {theirs}, this receiver speaks {PROTOCOL}); run the \
+             same kvxfer version on both sides"
+        ));
     }
     let hello = ctrl.expect("waiting for the sender's plan", |m| match m {
         Msg::Hello(h) => Ok(*h),
@@ -819,6 +821,11 @@ pub fn greet(stream: TcpStream, from: SocketAddr, timeout: Duration, expect: &Ex
     ctrl.timeout = timeout;
     let mut sess = match hello {
         Ok(hello) => ReceiverSession { ctrl, hello },
+        // Bytes that are no plan: a stranger's, not served and not ending
+        // the wait; a sender that died or went silent mid-greeting is named.
+        Err(e) if e.message.starts_with("protocol error") => {
+            return Greeting::Stranger(format!("no plan after kvxfer's preamble: {}", e.message))
+        }
         Err(e) => return Greeting::Refused(e.context(format!("the sender at {from}"))),
     };
     match check_hello(&sess.hello, expect) {
