@@ -406,3 +406,21 @@ fn senders_one_after_another_are_each_served() {
     svc.finish(secs(10)).expect_code(0);
     assert_eq!(reports(&dir).len(), 20);
 }
+
+/// Past the 64 connections greeted at once, a sender hears why it is not
+/// served (busy), not "connection reset"; once the strangers' handshake
+/// deadline has passed, the next sender is served.
+#[test]
+fn a_sender_past_a_flood_of_silent_connections_hears_busy() {
+    let (svc, addr, _dir) = service(&[]);
+    let flood: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(&addr).unwrap()).collect();
+    // The 16 past the 64 are told busy within 0.1 s (silent, they hear nothing).
+    std::thread::sleep(Duration::from_millis(600));
+    let f = run(SEND, &["-c", &addr, "-p", "16", "-n", "1", "-q"], secs(20));
+    f.expect_code(1).expect_stderr("is busy: serving 64 other connections, being greeted at once");
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(2500));
+    run(SEND, &["-c", &addr, "-p", "16", "-n", "1", "-q"], secs(30)).expect_code(0);
+    svc.signal(libc::SIGTERM);
+    svc.finish(secs(10)).expect_code(0);
+}

@@ -713,7 +713,7 @@ impl Lobby {
     pub fn greet(&self, stream: TcpStream, from: SocketAddr) {
         if self.active.fetch_add(1, Relaxed) >= GREETERS {
             self.active.fetch_sub(1, Relaxed);
-            eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
+            turn_away_flood(stream, from);
             return;
         }
         let (done, active, closed, busy) =
@@ -762,9 +762,31 @@ impl Drop for Lobby {
     }
 }
 
-/// Connections greeted at once, at most; past it a new one is closed at
-/// once (and logged), so that a flood costs threads only up to this.
+/// Connections greeted at once, at most; past it a new one hears busy
+/// (a sender learns why, not "connection reset"), so that a flood costs
+/// threads only up to this and `TURNING_AWAY`.
 const GREETERS: usize = 64;
+
+/// Connections told busy at once past GREETERS, each within a short
+/// deadline; past them a new one is closed at once.
+const TURNING_AWAY: usize = 16;
+
+/// A connection past GREETERS: told busy if it is a sender that says its
+/// preamble at once, else closed; logged either way.
+fn turn_away_flood(stream: TcpStream, from: SocketAddr) {
+    static TURNING: AtomicUsize = AtomicUsize::new(0);
+    if TURNING.fetch_add(1, Relaxed) >= TURNING_AWAY {
+        TURNING.fetch_sub(1, Relaxed);
+        eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: closed {from}");
+        return;
+    }
+    eprintln!("kvxfer-recv: {GREETERS} connections are being greeted already: told {from} it is busy");
+    std::thread::spawn(move || {
+        let why = format!("{BUSY} {GREETERS} other connections, being greeted at once");
+        tell_busy(stream, &why, Duration::from_millis(100));
+        TURNING.fetch_sub(1, Relaxed);
+    });
+}
 
 /// What a new connection turned out to be.
 pub enum Greeting {
