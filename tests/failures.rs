@@ -104,8 +104,9 @@ fn a_pair_whose_receiver_process_aborts_says_so() {
 #[test]
 fn a_receiver_a_library_aborts_keeps_the_points_it_finished() {
     let dir = tempfile::tempdir().unwrap();
-    let j = dir.path().join("recv.json");
-    let (recv, addr) = receiver("127.0.0.1:0", &["--timeout", "3s", "--json", j.to_str().unwrap()]);
+    let (j, c) = (dir.path().join("recv.json"), dir.path().join("recv.csv"));
+    let out = ["--json", j.to_str().unwrap(), "--csv", c.to_str().unwrap()];
+    let (recv, addr) = receiver("127.0.0.1:0", &[&["--timeout", "3s"][..], &out].concat());
     let args = ["--connect", addr.as_str(), "-p", "16,1024", "-g", "block", "-n", "150", "--timeout", "3s"];
     let send = Proc::start(SEND, &args);
     assert!(send.wait_for("    block      16 ", secs(30)), "no first point: {}", send.stdout());
@@ -115,6 +116,9 @@ fn a_receiver_a_library_aborts_keeps_the_points_it_finished() {
     // Written whole after each point: the first point, and the run marked unfinished.
     let r = json(&j);
     assert_eq!((r["outcome"].as_str(), r["points"].as_array().unwrap().len()), (Some("running"), 1), "{r}");
+    // The CSV too: its header and the first point's row (it had been left empty).
+    let csv = std::fs::read_to_string(&c).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
     assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
         .unwrap()
         .file_name()

@@ -61,10 +61,11 @@ fn is_file(path: &std::path::Path) -> bool {
 }
 
 impl Outputs {
-    /// The JSON report to rewrite as points complete (Screen::keeping):
-    /// a file of its own, not a device.
-    pub(super) fn kept(&self) -> Option<PathBuf> {
-        self.json.clone().filter(|p| is_file(p))
+    /// The JSON and CSV reports to rewrite as points complete
+    /// (Screen::keeping): files of their own, not devices.
+    pub(super) fn kept(&self) -> (Option<PathBuf>, Option<PathBuf>) {
+        let csv = self.files.iter().map(|f| &f.0).find(|p| Some(*p) != self.json.as_ref());
+        (self.json.clone().filter(|p| is_file(p)), csv.filter(|p| is_file(p)).cloned())
     }
 
     pub(super) fn open(a: &OutputArgs) -> Result<Outputs> {

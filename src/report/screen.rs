@@ -21,7 +21,8 @@ pub struct Screen {
     points: Mutex<Vec<PointWork>>,
     /// The JSON report rewritten whole as each point completes, so that a
     /// process a library aborts keeps what it measured.
-    keep: Option<std::path::PathBuf>,
+    /// The JSON and CSV reports rewritten whole as each point completes.
+    keep: (Option<std::path::PathBuf>, Option<std::path::PathBuf>),
 }
 
 struct PointWork {
@@ -57,21 +58,24 @@ impl Screen {
             layout: table::Layout::choose(wide, terminal_width()),
             bar,
             points: Mutex::default(),
-            keep: None,
+            keep: (None, None),
         }
     }
 
-    /// Rewrites the JSON report at `path` as each point completes.
-    pub fn keeping(mut self, path: Option<std::path::PathBuf>) -> Screen {
-        self.keep = path;
+    /// Rewrites the JSON and CSV reports at these paths as each point completes.
+    pub fn keeping(mut self, paths: (Option<std::path::PathBuf>, Option<std::path::PathBuf>)) -> Screen {
+        self.keep = paths;
         self
     }
 
-    /// The report so far, into the file kept, if one is (best effort: the
-    /// run's end writes it again, and says so if it cannot).
+    /// The report so far, into the files kept (best effort: the run's end
+    /// writes them again, and says so if it cannot).
     pub fn checkpoint(&self, report: &RunReport) {
-        if let Some(path) = &self.keep {
+        if let Some(path) = &self.keep.0 {
             let _ = super::write_whole(path, report, &super::json::Json);
+        }
+        if let Some(path) = &self.keep.1 {
+            let _ = super::write_whole(path, report, &super::csv::Csv);
         }
     }
 
@@ -83,7 +87,7 @@ impl Screen {
             layout: table::Layout::NARROW,
             bar: ProgressBar::hidden(),
             points: Mutex::default(),
-            keep: None,
+            keep: (None, None),
         }
     }
 
