@@ -51,6 +51,17 @@ impl Busy {
         *self.serving.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    /// Whether no run is served, waiting up to `BUSY_GRACE` for the one
+    /// that is to end: a sender that comes as a run's process is still
+    /// exiting is served, not turned away.
+    fn idle_within_grace(&self) -> bool {
+        let until = std::time::Instant::now() + BUSY_GRACE;
+        while self.why().is_some() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.why().is_none()
+    }
+
     /// Who is served and since when, while a run is.
     fn why(&self) -> Option<String> {
         self.serving.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -111,13 +122,9 @@ fn answer_busy(listener: TcpListener, busy: Arc<Busy>, hand_back: Option<HandBac
 /// within the grace (a service's), else told who is served.
 fn busy_or_back(stream: TcpStream, from: SocketAddr, busy: &Busy, hand_back: Option<HandBack>) {
     if let Some(back) = hand_back {
-        let until = std::time::Instant::now() + BUSY_GRACE;
-        while std::time::Instant::now() < until {
-            if busy.why().is_none() {
-                let _ = back.send((stream, from));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if busy.idle_within_grace() {
+            let _ = back.send((stream, from));
+            return;
         }
     }
     let Some(why) = busy.why() else { return };
@@ -233,10 +240,8 @@ fn serve_runs(
     let lobby = {
         let busy = busy.clone();
         let turn_away = move |from: SocketAddr| {
-            // As the busy answerer does: a run about to end is waited for.
-            let until = std::time::Instant::now() + BUSY_GRACE;
-            while busy.why().is_some() && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(10));
+            if busy.idle_within_grace() {
+                return None;
             }
             let why = busy.why()?;
             eprintln!("kvxfer-recv: {from} came during a run: told it {why}");
@@ -284,25 +289,7 @@ fn serve_runs(
             1 => Ok(vec![first]),
             n => super::fan::gather(listener, a.wait_for_sender, Some(first), n, &lobby),
         };
-        let result = gathered.and_then(|sessions| {
-            // Busy from now: a sender greeted meanwhile hears so rather than
-            // waiting out this run, and so do those already greeted.
-            busy.serving(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
-            while let Some((other, greeting)) = lobby.greeted() {
-                if let Some(mut s) = sender_of(other, greeting, a) {
-                    busy.refuse(&mut s);
-                }
-            }
-            match how.isolate {
-                true => run_isolated(sessions, a, json.as_deref()),
-                false => {
-                    let mut side = receiver_side(a);
-                    side.busy = Some(busy.clone());
-                    let output = crate::cli::args::OutputArgs { json: json.clone(), ..a.output.clone() };
-                    serve_gathered(side, Outputs::open(&output)?, sessions)
-                }
-            }
-        });
+        let result = gathered.and_then(|sessions| serve_run(sessions, a, busy, &lobby, how, json.as_deref()));
         busy.idle();
         match result {
             Ok(()) if log_runs => eprintln!("kvxfer-recv: run {runs} from {from}: done{}", wrote(&json)),
@@ -324,6 +311,32 @@ fn serve_runs(
             }
         }
     }
+}
+
+/// One run's gathered senders, served: busy from now (a sender greeted
+/// meanwhile hears so rather than waiting out this run, and so do those
+/// already greeted), in a process of its own or in this one.
+fn serve_run(
+    sessions: Vec<session::ReceiverSession>,
+    a: &RecvArgs,
+    busy: &Arc<Busy>,
+    lobby: &session::Lobby,
+    how: Service,
+    json: Option<&Path>,
+) -> Result<()> {
+    busy.serving(&sessions.iter().map(|s| s.ctrl.peer_addr).collect::<Vec<_>>());
+    while let Some((other, greeting)) = lobby.greeted() {
+        if let Some(mut s) = sender_of(other, greeting, a) {
+            busy.refuse(&mut s);
+        }
+    }
+    if how.isolate {
+        return run_isolated(sessions, a, json);
+    }
+    let mut side = receiver_side(a);
+    side.busy = Some(busy.clone());
+    let output = crate::cli::args::OutputArgs { json: json.map(Path::to_path_buf), ..a.output.clone() };
+    serve_gathered(side, Outputs::open(&output)?, sessions)
 }
 
 /// The fd a run's process finds its first sender's control socket on (a
